@@ -1,0 +1,215 @@
+"""Job models: what a build request is, and what we record about a job. Pure: no I/O."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Docker's reference grammar (distribution/reference), restricted to what we push:
+# REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[\w][\w.-]{0,127}"
+IMAGE_REF = re.compile(rf"^(?P<registry>{_DOMAIN})/(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>{_TAG}))?$")
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_BUILD_ARG_BYTES = 64 * 1024
+
+
+class ImageRef(BaseModel):
+    """A parsed, full image reference: registry host, repository path and tag."""
+
+    registry: str
+    repository: str
+    tag: str
+
+    @classmethod
+    def parse(cls, ref: str) -> ImageRef:
+        match = IMAGE_REF.match(ref)
+        if not match or len(ref) > 255:
+            raise ValueError(
+                f"{ref!r} is not a full image reference; expected REGISTRY/NAME[:TAG], "
+                "for example 127.0.0.1:5000/team/app:1.0"
+            )
+        registry = match["registry"]
+        if "." not in registry and ":" not in registry and registry != "localhost":
+            raise ValueError(f"{ref!r} does not start with a registry host (like registry.example.com/ or 127.0.0.1:5000/)")
+        return cls(registry=registry, repository=match["path"], tag=match["tag"] or "latest")
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}:{self.tag}"
+
+
+class Status(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    timed_out = "timed_out"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (Status.queued, Status.running)
+
+
+class UploadedContext(BaseModel):
+    """A tar stored in Redis in chunks by `runner submit` (or by any client, see README)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["upload"] = "upload"
+
+
+class GitContext(BaseModel):
+    """A git repository cloned by the worker at exactly `commit` (or the tip of `ref`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["git"] = "git"
+    url: str = Field(min_length=1, max_length=2048)
+    ref: str | None = Field(default=None, max_length=255)
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,64}$")
+    subdir: str = Field(default="", max_length=1024)
+    submodules: bool = False
+
+    @field_validator("subdir")
+    @classmethod
+    def _subdir_inside(cls, value: str) -> str:
+        return inside_context(value, allow_empty=True)
+
+    @model_validator(mode="after")
+    def _ref_or_commit(self) -> GitContext:
+        if not self.ref and not self.commit:
+            raise ValueError("a git context needs `ref` or `commit`")
+        return self
+
+
+ContextSource = Annotated[UploadedContext | GitContext, Field(discriminator="type")]
+
+
+def inside_context(path: str, allow_empty: bool = False) -> str:
+    """Normalise a relative path and refuse one that leaves the build context."""
+    if "\x00" in path:
+        raise ValueError("path contains a NUL byte")
+    if not path:
+        if allow_empty:
+            return ""
+        raise ValueError("path is empty")
+    if path.startswith("/"):
+        raise ValueError(f"{path!r} is absolute; give a path inside the build context")
+    normal = posixpath.normpath(path)
+    if normal == ".." or normal.startswith("../"):
+        raise ValueError(f"{path!r} leaves the build context")
+    return "" if normal == "." else normal
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class BuildRequest(BaseModel):
+    """What a client asks for. The same schema arrives by queue, CLI, HTTP and webhook."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=new_job_id, pattern=JOB_ID.pattern)
+    context: ContextSource = Field(default_factory=UploadedContext)
+    dockerfile: str = "Dockerfile"
+    tags: list[str] = Field(min_length=1)
+    build_args: dict[str, str] = Field(default_factory=dict)
+    secret_build_args: list[str] = Field(
+        default_factory=list, description="Names of build args whose values are masked everywhere."
+    )
+    secrets: list[str] = Field(default_factory=list, description="Ids of build secrets from config.")
+    target: str | None = Field(default=None, max_length=255)
+    labels: dict[str, str] = Field(default_factory=dict)
+    platform: str | None = Field(default=None, pattern=r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
+    no_cache: bool = False
+    executor: str | None = Field(default=None, description="Executor name; the config default if omitted.")
+    builder: Literal["auto", "buildkit", "classic"] | None = None
+    timeout: int | None = Field(default=None, gt=0, description="Seconds; the config default if omitted.")
+    push: bool = True
+    cache_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    callback_url: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("dockerfile")
+    @classmethod
+    def _dockerfile_inside(cls, value: str) -> str:
+        return inside_context(value)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_are_refs(cls, tags: list[str]) -> list[str]:
+        for ref in tags:
+            ImageRef.parse(ref)
+        if len(set(tags)) != len(tags):
+            raise ValueError("the same tag is listed twice")
+        return tags
+
+    @field_validator("build_args", "labels")
+    @classmethod
+    def _bounded_pairs(cls, pairs: dict[str, str]) -> dict[str, str]:
+        for key, value in pairs.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,255}", key):
+                raise ValueError(f"{key!r} is not a valid name")
+            if len(value.encode()) > MAX_BUILD_ARG_BYTES:
+                raise ValueError(f"the value of {key!r} is over {MAX_BUILD_ARG_BYTES} bytes")
+        return pairs
+
+    @model_validator(mode="after")
+    def _secret_args_exist(self) -> BuildRequest:
+        missing = [name for name in self.secret_build_args if name not in self.build_args]
+        if missing:
+            raise ValueError(f"secret_build_args names {missing} which are not in build_args")
+        return self
+
+    def image_refs(self) -> list[ImageRef]:
+        return [ImageRef.parse(ref) for ref in self.tags]
+
+    def secret_values(self) -> list[str]:
+        return [self.build_args[name] for name in self.secret_build_args if self.build_args[name]]
+
+    def redacted(self) -> BuildRequest:
+        """A copy safe to store and show: secret build-arg values replaced."""
+        args = {k: ("***" if k in self.secret_build_args else v) for k, v in self.build_args.items()}
+        return self.model_copy(update={"build_args": args})
+
+
+class PushedImage(BaseModel):
+    ref: str
+    digest: str
+
+
+class JobError(BaseModel):
+    kind: Literal["invalid", "build", "auth", "infrastructure", "cancelled", "timeout", "worker_lost"]
+    message: str
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobRecord(BaseModel):
+    """Everything we know about one job; stored as JSON in Redis."""
+
+    id: str
+    request: BuildRequest
+    status: Status = Status.queued
+    executor: str
+    queue: str
+    worker: str | None = None
+    images: list[PushedImage] = Field(default_factory=list)
+    error: JobError | None = None
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=now)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished

@@ -1,0 +1,77 @@
+"""The Celery app and the one build task. Thin: the task hands the job to the pipeline.
+
+Nothing else imports Celery, so the rest of the core is testable without a worker.
+Task name: `runner.build`; its one positional argument is the BuildRequest as a JSON object.
+Queues: `<namespace>.<executor>` (default `runner.buildah`, `runner.socket`, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import lru_cache
+
+from celery import Celery
+from pydantic import ValidationError
+
+from runner.jobs import BuildRequest
+from runner.settings import Settings, load_settings
+
+TASK_NAME = "runner.build"
+log = logging.getLogger("runner.queue")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def make_app(settings: Settings) -> Celery:
+    url = settings.redis_url.get_secret_value()
+    app = Celery("runner", broker=url, set_as_current=True)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,                    # a killed worker's job is redelivered, not lost
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,           # a busy worker never hoards queued builds
+        task_track_started=True,
+        task_ignore_result=True,                # the job store holds results
+        broker_transport_options={
+            # longer than the longest allowed job, so Redis never redelivers a running build
+            "visibility_timeout": settings.limits.max_timeout + 3600,
+            "socket_keepalive": True,
+            "retry_on_timeout": True,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,     # survive Redis restarts
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_default_queue=settings.queue_for(settings.default_executor),
+    )
+
+    @app.task(name=TASK_NAME, bind=True, acks_late=True)
+    def build(self, payload: dict) -> str:
+        from runner.pipeline import Pipeline
+        from runner.store import JobStore
+
+        try:
+            request = BuildRequest.model_validate(payload)
+        except ValidationError as exc:
+            log.error("dropping an invalid job message: %s", exc.errors(include_url=False, include_input=False))
+            return "invalid"
+        record = Pipeline(settings, JobStore.from_settings(settings), worker_id()).run(request)
+        return record.status.value
+
+    return app
+
+
+@lru_cache(maxsize=1)
+def get_app() -> Celery:
+    return make_app(load_settings())
+
+
+def enqueue(app: Celery, request: BuildRequest, queue: str) -> None:
+    """Send the job's message; the task id is the job id."""
+    app.send_task(TASK_NAME, args=[request.model_dump(mode="json")], queue=queue, task_id=request.id)

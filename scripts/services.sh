@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Install (Debian, as root) and start everything the runner and its tests need:
+# Docker Engine, Redis (with AOF), an htpasswd-protected registry on :5000, buildah,
+# skopeo, git, and a tiny busybox base image pushed to that registry.
+# Idempotent: running it again only starts what is not running.
+set -euo pipefail
+
+STATE=${RUNNER_DEV_STATE:-/var/tmp/runner-dev}
+REGISTRY_PORT=${RUNNER_DEV_REGISTRY_PORT:-5000}
+REGISTRY_NAME=${RUNNER_DEV_REGISTRY_NAME:-registry.runner.test}
+REGISTRY_USER=${RUNNER_DEV_REGISTRY_USER:-ci}
+REGISTRY_PASSWORD=${RUNNER_DEV_REGISTRY_PASSWORD:-ci-password}
+REDIS_PORT=${RUNNER_DEV_REDIS_PORT:-6379}
+BASE_IMAGE=127.0.0.1:${REGISTRY_PORT}/base/busybox:1
+mkdir -p "$STATE"
+
+say() { printf '[services] %s\n' "$*"; }
+
+install_packages() {
+  local need=()
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v redis-server >/dev/null || need+=(redis-server)
+  command -v docker-registry >/dev/null || need+=(docker-registry)
+  command -v htpasswd >/dev/null || need+=(apache2-utils)
+  command -v buildah >/dev/null || need+=(buildah)
+  command -v skopeo >/dev/null || need+=(skopeo)
+  command -v git >/dev/null || need+=(git)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v iptables >/dev/null || need+=(iptables)
+  [ -x /bin/busybox ] || need+=(busybox-static)
+  if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+  local secs=$1 what=$2; shift 2
+  for _ in $(seq $((secs * 10))); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  say "$what did not come up in ${secs}s"; return 1
+}
+
+start_docker() {
+  if docker info >/dev/null 2>&1; then return; fi
+  say "starting dockerd"
+  nohup dockerd >"$STATE/dockerd.log" 2>&1 &
+  echo $! >"$STATE/dockerd.pid"
+  wait_for 60 dockerd docker info || { tail -20 "$STATE/dockerd.log"; exit 1; }
+}
+
+start_redis() {
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then return; fi
+  say "starting redis-server on 127.0.0.1:$REDIS_PORT (AOF on)"
+  mkdir -p "$STATE/redis"
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
+    --dir "$STATE/redis" --appendonly yes --appendfsync everysec --save "" \
+    --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log"
+  wait_for 20 redis redis-cli -p "$REDIS_PORT" ping
+}
+
+start_registry() {
+  grep -q " $REGISTRY_NAME\$" /etc/hosts || echo "127.0.0.1 $REGISTRY_NAME" >>/etc/hosts
+  if curl -s -o /dev/null "http://127.0.0.1:$REGISTRY_PORT/v2/"; then return; fi
+  say "starting docker-registry on :$REGISTRY_PORT (htpasswd auth)"
+  mkdir -p "$STATE/registry/data"
+  htpasswd -Bbn "$REGISTRY_USER" "$REGISTRY_PASSWORD" >"$STATE/registry/htpasswd"
+  cat >"$STATE/registry/config.yml" <<EOF
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $STATE/registry/data}
+  delete: {enabled: true}
+http:
+  addr: :$REGISTRY_PORT
+auth:
+  htpasswd: {realm: runner-dev, path: $STATE/registry/htpasswd}
+EOF
+  nohup docker-registry serve "$STATE/registry/config.yml" >"$STATE/registry.log" 2>&1 &
+  echo $! >"$STATE/registry.pid"
+  wait_for 20 registry curl -s -o /dev/null "http://127.0.0.1:$REGISTRY_PORT/v2/"
+}
+
+seed_base_image() {
+  if skopeo inspect --tls-verify=false --creds "$REGISTRY_USER:$REGISTRY_PASSWORD" \
+      "docker://$BASE_IMAGE" >/dev/null 2>&1 && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    return
+  fi
+  say "making base image $BASE_IMAGE from busybox-static"
+  local root; root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/tmp" "$root/etc"
+  cp /bin/busybox "$root/bin/busybox"
+  for tool in sh echo cat ls mkdir rm cp mv test true false sleep env grep wc head tail touch \
+      sed tr id printf find sort uniq date expr seq stat chmod du yes; do
+    ln -sf busybox "$root/bin/$tool"
+  done
+  echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+  tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "$BASE_IMAGE" >/dev/null
+  rm -rf "$root"
+  printf '%s' "$REGISTRY_PASSWORD" | docker login -u "$REGISTRY_USER" --password-stdin "127.0.0.1:$REGISTRY_PORT" >/dev/null
+  docker push -q "$BASE_IMAGE" >/dev/null
+}
+
+write_env() {
+  cat >"$STATE/env" <<EOF
+RUNNER_DEV_STATE=$STATE
+RUNNER_DEV_REGISTRY=127.0.0.1:$REGISTRY_PORT
+RUNNER_DEV_REGISTRY_NAME=$REGISTRY_NAME:$REGISTRY_PORT
+RUNNER_DEV_REGISTRY_USER=$REGISTRY_USER
+RUNNER_DEV_REGISTRY_PASSWORD=$REGISTRY_PASSWORD
+RUNNER_DEV_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+RUNNER_DEV_BASE_IMAGE=$BASE_IMAGE
+EOF
+}
+
+install_packages
+start_docker
+start_redis
+start_registry
+seed_base_image
+write_env
+say "ready: docker, redis 127.0.0.1:$REDIS_PORT, registry :$REGISTRY_PORT ($REGISTRY_NAME), base $BASE_IMAGE"
