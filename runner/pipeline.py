@@ -64,6 +64,15 @@ class Watcher(threading.Thread):
         self.stopped.set()
 
 
+def failure(exc: ExecutorError, timeout: int, joblog: JobLog) -> tuple[Status, JobError]:
+    """The final status and stored error for an executor error (messages masked)."""
+    if isinstance(exc, Cancelled):
+        if exc.kind == "timeout":
+            return Status.timed_out, JobError(kind="timeout", message=f"{exc.message} after {timeout}s")
+        return Status.cancelled, JobError(kind="cancelled", message=exc.message)
+    return Status.failed, JobError(kind=exc.kind, message=joblog.mask(exc.message))
+
+
 class Pipeline:
     def __init__(self, settings: Settings, store: JobStore, worker_id: str):
         self.settings, self.store, self.worker_id = settings, store, worker_id
@@ -141,15 +150,10 @@ class Pipeline:
             images = executor.run(request, context, joblog, cancel)
             cancel.raise_if_set()
             status, error = Status.succeeded, None
-        except Cancelled as exc:
-            images, status = [], Status.timed_out if exc.kind == "timeout" else Status.cancelled
-            error = JobError(kind=exc.kind, message=f"{exc.message} after {timeout}s" if exc.kind == "timeout" else exc.message)
         except ExecutorError as exc:
-            if cancel.is_set():
-                images, status = [], Status.timed_out if cancel.reason == "timeout" else Status.cancelled
-                error = JobError(kind="timeout" if cancel.reason == "timeout" else "cancelled", message=f"the job was {status.value.replace('_', ' ')}")
-            else:
-                images, status, error = [], Status.failed, JobError(kind=exc.kind, message=joblog.mask(exc.message))
+            if cancel.is_set() and not isinstance(exc, Cancelled):
+                exc = Cancelled(cancel.reason or "cancelled")
+            images, (status, error) = [], failure(exc, timeout, joblog)
         except Exception as exc:  # noqa: BLE001 - a bug must fail the job, never the worker
             log.exception("job %s crashed", request.id)
             images, status = [], Status.failed
