@@ -100,8 +100,14 @@ seed_base_image() {
   echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
   tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "$BASE_IMAGE" >/dev/null
   rm -rf "$root"
-  printf '%s' "$REGISTRY_PASSWORD" | docker login -u "$REGISTRY_USER" --password-stdin "127.0.0.1:$REGISTRY_PORT" >/dev/null
   docker push -q "$BASE_IMAGE" >/dev/null
+}
+
+login_host_client() {  # so tests can `docker pull` what the runner pushed
+  for host in "127.0.0.1:$REGISTRY_PORT" "$REGISTRY_NAME:$REGISTRY_PORT"; do
+    grep -q "\"$host\"" ~/.docker/config.json 2>/dev/null && continue
+    printf '%s' "$REGISTRY_PASSWORD" | docker login -u "$REGISTRY_USER" --password-stdin "$host" >/dev/null 2>&1
+  done
 }
 
 write_env() {
@@ -120,6 +126,7 @@ install_packages
 start_docker
 start_redis
 start_registry
+login_host_client
 seed_base_image
 write_env
 say "ready: docker, redis 127.0.0.1:$REDIS_PORT, registry :$REGISTRY_PORT ($REGISTRY_NAME), base $BASE_IMAGE"

@@ -1,0 +1,183 @@
+"""Real parts only: scripts/services.sh installs and starts Docker Engine, Redis, an
+htpasswd registry and buildah; a real `runner worker` process takes the jobs.
+
+Each test session uses its own Redis namespace (keys and queues), so sessions never take
+each other's jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner.settings import load_settings
+from runner.store import JobStore
+from tests.support import all_support
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNER = str(Path(sys.executable).with_name("runner"))
+WRONG_PASSWORD_HOST = "localhost:5000"  # the same registry, configured with a wrong password
+
+
+@pytest.fixture(scope="session")
+def services() -> dict[str, str]:
+    subprocess.run(["bash", str(ROOT / "scripts" / "services.sh")], check=True, stdout=subprocess.DEVNULL)
+    state = Path(os.environ.get("RUNNER_DEV_STATE", "/var/tmp/runner-dev"))
+    return dict(line.split("=", 1) for line in (state / "env").read_text().split())
+
+
+def make_config(services: dict[str, str], workdir: Path, namespace: str, **overrides) -> dict:
+    user, password = services["RUNNER_DEV_REGISTRY_USER"], services["RUNNER_DEV_REGISTRY_PASSWORD"]
+    support = all_support()
+    config = {
+        "redis_url": services["RUNNER_DEV_REDIS_URL"],
+        "default_executor": "socket",
+        "registries": [
+            {"host": services["RUNNER_DEV_REGISTRY"], "username": user, "password": password},
+            {"host": services["RUNNER_DEV_REGISTRY_NAME"], "username": user, "password": password, "insecure": True},
+            {"host": WRONG_PASSWORD_HOST, "username": user, "password": "wrong-password", "insecure": True},
+        ],
+        "executors": {name: s.config(services) for name, s in support.items() if s.skip_reason() is None},
+        "limits": {"default_timeout": 600, "max_timeout": 1800, "max_context_bytes": 50 * 1024**2},
+        "worker": {"namespace": namespace, "workspace": str(workdir / "work"), "concurrency": 2},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@dataclass
+class RunnerHarness:
+    """A config file, its store, and helpers to drive the `runner` CLI as a user would."""
+
+    services: dict[str, str]
+    workdir: Path
+    config: dict
+    config_path: Path = field(init=False)
+    worker_proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.config_path = self.workdir / "runner.yml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "RUNNER_CONFIG": str(self.config_path)}
+
+    @property
+    def settings(self):
+        old = os.environ.get("RUNNER_CONFIG")
+        os.environ["RUNNER_CONFIG"] = str(self.config_path)
+        try:
+            return load_settings()
+        finally:
+            if old is None:
+                os.environ.pop("RUNNER_CONFIG")
+            else:
+                os.environ["RUNNER_CONFIG"] = old
+
+    @property
+    def store(self) -> JobStore:
+        return JobStore.from_settings(self.settings)
+
+    def cli(self, *args: str, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([RUNNER, *args], env=self.env, capture_output=True, text=True, timeout=timeout, input=input)
+
+    def registry(self, key: str = "RUNNER_DEV_REGISTRY") -> str:
+        return self.services[key]
+
+    def start_worker(self, *args: str) -> subprocess.Popen:
+        log = (self.workdir / f"worker-{uuid.uuid4().hex[:6]}.log").open("w")
+        proc = subprocess.Popen([RUNNER, "worker", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if " ready." in Path(log.name).read_text():
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"worker not ready: {Path(log.name).read_text()[-2000:]}")
+        proc.log_path = Path(log.name)  # type: ignore[attr-defined]
+        return proc
+
+    @staticmethod
+    def stop_worker(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 30) -> None:
+        if proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def new_harness(services, tmp_path_factory, **overrides) -> RunnerHarness:
+    workdir = tmp_path_factory.mktemp("runner")
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    return RunnerHarness(services, workdir, make_config(services, workdir, namespace, **overrides))
+
+
+def cleanup_namespace(harness: RunnerHarness) -> None:
+    store = harness.store
+    for key in store.r.scan_iter(f"{store.ns}:*", count=1000):
+        store.r.delete(key)
+    for key in store.r.scan_iter(f"_kombu.binding.{store.ns}.*"):
+        store.r.delete(key)
+
+
+@pytest.fixture(scope="session")
+def harness(services, tmp_path_factory):
+    """The session's runner: config, namespace and one real worker process."""
+    h = new_harness(services, tmp_path_factory)
+    h.worker_proc = h.start_worker()
+    yield h
+    h.stop_worker(h.worker_proc)
+    cleanup_namespace(h)
+
+
+@pytest.fixture
+def make_harness(services, tmp_path_factory):
+    """Make extra harnesses (own namespace, config overrides); their workers are stopped after."""
+    made = []
+
+    def factory(**overrides) -> RunnerHarness:
+        h = new_harness(services, tmp_path_factory, **overrides)
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        if h.worker_proc is not None:
+            h.stop_worker(h.worker_proc)
+        cleanup_namespace(h)
+
+
+def registry_digest(services: dict[str, str], ref: str) -> str:
+    """What the registry holds for `ref`, read with skopeo (not with our code)."""
+    creds = f"{services['RUNNER_DEV_REGISTRY_USER']}:{services['RUNNER_DEV_REGISTRY_PASSWORD']}"
+    out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--creds", creds, f"docker://{ref}"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    return json.loads(out)["Digest"]
+
+
+def run_image(ref: str, *cmd: str) -> str:
+    """Pull and run the image on the host engine; return its output."""
+    out = subprocess.run(["docker", "run", "--rm", "--pull", "always", ref, *cmd], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
+    return out.stdout

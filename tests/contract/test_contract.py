@@ -1,0 +1,133 @@
+"""The contract suite: the same end-to-end cases on every executor that can run here.
+
+Each case drives the real CLI against a real worker, then reads the result back from the
+registry with skopeo and runs the image on the host engine."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WRONG_PASSWORD_HOST, registry_digest, run_image
+from tests.support import all_support
+
+SUPPORT = all_support()
+
+
+def executor_params():
+    for name, support in SUPPORT.items():
+        reason = support.skip_reason()
+        yield pytest.param(name, id=name, marks=[pytest.mark.skip(reason=reason)] if reason else [])
+
+
+@pytest.fixture(params=list(executor_params()))
+def executor(request) -> str:
+    return request.param
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def ref(harness, executor: str, name: str, tag: str | None = None) -> str:
+    registry = harness.registry(SUPPORT[executor].registry_key)
+    return f"{registry}/contract/{executor}-{name}:{tag or uuid.uuid4().hex[:10]}"
+
+
+def submit(harness, executor: str, context: Path, *args: str):
+    result = harness.cli("submit", str(context), "--executor", executor, "--json", *args)
+    record = json.loads(result.stdout) if result.stdout.strip().startswith("{") else None
+    return result, record
+
+
+def base(harness) -> str:
+    return harness.services["RUNNER_DEV_BASE_IMAGE"]
+
+
+def test_simple_build_lands_in_registry_with_reported_digest(harness, executor, tmp_path):
+    ctx = write(tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo built-by-{executor} > /out.txt\n"})
+    image = ref(harness, executor, "simple")
+    result, record = submit(harness, executor, ctx, "-t", image)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert record["status"] == "succeeded" and record["executor"] == executor
+    [pushed] = record["images"]
+    assert pushed["ref"] == image
+    assert pushed["digest"] == registry_digest(harness.services, image)
+    assert run_image(image, "cat", "/out.txt").strip() == f"built-by-{executor}"
+
+
+def test_multi_stage_target_stops_at_stage(harness, executor, tmp_path):
+    ctx = write(tmp_path, {"Dockerfile": (
+        f"FROM {base(harness)} AS first\nRUN echo first > /stage.txt\n"
+        f"FROM {base(harness)} AS second\nRUN echo second > /stage.txt\n")})
+    image = ref(harness, executor, "target")
+    result, record = submit(harness, executor, ctx, "-t", image, "--target", "first")
+    assert result.returncode == 0, result.stderr
+    assert run_image(image, "cat", "/stage.txt").strip() == "first"
+
+
+def test_build_args_reach_the_build(harness, executor, tmp_path):
+    ctx = write(tmp_path, {"Dockerfile": f"FROM {base(harness)}\nARG COLOUR=none\nRUN echo $COLOUR > /colour\n"})
+    image = ref(harness, executor, "args")
+    result, _ = submit(harness, executor, ctx, "-t", image, "--build-arg", "COLOUR=teal")
+    assert result.returncode == 0, result.stderr
+    assert run_image(image, "cat", "/colour").strip() == "teal"
+
+
+def test_dockerignore_keeps_files_out(harness, executor, tmp_path):
+    ctx = write(tmp_path, {
+        "Dockerfile": f"FROM {base(harness)}\nCOPY . /src\nRUN ls -a /src | sort > /listing\n",
+        ".dockerignore": "*.log\nsecret/\n!keep.log\n",
+        "app.txt": "a", "debug.log": "x", "keep.log": "k", "secret/key": "s",
+    })
+    image = ref(harness, executor, "ignore")
+    result, _ = submit(harness, executor, ctx, "-t", image)
+    assert result.returncode == 0, result.stderr
+    listing = run_image(image, "cat", "/listing").split()
+    assert "app.txt" in listing and "keep.log" in listing
+    assert "debug.log" not in listing and "secret" not in listing
+
+
+def test_dockerfile_in_subfolder(harness, executor, tmp_path):
+    ctx = write(tmp_path, {"docker/build.Dockerfile": f"FROM {base(harness)}\nCOPY data.txt /data.txt\n", "data.txt": "from-root"})
+    image = ref(harness, executor, "subdir")
+    result, _ = submit(harness, executor, ctx, "-t", image, "-f", "docker/build.Dockerfile")
+    assert result.returncode == 0, result.stderr
+    assert run_image(image, "cat", "/data.txt") == "from-root"
+
+
+def test_two_tags_one_digest(harness, executor, tmp_path):
+    ctx = write(tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo two > /two\n"})
+    first, second = ref(harness, executor, "two", "1.0"), ref(harness, executor, "two", "latest")
+    result, record = submit(harness, executor, ctx, "-t", first, "-t", second)
+    assert result.returncode == 0, result.stderr
+    digests = {image["digest"] for image in record["images"]}
+    assert len(digests) == 1 and [i["ref"] for i in record["images"]] == [first, second]
+    assert registry_digest(harness.services, first) == registry_digest(harness.services, second) == digests.pop()
+
+
+def test_failing_step_fails_the_job_and_names_the_step(harness, executor, tmp_path):
+    ctx = write(tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo about-to-fail && exit 3\n"})
+    result, record = submit(harness, executor, ctx, "-t", ref(harness, executor, "fails"))
+    assert result.returncode == 1
+    assert record["status"] == "failed" and record["error"]["kind"] == "build"
+    assert "exit 3" in record["error"]["message"] or "RUN echo about-to-fail" in record["error"]["message"]
+    log = harness.cli("logs", record["id"]).stdout
+    assert "about-to-fail" in log
+
+
+def test_wrong_registry_password_fails_with_auth_message(harness, executor, tmp_path):
+    if SUPPORT[executor].registry_key != "RUNNER_DEV_REGISTRY":
+        pytest.skip(f"{executor} reaches the registry by name; the wrong-password alias is {WRONG_PASSWORD_HOST}")
+    ctx = write(tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo hi > /hi\n"})
+    result, record = submit(harness, executor, ctx, "-t", f"{WRONG_PASSWORD_HOST}/contract/{executor}-auth:1")
+    assert result.returncode == 1, result.stderr
+    assert record["status"] == "failed" and record["error"]["kind"] == "auth"
+    assert "wrong-password" not in json.dumps(record) and "wrong-password" not in harness.cli("logs", record["id"]).stdout

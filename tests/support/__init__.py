@@ -1,0 +1,34 @@
+"""Per-executor test support: one module per executor in this package, each defining
+`SUPPORT = ExecutorSupport(...)`. The conftest builds the test config and the contract
+suite's parameters from them, so adding an executor to the suite touches only its module."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ExecutorSupport:
+    name: str
+    #: the executor's config section for the test worker (given the services env dict)
+    config: Callable[[dict], dict]
+    #: None when the executor can run here, else why not (naming the missing tool)
+    skip_reason: Callable[[], str | None] = lambda: None
+    #: which registry host the tags of this executor's builds use (services env key)
+    registry_key: str = "RUNNER_DEV_REGISTRY"
+    #: True for executors that build through a Docker Engine (BuildKit cases apply)
+    engine: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def all_support() -> dict[str, ExecutorSupport]:
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        support = getattr(module, "SUPPORT", None)
+        if isinstance(support, ExecutorSupport):
+            found[support.name] = support
+    return dict(sorted(found.items()))
