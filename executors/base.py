@@ -176,5 +176,9 @@ class Executor(ABC):
     def cleanup(self, job_id: str) -> None:
         """Remove everything this executor made for `job_id`. Idempotent; never raises."""
 
+    def start(self) -> None:
+        """Worker start-up hook (e.g. fill a warm pool). Executors are created per job, so
+        long-lived state belongs at module level, keyed by whatever config it depends on."""
+
     def shutdown(self) -> None:
         """Release long-lived resources (pools); called when the worker stops."""

@@ -6,6 +6,7 @@ directly by tests, so it never imports Celery.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import threading
@@ -25,9 +26,16 @@ log = logging.getLogger("runner.pipeline")
 LEASE_TTL = 30.0
 WATCH_INTERVAL = 0.25
 
-#: Prepares a non-upload context (git) into a BuildContext; set by runner.gitsource if present.
-ContextPreparer = Callable[[BuildRequest, "object", "JobLog", CancelToken, Settings], BuildContext]
-context_preparers: dict[str, ContextPreparer] = {}
+#: Context sources other than uploads: type -> "module:function" taking
+#: (request, workspace, joblog, cancel, settings) and returning a BuildContext.
+CONTEXT_PREPARERS = {"git": "runner.gitsource:prepare_git_context"}
+#: Called with (record, request, settings) after a job ends, e.g. completion callbacks. Must not raise.
+FINISH_HOOKS = ["runner.callbacks:on_job_finished"]
+
+
+def load_hook(spec: str) -> Callable:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def effective_timeout(request: BuildRequest, settings: Settings) -> int:
@@ -180,7 +188,17 @@ class Pipeline:
         self.store.end_log(request.id, status)
         self.store.delete_context(request.id)
         assert record is not None
+        self._run_finish_hooks(record, request)
         return record
+
+    def _run_finish_hooks(self, record: JobRecord, request: BuildRequest) -> None:
+        for spec in FINISH_HOOKS:
+            try:
+                load_hook(spec)(record, request, self.settings)
+            except (ImportError, AttributeError):
+                continue
+            except Exception:  # noqa: BLE001 - a hook never changes the job's result
+                log.exception("finish hook %s failed for %s", spec, record.id)
 
     def _executor(self, name: str):
         if not executors.is_enabled(self.settings, name):
@@ -197,7 +215,11 @@ class Pipeline:
                                     self.settings.limits.max_context_bytes)
             joblog.line(f"[runner] context: {context.size:,} bytes")
             return context
-        preparer = context_preparers.get(kind)
+        spec = CONTEXT_PREPARERS.get(kind)
+        try:
+            preparer = load_hook(spec) if spec else None
+        except (ImportError, AttributeError):
+            preparer = None
         if preparer is None:
             raise InfrastructureError(f"this worker cannot prepare {kind!r} contexts")
         return preparer(request, workspace, joblog, cancel, self.settings)

@@ -35,9 +35,33 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     if not queues:
         raise SystemExit("no usable executor is enabled: run `runner doctor` to see why")
     app = make_app(settings)
+    names = [q.removeprefix(settings.worker.namespace + ".") for q in queues]
+    lifecycle_hooks(settings, names)
     log.info("worker %s taking %s", worker_id(), ", ".join(queues))
     app.Worker(
         queues=queues, concurrency=concurrency or settings.worker.concurrency, pool="threads",
         loglevel=loglevel, hostname=f"runner-{os.getpid()}@{socket.gethostname()}",
         without_heartbeat=True, without_gossip=True, without_mingle=True,
     ).start()
+
+
+def lifecycle_hooks(settings: Settings, names: list[str]) -> None:
+    """Call each executor's start() now and shutdown() when the worker stops."""
+    from celery.signals import worker_shutdown
+
+    started = []
+    for name in names:
+        try:
+            executor = executors.create(settings, name, worker_id())
+            executor.start()
+            started.append(executor)
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up is logged, jobs still run
+            log.warning("executor %s: start-up hook failed: %s", name, exc)
+
+    @worker_shutdown.connect(weak=False)
+    def stop_executors(**_) -> None:
+        for executor in started:
+            try:
+                executor.shutdown()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("executor %s: shutdown hook failed: %s", executor.name, exc)
