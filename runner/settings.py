@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from runner.settings_api import ApiConfig, CallbacksConfig, GitConfig, WebhooksConfig
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -146,10 +148,10 @@ class Settings(BaseSettings):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     builder: Literal["auto", "buildkit", "classic"] = "auto"
     build_secrets: dict[str, SecretStr] = Field(default_factory=dict, description="id -> value for --secret")
-    api: dict[str, Any] = Field(default_factory=dict)
-    webhooks: dict[str, Any] = Field(default_factory=dict)
-    git: dict[str, Any] = Field(default_factory=dict)
-    callbacks: dict[str, Any] = Field(default_factory=dict)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    git: GitConfig = Field(default_factory=GitConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
 
     @classmethod
     def settings_customise_sources(
