@@ -28,8 +28,8 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFRA = 0, 1, 2, 3
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CI build runner: build and push container images.")
 config_app = typer.Typer(help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -240,12 +240,14 @@ def worker(
 
 @app.command()
 def doctor() -> None:
-    """Check Redis, the engine, registries and every enabled executor; one line each."""
+    """Check Redis, the engine, registries and every executor; one line each.
+
+    Exits 1 if Redis or an enabled executor cannot work; other failures are shown, not fatal."""
     from runner.doctor import run_checks
 
     ok = True
     for check in run_checks(settings()):
-        mark = "[green]ok[/]  " if check.ok else ("[yellow]warn[/]" if not check.required else "[red]FAIL[/]")
+        mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]" if check.required or check.shown else "[dim]off[/] "
         out.print(f"{mark} {check.name}: {check.summary}", highlight=False)
         ok = ok and (check.ok or not check.required)
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)

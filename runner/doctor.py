@@ -16,6 +16,8 @@ class Check:
     ok: bool
     summary: str
     required: bool = True
+    #: a failure worth a FAIL mark even when it does not fail the doctor (registries)
+    shown: bool = False
 
 
 def check_redis(settings: Settings) -> Check:
@@ -48,7 +50,7 @@ def check_registry(registry) -> Check:
         login = "login works" if registry.username else "anonymous"
         return Check(f"registry {registry.host}", True, f"reachable, {login}")
     except Exception as exc:  # noqa: BLE001
-        return Check(f"registry {registry.host}", False, getattr(exc, "message", str(exc)))
+        return Check(f"registry {registry.host}", False, getattr(exc, "message", str(exc)), required=False, shown=True)
 
 
 def check_executors(settings: Settings) -> list[Check]:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Docker's reference grammar (distribution/reference), restricted to what we push:
 # REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
@@ -160,12 +160,13 @@ class BuildRequest(BaseModel):
                 raise ValueError(f"the value of {key!r} is over {MAX_BUILD_ARG_BYTES} bytes")
         return pairs
 
-    @model_validator(mode="after")
-    def _secret_args_exist(self) -> BuildRequest:
-        missing = [name for name in self.secret_build_args if name not in self.build_args]
+    @field_validator("secret_build_args")
+    @classmethod
+    def _secret_args_exist(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        missing = [name for name in names if name not in info.data.get("build_args", {})]
         if missing:
-            raise ValueError(f"secret_build_args names {missing} which are not in build_args")
-        return self
+            raise ValueError(f"names {missing} which are not in build_args")
+        return names
 
     def image_refs(self) -> list[ImageRef]:
         return [ImageRef.parse(ref) for ref in self.tags]

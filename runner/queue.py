@@ -74,4 +74,5 @@ def get_app() -> Celery:
 
 def enqueue(app: Celery, request: BuildRequest, queue: str) -> None:
     """Send the job's message; the task id is the job id."""
-    app.send_task(TASK_NAME, args=[request.model_dump(mode="json")], queue=queue, task_id=request.id)
+    app.send_task(TASK_NAME, args=[request.model_dump(mode="json")], queue=queue, task_id=request.id,
+                  argsrepr=f"[job {request.id}]", kwargsrepr="{}")  # build args stay out of the headers
