@@ -110,6 +110,12 @@ login_host_client() {  # so tests can `docker pull` what the runner pushed
   done
 }
 
+write_password_file() {  # for configs that use registries[].password_file (config/dev.yml)
+  umask 077
+  printf '%s\n' "$REGISTRY_PASSWORD" >"$STATE/registry/password"
+  umask 022
+}
+
 write_env() {
   cat >"$STATE/env" <<EOF
 RUNNER_DEV_STATE=$STATE
@@ -128,5 +134,6 @@ start_redis
 start_registry
 login_host_client
 seed_base_image
+write_password_file
 write_env
 say "ready: docker, redis 127.0.0.1:$REDIS_PORT, registry :$REGISTRY_PORT ($REGISTRY_NAME), base $BASE_IMAGE"
