@@ -1,0 +1,153 @@
+"""Spine benchmark: pickup latency, and per-job overhead against raw `docker build && docker push`.
+
+Run:  .venv/bin/python bench/bench_spine.py [--pickup-jobs 200] [--rounds 5]
+Needs the services (scripts/services.sh). Starts its own worker in its own namespace.
+Prints a table. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runner.context import write_tar  # noqa: E402
+from runner.jobs import BuildRequest  # noqa: E402
+from runner.queue import make_app  # noqa: E402
+from runner.settings import load_settings  # noqa: E402
+from runner.store import JobStore  # noqa: E402
+from runner.submission import submit  # noqa: E402
+
+REGISTRY = "127.0.0.1:5000"
+BASE = f"{REGISTRY}/base/busybox:1"
+MULTI_STEP = f"""FROM {BASE}
+ARG SALT=0
+RUN echo $SALT > /salt && dd if=/dev/urandom of=/blob1 bs=1M count=8 2>/dev/null
+RUN sleep 1 && dd if=/dev/urandom of=/blob2 bs=1M count=8 2>/dev/null
+RUN for i in $(seq 1 20000); do echo $i; done > /numbers
+COPY . /src
+RUN sha1sum /blob1 /blob2 > /sums 2>/dev/null || true
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Bench:
+    def __init__(self, workdir: Path, builder: str):
+        self.workdir = workdir
+        env_file = Path("/var/tmp/runner-dev/env")
+        dev = dict(line.split("=", 1) for line in env_file.read_text().split())
+        self.config = {
+            "redis_url": dev["RUNNER_DEV_REDIS_URL"], "default_executor": "socket", "builder": builder,
+            "registries": [{"host": REGISTRY, "username": dev["RUNNER_DEV_REGISTRY_USER"],
+                            "password": dev["RUNNER_DEV_REGISTRY_PASSWORD"]}],
+            "executors": {"socket": {"enabled": True}},
+            "worker": {"namespace": f"bench-{uuid.uuid4().hex[:6]}", "workspace": str(workdir / "work"), "concurrency": 1},
+        }
+        path = workdir / "bench.yml"
+        path.write_text(yaml.safe_dump(self.config))
+        os.environ["RUNNER_CONFIG"] = str(path)
+        self.settings = load_settings()
+        self.store = JobStore.from_settings(self.settings)
+        self.app = make_app(self.settings)
+        self.log = (workdir / "worker.log").open("w")
+        self.worker = subprocess.Popen([str(Path(sys.executable).with_name("runner")), "worker", "--concurrency", "1"],
+                                       stdout=self.log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        for _ in range(300):
+            if " ready." in (workdir / "worker.log").read_text():
+                break
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.worker.terminate()
+        self.worker.wait(30)
+        for key in self.store.r.scan_iter(f"{self.store.ns}:*"):
+            self.store.r.delete(key)
+
+    def run_job(self, context: Path, tag: str, **fields) -> tuple[float, float]:
+        """Submit like the CLI does (upload + record + message); return (pickup, total) seconds."""
+        request = BuildRequest(tags=[tag], **fields)
+        t0 = time.perf_counter()
+        writer = self.store.context_writer(request.id, self.settings.limits.max_context_bytes)
+        write_tar(context, writer)
+        writer.close()
+        record, _ = submit(request, self.settings, self.store, self.app)
+        while True:
+            record = self.store.get(request.id)
+            if record.finished:
+                break
+            time.sleep(0.002)
+        total = time.perf_counter() - t0
+        if record.status.value != "succeeded":
+            raise SystemExit(f"bench job failed: {record.error}")
+        return (record.started_at - record.created_at).total_seconds(), total
+
+
+def raw_build_push(context: Path, tag: str, no_cache: bool) -> float:
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    t0 = time.perf_counter()
+    subprocess.run(["docker", "build", "-q", *(["--no-cache"] if no_cache else []), "-t", tag, str(context)],
+                   check=True, capture_output=True, env=env)
+    subprocess.run(["docker", "push", "-q", tag], check=True, capture_output=True)
+    elapsed = time.perf_counter() - t0
+    subprocess.run(["docker", "rmi", "--no-prune", tag], capture_output=True)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pickup-jobs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--builder", default="classic", help="builder for our executor (raw docker uses classic)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        small = workdir / "small"
+        small.mkdir()
+        (small / "Dockerfile").write_text(f"FROM {BASE}\nCOPY data.bin /data.bin\nRUN wc -c /data.bin\n")
+        (small / "data.bin").write_bytes(os.urandom(1024 * 1024))
+        multi = workdir / "multi"
+        multi.mkdir()
+        (multi / "Dockerfile").write_text(MULTI_STEP)
+        (multi / "data.bin").write_bytes(os.urandom(1024 * 1024))
+
+        bench = Bench(workdir, args.builder)
+        try:
+            pickups = [bench.run_job(small, f"{REGISTRY}/bench/pickup:{i % 5}")[0] for i in range(args.pickup_jobs)]
+            rows = []
+            for label, ctx, no_cache in (("cached 1 MB context", small, False), ("uncached multi-step", multi, True)):
+                ours, raw = [], []
+                raw_build_push(ctx, f"{REGISTRY}/bench/raw:warm", False)
+                bench.run_job(ctx, f"{REGISTRY}/bench/ours:warm")
+                for _ in range(args.rounds):
+                    raw.append(raw_build_push(ctx, f"{REGISTRY}/bench/raw:x", no_cache))
+                    ours.append(bench.run_job(ctx, f"{REGISTRY}/bench/ours:x", no_cache=no_cache)[1])
+                rows.append((label, statistics.median(raw), statistics.median(ours)))
+        finally:
+            bench.close()
+
+    print(f"\nPickup latency (submit -> running, idle worker), {len(pickups)} jobs")
+    print(f"| p50 | p99 | max |\n|---|---|---|\n| {pct(pickups, .5) * 1000:.1f} ms | {pct(pickups, .99) * 1000:.1f} ms "
+          f"| {max(pickups) * 1000:.1f} ms |")
+    print(f"\nPer-job cost vs raw `docker build && docker push` (median of {args.rounds}; our builder: {args.builder})")
+    print("| case | raw | runner | overhead | overhead % |\n|---|---|---|---|---|")
+    for label, raw, ours in rows:
+        print(f"| {label} | {raw * 1000:.0f} ms | {ours * 1000:.0f} ms | {(ours - raw) * 1000:+.0f} ms | {(ours / raw - 1) * 100:+.1f} % |")
+
+
+if __name__ == "__main__":
+    main()
