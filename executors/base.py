@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 LABEL_JOB = "io.runner.job"
 LABEL_WORKER = "io.runner.worker"
 LABEL_EXECUTOR = "io.runner.executor"
+LABEL_NAMESPACE = "io.runner.namespace"
 
 
 class ExecutorError(Exception):
@@ -162,7 +163,8 @@ class Executor(ABC):
         self.worker_id = worker_id
 
     def labels(self, job_id: str) -> dict[str, str]:
-        return {LABEL_JOB: job_id, LABEL_WORKER: self.worker_id, LABEL_EXECUTOR: self.name}
+        return {LABEL_JOB: job_id, LABEL_WORKER: self.worker_id, LABEL_EXECUTOR: self.name,
+                LABEL_NAMESPACE: self.settings.worker.namespace}
 
     @abstractmethod
     def check(self) -> CheckResult:
@@ -175,6 +177,11 @@ class Executor(ABC):
     @abstractmethod
     def cleanup(self, job_id: str) -> None:
         """Remove everything this executor made for `job_id`. Idempotent; never raises."""
+
+    def leftover_job_ids(self) -> list[str]:
+        """Job ids this executor still holds resources for (the reaper calls cleanup on the
+        ones whose job is not running). Labelled Docker objects are found without this."""
+        return []
 
     def start(self) -> None:
         """Worker start-up hook (e.g. fill a warm pool). Executors are created per job, so

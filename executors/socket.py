@@ -10,7 +10,7 @@ import docker.errors
 import requests
 
 from executors.base import BuildContext, CancelToken, CheckResult, Executor, LogSink
-from executors.engine import Engine, connect
+from executors.engine import JOB_TAG_REPO, Engine, connect
 from runner.jobs import BuildRequest, PushedImage
 
 RISK = ("jobs reach the host's Docker Engine: root-equivalent on this host "
@@ -42,6 +42,16 @@ class SocketExecutor(Executor):
             return Engine(api, self.settings).build_and_push(job, context, log, cancel, self.config.keep_images)
         finally:
             api.close()
+
+    def leftover_job_ids(self) -> list[str]:
+        try:
+            api = connect(self.config.docker_host, timeout=10)
+            images = api.images(name=f"{JOB_TAG_REPO}/*")
+            api.close()
+        except Exception:  # noqa: BLE001 - no engine, nothing to find
+            return []
+        tags = [tag for image in images for tag in image.get("RepoTags") or []]
+        return [tag.split("/", 1)[1].rsplit(":", 1)[0] for tag in tags if tag.startswith(JOB_TAG_REPO + "/")]
 
     def cleanup(self, job_id: str) -> None:
         try:

@@ -23,14 +23,29 @@ from runner.store import JobStore
 
 log = logging.getLogger("runner.pipeline")
 
-LEASE_TTL = 30.0
 WATCH_INTERVAL = 0.25
+MAINTENANCE_PREFIX = "maint:"  # lease holders that are a reaper or recovery, never a build
 
 #: Context sources other than uploads: type -> "module:function" taking
 #: (request, workspace, joblog, cancel, settings) and returning a BuildContext.
 CONTEXT_PREPARERS = {"git": "runner.gitsource:prepare_git_context"}
 #: Called with (record, request, settings) after a job ends, e.g. completion callbacks. Must not raise.
 FINISH_HOOKS = ["runner.callbacks:on_job_finished"]
+
+#: Sends a job's message again after `delay` seconds (given by the Celery task).
+Requeue = Callable[[BuildRequest, float], None]
+
+_active: dict[str, CancelToken] = {}
+_active_lock = threading.Lock()
+
+
+def cancel_all(reason: str) -> list[str]:
+    """Fire the cancel token of every job running in this process (graceful shutdown)."""
+    with _active_lock:
+        tokens = dict(_active)
+    for token in tokens.values():
+        token.set(reason)
+    return list(tokens)
 
 
 def load_hook(spec: str) -> Callable:
@@ -42,14 +57,24 @@ def effective_timeout(request: BuildRequest, settings: Settings) -> int:
     return min(request.timeout or settings.limits.default_timeout, settings.limits.max_timeout)
 
 
+def secrets_to_mask(request: BuildRequest, settings: Settings) -> list[str]:
+    values = [*request.secret_values(), *(v.get_secret_value() for v in settings.build_secrets.values())]
+    for registry in settings.registries:
+        try:
+            values.append(registry.secret() or "")
+        except ValueError:
+            pass
+    return [v for v in values if len(v) >= 3]
+
+
 class Watcher(threading.Thread):
     """Sets the cancel token on a cancel request or the deadline, and keeps the lease alive."""
 
-    def __init__(self, store: JobStore, job_id: str, worker: str, cancel: CancelToken, deadline: float):
+    def __init__(self, store: JobStore, job_id: str, worker: str, cancel: CancelToken, deadline: float, lease_ttl: float):
         super().__init__(daemon=True, name=f"watch-{job_id}")
         self.store, self.job_id, self.worker, self.cancel, self.deadline = store, job_id, worker, cancel, deadline
+        self.lease_ttl = lease_ttl
         self.stopped = threading.Event()
-        self.lease_lost = False
 
     def run(self) -> None:
         last_renew = time.monotonic()
@@ -57,11 +82,10 @@ class Watcher(threading.Thread):
             try:
                 if self.store.cancel_requested(self.job_id):
                     self.cancel.set("cancelled")
-                if time.monotonic() - last_renew > LEASE_TTL / 3:
-                    if not self.store.renew_lease(self.job_id, self.worker, LEASE_TTL):
-                        # The lease expired (e.g. Redis was down) and was re-taken; re-acquire if free.
-                        if not self.store.acquire_lease(self.job_id, self.worker, LEASE_TTL):
-                            self.lease_lost = True
+                if time.monotonic() - last_renew > self.lease_ttl / 4:
+                    if not self.store.renew_lease(self.job_id, self.worker, self.lease_ttl):
+                        # expired while Redis was away: take it back unless someone else holds it
+                        self.store.acquire_lease(self.job_id, self.worker, self.lease_ttl)
                     last_renew = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - Redis outages are survived, not fatal
                 log.warning("watcher for %s: %s", self.job_id, exc)
@@ -82,16 +106,18 @@ def failure(exc: ExecutorError, timeout: int, joblog: JobLog) -> tuple[Status, J
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, store: JobStore, worker_id: str):
-        self.settings, self.store, self.worker_id = settings, store, worker_id
+    def __init__(self, settings: Settings, store: JobStore, worker_id: str, requeue: Requeue | None = None):
+        self.settings, self.store, self.worker_id, self.requeue = settings, store, worker_id, requeue
+        self.lease_ttl = settings.worker.lease_ttl
 
     def ensure_record(self, request: BuildRequest) -> JobRecord:
         """A job posted straight to the queue has no record yet: create it (first write wins)."""
         record = self.store.get(request.id)
         if record is None:
             executor = request.executor or self.settings.default_executor
-            self.store.create(JobRecord(id=request.id, request=request.redacted(), executor=executor,
-                                        queue=self.settings.queue_for(executor)))
+            if self.store.create(JobRecord(id=request.id, request=request.redacted(), executor=executor,
+                                           queue=self.settings.queue_for(executor))):
+                self.store.save_request(request)
             record = self.store.get(request.id)
         assert record is not None
         return record
@@ -103,13 +129,24 @@ class Pipeline:
             return record
         if self.store.cancel_requested(request.id):
             return self._finish_unstarted(request.id, Status.cancelled, JobError(kind="cancelled", message="cancelled before it started"))
-        if not self.store.acquire_lease(request.id, self.worker_id, LEASE_TTL):
+        if not self._acquire_lease(request.id):
             log.info("job %s is held by %s; duplicate delivery ignored", request.id, self.store.lease_holder(request.id))
             return record
         try:
             return self._run_claimed(request)
         finally:
             self.store.release_lease(request.id, self.worker_id)
+
+    def _acquire_lease(self, job_id: str) -> bool:
+        """Take the job's lease; wait out a reaper or recovery that holds it for a moment."""
+        for _ in range(100):
+            if self.store.acquire_lease(job_id, self.worker_id, self.lease_ttl):
+                return True
+            holder = self.store.lease_holder(job_id)
+            if holder is not None and not holder.startswith(MAINTENANCE_PREFIX):
+                return False
+            time.sleep(0.1)
+        return False
 
     def _finish_unstarted(self, job_id: str, status: Status, error: JobError) -> JobRecord:
         def change(r: JobRecord) -> JobRecord | None:
@@ -119,10 +156,14 @@ class Pipeline:
 
         record = self.store.update(job_id, change)
         JobLog(self.store, job_id).line(f"[runner] {error.message}")
-        self.store.end_log(job_id, status)
-        self.store.delete_context(job_id)
+        self._end(job_id, status)
         assert record is not None
         return record
+
+    def _end(self, job_id: str, status: Status) -> None:
+        self.store.end_log(job_id, status)
+        self.store.delete_context(job_id)
+        self.store.delete_request(job_id)
 
     def _run_claimed(self, request: BuildRequest) -> JobRecord:
         max_attempts = self.settings.limits.max_attempts
@@ -136,42 +177,73 @@ class Pipeline:
         record = self.store.update(request.id, start)
         if record is None or record.finished:  # cancelled while we claimed it
             return record or self.ensure_record(request)
-        joblog = JobLog(self.store, request.id, request.secret_values(),
+        joblog = JobLog(self.store, request.id, secrets_to_mask(request, self.settings),
                         self.settings.limits.max_log_bytes, self.settings.limits.max_log_lines)
         if record.attempts > max_attempts:
             message = f"gave up after {max_attempts} attempts: each attempt lost its worker (limits.max_attempts)"
             return self._finish(request, joblog, Status.failed, [], JobError(kind="worker_lost", message=message))
         if record.attempts > 1:
-            joblog.line(f"[runner] attempt {record.attempts} (the previous attempt lost its worker)")
+            joblog.line(f"[runner] attempt {record.attempts} of at most {max_attempts}")
         joblog.line(f"[runner] job {request.id} running on {self.worker_id} with executor {record.executor}")
 
         cancel = CancelToken()
         timeout = effective_timeout(request, self.settings)
-        watcher = Watcher(self.store, request.id, self.worker_id, cancel, time.monotonic() + timeout)
+        watcher = Watcher(self.store, request.id, self.worker_id, cancel, time.monotonic() + timeout, self.lease_ttl)
         watcher.start()
+        with _active_lock:
+            _active[request.id] = cancel
         workspace = self.settings.worker.workspace / request.id
-        executor = None
+        shutil.rmtree(workspace, ignore_errors=True)  # a dead attempt's leftovers
+        executor, images, error, requeue_why = None, [], None, None
         try:
             executor = self._executor(record.executor)
             context = self._context(request, workspace, joblog, cancel)
             cancel.raise_if_set()
             images = executor.run(request, context, joblog, cancel)
             cancel.raise_if_set()
-            status, error = Status.succeeded, None
+            status = Status.succeeded
         except ExecutorError as exc:
             if cancel.is_set() and not isinstance(exc, Cancelled):
                 exc = Cancelled(cancel.reason or "cancelled")
-            images, (status, error) = [], failure(exc, timeout, joblog)
+            status, error = failure(exc, timeout, joblog)
+            requeue_why = self._requeue_reason(exc, cancel, record)
         except Exception as exc:  # noqa: BLE001 - a bug must fail the job, never the worker
             log.exception("job %s crashed", request.id)
-            images, status = [], Status.failed
+            status = Status.failed
             error = JobError(kind="infrastructure", message=joblog.mask(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             watcher.stop()
+            with _active_lock:
+                _active.pop(request.id, None)
             if executor is not None:
                 executor.cleanup(request.id)
             shutil.rmtree(workspace, ignore_errors=True)
+        if error is not None and requeue_why:
+            return self._requeue(request, joblog, requeue_why, shutdown=cancel.reason == "shutdown")
         return self._finish(request, joblog, status, images, error)
+
+    def _requeue_reason(self, exc: ExecutorError, cancel: CancelToken, record: JobRecord) -> str | None:
+        if self.requeue is None:
+            return None
+        if cancel.reason == "shutdown":
+            return "the worker is shutting down"
+        if (exc.kind == "infrastructure" and self.settings.worker.engine_down_policy == "requeue"
+                and record.attempts < self.settings.limits.max_attempts):
+            return f"infrastructure error ({exc.message}); engine_down_policy is requeue"
+        return None
+
+    def _requeue(self, request: BuildRequest, joblog: JobLog, why: str, shutdown: bool) -> JobRecord:
+        """Put the job back in its queue. A shutdown does not use up one of the job's attempts."""
+
+        def change(r: JobRecord) -> JobRecord:
+            return r.model_copy(update={"status": Status.queued, "worker": None, "started_at": None,
+                                        "attempts": r.attempts - 1 if shutdown else r.attempts})
+
+        record = self.store.update(request.id, change)
+        joblog.line(f"[runner] requeued: {why}")
+        assert self.requeue is not None and record is not None
+        self.requeue(self.store.load_request(request.id) or request, 0 if shutdown else 2.0)
+        return record
 
     def _finish(self, request: BuildRequest, joblog: JobLog, status: Status,
                 images: list[PushedImage], error: JobError | None) -> JobRecord:
@@ -185,8 +257,7 @@ class Pipeline:
             return r.model_copy(update={"status": status, "images": images, "error": error, "finished_at": now()})
 
         record = self.store.update(request.id, change)
-        self.store.end_log(request.id, status)
-        self.store.delete_context(request.id)
+        self._end(request.id, status)
         assert record is not None
         self._run_finish_hooks(record, request)
         return record

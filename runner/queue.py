@@ -61,7 +61,8 @@ def make_app(settings: Settings) -> Celery:
         except ValidationError as exc:
             log.error("dropping an invalid job message: %s", exc.errors(include_url=False, include_input=False))
             return "invalid"
-        record = Pipeline(settings, JobStore.from_settings(settings), worker_id()).run(request)
+        store = JobStore.from_settings(settings)
+        record = Pipeline(settings, store, worker_id(), requeuer(self.app, settings)).run(request)
         return record.status.value
 
     return app
@@ -72,7 +73,17 @@ def get_app() -> Celery:
     return make_app(load_settings())
 
 
-def enqueue(app: Celery, request: BuildRequest, queue: str) -> None:
+def enqueue(app: Celery, request: BuildRequest, queue: str, delay: float = 0) -> None:
     """Send the job's message; the task id is the job id."""
     app.send_task(TASK_NAME, args=[request.model_dump(mode="json")], queue=queue, task_id=request.id,
+                  countdown=delay or None,
                   argsrepr=f"[job {request.id}]", kwargsrepr="{}")  # build args stay out of the headers
+
+
+def requeuer(app: Celery, settings: Settings):
+    """A function that sends a job back to its executor's queue (see pipeline.Requeue)."""
+
+    def requeue(request: BuildRequest, delay: float) -> None:
+        enqueue(app, request, settings.queue_for(request.executor or settings.default_executor), delay)
+
+    return requeue

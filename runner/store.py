@@ -5,6 +5,7 @@ Keys (NS = settings.worker.namespace):
   NS:log:ID      Redis Stream of log lines    NS:ctx:ID     LIST of context tar chunks
   NS:cancel:ID   cancel flag                  NS:lease:ID   worker id holding the job (TTL)
   NS:once:KEY    idempotency marks (webhook deliveries)
+  NS:request:ID  the full request incl. secret build args, kept only until the job ends
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
-from runner.jobs import JobRecord, Status
+from runner.jobs import BuildRequest, JobRecord, Status
 
 CHUNK_BYTES = 1024 * 1024
 CONTEXT_TTL = 7 * 24 * 3600
+RETRIES = 40
 END_FIELD = "end"
 
 
@@ -33,9 +37,12 @@ class JobStore:
     def __init__(self, url: str, namespace: str = "runner"):
         self.url = url
         self.ns = namespace
-        self.r = redis.Redis.from_url(url, decode_responses=True, health_check_interval=10,
-                                      socket_keepalive=True, retry_on_timeout=True)
-        self.raw = redis.Redis.from_url(url, decode_responses=False, health_check_interval=10)
+        # Reconnect through a Redis restart (~1 min of retries) instead of failing the job.
+        options = dict(health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
+                       retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), RETRIES),
+                       retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError])
+        self.r = redis.Redis.from_url(url, decode_responses=True, **options)
+        self.raw = redis.Redis.from_url(url, decode_responses=False, **options)
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
@@ -46,7 +53,7 @@ class JobStore:
 
     def ping(self) -> None:
         try:
-            self.r.ping()
+            redis.Redis.from_url(self.url, socket_connect_timeout=3).ping()
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis at {_safe_url(self.url)} is unreachable: {exc}") from None
 
@@ -104,6 +111,17 @@ class JobStore:
 
     def running_ids(self) -> list[str]:
         return [r.id for r in self.list(Status.running, limit=10_000)]
+
+    # -- the full request (with secret build args) for requeues; never shown, deleted at the end
+    def save_request(self, request: BuildRequest) -> None:
+        self.r.set(self._key("request", request.id), request.model_dump_json(), ex=CONTEXT_TTL)
+
+    def load_request(self, job_id: str) -> BuildRequest | None:
+        raw = self.r.get(self._key("request", job_id))
+        return BuildRequest.model_validate_json(raw) if raw else None
+
+    def delete_request(self, job_id: str) -> None:
+        self.r.delete(self._key("request", job_id))
 
     # -- logs -------------------------------------------------------------------------------
     def append_log(self, job_id: str, lines: list[str], max_lines: int) -> None:

@@ -66,6 +66,7 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore, app=None)
         existing = store.get(request.id)
         assert existing is not None
         return existing, False
+    store.save_request(request)
     from runner.queue import enqueue, make_app
 
     enqueue(app or make_app(settings), request, record.queue)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 
 import executors
-from runner.queue import make_app, worker_id
+from runner.pipeline import cancel_all
+from runner.queue import make_app, requeuer, worker_id
+from runner.reaper import Maintenance
 from runner.settings import Settings
 
 log = logging.getLogger("runner.worker")
@@ -37,6 +40,9 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     app = make_app(settings)
     names = [q.removeprefix(settings.worker.namespace + ".") for q in queues]
     lifecycle_hooks(settings, names)
+    maintenance = Maintenance(settings, requeuer(app, settings), worker_id())
+    maintenance.start()
+    graceful_shutdown(settings, maintenance)
     log.info("worker %s taking %s", worker_id(), ", ".join(queues))
     app.Worker(
         queues=queues, concurrency=concurrency or settings.worker.concurrency, pool="threads",
@@ -65,3 +71,24 @@ def lifecycle_hooks(settings: Settings, names: list[str]) -> None:
                 executor.shutdown()
             except Exception as exc:  # noqa: BLE001
                 log.warning("executor %s: shutdown hook failed: %s", executor.name, exc)
+
+
+def graceful_shutdown(settings: Settings, maintenance: Maintenance) -> None:
+    """On SIGTERM Celery stops taking jobs and waits for running ones; after
+    worker.shutdown_grace seconds we cancel what still runs, and the pipeline requeues it."""
+    from celery.signals import worker_shutting_down
+
+    @worker_shutting_down.connect(weak=False)
+    def start_grace(**_) -> None:
+        maintenance.stop()
+        grace = settings.worker.shutdown_grace
+        log.info("shutting down: running jobs get %.0fs to finish, then are requeued", grace)
+
+        def expire() -> None:
+            requeued = cancel_all("shutdown")
+            if requeued:
+                log.info("grace over: requeuing %s", ", ".join(requeued))
+
+        timer = threading.Timer(grace, expire)
+        timer.daemon = True
+        timer.start()
