@@ -61,11 +61,13 @@ class SocketExecutorConfig(Strict):
 class BuildahExecutorConfig(Strict):
     enabled: bool = False
     binary: str = "buildah"
-    storage_driver: Literal["auto", "overlay", "vfs"] = "auto"
-    isolation: Literal["auto", "oci", "chroot", "rootless"] = "auto"
-    storage_root: Path = Path("/var/lib/runner/buildah")
+    storage_driver: Literal["auto", "overlay", "vfs"] = Field(
+        default="auto", description="auto: overlay when the kernel allows it here, else vfs")
+    isolation: Literal["auto", "oci", "chroot", "rootless"] = Field(
+        default="auto", description="auto: oci as root on a host, chroot without CAP_SYS_ADMIN, rootless as non-root")
+    storage_root: Path = Field(default=Path("/var/lib/runner/buildah"), description="persistent image and layer-cache store")
     run_root: Path = Path("/run/runner/buildah")
-    layers: bool = True
+    layers: bool = Field(default=True, description="cache every step (--layers)")
     format: Literal["oci", "docker"] = "oci"
     cache_repo: str | None = Field(default=None, description="registry repo for --cache-from/--cache-to")
     keep_images: bool = False
@@ -76,10 +78,13 @@ class ImgExecutorConfig(Strict):
     binary: str = "img"
     state_dir: Path = Path("/var/lib/runner/img")
     backend: Literal["auto", "native", "overlayfs", "fuse-overlayfs"] = "auto"
+    cache_repo: str | None = Field(default=None, description="registry repo for --cache-from/--cache-to")
+    keep_images: bool = False
 
 
 class DindExecutorConfig(Strict):
     enabled: bool = False
+    docker_host: str = Field(default="unix:///var/run/docker.sock", description="the host engine that runs the sidecars")
     image: str = "docker:dind"
     privileged: bool = True
     cap_add: list[str] = Field(default_factory=list)
@@ -93,6 +98,7 @@ class DindExecutorConfig(Strict):
     cpus: float | None = None
     memory: str | None = None
     connection: Literal["unix", "tls"] = "unix"
+    isolate_network: bool = Field(default=True, description="a network per sidecar, so sidecars cannot reach each other")
     socket_dir: Path = Path("/var/run/runner/dind")
     ready_timeout: float = 30.0
     warm_pool: int = 0
@@ -134,7 +140,10 @@ class WorkerConfig(Strict):
     shutdown_grace: float = 60.0
     reap_interval: float = 300.0
     workspace: Path = Path("/var/tmp/runner/work")
-    engine_down_policy: Literal["requeue", "fail"] = "fail"
+    engine_down_policy: Literal["requeue", "fail"] = Field(
+        default="fail", description="on an infrastructure error: fail the job, or requeue it (up to limits.max_attempts)")
+    lease_ttl: float = Field(default=30.0, description="seconds without a heartbeat before a running job counts as lost")
+    recover_interval: float = Field(default=10.0, description="how often a worker looks for jobs whose worker died")
 
 
 class Settings(BaseSettings):
