@@ -1,0 +1,287 @@
+"""Shared by the daemonless executors (buildah, img).
+
+- `JobFiles`: one private directory per job (0700) for the files a build tool needs —
+  registry auth file, registries.conf, CA directory, build-secret files (each 0600).
+  Secrets reach the tool through these files or its environment, never its argv.
+- `Tool`: a build-tool binary driven through the `sh` package, its merged output streamed
+  into the job log line by line, its whole process group killed when the job is cancelled.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import sh
+
+from executors.base import CancelToken, InfrastructureError, InvalidJob, LogSink, RegistryAuthFailed
+from executors.process import kill_group
+from runner.jobs import BuildRequest
+from runner.registry import is_loopback
+from runner.settings import RegistryConfig, Settings
+
+#: Words in a tool's error that mean the registry refused us (not a build mistake).
+AUTH_WORDS = ("unauthorized", "authentication required", "no basic auth credentials",
+              "requested access to the resource is denied", "403 (forbidden)", "403 forbidden")
+#: Worker environment passed on to build tools; everything else is left out on purpose
+#: (a stray BUILDAH_ISOLATION, REGISTRY_AUTH_FILE or DOCKER_CONFIG must not change a build).
+KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "XDG_RUNTIME_DIR",
+            "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+#: Names a secret build arg may not take: it travels in the tool's environment, where these
+#: names would change how the tool itself runs.
+RESERVED_ENV = {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "USER", "SHELL", "PWD", "IFS", "TERM"}
+RESERVED_ENV_PREFIXES = ("BUILDAH_", "STORAGE_", "CONTAINERS_", "REGISTRY_", "DOCKER_", "XDG_", "IMG_", "LD_")
+SYSTEM_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
+
+
+# -- per-job private files ---------------------------------------------------------------------
+def private_root(settings: Settings, executor: str, job_id: str) -> Path:
+    """Where an executor keeps a job's private files; derivable from the job id alone so
+    `cleanup(job_id)` finds it after a crash."""
+    return settings.worker.workspace / job_id / f".{executor}-private"
+
+
+class JobFiles:
+    """A 0700 directory of 0600 files; `remove()` is idempotent."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def create(self) -> JobFiles:
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        return self
+
+    def write(self, name: str, data: str | bytes) -> Path:
+        path = self.root / name
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        return path
+
+    def directory(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+
+    def remove(self, *names: str) -> None:
+        """Remove the named entries, or the whole directory when no name is given."""
+        for target in [self.root / n for n in names] if names else [self.root]:
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+
+
+# -- registry access ---------------------------------------------------------------------------
+def registry_auths(settings: Settings) -> dict:
+    """The `{"auths": {host: {"auth": b64(user:password)}}}` document that both
+    containers-auth.json (buildah) and Docker's config.json (img) use, for every configured
+    registry with credentials (base images may come from any of them)."""
+    auths = {}
+    for registry in settings.registries:
+        try:
+            secret = registry.secret()
+        except ValueError as exc:
+            raise InfrastructureError(str(exc)) from None
+        if registry.username and secret is not None:
+            token = base64.b64encode(f"{registry.username}:{secret}".encode()).decode()
+            auths[registry.host] = {"auth": token}
+    return {"auths": auths}
+
+
+def plain_http(registry: RegistryConfig) -> bool:
+    return registry.insecure or is_loopback(registry.host)
+
+
+@lru_cache(maxsize=1)
+def _system_search_settings() -> str:
+    """Short-name settings copied from the system registries.conf into a per-job one."""
+    try:
+        data = tomllib.loads(SYSTEM_REGISTRIES_CONF.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return ""
+    lines = []
+    if isinstance(data.get("unqualified-search-registries"), list):
+        lines.append(f"unqualified-search-registries = {json.dumps(data['unqualified-search-registries'])}")
+    if isinstance(data.get("short-name-mode"), str):
+        lines.append(f"short-name-mode = {json.dumps(data['short-name-mode'])}")
+    return "\n".join(lines)
+
+
+def registries_conf(settings: Settings) -> str | None:
+    """A containers-registries.conf marking plain-HTTP registries insecure, or None if no
+    configured registry needs it (then the system file applies unchanged)."""
+    insecure = [r.host for r in settings.registries if plain_http(r)]
+    if not insecure:
+        return None
+    parts = [_system_search_settings()]
+    parts += [f"[[registry]]\nlocation = {json.dumps(host)}\ninsecure = true" for host in insecure]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def write_cert_dir(settings: Settings, files: JobFiles) -> Path | None:
+    """Copy each configured CA into one directory (containers/image trusts a --cert-dir for
+    every registry, on top of the system roots)."""
+    cas = [r for r in settings.registries if r.ca_file]
+    if not cas:
+        return None
+    certs = files.directory("certs")
+    for registry in cas:
+        try:
+            data = Path(registry.ca_file).read_bytes()
+        except OSError as exc:
+            raise InfrastructureError(f"registry {registry.host}: cannot read ca_file {registry.ca_file}: {exc.strerror}") from None
+        files.write(f"certs/{re.sub(r'[^A-Za-z0-9_.-]', '_', registry.host)}.crt", data)
+    return certs
+
+
+def is_auth_error(message: str) -> bool:
+    lower = message.lower()
+    return any(word in lower for word in AUTH_WORDS)
+
+
+def auth_failed(what: str, message: str) -> RegistryAuthFailed:
+    """The error for a refused login; `message` is cut to the registry's own words."""
+    lower = message.lower()
+    start = min((lower.find(word) for word in AUTH_WORDS if word in lower), default=0)
+    return RegistryAuthFailed(f"the registry refused our credentials {what}: {message[start:]}. "
+                              "Check username and password for that registry under `registries:` in the runner config")
+
+
+def cache_repo(config_repo: str | None, job: BuildRequest) -> str | None:
+    """The registry cache repository: the configured one, or a per-cache-key one under it."""
+    if not config_repo:
+        return None
+    return f"{config_repo}/{job.cache_key.lower()}" if job.cache_key else config_repo
+
+
+# -- secrets -----------------------------------------------------------------------------------
+def write_build_secrets(settings: Settings, job: BuildRequest, files: JobFiles, log: LogSink) -> list[tuple[str, Path]]:
+    """Each build secret the job names, in its own 0600 file; the values are masked in the log."""
+    missing = [s for s in job.secrets if s not in settings.build_secrets]
+    if missing:
+        known = ", ".join(sorted(settings.build_secrets)) or "none"
+        raise InvalidJob(f"the job asks for build secret(s) {', '.join(missing)}, which the runner config does not define "
+                         f"(build_secrets has: {known}); add them to build_secrets or drop them from the job")
+    add_secret = getattr(log, "add_secret", None)
+    written = []
+    for index, secret_id in enumerate(job.secrets):
+        value = settings.build_secrets[secret_id].get_secret_value()
+        if add_secret is not None:
+            add_secret(value)
+        written.append((secret_id, files.write(f"secrets/{index}", value)))
+    return written
+
+
+def secret_arg_env(job: BuildRequest) -> dict[str, str]:
+    """Secret build-arg values for the tool's environment (`--build-arg NAME` reads them)."""
+    env = {}
+    for name in job.secret_build_args:
+        if name in RESERVED_ENV or name.upper().startswith(RESERVED_ENV_PREFIXES):
+            raise InvalidJob(f"secret build arg {name!r} would travel in the build tool's environment, where that name "
+                             "changes how the tool runs; rename the build arg")
+        env[name] = job.build_args[name]
+    return env
+
+
+def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {name: os.environ[name] for name in KEEP_ENV if name in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env.update(extra or {})
+    return env
+
+
+# -- running the tool --------------------------------------------------------------------------
+class ToolFailed(Exception):
+    def __init__(self, message: str, output: str = ""):
+        super().__init__(message)
+        self.message, self.output = message, output
+
+
+class _Group:
+    """What executors.process.kill_group needs (pid, wait with timeout) for an `sh` process."""
+
+    def __init__(self, running):
+        self.running = running
+        self.pid = running.pid
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.running.process.is_alive()[0]:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.02)
+
+
+class Tool:
+    """A build-tool binary with fixed leading (global) arguments, run through `sh`."""
+
+    def __init__(self, binary: str, global_args: Iterable[str] = (), env: Mapping[str, str] | None = None,
+                 install_hint: str = ""):
+        self.binary = binary
+        try:
+            self.command = sh.Command(binary).bake(*global_args)
+        except sh.CommandNotFound:
+            raise InfrastructureError(f"{binary} is not installed or not on PATH{install_hint}") from None
+        self.env = dict(env) if env is not None else tool_env()
+
+    def stream(self, args: Iterable[str], on_line: Callable[[str], None], cancel: CancelToken,
+               env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
+        """Run with merged stdout/stderr fed to `on_line` as it comes; return the exit code.
+
+        The tool runs in its own session; a cancel (or timeout) SIGTERMs the whole group,
+        then SIGKILLs what is left. Raises Cancelled if the token fired.
+        """
+        cancel.raise_if_set()
+
+        def feed(line: str) -> None:
+            on_line(line.rstrip("\r\n"))
+
+        try:
+            running = self.command(
+                *args, _bg=True, _bg_exc=False, _out=feed, _err_to_out=True, _tty_out=False, _in="",
+                _new_session=True, _env={**self.env, **(env or {})}, _cwd=str(cwd) if cwd else None,
+                _ok_code=list(range(256)), _decode_errors="replace",
+            )
+        except OSError as exc:
+            raise InfrastructureError(f"cannot start {self.binary}: {exc.strerror}") from None
+        group = _Group(running)
+        unregister = cancel.on_cancel(lambda: kill_group(group))
+        try:
+            try:
+                running.wait()
+            except sh.ErrorReturnCode:  # killed by a signal
+                pass
+            code = running.process.exit_code
+        finally:
+            unregister()
+            if running.process.is_alive()[0]:
+                kill_group(group)
+        cancel.raise_if_set()
+        return code if code is not None else -1
+
+    def output(self, args: Iterable[str], timeout: float = 60, env: Mapping[str, str] | None = None) -> str:
+        """Run a short command; return its stdout or raise ToolFailed with its stderr."""
+        try:
+            result = self.command(*args, _tty_out=False, _in="", _env={**self.env, **(env or {})}, _timeout=timeout,
+                                  _decode_errors="replace")
+        except sh.TimeoutException:
+            raise ToolFailed(f"{self.binary} {' '.join(args)} did not finish in {timeout:.0f}s") from None
+        except sh.ErrorReturnCode as exc:
+            text = exc.stderr.decode("utf-8", "replace").strip()
+            raise ToolFailed(text.splitlines()[-1] if text else f"{self.binary} exited with {exc.exit_code}", text) from None
+        except OSError as exc:
+            raise ToolFailed(f"cannot start {self.binary}: {exc.strerror}") from None
+        return str(result)

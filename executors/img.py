@@ -1,0 +1,190 @@
+"""img executor: daemonless, rootless-capable builds with img (BuildKit in a binary),
+driven through `sh` like buildah.
+
+img is not packaged for Debian and its upstream is unmaintained, so on most hosts this
+executor is unavailable: `check()` says so, and a job that reaches it fails at once with
+that message. Where img exists: `img build -t REF…` then `img push REF` per tag, with
+credentials in a per-job DOCKER_CONFIG (config.json, 0600); img reports no digest, so the
+digest returned is the one the registry holds after the push.
+
+img limits (img 0.5): it cannot pull a base image from a plain-HTTP registry (only push has
+--insecure-registry), it trusts only the system CA store, and its --build-arg takes values
+on the command line only, so secret build args are refused (use build secrets instead).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+from executors.base import (
+    BuildContext,
+    BuildFailed,
+    CancelToken,
+    CheckResult,
+    Executor,
+    ExecutorError,
+    InfrastructureError,
+    InvalidJob,
+    LogSink,
+)
+from executors.daemonless import (
+    JobFiles,
+    Tool,
+    ToolFailed,
+    auth_failed,
+    cache_repo,
+    is_auth_error,
+    plain_http,
+    private_root,
+    registry_auths,
+    tool_env,
+    write_build_secrets,
+)
+from runner.jobs import BuildRequest, ImageRef, PushedImage
+from runner.registry import RegistryClient, registry_config
+from runner.settings import ImgExecutorConfig
+
+RISK = "builds run in img's embedded BuildKit as this worker's user; no daemon and no socket are exposed to jobs"
+NOT_INSTALLED = ("img is not installed (no `{binary}` on PATH): it is not packaged for Debian and its upstream is "
+                 "unmaintained. Route jobs to the buildah executor, or install img and set executors.img.binary")
+_STEP = re.compile(r"^#\d+ \[(?:[\w.-]+ )?(\d+/\d+)\] (.*)$")
+_ERROR = re.compile(r"(?:^error: |failed to solve|executor failed running|did not complete successfully)", re.IGNORECASE)
+REFS_FILE = "refs.json"
+
+
+def not_installed(config: ImgExecutorConfig) -> str | None:
+    return None if shutil.which(config.binary) else NOT_INSTALLED.format(binary=config.binary)
+
+
+# -- the argv we run -------------------------------------------------------------------------
+def global_args(config: ImgExecutorConfig) -> list[str]:
+    return ["-s", str(config.state_dir), "-b", config.backend]
+
+
+def build_args(config: ImgExecutorConfig, job: BuildRequest, context_dir, dockerfile, secrets) -> list[str]:
+    args = ["build", "--no-console", "-f", str(dockerfile)]
+    for ref in job.tags:
+        args += ["-t", ref]
+    if job.no_cache:
+        args.append("--no-cache")
+    if job.target:
+        args += ["--target", job.target]
+    if job.platform:
+        args += ["--platform", job.platform]
+    for key, value in job.labels.items():
+        args += ["--label", f"{key}={value}"]
+    for key, value in job.build_args.items():
+        args += ["--build-arg", f"{key}={value}"]
+    for secret_id, path in secrets:
+        args += ["--secret", f"id={secret_id},src={path}"]
+    if repo := cache_repo(config.cache_repo, job):
+        args += ["--cache-from", repo, "--cache-to", repo]
+    args.append(str(context_dir))
+    return args
+
+
+def push_args(ref: ImageRef, insecure: bool) -> list[str]:
+    return ["push", *(["--insecure-registry"] if insecure else []), str(ref)]
+
+
+class ImgOutput:
+    def __init__(self, log: LogSink):
+        self.log, self.step, self.errors = log, None, []
+
+    def __call__(self, text: str) -> None:
+        if match := _STEP.match(text):
+            self.step = (match[1], match[2])
+        if _ERROR.search(text):
+            self.errors.append(text)
+        self.log.line(text)
+
+    def failure(self, code: int) -> ExecutorError:
+        error = self.errors[-1] if self.errors else f"img build exited with code {code}"
+        if is_auth_error(error):
+            return auth_failed("while pulling a base image", error)
+        where = f" at step {self.step[0]} ({self.step[1]})" if self.step else ""
+        return BuildFailed(f"build failed{where}: {error}")
+
+
+class ImgExecutor(Executor):
+    name = "img"
+    risk = RISK
+
+    @property
+    def config(self) -> ImgExecutorConfig:
+        return self.settings.executors.img
+
+    def check(self) -> CheckResult:
+        if problem := not_installed(self.config):
+            return CheckResult(False, problem)
+        try:
+            version = Tool(self.config.binary).output(["version"], timeout=30).strip().splitlines()
+        except (InfrastructureError, ToolFailed) as exc:
+            return CheckResult(False, f"img is installed but does not run: {exc}")
+        return CheckResult(True, f"{' '.join(version[:1]) or 'img'}, state {self.config.state_dir}, backend {self.config.backend}")
+
+    def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
+        if problem := not_installed(self.config):
+            raise InfrastructureError(problem)
+        if job.secret_build_args:
+            raise InvalidJob("img takes build-arg values only on its command line, where other users of the host can read "
+                             "them; pass secrets as build secrets (`secrets:`) or use the buildah executor")
+        files = JobFiles(private_root(self.settings, self.name, job.id)).create()
+        if job.push and not self.config.keep_images:
+            files.write(REFS_FILE, json.dumps(job.tags))  # cleanup removes these tags from img's state
+        try:
+            for registry in self.settings.registries:
+                if registry.ca_file:
+                    log.line(f"[runner] note: img trusts only the system CA store; {registry.host}'s ca_file must be "
+                             "installed there (update-ca-certificates)")
+            docker_config = files.directory("docker")
+            files.write("docker/config.json", json.dumps(registry_auths(self.settings)))
+            secrets = write_build_secrets(self.settings, job, files, log)
+            context_dir = context.extract_to(context.workspace / f"{self.name}-context")
+            tool = Tool(self.config.binary, global_args(self.config),
+                        tool_env({"DOCKER_CONFIG": str(docker_config), "TMPDIR": str(files.directory("tmp"))}))
+            output = ImgOutput(log)
+            code = tool.stream(build_args(self.config, job, context_dir, context_dir / context.dockerfile, secrets), output, cancel)
+            if code != 0:
+                raise output.failure(code)
+            refs = job.image_refs()
+            if not job.push:
+                log.line(f"[runner] push disabled; kept as {', '.join(job.tags)} in {self.config.state_dir}")
+                return [PushedImage(ref=str(ref), digest="") for ref in refs]
+            return [self._push(tool, ref, log, cancel) for ref in refs]
+        finally:
+            files.remove("docker", "secrets", "tmp")
+
+    def _push(self, tool: Tool, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
+        lines: list[str] = []
+
+        def on_line(text: str) -> None:
+            lines.append(text)
+            log.line(text)
+
+        config = registry_config(self.settings, ref.registry)
+        code = tool.stream(push_args(ref, plain_http(config)), on_line, cancel)
+        if code != 0:
+            error = next((t for t in reversed(lines) if t.strip()), f"img push exited with code {code}")
+            if is_auth_error(error):
+                raise auth_failed(f"pushing {ref}", error)
+            raise InfrastructureError(f"push of {ref} failed: {error}")
+        digest = RegistryClient(config).manifest_digest(ref)
+        if digest is None:
+            raise InfrastructureError(f"img reported pushing {ref} but the registry has no such tag")
+        log.line(f"[runner] pushed {ref} {digest}")
+        return PushedImage(ref=str(ref), digest=digest)
+
+    def cleanup(self, job_id: str) -> None:
+        """Remove the job's tags from img's state (unless keep_images) and its private files."""
+        files = JobFiles(private_root(self.settings, self.name, job_id))
+        try:
+            refs = json.loads((files.root / REFS_FILE).read_text())
+            if refs and not_installed(self.config) is None:
+                Tool(self.config.binary, global_args(self.config)).output(["rm", *refs])
+        except (OSError, ValueError, InfrastructureError, ToolFailed):
+            pass
+        finally:
+            files.remove()
