@@ -1,0 +1,18 @@
+"""sysbox executor: the dind executor with the sysbox-runc runtime and never privileged mode.
+
+Sysbox gives the sidecar a user-namespaced root and a virtualised /proc, /sys and cgroups, so
+dockerd runs inside without host privileges. check() refuses when the host engine has no
+sysbox-runc runtime registered."""
+
+from __future__ import annotations
+
+from executors.dind import DindExecutor
+
+RISK = ("each job runs in a sidecar under sysbox-runc, unprivileged: root inside is an unprivileged "
+        "user on the host; escaping needs a kernel or sysbox bug")
+
+
+class SysboxExecutor(DindExecutor):
+    name = "sysbox"
+    risk = RISK
+    force_unprivileged = True
