@@ -98,9 +98,10 @@ class RunnerHarness:
     def registry(self, key: str = "RUNNER_DEV_REGISTRY") -> str:
         return self.services[key]
 
-    def start_worker(self, *args: str) -> subprocess.Popen:
+    def start_worker(self, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+        """`prefix`: a wrapper command that execs the worker (e.g. unshare), so the pid stays the worker's."""
         log = (self.workdir / f"worker-{uuid.uuid4().hex[:6]}.log").open("w")
-        proc = subprocess.Popen([RUNNER, "worker", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([*prefix, RUNNER, "worker", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
