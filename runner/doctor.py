@@ -67,6 +67,11 @@ def check_executors(settings: Settings) -> list[Check]:
     return checks
 
 
+def check_build_secrets(settings: Settings) -> Check:
+    return Check("build secrets", True, f"{len(settings.build_secrets)} configured; socket/dind/sysbox pass them to RUN --mount=type=secret "
+                 "through a BuildKit session (BuildKit builder only: a classic-builder job naming secrets is refused)", required=False)
+
+
 def run_checks(settings: Settings) -> list[Check]:
     return [check_redis(settings), check_engine(settings),
-            *[check_registry(r) for r in settings.registries], *check_executors(settings)]
+            *[check_registry(r) for r in settings.registries], *check_executors(settings), check_build_secrets(settings)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -122,6 +123,28 @@ def test_failing_step_is_named_in_the_error(harness, executor, tmp_path):
     assert step, log
     assert re.search(rf"^#{step[1]} ERROR: .*exit code: 3$", log, re.M), log
     assert " > [build 3/3] RUN echo about-to-fail && exit 3:" in log  # the buildx-style failure summary
+
+
+def test_from_image_only_in_the_registry_is_pulled_with_configured_credentials(harness, executor, tmp_path):
+    """The engine pulls FROM through our BuildKit session, which answers with the config's login."""
+    source = f"{harness.registry(SUPPORT[executor].registry_key)}/contract/{executor}-pullsrc:{uuid.uuid4().hex[:10]}"
+    marker = uuid.uuid4().hex
+    built = subprocess.run(["docker", "build", "-q", "-t", source, "-"], input=f"FROM {base(harness)}\nRUN echo {marker} > /marker\n",
+                           text=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"}, timeout=120)
+    assert built.returncode == 0, built.stderr
+    try:
+        pushed = subprocess.run(["docker", "push", source], capture_output=True, text=True, timeout=120)
+        assert pushed.returncode == 0, pushed.stderr
+    finally:
+        subprocess.run(["docker", "rmi", source], capture_output=True)
+    ctx = write(tmp_path, {"Dockerfile": f"FROM {source}\nRUN cat /marker > /copied\n"})
+    image = ref(harness, executor, "pulled")
+    try:
+        result, record = submit(harness, executor, ctx, "-t", image)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", source], capture_output=True)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert run_image(image, "cat", "/copied").strip() == marker
 
 
 def test_cancel_stops_a_long_run_within_five_seconds(harness, executor, tmp_path):
