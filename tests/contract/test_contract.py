@@ -6,6 +6,8 @@ registry with skopeo and runs the image on the host engine."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import uuid
 from pathlib import Path
 
@@ -48,6 +50,11 @@ def submit(harness, executor: str, context: Path, *args: str):
 
 
 def base(harness) -> str:
+    """The base image by the address the running case's executor reaches (its param id)."""
+    current = re.search(r"\[([^\]]+)\]", os.environ.get("PYTEST_CURRENT_TEST", ""))
+    for name in (current[1].split("-") if current else []):
+        if name in SUPPORT and SUPPORT[name].base_image:
+            return SUPPORT[name].base_image(harness.services)
     return harness.services["RUNNER_DEV_BASE_IMAGE"]
 
 

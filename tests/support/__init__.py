@@ -21,6 +21,9 @@ class ExecutorSupport:
     registry_key: str = "RUNNER_DEV_REGISTRY"
     #: True for executors that build through a Docker Engine (BuildKit cases apply)
     engine: bool = False
+    #: the base image the contract builds FROM, when this executor cannot reach the default
+    #: one (given the services env dict; e.g. dind reaches the registry by name, not loopback)
+    base_image: Callable[[dict], str] | None = None
     extra: dict = field(default_factory=dict)
 
 
