@@ -53,6 +53,23 @@ def store_for(cfg: Settings) -> JobStore:
     return store
 
 
+ApiOption = Annotated[str | None, typer.Option(
+    "--api", envvar="RUNNER_API_URL", help="use the runner HTTP API at URL instead of Redis (token: env RUNNER_API_TOKEN or api.token)")]
+
+
+def remote(api: str | None, cfg: Settings):
+    """The HTTP API client when --api / RUNNER_API_URL / api.url is set, else None (use Redis)."""
+    from runner.api_client import client_for
+
+    return client_for(api, cfg, fail)
+
+
+def backend(api: str | None):
+    """The job store, or the API client (it has the same get/list/read_log methods)."""
+    cfg = settings()
+    return remote(api, cfg) or store_for(cfg)
+
+
 def pairs(values: list[str], option: str) -> dict[str, str]:
     result = {}
     for item in values:
@@ -90,6 +107,7 @@ def submit(
     follow: Annotated[bool, typer.Option("--follow", help="stream the build log live")] = False,
     job_id: Annotated[str | None, typer.Option("--id", help="job id (default: random)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the final job record as JSON")] = False,
+    api: ApiOption = None,
 ) -> None:
     """Upload DIRECTORY as the build context and queue a build."""
     from executors.base import InvalidJob
@@ -111,6 +129,10 @@ def submit(
     }
     if job_id:
         payload["id"] = job_id
+    client = remote(api, cfg)
+    if client is not None:
+        queued_id, created = client.submit_directory(directory, payload)
+        return after_submit(client, client.get(queued_id), created, mode, as_json)
     try:
         request = parse_request(payload)
         admit(request, cfg)
@@ -135,6 +157,11 @@ def submit(
     except Exception as exc:  # noqa: BLE001 - a broker failure is infrastructure
         store.delete_context(request.id)
         fail(f"could not queue the job: {exc}", EXIT_INFRA)
+    after_submit(store, record, created, mode, as_json)
+
+
+def after_submit(store, record: JobRecord, created: bool, mode: Mode, as_json: bool) -> None:
+    """Detach, follow or wait: the same for a job queued through Redis or through the API."""
     if not created:
         err.print(f"job {record.id} already exists ({record.status.value}); nothing queued")
     if mode is Mode.detach:
@@ -174,9 +201,9 @@ def report(record: JobRecord, as_json: bool) -> NoReturn:
 
 
 @app.command()
-def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False, api: ApiOption = None) -> None:
     """Show a job's record."""
-    record = store_for(settings()).get(job_id)
+    record = backend(api).get(job_id)
     if record is None:
         fail(f"no job {job_id!r}", EXIT_INVALID)
     if as_json:
@@ -190,9 +217,9 @@ def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False
 
 
 @app.command()
-def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
+def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False, api: ApiOption = None) -> None:
     """Print a job's log from the start; with --follow, keep printing until it ends."""
-    store = store_for(settings())
+    store = backend(api)
     if store.get(job_id) is None:
         fail(f"no job {job_id!r}", EXIT_INVALID)
     for line in store.read_log(job_id, follow=follow):
@@ -204,9 +231,10 @@ def list_jobs(
     status_filter: Annotated[Status | None, typer.Option("--status")] = None,
     limit: Annotated[int, typer.Option()] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    api: ApiOption = None,
 ) -> None:
     """List recent jobs, newest first."""
-    records = store_for(settings()).list(status_filter, limit)
+    records = backend(api).list(status_filter, limit)
     if as_json:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
@@ -215,12 +243,13 @@ def list_jobs(
 
 
 @app.command()
-def cancel(job_id: str) -> None:
+def cancel(job_id: str, api: ApiOption = None) -> None:
     """Cancel a job: a queued job never starts; a running one is stopped and cleaned up."""
+    from runner.api_client import ApiClient
     from runner.control import cancel_job
 
-    store = store_for(settings())
-    record = cancel_job(store, job_id)
+    store = backend(api)
+    record = store.cancel(job_id) if isinstance(store, ApiClient) else cancel_job(store, job_id)
     if record is None:
         fail(f"no job {job_id!r}", EXIT_INVALID)
     print(f"{job_id} {record.status.value if record.finished else 'cancelling'}")
@@ -236,6 +265,17 @@ def worker(
     from runner.worker import run_worker
 
     run_worker(settings(), queues.split(",") if queues else None, concurrency, loglevel)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="listen address (default: api.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: api.port)")] = None,
+) -> None:
+    """Serve the HTTP API (/v1/jobs) and the git-push webhooks (/v1/webhooks/github|gitlab|gitea)."""
+    from runner.api import serve as run_server
+
+    run_server(settings(), host, port)
 
 
 @app.command()

@@ -8,11 +8,13 @@ no restart); inline secrets are SecretStr, so `runner config show` redacts them.
 from __future__ import annotations
 
 from pathlib import Path
+from string import Formatter
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 Right = Literal["submit", "read", "cancel"]
+PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
 
 
 class Strict(BaseModel):
@@ -91,13 +93,25 @@ class RepositoryHook(Strict):
     timeout: int | None = Field(default=None, gt=0)
     callback_url: str | None = None
 
+    @field_validator("images")
+    @classmethod
+    def _known_placeholders(cls, images: list[str]) -> list[str]:
+        for template in images:
+            try:
+                names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+            except ValueError as exc:
+                raise ValueError(f"image template {template!r}: {exc}") from None
+            unknown = names - set(PLACEHOLDERS)
+            if unknown:
+                raise ValueError(f"image template {template!r} uses {sorted(unknown)}; known: {', '.join(PLACEHOLDERS)}")
+        return images
+
 
 class WebhooksConfig(Strict):
     github: WebhookSecret = Field(default_factory=WebhookSecret)
     gitlab: WebhookSecret = Field(default_factory=WebhookSecret)
     gitea: WebhookSecret = Field(default_factory=WebhookSecret)
     repositories: dict[str, RepositoryHook] = Field(default_factory=dict, description="by full name, owner/repo")
-    delivery_ttl: int = Field(default=7 * 24 * 3600, gt=0, description="seconds a delivery id is remembered")
 
 
 class GitCredential(_OneSource):

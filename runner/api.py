@@ -1,0 +1,289 @@
+"""The HTTP API (`runner serve`): jobs, logs, cancel, context upload and git-push webhooks.
+
+Every entry point turns its input into a BuildRequest and hands it to runner.submission,
+exactly like the CLI; nothing here builds. Job endpoints need `Authorization: Bearer
+TOKEN` with a token from `api.tokens` holding the right (submit, read, cancel).
+
+Upload flow for a directory context: pick a job id, `POST /v1/jobs/{id}/context` with the
+tar as the raw body (Content-Type: application/x-tar; capped at limits.max_context_bytes),
+then `POST /v1/jobs` with `{"id": ID, "tags": [...], ...}`. Git contexts need no upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from typing import Annotated, Any, Literal
+
+import redis
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from kombu.exceptions import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from executors.base import InvalidJob
+from runner import webhooks
+from runner.callbacks import check_callback_url
+from runner.control import cancel_job
+from runner.gitsource import check_url
+from runner.jobs import JOB_ID, BuildRequest, JobRecord, Status
+from runner.settings import Settings, load_settings
+from runner.settings_api import ApiToken, Right
+from runner.store import ContextTooLarge, JobStore, StoreUnavailable
+from runner.submission import Rejected, admit, parse_request, submit
+
+log = logging.getLogger("runner.api")
+JobId = Annotated[str, Path(pattern=JOB_ID.pattern, description="job id")]
+BEARER = HTTPBearer(auto_error=False, description="a token from api.tokens")
+TAR_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz; plain tar is checked at offset 257
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.error, self.message, self.field, self.headers = status, error, message, field, headers
+
+
+def error_response(status: int, error: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": error, "message": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def authenticate(token: str, tokens: list[ApiToken]) -> ApiToken | None:
+    """The configured token equal to `token`; every candidate is compared, in constant time."""
+    given = hashlib.sha256(token.encode("utf-8", "replace")).digest()
+    found = None
+    for candidate in tokens:
+        try:
+            value = candidate.secret_value(f"api.tokens[{candidate.name}]")
+        except ValueError as exc:
+            log.warning("%s", exc)
+            continue
+        if value and hmac.compare_digest(given, hashlib.sha256(value.encode()).digest()):
+            found = candidate
+    return found
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise ApiError(413, "too_large", f"the {what} is {int(length):,} bytes, over the limit of {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"the {what} is over the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    store = JobStore.from_settings(settings)
+    app = FastAPI(title="CI build runner", version="1", separate_input_output_schemas=False,
+                  description=__doc__)
+    celery_lock = threading.Lock()
+    celery: list = []
+
+    def celery_app():
+        with celery_lock:
+            if not celery:
+                from runner.queue import make_app
+
+                celery.append(make_app(settings))
+            return celery[0]
+
+    def require(right: Right):
+        def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> ApiToken:
+            challenge = {"WWW-Authenticate": "Bearer"}
+            if credentials is None:
+                raise ApiError(401, "unauthorized", "send Authorization: Bearer TOKEN (a token from api.tokens)",
+                               headers=challenge)
+            token = authenticate(credentials.credentials, settings.api.tokens)
+            if token is None:
+                raise ApiError(401, "unauthorized", "the bearer token is not one of api.tokens", headers=challenge)
+            if right not in token.rights:
+                raise ApiError(403, "forbidden", f"token {token.name!r} lacks the {right!r} right "
+                               f"(it has: {', '.join(token.rights) or 'none'})")
+            return token
+
+        return Depends(check)
+
+    # -- errors: one JSON shape, never a traceback ---------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.error, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ())]
+        field = ".".join(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+        return error_response(422, "invalid", str(first.get("msg", "invalid input")).removeprefix("Value error, "),
+                              field or "request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "http", str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(redis.RedisError)
+    @app.exception_handler(StoreUnavailable)
+    @app.exception_handler(OperationalError)
+    async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis or the queue is unreachable: %s", exc)
+        return error_response(503, "unavailable", "the job store or queue (Redis) is unreachable; retry later")
+
+    # -- health ---------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        store.ping()
+        return {"status": "ok"}
+
+    # -- jobs -----------------------------------------------------------------------------------
+    @app.post("/v1/jobs", status_code=202, tags=["jobs"], dependencies=[require("submit")],
+              responses={200: {"description": "a job with this id already exists; nothing queued"},
+                         413: {"description": "body over api.max_body_bytes"},
+                         422: {"description": "invalid job; `field` names what was wrong"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"$ref": "#/components/schemas/BuildRequest"}}}}})
+    async def post_job(request: Request) -> JSONResponse:
+        """Queue a build. The same job schema as the queue message and `runner submit`."""
+        body = await read_body(request, settings.api.max_body_bytes, "job")
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise ApiError(422, "invalid", f"the body is not valid JSON: {exc}", "body") from None
+        record, created = await run_in_threadpool(submit_job, data)
+        headers = {"Location": f"/v1/jobs/{record.id}"}
+        return JSONResponse({"id": record.id, "status": record.status.value, "created": created, "queue": record.queue},
+                            status_code=202 if created else 200, headers=headers)
+
+    def submit_job(data: Any) -> tuple[JobRecord, bool]:
+        try:
+            job = parse_request(data)
+            existing = store.get(job.id)
+            if existing is not None:
+                return existing, False
+            admit(job, settings)
+            check_sources(job)
+            return submit(job, settings, store, celery_app())
+        except Rejected as exc:
+            raise ApiError(422, "invalid", exc.message, exc.field) from None
+
+    def check_sources(job: BuildRequest) -> None:
+        if job.context.type == "upload" and not store.has_context(job.id):
+            raise Rejected("context", f"no build context was uploaded for job {job.id}: POST the tar to "
+                           f"/v1/jobs/{job.id}/context first, or give a git context")
+        if job.context.type == "git":
+            try:
+                check_url(job.context.url, settings)
+            except InvalidJob as exc:
+                raise Rejected("context.url", exc.message) from None
+        if job.callback_url:
+            problem = check_callback_url(job.callback_url, settings.callbacks)
+            if problem:
+                raise Rejected("callback_url", problem)
+
+    @app.post("/v1/jobs/{job_id}/context", status_code=201, tags=["jobs"], dependencies=[require("submit")],
+              responses={409: {"description": "the job already exists"},
+                         413: {"description": "over limits.max_context_bytes"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def upload_context(job_id: JobId, request: Request) -> dict[str, Any]:
+        """Upload the build context (a tar, optionally gzip/bzip2/xz) for a job not yet submitted."""
+        limit = settings.limits.max_context_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise ApiError(413, "too_large", f"the context is {int(length):,} bytes, over the limit of {limit:,} "
+                           "bytes (limits.max_context_bytes); add a .dockerignore")
+        if await run_in_threadpool(store.get, job_id) is not None:
+            raise ApiError(409, "exists", f"job {job_id} already exists; upload the context before submitting the job")
+        writer = await run_in_threadpool(store.context_writer, job_id, limit)
+        head = b""
+        try:
+            async for chunk in request.stream():
+                if len(head) < 512:
+                    head += chunk[: 512 - len(head)]
+                writer.write(chunk)
+            if not (head.startswith(TAR_MAGIC) or head[257:262] == b"ustar"):
+                raise ApiError(422, "invalid", "the body is not a tar archive (plain, gzip, bzip2 or xz)", "body")
+            writer.close()
+        except ContextTooLarge as exc:
+            raise ApiError(413, "too_large", str(exc)) from None
+        except (ClientDisconnect, ApiError):
+            writer.abort()
+            raise
+        return {"id": job_id, "bytes": writer.size}
+
+    @app.get("/v1/jobs", tags=["jobs"], dependencies=[require("read")])
+    def list_jobs(status: Status | None = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[JobRecord]:
+        """Recent jobs, newest first."""
+        return store.list(status, limit)
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], dependencies=[require("read")],
+             responses={404: {"description": "no such job"}})
+    def get_job(job_id: JobId) -> JobRecord:
+        record = store.get(job_id)
+        if record is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
+        return record
+
+    @app.get("/v1/jobs/{job_id}/logs", tags=["jobs"], dependencies=[require("read")], response_class=StreamingResponse,
+             responses={200: {"content": {"text/plain": {}}}, 404: {"description": "no such job"}})
+    def get_logs(job_id: JobId, follow: bool = False) -> StreamingResponse:
+        """The job's log from the start, one line per line; with follow=true, streams until the job ends."""
+        if store.get(job_id) is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
+        lines = (f"{line}\n" for line in store.read_log(job_id, follow=follow))
+        return StreamingResponse(lines, media_type="text/plain; charset=utf-8",
+                                 headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store"})
+
+    @app.post("/v1/jobs/{job_id}/cancel", status_code=202, tags=["jobs"], dependencies=[require("cancel")],
+              responses={404: {"description": "no such job"}})
+    def cancel(job_id: JobId) -> JobRecord:
+        """A queued job never starts; a running one is stopped by its worker within a second."""
+        record = cancel_job(store, job_id)
+        if record is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
+        return record
+
+    # -- webhooks -------------------------------------------------------------------------------
+    @app.post("/v1/webhooks/{provider}", tags=["webhooks"],
+              responses={202: {"description": "a job was queued"}, 401: {"description": "bad or missing signature"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"type": "object"}}}}})
+    async def webhook(provider: Literal["github", "gitlab", "gitea"], request: Request) -> JSONResponse:
+        """A push event: verified, mapped through webhooks.repositories, queued; never waits for the build."""
+        body = await read_body(request, settings.api.max_body_bytes, "webhook body")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            outcome = await run_in_threadpool(lambda: webhooks.handle(provider, headers, body, settings, store, celery_app()))
+        except webhooks.WebhookError as exc:
+            if exc.status == 401:
+                log.warning("webhook %s refused: %s", provider, exc.message)
+            return error_response(exc.status, "unauthorized" if exc.status == 401 else "invalid", exc.message)
+        if outcome.body.get("job"):
+            log.info("webhook %s: %s job %s", provider, outcome.body["result"], outcome.body["job"])
+        return JSONResponse(outcome.body, status_code=outcome.status)
+
+    return app
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    import uvicorn
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=host or settings.api.host,
+                port=settings.api.port if port is None else port, log_level="info", server_header=False)
