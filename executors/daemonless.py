@@ -281,7 +281,8 @@ class Tool:
             raise ToolFailed(f"{self.binary} {' '.join(args)} did not finish in {timeout:.0f}s") from None
         except sh.ErrorReturnCode as exc:
             text = exc.stderr.decode("utf-8", "replace").strip()
-            raise ToolFailed(text.splitlines()[-1] if text else f"{self.binary} exited with {exc.exit_code}", text) from None
+            lines = text.splitlines() or [f"{self.binary} exited with {exc.exit_code}"]
+            raise ToolFailed(next((t for t in reversed(lines) if t.startswith("Error: ")), lines[-1]), text) from None
         except OSError as exc:
             raise ToolFailed(f"cannot start {self.binary}: {exc.strerror}") from None
         return str(result)

@@ -1,0 +1,445 @@
+"""The buildah executor: the argv it runs, where credentials and secrets travel, storage and
+isolation choice, streaming, cancel / timeout / crash cleanup, the registry cache, and a
+build on a worker that cannot reach any Docker Engine. Real buildah, registry and Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+import executors.buildah as bx
+from executors.base import BuildContext, BuildFailed, CancelToken, InfrastructureError, InvalidJob, RegistryAuthFailed
+from executors.buildah import BuildahExecutor, BuildOutput, JobPaths, Mode, build_args, push_args
+from executors.daemonless import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
+from runner.context import spool_context, write_tar
+from runner.joblog import JobLog
+from runner.jobs import BuildRequest, ImageRef
+from runner.settings import BuildahExecutorConfig, Settings
+from tests.conftest import registry_digest, run_image
+from tests.support import all_support
+from tests.support.buildah import skip_reason
+
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
+
+PASSWORD = "ci-password"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+class Recorder:
+    """A LogSink that keeps (time, line) and the secrets it was asked to mask."""
+
+    def __init__(self):
+        self.lines: list[tuple[float, str]] = []
+        self.secrets: list[str] = []
+
+    def line(self, text: str) -> None:
+        self.lines.append((time.monotonic(), text))
+
+    def write(self, chunk: str) -> None:
+        for text in chunk.splitlines():
+            self.line(text)
+
+    def add_secret(self, value: str) -> None:
+        self.secrets.append(value)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(text for _, text in self.lines)
+
+
+def with_buildah(settings: Settings, **changes) -> Settings:
+    config = settings.executors.buildah.model_copy(update=changes)
+    return settings.model_copy(update={"executors": settings.executors.model_copy(update={"buildah": config})})
+
+
+def make_context(settings: Settings, job: BuildRequest, tmp_path: Path, files: dict[str, str]) -> BuildContext:
+    source = tmp_path / f"src-{job.id[:8]}"
+    for name, text in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(text)
+    buffer = io.BytesIO()
+    write_tar(source, buffer, job.dockerfile)
+    return spool_context([buffer.getvalue()], settings.worker.workspace / job.id, job.dockerfile, 10**8)
+
+
+def image(harness, name: str) -> str:
+    return f"{harness.registry()}/buildah-test/{name}:{uuid.uuid4().hex[:8]}"
+
+
+def base(harness) -> str:
+    return harness.services["RUNNER_DEV_BASE_IMAGE"]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+def job_leftovers(executor: BuildahExecutor, job_id: str) -> dict:
+    mode = bx.resolve_mode(executor.config)
+    runc = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout
+    private = str(private_root(executor.settings, "buildah", job_id))
+    return {
+        "containers": executor.job_containers(executor.tool(mode), mode, job_id),
+        "processes": processes_mentioning(job_id),
+        "runc": [c["id"] for c in json.loads(runc or "null") or [] if c.get("bundle", "").startswith(private)],
+        "private_dir": Path(private).exists(),
+    }
+
+
+def run_in_thread(executor, job, context, log, cancel):
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["images"] = executor.run(job, context, log, cancel)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for_line(log: Recorder, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.text:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in the log:\n{log.text}")
+
+
+@pytest.fixture
+def settings(harness) -> Settings:
+    return harness.settings
+
+
+@pytest.fixture
+def storage(tmp_path):
+    """A private storage root for tests that must not share the worker's layer cache."""
+    root = Path(f"/var/tmp/runner-test-buildah-{uuid.uuid4().hex[:8]}")
+    yield root
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines() if line.split()[1].startswith(f"{root}/")]
+    for mount in sorted(mounts, reverse=True):
+        subprocess.run(["umount", mount], capture_output=True)
+    subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
+# -- the argv, pinned --------------------------------------------------------------------------
+def test_build_and_push_argv_name_secrets_but_never_carry_them(tmp_path):
+    config = BuildahExecutorConfig(enabled=True, cache_repo="127.0.0.1:5000/cache/app", format="docker")
+    mode = Mode("buildah", "1.28.2", "overlay", "oci", "test")
+    job = BuildRequest(id="job-1", tags=["127.0.0.1:5000/app:1"], build_args={"A": "1", "TOKEN": "hunter2"},
+                       secret_build_args=["TOKEN"], labels={"team": "ci"}, target="final", platform="linux/amd64",
+                       no_cache=True, cache_key="Main", dockerfile="docker/Dockerfile")
+    paths = JobPaths(context=tmp_path / "ctx", dockerfile=tmp_path / "ctx/docker/Dockerfile", authfile=tmp_path / "auth.json",
+                     iidfile=tmp_path / "iid", cert_dir=tmp_path / "certs", secrets=(("npmrc", tmp_path / "secrets/0"),))
+    assert build_args(config, mode, job, paths) == [
+        "build", "--layers=true", "--force-rm", "--isolation", "oci", "--format", "docker",
+        "--authfile", f"{tmp_path}/auth.json", "--iidfile", f"{tmp_path}/iid", "-f", f"{tmp_path}/ctx/docker/Dockerfile",
+        "--cert-dir", f"{tmp_path}/certs", "--no-cache", "--target", "final", "--platform", "linux/amd64",
+        "--label", "team=ci", "--build-arg", "A=1", "--build-arg", "TOKEN", "--build-arg", "IO_RUNNER_JOB=job-1",
+        "--secret", f"id=npmrc,src={tmp_path}/secrets/0",
+        "--cache-from", "127.0.0.1:5000/cache/app/main", "--cache-to", "127.0.0.1:5000/cache/app/main",
+        f"{tmp_path}/ctx",
+    ]
+    assert mode.global_args(config) == ["--root", "/var/lib/runner/buildah", "--runroot", "/run/runner/buildah",
+                                        "--storage-driver", "overlay"]
+    assert push_args(config, "abc123", ImageRef.parse("127.0.0.1:5000/app:1"), paths, tmp_path / "d") == [
+        "push", "--authfile", f"{tmp_path}/auth.json", "--format", "v2s2", "--digestfile", f"{tmp_path}/d",
+        "--cert-dir", f"{tmp_path}/certs", "abc123", "docker://127.0.0.1:5000/app:1"]
+    assert secret_arg_env(job) == {"TOKEN": "hunter2"}
+
+
+def test_secret_build_arg_with_a_name_the_tool_reads_is_refused():
+    job = BuildRequest(tags=["127.0.0.1:5000/app:1"], build_args={"BUILDAH_ISOLATION": "x"}, secret_build_args=["BUILDAH_ISOLATION"])
+    with pytest.raises(InvalidJob, match="rename the build arg"):
+        secret_arg_env(job)
+
+
+def test_registry_files_auth_insecure_and_ca(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n")
+    settings = Settings(registries=[
+        {"host": "127.0.0.1:5000", "username": "ci", "password": PASSWORD},
+        {"host": "registry.internal:5000", "username": "bot", "password": "p2", "insecure": True},
+        {"host": "tls.example.com", "ca_file": str(ca)},
+    ])
+    auths = registry_auths(settings)["auths"]
+    assert set(auths) == {"127.0.0.1:5000", "registry.internal:5000"}
+    assert auths["127.0.0.1:5000"]["auth"] == "Y2k6Y2ktcGFzc3dvcmQ="  # base64 of ci:ci-password
+    conf = registries_conf(settings)
+    assert 'location = "127.0.0.1:5000"\ninsecure = true' in conf
+    assert 'location = "registry.internal:5000"\ninsecure = true' in conf and "tls.example.com" not in conf
+    assert registries_conf(Settings(registries=[{"host": "tls.example.com"}])) is None
+    files = JobFiles(tmp_path / "private").create()
+    certs = write_cert_dir(settings, files)
+    assert (certs / "tls.example.com.crt").read_text() == ca.read_text()
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
+    assert stat.S_IMODE((certs / "tls.example.com.crt").stat().st_mode) == 0o600
+    files.remove()
+    files.remove()  # idempotent
+    assert not (tmp_path / "private").exists()
+
+
+def test_output_names_the_failing_step_and_tells_auth_from_build_errors():
+    log = Recorder()
+    output = BuildOutput(log)
+    for text in ["STEP 1/2: FROM base", "STEP 2/2: RUN curl x", "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB]",
+                 "[Warning] one or more build args were not consumed: [FOO IO_RUNNER_JOB]",
+                 'Error: building at STEP "RUN curl x": while running runtime: exit status 22 (unauthorized)']:
+        output(text)
+    failure = output.failure(1)
+    assert isinstance(failure, BuildFailed)
+    assert failure.message == "build failed at step 2/2 (RUN curl x): while running runtime: exit status 22 (unauthorized)"
+    assert "IO_RUNNER_JOB" not in log.text and "not consumed: [FOO]" in log.text
+    output("Error: creating build container: initializing source docker://reg:5000/base:1: reading manifest 1 in reg:5000/base: "
+           "unauthorized: authentication required")
+    failure = output.failure(125)
+    assert isinstance(failure, RegistryAuthFailed)
+    assert failure.message.startswith("the registry refused our credentials while pulling reg:5000/base:1: unauthorized")
+
+
+def test_auto_isolation_follows_privileges(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert bx.auto_isolation()[0] == "rootless"
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(bx, "has_cap_sys_admin", lambda: False)
+    assert bx.auto_isolation() == ("chroot", "no CAP_SYS_ADMIN, as in an unprivileged container")
+    monkeypatch.setattr(bx, "has_cap_sys_admin", lambda: True)
+    monkeypatch.setattr(bx.shutil, "which", lambda name: "/usr/sbin/runc" if name == "runc" else None)
+    assert bx.auto_isolation()[0] == "oci"
+
+
+# -- check() -----------------------------------------------------------------------------------
+def test_check_reports_version_storage_and_isolation(settings):
+    result = BuildahExecutor(settings).check()
+    version = subprocess.run(["buildah", "--version"], capture_output=True, text=True).stdout.split()[2]
+    assert result.ok, result.summary
+    assert result.details["version"] == version and f"buildah {version}" in result.summary
+    assert result.details["storage_driver"] == "overlay"  # overlay works on this host
+    assert result.details["isolation"] == "oci"  # root with CAP_SYS_ADMIN on a host
+
+
+def test_missing_binary_is_reported_and_fails_the_job_at_once(settings, tmp_path):
+    broken = with_buildah(settings, binary="buildah-not-installed-here")
+    result = BuildahExecutor(broken).check()
+    assert not result.ok and "buildah-not-installed-here is not installed" in result.summary and "apt-get install buildah" in result.summary
+    job = BuildRequest(tags=["127.0.0.1:5000/x/y:1"])
+    started = time.monotonic()
+    with pytest.raises(InfrastructureError, match="not installed"):
+        BuildahExecutor(broken).run(job, make_context(broken, job, tmp_path, {"Dockerfile": "FROM scratch\n"}), Recorder(), CancelToken())
+    assert time.monotonic() - started < 5
+    BuildahExecutor(broken).cleanup(job.id)  # never raises
+
+
+def test_overlay_unusable_falls_back_to_vfs_and_chroot_builds(harness, settings, storage, tmp_path):
+    """auto picks vfs, and says why, when buildah cannot set up overlay storage; a forced overlay
+    is refused with the reason; vfs + chroot (the unprivileged-container mode) builds and pushes.
+    This kernel allows overlay everywhere we can mount, so a storage root where buildah cannot
+    create its overlay directory stands in for a kernel that refuses it (same code path)."""
+    roots = {"storage_root": storage / "root", "run_root": storage / "run"}
+    (storage / "root").mkdir(parents=True)
+    (storage / "root/overlay").write_text("not a directory")
+    auto = BuildahExecutor(with_buildah(settings, **roots)).check()
+    assert auto.ok and auto.details["storage_driver"] == "vfs"
+    assert "overlay unusable: mkdir" in auto.summary and "not a directory" in auto.summary
+    forced = BuildahExecutor(with_buildah(settings, storage_driver="overlay", **roots)).check()
+    assert not forced.ok and "overlay storage is not usable here" in forced.summary and "storage_driver" in forced.summary
+
+    chroot = with_buildah(settings, isolation="chroot", **roots)
+    job = BuildRequest(tags=[image(harness, "vfs-chroot")])
+    context = make_context(chroot, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo via-chroot > /how\n"})
+    log = Recorder()
+    executor = BuildahExecutor(chroot)
+    try:
+        [pushed] = executor.run(job, context, log, CancelToken())
+    finally:
+        executor.cleanup(job.id)
+    assert "storage vfs, isolation chroot" in log.text
+    assert pushed.digest == registry_digest(harness.services, job.tags[0])
+    assert run_image(job.tags[0], "cat", "/how").strip() == "via-chroot"
+    subprocess.run(["buildah", "--root", str(roots["storage_root"]), "--runroot", str(roots["run_root"]),
+                    "--storage-driver", "vfs", "rmi", "--all", "--force"], capture_output=True)
+
+
+# -- credentials, secrets, streaming -----------------------------------------------------------
+def test_credentials_and_secrets_travel_in_private_files_never_in_argv(harness, settings, tmp_path):
+    secret_value = f"build-secret-{uuid.uuid4().hex}"
+    arg_value = f"arg-secret-{uuid.uuid4().hex}"
+    secured = settings.model_copy(update={"build_secrets": {"npmrc": SecretStr(secret_value)}})
+    job = BuildRequest(tags=[image(harness, "secrets")], build_args={"TOKEN": arg_value}, secret_build_args=["TOKEN"],
+                       secrets=["npmrc"])
+    context = make_context(secured, job, tmp_path, {"Dockerfile": (
+        f"FROM {base(harness)}\nARG TOKEN\n"
+        "RUN --mount=type=secret,id=npmrc echo \"secret-bytes=$(cat /run/secrets/npmrc | wc -c)\" && echo \"$TOKEN\" | wc -c "
+        "&& echo holding-$((6*7)) && sleep 3\n")})
+    log = JobLog(harness.store, job.id, job.secret_values())
+    executor = BuildahExecutor(secured)
+    thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
+    private = private_root(secured, "buildah", job.id)
+    deadline = time.monotonic() + 60
+    while "holding-42" not in "\n".join(harness.store.read_log(job.id)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    token = registry_auths(secured)["auths"]["127.0.0.1:5000"]["auth"]
+    try:
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+        assert stat.S_IMODE((private / "auth.json").stat().st_mode) == 0o600
+        assert stat.S_IMODE((private / "secrets/0").stat().st_mode) == 0o600
+        assert processes_mentioning(job.id), "the build should be running now"
+        for value in (PASSWORD, token, secret_value, arg_value):
+            assert not processes_mentioning(value), f"{value[:6]}… visible in a process argv"
+    finally:
+        thread.join(120)
+        executor.cleanup(job.id)
+    assert "images" in outcome, outcome.get("error")
+    text = "\n".join(harness.store.read_log(job.id))
+    assert f"secret-bytes={len(secret_value)}" in text  # the secret reached the RUN step
+    assert secret_value not in text and arg_value not in text and PASSWORD not in text
+    assert not private.exists()
+
+
+def test_output_streams_into_the_log_as_it_happens(harness, settings, tmp_path):
+    job = BuildRequest(tags=[image(harness, "stream")], no_cache=True)
+    context = make_context(settings, job, tmp_path, {"Dockerfile": (
+        f"FROM {base(harness)}\nRUN echo first-$((1)) && sleep 2 && echo second-$((2))\n")})
+    log = Recorder()
+    executor = BuildahExecutor(settings)
+    try:
+        executor.run(job, context, log, CancelToken())
+    finally:
+        executor.cleanup(job.id)
+    times = {text: at for at, text in log.lines}
+    assert times["second-2"] - times["first-1"] >= 1.5
+
+
+def test_layer_cache_is_reused_across_jobs(harness, settings, tmp_path):
+    dockerfile = f"FROM {base(harness)}\nRUN echo cached-{uuid.uuid4().hex} > /c\n"
+    results = []
+    for _ in range(2):
+        job = BuildRequest(tags=[image(harness, "layers")])
+        log = Recorder()
+        executor = BuildahExecutor(settings)
+        try:
+            [pushed] = executor.run(job, make_context(settings, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
+        finally:
+            executor.cleanup(job.id)
+        results.append((pushed.digest, log.text))
+    assert "Using cache" not in results[0][1] and "Using cache" in results[1][1]
+    assert results[0][0] == results[1][0]
+
+
+def test_registry_cache_feeds_a_worker_with_an_empty_store(harness, settings, storage, tmp_path):
+    repo = f"{harness.registry()}/buildah-test/cache-{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {base(harness)}\nRUN echo remote-{uuid.uuid4().hex} > /r\n"
+    logs = []
+    for name in ("first", "second"):  # two workers: two empty storage roots
+        worker = with_buildah(settings, cache_repo=repo, storage_root=storage / name / "root", run_root=storage / name / "run")
+        job = BuildRequest(tags=[image(harness, "remote-cache")])
+        log = Recorder()
+        executor = BuildahExecutor(worker)
+        try:
+            executor.run(job, make_context(worker, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
+        finally:
+            executor.cleanup(job.id)
+        logs.append(log.text)
+        subprocess.run(["buildah", "--root", str(storage / name / "root"), "--runroot", str(storage / name / "run"),
+                        "rmi", "--all", "--force"], capture_output=True)
+    assert f"Pushing cache {repo}:" in logs[0]
+    assert f"Cache pulled from remote {repo}:" in logs[1]
+
+
+# -- cancel, timeout, crash --------------------------------------------------------------------
+def test_killed_buildah_leaves_nothing_after_cleanup(harness, settings, tmp_path):
+    """As if the worker died mid-RUN: buildah SIGKILLed, so it cleans nothing itself and runc
+    keeps the step running. cleanup(job_id) must find and remove all of it."""
+    job = BuildRequest(tags=[image(harness, "crash")], no_cache=True)
+    context = make_context(settings, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo crash-$((6*7)) && sleep 300\n"})
+    log = Recorder()
+    executor = BuildahExecutor(settings)
+    thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
+    wait_for_line(log, "crash-42")  # output, not the STEP line
+    for group in {os.getpgid(int(p.split(":")[0])) for p in processes_mentioning(f"IO_RUNNER_JOB={job.id}")}:
+        os.killpg(group, signal.SIGKILL)
+    thread.join(60)
+    assert isinstance(outcome.get("error"), BuildFailed)
+    before = job_leftovers(executor, job.id)
+    assert before["containers"] and before["runc"], before  # the crash did leave things behind
+    executor.cleanup(job.id)
+    executor.cleanup(job.id)  # idempotent
+    after = job_leftovers(executor, job.id)
+    assert after == {"containers": [], "processes": [], "runc": [], "private_dir": False}
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_cancelled_or_timed_out_job_leaves_no_process_or_container(harness, tmp_path, how):
+    (tmp_path / "Dockerfile").write_text(f"FROM {base(harness)}\nRUN echo now-sleeping-$((6*7)) && sleep 300\n")
+    extra = ["--timeout", "8"] if how == "timeout" else []
+    result = harness.cli("submit", str(tmp_path), "--executor", "buildah", "-t", image(harness, how), "--detach", *extra)
+    job_id = result.stdout.strip()
+    assert result.returncode == 0 and job_id, result.stderr
+    deadline = time.monotonic() + 60
+    while "now-sleeping-42" not in harness.cli("logs", job_id).stdout:
+        assert time.monotonic() < deadline, harness.cli("logs", job_id).stdout
+        time.sleep(0.2)
+    if how == "cancel":
+        assert harness.cli("cancel", job_id).returncode == 0
+    started = time.monotonic()
+    while not (record := harness.store.get(job_id)).finished:
+        assert time.monotonic() - started < 30, "the job did not stop"
+        time.sleep(0.1)
+    assert record.status.value == ("cancelled" if how == "cancel" else "timed_out")
+    executor = BuildahExecutor(harness.settings)
+    assert job_leftovers(executor, job_id) == {"containers": [], "processes": [], "runc": [], "private_dir": False}
+
+
+# -- no Docker Engine --------------------------------------------------------------------------
+def test_builds_and_pushes_on_a_worker_that_cannot_reach_any_docker_engine(make_harness, storage, tmp_path):
+    """The worker runs in its own mount namespace with an empty tmpfs over /run (so no
+    /var/run/docker.sock, no containerd socket) and DOCKER_HOST pointing at a dead socket.
+    The shared dockerd keeps running for everyone else."""
+    dead = f"unix://{tmp_path}/no-engine-here.sock"
+    off = {name: {"enabled": False} for name in all_support()}
+    h = make_harness(executors={**off, "buildah": {"enabled": True, "storage_root": str(storage / "root"),
+                                                     "run_root": str(storage / "run")}})
+    wrapper = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+               'mount -t tmpfs runner-no-engine /run && exec env DOCKER_HOST="$0" "$@"', dead)
+    h.worker_proc = h.start_worker(prefix=wrapper)
+    pid = h.worker_proc.pid
+
+    inside = ["nsenter", "--target", str(pid), "--mount", "--"]
+    assert subprocess.run(["docker", "info"], capture_output=True).returncode == 0  # the engine is up for the host...
+    assert not subprocess.run([*inside, "test", "-e", "/var/run/docker.sock"]).returncode == 0  # ...but absent for the worker
+    assert subprocess.run([*inside, "env", f"DOCKER_HOST={dead}", "docker", "info"], capture_output=True, timeout=30).returncode != 0
+    assert f"DOCKER_HOST={dead}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx/Dockerfile").write_text(f"FROM {base(h)}\nRUN echo no-engine-needed > /proof\n")
+    ref = image(h, "no-engine")
+    result = h.cli("submit", str(tmp_path / "ctx"), "--executor", "buildah", "-t", ref, "--json")
+    record = json.loads(result.stdout)
+    assert record["status"] == "succeeded", h.cli("logs", record["id"]).stdout
+    assert record["worker"].endswith(f":{pid}")
+    assert record["images"][0]["digest"] == registry_digest(h.services, ref)
+    assert run_image(ref, "cat", "/proof").strip() == "no-engine-needed"
+    h.stop_worker(h.worker_proc)
