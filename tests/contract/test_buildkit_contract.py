@@ -54,7 +54,7 @@ def running_processes(marker: str) -> list[str]:
 
 
 def test_buildkit_is_the_default_and_logs_read_like_progress_plain(harness, executor, tmp_path):
-    ctx = write(tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo plain-progress-line && echo to-stderr >&2\n"})
+    ctx = write(tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo plain-progress-line && echo to-stderr >&2 && echo {uuid.uuid4().hex}\n"})
     result, record = submit(harness, executor, ctx, "-t", ref(harness, executor, "plain"), "--no-push")
     assert result.returncode == 0, result.stderr + result.stdout
     log = job_log(harness, record["id"])
@@ -196,7 +196,7 @@ def image_bytes_contain(image: str, needle: bytes) -> bool:
 def test_build_secret_reaches_the_run_mount_and_nothing_else(secret_harness, executor, tmp_path):
     h = secret_harness
     ctx = write(tmp_path, {"Dockerfile": (
-        f"FROM {base(h)}\n"
+        f"FROM {base(h)}\nRUN echo {uuid.uuid4().hex} > /nonce\n"  # no layer cache: BuildKit keys no secret content
         "RUN --mount=type=secret,id=npmrc busybox sha256sum /run/secrets/npmrc | cut -c1-64 > /secret.sha "
         "&& cat /run/secrets/npmrc && echo\n"
         "RUN cat /run/secrets/npmrc 2>/dev/null || echo secret-gone-in-next-step\n")})
