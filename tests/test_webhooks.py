@@ -1,0 +1,314 @@
+"""Git-push webhooks on the real server, with bodies shaped like GitHub's, GitLab's and Gitea's
+documented push events (tests/fixtures/webhooks) signed the way each host signs them; builds
+run on the real worker from a real git repository on loopback (file://)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from runner.settings_api import RepositoryHook
+from runner.webhooks import Push, render_images, tag_safe, why_not
+from tests.conftest import registry_digest, run_image
+from tests.test_api import Stack, start_stack, stop_stack
+from tests.test_gitsource import commit_files, git
+
+FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
+GITHUB_SECRET = "gh-" + uuid.uuid4().hex
+GITLAB_TOKEN = "gl-" + uuid.uuid4().hex
+GITEA_SECRET = "gt-" + uuid.uuid4().hex
+CALLBACK_SECRET = "cb-" + uuid.uuid4().hex
+
+
+def fixture(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+class Callbacks(BaseHTTPRequestHandler):
+    received: list[tuple[dict, bytes]] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        Callbacks.received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, services):
+    """A repository whose builds say which commit they came from; three commits on main."""
+    path = tmp_path_factory.mktemp("hooked") / "hello-app"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    dockerfile = f"FROM {services['RUNNER_DEV_BASE_IMAGE']}\nARG GREETING=none\nCOPY message.txt /message.txt\nRUN echo \"$GREETING\" > /greeting\n"
+    commits = [commit_files(path, {"app/Dockerfile": dockerfile, "app/message.txt": f"commit {n}\n"}, f"commit {n}")
+               for n in range(3)]
+    return path, commits
+
+
+@pytest.fixture(scope="module")
+def callback_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Callbacks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/done"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def hooks(services, tmp_path_factory, callback_server):
+    reg = services["RUNNER_DEV_REGISTRY"]
+    repos = {
+        "acme/hello-app": {"images": [f"{reg}/hooks-gh/{{repo}}:{{short_sha}}", f"{reg}/hooks-gh/{{repo}}:{{branch}}"],
+                           "context": "app", "executor": "socket", "branches": ["main", "release/*"],
+                           "build_args": {"GREETING": "from-github"}},
+        "platform/hello-app": {"images": [f"{reg}/hooks-gl/{{owner}}-{{repo}}:{{short_sha}}", f"{reg}/hooks-gl/{{owner}}-{{repo}}:{{tag}}"],
+                               "context": "app", "executor": "socket", "tags": ["v*"]},
+        "tools/hello-app": {"images": [f"{reg}/hooks-gt/{{repo}}:{{branch}}-{{short_sha}}"], "context": "app",
+                            "executor": "socket", "branches": ["develop"], "callback_url": callback_server},
+    }
+    s = start_stack(services, tmp_path_factory, webhooks={
+        "github": {"secret": GITHUB_SECRET}, "gitlab": {"secret": GITLAB_TOKEN}, "gitea": {"secret": GITEA_SECRET},
+        "repositories": repos}, callbacks={"secret": CALLBACK_SECRET, "backoff": 0.2})
+    yield s
+    stop_stack(s)
+
+
+# -- how each host signs and sends a delivery ------------------------------------------------------
+def github(stack: Stack, payload: dict, event: str = "push", delivery: str | None = None, secret: str = GITHUB_SECRET,
+           body: bytes | None = None, content_type: str = "application/json") -> httpx.Response:
+    body = body if body is not None else json.dumps(payload).encode()
+    headers = {"Content-Type": content_type, "User-Agent": "GitHub-Hookshot/7c1f2d0", "X-GitHub-Event": event,
+               "X-GitHub-Delivery": delivery or str(uuid.uuid4()), "X-GitHub-Hook-ID": "488213907",
+               "X-GitHub-Hook-Installation-Target-Type": "repository", "X-GitHub-Hook-Installation-Target-ID": "735102246",
+               "X-Hub-Signature": "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest(),
+               "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+    return httpx.post(f"{stack.url}/v1/webhooks/github", content=body, headers=headers, timeout=10)
+
+
+def gitlab(stack: Stack, payload: dict, event: str = "Push Hook", token: str = GITLAB_TOKEN,
+           delivery: str | None = None) -> httpx.Response:
+    delivery = delivery or str(uuid.uuid4())
+    headers = {"Content-Type": "application/json", "User-Agent": "GitLab/17.6.0", "X-Gitlab-Event": event,
+               "X-Gitlab-Token": token, "X-Gitlab-Instance": "https://gitlab.acme.example",
+               "X-Gitlab-Webhook-UUID": "6f1b4c2e-0c3d-4e55-9f2a-1d2c3b4a5e6f", "X-Gitlab-Event-UUID": delivery,
+               "Idempotency-Key": delivery}
+    return httpx.post(f"{stack.url}/v1/webhooks/gitlab", content=json.dumps(payload).encode(), headers=headers, timeout=10)
+
+
+def gitea(stack: Stack, payload: dict, event: str = "push", secret: str = GITEA_SECRET,
+          delivery: str | None = None) -> httpx.Response:
+    body = json.dumps(payload, indent=2).encode()
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/json", "User-Agent": "Go-http-client/1.1",
+               "X-Gitea-Delivery": delivery or str(uuid.uuid4()), "X-Gitea-Event": event, "X-Gitea-Event-Type": event,
+               "X-Gitea-Signature": digest, "X-Gogs-Delivery": "x", "X-Gogs-Event": event, "X-Gogs-Signature": digest,
+               "X-GitHub-Event": event, "X-Hub-Signature-256": f"sha256={digest}"}
+    return httpx.post(f"{stack.url}/v1/webhooks/gitea", content=body, headers=headers, timeout=10)
+
+
+def github_push(repo, commit: str, ref: str = "refs/heads/main") -> dict:
+    payload = fixture("github-push.json")
+    payload["ref"], payload["after"] = ref, commit
+    payload["head_commit"]["id"] = payload["commits"][0]["id"] = commit
+    payload["repository"]["clone_url"] = f"file://{repo[0]}"
+    return payload
+
+
+def gitlab_push(repo, commit: str, name: str = "gitlab-push.json") -> dict:
+    payload = fixture(name)
+    payload["after"] = payload["checkout_sha"] = commit
+    payload["project"]["git_http_url"] = payload["repository"]["git_http_url"] = f"file://{repo[0]}"
+    return payload
+
+
+def gitea_push(repo, commit: str) -> dict:
+    payload = fixture("gitea-push.json")
+    payload["after"] = payload["head_commit"]["id"] = payload["commits"][0]["id"] = commit
+    payload["repository"]["clone_url"] = f"file://{repo[0]}"
+    return payload
+
+
+# -- the "done when": a signed GitHub push builds that commit's tree, tagged with its short sha ----
+def test_signed_github_push_builds_that_commit(hooks, repo, services):
+    commit = repo[1][1]  # not the tip of main: the build must come from this commit's tree
+    response = github(hooks, github_push(repo, commit))
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["result"] == "queued" and body["commit"] == commit
+    record = hooks.wait(body["job"])
+    assert record["status"] == "succeeded", record["error"]
+    assert record["request"]["context"] == {"type": "git", "url": f"file://{repo[0]}", "ref": "refs/heads/main",
+                                            "commit": commit, "subdir": "app", "submodules": False}
+    ref = f"{services['RUNNER_DEV_REGISTRY']}/hooks-gh/hello-app:{commit[:7]}"
+    assert record["images"][0] == {"ref": ref, "digest": registry_digest(services, ref)}
+    assert registry_digest(services, f"{services['RUNNER_DEV_REGISTRY']}/hooks-gh/hello-app:main") == record["images"][0]["digest"]
+    assert run_image(ref, "cat", "/message.txt") == "commit 1\n"
+    assert run_image(ref, "cat", "/greeting") == "from-github\n"
+
+
+def test_redelivery_builds_once(hooks, repo):
+    payload, delivery = github_push(repo, repo[1][2]), str(uuid.uuid4())
+    first = github(hooks, payload, delivery=delivery)
+    assert first.status_code == 202
+    before = hooks.job_count()
+    again = github(hooks, payload, delivery=delivery)
+    assert again.status_code == 200 and again.json()["result"] == "duplicate"
+    assert again.json()["job"] == first.json()["job"]
+    assert hooks.job_count() == before
+    gl_delivery, gl_payload = str(uuid.uuid4()), gitlab_push(repo, repo[1][2], "gitlab-tag-push.json")
+    gl_first = gitlab(hooks, gl_payload, event="Tag Push Hook", delivery=gl_delivery)
+    assert gl_first.status_code == 202
+    assert gitlab(hooks, gl_payload, event="Tag Push Hook", delivery=gl_delivery).json()["result"] == "duplicate"
+    gt_delivery, gt_payload = str(uuid.uuid4()), gitea_push(repo, repo[1][2])
+    gt_first = gitea(hooks, gt_payload, delivery=gt_delivery)
+    assert gt_first.status_code == 202
+    assert gitea(hooks, gt_payload, delivery=gt_delivery).json()["result"] == "duplicate"
+    for response in (first, gl_first, gt_first):
+        hooks.wait(response.json()["job"])
+
+
+def test_bad_or_missing_signatures_are_401_and_queue_nothing(hooks, repo):
+    before = hooks.job_count()
+    payload = github_push(repo, repo[1][0])
+    body = json.dumps(payload).encode()
+    url = f"{hooks.url}/v1/webhooks"
+    assert github(hooks, payload, secret="not-the-secret").status_code == 401
+    forged = dict(payload, ref="refs/heads/release/evil")
+    signed_original = "sha256=" + hmac.new(GITHUB_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    tampered = httpx.post(f"{url}/github", content=json.dumps(forged).encode(),
+                          headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": signed_original})
+    assert tampered.status_code == 401
+    missing = httpx.post(f"{url}/github", content=body, headers={"X-GitHub-Event": "push"})
+    assert missing.status_code == 401 and "X-Hub-Signature-256".lower() in missing.json()["message"].lower()
+    sha1_only = httpx.post(f"{url}/github", content=body, headers={
+        "X-GitHub-Event": "push", "X-Hub-Signature": "sha1=" + hmac.new(GITHUB_SECRET.encode(), body, hashlib.sha1).hexdigest()})
+    assert sha1_only.status_code == 401
+    assert gitlab(hooks, gitlab_push(repo, repo[1][0]), token="wrong").status_code == 401
+    assert httpx.post(f"{url}/gitlab", json=gitlab_push(repo, repo[1][0]), headers={"X-Gitlab-Event": "Push Hook"}).status_code == 401
+    assert gitea(hooks, gitea_push(repo, repo[1][0]), secret="wrong").status_code == 401
+    prefixed = httpx.post(f"{url}/gitea", content=body, headers={
+        "X-Gitea-Event": "push", "X-Gitea-Signature": "sha256=" + hmac.new(GITEA_SECRET.encode(), body, hashlib.sha256).hexdigest()})
+    assert prefixed.status_code == 401
+    # a GitHub signature is not accepted on the Gitea endpoint with another secret, and vice versa
+    assert github(hooks, payload, secret=GITEA_SECRET).status_code == 401
+    assert httpx.post(f"{url}/bitbucket", content=body).status_code == 422
+    assert hooks.job_count() == before
+
+
+def test_ping_and_other_events_are_answered_without_a_job(hooks, repo):
+    before = hooks.job_count()
+    pong = github(hooks, fixture("github-ping.json"), event="ping")
+    assert pong.status_code == 200 and pong.json() == {"result": "pong"}
+    assert github(hooks, fixture("github-ping.json"), event="ping", secret="wrong").status_code == 401
+    issues = github(hooks, {"action": "opened"}, event="issues")
+    assert issues.status_code == 200 and "not a push" in issues.json()["reason"]
+    mr = gitlab(hooks, {"object_kind": "merge_request"}, event="Merge Request Hook")
+    assert mr.status_code == 200 and mr.json()["result"] == "ignored"
+    assert gitea(hooks, {"ref": "x", "ref_type": "branch"}, event="delete").json()["result"] == "ignored"
+    assert hooks.job_count() == before
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda p: p.update(fixture("github-delete-branch.json")), "was deleted"),
+    (lambda p: p["repository"].update(full_name="someone/else"), "not configured"),
+    (lambda p: p.update(ref="refs/heads/experiment"), "branch 'experiment' does not build"),
+    (lambda p: p.update(ref="refs/tags/v9"), "tag 'v9' does not build"),
+    (lambda p: p.update(ref="refs/notes/commits"), "neither a branch nor a tag"),
+])
+def test_pushes_that_build_nothing_say_why(hooks, repo, change, reason):
+    before = hooks.job_count()
+    payload = github_push(repo, repo[1][0])
+    change(payload)
+    response = github(hooks, payload)
+    assert response.status_code == 200 and response.json()["result"] == "ignored"
+    assert reason in response.json()["reason"]
+    assert hooks.job_count() == before
+
+
+def test_unreadable_payloads_are_400_never_500(hooks, repo):
+    good = github_push(repo, repo[1][0])
+    assert github(hooks, {}, body=b"{not json").status_code == 400
+    assert github(hooks, {}, body=b"[1, 2]").status_code == 400
+    no_repo = copy.deepcopy(good)
+    del no_repo["repository"]
+    assert "repository.full_name" in github(hooks, no_repo).json()["message"]
+    bad_sha = dict(good, after="not-a-sha")
+    assert github(hooks, bad_sha).status_code == 400
+    assert gitlab(hooks, {"object_kind": "push", "ref": 5}).status_code == 400
+
+
+def test_form_encoded_github_delivery(hooks, repo):
+    body = urlencode({"payload": json.dumps(github_push(repo, repo[1][0], ref="refs/heads/release/1.x"))}).encode()
+    response = github(hooks, {}, body=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 202, response.text
+    tags = hooks.harness.store.get(response.json()["job"]).request.tags
+    assert tags[1].endswith(":release-1.x"), "a branch name becomes a valid image tag"
+    hooks.wait(response.json()["job"])
+
+
+def test_gitlab_tag_push_builds_with_the_tag_template(hooks, repo, services):
+    commit = repo[1][0]
+    response = gitlab(hooks, gitlab_push(repo, commit, "gitlab-tag-push.json"), event="Tag Push Hook")
+    assert response.status_code == 202, response.text
+    record = hooks.wait(response.json()["job"])
+    assert record["status"] == "succeeded", record["error"]
+    reg = services["RUNNER_DEV_REGISTRY"]
+    assert [i["ref"] for i in record["images"]] == [f"{reg}/hooks-gl/platform-hello-app:{commit[:7]}",
+                                                    f"{reg}/hooks-gl/platform-hello-app:v1.0.0"]
+    assert run_image(record["images"][1]["ref"], "cat", "/message.txt") == "commit 0\n"
+    # a branch push of a repository that builds tags only: the default branch builds, {tag} is skipped
+    branch = gitlab(hooks, gitlab_push(repo, commit))
+    assert branch.status_code == 202
+    assert hooks.harness.store.get(branch.json()["job"]).request.tags == [f"{reg}/hooks-gl/platform-hello-app:{commit[:7]}"]
+    hooks.wait(branch.json()["job"])
+
+
+def test_gitea_push_builds_and_calls_back_signed(hooks, repo, services):
+    Callbacks.received.clear()
+    commit = repo[1][2]
+    response = gitea(hooks, gitea_push(repo, commit))
+    assert response.status_code == 202, response.text
+    record = hooks.wait(response.json()["job"])
+    assert record["status"] == "succeeded", record["error"]
+    assert record["images"][0]["ref"].endswith(f"/hooks-gt/hello-app:develop-{commit[:7]}")
+    deadline = time.monotonic() + 30
+    while not Callbacks.received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    headers, body = Callbacks.received[0]
+    assert headers["X-Runner-Signature-256"] == "sha256=" + hmac.new(CALLBACK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert json.loads(body)["id"] == record["id"] and json.loads(body)["status"] == "succeeded"
+
+
+# -- mapping rules without a server -----------------------------------------------------------------
+def push(ref: str, default_branch: str | None = "main") -> Push:
+    return Push("github", "Acme/Hello-App", "Acme", "Hello-App", ref, "3f786850e387550fdab836ed7e6dc881de23001b",
+                None, default_branch, False)
+
+
+def test_templates_and_patterns():
+    templates = ["r.example.com/{owner}/{repo}:{short_sha}", "r.example.com/{owner}/{repo}:{branch}", "r.example.com/x:{tag}"]
+    assert render_images(templates, push("refs/heads/feature/Login")) == [
+        "r.example.com/acme/hello-app:3f78685", "r.example.com/acme/hello-app:feature-Login"]
+    assert render_images(templates, push("refs/tags/v1.2.3")) == ["r.example.com/acme/hello-app:3f78685", "r.example.com/x:v1.2.3"]
+    assert tag_safe("..-weird/ref name") == "weird-ref-name"
+    repo = RepositoryHook(images=templates)
+    assert why_not(push("refs/heads/main"), repo) is None
+    assert "does not build" in why_not(push("refs/heads/dev"), repo)
+    assert "does not build" in why_not(push("refs/heads/master", default_branch=None), repo)
+    assert why_not(push("refs/tags/v1"), RepositoryHook(images=templates, tags=["v*"])) is None
+    with pytest.raises(ValueError, match="known"):
+        RepositoryHook(images=["r.example.com/{nope}"])
