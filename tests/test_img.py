@@ -1,0 +1,230 @@
+"""The img executor. img cannot be installed on these machines (not packaged for Debian,
+upstream unmaintained), so:
+- without img: check() says so, and a job routed to img fails at once on a real worker;
+- the exact argv is pinned, and a FAKE `img` (a script standing in for the missing tool,
+  recording how it was called and "pushing" with skopeo and the credentials it was handed)
+  drives the executor end to end against the real registry;
+- the real-img test runs only where `img` is on PATH."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import stat
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from executors.base import BuildFailed, CancelToken, InfrastructureError, InvalidJob
+from executors.daemonless import private_root
+from executors.img import ImgExecutor, build_args, global_args, push_args
+from runner.context import spool_context, write_tar
+from runner.jobs import BuildRequest, ImageRef
+from runner.settings import ImgExecutorConfig, Settings
+from tests.conftest import registry_digest
+
+NO_IMG = shutil.which("img") is None
+NO_IMG_REASON = "img is not installed: no `img` on PATH (not packaged for Debian; upstream unmaintained)"
+
+
+class Recorder:
+    def __init__(self):
+        self.lines: list[str] = []
+        self.secrets: list[str] = []
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def write(self, chunk: str) -> None:
+        self.lines.extend(chunk.splitlines())
+
+    def add_secret(self, value: str) -> None:
+        self.secrets.append(value)
+
+
+def with_img(settings: Settings, **changes) -> Settings:
+    config = settings.executors.img.model_copy(update={"enabled": True, **changes})
+    return settings.model_copy(update={"executors": settings.executors.model_copy(update={"img": config})})
+
+
+def context_for(settings: Settings, job: BuildRequest, tmp_path: Path, dockerfile: str):
+    source = tmp_path / "src"
+    source.mkdir(exist_ok=True)
+    (source / "Dockerfile").write_text(dockerfile)
+    buffer = io.BytesIO()
+    write_tar(source, buffer)
+    return spool_context([buffer.getvalue()], settings.worker.workspace / job.id, "Dockerfile", 10**8)
+
+
+FAKE_IMG = '''#!{python}
+# FAKE img: img cannot be installed here. Records argv, DOCKER_CONFIG and file modes (never
+# credential values), then acts like img: build prints BuildKit-style steps (and fails like
+# img on "exit 3"), push copies the base image to the ref with skopeo using the handed config.
+import json, os, stat, subprocess, sys
+args = sys.argv[1:]
+docker_config = os.environ.get("DOCKER_CONFIG", "")
+config_path = os.path.join(docker_config, "config.json")
+entry = {{"argv": args, "docker_config_mode": None, "config_mode": None, "auth_hosts": []}}
+if os.path.isfile(config_path):
+    entry["docker_config_mode"] = stat.S_IMODE(os.stat(docker_config).st_mode)
+    entry["config_mode"] = stat.S_IMODE(os.stat(config_path).st_mode)
+    entry["auth_hosts"] = sorted(json.load(open(config_path))["auths"])
+with open({record!r}, "a") as out:
+    out.write(json.dumps(entry) + "\\n")
+while args and args[0] in ("-s", "-b"):
+    args = args[2:]
+if args[0] == "version":
+    print("img fake-0.5.11")
+elif args[0] == "build":
+    dockerfile = open(args[args.index("-f") + 1]).read()
+    print("#1 [internal] load build definition from Dockerfile", flush=True)
+    print("#5 [2/2] RUN echo about-to-fail && exit 3" if "exit 3" in dockerfile else "#5 [2/2] RUN echo hi", flush=True)
+    if "exit 3" in dockerfile:
+        print('error: failed to solve: process "/bin/sh -c echo about-to-fail && exit 3" did not complete successfully: exit code: 3')
+        sys.exit(1)
+elif args[0] == "push":
+    tls = "--dest-tls-verify=false" if "--insecure-registry" in args else "--dest-tls-verify=true"
+    result = subprocess.run(["skopeo", "copy", "--authfile", config_path, "--src-tls-verify=false", tls,
+                             "docker://{base}", "docker://" + args[-1]], capture_output=True, text=True)
+    print(result.stdout + result.stderr)
+    sys.exit(result.returncode)
+'''
+
+
+@pytest.fixture
+def fake_img(harness, tmp_path) -> tuple[Path, Path]:
+    record = tmp_path / "img-calls.jsonl"
+    script = tmp_path / "fake-img"
+    script.write_text(FAKE_IMG.format(python=sys.executable, record=str(record), base=harness.services["RUNNER_DEV_BASE_IMAGE"]))
+    script.chmod(0o755)
+    return script, record
+
+
+def calls(record: Path) -> list[dict]:
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+# -- without img ---------------------------------------------------------------------------------
+@pytest.mark.skipif(not NO_IMG, reason="img is installed here")
+def test_check_says_img_is_not_installed_and_a_job_fails_at_once(harness, tmp_path):
+    settings = with_img(harness.settings)
+    executor = ImgExecutor(settings)
+    result = executor.check()
+    assert not result.ok
+    assert "img is not installed (no `img` on PATH)" in result.summary and "buildah executor" in result.summary
+    job = BuildRequest(tags=[f"{harness.registry()}/img-test/a:1"], executor="img")
+    started = time.monotonic()
+    with pytest.raises(InfrastructureError, match="img is not installed"):
+        executor.run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), Recorder(), CancelToken())
+    assert time.monotonic() - started < 2
+    executor.cleanup(job.id)
+    assert not private_root(settings, "img", job.id).exists()
+
+
+@pytest.mark.skipif(not NO_IMG, reason="img is installed here")
+def test_real_worker_fails_an_img_job_at_once_and_keeps_running(make_harness, tmp_path):
+    """A worker told to take the img queue: the job fails with the reason, the worker lives on,
+    and `runner doctor` names the problem."""
+    h = make_harness(executors={"img": {"enabled": True}})
+    h.worker_proc = h.start_worker("--queues", h.settings.queue_for("img"))
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    started = time.monotonic()
+    result = h.cli("submit", str(tmp_path), "--executor", "img", "-t", f"{h.registry()}/img-test/b:1", "--json", timeout=60)
+    record = json.loads(result.stdout)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 3 and record["status"] == "failed"  # 3: infrastructure
+    assert record["error"]["kind"] == "infrastructure" and "img is not installed" in record["error"]["message"]
+    assert h.worker_proc.poll() is None
+    doctor = h.cli("doctor").stdout
+    assert "img" in doctor and "img is not installed" in doctor
+
+
+# -- argv, pinned --------------------------------------------------------------------------------
+def test_img_argv_pinned(tmp_path):
+    config = ImgExecutorConfig(enabled=True, state_dir=Path("/var/lib/runner/img"), backend="native", cache_repo="reg:5000/cache")
+    job = BuildRequest(tags=["reg:5000/app:1", "reg:5000/app:latest"], build_args={"A": "1"}, labels={"team": "ci"},
+                       target="final", platform="linux/arm64", no_cache=True, secrets=["npmrc"])
+    assert global_args(config) == ["-s", "/var/lib/runner/img", "-b", "native"]
+    assert build_args(config, job, tmp_path / "ctx", tmp_path / "ctx/Dockerfile", [("npmrc", tmp_path / "secrets/0")]) == [
+        "build", "--no-console", "-f", f"{tmp_path}/ctx/Dockerfile", "-t", "reg:5000/app:1", "-t", "reg:5000/app:latest",
+        "--no-cache", "--target", "final", "--platform", "linux/arm64", "--label", "team=ci", "--build-arg", "A=1",
+        "--secret", f"id=npmrc,src={tmp_path}/secrets/0", "--cache-from", "reg:5000/cache", "--cache-to", "reg:5000/cache",
+        f"{tmp_path}/ctx",
+    ]
+    assert push_args(ImageRef.parse("127.0.0.1:5000/app:1"), insecure=True) == ["push", "--insecure-registry", "127.0.0.1:5000/app:1"]
+    assert push_args(ImageRef.parse("reg.example.com/app:1"), insecure=False) == ["push", "reg.example.com/app:1"]
+
+
+def test_secret_build_args_are_refused_on_img(harness, fake_img, tmp_path):
+    settings = with_img(harness.settings, binary=str(fake_img[0]))
+    job = BuildRequest(tags=[f"{harness.registry()}/img-test/c:1"], build_args={"T": "v"}, secret_build_args=["T"])
+    with pytest.raises(InvalidJob, match="command line"):
+        ImgExecutor(settings).run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), Recorder(), CancelToken())
+    assert calls(fake_img[1]) == []
+
+
+# -- a FAKE img end to end -----------------------------------------------------------------------
+def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fake_img, tmp_path):
+    script, record = fake_img
+    value = f"secret-{uuid.uuid4().hex}"
+    settings = with_img(harness.settings, binary=str(script), state_dir=tmp_path / "img-state")
+    settings = settings.model_copy(update={"build_secrets": {"npmrc": SecretStr(value)}})
+    tags = [f"{harness.registry()}/img-test/fake:{t}-{uuid.uuid4().hex[:6]}" for t in ("1", "latest")]
+    job = BuildRequest(tags=tags, secrets=["npmrc"])
+    context = context_for(settings, job, tmp_path, "FROM scratch\nCOPY Dockerfile /\n")
+    log = Recorder()
+    executor = ImgExecutor(settings)
+    pushed = executor.run(job, context, log, CancelToken())
+    private = private_root(settings, "img", job.id)
+    assert sorted(p.name for p in private.iterdir()) == ["refs.json"]  # credentials and secrets already gone
+    executor.cleanup(job.id)
+    assert not private.exists()
+
+    build, push1, push2, remove = calls(record)
+    assert build["argv"] == [*global_args(settings.executors.img),
+                             *build_args(settings.executors.img, job, context.workspace / "img-context",
+                                         context.workspace / "img-context/Dockerfile", [("npmrc", private / "secrets/0")])]
+    assert build["docker_config_mode"] == 0o700 and build["config_mode"] == 0o600
+    assert "127.0.0.1:5000" in build["auth_hosts"]
+    assert [push1["argv"], push2["argv"]] == [[*global_args(settings.executors.img), "push", "--insecure-registry", t] for t in tags]
+    assert remove["argv"] == [*global_args(settings.executors.img), "rm", *tags]
+    assert all(harness.services["RUNNER_DEV_REGISTRY_PASSWORD"] not in " ".join(c["argv"]) and value not in " ".join(c["argv"])
+               for c in calls(record))
+    assert log.secrets == [value]
+    assert [p.ref for p in pushed] == tags
+    assert {p.digest for p in pushed} == {registry_digest(harness.services, t) for t in tags}
+    assert len({p.digest for p in pushed}) == 1
+    assert stat.S_IMODE((tmp_path / "fake-img").stat().st_mode) == 0o755
+
+
+def test_fake_img_failing_step_is_a_build_failure_naming_the_step(harness, fake_img, tmp_path):
+    settings = with_img(harness.settings, binary=str(fake_img[0]), state_dir=tmp_path / "img-state")
+    job = BuildRequest(tags=[f"{harness.registry()}/img-test/fail:1"])
+    context = context_for(settings, job, tmp_path, "FROM scratch\nRUN echo about-to-fail && exit 3\n")
+    executor = ImgExecutor(settings)
+    with pytest.raises(BuildFailed) as failure:
+        executor.run(job, context, Recorder(), CancelToken())
+    executor.cleanup(job.id)
+    assert failure.value.message.startswith("build failed at step 2/2 (RUN echo about-to-fail && exit 3): error: failed to solve")
+    assert [c["argv"][4] for c in calls(fake_img[1])] == ["build", "rm"]  # no push after a failed build; tags removed
+
+
+# -- the real img ----------------------------------------------------------------------------------
+@pytest.mark.skipif(NO_IMG, reason=NO_IMG_REASON)
+def test_real_img_builds_and_pushes(harness, tmp_path):  # pragma: no cover - needs img
+    settings = with_img(harness.settings, state_dir=tmp_path / "img-state")
+    tag = f"{harness.registry()}/img-test/real:{uuid.uuid4().hex[:8]}"
+    job = BuildRequest(tags=[tag])
+    context = context_for(settings, job, tmp_path, "FROM scratch\nCOPY Dockerfile /Dockerfile\n")  # no base image to pull
+    executor = ImgExecutor(settings)
+    assert executor.check().ok
+    try:
+        [pushed] = executor.run(job, context, Recorder(), CancelToken())
+    finally:
+        executor.cleanup(job.id)
+    assert pushed.digest == registry_digest(harness.services, tag)
