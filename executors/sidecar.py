@@ -38,6 +38,7 @@ TLS_PORT = 2376
 POLL_INTERVAL = 0.05
 LOG_TAIL = 20
 STOP_GRACE = 10
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
 def daemon_args(config: DindExecutorConfig, settings: Settings) -> list[str]:
@@ -250,6 +251,9 @@ def _start_error(exc: docker.errors.APIError, config: DindExecutorConfig, execut
 
 
 def _prepare_dir(directory: Path, config: DindExecutorConfig, settings: Settings) -> None:
+    if config.connection == "unix" and len(str(directory / "sock" / "docker.sock")) > MAX_SOCKET_PATH:
+        raise InfrastructureError(f"socket_dir {config.socket_dir} is too long for a unix socket path "
+                                  f"(at most {MAX_SOCKET_PATH - 45} characters); choose a shorter one")
     config.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     directory.mkdir(mode=0o700)
     (directory / "sock").mkdir()
@@ -346,8 +350,8 @@ def _not_ready(api, sidecar: Sidecar, config: DindExecutorConfig, log_sink: LogS
         log_sink.line(f"[runner] {what}; its last log lines:")
         for line in tail:
             log_sink.line(f"[sidecar] {line}")
-    hint = tail[-1] if tail else "no output"
-    return InfrastructureError(f"{what}. Last sidecar log line: {hint!r}. Check that {config.image!r} is a "
+    hint = " | ".join(line.strip() for line in tail[-3:]) if tail else "no output"
+    return InfrastructureError(f"{what}. Last sidecar log lines: {hint}. Check that {config.image!r} is a "
                                "docker-in-docker image and that the privilege settings let dockerd run.")
 
 

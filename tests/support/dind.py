@@ -57,3 +57,63 @@ def skip_reason() -> str | None:
 
 SUPPORT = ExecutorSupport(name="dind", config=config, skip_reason=skip_reason, registry_key="RUNNER_DEV_REGISTRY_NAME",
                           engine=True, base_image=base_image, extra={"engine_per_job": True})
+
+
+# -- helpers for tests/test_dind.py and tests/test_sysbox.py -----------------------------------
+def settings(env: dict, socket_dir: Path, executor: str = "dind", **overrides):
+    """Settings with one sidecar executor enabled and the registry (by name) configured."""
+    from runner.settings import Settings
+
+    section = config(env, socket_dir=str(socket_dir), **overrides)
+    if executor == "sysbox":
+        section = {k: v for k, v in section.items() if k not in PROFILE}
+    return Settings(executors={executor: section}, registries=[{
+        "host": registry_name(env), "username": env["RUNNER_DEV_REGISTRY_USER"],
+        "password": env["RUNNER_DEV_REGISTRY_PASSWORD"], "insecure": True}])
+
+
+class Sink:
+    """A LogSink that keeps the lines, so tests can read what the job log would show."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def write(self, chunk: str) -> None:
+        self.lines.extend(chunk.splitlines())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def build_context(root: Path, dockerfile: str, files: dict[str, str] | None = None):
+    """A BuildContext (a tar on disk) holding `dockerfile` and `files`."""
+    import tarfile
+
+    from executors.base import BuildContext
+
+    src = root / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    for name, text in {"Dockerfile": dockerfile, **(files or {})}.items():
+        (src / name).write_text(text)
+    tar_path = root / "context.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for path in sorted(src.iterdir()):
+            tar.add(path, arcname=path.name)
+    return BuildContext(tar_path=tar_path, workspace=root, size=tar_path.stat().st_size)
+
+
+def docker_ids(kind: str, *labels: str) -> list[str]:
+    """Ids/names of containers, volumes or networks with all `labels` (read with the docker CLI)."""
+    cmd = {"container": ["docker", "ps", "-a", "-q"], "volume": ["docker", "volume", "ls", "-q"],
+           "network": ["docker", "network", "ls", "-q"]}[kind]
+    for label in labels:
+        cmd += ["--filter", f"label={label}"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+
+
+def leftovers(*labels: str) -> dict[str, list[str]]:
+    return {kind: ids for kind in ("container", "volume", "network") if (ids := docker_ids(kind, *labels))}

@@ -1,0 +1,440 @@
+"""dind executor: the container spec (pure), and on the real Docker Engine: removal after
+success, failure, cancel and timeout; readiness failures; TLS; inner daemon options; the warm
+pool; the per-repository cache (reuse, isolation, busy lock, eviction); the reaper.
+
+The sidecars use the image from scripts/dind-image.sh and the capability profile these hosts
+need (they refuse --privileged); the registry is reached by name through the host gateway."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+from pydantic import ValidationError
+
+from executors import dind_cache, dind_pool
+from executors.base import LABEL_JOB, Cancelled, CancelToken, InfrastructureError
+from executors.dind import DindExecutor, reap
+from executors.engine import connect
+from executors.sidecar import bring_up, container_spec, daemon_args
+from runner.jobs import BuildRequest
+from runner.settings import DindExecutorConfig, Settings
+from tests.conftest import registry_digest
+from tests.support import dind as support
+from tests.support.dind import Sink, build_context, docker_ids, leftovers
+
+pytestmark = pytest.mark.skipif(support.skip_reason() is not None, reason=support.skip_reason() or "")
+
+
+# -- the container spec (no engine needed) --------------------------------------------------------
+def spec_for(config: DindExecutorConfig, settings: Settings | None = None, **kwargs) -> dict:
+    args = {"name": "runner-dind-abc", "labels": {LABEL_JOB: "j1"}, "directory": Path("/run/x/runner-dind-abc"),
+            "data_volume": "runner-dind-abc", "network": None, **kwargs}
+    return container_spec(config, settings or Settings(), **args)
+
+
+def test_default_spec_is_privileged_on_a_unix_socket_without_the_host_socket():
+    spec = spec_for(DindExecutorConfig())
+    host = spec["host_config"]
+    assert spec["image"] == "docker:dind"
+    assert host["privileged"] is True
+    assert spec["command"][:2] == ["dockerd", "--host=unix:///run/runner/docker.sock"]
+    assert not any("tcp://" in arg for arg in spec["command"])
+    assert host["binds"]["/run/x/runner-dind-abc/sock"] == {"bind": "/run/runner", "mode": "rw"}
+    assert host["binds"]["runner-dind-abc"] == {"bind": "/var/lib/docker", "mode": "rw"}
+    assert not any("docker.sock" in source for source in host["binds"])
+    assert spec["labels"][LABEL_JOB] == "j1" and spec["labels"]["io.runner.dind.dir"] == "/run/x/runner-dind-abc"
+
+
+def test_capability_profile_for_hosts_that_refuse_privileged():
+    config = DindExecutorConfig(privileged=False, **{k: v for k, v in support.PROFILE.items() if k != "privileged"})
+    spec = spec_for(config)
+    host = spec["host_config"]
+    assert host["privileged"] is False
+    assert host["cap_add"] == ["ALL"] and host["cap_drop"] == ["SYS_RESOURCE"]
+    assert host["security_opt"] == ["seccomp=unconfined", "apparmor=unconfined"]
+    assert spec["host_config_raw"] == {"MaskedPaths": [], "ReadonlyPaths": []}  # systempaths=unconfined
+    assert host["binds"]["/sys/fs/cgroup"] == {"bind": "/sys/fs/cgroup", "mode": "rw"}
+
+
+def test_inner_daemon_options_come_from_config(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = Settings(registries=[{"host": "reg.example:5000", "insecure": True},
+                                    {"host": "private.example", "ca_file": str(ca)}])
+    config = DindExecutorConfig(insecure_registries=["10.0.0.0/8", "named.example:5000"], registry_mirrors=["https://mirror.example"],
+                                mtu=1400, cpus=1.5, memory="512m", extra_hosts={"registry.runner.test": "host-gateway"})
+    spec = spec_for(config, settings, network="runner-dind-abc", gateway="172.30.0.1")
+    command, host = spec["command"], spec["host_config"]
+    assert "--insecure-registry=10.0.0.0/8" in command
+    assert "--insecure-registry=http://named.example:5000" in command  # BuildKit of Docker 20.10 needs the scheme
+    assert "--insecure-registry=http://reg.example:5000" in command  # from `registries:` marked insecure
+    assert "--registry-mirror=https://mirror.example" in command and "--mtu=1400" in command
+    assert host["nano_cpus"] == 1_500_000_000 and host["mem_limit"] == "512m"
+    assert host["extra_hosts"] == {"registry.runner.test": "172.30.0.1"}  # the sidecar network's gateway
+    assert host["network_mode"] == "runner-dind-abc"
+    assert host["binds"]["/run/x/runner-dind-abc/certs.d"] == {"bind": "/etc/docker/certs.d", "mode": "ro"}
+
+
+def test_tls_connection_is_mutual_tls_on_loopback_only_and_plain_tcp_is_refused():
+    spec = spec_for(DindExecutorConfig(connection="tls"))
+    command = spec["command"]
+    assert "--host=tcp://0.0.0.0:2376" in command and "--tlsverify" in command
+    assert any(a.startswith("--tlscacert=") for a in command) and any(a.startswith("--tlskey=") for a in command)
+    assert spec["host_config"]["port_bindings"] == {2376: ("127.0.0.1", None)}
+    assert daemon_args(DindExecutorConfig(), Settings())[1].startswith("--host=unix://")
+    with pytest.raises(ValidationError):
+        DindExecutorConfig(connection="tcp")
+
+
+# -- on the real engine ---------------------------------------------------------------------------
+@pytest.fixture
+def sockdir():
+    path = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))  # short: unix socket paths are limited
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def host_api():
+    api = connect("unix:///var/run/docker.sock")
+    yield api
+    api.close()
+
+
+def executor(services, sockdir, worker: str | None = None, **overrides) -> DindExecutor:
+    return DindExecutor(support.settings(services, sockdir, **overrides), worker or f"test-{uuid.uuid4().hex[:6]}")
+
+
+def tag(services, name: str) -> str:
+    return f"{services['RUNNER_DEV_REGISTRY_NAME']}/test-dind/{name}:{uuid.uuid4().hex[:10]}"
+
+
+def base(services) -> str:
+    return support.base_image(services)
+
+
+def assert_nothing_left(job_id: str, sockdir: Path) -> None:
+    assert leftovers(f"{LABEL_JOB}={job_id}") == {}
+    assert not [p for p in sockdir.iterdir() if p.name.startswith("runner-")]
+
+
+def run_job(ex: DindExecutor, job: BuildRequest, ctx, cancel: CancelToken | None = None):
+    sink = Sink()
+    try:
+        return ex.run(job, ctx, sink, cancel or CancelToken()), sink
+    finally:
+        ex.cleanup(job.id)
+
+
+def sidecar_name(sink: Sink) -> str:
+    return next(word for line in sink.lines for word in line.split() if word.startswith("runner-dind-"))
+
+
+def test_success_builds_inside_the_sidecar_and_removes_it(services, sockdir, tmp_path):
+    ex = executor(services, sockdir)
+    image = tag(services, "ok")
+    job = BuildRequest(tags=[image])
+    ctx = build_context(tmp_path, f"FROM {base(services)}\nRUN echo in-sidecar > /where\n")
+    [pushed], sink = run_job(ex, job, ctx)
+    assert pushed.digest == registry_digest(services, image)
+    name = sidecar_name(sink)
+    assert subprocess.run(["docker", "inspect", name], capture_output=True).returncode != 0  # gone
+    assert_nothing_left(job.id, sockdir)
+    # the host engine never held the job's image
+    for ref in (image, f"runner-job/{job.id}:build"):
+        assert subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode != 0
+
+
+def test_failure_removes_the_sidecar(services, sockdir, tmp_path):
+    ex = executor(services, sockdir)
+    job = BuildRequest(tags=[tag(services, "fail")])
+    ctx = build_context(tmp_path, f"FROM {base(services)}\nRUN echo about-to-fail && exit 4\n")
+    with pytest.raises(Exception) as caught:
+        run_job(ex, job, ctx)
+    assert getattr(caught.value, "kind", None) == "build", caught.value
+    assert_nothing_left(job.id, sockdir)
+
+
+@pytest.mark.parametrize("reason", ["cancelled", "timeout"])
+def test_cancel_and_timeout_stop_the_build_and_remove_the_sidecar(services, sockdir, tmp_path, reason):
+    ex = executor(services, sockdir)
+    job = BuildRequest(tags=[tag(services, "cancel")])
+    marker = f"sleep {2000 + uuid.uuid4().int % 5000}"
+    ctx = build_context(tmp_path, f"FROM {base(services)}\nRUN echo long-step-started && {marker}\n")
+    cancel, sink, fired = CancelToken(), Sink(), {}
+
+    def fire_when_running():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "long-step-started" not in sink.text:
+            time.sleep(0.05)
+        fired["at"] = time.monotonic()
+        cancel.set(reason)
+
+    threading.Thread(target=fire_when_running, daemon=True).start()
+    with pytest.raises(Cancelled) as caught:
+        try:
+            ex.run(job, ctx, sink, cancel)
+        finally:
+            ex.cleanup(job.id)
+    assert caught.value.kind == reason
+    assert time.monotonic() - fired["at"] < 5
+    assert_nothing_left(job.id, sockdir)
+    assert marker not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+def test_cancel_while_the_sidecar_starts_removes_it(services, sockdir, tmp_path):
+    ex = executor(services, sockdir)
+    job = BuildRequest(tags=[tag(services, "early")])
+    cancel = CancelToken()
+    threading.Timer(0.3, cancel.set).start()
+    with pytest.raises(Cancelled):
+        run_job(ex, job, build_context(tmp_path, f"FROM {base(services)}\n"), cancel)
+    assert_nothing_left(job.id, sockdir)
+
+
+@pytest.fixture
+def broken_image():
+    """An image whose 'daemon' never answers: it prints an error and sleeps (or exits)."""
+    made = []
+
+    def make(script: str) -> str:
+        name = f"runner-test-nodaemon:{uuid.uuid4().hex[:8]}"
+        dockerfile = (f"FROM {os.environ.get('RUNNER_DEV_BASE_IMAGE', '127.0.0.1:5000/base/busybox:1')}\n"
+                      f'ENTRYPOINT ["sh", "-c", "{script}"]\n')
+        subprocess.run(["docker", "build", "-q", "-t", name, "-"], input=dockerfile, text=True, check=True,
+                       capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"}, timeout=120)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        subprocess.run(["docker", "rmi", "-f", name], capture_output=True)
+
+
+def test_daemon_that_never_answers_fails_clearly_with_its_log(services, sockdir, tmp_path, broken_image):
+    image = broken_image("echo fake-daemon-starting; echo failed to start daemon: no storage driver >&2; sleep 600")
+    ex = executor(services, sockdir, image=image, ready_timeout=2)
+    job = BuildRequest(tags=[tag(services, "notready")])
+    started = time.monotonic()
+    with pytest.raises(InfrastructureError) as caught:
+        run_job(ex, job, build_context(tmp_path, f"FROM {base(services)}\n"))
+    assert time.monotonic() - started < 10
+    assert "did not answer within 2s" in caught.value.message
+    assert "failed to start daemon: no storage driver" in caught.value.message
+    assert_nothing_left(job.id, sockdir)
+
+
+def test_sidecar_that_exits_fails_at_once_with_its_exit_code_and_log(services, sockdir, tmp_path, broken_image, host_api):
+    image = broken_image("echo cannot mount overlay >&2; exit 3")
+    settings = support.settings(services, sockdir, image=image, ready_timeout=30)
+    sink = Sink()
+    started = time.monotonic()
+    with pytest.raises(InfrastructureError) as caught:
+        bring_up(host_api, settings.executors.dind, settings, executor="dind", labels={LABEL_JOB: "exits"}, log_sink=sink)
+    assert time.monotonic() - started < 5
+    assert "exited with code 3" in caught.value.message
+    assert "[sidecar] cannot mount overlay" in sink.lines
+    assert_nothing_left("exits", sockdir)
+
+
+def test_tls_connection_builds_and_refuses_clients_without_the_certificate(services, sockdir, tmp_path, host_api):
+    ex = executor(services, sockdir, connection="tls")
+    job = BuildRequest(tags=[tag(services, "tls")])
+    [pushed], _ = run_job(ex, job, build_context(tmp_path, f"FROM {base(services)}\nRUN echo tls > /t\n"))
+    assert pushed.digest == registry_digest(services, job.tags[0])
+    assert_nothing_left(job.id, sockdir)
+
+    config = ex.config
+    sidecar = bring_up(host_api, config, ex.settings, executor="dind", labels={LABEL_JOB: "tls-probe"})
+    try:
+        assert sidecar.base_url.startswith("https://127.0.0.1:")
+        assert sidecar.client(timeout=10).version()["ApiVersion"]
+        with pytest.raises(requests.RequestException):  # TLS, but no client certificate
+            session = requests.Session()
+            session.trust_env = False
+            session.get(f"{sidecar.base_url}/_ping", verify=str(sidecar.directory / "client" / "ca.pem"), timeout=5)
+        plain = sidecar.base_url.replace("https://", "http://")
+        response = requests.get(f"{plain}/_ping", timeout=5)
+        assert response.status_code == 400  # Go's TLS server answers plain HTTP with 400
+        assert not (sidecar.directory / "ca-key.pem").exists()  # nothing else can ever be signed
+    finally:
+        sidecar.remove(host_api)
+    assert_nothing_left("tls-probe", sockdir)
+
+
+def test_inner_daemon_gets_mirrors_mtu_limits_hosts_and_registry_ca(services, sockdir, tmp_path, host_api):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nnot-a-real-ca\n-----END CERTIFICATE-----\n")
+    settings = support.settings(services, sockdir, registry_mirrors=["https://mirror.runner.test"], mtu=1400, cpus=1.5,
+                                memory="512m")
+    settings.registries.append(settings.registries[0].model_copy(update={"host": "private.runner.test:5443", "ca_file": ca}))
+    sidecar = bring_up(host_api, settings.executors.dind, settings, executor="dind", labels={LABEL_JOB: "options"})
+    try:
+        inner = sidecar.client(timeout=30)
+        info = inner.info()
+        assert info["RegistryConfig"]["Mirrors"] == ["https://mirror.runner.test/"]
+        assert info["RegistryConfig"]["IndexConfigs"][services["RUNNER_DEV_REGISTRY_NAME"]]["Secure"] is False
+        assert inner.inspect_network("bridge")["Options"]["com.docker.network.driver.mtu"] == "1400"
+        inner.close()
+        host = host_api.inspect_container(sidecar.container)["HostConfig"]
+        assert host["Memory"] == 512 * 1024**2 and host["NanoCpus"] == 1_500_000_000
+        gateway = host_api.inspect_network(sidecar.network)["IPAM"]["Config"][0]["Gateway"]
+        assert host["ExtraHosts"] == [f"registry.runner.test:{gateway}"]
+        exec_id = host_api.exec_create(sidecar.container, ["cat", "/etc/docker/certs.d/private.runner.test:5443/ca.crt"])
+        assert host_api.exec_start(exec_id).decode() == ca.read_text()
+    finally:
+        sidecar.remove(host_api)
+    assert_nothing_left("options", sockdir)
+
+
+# -- warm pool ------------------------------------------------------------------------------------
+def test_warm_pool_serves_one_job_per_sidecar_refills_and_never_exceeds_its_size(services, sockdir, tmp_path):
+    ex = executor(services, sockdir, warm_pool=2)
+    ex.start()
+    pool = dind_pool.get(ex.pool_key())
+    owner = f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}"
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.wait(0.05):
+            samples.append((pool.idle + pool._starting, len(docker_ids("container", owner))))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        assert pool.wait_full(60)
+        sampler.start()
+        first_idle = set(docker_ids("container", owner))
+        assert len(first_idle) == 2
+        served = []
+        for n in range(3):
+            job = BuildRequest(tags=[tag(services, f"warm{n}")])
+            [pushed], sink = run_job(ex, job, build_context(tmp_path / str(n), f"FROM {base(services)}\nRUN echo {n} > /n\n"))
+            assert pushed.digest == registry_digest(services, job.tags[0])
+            assert "warm sidecar" in sink.text, sink.text
+            name = sidecar_name(sink)
+            assert subprocess.run(["docker", "inspect", name], capture_output=True).returncode != 0  # destroyed after one job
+            served.append(name)
+            assert pool.wait_full(60)  # refilled in the background
+        assert len(set(served)) == 3  # never the same sidecar twice
+    finally:
+        stop.set()
+        ex.shutdown()
+    assert samples and max(s[0] for s in samples) <= 2  # idle + starting
+    assert max(s[1] for s in samples) <= 3  # at most the pool plus the one serving a job
+    assert leftovers(owner) == {}
+    assert dind_pool.get(ex.pool_key()) is None
+
+
+# -- per-repository cache -------------------------------------------------------------------------
+@pytest.fixture
+def cache_keys(host_api):
+    keys: list[str] = []
+
+    def new() -> str:
+        keys.append(f"test-{uuid.uuid4().hex[:10]}")
+        return keys[-1]
+
+    yield new
+    for key in keys:
+        for executor_name in ("dind", "sysbox"):
+            try:
+                host_api.remove_volume(dind_cache.volume_name(executor_name, key), force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+def test_repo_cache_reuses_layers_per_key_and_never_across_keys(services, sockdir, tmp_path, cache_keys, host_api):
+    ex = executor(services, sockdir, repo_cache=True)
+    key_a, key_b = cache_keys(), cache_keys()
+    dockerfile = f"FROM {base(services)}\nRUN echo expensive-step-{uuid.uuid4().hex} > /e\n"
+
+    logs = []
+    for n, key in enumerate([key_a, key_a, key_b]):
+        job = BuildRequest(tags=[tag(services, "cache")], cache_key=key)
+        _, sink = run_job(ex, job, build_context(tmp_path / str(n), dockerfile))
+        logs.append(sink.text)
+        assert_nothing_left(job.id, sockdir)
+    first, second, other_key = logs
+    assert f"repository cache {key_a!r}: new volume" in first and "CACHED" not in first
+    assert f"repository cache {key_a!r}: reusing volume" in second
+    assert any("RUN echo expensive-step" in line for line in second.splitlines())
+    assert any(line.startswith("#") and line.endswith("CACHED") for line in second.splitlines()), second
+    assert f"repository cache {key_b!r}: new volume" in other_key and "CACHED" not in other_key
+    volumes = set(docker_ids("volume", f"{dind_cache.LABEL_CACHE}"))
+    assert {dind_cache.volume_name("dind", key_a), dind_cache.volume_name("dind", key_b)} <= volumes
+
+
+def test_busy_cache_waits_then_builds_uncached_and_says_so(services, sockdir, tmp_path, cache_keys, host_api):
+    ex = executor(services, sockdir, repo_cache=True, repo_cache_wait=0.5)
+    key = cache_keys()
+    holder = dind_cache.acquire(host_api, ex.config, "dind", key, CancelToken(), Sink())
+    try:
+        job = BuildRequest(tags=[tag(services, "busy")], cache_key=key)
+        [pushed], sink = run_job(ex, job, build_context(tmp_path, f"FROM {base(services)}\nRUN echo busy > /b\n"))
+    finally:
+        holder.release()
+    assert "is in use by another job; waiting up to 0.5s" in sink.text
+    assert "building WITHOUT the repository cache" in sink.text
+    assert pushed.digest == registry_digest(services, job.tags[0])
+    assert_nothing_left(job.id, sockdir)
+
+
+def test_eviction_removes_least_recently_used_volumes_but_never_one_in_use(services, sockdir, cache_keys, host_api):
+    config = DindExecutorConfig(socket_dir=sockdir, repo_cache=True, repo_cache_max_bytes=int(2.5 * 1024**2))
+    keys = [cache_keys() for _ in range(3)]
+    for age, key in zip((300, 200, 100), keys, strict=True):
+        dind_cache.acquire(host_api, config, "dind", key, CancelToken(), Sink()).release()
+        subprocess.run(["docker", "run", "--rm", "-v", f"{dind_cache.volume_name('dind', key)}:/d",
+                        os.environ.get("RUNNER_DEV_BASE_IMAGE", "127.0.0.1:5000/base/busybox:1"),
+                        "sh", "-c", "head -c 1048576 /dev/zero > /d/blob"], check=True, capture_output=True, timeout=60)
+        stamp = time.time() - age
+        os.utime(dind_cache.lock_path(config, "dind", key), (stamp, stamp))
+    oldest, middle, newest = keys
+    in_use = dind_cache.acquire(host_api, config, "dind", oldest, CancelToken(), Sink())
+    try:
+        removed = dind_cache.evict(host_api, config, "dind")
+    finally:
+        in_use.release()
+    assert removed == [dind_cache.volume_name("dind", middle)]
+    remaining = set(docker_ids("volume", dind_cache.LABEL_CACHE))
+    assert dind_cache.volume_name("dind", oldest) in remaining and dind_cache.volume_name("dind", newest) in remaining
+
+
+# -- labels, cleanup, reaper ----------------------------------------------------------------------
+def test_reaper_removes_only_leftovers_of_jobs_that_are_not_live(services, sockdir, host_api):
+    ex = executor(services, sockdir)
+    live, dead = f"live-{uuid.uuid4().hex[:8]}", f"dead-{uuid.uuid4().hex[:8]}"
+    config, settings = ex.config, ex.settings
+    bring_up(host_api, config, settings, executor="dind", labels=ex.labels(live))
+    bring_up(host_api, config, settings, executor="dind", labels=ex.labels(dead))
+    ours = {**ex.labels("warm-pool-dind"), dind_pool.LABEL_POOL: dind_pool.OWNER}
+    gone_owner = f"{dind_pool.OWNER.split(':')[0]}:999999999:1"
+    bring_up(host_api, config, settings, executor="dind", labels=ours)
+    bring_up(host_api, config, settings, executor="dind", labels={**ours, dind_pool.LABEL_POOL: gone_owner})
+    try:
+        for job in (live, dead):
+            assert set(leftovers(f"{LABEL_JOB}={job}")) == {"container", "volume", "network"}
+        asked = []
+        removed = reap(host_api, lambda job: asked.append(job) or job == live)
+        assert removed == 6  # dead job's container, volume, network; dead pool owner's three
+        assert leftovers(f"{LABEL_JOB}={dead}") == {}
+        assert leftovers(f"{dind_pool.LABEL_POOL}={gone_owner}") == {}
+        assert set(leftovers(f"{LABEL_JOB}={live}")) == {"container", "volume", "network"}
+        assert len(leftovers(f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}")["container"]) == 1  # our live pool's
+        assert "warm-pool-dind" not in asked  # pool sidecars are judged by their owner process
+    finally:
+        ex.cleanup(live)
+        ex.cleanup(live)  # idempotent
+        ex.cleanup("warm-pool-dind")
+    assert leftovers(f"{LABEL_JOB}={live}") == {} and leftovers(f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}") == {}
+    assert not [p for p in sockdir.iterdir() if p.name.startswith("runner-")]
