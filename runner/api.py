@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import threading
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import redis
@@ -32,7 +33,7 @@ from executors.base import InvalidJob
 from runner import webhooks
 from runner.callbacks import check_callback_url
 from runner.control import cancel_job
-from runner.gitsource import check_url
+from runner.gitsource import check_url, split_credentials
 from runner.jobs import JOB_ID, BuildRequest, JobRecord, Status
 from runner.settings import Settings, load_settings
 from runner.settings_api import ApiToken, Right
@@ -91,10 +92,16 @@ async def read_body(request: Request, limit: int, what: str) -> bytes:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     store = JobStore.from_settings(settings)
-    app = FastAPI(title="CI build runner", version="1", separate_input_output_schemas=False,
-                  description=__doc__)
     celery_lock = threading.Lock()
     celery: list = []
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await run_in_threadpool(celery_app)  # the first webhook should not pay for building the Celery app
+        yield
+
+    app = FastAPI(title="CI build runner", version="1", separate_input_output_schemas=False,
+                  description=__doc__, lifespan=lifespan)
 
     def celery_app():
         with celery_lock:
@@ -112,7 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                headers=challenge)
             token = authenticate(credentials.credentials, settings.api.tokens)
             if token is None:
-                raise ApiError(401, "unauthorized", "the bearer token is not one of api.tokens", headers=challenge)
+                why = "the bearer token is not one of api.tokens" if settings.api.tokens else \
+                    "no API tokens are configured (api.tokens), so every job endpoint refuses"
+                raise ApiError(401, "unauthorized", why, headers=challenge)
             if right not in token.rights:
                 raise ApiError(403, "forbidden", f"token {token.name!r} lacks the {right!r} right "
                                f"(it has: {', '.join(token.rights) or 'none'})")
@@ -190,6 +199,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 check_url(job.context.url, settings)
             except InvalidJob as exc:
                 raise Rejected("context.url", exc.message) from None
+            if split_credentials(job.context.url)[2] is not None:
+                raise Rejected("context.url", "the URL holds a password or token, which the job record would keep; "
+                               "configure it for the worker under git.credentials instead")
         if job.callback_url:
             problem = check_callback_url(job.callback_url, settings.callbacks)
             if problem:

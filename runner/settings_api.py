@@ -7,6 +7,7 @@ no restart); inline secrets are SecretStr, so `runner config show` redacts them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from string import Formatter
 from typing import ClassVar, Literal
@@ -92,6 +93,14 @@ class RepositoryHook(Strict):
     submodules: bool = False
     timeout: int | None = Field(default=None, gt=0)
     callback_url: str | None = None
+
+    @field_validator("clone_url")
+    @classmethod
+    def _no_password_in_url(cls, url: str | None) -> str | None:
+        if url and re.search(r"://[^/@]*:[^/@]*@", url):
+            raise ValueError("clone_url holds a password or token, which job records would keep; "
+                             "put it under git.credentials instead")
+        return url
 
     @field_validator("images")
     @classmethod

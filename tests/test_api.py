@@ -96,6 +96,10 @@ def stop_stack(stack: Stack) -> None:
     if stack.harness.worker_proc is not None:
         stack.harness.stop_worker(stack.harness.worker_proc)
     cleanup_namespace(stack.harness)
+    store = stack.harness.store  # queue lists and kombu's permanent bindings, which cleanup_namespace misses
+    for pattern in (f"{store.ns}.*", f"_kombu.binding_permanent.{store.ns}.*"):
+        for key in store.r.scan_iter(pattern):
+            store.r.delete(key)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +165,8 @@ def test_bearer_auth_and_rights(stack):
     ({"tags": ["{reg}/a:1"]}, "context"),
     ({"tags": ["{reg}/a:1"], "context": {"type": "git", "url": "ext::sh -c id", "ref": "main"}}, "context.url"),
     ({"tags": ["{reg}/a:1"], "context": {"type": "git", "url": "file:///x"}}, "context.git"),
+    ({"tags": ["{reg}/a:1"], "context": {"type": "git", "url": "https://ci:tok@git.example.com/a.git", "ref": "main"}},
+     "context.url"),
     ({"tags": ["{reg}/a:1"], "context": {"type": "git", "url": "file:///x", "ref": "main"},
       "callback_url": "ftp://127.0.0.1/x"}, "callback_url"),
     ([1, 2], "request"),
