@@ -312,3 +312,21 @@ def test_templates_and_patterns():
     assert why_not(push("refs/tags/v1"), RepositoryHook(images=templates, tags=["v*"])) is None
     with pytest.raises(ValueError, match="known"):
         RepositoryHook(images=["r.example.com/{nope}"])
+
+
+def test_clone_url_override_and_its_scheme_check(harness):
+    from runner.settings_api import GitConfig
+    from runner.webhooks import WebhookError, build_request
+
+    settings = harness.settings.model_copy(update={"git": GitConfig(allowed_schemes=["https", "file"])})
+    repo = RepositoryHook(images=["127.0.0.1:5000/x/{repo}:{short_sha}"], clone_url="file:///srv/mirror/hello-app")
+    hooked = push("refs/heads/main")
+    hooked.clone_url = "https://github.com/acme/hello-app.git"
+    request = build_request(hooked, repo, "delivery-1", settings)
+    assert request.context.url == "file:///srv/mirror/hello-app" and request.context.commit == hooked.sha
+    assert request.id == build_request(hooked, repo, "delivery-1", settings).id, "same delivery, same job id"
+    with pytest.raises(WebhookError, match="git.allowed_schemes") as info:
+        build_request(hooked, repo, "delivery-1", harness.settings)
+    assert info.value.status == 422
+    with pytest.raises(ValueError, match="git.credentials"):
+        RepositoryHook(images=["r.example.com/a"], clone_url="https://ci:secret@git.example.com/a.git")
