@@ -30,6 +30,7 @@ def make_app(settings: Settings) -> Celery:
     url = settings.redis_url.get_secret_value()
     app = Celery("runner", broker=url, set_as_current=True)
     app.conf.update(
+        broker_transport="runner.transport:Transport",  # survives garbage on the queue
         task_serializer="json",
         accept_content=["json"],
         task_acks_late=True,                    # a killed worker's job is redelivered, not lost

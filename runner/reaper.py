@@ -68,7 +68,39 @@ def reap_job(settings: Settings, store: JobStore, job_id: str, me: str) -> None:
             executors.create(settings, name, me).cleanup(job_id)
         except Exception as exc:  # noqa: BLE001 - one executor's failure must not stop the sweep
             log.warning("reaper: %s cleanup of %s failed: %s", name, job_id, exc)
+    _remove_labelled(settings, job_id)
     shutil.rmtree(settings.worker.workspace / job_id, ignore_errors=True)
+
+
+def _docker(settings: Settings):
+    """The host engine, when an engine-backed executor is enabled and the engine answers."""
+    if not any(executors.is_enabled(settings, n) for n in ("socket", "dind", "sysbox")):
+        return None
+    from executors.engine import connect
+
+    try:
+        return connect(settings.executors.socket.docker_host, timeout=10)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _remove_labelled(settings: Settings, job_id: str) -> None:
+    """Containers, then networks and volumes, labelled with this job of our namespace."""
+    api = _docker(settings)
+    if api is None:
+        return
+    selector = {"label": [f"{LABEL_JOB}={job_id}", f"{LABEL_NAMESPACE}={settings.worker.namespace}"]}
+    try:
+        for container in api.containers(all=True, filters=selector):
+            api.remove_container(container["Id"], force=True, v=True)
+        for network in api.networks(filters=selector):
+            api.remove_network(network["Id"])
+        for volume in api.volumes(filters=selector).get("Volumes") or []:
+            api.remove_volume(volume["Name"], force=True)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("reaper: removing labelled objects of %s failed: %s", job_id, exc)
+    finally:
+        api.close()
 
 
 def candidate_job_ids(settings: Settings, me: str) -> set[str]:
@@ -86,13 +118,8 @@ def candidate_job_ids(settings: Settings, me: str) -> set[str]:
 
 
 def _labelled_docker_job_ids(settings: Settings) -> Iterable[str]:
-    if not any(executors.is_enabled(settings, n) for n in ("socket", "dind", "sysbox")):
-        return []
-    from executors.engine import connect
-
-    try:
-        api = connect(settings.executors.socket.docker_host, timeout=10)
-    except Exception:  # noqa: BLE001
+    api = _docker(settings)
+    if api is None:
         return []
     found = []
     selector = {"label": [f"{LABEL_NAMESPACE}={settings.worker.namespace}"]}
