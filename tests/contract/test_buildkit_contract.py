@@ -21,6 +21,7 @@ from tests.support import all_support
 
 SUPPORT = all_support()
 SECRET_VALUE = "npm-token-" + uuid.uuid4().hex
+OTHER_SECRET = "other-token-" + uuid.uuid4().hex
 
 
 def engine_params():
@@ -178,7 +179,7 @@ def test_timeout_stops_a_long_run(harness, executor, tmp_path):
 
 @pytest.fixture
 def secret_harness(make_harness):
-    h = make_harness(build_secrets={"npmrc": SECRET_VALUE})
+    h = make_harness(build_secrets={"npmrc": SECRET_VALUE, "deploy_key": OTHER_SECRET})
     h.worker_proc = h.start_worker()
     return h
 
@@ -209,3 +210,15 @@ def test_build_secret_reaches_the_run_mount_and_nothing_else(secret_harness, exe
     assert "secret-gone-in-next-step" in log
     assert SECRET_VALUE not in json.dumps(h.store.get(record["id"]).model_dump(mode="json"))
     assert not image_bytes_contain(image, SECRET_VALUE.encode())
+
+
+def test_a_job_gets_only_the_secrets_it_names(secret_harness, executor, tmp_path):
+    h = secret_harness
+    ctx = write(tmp_path, {"Dockerfile": (
+        f"FROM {base(h)}\nRUN echo {uuid.uuid4().hex} > /nonce\n"
+        "RUN --mount=type=secret,id=deploy_key,required=true cat /run/secrets/deploy_key\n")})
+    result, record = submit(h, executor, ctx, "-t", ref(h, executor, "secretscope"), "--secret", "id=npmrc")
+    assert result.returncode == 1, result.stdout
+    assert record["status"] == "failed" and record["error"]["kind"] == "build"
+    assert "deploy_key" in record["error"]["message"] and "not found" in record["error"]["message"]
+    assert OTHER_SECRET not in job_log(h, record["id"])
