@@ -1,0 +1,141 @@
+"""Our buildah executor end to end (the pipeline: spool the uploaded context, unpack, build,
+push, confirm the digest at the registry, record, clean up) against raw
+`buildah build && buildah push` of the same context with the same storage settings.
+
+Two cases, median of N rounds, ours and raw alternating:
+- uncached: a multi-step build with --no-cache (new layers every time, pushed every time);
+- cached: the same context again (every step cached; the push finds every blob present).
+Targets: ours <= 5 % over raw uncached; <= 50 ms fixed overhead cached.
+
+Run:  .venv/bin/python bench/bench_buildah.py [--rounds 5]
+Needs the services (scripts/services.sh). Uses its own storage root and Redis namespace and
+removes both at the end. Prints a table. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from executors.buildah import resolve_mode  # noqa: E402
+from runner.context import write_tar  # noqa: E402
+from runner.jobs import BuildRequest  # noqa: E402
+from runner.pipeline import Pipeline  # noqa: E402
+from runner.settings import Settings  # noqa: E402
+from runner.store import JobStore  # noqa: E402
+
+REGISTRY, USER, PASSWORD = "127.0.0.1:5000", "ci", "ci-password"
+BASE = f"{REGISTRY}/base/busybox:1"
+STORAGE = Path("/var/tmp/runner-bench-buildah")
+DOCKERFILE = f"""FROM {BASE}
+RUN dd if=/dev/urandom of=/blob.bin bs=1M count=8 2>/dev/null
+RUN for i in $(seq 1 20000); do echo line-$i; done > /lines.txt
+COPY app.txt /app.txt
+RUN cat /app.txt /lines.txt | wc -l > /count
+ENV APP=bench
+RUN echo done > /done
+"""
+
+
+def settings(work: Path, namespace: str) -> Settings:
+    return Settings(
+        redis_url="redis://127.0.0.1:6379/0",
+        registries=[{"host": REGISTRY, "username": USER, "password": PASSWORD}],
+        executors={"buildah": {"enabled": True, "storage_root": str(STORAGE / "root"), "run_root": str(STORAGE / "run")}},
+        worker={"namespace": namespace, "workspace": str(work / "work")},
+        default_executor="buildah",
+    )
+
+
+def ours(cfg: Settings, store: JobStore, pipeline: Pipeline, context: Path, no_cache: bool) -> float:
+    job = BuildRequest(tags=[f"{REGISTRY}/bench/buildah-ours:{uuid.uuid4().hex[:8]}"], executor="buildah", no_cache=no_cache)
+    writer = store.context_writer(job.id, cfg.limits.max_context_bytes)
+    write_tar(context, writer)
+    writer.close()
+    started = time.perf_counter()
+    record = pipeline.run(job)
+    elapsed = time.perf_counter() - started
+    if record.status.value != "succeeded":
+        raise SystemExit(f"our job failed: {record.error}")
+    return elapsed
+
+
+def raw(cfg: Settings, context: Path, private: Path, no_cache: bool, by_id: bool) -> float:
+    """`buildah build -t NAME && buildah push NAME`, or (by_id) build with --iidfile and push
+    the image by id as our executor does (no local name, so buildah commits nothing extra)."""
+    mode = resolve_mode(cfg.executors.buildah)
+    buildah = " ".join(["buildah", *mode.global_args(cfg.executors.buildah)])
+    ref = f"{REGISTRY}/bench/buildah-raw:{uuid.uuid4().hex[:8]}"
+    auth, iid = private / "auth.json", private / "iid"
+    name = f"--iidfile {iid}" if by_id else "-t localhost/bench-raw:latest"  # the name moves from build to build
+    source = f"$(cat {iid})" if by_id else "localhost/bench-raw:latest"
+    command = (f"{buildah} build --layers --isolation {mode.isolation} --authfile {auth} {'--no-cache' if no_cache else ''} "
+               f"{name} {context} && {buildah} push --authfile {auth} {source} docker://{ref}")
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+           "CONTAINERS_REGISTRIES_CONF": str(private / "registries.conf")}
+    started = time.perf_counter()
+    subprocess.run(["bash", "-c", command], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-buildah-"))
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    cfg = settings(work, namespace)
+    store = JobStore.from_settings(cfg)
+    pipeline = Pipeline(cfg, store, "bench:1")
+    context = work / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(DOCKERFILE)
+    (context / "app.txt").write_text("x" * 200_000)
+    private = work / "private"
+    private.mkdir(mode=0o700)
+    (private / "auth.json").write_text(json.dumps({"auths": {REGISTRY: {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+    (private / "auth.json").chmod(0o600)
+    (private / "registries.conf").write_text(f'[[registry]]\nlocation = "{REGISTRY}"\ninsecure = true\n')
+    try:
+        mode = resolve_mode(cfg.executors.buildah)
+        print(f"{mode.describe()}; {args.rounds} rounds, ours and raw alternating", file=sys.stderr)
+        ours(cfg, store, pipeline, context, no_cache=False)  # warm up: base image, cache
+        raw(cfg, context, private, no_cache=False, by_id=False)
+        results = {}
+        for case, no_cache in (("uncached multi-step", True), ("cached rebuild", False)):
+            times: dict[str, list[float]] = {"raw -t": [], "raw by id": [], "ours": []}
+            for _ in range(args.rounds):
+                times["raw -t"].append(raw(cfg, context, private, no_cache, by_id=False))
+                times["raw by id"].append(raw(cfg, context, private, no_cache, by_id=True))
+                times["ours"].append(ours(cfg, store, pipeline, context, no_cache))
+            results[case] = {k: statistics.median(v) for k, v in times.items()}
+        print(f"\n{'case':<21}{'raw -t NAME':>13}{'raw by id':>12}{'ours':>10}{'ours - raw -t':>17}{'ours - raw by id':>20}")
+        for case, r in results.items():
+            cells = [f"{r[k] * 1000:>{w}.0f} ms" for k, w in (("raw -t", 10), ("raw by id", 9), ("ours", 7))]
+            diffs = [f"{(r['ours'] - r[k]) * 1000:>+{w}.0f} ms ({(r['ours'] - r[k]) / r[k] * 100:+.1f} %)"
+                     for k, w in (("raw -t", 5), ("raw by id", 8))]
+            print(f"{case:<21}{''.join(cells)}{diffs[0]:>17}{diffs[1]:>20}")
+        print(f"\nmedian of {args.rounds}; targets: <= 5 % uncached, <= 50 ms cached")
+    finally:
+        for key in store.r.scan_iter(f"{store.ns}:*", count=1000):
+            store.r.delete(key)
+        subprocess.run(["buildah", "--root", str(STORAGE / "root"), "--runroot", str(STORAGE / "run"), "rmi", "--all", "--force"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(STORAGE, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
