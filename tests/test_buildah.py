@@ -292,8 +292,8 @@ def test_credentials_and_secrets_travel_in_private_files_never_in_argv(harness, 
                        secrets=["npmrc"])
     context = make_context(secured, job, tmp_path, {"Dockerfile": (
         f"FROM {base(harness)}\nARG TOKEN\n"
-        "RUN --mount=type=secret,id=npmrc echo \"secret-bytes=$(cat /run/secrets/npmrc | wc -c)\" && echo \"$TOKEN\" | wc -c "
-        "&& echo holding-$((6*7)) && sleep 3\n")})
+        "RUN --mount=type=secret,id=npmrc echo \"secret-bytes=$(cat /run/secrets/npmrc | wc -c)\" "
+        "&& echo \"arg-bytes=$(printf %s \"$TOKEN\" | wc -c)\" && echo holding-$((6*7)) && sleep 3\n")})
     log = JobLog(harness.store, job.id, job.secret_values())
     executor = BuildahExecutor(secured)
     thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
@@ -314,7 +314,7 @@ def test_credentials_and_secrets_travel_in_private_files_never_in_argv(harness, 
         executor.cleanup(job.id)
     assert "images" in outcome, outcome.get("error")
     text = "\n".join(harness.store.read_log(job.id))
-    assert f"secret-bytes={len(secret_value)}" in text  # the secret reached the RUN step
+    assert f"secret-bytes={len(secret_value)}" in text and f"arg-bytes={len(arg_value)}" in text  # both reached the RUN step
     assert secret_value not in text and arg_value not in text and PASSWORD not in text
     assert not private.exists()
 
@@ -367,6 +367,33 @@ def test_registry_cache_feeds_a_worker_with_an_empty_store(harness, settings, st
                         "rmi", "--all", "--force"], capture_output=True)
     assert f"Pushing cache {repo}:" in logs[0]
     assert f"Cache pulled from remote {repo}:" in logs[1]
+
+
+def test_docker_format_keep_images_and_no_push(harness, settings, tmp_path):
+    keep = with_buildah(settings, format="docker", keep_images=True)
+    tags = [image(harness, "keep"), image(harness, "keep")]
+    dockerfile = f"FROM {base(harness)}\nRUN echo kept-{uuid.uuid4().hex} > /k\n"
+    jobs = [BuildRequest(tags=tags[:1]), BuildRequest(tags=tags[1:], push=False)]
+    executor = BuildahExecutor(keep)
+    mode = bx.resolve_mode(keep.executors.buildah)
+    try:
+        results = []
+        for job in jobs:
+            results.append(executor.run(job, make_context(keep, job, tmp_path, {"Dockerfile": dockerfile}), Recorder(), CancelToken()))
+            executor.cleanup(job.id)
+        names = executor.tool(mode).output(["images", "--format", "{{.Name}}:{{.Tag}}"]).split()
+        assert set(tags) <= set(names)  # kept under the job's tags, after cleanup too
+        creds = f"ci:{PASSWORD}"
+        raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", creds, f"docker://{tags[0]}"],
+                             capture_output=True, text=True, check=True).stdout
+        assert json.loads(raw)["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+        assert results[0][0].digest == registry_digest(harness.services, tags[0])
+        [unpushed] = results[1]
+        assert unpushed.digest.startswith("sha256:")
+        missing = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--creds", creds, f"docker://{tags[1]}"], capture_output=True)
+        assert missing.returncode != 0  # push disabled: nothing reached the registry
+    finally:
+        subprocess.run(["buildah", *mode.global_args(keep.executors.buildah), "rmi", *tags], capture_output=True)
 
 
 # -- cancel, timeout, crash --------------------------------------------------------------------
