@@ -24,7 +24,8 @@ SLOW = pytest.mark.slow
 def dockerfile(tmp_path: Path, base: str, body: str) -> Path:
     ctx = tmp_path / uuid.uuid4().hex[:6]
     ctx.mkdir()
-    (ctx / "Dockerfile").write_text(f"FROM {base}\n{body}\n")
+    # the first RUN is unique so no step of the test's body comes from the build cache
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nRUN echo {uuid.uuid4().hex}\n{body}\n")
     return ctx
 
 
