@@ -299,6 +299,14 @@ def config_show() -> None:
     print(yaml.safe_dump(settings().model_dump(mode="json"), sort_keys=False), end="")
 
 
+@config_app.command("example")
+def config_example() -> None:
+    """Print an example config with every option, its default and its meaning."""
+    from runner.config_doc import render_example
+
+    print(render_example(), end="")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,25 @@
+# The runner's own image: the `runner` CLI, worker and API server, with buildah and git for
+# the daemonless executor and git sources. The base image is a build argument because CI
+# hosts (and these test machines) may not be able to pull: pass any Debian 12 based image
+# that has python3 (>= 3.11), e.g. --build-arg BASE=python:3.11-slim-bookworm.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      buildah fuse-overlayfs git ca-certificates python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/runner
+COPY pyproject.toml README.md ./
+COPY runner runner
+COPY executors executors
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[api]"
+ENV PATH=/opt/venv/bin:$PATH \
+    RUNNER_CONFIG=/etc/runner/runner.yml
+
+# buildah inside a container: vfs storage and chroot isolation work without privileges
+# beyond the defaults (the executor's "auto" settings pick them when overlay is missing).
+VOLUME ["/var/lib/runner"]
+ENTRYPOINT ["runner"]
+CMD ["worker"]
