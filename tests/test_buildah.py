@@ -405,16 +405,19 @@ def test_killed_buildah_leaves_nothing_after_cleanup(harness, settings, tmp_path
     log = Recorder()
     executor = BuildahExecutor(settings)
     thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
-    wait_for_line(log, "crash-42")  # output, not the STEP line
-    for group in {os.getpgid(int(p.split(":")[0])) for p in processes_mentioning(f"IO_RUNNER_JOB={job.id}")}:
-        os.killpg(group, signal.SIGKILL)
-    thread.join(60)
-    assert isinstance(outcome.get("error"), BuildFailed)
-    before = job_leftovers(executor, job.id)
-    assert before["containers"] and before["runc"], before  # the crash did leave things behind
-    executor.cleanup(job.id)
-    executor.cleanup(job.id)  # idempotent
-    after = job_leftovers(executor, job.id)
+    try:
+        wait_for_line(log, "crash-42")  # output, not the STEP line
+        for group in {os.getpgid(int(p.split(":")[0])) for p in processes_mentioning(f"IO_RUNNER_JOB={job.id}")}:
+            os.killpg(group, signal.SIGKILL)
+        thread.join(60)
+        assert isinstance(outcome.get("error"), BuildFailed)
+        before = job_leftovers(executor, job.id)
+        assert before["containers"] and before["runc"], before  # the crash did leave things behind
+        executor.cleanup(job.id)
+        executor.cleanup(job.id)  # idempotent
+        after = job_leftovers(executor, job.id)
+    finally:
+        executor.cleanup(job.id)
     assert after == {"containers": [], "processes": [], "runc": [], "private_dir": False}
 
 
