@@ -26,7 +26,7 @@ import docker.errors
 import requests
 
 from executors import dind_cache, dind_pool
-from executors.base import LABEL_EXECUTOR, LABEL_JOB, BuildContext, CancelToken, CheckResult, Executor, LogSink
+from executors.base import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE, BuildContext, CancelToken, CheckResult, Executor, LogSink
 from executors.engine import Engine, connect
 from executors.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove_dir, remove_labelled
 from runner.jobs import BuildRequest, PushedImage
@@ -186,10 +186,13 @@ class DindExecutor(Executor):
         return dind_pool.WarmPool(self.config.warm_pool, factory, lambda s: s.remove(api), Sidecar.alive, self.name)
 
 
-def reap(api: docker.APIClient, is_live: Callable[[str], bool], executors: tuple[str, ...] = EXECUTORS) -> int:
+def reap(api: docker.APIClient, is_live: Callable[[str], bool], executors: tuple[str, ...] = EXECUTORS,
+         namespace: str | None = None) -> int:
     """Remove labelled sidecars, volumes and networks whose job is not live (for the worker's
-    reaper). Warm-pool sidecars are judged by their owner process when it is on this host.
-    Cache volumes carry no job label and are left to eviction. Returns how many were removed."""
+    reaper). Give `namespace` (settings.worker.namespace) so another deployment's jobs on the
+    same engine, which our is_live cannot know, are never touched. Warm-pool sidecars are
+    judged by their owner process when it is on this host. Cache volumes carry no job label
+    and are left to eviction. Returns how many were removed."""
     verdicts: dict[str, bool] = {}
 
     def dead(labels: dict[str, str]) -> bool:
@@ -215,7 +218,7 @@ def reap(api: docker.APIClient, is_live: Callable[[str], bool], executors: tuple
         if item["Labels"].get(LABEL_DIR):
             remove_dir(Path(item["Labels"][LABEL_DIR]))
 
-    filters = {"label": [LABEL_EXECUTOR]}
+    filters = {"label": [LABEL_EXECUTOR, *([f"{LABEL_NAMESPACE}={namespace}"] if namespace else [])]}
     removed = 0
     for listing, remove in ((containers, remove_container),
                             (volumes, lambda item: api.remove_volume(item["Name"], force=True)),

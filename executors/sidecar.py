@@ -37,7 +37,6 @@ TLS_MOUNT = "/run/runner-tls"
 TLS_PORT = 2376
 POLL_INTERVAL = 0.05
 LOG_TAIL = 20
-STOP_GRACE = 10
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
 
@@ -132,7 +131,6 @@ class Sidecar:
     container: str | None = None
     base_url: str = ""
     tls: docker.tls.TLSConfig | None = None
-    clean_stop: bool = False  # stop dockerd gracefully first (its /var/lib/docker is kept)
     ready_at: float = field(default_factory=time.monotonic)
     api_version: str = "1.41"
 
@@ -169,8 +167,6 @@ class Sidecar:
     def remove(self, api: docker.APIClient) -> None:
         """Container (with anonymous volumes), owned volume, network, host directory. Never raises."""
         if self.container:
-            if self.clean_stop:
-                _quietly(api.stop, self.container, timeout=STOP_GRACE)
             _quietly(api.remove_container, self.container, force=True, v=True)
         if self.volume:
             _quietly(api.remove_volume, self.volume, force=True)
@@ -206,7 +202,7 @@ def bring_up(api: docker.APIClient, config: DindExecutorConfig, settings: Settin
              data_volume: str | None = None, force_unprivileged: bool = False) -> Sidecar:
     """Start a sidecar and wait until its daemon answers; on any failure remove what was made."""
     name = f"runner-{executor}-{uuid.uuid4().hex[:12]}"
-    sidecar = Sidecar(name=name, directory=config.socket_dir / name, clean_stop=data_volume is not None)
+    sidecar = Sidecar(name=name, directory=config.socket_dir / name)
     try:
         _prepare_dir(sidecar.directory, config, settings)
         labels = {**labels, LABEL_DIR: str(sidecar.directory)}

@@ -421,18 +421,23 @@ def test_reaper_removes_only_leftovers_of_jobs_that_are_not_live(services, sockd
     gone_owner = f"{dind_pool.OWNER.split(':')[0]}:999999999:1"
     bring_up(host_api, config, settings, executor="dind", labels=ours)
     bring_up(host_api, config, settings, executor="dind", labels={**ours, dind_pool.LABEL_POOL: gone_owner})
+    other = executor(services, sockdir)  # another deployment (namespace) on the same engine
+    elsewhere = f"elsewhere-{uuid.uuid4().hex[:8]}"
+    bring_up(host_api, config, settings, executor="dind", labels=other.labels(elsewhere))
     try:
         for job in (live, dead):
             assert set(leftovers(f"{LABEL_JOB}={job}")) == {"container", "volume", "network"}
         asked = []
-        removed = reap(host_api, lambda job: asked.append(job) or job == live)
+        removed = reap(host_api, lambda job: asked.append(job) or job == live, namespace=settings.worker.namespace)
         assert removed == 6  # dead job's container, volume, network; dead pool owner's three
         assert leftovers(f"{LABEL_JOB}={dead}") == {}
         assert leftovers(f"{dind_pool.LABEL_POOL}={gone_owner}") == {}
         assert set(leftovers(f"{LABEL_JOB}={live}")) == {"container", "volume", "network"}
         assert len(leftovers(f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}")["container"]) == 1  # our live pool's
         assert "warm-pool-dind" not in asked  # pool sidecars are judged by their owner process
+        assert elsewhere not in asked and set(leftovers(f"{LABEL_JOB}={elsewhere}")) == {"container", "volume", "network"}
     finally:
+        other.cleanup(elsewhere)
         ex.cleanup(live)
         ex.cleanup(live)  # idempotent
         ex.cleanup("warm-pool-dind")

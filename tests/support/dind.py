@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 from tests.support import ExecutorSupport
@@ -61,13 +62,14 @@ SUPPORT = ExecutorSupport(name="dind", config=config, skip_reason=skip_reason, r
 
 # -- helpers for tests/test_dind.py and tests/test_sysbox.py -----------------------------------
 def settings(env: dict, socket_dir: Path, executor: str = "dind", **overrides):
-    """Settings with one sidecar executor enabled and the registry (by name) configured."""
+    """Settings with one sidecar executor enabled, the registry (by name) configured and a
+    namespace of its own (so a reaper in another test session never takes its sidecars)."""
     from runner.settings import Settings
 
     section = config(env, socket_dir=str(socket_dir), **overrides)
     if executor == "sysbox":
         section = {k: v for k, v in section.items() if k not in PROFILE}
-    return Settings(executors={executor: section}, registries=[{
+    return Settings(executors={executor: section}, worker={"namespace": f"test-{uuid.uuid4().hex[:8]}"}, registries=[{
         "host": registry_name(env), "username": env["RUNNER_DEV_REGISTRY_USER"],
         "password": env["RUNNER_DEV_REGISTRY_PASSWORD"], "insecure": True}])
 
