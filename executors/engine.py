@@ -178,18 +178,19 @@ class Engine:
 
     # -- cleanup -----------------------------------------------------------------------------
     def remove_images(self, job: BuildRequest) -> None:
-        """Untag the job's images; noprune keeps the parent layers as build cache."""
-        for name in [job_tag(job.id), *job.tags]:
+        """Untag the pushed refs. Cheap: the job tag still holds the image; removing that
+        (remove_job_leftovers, from the executor's cleanup) deletes it after the job is recorded."""
+        for name in job.tags:
             try:
                 self.api.remove_image(name, noprune=True)
             except docker.errors.APIError:
                 pass
 
     def remove_job_leftovers(self, job_id: str) -> None:
-        """Remove the job's image with every tag it got (by id), if it is still here."""
+        """Drop the job tag: the image goes unless other tags (--no-push, keep_images) hold it.
+        noprune keeps parent layers, which the classic builder uses as cache."""
         try:
-            image_id = self.api.inspect_image(job_tag(job_id))["Id"]
-            self.api.remove_image(image_id, force=True, noprune=True)
+            self.api.remove_image(job_tag(job_id), noprune=True)
         except (docker.errors.APIError, requests.RequestException):
             pass
 

@@ -59,8 +59,7 @@ class SocketExecutor(Executor):
         except Exception:  # noqa: BLE001 - cleanup never raises
             return
         try:
-            if not self.config.keep_images:
-                Engine(api, self.settings).remove_job_leftovers(job_id)
+            Engine(api, self.settings).remove_job_leftovers(job_id)
         except (docker.errors.DockerException, requests.RequestException):
             pass
         finally:

@@ -29,11 +29,8 @@ from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from executors.base import InvalidJob
 from runner import webhooks
-from runner.callbacks import check_callback_url
 from runner.control import cancel_job
-from runner.gitsource import check_url, split_credentials
 from runner.jobs import JOB_ID, BuildRequest, JobRecord, Status
 from runner.settings import Settings, load_settings
 from runner.settings_api import ApiToken, Right
@@ -194,18 +191,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if job.context.type == "upload" and not store.has_context(job.id):
             raise Rejected("context", f"no build context was uploaded for job {job.id}: POST the tar to "
                            f"/v1/jobs/{job.id}/context first, or give a git context")
-        if job.context.type == "git":
-            try:
-                check_url(job.context.url, settings)
-            except InvalidJob as exc:
-                raise Rejected("context.url", exc.message) from None
-            if split_credentials(job.context.url)[2] is not None:
-                raise Rejected("context.url", "the URL holds a password or token, which the job record would keep; "
-                               "configure it for the worker under git.credentials instead")
-        if job.callback_url:
-            problem = check_callback_url(job.callback_url, settings.callbacks)
-            if problem:
-                raise Rejected("callback_url", problem)
 
     @app.post("/v1/jobs/{job_id}/context", status_code=201, tags=["jobs"], dependencies=[require("submit")],
               responses={409: {"description": "the job already exists"},

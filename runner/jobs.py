@@ -177,7 +177,10 @@ class BuildRequest(BaseModel):
     def redacted(self) -> BuildRequest:
         """A copy safe to store and show: secret build-arg values replaced."""
         args = {k: ("***" if k in self.secret_build_args else v) for k, v in self.build_args.items()}
-        return self.model_copy(update={"build_args": args})
+        update: dict = {"build_args": args}
+        if isinstance(self.context, GitContext):
+            update["context"] = self.context.model_copy(update={"url": re.sub(r"(://)[^/@]*@", r"\1***@", self.context.url)})
+        return self.model_copy(update=update)
 
 
 class PushedImage(BaseModel):

@@ -215,12 +215,22 @@ class Pipeline:
             watcher.stop()
             with _active_lock:
                 _active.pop(request.id, None)
-            if executor is not None:
-                executor.cleanup(request.id)
-            shutil.rmtree(workspace, ignore_errors=True)
         if error is not None and requeue_why:
+            self._cleanup(executor, request.id, workspace)  # before a new attempt can start
             return self._requeue(request, joblog, requeue_why, shutdown=cancel.reason == "shutdown")
-        return self._finish(request, joblog, status, images, error)
+        # Record the result first, then clean up: the user gets the answer without waiting
+        # for image deletion or sidecar removal. The lease stays ours until cleanup is done,
+        # so neither the reaper nor a redelivery can touch the job meanwhile.
+        try:
+            return self._finish(request, joblog, status, images, error)
+        finally:
+            self._cleanup(executor, request.id, workspace)
+
+    @staticmethod
+    def _cleanup(executor, job_id: str, workspace) -> None:
+        if executor is not None:
+            executor.cleanup(job_id)
+        shutil.rmtree(workspace, ignore_errors=True)
 
     def _requeue_reason(self, exc: ExecutorError, cancel: CancelToken, record: JobRecord) -> str | None:
         if self.requeue is None:

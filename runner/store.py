@@ -65,6 +65,11 @@ class JobStore:
             self.r.zadd(f"{self.ns}:jobs", {record.id: record.created_at.timestamp()})
         return bool(created)
 
+    def forget(self, job_id: str) -> None:
+        """Delete a job that was never queued (its message could not be sent)."""
+        self.r.delete(self._key("job", job_id), self._key("request", job_id))
+        self.r.zrem(f"{self.ns}:jobs", job_id)
+
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.r.get(self._key("job", job_id))
         return JobRecord.model_validate_json(raw) if raw else None

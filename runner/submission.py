@@ -54,7 +54,28 @@ def admit(request: BuildRequest, settings: Settings) -> str:
     unknown = [s for s in request.secrets if s not in settings.build_secrets]
     if unknown:
         raise Rejected("secrets", f"unknown build secret(s) {unknown}; configured: {sorted(settings.build_secrets)}")
+    check_sources(request, settings)
     return executor
+
+
+def check_sources(request: BuildRequest, settings: Settings) -> None:
+    """Where the job reads from and reports to: a git URL we may fetch, a callback we may call."""
+    from executors.base import InvalidJob
+    from runner.callbacks import check_callback_url
+    from runner.gitsource import check_url, split_credentials
+
+    if request.context.type == "git":
+        try:
+            check_url(request.context.url, settings)
+        except InvalidJob as exc:
+            raise Rejected("context.url", exc.message) from None
+        if split_credentials(request.context.url)[2] is not None:
+            raise Rejected("context.url", "the URL holds a password or token, which the job record would keep; "
+                           "configure it for the worker under git.credentials instead")
+    if request.callback_url:
+        problem = check_callback_url(request.callback_url, settings.callbacks)
+        if problem:
+            raise Rejected("callback_url", problem)
 
 
 def submit(request: BuildRequest, settings: Settings, store: JobStore, app=None) -> tuple[JobRecord, bool]:
@@ -69,5 +90,9 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore, app=None)
     store.save_request(request)
     from runner.queue import enqueue, make_app
 
-    enqueue(app or make_app(settings), request, record.queue)
+    try:
+        enqueue(app or make_app(settings), request, record.queue)
+    except BaseException:
+        store.forget(request.id)  # not queued: a retry with the same id must be able to send it
+        raise
     return record, True

@@ -141,8 +141,9 @@ def cleanup_namespace(harness: RunnerHarness) -> None:
         return
     for key in store.r.scan_iter(f"{store.ns}:*", count=1000):
         store.r.delete(key)
-    for key in store.r.scan_iter(f"_kombu.binding.{store.ns}.*"):
-        store.r.delete(key)
+    for pattern in (f"{store.ns}.*", f"_kombu.binding.{store.ns}.*", f"_kombu.binding_permanent.{store.ns}.*"):
+        for key in store.r.scan_iter(pattern):
+            store.r.delete(key)
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +171,15 @@ def make_harness(services, tmp_path_factory):
         if h.worker_proc is not None:
             h.stop_worker(h.worker_proc)
         cleanup_namespace(h)
+
+
+def wait_cleaned(harness: RunnerHarness, job_id: str, timeout: float = 60) -> None:
+    """A job's record is written before its clean-up; the worker drops the job's lease only
+    once clean-up is done, so wait for that before looking for leftovers."""
+    deadline = time.monotonic() + timeout
+    while harness.store.lease_holder(job_id) is not None:
+        assert time.monotonic() < deadline, f"job {job_id} still held after {timeout}s"
+        time.sleep(0.05)
 
 
 def registry_digest(services: dict[str, str], ref: str) -> str:

@@ -71,3 +71,15 @@ def test_admission_against_config(data, field):
         admit(parse_request(data), settings())
     assert info.value.field == field
     assert info.value.message
+
+
+def test_credentials_in_a_git_url_never_reach_the_stored_copy():
+    request = BuildRequest(tags=["127.0.0.1:5000/a:1"], context={"type": "git", "url": "https://bot:tok3n@git.example/x.git", "ref": "main"})
+    assert request.redacted().context.url == "https://***@git.example/x.git"
+
+
+def test_admission_refuses_git_urls_with_credentials_or_bad_schemes():
+    for url, words in (("https://bot:tok3n@git.example/x.git", "password or token"), ("ext::sh -c evil", "does not allow")):
+        with pytest.raises(Rejected) as info:
+            admit(parse_request({"tags": ["127.0.0.1:5000/a:1"], "context": {"type": "git", "url": url, "ref": "main"}}), settings())
+        assert info.value.field == "context.url" and words in info.value.message

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import registry_digest
+from tests.conftest import registry_digest, wait_cleaned
 
 SLOW = pytest.mark.slow
 
@@ -95,6 +95,7 @@ def test_cancel_running_job_kills_the_build(make_harness, services, tmp_path):
     print(f"cancel -> build gone in {elapsed:.2f}s")
     assert final["status"] == "cancelled" and final["error"]["kind"] == "cancelled"
     assert "cancelled" in log_of(h, job_id).splitlines()[-1]
+    wait_cleaned(h, job_id)
     assert not (Path(h.config["worker"]["workspace"]) / job_id).exists()
 
 
@@ -147,6 +148,7 @@ def test_sigkilled_worker_job_runs_again_exactly_once(make_harness, services, tm
     assert "stopped (no heartbeat" in log and "requeued" in log
     assert log.count("[runner] succeeded") == 1
     assert final["images"][0]["digest"] == registry_digest(services, ref)
+    wait_cleaned(h, job_id)
     assert not (Path(h.config["worker"]["workspace"]) / job_id).exists()
     images = subprocess.run(["docker", "images", "-q", f"runner-job/{job_id}"], capture_output=True, text=True).stdout
     assert images.strip() == ""
