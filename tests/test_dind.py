@@ -7,6 +7,7 @@ need (they refuse --privileged); the registry is reached by name through the hos
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ import requests
 from pydantic import ValidationError
 
 from executors import dind_cache, dind_pool
-from executors.base import LABEL_JOB, Cancelled, CancelToken, InfrastructureError
+from executors.base import LABEL_JOB, LABEL_NAMESPACE, Cancelled, CancelToken, InfrastructureError
 from executors.dind import DindExecutor, reap
 from executors.engine import connect
 from executors.sidecar import bring_up, container_spec, daemon_args
@@ -443,3 +444,26 @@ def test_reaper_removes_only_leftovers_of_jobs_that_are_not_live(services, sockd
         ex.cleanup("warm-pool-dind")
     assert leftovers(f"{LABEL_JOB}={live}") == {} and leftovers(f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}") == {}
     assert not [p for p in sockdir.iterdir() if p.name.startswith("runner-")]
+
+
+def test_worker_fills_the_pool_at_start_uses_it_and_removes_it_at_stop(services, make_harness, tmp_path):
+    """A real `runner worker`: start() fills the pool, a job takes a warm sidecar, SIGTERM empties it."""
+    h = make_harness(executors={"dind": support.config(services, warm_pool=1)})
+    namespace = f"{LABEL_NAMESPACE}={h.config['worker']['namespace']}"
+    h.worker_proc = h.start_worker()
+    pooled = lambda: docker_ids("container", namespace, dind_pool.LABEL_POOL)  # noqa: E731
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(pooled()) < 1:
+        time.sleep(0.2)
+    assert len(pooled()) == 1
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base(services)}\nRUN echo warm > /w\n")
+    image = tag(services, "worker")
+    result = h.cli("submit", str(ctx), "--executor", "dind", "-t", image, "--json")
+    assert result.returncode == 0, result.stderr + result.stdout
+    job_id = json.loads(result.stdout)["id"]
+    assert "warm sidecar" in h.cli("logs", job_id).stdout
+    assert registry_digest(services, image)
+    h.stop_worker(h.worker_proc)
+    assert leftovers(namespace) == {}
