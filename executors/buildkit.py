@@ -29,6 +29,7 @@ from runner.settings import Settings
 MIN_API = (1, 39)
 CANCEL_TIMEOUT = 5
 CHUNK = 256 * 1024
+DOCKER_HUB = "registry-1.docker.io"
 _SUPPORT: dict[str, tuple[bool, str]] = {}
 _SUPPORT_LOCK = threading.Lock()
 _SUPPORT_MAX = 256
@@ -96,7 +97,9 @@ def job_secrets(settings: Settings, job: BuildRequest) -> dict[str, bytes]:
 
 
 def registry_credentials(settings: Settings, host: str) -> tuple[str, str] | None:
-    config = settings.registry_for(host)
+    """The login the config holds for `host`, as BuildKit asks for it (Docker Hub as registry-1)."""
+    names = [host, "docker.io", "index.docker.io"] if host == DOCKER_HUB else [host]
+    config = next((c for c in map(settings.registry_for, names) if c is not None), None)
     if config is None or not config.username:
         return None
     secret = config.secret()
@@ -252,6 +255,7 @@ def buildkit_build(engine, job: BuildRequest, context: BuildContext, log: LogSin
     unregister = cancel.on_cancel(stop)
     follower = _Follower(log)
     try:
+        cancel.raise_if_set()
         with context_body(context) as body:
             stream["response"] = response = post_build(api, params, body)
             if cancel.is_set():

@@ -129,8 +129,14 @@ class BuildSession:
     def start(self) -> str:
         try:
             sock = dial(self.api)
-            leftover = self._upgrade(sock)
         except OSError as exc:
+            raise InfrastructureError(f"cannot open a BuildKit session with the Docker Engine: {exc}") from None
+        try:
+            leftover = self._upgrade(sock)
+        except (OSError, InfrastructureError) as exc:
+            sock.close()
+            if isinstance(exc, InfrastructureError):
+                raise
             raise InfrastructureError(f"cannot open a BuildKit session with the Docker Engine: {exc}") from None
         sock.settimeout(None)
         self._sock = sock

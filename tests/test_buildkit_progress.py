@@ -222,3 +222,50 @@ def test_stream_lines_other_than_traces_are_logged():
     for event in iter_events([json.dumps({"stream": "Successfully tagged x\n"}).encode(), b"not json"]):
         follower.feed(event)
     assert log.lines == ["Successfully tagged x", "not json"]
+
+
+def test_registry_credentials_come_from_config_with_docker_hub_alias():
+    from executors.buildkit import registry_credentials
+
+    settings = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": "pw"},
+                                    {"host": "docker.io", "username": "hub", "password": "hubpw"},
+                                    {"host": "anon.example.com"}])
+    assert registry_credentials(settings, "127.0.0.1:5000") == ("ci", "pw")
+    assert registry_credentials(settings, "registry-1.docker.io") == ("hub", "hubpw")
+    assert registry_credentials(settings, "anon.example.com") is None
+    assert registry_credentials(settings, "elsewhere.example.com") is None
+
+
+def test_this_engine_supports_buildkit(services):
+    from executors.buildkit import _engine_key, buildkit_support
+    from executors.engine import connect
+
+    api = connect("unix:///var/run/docker.sock", timeout=10)
+    try:
+        supported, why = buildkit_support(api)
+    finally:
+        api.close()
+    assert supported, why
+    assert why.startswith("engine API 1.") and "linux" in why
+    assert _engine_key(api) == "/var/run/docker.sock"  # not http+docker://localhost, shared by every socket
+
+
+def test_auto_falls_back_to_classic_where_the_engine_lacks_buildkit(tmp_path):
+    """The verdict for an engine is cached by socket path; seed it for an engine that says no."""
+    import docker
+
+    from executors import buildkit
+    from executors.base import CancelToken
+    from executors.engine import Engine
+
+    api = docker.APIClient(base_url=f"unix://{tmp_path}/old-engine.sock", version="1.38")
+    buildkit._SUPPORT[buildkit._engine_key(api)] = (False, "engine API 1.38 on linux; BuildKit needs API >= 1.39 on linux")
+    try:
+        engine = Engine(api, Settings())
+        assert engine.resolve_builder(BuildRequest(tags=["127.0.0.1:5000/a:1"])) == "classic"
+        with pytest.raises(InvalidJob, match="API 1.38"):
+            buildkit.buildkit_build(engine, BuildRequest(tags=["127.0.0.1:5000/a:1"], builder="buildkit"),
+                                    BuildContext(tar_path=tmp_path / "none.tar", workspace=tmp_path), Lines(), CancelToken())
+    finally:
+        buildkit._SUPPORT.pop(buildkit._engine_key(api), None)
+        api.close()
