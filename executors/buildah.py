@@ -32,6 +32,7 @@ from executors.daemonless import (
     JobFiles,
     Tool,
     ToolFailed,
+    ToolOutput,
     auth_failed,
     cache_repo,
     is_auth_error,
@@ -190,25 +191,26 @@ def push_args(config: BuildahExecutorConfig, image_id: str, ref: ImageRef, paths
 
 
 # -- output ------------------------------------------------------------------------------------
-class BuildOutput:
-    """Feeds buildah's output to the log, remembering the current step and the error line."""
+class BuildOutput(ToolOutput):
+    """buildah build's output: remembers the current step and the error line, and drops our
+    IO_RUNNER_JOB marker from buildah's "build args were not consumed" warning."""
 
     def __init__(self, log: LogSink):
-        self.log = log
+        super().__init__(log)
         self.step: tuple[str, str] | None = None
         self.error: str | None = None
 
-    def __call__(self, text: str) -> None:
+    def handle(self, text: str) -> str | None:
         if match := _UNUSED_ARGS.match(text):
             names = [n for n in match[1].split() if n != JOB_ARG]
             if not names:
-                return
+                return None
             text = f"[Warning] one or more build args were not consumed: [{' '.join(names)}]"
         if match := _STEP.match(text):
             self.step = (match[1], match[2])
         elif text.startswith("Error: "):
             self.error = text.removeprefix("Error: ")
-        self.log.line(text)
+        return text
 
     def failure(self, code: int) -> ExecutorError:
         error = self.error or f"buildah build exited with code {code}"
@@ -296,16 +298,10 @@ class BuildahExecutor(Executor):
               log: LogSink, cancel: CancelToken) -> PushedImage:
         digestfile = files.root / "digest"
         digestfile.unlink(missing_ok=True)
-        lines: list[str] = []
-
-        def on_line(text: str) -> None:
-            lines.append(text)
-            log.line(text)
-
-        code = tool.stream(push_args(self.config, image_id, ref, paths, digestfile), on_line, cancel)
+        output = ToolOutput(log)
+        code = tool.stream(push_args(self.config, image_id, ref, paths, digestfile), output, cancel)
         if code != 0:
-            error = next((t.removeprefix("Error: ") for t in reversed(lines) if t.startswith("Error: ")),
-                         f"buildah push exited with code {code}")
+            error = output.last_error("Error: ") or f"buildah push exited with code {code}"
             if is_auth_error(error):
                 raise auth_failed(f"pushing {ref}", error)
             raise InfrastructureError(f"push of {ref} failed: {error}")

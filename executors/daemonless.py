@@ -210,6 +210,53 @@ class ToolFailed(Exception):
         self.message, self.output = message, output
 
 
+class ToolOutput:
+    """Receives a tool's output as whole lines, as they come, and appends them to the job log.
+
+    Lines that arrive together are appended together (one log write), so a burst of output
+    costs one store round trip, not one per line. Subclasses look at (or drop) each line in
+    `handle`; `lines` keeps the last few for error messages.
+    """
+
+    KEEP = 50
+
+    def __init__(self, log: LogSink):
+        self.log = log
+        self.lines: list[str] = []
+
+    def handle(self, text: str) -> str | None:
+        """The line to log (possibly rewritten), or None to drop it."""
+        return text
+
+    def __call__(self, batch: list[str]) -> None:
+        kept = [out for text in batch if (out := self.handle(text)) is not None]
+        self.lines = (self.lines + kept)[-self.KEEP:]
+        if kept:
+            self.log.write("".join(f"{text}\n" for text in kept))
+
+    def last_error(self, prefix: str) -> str | None:
+        return next((t.removeprefix(prefix) for t in reversed(self.lines) if t.startswith(prefix)), None)
+
+
+class _LineSplitter:
+    """Raw output chunks (str, or bytes when a chunk ends inside a UTF-8 sequence) to lines."""
+
+    def __init__(self, on_lines: Callable[[list[str]], None]):
+        self.on_lines = on_lines
+        self.buffer = b""
+
+    def feed(self, chunk: str | bytes) -> None:
+        self.buffer += chunk.encode() if isinstance(chunk, str) else chunk
+        *complete, self.buffer = self.buffer.split(b"\n")
+        if complete:
+            self.on_lines([raw.decode("utf-8", "replace").rstrip("\r") for raw in complete])
+
+    def close(self) -> None:
+        if self.buffer:
+            self.on_lines([self.buffer.decode("utf-8", "replace").rstrip("\r")])
+            self.buffer = b""
+
+
 class _Group:
     """What executors.process.kill_group needs (pid, wait with timeout) for an `sh` process."""
 
@@ -237,23 +284,21 @@ class Tool:
             raise InfrastructureError(f"{binary} is not installed or not on PATH{install_hint}") from None
         self.env = dict(env) if env is not None else tool_env()
 
-    def stream(self, args: Iterable[str], on_line: Callable[[str], None], cancel: CancelToken,
+    def stream(self, args: Iterable[str], output: Callable[[list[str]], None], cancel: CancelToken,
                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
-        """Run with merged stdout/stderr fed to `on_line` as it comes; return the exit code.
+        """Run with merged stdout/stderr handed to `output` as whole lines, as they come
+        (a ToolOutput); return the exit code.
 
         The tool runs in its own session; a cancel (or timeout) SIGTERMs the whole group,
         then SIGKILLs what is left. Raises Cancelled if the token fired.
         """
         cancel.raise_if_set()
-
-        def feed(line: str) -> None:
-            on_line(line.rstrip("\r\n"))
-
+        lines = _LineSplitter(output)
         try:
             running = self.command(
-                *args, _bg=True, _bg_exc=False, _out=feed, _err_to_out=True, _tty_out=False, _in="",
-                _new_session=True, _env={**self.env, **(env or {})}, _cwd=str(cwd) if cwd else None,
-                _ok_code=list(range(256)), _decode_errors="replace",
+                *args, _bg=True, _bg_exc=False, _out=lines.feed, _out_bufsize=0, _err_to_out=True, _tty_out=False,
+                _in="", _new_session=True, _env={**self.env, **(env or {})}, _cwd=str(cwd) if cwd else None,
+                _ok_code=list(range(256)),
             )
         except OSError as exc:
             raise InfrastructureError(f"cannot start {self.binary}: {exc.strerror}") from None
@@ -269,6 +314,7 @@ class Tool:
             unregister()
             if running.process.is_alive()[0]:
                 kill_group(group)
+        lines.close()
         cancel.raise_if_set()
         return code if code is not None else -1
 

@@ -33,6 +33,7 @@ from executors.daemonless import (
     JobFiles,
     Tool,
     ToolFailed,
+    ToolOutput,
     auth_failed,
     cache_repo,
     is_auth_error,
@@ -89,16 +90,20 @@ def push_args(ref: ImageRef, insecure: bool) -> list[str]:
     return ["push", *(["--insecure-registry"] if insecure else []), str(ref)]
 
 
-class ImgOutput:
-    def __init__(self, log: LogSink):
-        self.log, self.step, self.errors = log, None, []
+class ImgOutput(ToolOutput):
+    """img build's output: remembers the current BuildKit step and the error lines."""
 
-    def __call__(self, text: str) -> None:
+    def __init__(self, log: LogSink):
+        super().__init__(log)
+        self.step: tuple[str, str] | None = None
+        self.errors: list[str] = []
+
+    def handle(self, text: str) -> str | None:
         if match := _STEP.match(text):
             self.step = (match[1], match[2])
         if _ERROR.search(text):
             self.errors.append(text)
-        self.log.line(text)
+        return text
 
     def failure(self, code: int) -> ExecutorError:
         error = self.errors[-1] if self.errors else f"img build exited with code {code}"
@@ -158,16 +163,11 @@ class ImgExecutor(Executor):
             files.remove("docker", "secrets", "tmp")
 
     def _push(self, tool: Tool, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
-        lines: list[str] = []
-
-        def on_line(text: str) -> None:
-            lines.append(text)
-            log.line(text)
-
+        output = ToolOutput(log)
         config = registry_config(self.settings, ref.registry)
-        code = tool.stream(push_args(ref, plain_http(config)), on_line, cancel)
+        code = tool.stream(push_args(ref, plain_http(config)), output, cancel)
         if code != 0:
-            error = next((t for t in reversed(lines) if t.strip()), f"img push exited with code {code}")
+            error = next((t for t in reversed(output.lines) if t.strip()), f"img push exited with code {code}")
             if is_auth_error(error):
                 raise auth_failed(f"pushing {ref}", error)
             raise InfrastructureError(f"push of {ref} failed: {error}")

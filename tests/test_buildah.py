@@ -21,7 +21,7 @@ from pydantic import SecretStr
 import executors.buildah as bx
 from executors.base import BuildContext, BuildFailed, CancelToken, InfrastructureError, InvalidJob, RegistryAuthFailed
 from executors.buildah import BuildahExecutor, BuildOutput, JobPaths, Mode, build_args, push_args
-from executors.daemonless import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
+from executors.daemonless import JobFiles, _LineSplitter, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
 from runner.context import spool_context, write_tar
 from runner.joblog import JobLog
 from runner.jobs import BuildRequest, ImageRef
@@ -42,11 +42,13 @@ class Recorder:
     def __init__(self):
         self.lines: list[tuple[float, str]] = []
         self.secrets: list[str] = []
+        self.writes = 0
 
     def line(self, text: str) -> None:
         self.lines.append((time.monotonic(), text))
 
     def write(self, chunk: str) -> None:
+        self.writes += 1
         for text in chunk.splitlines():
             self.line(text)
 
@@ -205,19 +207,30 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
 def test_output_names_the_failing_step_and_tells_auth_from_build_errors():
     log = Recorder()
     output = BuildOutput(log)
-    for text in ["STEP 1/2: FROM base", "STEP 2/2: RUN curl x", "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB]",
-                 "[Warning] one or more build args were not consumed: [FOO IO_RUNNER_JOB]",
-                 'Error: building at STEP "RUN curl x": while running runtime: exit status 22 (unauthorized)']:
-        output(text)
+    output(["STEP 1/2: FROM base", "STEP 2/2: RUN curl x", "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB]",
+            "[Warning] one or more build args were not consumed: [FOO IO_RUNNER_JOB]",
+            'Error: building at STEP "RUN curl x": while running runtime: exit status 22 (unauthorized)'])
+    assert log.writes == 1  # lines that arrive together reach the store in one append
     failure = output.failure(1)
     assert isinstance(failure, BuildFailed)
     assert failure.message == "build failed at step 2/2 (RUN curl x): while running runtime: exit status 22 (unauthorized)"
     assert "IO_RUNNER_JOB" not in log.text and "not consumed: [FOO]" in log.text
-    output("Error: creating build container: initializing source docker://reg:5000/base:1: reading manifest 1 in reg:5000/base: "
-           "unauthorized: authentication required")
+    output(["Error: creating build container: initializing source docker://reg:5000/base:1: reading manifest 1 in reg:5000/base: "
+           "unauthorized: authentication required"])
     failure = output.failure(125)
     assert isinstance(failure, RegistryAuthFailed)
     assert failure.message.startswith("the registry refused our credentials while pulling reg:5000/base:1: unauthorized")
+
+
+def test_line_splitter_keeps_utf8_split_across_chunks():
+    batches = []
+    splitter = _LineSplitter(batches.append)
+    data = "naïve line\nsecond ✓\ntail".encode()
+    cut = data.index("✓".encode()) + 1  # inside the three bytes of ✓
+    splitter.feed(data[:cut])
+    splitter.feed(data[cut:])
+    splitter.close()
+    assert batches == [["naïve line"], ["second ✓"], ["tail"]]
 
 
 def test_auto_isolation_follows_privileges(monkeypatch):
