@@ -122,6 +122,7 @@ def write_tar(root: Path, sink: BinaryIO, dockerfile: str = "Dockerfile") -> Non
             info = tar.gettarinfo(str(root / rel), arcname=rel)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
+            info.mtime = int(info.mtime)  # a fractional mtime would add a PAX header to every member
             if info.isreg():
                 with open(root / rel, "rb") as handle:
                     tar.addfile(info, handle)
