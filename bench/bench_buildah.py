@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -29,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from executors import daemonless  # noqa: E402
+from executors.base import CancelToken  # noqa: E402
 from executors.buildah import resolve_mode  # noqa: E402
 from runner.context import write_tar  # noqa: E402
 from runner.jobs import BuildRequest  # noqa: E402
@@ -57,6 +60,39 @@ def settings(work: Path, namespace: str) -> Settings:
         worker={"namespace": namespace, "workspace": str(work / "work")},
         default_executor="buildah",
     )
+
+
+class ToolTimer:
+    """Wall time spent inside buildah processes (Tool.stream), to split our own overhead out
+    of the end-to-end time; measurement only, the executor is not changed."""
+
+    def __init__(self):
+        self.spent = 0.0
+        self.original = daemonless.Tool.stream
+        timer = self
+
+        def stream(tool, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return timer.original(tool, *args, **kwargs)
+            finally:
+                timer.spent += time.perf_counter() - started
+
+        daemonless.Tool.stream = stream
+
+
+def spawn_cost(rounds: int = 30) -> tuple[float, float]:
+    """Median wall time of running `true` through our Tool (sh) and through subprocess."""
+    tool, cancel = daemonless.Tool("true"), CancelToken()
+    via_sh, via_subprocess = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        tool.stream([], lambda line: None, cancel)
+        via_sh.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        subprocess.run(["true"], check=True)
+        via_subprocess.append(time.perf_counter() - started)
+    return statistics.median(via_sh), statistics.median(via_subprocess)
 
 
 def ours(cfg: Settings, store: JobStore, pipeline: Pipeline, context: Path, no_cache: bool) -> float:
@@ -113,14 +149,19 @@ def main() -> None:
         print(f"{mode.describe()}; {args.rounds} rounds, ours and raw alternating", file=sys.stderr)
         ours(cfg, store, pipeline, context, no_cache=False)  # warm up: base image, cache
         raw(cfg, context, private, no_cache=False, by_id=False)
-        results = {}
+        results, outside = {}, {}
+        timer = ToolTimer()
         for case, no_cache in (("uncached multi-step", True), ("cached rebuild", False)):
             times: dict[str, list[float]] = {"raw -t": [], "raw by id": [], "ours": []}
+            outside[case] = []
             for _ in range(args.rounds):
                 times["raw -t"].append(raw(cfg, context, private, no_cache, by_id=False))
                 times["raw by id"].append(raw(cfg, context, private, no_cache, by_id=True))
+                timer.spent = 0.0
                 times["ours"].append(ours(cfg, store, pipeline, context, no_cache))
+                outside[case].append(times["ours"][-1] - timer.spent)
             results[case] = {k: statistics.median(v) for k, v in times.items()}
+        via_sh, via_subprocess = spawn_cost()
         print(f"\n{'case':<21}{'raw -t NAME':>13}{'raw by id':>12}{'ours':>10}{'ours - raw -t':>17}{'ours - raw by id':>20}")
         for case, r in results.items():
             cells = [f"{r[k] * 1000:>{w}.0f} ms" for k, w in (("raw -t", 10), ("raw by id", 9), ("ours", 7))]
@@ -128,6 +169,13 @@ def main() -> None:
                      for k, w in (("raw -t", 5), ("raw by id", 8))]
             print(f"{case:<21}{''.join(cells)}{diffs[0]:>17}{diffs[1]:>20}")
         print(f"\nmedian of {args.rounds}; targets: <= 5 % uncached, <= 50 ms cached")
+        print("\nour fixed overhead, measured without buildah's own run-to-run noise:")
+        for case, values in outside.items():
+            print(f"  {case:<21} time outside the buildah processes (pipeline + executor): {statistics.median(values) * 1000:.0f} ms")
+        print(f"  starting a process through sh: {via_sh * 1000:.1f} ms vs subprocess {via_subprocess * 1000:.1f} ms "
+              "(two per job: build, push per tag)")
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"  load average during the run: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs")
     finally:
         for key in store.r.scan_iter(f"{store.ns}:*", count=1000):
             store.r.delete(key)
