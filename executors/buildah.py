@@ -273,7 +273,7 @@ class BuildahExecutor(Executor):
         paths = JobPaths(
             context=context_dir,
             dockerfile=context_dir / context.dockerfile,
-            authfile=files.write("auth.json", json.dumps(registry_auths(self.settings))),
+            authfile=files.write("auth.json", json.dumps(registry_auths(self.settings, log))),
             iidfile=files.root / "iid",
             cert_dir=write_cert_dir(self.settings, files),
             secrets=tuple(write_build_secrets(self.settings, job, files, log)),

@@ -85,16 +85,20 @@ class JobFiles:
 
 
 # -- registry access ---------------------------------------------------------------------------
-def registry_auths(settings: Settings) -> dict:
+def registry_auths(settings: Settings, log: LogSink | None = None) -> dict:
     """The `{"auths": {host: {"auth": b64(user:password)}}}` document that both
     containers-auth.json (buildah) and Docker's config.json (img) use, for every configured
-    registry with credentials (base images may come from any of them)."""
+    registry with credentials (base images may come from any of them). A registry whose
+    password file cannot be read is left out, with a line in `log` (without one: an error)."""
     auths = {}
     for registry in settings.registries:
         try:
             secret = registry.secret()
         except ValueError as exc:
-            raise InfrastructureError(str(exc)) from None
+            if log is None:
+                raise InfrastructureError(str(exc)) from None
+            log.line(f"[runner] warning: {exc}; pulling from or pushing to {registry.host} will fail")
+            continue
         if registry.username and secret is not None:
             token = base64.b64encode(f"{registry.username}:{secret}".encode()).decode()
             auths[registry.host] = {"auth": token}

@@ -145,7 +145,7 @@ class ImgExecutor(Executor):
                     log.line(f"[runner] note: img trusts only the system CA store; {registry.host}'s ca_file must be "
                              "installed there (update-ca-certificates)")
             docker_config = files.directory("docker")
-            files.write("docker/config.json", json.dumps(registry_auths(self.settings)))
+            files.write("docker/config.json", json.dumps(registry_auths(self.settings, log)))
             secrets = write_build_secrets(self.settings, job, files, log)
             context_dir = context.extract_to(context.workspace / f"{self.name}-context")
             tool = Tool(self.config.binary, global_args(self.config),

@@ -194,6 +194,13 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
     assert 'location = "127.0.0.1:5000"\ninsecure = true' in conf
     assert 'location = "registry.internal:5000"\ninsecure = true' in conf and "tls.example.com" not in conf
     assert registries_conf(Settings(registries=[{"host": "tls.example.com"}])) is None
+    broken = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": PASSWORD},
+                                  {"host": "other:5000", "username": "u", "password_file": str(tmp_path / "missing")}])
+    log = Recorder()
+    assert set(registry_auths(broken, log)["auths"]) == {"127.0.0.1:5000"}  # one unreadable file does not stop every job
+    assert "registry other:5000: cannot read password_file" in log.text
+    with pytest.raises(InfrastructureError, match="cannot read password_file"):
+        registry_auths(broken)
     files = JobFiles(tmp_path / "private").create()
     certs = write_cert_dir(settings, files)
     assert (certs / "tls.example.com.crt").read_text() == ca.read_text()
