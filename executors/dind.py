@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import docker
-import docker.auth
 import docker.errors
 import requests
 
@@ -30,7 +29,7 @@ from executors.base import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE, BuildCont
 from executors.engine import Engine, connect
 from executors.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove_dir, remove_labelled
 from runner.jobs import BuildRequest, PushedImage
-from runner.settings import DindExecutorConfig, Settings
+from runner.settings import DindExecutorConfig
 
 log = logging.getLogger("runner.executors.dind")
 
@@ -41,21 +40,6 @@ EXECUTORS = ("dind", "sysbox")
 #: job id -> the warm sidecar serving it (pool sidecars carry the pool's labels, not the job's)
 _serving: dict[str, Sidecar] = {}
 _serving_lock = threading.Lock()
-
-
-def build_auth(settings: Settings) -> docker.auth.AuthConfig:
-    """Credentials of the configured registries, sent with builds so the inner daemon can pull
-    private base images (and never the worker's own ~/.docker/config.json)."""
-    auth = docker.auth.AuthConfig({})
-    for registry in settings.registries:
-        try:
-            secret = registry.secret()
-        except ValueError:
-            continue  # the push reports the unreadable password_file
-        if registry.username and secret is not None:
-            auth.add_auth(registry.host, {"username": registry.username, "password": secret,
-                                          "serveraddress": registry.host})
-    return auth
 
 
 class DindExecutor(Executor):
@@ -111,7 +95,6 @@ class DindExecutor(Executor):
             sidecar = self._sidecar(api, job, lease, log, cancel)
             inner = sidecar.client(timeout=None)
             try:
-                inner._auth_configs = build_auth(self.settings)
                 return Engine(inner, self.settings).build_and_push(job, context, log, cancel, keep_images=lease is None)
             finally:
                 inner.close()

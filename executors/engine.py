@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 
 import docker
+import docker.auth
 import docker.errors
 import requests
 
@@ -55,6 +56,9 @@ class Engine:
     def __init__(self, api: docker.APIClient, settings: Settings):
         self.api = api
         self.settings = settings
+        # builds send these to the engine for pulling FROM images: the configured
+        # registries, never whatever the worker's own ~/.docker/config.json holds
+        api._auth_configs = build_auth(settings)
 
     # -- the whole job -----------------------------------------------------------------------
     def build_and_push(self, job: BuildRequest, context: BuildContext, log: LogSink,
@@ -193,6 +197,19 @@ class Engine:
             self.api.remove_image(job_tag(job_id), noprune=True)
         except (docker.errors.APIError, requests.RequestException):
             pass
+
+
+def build_auth(settings: Settings) -> docker.auth.AuthConfig:
+    """Credentials of the configured registries, in docker-py's form."""
+    auth = docker.auth.AuthConfig({})
+    for registry in settings.registries:
+        try:
+            secret = registry.secret()
+        except ValueError:
+            continue  # the push reports the unreadable password_file
+        if registry.username and secret is not None:
+            auth.add_auth(registry.host, {"username": registry.username, "password": secret, "serveraddress": registry.host})
+    return auth
 
 
 def _message(exc: BaseException) -> str:

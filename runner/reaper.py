@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Iterable
 
 import executors
-from executors.base import LABEL_JOB, LABEL_NAMESPACE
 from runner.joblog import JobLog
 from runner.jobs import JobError, JobRecord, Status, now
 from runner.pipeline import MAINTENANCE_PREFIX, Requeue
@@ -68,39 +66,7 @@ def reap_job(settings: Settings, store: JobStore, job_id: str, me: str) -> None:
             executors.create(settings, name, me).cleanup(job_id)
         except Exception as exc:  # noqa: BLE001 - one executor's failure must not stop the sweep
             log.warning("reaper: %s cleanup of %s failed: %s", name, job_id, exc)
-    _remove_labelled(settings, job_id)
     shutil.rmtree(settings.worker.workspace / job_id, ignore_errors=True)
-
-
-def _docker(settings: Settings):
-    """The host engine, when an engine-backed executor is enabled and the engine answers."""
-    if not any(executors.is_enabled(settings, n) for n in ("socket", "dind", "sysbox")):
-        return None
-    from executors.engine import connect
-
-    try:
-        return connect(settings.executors.socket.docker_host, timeout=10)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _remove_labelled(settings: Settings, job_id: str) -> None:
-    """Containers, then networks and volumes, labelled with this job of our namespace."""
-    api = _docker(settings)
-    if api is None:
-        return
-    selector = {"label": [f"{LABEL_JOB}={job_id}", f"{LABEL_NAMESPACE}={settings.worker.namespace}"]}
-    try:
-        for container in api.containers(all=True, filters=selector):
-            api.remove_container(container["Id"], force=True, v=True)
-        for network in api.networks(filters=selector):
-            api.remove_network(network["Id"])
-        for volume in api.volumes(filters=selector).get("Volumes") or []:
-            api.remove_volume(volume["Name"], force=True)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("reaper: removing labelled objects of %s failed: %s", job_id, exc)
-    finally:
-        api.close()
 
 
 def candidate_job_ids(settings: Settings, me: str) -> set[str]:
@@ -108,7 +74,6 @@ def candidate_job_ids(settings: Settings, me: str) -> set[str]:
     workspace = settings.worker.workspace
     if workspace.is_dir():
         ids.update(p.name for p in workspace.iterdir() if p.is_dir())
-    ids.update(_labelled_docker_job_ids(settings))
     for name in executors.enabled_names(settings):
         try:
             ids.update(executors.create(settings, name, me).leftover_job_ids())
@@ -117,21 +82,24 @@ def candidate_job_ids(settings: Settings, me: str) -> set[str]:
     return ids
 
 
-def _labelled_docker_job_ids(settings: Settings) -> Iterable[str]:
-    api = _docker(settings)
-    if api is None:
-        return []
-    found = []
-    selector = {"label": [f"{LABEL_NAMESPACE}={settings.worker.namespace}"]}
+def reap_sidecars(settings: Settings, store: JobStore) -> None:
+    """dind/sysbox objects (sidecars, volumes, networks, warm-pool sidecars of dead workers)
+    of our namespace whose job is not live."""
+    names = [n for n in ("dind", "sysbox") if executors.is_enabled(settings, n)]
+    if not names:
+        return
+    from executors.dind import reap as reap_engine_objects
+    from executors.engine import connect
+
+    def is_live(job_id: str) -> bool:
+        record = store.get(job_id)
+        return store.lease_holder(job_id) is not None or (record is not None and record.status is Status.running)
+
+    api = connect(settings.executors.dind.docker_host, timeout=30)
     try:
-        objects = [*api.containers(all=True, filters=selector), *(api.volumes(filters=selector).get("Volumes") or []),
-                   *api.networks(filters=selector)]
-        found = [(o.get("Labels") or {}).get(LABEL_JOB) for o in objects]
-    except Exception as exc:  # noqa: BLE001
-        log.warning("reaper: cannot list labelled objects: %s", exc)
+        reap_engine_objects(api, is_live, tuple(names), namespace=settings.worker.namespace)
     finally:
         api.close()
-    return [job_id for job_id in found if job_id]
 
 
 def reap(settings: Settings, store: JobStore, me: str) -> list[str]:
@@ -151,6 +119,10 @@ def reap(settings: Settings, store: JobStore, me: str) -> list[str]:
             store.release_lease(job_id, holder)
     if reaped:
         log.info("reaper: cleaned up after %d job(s): %s", len(reaped), ", ".join(reaped))
+    try:
+        reap_sidecars(settings, store)
+    except Exception as exc:  # noqa: BLE001 - no engine: nothing of dind's to reap here
+        log.warning("reaper: sidecar sweep failed: %s", exc)
     return reaped
 
 

@@ -333,11 +333,11 @@ def test_sigterm_requeues_what_outlives_the_grace(make_harness, services, tmp_pa
 
 # -- 8. reaper -------------------------------------------------------------------------------------------
 def test_reaper_removes_leftovers_of_finished_jobs_only(make_harness, services, tmp_path):
-    from executors.base import LABEL_JOB, LABEL_NAMESPACE
+    from executors.base import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
     from runner.jobs import BuildRequest, JobRecord, Status
     from runner.reaper import reap
 
-    h = make_harness()
+    h = make_harness(executors={"socket": {"enabled": True}, "dind": {"enabled": True}})
     store, settings, ns = h.store, h.settings, h.config["worker"]["namespace"]
     done, live = f"done-{uuid.uuid4().hex[:6]}", f"live-{uuid.uuid4().hex[:6]}"
     for job_id, status in ((done, Status.failed), (live, Status.running)):
@@ -348,7 +348,7 @@ def test_reaper_removes_leftovers_of_finished_jobs_only(make_harness, services, 
     names = {}
     for job_id in (done, live):
         names[job_id] = f"reaper-test-{job_id}"
-        subprocess.run(["docker", "create", "--name", names[job_id], "--label", f"{LABEL_JOB}={job_id}",
+        subprocess.run(["docker", "create", "--name", names[job_id], "--label", f"{LABEL_JOB}={job_id}", "--label", f"{LABEL_EXECUTOR}=dind",
                         "--label", f"{LABEL_NAMESPACE}={ns}", base(services), "true"], check=True, capture_output=True)
     try:
         reaped = reap(settings, store, "test-reaper")
