@@ -25,9 +25,9 @@ class RegistryConfig(Strict):
     """A registry jobs may push to, and how to log in to it."""
 
     host: str = Field(description="host[:port] exactly as it appears in image references")
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
+    username: str | None = Field(default=None, description="login user; leave empty for an anonymous registry")
+    password: SecretStr | None = Field(default=None, description="login password or token (prefer password_file)")
+    password_file: Path | None = Field(default=None, description="file holding the password, read at each use")
     insecure: bool = Field(default=False, description="plain HTTP (or TLS without verification)")
     ca_file: Path | None = Field(default=None, description="PEM CA bundle for a private CA")
 
@@ -54,8 +54,8 @@ class SocketExecutorConfig(Strict):
         default=False,
         description="Off by default: a job on the host engine is root-equivalent on the host.",
     )
-    docker_host: str = "unix:///var/run/docker.sock"
-    keep_images: bool = False
+    docker_host: str = Field(default="unix:///var/run/docker.sock", description="the Docker Engine API endpoint (unix:// or tcp://)")
+    keep_images: bool = Field(default=False, description="keep the built image in the engine after the push")
 
 
 class BuildahExecutorConfig(Strict):
@@ -74,38 +74,38 @@ class BuildahExecutorConfig(Strict):
 
 
 class ImgExecutorConfig(Strict):
-    enabled: bool = False
-    binary: str = "img"
-    state_dir: Path = Path("/var/lib/runner/img")
-    backend: Literal["auto", "native", "overlayfs", "fuse-overlayfs"] = "auto"
+    enabled: bool = Field(default=False, description="take jobs for the img executor (img must be installed)")
+    binary: str = Field(default="img", description="the img binary")
+    state_dir: Path = Field(default=Path("/var/lib/runner/img"), description="img's state and layer cache (-s)")
+    backend: Literal["auto", "native", "overlayfs", "fuse-overlayfs"] = Field(default="auto", description="img's snapshotter (-b)")
     cache_repo: str | None = Field(default=None, description="registry repo for --cache-from/--cache-to")
     keep_images: bool = False
 
 
 class DindExecutorConfig(Strict):
-    enabled: bool = False
+    enabled: bool = Field(default=False, description="take jobs for this executor: one Docker-in-Docker sidecar per job")
     docker_host: str = Field(default="unix:///var/run/docker.sock", description="the host engine that runs the sidecars")
-    image: str = "docker:dind"
-    privileged: bool = True
-    cap_add: list[str] = Field(default_factory=list)
-    cap_drop: list[str] = Field(default_factory=list)
-    security_opt: list[str] = Field(default_factory=list)
-    mount_cgroup: bool = False
-    extra_hosts: dict[str, str] = Field(default_factory=dict)
-    insecure_registries: list[str] = Field(default_factory=list)
-    registry_mirrors: list[str] = Field(default_factory=list)
-    mtu: int | None = None
-    cpus: float | None = None
-    memory: str | None = None
-    connection: Literal["unix", "tls"] = "unix"
+    image: str = Field(default="docker:dind", description="sidecar image running dockerd (scripts/dind-image.sh builds one offline)")
+    privileged: bool = Field(default=True, description="run the sidecar privileged; where the host refuses, set false and use the profile below")
+    cap_add: list[str] = Field(default_factory=list, description="capabilities to add when not privileged, e.g. [ALL]")
+    cap_drop: list[str] = Field(default_factory=list, description="capabilities to drop, e.g. [SYS_RESOURCE]")
+    security_opt: list[str] = Field(default_factory=list, description="e.g. [seccomp=unconfined, apparmor=unconfined, systempaths=unconfined]")
+    mount_cgroup: bool = Field(default=False, description="bind-mount /sys/fs/cgroup read-write into the sidecar")
+    extra_hosts: dict[str, str] = Field(default_factory=dict, description="NAME: IP or NAME: host-gateway, for the sidecar")
+    insecure_registries: list[str] = Field(default_factory=list, description="extra --insecure-registry for the inner daemon")
+    registry_mirrors: list[str] = Field(default_factory=list, description="--registry-mirror URLs for the inner daemon")
+    mtu: int | None = Field(default=None, description="--mtu of the inner daemon's bridge")
+    cpus: float | None = Field(default=None, description="CPU limit of the sidecar")
+    memory: str | None = Field(default=None, description="memory limit of the sidecar, e.g. 4g")
+    connection: Literal["unix", "tls"] = Field(default="unix", description="unix socket in a per-job directory, or mutual TLS made per sidecar")
     isolate_network: bool = Field(default=True, description="a network per sidecar, so sidecars cannot reach each other")
-    socket_dir: Path = Path("/var/run/runner/dind")
-    ready_timeout: float = 30.0
-    warm_pool: int = 0
-    repo_cache: bool = False
-    repo_cache_max_bytes: int = 20 * 1024**3
-    repo_cache_wait: float = 0.0
-    runtime: str | None = None
+    socket_dir: Path = Field(default=Path("/var/run/runner/dind"), description="where per-sidecar socket directories go (keep the path short)")
+    ready_timeout: float = Field(default=30.0, description="seconds to wait for the inner daemon before failing with its log")
+    warm_pool: int = Field(default=0, ge=0, description="idle ready sidecars kept per worker; each serves one job")
+    repo_cache: bool = Field(default=False, description="a layer-cache volume per job cache_key, mounted as the sidecar's /var/lib/docker")
+    repo_cache_max_bytes: int = Field(default=20 * 1024**3, description="total size of cache volumes before least recently used ones go")
+    repo_cache_wait: float = Field(default=0.0, description="seconds a job waits for a busy cache volume before building uncached")
+    runtime: str | None = Field(default=None, description="OCI runtime of the sidecar (sysbox: sysbox-runc)")
 
 
 class SysboxExecutorConfig(DindExecutorConfig):
@@ -120,26 +120,26 @@ class ExecutorsConfig(Strict):
     dind: DindExecutorConfig = Field(default_factory=DindExecutorConfig)
     sysbox: SysboxExecutorConfig = Field(default_factory=SysboxExecutorConfig)
     plugins: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="settings for third-party executors, by name"
-    )
+        default_factory=dict, description="settings for third-party executors (entry-point group runner.executors), by name; "
+        "{enabled: true} turns one on")
 
 
 class LimitsConfig(Strict):
-    max_context_bytes: int = 512 * 1024**2
-    max_log_bytes: int = 16 * 1024**2
-    max_log_lines: int = 200_000
-    max_tags: int = 32
-    default_timeout: int = 3600
-    max_timeout: int = 4 * 3600
+    max_context_bytes: int = Field(default=512 * 1024**2, description="largest build context (uploaded tar or git checkout)")
+    max_log_bytes: int = Field(default=16 * 1024**2, description="log kept per job; past it one truncation line, the build goes on")
+    max_log_lines: int = Field(default=200_000, description="cap on log stream entries per job")
+    max_tags: int = Field(default=32, description="most image references one job may push")
+    default_timeout: int = Field(default=3600, description="seconds a job may run when it names no timeout")
+    max_timeout: int = Field(default=4 * 3600, description="largest timeout a job may ask for")
     max_attempts: int = Field(default=3, description="attempts before a job that kills its worker is failed")
 
 
 class WorkerConfig(Strict):
-    concurrency: int = 2
+    concurrency: int = Field(default=2, ge=1, description="builds one worker runs at once")
     namespace: str = Field(default="runner", description="prefix of every Redis key and queue name")
-    shutdown_grace: float = 60.0
-    reap_interval: float = 300.0
-    workspace: Path = Path("/var/tmp/runner/work")
+    shutdown_grace: float = Field(default=60.0, description="seconds running jobs get after SIGTERM before they are requeued")
+    reap_interval: float = Field(default=300.0, description="seconds between sweeps for leftovers of finished jobs")
+    workspace: Path = Field(default=Path("/var/tmp/runner/work"), description="per-job scratch directories (contexts, clones)")
     engine_down_policy: Literal["requeue", "fail"] = Field(
         default="fail", description="on an infrastructure error: fail the job, or requeue it (up to limits.max_attempts)")
     lease_ttl: float = Field(default=30.0, description="seconds without a heartbeat before a running job counts as lost")
@@ -149,13 +149,13 @@ class WorkerConfig(Strict):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNNER_", env_nested_delimiter="__", extra="forbid")
 
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    default_executor: str = "buildah"
-    registries: list[RegistryConfig] = Field(default_factory=list)
+    redis_url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="broker and job store (redis://[:password@]host:port/db)")
+    default_executor: str = Field(default="buildah", description="executor for jobs that name none")
+    registries: list[RegistryConfig] = Field(default_factory=list, description="registries jobs may push to; a tag on any other is refused")
     executors: ExecutorsConfig = Field(default_factory=ExecutorsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
-    builder: Literal["auto", "buildkit", "classic"] = "auto"
+    builder: Literal["auto", "buildkit", "classic"] = Field(default="auto", description="BuildKit where the engine has it (auto), or force one")
     build_secrets: dict[str, SecretStr] = Field(default_factory=dict, description="id -> value for --secret")
     api: ApiConfig = Field(default_factory=ApiConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
