@@ -129,89 +129,54 @@ class StatusResponse:
     warnings: list[VertexWarning] = field(default_factory=list)
 
 
-def _vertex(data: bytes) -> Vertex:
-    v = Vertex()
+def _varint_value(value: int | bytes) -> int:
+    return _int64(value) if isinstance(value, int) else 0
+
+
+def _raw_bytes(value: int | bytes) -> bytes:
+    return value if isinstance(value, bytes) else b""
+
+
+#: field number -> (attribute, converter) per message, from control.proto; a list attribute
+#: (a `repeated` field) is appended to.
+_FIELDS: dict[type, dict[int, tuple[str, Callable]]] = {
+    Vertex: {1: ("digest", _text), 2: ("inputs", _text), 3: ("name", _text), 4: ("cached", bool),
+             5: ("started", _timestamp), 6: ("completed", _timestamp), 7: ("error", _text)},
+    VertexStatus: {1: ("id", _text), 2: ("vertex", _text), 3: ("name", _text), 4: ("current", _varint_value),
+                   5: ("total", _varint_value), 6: ("timestamp", _timestamp), 7: ("started", _timestamp),
+                   8: ("completed", _timestamp)},
+    VertexLog: {1: ("vertex", _text), 2: ("timestamp", _timestamp), 3: ("stream", _varint_value), 4: ("msg", _raw_bytes)},
+    VertexWarning: {1: ("vertex", _text), 2: ("level", _varint_value), 3: ("short", _text), 4: ("detail", _text),
+                    5: ("url", _text)},
+}
+
+
+def _message(cls: type, data: bytes):
+    message = cls()
+    fields = _FIELDS[cls]
     for number, value in iter_fields(data):
-        if number == 1:
-            v.digest = _text(value)
-        elif number == 2:
-            v.inputs.append(_text(value))
-        elif number == 3:
-            v.name = _text(value)
-        elif number == 4:
-            v.cached = bool(value)
-        elif number == 5:
-            v.started = _timestamp(value)
-        elif number == 6:
-            v.completed = _timestamp(value)
-        elif number == 7:
-            v.error = _text(value)
-    return v
-
-
-def _status(data: bytes) -> VertexStatus:
-    s = VertexStatus()
-    for number, value in iter_fields(data):
-        if number == 1:
-            s.id = _text(value)
-        elif number == 2:
-            s.vertex = _text(value)
-        elif number == 3:
-            s.name = _text(value)
-        elif number == 4:
-            s.current = _int64(value) if isinstance(value, int) else 0
-        elif number == 5:
-            s.total = _int64(value) if isinstance(value, int) else 0
-        elif number == 6:
-            s.timestamp = _timestamp(value)
-        elif number == 7:
-            s.started = _timestamp(value)
-        elif number == 8:
-            s.completed = _timestamp(value)
-    return s
-
-
-def _log(data: bytes) -> VertexLog:
-    entry = VertexLog()
-    for number, value in iter_fields(data):
-        if number == 1:
-            entry.vertex = _text(value)
-        elif number == 2:
-            entry.timestamp = _timestamp(value)
-        elif number == 3:
-            entry.stream = value if isinstance(value, int) else 0
-        elif number == 4 and isinstance(value, bytes):
-            entry.msg = value
-    return entry
-
-
-def _warning(data: bytes) -> VertexWarning:
-    w = VertexWarning()
-    for number, value in iter_fields(data):
-        if number == 1:
-            w.vertex = _text(value)
-        elif number == 2:
-            w.level = value if isinstance(value, int) else 0
-        elif number == 3:
-            w.short = _text(value)
-        elif number == 4:
-            w.detail.append(_text(value))
-        elif number == 5:
-            w.url = _text(value)
-    return w
+        if number not in fields:
+            continue
+        name, convert = fields[number]
+        current = getattr(message, name)
+        if isinstance(current, list):
+            current.append(convert(value))
+        else:
+            setattr(message, name, convert(value))
+    return message
 
 
 def decode_status(data: bytes) -> StatusResponse:
     """Decode one serialized moby.buildkit.v1.StatusResponse."""
     response = StatusResponse()
-    parsers: dict[int, tuple[list, Callable]] = {
-        1: (response.vertexes, _vertex), 2: (response.statuses, _status),
-        3: (response.logs, _log), 4: (response.warnings, _warning),
+    parsers: dict[int, tuple[list, type]] = {
+        1: (response.vertexes, Vertex), 2: (response.statuses, VertexStatus),
+        3: (response.logs, VertexLog), 4: (response.warnings, VertexWarning),
     }
     for number, value in iter_fields(data):
         if number in parsers and isinstance(value, bytes):
-            target, parse = parsers[number]
-            target.append(parse(value))
+            target, cls = parsers[number]
+            target.append(_message(cls, value))
     return response
 
 
