@@ -24,30 +24,14 @@ from executors.buildkit_progress import DecodeError, ProgressPrinter, decode_sta
 from executors.buildkit_session import encode_fields
 from runner.jobs import BuildRequest
 from runner.settings import Settings
+from tests.support import ListLog
 
 FIXTURES = Path(__file__).parent / "fixtures" / "buildkit"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.jsonl"))
 
 
-class Lines:
-    """A LogSink that keeps the lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-    def write(self, chunk: str) -> None:
-        self.lines.extend(chunk.splitlines())
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-
-def replay(name: str) -> tuple[_Follower, Lines]:
-    log = Lines()
+def replay(name: str) -> tuple[_Follower, ListLog]:
+    log = ListLog()
     follower = _Follower(log)
     with (FIXTURES / f"{name}.jsonl").open("rb") as handle:
         for event in iter_events(handle):
@@ -217,7 +201,7 @@ def test_context_body_gzips_tars_the_engine_would_misread(tmp_path, fmt, gzipped
 
 
 def test_stream_lines_other_than_traces_are_logged():
-    log = Lines()
+    log = ListLog()
     follower = _Follower(log)
     for event in iter_events([json.dumps({"stream": "Successfully tagged x\n"}).encode(), b"not json"]):
         follower.feed(event)
@@ -265,7 +249,7 @@ def test_auto_falls_back_to_classic_where_the_engine_lacks_buildkit(tmp_path):
         assert engine.resolve_builder(BuildRequest(tags=["127.0.0.1:5000/a:1"])) == "classic"
         with pytest.raises(InvalidJob, match="API 1.38"):
             buildkit.buildkit_build(engine, BuildRequest(tags=["127.0.0.1:5000/a:1"], builder="buildkit"),
-                                    BuildContext(tar_path=tmp_path / "none.tar", workspace=tmp_path), Lines(), CancelToken())
+                                    BuildContext(tar_path=tmp_path / "none.tar", workspace=tmp_path), ListLog(), CancelToken())
     finally:
         buildkit._SUPPORT.pop(buildkit._engine_key(api), None)
         api.close()

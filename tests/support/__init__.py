@@ -35,3 +35,20 @@ def all_support() -> dict[str, ExecutorSupport]:
         if isinstance(support, ExecutorSupport):
             found[support.name] = support
     return dict(sorted(found.items()))
+
+
+class ListLog:
+    """A LogSink that keeps the lines, so tests can read what the job log would show."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def write(self, chunk: str) -> None:
+        self.lines.extend(chunk.splitlines())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)

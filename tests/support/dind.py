@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from tests.support import ExecutorSupport
+from tests.support import ListLog as Sink  # noqa: F401 - imported by the dind tests
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SCRIPT = ROOT / "scripts" / "dind-image.sh"
@@ -72,23 +73,6 @@ def settings(env: dict, socket_dir: Path, executor: str = "dind", **overrides):
     return Settings(executors={executor: section}, worker={"namespace": f"test-{uuid.uuid4().hex[:8]}"}, registries=[{
         "host": registry_name(env), "username": env["RUNNER_DEV_REGISTRY_USER"],
         "password": env["RUNNER_DEV_REGISTRY_PASSWORD"], "insecure": True}])
-
-
-class Sink:
-    """A LogSink that keeps the lines, so tests can read what the job log would show."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-    def write(self, chunk: str) -> None:
-        self.lines.extend(chunk.splitlines())
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def build_context(root: Path, dockerfile: str, files: dict[str, str] | None = None):
