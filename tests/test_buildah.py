@@ -459,8 +459,11 @@ def test_cancelled_or_timed_out_job_leaves_no_process_or_container(harness, tmp_
         assert time.monotonic() - started < 30, "the job did not stop"
         time.sleep(0.1)
     assert record.status.value == ("cancelled" if how == "cancel" else "timed_out")
-    executor = BuildahExecutor(harness.settings)
-    assert job_leftovers(executor, job_id) == {"containers": [], "processes": [], "runc": [], "private_dir": False}
+    executor, clean = BuildahExecutor(harness.settings), {"containers": [], "processes": [], "runc": [], "private_dir": False}
+    deadline = time.monotonic() + 10  # the pipeline records the result first, then cleans up
+    while (left := job_leftovers(executor, job_id)) != clean and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == clean
 
 
 # -- no Docker Engine --------------------------------------------------------------------------
