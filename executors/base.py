@@ -189,3 +189,13 @@ class Executor(ABC):
 
     def shutdown(self) -> None:
         """Release long-lived resources (pools); called when the worker stops."""
+
+
+def job_secrets(settings: Settings, job: BuildRequest) -> dict[str, bytes]:
+    """The values of the build secrets the job names; an unknown id is the job's mistake."""
+    missing = [s for s in job.secrets if s not in settings.build_secrets]
+    if missing:
+        known = ", ".join(sorted(settings.build_secrets)) or "none"
+        raise InvalidJob(f"the job asks for build secret(s) {', '.join(missing)}, which the runner config does not define "
+                         f"(build_secrets has: {known}); add them to build_secrets or drop them from the job")
+    return {s: settings.build_secrets[s].get_secret_value().encode() for s in job.secrets}

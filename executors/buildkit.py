@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import docker.errors
 import requests
 
-from executors.base import BuildContext, BuildFailed, Cancelled, CancelToken, InfrastructureError, InvalidJob, LogSink
+from executors.base import BuildContext, BuildFailed, Cancelled, CancelToken, InfrastructureError, InvalidJob, LogSink, job_secrets
 from executors.buildkit_progress import DecodeError, ProgressPrinter, decode_trace
 from executors.buildkit_session import BuildSession, SessionUnsupported
 from runner.jobs import BuildRequest
@@ -84,16 +84,6 @@ def build_params(job: BuildRequest, build_id: str, tag: str) -> dict[str, str]:
     if job.platform:
         params["platform"] = job.platform
     return params
-
-
-def job_secrets(settings: Settings, job: BuildRequest) -> dict[str, bytes]:
-    """The values of the build secrets the job names; an unknown id is the job's mistake."""
-    missing = [s for s in job.secrets if s not in settings.build_secrets]
-    if missing:
-        known = ", ".join(sorted(settings.build_secrets)) or "none"
-        raise InvalidJob(f"the job asks for build secret(s) {', '.join(missing)}, which the runner config does not define "
-                         f"(build_secrets has: {known}); add them to build_secrets or drop them from the job")
-    return {s: settings.build_secrets[s].get_secret_value().encode() for s in job.secrets}
 
 
 def registry_credentials(settings: Settings, host: str) -> tuple[str, str] | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sh
 
-from executors.base import CancelToken, InfrastructureError, InvalidJob, LogSink, RegistryAuthFailed
+from executors.base import CancelToken, InfrastructureError, InvalidJob, LogSink, RegistryAuthFailed, job_secrets
 from executors.process import kill_group
 from runner.jobs import BuildRequest
 from runner.registry import is_loopback
@@ -174,17 +174,11 @@ def cache_repo(config_repo: str | None, job: BuildRequest) -> str | None:
 # -- secrets -----------------------------------------------------------------------------------
 def write_build_secrets(settings: Settings, job: BuildRequest, files: JobFiles, log: LogSink) -> list[tuple[str, Path]]:
     """Each build secret the job names, in its own 0600 file; the values are masked in the log."""
-    missing = [s for s in job.secrets if s not in settings.build_secrets]
-    if missing:
-        known = ", ".join(sorted(settings.build_secrets)) or "none"
-        raise InvalidJob(f"the job asks for build secret(s) {', '.join(missing)}, which the runner config does not define "
-                         f"(build_secrets has: {known}); add them to build_secrets or drop them from the job")
     add_secret = getattr(log, "add_secret", None)
     written = []
-    for index, secret_id in enumerate(job.secrets):
-        value = settings.build_secrets[secret_id].get_secret_value()
+    for index, (secret_id, value) in enumerate(job_secrets(settings, job).items()):
         if add_secret is not None:
-            add_secret(value)
+            add_secret(value.decode())
         written.append((secret_id, files.write(f"secrets/{index}", value)))
     return written
 

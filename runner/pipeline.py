@@ -35,6 +35,9 @@ FINISH_HOOKS = ["runner.callbacks:on_job_finished"]
 #: Sends a job's message again after `delay` seconds (given by the Celery task).
 Requeue = Callable[[BuildRequest, float], None]
 
+#: executors this worker process serves but whose check() failed at start: name -> why
+UNUSABLE: dict[str, str] = {}
+
 _active: dict[str, CancelToken] = {}
 _active_lock = threading.Lock()
 
@@ -284,6 +287,8 @@ class Pipeline:
     def _executor(self, name: str):
         if not executors.is_enabled(self.settings, name):
             raise InvalidJob(f"executor {name!r} is not enabled on this worker")
+        if name in UNUSABLE:
+            raise InfrastructureError(f"executor {name!r} cannot work on this worker: {UNUSABLE[name]}")
         try:
             return executors.create(self.settings, name, self.worker_id)
         except executors.UnknownExecutor as exc:

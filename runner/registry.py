@@ -4,6 +4,7 @@ our credentials work. Used by every executor to confirm a push, and by `runner d
 from __future__ import annotations
 
 import re
+import threading
 
 import requests
 
@@ -104,9 +105,23 @@ class RegistryClient:
         return response.headers.get("Docker-Content-Digest")
 
 
+_clients: dict[str, RegistryClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(config: RegistryConfig) -> RegistryClient:
+    """One client per registry config per process, so its connection and its auth header are
+    reused from job to job (a fresh client pays a 401 round trip on every request)."""
+    key = config.model_dump_json()
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = RegistryClient(config)
+        return _clients[key]
+
+
 def confirm_digest(settings: Settings, ref: ImageRef, digest: str) -> None:
     """Raise unless the registry holds exactly `digest` under ref's tag."""
-    held = RegistryClient(registry_config(settings, ref.registry)).manifest_digest(ref)
+    held = client_for(registry_config(settings, ref.registry)).manifest_digest(ref)
     if held is None:
         raise InfrastructureError(f"push of {ref} reported success but the registry has no such tag")
     if held != digest:

@@ -8,6 +8,7 @@ import socket
 import threading
 
 import executors
+from runner import pipeline
 from runner.pipeline import cancel_all
 from runner.queue import make_app, requeuer, worker_id
 from runner.reaper import Maintenance
@@ -16,30 +17,34 @@ from runner.settings import Settings
 log = logging.getLogger("runner.worker")
 
 
-def usable_queues(settings: Settings) -> list[str]:
-    """One queue per enabled executor whose check() passes; the others are refused with why."""
-    queues = []
-    for name in executors.enabled_names(settings):
+def check_executors(settings: Settings, names: list[str]) -> dict[str, str]:
+    """Run each executor's check(); return why, for the ones that cannot work here."""
+    unusable = {}
+    for name in names:
         try:
             result = executors.create(settings, name, worker_id()).check()
+            if not result.ok:
+                unusable[name] = result.summary
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the worker
-            log.warning("executor %s: check crashed: %s", name, exc)
-            continue
-        if result.ok:
-            queues.append(settings.queue_for(name))
-        else:
-            log.warning("executor %s is enabled but unusable, not taking its jobs: %s", name, result.summary)
-    return queues
+            unusable[name] = f"its check crashed: {exc}"
+    return unusable
 
 
 def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | None, loglevel: str) -> None:
+    """Enabling an executor in a worker's config says "this worker serves its queue": the
+    worker takes that queue even when the executor's check fails, and fails its jobs at once
+    with the check's reason, so a job never waits for ever on a queue nobody serves."""
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    queues = queues or usable_queues(settings)
+    queues = queues or [settings.queue_for(name) for name in executors.enabled_names(settings)]
     if not queues:
-        raise SystemExit("no usable executor is enabled: run `runner doctor` to see why")
-    app = make_app(settings)
+        raise SystemExit("no executor is enabled: enable one under executors: (see `runner config example`)")
     names = [q.removeprefix(settings.worker.namespace + ".") for q in queues]
-    lifecycle_hooks(settings, names)
+    unusable = check_executors(settings, [n for n in names if n in executors.known_names()])
+    for name, why in unusable.items():
+        log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
+    pipeline.UNUSABLE.update(unusable)
+    app = make_app(settings)
+    lifecycle_hooks(settings, [n for n in names if n not in unusable and n in executors.known_names()])
     maintenance = Maintenance(settings, requeuer(app, settings), worker_id())
     maintenance.start()
     graceful_shutdown(settings, maintenance)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from executors.base import BuildContext, InvalidJob
-from executors.buildkit import _Follower, build_params, clean_error, context_body, iter_events, job_secrets
+from executors.base import BuildContext, InvalidJob, job_secrets
+from executors.buildkit import _Follower, build_params, clean_error, context_body, iter_events
 from executors.buildkit_progress import DecodeError, ProgressPrinter, decode_status, decode_trace, iter_fields
 from executors.buildkit_session import encode_fields
 from runner.jobs import BuildRequest

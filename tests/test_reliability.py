@@ -448,3 +448,14 @@ def test_worker_takes_only_its_queues(make_harness, services, tmp_path):
     mine = detach(h, dockerfile(tmp_path, base(services), "RUN true"), "-t", tag(h, "sock"), "--executor", "socket")
     assert wait_finished(h, mine)["status"] == "succeeded"
     assert record(h, other)["status"] == "queued" and h.store.r.llen(f"{ns}.img") == 1
+
+
+def test_enabled_but_unusable_executor_fails_its_jobs_at_once(make_harness, services, tmp_path):
+    """img is enabled but cannot be installed here: its jobs must fail fast, not wait for ever."""
+    h = make_harness(executors={"socket": {"enabled": True}, "img": {"enabled": True, "binary": "img-not-installed"}})
+    h.worker_proc = h.start_worker()
+    job_id = detach(h, dockerfile(tmp_path, base(services), "RUN true"), "-t", tag(h, "noimg"), "--executor", "img")
+    final = wait_finished(h, job_id, 30)
+    assert final["status"] == "failed" and final["error"]["kind"] == "infrastructure"
+    assert "cannot work on this worker" in final["error"]["message"] and "img" in final["error"]["message"]
+    assert h.worker_proc.poll() is None
