@@ -176,7 +176,7 @@ def after_submit(store, record: JobRecord, created: bool, mode: Mode, as_json: b
     report(final, as_json)
 
 
-def wait_for(store: JobStore, job_id: str, poll: float = 0.2) -> JobRecord:
+def wait_for(store: JobStore, job_id: str, poll: float = 0.05) -> JobRecord:
     while True:
         record = store.get(job_id)
         if record is None:
