@@ -78,7 +78,13 @@ class Trial:
     def outcome(self, job_ids: list[str], timeout: float = 180) -> tuple[int, int, int]:
         """(lost, duplicated, leftovers) once every job is finished or the timeout passes."""
         self.wait(lambda: all((r := self.store.get(j)) and r.finished for j in job_ids), timeout)
-        lost = sum(1 for j in job_ids if (r := self.store.get(j)) is None or r.status.value != "succeeded")
+        lost = 0
+        for job_id in job_ids:
+            record = self.store.get(job_id)
+            if record is None or record.status.value != "succeeded":
+                lost += 1
+                print(f"not succeeded: {job_id} {record and record.status.value} {record and record.error} attempts="
+                      f"{record and record.attempts}\n  " + "\n  ".join(self.log(job_id).splitlines()[-8:]), file=sys.stderr)
         duplicated = sum(1 for j in job_ids if self.log(j).count("[runner] succeeded") > 1)
         self.wait(lambda: all(self.store.lease_holder(j) is None for j in job_ids), 30)
         leftovers = sum(1 for j in job_ids if (self.workdir / "work" / j).exists())

@@ -25,6 +25,7 @@ log = logging.getLogger("runner.pipeline")
 
 WATCH_INTERVAL = 0.25
 MAINTENANCE_PREFIX = "maint:"  # lease holders that are a reaper or recovery, never a build
+SUPERSEDED = "superseded"  # cancel reason: our lease lapsed and another worker took the job
 
 #: Context sources other than uploads: type -> "module:function" taking
 #: (request, workspace, joblog, cancel, settings) and returning a BuildContext.
@@ -40,6 +41,12 @@ UNUSABLE: dict[str, str] = {}
 
 _active: dict[str, CancelToken] = {}
 _active_lock = threading.Lock()
+
+
+def running_here(job_id: str) -> bool:
+    """Is this process running the job right now (whatever the lease in Redis says)?"""
+    with _active_lock:
+        return job_id in _active
 
 
 def cancel_all(reason: str) -> list[str]:
@@ -87,8 +94,10 @@ class Watcher(threading.Thread):
                     self.cancel.set("cancelled")
                 if time.monotonic() - last_renew > self.lease_ttl / 4:
                     if not self.store.renew_lease(self.job_id, self.worker, self.lease_ttl):
-                        # expired while Redis was away: take it back unless someone else holds it
-                        self.store.acquire_lease(self.job_id, self.worker, self.lease_ttl)
+                        # expired while Redis was away: take it back unless someone else holds it;
+                        # if they do, the job was recovered elsewhere and this attempt must stop
+                        if not self.store.acquire_lease(self.job_id, self.worker, self.lease_ttl):
+                            self.cancel.set(SUPERSEDED)
                     last_renew = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - Redis outages are survived, not fatal
                 log.warning("watcher for %s: %s", self.job_id, exc)
@@ -218,6 +227,11 @@ class Pipeline:
             watcher.stop()
             with _active_lock:
                 _active.pop(request.id, None)
+        if cancel.reason == SUPERSEDED:
+            # Another worker recovered the job while our lease had lapsed (e.g. a long Redis
+            # outage): its attempt owns the record and the job's resources now.
+            joblog.line(f"[runner] attempt on {self.worker_id} stopped: its lease lapsed and another worker took the job over")
+            return self.store.get(request.id) or record
         if error is not None and requeue_why:
             self._cleanup(executor, request.id, workspace)  # before a new attempt can start
             return self._requeue(request, joblog, requeue_why, shutdown=cancel.reason == "shutdown")
@@ -248,13 +262,17 @@ class Pipeline:
     def _requeue(self, request: BuildRequest, joblog: JobLog, why: str, shutdown: bool) -> JobRecord:
         """Put the job back in its queue. A shutdown does not use up one of the job's attempts."""
 
-        def change(r: JobRecord) -> JobRecord:
+        def change(r: JobRecord) -> JobRecord | None:
+            if not self._ours(r):
+                return None
             return r.model_copy(update={"status": Status.queued, "worker": None, "started_at": None,
                                         "attempts": r.attempts - 1 if shutdown else r.attempts})
 
         record = self.store.update(request.id, change)
-        joblog.line(f"[runner] requeued: {why}")
         assert self.requeue is not None and record is not None
+        if record.status is not Status.queued:
+            return record
+        joblog.line(f"[runner] requeued: {why}")
         self.requeue(self.store.load_request(request.id) or request, 0 if shutdown else 2.0)
         return record
 
@@ -266,14 +284,22 @@ class Pipeline:
         else:
             joblog.line(f"[runner] {status.value}: " + ", ".join(f"{i.ref}@{i.digest}" for i in images))
 
-        def change(r: JobRecord) -> JobRecord:
+        def change(r: JobRecord) -> JobRecord | None:
+            if not self._ours(r):
+                return None
             return r.model_copy(update={"status": status, "images": images, "error": error, "finished_at": now()})
 
         record = self.store.update(request.id, change)
-        self._end(request.id, status)
         assert record is not None
+        if record.status is not status:  # superseded: another attempt owns the record
+            return record
+        self._end(request.id, status)
         self._run_finish_hooks(record, request)
         return record
+
+    def _ours(self, record: JobRecord) -> bool:
+        """Does this attempt still own the record (running, on this worker)?"""
+        return record.status is Status.running and record.worker == self.worker_id
 
     def _run_finish_hooks(self, record: JobRecord, request: BuildRequest) -> None:
         for spec in FINISH_HOOKS:

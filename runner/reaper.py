@@ -14,7 +14,7 @@ import threading
 import executors
 from runner.joblog import JobLog
 from runner.jobs import JobError, JobRecord, Status, now
-from runner.pipeline import MAINTENANCE_PREFIX, Requeue
+from runner.pipeline import MAINTENANCE_PREFIX, Requeue, running_here
 from runner.settings import Settings
 from runner.store import JobStore
 
@@ -27,6 +27,8 @@ def recover_lost_jobs(settings: Settings, store: JobStore, requeue: Requeue, me:
     recovered = []
     holder = MAINTENANCE_PREFIX + me
     for record in store.list(Status.running, limit=100_000):
+        if running_here(record.id):
+            continue  # ours: the lease only lapsed (Redis was away); the watcher takes it back
         if store.lease_holder(record.id) is not None or not store.acquire_lease(record.id, holder, HOLD_SECONDS):
             continue
         try:

@@ -459,3 +459,26 @@ def test_enabled_but_unusable_executor_fails_its_jobs_at_once(make_harness, serv
     assert final["status"] == "failed" and final["error"]["kind"] == "infrastructure"
     assert "cannot work on this worker" in final["error"]["message"] and "img" in final["error"]["message"]
     assert h.worker_proc.poll() is None
+
+
+def test_attempt_whose_lease_was_taken_over_stops_without_recording(make_harness, services, tmp_path):
+    """After an outage longer than the lease, another worker may have recovered the job: the
+    old attempt must stop and leave the record to the new one (no double result)."""
+    h = make_harness(**fast_recovery())
+    h.worker_proc = h.start_worker()
+    job_id = detach(h, dockerfile(tmp_path, base(services), "RUN echo takeover && sleep 30"), "-t", tag(h, "takeover"))
+    wait_log(h, job_id, "takeover")
+    store = h.store
+    store.r.set(f"{store.ns}:lease:{job_id}", "other-worker", px=60_000)
+    store.update(job_id, lambda r: r.model_copy(update={"worker": "other-worker"}))
+    wait_log(h, job_id, "another worker took the job over", 30)
+    time.sleep(1)
+    after = record(h, job_id)
+    assert after["status"] == "running" and after["worker"] == "other-worker"
+    assert "[runner] failed" not in log_of(h, job_id) and "[runner] cancelled" not in log_of(h, job_id)
+    from runner.control import cancel_job
+    from runner.jobs import Status
+
+    store.r.delete(f"{store.ns}:lease:{job_id}")
+    cancel_job(store, job_id)  # let the reaper of this harness tidy up; the record is ours to end
+    store.update(job_id, lambda r: r.model_copy(update={"status": Status.cancelled}))
