@@ -27,6 +27,11 @@ install_packages() {
   command -v git >/dev/null || need+=(git)
   command -v debootstrap >/dev/null || need+=(debootstrap)
   command -v iptables >/dev/null || need+=(iptables)
+  command -v curl >/dev/null || need+=(curl)
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v pgrep >/dev/null || need+=(procps)
+  command -v unshare >/dev/null || need+=(util-linux)
+  [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
   [ -x /bin/busybox ] || need+=(busybox-static)
   if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
