@@ -96,3 +96,21 @@ def test_write_tar_roundtrip(tmp_path):
     with tarfile.open(out) as tar:
         names = set(tar.getnames())
     assert {"Dockerfile", "a", "a/b.txt", ".dockerignore"} <= names and "README.md" not in names
+
+
+def test_checked_extraction_refuses_writes_through_links(tmp_path):
+    """The fallback for Pythons without tarfile filters (Debian 12's 3.11.2): a chain of links
+    that each look inside the context must not let a later member land outside it."""
+    from executors.base import _extract_checked
+
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(tar_bytes([member("a", tarfile.SYMTYPE, "."), member("a/up", tarfile.SYMTYPE, ".."),
+                               member("a/up/escaped")]))
+    with tarfile.open(bad) as tar, pytest.raises(InvalidJob, match="outside"):
+        _extract_checked(tar, tmp_path / "out")
+    assert not (tmp_path / "escaped").exists()
+    good = tmp_path / "good.tar"
+    good.write_bytes(tar_bytes([member("Dockerfile"), member("sub/l", tarfile.SYMTYPE, "../Dockerfile")]))
+    with tarfile.open(good) as tar:
+        _extract_checked(tar, tmp_path / "ok")
+    assert (tmp_path / "ok" / "sub" / "l").resolve() == (tmp_path / "ok" / "Dockerfile").resolve()
