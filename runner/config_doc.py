@@ -22,6 +22,14 @@ HEADER = """\
 # by an env var: RUNNER_ + the path in upper case joined by "__", for example
 # RUNNER_EXECUTORS__BUILDAH__ENABLED=true or RUNNER_LIMITS__MAX_TIMEOUT=7200.
 # Secrets (passwords, tokens) can be given inline or, better, as *_file paths.
+#
+# Which executor to enable (docs/executors.md has the full table):
+#   buildah  daemonless, no socket, no privileged container; persistent layer cache. The default.
+#   socket   the host's Docker Engine: fastest, but every job is root on the host. Trusted code only.
+#   dind     a Docker Engine per job in a sidecar: isolation from the host engine; needs privileged
+#            mode or a capability profile; optional warm pool and per-repository layer cache.
+#   sysbox   dind under sysbox-runc: no privileged mode; needs the sysbox runtime on the host.
+#   img      daemonless like buildah, where img is installed (not packaged for Debian 12).
 """
 
 
