@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from functools import lru_cache
 
 from celery import Celery
 from pydantic import ValidationError
 
 from runner.jobs import BuildRequest
-from runner.settings import Settings, load_settings
+from runner.settings import Settings
 
 TASK_NAME = "runner.build"
 log = logging.getLogger("runner.queue")
@@ -67,11 +66,6 @@ def make_app(settings: Settings) -> Celery:
         return record.status.value
 
     return app
-
-
-@lru_cache(maxsize=1)
-def get_app() -> Celery:
-    return make_app(load_settings())
 
 
 def enqueue(app: Celery, request: BuildRequest, queue: str, delay: float = 0) -> None:

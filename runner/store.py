@@ -4,7 +4,6 @@ Keys (NS = settings.worker.namespace):
   NS:job:ID      JSON JobRecord               NS:jobs       ZSET of ids by creation time
   NS:log:ID      Redis Stream of log lines    NS:ctx:ID     LIST of context tar chunks
   NS:cancel:ID   cancel flag                  NS:lease:ID   worker id holding the job (TTL)
-  NS:once:KEY    idempotency marks (webhook deliveries)
   NS:request:ID  the full request incl. secret build args, kept only until the job ends
 """
 
@@ -74,9 +73,6 @@ class JobStore:
         raw = self.r.get(self._key("job", job_id))
         return JobRecord.model_validate_json(raw) if raw else None
 
-    def put(self, record: JobRecord) -> None:
-        self.r.set(self._key("job", record.id), record.model_dump_json())
-
     def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
         """Apply `change` atomically (optimistic WATCH); it returns the new record or None to keep."""
         key = self._key("job", job_id)
@@ -113,9 +109,6 @@ class JobStore:
                         if len(records) >= limit:
                             return records
         return records
-
-    def running_ids(self) -> list[str]:
-        return [r.id for r in self.list(Status.running, limit=10_000)]
 
     # -- the full request (with secret build args) for requeues; never shown, deleted at the end
     def save_request(self, request: BuildRequest) -> None:
@@ -203,10 +196,6 @@ class JobStore:
 
     def lease_holder(self, job_id: str) -> str | None:
         return self.r.get(self._key("lease", job_id))
-
-    def mark_once(self, key: str, ttl: int = 7 * 24 * 3600) -> bool:
-        """True the first time `key` is marked within `ttl`; False for a repeat."""
-        return bool(self.r.set(f"{self.ns}:once:{key}", "1", nx=True, ex=ttl))
 
 
 class ContextWriter:
