@@ -51,18 +51,21 @@ def make_app(settings: Settings) -> Celery:
         task_default_queue=settings.queue_for(settings.default_executor),
     )
 
+    stores: list = []  # one JobStore (connection pools) per worker process, made on first use
+
     @app.task(name=TASK_NAME, bind=True, acks_late=True)
     def build(self, payload: dict) -> str:
         from runner.pipeline import Pipeline
         from runner.store import JobStore
 
+        if not stores:
+            stores.append(JobStore.from_settings(settings))
         try:
             request = BuildRequest.model_validate(payload)
         except ValidationError as exc:
             log.error("dropping an invalid job message: %s", exc.errors(include_url=False, include_input=False))
             return "invalid"
-        store = JobStore.from_settings(settings)
-        record = Pipeline(settings, store, worker_id(), requeuer(self.app, settings)).run(request)
+        record = Pipeline(settings, stores[0], worker_id(), requeuer(self.app, settings)).run(request)
         return record.status.value
 
     return app
