@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
-# Make .venv with the runner and its test tools installed (idempotent).
+# Make .venv with the runner and its test tools installed (idempotent), and .venv-debian: the
+# runner alone on Debian's own python3 (3.11.2 on Debian 12, which lacks tarfile's extraction
+# filters), so the hostile-input tests run a worker on both Pythons.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then
+say() { printf '[venv] %s\n' "$*"; }
+if ! python3 -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || ! python3 -m venv --help >/dev/null 2>&1 \
+    || ! /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  say "installing python3, python3-venv, python3-pip"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
 fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
-stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
-if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/pip install -q -e ".[test]"
-  touch "$stamp"
-fi
+stamp_name=.installed-$(sha1sum pyproject.toml | cut -c1-12)
+
+make_venv() {  # make_venv DIR PYTHON EXTRAS
+  local dir=$1 python=$2 extras=$3
+  [ -x "$dir/bin/python" ] || "$python" -m venv "$dir"
+  if [ ! -f "$dir/$stamp_name" ]; then
+    say "installing the runner into $dir ($("$dir/bin/python" --version))"
+    "$dir/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+    if ! "$dir/bin/pip" install -q -e ".$extras"; then
+      say "FAILED: pip install into $dir"; exit 1
+    fi
+    rm -f "$dir"/.installed-*
+    touch "$dir/$stamp_name"
+  fi
+}
+
+make_venv .venv python3 "[test]"
+make_venv .venv-debian /usr/bin/python3 ""

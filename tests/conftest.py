@@ -25,6 +25,8 @@ from tests.support import all_support
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = str(Path(sys.executable).with_name("runner"))
+#: the runner installed on Debian's own python3 (3.11.2 on Debian 12) by scripts/venv.sh
+DEBIAN_RUNNER = str(ROOT / ".venv-debian" / "bin" / "runner")
 WRONG_PASSWORD_HOST = "localhost:5000"  # the same registry, configured with a wrong password
 
 
@@ -98,10 +100,11 @@ class RunnerHarness:
     def registry(self, key: str = "RUNNER_DEV_REGISTRY") -> str:
         return self.services[key]
 
-    def start_worker(self, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
-        """`prefix`: a wrapper command that execs the worker (e.g. unshare), so the pid stays the worker's."""
+    def start_worker(self, *args: str, prefix: tuple[str, ...] = (), runner: str = RUNNER) -> subprocess.Popen:
+        """`prefix`: a wrapper command that execs the worker (e.g. unshare), so the pid stays the worker's.
+        `runner`: the runner executable (DEBIAN_RUNNER runs the worker on Debian's python3)."""
         log = (self.workdir / f"worker-{uuid.uuid4().hex[:6]}.log").open("w")
-        proc = subprocess.Popen([*prefix, RUNNER, "worker", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([*prefix, runner, "worker", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
