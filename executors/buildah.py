@@ -254,10 +254,11 @@ class BuildahExecutor(Executor):
             tool = self.tool(mode, env)
             image_id = self._build(tool, mode, job, paths, log, cancel)
             refs = job.image_refs()
-            if not job.push or self.config.keep_images:
+            if self.config.keep_images:  # a name left in the shared store would serve a later job's FROM
                 tool.output(["tag", image_id, *map(str, refs)])
             if not job.push:
-                log.line(f"[runner] built {image_id[:12]}; push disabled, kept as {', '.join(map(str, refs))}")
+                kept = f"kept as {', '.join(map(str, refs))}" if self.config.keep_images else "not named (keep_images is off)"
+                log.line(f"[runner] built {image_id[:12]}; push disabled, {kept}")
                 return [PushedImage(ref=str(ref), digest=f"sha256:{image_id}") for ref in refs]
             pushed = [self._push(tool, image_id, ref, paths, files, log, cancel) for ref in refs]
             if not self.config.layers and not self.config.keep_images:

@@ -63,18 +63,28 @@ class Engine:
     # -- the whole job -----------------------------------------------------------------------
     def build_and_push(self, job: BuildRequest, context: BuildContext, log: LogSink,
                        cancel: CancelToken, keep_images: bool = False) -> list[PushedImage]:
+        """Build under the job's own local name, then give each tag the image only for as
+        long as its push takes (unless keep_images): on a shared engine a tag left behind
+        would be taken by a later job's `FROM` instead of what the registry holds."""
         unregister = cancel.on_cancel(self.api.close)
         try:
             image_id = self.build(job, context, log, cancel)
             refs = job.image_refs()
+            if not job.push:
+                if keep_images:
+                    for ref in refs:
+                        self.api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
+                kept = f"kept as {', '.join(map(str, refs))}" if keep_images else "not kept (keep_images is off)"
+                log.line(f"[runner] built {image_id[:19]}; push disabled, {kept}")
+                return [PushedImage(ref=str(ref), digest=image_id) for ref in refs]
+            pushed = []
             for ref in refs:
                 self.api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
-            if not job.push:
-                log.line(f"[runner] built {image_id[:19]}; push disabled, tagged {', '.join(map(str, refs))}")
-                return [PushedImage(ref=str(ref), digest=image_id) for ref in refs]
-            pushed = [self.push(ref, log, cancel) for ref in refs]
-            if not keep_images:
-                self.remove_images(job)
+                try:
+                    pushed.append(self.push(ref, log, cancel))
+                finally:
+                    if not keep_images:
+                        self.untag(str(ref), image_id)
             return pushed
         except (requests.RequestException, docker.errors.APIError, OSError) as exc:
             if cancel.is_set():
@@ -181,20 +191,23 @@ class Engine:
         yield from stream
 
     # -- cleanup -----------------------------------------------------------------------------
-    def remove_images(self, job: BuildRequest) -> None:
-        """Untag the pushed refs. Cheap: the job tag still holds the image; removing that
-        (remove_job_leftovers, from the executor's cleanup) deletes it after the job is recorded."""
-        for name in job.tags:
-            try:
-                self.api.remove_image(name, noprune=True)
-            except docker.errors.APIError:
-                pass
-
-    def remove_job_leftovers(self, job_id: str) -> None:
-        """Drop the job tag: the image goes unless other tags (--no-push, keep_images) hold it.
-        noprune keeps parent layers, which the classic builder uses as cache."""
+    def untag(self, name: str, image_id: str) -> None:
+        """Remove tag `name` if it still names our image (another job may have moved it)."""
         try:
-            self.api.remove_image(job_tag(job_id), noprune=True)
+            if self.api.inspect_image(name)["Id"] == image_id:
+                self.api.remove_image(name, noprune=True)
+        except (docker.errors.APIError, requests.RequestException):
+            pass
+
+    def remove_job_leftovers(self, job_id: str, keep_tags: bool = False) -> None:
+        """Drop the job's image: its job tag, and (unless keep_tags) every other tag it still
+        has, such as a ref whose push failed. noprune keeps parent layers, which the classic
+        builder uses as cache."""
+        name = job_tag(job_id)
+        try:
+            tags = [] if keep_tags else [t for t in self.api.inspect_image(name).get("RepoTags") or [] if t != name]
+            for tag in [*tags, name]:
+                self.api.remove_image(tag, noprune=True)
         except (docker.errors.APIError, requests.RequestException):
             pass
 

@@ -137,8 +137,8 @@ class ImgExecutor(Executor):
             raise InvalidJob("img takes build-arg values only on its command line, where other users of the host can read "
                              "them; pass secrets as build secrets (`secrets:`) or use the buildah executor")
         files = JobFiles(private_root(self.settings, self.name, job.id)).create()
-        if job.push and not self.config.keep_images:
-            files.write(REFS_FILE, json.dumps(job.tags))  # cleanup removes these tags from img's state
+        if not self.config.keep_images:  # cleanup removes these names from img's state: a name left
+            files.write(REFS_FILE, json.dumps(job.tags))  # there would serve a later job's FROM
         try:
             for registry in self.settings.registries:
                 if registry.ca_file:
@@ -156,7 +156,9 @@ class ImgExecutor(Executor):
                 raise output.failure(code)
             refs = job.image_refs()
             if not job.push:
-                log.line(f"[runner] push disabled; kept as {', '.join(job.tags)} in {self.config.state_dir}")
+                kept = f"kept as {', '.join(job.tags)} in {self.config.state_dir}" if self.config.keep_images else \
+                    "not kept (keep_images is off)"
+                log.line(f"[runner] push disabled; {kept}")
                 return [PushedImage(ref=str(ref), digest="") for ref in refs]
             return [self._push(tool, ref, log, cancel) for ref in refs]
         finally:

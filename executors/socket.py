@@ -59,7 +59,7 @@ class SocketExecutor(Executor):
         except Exception:  # noqa: BLE001 - cleanup never raises
             return
         try:
-            Engine(api, self.settings).remove_job_leftovers(job_id)
+            Engine(api, self.settings).remove_job_leftovers(job_id, keep_tags=self.config.keep_images)
         except (docker.errors.DockerException, requests.RequestException):
             pass
         finally:

@@ -8,6 +8,8 @@ queued), 3 infrastructure unreachable.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 import time
 from enum import Enum
@@ -18,6 +20,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from runner.jobs import JobRecord, Status
 from runner.settings import Settings, SettingsError, load_settings
@@ -33,7 +36,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -80,6 +83,30 @@ def pairs(values: list[str], option: str) -> dict[str, str]:
     return result
 
 
+def secret_values(specs: list[str]) -> dict[str, str]:
+    """--secret-build-arg values, read from the environment or a file: a value given on the
+    command line would be readable by every user of the host (argv is public in /proc)."""
+    values = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        kind, _, where = source.partition(":")
+        if not sep:
+            kind, where = "env", name
+        if kind == "env" and where:
+            if where not in os.environ:
+                fail(f"--secret-build-arg {name}: the environment variable {where} is not set", EXIT_INVALID)
+            values[name] = os.environ[where]
+        elif kind == "file" and where:
+            try:
+                values[name] = Path(where).read_text().rstrip("\n")
+            except OSError as exc:
+                fail(f"--secret-build-arg {name}: cannot read {where}: {exc.strerror}", EXIT_INVALID)
+        else:
+            fail(f"--secret-build-arg {name}: give the value by reference, never on the command line: NAME (from the "
+                 "environment variable NAME), NAME=env:VAR or NAME=file:PATH", EXIT_INVALID)
+    return values
+
+
 class Mode(str, Enum):
     detach = "detach"
     wait = "wait"
@@ -92,7 +119,9 @@ def submit(
     tag: Annotated[list[str], typer.Option("-t", "--tag", help="full image reference; repeat for more")] = [],  # noqa: B006
     file: Annotated[str, typer.Option("-f", "--file", help="Dockerfile path inside the context")] = "Dockerfile",
     build_arg: Annotated[list[str], typer.Option("--build-arg", help="KEY=VALUE")] = [],  # noqa: B006
-    secret_build_arg: Annotated[list[str], typer.Option("--secret-build-arg", help="KEY=VALUE, masked everywhere")] = [],  # noqa: B006
+    secret_build_arg: Annotated[list[str], typer.Option(
+        "--secret-build-arg", help="NAME (value from env var NAME), NAME=env:VAR or NAME=file:PATH; masked everywhere, "
+        "never on the command line")] = [],  # noqa: B006
     secret: Annotated[list[str], typer.Option("--secret", help="id=NAME of a build secret from config")] = [],  # noqa: B006
     target: Annotated[str | None, typer.Option(help="build stage to stop at")] = None,
     label: Annotated[list[str], typer.Option("--label", help="KEY=VALUE image label")] = [],  # noqa: B006
@@ -120,7 +149,7 @@ def submit(
     mode = Mode.detach if detach else Mode.follow if follow else Mode.wait
     cfg = settings()
     args = pairs(build_arg, "--build-arg")
-    secret_args = pairs(secret_build_arg, "--secret-build-arg")
+    secret_args = secret_values(secret_build_arg)
     payload = {
         "dockerfile": file, "tags": tag, "build_args": {**args, **secret_args},
         "secret_build_args": list(secret_args), "secrets": [s.removeprefix("id=") for s in secret],
@@ -135,27 +164,39 @@ def submit(
         return after_submit(client, client.get(queued_id), created, mode, as_json)
     try:
         request = parse_request(payload)
-        admit(request, cfg)
+        executor_name = admit(request, cfg)
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     store = store_for(cfg)
+    owner = f"cli:{socket.gethostname()}:{os.getpid()}"
+    claim = store.reserve(request.id, owner)  # before any upload: a used id never gets a new context
+    if claim == "exists":
+        existing = store.get(request.id)
+        assert existing is not None
+        return after_submit(store, existing, False, mode, as_json)
+    if claim == "busy":
+        fail(f"job {request.id} is being submitted by another client right now; choose another --id", EXIT_INVALID)
     writer = store.context_writer(request.id, cfg.limits.max_context_bytes)
     try:
         write_tar(directory, writer, request.dockerfile)
         writer.close()
     except (ContextTooLarge, InvalidJob) as exc:
         writer.abort()
+        store.release(request.id, owner)
         fail(str(exc), EXIT_INVALID)
     except OSError as exc:
         writer.abort()
+        store.release(request.id, owner)
         fail(f"cannot read the build context: {exc}", EXIT_INVALID)
     try:
-        record, created = submit_job(request, cfg, store)
+        record, created = submit_job(request, cfg, store, executor=executor_name)
     except Rejected as exc:
         store.delete_context(request.id)
+        store.release(request.id, owner)
         fail(f"invalid job: {exc}", EXIT_INVALID)
     except Exception as exc:  # noqa: BLE001 - a broker failure is infrastructure
         store.delete_context(request.id)
+        store.release(request.id, owner)
         fail(f"could not queue the job: {exc}", EXIT_INFRA)
     after_submit(store, record, created, mode, as_json)
 

@@ -28,4 +28,5 @@ def cancel_job(store: JobStore, job_id: str) -> JobRecord | None:
         JobLog(store, job_id).line("[runner] cancelled before it started")
         store.end_log(job_id, Status.cancelled)
         store.delete_context(job_id)
+        store.delete_secrets(job_id)  # a queued job's secret values never outlive it
     return record

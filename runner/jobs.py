@@ -17,8 +17,15 @@ _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _TAG = r"[\w][\w.-]{0,127}"
 IMAGE_REF = re.compile(rf"^(?P<registry>{_DOMAIN})/(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>{_TAG}))?$")
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: One id rule that works everywhere an id goes: Redis keys, directory names, and image
+#: repository names on engine executors (`runner-job/<id>:build`), so Docker's path-component
+#: grammar: lower-case letters and digits, separated by one `.` or `_`, `__`, or dashes.
+JOB_ID = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+MAX_JOB_ID = 128
 MAX_BUILD_ARG_BYTES = 64 * 1024
+#: build args and labels together; they travel in one request line to an engine (its cap is
+#: 1 MB after URL-encoding, which can triple a value) and in argv to buildah and img
+MAX_BUILD_ARGS_TOTAL_BYTES = 256 * 1024
 
 
 class ImageRef(BaseModel):
@@ -116,7 +123,8 @@ class BuildRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(default_factory=new_job_id, pattern=JOB_ID.pattern)
+    id: str = Field(default_factory=new_job_id, description="lower-case letters and digits, separated by `.`, `_`, `__` or "
+                    "dashes; at most 128 characters (the config default is a random one)")
     context: ContextSource = Field(default_factory=UploadedContext)
     dockerfile: str = "Dockerfile"
     tags: list[str] = Field(min_length=1)
@@ -135,6 +143,14 @@ class BuildRequest(BaseModel):
     push: bool = True
     cache_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     callback_url: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("id")
+    @classmethod
+    def _id_rule(cls, value: str) -> str:
+        if len(value) > MAX_JOB_ID or not JOB_ID.match(value):
+            raise ValueError(f"{value[:140]!r} is not a valid job id: use lower-case letters and digits separated by "
+                             "`.`, `_`, `__` or dashes (at most 128 characters), e.g. release-1.2")
+        return value
 
     @field_validator("dockerfile")
     @classmethod
@@ -168,11 +184,30 @@ class BuildRequest(BaseModel):
             raise ValueError(f"names {missing} which are not in build_args")
         return names
 
+    @model_validator(mode="after")
+    def _bounded_total(self) -> BuildRequest:
+        total = sum(len(k.encode()) + len(v.encode()) for pairs in (self.build_args, self.labels) for k, v in pairs.items())
+        if total > MAX_BUILD_ARGS_TOTAL_BYTES:
+            raise ValueError(f"build_args and labels hold {total:,} bytes together, over the limit of "
+                             f"{MAX_BUILD_ARGS_TOTAL_BYTES:,}; pass large values as build secrets or files in the context")
+        return self
+
     def image_refs(self) -> list[ImageRef]:
         return [ImageRef.parse(ref) for ref in self.tags]
 
     def secret_values(self) -> list[str]:
         return [self.build_args[name] for name in self.secret_build_args if self.build_args[name]]
+
+    def secret_arg_values(self) -> dict[str, str]:
+        return {name: self.build_args[name] for name in self.secret_build_args}
+
+    def with_secret_values(self, values: dict[str, str]) -> BuildRequest:
+        """The request with its secret build args' values put back (from the store)."""
+        missing = [name for name in self.secret_build_args if name not in values]
+        if missing:
+            raise ValueError(f"the values of secret build arg(s) {', '.join(missing)} are gone: the job was cancelled, "
+                             "or waited longer than retention.queued_seconds")
+        return self.model_copy(update={"build_args": {**self.build_args, **{n: values[n] for n in self.secret_build_args}}})
 
     def redacted(self) -> BuildRequest:
         """A copy safe to store and show: secret build-arg values replaced."""

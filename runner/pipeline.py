@@ -7,11 +7,14 @@ directly by tests, so it never imports Celery.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import shutil
 import threading
 import time
 from collections.abc import Callable
+
+from pydantic import ValidationError
 
 import executors
 from executors.base import BuildContext, Cancelled, CancelToken, ExecutorError, InfrastructureError, InvalidJob
@@ -20,6 +23,7 @@ from runner.joblog import JobLog
 from runner.jobs import BuildRequest, JobError, JobRecord, PushedImage, Status, now
 from runner.settings import Settings
 from runner.store import JobStore
+from runner.submission import Rejected, admit
 
 log = logging.getLogger("runner.pipeline")
 
@@ -122,25 +126,65 @@ class Pipeline:
         self.settings, self.store, self.worker_id, self.requeue = settings, store, worker_id, requeue
         self.lease_ttl = settings.worker.lease_ttl
 
-    def ensure_record(self, request: BuildRequest) -> JobRecord:
-        """A job posted straight to the queue has no record yet: create it (first write wins)."""
-        record = self.store.get(request.id)
-        if record is None:
-            executor = request.executor or self.settings.default_executor
-            if self.store.create(JobRecord(id=request.id, request=request.redacted(), executor=executor,
-                                           queue=self.settings.queue_for(executor))):
-                self.store.save_request(request)
-            record = self.store.get(request.id)
-        assert record is not None
-        return record
+    def ensure_record(self, message: BuildRequest) -> tuple[JobRecord, bool]:
+        """The job's record, and whether this message came straight to the queue (raw).
 
-    def run(self, request: BuildRequest) -> JobRecord:
-        record = self.ensure_record(request)
+        A message from our entry points has a record already (admitted there). A raw one has
+        none: it is admitted here, exactly as the entry points would, refused with a failed
+        record if it must be, and its secret values moved to the store so requeues never
+        carry them. The first record write wins."""
+        record = self.store.get(message.id)
+        if record is not None:
+            return record, False
+        executor = message.executor or self.settings.default_executor
+        new = JobRecord(id=message.id, request=message.redacted(), executor=executor, queue=self.settings.queue_for(executor))
+        try:
+            admit(message, self.settings)
+        except Rejected as exc:
+            return self._refuse(new, exc), True
+        if not self.store.create(new):
+            return self.ensure_record(message)
+        self.store.save_secrets(message.id, message.secret_arg_values())
+        return self.store.get(message.id) or new, True
+
+    def _refuse(self, record: JobRecord, exc: Rejected) -> JobRecord:
+        """A raw queue message that admission refuses: a failed record, its context gone, and
+        the message (redacted) set aside in `<queue>.invalid`, as the transport does with garbage."""
+        error = JobError(kind="invalid", message=f"refused: {exc}")
+        refused = record.model_copy(update={"status": Status.failed, "error": error, "finished_at": now()})
+        if not self.store.create(refused):
+            return self.store.get(record.id) or refused
+        log.warning("job %s: raw queue message refused: %s", record.id, exc)
+        self.store.set_aside(record.queue, record.request.model_dump_json(), str(exc))
+        JobLog(self.store, record.id).line(f"[runner] {error.message}")
+        self._end(record.id, Status.failed)
+        return refused
+
+    def refuse_payload(self, payload: object, queue: str, exc: ValidationError) -> None:
+        """A queue message that is not a valid job is set aside in `<queue>.invalid` with the
+        reason (build-arg values blanked). It gets no record: nothing in it can be trusted to
+        name a job."""
+        first = exc.errors(include_url=False)[0]
+        reason = f"{'.'.join(map(str, first['loc'])) or 'message'}: {first['msg'].removeprefix('Value error, ')}"
+        log.error("queue %s: refused a job message: %s", queue, reason)
+        shown = dict(payload) if isinstance(payload, dict) else {"message": repr(payload)[:1000]}
+        if isinstance(shown.get("build_args"), dict):
+            shown["build_args"] = dict.fromkeys(shown["build_args"], "***")
+        self.store.set_aside(queue, json.dumps({**shown, "refused": reason}, default=str), reason)
+
+    def run(self, message: BuildRequest) -> JobRecord:
+        record, raw = self.ensure_record(message)
         if record.finished:
-            log.info("job %s already %s; duplicate delivery ignored", request.id, record.status.value)
+            log.info("job %s already %s; duplicate delivery ignored", message.id, record.status.value)
             return record
-        if self.store.cancel_requested(request.id):
-            return self._finish_unstarted(request.id, Status.cancelled, JobError(kind="cancelled", message="cancelled before it started"))
+        if self.store.cancel_requested(message.id):
+            return self._finish_unstarted(message.id, Status.cancelled, JobError(kind="cancelled", message="cancelled before it started"))
+        request = message
+        if message.secret_build_args and not raw:
+            try:
+                request = message.with_secret_values(self.store.load_secrets(message.id))
+            except ValueError as exc:
+                return self._finish_unstarted(message.id, Status.failed, JobError(kind="invalid", message=str(exc)))
         if not self._acquire_lease(request.id):
             log.info("job %s is held by %s; duplicate delivery ignored", request.id, self.store.lease_holder(request.id))
             return record
@@ -162,20 +206,21 @@ class Pipeline:
 
     def _finish_unstarted(self, job_id: str, status: Status, error: JobError) -> JobRecord:
         def change(r: JobRecord) -> JobRecord | None:
-            if r.finished:
+            if r.status is not Status.queued:  # finished, or running elsewhere (a duplicate delivery)
                 return None
             return r.model_copy(update={"status": status, "error": error, "finished_at": now()})
 
         record = self.store.update(job_id, change)
-        JobLog(self.store, job_id).line(f"[runner] {error.message}")
-        self._end(job_id, status)
         assert record is not None
+        if record.status is status and record.error == error:
+            JobLog(self.store, job_id).line(f"[runner] {error.message}")
+            self._end(job_id, status)
         return record
 
     def _end(self, job_id: str, status: Status) -> None:
         self.store.end_log(job_id, status)
         self.store.delete_context(job_id)
-        self.store.delete_request(job_id)
+        self.store.delete_secrets(job_id)
 
     def _run_claimed(self, request: BuildRequest) -> JobRecord:
         max_attempts = self.settings.limits.max_attempts
@@ -188,7 +233,7 @@ class Pipeline:
 
         record = self.store.update(request.id, start)
         if record is None or record.finished:  # cancelled while we claimed it
-            return record or self.ensure_record(request)
+            return record or self.ensure_record(request)[0]
         joblog = JobLog(self.store, request.id, secrets_to_mask(request, self.settings),
                         self.settings.limits.max_log_bytes, self.settings.limits.max_log_lines)
         if record.attempts > max_attempts:
@@ -273,12 +318,12 @@ class Pipeline:
         if record.status is not Status.queued:
             return record
         joblog.line(f"[runner] requeued: {why}")
-        self.requeue(self.store.load_request(request.id) or request, 0 if shutdown else 2.0)
+        self.requeue(record.request, 0 if shutdown else 2.0)  # redacted: the values stay in the store
         return record
 
     def _finish(self, request: BuildRequest, joblog: JobLog, status: Status,
                 images: list[PushedImage], error: JobError | None) -> JobRecord:
-        joblog.flush()
+        joblog.close()
         if error:
             joblog.line(f"[runner] {status.value}: {error.message}")
         else:

@@ -60,13 +60,14 @@ def make_app(settings: Settings) -> Celery:
 
         if not stores:
             stores.append(JobStore.from_settings(settings))
+        pipeline = Pipeline(settings, stores[0], worker_id(), requeuer(self.app, settings))
         try:
             request = BuildRequest.model_validate(payload)
         except ValidationError as exc:
-            log.error("dropping an invalid job message: %s", exc.errors(include_url=False, include_input=False))
+            queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue_for(settings.default_executor)
+            pipeline.refuse_payload(payload, queue, exc)
             return "invalid"
-        record = Pipeline(settings, stores[0], worker_id(), requeuer(self.app, settings)).run(request)
-        return record.status.value
+        return pipeline.run(request).status.value
 
     return app
 

@@ -26,30 +26,30 @@ def recover_lost_jobs(settings: Settings, store: JobStore, requeue: Requeue, me:
     """Requeue running jobs whose worker stopped renewing the lease (killed, host lost)."""
     recovered = []
     holder = MAINTENANCE_PREFIX + me
-    for record in store.list(Status.running, limit=100_000):
-        if running_here(record.id):
+    for job_id in store.ids(Status.running):  # the running index: cost follows running jobs, not history
+        if running_here(job_id):
             continue  # ours: the lease only lapsed (Redis was away); the watcher takes it back
-        if store.lease_holder(record.id) is not None or not store.acquire_lease(record.id, holder, HOLD_SECONDS):
+        if store.lease_holder(job_id) is not None or not store.acquire_lease(job_id, holder, HOLD_SECONDS):
             continue
         try:
-            current = store.get(record.id)
+            current = store.get(job_id)
             if current is None or current.status is not Status.running:
                 continue
             give_up = current.attempts >= settings.limits.max_attempts
-            store.update(record.id, lambda r, give_up=give_up: _lost(r, give_up, settings))
-            JobLog(store, record.id).line(
+            store.update(job_id, lambda r, give_up=give_up: _lost(r, give_up, settings))
+            JobLog(store, job_id).line(
                 f"[runner] worker {current.worker} stopped (no heartbeat for {settings.worker.lease_ttl:.0f}s); "
                 + ("giving up: limits.max_attempts reached" if give_up else "requeued"))
-            reap_job(settings, store, record.id, me)
+            reap_job(settings, store, job_id, me)
             if give_up:
-                store.end_log(record.id, Status.failed)
-                store.delete_context(record.id)
-                store.delete_request(record.id)
+                store.end_log(job_id, Status.failed)
+                store.delete_context(job_id)
+                store.delete_secrets(job_id)
             else:
-                requeue(store.load_request(record.id) or current.request, 0)
-            recovered.append(record.id)
+                requeue(current.request, 0)  # redacted: secret values stay in the store
+            recovered.append(job_id)
         finally:
-            store.release_lease(record.id, holder)
+            store.release_lease(job_id, holder)
     return recovered
 
 
@@ -145,6 +145,7 @@ class Maintenance(threading.Thread):
                 recover_lost_jobs(self.settings, store, self.requeue, self.me)
                 if elapsed >= next_reap:
                     reap(self.settings, store, self.me)
+                    store.prune()
                     next_reap = elapsed + self.settings.worker.reap_interval
             except Exception as exc:  # noqa: BLE001 - e.g. Redis restarting; try again next round
                 log.warning("maintenance round failed: %s", exc)

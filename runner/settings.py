@@ -134,6 +134,16 @@ class LimitsConfig(Strict):
     max_attempts: int = Field(default=3, description="attempts before a job that kills its worker is failed")
 
 
+class RetentionConfig(Strict):
+    """How long Redis keeps what jobs leave behind; nothing is kept for ever."""
+
+    finished_seconds: int = Field(default=7 * 24 * 3600, gt=0, description="records and logs of finished jobs; "
+                                  "the job list forgets them after this")
+    upload_seconds: int = Field(default=3600, gt=0, description="an uploaded context whose job was never submitted")
+    queued_seconds: int = Field(default=7 * 24 * 3600, gt=0, description="a queued job's context and secret values: "
+                                "a job still queued after this fails for want of them")
+
+
 class WorkerConfig(Strict):
     concurrency: int = Field(default=2, ge=1, description="builds one worker runs at once")
     namespace: str = Field(default="runner", description="prefix of every Redis key and queue name")
@@ -154,6 +164,7 @@ class Settings(BaseSettings):
     registries: list[RegistryConfig] = Field(default_factory=list, description="registries jobs may push to; a tag on any other is refused")
     executors: ExecutorsConfig = Field(default_factory=ExecutorsConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     builder: Literal["auto", "buildkit", "classic"] = Field(default="auto", description="BuildKit where the engine has it (auto), or force one")
     build_secrets: dict[str, SecretStr] = Field(default_factory=dict, description="id -> value for --secret")

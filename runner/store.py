@@ -1,27 +1,71 @@
-"""The only module that knows Redis keys: job records, log streams, contexts, cancel, leases.
+"""The only module that knows Redis keys: job records and their indexes, log streams,
+contexts, id reservations, cancel flags, leases and secret values.
 
 Keys (NS = settings.worker.namespace):
-  NS:job:ID      JSON JobRecord               NS:jobs       ZSET of ids by creation time
-  NS:log:ID      Redis Stream of log lines    NS:ctx:ID     LIST of context tar chunks
-  NS:cancel:ID   cancel flag                  NS:lease:ID   worker id holding the job (TTL)
-  NS:request:ID  the full request incl. secret build args, kept only until the job ends
+  NS:job:ID        JSON JobRecord (expires retention.finished_seconds after the job ends)
+  NS:jobs          ZSET of every job id by creation time
+  NS:status:S      ZSET of the ids in status S by creation time (queued, running, ...)
+  NS:log:ID        Redis Stream; field `l` holds one or more lines joined by "\\n", `end` the final status
+  NS:ctx:ID        LIST of context tar chunks
+  NS:reserve:ID    who is submitting job ID (an id is reserved before its context is uploaded)
+  NS:uploads:WHO   ZSET of WHO's uploaded, not yet submitted contexts (by expiry time)
+  NS:cancel:ID     cancel flag                      NS:lease:ID   worker holding the job (TTL)
+  NS:secrets:ID    HASH of secret build-arg values; never in a queue message; gone when the job ends
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from runner.jobs import BuildRequest, JobRecord, Status
+from runner.jobs import JobRecord, Status
+
+if TYPE_CHECKING:
+    from runner.settings import RetentionConfig
 
 CHUNK_BYTES = 1024 * 1024
-CONTEXT_TTL = 7 * 24 * 3600
 RETRIES = 40
 END_FIELD = "end"
+LINES_FIELD = "l"
+DAY = 24 * 3600
+
+_CREATE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX') then
+  redis.call('zadd', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('zadd', KEYS[3], ARGV[2], ARGV[3])
+  redis.call('del', KEYS[4])
+  return 1
+end
+return 0
+"""
+_RESERVE = """
+if redis.call('exists', KEYS[1]) == 1 then return 'exists' end
+local holder = redis.call('get', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'busy' end
+redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 'ok'
+"""
+_TRACK_UPLOAD = """
+redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1])
+if not redis.call('zscore', KEYS[1], ARGV[3]) and redis.call('zcard', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('zadd', KEYS[1], ARGV[2], ARGV[3])
+redis.call('expireat', KEYS[1], math.ceil(ARGV[2]))
+return 1
+"""
+_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('{op}', KEYS[1]{args}) else return 0 end"
+
+
+#: refused and unreadable queue messages are kept here, newest first, at most INVALID_KEEP
+INVALID_KEEP = 1000
+
+
+def invalid_queue(queue: str) -> str:
+    return f"{queue}.invalid"
 
 
 class StoreUnavailable(Exception):
@@ -33,22 +77,34 @@ class ContextTooLarge(Exception):
 
 
 class JobStore:
-    def __init__(self, url: str, namespace: str = "runner"):
+    def __init__(self, url: str, namespace: str = "runner", retention: RetentionConfig | None = None):
+        from runner.settings import RetentionConfig
+
         self.url = url
         self.ns = namespace
+        self.retention = retention or RetentionConfig()
         # Reconnect through a Redis restart (~1 min of retries) instead of failing the job.
         options = dict(health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
                        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), RETRIES),
                        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError])
         self.r = redis.Redis.from_url(url, decode_responses=True, **options)
         self.raw = redis.Redis.from_url(url, decode_responses=False, **options)
+        self._create = self.r.register_script(_CREATE)
+        self._reserve = self.r.register_script(_RESERVE)
+        self._track_upload = self.r.register_script(_TRACK_UPLOAD)
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
-        return cls(settings.redis_url.get_secret_value(), settings.worker.namespace)
+        return cls(settings.redis_url.get_secret_value(), settings.worker.namespace, settings.retention)
 
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.ns}:{kind}:{job_id}"
+
+    def log_key(self, job_id: str) -> str:
+        return self._key("log", job_id)
+
+    def _status_key(self, status: Status) -> str:
+        return f"{self.ns}:status:{status.value}"
 
     def ping(self) -> None:
         try:
@@ -58,23 +114,33 @@ class JobStore:
 
     # -- records ---------------------------------------------------------------------------
     def create(self, record: JobRecord) -> bool:
-        """Store a new record; False if a job with that id already exists (nothing changed)."""
-        created = self.r.set(self._key("job", record.id), record.model_dump_json(), nx=True)
-        if created:
-            self.r.zadd(f"{self.ns}:jobs", {record.id: record.created_at.timestamp()})
+        """Store a new record (and drop the id's reservation); False if a job with that id
+        already exists (nothing changed)."""
+        keys = [self._key("job", record.id), f"{self.ns}:jobs", self._status_key(record.status), self._key("reserve", record.id)]
+        created = self._create(keys=keys, args=[record.model_dump_json(), record.created_at.timestamp(), record.id])
+        if created and record.finished:
+            self.r.expire(keys[0], self.retention.finished_seconds)
         return bool(created)
 
     def forget(self, job_id: str) -> None:
         """Delete a job that was never queued (its message could not be sent)."""
-        self.r.delete(self._key("job", job_id), self._key("request", job_id))
-        self.r.zrem(f"{self.ns}:jobs", job_id)
+        self.r.delete(self._key("job", job_id), self._key("secrets", job_id))
+        self._unindex([job_id])
+
+    def _unindex(self, job_ids: list[str]) -> None:
+        if job_ids:
+            with self.r.pipeline(transaction=False) as pipe:
+                for key in (f"{self.ns}:jobs", *(self._status_key(s) for s in Status)):
+                    pipe.zrem(key, *job_ids)
+                pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.r.get(self._key("job", job_id))
         return JobRecord.model_validate_json(raw) if raw else None
 
     def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
-        """Apply `change` atomically (optimistic WATCH); it returns the new record or None to keep."""
+        """Apply `change` atomically (optimistic WATCH); it returns the new record or None to keep.
+        Keeps the status indexes in step, and starts the retention clock when the job ends."""
         key = self._key("job", job_id)
         with self.r.pipeline() as pipe:
             while True:
@@ -91,50 +157,127 @@ class JobStore:
                         return current
                     pipe.multi()
                     pipe.set(key, new.model_dump_json())
+                    if new.status is not current.status:
+                        pipe.zrem(self._status_key(current.status), job_id)
+                        pipe.zadd(self._status_key(new.status), {job_id: new.created_at.timestamp()})
+                    if new.finished:
+                        pipe.expire(key, self.retention.finished_seconds)
                     pipe.execute()
                     return new
                 except redis.WatchError:
                     continue
 
-    def list(self, status: Status | None = None, limit: int = 50) -> list[JobRecord]:
-        ids = self.r.zrevrange(f"{self.ns}:jobs", 0, -1 if status else limit - 1)
+    def list(self, status: Status | None = None, limit: int = 50, before: float | None = None) -> list[JobRecord]:
+        """Newest first, from the status index (so cost follows `limit`, not history). `before`:
+        only jobs created before this timestamp (paging). Ids whose record expired are dropped
+        from the indexes on the way."""
+        index = self._status_key(status) if status else f"{self.ns}:jobs"
+        top = f"({before}" if before is not None else "+inf"
         records: list[JobRecord] = []
-        for chunk_start in range(0, len(ids), 200):
-            chunk = ids[chunk_start : chunk_start + 200]
-            for raw in self.r.mget([self._key("job", i) for i in chunk]):
-                if raw:
+        while len(records) < limit:
+            ids = self.r.zrevrangebyscore(index, top, "-inf", start=0, num=max(limit - len(records), 20), withscores=True)
+            if not ids:
+                break
+            raws = self.r.mget([self._key("job", i) for i, _ in ids])
+            self._unindex([i for (i, _), raw in zip(ids, raws, strict=True) if raw is None])
+            for raw in raws:
+                if raw and len(records) < limit:
                     record = JobRecord.model_validate_json(raw)
-                    if status is None or record.status == status:
+                    if status is None or record.status is status:
                         records.append(record)
-                        if len(records) >= limit:
-                            return records
+            top = f"({ids[-1][1]}"
         return records
 
-    # -- the full request (with secret build args) for requeues; never shown, deleted at the end
-    def save_request(self, request: BuildRequest) -> None:
-        self.r.set(self._key("request", request.id), request.model_dump_json(), ex=CONTEXT_TTL)
+    def count(self, status: Status | None = None) -> int:
+        return self.r.zcard(self._status_key(status) if status else f"{self.ns}:jobs")
 
-    def load_request(self, job_id: str) -> BuildRequest | None:
-        raw = self.r.get(self._key("request", job_id))
-        return BuildRequest.model_validate_json(raw) if raw else None
+    def ids(self, status: Status) -> list[str]:
+        """Every id in `status` (for recovery: the running ones, never the whole history)."""
+        return self.r.zrange(self._status_key(status), 0, -1)
 
-    def delete_request(self, job_id: str) -> None:
-        self.r.delete(self._key("request", job_id))
-
-    # -- logs -------------------------------------------------------------------------------
-    def append_log(self, job_id: str, lines: list[str], max_lines: int) -> None:
-        key = self._key("log", job_id)
+    def prune(self, batch: int = 1000) -> int:
+        """Drop index entries whose record has expired; returns how many went. Called by the
+        worker's maintenance so the indexes shrink with retention."""
+        cutoff = time.time() - self.retention.finished_seconds
+        ids = self.r.zrangebyscore(f"{self.ns}:jobs", "-inf", cutoff, start=0, num=batch)
+        if not ids:
+            return 0
         with self.r.pipeline(transaction=False) as pipe:
-            for text in lines:
-                pipe.xadd(key, {"l": text}, maxlen=max_lines, approximate=True)
+            for job_id in ids:
+                pipe.exists(self._key("job", job_id))
+            gone = [job_id for job_id, exists in zip(ids, pipe.execute(), strict=True) if not exists]
+        self._unindex(gone)
+        return len(gone)
+
+    def set_aside(self, queue: str, message: str | bytes, reason: str) -> None:
+        """Keep a refused queue message in `<queue>.invalid` for the operator to read."""
+        with self.raw.pipeline(transaction=False) as pipe:
+            pipe.lpush(invalid_queue(queue), message)
+            pipe.ltrim(invalid_queue(queue), 0, INVALID_KEEP - 1)
             pipe.execute()
 
+    # -- id reservations and pending uploads -------------------------------------------------
+    def reserve(self, job_id: str, owner: str) -> str:
+        """Claim `job_id` before uploading its context: 'ok' (ours, also when we held it
+        already), 'exists' (a job has the id), or 'busy' (another client is submitting it)."""
+        keys = [self._key("job", job_id), self._key("reserve", job_id)]
+        return self._reserve(keys=keys, args=[owner, self.retention.upload_seconds])
+
+    def reservation(self, job_id: str) -> str | None:
+        return self.r.get(self._key("reserve", job_id))
+
+    def release(self, job_id: str, owner: str) -> None:
+        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("reserve", job_id), owner)
+
+    def track_upload(self, owner: str, job_id: str, max_pending: int) -> bool:
+        """Count an uploaded, unsubmitted context against `owner`; False past `max_pending`."""
+        now = time.time()
+        return bool(self._track_upload(keys=[f"{self.ns}:uploads:{owner}"],
+                                       args=[now, now + self.retention.upload_seconds, job_id, max_pending]))
+
+    def untrack_upload(self, owner: str, job_id: str) -> None:
+        self.r.zrem(f"{self.ns}:uploads:{owner}", job_id)
+
+    # -- secret build-arg values: by reference, never in the queue message ---------------------
+    def save_secrets(self, job_id: str, values: dict[str, str]) -> None:
+        if values:
+            key = self._key("secrets", job_id)
+            with self.r.pipeline() as pipe:
+                pipe.hset(key, mapping=values)
+                pipe.expire(key, self.retention.queued_seconds)
+                pipe.execute()
+
+    def load_secrets(self, job_id: str) -> dict[str, str]:
+        return self.r.hgetall(self._key("secrets", job_id))
+
+    def delete_secrets(self, job_id: str) -> None:
+        self.r.delete(self._key("secrets", job_id))
+
+    # -- logs -------------------------------------------------------------------------------
+    def append_log(self, job_id: str, entries: list[str]) -> list[str]:
+        """Append entries (each one or more lines joined by "\\n"); returns their stream ids."""
+        if not entries:
+            return []
+        key = self._key("log", job_id)
+        with self.r.pipeline(transaction=False) as pipe:
+            for text in entries:
+                pipe.xadd(key, {LINES_FIELD: text})
+            return pipe.execute()
+
+    def delete_log_entries(self, job_id: str, entry_ids: list[str]) -> None:
+        if entry_ids:
+            self.r.xdel(self._key("log", job_id), *entry_ids)
+
     def end_log(self, job_id: str, status: Status) -> None:
-        self.r.xadd(self._key("log", job_id), {END_FIELD: status.value})
+        key = self._key("log", job_id)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {END_FIELD: status.value})
+            pipe.expire(key, self.retention.finished_seconds)
+            pipe.execute()
 
     def read_log(self, job_id: str, follow: bool = False, block_ms: int = 1000,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
-        """Replay the log from the start; with follow, tail until the job's end marker."""
+        """Replay the log from the start, line by line; with follow, tail until the job's end marker."""
         key, last = self._key("log", job_id), "0-0"
         while True:
             batch = self.r.xread({key: last}, count=500, block=block_ms if follow else None)
@@ -153,11 +296,12 @@ class JobStore:
                     if follow:
                         return
                     continue
-                yield fields.get("l", "")
+                yield from fields.get(LINES_FIELD, "").split("\n")
 
     # -- contexts ---------------------------------------------------------------------------
     def context_writer(self, job_id: str, max_bytes: int) -> ContextWriter:
-        return ContextWriter(self, self._key("ctx", job_id), max_bytes)
+        """Write job_id's context; the caller must hold the id's reservation (see reserve)."""
+        return ContextWriter(self, self._key("ctx", job_id), max_bytes, self.retention.upload_seconds)
 
     def context_chunks(self, job_id: str) -> Iterator[bytes]:
         """Yield the stored context one chunk at a time (never all in memory)."""
@@ -172,12 +316,16 @@ class JobStore:
     def has_context(self, job_id: str) -> bool:
         return bool(self.raw.exists(self._key("ctx", job_id)))
 
+    def keep_context(self, job_id: str) -> None:
+        """The job is queued: its context lives as long as a job may wait (retention.queued_seconds)."""
+        self.raw.expire(self._key("ctx", job_id), self.retention.queued_seconds)
+
     def delete_context(self, job_id: str) -> None:
         self.raw.delete(self._key("ctx", job_id))
 
-    # -- cancel, leases, idempotency ----------------------------------------------------------
+    # -- cancel, leases ---------------------------------------------------------------------
     def request_cancel(self, job_id: str) -> None:
-        self.r.set(self._key("cancel", job_id), "1", ex=CONTEXT_TTL)
+        self.r.set(self._key("cancel", job_id), "1", ex=self.retention.queued_seconds)
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.exists(self._key("cancel", job_id)))
@@ -187,12 +335,11 @@ class JobStore:
 
     def renew_lease(self, job_id: str, worker: str, ttl: float) -> bool:
         """Extend the lease only if we still hold it."""
-        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-        return bool(self.r.eval(script, 1, self._key("lease", job_id), worker, int(ttl * 1000)))
+        return bool(self.r.eval(_IF_HOLDER.format(op="pexpire", args=", ARGV[2]"), 1, self._key("lease", job_id),
+                                worker, int(ttl * 1000)))
 
     def release_lease(self, job_id: str, worker: str) -> None:
-        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
-        self.r.eval(script, 1, self._key("lease", job_id), worker)
+        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("lease", job_id), worker)
 
     def lease_holder(self, job_id: str) -> str | None:
         return self.r.get(self._key("lease", job_id))
@@ -201,8 +348,8 @@ class JobStore:
 class ContextWriter:
     """File-like sink that stores a tar in Redis in 1 MiB chunks, enforcing a size cap."""
 
-    def __init__(self, store: JobStore, key: str, max_bytes: int):
-        self.store, self.key, self.max_bytes = store, key, max_bytes
+    def __init__(self, store: JobStore, key: str, max_bytes: int, ttl: int):
+        self.store, self.key, self.max_bytes, self.ttl = store, key, max_bytes, ttl
         self.size = 0
         self._buffer = bytearray()
         self.store.raw.delete(key)
@@ -217,9 +364,15 @@ class ContextWriter:
             )
         self._buffer += data
         while len(self._buffer) >= CHUNK_BYTES:
-            self.store.raw.rpush(self.key, bytes(self._buffer[:CHUNK_BYTES]))
+            self._push(bytes(self._buffer[:CHUNK_BYTES]))
             del self._buffer[:CHUNK_BYTES]
         return len(data)
+
+    def _push(self, chunk: bytes) -> None:
+        with self.store.raw.pipeline(transaction=False) as pipe:
+            pipe.rpush(self.key, chunk)
+            pipe.expire(self.key, self.ttl)  # an abandoned upload never outlives the upload TTL
+            pipe.execute()
 
     def copy_from(self, source: BinaryIO) -> None:
         while chunk := source.read(CHUNK_BYTES):
@@ -227,9 +380,8 @@ class ContextWriter:
 
     def close(self) -> None:
         if self._buffer:
-            self.store.raw.rpush(self.key, bytes(self._buffer))
+            self._push(bytes(self._buffer))
             self._buffer.clear()
-        self.store.raw.expire(self.key, CONTEXT_TTL)
 
     def abort(self) -> None:
         self._buffer.clear()

@@ -10,6 +10,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from runner.store import INVALID_KEEP, invalid_queue
+
 log = logging.getLogger("runner.transport")
 DELIVERY_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 
@@ -36,12 +38,12 @@ class Channel(kombu_redis.Channel):
             self._in_poll = None
 
     def _set_aside(self, queue: str, item: bytes, exc: Exception) -> None:
-        log.error("queue %s: dropped a message that is not a valid job message (%s: %s); kept in %s.invalid",
-                  queue, type(exc).__name__, str(exc)[:200], queue)
+        log.error("queue %s: dropped a message that is not a valid job message (%s: %s); kept in %s",
+                  queue, type(exc).__name__, str(exc)[:200], invalid_queue(queue))
         try:
             with self.conn_or_acquire() as client:
-                client.lpush(f"{queue}.invalid", item)
-                client.ltrim(f"{queue}.invalid", 0, 999)
+                client.lpush(invalid_queue(queue), item)
+                client.ltrim(invalid_queue(queue), 0, INVALID_KEEP - 1)
         except Exception as push_error:  # noqa: BLE001 - losing garbage is fine; crashing is not
             log.warning("could not keep the invalid message: %s", push_error)
 

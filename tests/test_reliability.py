@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import registry_digest, wait_cleaned
+from tests.conftest import RUNNER, registry_digest, wait_cleaned
 
 SLOW = pytest.mark.slow
 
@@ -365,7 +365,8 @@ def test_reaper_removes_leftovers_of_finished_jobs_only(make_harness, services, 
 def test_secret_build_arg_is_masked_everywhere(harness, services, tmp_path):
     secret = f"s3cr3t-{uuid.uuid4().hex}"
     ctx = dockerfile(tmp_path, base(services), "ARG TOKEN\nRUN echo token is $TOKEN && echo half:${TOKEN%??????????}")
-    result = harness.cli("submit", str(ctx), "-t", tag(harness, "secret"), "--secret-build-arg", f"TOKEN={secret}", "--json")
+    argv = ["submit", str(ctx), "-t", tag(harness, "secret"), "--secret-build-arg", "TOKEN", "--json"]
+    result = subprocess.run([RUNNER, *argv], env={**harness.env, "TOKEN": secret}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     final = json.loads(result.stdout)
     log = log_of(harness, final["id"])
@@ -373,7 +374,9 @@ def test_secret_build_arg_is_masked_everywhere(harness, services, tmp_path):
     assert secret not in log and secret not in result.stdout and secret not in result.stderr
     assert final["request"]["build_args"]["TOKEN"] == "***"
     assert secret not in harness.store.r.get(f"{harness.store.ns}:job:{final['id']}")
-    assert harness.store.load_request(final["id"]) is None  # the full request is gone once the job ends
+    assert harness.store.load_secrets(final["id"]) == {}  # the values are gone once the job ends
+    refused = harness.cli("submit", str(ctx), "-t", tag(harness, "secret"), "--secret-build-arg", f"TOKEN={secret}")
+    assert refused.returncode == 2 and "never on the command line" in refused.stderr and secret not in refused.stderr
 
 
 def test_masking_survives_chunk_boundaries_and_caps_the_log(harness):
@@ -385,19 +388,28 @@ def test_masking_survives_chunk_boundaries_and_caps_the_log(harness):
         log.write(chunk)
     for n in range(50):
         log.line(f"filler line {n}")
+    log.close()
     lines = list(harness.store.read_log(job_id))
-    assert lines[0] == "line one has *** in it" and lines[1] == "second line"
-    assert "truncated" in lines[-1] and len(lines) < 30
+    assert lines[0] == "line one has *** in it" and lines[1] == "second line"  # the head stays
+    assert sum("only the last" in line for line in lines) == 1  # one marker between head and tail
+    assert lines[-2] == "filler line 49" and "were dropped" in lines[-1]  # the tail stays, and says what went
+    assert len(lines) < 40 and sum(len(line) + 1 for line in lines) < 400 + 300
     assert not any("hunter2" in line for line in lines)
 
 
-def test_log_cap_truncates_instead_of_crashing(make_harness, services, tmp_path):
-    h = make_harness(limits={"max_log_bytes": 4000})
+def test_log_cap_keeps_head_and_tail(make_harness, services, tmp_path):
+    h = make_harness(limits={"max_log_bytes": 6000, "max_log_lines": 400})
     h.worker_proc = h.start_worker()
-    job_id = detach(h, dockerfile(tmp_path, base(services), "RUN seq 1 5000"), "-t", tag(h, "biglog"))
+    job_id = detach(h, dockerfile(tmp_path, base(services), "RUN seq 1 5000 | sed 's/^/n=/'"), "-t", tag(h, "biglog"))
     final = wait_finished(h, job_id)
     assert final["status"] == "succeeded"
-    assert "log truncated" in log_of(h, job_id)
+    lines = log_of(h, job_id).splitlines()
+    assert "running on" in lines[0]  # the [runner] header survives
+    assert sum("only the last" in line for line in lines) == 1
+    numbers = [line.rsplit("n=", 1)[1] for line in lines if "n=" in line and line.rsplit("n=", 1)[1].isdigit()]
+    assert "5000" in numbers and "2500" not in numbers  # the end of the output is kept, the middle is not
+    assert "succeeded" in lines[-1] and any("were dropped" in line for line in lines[-3:])
+    assert len(lines) <= 400 + 30 and sum(len(line) + 1 for line in lines) <= 6000 + 800
 
 
 # -- 10. hostile input ------------------------------------------------------------------------------------
