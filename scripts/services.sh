@@ -13,8 +13,9 @@ REGISTRY_PASSWORD=${RUNNER_DEV_REGISTRY_PASSWORD:-ci-password}
 REDIS_PORT=${RUNNER_DEV_REDIS_PORT:-6379}
 BASE_IMAGE=127.0.0.1:${REGISTRY_PORT}/base/busybox:1
 mkdir -p "$STATE"
-
-say() { printf '[services] %s\n' "$*"; }
+SAY_PREFIX=services
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 install_packages() {
   local need=()
@@ -35,9 +36,13 @@ install_packages() {
   [ -x /bin/busybox ] || need+=(busybox-static)
   if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    apt-get update -qq >>"$STATE/apt.log" 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >>"$STATE/apt.log" 2>&1
   fi
+}
+
+add_hosts() {  # before dockerd starts: its resolver caches /etc/hosts for a while
+  grep -q " $REGISTRY_NAME\$" /etc/hosts || echo "127.0.0.1 $REGISTRY_NAME" >>/etc/hosts
 }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
@@ -46,7 +51,7 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     "$@" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  say "$what did not come up in ${secs}s"; return 1
+  say "$what did not come up in ${secs}s" >&2; return 1
 }
 
 start_docker() {
@@ -54,7 +59,7 @@ start_docker() {
   say "starting dockerd"
   nohup dockerd >"$STATE/dockerd.log" 2>&1 &
   echo $! >"$STATE/dockerd.pid"
-  wait_for 60 dockerd docker info || { tail -20 "$STATE/dockerd.log"; exit 1; }
+  wait_for 60 dockerd docker info
 }
 
 start_redis() {
@@ -68,7 +73,6 @@ start_redis() {
 }
 
 start_registry() {
-  grep -q " $REGISTRY_NAME\$" /etc/hosts || echo "127.0.0.1 $REGISTRY_NAME" >>/etc/hosts
   if curl -s -o /dev/null "http://127.0.0.1:$REGISTRY_PORT/v2/"; then return; fi
   say "starting docker-registry on :$REGISTRY_PORT (htpasswd auth)"
   mkdir -p "$STATE/registry/data"
@@ -103,15 +107,21 @@ seed_base_image() {
     ln -sf busybox "$root/bin/$tool"
   done
   echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
-  tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "$BASE_IMAGE" >/dev/null
+  tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "$BASE_IMAGE" >"$STATE/base-image.log" 2>&1
   rm -rf "$root"
-  docker push -q "$BASE_IMAGE" >/dev/null
+  retry 5 1 docker push -q "$BASE_IMAGE" >>"$STATE/base-image.log" 2>&1
+}
+
+login_once() {
+  printf '%s' "$REGISTRY_PASSWORD" | docker login -u "$REGISTRY_USER" --password-stdin "$1" >>"$STATE/login.log" 2>&1
 }
 
 login_host_client() {  # so tests can `docker pull` what the runner pushed
+  : >"$STATE/login.log"
   for host in "127.0.0.1:$REGISTRY_PORT" "$REGISTRY_NAME:$REGISTRY_PORT"; do
     grep -q "\"$host\"" ~/.docker/config.json 2>/dev/null && continue
-    printf '%s' "$REGISTRY_PASSWORD" | docker login -u "$REGISTRY_USER" --password-stdin "$host" >/dev/null 2>&1
+    # a name added to /etc/hosts shortly before may not resolve in dockerd at once: retry
+    retry 10 1 login_once "$host"
   done
 }
 
@@ -133,12 +143,13 @@ RUNNER_DEV_BASE_IMAGE=$BASE_IMAGE
 EOF
 }
 
-install_packages
-start_docker
-start_redis
-start_registry
-login_host_client
-seed_base_image
-write_password_file
-write_env
+step "install packages" "$STATE/apt.log" install_packages
+step "add $REGISTRY_NAME to /etc/hosts" "$STATE/setup.log" add_hosts
+step "start dockerd" "$STATE/dockerd.log" start_docker
+step "start redis" "$STATE/redis.log" start_redis
+step "start docker-registry" "$STATE/registry.log" start_registry
+step "docker login to the registry" "$STATE/login.log" login_host_client
+step "seed the base image" "$STATE/base-image.log" seed_base_image
+step "write the registry password file" "$STATE/setup.log" write_password_file
+step "write $STATE/env" "$STATE/setup.log" write_env
 say "ready: docker, redis 127.0.0.1:$REDIS_PORT, registry :$REGISTRY_PORT ($REGISTRY_NAME), base $BASE_IMAGE"
