@@ -146,6 +146,7 @@ class Maintenance(threading.Thread):
                 if elapsed >= next_reap:
                     reap(self.settings, store, self.me)
                     store.prune()
+                    store.reconcile_running(executors.enabled_names(self.settings))
                     next_reap = elapsed + self.settings.worker.reap_interval
             except Exception as exc:  # noqa: BLE001 - e.g. Redis restarting; try again next round
                 log.warning("maintenance round failed: %s", exc)

@@ -154,6 +154,8 @@ class WorkerConfig(Strict):
         default="fail", description="on an infrastructure error: fail the job, or requeue it (up to limits.max_attempts)")
     lease_ttl: float = Field(default=30.0, description="seconds without a heartbeat before a running job counts as lost")
     recover_interval: float = Field(default=10.0, description="how often a worker looks for jobs whose worker died")
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="the worker's HTTP port for /metrics, /healthz and "
+                              "/readyz (0: off)")
 
 
 class Settings(BaseSettings):

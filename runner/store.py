@@ -5,6 +5,8 @@ Keys (NS = settings.worker.namespace):
   NS:job:ID        JSON JobRecord (expires retention.finished_seconds after the job ends)
   NS:jobs          ZSET of every job id by creation time
   NS:status:S      ZSET of the ids in status S by creation time (queued, running, ...)
+  NS:running:E     LIST of the ids running on executor E (its length is an autoscaler's signal:
+                   KEDA's redis trigger reads LLEN, so scale-in never goes below the running builds)
   NS:log:ID        Redis Stream; field `l` holds one or more lines joined by "\\n", `end` the final status
   NS:ctx:ID        LIST of context tar chunks
   NS:reserve:ID    who is submitting job ID (an id is reserved before its context is uploaded)
@@ -103,6 +105,9 @@ class JobStore:
     def log_key(self, job_id: str) -> str:
         return self._key("log", job_id)
 
+    def running_key(self, executor: str) -> str:
+        return f"{self.ns}:running:{executor}"
+
     def _status_key(self, status: Status) -> str:
         return f"{self.ns}:status:{status.value}"
 
@@ -160,6 +165,10 @@ class JobStore:
                     if new.status is not current.status:
                         pipe.zrem(self._status_key(current.status), job_id)
                         pipe.zadd(self._status_key(new.status), {job_id: new.created_at.timestamp()})
+                        if current.status is Status.running:
+                            pipe.lrem(self.running_key(current.executor), 0, job_id)
+                        if new.status is Status.running:
+                            pipe.lpush(self.running_key(new.executor), job_id)
                     if new.finished:
                         pipe.expire(key, self.retention.finished_seconds)
                     pipe.execute()
@@ -194,6 +203,21 @@ class JobStore:
     def ids(self, status: Status) -> list[str]:
         """Every id in `status` (for recovery: the running ones, never the whole history)."""
         return self.r.zrange(self._status_key(status), 0, -1)
+
+    def reconcile_running(self, executors: list[str]) -> None:
+        """Rebuild the per-executor running lists from the running index (after a crash
+        between the two writes, or a Redis restore), so autoscaling reads the truth."""
+        running: dict[str, list[str]] = {name: [] for name in executors}
+        for record in self.list(Status.running, limit=1_000_000):
+            running.setdefault(record.executor, []).append(record.id)
+        for executor, ids in running.items():
+            key = self.running_key(executor)
+            if sorted(self.r.lrange(key, 0, -1)) != sorted(ids):
+                with self.r.pipeline() as pipe:
+                    pipe.delete(key)
+                    if ids:
+                        pipe.rpush(key, *ids)
+                    pipe.execute()
 
     def prune(self, batch: int = 1000) -> int:
         """Drop index entries whose record has expired; returns how many went. Called by the
