@@ -58,6 +58,9 @@ _AT_STEP = re.compile(r'^building at STEP "(.*?)": (.*)$')
 _UNUSED_ARGS = re.compile(r"^\[Warning\] one or more build args were not consumed: \[(.*)\]$")
 _VERSION = re.compile(r"version (\S+)")
 _SOURCE = re.compile(r"docker://(\S+?):? ")
+#: every line `BuildOutput` looks at starts with one of these; the build's own output (most
+#: lines, up to millions) is passed on without running a regex
+_MARKED = ("[", "STEP ", "Error: ")
 
 
 # -- storage and isolation -------------------------------------------------------------------
@@ -201,6 +204,8 @@ class BuildOutput(ToolOutput):
         self.error: str | None = None
 
     def handle(self, text: str) -> str | None:
+        if not text.startswith(_MARKED):
+            return text
         if match := _UNUSED_ARGS.match(text):
             names = [n for n in match[1].split() if n != JOB_ARG]
             if not names:

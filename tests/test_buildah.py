@@ -21,7 +21,8 @@ from pydantic import SecretStr
 import executors.buildah as bx
 from executors.base import BuildContext, BuildFailed, CancelToken, InfrastructureError, InvalidJob, RegistryAuthFailed
 from executors.buildah import BuildahExecutor, BuildOutput, JobPaths, Mode, build_args, push_args
-from executors.daemonless import JobFiles, _LineSplitter, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
+from executors.daemonless import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
+from executors.output_pipe import LineAssembler
 from runner.context import spool_context, write_tar
 from runner.joblog import JobLog
 from runner.jobs import BuildRequest, ImageRef
@@ -231,7 +232,7 @@ def test_output_names_the_failing_step_and_tells_auth_from_build_errors():
 
 def test_line_splitter_keeps_utf8_split_across_chunks():
     batches = []
-    splitter = _LineSplitter(batches.append)
+    splitter = LineAssembler(batches.append)
     data = "naïve line\nsecond ✓\ntail".encode()
     cut = data.index("✓".encode()) + 1  # inside the three bytes of ✓
     splitter.feed(data[:cut])
