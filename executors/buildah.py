@@ -58,9 +58,7 @@ _AT_STEP = re.compile(r'^building at STEP "(.*?)": (.*)$')
 _UNUSED_ARGS = re.compile(r"^\[Warning\] one or more build args were not consumed: \[(.*)\]$")
 _VERSION = re.compile(r"version (\S+)")
 _SOURCE = re.compile(r"docker://(\S+?):? ")
-#: every line `BuildOutput` looks at starts with one of these; the build's own output (most
-#: lines, up to millions) is passed on without running a regex
-_MARKED = ("[", "STEP ", "Error: ")
+_MARKED = ("[", "STEP ", "Error: ")  # every line BuildOutput looks at starts with one of these
 
 
 # -- storage and isolation -------------------------------------------------------------------
@@ -197,6 +195,8 @@ def push_args(config: BuildahExecutorConfig, image_id: str, ref: ImageRef, paths
 class BuildOutput(ToolOutput):
     """buildah build's output: remembers the current step and the error line, and drops our
     IO_RUNNER_JOB marker from buildah's "build args were not consumed" warning."""
+
+    MARKED = _MARKED
 
     def __init__(self, log: LogSink):
         super().__init__(log)

@@ -216,11 +216,16 @@ class ToolOutput:
     """Receives a tool's output as whole lines, as they come, and appends them to the job log.
 
     Lines that arrive together are appended together (one log write), so a burst of output
-    costs one store round trip, not one per line. Subclasses look at (or drop) each line in
-    `handle`; `lines` keeps the last few for error messages.
+    costs one store round trip, not one per line. Subclasses look at (or drop) lines in
+    `handle`; naming in `MARKED` the prefixes of the lines it cares about spares a batch with
+    none of them (a RUN step printing a million lines) a Python call per line. `lines` keeps
+    the last few for error messages.
     """
 
     KEEP = 50
+    #: prefixes of every line `handle` looks at; a batch with no line starting with one of
+    #: them goes to the log as it is (None: `handle` sees every line)
+    MARKED: tuple[str, ...] | None = None
 
     def __init__(self, log: LogSink):
         self.log = log
@@ -231,10 +236,18 @@ class ToolOutput:
         return text
 
     def __call__(self, batch: list[str]) -> None:
-        kept = [out for text in batch if (out := self.handle(text)) is not None]
-        if kept:
-            self.lines.extend(kept[-self.KEEP:])
-            self.log.write("\n".join(kept) + "\n")
+        if self.MARKED is not None:
+            text = "\n".join(batch)
+            if not any(text.startswith(m) or f"\n{m}" in text for m in self.MARKED):
+                self._append(batch, text)
+                return
+        kept = [out for line in batch if (out := self.handle(line)) is not None]
+        self._append(kept, "\n".join(kept))
+
+    def _append(self, lines: list[str], text: str) -> None:
+        if lines:
+            self.lines.extend(lines[-self.KEEP:])
+            self.log.write(text + "\n")
 
     def last_error(self, prefix: str) -> str | None:
         return next((t.removeprefix(prefix) for t in reversed(self.lines) if t.startswith(prefix)), None)

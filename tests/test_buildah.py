@@ -230,6 +230,21 @@ def test_output_names_the_failing_step_and_tells_auth_from_build_errors():
     assert failure.message.startswith("the registry refused our credentials while pulling reg:5000/base:1: unauthorized")
 
 
+def test_marked_lines_are_found_inside_big_batches_of_plain_output():
+    """A batch without a marked line skips `handle`; one with a marked line anywhere in it
+    (not only first) is looked at line by line."""
+    log = Recorder()
+    output = BuildOutput(log)
+    plain = [f"{n}" for n in range(10_000)]
+    output(plain)
+    assert [text for _, text in log.lines] == plain and log.writes == 1 and list(output.lines) == plain[-output.KEEP:]
+    output([*plain[:500], "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB]", "STEP 3/4: RUN make",
+            *plain[:500], "Error: building at STEP \"RUN make\": exit status 2", "after"])
+    assert "IO_RUNNER_JOB" not in log.text and output.step == ("3/4", "RUN make") and log.writes == 2
+    assert output.failure(2).message == "build failed at step 3/4 (RUN make): exit status 2"
+    assert output.lines[-1] == "after" and len(output.lines) == output.KEEP
+
+
 def test_line_splitter_keeps_utf8_split_across_chunks():
     batches = []
     splitter = LineAssembler(batches.append)
