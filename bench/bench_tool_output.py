@@ -196,7 +196,7 @@ class Bench:
 
 def row(name: str, raw: list[float], ours: list[float], note: str = "") -> str:
     r, o = statistics.median(raw), statistics.median(ours)
-    return f"  {name:<44}{r:>9.2f} s{o:>9.2f} s{o / r:>8.2f}x  {note}"
+    return f"  {name:<50}{r:>9.2f} s{o:>9.2f} s{o / r:>8.2f}x  {note}"
 
 
 def main() -> None:
@@ -237,7 +237,7 @@ def main() -> None:
             if worker is not None:
                 table.append(row("whole job on a real worker (Redis log)", t["exec raw"], t["job ours"],
                                  f"{counts['job']:,} stream entries; submit wall {statistics.median(t['job wall']):.2f} s"))
-        print(f"\n  {'':<44}{'raw':>11}{'ours':>11}{'ratio':>9}")
+        print(f"\n  {'':<50}{'raw':>11}{'ours':>11}{'ratio':>9}")
         print("\n".join(table))
         print("\n  raw: output to /dev/null; executor and whole-job rows compare with raw build + push by id."
               "\n  target: 1M-line build within 1.2x raw buildah")
