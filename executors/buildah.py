@@ -58,6 +58,7 @@ _AT_STEP = re.compile(r'^building at STEP "(.*?)": (.*)$')
 _UNUSED_ARGS = re.compile(r"^\[Warning\] one or more build args were not consumed: \[(.*)\]$")
 _VERSION = re.compile(r"version (\S+)")
 _SOURCE = re.compile(r"docker://(\S+?):? ")
+_MARKED = ("[", "STEP ", "Error: ")  # every line BuildOutput looks at starts with one of these
 
 
 # -- storage and isolation -------------------------------------------------------------------
@@ -195,12 +196,16 @@ class BuildOutput(ToolOutput):
     """buildah build's output: remembers the current step and the error line, and drops our
     IO_RUNNER_JOB marker from buildah's "build args were not consumed" warning."""
 
+    MARKED = _MARKED
+
     def __init__(self, log: LogSink):
         super().__init__(log)
         self.step: tuple[str, str] | None = None
         self.error: str | None = None
 
     def handle(self, text: str) -> str | None:
+        if not text.startswith(_MARKED):
+            return text
         if match := _UNUSED_ARGS.match(text):
             names = [n for n in match[1].split() if n != JOB_ARG]
             if not names:

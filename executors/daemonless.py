@@ -3,8 +3,9 @@
 - `JobFiles`: one private directory per job (0700) for the files a build tool needs —
   registry auth file, registries.conf, CA directory, build-secret files (each 0600).
   Secrets reach the tool through these files or its environment, never its argv.
-- `Tool`: a build-tool binary driven through the `sh` package, its merged output streamed
-  into the job log line by line, its whole process group killed when the job is cancelled.
+- `Tool`: a build-tool binary driven through the `sh` package, its merged output read in
+  large chunks and streamed into the job log as whole lines, its whole process group killed
+  when the job is cancelled.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import tomllib
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +27,7 @@ from pathlib import Path
 import sh
 
 from executors.base import CancelToken, InfrastructureError, InvalidJob, LogSink, RegistryAuthFailed, job_secrets
+from executors.output_pipe import LineAssembler, read_until_exit
 from executors.process import kill_group
 from runner.jobs import BuildRequest
 from runner.registry import is_loopback
@@ -212,47 +216,41 @@ class ToolOutput:
     """Receives a tool's output as whole lines, as they come, and appends them to the job log.
 
     Lines that arrive together are appended together (one log write), so a burst of output
-    costs one store round trip, not one per line. Subclasses look at (or drop) each line in
-    `handle`; `lines` keeps the last few for error messages.
+    costs one store round trip, not one per line. Subclasses look at (or drop) lines in
+    `handle`; naming in `MARKED` the prefixes of the lines it cares about spares a batch with
+    none of them (a RUN step printing a million lines) a Python call per line. `lines` keeps
+    the last few for error messages.
     """
 
     KEEP = 50
+    #: prefixes of every line `handle` looks at; a batch with no line starting with one of
+    #: them goes to the log as it is (None: `handle` sees every line)
+    MARKED: tuple[str, ...] | None = None
 
     def __init__(self, log: LogSink):
         self.log = log
-        self.lines: list[str] = []
+        self.lines: deque[str] = deque(maxlen=self.KEEP)
 
     def handle(self, text: str) -> str | None:
         """The line to log (possibly rewritten), or None to drop it."""
         return text
 
     def __call__(self, batch: list[str]) -> None:
-        kept = [out for text in batch if (out := self.handle(text)) is not None]
-        self.lines = (self.lines + kept)[-self.KEEP:]
-        if kept:
-            self.log.write("".join(f"{text}\n" for text in kept))
+        if self.MARKED is not None:
+            text = "\n".join(batch)
+            if not any(text.startswith(m) or f"\n{m}" in text for m in self.MARKED):
+                self._append(batch, text)
+                return
+        kept = [out for line in batch if (out := self.handle(line)) is not None]
+        self._append(kept, "\n".join(kept))
+
+    def _append(self, lines: list[str], text: str) -> None:
+        if lines:
+            self.lines.extend(lines[-self.KEEP:])
+            self.log.write(text + "\n")
 
     def last_error(self, prefix: str) -> str | None:
         return next((t.removeprefix(prefix) for t in reversed(self.lines) if t.startswith(prefix)), None)
-
-
-class _LineSplitter:
-    """Raw output chunks (str, or bytes when a chunk ends inside a UTF-8 sequence) to lines."""
-
-    def __init__(self, on_lines: Callable[[list[str]], None]):
-        self.on_lines = on_lines
-        self.buffer = b""
-
-    def feed(self, chunk: str | bytes) -> None:
-        self.buffer += chunk.encode() if isinstance(chunk, str) else chunk
-        *complete, self.buffer = self.buffer.split(b"\n")
-        if complete:
-            self.on_lines([raw.decode("utf-8", "replace").rstrip("\r") for raw in complete])
-
-    def close(self) -> None:
-        if self.buffer:
-            self.on_lines([self.buffer.decode("utf-8", "replace").rstrip("\r")])
-            self.buffer = b""
 
 
 class _Group:
@@ -268,6 +266,33 @@ class _Group:
             if time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout)
             time.sleep(0.02)
+
+
+class _ExitWatch:
+    """Waits for an `sh` process on a thread of its own; `fd` turns readable once it has
+    ended, which is how the output reader knows to stop even while the pipe stays open."""
+
+    def __init__(self, running):
+        self.running = running
+        self.fd, self._signal = os.pipe()
+        self._thread = threading.Thread(target=self._wait, name=f"exit of pid {running.pid}", daemon=True)
+        self._thread.start()
+
+    def _wait(self) -> None:
+        try:
+            self.running.wait()
+        except sh.ErrorReturnCode:  # killed by a signal: exit_code is negative
+            pass
+        finally:
+            os.write(self._signal, b"x")
+
+    def exit_code(self) -> int:
+        """Join the waiting thread; the exit code (negative: the signal that killed it)."""
+        self._thread.join()
+        os.close(self.fd)
+        os.close(self._signal)
+        code = self.running.process.exit_code
+        return code if code is not None else -1
 
 
 class Tool:
@@ -287,34 +312,43 @@ class Tool:
         """Run with merged stdout/stderr handed to `output` as whole lines, as they come
         (a ToolOutput); return the exit code.
 
-        The tool runs in its own session; a cancel (or timeout) SIGTERMs the whole group,
-        then SIGKILLs what is left. Raises Cancelled if the token fired.
+        sh starts the tool in its own session with a pipe's write end as stdout and stderr;
+        we read the other end in large chunks (executors.output_pipe). Once the tool has
+        exited, reading stops after what the pipe holds, and if something it started still
+        holds the pipe, the rest of its process group is killed. A cancel (or timeout)
+        SIGTERMs the whole group, then SIGKILLs what is left. Raises Cancelled if the token fired.
         """
         cancel.raise_if_set()
-        lines = _LineSplitter(output)
+        read_end, write_end = os.pipe()
         try:
             running = self.command(
-                *args, _bg=True, _bg_exc=False, _out=lines.feed, _out_bufsize=0, _err_to_out=True, _tty_out=False,
-                _in="", _new_session=True, _env={**self.env, **(env or {})}, _cwd=str(cwd) if cwd else None,
-                _ok_code=list(range(256)),
+                *args, _bg=True, _bg_exc=False, _out=write_end, _err_to_out=True, _in="", _new_session=True,
+                _env={**self.env, **(env or {})}, _cwd=str(cwd) if cwd else None, _ok_code=list(range(256)),
             )
         except OSError as exc:
+            os.close(read_end)
             raise InfrastructureError(f"cannot start {self.binary}: {exc.strerror}") from None
-        group = _Group(running)
-        unregister = cancel.on_cancel(lambda: kill_group(group))
-        try:
-            try:
-                running.wait()
-            except sh.ErrorReturnCode:  # killed by a signal
-                pass
-            code = running.process.exit_code
+        except BaseException:
+            os.close(read_end)
+            raise
         finally:
+            os.close(write_end)  # the tool holds its own copy; EOF comes when it (and its children) close theirs
+        group, exited = _Group(running), _ExitWatch(running)
+        unregister = cancel.on_cancel(lambda: kill_group(group))
+        lines = LineAssembler(output)
+        try:
+            if not read_until_exit(read_end, exited.fd, lines.feed):
+                kill_group(group)  # the tool has exited; what it left behind still holds the pipe
+            lines.close()
+        except BaseException:
+            kill_group(group)  # `output` failed: the tool must not outlive us
+            raise
+        finally:
+            code = exited.exit_code()  # a tool that closed its output early may still run: cancel still reaches it
             unregister()
-            if running.process.is_alive()[0]:
-                kill_group(group)
-        lines.close()
+            os.close(read_end)
         cancel.raise_if_set()
-        return code if code is not None else -1
+        return code
 
     def output(self, args: Iterable[str], timeout: float = 60, env: Mapping[str, str] | None = None) -> str:
         """Run a short command; return its stdout or raise ToolFailed with its stderr."""

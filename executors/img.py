@@ -96,17 +96,17 @@ class ImgOutput(ToolOutput):
     def __init__(self, log: LogSink):
         super().__init__(log)
         self.step: tuple[str, str] | None = None
-        self.errors: list[str] = []
+        self.error: str | None = None  # the last error line (only that one is reported)
 
     def handle(self, text: str) -> str | None:
         if match := _STEP.match(text):
             self.step = (match[1], match[2])
         if _ERROR.search(text):
-            self.errors.append(text)
+            self.error = text
         return text
 
     def failure(self, code: int) -> ExecutorError:
-        error = self.errors[-1] if self.errors else f"img build exited with code {code}"
+        error = self.error or f"img build exited with code {code}"
         if is_auth_error(error):
             return auth_failed("while pulling a base image", error)
         where = f" at step {self.step[0]} ({self.step[1]})" if self.step else ""

@@ -21,7 +21,8 @@ from pydantic import SecretStr
 import executors.buildah as bx
 from executors.base import BuildContext, BuildFailed, CancelToken, InfrastructureError, InvalidJob, RegistryAuthFailed
 from executors.buildah import BuildahExecutor, BuildOutput, JobPaths, Mode, build_args, push_args
-from executors.daemonless import JobFiles, _LineSplitter, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
+from executors.daemonless import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
+from executors.output_pipe import LineAssembler
 from runner.context import spool_context, write_tar
 from runner.joblog import JobLog
 from runner.jobs import BuildRequest, ImageRef
@@ -229,9 +230,24 @@ def test_output_names_the_failing_step_and_tells_auth_from_build_errors():
     assert failure.message.startswith("the registry refused our credentials while pulling reg:5000/base:1: unauthorized")
 
 
+def test_marked_lines_are_found_inside_big_batches_of_plain_output():
+    """A batch without a marked line skips `handle`; one with a marked line anywhere in it
+    (not only first) is looked at line by line."""
+    log = Recorder()
+    output = BuildOutput(log)
+    plain = [f"{n}" for n in range(10_000)]
+    output(plain)
+    assert [text for _, text in log.lines] == plain and log.writes == 1 and list(output.lines) == plain[-output.KEEP:]
+    output([*plain[:500], "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB]", "STEP 3/4: RUN make",
+            *plain[:500], "Error: building at STEP \"RUN make\": exit status 2", "after"])
+    assert "IO_RUNNER_JOB" not in log.text and output.step == ("3/4", "RUN make") and log.writes == 2
+    assert output.failure(2).message == "build failed at step 3/4 (RUN make): exit status 2"
+    assert output.lines[-1] == "after" and len(output.lines) == output.KEEP
+
+
 def test_line_splitter_keeps_utf8_split_across_chunks():
     batches = []
-    splitter = _LineSplitter(batches.append)
+    splitter = LineAssembler(batches.append)
     data = "naïve line\nsecond ✓\ntail".encode()
     cut = data.index("✓".encode()) + 1  # inside the three bytes of ✓
     splitter.feed(data[:cut])
