@@ -124,9 +124,10 @@ def _multistream(raw: Iterator[bytes], first: bytes, magic: bytes, new_decoder, 
                 if not data:
                     break
                 if len(data) < len(magic) and magic.startswith(data):
-                    data = data + next(raw, b"")
-                    if len(data) < len(magic):
+                    more = next(raw, None)
+                    if more is None:
                         raise TarError(f"the {name} stream is truncated")
+                    data += more
                     continue
                 if not data.startswith(magic):
                     raise TarError(f"the build context has bytes after its {name} stream that are not {name}")
@@ -253,7 +254,10 @@ def _text(field: bytes) -> bytes:
 
 
 def _checksum_ok(block: bytes) -> bool:
-    stored = _number(block[148:156], "checksum", 0)
+    try:
+        stored = _number(block[148:156], "checksum", 0)
+    except TarError:
+        return False
     unsigned = sum(block) - sum(block[148:156]) + 8 * 32
     if stored == unsigned:
         return True
