@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -142,7 +143,8 @@ class BuildContext:
         from runner.tarstream import file_chunks
 
         make_private(self.workspace.parent, target)
-        extract_tar(file_chunks(self.tar_path), target, cancel)
+        with closing(file_chunks(self.tar_path)) as chunks:
+            extract_tar(chunks, target, cancel)
         return target
 
 

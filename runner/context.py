@@ -243,7 +243,10 @@ class CanonicalTar:
         self._out.close()
 
     def discard(self) -> None:
-        self._out.close()
+        try:
+            self._out.close()
+        except OSError:  # the buffer could not be flushed (a full disk): the file goes anyway
+            pass
 
 
 def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, limits: LimitsConfig | int,

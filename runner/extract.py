@@ -56,7 +56,8 @@ def make_private(top: Path, target: Path) -> None:
 
 
 def _ns(mtime: int | float) -> int:
-    return mtime * 1_000_000_000 if isinstance(mtime, int) else int(round(mtime * 1e9))
+    whole = int(mtime)  # the fraction alone, so a float epoch keeps its sub-second digits
+    return whole * 1_000_000_000 + round((mtime - whole) * 1e9)
 
 
 class Extractor:

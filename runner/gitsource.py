@@ -15,6 +15,7 @@ import shlex
 import shutil
 import stat
 from collections import deque
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -317,7 +318,8 @@ def prepare_git_context(request: BuildRequest, workspace: Path, joblog, cancel: 
         finally:
             sink.handle.close()
         try:  # the same checks and canonical tar as an uploaded context
-            context = spool_context(file_chunks(packed), workspace, request.dockerfile, settings.limits, cancel)
+            with closing(file_chunks(packed)) as chunks:
+                context = spool_context(chunks, workspace, request.dockerfile, settings.limits, cancel)
         finally:
             packed.unlink(missing_ok=True)
         joblog.line(f"[runner] context: {context.size:,} bytes from {source.subdir or 'the repository root'}")

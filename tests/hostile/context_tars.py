@@ -71,11 +71,13 @@ def pax(records: dict[str, bytes | str], kind: bytes = b"x") -> bytes:
     return entry("././@PaxHeader", pax_records(records), kind=kind)
 
 
-def tar_of(members: list[tuple[tarfile.TarInfo, bytes]], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+def tar_of(members: list[tuple[tarfile.TarInfo, bytes] | tarfile.TarInfo], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    """A tar written by tarfile (writing is all it is trusted with), members as given."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+        for member in members:
+            item, data = member if isinstance(member, tuple) else (member, b"")
+            tar.addfile(item, io.BytesIO(data) if item.isreg() else None)
     return buffer.getvalue()
 
 
