@@ -4,10 +4,8 @@ made cheaply (a compressed piece made once and repeated as gzip members)."""
 
 from __future__ import annotations
 
-import base64
 import gzip
 import io
-import json
 import os
 import tarfile
 import zlib
@@ -195,26 +193,14 @@ def empty_members(count: int, per_block: int = 10_000) -> Iterator[bytes]:
     yield gz(END)
 
 
-# -- the raw queue ----------------------------------------------------------------------------
-def post_raw(store, job: dict, queue: str, context_chunks: list[bytes] | Iterator[bytes]) -> None:
-    """What examples/queue-post.sh does with redis-cli: RPUSH the context chunks, LPUSH a
-    Celery protocol-2 message whose body is [[job], {}, {...}]."""
-    job_id = job["id"]
-    key = f"{store.ns}:ctx:{job_id}"
-    for chunk in context_chunks:
-        store.raw.rpush(key, chunk)
-    body = json.dumps([[job], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    message = {
-        "body": base64.b64encode(body.encode()).decode(), "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {"lang": "py", "task": "runner.build", "id": job_id, "root_id": job_id, "parent_id": None,
-                    "group": None, "retries": 0, "eta": None, "expires": None, "timelimit": [None, None]},
-        "properties": {"correlation_id": job_id, "delivery_mode": 2,
-                       "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-                       "body_encoding": "base64", "delivery_tag": job_id},
-    }
-    store.raw.lpush(queue, json.dumps(message))
-
-
 def chunked(data: bytes, size: int = 1024 * 1024) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+
+
+def global_header_flood(count: int, per_block: int = 10_000) -> Iterator[bytes]:
+    """A gzip stream (in chunks) of `count` global PAX headers of 1 KiB each, which the reader
+    skips, then a Dockerfile: a long check that writes nothing to disk."""
+    block = gz(pax({"comment": "g" * 400}, kind=b"g") * per_block, 9)
+    for _ in range(count // per_block):
+        yield block
+    yield gz(entry("Dockerfile", DOCKERFILE) + END)

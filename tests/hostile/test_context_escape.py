@@ -9,11 +9,8 @@ import gzip
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RUNNER, RunnerHarness, cleanup_namespace, new_harness, registry_digest
-from tests.hostile.context_tars import CHAIN_STEPS, chunked, cve_chain, file, post_raw, tar_of
+from tests.conftest import RunnerHarness, cleanup_namespace, new_harness, registry_digest
+from tests.hostile.context_support import post_raw, start_api, stop, wait_finished
+from tests.hostile.context_tars import CHAIN_STEPS, chunked, cve_chain, file, tar_of
 from tests.support.buildah import skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
@@ -79,39 +77,6 @@ def padded_workspace(canary: Path, length: int) -> Path:
     return workspace
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_api(harness: RunnerHarness) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = (harness.workdir / "serve.log").open("w")
-    proc = subprocess.Popen([RUNNER, "serve", "--host", "127.0.0.1", "--port", str(port)], env=harness.env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    stop(proc)
-    raise RuntimeError(f"runner serve did not come up: {Path(log.name).read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 @pytest.fixture(scope="module", params=[60, 1500], ids=["workspace-60", "workspace-1500"])
 def hostile(request, services, tmp_path_factory, worker_runner) -> Iterator[Hostile]:
     base = Path(tempfile.mkdtemp(prefix="hc", dir="/var/tmp"))
@@ -140,14 +105,8 @@ def new_job(hostile: Hostile, name: str) -> dict:
     return {"id": f"{name}-{uuid.uuid4().hex[:12]}", "tags": [ref], "executor": "buildah"}
 
 
-def wait(hostile: Hostile, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = hostile.harness.store.get(job_id)
-        if record is not None and record.finished:
-            return json.loads(record.model_dump_json())
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
+def wait(hostile: Hostile, job_id: str) -> dict:
+    return wait_finished(hostile.harness.store, job_id)
 
 
 def extraction_root_length(hostile: Hostile, job_id: str) -> int:
