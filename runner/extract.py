@@ -147,12 +147,14 @@ class Extractor:
     @staticmethod
     def _write_file(parent: int, leaf: str, member: Member, data: Iterable[memoryview]) -> None:
         fd = os.open(leaf, _CREATE_FILE, 0o600, dir_fd=parent)
-        with open(fd, "wb", buffering=1024 * 1024) as handle:
+        try:
             for piece in data:
-                handle.write(piece)
-            handle.flush()
+                while piece:
+                    piece = piece[os.write(fd, piece):]
             os.fchmod(fd, member.mode)  # after the data: a write would clear setuid/setgid
             os.utime(fd, ns=(_ns(member.mtime),) * 2)
+        finally:
+            os.close(fd)
 
     def _hardlink(self, parent: int, leaf: str, link_parts: tuple[str, ...], member: Member) -> None:
         source = self._walk(link_parts[:-1], member, create=False) if link_parts[:-1] else os.dup(self.root_fd)

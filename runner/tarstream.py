@@ -14,6 +14,7 @@ from __future__ import annotations
 import bz2
 import lzma
 import math
+import re
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
@@ -235,6 +236,9 @@ class _Input:
 
 
 # -- headers ---------------------------------------------------------------------------------
+_OCTAL = re.compile(rb"[0-7]*")
+
+
 def _number(field: bytes, what: str, offset: int) -> int:
     if field and field[0] & 0x80:  # base-256 (GNU): 0x80 positive, 0xff negative
         if field[0] not in (0x80, 0xFF):
@@ -242,11 +246,9 @@ def _number(field: bytes, what: str, offset: int) -> int:
         value = int.from_bytes(field[1:], "big")
         return value - 256 ** (len(field) - 1) if field[0] == 0xFF else value
     text = field.split(b"\0", 1)[0].strip(b" ")
-    if not text:
-        return 0
-    if not all(48 <= c <= 55 for c in text):
+    if _OCTAL.fullmatch(text) is None:  # int() alone would take "0o7", "+7", "7_0"
         raise TarError(f"the build context tar has a bad {what} field at byte {offset:,}")
-    return int(text, 8)
+    return int(text, 8) if text else 0
 
 
 def _text(field: bytes) -> bytes:
@@ -382,9 +384,9 @@ class TarReader:
                 else:
                     long_link = _text(data)
                 continue
-            return self._member(block, offset, pax, long_name, long_link)
+            return self._member(block, offset, size, pax, long_name, long_link)
 
-    def _member(self, block: bytes, offset: int, pax: dict[bytes, bytes], long_name: bytes | None,
+    def _member(self, block: bytes, offset: int, size: int, pax: dict[bytes, bytes], long_name: bytes | None,
                 long_link: bytes | None) -> Member:
         limits = self.limits
         self.count += 1
@@ -411,7 +413,6 @@ class TarReader:
             raise TarError(f"context tar member {shown(name)} is {what}; only files, folders and links are allowed")
         if kind == "file" and typeflag in (b"\0", b"0") and raw_name.endswith(b"/"):
             kind = "dir"  # old tars mark folders with a trailing slash only
-        size = _number(block[124:136], "size", offset)
         if b"size" in pax:
             if not pax[b"size"].isdigit() or len(pax[b"size"]) > 20:
                 raise TarError(f"the build context tar has a bad PAX size at byte {offset:,}")

@@ -147,6 +147,24 @@ def test_the_canonical_tar_is_normalised_and_plain(tmp_path):
     assert ctx.size == ctx.tar_path.stat().st_size
 
 
+@pytest.mark.parametrize("kind, name, target, size, mode, mtime", [
+    ("file", "a/b.txt", "", 5, 0o4755, 1_700_000_000), ("dir", "d", "", 0, 0o1777, 0),
+    ("symlink", "s", "../t", 0, 0o777, 12), ("hardlink", "h", "a/b.txt", 0, 0o644, 8**11 - 1),
+])
+def test_fast_canonical_headers_are_what_tarfile_writes(kind, name, target, size, mode, mtime):
+    from runner.context import _TAR_TYPES, ustar_header
+    from runner.tarstream import Member
+
+    reference = tarfile.TarInfo(name)
+    reference.type, reference.size, reference.mode, reference.mtime, reference.linkname = (
+        _TAR_TYPES[kind], size, mode, mtime, target)
+    member = Member(name=name, kind=kind, size=size, mode=mode, mtime=mtime)
+    assert ustar_header(member, name, target) == reference.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    for odd in ({"name": "é"}, {"name": "n" * 101}, {"mtime": 1.5}, {"mtime": -1}, {"size": 8**11}):
+        changed = Member(**{**member.__dict__, **{k: v for k, v in odd.items() if k != "name"}})
+        assert ustar_header(changed, odd.get("name", name), target) is None  # tarfile makes those (PAX)
+
+
 def test_the_dockerfile_must_be_a_regular_file(tmp_path):
     with pytest.raises(InvalidJob, match="Dockerfile 'Dockerfile' not found.*regular file"):
         spool(tar_of([file("real", DOCKERFILE), symlink("Dockerfile", "real")]), tmp_path)
