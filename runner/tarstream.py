@@ -161,13 +161,20 @@ class _Input:
         self._buf = memoryview(b"")
 
     def _counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """The input, counted and capped, in pieces of at most PIECE bytes: a decompressor
+        copies its unconsumed input on every call, so a huge chunk would cost quadratic time."""
         for chunk in chunks:
             self.raw_bytes += len(chunk)
             if self.raw_bytes > self.limits.max_upload_bytes:
                 raise TarLimitError("upload", f"the build context upload is over the limit of "
                                               f"{self.limits.max_upload_bytes:,} bytes")
-            if chunk:
-                yield chunk
+            if len(chunk) <= PIECE:
+                if chunk:
+                    yield chunk
+                continue
+            view = memoryview(chunk)
+            for start in range(0, len(chunk), PIECE):
+                yield bytes(view[start:start + PIECE])
 
     def _uncompressed(self, raw: Iterator[bytes]) -> Iterator[bytes]:
         head = b""

@@ -61,6 +61,14 @@ def test_formats_and_any_chunking_give_the_same_members(compress):
     assert read([data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]) == expected
 
 
+@pytest.mark.parametrize("compress", [lambda d: d, lambda d: gzip.compress(d, 1)], ids=["plain", "gzip"])
+def test_one_huge_chunk_is_read_in_pieces(compress):
+    """A raw queue element can be hundreds of MB: it is cut into PIECE-sized inputs."""
+    body = random.Random(7).randbytes(5 * 1024 * 1024)
+    got = read([compress(tar_of([file("big", body), file("after", b"x")]))])
+    assert [(m.name, len(data)) for m, data in got] == [("big", len(body)), ("after", 1)] and got[0][1] == body
+
+
 def test_a_bomb_is_decompressed_in_bounded_pieces():
     """gzip of 64 MiB of zeros: the decompressor never hands out more than PIECE at once."""
     bomb = gz(entry("Dockerfile", b"x") + header("big", size=64 * 1024 * 1024)) + gz(bytes(64 * 1024 * 1024), 9) + gz(END)
