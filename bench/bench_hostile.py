@@ -76,8 +76,8 @@ class Worker:
         self.workspace = tmp / "work"
         config = {"redis_url": REDIS, "default_executor": "buildah",
                   "registries": [{"host": "127.0.0.1:5000", "username": "ci", "password": "ci-password"}],
-                  "executors": {"buildah": {"enabled": True, "storage_root": "/var/tmp/runner-bench-hostile/root",
-                                            "run_root": "/var/tmp/runner-bench-hostile/run"}},
+                  "executors": {"buildah": {"enabled": True, "storage_root": str(tmp / "buildah-root"),
+                                            "run_root": str(tmp / "buildah-run")}},
                   "worker": {"namespace": self.namespace, "workspace": str(self.workspace), "concurrency": 1}}
         self.config = tmp / "runner.yml"
         self.config.write_text(yaml.safe_dump(config))
