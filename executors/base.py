@@ -7,11 +7,10 @@ registry holds. Everything it creates carries `labels(job_id)` so a reaper can f
 
 from __future__ import annotations
 
-import os
-import tarfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -137,36 +136,16 @@ class BuildContext:
     def open(self):
         return self.tar_path.open("rb")
 
-    def extract_to(self, target: Path) -> Path:
-        """Unpack into `target`, never writing outside it (even through symlinks the tar made)."""
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(self.tar_path, "r:*") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(target, filter="data")
-            else:  # Python < 3.11.4 (Debian 12 ships 3.11.2) has no extraction filters
-                _extract_checked(tar, target)
+    def extract_to(self, target: Path, cancel: CancelToken | None = None) -> Path:
+        """Unpack into `target`, never writing outside it (runner.extract: no link the tar made
+        is ever followed). `target` and the folders from the workspace root down to it are 0700."""
+        from runner.extract import extract_tar, make_private
+        from runner.tarstream import file_chunks
+
+        make_private(self.workspace.parent, target)
+        with closing(file_chunks(self.tar_path)) as chunks:
+            extract_tar(chunks, target, cancel)
         return target
-
-
-def _extract_checked(tar: tarfile.TarFile, target: Path) -> None:
-    root = os.path.realpath(target)
-
-    def inside(path: str) -> bool:
-        return path == root or path.startswith(root + os.sep)
-
-    for member in tar:
-        parent = os.path.realpath(os.path.join(root, os.path.dirname(member.name)))
-        dest = os.path.join(parent, os.path.basename(member.name))
-        if not inside(parent) or not inside(os.path.normpath(dest)):
-            raise InvalidJob(f"context member {member.name!r} would be written outside the context")
-        if member.issym() and not inside(os.path.normpath(os.path.join(parent, member.linkname))):
-            raise InvalidJob(f"context member {member.name!r} links outside the context")
-        if member.islnk() and not inside(os.path.realpath(os.path.join(root, member.linkname))):
-            raise InvalidJob(f"context member {member.name!r} hard-links outside the context")
-        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-            raise InvalidJob(f"context member {member.name!r} is a device or fifo")
-        member.mode &= 0o755 if member.isdir() else 0o644 | (member.mode & 0o111)
-        tar.extract(member, root, set_attrs=not member.issym(), numeric_owner=True)
 
 
 @dataclass

@@ -13,15 +13,19 @@ import os
 import re
 import shlex
 import shutil
+import stat
 from collections import deque
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from executors.base import BuildContext, CancelToken, InfrastructureError, InvalidJob, LogSink
 from executors.process import run_streaming
-from runner.context import check_tar, write_tar
+from runner.context import spool_context, write_tar
+from runner.extract import make_private
 from runner.jobs import BuildRequest, GitContext
 from runner.settings import Settings
+from runner.tarstream import file_chunks
 
 FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 BAD_REF = re.compile(r"(^-|[\s:~^?*\[\\]|\.\.|@\{|^/|/$|\.lock$)")
@@ -296,26 +300,56 @@ def prepare_git_context(request: BuildRequest, workspace: Path, joblog, cancel: 
     check_url(source.url, settings)
     if source.ref:
         check_ref(source.ref)
-    workspace.mkdir(parents=True, exist_ok=True)
+    make_private(workspace.parent, workspace)
     fetch = GitFetch(source, workspace, joblog, cancel, settings)
     try:
         joblog.line(f"[runner] git: fetching {fetch.shown} at {source.commit or source.ref}")
         commit = fetch.checkout()
         joblog.line(f"[runner] git: checked out {commit}")
-        root = (fetch.src / source.subdir).resolve() if source.subdir else fetch.src.resolve()
-        if not root.is_relative_to(fetch.src.resolve()) or not root.is_dir():
-            raise InvalidJob(f"subdir {source.subdir!r} is not a directory in {fetch.shown} at {commit}")
-        if not (root / request.dockerfile).is_file():
+        root = checkout_subdir(fetch.src, source.subdir, f"{fetch.shown} at {commit}")
+        _, mode = lstat_walk(root, request.dockerfile)
+        if mode is None or not stat.S_ISREG(mode):
             where = f" (subdir {source.subdir!r})" if source.subdir else ""
             raise InvalidJob(f"Dockerfile {request.dockerfile!r} not found in {fetch.shown} at {commit}{where}")
-        tar_path = workspace / "context.tar"
-        sink = _CappedFile(tar_path, settings.limits.max_context_bytes)
+        packed = workspace / "context.packed.tar"
+        sink = _CappedFile(packed, settings.limits.max_context_bytes)
         try:
             write_tar(root, sink, request.dockerfile)
         finally:
             sink.handle.close()
-        check_tar(tar_path, request.dockerfile)
-        joblog.line(f"[runner] context: {sink.size:,} bytes from {source.subdir or 'the repository root'}")
-        return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=request.dockerfile, size=sink.size)
+        try:  # the same checks and canonical tar as an uploaded context
+            with closing(file_chunks(packed)) as chunks:
+                context = spool_context(chunks, workspace, request.dockerfile, settings.limits, cancel)
+        finally:
+            packed.unlink(missing_ok=True)
+        joblog.line(f"[runner] context: {context.size:,} bytes from {source.subdir or 'the repository root'}")
+        return context
     finally:
         fetch.cleanup()
+
+
+def lstat_walk(top: Path, rel: str) -> tuple[Path, int | None]:
+    """`top/rel` and its lstat mode, walked one name at a time and never through a link: the
+    mode is None when it is missing or a component on the way is a symlink or not a folder."""
+    path, mode = top, os.lstat(top).st_mode
+    for part in rel.split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." or not stat.S_ISDIR(mode):
+            return path / part, None
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return path, None
+    return path, mode
+
+
+def checkout_subdir(src: Path, subdir: str, where: str) -> Path:
+    """`src/subdir`, refused if it is (or passes through) a symlink or is not a folder, so
+    nothing in the repository can point the context elsewhere."""
+    root, mode = lstat_walk(src, subdir)
+    if mode is None or not stat.S_ISDIR(mode):
+        kind = "a symlink" if mode is not None and stat.S_ISLNK(mode) else "not a directory (or passes through a symlink)"
+        raise InvalidJob(f"subdir {subdir!r} is {kind} in {where}")
+    return root

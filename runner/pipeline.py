@@ -369,7 +369,7 @@ class Pipeline:
         kind = request.context.type
         if kind == "upload":
             context = spool_context(self.store.context_chunks(request.id), workspace, request.dockerfile,
-                                    self.settings.limits.max_context_bytes)
+                                    self.settings.limits, cancel)
             joblog.line(f"[runner] context: {context.size:,} bytes")
             return context
         spec = CONTEXT_PREPARERS.get(kind)

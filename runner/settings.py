@@ -125,7 +125,13 @@ class ExecutorsConfig(Strict):
 
 
 class LimitsConfig(Strict):
-    max_context_bytes: int = Field(default=512 * 1024**2, description="largest build context (uploaded tar or git checkout)")
+    max_context_bytes: int = Field(default=512 * 1024**2, description="largest build context, uncompressed (uploaded tar or "
+                                   "git checkout); also caps the upload itself")
+    max_context_files: int = Field(default=500_000, ge=1, description="most members (files, folders, links) in a build context")
+    max_context_path_bytes: int = Field(default=4096, ge=1, description="longest member path or link target in a build "
+                                        "context, in bytes")
+    max_context_header_bytes: int = Field(default=1024**2, ge=1, description="largest PAX / GNU long-name header data "
+                                          "before one member of a context tar")
     max_log_bytes: int = Field(default=16 * 1024**2, description="log kept per job; past it one truncation line, the build goes on")
     max_log_lines: int = Field(default=200_000, description="cap on log stream entries per job")
     max_tags: int = Field(default=32, description="most image references one job may push")
