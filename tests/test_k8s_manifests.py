@@ -30,6 +30,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from executors import enabled_names
 from runner.settings import Settings, load_settings
 from runner.store import JobStore
 
@@ -253,12 +254,6 @@ def settings_of(install, tmp_path, monkeypatch):
     return load
 
 
-def enabled_executors(settings: Settings) -> list[str]:
-    names = ["socket", "buildah", "img", "dind", "sysbox"]
-    return [n for n in names if getattr(settings.executors, n).enabled] + sorted(
-        n for n, cfg in settings.executors.plugins.items() if cfg.get("enabled"))
-
-
 # -- schemas ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_manifest_passes_strict_validation(install, version):
@@ -312,13 +307,13 @@ def test_secret_templates_validate_and_hold_every_referenced_key(install):
 def test_configmap_loads_with_the_project_settings(install, settings_of):
     for component in ("worker", "api"):
         settings = settings_of(component)
-        assert len(enabled_executors(settings)) == 1, "one executor per worker Deployment, so one queue for KEDA to watch"
-        assert enabled_executors(settings) == [settings.default_executor]
+        assert len(enabled_names(settings)) == 1, "one executor per worker Deployment, so one queue for KEDA to watch"
+        assert enabled_names(settings) == [settings.default_executor]
 
 
 def test_keda_scales_the_worker_on_its_queue_and_running_list(install, settings_of):
     settings = settings_of("worker")
-    [executor] = enabled_executors(settings)
+    [executor] = enabled_names(settings)
     scaled = install.one("ScaledObject")
     assert scaled["spec"]["scaleTargetRef"]["name"] == install.workload("worker")["metadata"]["name"]
     assert scaled["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
