@@ -20,7 +20,7 @@ COPY runner runner
 COPY executors executors
 RUN update-ca-certificates >/dev/null \
  && python3 -m venv /opt/venv \
- && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install --no-cache-dir ".[api]"
+ && PIP_CERT=/etc/ssl/certs/ca-certificates.crt /opt/venv/bin/pip install --no-cache-dir .
 ENV PATH=/opt/venv/bin:$PATH \
     RUNNER_CONFIG=/etc/runner/runner.yml
 
