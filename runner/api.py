@@ -16,9 +16,11 @@ import hmac
 import json
 import logging
 import threading
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
+import anyio
 import redis
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -28,10 +30,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from runner import webhooks
 from runner.control import cancel_job
 from runner.jobs import JOB_ID, BuildRequest, JobRecord, Status
+from runner.logfollow import LogHub, LogUnavailable, TooManyFollowers
 from runner.settings import Settings, load_settings
 from runner.settings_api import ApiToken, Right
 from runner.store import ContextTooLarge, JobStore, StoreUnavailable
@@ -41,6 +45,8 @@ log = logging.getLogger("runner.api")
 JobId = Annotated[str, Path(pattern=JOB_ID.pattern, description="job id")]
 BEARER = HTTPBearer(auto_error=False, description="a token from api.tokens")
 TAR_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz; plain tar is checked at offset 257
+HEALTH_TIMEOUT = 1.0  # seconds /healthz waits for Redis's answer
+SHUTDOWN_GRACE = 10  # seconds open requests (log followers) get at shutdown before they are cut
 
 
 class ApiError(Exception):
@@ -73,6 +79,38 @@ def authenticate(token: str, tokens: list[ApiToken]) -> ApiToken | None:
     return found
 
 
+class LogResponse(StreamingResponse):
+    """A log stream that ends when the log ends or the client goes, whichever comes first.
+
+    It always listens for the disconnect (Starlette does only for ASGI < 2.4; on 2.4 a quiet
+    follower would notice only at its next write), then closes the log generator and calls
+    `on_close` (the follower's slot), also when the stream never started."""
+
+    def __init__(self, content: AsyncGenerator[bytes, None], job_id: str, on_close: Callable[[], None] | None = None):
+        super().__init__(content, media_type="text/plain; charset=utf-8",
+                         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store"})
+        self.lines, self.job_id, self.on_close = content, job_id, on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                async def stream() -> None:
+                    try:
+                        await self.stream_response(send)
+                    except (LogUnavailable, redis.RedisError, OSError) as exc:  # cut short: no final chunk
+                        log.warning("log stream of job %s ended early: %s", self.job_id, type(exc).__name__)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream)
+                await self.listen_for_disconnect(receive)
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.lines.aclose()
+            if self.on_close is not None:
+                self.on_close()
+
+
 async def read_body(request: Request, limit: int, what: str) -> bytes:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
@@ -89,13 +127,18 @@ async def read_body(request: Request, limit: int, what: str) -> bytes:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     store = JobStore.from_settings(settings)
+    logs = LogHub(store)
     celery_lock = threading.Lock()
     celery: list = []
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        await run_in_threadpool(celery_app)  # the first webhook should not pay for building the Celery app
-        yield
+        await logs.open()
+        try:
+            await run_in_threadpool(celery_app)  # the first webhook should not pay for building the Celery app
+            yield
+        finally:
+            await logs.close()
 
     app = FastAPI(title="CI build runner", version="1", separate_input_output_schemas=False,
                   description=__doc__, lifespan=lifespan)
@@ -151,9 +194,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(503, "unavailable", "the job store or queue (Redis) is unreachable; retry later")
 
     # -- health ---------------------------------------------------------------------------------
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        store.ping()
+    @app.get("/healthz", tags=["health"], responses={503: {"description": "Redis does not answer"}})
+    async def healthz() -> dict[str, str]:
+        """Up if Redis answers within a second. Async on its own: no thread, whatever else is busy."""
+        if not await logs.ping(HEALTH_TIMEOUT):
+            raise ApiError(503, "unavailable", "the job store (Redis) is unreachable; retry later")
         return {"status": "ok"}
 
     # -- jobs -----------------------------------------------------------------------------------
@@ -170,6 +215,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             data = json.loads(body)
         except ValueError as exc:
             raise ApiError(422, "invalid", f"the body is not valid JSON: {exc}", "body") from None
+        except RecursionError:
+            raise ApiError(422, "invalid", "the body nests arrays or objects too deeply to read", "body") from None
         record, created = await run_in_threadpool(submit_job, data)
         headers = {"Location": f"/v1/jobs/{record.id}"}
         return JSONResponse({"id": record.id, "status": record.status.value, "created": created, "queue": record.queue},
@@ -237,15 +284,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(404, "not_found", f"no job {job_id!r}")
         return record
 
-    @app.get("/v1/jobs/{job_id}/logs", tags=["jobs"], dependencies=[require("read")], response_class=StreamingResponse,
-             responses={200: {"content": {"text/plain": {}}}, 404: {"description": "no such job"}})
-    def get_logs(job_id: JobId, follow: bool = False) -> StreamingResponse:
+    @app.get("/v1/jobs/{job_id}/logs", tags=["jobs"], response_class=StreamingResponse,
+             responses={200: {"content": {"text/plain": {}}}, 404: {"description": "no such job"},
+                        429: {"description": "the token follows api.max_followers_per_token logs already"}})
+    async def get_logs(job_id: JobId, follow: bool = False, token: ApiToken = require("read")) -> LogResponse:
         """The job's log from the start, one line per line; with follow=true, streams until the job ends."""
-        if store.get(job_id) is None:
+        if not await logs.exists(job_id):
             raise ApiError(404, "not_found", f"no job {job_id!r}")
-        lines = (f"{line}\n" for line in store.read_log(job_id, follow=follow))
-        return StreamingResponse(lines, media_type="text/plain; charset=utf-8",
-                                 headers={"X-Accel-Buffering": "no", "Cache-Control": "no-store"})
+        if not follow:
+            return LogResponse(logs.read(job_id), job_id)
+        try:
+            slot = logs.admit(token.name, settings.api.max_followers_per_token)
+        except TooManyFollowers as exc:
+            raise ApiError(429, "too_many_followers", str(exc), headers={"Retry-After": "5"}) from None
+        return LogResponse(logs.follow(job_id), job_id, on_close=slot.release)
+
+    @app.get("/v1/followers", tags=["jobs"])
+    async def followers(token: ApiToken = require("read")) -> dict[str, int]:
+        """Open follow streams (all, and this token's) and the jobs they follow: for monitoring and tests."""
+        return logs.stats(token.name)
 
     @app.post("/v1/jobs/{job_id}/cancel", status_code=202, tags=["jobs"], dependencies=[require("cancel")],
               responses={404: {"description": "no such job"}})
@@ -283,4 +340,5 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=host or settings.api.host,
-                port=settings.api.port if port is None else port, log_level="info", server_header=False)
+                port=settings.api.port if port is None else port, log_level="info", server_header=False,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE)

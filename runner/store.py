@@ -22,6 +22,7 @@ CHUNK_BYTES = 1024 * 1024
 CONTEXT_TTL = 7 * 24 * 3600
 RETRIES = 40
 END_FIELD = "end"
+LINES_FIELD = "l"  # a log entry's lines, joined by "\n"
 
 
 class StoreUnavailable(Exception):
@@ -49,6 +50,14 @@ class JobStore:
 
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.ns}:{kind}:{job_id}"
+
+    def job_key(self, job_id: str) -> str:
+        """The record's key, for readers with their own (async) client; the value is a JobRecord's JSON."""
+        return self._key("job", job_id)
+
+    def log_key(self, job_id: str) -> str:
+        """The log stream's key (entries: LINES_FIELD, or END_FIELD at the job's end)."""
+        return self._key("log", job_id)
 
     def ping(self) -> None:
         try:
