@@ -152,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return celery[0]
 
     def require(right: Right):
-        def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> ApiToken:
+        async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> ApiToken:
             challenge = {"WWW-Authenticate": "Bearer"}
             if credentials is None:
                 raise ApiError(401, "unauthorized", "send Authorization: Bearer TOKEN (a token from api.tokens)",

@@ -42,6 +42,7 @@ READ_SLOTS = 4  # page reads (replays, final drains) at once
 RECENT_PAGES = 256  # full pages kept for replays that come a little later
 RECENT_SECONDS = 10.0
 BLOCK_MS = 2000  # a tailer's blocking read; on each timeout it checks whether the job finished
+TAIL_INTERVAL = 0.1  # seconds at least between a tailer's reads: lines come in batches, not one wake-up per line
 QUEUE_BATCHES = 64  # batches a follower may have pending before it is dropped to catch up alone
 TAIL_SLOTS = 128  # blocking reads at once (one per followed job); more followed jobs take turns
 COMMAND_SLOTS = 32  # connections kept for everything else (replays, records, health), so tails never starve them
@@ -96,6 +97,21 @@ class Batch:
                        for line in lines).encode()
 
 
+class Page:
+    """Raw entries as read, and the batches made of them (once, whoever asks)."""
+
+    __slots__ = ("raw", "_batches")
+
+    def __init__(self, raw: list):
+        self.raw = raw
+        self._batches: dict[bool, Batch] = {}
+
+    def batch(self, stop_at_end: bool) -> Batch:
+        if stop_at_end not in self._batches:
+            self._batches[stop_at_end] = Batch.from_stream(self.raw, stop_at_end)
+        return self._batches[stop_at_end]
+
+
 class SharedPages:
     """Page reads shared by every caller asking for the same page at about the same time: reads in
     flight are joined, and full pages (which no longer change) are kept for a few seconds."""
@@ -104,9 +120,9 @@ class SharedPages:
         self._read = read  # async (key, after) -> raw entries
         self._slots = asyncio.Semaphore(slots)
         self._inflight: dict[tuple[str, str], asyncio.Task] = {}
-        self._recent: OrderedDict[tuple[str, str], tuple[float, list]] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str], tuple[float, Page]] = OrderedDict()
 
-    async def get(self, key: str, after: str, page: int, shared: bool = True) -> list:
+    async def get(self, key: str, after: str, page: int, shared: bool = True) -> Page:
         """The raw entries after `after`. shared=False reads now, for a caller that needs a read
         started after some event (e.g. after it saw the job finish)."""
         if not shared:
@@ -121,15 +137,15 @@ class SharedPages:
             task.add_done_callback(lambda t: self._done(ident, t, page))
         return await asyncio.shield(task)  # one caller leaving does not cancel the read for the others
 
-    async def _fetch(self, key: str, after: str, page: int) -> list:
+    async def _fetch(self, key: str, after: str, page: int) -> Page:
         async with self._slots:
-            return await self._read(key, after)
+            return Page(await self._read(key, after))
 
     def _done(self, ident: tuple[str, str], task: asyncio.Task, page: int) -> None:
         del self._inflight[ident]
         if task.cancelled() or task.exception() is not None:
             return
-        if len(task.result()) >= page:
+        if len(task.result().raw) >= page:
             self._recent[ident] = (time.monotonic(), task.result())
             while len(self._recent) > RECENT_PAGES:
                 self._recent.popitem(last=False)
@@ -173,8 +189,10 @@ class FollowerSlot:
 
 
 class LogHub:
-    def __init__(self, store: JobStore, page: int = PAGE, block_ms: int = BLOCK_MS, tail_slots: int = TAIL_SLOTS):
+    def __init__(self, store: JobStore, page: int = PAGE, block_ms: int = BLOCK_MS, tail_slots: int = TAIL_SLOTS,
+                 tail_interval: float = TAIL_INTERVAL):
         self.store, self.page, self.block_ms, self.tail_slots = store, page, block_ms, tail_slots
+        self.tail_interval = tail_interval
         self._client: redis.asyncio.Redis | None = None
         self._tail_slots = asyncio.Semaphore(tail_slots)
         self._pages = SharedPages(self._read_page)
@@ -249,10 +267,10 @@ class LogHub:
         """The entries after `after`, a page at a time, until none are left (or the end marker)."""
         key = self.store.log_key(job_id)
         while True:
-            raw = await self._pages.get(key, after, self.page, shared)
-            if not raw:
+            page = await self._pages.get(key, after, self.page, shared)
+            if not page.raw:
                 return
-            batch = Batch.from_stream(raw, stop_at_end)
+            batch = page.batch(stop_at_end)
             yield batch
             if batch.ended:
                 return
@@ -351,6 +369,8 @@ class LogHub:
                     if batch.ended:
                         return self._end(tailer, batch)
                     self._hand_out(tailer, batch)
+                    if len(reply[0][1]) < self.page:
+                        await asyncio.sleep(self.tail_interval)
                 elif await self.finished(tailer.job_id):
                     async for batch in self.pages(tailer.job_id, tailer.cursor, shared=False):
                         if batch.ended:

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from runner.jobs import BuildRequest, JobRecord, Status
-from runner.logfollow import QUEUE_BATCHES, Batch, LogHub, TooManyFollowers, entry_order
+from runner.logfollow import PAGE, QUEUE_BATCHES, Batch, LogHub, TooManyFollowers, entry_order
 from runner.store import LINES_FIELD, JobStore
 
 
@@ -109,7 +109,7 @@ def test_a_slow_follower_is_dropped_and_catches_up_alone(store):
         got.extend([chunk async for chunk in slow])
         return b"".join(got).decode().splitlines(), await fast
 
-    slow_lines, fast_lines = asyncio.run(with_hub(store, body, block_ms=200))
+    slow_lines, fast_lines = asyncio.run(with_hub(store, body, block_ms=200, tail_interval=0))
     expected = ["first", *(f"burst {n}" for n in range(QUEUE_BATCHES * 3))]
     assert fast_lines == expected
     assert slow_lines == expected
@@ -191,3 +191,26 @@ def test_a_batch_shared_by_followers_skips_what_one_already_has():
     assert batch.text_after("5-0") == b"b\nc\nd\n"
     assert batch.text_after("6-0") == b""
     assert entry_order("10-0") > entry_order("9-99")
+
+
+def test_followers_replaying_one_log_together_share_its_pages(store):
+    """500 dashboards opening the same log must not read and parse it 500 times."""
+    job_id = new_job(store)
+    expected = [f"line {n}" for n in range(2000)]
+    store.append_log(job_id, expected, 1_000_000)
+    finish(store, job_id)
+
+    async def body(hub: LogHub):
+        reads, read = [], hub._pages._read
+
+        async def counting(key: str, after: str):
+            reads.append(after)
+            return await read(key, after)
+
+        hub._pages._read = counting
+        return await asyncio.gather(*(collect(hub, job_id) for _ in range(50))), reads
+
+    results, reads = asyncio.run(with_hub(store, body))
+    assert results == [expected] * 50
+    pages = len(expected) // PAGE + 1  # the last one holds the end marker
+    assert len(reads) <= 2 * pages, f"{len(reads)} page reads for 50 replays of {pages} pages"
