@@ -97,7 +97,9 @@ class LogResponse(StreamingResponse):
                 async def stream() -> None:
                     try:
                         await self.stream_response(send)
-                    except (LogUnavailable, redis.RedisError, OSError) as exc:  # cut short: no final chunk
+                    except OSError:  # the client went away while we wrote (ASGI 2.4 servers say so this way)
+                        pass
+                    except (LogUnavailable, redis.RedisError) as exc:  # cut short: no final chunk, so clients see it
                         log.warning("log stream of job %s ended early: %s", self.job_id, type(exc).__name__)
                     group.cancel_scope.cancel()
 
