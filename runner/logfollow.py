@@ -20,11 +20,11 @@ requests wait for a few pages at most, never for hundreds of replays.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Sequence
-from functools import cached_property
 from typing import Any
 
 import redis
@@ -66,50 +66,63 @@ def entry_order(entry_id: str) -> tuple[int, int]:
 
 
 class Batch:
-    """Consecutive log entries read at once; `text` is built once and shared by every follower."""
+    """Consecutive log entries read at once: the bytes a follower is sent (built once, shared by
+    every follower) and each entry's id and offset in them, so one that already has some of the
+    entries gets the rest. Compact on purpose, a few objects whatever its size: pages kept for
+    replays must not give the garbage collector long pauses."""
 
-    def __init__(self, entries: list[tuple[str, list[str]]], last: str, ended: bool = False):
-        self.entries, self.last, self.ended = entries, last, ended
+    __slots__ = ("ids", "offsets", "text", "last", "ended")
+
+    def __init__(self, ids: list[str], offsets: list[int], text: bytes, last: str, ended: bool = False):
+        self.ids, self.offsets, self.text, self.last, self.ended = ids, offsets, text, last, ended
+
+    @classmethod
+    def empty(cls, last: str, ended: bool = False) -> Batch:
+        return cls([], [], b"", last, ended)
 
     @classmethod
     def from_stream(cls, raw: Sequence[tuple[str, dict[str, str]]], stop_at_end: bool) -> Batch:
-        """`raw` as XREAD returns it; with stop_at_end, the end marker ends the batch (and the log)."""
-        entries, last = [], "0-0"
+        """`raw` as XREAD returns it; with stop_at_end, the end marker ends the batch (and the log).
+        An entry's field holds one line or several joined by "\\n": each becomes a line."""
+        ids: list[str] = []
+        offsets: list[int] = []
+        parts: list[bytes] = []
+        size, last = 0, "0-0"
         for entry_id, fields in raw:
             last = entry_id
             if END_FIELD in fields:
                 if stop_at_end:
-                    return cls(entries, last, ended=True)
+                    return cls(ids, offsets, b"".join(parts), last, ended=True)
                 continue
-            entries.append((entry_id, fields.get(LINES_FIELD, "").split("\n")))
-        return cls(entries, last)
-
-    @cached_property
-    def text(self) -> bytes:
-        return "".join(f"{line}\n" for _, lines in self.entries for line in lines).encode()
+            chunk = f"{fields.get(LINES_FIELD, '')}\n".encode()
+            ids.append(entry_id)
+            offsets.append(size)
+            parts.append(chunk)
+            size += len(chunk)
+        return cls(ids, offsets, b"".join(parts), last)
 
     def text_after(self, position: str) -> bytes:
         """The lines of entries after `position` (a follower that already has some of them)."""
-        if not self.entries or entry_order(self.entries[0][0]) > entry_order(position):
-            return self.text
         after = entry_order(position)
-        return "".join(f"{line}\n" for entry_id, lines in self.entries if entry_order(entry_id) > after
-                       for line in lines).encode()
+        if not self.ids or entry_order(self.ids[0]) > after:
+            return self.text
+        first = bisect.bisect_right(self.ids, after, key=entry_order)
+        return self.text[self.offsets[first]:] if first < len(self.ids) else b""
 
 
 class Page:
-    """Raw entries as read, and the batches made of them (once, whoever asks)."""
+    """One read's entries as batches for following and for replaying (they differ only when
+    the page holds the end marker); the raw entries are not kept."""
 
-    __slots__ = ("raw", "_batches")
+    __slots__ = ("size", "_follow", "_replay")
 
-    def __init__(self, raw: list):
-        self.raw = raw
-        self._batches: dict[bool, Batch] = {}
+    def __init__(self, raw: Sequence[tuple[str, dict[str, str]]]):
+        self.size = len(raw)
+        self._follow = Batch.from_stream(raw, stop_at_end=True)
+        self._replay = Batch.from_stream(raw, stop_at_end=False) if self._follow.ended else self._follow
 
     def batch(self, stop_at_end: bool) -> Batch:
-        if stop_at_end not in self._batches:
-            self._batches[stop_at_end] = Batch.from_stream(self.raw, stop_at_end)
-        return self._batches[stop_at_end]
+        return self._follow if stop_at_end else self._replay
 
 
 class SharedPages:
@@ -123,7 +136,7 @@ class SharedPages:
         self._recent: OrderedDict[tuple[str, str], tuple[float, Page]] = OrderedDict()
 
     async def get(self, key: str, after: str, page: int, shared: bool = True) -> Page:
-        """The raw entries after `after`. shared=False reads now, for a caller that needs a read
+        """The page after `after`. shared=False reads now, for a caller that needs a read
         started after some event (e.g. after it saw the job finish)."""
         if not shared:
             return await self._fetch(key, after, page)
@@ -145,7 +158,7 @@ class SharedPages:
         del self._inflight[ident]
         if task.cancelled() or task.exception() is not None:
             return
-        if len(task.result().raw) >= page:
+        if task.result().size >= page:
             self._recent[ident] = (time.monotonic(), task.result())
             while len(self._recent) > RECENT_PAGES:
                 self._recent.popitem(last=False)
@@ -268,7 +281,7 @@ class LogHub:
         key = self.store.log_key(job_id)
         while True:
             page = await self._pages.get(key, after, self.page, shared)
-            if not page.raw:
+            if not page.size:
                 return
             batch = page.batch(stop_at_end)
             yield batch
@@ -279,7 +292,7 @@ class LogHub:
     async def read(self, job_id: str) -> AsyncGenerator[bytes, None]:
         """The whole log as it is now, as chunks of whole lines (each ending in "\\n")."""
         async for batch in self.pages(job_id, stop_at_end=False):
-            if batch.entries:
+            if batch.text:
                 yield batch.text
 
     async def follow(self, job_id: str) -> AsyncGenerator[bytes, None]:
@@ -288,14 +301,14 @@ class LogHub:
         while True:
             async for batch in self.pages(job_id, position):
                 position = batch.last
-                if batch.entries:
+                if batch.text:
                     yield batch.text
                 if batch.ended:
                     return
             if await self.finished(job_id):  # ended without an end marker: take what came meanwhile
                 async for batch in self.pages(job_id, position, shared=False):
                     position = batch.last
-                    if batch.entries:
+                    if batch.text:
                         yield batch.text
                 return
             follower = Follower(position)
@@ -376,7 +389,7 @@ class LogHub:
                         if batch.ended:
                             return self._end(tailer, batch)
                         self._hand_out(tailer, batch)
-                    return self._end(tailer, Batch([], tailer.cursor, ended=True))
+                    return self._end(tailer, Batch.empty(tailer.cursor, ended=True))
                 failures = 0
             except redis.RedisError as exc:
                 failures += 1
@@ -386,4 +399,4 @@ class LogHub:
                     return self._end(tailer, LogUnavailable())
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
             if not tailer.followers:
-                return self._end(tailer, Batch([], tailer.cursor))
+                return self._end(tailer, Batch.empty(tailer.cursor))

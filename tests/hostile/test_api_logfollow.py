@@ -15,7 +15,7 @@ import pytest
 
 from runner.jobs import BuildRequest, JobRecord, Status
 from runner.logfollow import PAGE, QUEUE_BATCHES, Batch, LogHub, TooManyFollowers, entry_order
-from runner.store import LINES_FIELD, JobStore
+from runner.store import END_FIELD, LINES_FIELD, JobStore
 
 
 @pytest.fixture
@@ -185,11 +185,16 @@ def test_follower_slots_are_counted_per_token(store):
 
 
 def test_a_batch_shared_by_followers_skips_what_one_already_has():
-    batch = Batch([("5-0", ["a"]), ("5-1", ["b", "c"]), ("6-0", ["d"])], last="6-0")
-    assert batch.text == b"a\nb\nc\nd\n"
+    raw = [("5-0", {LINES_FIELD: "a"}), ("5-1", {LINES_FIELD: "b\nc"}), ("6-0", {LINES_FIELD: "d"}),
+           ("6-1", {END_FIELD: "succeeded"}), ("7-0", {LINES_FIELD: "after the end"})]
+    batch = Batch.from_stream(raw, stop_at_end=True)
+    assert (batch.text, batch.last, batch.ended) == (b"a\nb\nc\nd\n", "6-1", True)
     assert batch.text_after("4-9") is batch.text
     assert batch.text_after("5-0") == b"b\nc\nd\n"
+    assert batch.text_after("5-1") == b"d\n"
     assert batch.text_after("6-0") == b""
+    replay = Batch.from_stream(raw, stop_at_end=False)
+    assert (replay.text, replay.last, replay.ended) == (b"a\nb\nc\nd\nafter the end\n", "7-0", False)
     assert entry_order("10-0") > entry_order("9-99")
 
 
