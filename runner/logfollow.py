@@ -39,11 +39,12 @@ log = logging.getLogger("runner.logfollow")
 
 PAGE = 200  # stream entries per read
 READ_SLOTS = 4  # page reads (replays, final drains) at once
-RECENT_PAGES = 256  # full pages kept for replays that come a little later
-RECENT_SECONDS = 10.0
+RECENT_BYTES = 32 * 1024**2  # full pages kept for replays that come a little later ...
+RECENT_SECONDS = 10.0  # ... for this long at most
 BLOCK_MS = 2000  # a tailer's blocking read; on each timeout it checks whether the job finished
 TAIL_INTERVAL = 0.1  # seconds at least between a tailer's reads: lines come in batches, not one wake-up per line
-QUEUE_BATCHES = 64  # batches a follower may have pending before it is dropped to catch up alone
+QUEUE_BATCHES = 64  # batches a follower may have pending before it is dropped to catch up alone ...
+QUEUE_BYTES = 4 * 1024**2  # ... or bytes
 TAIL_SLOTS = 128  # blocking reads at once (one per followed job); more followed jobs take turns
 COMMAND_SLOTS = 32  # connections kept for everything else (replays, records, health), so tails never starve them
 TAIL_FAILURES = 30  # consecutive Redis errors (about a minute with backoff) before a tailer gives up
@@ -114,12 +115,13 @@ class Page:
     """One read's entries as batches for following and for replaying (they differ only when
     the page holds the end marker); the raw entries are not kept."""
 
-    __slots__ = ("size", "_follow", "_replay")
+    __slots__ = ("size", "nbytes", "_follow", "_replay")
 
     def __init__(self, raw: Sequence[tuple[str, dict[str, str]]]):
         self.size = len(raw)
         self._follow = Batch.from_stream(raw, stop_at_end=True)
         self._replay = Batch.from_stream(raw, stop_at_end=False) if self._follow.ended else self._follow
+        self.nbytes = len(self._follow.text) + (len(self._replay.text) if self._replay is not self._follow else 0)
 
     def batch(self, stop_at_end: bool) -> Batch:
         return self._follow if stop_at_end else self._replay
@@ -134,6 +136,7 @@ class SharedPages:
         self._slots = asyncio.Semaphore(slots)
         self._inflight: dict[tuple[str, str], asyncio.Task] = {}
         self._recent: OrderedDict[tuple[str, str], tuple[float, Page]] = OrderedDict()
+        self._recent_bytes = 0
 
     async def get(self, key: str, after: str, page: int, shared: bool = True) -> Page:
         """The page after `after`. shared=False reads now, for a caller that needs a read
@@ -156,12 +159,13 @@ class SharedPages:
 
     def _done(self, ident: tuple[str, str], task: asyncio.Task, page: int) -> None:
         del self._inflight[ident]
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled() or task.exception() is not None or task.result().size < page or ident in self._recent:
             return
-        if task.result().size >= page:
-            self._recent[ident] = (time.monotonic(), task.result())
-            while len(self._recent) > RECENT_PAGES:
-                self._recent.popitem(last=False)
+        now = time.monotonic()
+        self._recent[ident] = (now, task.result())
+        self._recent_bytes += task.result().nbytes
+        while self._recent and (self._recent_bytes > RECENT_BYTES or next(iter(self._recent.values()))[0] < now - RECENT_SECONDS):
+            self._recent_bytes -= self._recent.popitem(last=False)[1][1].nbytes
 
     def cancel(self) -> None:
         for task in list(self._inflight.values()):
@@ -169,13 +173,32 @@ class SharedPages:
 
 
 class Follower:
-    __slots__ = ("position", "queue", "dropped", "tailer")
+    __slots__ = ("position", "queue", "queued_bytes", "dropped", "tailer")
 
     def __init__(self, position: str):
         self.position = position
         self.queue: asyncio.Queue[Batch | LogUnavailable] = asyncio.Queue(QUEUE_BATCHES)
+        self.queued_bytes = 0
         self.dropped = False
         self.tailer: Tailer | None = None
+
+    def offer(self, item: Batch | LogUnavailable) -> bool:
+        """Queue `item`; False (and nothing queued) if the follower already has too much pending."""
+        size = len(item.text) if isinstance(item, Batch) else 0
+        if self.queued_bytes + size > QUEUE_BYTES and not self.queue.empty():
+            return False
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        self.queued_bytes += size
+        return True
+
+    async def take(self) -> Batch | LogUnavailable:
+        item = await self.queue.get()
+        if isinstance(item, Batch):
+            self.queued_bytes -= len(item.text)
+        return item
 
 
 class Tailer:
@@ -316,7 +339,7 @@ class LogHub:
                 continue  # the tailer already handed out entries we have not read: catch up first
             try:
                 while not (follower.dropped and follower.queue.empty()):
-                    item = await follower.queue.get()
+                    item = await follower.take()
                     if isinstance(item, LogUnavailable):
                         raise item
                     text = item.text_after(follower.position)
@@ -360,9 +383,7 @@ class LogHub:
         if isinstance(item, Batch):
             tailer.cursor = item.last
         for follower in list(tailer.followers):
-            try:
-                follower.queue.put_nowait(item)
-            except asyncio.QueueFull:
+            if not follower.offer(item):
                 follower.dropped = True
                 self._leave(follower)
 
