@@ -213,6 +213,7 @@ def main() -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     store = JobStore(REDIS_URL, namespace)
     rows: list[tuple] = []
+    load = os.getloadavg()
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         for _ in range(100):
@@ -230,8 +231,9 @@ def main() -> None:
         for key in store.r.scan_iter(f"{namespace}:*"):
             store.r.delete(key)
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
-    print(f"\nLog followers on one `runner serve` (one read token, loopback, 2 cores); /healthz {args.n} sequential "
-          "requests per row, times in ms\n")
+    print(f"\nLog followers on one `runner serve` (one read token, loopback, {os.cpu_count()} cores; load average "
+          f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after); /healthz {args.n} sequential requests per row, "
+          "times in ms\n")
     header = (f"{'scenario':<44} {'flw':>4} {'jobs':>4} {'expect/s':>9} {'got/s':>9} {'hz p50':>7} {'hz p99':>7} "
               f"{'hz max':>7} {'job p50':>7} {'job p99':>7}  {'left after close'}")
     print(header)

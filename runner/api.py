@@ -7,6 +7,10 @@ TOKEN` with a token from `api.tokens` holding the right (submit, read, cancel).
 Upload flow for a directory context: pick a job id, `POST /v1/jobs/{id}/context` with the
 tar as the raw body (Content-Type: application/x-tar; capped at limits.max_context_bytes),
 then `POST /v1/jobs` with `{"id": ID, "tags": [...], ...}`. Git contexts need no upload.
+
+`GET /v1/jobs/{id}/logs?follow=true` streams until the job ends or the client leaves; a token
+may hold api.max_followers_per_token such streams at once (429 past it). Followers hold no
+threads: runner.logfollow reads on asyncio with one shared tailer per followed job.
 """
 
 from __future__ import annotations
