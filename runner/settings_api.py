@@ -67,6 +67,10 @@ class ApiConfig(Strict):
     tokens: list[ApiToken] = Field(default_factory=list, description="no tokens: every job endpoint answers 401")
     max_body_bytes: int = Field(default=4 * 1024**2, gt=0, description="JSON bodies (jobs, webhooks); "
                                 "context uploads use limits.max_context_bytes")
+    max_pending_uploads_per_token: int = Field(default=16, gt=0, description="uploaded contexts one token may hold "
+                                               "before submitting their jobs; past it uploads get 429")
+    max_followers_per_token: int = Field(default=500, gt=0, description="open `logs?follow=true` streams one token "
+                                         "may hold at once; past it the API answers 429")
     url: str | None = Field(default=None, description="client side: the CLI talks to this API instead of Redis")
     token: SecretStr | None = Field(default=None, description="client side: bearer token (env RUNNER_API_TOKEN wins)")
 

@@ -33,8 +33,7 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 1024 * 1024
 RETRIES = 40
 END_FIELD = "end"
-LINES_FIELD = "l"
-DAY = 24 * 3600
+LINES_FIELD = "l"  # a log entry's lines, joined by "\n"
 
 _CREATE = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX') then
@@ -102,7 +101,12 @@ class JobStore:
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.ns}:{kind}:{job_id}"
 
+    def job_key(self, job_id: str) -> str:
+        """The record's key, for readers with their own (async) client; the value is a JobRecord's JSON."""
+        return self._key("job", job_id)
+
     def log_key(self, job_id: str) -> str:
+        """The log stream's key (entries: LINES_FIELD, or END_FIELD at the job's end)."""
         return self._key("log", job_id)
 
     def running_key(self, executor: str) -> str:

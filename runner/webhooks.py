@@ -106,39 +106,49 @@ def load_payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, KeyError, IndexError):
         raise WebhookError(400, "the body is not a JSON push payload (nor a form with a `payload` field)") from None
+    except RecursionError:
+        raise WebhookError(400, "the payload nests arrays or objects too deeply to read") from None
     if not isinstance(data, dict):
         raise WebhookError(400, "the payload is not a JSON object")
     return data
 
 
-def _get(data: dict, path: str, required: bool = True) -> Any:
+def _optional(data: dict, path: str) -> str | None:
+    """The string at dotted `path`, None if missing or null; any other type is refused, naming the field."""
     value: Any = data
     for key in path.split("."):
         value = value.get(key) if isinstance(value, dict) else None
-    if required and not isinstance(value, str | bool):
+    if value is not None and not isinstance(value, str):
+        kind = {bool: "a boolean", int: "a number", float: "a number", list: "an array"}.get(type(value), "an object")
+        raise WebhookError(400, f"the push payload's {path!r} is {kind}, not a string")
+    return value
+
+
+def _required(data: dict, path: str) -> str:
+    value = _optional(data, path)
+    if value is None:
         raise WebhookError(400, f"the push payload has no {path!r}")
     return value
 
 
 def parse_push(provider: str, data: dict[str, Any]) -> Push:
-    ref, sha = _get(data, "ref"), _get(data, "after")
+    ref, sha = _required(data, "ref"), _required(data, "after")
     if provider == "gitlab":
-        full_name = _get(data, "project.path_with_namespace")
+        full_name = _required(data, "project.path_with_namespace")
         owner, _, name = full_name.rpartition("/")
-        clone_url = _get(data, "project.git_http_url", False) or _get(data, "repository.git_http_url", False)
-        default_branch = _get(data, "project.default_branch", False)
+        clone_url = _optional(data, "project.git_http_url") or _optional(data, "repository.git_http_url")
+        default_branch = _optional(data, "project.default_branch")
         deleted = bool(ZERO_SHA.match(sha)) or data.get("checkout_sha", "") is None
     else:
-        full_name, name = _get(data, "repository.full_name"), _get(data, "repository.name")
-        owner = _get(data, "repository.owner.login", False) or _get(data, "repository.owner.username", False) \
+        full_name, name = _required(data, "repository.full_name"), _required(data, "repository.name")
+        owner = _optional(data, "repository.owner.login") or _optional(data, "repository.owner.username") \
             or full_name.partition("/")[0]
-        clone_url = _get(data, "repository.clone_url", False)
-        default_branch = _get(data, "repository.default_branch", False)
+        clone_url = _optional(data, "repository.clone_url")
+        default_branch = _optional(data, "repository.default_branch")
         deleted = data.get("deleted") is True or bool(ZERO_SHA.match(sha))
     if not deleted and not SHA.match(sha):
         raise WebhookError(400, f"the push payload's 'after' ({sha[:80]!r}) is not a commit id")
-    return Push(provider, full_name, owner, name, ref, sha, clone_url if isinstance(clone_url, str) else None,
-                default_branch if isinstance(default_branch, str) else None, deleted)
+    return Push(provider, full_name, owner, name, ref, sha, clone_url, default_branch, deleted)
 
 
 def repository_config(push: Push, settings: Settings) -> RepositoryHook | None:

@@ -42,9 +42,9 @@ class Stack:
     url: str
     proc: subprocess.Popen
 
-    def client(self, token: str | None = TOKEN_ALL, **kwargs) -> httpx.Client:
+    def client(self, token: str | None = TOKEN_ALL, timeout: float = 30, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, **kwargs)
 
     def wait(self, job_id: str, timeout: float = 180) -> dict:
         with self.client() as c:
@@ -130,7 +130,7 @@ def test_health_and_openapi(stack):
     assert httpx.get(f"{stack.url}/healthz").json() == {"status": "ok"}
     spec = httpx.get(f"{stack.url}/openapi.json").json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/logs", "/v1/jobs/{job_id}/cancel",
-            "/v1/jobs/{job_id}/context", "/v1/webhooks/{provider}"} <= set(spec["paths"])
+            "/v1/jobs/{job_id}/context", "/v1/webhooks/{provider}", "/v1/followers"} <= set(spec["paths"])
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "BuildRequest" in spec["components"]["schemas"]
 
