@@ -210,15 +210,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     # -- jobs -----------------------------------------------------------------------------------
-    SubmitToken = Annotated[ApiToken, require("submit")]
-
     @app.post("/v1/jobs", status_code=202, tags=["jobs"],
               responses={200: {"description": "a job with this id already exists; nothing queued"},
                          413: {"description": "body over api.max_body_bytes"},
                          422: {"description": "invalid job; `field` names what was wrong"}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": {"$ref": "#/components/schemas/BuildRequest"}}}}})
-    async def post_job(request: Request, token: SubmitToken) -> JSONResponse:
+    async def post_job(request: Request, token: ApiToken = require("submit")) -> JSONResponse:
         """Queue a build. The same job schema as the queue message and `runner submit`."""
         body = await read_body(request, settings.api.max_body_bytes, "job")
         try:
@@ -262,7 +260,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          429: {"description": "over api.max_pending_uploads_per_token"}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
-    async def upload_context(job_id: JobId, request: Request, token: SubmitToken) -> dict[str, Any]:
+    async def upload_context(job_id: JobId, request: Request, token: ApiToken = require("submit")) -> dict[str, Any]:
         """Upload the build context (a tar, optionally gzip/bzip2/xz) for a job not yet submitted.
 
         The id is reserved for this token from the first byte, so no other client can replace

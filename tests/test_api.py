@@ -24,8 +24,10 @@ from tests.conftest import RUNNER, RunnerHarness, cleanup_namespace, new_harness
 
 TOKEN_ALL = "all-" + uuid.uuid4().hex
 TOKEN_READ = "read-" + uuid.uuid4().hex
+TOKEN_OTHER = "other-" + uuid.uuid4().hex
 TOKENS = [{"name": "ci", "token": TOKEN_ALL, "rights": ["submit", "read", "cancel"]},
-          {"name": "dashboard", "token": TOKEN_READ, "rights": ["read"]}]
+          {"name": "dashboard", "token": TOKEN_READ, "rights": ["read"]},
+          {"name": "other-ci", "token": TOKEN_OTHER, "rights": ["submit", "read"]}]
 
 
 def free_port() -> int:
@@ -243,6 +245,31 @@ def test_upload_build_follow_logs_and_duplicate_id(stack, services):
     with stack.client(token=TOKEN_READ) as reader:
         listed = reader.get("/v1/jobs", params={"status": "succeeded", "limit": 1}).json()
         assert [r["id"] for r in listed] == [job_id]
+
+
+def test_an_upload_reserves_the_id_for_its_token_and_uploads_have_a_quota(services, tmp_path_factory):
+    stack = start_stack(services, tmp_path_factory, worker=False, api={"tokens": TOKENS, "max_pending_uploads_per_token": 3})
+    try:
+        tar = context_tar({"Dockerfile": "FROM scratch\n"})
+        ours, theirs = stack.client(), stack.client(token=TOKEN_OTHER)
+        job_id = uuid.uuid4().hex
+        assert ours.post(f"/v1/jobs/{job_id}/context", content=tar).status_code == 201
+        stolen = theirs.post(f"/v1/jobs/{job_id}/context", content=context_tar({"Dockerfile": "FROM evil\n"}))
+        assert stolen.status_code == 409 and "another client" in stolen.json()["message"]
+        submitted = theirs.post("/v1/jobs", json={"id": job_id, "tags": [image_ref(stack, "mine")], "executor": "socket"})
+        assert submitted.status_code == 409 and "another token" in submitted.json()["message"]
+        assert b"".join(stack.harness.store.context_chunks(job_id)) == tar
+        assert ours.post(f"/v1/jobs/{job_id}/context", content=tar).status_code == 201  # a retry by the owner is fine
+        for _ in range(2):
+            assert ours.post(f"/v1/jobs/{uuid.uuid4().hex}/context", content=tar).status_code == 201
+        over = ours.post(f"/v1/jobs/{uuid.uuid4().hex}/context", content=tar)
+        assert over.status_code == 429 and "max_pending_uploads_per_token" in over.json()["message"]
+        assert ours.post("/v1/jobs", json={"id": job_id, "tags": [image_ref(stack, "mine")], "executor": "socket"}).status_code == 202
+        assert ours.post(f"/v1/jobs/{uuid.uuid4().hex}/context", content=tar).status_code == 201  # submitting freed a slot
+        ours.close()
+        theirs.close()
+    finally:
+        stop_stack(stack)
 
 
 def test_git_job_through_the_api(stack, services, tmp_path):
