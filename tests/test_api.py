@@ -62,12 +62,12 @@ class Stack:
         return self.harness.store.r.zcard(f"{self.harness.store.ns}:jobs")
 
 
-def start_stack(services, tmp_path_factory, worker: bool = True, **overrides) -> Stack:
+def start_stack(services, tmp_path_factory, worker: bool = True, runner: str = RUNNER, **overrides) -> Stack:
     base = {"api": {"tokens": TOKENS, "max_body_bytes": 64 * 1024},
             "git": {"allowed_schemes": ["file", "git", "http", "https"]}}
     h = new_harness(services, tmp_path_factory, **{**base, **overrides})
     if worker:
-        h.worker_proc = h.start_worker()
+        h.worker_proc = h.start_worker(runner=runner)
     port = free_port()
     log = (h.workdir / "serve.log").open("w")
     proc = subprocess.Popen([RUNNER, "serve", "--host", "127.0.0.1", "--port", str(port)], env=h.env,
