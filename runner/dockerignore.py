@@ -72,11 +72,11 @@ def read_ignore_lines(data: bytes, file: str = IGNORE_FILE) -> list[IgnoreLine]:
         lines.pop()  # bufio.ScanLines: no empty token after a final newline
     out: list[IgnoreLine] = []
     for number, raw in enumerate(lines, start=1):
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if len(raw) > MAX_LINE_BYTES:
+        if len(raw) > MAX_LINE_BYTES:  # counting a BOM and a trailing CR, as bufio.Scanner does
             raise DockerignoreError(f"line is longer than {MAX_LINE_BYTES} bytes (Docker: \"bufio.Scanner: token too long\")",
                                     line=number, file=file)
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
         if number == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM):]
         text = raw.decode("utf-8", "surrogateescape")

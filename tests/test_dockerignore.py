@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from executors.base import InvalidJob
 from runner.dockerignore import (
@@ -563,6 +565,13 @@ def test_dockerfile_outside_the_context_is_refused(tmp_path, dockerfile):
         context_paths(tmp_path, dockerfile)
 
 
+def test_dockerfile_reached_through_a_link_is_sent_with_the_link(tmp_path):
+    tree(tmp_path, {"build/Dockerfile": "", "build/x": "", "current": "->build"}, ignore="build\ncurrent\n")
+    selection = select_context(tmp_path, "current/Dockerfile")
+    assert selection.paths == [".dockerignore", "build", "build/Dockerfile", "current"]
+    assert selection.copied == [".dockerignore"]
+
+
 def test_dockerfile_specific_ignore_file_wins(tmp_path):
     tree(tmp_path, {"app/Dockerfile": "", "app/Dockerfile.dockerignore": "b\n", "a": "", "b": ""}, ignore="a\n")
     selection = select_context(tmp_path, "app/Dockerfile")
@@ -587,18 +596,47 @@ def test_malformed_dockerfile_specific_ignore_file_is_named(tmp_path):
         context_paths(tmp_path)
 
 
-def test_unreadable_directory_is_an_error_unless_excluded(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads every directory")
-    tree(tmp_path, {"locked/x": "", "a": ""})
-    (tmp_path / "locked").chmod(0)
+WALK_AS_NOBODY = """
+import json, sys
+from runner.dockerignore import context_paths
+from executors.base import InvalidJob
+try:
+    print(json.dumps(context_paths(sys.argv[1], "Dockerfile")))
+except InvalidJob as exc:
+    print(json.dumps(str(exc)))
+"""
+
+
+@pytest.mark.parametrize("ignore, want", [
+    (None, "cannot read 'foo/bar' in the build context: permission denied"),
+    ("**/bar\n", [".dockerignore", "foo"]),
+    ("**/bar\n!foo/bar/baz\n", [".dockerignore", "foo"]),
+    ("**/bar\n!foo/bar\n", "cannot read 'foo/bar' in the build context: permission denied"),
+])
+def test_unreadable_directory_is_an_error_unless_excluded(ignore, want):
+    """fsutil's permission cases, walked by an unprivileged user (root reads everything)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="dockerignore-perm-"))
     try:
-        with pytest.raises(InvalidJob, match="cannot read 'locked'"):
-            context_paths(tmp_path)
-        (tmp_path / ".dockerignore").write_text("locked\n!locked/x\n")
-        assert context_paths(tmp_path) == [".dockerignore", "a"]
+        base.chmod(0o755)
+        tree(base, {"foo/bar/baz": ""}, ignore=ignore)
+        (base / "foo" / "bar").chmod(0)
+        command = [sys.executable, "-c", WALK_AS_NOBODY, str(base)]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == want
     finally:
-        (tmp_path / "locked").chmod(0o755)
+        (base / "foo" / "bar").chmod(0o755)
+        import shutil
+
+        shutil.rmtree(base)
 
 
 def test_special_files_are_left_out(tmp_path):
@@ -611,3 +649,74 @@ def test_non_utf8_names_sort_as_bytes(tmp_path):
     for name in [b"\xff", b"a", "é".encode(), b"\xc3"]:
         (tmp_path / os.fsdecode(name)).write_text("")
     assert [os.fsencode(p) for p in context_paths(tmp_path)] == [b"a", b"\xc3", "é".encode(), b"\xff"]
+
+
+# -- the walk against a line-by-line port of fsutil's filtered walk --------------------------------
+def fsutil_reference_walk(root: Path, matcher: PatternMatcher | None) -> list[str]:
+    """filter.go's Walk as written (parentDirs, calledFn, SkipDir), without the runner's shortcuts."""
+    exceptions = [p.cleaned.removesuffix("/**").removesuffix("/*") for p in matcher.patterns if p.exclusion] if matcher else []
+    only_prefix = not any(ch in "*[]?^\\" for text in exceptions for ch in text)
+    out: list[str] = []
+    parent_dirs: list[dict] = []
+
+    def visit(path: str, is_dir: bool) -> bool:  # False: SkipDir
+        while parent_dirs and not path.startswith(parent_dirs[-1]["sep"]):
+            parent_dirs.pop()
+        node = {"path": path, "sep": path + "/", "info": (), "called": False}
+        skip = False
+        if matcher is not None:
+            m, info = matcher.matches_using_parent_results(path, parent_dirs[-1]["info"] if parent_dirs else ())
+            node["info"] = info
+            if m:
+                if is_dir and only_prefix:
+                    if not matcher.exclusions or not any((text + "/").startswith(path + "/") for text in exceptions):
+                        return False
+                skip = True
+        if not skip:
+            node["called"] = True
+            for parent in parent_dirs:
+                if not parent["called"]:
+                    parent["called"] = True
+                    out.append(parent["path"])
+            out.append(path)
+        if is_dir:
+            parent_dirs.append(node)
+        return True
+
+    def walk(rel_dir: str) -> None:
+        for name in sorted(os.listdir(root / rel_dir if rel_dir else root), key=os.fsencode):
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            is_dir = (root / rel).is_dir() and not (root / rel).is_symlink()
+            if visit(rel, is_dir) and is_dir:
+                walk(rel)
+
+    walk("")
+    return out
+
+
+def _corpus_harness():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "dockerignore"))
+    import harness
+
+    return harness
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_walk_equals_fsutil_reference(data):
+    """The runner's walk (pruning, parents sent late, always-sent files kept apart) against the
+    reference, on generated trees; here also where Docker 20.10 differs, which the oracle cannot check."""
+    harness = _corpus_harness()
+    case = data.draw(harness.cases())
+    with harness.materialised(case) as ctx:
+        dockerfile = harness.walker_dockerfile(case)
+        try:
+            selection = select_context(ctx, dockerfile)
+        except DockerignoreError:
+            return
+        from runner.dockerignore import matcher_for
+
+        matcher = matcher_for(ctx, dockerfile)
+        assert selection.copied == fsutil_reference_walk(ctx, matcher if matcher.patterns else None)

@@ -88,6 +88,28 @@ def test_malformed_pattern_is_refused_by_docker(line):
     assert ('illegal exclusion pattern: "!"' if line == "!" else "syntax error in pattern") in answer.error
 
 
+@pytest.mark.parametrize("content, refused", [
+    (b"a" * 65534 + b"\r\n", False),
+    (b"a" * 65535 + b"\r\n", True),  # the CR counts
+    (b"a" * 65535, False),
+    (b"a" * 65536, True),
+    (b"\xef\xbb\xbf" + b"a" * 65532, False),
+    (b"\xef\xbb\xbf" + b"a" * 65533, True),  # so does the BOM
+], ids=["65534+crlf", "65535+crlf", "65535", "65536", "bom+65532", "bom+65533"])
+def test_line_length_limit_is_docker_s(content, refused):
+    case = {"entries": [{"path": "a", "type": "file", "mode": 0o644, "data": ""}], "dockerignore": "", "dockerfile": None}
+    with harness.materialised(case) as ctx:
+        (ctx / ".dockerignore").write_bytes(content)
+        if refused:
+            with pytest.raises(DockerignoreError, match="token too long"):
+                select_context(ctx, harness.OUTSIDE_DOCKERFILE)
+        else:
+            select_context(ctx, harness.OUTSIDE_DOCKERFILE)
+    if harness.docker_available() is None:
+        case["dockerignore"] = content.decode()
+        assert (harness.run_oracle(case).tree is None) is refused
+
+
 # -- where Docker 20.10 (the oracle) and today's BuildKit differ ---------------------------------
 def version_case(files: list[str], ignore: str) -> dict:
     return {"entries": [{"path": p, "type": "file", "mode": 0o644, "data": p} for p in files],
