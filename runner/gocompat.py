@@ -33,6 +33,10 @@ class GoRegexpError(ValueError):
     """`regexp.Compile` refused the expression (the code is Go's wording)."""
 
 
+class GoRegexpUnsupported(GoRegexpError):
+    """Valid Go syntax this translation does not carry (no .dockerignore pattern produces it)."""
+
+
 # -- strings.TrimSpace, filepath.Clean --------------------------------------------------------
 #: unicode.IsSpace: the Latin-1 spaces plus the White_Space property
 _GO_SPACE = frozenset("\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | frozenset(map(chr, range(0x2000, 0x200B)))
@@ -306,7 +310,7 @@ class _Parser:
             c = s[self.i]
             if c == "(":
                 if s.startswith("(?", self.i):
-                    raise self.error("invalid or unsupported Perl syntax")  # never produced from a .dockerignore pattern
+                    raise GoRegexpUnsupported("flags and non-capturing groups")
                 self.groups.append(([], []))
                 self.i += 1
             elif c == "|":
@@ -345,7 +349,7 @@ class _Parser:
                 repeat = True
             elif c == "{":
                 if re.match(r"\{(0|[1-9][0-9]*)(,(0|[1-9][0-9]*)?)?\}", s[self.i:]):
-                    raise self.error("invalid or unsupported Perl syntax")  # never produced from a .dockerignore pattern
+                    raise GoRegexpUnsupported("counted repetition")
                 self.push(re.escape("{"))
                 self.i += 1
             elif c == "\\":
@@ -416,10 +420,12 @@ class _Parser:
             ranges = [(0, MAX_RUNE)]
         elif name == "Ascii":
             ranges = [(0, 0x7F)]
-        elif len(name) == 1 and name in "CLMNPSZ":
+        elif len(name) == 1:
+            if name not in "CLMNPSZ":
+                raise self.error("invalid character class range")
             ranges = list(_unicode_category(name))
-        elif name in ("Assigned", "Lc") or len(name) == 2 or name.isalpha():
-            raise self.error("unsupported Unicode class")  # never produced from a .dockerignore pattern
+        elif name.isalpha():  # a script, a two-letter category or an alias: only reachable with \p{…}
+            raise GoRegexpUnsupported("Unicode classes other than one-letter categories")
         else:
             raise self.error("invalid character class range")
         return ranges if sign > 0 else _negate(ranges)

@@ -110,6 +110,32 @@ def test_line_length_limit_is_docker_s(content, refused):
         assert (harness.run_oracle(case).tree is None) is refused
 
 
+# -- the corners issue 12 names, each checked against the oracle ---------------------------------
+CORNERS = [
+    # (files, ignore file, what both Docker and the walker copy)
+    pytest.param(["!", "a", "b"], "[!a]\n", [".dockerignore", "b"], id="bang-class-is-not-negation"),
+    pytest.param(["]", "a", "b"], "[\\]a]\n", [".dockerignore", "b"], id="escaped-bracket-in-class"),
+    pytest.param(["-", "x", "y"], "[\\-x]\n", [".dockerignore", "y"], id="escaped-dash-in-class"),
+    pytest.param(["foobar", "foo/bar", "foo/x/bar", "fooxbar"], "foo**bar\n", [".dockerignore", "foo", "foo/x", "fooxbar"],
+                 id="doublestar-without-slash"),
+    pytest.param(["# x", "y"], "  # x\n", [".dockerignore", "y"], id="spaces-then-hash-is-a-pattern"),
+    pytest.param(["a", "b"], "\ufeffa\n", [".dockerignore", "b"], id="bom-dropped"),
+    pytest.param(["é", "1", "a_"], "\\pL\n", [".dockerignore", "1", "a_"], id="unicode-letter-class"),
+    pytest.param(["é", "1", "a"], "[[:alpha:]]\n", [".dockerignore", "1", "é"], id="posix-class-is-ascii"),
+    pytest.param(["5", "d"], "\\d\n", [".dockerignore", "d"], id="escaped-letter-is-regexp"),
+    pytest.param(["aa", "ab"], "a\\x61\n", [".dockerignore", "ab"], id="hex-escape"),
+    pytest.param(["x/y", "z"], "x\n!x/y\n", [".dockerignore", "x", "x/y", "z"], id="exception-sends-parent"),
+]
+
+
+@pytest.mark.parametrize("files, ignore, copied", CORNERS)
+def test_corner_cases_agree_with_docker(files, ignore, copied):
+    case = version_case(files, ignore)
+    assert sorted(harness.run_walker(case).tree) == sorted(copied)
+    if harness.docker_available() is None:
+        assert sorted(harness.run_oracle(case).tree) == sorted(copied)
+
+
 # -- where Docker 20.10 (the oracle) and today's BuildKit differ ---------------------------------
 def version_case(files: list[str], ignore: str) -> dict:
     return {"entries": [{"path": p, "type": "file", "mode": 0o644, "data": p} for p in files],
