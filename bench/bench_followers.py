@@ -124,7 +124,7 @@ def producer_process(namespace: str, jobs: list[str], rate: float, written, stop
         carry += per_tick
         batch, carry = int(carry), carry - int(carry)
         for job_id in jobs if batch else ():
-            store.append_log(job_id, [f"bench-line {n + k} " + "x" * 60 for k in range(batch)], 1_000_000)
+            store.append_log(job_id, [f"bench-line {n + k} " + "x" * 60 for k in range(batch)])
             written.value += batch
         n += batch
 
@@ -134,7 +134,7 @@ def make_jobs(store: JobStore, count: int) -> list[str]:
     for _ in range(count):
         request = BuildRequest(tags=["127.0.0.1:5000/bench/follow:1"])
         store.create(JobRecord(id=request.id, request=request, executor="socket", queue="bench", status=Status.running))
-        store.append_log(request.id, [f"replayed {k} " + "y" * 60 for k in range(REPLAY)], 1_000_000)
+        store.append_log(request.id, [f"replayed {k} " + "y" * 60 for k in range(REPLAY)])
         jobs.append(request.id)
     return jobs
 

@@ -66,7 +66,7 @@ def test_followers_joining_at_any_time_get_every_line_once_in_order(store):
     async def body(hub: LogHub):
         async def writer():
             for start in range(0, len(expected), 60):
-                store.append_log(job_id, expected[start:start + 60], 1_000_000)
+                store.append_log(job_id, expected[start:start + 60])
                 await asyncio.sleep(random.uniform(0, 0.02))
             finish(store, job_id)
 
@@ -88,7 +88,7 @@ def test_a_slow_follower_is_dropped_and_catches_up_alone(store):
     """One follower stops reading while a burst larger than its queue arrives: the tailer drops it
     (its queue stays bounded) and it later reads on its own, missing and repeating nothing."""
     job_id = new_job(store)
-    store.append_log(job_id, ["first"], 1_000_000)
+    store.append_log(job_id, ["first"])
 
     async def body(hub: LogHub):
         slow = hub.follow(job_id)
@@ -100,7 +100,7 @@ def test_a_slow_follower_is_dropped_and_catches_up_alone(store):
         fast = asyncio.create_task(collect(hub, job_id))
         await until(lambda: len(tailer.followers) == 2, "a fast follower joins")
         for n in range(QUEUE_BATCHES * 3):  # one batch per append: the tailer reads as they come
-            store.append_log(job_id, [f"burst {n}"], 1_000_000)
+            store.append_log(job_id, [f"burst {n}"])
             await asyncio.sleep(0.002)
         await until(lambda: follower.dropped, "the slow follower is dropped")
         assert follower.queue.qsize() <= QUEUE_BATCHES and follower not in tailer.followers
@@ -117,7 +117,7 @@ def test_a_slow_follower_is_dropped_and_catches_up_alone(store):
 
 def test_entries_holding_several_lines_are_split(store):
     job_id = new_job(store)
-    store.append_log(job_id, ["one"], 1000)
+    store.append_log(job_id, ["one"])
     store.r.xadd(store.log_key(job_id), {LINES_FIELD: "two\nthree\n\nfive"})
     finish(store, job_id)
 
@@ -133,7 +133,7 @@ def test_a_finished_job_without_end_marker_ends_its_followers(store):
     """A job that finished while its followers waited, with no end marker (e.g. written by an
     older worker): the tailer notices the record on its next timeout."""
     job_id = new_job(store)
-    store.append_log(job_id, ["only line"], 1000)
+    store.append_log(job_id, ["only line"])
 
     async def body(hub: LogHub):
         followers = [asyncio.create_task(collect(hub, job_id)) for _ in range(5)]
@@ -202,7 +202,7 @@ def test_followers_replaying_one_log_together_share_its_pages(store):
     """500 dashboards opening the same log must not read and parse it 500 times."""
     job_id = new_job(store)
     expected = [f"line {n}" for n in range(2000)]
-    store.append_log(job_id, expected, 1_000_000)
+    store.append_log(job_id, expected)
     finish(store, job_id)
 
     async def body(hub: LogHub):
