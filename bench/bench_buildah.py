@@ -30,14 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from executors import daemonless  # noqa: E402
-from executors.base import CancelToken  # noqa: E402
-from executors.buildah import resolve_mode  # noqa: E402
-from runner.context import write_tar  # noqa: E402
-from runner.jobs import BuildRequest  # noqa: E402
-from runner.pipeline import Pipeline  # noqa: E402
-from runner.settings import Settings  # noqa: E402
-from runner.store import JobStore  # noqa: E402
+from executors.daemonless import common as daemonless  # noqa: E402
+from executors.daemonless.buildah import resolve_mode  # noqa: E402
+from runner.config.settings import Settings  # noqa: E402
+from runner.core.build import CancelToken  # noqa: E402
+from runner.core.jobs import BuildRequest  # noqa: E402
+from runner.sources.pack import write_tar  # noqa: E402
+from runner.store.jobstore import JobStore  # noqa: E402
+from runner.worker.pipeline import Pipeline  # noqa: E402
 
 REGISTRY, USER, PASSWORD = "127.0.0.1:5000", "ci", "ci-password"
 BASE = f"{REGISTRY}/base/busybox:1"
@@ -111,8 +111,8 @@ def ours(cfg: Settings, store: JobStore, pipeline: Pipeline, context: Path, no_c
 def raw(cfg: Settings, context: Path, private: Path, no_cache: bool, by_id: bool) -> float:
     """`buildah build -t NAME && buildah push NAME`, or (by_id) build with --iidfile and push
     the image by id as our executor does (no local name, so buildah commits nothing extra)."""
-    mode = resolve_mode(cfg.executors.buildah)
-    buildah = " ".join(["buildah", *mode.global_args(cfg.executors.buildah)])
+    mode = resolve_mode(cfg.executors["buildah"])
+    buildah = " ".join(["buildah", *mode.global_args(cfg.executors["buildah"])])
     ref = f"{REGISTRY}/bench/buildah-raw:{uuid.uuid4().hex[:8]}"
     auth, iid = private / "auth.json", private / "iid"
     name = f"--iidfile {iid}" if by_id else "-t localhost/bench-raw:latest"  # the name moves from build to build
@@ -146,7 +146,7 @@ def main() -> None:
     (private / "auth.json").chmod(0o600)
     (private / "registries.conf").write_text(f'[[registry]]\nlocation = "{REGISTRY}"\ninsecure = true\n')
     try:
-        mode = resolve_mode(cfg.executors.buildah)
+        mode = resolve_mode(cfg.executors["buildah"])
         print(f"{mode.describe()}; ours and raw alternating", file=sys.stderr)
         ours(cfg, store, pipeline, context, no_cache=False)  # warm up: base image, cache
         raw(cfg, context, private, no_cache=False, by_id=False)

@@ -20,11 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from executors.base import BuildContext, CancelToken  # noqa: E402
-from executors.socket import SocketExecutor  # noqa: E402
-from runner.context import write_tar  # noqa: E402
-from runner.jobs import BuildRequest  # noqa: E402
-from runner.settings import Settings  # noqa: E402
+from executors.engine.socket import SocketExecutor  # noqa: E402
+from runner.config.settings import Settings  # noqa: E402
+from runner.core.build import BuildContext, CancelToken  # noqa: E402
+from runner.core.jobs import BuildRequest  # noqa: E402
+from runner.sources.pack import write_tar  # noqa: E402
+from tests.support import executor_for  # noqa: E402
 
 BASE = "127.0.0.1:5000/base/busybox:1"
 
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--work", type=int, default=2, help="seconds each stage sleeps")
     args = parser.parse_args()
     settings = Settings(executors={"socket": {"enabled": True}})
-    executor = SocketExecutor(settings)
+    executor = executor_for(settings, "socket")
     with tempfile.TemporaryDirectory(prefix="bench-buildkit-") as tmp:
         root = Path(tmp) / "ctx"
         root.mkdir()

@@ -23,14 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from executors import dind_cache, dind_pool  # noqa: E402
-from executors.base import CancelToken  # noqa: E402
-from executors.dind import DindExecutor  # noqa: E402
-from executors.engine import connect  # noqa: E402
-from executors.socket import SocketExecutor  # noqa: E402
-from runner.jobs import BuildRequest  # noqa: E402
-from runner.settings import Settings  # noqa: E402
+from executors.dind import cache as dind_cache  # noqa: E402
+from executors.dind import pool as dind_pool  # noqa: E402
+from executors.engine.engine import connect  # noqa: E402
+from runner.config.settings import Settings  # noqa: E402
+from runner.core.build import CancelToken  # noqa: E402
+from runner.core.jobs import BuildRequest  # noqa: E402
 from tests.support import dind as support  # noqa: E402
+from tests.support import executor_for  # noqa: E402
 
 DOCKERFILE = "FROM {base}\nRUN echo compiled > /built.txt\nCOPY app.txt /app.txt\n"
 
@@ -105,11 +105,11 @@ def main() -> None:
         dind_ctx = context(tmp / "dind", support.base_image(env))
         socket_ctx = context(tmp / "socket", env["RUNNER_DEV_BASE_IMAGE"])
 
-        cold = DindExecutor(support.settings(env, sockdir), "bench")
+        cold = executor_for(support.settings(env, sockdir), "dind", "bench")
         for _ in range(args.rounds):
             results.setdefault("cold", []).append(first_step(run(cold, dind_ctx, f"{name_reg}/bench/dind:cold")))
 
-        warm = DindExecutor(support.settings(env, sockdir, warm_pool=1), "bench")
+        warm = executor_for(support.settings(env, sockdir, warm_pool=1), "dind", "bench")
         warm.start()
         pool = dind_pool.get(warm.pool_key())
         try:
@@ -119,7 +119,7 @@ def main() -> None:
         finally:
             warm.shutdown()
 
-        cached = DindExecutor(support.settings(env, sockdir, repo_cache=True), "bench")
+        cached = executor_for(support.settings(env, sockdir, repo_cache=True), "dind", "bench")
         run(cached, dind_ctx, f"{name_reg}/bench/dind:cached", cache_key)  # fills the cache
         for _ in range(args.rounds):
             clock = run(cached, dind_ctx, f"{name_reg}/bench/dind:cached", cache_key)
@@ -128,7 +128,7 @@ def main() -> None:
 
         socket_settings = Settings(executors={"socket": {"enabled": True}}, registries=[{
             "host": loop_reg, "username": env["RUNNER_DEV_REGISTRY_USER"], "password": env["RUNNER_DEV_REGISTRY_PASSWORD"]}])
-        sock = SocketExecutor(socket_settings, "bench")
+        sock = executor_for(socket_settings, "socket", "bench")
         run(sock, socket_ctx, f"{loop_reg}/bench/socket:cached")  # fills the host cache
         for _ in range(args.rounds):
             clock = run(sock, socket_ctx, f"{loop_reg}/bench/socket:cached")

@@ -37,8 +37,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.jobs import BuildRequest, JobRecord, Status  # noqa: E402
-from runner.store import JobStore  # noqa: E402
+from runner.core.jobs import BuildRequest, JobRecord, Status  # noqa: E402
+from runner.store.jobstore import JobStore  # noqa: E402
 
 RUNNER = str(Path(sys.executable).with_name("runner"))
 TOKEN = "bench-" + uuid.uuid4().hex

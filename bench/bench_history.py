@@ -27,9 +27,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from runner.jobs import BuildRequest, JobRecord, Status
-from runner.store import _CREATE as CREATE_SCRIPT
-from runner.store import JobStore
+from runner.core.jobs import BuildRequest, JobRecord, Status
+from runner.store.jobstore import _CREATE as CREATE_SCRIPT
+from runner.store.jobstore import JobStore
 
 RUNNER = str(Path(sys.executable).with_name("runner"))
 TOKEN = "bench-" + uuid.uuid4().hex

@@ -39,9 +39,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.context import spool_context, write_tar  # noqa: E402
-from runner.settings import LimitsConfig, load_settings  # noqa: E402
-from runner.store import JobStore  # noqa: E402
+from runner.config.settings import LimitsConfig, load_settings  # noqa: E402
+from runner.sources.pack import write_tar  # noqa: E402
+from runner.sources.upload import spool_context  # noqa: E402
+from runner.store.jobstore import JobStore  # noqa: E402
 from tests.hostile.context_support import post_raw, wait_finished  # noqa: E402
 from tests.hostile.context_tars import empty_members, gzip_member_bomb, pax_header_bomb  # noqa: E402
 

@@ -41,8 +41,8 @@ class Trial:
         self.config.write_text(yaml.safe_dump(config))
         self.env = {**os.environ, "RUNNER_CONFIG": str(self.config)}
         os.environ["RUNNER_CONFIG"] = str(self.config)
-        from runner.settings import load_settings
-        from runner.store import JobStore
+        from runner.config.settings import load_settings
+        from runner.store.jobstore import JobStore
 
         self.store = JobStore.from_settings(load_settings())
 

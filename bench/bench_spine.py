@@ -22,12 +22,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.context import write_tar  # noqa: E402
-from runner.jobs import BuildRequest  # noqa: E402
-from runner.queue import make_app  # noqa: E402
-from runner.settings import load_settings  # noqa: E402
-from runner.store import JobStore  # noqa: E402
-from runner.submission import submit  # noqa: E402
+from runner.config.settings import load_settings  # noqa: E402
+from runner.core.jobs import BuildRequest  # noqa: E402
+from runner.entry.submission import submit  # noqa: E402
+from runner.sources.pack import write_tar  # noqa: E402
+from runner.store.jobstore import JobStore  # noqa: E402
+from runner.worker.queue import make_app  # noqa: E402
 
 REGISTRY = "127.0.0.1:5000"
 BASE = f"{REGISTRY}/base/busybox:1"

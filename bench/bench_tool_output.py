@@ -39,13 +39,15 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from executors.base import BuildContext, CancelToken  # noqa: E402
-from executors.buildah import BuildahExecutor, BuildOutput, JobPaths, build_args, push_args, resolve_mode  # noqa: E402
-from executors.daemonless import Tool, ToolOutput, tool_env  # noqa: E402
-from runner.context import spool_context, write_tar  # noqa: E402
-from runner.jobs import BuildRequest, ImageRef  # noqa: E402
-from runner.settings import Settings  # noqa: E402
-from runner.store import JobStore  # noqa: E402
+from executors.daemonless.buildah import BuildOutput, JobPaths, build_args, push_args, resolve_mode  # noqa: E402
+from runner.config.settings import Settings  # noqa: E402
+from runner.core.build import BuildContext, CancelToken  # noqa: E402
+from runner.core.jobs import BuildRequest, ImageRef  # noqa: E402
+from runner.core.process import Tool, ToolOutput, tool_env  # noqa: E402
+from runner.sources.pack import write_tar  # noqa: E402
+from runner.sources.upload import spool_context  # noqa: E402
+from runner.store.jobstore import JobStore  # noqa: E402
+from tests.support import executor_for  # noqa: E402
 
 REGISTRY, USER, PASSWORD = "127.0.0.1:5000", "ci", "ci-password"
 BASE = f"{REGISTRY}/base/busybox:1"
@@ -97,7 +99,7 @@ class Bench:
         self.config_path.write_text(yaml.safe_dump(config(work, namespace)))
         self.settings = Settings(**config(work, namespace))
         self.store = JobStore.from_settings(self.settings)
-        self.buildah = self.settings.executors.buildah
+        self.buildah = self.settings.executors["buildah"]
         self.mode = resolve_mode(self.buildah)
         self.private = work / "private"
         self.private.mkdir(mode=0o700)
@@ -159,7 +161,7 @@ class Bench:
         with buffer.open("wb") as sink:
             write_tar(context, sink)
         built: BuildContext = spool_context([buffer.read_bytes()], self.settings.worker.workspace / job.id, "Dockerfile", 10**8)
-        log, executor = ListSink(), BuildahExecutor(self.settings)
+        log, executor = ListSink(), executor_for(self.settings, "buildah")
         try:
             elapsed = timed(lambda: executor.run(job, built, log, CancelToken()))
         finally:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.settings import load_settings
-from runner.store import JobStore
+from runner.config.settings import load_settings
+from runner.store.jobstore import JobStore
 from tests.support import all_support
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,17 +18,19 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-import executors.buildah as bx
-from executors.base import BuildContext, BuildFailed, CancelToken, InfrastructureError, InvalidJob, RegistryAuthFailed
-from executors.buildah import BuildahExecutor, BuildOutput, JobPaths, Mode, build_args, push_args
-from executors.daemonless import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
-from executors.output_pipe import LineAssembler
-from runner.context import spool_context, write_tar
-from runner.joblog import JobLog
-from runner.jobs import BuildRequest, ImageRef
-from runner.settings import BuildahExecutorConfig, Settings
+import executors.daemonless.buildah as bx
+from executors.daemonless.buildah import BuildahExecutor, BuildOutput, JobPaths, Mode, build_args, push_args
+from executors.daemonless.common import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
+from runner.config.settings import BuildahExecutorConfig, Settings
+from runner.core.build import BuildContext, CancelToken
+from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob, RegistryAuthFailed
+from runner.core.jobs import BuildRequest, ImageRef
+from runner.core.output_pipe import LineAssembler
+from runner.sources.pack import write_tar
+from runner.sources.upload import spool_context
+from runner.store.joblog import JobLog
 from tests.conftest import registry_digest, run_image
-from tests.support import all_support
+from tests.support import all_support, executor_for
 from tests.support.buildah import skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
@@ -62,7 +64,7 @@ class Recorder:
 
 
 def with_buildah(settings: Settings, **changes) -> Settings:
-    config = settings.executors.buildah.model_copy(update=changes)
+    config = settings.executors["buildah"].model_copy(update=changes)
     return settings.model_copy(update={"executors": settings.executors.model_copy(update={"buildah": config})})
 
 
@@ -269,7 +271,7 @@ def test_auto_isolation_follows_privileges(monkeypatch):
 
 # -- check() -----------------------------------------------------------------------------------
 def test_check_reports_version_storage_and_isolation(settings):
-    result = BuildahExecutor(settings).check()
+    result = executor_for(settings, "buildah").check()
     version = subprocess.run(["buildah", "--version"], capture_output=True, text=True).stdout.split()[2]
     assert result.ok, result.summary
     assert result.details["version"] == version and f"buildah {version}" in result.summary
@@ -279,14 +281,14 @@ def test_check_reports_version_storage_and_isolation(settings):
 
 def test_missing_binary_is_reported_and_fails_the_job_at_once(settings, tmp_path):
     broken = with_buildah(settings, binary="buildah-not-installed-here")
-    result = BuildahExecutor(broken).check()
+    result = executor_for(broken, "buildah").check()
     assert not result.ok and "buildah-not-installed-here is not installed" in result.summary and "apt-get install buildah" in result.summary
     job = BuildRequest(tags=["127.0.0.1:5000/x/y:1"])
     started = time.monotonic()
     with pytest.raises(InfrastructureError, match="not installed"):
-        BuildahExecutor(broken).run(job, make_context(broken, job, tmp_path, {"Dockerfile": "FROM scratch\n"}), Recorder(), CancelToken())
+        executor_for(broken, "buildah").run(job, make_context(broken, job, tmp_path, {"Dockerfile": "FROM scratch\n"}), Recorder(), CancelToken())
     assert time.monotonic() - started < 5
-    BuildahExecutor(broken).cleanup(job.id)  # never raises
+    executor_for(broken, "buildah").cleanup(job.id)  # never raises
 
 
 def test_overlay_unusable_falls_back_to_vfs_and_chroot_builds(harness, settings, storage, tmp_path):
@@ -297,17 +299,17 @@ def test_overlay_unusable_falls_back_to_vfs_and_chroot_builds(harness, settings,
     roots = {"storage_root": storage / "root", "run_root": storage / "run"}
     (storage / "root").mkdir(parents=True)
     (storage / "root/overlay").write_text("not a directory")
-    auto = BuildahExecutor(with_buildah(settings, **roots)).check()
+    auto = executor_for(with_buildah(settings, **roots), "buildah").check()
     assert auto.ok and auto.details["storage_driver"] == "vfs"
     assert "overlay unusable: mkdir" in auto.summary and "not a directory" in auto.summary
-    forced = BuildahExecutor(with_buildah(settings, storage_driver="overlay", **roots)).check()
+    forced = executor_for(with_buildah(settings, storage_driver="overlay", **roots), "buildah").check()
     assert not forced.ok and "overlay storage is not usable here" in forced.summary and "storage_driver" in forced.summary
 
     chroot = with_buildah(settings, isolation="chroot", **roots)
     job = BuildRequest(tags=[image(harness, "vfs-chroot")])
     context = make_context(chroot, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo via-chroot > /how\n"})
     log = Recorder()
-    executor = BuildahExecutor(chroot)
+    executor = executor_for(chroot, "buildah")
     try:
         [pushed] = executor.run(job, context, log, CancelToken())
     finally:
@@ -331,7 +333,7 @@ def test_credentials_and_secrets_travel_in_private_files_never_in_argv(harness, 
         "RUN --mount=type=secret,id=npmrc echo \"secret-bytes=$(cat /run/secrets/npmrc | wc -c)\" "
         "&& echo \"arg-bytes=$(printf %s \"$TOKEN\" | wc -c)\" && echo holding-$((6*7)) && sleep 3\n")})
     log = JobLog(harness.store, job.id, job.secret_values())
-    executor = BuildahExecutor(secured)
+    executor = executor_for(secured, "buildah")
     thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
     private = private_root(secured, "buildah", job.id)
     deadline = time.monotonic() + 60
@@ -360,7 +362,7 @@ def test_output_streams_into_the_log_as_it_happens(harness, settings, tmp_path):
     context = make_context(settings, job, tmp_path, {"Dockerfile": (
         f"FROM {base(harness)}\nRUN echo first-$((1)) && sleep 2 && echo second-$((2))\n")})
     log = Recorder()
-    executor = BuildahExecutor(settings)
+    executor = executor_for(settings, "buildah")
     try:
         executor.run(job, context, log, CancelToken())
     finally:
@@ -375,7 +377,7 @@ def test_layer_cache_is_reused_across_jobs(harness, settings, tmp_path):
     for _ in range(2):
         job = BuildRequest(tags=[image(harness, "layers")])
         log = Recorder()
-        executor = BuildahExecutor(settings)
+        executor = executor_for(settings, "buildah")
         try:
             [pushed] = executor.run(job, make_context(settings, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
         finally:
@@ -393,7 +395,7 @@ def test_registry_cache_feeds_a_worker_with_an_empty_store(harness, settings, st
         worker = with_buildah(settings, cache_repo=repo, storage_root=storage / name / "root", run_root=storage / name / "run")
         job = BuildRequest(tags=[image(harness, "remote-cache")])
         log = Recorder()
-        executor = BuildahExecutor(worker)
+        executor = executor_for(worker, "buildah")
         try:
             executor.run(job, make_context(worker, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
         finally:
@@ -410,8 +412,8 @@ def test_docker_format_keep_images_and_no_push(harness, settings, tmp_path):
     tags = [image(harness, "keep"), image(harness, "keep")]
     dockerfile = f"FROM {base(harness)}\nRUN echo kept-{uuid.uuid4().hex} > /k\n"
     jobs = [BuildRequest(tags=tags[:1]), BuildRequest(tags=tags[1:], push=False)]
-    executor = BuildahExecutor(keep)
-    mode = bx.resolve_mode(keep.executors.buildah)
+    executor = executor_for(keep, "buildah")
+    mode = bx.resolve_mode(keep.executors["buildah"])
     try:
         results = []
         for job in jobs:
@@ -429,7 +431,7 @@ def test_docker_format_keep_images_and_no_push(harness, settings, tmp_path):
         missing = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--creds", creds, f"docker://{tags[1]}"], capture_output=True)
         assert missing.returncode != 0  # push disabled: nothing reached the registry
     finally:
-        subprocess.run(["buildah", *mode.global_args(keep.executors.buildah), "rmi", *tags], capture_output=True)
+        subprocess.run(["buildah", *mode.global_args(keep.executors["buildah"]), "rmi", *tags], capture_output=True)
 
 
 # -- cancel, timeout, crash --------------------------------------------------------------------
@@ -439,7 +441,7 @@ def test_killed_buildah_leaves_nothing_after_cleanup(harness, settings, tmp_path
     job = BuildRequest(tags=[image(harness, "crash")], no_cache=True)
     context = make_context(settings, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo crash-$((6*7)) && sleep 300\n"})
     log = Recorder()
-    executor = BuildahExecutor(settings)
+    executor = executor_for(settings, "buildah")
     thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
     try:
         wait_for_line(log, "crash-42")  # output, not the STEP line
@@ -475,7 +477,7 @@ def test_cancelled_or_timed_out_job_leaves_no_process_or_container(harness, tmp_
         assert time.monotonic() - started < 30, "the job did not stop"
         time.sleep(0.1)
     assert record.status.value == ("cancelled" if how == "cancel" else "timed_out")
-    executor, clean = BuildahExecutor(harness.settings), {"containers": [], "processes": [], "runc": [], "private_dir": False}
+    executor, clean = executor_for(harness.settings, "buildah"), {"containers": [], "processes": [], "runc": [], "private_dir": False}
     deadline = time.monotonic() + 10  # the pipeline records the result first, then cleans up
     while (left := job_leftovers(executor, job_id)) != clean and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from executors.base import BuildContext, InvalidJob, job_secrets
-from executors.buildkit import _Follower, build_params, clean_error, context_body, iter_events
-from executors.buildkit_progress import DecodeError, ProgressPrinter, decode_status, decode_trace, iter_fields
-from executors.buildkit_session import encode_fields
-from runner.jobs import BuildRequest
-from runner.settings import Settings
+from executors.base import job_secrets
+from executors.engine.buildkit import _Follower, build_params, clean_error, context_body, iter_events
+from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_status, decode_trace, iter_fields
+from executors.engine.buildkit_session import encode_fields
+from runner.config.settings import Settings
+from runner.core.build import BuildContext
+from runner.core.errors import InvalidJob
+from runner.core.jobs import BuildRequest
 from tests.support import ListLog
 
 FIXTURES = Path(__file__).parent / "fixtures" / "buildkit"
@@ -209,7 +211,7 @@ def test_stream_lines_other_than_traces_are_logged():
 
 
 def test_registry_credentials_come_from_config_with_docker_hub_alias():
-    from executors.buildkit import registry_credentials
+    from executors.engine.buildkit import registry_credentials
 
     settings = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": "pw"},
                                     {"host": "docker.io", "username": "hub", "password": "hubpw"},
@@ -221,8 +223,8 @@ def test_registry_credentials_come_from_config_with_docker_hub_alias():
 
 
 def test_this_engine_supports_buildkit(services):
-    from executors.buildkit import _engine_key, buildkit_support
-    from executors.engine import connect
+    from executors.engine.buildkit import _engine_key, buildkit_support
+    from executors.engine.engine import connect
 
     api = connect("unix:///var/run/docker.sock", timeout=10)
     try:
@@ -238,9 +240,9 @@ def test_auto_falls_back_to_classic_where_the_engine_lacks_buildkit(tmp_path):
     """The verdict for an engine is cached by socket path; seed it for an engine that says no."""
     import docker
 
-    from executors import buildkit
-    from executors.base import CancelToken
-    from executors.engine import Engine
+    from executors.engine import buildkit
+    from executors.engine.engine import Engine
+    from runner.core.build import CancelToken
 
     api = docker.APIClient(base_url=f"unix://{tmp_path}/old-engine.sock", version="1.38")
     buildkit._SUPPORT[buildkit._engine_key(api)] = (False, "engine API 1.38 on linux; BuildKit needs API >= 1.39 on linux")

@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from runner.callbacks import SIGNATURE_HEADER, check_callback_url, deliver, drain, on_job_finished
-from runner.context import write_tar
-from runner.jobs import BuildRequest, JobRecord, Status
-from runner.settings_api import CallbacksConfig
-from runner.submission import submit
+from runner.config.sections import CallbacksConfig
+from runner.core.jobs import BuildRequest, JobRecord, Status
+from runner.entry.submission import submit
+from runner.sources.pack import write_tar
+from runner.worker.callbacks import SIGNATURE_HEADER, check_callback_url, deliver, drain, on_job_finished
 from tests.conftest import registry_digest
 
 SECRET = "callback-secret-" + uuid.uuid4().hex[:8]

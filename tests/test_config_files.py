@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from runner.config_doc import render_example
-from runner.settings import Settings
+from runner.config.example import render_example
+from runner.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,9 +40,9 @@ def test_example_names_every_option_and_loads():
 
 def test_shipped_configs_load():
     dev = load(ROOT / "config" / "dev.yml")
-    assert dev.default_executor == "buildah" and dev.executors.buildah.enabled
+    assert dev.default_executor == "buildah" and dev.executors["buildah"].enabled
     deploy = load(ROOT / "deploy" / "runner.yml")
-    assert deploy.executors.buildah.enabled and not deploy.executors.socket.enabled
+    assert deploy.executors["buildah"].enabled and not deploy.executors["socket"].enabled
 
 
 def test_compose_has_the_whole_stack():

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from executors.base import InvalidJob
-from runner.context import is_ignored, iter_context_files, spool_context, write_tar
+from runner.core.errors import InvalidJob
+from runner.sources.dockerignore import context_paths, is_excluded
+from runner.sources.pack import write_tar
+from runner.sources.upload import spool_context
 
 
 @pytest.mark.parametrize("patterns, path, ignored", [
@@ -24,7 +26,7 @@ from runner.context import is_ignored, iter_context_files, spool_context, write_
     (["*.tmp"], "src/cache.tmp", False),
 ])
 def test_dockerignore_matching(patterns, path, ignored):
-    assert is_ignored(path, patterns) is ignored
+    assert is_excluded(path, patterns) is ignored
 
 
 def make_tree(root: Path, files: dict[str, str]) -> Path:
@@ -37,7 +39,7 @@ def make_tree(root: Path, files: dict[str, str]) -> Path:
 def test_context_walk_honours_dockerignore_but_keeps_dockerfile(tmp_path):
     make_tree(tmp_path, {"Dockerfile": "", ".dockerignore": "Dockerfile\nnode_modules\n**/*.tmp\n",
                          "node_modules/x/y.js": "", "src/app.py": "", "src/cache.tmp": ""})
-    files = set(iter_context_files(tmp_path))
+    files = set(context_paths(tmp_path))
     assert {"Dockerfile", ".dockerignore", "src", "src/app.py"} <= files
     assert not {f for f in files if f.startswith("node_modules") or f.endswith(".tmp")}
 
@@ -102,7 +104,7 @@ def test_extraction_refuses_writes_through_links(tmp_path):
     """A chain of links that each look inside the context must not let a later member land
     outside it: the spool check refuses it, and so does the extractor on its own (the check is
     not what keeps the extractor safe), on any Python."""
-    from runner.extract import extract_tar
+    from runner.core.extract import extract_tar
 
     bad = tar_bytes([member("Dockerfile"), member("a", tarfile.SYMTYPE, "."), member("a/up", tarfile.SYMTYPE, ".."),
                      member("a/up/escaped")])

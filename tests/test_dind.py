@@ -22,15 +22,19 @@ import pytest
 import requests
 from pydantic import ValidationError
 
-from executors import dind_cache, dind_pool
-from executors.base import LABEL_JOB, LABEL_NAMESPACE, Cancelled, CancelToken, InfrastructureError
-from executors.dind import DindExecutor, reap
-from executors.engine import connect
-from executors.sidecar import bring_up, container_spec, daemon_args
-from runner.jobs import BuildRequest
-from runner.settings import DindExecutorConfig, Settings
+from executors.dind import cache as dind_cache
+from executors.dind import pool as dind_pool
+from executors.dind.executor import DindExecutor, reap
+from executors.dind.sidecar import bring_up, container_spec, daemon_args
+from executors.engine.engine import connect
+from runner.config.settings import DindExecutorConfig, Settings
+from runner.core.build import CancelToken
+from runner.core.errors import Cancelled, InfrastructureError
+from runner.core.jobs import BuildRequest
+from runner.core.labels import LABEL_JOB, LABEL_NAMESPACE
 from tests.conftest import registry_digest
 from tests.support import dind as support
+from tests.support import executor_for
 from tests.support.dind import Sink, build_context, docker_ids, leftovers
 
 pytestmark = pytest.mark.skipif(support.skip_reason() is not None, reason=support.skip_reason() or "")
@@ -113,7 +117,7 @@ def host_api():
 
 
 def executor(services, sockdir, worker: str | None = None, **overrides) -> DindExecutor:
-    return DindExecutor(support.settings(services, sockdir, **overrides), worker or f"test-{uuid.uuid4().hex[:6]}")
+    return executor_for(support.settings(services, sockdir, **overrides), "dind", worker or f"test-{uuid.uuid4().hex[:6]}")
 
 
 def tag(services, name: str) -> str:
@@ -241,7 +245,7 @@ def test_sidecar_that_exits_fails_at_once_with_its_exit_code_and_log(services, s
     sink = Sink()
     started = time.monotonic()
     with pytest.raises(InfrastructureError) as caught:
-        bring_up(host_api, settings.executors.dind, settings, executor="dind", labels={LABEL_JOB: "exits"}, log_sink=sink)
+        bring_up(host_api, settings.executors["dind"], settings, executor="dind", labels={LABEL_JOB: "exits"}, log_sink=sink)
     assert time.monotonic() - started < 5
     assert "exited with code 3" in caught.value.message
     assert "[sidecar] cannot mount overlay" in sink.lines
@@ -279,7 +283,7 @@ def test_inner_daemon_gets_mirrors_mtu_limits_hosts_and_registry_ca(services, so
     settings = support.settings(services, sockdir, registry_mirrors=["https://mirror.runner.test"], mtu=1400, cpus=1.5,
                                 memory="512m")
     settings.registries.append(settings.registries[0].model_copy(update={"host": "private.runner.test:5443", "ca_file": ca}))
-    sidecar = bring_up(host_api, settings.executors.dind, settings, executor="dind", labels={LABEL_JOB: "options"})
+    sidecar = bring_up(host_api, settings.executors["dind"], settings, executor="dind", labels={LABEL_JOB: "options"})
     try:
         inner = sidecar.client(timeout=30)
         info = inner.info()

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from executors.base import InvalidJob
-from runner.dockerignore import (
+from runner.core.errors import InvalidJob
+from runner.sources.dockerignore import (
     DockerignoreError,
     PatternMatcher,
     compile_pattern,
@@ -22,7 +22,7 @@ from runner.dockerignore import (
     read_ignore_lines,
     select_context,
 )
-from runner.gocompat import BadPattern, compile_go_regexp, go_clean, go_match, go_regexp_subject, go_trim_space
+from runner.sources.gocompat import BadPattern, compile_go_regexp, go_clean, go_match, go_regexp_subject, go_trim_space
 
 BAD = "bad"  # the row expects ErrBadPattern
 
@@ -478,7 +478,7 @@ def test_go_regexp_translation(source, subject, want):
     "^(a$", "^a)$", "^\\x4$", "^\\x{}$", "^\\q$", "^[a-\\d]$", "^\\",
 ])
 def test_go_regexp_refusals(source):
-    from runner.gocompat import GoRegexpError
+    from runner.sources.gocompat import GoRegexpError
 
     with pytest.raises(GoRegexpError):
         compile_go_regexp(source)
@@ -716,7 +716,7 @@ def test_walk_equals_fsutil_reference(data):
             selection = select_context(ctx, dockerfile)
         except DockerignoreError:
             return
-        from runner.dockerignore import matcher_for
+        from runner.sources.dockerignore import matcher_for
 
         matcher = matcher_for(ctx, dockerfile)
         assert selection.copied == fsutil_reference_walk(ctx, matcher if matcher.patterns else None)

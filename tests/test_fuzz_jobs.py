@@ -4,8 +4,8 @@ naming a field, or a valid request. Never another exception (which would crash a
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.settings import Settings
-from runner.submission import Rejected, admit, parse_request
+from runner.config.settings import Settings
+from runner.worker.admission import Rejected, admit, parse_request
 
 CONFIG = Settings(registries=[{"host": "127.0.0.1:5000"}], executors={"socket": {"enabled": True}}, default_executor="socket")
 FIELDS = ["id", "context", "dockerfile", "tags", "build_args", "secret_build_args", "secrets", "target", "labels",

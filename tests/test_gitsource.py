@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from executors.base import Cancelled, CancelToken, InfrastructureError, InvalidJob
-from runner.gitsource import check_url, mask_url, prepare_git_context, url_host, url_scheme
-from runner.joblog import JobLog
-from runner.jobs import BuildRequest
-from runner.settings_api import GitConfig, GitCredential
+from runner.config.sections import GitConfig, GitCredential
+from runner.core.build import CancelToken
+from runner.core.errors import Cancelled, InfrastructureError, InvalidJob
+from runner.core.jobs import BuildRequest
+from runner.sources.git import check_url, mask_url, prepare_git_context, url_host, url_scheme
+from runner.store.joblog import JobLog
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
            "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
@@ -272,7 +273,7 @@ def test_credentials_in_the_url_are_masked_and_kept_out_of_argv(prepare, git_htt
 
 def test_ssh_key_goes_to_a_0600_file_named_in_git_ssh_command(harness, tmp_path):
     """sshd is not installed here, so this checks the environment git gets, not a real SSH clone."""
-    from runner.gitsource import GitFetch
+    from runner.sources.git import GitFetch
 
     key = tmp_path / "id_test"
     key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n")

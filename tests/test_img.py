@@ -20,13 +20,16 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from executors.base import BuildFailed, CancelToken, InfrastructureError, InvalidJob
-from executors.daemonless import private_root
-from executors.img import ImgExecutor, build_args, global_args, push_args
-from runner.context import spool_context, write_tar
-from runner.jobs import BuildRequest, ImageRef
-from runner.settings import ImgExecutorConfig, Settings
+from executors.daemonless.common import private_root
+from executors.daemonless.img import build_args, global_args, push_args
+from runner.config.settings import ImgExecutorConfig, Settings
+from runner.core.build import CancelToken
+from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob
+from runner.core.jobs import BuildRequest, ImageRef
+from runner.sources.pack import write_tar
+from runner.sources.upload import spool_context
 from tests.conftest import registry_digest
+from tests.support import executor_for
 
 NO_IMG = shutil.which("img") is None
 NO_IMG_REASON = "img is not installed: no `img` on PATH (not packaged for Debian; upstream unmaintained)"
@@ -48,7 +51,7 @@ class Recorder:
 
 
 def with_img(settings: Settings, **changes) -> Settings:
-    config = settings.executors.img.model_copy(update={"enabled": True, **changes})
+    config = settings.executors["img"].model_copy(update={"enabled": True, **changes})
     return settings.model_copy(update={"executors": settings.executors.model_copy(update={"img": config})})
 
 
@@ -113,7 +116,7 @@ def calls(record: Path) -> list[dict]:
 @pytest.mark.skipif(not NO_IMG, reason="img is installed here")
 def test_check_says_img_is_not_installed_and_a_job_fails_at_once(harness, tmp_path):
     settings = with_img(harness.settings)
-    executor = ImgExecutor(settings)
+    executor = executor_for(settings, "img")
     result = executor.check()
     assert not result.ok
     assert "img is not installed (no `img` on PATH)" in result.summary and "buildah executor" in result.summary
@@ -164,7 +167,7 @@ def test_secret_build_args_are_refused_on_img(harness, fake_img, tmp_path):
     settings = with_img(harness.settings, binary=str(fake_img[0]))
     job = BuildRequest(tags=[f"{harness.registry()}/img-test/c:1"], build_args={"T": "v"}, secret_build_args=["T"])
     with pytest.raises(InvalidJob, match="command line"):
-        ImgExecutor(settings).run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), Recorder(), CancelToken())
+        executor_for(settings, "img").run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), Recorder(), CancelToken())
     assert calls(fake_img[1]) == []
 
 
@@ -178,7 +181,7 @@ def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fak
     job = BuildRequest(tags=tags, secrets=["npmrc"])
     context = context_for(settings, job, tmp_path, "FROM scratch\nCOPY Dockerfile /\n")
     log = Recorder()
-    executor = ImgExecutor(settings)
+    executor = executor_for(settings, "img")
     pushed = executor.run(job, context, log, CancelToken())
     private = private_root(settings, "img", job.id)
     assert sorted(p.name for p in private.iterdir()) == ["refs.json"]  # credentials and secrets already gone
@@ -186,13 +189,13 @@ def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fak
     assert not private.exists()
 
     build, push1, push2, remove = calls(record)
-    assert build["argv"] == [*global_args(settings.executors.img),
-                             *build_args(settings.executors.img, job, context.workspace / "img-context",
+    assert build["argv"] == [*global_args(settings.executors["img"]),
+                             *build_args(settings.executors["img"], job, context.workspace / "img-context",
                                          context.workspace / "img-context/Dockerfile", [("npmrc", private / "secrets/0")])]
     assert build["docker_config_mode"] == 0o700 and build["config_mode"] == 0o600
     assert "127.0.0.1:5000" in build["auth_hosts"]
-    assert [push1["argv"], push2["argv"]] == [[*global_args(settings.executors.img), "push", "--insecure-registry", t] for t in tags]
-    assert remove["argv"] == [*global_args(settings.executors.img), "rm", *tags]
+    assert [push1["argv"], push2["argv"]] == [[*global_args(settings.executors["img"]), "push", "--insecure-registry", t] for t in tags]
+    assert remove["argv"] == [*global_args(settings.executors["img"]), "rm", *tags]
     assert all(harness.services["RUNNER_DEV_REGISTRY_PASSWORD"] not in " ".join(c["argv"]) and value not in " ".join(c["argv"])
                for c in calls(record))
     assert log.secrets == [value]
@@ -206,7 +209,7 @@ def test_fake_img_failing_step_is_a_build_failure_naming_the_step(harness, fake_
     settings = with_img(harness.settings, binary=str(fake_img[0]), state_dir=tmp_path / "img-state")
     job = BuildRequest(tags=[f"{harness.registry()}/img-test/fail:1"])
     context = context_for(settings, job, tmp_path, "FROM scratch\nRUN echo about-to-fail && exit 3\n")
-    executor = ImgExecutor(settings)
+    executor = executor_for(settings, "img")
     with pytest.raises(BuildFailed) as failure:
         executor.run(job, context, Recorder(), CancelToken())
     executor.cleanup(job.id)
@@ -221,7 +224,7 @@ def test_real_img_builds_and_pushes(harness, tmp_path):  # pragma: no cover - ne
     tag = f"{harness.registry()}/img-test/real:{uuid.uuid4().hex[:8]}"
     job = BuildRequest(tags=[tag])
     context = context_for(settings, job, tmp_path, "FROM scratch\nCOPY Dockerfile /Dockerfile\n")  # no base image to pull
-    executor = ImgExecutor(settings)
+    executor = executor_for(settings, "img")
     assert executor.check().ok
     try:
         [pushed] = executor.run(job, context, Recorder(), CancelToken())

@@ -2,9 +2,9 @@
 
 import pytest
 
-from runner.jobs import BuildRequest, ImageRef, inside_context
-from runner.settings import Settings
-from runner.submission import Rejected, admit, parse_request
+from runner.config.settings import Settings
+from runner.core.jobs import BuildRequest, ImageRef, inside_context
+from runner.worker.admission import Rejected, admit, parse_request
 
 
 def rejected_field(data) -> str:

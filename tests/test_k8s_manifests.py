@@ -30,9 +30,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from executors import enabled_names
-from runner.settings import Settings, load_settings
-from runner.store import JobStore
+from executors.registry import enabled_names
+from runner.config.settings import Settings, load_settings
+from runner.store.jobstore import JobStore
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -429,12 +429,12 @@ def test_configured_paths_are_writable_volumes(install, settings_of):
     worker = install.container("worker")
     assert worker["securityContext"]["readOnlyRootFilesystem"] is True
     paths = [settings.worker.workspace, Path("/tmp"), Path("/var/tmp")]
-    if settings.executors.buildah.enabled:
-        paths += [settings.executors.buildah.storage_root, settings.executors.buildah.run_root, Path("/run")]
+    if settings.executors["buildah"].enabled:
+        paths += [settings.executors["buildah"].storage_root, settings.executors["buildah"].run_root, Path("/run")]
     for path in paths:
         assert under(path, worker["volumeMounts"], writable=True), f"{path} is on the read-only root"
-    if settings.executors.socket.enabled:  # the engine's socket is in a volume its sidecar shares
-        socket = Path(urlsplit(settings.executors.socket.docker_host).path)
+    if settings.executors["socket"].enabled:  # the engine's socket is in a volume its sidecar shares
+        socket = Path(urlsplit(settings.executors["socket"].docker_host).path)
         sidecar = next(c for c in install.pod("worker")["initContainers"] if c["name"] == "dind")
         shared = {m["name"] for m in sidecar["volumeMounts"] if socket.is_relative_to(m["mountPath"])}
         assert any(m["name"] in shared and socket.is_relative_to(m["mountPath"]) for m in worker["volumeMounts"])
@@ -464,7 +464,7 @@ def test_every_secret_file_in_the_config_is_a_mounted_secret(install, settings_o
 
 # -- the worker's privileges -----------------------------------------------------------------
 def test_buildah_worker_has_exactly_the_documented_privileges(install, settings_of):
-    if not settings_of("worker").executors.buildah.enabled:
+    if not settings_of("worker").executors["buildah"].enabled:
         pytest.skip(f"{install.name}: the worker does not run buildah")
     context = install.container("worker")["securityContext"]
     assert context["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "SETFCAP"]}
@@ -480,7 +480,7 @@ def test_buildah_worker_has_exactly_the_documented_privileges(install, settings_
 def test_dind_variant_confines_privilege_to_its_sidecar(install, settings_of):
     pod = install.pod("worker")
     privileged = [c["name"] for c in all_containers(pod) if c.get("securityContext", {}).get("privileged")]
-    if not settings_of("worker").executors.socket.enabled:
+    if not settings_of("worker").executors["socket"].enabled:
         assert privileged == []
         return
     assert privileged == ["dind"]

@@ -333,9 +333,9 @@ def test_sigterm_requeues_what_outlives_the_grace(make_harness, services, tmp_pa
 
 # -- 8. reaper -------------------------------------------------------------------------------------------
 def test_reaper_removes_leftovers_of_finished_jobs_only(make_harness, services, tmp_path):
-    from executors.base import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
-    from runner.jobs import BuildRequest, JobRecord, Status
-    from runner.reaper import reap
+    from runner.core.jobs import BuildRequest, JobRecord, Status
+    from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
+    from runner.worker.reaper import reap
 
     h = make_harness(executors={"socket": {"enabled": True}, "dind": {"enabled": True}})
     store, settings, ns = h.store, h.settings, h.config["worker"]["namespace"]
@@ -380,7 +380,7 @@ def test_secret_build_arg_is_masked_everywhere(harness, services, tmp_path):
 
 
 def test_masking_survives_chunk_boundaries_and_caps_the_log(harness):
-    from runner.joblog import JobLog
+    from runner.store.joblog import JobLog
 
     job_id = f"mask-{uuid.uuid4().hex[:6]}"
     log = JobLog(harness.store, job_id, ["hunter2-password"], max_bytes=400)
@@ -488,8 +488,8 @@ def test_attempt_whose_lease_was_taken_over_stops_without_recording(make_harness
     after = record(h, job_id)
     assert after["status"] == "running" and after["worker"] == "other-worker"
     assert "[runner] failed" not in log_of(h, job_id) and "[runner] cancelled" not in log_of(h, job_id)
-    from runner.control import cancel_job
-    from runner.jobs import Status
+    from runner.core.jobs import Status
+    from runner.entry.control import cancel_job
 
     store.r.delete(f"{store.ns}:lease:{job_id}")
     cancel_job(store, job_id)  # let the reaper of this harness tidy up; the record is ours to end

@@ -103,8 +103,8 @@ def test_same_job_id_twice_builds_once(harness, tmp_path, services):
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert "already exists" in second.stderr
     # the same message delivered twice to the queue (as a redelivery would) still builds once
-    from runner.jobs import BuildRequest
-    from runner.queue import enqueue, make_app
+    from runner.core.jobs import BuildRequest
+    from runner.worker.queue import enqueue, make_app
 
     record = json.loads(first.stdout)
     enqueue(make_app(harness.settings), BuildRequest.model_validate({**record["request"]}), record["queue"])

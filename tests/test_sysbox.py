@@ -13,13 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from executors.base import LABEL_JOB, CancelToken, InfrastructureError
-from executors.sidecar import container_spec
-from executors.sysbox import SysboxExecutor
-from runner.jobs import BuildRequest
-from runner.settings import Settings, SysboxExecutorConfig
+from executors.dind.sidecar import container_spec
+from executors.dind.sysbox import SysboxExecutor
+from runner.config.settings import Settings, SysboxExecutorConfig
+from runner.core.build import CancelToken
+from runner.core.errors import InfrastructureError
+from runner.core.jobs import BuildRequest
+from runner.core.labels import LABEL_JOB
 from tests.conftest import registry_digest
 from tests.support import dind as dind_support
+from tests.support import executor_for
 from tests.support import sysbox as support
 from tests.support.dind import Sink, build_context, leftovers
 
@@ -46,7 +49,7 @@ def sockdir():
 
 
 def executor(services, sockdir) -> SysboxExecutor:
-    return SysboxExecutor(dind_support.settings(services, sockdir, executor="sysbox"), f"test-{uuid.uuid4().hex[:6]}")
+    return executor_for(dind_support.settings(services, sockdir, executor="sysbox"), "sysbox", f"test-{uuid.uuid4().hex[:6]}")
 
 
 def test_check_and_run_refuse_clearly_without_sysbox_runc(services, sockdir, tmp_path):

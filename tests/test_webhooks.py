@@ -18,8 +18,8 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from runner.settings_api import RepositoryHook
-from runner.webhooks import Push, render_images, tag_safe, why_not
+from runner.config.sections import RepositoryHook
+from runner.entry.webhooks import Push, render_images, tag_safe, why_not
 from tests.conftest import registry_digest, run_image
 from tests.test_api import Stack, start_stack, stop_stack
 from tests.test_gitsource import commit_files, git
@@ -315,8 +315,8 @@ def test_templates_and_patterns():
 
 
 def test_clone_url_override_and_its_scheme_check(harness):
-    from runner.settings_api import GitConfig
-    from runner.webhooks import WebhookError, build_request
+    from runner.config.sections import GitConfig
+    from runner.entry.webhooks import WebhookError, build_request
 
     settings = harness.settings.model_copy(update={"git": GitConfig(allowed_schemes=["https", "file"])})
     repo = RepositoryHook(images=["127.0.0.1:5000/x/{repo}:{short_sha}"], clone_url="file:///srv/mirror/hello-app")

@@ -13,9 +13,9 @@ import uuid
 
 import pytest
 
-from runner.jobs import BuildRequest, JobRecord, Status
-from runner.logfollow import PAGE, QUEUE_BATCHES, Batch, LogHub, TooManyFollowers, entry_order
-from runner.store import END_FIELD, LINES_FIELD, JobStore
+from runner.core.jobs import BuildRequest, JobRecord, Status
+from runner.store.jobstore import END_FIELD, LINES_FIELD, JobStore
+from runner.store.logfollow import PAGE, QUEUE_BATCHES, Batch, LogHub, TooManyFollowers, entry_order
 
 
 @pytest.fixture

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from executors.base import BuildContext, Cancelled, CancelToken, InfrastructureError, InvalidJob
-from runner.context import spool_context
-from runner.extract import extract_tar
-from runner.settings import LimitsConfig
+from runner.config.settings import LimitsConfig
+from runner.core.build import BuildContext, CancelToken
+from runner.core.errors import Cancelled, InfrastructureError, InvalidJob
+from runner.core.extract import extract_tar
+from runner.sources.upload import spool_context
 from tests.hostile.context_tars import (
     DOCKERFILE,
     cve_chain,
@@ -152,8 +153,8 @@ def test_the_canonical_tar_is_normalised_and_plain(tmp_path):
     ("symlink", "s", "../t", 0, 0o777, 12), ("hardlink", "h", "a/b.txt", 0, 0o644, 8**11 - 1),
 ])
 def test_fast_canonical_headers_are_what_tarfile_writes(kind, name, target, size, mode, mtime):
-    from runner.context import _TAR_TYPES, ustar_header
-    from runner.tarstream import Member
+    from runner.core.tarstream import Member
+    from runner.sources.upload import _TAR_TYPES, ustar_header
 
     reference = tarfile.TarInfo(name)
     reference.type, reference.size, reference.mode, reference.mtime, reference.linkname = (

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from executors.base import CancelToken, InvalidJob
-from runner.gitsource import prepare_git_context
-from runner.joblog import JobLog
-from runner.jobs import BuildRequest
-from runner.settings_api import GitConfig
+from runner.config.sections import GitConfig
+from runner.core.build import CancelToken
+from runner.core.errors import InvalidJob
+from runner.core.jobs import BuildRequest
+from runner.sources.git import prepare_git_context
+from runner.store.joblog import JobLog
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "T",
            "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}

@@ -12,8 +12,9 @@ import threading
 
 import pytest
 
-from executors.base import Cancelled, CancelToken
-from runner.tarstream import PIECE, Member, TarError, TarLimitError, TarLimits, TarReader
+from runner.core.build import CancelToken
+from runner.core.errors import Cancelled
+from runner.core.tarstream import PIECE, Member, TarError, TarLimitError, TarLimits, TarReader
 from tests.hostile.context_tars import END, entry, file, folder, gz, hardlink, header, pax, symlink, tar_of
 
 

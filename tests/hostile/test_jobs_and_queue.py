@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.jobs import BuildRequest, JobRecord, Status
-from runner.store import JobStore
+from runner.core.jobs import BuildRequest, JobRecord, Status
+from runner.store.jobstore import JobStore
 from tests.conftest import RUNNER, WRONG_PASSWORD_HOST, cleanup_namespace, new_harness, run_image
 from tests.hostile.rawqueue import post_raw
 

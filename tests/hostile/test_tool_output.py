@@ -18,9 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executors.base import Cancelled, CancelToken
-from executors.daemonless import Tool, ToolOutput
-from executors.output_pipe import DRAIN_LIMIT, LineAssembler, read_until_exit
+from runner.core.build import CancelToken
+from runner.core.errors import Cancelled
+from runner.core.output_pipe import DRAIN_LIMIT, LineAssembler, read_until_exit
+from runner.core.process import Tool, ToolOutput
 from tests.conftest import registry_digest
 from tests.support import buildah as buildah_support
 

@@ -52,3 +52,10 @@ class ListLog:
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
+
+
+def executor_for(settings, name: str, worker_id: str = "test"):
+    """The executor object a worker with these settings would make for `name`."""
+    from runner.worker.worker import executor_env, make_executors
+
+    return make_executors(settings, [name], executor_env(settings, worker_id))[name]

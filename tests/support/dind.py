@@ -65,7 +65,7 @@ SUPPORT = ExecutorSupport(name="dind", config=config, skip_reason=skip_reason, r
 def settings(env: dict, socket_dir: Path, executor: str = "dind", **overrides):
     """Settings with one sidecar executor enabled, the registry (by name) configured and a
     namespace of its own (so a reaper in another test session never takes its sidecars)."""
-    from runner.settings import Settings
+    from runner.config.settings import Settings
 
     section = config(env, socket_dir=str(socket_dir), **overrides)
     if executor == "sysbox":
@@ -79,7 +79,7 @@ def build_context(root: Path, dockerfile: str, files: dict[str, str] | None = No
     """A BuildContext (a tar on disk) holding `dockerfile` and `files`."""
     import tarfile
 
-    from executors.base import BuildContext
+    from runner.core.build import BuildContext
 
     src = root / "src"
     src.mkdir(parents=True, exist_ok=True)

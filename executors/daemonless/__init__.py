@@ -1,0 +1,1 @@
+"""Daemonless executors: buildah and img, no Docker daemon at all."""

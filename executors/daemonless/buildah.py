@@ -1,0 +1,389 @@
+"""buildah executor: daemonless builds with the buildah binary, driven through `sh`
+(seed: "don't run Docker in Docker"). No engine, no socket, no privileged sidecar.
+
+Per job: unpack the context, `buildah build` into the worker's persistent storage
+(`--layers` cache), `buildah push --digestfile` the image (by id) to every tag, and confirm
+each digest at the registry. The build carries the job id as an unused build arg
+(IO_RUNNER_JOB), which buildah records in each working container, so `cleanup(job_id)`
+finds the job's containers even after the worker was killed mid-build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from executors.base import CheckResult, Executor, ExecutorEnv
+from executors.daemonless.common import (
+    JobFiles,
+    auth_failed,
+    cache_repo,
+    private_root,
+    registries_conf,
+    registry_auths,
+    secret_arg_env,
+    write_build_secrets,
+    write_cert_dir,
+)
+from executors.daemonless.config import BuildahConfig
+from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, is_auth_error
+from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
+
+RISK = ("builds run as root in buildah's isolation on this host (oci: runc namespaces; chroot: weaker); "
+        "no daemon and no socket are exposed to jobs")
+INSTALL_HINT = ": install it (apt-get install buildah) or set executors.buildah.binary"
+JOB_ARG = "IO_RUNNER_JOB"
+CAP_SYS_ADMIN = 21
+_STEP = re.compile(r"^(?:\[\d+/\d+\] )?STEP (\d+/\d+): (.*)$")
+_AT_STEP = re.compile(r'^building at STEP "(.*?)": (.*)$')
+_UNUSED_ARGS = re.compile(r"^\[Warning\] one or more build args were not consumed: \[(.*)\]$")
+_VERSION = re.compile(r"version (\S+)")
+_SOURCE = re.compile(r"docker://(\S+?):? ")
+_MARKED = ("[", "STEP ", "Error: ")  # every line BuildOutput looks at starts with one of these
+
+
+# -- storage and isolation -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Mode:
+    """What this worker's buildah will use, resolved once per config (probing costs a process)."""
+
+    binary: str
+    version: str
+    storage_driver: str
+    isolation: str
+    why: str
+
+    def global_args(self, config: BuildahConfig) -> list[str]:
+        return ["--root", str(config.storage_root), "--runroot", str(config.run_root),
+                "--storage-driver", self.storage_driver]
+
+    def describe(self) -> str:
+        return f"buildah {self.version}, storage {self.storage_driver}, isolation {self.isolation} ({self.why})"
+
+
+
+
+def has_cap_sys_admin() -> bool:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def auto_isolation() -> tuple[str, str]:
+    """oci as root on a host; chroot where runc cannot make namespaces; rootless as non-root."""
+    if os.geteuid() != 0:
+        return "rootless", "not running as root"
+    if not has_cap_sys_admin():
+        return "chroot", "no CAP_SYS_ADMIN, as in an unprivileged container"
+    if not (shutil.which("runc") or shutil.which("crun")):
+        return "chroot", "no OCI runtime (runc or crun) installed"
+    return "oci", "root with CAP_SYS_ADMIN"
+
+
+def resolve_mode(config: BuildahConfig) -> Mode:
+    """Probe buildah: its version, the storage driver and isolation it will use here."""
+    tool = Tool(config.binary, install_hint=INSTALL_HINT)
+    try:
+        match = _VERSION.search(tool.output(["--version"], timeout=30))
+    except ToolFailed as exc:
+        raise InfrastructureError(f"{config.binary} --version failed: {exc.message}") from None
+    version = match[1] if match else "?"
+    driver, why_driver = config.storage_driver, "configured"
+    if driver in ("auto", "overlay"):
+        problem = _overlay_problem(config)
+        if problem and driver == "overlay":
+            raise InfrastructureError(f"overlay storage is not usable here ({problem}); set executors.buildah.storage_driver "
+                                      "to vfs or auto")
+        driver, why_driver = ("vfs", f"overlay unusable: {problem}") if problem else ("overlay", "overlay works")
+    isolation, why_isolation = config.isolation, "configured"
+    if isolation == "auto":
+        isolation, why_isolation = auto_isolation()
+    return Mode(tool.binary, version, driver, isolation, f"storage: {why_driver}; isolation: {why_isolation}")
+
+
+
+
+def _overlay_problem(config: BuildahConfig) -> str | None:
+    """None if buildah can initialise overlay storage at the configured root, else why not."""
+    tool = Tool(config.binary, ["--root", str(config.storage_root), "--runroot", str(config.run_root),
+                                "--storage-driver", "overlay"])
+    try:
+        tool.output(["info"], timeout=60)
+    except ToolFailed as exc:
+        return exc.message.removeprefix("Error: ")
+    return None
+
+
+# -- the argv we run -------------------------------------------------------------------------
+@dataclass
+class JobPaths:
+    context: Path
+    dockerfile: Path
+    authfile: Path
+    iidfile: Path
+    cert_dir: Path | None = None
+    secrets: tuple[tuple[str, Path], ...] = ()
+
+
+def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobPaths) -> list[str]:
+    """`buildah build` arguments (after the global ones). No secret appears here: secret
+    build args are named only (their values travel in the environment)."""
+    args = ["build", f"--layers={'true' if config.layers else 'false'}", "--force-rm", "--isolation", mode.isolation,
+            "--format", config.format, "--authfile", str(paths.authfile), "--iidfile", str(paths.iidfile),
+            "-f", str(paths.dockerfile)]
+    if paths.cert_dir:
+        args += ["--cert-dir", str(paths.cert_dir)]
+    if job.no_cache:
+        args.append("--no-cache")
+    if job.target:
+        args += ["--target", job.target]
+    if job.platform:
+        args += ["--platform", job.platform]
+    for key, value in job.labels.items():
+        args += ["--label", f"{key}={value}"]
+    for key, value in job.build_args.items():
+        args += ["--build-arg", key if key in job.secret_build_args else f"{key}={value}"]
+    args += ["--build-arg", f"{JOB_ARG}={job.id}"]
+    for secret_id, path in paths.secrets:
+        args += ["--secret", f"id={secret_id},src={path}"]
+    if repo := cache_repo(config.cache_repo, job):
+        args += ["--cache-from", repo, "--cache-to", repo]
+    args.append(str(paths.context))
+    return args
+
+
+def push_args(config: BuildahConfig, image_id: str, ref: ImageRef, paths: JobPaths, digestfile: Path) -> list[str]:
+    args = ["push", "--authfile", str(paths.authfile), "--format", "v2s2" if config.format == "docker" else "oci",
+            "--digestfile", str(digestfile)]
+    if paths.cert_dir:
+        args += ["--cert-dir", str(paths.cert_dir)]
+    return [*args, image_id, f"docker://{ref}"]
+
+
+# -- output ------------------------------------------------------------------------------------
+class BuildOutput(ToolOutput):
+    """buildah build's output: remembers the current step and the error line, and drops our
+    IO_RUNNER_JOB marker from buildah's "build args were not consumed" warning."""
+
+    MARKED = _MARKED
+
+    def __init__(self, log: LogSink):
+        super().__init__(log)
+        self.step: tuple[str, str] | None = None
+        self.error: str | None = None
+
+    def handle(self, text: str) -> str | None:
+        if not text.startswith(_MARKED):
+            return text
+        if match := _UNUSED_ARGS.match(text):
+            names = [n for n in match[1].split() if n != JOB_ARG]
+            if not names:
+                return None
+            text = f"[Warning] one or more build args were not consumed: [{' '.join(names)}]"
+        if match := _STEP.match(text):
+            self.step = (match[1], match[2])
+        elif text.startswith("Error: "):
+            self.error = text.removeprefix("Error: ")
+        return text
+
+    def failure(self, code: int) -> ExecutorError:
+        error = self.error or f"buildah build exited with code {code}"
+        at_step = _AT_STEP.match(error)
+        if is_auth_error(error) and not (at_step and at_step[1].startswith("RUN")):
+            source = _SOURCE.search(error)
+            return auth_failed(f"while pulling {source[1] if source else 'a base image'}", error)
+        if at_step:
+            number = f" {self.step[0]}" if self.step and self.step[1] == at_step[1] else ""
+            return BuildFailed(f"build failed at step{number} ({at_step[1]}): {at_step[2]}")
+        return BuildFailed(f"build failed: {error}")
+
+
+# -- the executor ------------------------------------------------------------------------------
+class BuildahExecutor(Executor):
+    name = "buildah"
+    risk = RISK
+    Config = BuildahConfig
+    config: BuildahConfig
+
+    def __init__(self, config: BuildahConfig, env: ExecutorEnv):
+        super().__init__(config, env)
+        self._mode: Mode | None = None
+        self._mode_lock = threading.Lock()
+        #: jobs whose build exited on its own with success (buildah --force-rm removed its
+        #: containers), so cleanup can skip the container scan
+        self._clean_exit: set[str] = set()
+
+    def mode(self) -> Mode:
+        """What buildah uses on this worker, probed once (a probe costs a process or two)."""
+        with self._mode_lock:
+            if self._mode is None:
+                self._mode = resolve_mode(self.config)
+            return self._mode
+
+    def check(self) -> CheckResult:
+        try:
+            mode = self.mode()
+        except InfrastructureError as exc:
+            return CheckResult(False, exc.message)
+        return CheckResult(True, f"{mode.describe()}; storage root {self.config.storage_root}",
+                           {"version": mode.version, "storage_driver": mode.storage_driver, "isolation": mode.isolation,
+                            "storage_root": str(self.config.storage_root), "run_root": str(self.config.run_root)})
+
+    def tool(self, mode: Mode, env: dict[str, str] | None = None) -> Tool:
+        return Tool(mode.binary, mode.global_args(self.config), env, INSTALL_HINT)
+
+    def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
+        mode = self.mode()
+        log.line(f"[runner] {mode.describe()}")
+        files = JobFiles(private_root(self.env, self.name, job.id)).create()
+        try:
+            paths, env = self._prepare(job, context, files, log)
+            tool = self.tool(mode, env)
+            image_id = self._build(tool, mode, job, paths, log, cancel)
+            refs = job.image_refs()
+            if self.config.keep_images:  # a name left in the shared store would serve a later job's FROM
+                tool.output(["tag", image_id, *map(str, refs)])
+            if not job.push:
+                kept = f"kept as {', '.join(map(str, refs))}" if self.config.keep_images else "not named (keep_images is off)"
+                log.line(f"[runner] built {image_id[:12]}; push disabled, {kept}")
+                return [PushedImage(ref=str(ref), digest=f"sha256:{image_id}") for ref in refs]
+            pushed = [self._push(tool, image_id, ref, paths, files, log, cancel) for ref in refs]
+            if not self.config.layers and not self.config.keep_images:
+                self._remove_image(tool, image_id)
+            return pushed
+        except ToolFailed as exc:
+            raise InfrastructureError(f"buildah failed: {exc.message}") from None
+        finally:
+            files.remove()  # auth file and secrets go at once, whatever happened
+
+    def _prepare(self, job: BuildRequest, context: BuildContext, files: JobFiles, log: LogSink) -> tuple[JobPaths, dict]:
+        context_dir = context.extract_to(context.workspace / f"{self.name}-context")
+        paths = JobPaths(
+            context=context_dir,
+            dockerfile=context_dir / context.dockerfile,
+            authfile=files.write("auth.json", json.dumps(registry_auths(self.env.registries, log))),
+            iidfile=files.root / "iid",
+            cert_dir=write_cert_dir(self.env.registries, files),
+            secrets=tuple(write_build_secrets(self.job_secrets(job), files, log)),
+        )
+        env = {"TMPDIR": str(files.directory("tmp")), **secret_arg_env(job)}
+        if conf := registries_conf(self.env.registries):
+            env["CONTAINERS_REGISTRIES_CONF"] = str(files.write("registries.conf", conf))
+        return paths, tool_env(env)
+
+    def _build(self, tool: Tool, mode: Mode, job: BuildRequest, paths: JobPaths, log: LogSink, cancel: CancelToken) -> str:
+        output = BuildOutput(log)
+        code = tool.stream(build_args(self.config, mode, job, paths), output, cancel)
+        if code != 0:
+            raise output.failure(code)
+        self._clean_exit.add(job.id)
+        try:
+            return paths.iidfile.read_text().strip().removeprefix("sha256:")
+        except OSError:
+            raise InfrastructureError("buildah build succeeded but wrote no image id") from None
+
+    def _push(self, tool: Tool, image_id: str, ref: ImageRef, paths: JobPaths, files: JobFiles,
+              log: LogSink, cancel: CancelToken) -> PushedImage:
+        digestfile = files.root / "digest"
+        digestfile.unlink(missing_ok=True)
+        output = ToolOutput(log)
+        code = tool.stream(push_args(self.config, image_id, ref, paths, digestfile), output, cancel)
+        if code != 0:
+            error = output.last_error("Error: ") or f"buildah push exited with code {code}"
+            if is_auth_error(error):
+                raise auth_failed(f"pushing {ref}", error)
+            raise InfrastructureError(f"push of {ref} failed: {error}")
+        try:
+            digest = digestfile.read_text().strip()
+        except OSError:
+            raise InfrastructureError(f"buildah pushed {ref} but wrote no digest") from None
+        self.env.registries.confirm_digest(ref, digest)
+        log.line(f"[runner] pushed {ref} {digest}")
+        return PushedImage(ref=str(ref), digest=digest)
+
+    @staticmethod
+    def _remove_image(tool: Tool, image_id: str) -> None:
+        try:
+            tool.output(["rmi", image_id])
+        except ToolFailed:
+            pass  # still used (another job's tag, a container): it stays
+
+    # -- cleanup -------------------------------------------------------------------------------
+    def cleanup(self, job_id: str) -> None:
+        """Remove the job's working containers (found by their IO_RUNNER_JOB build arg) and
+        private files. Its image is never named locally, unless keep_images or push is off."""
+        try:
+            if job_id in self._clean_exit:
+                self._clean_exit.discard(job_id)
+            else:
+                self.kill_orphaned_runs(job_id)
+                mode = self.mode()
+                tool = self.tool(mode)
+                self._remove(tool, self.containers_by_job(tool, mode).get(job_id, []))
+        except (InfrastructureError, ToolFailed):
+            pass
+        finally:
+            JobFiles(private_root(self.env, self.name, job_id)).remove()
+
+    def sweep(self, is_live) -> list[str]:
+        """Working containers of jobs that are not live (their worker died mid-build)."""
+        try:
+            mode = self.mode()
+            tool = self.tool(mode)
+            dead = {job: ids for job, ids in self.containers_by_job(tool, mode).items() if not is_live(job)}
+        except (InfrastructureError, ToolFailed):
+            return []
+        for job_id, containers in dead.items():
+            self.kill_orphaned_runs(job_id)
+            self._remove(tool, containers)
+        return sorted(dead)
+
+    @staticmethod
+    def _remove(tool: Tool, containers: list[str]) -> None:
+        for container in containers:
+            try:
+                tool.output(["rm", container])
+            except ToolFailed:
+                pass
+
+    def kill_orphaned_runs(self, job_id: str) -> None:
+        """Kill RUN steps that outlived a SIGKILLed buildah: with oci isolation runc keeps the
+        step running on its own; its bundle lies in the job's TMPDIR, which names the job."""
+        try:
+            runc = Tool("runc")
+            listed = json.loads(runc.output(["list", "--format", "json"]) or "null") or []
+        except (InfrastructureError, ToolFailed, ValueError):
+            return
+        private = f"{private_root(self.env, self.name, job_id)}/"
+        for container in listed:
+            if str(container.get("bundle", "")).startswith(private):
+                for args in (["kill", container["id"], "KILL"], ["delete", "--force", container["id"]]):
+                    try:
+                        runc.output(args)
+                    except ToolFailed:
+                        pass
+
+    def containers_by_job(self, tool: Tool, mode: Mode) -> dict[str, list[str]]:
+        """Working containers buildah holds, by the job that made them (read from the state
+        buildah keeps per container: <root>/<driver>-containers/<id>/userdata/buildah.json)."""
+        found: dict[str, list[str]] = {}
+        for entry in json.loads(tool.output(["containers", "--json"]) or "[]") or []:
+            state = self.config.storage_root / f"{mode.storage_driver}-containers" / entry["id"] / "userdata" / "buildah.json"
+            try:
+                job = (json.loads(state.read_text()).get("Args") or {}).get(JOB_ARG)
+            except (OSError, ValueError):
+                continue
+            if job:
+                found.setdefault(job, []).append(entry["id"])
+        return found

@@ -1,0 +1,177 @@
+"""Shared by the daemonless executors (buildah, img).
+
+- `JobFiles`: one private directory per job (0700) for the files a build tool needs —
+  registry auth file, registries.conf, CA directory, build-secret files (each 0600).
+  Secrets reach the tool through these files or its environment, never its argv.
+The tools themselves run through runner.core.process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+
+from executors.base import ExecutorEnv
+from runner.core.build import LogSink
+from runner.core.errors import AUTH_WORDS, InfrastructureError, InvalidJob, RegistryAuthFailed
+from runner.core.jobs import BuildRequest
+from runner.core.registry import RegistryConfig, is_loopback
+
+#: Names a secret build arg may not take: it travels in the tool's environment, where these
+#: names would change how the tool itself runs.
+RESERVED_ENV = {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "USER", "SHELL", "PWD", "IFS", "TERM"}
+RESERVED_ENV_PREFIXES = ("BUILDAH_", "STORAGE_", "CONTAINERS_", "REGISTRY_", "DOCKER_", "XDG_", "IMG_", "LD_")
+SYSTEM_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
+
+
+# -- per-job private files ---------------------------------------------------------------------
+def private_root(env: ExecutorEnv, executor: str, job_id: str) -> Path:
+    """Where an executor keeps a job's private files; derivable from the job id alone so
+    `cleanup(job_id)` finds it after a crash."""
+    return env.job_dir(job_id) / f".{executor}-private"
+
+
+class JobFiles:
+    """A 0700 directory of 0600 files; `remove()` is idempotent."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def create(self) -> JobFiles:
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        return self
+
+    def write(self, name: str, data: str | bytes) -> Path:
+        path = self.root / name
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        return path
+
+    def directory(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+
+    def remove(self, *names: str) -> None:
+        """Remove the named entries, or the whole directory when no name is given."""
+        for target in [self.root / n for n in names] if names else [self.root]:
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+
+
+# -- registry access ---------------------------------------------------------------------------
+def registry_auths(registries: Iterable[RegistryConfig], log: LogSink | None = None) -> dict:
+    """The `{"auths": {host: {"auth": b64(user:password)}}}` document that both
+    containers-auth.json (buildah) and Docker's config.json (img) use, for every configured
+    registry with credentials (base images may come from any of them). A registry whose
+    password file cannot be read is left out, with a line in `log` (without one: an error)."""
+    auths = {}
+    for registry in registries:
+        try:
+            secret = registry.secret()
+        except ValueError as exc:
+            if log is None:
+                raise InfrastructureError(str(exc)) from None
+            log.line(f"[runner] warning: {exc}; pulling from or pushing to {registry.host} will fail")
+            continue
+        if registry.username and secret is not None:
+            token = base64.b64encode(f"{registry.username}:{secret}".encode()).decode()
+            auths[registry.host] = {"auth": token}
+    return {"auths": auths}
+
+
+def plain_http(registry: RegistryConfig) -> bool:
+    return registry.insecure or is_loopback(registry.host)
+
+
+def _system_search_settings() -> str:
+    """Short-name settings copied from the system registries.conf into a per-job one."""
+    try:
+        data = tomllib.loads(SYSTEM_REGISTRIES_CONF.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return ""
+    lines = []
+    if isinstance(data.get("unqualified-search-registries"), list):
+        lines.append(f"unqualified-search-registries = {json.dumps(data['unqualified-search-registries'])}")
+    if isinstance(data.get("short-name-mode"), str):
+        lines.append(f"short-name-mode = {json.dumps(data['short-name-mode'])}")
+    return "\n".join(lines)
+
+
+def registries_conf(registries: Iterable[RegistryConfig]) -> str | None:
+    """A containers-registries.conf marking plain-HTTP registries insecure, or None if no
+    configured registry needs it (then the system file applies unchanged)."""
+    insecure = [r.host for r in registries if plain_http(r)]
+    if not insecure:
+        return None
+    parts = [_system_search_settings()]
+    parts += [f"[[registry]]\nlocation = {json.dumps(host)}\ninsecure = true" for host in insecure]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def write_cert_dir(registries: Iterable[RegistryConfig], files: JobFiles) -> Path | None:
+    """Copy each configured CA into one directory (containers/image trusts a --cert-dir for
+    every registry, on top of the system roots)."""
+    cas = [r for r in registries if r.ca_file]
+    if not cas:
+        return None
+    certs = files.directory("certs")
+    for registry in cas:
+        try:
+            data = Path(registry.ca_file).read_bytes()
+        except OSError as exc:
+            raise InfrastructureError(f"registry {registry.host}: cannot read ca_file {registry.ca_file}: {exc.strerror}") from None
+        files.write(f"certs/{re.sub(r'[^A-Za-z0-9_.-]', '_', registry.host)}.crt", data)
+    return certs
+
+
+def auth_failed(what: str, message: str) -> RegistryAuthFailed:
+    """The error for a refused login; `message` is cut to the registry's own words."""
+    lower = message.lower()
+    start = min((lower.find(word) for word in AUTH_WORDS if word in lower), default=0)
+    return RegistryAuthFailed(f"the registry refused our credentials {what}: {message[start:]}. "
+                              "Check username and password for that registry under `registries:` in the runner config")
+
+
+def cache_repo(config_repo: str | None, job: BuildRequest) -> str | None:
+    """The registry cache repository: the configured one, or a per-cache-key one under it."""
+    if not config_repo:
+        return None
+    return f"{config_repo}/{job.cache_key.lower()}" if job.cache_key else config_repo
+
+
+# -- secrets -----------------------------------------------------------------------------------
+def write_build_secrets(secrets: dict[str, bytes], files: JobFiles, log: LogSink) -> list[tuple[str, Path]]:
+    """Each build secret the job names, in its own 0600 file; the values are masked in the log."""
+    add_secret = getattr(log, "add_secret", None)
+    written = []
+    for index, (secret_id, value) in enumerate(secrets.items()):
+        if add_secret is not None:
+            add_secret(value.decode())
+        written.append((secret_id, files.write(f"secrets/{index}", value)))
+    return written
+
+
+def secret_arg_env(job: BuildRequest) -> dict[str, str]:
+    """Secret build-arg values for the tool's environment (`--build-arg NAME` reads them)."""
+    env = {}
+    for name in job.secret_build_args:
+        if name in RESERVED_ENV or name.upper().startswith(RESERVED_ENV_PREFIXES):
+            raise InvalidJob(f"secret build arg {name!r} would travel in the build tool's environment, where that name "
+                             "changes how the tool runs; rename the build arg")
+        env[name] = job.build_args[name]
+    return env
+
+

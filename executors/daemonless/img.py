@@ -1,0 +1,178 @@
+"""img executor: daemonless, rootless-capable builds with img (BuildKit in a binary),
+driven through `sh` like buildah.
+
+img is not packaged for Debian and its upstream is unmaintained, so on most hosts this
+executor is unavailable: `check()` says so, and a job that reaches it fails at once with
+that message. Where img exists: `img build -t REF…` then `img push REF` per tag, with
+credentials in a per-job DOCKER_CONFIG (config.json, 0600); img reports no digest, so the
+digest returned is the one the registry holds after the push.
+
+img limits (img 0.5): it cannot pull a base image from a plain-HTTP registry (only push has
+--insecure-registry), it trusts only the system CA store, and its --build-arg takes values
+on the command line only, so secret build args are refused (use build secrets instead).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+from executors.base import CheckResult, Executor
+from executors.daemonless.common import (
+    JobFiles,
+    auth_failed,
+    cache_repo,
+    plain_http,
+    private_root,
+    registry_auths,
+    write_build_secrets,
+)
+from executors.daemonless.config import ImgConfig
+from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, is_auth_error
+from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
+
+RISK = "builds run in img's embedded BuildKit as this worker's user; no daemon and no socket are exposed to jobs"
+NOT_INSTALLED = ("img is not installed (no `{binary}` on PATH): it is not packaged for Debian and its upstream is "
+                 "unmaintained. Route jobs to the buildah executor, or install img and set executors.img.binary")
+_STEP = re.compile(r"^#\d+ \[(?:[\w.-]+ )?(\d+/\d+)\] (.*)$")
+_ERROR = re.compile(r"(?:^error: |failed to solve|executor failed running|did not complete successfully)", re.IGNORECASE)
+REFS_FILE = "refs.json"
+
+
+def not_installed(config: ImgConfig) -> str | None:
+    return None if shutil.which(config.binary) else NOT_INSTALLED.format(binary=config.binary)
+
+
+# -- the argv we run -------------------------------------------------------------------------
+def global_args(config: ImgConfig) -> list[str]:
+    return ["-s", str(config.state_dir), "-b", config.backend]
+
+
+def build_args(config: ImgConfig, job: BuildRequest, context_dir, dockerfile, secrets) -> list[str]:
+    args = ["build", "--no-console", "-f", str(dockerfile)]
+    for ref in job.tags:
+        args += ["-t", ref]
+    if job.no_cache:
+        args.append("--no-cache")
+    if job.target:
+        args += ["--target", job.target]
+    if job.platform:
+        args += ["--platform", job.platform]
+    for key, value in job.labels.items():
+        args += ["--label", f"{key}={value}"]
+    for key, value in job.build_args.items():
+        args += ["--build-arg", f"{key}={value}"]
+    for secret_id, path in secrets:
+        args += ["--secret", f"id={secret_id},src={path}"]
+    if repo := cache_repo(config.cache_repo, job):
+        args += ["--cache-from", repo, "--cache-to", repo]
+    args.append(str(context_dir))
+    return args
+
+
+def push_args(ref: ImageRef, insecure: bool) -> list[str]:
+    return ["push", *(["--insecure-registry"] if insecure else []), str(ref)]
+
+
+class ImgOutput(ToolOutput):
+    """img build's output: remembers the current BuildKit step and the error lines."""
+
+    def __init__(self, log: LogSink):
+        super().__init__(log)
+        self.step: tuple[str, str] | None = None
+        self.error: str | None = None  # the last error line (only that one is reported)
+
+    def handle(self, text: str) -> str | None:
+        if match := _STEP.match(text):
+            self.step = (match[1], match[2])
+        if _ERROR.search(text):
+            self.error = text
+        return text
+
+    def failure(self, code: int) -> ExecutorError:
+        error = self.error or f"img build exited with code {code}"
+        if is_auth_error(error):
+            return auth_failed("while pulling a base image", error)
+        where = f" at step {self.step[0]} ({self.step[1]})" if self.step else ""
+        return BuildFailed(f"build failed{where}: {error}")
+
+
+class ImgExecutor(Executor):
+    name = "img"
+    risk = RISK
+
+    Config = ImgConfig
+    config: ImgConfig
+
+    def check(self) -> CheckResult:
+        if problem := not_installed(self.config):
+            return CheckResult(False, problem)
+        try:
+            version = Tool(self.config.binary).output(["version"], timeout=30).strip().splitlines()
+        except (InfrastructureError, ToolFailed) as exc:
+            return CheckResult(False, f"img is installed but does not run: {exc}")
+        return CheckResult(True, f"{' '.join(version[:1]) or 'img'}, state {self.config.state_dir}, backend {self.config.backend}")
+
+    def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
+        if problem := not_installed(self.config):
+            raise InfrastructureError(problem)
+        if job.secret_build_args:
+            raise InvalidJob("img takes build-arg values only on its command line, where other users of the host can read "
+                             "them; pass secrets as build secrets (`secrets:`) or use the buildah executor")
+        files = JobFiles(private_root(self.env, self.name, job.id)).create()
+        if not self.config.keep_images:  # cleanup removes these names from img's state: a name left
+            files.write(REFS_FILE, json.dumps(job.tags))  # there would serve a later job's FROM
+        try:
+            for registry in self.env.registries:
+                if registry.ca_file:
+                    log.line(f"[runner] note: img trusts only the system CA store; {registry.host}'s ca_file must be "
+                             "installed there (update-ca-certificates)")
+            docker_config = files.directory("docker")
+            files.write("docker/config.json", json.dumps(registry_auths(self.env.registries, log)))
+            secrets = write_build_secrets(self.job_secrets(job), files, log)
+            context_dir = context.extract_to(context.workspace / f"{self.name}-context")
+            tool = Tool(self.config.binary, global_args(self.config),
+                        tool_env({"DOCKER_CONFIG": str(docker_config), "TMPDIR": str(files.directory("tmp"))}))
+            output = ImgOutput(log)
+            code = tool.stream(build_args(self.config, job, context_dir, context_dir / context.dockerfile, secrets), output, cancel)
+            if code != 0:
+                raise output.failure(code)
+            refs = job.image_refs()
+            if not job.push:
+                kept = f"kept as {', '.join(job.tags)} in {self.config.state_dir}" if self.config.keep_images else \
+                    "not kept (keep_images is off)"
+                log.line(f"[runner] push disabled; {kept}")
+                return [PushedImage(ref=str(ref), digest="") for ref in refs]
+            return [self._push(tool, ref, log, cancel) for ref in refs]
+        finally:
+            files.remove("docker", "secrets", "tmp")
+
+    def _push(self, tool: Tool, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
+        output = ToolOutput(log)
+        config = self.env.registries.config(ref.registry)
+        code = tool.stream(push_args(ref, plain_http(config)), output, cancel)
+        if code != 0:
+            error = next((t for t in reversed(output.lines) if t.strip()), f"img push exited with code {code}")
+            if is_auth_error(error):
+                raise auth_failed(f"pushing {ref}", error)
+            raise InfrastructureError(f"push of {ref} failed: {error}")
+        digest = self.env.registries.client(ref.registry).manifest_digest(ref)
+        if digest is None:
+            raise InfrastructureError(f"img reported pushing {ref} but the registry has no such tag")
+        log.line(f"[runner] pushed {ref} {digest}")
+        return PushedImage(ref=str(ref), digest=digest)
+
+    def cleanup(self, job_id: str) -> None:
+        """Remove the job's tags from img's state (unless keep_images) and its private files."""
+        files = JobFiles(private_root(self.env, self.name, job_id))
+        try:
+            refs = json.loads((files.root / REFS_FILE).read_text())
+            if refs and not_installed(self.config) is None:
+                Tool(self.config.binary, global_args(self.config)).output(["rm", *refs])
+        except (OSError, ValueError, InfrastructureError, ToolFailed):
+            pass
+        finally:
+            files.remove()

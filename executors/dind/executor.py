@@ -1,0 +1,247 @@
+"""dind executor: per job, a docker-in-docker sidecar on the host engine; the build and push
+run inside the sidecar's own daemon (the host engine never holds the job's images), then the
+sidecar, its volume, its network and its host directory are removed — also on failure,
+cancel and timeout. Building and pushing is executors/engine.py, exactly as for socket; only
+how the engine is reached and brought up differs (executors/sidecar.py).
+
+Optional: a warm pool of ready sidecars (executors/dind/pool.py) and a per-repository layer
+cache volume (executors/dind/cache.py). A job with a cache volume always gets a fresh sidecar
+(a running container cannot swap its /var/lib/docker), so warm sidecars serve uncached jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import docker
+import docker.errors
+import requests
+
+from executors.base import CheckResult, Executor, ExecutorEnv, IsLive
+from executors.dind import cache as dind_cache
+from executors.dind import pool as dind_pool
+from executors.dind.config import DindConfig
+from executors.dind.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove_dir, remove_labelled
+from executors.engine.builders import BuildKitSupport
+from executors.engine.client import EngineClient
+from executors.engine.engine import Engine, choose_builder
+from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.jobs import BuildRequest, PushedImage
+from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
+
+log = logging.getLogger("runner.executors.dind")
+
+RISK = ("each job runs in a sidecar with its own Docker daemon; privileged mode (the default) or the "
+        "capability profile gives that sidecar near-root power over the host if a build escapes it")
+EXECUTORS = ("dind", "sysbox")
+
+
+
+class DindExecutor(Executor):
+    name: ClassVar[str] = "dind"
+    risk: ClassVar[str] = RISK
+    Config = DindConfig
+    config: DindConfig
+    #: sysbox sets this: never privileged, whatever the config says
+    force_unprivileged: ClassVar[bool] = False
+
+    def __init__(self, config: DindConfig, env: ExecutorEnv):
+        super().__init__(config, env)
+        self.buildkit = BuildKitSupport()
+        self.pool: dind_pool.WarmPool | None = None
+        #: job id -> the warm sidecar serving it (pool sidecars carry the pool's labels, not the job's)
+        self._serving: dict[str, Sidecar] = {}
+        self._serving_lock = threading.Lock()
+        self._evicting = threading.Lock()
+
+    def host(self, timeout: int | None = 120) -> docker.APIClient:
+        """The host engine that runs the sidecars (public docker-py calls only)."""
+        return EngineClient.connect(self.config.docker_host, timeout=timeout).api
+
+    def engine_host(self) -> str:
+        return self.config.docker_host
+
+    # -- check -------------------------------------------------------------------------------
+    def check(self) -> CheckResult:
+        config = self.config
+        try:
+            api = self.host(timeout=10)
+            try:
+                version, info = api.version(), api.info()
+                runtimes = sorted(info.get("Runtimes") or {})
+                missing_runtime = config.runtime and config.runtime not in runtimes
+                try:
+                    api.inspect_image(config.image)
+                    has_image = True
+                except docker.errors.ImageNotFound:
+                    has_image = False
+            finally:
+                api.close()
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as text
+            return CheckResult(False, f"host Docker Engine at {config.docker_host} unreachable: {exc}")
+        details = {"image": config.image, "runtimes": ",".join(runtimes), "connection": config.connection,
+                   "privileged": str(config.privileged and not self.force_unprivileged)}
+        if missing_runtime:
+            return CheckResult(False, f"the Docker Engine at {config.docker_host} has no {config.runtime} runtime "
+                               f"(it has: {', '.join(runtimes) or 'none'}); install {config.runtime} and register it "
+                               "with dockerd, or use the dind executor", details)
+        if not has_image:
+            return CheckResult(False, f"the sidecar image {config.image!r} is not on the host engine: pull it, or build "
+                               f"one with scripts/dind-image.sh and set executors.{self.name}.image", details)
+        return CheckResult(True, f"{self.name} sidecars from {config.image} on Docker Engine {version.get('Version')} "
+                           f"— {self.risk}", details)
+
+    # -- run ---------------------------------------------------------------------------------
+    def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
+        api = self.host()
+        lease = sidecar = None
+        try:
+            if self.config.repo_cache and job.cache_key:
+                lease = dind_cache.acquire(api, self.config, self.name, job.cache_key, cancel, log)
+            sidecar = self._sidecar(api, job, lease, log, cancel)
+            inner = sidecar.client(timeout=None)
+            try:
+                builder = choose_builder(inner, job.builder or self.env.builder, self.buildkit, self.env.registries,
+                                         self.job_secrets(job))
+                return Engine(inner, self.env.registries).build_and_push(job, builder, context, log, cancel,
+                                                                         keep_images=lease is None)
+            finally:
+                inner.close()
+        finally:
+            if sidecar is not None:
+                sidecar.remove(api)
+                with self._serving_lock:
+                    self._serving.pop(job.id, None)
+            if lease is not None:
+                lease.release()
+                dind_cache.evict_in_background(lambda: self.host(timeout=300), self.config, self.name, self._evicting)
+            api.close()
+
+    def _sidecar(self, api: docker.APIClient, job: BuildRequest, lease: dind_cache.CacheLease | None,
+                 log: LogSink, cancel: CancelToken) -> Sidecar:
+        if lease is None and self.pool is not None:
+            sidecar = self.pool.take()
+            if sidecar is not None:
+                with self._serving_lock:
+                    self._serving[job.id] = sidecar
+                log.line(f"[runner] {self.name}: warm sidecar {sidecar.name} (ready for {time.monotonic() - sidecar.ready_at:.1f}s)")
+                return sidecar
+            log.line(f"[runner] {self.name}: warm pool is empty; starting a sidecar")
+        started = time.monotonic()
+        log.line(f"[runner] {self.name}: starting a sidecar from {self.config.image}")
+        sidecar = bring_up(api, self.config, self.env.registries, executor=self.name, labels=self.labels(job.id),
+                           cancel=cancel, log_sink=log, data_volume=lease.volume if lease else None,
+                           force_unprivileged=self.force_unprivileged)
+        log.line(f"[runner] {self.name}: sidecar {sidecar.name} ready in {time.monotonic() - started:.2f}s")
+        return sidecar
+
+    # -- cleanup -----------------------------------------------------------------------------
+    def cleanup(self, job_id: str) -> None:
+        with self._serving_lock:
+            sidecar = self._serving.pop(job_id, None)
+        try:
+            api = self.host(timeout=60)
+        except Exception:  # noqa: BLE001 - cleanup never raises
+            return
+        try:
+            if sidecar is not None:
+                sidecar.remove(api)
+            remove_labelled(api, {LABEL_JOB: job_id, LABEL_EXECUTOR: self.name})
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s cleanup of %s: %s", self.name, job_id, exc)
+        finally:
+            api.close()
+
+    def sweep(self, is_live: IsLive) -> list[str]:
+        """Sidecars, volumes and networks of this executor (on its own engine, in this
+        namespace) whose job is not live; warm-pool sidecars of pools that are gone."""
+        try:
+            api = self.host(timeout=30)
+        except Exception as exc:  # noqa: BLE001 - no engine: nothing of ours to sweep there
+            log.warning("%s sweep: %s", self.name, exc)
+            return []
+        try:
+            return reap(api, is_live, (self.name,), namespace=self.env.namespace)
+        finally:
+            api.close()
+
+    # -- warm pool ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.config.warm_pool > 0 and self.pool is None:
+            self.pool = self._make_pool()
+            self.pool.start()
+
+    def shutdown(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.shutdown()
+
+    def _make_pool(self) -> dind_pool.WarmPool:
+        api = self.host()
+        labels = {**self.labels(f"warm-pool-{self.name}"), dind_pool.LABEL_POOL: dind_pool.OWNER}
+
+        def factory() -> Sidecar:
+            return bring_up(api, self.config, self.env.registries, executor=self.name, labels=labels,
+                            force_unprivileged=self.force_unprivileged)
+
+        return dind_pool.WarmPool(self.config.warm_pool, factory, lambda s: s.remove(api), Sidecar.alive, self.name)
+
+
+def reap(api: docker.APIClient, is_live: IsLive, executors: tuple[str, ...] = EXECUTORS,
+         namespace: str | None = None) -> list[str]:
+    """Remove labelled sidecars, volumes and networks whose job is not live (for the worker's
+    reaper). Give `namespace` (settings.worker.namespace) so another deployment's jobs on the
+    same engine, which our is_live cannot know, are never touched. Warm-pool sidecars are
+    judged by their owner process when it is on this host. Cache volumes carry no job label
+    and are left to eviction. Returns the job ids whose leftovers were removed."""
+    verdicts: dict[str, bool] = {}
+
+    def dead(labels: dict[str, str]) -> bool:
+        owner = labels.get(dind_pool.LABEL_POOL)
+        if owner and (alive := dind_pool.owner_alive(owner)) is not None:
+            return not alive
+        job = labels[LABEL_JOB]
+        if job not in verdicts:
+            try:
+                verdicts[job] = bool(is_live(job))
+            except Exception:  # noqa: BLE001 - when in doubt, keep
+                verdicts[job] = True
+        return not verdicts[job]
+
+    def containers():
+        return api.containers(all=True, filters=filters)
+
+    def volumes():
+        return api.volumes(filters=filters).get("Volumes") or []
+
+    def remove_container(item):
+        api.remove_container(item["Id"], force=True, v=True)
+        if item["Labels"].get(LABEL_DIR):
+            remove_dir(Path(item["Labels"][LABEL_DIR]))
+
+    filters = {"label": [LABEL_EXECUTOR, *([f"{LABEL_NAMESPACE}={namespace}"] if namespace else [])]}
+    removed: set[str] = set()
+    for listing, remove in ((containers, remove_container),
+                            (volumes, lambda item: api.remove_volume(item["Name"], force=True)),
+                            (lambda: api.networks(filters=filters), lambda item: api.remove_network(item["Id"]))):
+        try:
+            items = listing()
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            log.warning("dind reaper: cannot list leftovers: %s", exc)
+            continue
+        for item in items:
+            labels = item.get("Labels") or {}
+            if not (is_ours(labels, executors) and dead(labels)):
+                continue
+            try:
+                remove(item)
+                removed.add(labels.get(LABEL_JOB, ""))
+            except docker.errors.NotFound:
+                pass
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                log.warning("dind reaper: %s", exc)
+    return sorted(removed)

@@ -1,0 +1,1 @@
+"""Docker Engine executors: the engine client, the classic and BuildKit builders, socket."""

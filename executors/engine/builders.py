@@ -1,0 +1,95 @@
+"""How an engine builds: the classic builder and BuildKit, behind one interface. Both build
+under the job's own local name (`job_tag`) and return the image id."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Protocol
+
+from executors.engine.client import EngineClient
+from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.errors import BuildFailed, InvalidJob
+from runner.core.jobs import BuildRequest
+
+JOB_TAG_REPO = "runner-job"
+MIN_BUILDKIT_API = (1, 39)
+_STEP = re.compile(r"^Step (\d+/\d+) : (.*)$")
+
+
+def job_tag(job_id: str) -> str:
+    """A local-only tag naming the job, so leftovers can be found without labelling the image."""
+    return f"{JOB_TAG_REPO}/{job_id.lower()}:build"
+
+
+class Builder(Protocol):
+    name: str
+
+    def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
+        """Build `job` from `context`; return the image id or raise a typed error."""
+
+
+class ClassicBuilder:
+    """The engine's classic builder (`POST /build` without version=2)."""
+
+    name = "classic"
+
+    def __init__(self, client: EngineClient):
+        self.client = client
+
+    def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
+        if job.secrets:
+            raise InvalidJob("build secrets need the BuildKit builder; the classic builder cannot mount them")
+        step, image_id = "", None
+        with context.open() as body:
+            stream = self.client.api.build(
+                fileobj=body, custom_context=True, dockerfile=job.dockerfile, tag=job_tag(job.id),
+                buildargs=job.build_args or None, target=job.target, labels=job.labels or None,
+                nocache=job.no_cache, rm=True, forcerm=True, pull=False, decode=True, platform=job.platform,
+            )
+            for event in stream:
+                if event.get("stream", "").strip("\n"):
+                    for text in event["stream"].splitlines():
+                        log.line(text)
+                        if match := _STEP.match(text):
+                            step = f"step {match[1]} ({match[2]})"
+                if "aux" in event and "ID" in event["aux"]:
+                    image_id = event["aux"]["ID"]
+                if "error" in event:
+                    message = event["error"].strip()
+                    log.line(f"[runner] error: {message}")
+                    raise BuildFailed(f"build failed{f' at {step}' if step else ''}: {message}")
+        cancel.raise_if_set()
+        if image_id is None:
+            raise BuildFailed("the engine finished the build without reporting an image id")
+        return image_id
+
+
+class BuildKitSupport:
+    """Which engines can run BuildKit (a Linux engine, API >= 1.39): asked once per engine and
+    kept for the life of the executor that owns this object."""
+
+    LIMIT = 256  # dind engines come and go, one socket each
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[bool, str]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, client: EngineClient) -> tuple[bool, str]:
+        """(supported, why)."""
+        with self._lock:
+            if client.key in self._known:
+                return self._known[client.key]
+        version, os_type = client.version_and_os()
+        try:
+            api_version = tuple(int(p) for p in version.split(".")[:2])
+        except ValueError:
+            api_version = (0, 0)
+        ok = api_version >= MIN_BUILDKIT_API and os_type.lower() == "linux"
+        why = f"engine API {version} on {os_type or 'unknown OS'}" + (
+            "" if ok else f"; BuildKit needs API >= {'.'.join(map(str, MIN_BUILDKIT_API))} on linux")
+        with self._lock:
+            if len(self._known) >= self.LIMIT:
+                self._known.clear()
+            self._known[client.key] = (ok, why)
+        return ok, why

@@ -1,0 +1,229 @@
+"""BuildKit builds through the Docker Engine HTTP API, for socket, dind and sysbox.
+
+`POST /build?version=2` with the context tar streamed as the body. Progress comes back as
+JSON lines whose `aux` holds a base64 protobuf StatusResponse (decoded and printed by
+executors.engine.buildkit_progress); the image id arrives as `{"id": "moby.image.id"}`. A BuildKit
+session (executors.engine.buildkit_session) serves registry credentials for FROM pulls and the
+job's build secrets. Cancel and timeout call `POST /build/cancel?id=BUILDID`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import docker.errors
+import requests
+
+from executors.engine.builders import job_tag
+from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_trace
+from executors.engine.buildkit_session import BuildSession
+from executors.engine.client import EngineClient, TransportUnsupported
+from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.errors import BuildFailed, Cancelled, InfrastructureError, InvalidJob
+from runner.core.jobs import BuildRequest
+
+if TYPE_CHECKING:
+    from runner.core.registries import Registries
+
+CHUNK = 256 * 1024
+DOCKER_HUB = "registry-1.docker.io"
+_PREFIXES = ("failed to solve with frontend dockerfile.v0: ", "failed to solve: ", "rpc error: code = Unknown desc = ")
+
+
+# -- the request ------------------------------------------------------------------------------------
+def build_params(job: BuildRequest, build_id: str, tag: str) -> dict[str, str]:
+    params = {"version": "2", "buildid": build_id, "dockerfile": job.dockerfile, "t": tag, "pull": "0", "rm": "1"}
+    if job.build_args:
+        params["buildargs"] = json.dumps(job.build_args)
+    if job.labels:
+        params["labels"] = json.dumps(job.labels)
+    if job.target:
+        params["target"] = job.target
+    if job.no_cache:
+        params["nocache"] = "1"
+    if job.platform:
+        params["platform"] = job.platform
+    return params
+
+
+def registry_credentials(registries: Registries, host: str) -> tuple[str, str] | None:
+    """The login the config holds for `host`, as BuildKit asks for it (Docker Hub as registry-1)."""
+    names = [host, "docker.io", "index.docker.io"] if host == DOCKER_HUB else [host]
+    config = next((c for c in map(registries.configured, names) if c is not None), None)
+    if config is None or not config.username:
+        return None
+    secret = config.secret()
+    return (config.username, secret) if secret is not None else None
+
+
+def _gzip_chunks(handle, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip container, fastest level
+    while chunk := handle.read(chunk_size):
+        if out := packer.compress(chunk):
+            yield out
+    yield packer.flush()
+
+
+@contextmanager
+def context_body(context: BuildContext):
+    """The context tar as a streamed request body.
+
+    The engine's Dockerfile frontend sniffs only the first 1024 bytes to decide "tar or a
+    bare Dockerfile"; a tar that opens with a PAX or GNU long-name header (Python's PAX
+    tars do, for every member) does not parse in that window and is taken for a Dockerfile.
+    Such tars go gzip-compressed on the fly: gzip is recognised by its magic bytes.
+    """
+    with context.open() as handle:
+        head = handle.read(512)
+        handle.seek(0)
+        if len(head) == 512 and head[156:157] in (b"x", b"g", b"L", b"K"):
+            yield _gzip_chunks(handle)
+        else:
+            yield handle
+
+
+def shutdown_stream(response: requests.Response | None) -> None:
+    """Unblock a thread reading the build stream: shut the socket down, then close."""
+    if response is None:
+        return
+    fp = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
+    sock = getattr(fp, "_sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    response.close()
+
+
+def iter_events(lines: Iterable[bytes]) -> Iterator[dict]:
+    for raw in lines:
+        if raw.strip():
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                event = {"stream": raw.decode("utf-8", "replace")}
+            if isinstance(event, dict):
+                yield event
+
+
+def clean_error(message: str) -> str:
+    message = message.strip()
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if message.startswith(prefix):
+                message, changed = message[len(prefix):], True
+    return message
+
+
+# -- the build --------------------------------------------------------------------------------------
+class _Follower:
+    """Turns the build's JSON lines into log lines; remembers the image id and the error."""
+
+    def __init__(self, log: LogSink):
+        self.log = log
+        self.printer = ProgressPrinter(log.line)
+        self.image_id: str | None = None
+        self.error: str | None = None
+        self._bad_traces = 0
+
+    def feed(self, event: dict) -> None:
+        if event.get("id") == "moby.buildkit.trace" and isinstance(event.get("aux"), str):
+            try:
+                self.printer.feed(decode_trace(event["aux"]))
+            except DecodeError as exc:
+                self._bad_traces += 1
+                if self._bad_traces == 1:
+                    self.log.line(f"[runner] skipped a progress message we could not decode: {exc}")
+            return
+        self.printer.settle()
+        if isinstance(event.get("aux"), dict) and "ID" in event["aux"]:
+            self.image_id = event["aux"]["ID"]
+        elif "error" in event or "errorDetail" in event:
+            self.error = (event.get("errorDetail") or {}).get("message") or event.get("error") or "unknown error"
+        elif text := str(event.get("stream", "")).strip("\n"):
+            for line in text.splitlines():
+                self.log.line(line)
+
+    def failure(self) -> BuildFailed:
+        self.printer.close()
+        for line in self.printer.failure_summary():
+            self.log.line(line)
+        message = clean_error(self.error or "")
+        self.log.line(f"[runner] error: {message}")
+        step = self.printer.failed_step()
+        return BuildFailed(f"build failed at {step.name}: {message}" if step else f"build failed: {message}")
+
+
+class BuildKitBuilder:
+    """BuildKit through the Engine API, with a session for registry logins and build secrets."""
+
+    name = "buildkit"
+
+    def __init__(self, client: EngineClient, registries: Registries, secrets: dict[str, bytes]):
+        self.client, self.registries, self.secrets = client, registries, secrets
+
+    def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
+        client = self.client
+        add_secret = getattr(log, "add_secret", None)
+        for value in self.secrets.values():
+            if add_secret is not None:
+                add_secret(value.decode("utf-8", "replace"))
+        build_id = uuid.uuid4().hex
+        params = build_params(job, build_id, job_tag(job.id))
+        session: BuildSession | None = BuildSession(client, f"runner-{job.id}",
+                                                    lambda host: registry_credentials(self.registries, host), self.secrets)
+        try:
+            params["session"] = session.start()
+        except TransportUnsupported as exc:
+            if self.secrets:
+                raise InvalidJob(f"build secrets need a BuildKit session, which this engine connection cannot carry ({exc})") from None
+            log.line(f"[runner] no BuildKit session ({exc}): FROM images must already be in the engine")
+            session = None
+        stream: dict[str, requests.Response] = {}
+
+        def stop() -> None:
+            log.line(f"[runner] {cancel.reason or 'cancelled'}: stopping BuildKit build {build_id}")
+            client.cancel_build(build_id)
+            shutdown_stream(stream.get("response"))
+
+        unregister = cancel.on_cancel(stop)
+        follower = _Follower(log)
+        try:
+            cancel.raise_if_set()
+            with context_body(context) as body:
+                stream["response"] = response = client.post_build(params, body)
+                if cancel.is_set():
+                    stop()
+                for event in iter_events(response.iter_lines()):
+                    follower.feed(event)
+            follower.printer.close()
+        except docker.errors.APIError as exc:
+            if cancel.is_set():
+                raise Cancelled(cancel.reason or "cancelled") from None
+            if exc.is_client_error():
+                raise BuildFailed(f"the Docker Engine refused the build: {clean_error(exc.explanation or str(exc))}") from None
+            raise InfrastructureError(f"the Docker Engine failed to start the build: {exc.explanation or exc}") from None
+        except (requests.RequestException, OSError) as exc:
+            if cancel.is_set():
+                raise Cancelled(cancel.reason or "cancelled") from None
+            raise InfrastructureError(f"lost the Docker Engine during the BuildKit build: {exc}") from None
+        finally:
+            unregister()
+            if session is not None:
+                session.close()
+            shutdown_stream(stream.get("response"))
+        cancel.raise_if_set()
+        if follower.error is not None:
+            raise follower.failure()
+        if follower.image_id is None:
+            raise BuildFailed("the engine finished the BuildKit build without reporting an image id")
+        return follower.image_id

@@ -1,0 +1,85 @@
+"""socket executor: builds on the host's Docker Engine through its socket (seed Method 1).
+
+Fast and cached, but a job that reaches the host engine is root-equivalent on the host:
+it can start a privileged container that mounts `/`. Disabled unless the config enables it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import docker.errors
+import requests
+
+from executors.base import CheckResult, Executor, ExecutorEnv, IsLive
+from executors.engine.builders import JOB_TAG_REPO, BuildKitSupport
+from executors.engine.client import EngineClient
+from executors.engine.config import SocketConfig
+from executors.engine.engine import Engine, choose_builder
+from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.jobs import BuildRequest, PushedImage
+
+RISK = ("jobs reach the host's Docker Engine: root-equivalent on this host "
+        "(a build can run a privileged container mounting /). Enable only for trusted code.")
+
+
+class SocketExecutor(Executor):
+    name: ClassVar[str] = "socket"
+    risk: ClassVar[str] = RISK
+    Config = SocketConfig
+    config: SocketConfig
+
+    def __init__(self, config: SocketConfig, env: ExecutorEnv):
+        super().__init__(config, env)
+        self.buildkit = BuildKitSupport()
+
+    def engine_host(self) -> str:
+        return self.config.docker_host
+
+    def check(self) -> CheckResult:
+        try:
+            client = EngineClient.connect(self.config.docker_host, timeout=5)
+            version, info = client.api.version(), client.api.info()
+            client.close()
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as text
+            return CheckResult(False, f"Docker Engine at {self.config.docker_host} unreachable: {exc}")
+        return CheckResult(True, f"Docker Engine {version.get('Version')} at {self.config.docker_host} — {RISK}",
+                           {"storage_driver": info.get("Driver", "?"),
+                            "runtimes": ",".join(sorted(info.get("Runtimes", {})))})
+
+    def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
+        client = EngineClient.connect(self.config.docker_host, timeout=None)
+        try:
+            builder = choose_builder(client, job.builder or self.env.builder, self.buildkit, self.env.registries,
+                                     self.job_secrets(job))
+            return Engine(client, self.env.registries).build_and_push(job, builder, context, log, cancel,
+                                                                      self.config.keep_images)
+        finally:
+            client.close()
+
+    def cleanup(self, job_id: str) -> None:
+        try:
+            client = EngineClient.connect(self.config.docker_host, timeout=30)
+        except Exception:  # noqa: BLE001 - cleanup never raises
+            return
+        try:
+            Engine(client, self.env.registries).remove_job_leftovers(job_id, keep_tags=self.config.keep_images)
+        except (docker.errors.DockerException, requests.RequestException):
+            pass
+        finally:
+            client.close()
+
+    def sweep(self, is_live: IsLive) -> list[str]:
+        """Images a dead job left under its local name (`runner-job/<id>:build`)."""
+        try:
+            client = EngineClient.connect(self.config.docker_host, timeout=10)
+            images = client.api.images(name=f"{JOB_TAG_REPO}/*")
+            client.close()
+        except Exception:  # noqa: BLE001 - no engine, nothing to find
+            return []
+        tags = [tag for image in images for tag in image.get("RepoTags") or []]
+        jobs = {tag.split("/", 1)[1].rsplit(":", 1)[0] for tag in tags if tag.startswith(JOB_TAG_REPO + "/")}
+        dead = sorted(job for job in jobs if not is_live(job))
+        for job_id in dead:
+            self.cleanup(job_id)
+        return dead

@@ -1,0 +1,76 @@
+"""The fake executor — FOR TESTS ONLY (like Woodpecker's dummy backend): it builds and
+pushes nothing. Its behaviour is steered by the job's build args, so the pipeline, the worker
+and the entry points can be driven through every path in seconds, without Docker:
+
+  FAKE_LINES=N       log N lines ("fake line 1" ...)
+  FAKE_SLEEP=S       take S seconds (cancel and timeout stop it)
+  FAKE_EXIT=N        fail as a build whose RUN step exited N
+  FAKE_ERROR=KIND    fail with that error kind: invalid, auth, infrastructure
+  FAKE_CRASH=1       raise an unexpected exception (a bug in an executor)
+  FAKE_KILL=1        SIGKILL the worker process mid-job (a worker lost)
+
+It reports each tag with a digest made from the job id and the tag. `cleanup` records the job
+ids it was called for (`cleaned`), so tests can see the pipeline call it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+from typing import ClassVar
+
+from pydantic import Field
+
+from executors.base import CheckResult, Executor, ExecutorConfig
+from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, RegistryAuthFailed
+from runner.core.jobs import BuildRequest, PushedImage
+
+ERRORS: dict[str, type[ExecutorError]] = {"invalid": InvalidJob, "auth": RegistryAuthFailed,
+                                          "infrastructure": InfrastructureError, "build": BuildFailed}
+
+
+class FakeConfig(ExecutorConfig):
+    """executors.fake: builds nothing; steered by build args. For the runner's own tests only."""
+
+    enabled: bool = Field(default=False, description="for the runner's own tests only: never enable it in production")
+
+
+class FakeExecutor(Executor):
+    name: ClassVar[str] = "fake"
+    risk: ClassVar[str] = "builds and pushes nothing: for the runner's own tests only"
+    Config = FakeConfig
+
+    def __init__(self, config: ExecutorConfig, env):
+        super().__init__(config, env)
+        self.cleaned: list[str] = []
+        self._lock = threading.Lock()
+
+    def check(self) -> CheckResult:
+        return CheckResult(True, "the fake executor: builds nothing (tests only)")
+
+    def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
+        args = job.build_args
+        for n in range(int(args.get("FAKE_LINES", "0") or 0)):
+            log.line(f"fake line {n + 1}")
+        if seconds := float(args.get("FAKE_SLEEP", "0") or 0):
+            log.line(f"[fake] working for {seconds:g}s")
+            cancel.wait(seconds)
+        cancel.raise_if_set()
+        if args.get("FAKE_KILL"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if args.get("FAKE_CRASH"):
+            raise RuntimeError("the fake executor crashed on purpose")
+        if kind := args.get("FAKE_ERROR"):
+            raise ERRORS.get(kind, InfrastructureError)(f"the fake executor failed with a {kind} error on purpose")
+        if code := int(args.get("FAKE_EXIT", "0") or 0):
+            log.line(f"fake step exited {code}")
+            raise BuildFailed(f"build failed at step 1/1 (RUN fake): exit code {code}")
+        return [PushedImage(ref=str(ref), digest="sha256:" + hashlib.sha256(f"{job.id} {ref}".encode()).hexdigest())
+                for ref in job.image_refs()]
+
+    def cleanup(self, job_id: str) -> None:
+        with self._lock:
+            self.cleaned.append(job_id)

@@ -1,0 +1,164 @@
+"""One typed settings tree: a YAML file (RUNNER_CONFIG) with RUNNER_* env overrides.
+
+Nested keys use a double underscore in env vars, e.g. RUNNER_REDIS_URL,
+RUNNER_EXECUTORS__SOCKET__ENABLED=true, RUNNER_LIMITS__MAX_CONTEXT_BYTES=1000000.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from executors.base import ExecutorConfig
+from runner.config.sections import ApiConfig, CallbacksConfig, GitConfig, WebhooksConfig
+from runner.core.registry import RegistryConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitsConfig(Strict):
+    max_context_bytes: int = Field(default=512 * 1024**2, description="largest build context, uncompressed (uploaded tar or "
+                                   "git checkout); also caps the upload itself")
+    max_context_files: int = Field(default=500_000, ge=1, description="most members (files, folders, links) in a build context")
+    max_context_path_bytes: int = Field(default=4096, ge=1, description="longest member path or link target in a build "
+                                        "context, in bytes")
+    max_context_header_bytes: int = Field(default=1024**2, ge=1, description="largest PAX / GNU long-name header data "
+                                          "before one member of a context tar")
+    max_log_bytes: int = Field(default=16 * 1024**2, description="log kept per job; past it one truncation line, the build goes on")
+    max_log_lines: int = Field(default=200_000, description="cap on log stream entries per job")
+    max_tags: int = Field(default=32, description="most image references one job may push")
+    default_timeout: int = Field(default=3600, description="seconds a job may run when it names no timeout")
+    max_timeout: int = Field(default=4 * 3600, description="largest timeout a job may ask for")
+    max_attempts: int = Field(default=3, description="attempts before a job that kills its worker is failed")
+
+
+class RetentionConfig(Strict):
+    """How long Redis keeps what jobs leave behind; nothing is kept for ever."""
+
+    finished_seconds: int = Field(default=7 * 24 * 3600, gt=0, description="records and logs of finished jobs; "
+                                  "the job list forgets them after this")
+    upload_seconds: int = Field(default=3600, gt=0, description="an uploaded context whose job was never submitted")
+    queued_seconds: int = Field(default=7 * 24 * 3600, gt=0, description="a queued job's context and secret values: "
+                                "a job still queued after this fails for want of them")
+
+
+class WorkerConfig(Strict):
+    concurrency: int = Field(default=2, ge=1, description="builds one worker runs at once")
+    namespace: str = Field(default="runner", description="prefix of every Redis key and queue name")
+    shutdown_grace: float = Field(default=60.0, description="seconds running jobs get after SIGTERM before they are requeued")
+    reap_interval: float = Field(default=300.0, description="seconds between sweeps for leftovers of finished jobs")
+    workspace: Path = Field(default=Path("/var/tmp/runner/work"), description="per-job scratch directories (contexts, clones)")
+    engine_down_policy: Literal["requeue", "fail"] = Field(
+        default="fail", description="on an infrastructure error: fail the job, or requeue it (up to limits.max_attempts)")
+    lease_ttl: float = Field(default=30.0, description="seconds without a heartbeat before a running job counts as lost")
+    recover_interval: float = Field(default=10.0, description="how often a worker looks for jobs whose worker died")
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="the worker's HTTP port for /metrics, /healthz and "
+                              "/readyz (0: off)")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNNER_", env_nested_delimiter="__", extra="forbid")
+
+    redis_url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="broker and job store (redis://[:password@]host:port/db)")
+    default_executor: str = Field(default="buildah", description="executor for jobs that name none")
+    registries: list[RegistryConfig] = Field(default_factory=list, description="registries jobs may push to; a tag on any other is refused")
+    executors: dict[str, ExecutorConfig] = Field(
+        default_factory=dict, validate_default=True,
+        description="each executor's own settings, by name (built-ins: socket, dind, sysbox, buildah, img, fake; "
+        "third-party executors too, through the entry-point group runner.executors); {enabled: true} turns one on")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    builder: Literal["auto", "buildkit", "classic"] = Field(default="auto", description="BuildKit where the engine has it (auto), or force one")
+    build_secrets: dict[str, SecretStr] = Field(default_factory=dict, description="id -> value for --secret")
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    git: GitConfig = Field(default_factory=GitConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlSource(settings_cls))
+
+    @field_validator("executors", mode="before")
+    @classmethod
+    def _executor_configs(cls, raw: Any) -> dict[str, ExecutorConfig]:
+        """Each section validated by its executor's own Config (an unknown name is an error);
+        every built-in gets its defaults when the file does not mention it."""
+        from executors.registry import BUILTIN, ExecutorRegistry, UnknownExecutor
+
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ValueError("executors must map executor names to their settings")
+        registry, configs = ExecutorRegistry(), {}
+        for name, section in raw.items():
+            try:
+                config_class = registry.config_class(name)
+            except UnknownExecutor as exc:
+                raise ValueError(str(exc)) from None
+            if isinstance(section, ExecutorConfig):
+                configs[name] = section
+                continue
+            try:
+                configs[name] = config_class.model_validate(section or {})
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(map(str, (name, *first["loc"])))
+                raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+        for name in BUILTIN:
+            if name not in configs:
+                configs[name] = registry.config_class(name)()
+        return configs
+
+    def enabled_executors(self) -> list[str]:
+        return sorted(name for name, config in self.executors.items() if config.enabled)
+
+    def registry_for(self, host: str) -> RegistryConfig | None:
+        return next((r for r in self.registries if r.host == host), None)
+
+    def queue_for(self, executor: str) -> str:
+        return f"{self.worker.namespace}.{executor}"
+
+
+class YamlSource(PydanticBaseSettingsSource):
+    """Reads the file named by RUNNER_CONFIG (missing variable: no file, defaults apply)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("RUNNER_CONFIG")
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {path} must hold a mapping at the top level")
+        return data
+
+
+class SettingsError(Exception):
+    pass
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,32 @@
+"""Operations on existing jobs shared by the CLI and the API: cancel."""
+
+from __future__ import annotations
+
+from runner.core.jobs import JobError, JobRecord, Status, now
+from runner.store.joblog import JobLog
+from runner.store.jobstore import JobStore
+
+
+def cancel_job(store: JobStore, job_id: str) -> JobRecord | None:
+    """Flag the job cancelled. A queued job is finished here and never starts; a running one
+    is stopped by its worker's watcher (within a second) which then records `cancelled`."""
+    if store.get(job_id) is None:
+        return None
+    store.request_cancel(job_id)
+
+    def change(record: JobRecord) -> JobRecord | None:
+        if record.finished:
+            return None
+        if record.status is Status.queued:
+            return record.model_copy(update={
+                "status": Status.cancelled, "cancel_requested": True, "finished_at": now(),
+                "error": JobError(kind="cancelled", message="cancelled before it started")})
+        return record.model_copy(update={"cancel_requested": True})
+
+    record = store.update(job_id, change)
+    if record is not None and record.status is Status.cancelled and record.worker is None:
+        JobLog(store, job_id).line("[runner] cancelled before it started")
+        store.end_log(job_id, Status.cancelled)
+        store.delete_context(job_id)
+        store.delete_secrets(job_id)  # a queued job's secret values never outlive it
+    return record

@@ -1,0 +1,273 @@
+"""Git-push webhooks from GitHub, GitLab and Gitea: check the signature, read the push,
+and turn it into one BuildRequest (a git context at the pushed commit) handed to submission.
+
+Signatures: GitHub `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`, Gitea
+`X-Gitea-Signature: <hex HMAC-SHA256>`, GitLab `X-Gitlab-Token: <the secret itself>`; all
+compared in constant time. A redelivery (same delivery id) maps to the same job id, so it
+builds once. Nothing here waits for a build.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from runner.config.sections import RepositoryHook
+from runner.config.settings import Settings
+from runner.core.errors import InvalidJob
+from runner.core.jobs import BuildRequest
+from runner.entry.submission import submit
+from runner.sources.git import check_url, mask_url
+from runner.store.jobstore import JobStore
+from runner.worker.admission import Rejected, parse_request
+
+PROVIDERS = ("github", "gitlab", "gitea")
+ZERO_SHA = re.compile(r"^0+$")
+SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+SIGNATURE_HEADERS = {"github": "x-hub-signature-256", "gitea": "x-gitea-signature", "gitlab": "x-gitlab-token"}
+DELIVERY_HEADERS = {"github": ("x-github-delivery",), "gitea": ("x-gitea-delivery",),
+                    "gitlab": ("idempotency-key", "x-gitlab-event-uuid")}
+
+
+class WebhookError(Exception):
+    """The request is refused with `status` (401 bad signature, 400 unreadable, 422 unbuildable)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Outcome:
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Push:
+    provider: str
+    full_name: str
+    owner: str
+    name: str
+    ref: str
+    sha: str
+    clone_url: str | None
+    default_branch: str | None
+    deleted: bool
+
+    @property
+    def branch(self) -> str | None:
+        return self.ref.removeprefix("refs/heads/") if self.ref.startswith("refs/heads/") else None
+
+    @property
+    def tag(self) -> str | None:
+        return self.ref.removeprefix("refs/tags/") if self.ref.startswith("refs/tags/") else None
+
+
+def verify(provider: str, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
+    """Raise WebhookError(401) unless the request carries this provider's valid signature."""
+    header = SIGNATURE_HEADERS[provider]
+    try:
+        secret = getattr(settings.webhooks, provider).secret_value(f"webhooks.{provider}.secret")
+    except ValueError as exc:
+        raise WebhookError(401, str(exc)) from None
+    if not secret:
+        raise WebhookError(401, f"webhooks.{provider}.secret is not configured; unsigned webhooks are refused")
+    given = headers.get(header)
+    if not given:
+        raise WebhookError(401, f"missing {header} header: set the webhook's secret in {provider}")
+    if provider == "gitlab":
+        expected = secret
+    else:
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        expected = f"sha256={digest}" if provider == "github" else digest
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
+        raise WebhookError(401, f"{header} does not match: the webhook secret differs from webhooks.{provider}.secret")
+
+
+def event_name(provider: str, headers: Mapping[str, str]) -> str:
+    """push, ping, or the provider's own name for anything else."""
+    if provider == "gitlab":
+        event = headers.get("x-gitlab-event", "")
+        return "push" if event in ("Push Hook", "Tag Push Hook") else event
+    return headers.get("x-github-event" if provider == "github" else "x-gitea-event", "")
+
+
+def load_payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    try:
+        if headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            body = parse_qs(body.decode())["payload"][0].encode()
+        data = json.loads(body)
+    except (ValueError, KeyError, IndexError):
+        raise WebhookError(400, "the body is not a JSON push payload (nor a form with a `payload` field)") from None
+    except RecursionError:
+        raise WebhookError(400, "the payload nests arrays or objects too deeply to read") from None
+    if not isinstance(data, dict):
+        raise WebhookError(400, "the payload is not a JSON object")
+    return data
+
+
+def _optional(data: dict, path: str) -> str | None:
+    """The string at dotted `path`, None if missing or null; any other type is refused, naming the field."""
+    value: Any = data
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    if value is not None and not isinstance(value, str):
+        kind = {bool: "a boolean", int: "a number", float: "a number", list: "an array"}.get(type(value), "an object")
+        raise WebhookError(400, f"the push payload's {path!r} is {kind}, not a string")
+    return value
+
+
+def _required(data: dict, path: str) -> str:
+    value = _optional(data, path)
+    if value is None:
+        raise WebhookError(400, f"the push payload has no {path!r}")
+    return value
+
+
+def parse_push(provider: str, data: dict[str, Any]) -> Push:
+    ref, sha = _required(data, "ref"), _required(data, "after")
+    if provider == "gitlab":
+        full_name = _required(data, "project.path_with_namespace")
+        owner, _, name = full_name.rpartition("/")
+        clone_url = _optional(data, "project.git_http_url") or _optional(data, "repository.git_http_url")
+        default_branch = _optional(data, "project.default_branch")
+        deleted = bool(ZERO_SHA.match(sha)) or data.get("checkout_sha", "") is None
+    else:
+        full_name, name = _required(data, "repository.full_name"), _required(data, "repository.name")
+        owner = _optional(data, "repository.owner.login") or _optional(data, "repository.owner.username") \
+            or full_name.partition("/")[0]
+        clone_url = _optional(data, "repository.clone_url")
+        default_branch = _optional(data, "repository.default_branch")
+        deleted = data.get("deleted") is True or bool(ZERO_SHA.match(sha))
+    if not deleted and not SHA.match(sha):
+        raise WebhookError(400, f"the push payload's 'after' ({sha[:80]!r}) is not a commit id")
+    return Push(provider, full_name, owner, name, ref, sha, clone_url, default_branch, deleted)
+
+
+def repository_config(push: Push, settings: Settings) -> RepositoryHook | None:
+    repos = settings.webhooks.repositories
+    if push.full_name in repos:
+        return repos[push.full_name]
+    folded = push.full_name.casefold()
+    return next((cfg for key, cfg in repos.items() if key.casefold() == folded), None)
+
+
+def tag_safe(value: str) -> str:
+    """A git branch or tag name as a valid image tag: `feature/x` -> `feature-x`."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", value).lstrip(".-")[:128]
+
+
+def render_images(templates: list[str], push: Push) -> list[str]:
+    """Fill the templates; one naming a value this push lacks (like {tag} on a branch) is skipped."""
+    values = {"repo": push.name.lower(), "owner": push.owner.lower(), "branch": tag_safe(push.branch or ""),
+              "tag": tag_safe(push.tag or ""), "sha": push.sha, "short_sha": push.sha[:7]}
+    images = []
+    for template in templates:
+        try:
+            image = template.format(**{k: v or _Missing() for k, v in values.items()})
+        except _MissingValue:
+            continue
+        if image not in images:
+            images.append(image)
+    return images
+
+
+class _MissingValue(Exception):
+    pass
+
+
+class _Missing:
+    def __format__(self, spec: str) -> str:
+        raise _MissingValue
+
+
+def why_not(push: Push, repo: RepositoryHook) -> str | None:
+    """The reason this push builds nothing, or None if it builds."""
+    if push.deleted:
+        return f"{push.ref} was deleted"
+    if push.branch is not None:
+        patterns = repo.branches if repo.branches is not None else [push.default_branch or "main"]
+        if not any(fnmatch.fnmatchcase(push.branch, p) for p in patterns):
+            return f"branch {push.branch!r} does not build (branches: {', '.join(patterns) or 'none'})"
+        return None
+    if push.tag is not None:
+        if not any(fnmatch.fnmatchcase(push.tag, p) for p in repo.tags):
+            return f"tag {push.tag!r} does not build (tags: {', '.join(repo.tags) or 'none'})"
+        return None
+    return f"{push.ref} is neither a branch nor a tag"
+
+
+def delivery_id(provider: str, headers: Mapping[str, str], push: Push) -> str:
+    for header in DELIVERY_HEADERS[provider]:
+        if headers.get(header):
+            return headers[header]
+    return f"{push.full_name}@{push.ref}@{push.sha}"
+
+
+def job_id(provider: str, delivery: str) -> str:
+    return f"{provider}-" + hashlib.sha256(f"{provider}:{delivery}".encode()).hexdigest()[:32]
+
+
+def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Settings) -> BuildRequest | str:
+    """The job for this push, or the reason it builds nothing. Raises WebhookError(422)."""
+    tags = render_images(repo.images, push)
+    if not tags:
+        return "no image template applies to this push (each names a value it lacks)"
+    url = repo.clone_url or push.clone_url
+    if not url:
+        raise WebhookError(422, f"the payload has no clone URL; set webhooks.repositories[{push.full_name!r}].clone_url")
+    try:
+        check_url(url, settings)
+    except InvalidJob as exc:
+        raise WebhookError(422, exc.message) from None
+    payload = {
+        "id": job_id(push.provider, delivery),
+        "context": {"type": "git", "url": url, "ref": push.ref, "commit": push.sha, "subdir": repo.context,
+                    "submodules": repo.submodules},
+        "dockerfile": repo.dockerfile, "tags": tags, "build_args": repo.build_args, "executor": repo.executor,
+        "timeout": repo.timeout, "callback_url": repo.callback_url,
+        "labels": {"org.opencontainers.image.revision": push.sha, "org.opencontainers.image.ref.name": push.ref},
+    }
+    try:
+        return parse_request(payload)
+    except Rejected as exc:
+        raise WebhookError(422, f"webhooks.repositories[{push.full_name!r}] makes an invalid job: {exc}") from None
+
+
+def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Settings, store: JobStore,
+           app=None) -> Outcome:
+    """One delivery, start to answer. `headers` must have lower-case names."""
+    verify(provider, headers, body, settings)
+    event = event_name(provider, headers)
+    if event == "ping":
+        return Outcome(200, {"result": "pong"})
+    if event != "push":
+        return Outcome(200, {"result": "ignored", "reason": f"event {event or '(none)'!r} is not a push"})
+    push = parse_push(provider, load_payload(headers, body))
+    repo = repository_config(push, settings)
+    if repo is None:
+        return Outcome(200, {"result": "ignored", "reason": f"repository {push.full_name!r} is not configured "
+                                                             "(webhooks.repositories)"})
+    reason = why_not(push, repo)
+    if reason:
+        return Outcome(200, {"result": "ignored", "reason": reason})
+    request = build_request(push, repo, delivery_id(provider, headers, push), settings)
+    if isinstance(request, str):
+        return Outcome(200, {"result": "ignored", "reason": request})
+    try:
+        record, created = submit(request, settings, store, app)
+    except Rejected as exc:
+        raise WebhookError(422, f"webhooks.repositories[{push.full_name!r}] makes an invalid job: {exc}") from None
+    if not created:
+        return Outcome(200, {"result": "duplicate", "job": record.id, "status": record.status.value,
+                             "reason": "this delivery was already received"})
+    return Outcome(202, {"result": "queued", "job": record.id, "tags": request.tags, "commit": push.sha,
+                         "url": mask_url(request.context.url)})

@@ -1,0 +1,503 @@
+"""`.dockerignore` exactly as `docker build` with BuildKit applies it when it sends a context.
+
+Three parts, each a port of the code Docker runs:
+
+* the file reader: moby/patternmatcher/ignorefile `ReadAll` (UTF-8 BOM, `#` comments checked
+  before trimming, `!` exceptions, `filepath.Clean`, a leading `/` dropped);
+* the pattern language: moby/patternmatcher (`filepath.Match` syntax checks, then `*`, `?`,
+  `**`, classes and escapes turned into a Go regular expression, with the exact / prefix /
+  suffix shortcuts it takes for simple patterns);
+* the walk: tonistiigi/fsutil's filtered walk, as BuildKit sends a local context. A path is
+  matched with the match results of its parent directory; an excluded directory is skipped
+  whole unless an exception could re-include something inside it, and an excluded directory
+  is sent only when something inside it is.
+
+Docker also always sends the Dockerfile it was given and the ignore file, whatever the
+patterns say (BuildKit reads them through their own channel); `select_context` adds those and
+says which entries are there only for that reason, so that `COPY .` can leave them out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.core.errors import InvalidJob
+from runner.sources.gocompat import BadPattern, GoRegexpError, compile_go_regexp, go_clean, go_match, go_regexp_subject, go_trim_space
+
+IGNORE_FILE = ".dockerignore"
+#: bufio.Scanner's default limit: a longer line makes Docker fail with "token too long"
+MAX_LINE_BYTES = 64 * 1024 - 1
+_GLOB_CHARS = "*[]?^\\"  # fsutil: an exception with one of these may re-include anything
+_BOM = b"\xef\xbb\xbf"
+
+
+class DockerignoreError(InvalidJob):
+    """A malformed ignore file: Docker refuses the build, so the runner refuses the job."""
+
+    def __init__(self, reason: str, *, line: int | None = None, pattern: str | None = None, file: str = IGNORE_FILE) -> None:
+        where = f"{file} line {line}" if line is not None else file
+        what = f" {pattern!r}:" if pattern is not None else ""
+        super().__init__(f"{where}:{what} {reason}")
+        self.file, self.line, self.pattern, self.reason = file, line, pattern, reason
+
+
+# -- the file reader ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IgnoreLine:
+    """One pattern as ReadAll returns it, with the line it came from."""
+
+    pattern: str  # e.g. "!foo/bar", cleaned
+    line: int  # 1-based line number in the file
+    text: str  # the line as written, trimmed, for messages
+    file: str = IGNORE_FILE
+
+
+def read_ignore_lines(data: bytes, file: str = IGNORE_FILE) -> list[IgnoreLine]:
+    """Port of ignorefile.ReadAll, keeping line numbers (for errors) beside the patterns."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # bufio.ScanLines: no empty token after a final newline
+    out: list[IgnoreLine] = []
+    for number, raw in enumerate(lines, start=1):
+        if len(raw) > MAX_LINE_BYTES:  # counting a BOM and a trailing CR, as bufio.Scanner does
+            raise DockerignoreError(f"line is longer than {MAX_LINE_BYTES} bytes (Docker: \"bufio.Scanner: token too long\")",
+                                    line=number, file=file)
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if number == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
+        text = raw.decode("utf-8", "surrogateescape")
+        if text.startswith("#"):
+            continue  # a comment only when # is the very first character
+        text = go_trim_space(text)
+        if not text:
+            continue
+        pattern = text
+        invert = pattern.startswith("!")
+        if invert:
+            pattern = go_trim_space(pattern[1:])
+        if pattern:
+            pattern = go_clean(pattern)
+            if len(pattern) > 1 and pattern.startswith("/"):
+                pattern = pattern[1:]
+        out.append(IgnoreLine(("!" if invert else "") + pattern, number, text, file))
+    return out
+
+
+# -- patterns ----------------------------------------------------------------------------------
+_EXACT, _PREFIX, _SUFFIX, _REGEXP = "exact", "prefix", "suffix", "regexp"
+_ESCAPED = frozenset(".+()|{}$")  # regexp metacharacters that mean nothing to filepath.Match
+
+
+def compile_pattern(cleaned: str) -> tuple[str, str]:
+    """patternmatcher's compile: (match type, Go regexp source; "" unless the type is regexp)."""
+    chars = list(cleaned)
+    if chars[:1] == ["\ufeff"]:
+        del chars[0]  # text/scanner skips a byte order mark at the start
+    chars = ["\ufffd" if "\udc80" <= ch <= "\udcff" else ch for ch in chars]  # invalid UTF-8 reads as U+FFFD
+    regex, kind, j, n = "^", _EXACT, 0, len(chars)
+    for i in range(n):
+        if j >= n:
+            break
+        ch = chars[j]
+        j += 1
+        if ch == "*":
+            if j < n and chars[j] == "*":
+                j += 1
+                if j < n and chars[j] == "/":
+                    j += 1
+                if j >= n:
+                    if kind == _EXACT:
+                        kind = _PREFIX
+                    else:
+                        regex += ".*"
+                        kind = _REGEXP
+                else:
+                    regex += "(.*/)?"
+                    kind = _REGEXP
+                if i == 0:
+                    kind = _SUFFIX
+            else:
+                regex += "[^/]*"
+                kind = _REGEXP
+        elif ch == "?":
+            regex += "[^/]"
+            kind = _REGEXP
+        elif ch in _ESCAPED:
+            regex += "\\" + ch
+        elif ch == "\\":
+            if j < n:
+                regex += "\\" + chars[j]
+                j += 1
+                kind = _REGEXP
+            else:
+                regex += "\\"
+        elif ch in "[]":
+            regex += ch
+            kind = _REGEXP
+        else:
+            regex += ch
+    return kind, regex + "$" if kind == _REGEXP else ""
+
+
+@dataclass
+class Pattern:
+    """One pattern of a PatternMatcher; compiled on first use, as Docker does."""
+
+    cleaned: str  # without the leading "!"
+    exclusion: bool
+    source: IgnoreLine | None = None
+    kind: str = field(default="", init=False)
+    regex_source: str = field(default="", init=False)
+    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False)
+    _by_bytes: bool = field(default=False, init=False, repr=False)
+    _operand: str = field(default="", init=False, repr=False)
+
+    def match(self, path: str) -> bool:
+        """Raises DockerignoreError for a pattern Go's regexp refuses (Docker: syntax error in pattern)."""
+        if not self.kind:
+            self._compile()
+        kind = self.kind
+        if kind == _REGEXP:
+            return self._regex.search(go_regexp_subject(path)) is not None  # type: ignore[union-attr]
+        if self._by_bytes:
+            return _match_shortcut_bytes(kind, self.cleaned, path)
+        if kind == _EXACT:
+            return path == self.cleaned
+        if kind == _PREFIX:
+            return path.startswith(self._operand)
+        return path.endswith(self._operand) or (self._operand[:1] == "/" and path == self._operand[1:])
+
+    def _compile(self) -> None:
+        kind, regex_source = compile_pattern(self.cleaned)
+        if kind == _REGEXP:
+            try:
+                self._regex = compile_go_regexp(regex_source)
+            except GoRegexpError:
+                raise _bad(self.source, self.cleaned, "syntax error in pattern") from None
+        self._by_bytes = _needs_bytes(self.cleaned)
+        self._operand = self.cleaned[:-2] if kind == _PREFIX else self.cleaned[2:] if kind == _SUFFIX else self.cleaned
+        self.kind, self.regex_source = kind, regex_source
+
+
+def _needs_bytes(cleaned: str) -> bool:
+    """Docker slices these strings by bytes; str slicing agrees unless the text is not UTF-8 or starts with a BOM."""
+    return cleaned.startswith("\ufeff") or any("\udc80" <= ch <= "\udcff" for ch in cleaned)
+
+
+def _match_shortcut_bytes(kind: str, cleaned: str, path: str) -> bool:
+    pattern, name = cleaned.encode("utf-8", "surrogateescape"), path.encode("utf-8", "surrogateescape")
+    if kind == _EXACT:
+        return name == pattern
+    if kind == _PREFIX:
+        return name.startswith(pattern[:-2])
+    suffix = pattern[2:]
+    return name.endswith(suffix) or (suffix[:1] == b"/" and name == suffix[1:])
+
+
+def _bad(source: IgnoreLine | None, pattern: str, reason: str) -> DockerignoreError:
+    if source is None:
+        return DockerignoreError(reason, pattern=pattern)
+    return DockerignoreError(reason, line=source.line, pattern=source.text, file=source.file)
+
+
+MatchInfo = tuple[bool, ...]
+
+
+class PatternMatcher:
+    """Port of patternmatcher.PatternMatcher (New, MatchesOrParentMatches, MatchesUsingParentResults)."""
+
+    def __init__(self, patterns: Iterable[str | IgnoreLine]) -> None:
+        self.patterns: list[Pattern] = []
+        self.exclusions = False
+        for item in patterns:
+            source = item if isinstance(item, IgnoreLine) else None
+            text = go_trim_space(item.pattern if isinstance(item, IgnoreLine) else item)
+            if not text:
+                continue
+            text = go_clean(text)
+            exclusion = text.startswith("!")
+            if exclusion:
+                if len(text) == 1:
+                    raise _bad(source, text, 'illegal exclusion pattern: "!"')
+                text = text[1:]
+                self.exclusions = True
+            try:
+                go_match(text, ".")  # Docker checks the syntax with filepath.Match
+            except BadPattern:
+                raise _bad(source, text, "syntax error in pattern") from None
+            self.patterns.append(Pattern(text, exclusion, source))
+        exceptions = [_without_trailing_glob(p.cleaned) for p in self.patterns if p.exclusion]
+        self._exception_dirs = [text + "/" for text in exceptions]
+        self._glob_exception = any(ch in _GLOB_CHARS for text in exceptions for ch in text)
+
+    def matches_or_parent_matches(self, path: str) -> bool:
+        matched = False
+        parent = _go_dir(path)
+        for pattern in self.patterns:
+            if pattern.exclusion != matched:
+                continue
+            match = pattern.match(path)
+            if not match and parent != ".":
+                dirs = parent.split("/")
+                match = any(pattern.match("/".join(dirs[:k + 1])) for k in range(len(dirs)))
+            if match:
+                matched = not pattern.exclusion
+        return matched
+
+    def matches_using_parent_results(self, path: str, parent: MatchInfo = ()) -> tuple[bool, MatchInfo]:
+        """Whether `path` is excluded, given its parent directory's match info (empty: none known).
+
+        Faithful to Docker also where it is odd: a pattern skipped for a directory (an exception
+        while nothing matched yet, or a pattern after a match) does not count as matching it.
+        """
+        if parent and len(parent) != len(self.patterns):
+            raise ValueError("wrong number of values in parent match info")
+        matched = False
+        info: list[bool] = []
+        for index, pattern in enumerate(self.patterns):
+            match = bool(parent) and parent[index]
+            if not match:
+                if pattern.exclusion != matched:
+                    info.append(False)
+                    continue
+                match = pattern.match(path)
+                if not match and not parent:
+                    parent_dir = _go_dir(path)
+                    if parent_dir != ".":
+                        dirs = parent_dir.split("/")
+                        match = any(pattern.match("/".join(dirs[:k + 1])) for k in range(len(dirs)))
+            info.append(match)
+            if match:
+                matched = not pattern.exclusion
+        return matched, tuple(info)
+
+    def could_reinclude_inside(self, directory: str) -> bool:
+        """fsutil's pruning test: can an exception re-include something inside this excluded directory?"""
+        if not self.exclusions:
+            return False
+        if self._glob_exception:
+            return True
+        prefix = directory + "/"
+        return any(text.startswith(prefix) for text in self._exception_dirs)
+
+
+def _without_trailing_glob(text: str) -> str:
+    text = text.removesuffix("/**")
+    return text.removesuffix("/*")
+
+
+def _go_dir(path: str) -> str:
+    """filepath.Dir: everything up to the last slash, cleaned ("a" gives ".", "/" gives "/")."""
+    return go_clean(path[:path.rfind("/") + 1])
+
+
+def read_dockerignore(root: Path, dockerfile: str = "Dockerfile") -> tuple[str, list[IgnoreLine]]:
+    """The ignore file BuildKit uses (`<Dockerfile>.dockerignore` beside the Dockerfile wins over
+    `.dockerignore`) and its patterns. Links are followed inside the context only."""
+    name = canonical_dockerfile(dockerfile) + IGNORE_FILE
+    for candidate in (name, IGNORE_FILE):
+        resolved = _resolve_in_root(root, candidate)[-1]
+        target = root / resolved
+        if target.is_file():
+            try:
+                data = target.read_bytes()
+            except OSError as exc:
+                raise DockerignoreError(f"cannot be read ({exc.strerror})", file=candidate) from None
+            return candidate, read_ignore_lines(data, candidate)
+    return IGNORE_FILE, []
+
+
+def matcher_for(root: Path, dockerfile: str = "Dockerfile") -> PatternMatcher:
+    """The context's patterns, checked as Docker checks them (malformed lines raise DockerignoreError)."""
+    return PatternMatcher(read_dockerignore(root, dockerfile)[1])
+
+
+# -- the always-sent files ------------------------------------------------------------------
+def canonical_dockerfile(dockerfile: str) -> str:
+    """The Dockerfile path relative to the context, cleaned: "./Dockerfile" is "Dockerfile"."""
+    path = go_clean(dockerfile.replace(os.sep, "/")).lstrip("/")
+    if not path or path in (".", "..") or path.startswith("../"):
+        raise InvalidJob(f"the Dockerfile path {dockerfile!r} is not a file inside the build context")
+    return path
+
+
+def _resolve_in_root(root: Path, relative: str, hops: int = 40) -> list[str]:
+    """The paths that following `relative` inside `root` visits: each link met, then the target.
+
+    Like BuildKit's FollowPaths, an absolute link target or a `..` stays inside the context.
+    """
+    visited: list[str] = []
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        current = "/".join([*done, part])
+        try:
+            is_link = stat.S_ISLNK(os.lstat(root / current).st_mode)
+        except OSError:
+            is_link = False
+        if is_link and hops > 0:
+            hops -= 1
+            visited.append(current)
+            target = os.readlink(root / current)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        done.append(part)
+    visited.append("/".join(done) or ".")
+    return visited
+
+
+def _always_sent(root: Path, dockerfile: str, ignore_file: str) -> set[str]:
+    """The Dockerfile and the ignore files, as paths in the context (links and their targets)."""
+    paths: set[str] = set()
+    for name in {IGNORE_FILE, ignore_file, dockerfile}:
+        paths.update(_resolve_in_root(root, name))
+    paths.discard(".")
+    return paths
+
+
+# -- the walk ----------------------------------------------------------------------------------
+@dataclass
+class ContextSelection:
+    """What `docker build` sends for a local context, in walk order (parents first, names sorted).
+
+    `forced` holds the entries sent only because Docker always sends the Dockerfile and the
+    ignore file (and the directories above them): the patterns exclude them, so `COPY .` in
+    the build does not see them.
+    """
+
+    paths: list[str]
+    forced: set[str]
+    ignore_file: str
+
+    @property
+    def copied(self) -> list[str]:
+        return [p for p in self.paths if p not in self.forced]
+
+
+def select_context(root: Path, dockerfile: str = "Dockerfile") -> ContextSelection:
+    """Walk `root` as BuildKit's file sync does and return what it sends.
+
+    Symbolic links are sent as links, never followed; sockets, FIFOs and devices are left out
+    (the runner refuses them). Raises DockerignoreError for a malformed ignore file, and
+    InvalidJob for a directory that cannot be read unless the patterns exclude it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InvalidJob("the build context is not a directory")
+    dockerfile = canonical_dockerfile(dockerfile)
+    ignore_file, lines = read_dockerignore(root, dockerfile)
+    matcher = PatternMatcher(lines)
+    walker = _Walker(root, matcher, _always_sent(root, dockerfile, ignore_file))
+    walker.walk("", [])
+    return ContextSelection(walker.out, walker.forced, ignore_file)
+
+
+def context_paths(root: Path, dockerfile: str = "Dockerfile") -> list[str]:
+    """The relative paths `docker build` sends for `root`, always with the Dockerfile and ignore file."""
+    return select_context(root, dockerfile).paths
+
+
+@dataclass
+class _Dir:
+    path: str
+    info: MatchInfo
+    excluded: bool
+    sent: bool = False
+    forced_only: bool = False  # sent only because something always sent is inside
+
+
+class _Walker:
+    """fsutil's filtered walk: match each entry with its parent's results, prune what no exception
+    can reach, and send an excluded directory only once something inside it is sent."""
+
+    def __init__(self, root: Path, matcher: PatternMatcher, must_send: set[str]) -> None:
+        self.root = root
+        self.matcher = matcher if matcher.patterns else None
+        self.must_send = must_send
+        self.must_descend = {"/".join(p.split("/")[:k]) for p in must_send for k in range(1, p.count("/") + 1)}
+        self.out: list[str] = []
+        self.forced: set[str] = set()
+
+    def emit(self, path: str, stack: list[_Dir], forced: bool) -> None:
+        """Send `path`, and first every directory above it not sent yet."""
+        pending: list[_Dir] = []
+        for node in reversed(stack):
+            if node.sent and (forced or not node.forced_only):
+                break  # everything above is sent already, and as it should be
+            pending.append(node)
+        for node in reversed(pending):
+            if not node.sent:
+                node.sent, node.forced_only = True, forced
+                self.out.append(node.path)
+                if forced:
+                    self.forced.add(node.path)
+            elif not forced and node.forced_only:
+                node.forced_only = False
+                self.forced.discard(node.path)
+        self.out.append(path)
+        if forced:
+            self.forced.add(path)
+
+    def walk(self, rel_dir: str, stack: list[_Dir]) -> None:
+        try:
+            with os.scandir(self.root / rel_dir if rel_dir else self.root) as it:
+                entries = list(it)
+        except PermissionError:
+            if stack and stack[-1].excluded:
+                return  # fsutil ignores what it cannot read inside an excluded directory
+            raise InvalidJob(f"cannot read {rel_dir or '.'!r} in the build context: permission denied") from None
+        names = [e.name for e in entries]
+        if any("\udc80" <= ch <= "\udcff" for name in names for ch in name):
+            entries.sort(key=lambda e: os.fsencode(e.name))  # Go sorts names as bytes
+        else:
+            entries.sort(key=lambda e: e.name)  # for valid UTF-8, code point order is byte order
+        parent_info = stack[-1].info if stack else ()
+        matcher, must_send = self.matcher, self.must_send
+        prefix = rel_dir + "/" if rel_dir else ""
+        for entry in entries:
+            rel = prefix + entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if not (is_dir or entry.is_symlink() or entry.is_file(follow_symlinks=False)):
+                    continue  # sockets, FIFOs, devices
+            except FileNotFoundError:
+                continue  # removed while walking
+            excluded, info = False, parent_info
+            if matcher is not None:
+                excluded, info = matcher.matches_using_parent_results(rel, parent_info)
+            if not excluded:
+                self.emit(rel, stack, forced=False)
+            elif rel in must_send:
+                self.emit(rel, stack, forced=True)
+            if not is_dir:
+                continue
+            node = _Dir(rel, info, excluded, sent=not excluded or rel in must_send, forced_only=excluded)
+            if excluded and rel not in self.must_descend and not matcher.could_reinclude_inside(rel):  # type: ignore[union-attr]
+                continue
+            stack.append(node)
+            self.walk(rel, stack)
+            stack.pop()
+
+
+def is_excluded(path: str, patterns: Sequence[str | IgnoreLine]) -> bool:
+    """Whether Docker leaves `path` out, evaluated without a walk (its parents matched as in the walk)."""
+    matcher = PatternMatcher(patterns)
+    info: MatchInfo = ()
+    parts = path.split("/")
+    excluded = False
+    for k in range(len(parts)):
+        excluded, info = matcher.matches_using_parent_results("/".join(parts[:k + 1]), info)
+    return excluded

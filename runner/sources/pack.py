@@ -1,0 +1,34 @@
+"""Packing a directory as a build context, as `docker build` sends it: the paths BuildKit's
+file sync would send (runner.sources.dockerignore), as one uncompressed tar. Used by the CLI
+on the user's side and by git contexts on the worker."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+from runner.core.errors import InvalidJob
+from runner.sources.dockerignore import context_paths
+
+
+def write_tar(root: Path, sink: BinaryIO, dockerfile: str = "Dockerfile") -> None:
+    """Stream the context of `root` as an uncompressed tar into `sink`."""
+    root = Path(os.path.abspath(root))  # lexical: on the worker `root` is a checkout, never resolved
+    if not root.is_dir():
+        raise InvalidJob(f"build context {root} is not a directory")
+    if not (root / dockerfile).is_file():
+        raise InvalidJob(f"Dockerfile {dockerfile!r} not found in the build context {root}")
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for rel in context_paths(root, dockerfile):
+            info = tar.gettarinfo(str(root / rel), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = int(info.mtime)  # a fractional mtime would add a PAX header to every member
+            if info.isreg():
+                with open(root / rel, "rb") as handle:
+                    tar.addfile(info, handle)
+            elif info.isdir() or info.issym() or info.islnk():
+                tar.addfile(info)
+            # sockets, fifos and devices are skipped, as docker does

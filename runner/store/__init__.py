@@ -1,0 +1,1 @@
+"""Redis: the only package that knows its keys. Records, indexes, logs, contexts, leases."""

@@ -1,0 +1,427 @@
+"""The only module that knows Redis keys: job records and their indexes, log streams,
+contexts, id reservations, cancel flags, leases and secret values.
+
+Keys (NS = settings.worker.namespace):
+  NS:job:ID        JSON JobRecord (expires retention.finished_seconds after the job ends)
+  NS:jobs          ZSET of every job id by creation time
+  NS:status:S      ZSET of the ids in status S by creation time (queued, running, ...)
+  NS:running:E     LIST of the ids running on executor E (its length is an autoscaler's signal:
+                   KEDA's redis trigger reads LLEN, so scale-in never goes below the running builds)
+  NS:log:ID        Redis Stream; field `l` holds one or more lines joined by "\\n", `end` the final status
+  NS:ctx:ID        LIST of context tar chunks
+  NS:reserve:ID    who is submitting job ID (an id is reserved before its context is uploaded)
+  NS:uploads:WHO   ZSET of WHO's uploaded, not yet submitted contexts (by expiry time)
+  NS:cancel:ID     cancel flag                      NS:lease:ID   worker holding the job (TTL)
+  NS:secrets:ID    HASH of secret build-arg values; never in a queue message; gone when the job ends
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from runner.core.jobs import JobRecord, Status
+
+if TYPE_CHECKING:
+    from runner.config.settings import RetentionConfig
+
+CHUNK_BYTES = 1024 * 1024
+RETRIES = 40
+END_FIELD = "end"
+LINES_FIELD = "l"  # a log entry's lines, joined by "\n"
+
+_CREATE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX') then
+  redis.call('zadd', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('zadd', KEYS[3], ARGV[2], ARGV[3])
+  redis.call('del', KEYS[4])
+  return 1
+end
+return 0
+"""
+_RESERVE = """
+if redis.call('exists', KEYS[1]) == 1 then return 'exists' end
+local holder = redis.call('get', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'busy' end
+redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 'ok'
+"""
+_TRACK_UPLOAD = """
+redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1])
+if not redis.call('zscore', KEYS[1], ARGV[3]) and redis.call('zcard', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('zadd', KEYS[1], ARGV[2], ARGV[3])
+redis.call('expireat', KEYS[1], math.ceil(ARGV[2]))
+return 1
+"""
+_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('{op}', KEYS[1]{args}) else return 0 end"
+
+
+#: refused and unreadable queue messages are kept here, newest first, at most INVALID_KEEP
+INVALID_KEEP = 1000
+
+
+def invalid_queue(queue: str) -> str:
+    return f"{queue}.invalid"
+
+
+class StoreUnavailable(Exception):
+    """Redis cannot be reached."""
+
+
+class ContextTooLarge(Exception):
+    pass
+
+
+class JobStore:
+    def __init__(self, url: str, namespace: str = "runner", retention: RetentionConfig | None = None):
+        from runner.config.settings import RetentionConfig
+
+        self.url = url
+        self.ns = namespace
+        self.retention = retention or RetentionConfig()
+        # Reconnect through a Redis restart (~1 min of retries) instead of failing the job.
+        options = dict(health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
+                       retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), RETRIES),
+                       retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError])
+        self.r = redis.Redis.from_url(url, decode_responses=True, **options)
+        self.raw = redis.Redis.from_url(url, decode_responses=False, **options)
+        self._create = self.r.register_script(_CREATE)
+        self._reserve = self.r.register_script(_RESERVE)
+        self._track_upload = self.r.register_script(_TRACK_UPLOAD)
+
+    @classmethod
+    def from_settings(cls, settings) -> JobStore:
+        return cls(settings.redis_url.get_secret_value(), settings.worker.namespace, settings.retention)
+
+    def _key(self, kind: str, job_id: str) -> str:
+        return f"{self.ns}:{kind}:{job_id}"
+
+    def job_key(self, job_id: str) -> str:
+        """The record's key, for readers with their own (async) client; the value is a JobRecord's JSON."""
+        return self._key("job", job_id)
+
+    def log_key(self, job_id: str) -> str:
+        """The log stream's key (entries: LINES_FIELD, or END_FIELD at the job's end)."""
+        return self._key("log", job_id)
+
+    def running_key(self, executor: str) -> str:
+        return f"{self.ns}:running:{executor}"
+
+    def _status_key(self, status: Status) -> str:
+        return f"{self.ns}:status:{status.value}"
+
+    def ping(self) -> None:
+        try:
+            redis.Redis.from_url(self.url, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis at {_safe_url(self.url)} is unreachable: {exc}") from None
+
+    # -- records ---------------------------------------------------------------------------
+    def create(self, record: JobRecord) -> bool:
+        """Store a new record (and drop the id's reservation); False if a job with that id
+        already exists (nothing changed)."""
+        keys = [self._key("job", record.id), f"{self.ns}:jobs", self._status_key(record.status), self._key("reserve", record.id)]
+        created = self._create(keys=keys, args=[record.model_dump_json(), record.created_at.timestamp(), record.id])
+        if created and record.finished:
+            self.r.expire(keys[0], self.retention.finished_seconds)
+        return bool(created)
+
+    def forget(self, job_id: str) -> None:
+        """Delete a job that was never queued (its message could not be sent)."""
+        self.r.delete(self._key("job", job_id), self._key("secrets", job_id))
+        self._unindex([job_id])
+
+    def _unindex(self, job_ids: list[str]) -> None:
+        if job_ids:
+            with self.r.pipeline(transaction=False) as pipe:
+                for key in (f"{self.ns}:jobs", *(self._status_key(s) for s in Status)):
+                    pipe.zrem(key, *job_ids)
+                pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.r.get(self._key("job", job_id))
+        return JobRecord.model_validate_json(raw) if raw else None
+
+    def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+        """Apply `change` atomically (optimistic WATCH); it returns the new record or None to keep.
+        Keeps the status indexes in step, and starts the retention clock when the job ends."""
+        key = self._key("job", job_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        pipe.unwatch()
+                        return None
+                    current = JobRecord.model_validate_json(raw)
+                    new = change(current)
+                    if new is None:
+                        pipe.unwatch()
+                        return current
+                    pipe.multi()
+                    pipe.set(key, new.model_dump_json())
+                    if new.status is not current.status:
+                        pipe.zrem(self._status_key(current.status), job_id)
+                        pipe.zadd(self._status_key(new.status), {job_id: new.created_at.timestamp()})
+                        if current.status is Status.running:
+                            pipe.lrem(self.running_key(current.executor), 0, job_id)
+                        if new.status is Status.running:
+                            pipe.lpush(self.running_key(new.executor), job_id)
+                    if new.finished:
+                        pipe.expire(key, self.retention.finished_seconds)
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
+
+    def list(self, status: Status | None = None, limit: int = 50, before: float | None = None) -> list[JobRecord]:
+        """Newest first, from the status index (so cost follows `limit`, not history). `before`:
+        only jobs created before this timestamp (paging). Ids whose record expired are dropped
+        from the indexes on the way."""
+        index = self._status_key(status) if status else f"{self.ns}:jobs"
+        top = f"({before}" if before is not None else "+inf"
+        records: list[JobRecord] = []
+        while len(records) < limit:
+            ids = self.r.zrevrangebyscore(index, top, "-inf", start=0, num=max(limit - len(records), 20), withscores=True)
+            if not ids:
+                break
+            raws = self.r.mget([self._key("job", i) for i, _ in ids])
+            self._unindex([i for (i, _), raw in zip(ids, raws, strict=True) if raw is None])
+            for raw in raws:
+                if raw and len(records) < limit:
+                    record = JobRecord.model_validate_json(raw)
+                    if status is None or record.status is status:
+                        records.append(record)
+            top = f"({ids[-1][1]}"
+        return records
+
+    def count(self, status: Status | None = None) -> int:
+        return self.r.zcard(self._status_key(status) if status else f"{self.ns}:jobs")
+
+    def ids(self, status: Status) -> list[str]:
+        """Every id in `status` (for recovery: the running ones, never the whole history)."""
+        return self.r.zrange(self._status_key(status), 0, -1)
+
+    def reconcile_running(self, executors: list[str]) -> None:
+        """Rebuild the per-executor running lists from the running index (after a crash
+        between the two writes, or a Redis restore), so autoscaling reads the truth."""
+        running: dict[str, list[str]] = {name: [] for name in executors}
+        for record in self.list(Status.running, limit=1_000_000):
+            running.setdefault(record.executor, []).append(record.id)
+        for executor, ids in running.items():
+            key = self.running_key(executor)
+            if sorted(self.r.lrange(key, 0, -1)) != sorted(ids):
+                with self.r.pipeline() as pipe:
+                    pipe.delete(key)
+                    if ids:
+                        pipe.rpush(key, *ids)
+                    pipe.execute()
+
+    def prune(self, batch: int = 1000) -> int:
+        """Drop index entries whose record has expired; returns how many went. Called by the
+        worker's maintenance so the indexes shrink with retention."""
+        cutoff = time.time() - self.retention.finished_seconds
+        ids = self.r.zrangebyscore(f"{self.ns}:jobs", "-inf", cutoff, start=0, num=batch)
+        if not ids:
+            return 0
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(self._key("job", job_id))
+            gone = [job_id for job_id, exists in zip(ids, pipe.execute(), strict=True) if not exists]
+        self._unindex(gone)
+        return len(gone)
+
+    def set_aside(self, queue: str, message: str | bytes, reason: str) -> None:
+        """Keep a refused queue message in `<queue>.invalid` for the operator to read."""
+        with self.raw.pipeline(transaction=False) as pipe:
+            pipe.lpush(invalid_queue(queue), message)
+            pipe.ltrim(invalid_queue(queue), 0, INVALID_KEEP - 1)
+            pipe.execute()
+
+    # -- id reservations and pending uploads -------------------------------------------------
+    def reserve(self, job_id: str, owner: str) -> str:
+        """Claim `job_id` before uploading its context: 'ok' (ours, also when we held it
+        already), 'exists' (a job has the id), or 'busy' (another client is submitting it)."""
+        keys = [self._key("job", job_id), self._key("reserve", job_id)]
+        return self._reserve(keys=keys, args=[owner, self.retention.upload_seconds])
+
+    def reservation(self, job_id: str) -> str | None:
+        return self.r.get(self._key("reserve", job_id))
+
+    def release(self, job_id: str, owner: str) -> None:
+        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("reserve", job_id), owner)
+
+    def track_upload(self, owner: str, job_id: str, max_pending: int) -> bool:
+        """Count an uploaded, unsubmitted context against `owner`; False past `max_pending`."""
+        now = time.time()
+        return bool(self._track_upload(keys=[f"{self.ns}:uploads:{owner}"],
+                                       args=[now, now + self.retention.upload_seconds, job_id, max_pending]))
+
+    def untrack_upload(self, owner: str, job_id: str) -> None:
+        self.r.zrem(f"{self.ns}:uploads:{owner}", job_id)
+
+    # -- secret build-arg values: by reference, never in the queue message ---------------------
+    def save_secrets(self, job_id: str, values: dict[str, str]) -> None:
+        if values:
+            key = self._key("secrets", job_id)
+            with self.r.pipeline() as pipe:
+                pipe.hset(key, mapping=values)
+                pipe.expire(key, self.retention.queued_seconds)
+                pipe.execute()
+
+    def load_secrets(self, job_id: str) -> dict[str, str]:
+        return self.r.hgetall(self._key("secrets", job_id))
+
+    def delete_secrets(self, job_id: str) -> None:
+        self.r.delete(self._key("secrets", job_id))
+
+    # -- logs -------------------------------------------------------------------------------
+    def append_log(self, job_id: str, entries: list[str]) -> list[str]:
+        """Append entries (each one or more lines joined by "\\n"); returns their stream ids."""
+        if not entries:
+            return []
+        key = self._key("log", job_id)
+        with self.r.pipeline(transaction=False) as pipe:
+            for text in entries:
+                pipe.xadd(key, {LINES_FIELD: text})
+            return pipe.execute()
+
+    def delete_log_entries(self, job_id: str, entry_ids: list[str]) -> None:
+        if entry_ids:
+            self.r.xdel(self._key("log", job_id), *entry_ids)
+
+    def end_log(self, job_id: str, status: Status) -> None:
+        key = self._key("log", job_id)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {END_FIELD: status.value})
+            pipe.expire(key, self.retention.finished_seconds)
+            pipe.execute()
+
+    def read_log(self, job_id: str, follow: bool = False, block_ms: int = 1000,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+        """Replay the log from the start, line by line; with follow, tail until the job's end marker."""
+        key, last = self._key("log", job_id), "0-0"
+        while True:
+            batch = self.r.xread({key: last}, count=500, block=block_ms if follow else None)
+            if not batch:
+                if not follow:
+                    return
+                record = self.get(job_id)
+                if record is None or (record.finished and not self.r.exists(key)):
+                    return
+                if should_stop and should_stop():
+                    return
+                continue
+            for entry_id, fields in batch[0][1]:
+                last = entry_id
+                if END_FIELD in fields:
+                    if follow:
+                        return
+                    continue
+                yield from fields.get(LINES_FIELD, "").split("\n")
+
+    # -- contexts ---------------------------------------------------------------------------
+    def context_writer(self, job_id: str, max_bytes: int) -> ContextWriter:
+        """Write job_id's context; the caller must hold the id's reservation (see reserve)."""
+        return ContextWriter(self, self._key("ctx", job_id), max_bytes, self.retention.upload_seconds)
+
+    def context_chunks(self, job_id: str) -> Iterator[bytes]:
+        """Yield the stored context one chunk at a time (never all in memory)."""
+        key = self._key("ctx", job_id)
+        count = self.raw.llen(key)
+        for index in range(count):
+            chunk = self.raw.lindex(key, index)
+            if chunk is None:
+                return
+            yield chunk
+
+    def has_context(self, job_id: str) -> bool:
+        return bool(self.raw.exists(self._key("ctx", job_id)))
+
+    def keep_context(self, job_id: str) -> None:
+        """The job is queued: its context lives as long as a job may wait (retention.queued_seconds)."""
+        self.raw.expire(self._key("ctx", job_id), self.retention.queued_seconds)
+
+    def delete_context(self, job_id: str) -> None:
+        self.raw.delete(self._key("ctx", job_id))
+
+    # -- cancel, leases ---------------------------------------------------------------------
+    def request_cancel(self, job_id: str) -> None:
+        self.r.set(self._key("cancel", job_id), "1", ex=self.retention.queued_seconds)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(self._key("cancel", job_id)))
+
+    def acquire_lease(self, job_id: str, worker: str, ttl: float) -> bool:
+        return bool(self.r.set(self._key("lease", job_id), worker, nx=True, px=int(ttl * 1000)))
+
+    def renew_lease(self, job_id: str, worker: str, ttl: float) -> bool:
+        """Extend the lease only if we still hold it."""
+        return bool(self.r.eval(_IF_HOLDER.format(op="pexpire", args=", ARGV[2]"), 1, self._key("lease", job_id),
+                                worker, int(ttl * 1000)))
+
+    def release_lease(self, job_id: str, worker: str) -> None:
+        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("lease", job_id), worker)
+
+    def lease_holder(self, job_id: str) -> str | None:
+        return self.r.get(self._key("lease", job_id))
+
+
+class ContextWriter:
+    """File-like sink that stores a tar in Redis in 1 MiB chunks, enforcing a size cap."""
+
+    def __init__(self, store: JobStore, key: str, max_bytes: int, ttl: int):
+        self.store, self.key, self.max_bytes, self.ttl = store, key, max_bytes, ttl
+        self.size = 0
+        self._buffer = bytearray()
+        self.store.raw.delete(key)
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            self.abort()
+            raise ContextTooLarge(
+                f"the build context is over the limit of {self.max_bytes:,} bytes "
+                "(limits.max_context_bytes); add a .dockerignore or raise the limit"
+            )
+        self._buffer += data
+        while len(self._buffer) >= CHUNK_BYTES:
+            self._push(bytes(self._buffer[:CHUNK_BYTES]))
+            del self._buffer[:CHUNK_BYTES]
+        return len(data)
+
+    def _push(self, chunk: bytes) -> None:
+        with self.store.raw.pipeline(transaction=False) as pipe:
+            pipe.rpush(self.key, chunk)
+            pipe.expire(self.key, self.ttl)  # an abandoned upload never outlives the upload TTL
+            pipe.execute()
+
+    def copy_from(self, source: BinaryIO) -> None:
+        while chunk := source.read(CHUNK_BYTES):
+            self.write(chunk)
+
+    def close(self) -> None:
+        if self._buffer:
+            self._push(bytes(self._buffer))
+            self._buffer.clear()
+
+    def abort(self) -> None:
+        self._buffer.clear()
+        self.store.raw.delete(self.key)
+
+    def flush(self) -> None:  # tarfile calls it
+        pass
+
+
+def _safe_url(url: str) -> str:
+    """A Redis URL without its password, for error messages."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url

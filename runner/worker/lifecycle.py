@@ -1,0 +1,69 @@
+"""`runner worker`: make the Worker (its executors, checked), then consume their queues with
+Celery; recovery and the reaper run beside it; SIGTERM drains."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from executors.registry import ExecutorRegistry
+from runner.config.settings import Settings
+from runner.worker.queue import make_app, requeuer
+from runner.worker.reaper import Maintenance
+from runner.worker.worker import Worker
+
+log = logging.getLogger("runner.worker")
+
+
+def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | None, loglevel: str) -> None:
+    """Enabling an executor in a worker's config says "this worker serves its queue": the
+    worker takes that queue even when the executor's check fails, and fails its jobs at once
+    with the check's reason, so a job never waits for ever on a queue nobody serves."""
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    queues = queues or [settings.queue_for(name) for name in settings.enabled_executors()]
+    if not queues:
+        raise SystemExit("no executor is enabled: enable one under executors: (see `runner config example`)")
+    registry = ExecutorRegistry()
+    names = [name for q in queues if registry.is_known(name := q.removeprefix(settings.worker.namespace + "."))]
+    worker = Worker(settings, names, registry=registry)
+    for name, why in worker.check().items():
+        log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
+    app = make_app(settings, worker)
+    worker.start()
+    maintenance = Maintenance(worker, requeuer(app, settings))
+    maintenance.start()
+    wire_signals(worker, maintenance)
+    log.info("worker %s taking %s", worker.id, ", ".join(queues))
+    app.Worker(
+        queues=queues, concurrency=concurrency or settings.worker.concurrency, pool="threads",
+        loglevel=loglevel, hostname=f"runner-{os.getpid()}@{socket.gethostname()}",
+        without_heartbeat=True, without_gossip=True, without_mingle=True,
+    ).start()
+
+
+def wire_signals(worker: Worker, maintenance: Maintenance) -> None:
+    """On SIGTERM Celery stops taking jobs and waits for running ones; after
+    worker.shutdown_grace seconds we cancel what still runs, and the pipeline requeues it.
+    When Celery stops, the executors release what they hold (warm pools)."""
+    from celery.signals import worker_shutdown, worker_shutting_down
+
+    @worker_shutting_down.connect(weak=False)
+    def start_grace(**_) -> None:
+        maintenance.stop()
+        grace = worker.settings.worker.shutdown_grace
+        log.info("shutting down: running jobs get %.0fs to finish, then are requeued", grace)
+
+        def expire() -> None:
+            requeued = worker.cancel_all("shutdown")
+            if requeued:
+                log.info("grace over: requeuing %s", ", ".join(requeued))
+
+        timer = threading.Timer(grace, expire)
+        timer.daemon = True
+        timer.start()
+
+    @worker_shutdown.connect(weak=False)
+    def stop_executors(**_) -> None:
+        worker.shutdown()

@@ -1,0 +1,85 @@
+"""The Celery app and the one build task. Thin: the task hands the job to the pipeline.
+
+Nothing else imports Celery, so the rest of the core is testable without a worker.
+Task name: `runner.build`; its one positional argument is the BuildRequest as a JSON object.
+Queues: `<namespace>.<executor>` (default `runner.buildah`, `runner.socket`, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from celery import Celery
+from pydantic import ValidationError
+
+from runner.config.settings import Settings
+from runner.core.jobs import BuildRequest
+from runner.worker.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from runner.worker.worker import Worker
+
+TASK_NAME = "runner.build"
+log = logging.getLogger("runner.queue")
+
+
+def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
+    """The Celery app; with `worker`, it also defines the build task that worker runs (an app
+    without one only sends messages: the CLI, the API, webhooks)."""
+    url = settings.redis_url.get_secret_value()
+    app = Celery("runner", broker=url, set_as_current=True)
+    app.conf.update(
+        broker_transport="runner.worker.transport:Transport",  # survives garbage on the queue
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,                    # a killed worker's job is redelivered, not lost
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,           # a busy worker never hoards queued builds
+        task_track_started=True,
+        task_ignore_result=True,                # the job store holds results
+        broker_transport_options={
+            # longer than the longest allowed job, so Redis never redelivers a running build
+            "visibility_timeout": settings.limits.max_timeout + 3600,
+            "socket_keepalive": True,
+            "retry_on_timeout": True,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,     # survive Redis restarts
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_default_queue=settings.queue_for(settings.default_executor),
+    )
+
+    if worker is None:
+        return app
+
+    @app.task(name=TASK_NAME, bind=True, acks_late=True)
+    def build(self, payload: dict) -> str:
+        pipeline = Pipeline(worker, requeuer(self.app, settings))
+        try:
+            request = BuildRequest.model_validate(payload)
+        except ValidationError as exc:
+            queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue_for(settings.default_executor)
+            pipeline.refuse_payload(payload, queue, exc)
+            return "invalid"
+        return pipeline.run(request).status.value
+
+    return app
+
+
+def enqueue(app: Celery, request: BuildRequest, queue: str, delay: float = 0) -> None:
+    """Send the job's message; the task id is the job id."""
+    app.send_task(TASK_NAME, args=[request.model_dump(mode="json")], queue=queue, task_id=request.id,
+                  countdown=delay or None,
+                  argsrepr=f"[job {request.id}]", kwargsrepr="{}")  # build args stay out of the headers
+
+
+def requeuer(app: Celery, settings: Settings):
+    """A function that sends a job back to its executor's queue (see pipeline.Requeue)."""
+
+    def requeue(request: BuildRequest, delay: float) -> None:
+        enqueue(app, request, settings.queue_for(request.executor or settings.default_executor), delay)
+
+    return requeue
