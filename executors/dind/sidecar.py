@@ -385,6 +385,7 @@ def _list(call, **kwargs):
         return []
 
 
-def is_ours(labels: dict[str, str] | None, executors: tuple[str, ...]) -> bool:
-    return bool(labels) and labels.get(LABEL_EXECUTOR) in executors and LABEL_JOB in labels
+def is_ours(labels: dict[str, str] | None, executor: str) -> bool:
+    """Made by `executor` for a job (or a warm pool): a sweep may judge it."""
+    return bool(labels) and labels.get(LABEL_EXECUTOR) == executor and LABEL_JOB in labels
 
