@@ -39,6 +39,7 @@ from tests.support import executor_for
 from tests.support.dind import Sink, build_context, docker_ids, leftovers
 
 pytestmark = pytest.mark.skipif(support.skip_reason() is not None, reason=support.skip_reason() or "")
+OWNER = dind_pool.process_owner()  # the owner label of pools this test process makes
 
 
 # -- the container spec (no engine needed) --------------------------------------------------------
@@ -312,7 +313,7 @@ def test_warm_pool_serves_one_job_per_sidecar_refills_and_never_exceeds_its_size
     ex.start()
     pool = ex.pool
     assert pool is not None
-    owner = f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}"
+    owner = f"{dind_pool.LABEL_POOL}={OWNER}"
     samples, stop = [], threading.Event()
 
     def sample():
@@ -427,8 +428,8 @@ def test_sweep_removes_only_leftovers_of_jobs_that_are_not_live(services, sockdi
     config, registries = ex.config, ex.env.registries
     bring_up(host_api, config, registries, executor="dind", labels=ex.labels(live))
     bring_up(host_api, config, registries, executor="dind", labels=ex.labels(dead))
-    ours = {**ex.labels("warm-pool-dind"), dind_pool.LABEL_POOL: dind_pool.OWNER}
-    gone_owner = f"{dind_pool.OWNER.split(':')[0]}:999999999:1"
+    ours = {**ex.labels("warm-pool-dind"), dind_pool.LABEL_POOL: OWNER}
+    gone_owner = f"{OWNER.split(':')[0]}:999999999:1"
     bring_up(host_api, config, registries, executor="dind", labels=ours)
     bring_up(host_api, config, registries, executor="dind", labels={**ours, dind_pool.LABEL_POOL: gone_owner})
     other = executor(services, sockdir)  # another deployment (namespace) on the same engine
@@ -443,7 +444,7 @@ def test_sweep_removes_only_leftovers_of_jobs_that_are_not_live(services, sockdi
         assert leftovers(f"{LABEL_JOB}={dead}") == {}
         assert leftovers(f"{dind_pool.LABEL_POOL}={gone_owner}") == {}
         assert set(leftovers(f"{LABEL_JOB}={live}")) == {"container", "volume", "network"}
-        assert len(leftovers(f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}")["container"]) == 1  # our live pool's
+        assert len(leftovers(f"{dind_pool.LABEL_POOL}={OWNER}")["container"]) == 1  # our live pool's
         assert "warm-pool-dind" not in asked  # pool sidecars are judged by their owner process
         assert elsewhere not in asked and set(leftovers(f"{LABEL_JOB}={elsewhere}")) == {"container", "volume", "network"}
     finally:
@@ -451,7 +452,7 @@ def test_sweep_removes_only_leftovers_of_jobs_that_are_not_live(services, sockdi
         ex.cleanup(live)
         ex.cleanup(live)  # idempotent
         ex.cleanup("warm-pool-dind")
-    assert leftovers(f"{LABEL_JOB}={live}") == {} and leftovers(f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}") == {}
+    assert leftovers(f"{LABEL_JOB}={live}") == {} and leftovers(f"{dind_pool.LABEL_POOL}={OWNER}") == {}
     assert leftovers(f"{LABEL_JOB}={elsewhere}") == {}
     assert not [p for p in sockdir.iterdir() if p.name.startswith("runner-")]
 

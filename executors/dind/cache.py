@@ -28,7 +28,7 @@ from runner.core.build import CancelToken, LogSink
 from runner.core.errors import InfrastructureError
 from runner.core.labels import LABEL_EXECUTOR
 
-log = logging.getLogger("runner.executors.dind_cache")
+log = logging.getLogger("runner.executors.dind.cache")
 
 LABEL_CACHE = "io.runner.dind.cache"
 WAIT_STEP = 0.2

@@ -167,7 +167,7 @@ class DindExecutor(Executor):
             log.warning("%s sweep: %s", self.name, exc)
             return []
         try:
-            return reap(api, is_live, self.name, self.env.namespace)
+            return sweep_leftovers(api, is_live, self.name, self.env.namespace)
         finally:
             api.close()
 
@@ -187,7 +187,7 @@ class DindExecutor(Executor):
 
     def _make_pool(self) -> dind_pool.WarmPool:
         self._pool_api = api = self.host()
-        labels = {**self.labels(f"warm-pool-{self.name}"), dind_pool.LABEL_POOL: dind_pool.OWNER}
+        labels = {**self.labels(f"warm-pool-{self.name}"), dind_pool.LABEL_POOL: dind_pool.process_owner()}
 
         def factory() -> Sidecar:
             return bring_up(api, self.config, self.env.registries, executor=self.name, labels=labels,
@@ -196,7 +196,7 @@ class DindExecutor(Executor):
         return dind_pool.WarmPool(self.config.warm_pool, factory, lambda s: s.remove(api), Sidecar.alive, self.name)
 
 
-def reap(api: docker.APIClient, is_live: IsLive, executor: str, namespace: str) -> list[str]:
+def sweep_leftovers(api: docker.APIClient, is_live: IsLive, executor: str, namespace: str) -> list[str]:
     """Remove `executor`'s labelled sidecars, volumes and networks in `namespace` whose job is
     not live. The namespace keeps another deployment's jobs on the same engine, which our
     is_live cannot know, untouched. Warm-pool sidecars are judged by their owner process when

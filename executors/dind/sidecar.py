@@ -34,7 +34,7 @@ from runner.core.errors import InfrastructureError
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB
 from runner.core.registry import RegistryConfig
 
-log = logging.getLogger("runner.executors.sidecar")
+log = logging.getLogger("runner.executors.dind.sidecar")
 
 LABEL_DIR = "io.runner.dind.dir"
 SOCKET_MOUNT = "/run/runner"
