@@ -59,7 +59,7 @@ class Worker:
         self.unusable: dict[str, str] = {}
         self.sources: dict[str, ContextSource] = {"upload": UploadSource(self.store.context_chunks, settings.limits),
                                                   "git": GitSource(settings)}
-        self.finish_hooks: list[FinishHook] = [lambda record, request: on_job_finished(record, request, settings.callbacks)]
+        self.finish_hooks: list[FinishHook] = [lambda record, request: on_job_finished(record, request, settings)]
         self._active: dict[str, CancelToken] = {}
         self._lock = threading.Lock()
 
