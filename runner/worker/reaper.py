@@ -71,9 +71,10 @@ def reap_job(worker: Worker, job_id: str) -> None:
 
 
 def is_live(worker: Worker, job_id: str) -> bool:
-    """Held by a worker (or a maintenance sweep) right now, or running: its leftovers stay."""
+    """May the job's leftovers stay? Yes when it is not ours (no record in our store: another
+    namespace's job on a shared engine or store), held by a worker or a sweep right now, or running."""
     record = worker.store.get(job_id)
-    return worker.store.lease_holder(job_id) is not None or (record is not None and record.status is Status.running)
+    return record is None or record.status is Status.running or worker.store.lease_holder(job_id) is not None
 
 
 def reap(worker: Worker) -> list[str]:
