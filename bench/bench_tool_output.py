@@ -110,6 +110,9 @@ class Bench:
         (self.private / "tmp").mkdir()
         self.env = tool_env({"CONTAINERS_REGISTRIES_CONF": str(self.private / "registries.conf"), "TMPDIR": str(self.private / "tmp")})
         self.tool = Tool(self.mode.binary, self.mode.global_args(self.buildah), self.env)
+        #: made once, as a worker makes it (its mode probe is not part of any job)
+        self.buildah_executor = make_executors(self.settings, ["buildah"], executor_env(self.settings, "bench"))["buildah"]
+        self.buildah_executor.check()
 
     def context(self, case: str) -> Path:
         path = self.work / f"ctx-{case.replace(' ', '-')}"
@@ -162,8 +165,7 @@ class Bench:
         with buffer.open("wb") as sink:
             write_tar(context, sink)
         built: BuildContext = spool_context([buffer.read_bytes()], self.settings.worker.workspace / job.id, "Dockerfile", 10**8)
-        log = ListSink()
-        executor = make_executors(self.settings, ["buildah"], executor_env(self.settings, "bench"))["buildah"]
+        log, executor = ListSink(), self.buildah_executor
         try:
             elapsed = timed(lambda: executor.run(job, built, log, CancelToken()))
         finally:
