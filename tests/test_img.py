@@ -21,8 +21,9 @@ import pytest
 from pydantic import SecretStr
 
 from executors.daemonless.common import private_root
+from executors.daemonless.config import ImgConfig
 from executors.daemonless.img import build_args, global_args, push_args
-from runner.config.settings import ImgExecutorConfig, Settings
+from runner.config.settings import Settings
 from runner.core.build import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
@@ -52,7 +53,7 @@ class Recorder:
 
 def with_img(settings: Settings, **changes) -> Settings:
     config = settings.executors["img"].model_copy(update={"enabled": True, **changes})
-    return settings.model_copy(update={"executors": settings.executors.model_copy(update={"img": config})})
+    return settings.model_copy(update={"executors": {**settings.executors, "img": config}})
 
 
 def context_for(settings: Settings, job: BuildRequest, tmp_path: Path, dockerfile: str):
@@ -126,7 +127,7 @@ def test_check_says_img_is_not_installed_and_a_job_fails_at_once(harness, tmp_pa
         executor.run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), Recorder(), CancelToken())
     assert time.monotonic() - started < 2
     executor.cleanup(job.id)
-    assert not private_root(settings, "img", job.id).exists()
+    assert not private_root(executor.env, "img", job.id).exists()
 
 
 @pytest.mark.skipif(not NO_IMG, reason="img is installed here")
@@ -149,7 +150,7 @@ def test_real_worker_fails_an_img_job_at_once_and_keeps_running(make_harness, tm
 
 # -- argv, pinned --------------------------------------------------------------------------------
 def test_img_argv_pinned(tmp_path):
-    config = ImgExecutorConfig(enabled=True, state_dir=Path("/var/lib/runner/img"), backend="native", cache_repo="reg:5000/cache")
+    config = ImgConfig(enabled=True, state_dir=Path("/var/lib/runner/img"), backend="native", cache_repo="reg:5000/cache")
     job = BuildRequest(tags=["reg:5000/app:1", "reg:5000/app:latest"], build_args={"A": "1"}, labels={"team": "ci"},
                        target="final", platform="linux/arm64", no_cache=True, secrets=["npmrc"])
     assert global_args(config) == ["-s", "/var/lib/runner/img", "-b", "native"]
@@ -183,7 +184,7 @@ def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fak
     log = Recorder()
     executor = executor_for(settings, "img")
     pushed = executor.run(job, context, log, CancelToken())
-    private = private_root(settings, "img", job.id)
+    private = private_root(executor.env, "img", job.id)
     assert sorted(p.name for p in private.iterdir()) == ["refs.json"]  # credentials and secrets already gone
     executor.cleanup(job.id)
     assert not private.exists()

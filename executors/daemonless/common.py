@@ -25,7 +25,7 @@ from runner.core.registry import RegistryConfig, is_loopback
 
 #: Names a secret build arg may not take: it travels in the tool's environment, where these
 #: names would change how the tool itself runs.
-RESERVED_ENV = {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "USER", "SHELL", "PWD", "IFS", "TERM"}
+RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "USER", "SHELL", "PWD", "IFS", "TERM"})
 RESERVED_ENV_PREFIXES = ("BUILDAH_", "STORAGE_", "CONTAINERS_", "REGISTRY_", "DOCKER_", "XDG_", "IMG_", "LD_")
 SYSTEM_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
 

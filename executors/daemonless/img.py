@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Iterable
+from pathlib import Path
 
 from executors.base import CheckResult, Executor
 from executors.daemonless.common import (
@@ -51,7 +53,8 @@ def global_args(config: ImgConfig) -> list[str]:
     return ["-s", str(config.state_dir), "-b", config.backend]
 
 
-def build_args(config: ImgConfig, job: BuildRequest, context_dir, dockerfile, secrets) -> list[str]:
+def build_args(config: ImgConfig, job: BuildRequest, context_dir: Path, dockerfile: Path,
+               secrets: Iterable[tuple[str, Path]]) -> list[str]:
     args = ["build", "--no-console", "-f", str(dockerfile)]
     for ref in job.tags:
         args += ["-t", ref]
