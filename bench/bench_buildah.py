@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from executors.daemonless.buildah import resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core import process  # noqa: E402
-from runner.core.build import CancelToken  # noqa: E402
+from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.sources.pack import write_tar  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402

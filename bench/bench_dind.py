@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from executors.dind import cache as dind_cache  # noqa: E402
 from executors.engine.client import EngineClient  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core.build import CancelToken  # noqa: E402
+from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from tests.support import dind as support  # noqa: E402
 from tests.support import executor_for  # noqa: E402

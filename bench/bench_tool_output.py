@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from executors.daemonless.buildah import BuildOutput, JobPaths, build_args, push_args, resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core.build import BuildContext, CancelToken  # noqa: E402
+from runner.core.build import BuildContext  # noqa: E402
+from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest, ImageRef  # noqa: E402
 from runner.core.process import Tool, ToolOutput, tool_env  # noqa: E402
 from runner.sources.pack import write_tar  # noqa: E402

@@ -23,7 +23,8 @@ from executors.daemonless.buildah import BuildahExecutor, BuildOutput, JobPaths,
 from executors.daemonless.common import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
 from executors.daemonless.config import BuildahConfig
 from runner.config.settings import Settings
-from runner.core.build import BuildContext, CancelToken
+from runner.core.build import BuildContext
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.output_pipe import LineAssembler

@@ -242,7 +242,7 @@ def test_auto_falls_back_to_classic_where_the_engine_lacks_buildkit(tmp_path):
 
     from executors.engine import buildkit
     from executors.engine.engine import Engine
-    from runner.core.build import CancelToken
+    from runner.core.cancel import CancelToken
 
     api = docker.APIClient(base_url=f"unix://{tmp_path}/old-engine.sock", version="1.38")
     buildkit._SUPPORT[buildkit._engine_key(api)] = (False, "engine API 1.38 on linux; BuildKit needs API >= 1.39 on linux")

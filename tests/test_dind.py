@@ -28,7 +28,7 @@ from executors.dind.config import DindConfig, SysboxConfig
 from executors.dind.executor import DindExecutor
 from executors.dind.sidecar import bring_up, container_spec, daemon_args
 from executors.engine.client import EngineClient
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, InfrastructureError
 from runner.core.jobs import BuildRequest
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE

@@ -24,7 +24,7 @@ from executors.daemonless.common import private_root
 from executors.daemonless.config import ImgConfig
 from executors.daemonless.img import build_args, global_args, push_args
 from runner.config.settings import Settings
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.sources.pack import write_tar

@@ -16,7 +16,7 @@ import pytest
 from executors.dind.config import SysboxConfig
 from executors.dind.sidecar import container_spec
 from executors.dind.sysbox import SysboxExecutor
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.jobs import BuildRequest
 from runner.core.labels import LABEL_JOB

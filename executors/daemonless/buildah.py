@@ -35,7 +35,8 @@ from executors.daemonless.common import (
     write_cert_dir,
 )
 from executors.daemonless.config import BuildahConfig
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, is_auth_error
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env

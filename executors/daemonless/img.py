@@ -31,7 +31,8 @@ from executors.daemonless.common import (
     write_build_secrets,
 )
 from executors.daemonless.config import ImgConfig
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, is_auth_error
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env

@@ -24,7 +24,8 @@ import docker.errors
 import requests
 
 from executors.dind.config import DindConfig
-from runner.core.build import CancelToken, LogSink
+from runner.core.build import LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.labels import LABEL_EXECUTOR
 

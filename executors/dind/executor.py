@@ -29,7 +29,8 @@ from executors.dind.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove
 from executors.engine.builders import BuildKitSupport
 from executors.engine.client import EngineClient
 from executors.engine.engine import Engine, choose_builder
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
 

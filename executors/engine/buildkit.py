@@ -24,7 +24,8 @@ from executors.engine.builders import job_tag
 from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_trace
 from executors.engine.buildkit_session import BuildSession
 from executors.engine.client import EngineClient, TransportUnsupported
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, Cancelled, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import sh
 
-from runner.core.build import CancelToken, LogSink
+from runner.core.build import LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.output_pipe import LineAssembler, read_until_exit
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from runner.core.build import CancelToken
+    from runner.core.cancel import CancelToken
 
 BLOCK = 512
 PIECE = 1024 * 1024  # most bytes a decompressor hands out at once

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from runner.config.settings import Settings
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, ExecutorError
 from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, Status, now
 from runner.store.joblog import JobLog

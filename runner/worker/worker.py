@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from executors.base import Executor, ExecutorEnv
 from executors.registry import ExecutorRegistry
 from runner.config.settings import Settings
-from runner.core.build import CancelToken, ContextSource
+from runner.core.build import ContextSource
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest, JobRecord
 from runner.core.registries import Registries

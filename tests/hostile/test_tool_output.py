@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled
 from runner.core.output_pipe import DRAIN_LIMIT, LineAssembler, read_until_exit
 from runner.core.process import Tool, ToolOutput
