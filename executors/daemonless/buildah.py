@@ -112,7 +112,8 @@ def resolve_mode(config: BuildahConfig) -> Mode:
             raise InfrastructureError(f"overlay storage is not usable here ({problem}); set executors.buildah.storage_driver "
                                       "to vfs or auto")
         driver, why_driver = ("vfs", f"overlay unusable: {problem}") if problem else ("overlay", "overlay works")
-    isolation, why_isolation = config.isolation, "configured"
+    isolation: str = config.isolation
+    why_isolation = "configured"
     if isolation == "auto":
         isolation, why_isolation = auto_isolation()
     return Mode(tool.binary, version, driver, isolation, f"storage: {why_driver}; isolation: {why_isolation}")

@@ -129,8 +129,9 @@ def write_cert_dir(registries: Iterable[RegistryConfig], files: JobFiles) -> Pat
         return None
     certs = files.directory("certs")
     for registry in cas:
+        assert registry.ca_file is not None
         try:
-            data = Path(registry.ca_file).read_bytes()
+            data = registry.ca_file.read_bytes()
         except OSError as exc:
             raise InfrastructureError(f"registry {registry.host}: cannot read ca_file {registry.ca_file}: {exc.strerror}") from None
         files.write(f"certs/{re.sub(r'[^A-Za-z0-9_.-]', '_', registry.host)}.crt", data)

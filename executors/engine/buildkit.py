@@ -180,10 +180,11 @@ class BuildKitBuilder:
                 add_secret(value.decode("utf-8", "replace"))
         build_id = uuid.uuid4().hex
         params = build_params(job, build_id, job_tag(job.id))
-        session: BuildSession | None = BuildSession(client, f"runner-{job.id}",
-                                                    lambda host: registry_credentials(self.registries, host), self.secrets)
+        opening = BuildSession(client, f"runner-{job.id}", lambda host: registry_credentials(self.registries, host),
+                               self.secrets)
+        session: BuildSession | None = opening
         try:
-            params["session"] = session.start()
+            params["session"] = opening.start()
         except TransportUnsupported as exc:
             if self.secrets:
                 raise InvalidJob(f"build secrets need a BuildKit session, which this engine connection cannot carry ({exc})") from None

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from runner.core.errors import ErrorKind
+
 # Docker's reference grammar (distribution/reference), restricted to what we push:
 # REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?"
@@ -224,7 +226,7 @@ class PushedImage(BaseModel):
 
 
 class JobError(BaseModel):
-    kind: Literal["invalid", "build", "auth", "infrastructure", "cancelled", "timeout", "worker_lost"]
+    kind: ErrorKind
     message: str
 
 

@@ -17,7 +17,7 @@ import math
 import re
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -82,7 +82,7 @@ def shown(name: str, limit: int = 120) -> str:
     return repr(name)
 
 
-def file_chunks(path: Path, size: int = PIECE) -> Iterator[bytes]:
+def file_chunks(path: Path, size: int = PIECE) -> Generator[bytes, None, None]:
     """A file as chunks, for TarReader."""
     with path.open("rb") as handle:
         while chunk := handle.read(size):

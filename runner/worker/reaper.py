@@ -36,7 +36,11 @@ def recover_lost_jobs(worker: Worker, requeue: Requeue) -> list[str]:
             if current is None or current.status is not Status.running:
                 continue
             give_up = current.attempts >= settings.limits.max_attempts
-            store.update(job_id, lambda r, give_up=give_up: _lost(r, give_up, settings.limits.max_attempts))
+
+            def lost(record: JobRecord, give_up: bool = give_up) -> JobRecord:
+                return _lost(record, give_up, settings.limits.max_attempts)
+
+            store.update(job_id, lost)
             JobLog(store, job_id).line(
                 f"[runner] worker {current.worker} stopped (no heartbeat for {settings.worker.lease_ttl:.0f}s); "
                 + ("giving up: limits.max_attempts reached" if give_up else "requeued"))
