@@ -32,7 +32,7 @@ from runner.sources.pack import write_tar
 from runner.sources.upload import spool_context
 from runner.store.joblog import JobLog
 from tests.conftest import registry_digest, run_image
-from tests.support import all_support, executor_for
+from tests.support import ListLog, all_support, executor_for
 from tests.support.buildah import skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
@@ -43,30 +43,6 @@ CLEAN = {"containers": [], "processes": [], "runc": [], "private_dir": False}
 
 
 # -- helpers -----------------------------------------------------------------------------------
-class Recorder:
-    """A LogSink that keeps (time, line) and the secrets it was asked to mask."""
-
-    def __init__(self):
-        self.lines: list[tuple[float, str]] = []
-        self.secrets: list[str] = []
-        self.writes = 0
-
-    def line(self, text: str) -> None:
-        self.lines.append((time.monotonic(), text))
-
-    def write(self, chunk: str) -> None:
-        self.writes += 1
-        for text in chunk.splitlines():
-            self.line(text)
-
-    def add_secret(self, value: str) -> None:
-        self.secrets.append(value)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(text for _, text in self.lines)
-
-
 def with_buildah(settings: Settings, **changes) -> Settings:
     config = settings.executors["buildah"].model_copy(update=changes)
     return settings.model_copy(update={"executors": {**settings.executors, "buildah": config}})
@@ -133,7 +109,7 @@ def run_in_thread(executor, job, context, log, cancel):
     return thread, outcome
 
 
-def wait_for_line(log: Recorder, text: str, timeout: float = 60) -> None:
+def wait_for_line(log: ListLog, text: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if text in log.text:
@@ -211,10 +187,10 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
     assert registries_conf(Settings(registries=[{"host": "tls.example.com"}]).registries) is None
     broken = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": PASSWORD},
                                   {"host": "other:5000", "username": "u", "password_file": str(tmp_path / "missing")}])
-    log = Recorder()
+    log = ListLog()
     assert set(registry_auths(broken.registries, log)["auths"]) == {"127.0.0.1:5000"}  # one unreadable file does not stop every job
-    assert "registry other:5000: cannot read password_file" in log.text
-    with pytest.raises(InfrastructureError, match="cannot read password_file"):
+    assert "registry other:5000: password_file: cannot read it: No such file" in log.text and str(tmp_path) not in log.text
+    with pytest.raises(InfrastructureError, match="password_file: cannot read it"):
         registry_auths(broken.registries)
     files = JobFiles(tmp_path / "private").create()
     certs = write_cert_dir(settings.registries, files)
@@ -227,7 +203,7 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
 
 
 def test_output_names_the_failing_step_and_tells_auth_from_build_errors():
-    log = Recorder()
+    log = ListLog()
     output = BuildOutput(log)
     output(["STEP 1/2: FROM base", "STEP 2/2: RUN curl x",
             "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB IO_RUNNER_NAMESPACE]",
@@ -248,11 +224,11 @@ def test_output_names_the_failing_step_and_tells_auth_from_build_errors():
 def test_marked_lines_are_found_inside_big_batches_of_plain_output():
     """A batch without a marked line skips `handle`; one with a marked line anywhere in it
     (not only first) is looked at line by line."""
-    log = Recorder()
+    log = ListLog()
     output = BuildOutput(log)
     plain = [f"{n}" for n in range(10_000)]
     output(plain)
-    assert [text for _, text in log.lines] == plain and log.writes == 1 and list(output.lines) == plain[-output.KEEP:]
+    assert log.lines == plain and log.writes == 1 and list(output.lines) == plain[-output.KEEP:]
     output([*plain[:500], "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB]", "STEP 3/4: RUN make",
             *plain[:500], "Error: building at STEP \"RUN make\": exit status 2", "after"])
     assert "IO_RUNNER_JOB" not in log.text and output.step == ("3/4", "RUN make") and log.writes == 2
@@ -299,7 +275,7 @@ def test_missing_binary_is_reported_and_fails_the_job_at_once(settings, tmp_path
     job = BuildRequest(tags=["127.0.0.1:5000/x/y:1"])
     started = time.monotonic()
     with pytest.raises(InfrastructureError, match="not installed"):
-        executor_for(broken, "buildah").run(job, make_context(broken, job, tmp_path, {"Dockerfile": "FROM scratch\n"}), Recorder(), CancelToken())
+        executor_for(broken, "buildah").run(job, make_context(broken, job, tmp_path, {"Dockerfile": "FROM scratch\n"}), ListLog(), CancelToken())
     assert time.monotonic() - started < 5
     executor_for(broken, "buildah").cleanup(job.id)  # never raises
 
@@ -321,7 +297,7 @@ def test_overlay_unusable_falls_back_to_vfs_and_chroot_builds(harness, settings,
     chroot = with_buildah(settings, isolation="chroot", **roots)
     job = BuildRequest(tags=[image(harness, "vfs-chroot")])
     context = make_context(chroot, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo via-chroot > /how\n"})
-    log = Recorder()
+    log = ListLog()
     executor = executor_for(chroot, "buildah")
     try:
         [pushed] = executor.run(job, context, log, CancelToken())
@@ -374,13 +350,13 @@ def test_output_streams_into_the_log_as_it_happens(harness, settings, tmp_path):
     job = BuildRequest(tags=[image(harness, "stream")], no_cache=True)
     context = make_context(settings, job, tmp_path, {"Dockerfile": (
         f"FROM {base(harness)}\nRUN echo first-$((1)) && sleep 2 && echo second-$((2))\n")})
-    log = Recorder()
+    log = ListLog()
     executor = executor_for(settings, "buildah")
     try:
         executor.run(job, context, log, CancelToken())
     finally:
         executor.cleanup(job.id)
-    times = {text: at for at, text in log.lines}
+    times = dict(zip(log.lines, log.times, strict=True))
     assert times["second-2"] - times["first-1"] >= 1.5
 
 
@@ -389,7 +365,7 @@ def test_layer_cache_is_reused_across_jobs(harness, settings, tmp_path):
     results = []
     for _ in range(2):
         job = BuildRequest(tags=[image(harness, "layers")])
-        log = Recorder()
+        log = ListLog()
         executor = executor_for(settings, "buildah")
         try:
             [pushed] = executor.run(job, make_context(settings, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
@@ -407,7 +383,7 @@ def test_registry_cache_feeds_a_worker_with_an_empty_store(harness, settings, st
     for name in ("first", "second"):  # two workers: two empty storage roots
         worker = with_buildah(settings, cache_repo=repo, storage_root=storage / name / "root", run_root=storage / name / "run")
         job = BuildRequest(tags=[image(harness, "remote-cache")])
-        log = Recorder()
+        log = ListLog()
         executor = executor_for(worker, "buildah")
         try:
             executor.run(job, make_context(worker, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
@@ -430,7 +406,7 @@ def test_docker_format_keep_images_and_no_push(harness, settings, tmp_path):
     try:
         results = []
         for job in jobs:
-            results.append(executor.run(job, make_context(keep, job, tmp_path, {"Dockerfile": dockerfile}), Recorder(), CancelToken()))
+            results.append(executor.run(job, make_context(keep, job, tmp_path, {"Dockerfile": dockerfile}), ListLog(), CancelToken()))
             executor.cleanup(job.id)
         names = executor.tool(mode).output(["images", "--format", "{{.Name}}:{{.Tag}}"]).split()
         assert set(tags) <= set(names)  # kept under the job's tags, after cleanup too
@@ -452,7 +428,7 @@ def crash_mid_run(harness, settings: Settings, executor: BuildahExecutor, tmp_pa
     """Run `job` with a RUN step that sleeps, then SIGKILL buildah, as if its worker died:
     buildah cleans nothing itself and runc keeps the step running."""
     context = make_context(settings, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo running-$((6*7)) && sleep 300\n"})
-    log = Recorder()
+    log = ListLog()
     thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
     wait_for_line(log, "running-42")  # output, not the STEP line
     for group in {os.getpgid(int(p.split(":")[0])) for p in processes_mentioning(f"IO_RUNNER_JOB={job.id}")}:

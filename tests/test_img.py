@@ -30,25 +30,10 @@ from runner.core.jobs import BuildRequest, ImageRef
 from runner.sources.pack import write_tar
 from runner.sources.upload import spool_context
 from tests.conftest import registry_digest
-from tests.support import executor_for
+from tests.support import ListLog, executor_for
 
 NO_IMG = shutil.which("img") is None
 NO_IMG_REASON = "img is not installed: no `img` on PATH (not packaged for Debian; upstream unmaintained)"
-
-
-class Recorder:
-    def __init__(self):
-        self.lines: list[str] = []
-        self.secrets: list[str] = []
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-    def write(self, chunk: str) -> None:
-        self.lines.extend(chunk.splitlines())
-
-    def add_secret(self, value: str) -> None:
-        self.secrets.append(value)
 
 
 def with_img(settings: Settings, **changes) -> Settings:
@@ -124,7 +109,7 @@ def test_check_says_img_is_not_installed_and_a_job_fails_at_once(harness, tmp_pa
     job = BuildRequest(tags=[f"{harness.registry()}/img-test/a:1"], executor="img")
     started = time.monotonic()
     with pytest.raises(InfrastructureError, match="img is not installed"):
-        executor.run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), Recorder(), CancelToken())
+        executor.run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), ListLog(), CancelToken())
     assert time.monotonic() - started < 2
     executor.cleanup(job.id)
     assert not private_root(executor.env, "img", job.id).exists()
@@ -168,7 +153,7 @@ def test_secret_build_args_are_refused_on_img(harness, fake_img, tmp_path):
     settings = with_img(harness.settings, binary=str(fake_img[0]))
     job = BuildRequest(tags=[f"{harness.registry()}/img-test/c:1"], build_args={"T": "v"}, secret_build_args=["T"])
     with pytest.raises(InvalidJob, match="command line"):
-        executor_for(settings, "img").run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), Recorder(), CancelToken())
+        executor_for(settings, "img").run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), ListLog(), CancelToken())
     assert calls(fake_img[1]) == []
 
 
@@ -181,7 +166,7 @@ def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fak
     tags = [f"{harness.registry()}/img-test/fake:{t}-{uuid.uuid4().hex[:6]}" for t in ("1", "latest")]
     job = BuildRequest(tags=tags, secrets=["npmrc"])
     context = context_for(settings, job, tmp_path, "FROM scratch\nCOPY Dockerfile /\n")
-    log = Recorder()
+    log = ListLog()
     executor = executor_for(settings, "img")
     pushed = executor.run(job, context, log, CancelToken())
     private = private_root(executor.env, "img", job.id)
@@ -212,7 +197,7 @@ def test_fake_img_failing_step_is_a_build_failure_naming_the_step(harness, fake_
     context = context_for(settings, job, tmp_path, "FROM scratch\nRUN echo about-to-fail && exit 3\n")
     executor = executor_for(settings, "img")
     with pytest.raises(BuildFailed) as failure:
-        executor.run(job, context, Recorder(), CancelToken())
+        executor.run(job, context, ListLog(), CancelToken())
     executor.cleanup(job.id)
     assert failure.value.message.startswith("build failed at step 2/2 (RUN echo about-to-fail && exit 3): error: failed to solve")
     assert [c["argv"][4] for c in calls(fake_img[1])] == ["build", "rm"]  # no push after a failed build; tags removed
@@ -228,7 +213,7 @@ def test_real_img_builds_and_pushes(harness, tmp_path):  # pragma: no cover - ne
     executor = executor_for(settings, "img")
     assert executor.check().ok
     try:
-        [pushed] = executor.run(job, context, Recorder(), CancelToken())
+        [pushed] = executor.run(job, context, ListLog(), CancelToken())
     finally:
         executor.cleanup(job.id)
     assert pushed.digest == registry_digest(harness.services, tag)

@@ -156,11 +156,9 @@ def cache_repo(config_repo: str | None, job: BuildRequest) -> str | None:
 # -- secrets -----------------------------------------------------------------------------------
 def write_build_secrets(secrets: dict[str, bytes], files: JobFiles, log: LogSink) -> list[tuple[str, Path]]:
     """Each build secret the job names, in its own 0600 file; the values are masked in the log."""
-    add_secret = getattr(log, "add_secret", None)
     written = []
     for index, (secret_id, value) in enumerate(secrets.items()):
-        if add_secret is not None:
-            add_secret(value.decode())
+        log.add_secret(value.decode())
         written.append((secret_id, files.write(f"secrets/{index}", value)))
     return written
 

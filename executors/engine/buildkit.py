@@ -174,10 +174,8 @@ class BuildKitBuilder:
 
     def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
         client = self.client
-        add_secret = getattr(log, "add_secret", None)
         for value in self.secrets.values():
-            if add_secret is not None:
-                add_secret(value.decode("utf-8", "replace"))
+            log.add_secret(value.decode("utf-8", "replace"))
         build_id = uuid.uuid4().hex
         params = build_params(job, build_id, job_tag(job.id))
         opening = BuildSession(client, f"runner-{job.id}", lambda host: registry_credentials(self.registries, host),

@@ -18,6 +18,9 @@ class LogSink(Protocol):
     def write(self, chunk: str) -> None:
         """Append raw output that may hold partial lines; lines are split and masked."""
 
+    def add_secret(self, value: str) -> None:
+        """Mask `value` from now on (a secret an executor learns during the build)."""
+
 
 @dataclass
 class BuildContext:
