@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import posixpath
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -254,3 +256,14 @@ class JobRecord(BaseModel):
     @property
     def finished(self) -> bool:
         return self.status.finished
+
+
+class JobReader(Protocol):
+    """Reading jobs and their logs: the Redis store and the HTTP API client both do it, so the
+    CLI's read commands take either."""
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def list(self, status: Status | None = None, limit: int = 50) -> builtins.list[JobRecord]: ...
+
+    def read_log(self, job_id: str, follow: bool = False) -> Iterator[str]: ...
