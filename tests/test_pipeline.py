@@ -16,7 +16,7 @@ from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.entry.control import cancel_job
 from runner.worker.pipeline import Pipeline
-from runner.worker.worker import Worker
+from runner.worker.worker import JobListener, Worker
 
 REF = "127.0.0.1:5000/pipeline/app:1"
 
@@ -200,15 +200,39 @@ def test_an_infrastructure_error_is_requeued_under_the_requeue_policy_until_max_
     assert last.status is Status.failed and last.attempts == 2 and len(h.requeued) == 1
 
 
-def test_a_failing_finish_hook_changes_nothing(h):
-    seen = []
+class Recording(JobListener):
+    def __init__(self):
+        self.moments: list[tuple[str, Status]] = []
 
-    def broken(record, request):
-        raise RuntimeError("hook bug")
+    def job_started(self, record, request):
+        self.moments.append(("started", record.status))
 
-    h.worker.finish_hooks[:] = [broken, lambda record, request: seen.append(record.status)]
+    def job_finished(self, record, request):
+        self.moments.append(("finished", record.status))
+
+    def job_requeued(self, record, request):
+        self.moments.append(("requeued", record.status))
+
+
+class Broken(JobListener):
+    def job_started(self, record, request):
+        raise RuntimeError("listener bug")
+
+    job_finished = job_requeued = job_started
+
+
+def test_listeners_hear_each_moment_and_a_failing_one_changes_nothing(h):
+    seen = Recording()
+    h.worker.listeners[:] = [Broken(), seen]
     record = h.pipeline.run(h.queue())
-    assert record.status is Status.succeeded and seen == [Status.succeeded]
+    assert record.status is Status.succeeded
+    assert seen.moments == [("started", Status.running), ("finished", Status.succeeded)]
+    request = h.queue(FAKE_SLEEP="30")
+    thread, _ = h.in_thread(request)
+    h.wait_log(request.id, "working for")
+    h.worker.cancel_all("shutdown")
+    thread.join(5)
+    assert seen.moments[-2:] == [("started", Status.running), ("requeued", Status.queued)]
 
 
 def test_an_executor_whose_check_failed_fails_its_jobs_at_once_saying_why(h):
