@@ -30,6 +30,7 @@ from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE, LABEL_WORKER
+from runner.core.metrics import NO_METRICS, ExecutorMetrics
 
 if TYPE_CHECKING:
     from runner.core.registries import Registries
@@ -56,6 +57,8 @@ class ExecutorEnv:
     registries: Registries
     build_secrets: dict[str, SecretStr] = field(default_factory=dict)
     builder: Builder = "auto"
+    #: where the executor reports what is worth a graph (the worker's Prometheus metrics)
+    metrics: ExecutorMetrics = NO_METRICS
 
     def job_dir(self, job_id: str) -> Path:
         """The job's scratch directory (the pipeline makes and removes it)."""

@@ -8,6 +8,8 @@ and the entry points can be driven through every path in seconds, without Docker
   FAKE_ERROR=KIND    fail with that error kind: invalid, auth, infrastructure
   FAKE_CRASH=1       raise an unexpected exception (a bug in an executor)
   FAKE_KILL=1        SIGKILL the worker process mid-job (a worker lost)
+  FAKE_LEAK=NAME     a careless executor: write build arg NAME's value to the worker's own log,
+                     then crash with it in the exception (tests check that both are masked)
 
 It reports each tag with a digest made from the job id and the tag. `cleanup` records the job
 ids it was called for (`cleaned`), so tests can see the pipeline call it.
@@ -16,6 +18,7 @@ ids it was called for (`cleaned`), so tests can see the pipeline call it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import threading
@@ -62,6 +65,9 @@ class FakeExecutor(Executor):
         cancel.raise_if_set()
         if args.get("FAKE_KILL"):
             os.kill(os.getpid(), signal.SIGKILL)
+        if leak := args.get("FAKE_LEAK"):
+            logging.getLogger("runner.executors.fake").warning("build arg %s is %s", leak, args.get(leak))
+            raise RuntimeError(f"the fake executor crashed holding {leak}={args.get(leak)}")
         if args.get("FAKE_CRASH"):
             raise RuntimeError("the fake executor crashed on purpose")
         if kind := args.get("FAKE_ERROR"):

@@ -50,7 +50,8 @@ def make_config(services: dict[str, str], workdir: Path, namespace: str, **overr
         ],
         "executors": {name: s.config(services) for name, s in support.items() if s.skip_reason() is None},
         "limits": {"default_timeout": 600, "max_timeout": 1800, "max_context_bytes": 50 * 1024**2},
-        "worker": {"namespace": namespace, "workspace": str(workdir / "work"), "concurrency": 2},
+        # metrics_port 0: test workers leave the default port alone; tests that read /metrics pick one
+        "worker": {"namespace": namespace, "workspace": str(workdir / "work"), "concurrency": 2, "metrics_port": 0},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

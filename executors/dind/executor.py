@@ -108,8 +108,8 @@ class DindExecutor(Executor):
             try:
                 builder = choose_builder(inner, job.builder or self.env.builder, self.buildkit, self.env.registries,
                                          self.job_secrets(job))
-                return Engine(inner, self.env.registries).build_and_push(job, builder, context, log, cancel,
-                                                                         keep_images=lease is None)
+                engine = Engine(inner, self.env.registries, self.name, self.env.metrics)
+                return engine.build_and_push(job, builder, context, log, cancel, keep_images=lease is None)
             finally:
                 inner.close()
         finally:
@@ -137,7 +137,9 @@ class DindExecutor(Executor):
         sidecar = bring_up(api, self.config, self.env.registries, executor=self.name, labels=self.labels(job.id),
                            cancel=cancel, log_sink=log, data_volume=lease.volume if lease else None,
                            force_unprivileged=self.force_unprivileged)
-        log.line(f"[runner] {self.name}: sidecar {sidecar.name} ready in {time.monotonic() - started:.2f}s")
+        took = time.monotonic() - started
+        log.line(f"[runner] {self.name}: sidecar {sidecar.name} ready in {took:.2f}s")
+        self.env.metrics.sidecar_started(self.name, took)
         return sidecar
 
     # -- cleanup -----------------------------------------------------------------------------
@@ -177,6 +179,7 @@ class DindExecutor(Executor):
         if self.config.warm_pool > 0 and self.pool is None:
             self.pool = self._make_pool()
             self.pool.start()
+            self.env.metrics.warm_pool(self.name, lambda: self.pool.idle if self.pool is not None else 0)
 
     def shutdown(self) -> None:
         pool, self.pool = self.pool, None
@@ -191,8 +194,11 @@ class DindExecutor(Executor):
         labels = {**self.labels(f"warm-pool-{self.name}"), dind_pool.LABEL_POOL: dind_pool.process_owner()}
 
         def factory() -> Sidecar:
-            return bring_up(api, self.config, self.env.registries, executor=self.name, labels=labels,
-                            force_unprivileged=self.force_unprivileged)
+            started = time.monotonic()
+            sidecar = bring_up(api, self.config, self.env.registries, executor=self.name, labels=labels,
+                               force_unprivileged=self.force_unprivileged)
+            self.env.metrics.sidecar_started(self.name, time.monotonic() - started)
+            return sidecar
 
         return dind_pool.WarmPool(self.config.warm_pool, factory, lambda s: s.remove(api), Sidecar.alive, self.name)
 

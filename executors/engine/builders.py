@@ -16,6 +16,7 @@ from runner.core.jobs import BuildRequest
 JOB_TAG_REPO = "runner-job"
 MIN_BUILDKIT_API = (1, 39)
 _STEP = re.compile(r"^Step (\d+/\d+) : (.*)$")
+_CACHED = " ---> Using cache"
 
 
 def job_tag(job_id: str) -> str:
@@ -25,6 +26,8 @@ def job_tag(job_id: str) -> str:
 
 class Builder(Protocol):
     name: str
+    #: after a build: (Dockerfile steps, how many came from the cache), where the builder says
+    steps: tuple[int, int] | None
 
     def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
         """Build `job` from `context`; return the image id or raise a typed error."""
@@ -37,11 +40,12 @@ class ClassicBuilder:
 
     def __init__(self, client: EngineClient):
         self.client = client
+        self.steps: tuple[int, int] | None = None
 
     def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
         if job.secrets:
             raise InvalidJob("build secrets need the BuildKit builder; the classic builder cannot mount them")
-        step, image_id = "", None
+        step, image_id, steps, cached = "", None, 0, 0
         with context.open() as body:
             stream = self.client.api.build(
                 fileobj=body, custom_context=True, dockerfile=job.dockerfile, tag=job_tag(job.id),
@@ -54,6 +58,9 @@ class ClassicBuilder:
                         log.line(text)
                         if match := _STEP.match(text):
                             step = f"step {match[1]} ({match[2]})"
+                            steps += 1
+                        elif text.startswith(_CACHED):
+                            cached += 1
                 if "aux" in event and "ID" in event["aux"]:
                     image_id = event["aux"]["ID"]
                 if "error" in event:
@@ -63,6 +70,7 @@ class ClassicBuilder:
         cancel.raise_if_set()
         if image_id is None:
             raise BuildFailed("the engine finished the build without reporting an image id")
+        self.steps = (steps, cached)
         return image_id
 
 

@@ -171,6 +171,7 @@ class BuildKitBuilder:
 
     def __init__(self, client: EngineClient, registries: Registries, secrets: dict[str, bytes]):
         self.client, self.registries, self.secrets = client, registries, secrets
+        self.steps: tuple[int, int] | None = None
 
     def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
         client = self.client
@@ -226,4 +227,5 @@ class BuildKitBuilder:
             raise follower.failure()
         if follower.image_id is None:
             raise BuildFailed("the engine finished the BuildKit build without reporting an image id")
+        self.steps = follower.printer.dockerfile_steps()
         return follower.image_id

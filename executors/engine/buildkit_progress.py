@@ -10,6 +10,7 @@ skipped, so newer engines decode too. No protobuf dependency: the wire format is
 from __future__ import annotations
 
 import base64
+import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 CANCELED = "context canceled"
 TAIL_LINES = 10
 STATUS_EVERY = 5.0  # seconds between progress lines of one unfinished status (a long pull)
+_DOCKERFILE_STEP = re.compile(r"^\[(?:[^\]]* )?\d+/\d+\] ")  # "[2/3] RUN ...", "[builder 1/4] FROM ..."
 
 
 class DecodeError(ValueError):
@@ -274,6 +276,12 @@ class ProgressPrinter:
         for step in self.steps.values():
             if step.index:
                 self._flush(step)
+
+    def dockerfile_steps(self) -> tuple[int, int]:
+        """(Dockerfile steps seen, how many BuildKit took from its cache): the vertices named
+        `[stage n/m] ...`, not BuildKit's internal ones."""
+        steps = [s.vertex for s in self.steps.values() if _DOCKERFILE_STEP.match(s.vertex.name or "")]
+        return len(steps), sum(1 for v in steps if v.cached)
 
     def failure_summary(self) -> list[str]:
         """The failing step and its last output lines, framed as buildx frames them."""

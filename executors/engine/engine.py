@@ -17,6 +17,7 @@ from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, InfrastructureError, InvalidJob, RegistryAuthFailed, is_auth_error
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.metrics import NO_METRICS, ExecutorMetrics
 from runner.core.registry import RegistryConfig
 
 if TYPE_CHECKING:
@@ -53,9 +54,10 @@ def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, 
 class Engine:
     """One job's session with one Docker Engine."""
 
-    def __init__(self, client: EngineClient, registries: Registries):
+    def __init__(self, client: EngineClient, registries: Registries, executor: str = "", metrics: ExecutorMetrics = NO_METRICS):
         self.client = client
         self.registries = registries
+        self.executor, self.metrics = executor, metrics
         client.use_auth({r.host: entry for r in registries if (entry := login(r)) is not None})
 
     # -- the whole job -----------------------------------------------------------------------
@@ -69,6 +71,8 @@ class Engine:
         try:
             log.line(f"[runner] building with the {builder.name} builder")
             image_id = builder.build(job, context, log, cancel)
+            if builder.steps is not None:
+                self.metrics.build_steps(self.executor, *builder.steps)
             refs = job.image_refs()
             if not job.push:
                 if keep_images:
@@ -111,6 +115,7 @@ class Engine:
                     raise InfrastructureError(f"push of {ref} failed after {attempt} attempt(s): {_message(exc)}") from None
                 delay = 0.5 * 2 ** (attempt - 1)
                 log.line(f"[runner] push of {ref} failed ({_message(exc)}); retrying in {delay:.1f}s")
+                self.metrics.push_retried(self.executor)
                 cancel.wait(delay)
         raise AssertionError("unreachable")
 

@@ -53,8 +53,8 @@ class SocketExecutor(Executor):
         try:
             builder = choose_builder(client, job.builder or self.env.builder, self.buildkit, self.env.registries,
                                      self.job_secrets(job))
-            return Engine(client, self.env.registries).build_and_push(job, builder, context, log, cancel,
-                                                                      self.config.keep_images)
+            engine = Engine(client, self.env.registries, self.name, self.env.metrics)
+            return engine.build_and_push(job, builder, context, log, cancel, self.config.keep_images)
         finally:
             client.close()
 

@@ -58,6 +58,15 @@ class WorkerConfig(Strict):
     recover_interval: float = Field(default=10.0, description="how often a worker looks for jobs whose worker died")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="the worker's HTTP port for /metrics, /healthz and "
                               "/readyz (0: off)")
+    metrics_host: str = Field(default="0.0.0.0", description="address that HTTP server listens on: every interface by "
+                              "default (a pod's probes and Prometheus reach it from outside); 127.0.0.1 keeps it on the host")
+
+
+class LogConfig(Strict):
+    format: Literal["text", "json"] = Field(
+        default="text", description="the worker's and `runner serve`'s own log lines: text, or one JSON object per line "
+        "(time, level, logger, message; job_id, executor and worker on lines logged while a job runs). Secrets are "
+        "masked in both")
 
 
 class Settings(BaseSettings):
@@ -79,6 +88,7 @@ class Settings(BaseSettings):
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     git: GitConfig = Field(default_factory=GitConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -38,9 +38,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from runner.config.logs import configure_logging
 from runner.config.sections import ApiToken, Right
 from runner.config.settings import Settings, load_settings
 from runner.core.jobs import JOB_ID, MAX_JOB_ID, JobRecord, Status
+from runner.entry import metrics as fleet_metrics
 from runner.entry import webhooks
 from runner.entry.control import cancel_job
 from runner.entry.submission import submit
@@ -147,7 +149,7 @@ class ApiContext:
 
 
 #: route modules beside the job endpoints, each with `register(app, context)`
-EXTENSIONS: tuple[Callable[[FastAPI, ApiContext], None], ...] = ()
+EXTENSIONS: tuple[Callable[[FastAPI, ApiContext], None], ...] = (fleet_metrics.register,)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -400,7 +402,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=host or settings.api.host,
-                port=settings.api.port if port is None else port, log_level="info", server_header=False,
-                timeout_graceful_shutdown=SHUTDOWN_GRACE)
+    configure_logging(settings, "INFO")
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host or settings.api.host, port=settings.api.port if port is None else port, log_level="info",
+        server_header=False, timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        log_config=None))  # uvicorn's lines go through our handler: masked, text or JSON like ours
+    app.state.stopping = lambda: server.should_exit  # /readyz answers 503 from SIGTERM on
+    server.run()

@@ -13,6 +13,9 @@ Keys (NS = settings.worker.namespace):
   NS:uploads:WHO   ZSET of WHO's uploaded, not yet submitted contexts (by expiry time)
   NS:cancel:ID     cancel flag                      NS:lease:ID   worker holding the job (TTL)
   NS:secrets:ID    HASH of secret build-arg values; never in a queue message; gone when the job ends
+  NS:workers:E     ZSET of the workers serving executor E, each scored by when its heartbeat
+                   lapses (Redis's clock): live workers are the members scored in the future
+Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E.
 """
 
 from __future__ import annotations
@@ -59,6 +62,20 @@ redis.call('zadd', KEYS[1], ARGV[2], ARGV[3])
 redis.call('expireat', KEYS[1], math.ceil(ARGV[2]))
 return 1
 """
+_HEARTBEAT = """
+local now = tonumber(redis.call('time')[1])
+for _, key in ipairs(KEYS) do
+  redis.call('zremrangebyscore', key, '-inf', now)
+  redis.call('zadd', key, now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('expire', key, math.ceil(tonumber(ARGV[2])))
+end
+"""
+_LIVE = """
+local now = redis.call('time')[1]
+local counts = {}
+for i, key in ipairs(KEYS) do counts[i] = redis.call('zcount', key, '(' .. now, '+inf') end
+return counts
+"""
 _IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('{op}', KEYS[1]{args}) else return 0 end"
 
 
@@ -94,6 +111,8 @@ class JobStore:
         self._create = self.r.register_script(_CREATE)
         self._reserve = self.r.register_script(_RESERVE)
         self._track_upload = self.r.register_script(_TRACK_UPLOAD)
+        self._heartbeat = self.r.register_script(_HEARTBEAT)
+        self._live = self.r.register_script(_LIVE)
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
@@ -244,6 +263,36 @@ class JobStore:
             pipe.lpush(invalid_queue(queue), message)
             pipe.ltrim(invalid_queue(queue), 0, INVALID_KEEP - 1)
             pipe.execute()
+
+    # -- workers and queues (what a fleet's dashboards and autoscaler read) ---------------------
+    def workers_key(self, executor: str) -> str:
+        return f"{self.ns}:workers:{executor}"
+
+    def heartbeat(self, worker_id: str, executors: builtins.list[str], ttl: float) -> None:
+        """Say that `worker_id` serves `executors` for the next `ttl` seconds."""
+        if executors:
+            self._heartbeat(keys=[self.workers_key(e) for e in executors], args=[worker_id, ttl])
+
+    def retire(self, worker_id: str, executors: builtins.list[str]) -> None:
+        """The worker stops: it counts no longer, without waiting for its heartbeat to lapse."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for executor in executors:
+                pipe.zrem(self.workers_key(executor), worker_id)
+            pipe.execute()
+
+    def live_workers(self, executors: builtins.list[str]) -> dict[str, int]:
+        """How many workers serve each executor now (their heartbeat has not lapsed)."""
+        if not executors:
+            return {}
+        counts = self._live(keys=[self.workers_key(e) for e in executors])
+        return dict(zip(executors, map(int, counts), strict=True))
+
+    def queue_lengths(self, queues: builtins.list[str]) -> dict[str, int]:
+        """Messages waiting in each queue: LLEN of Celery's list (what KEDA's redis trigger reads)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue)
+            return dict(zip(queues, map(int, pipe.execute()), strict=True))
 
     # -- id reservations and pending uploads -------------------------------------------------
     def reserve(self, job_id: str, owner: str) -> str:

@@ -21,6 +21,7 @@ from runner.config.settings import Settings
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, ExecutorError
 from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, Status, now
+from runner.core.process_log import job_fields
 from runner.store.joblog import JobLog
 from runner.store.jobstore import JobStore
 from runner.worker.admission import Rejected, admit
@@ -161,7 +162,9 @@ class Pipeline:
             log.info("job %s is held by %s; duplicate delivery ignored", request.id, self.store.lease_holder(request.id))
             return record
         try:
-            return self._run_claimed(request)
+            # the worker's own log lines about this job carry its fields, its secrets masked
+            with job_fields(request.id, record.executor, self.worker_id, secrets_to_mask(request, self.settings)):
+                return self._run_claimed(request)
         finally:
             self.store.release_lease(request.id, self.worker_id)
 

@@ -18,6 +18,7 @@ from runner.core.build import ContextSource
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest, JobRecord
+from runner.core.metrics import NO_METRICS, ExecutorMetrics
 from runner.core.registries import Registries
 from runner.sources.git import GitSource
 from runner.sources.upload import UploadSource
@@ -54,11 +55,11 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def executor_env(settings: Settings, worker_id: str) -> ExecutorEnv:
+def executor_env(settings: Settings, worker_id: str, metrics: ExecutorMetrics = NO_METRICS) -> ExecutorEnv:
     """What every executor of this worker may know of the runner."""
     return ExecutorEnv(worker_id=worker_id, namespace=settings.worker.namespace, workspace=settings.worker.workspace,
                        registries=Registries(settings.registries), build_secrets=dict(settings.build_secrets),
-                       builder=settings.builder)
+                       builder=settings.builder, metrics=metrics)
 
 
 def make_executors(settings: Settings, names: list[str], env: ExecutorEnv,
@@ -70,11 +71,12 @@ def make_executors(settings: Settings, names: list[str], env: ExecutorEnv,
 
 class Worker:
     def __init__(self, settings: Settings, names: list[str] | None = None, worker_id: str | None = None,
-                 store: JobStore | None = None, registry: ExecutorRegistry | None = None):
+                 store: JobStore | None = None, registry: ExecutorRegistry | None = None,
+                 metrics: ExecutorMetrics = NO_METRICS):
         self.settings = settings
         self.id = worker_id or default_worker_id()
         self.store = store or JobStore.from_settings(settings)
-        self.env = executor_env(settings, self.id)
+        self.env = executor_env(settings, self.id, metrics)
         self.executors = make_executors(settings, settings.enabled_executors() if names is None else names, self.env, registry)
         #: executors this worker serves but whose check() failed: name -> why
         self.unusable: dict[str, str] = {}

@@ -1,0 +1,90 @@
+"""`runner serve`'s view of the fleet for Prometheus, and its readiness probe.
+
+/metrics   runner_queue_length{queue}: messages waiting in each enabled executor's queue (the
+           broker's list, LLEN: what KEDA reads). Exported here only, so a fleet of workers
+           does not report it once each. runner_workers{executor}: workers whose heartbeat is
+           live (runner/worker/health.py). Both read from Redis at each scrape; plus the
+           process's own series. Job counters and histograms are the workers' (their /metrics).
+/readyz    200 when Redis answers within a second and the server is not stopping; else 503.
+           (/healthz, in api.py, is the liveness probe.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from runner.config.settings import Settings
+from runner.store.jobstore import JobStore
+from runner.store.logfollow import LogHub
+
+PROBE_TIMEOUT = 1.0  # seconds /readyz waits for Redis
+
+
+class FleetCollector(Collector):
+    def __init__(self, store: JobStore, settings: Settings):
+        self.store, self.settings = store, settings
+
+    def describe(self) -> list:  # so registering it never reads Redis
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        executors = self.settings.enabled_executors()
+        lengths = self.store.queue_lengths([self.settings.queue_for(name) for name in executors])
+        queued = GaugeMetricFamily("runner_queue_length", "Jobs waiting in an executor's queue", labels=["queue"])
+        for queue, length in lengths.items():
+            queued.add_metric([queue], length)
+        workers = GaugeMetricFamily("runner_workers", "Workers serving an executor (heartbeat live)", labels=["executor"])
+        for executor, count in self.store.live_workers(executors).items():
+            workers.add_metric([executor], count)
+        yield queued
+        yield workers
+
+
+class Context(Protocol):
+    """What these routes use of api.ApiContext (api.py registers this module; it never imports api)."""
+
+    settings: Settings
+    store: JobStore
+    logs: LogHub
+
+
+def stopping(app: FastAPI) -> bool:
+    """Is the server shutting down? (`serve` puts the check on app.state.)"""
+    check = getattr(app.state, "stopping", None)
+    return bool(check and check())
+
+
+def register(app: FastAPI, context: Context) -> None:
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(FleetCollector(context.store, context.settings))
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}, 503: {"description": "Redis does not answer"}})
+    async def metrics() -> Response:
+        """Prometheus text: queue lengths and live workers across the fleet."""
+        return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Redis does not answer, or the server is stopping"}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready to take requests: Redis answers within a second and the server is not stopping."""
+        if stopping(request.app):
+            return JSONResponse({"error": "stopping", "message": "the server is shutting down"}, status_code=503)
+        if not await context.logs.ping(PROBE_TIMEOUT):
+            return JSONResponse({"error": "unavailable", "message": "the job store (Redis) is unreachable; retry later"},
+                                status_code=503)
+        return JSONResponse({"status": "ready"})

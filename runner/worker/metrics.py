@@ -1,0 +1,145 @@
+"""The worker's Prometheus metrics, in a registry of the Worker's own (no global state).
+
+Job moments arrive as a JobListener (started, finished, requeued); executors report their
+internals through runner.core.metrics.ExecutorMetrics (they never import prometheus_client).
+Labels are bounded: executor names, statuses, error kinds; never a job id or an image ref.
+`runner serve` exports the fleet-wide series (queue lengths, live workers): entry/metrics.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from runner.core.jobs import BuildRequest, JobRecord, Status
+from runner.core.metrics import ExecutorMetrics
+from runner.worker.worker import JobListener
+
+#: 10 ms .. 2 h, for job durations and queue waits
+JOB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+SIDECAR_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
+FINAL = [s.value for s in Status if s.finished]
+#: a job told started but never finished or requeued here (its attempt was superseded by
+#: another worker's) stops counting as running once this worker no longer runs it and this
+#: many seconds have passed
+UNTOLD_END = 30.0
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
+class WorkerMetrics(JobListener, ExecutorMetrics):
+    def __init__(self, executors: list[str]):
+        disable_created_metrics()  # no *_created series: they double what a dashboard reads for nothing
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.jobs = Counter("runner_jobs_total", "Jobs this worker finished, by final status",
+                            ["executor", "status"], registry=r)
+        self.duration = Histogram("runner_job_duration_seconds", "Time from a job's start on this worker to its end",
+                                  ["executor", "status"], buckets=JOB_BUCKETS, registry=r)
+        self.queue_wait = Histogram("runner_job_queue_wait_seconds", "Time from submission to the start of an attempt "
+                                    "on this worker", ["executor"], buckets=JOB_BUCKETS, registry=r)
+        self.failures = Counter("runner_job_failures_total", "Jobs that ended failed or timed out, by error kind",
+                                ["executor", "kind"], registry=r)
+        self.requeues = Counter("runner_jobs_requeued_total", "Attempts that ended with the job back in its queue "
+                                "(shutdown, engine_down_policy: requeue)", ["executor"], registry=r)
+        self.sidecar_start = Histogram("runner_sidecar_start_seconds", "Time for a sidecar engine (dind, sysbox) to "
+                                       "become ready, warm-pool sidecars included", ["executor"], buckets=SIDECAR_BUCKETS,
+                                       registry=r)
+        self.pool_idle = Gauge("runner_warm_pool_sidecars", "Ready sidecars waiting in the executor's warm pool",
+                               ["executor"], registry=r)
+        self.push_retries = Counter("runner_push_retries_total", "Pushes retried after a connection or 5xx error",
+                                    ["executor"], registry=r)
+        self.steps = Counter("runner_build_steps_total", "Dockerfile steps built, by whether the layer cache had them "
+                             "(where the builder reports it: BuildKit, classic)", ["executor", "cache"], registry=r)
+        for executor in executors:
+            self.queue_wait.labels(executor)
+            self.requeues.labels(executor)
+            for status in FINAL:
+                self.jobs.labels(executor, status)
+        self._executors = list(executors)
+        #: is this process running that job now? (the Worker's running_here, set once it exists)
+        self.running_here: Callable[[str], bool] = lambda job_id: False
+        self._running: dict[str, tuple[str, float]] = {}  # job id -> (executor, when it was told started)
+        self._lock = threading.Lock()
+        r.register(_RunningJobs(self))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- job moments (JobListener) ------------------------------------------------------------
+    def job_started(self, record: JobRecord, request: BuildRequest) -> None:
+        with self._lock:
+            self._running[record.id] = (record.executor, time.monotonic())
+        wait = _seconds(record.created_at, record.started_at)
+        if wait is not None:
+            self.queue_wait.labels(record.executor).observe(wait)
+
+    def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
+        with self._lock:
+            self._running.pop(record.id, None)
+        status = record.status.value
+        self.jobs.labels(record.executor, status).inc()
+        took = _seconds(record.started_at, record.finished_at)
+        if took is not None:
+            self.duration.labels(record.executor, status).observe(took)
+        if record.error is not None and record.status in (Status.failed, Status.timed_out):
+            self.failures.labels(record.executor, record.error.kind).inc()
+
+    def job_requeued(self, record: JobRecord, request: BuildRequest) -> None:
+        with self._lock:
+            self._running.pop(record.id, None)
+        self.requeues.labels(record.executor).inc()
+
+    def running(self) -> dict[str, int]:
+        """Jobs running on this worker now, by executor (every served executor, zeros too)."""
+        now = time.monotonic()
+        with self._lock:
+            for job_id, (_, since) in list(self._running.items()):
+                if now - since > UNTOLD_END and not self.running_here(job_id):
+                    del self._running[job_id]
+            tally = Tally(executor for executor, _ in self._running.values())
+        return {executor: tally.get(executor, 0) for executor in sorted({*self._executors, *tally})}
+
+    # -- executor reports (ExecutorMetrics) -----------------------------------------------------
+    def sidecar_started(self, executor: str, seconds: float) -> None:
+        self.sidecar_start.labels(executor).observe(seconds)
+
+    def warm_pool(self, executor: str, idle: Callable[[], int]) -> None:
+        self.pool_idle.labels(executor).set_function(idle)
+
+    def push_retried(self, executor: str) -> None:
+        self.push_retries.labels(executor).inc()
+
+    def build_steps(self, executor: str, total: int, cached: int) -> None:
+        self.steps.labels(executor, "hit").inc(cached)
+        self.steps.labels(executor, "miss").inc(max(total - cached, 0))
+
+
+class _RunningJobs(Collector):
+    """runner_jobs_running, read when scraped."""
+
+    def __init__(self, metrics: WorkerMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("runner_jobs_running", "Jobs running on this worker now", labels=["executor"])
+        for executor, count in self.metrics.running().items():
+            family.add_metric([executor], count)
+        yield family
