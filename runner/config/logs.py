@@ -30,31 +30,28 @@ def settings_secrets(settings: Settings) -> list[str]:
     password = urlsplit(settings.redis_url.get_secret_value()).password
     if password:
         found += [password, unquote(password)]
-    for model in _models(settings):
-        for name in type(model).model_fields:
-            value = getattr(model, name)
-            if isinstance(value, SecretStr):
-                found.append(value.get_secret_value())
-        reader = getattr(model, "secret_value", None) or getattr(model, "secret", None)
-        if callable(reader):
-            try:
-                found.append(reader() or "")
-            except (ValueError, OSError):  # an unreadable file: nothing to mask from it yet
-                pass
+    found += _secrets(settings)
     return [value for value in found if value]
 
 
-def _models(value: Any) -> Iterator[BaseModel]:
-    if isinstance(value, BaseModel):
-        yield value
+def _secrets(value: Any) -> Iterator[str]:
+    if isinstance(value, SecretStr):
+        yield value.get_secret_value()
+    elif isinstance(value, BaseModel):
         for name in type(value).model_fields:
-            yield from _models(getattr(value, name))
+            yield from _secrets(getattr(value, name))
+        reader = getattr(value, "secret_value", None) or getattr(value, "secret", None)  # *_file sections, registries
+        if callable(reader):
+            try:
+                yield reader() or ""
+            except (ValueError, OSError):  # an unreadable file: nothing to mask from it yet
+                pass
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _models(item)
+            yield from _secrets(item)
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _models(item)
+            yield from _secrets(item)
 
 
 class LineLogger:

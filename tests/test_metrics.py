@@ -1,0 +1,294 @@
+"""Issue 13 §1 and §2 with real processes: a worker's /metrics, /healthz and /readyz, `runner
+serve`'s /metrics (queue length, live workers) and /readyz, and the process logs (text or
+JSON lines, job fields, secrets masked). Jobs run on the fake executor (executors/fake.py)
+unless a test needs a real engine (build-cache steps, push retries)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runner.config.logs import configure_logging, settings_secrets
+from runner.config.settings import Settings
+from runner.core.process_log import job_fields
+from tests.conftest import RUNNER
+from tests.support.fleet import (
+    OwnRedis,
+    free_port,
+    metrics_config,
+    sample,
+    scrape,
+    start_serve,
+    status,
+    wait_for,
+)
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex
+
+
+def fake_harness(make_harness, worker: dict | None = None, **overrides):
+    """A harness whose worker serves only the fake executor, with its HTTP server on a spare port."""
+    port = free_port()
+    h = make_harness(default_executor="fake", executors={"fake": {"enabled": True}},
+                     worker={**metrics_config(port), **(worker or {})}, **overrides)
+    h.metrics_url = f"http://127.0.0.1:{port}"
+    return h
+
+
+def start(h, executor: str = "fake"):
+    h.worker_proc = h.start_worker("--queues", f"{h.config['worker']['namespace']}.{executor}")
+    return h.worker_proc
+
+
+def context(tmp_path: Path, dockerfile: str = "FROM scratch\n") -> Path:
+    ctx = tmp_path / uuid.uuid4().hex[:6]
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(dockerfile)
+    return ctx
+
+
+def submit(h, tmp_path: Path, *args: str, env: dict | None = None, mode: str = "--detach") -> str:
+    result = subprocess.run([RUNNER, "submit", str(context(tmp_path)), "-t", f"{h.registry()}/fleet/metrics:1", mode,
+                             "--json", *args], env={**h.env, **(env or {})}, capture_output=True, text=True, timeout=120)
+    assert result.returncode in (0, 1, 3), result.stderr  # 1: the build failed, 3: infrastructure
+    return json.loads(result.stdout)["id"]
+
+
+def finished(h, job_id: str, timeout: float = 60):
+    return wait_for(lambda: (r := h.store.get(job_id)) and r.finished and r, timeout, f"job {job_id} to finish")
+
+
+def status_text(url: str) -> str:
+    return httpx.get(url, timeout=10).text
+
+
+# -- the worker's /metrics --------------------------------------------------------------------------
+def test_worker_metrics_count_jobs_by_status_with_histograms(make_harness, tmp_path):
+    h = fake_harness(make_harness)
+    start(h)
+    url = f"{h.metrics_url}/metrics"
+    before = scrape(url)
+    assert sample(before, "runner_jobs_total", executor="fake", status="succeeded") == 0
+    assert sample(before, "runner_jobs_running", executor="fake") == 0
+
+    ok = submit(h, tmp_path, "--build-arg", "FAKE_LINES=2", mode="--wait")
+    assert finished(h, ok).status.value == "succeeded"
+    text = status_text(url)
+    assert 'runner_jobs_total{executor="fake",status="succeeded"} 1.0' in text
+    after = scrape(url)
+    assert sample(after, "runner_job_duration_seconds_count", executor="fake", status="succeeded") == 1
+    assert sample(after, "runner_job_duration_seconds_bucket", executor="fake", status="succeeded", le="+Inf") == 1
+    assert sample(after, "runner_job_duration_seconds_bucket", executor="fake", status="succeeded", le="7200.0") == 1
+    assert sample(after, "runner_job_queue_wait_seconds_count", executor="fake") == 1
+    assert sample(after, "runner_job_queue_wait_seconds_bucket", executor="fake", le="0.01") is not None  # 10 ms .. 2 h
+    assert not any(job_label in text for job_label in (ok, "fleet/metrics"))  # no job id or image ref as a label
+
+    failed = submit(h, tmp_path, "--build-arg", "FAKE_EXIT=3", mode="--wait")
+    assert finished(h, failed).error.kind == "build"
+    running = submit(h, tmp_path, "--build-arg", "FAKE_SLEEP=60")
+    wait_for(lambda: h.store.get(running).status.value == "running", 30, "the long job to run")
+    during = scrape(url)
+    assert sample(during, "runner_jobs_running", executor="fake") == 1
+    assert h.cli("cancel", running).returncode == 0
+    assert finished(h, running).status.value == "cancelled"
+    last = scrape(url)
+    assert sample(last, "runner_jobs_running", executor="fake") == 0
+    assert sample(last, "runner_jobs_total", executor="fake", status="failed") == 1
+    assert sample(last, "runner_jobs_total", executor="fake", status="cancelled") == 1
+    assert sample(last, "runner_job_failures_total", executor="fake", kind="build") == 1
+    assert sample(last, "runner_job_failures_total", executor="fake", kind="cancelled") is None  # a cancel is no failure
+    assert sample(last, "process_resident_memory_bytes") > 0
+
+
+def test_build_cache_steps_and_push_retries_are_counted_on_a_real_engine(make_harness, services, tmp_path):
+    dead = f"127.0.0.1:{free_port()}"  # a registry that never answers: every push attempt fails to connect
+    creds = {"username": services["RUNNER_DEV_REGISTRY_USER"], "password": services["RUNNER_DEV_REGISTRY_PASSWORD"]}
+    port = free_port()
+    h = make_harness(registries=[{"host": services["RUNNER_DEV_REGISTRY"], **creds}, {"host": dead, **creds}],
+                     worker=metrics_config(port))
+    if not h.config["executors"].get("socket", {}).get("enabled"):
+        pytest.skip("the socket executor cannot run here")
+    start(h, "socket")
+    dockerfile = f"FROM {services['RUNNER_DEV_BASE_IMAGE']}\nRUN echo {uuid.uuid4().hex} > /a\nRUN echo two > /b\n"
+    url = f"http://127.0.0.1:{port}/metrics"
+    jobs = []
+    for ref in (f"{h.registry()}/fleet/steps:1", f"{h.registry()}/fleet/steps:2", f"{dead}/fleet/steps:3"):
+        result = h.cli("submit", str(context(tmp_path, dockerfile)), "-t", ref, "--executor", "socket", "--json")
+        jobs.append(json.loads(result.stdout))
+        if len(jobs) == 1:
+            first = scrape(url)
+    assert [j["status"] for j in jobs] == ["succeeded", "succeeded", "failed"], [j["error"] for j in jobs]
+    assert jobs[2]["error"]["kind"] == "infrastructure" and "after 4 attempt(s)" in jobs[2]["error"]["message"]
+    # the first build ran both RUN steps; the second took them (and the FROM) from the cache
+    assert sample(first, "runner_build_steps_total", executor="socket", cache="miss") >= 2
+    last = scrape(url)
+    hits = sample(last, "runner_build_steps_total", executor="socket", cache="hit") - (
+        sample(first, "runner_build_steps_total", executor="socket", cache="hit") or 0)
+    assert hits >= 2
+    assert sample(last, "runner_push_retries_total", executor="socket") == 3
+    assert sample(last, "runner_job_failures_total", executor="socket", kind="infrastructure") == 1
+
+
+# -- runner serve's /metrics ------------------------------------------------------------------------
+def test_serve_exports_the_queue_length_redis_holds_and_the_live_workers(make_harness, services, tmp_path):
+    h = fake_harness(make_harness)
+    queue = f"{h.config['worker']['namespace']}.fake"
+    ids = [submit(h, tmp_path) for _ in range(3)]  # no worker runs: they wait
+    serve = start_serve(h)
+    try:
+        metrics = scrape(f"{serve.url}/metrics")
+        llen = subprocess.run(["redis-cli", "-u", services["RUNNER_DEV_REDIS_URL"], "LLEN", queue],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert sample(metrics, "runner_queue_length", queue=queue) == 3 == int(llen)
+        assert sample(metrics, "runner_workers", executor="fake") == 0
+        assert "runner_jobs_total" not in status_text(f"{serve.url}/metrics")  # job counters are the workers'
+
+        worker = start(h)
+        for job_id in ids:
+            assert finished(h, job_id).status.value == "succeeded"
+        wait_for(lambda: sample(scrape(f"{serve.url}/metrics"), "runner_workers", executor="fake") == 1, 15,
+                 "the worker's heartbeat to count")
+        assert sample(scrape(f"{serve.url}/metrics"), "runner_queue_length", queue=queue) == 0
+        h.stop_worker(worker)
+        # a worker that stops leaves the live list at once, not after its heartbeat lapses
+        assert sample(scrape(f"{serve.url}/metrics"), "runner_workers", executor="fake") == 0
+    finally:
+        serve.stop()
+
+
+# -- probes -----------------------------------------------------------------------------------------
+def test_readyz_is_503_while_redis_is_down_and_200_when_it_is_back(make_harness, tmp_path):
+    redis = OwnRedis(tmp_path)
+    redis.start()
+    h = fake_harness(make_harness, redis_url=redis.url)
+    serve = None
+    try:
+        worker = start(h)
+        serve = start_serve(h)
+        worker_ready, serve_ready = f"{h.metrics_url}/readyz", f"{serve.url}/readyz"
+        assert status(worker_ready) == 200 and status(serve_ready) == 200
+
+        redis.stop()
+        wait_for(lambda: status(worker_ready) == 503, 10, "the worker's /readyz to turn 503")
+        wait_for(lambda: status(serve_ready) == 503, 10, "serve's /readyz to turn 503")
+        assert status(f"{h.metrics_url}/healthz") == 200  # alive: a Redis outage is no reason to restart it
+        assert worker.poll() is None
+
+        redis.start()  # the same port
+        wait_for(lambda: status(worker_ready) == 200, 30, "the worker's /readyz to return to 200")
+        wait_for(lambda: status(serve_ready) == 200, 30, "serve's /readyz to return to 200")
+        job_id = submit(h, tmp_path, mode="--wait")
+        assert finished(h, job_id).status.value == "succeeded"
+    finally:
+        if serve is not None:
+            serve.stop()
+        if h.worker_proc is not None:
+            h.stop_worker(h.worker_proc)
+        redis.stop()
+
+
+def test_sigterm_makes_readyz_503_at_once_while_healthz_answers_until_exit(make_harness, tmp_path):
+    h = fake_harness(make_harness, worker={"shutdown_grace": 60})
+    worker = start(h)
+    job_id = submit(h, tmp_path, "--build-arg", "FAKE_SLEEP=4")
+    wait_for(lambda: h.store.get(job_id).status.value == "running", 30, "the job to run")
+    assert status(f"{h.metrics_url}/readyz") == 200
+
+    os.killpg(worker.pid, signal.SIGTERM)
+    wait_for(lambda: status(f"{h.metrics_url}/readyz") == 503, 2, "/readyz to turn 503 on SIGTERM", every=0.02)
+    answers = []
+    while worker.poll() is None:  # draining: the running job finishes, then the process exits
+        code = status(f"{h.metrics_url}/healthz")
+        assert code == 200 or worker.poll() is not None, code
+        answers.append(code)
+        assert status(f"{h.metrics_url}/readyz") in (503, None)
+    assert answers.count(200) >= 5
+    assert worker.wait(30) == 0
+    assert status(f"{h.metrics_url}/healthz") is None  # gone with the process
+    final = finished(h, job_id)
+    assert final.status.value == "succeeded" and final.attempts == 1
+
+
+# -- process logs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_worker_log_lines_carry_the_job_and_never_a_secret(make_harness, tmp_path, log_format):
+    h = fake_harness(make_harness, log={"format": log_format})
+    worker = start(h)
+    # FAKE_LEAK: the executor writes the secret build arg's value to the worker's log and
+    # crashes with it in the exception, as a careless plugin might
+    leaky = submit(h, tmp_path, "--build-arg", "FAKE_LEAK=TOKEN", "--secret-build-arg", "TOKEN=env:FLEET_SECRET",
+                   env={"FLEET_SECRET": SECRET}, mode="--wait")
+    ok = submit(h, tmp_path, "--build-arg", "FAKE_LINES=3", mode="--wait")
+    record = finished(h, leaky)
+    assert record.status.value == "failed" and record.error.kind == "infrastructure"
+    assert finished(h, ok).status.value == "succeeded"
+    h.stop_worker(worker)
+    log_text = worker.log_path.read_text()
+
+    for where in (log_text, h.cli("status", leaky, "--json").stdout, h.cli("logs", leaky).stdout):
+        assert SECRET not in where
+    assert "***" in h.cli("logs", leaky).stdout
+    if log_format == "text":
+        assert f"[job {leaky}]: build arg TOKEN is ***" in log_text
+        return
+    lines = [json.loads(line) for line in log_text.splitlines() if line.strip()]  # every line is one object
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    leaked = [line for line in lines if line.get("job_id") == leaky]
+    assert {"build arg TOKEN is ***", f"job {leaky} crashed"} <= {line["message"] for line in leaked}
+    crash = next(line for line in leaked if line["message"] == f"job {leaky} crashed")
+    assert crash["executor"] == "fake" and crash["worker"] == record.worker and "TOKEN=***" in crash["exception"]
+    assert any(line.get("job_id") == ok and "received" in line["message"] for line in lines)  # Celery's lines too
+    assert any("shutting down" in line["message"] for line in lines)  # the drain is logged as JSON too
+
+
+def test_secrets_from_the_settings_are_masked_in_any_line(tmp_path):
+    password_file = tmp_path / "registry-password"
+    password_file.write_text("from-a-file-" + uuid.uuid4().hex + "\n")
+    settings = Settings(redis_url=f"redis://:redis-pw-{SECRET}@127.0.0.1:6379/0",
+                        registries=[{"host": "r.example:5000", "username": "u", "password_file": str(password_file)},
+                                    {"host": "s.example:5000", "username": "u", "password": "inline-" + SECRET}],
+                        build_secrets={"npm": "npm-" + SECRET}, api={"tokens": [{"name": "ci", "token": "tok-" + SECRET}]},
+                        log={"format": "json"})
+    secrets = settings_secrets(settings)
+    file_value = password_file.read_text().strip()
+    assert {f"redis-pw-{SECRET}", file_value, "inline-" + SECRET, "npm-" + SECRET, "tok-" + SECRET} <= set(secrets)
+
+    stream = io.StringIO()
+    saved = logging.getLogger().handlers[:], logging.getLogger().level
+    try:
+        out, err, real_out, real_err, hook, thread_hook = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__,
+                                                           sys.excepthook, threading.excepthook)
+        configure_logging(settings, "INFO", stream=stream)
+        log = logging.getLogger("test.fleet")
+        log.warning("pushing with %s and %s", file_value, "npm-" + SECRET)
+        try:
+            raise RuntimeError(f"login failed for tok-{SECRET}")
+        except RuntimeError:
+            log.exception("boom")
+        with job_fields("job1", "fake", "w1", ["per-job-" + SECRET]):
+            log.info("arg is %s", "per-job-" + SECRET)
+        print("a stray print with inline-" + SECRET)  # JSON mode: stdout is a log stream too
+    finally:
+        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, sys.excepthook = out, err, real_out, real_err, hook
+        threading.excepthook = thread_hook
+        root = logging.getLogger()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert SECRET not in stream.getvalue() and file_value not in stream.getvalue()
+    assert lines[0]["message"] == "pushing with *** and ***"
+    assert "login failed for ***" in lines[1]["exception"]
+    assert lines[2] | {"time": None} == {"time": None, "level": "INFO", "logger": "test.fleet", "message": "arg is ***",
+                                         "job_id": "job1", "executor": "fake", "worker": "w1"}
+    assert lines[3]["message"] == "a stray print with ***" and lines[3]["logger"] == "runner.stdio"
