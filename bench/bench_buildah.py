@@ -30,14 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from executors.daemonless import common as daemonless  # noqa: E402
 from executors.daemonless.buildah import resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core.build import CancelToken  # noqa: E402
+from runner.core import process  # noqa: E402
+from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.sources.pack import write_tar  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.pipeline import Pipeline  # noqa: E402
+from runner.worker.worker import Worker  # noqa: E402
 
 REGISTRY, USER, PASSWORD = "127.0.0.1:5000", "ci", "ci-password"
 BASE = f"{REGISTRY}/base/busybox:1"
@@ -68,7 +69,7 @@ class ToolTimer:
 
     def __init__(self):
         self.spent = 0.0
-        self.original = daemonless.Tool.stream
+        self.original = process.Tool.stream
         timer = self
 
         def stream(tool, *args, **kwargs):
@@ -78,12 +79,12 @@ class ToolTimer:
             finally:
                 timer.spent += time.perf_counter() - started
 
-        daemonless.Tool.stream = stream
+        process.Tool.stream = stream
 
 
 def spawn_cost(rounds: int = 30) -> tuple[float, float]:
     """Median wall time of running `true` through our Tool (sh) and through subprocess."""
-    tool, cancel = daemonless.Tool("true"), CancelToken()
+    tool, cancel = process.Tool("true"), CancelToken()
     via_sh, via_subprocess = [], []
     for _ in range(rounds):
         started = time.perf_counter()
@@ -135,7 +136,7 @@ def main() -> None:
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     cfg = settings(work, namespace)
     store = JobStore.from_settings(cfg)
-    pipeline = Pipeline(cfg, store, "bench:1")
+    pipeline = Pipeline(Worker(cfg, worker_id="bench:1", store=store))
     context = work / "ctx"
     context.mkdir()
     (context / "Dockerfile").write_text(DOCKERFILE)

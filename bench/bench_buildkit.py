@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from executors.engine.socket import SocketExecutor  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core.build import BuildContext, CancelToken  # noqa: E402
+from runner.core.build import BuildContext  # noqa: E402
+from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.sources.pack import write_tar  # noqa: E402
 from tests.support import executor_for  # noqa: E402

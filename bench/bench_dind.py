@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from executors.dind import cache as dind_cache  # noqa: E402
-from executors.dind import pool as dind_pool  # noqa: E402
-from executors.engine.engine import connect  # noqa: E402
+from executors.engine.client import EngineClient  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core.build import CancelToken  # noqa: E402
+from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from tests.support import dind as support  # noqa: E402
 from tests.support import executor_for  # noqa: E402
@@ -111,7 +110,8 @@ def main() -> None:
 
         warm = executor_for(support.settings(env, sockdir, warm_pool=1), "dind", "bench")
         warm.start()
-        pool = dind_pool.get(warm.pool_key())
+        pool = warm.pool
+        assert pool is not None, "start() made no warm pool"
         try:
             for _ in range(args.rounds):
                 assert pool.wait_full(60), "the warm pool did not fill"
@@ -135,12 +135,12 @@ def main() -> None:
             results.setdefault("socket_cached_total", []).append(total(clock))
             results.setdefault("socket_cached_build", []).append(build_push(clock))
     finally:
-        api = connect("unix:///var/run/docker.sock")
+        host = EngineClient.connect("unix:///var/run/docker.sock")
         try:
-            api.remove_volume(dind_cache.volume_name("dind", cache_key), force=True)
+            host.api.remove_volume(dind_cache.volume_name("dind", cache_key), force=True)
         except Exception:  # noqa: BLE001 - not made if the bench failed early
             pass
-        api.close()
+        host.close()
         shutil.rmtree(sockdir, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
 

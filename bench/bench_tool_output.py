@@ -41,13 +41,14 @@ sys.path.insert(0, str(ROOT))
 
 from executors.daemonless.buildah import BuildOutput, JobPaths, build_args, push_args, resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core.build import BuildContext, CancelToken  # noqa: E402
+from runner.core.build import BuildContext  # noqa: E402
+from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest, ImageRef  # noqa: E402
 from runner.core.process import Tool, ToolOutput, tool_env  # noqa: E402
 from runner.sources.pack import write_tar  # noqa: E402
 from runner.sources.upload import spool_context  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
-from tests.support import executor_for  # noqa: E402
+from runner.worker.worker import executor_env, make_executors  # noqa: E402
 
 REGISTRY, USER, PASSWORD = "127.0.0.1:5000", "ci", "ci-password"
 BASE = f"{REGISTRY}/base/busybox:1"
@@ -98,6 +99,7 @@ class Bench:
         self.config_path = work / "runner.yml"
         self.config_path.write_text(yaml.safe_dump(config(work, namespace)))
         self.settings = Settings(**config(work, namespace))
+        self.namespace = namespace
         self.store = JobStore.from_settings(self.settings)
         self.buildah = self.settings.executors["buildah"]
         self.mode = resolve_mode(self.buildah)
@@ -109,6 +111,9 @@ class Bench:
         (self.private / "tmp").mkdir()
         self.env = tool_env({"CONTAINERS_REGISTRIES_CONF": str(self.private / "registries.conf"), "TMPDIR": str(self.private / "tmp")})
         self.tool = Tool(self.mode.binary, self.mode.global_args(self.buildah), self.env)
+        #: made once, as a worker makes it (its mode probe is not part of any job)
+        self.buildah_executor = make_executors(self.settings, ["buildah"], executor_env(self.settings, "bench"))["buildah"]
+        self.buildah_executor.check()
 
     def context(self, case: str) -> Path:
         path = self.work / f"ctx-{case.replace(' ', '-')}"
@@ -120,7 +125,7 @@ class Bench:
         job = BuildRequest(tags=[f"{REGISTRY}/bench/tool-output:x"], no_cache=True)
         paths = JobPaths(context=context, dockerfile=context / "Dockerfile", authfile=self.private / "auth.json",
                          iidfile=self.private / "iid")
-        return build_args(self.buildah, self.mode, job, paths), paths
+        return build_args(self.buildah, self.mode, job, paths, self.namespace), paths
 
     # -- raw ---------------------------------------------------------------------------------
     def raw_build(self, context: Path) -> float:
@@ -161,7 +166,7 @@ class Bench:
         with buffer.open("wb") as sink:
             write_tar(context, sink)
         built: BuildContext = spool_context([buffer.read_bytes()], self.settings.worker.workspace / job.id, "Dockerfile", 10**8)
-        log, executor = ListSink(), executor_for(self.settings, "buildah")
+        log, executor = ListSink(), self.buildah_executor
         try:
             elapsed = timed(lambda: executor.run(job, built, log, CancelToken()))
         finally:

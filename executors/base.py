@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE, LABEL_WORKER

@@ -24,7 +24,8 @@ from typing import ClassVar
 from pydantic import Field
 
 from executors.base import CheckResult, Executor, ExecutorConfig
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, PushedImage
 

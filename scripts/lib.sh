@@ -11,7 +11,7 @@ step() {
   shift 2
   if [ "${RUNNER_SETUP_FAIL:-}" = "$name" ]; then
     rc=97
-    echo "forced failure (RUNNER_SETUP_FAIL=$name)" >>"$log"
+    say "forced failure (RUNNER_SETUP_FAIL=$name)" >&2
   else
     set +e
     (set -e; "$@")

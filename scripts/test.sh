@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The test command: set up everything (services, venv), lint, then run the whole suite.
+# The test command: set up everything (services, venv), lint (ruff, import-linter, mypy), then run the whole suite.
 # Extra arguments go to pytest. Exit 5 from pytest (nothing collected) counts as failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
 bash scripts/venv.sh
 .venv/bin/ruff check .
+.venv/bin/lint-imports --no-cache  # the layers (docs/architecture.md)
+.venv/bin/mypy                     # runner/core, runner/worker, executors (pyproject.toml)
 set +e
 .venv/bin/pytest -q -p no:cacheprovider "$@"
 rc=$?

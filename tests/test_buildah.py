@@ -21,8 +21,10 @@ from pydantic import SecretStr
 import executors.daemonless.buildah as bx
 from executors.daemonless.buildah import BuildahExecutor, BuildOutput, JobPaths, Mode, build_args, push_args
 from executors.daemonless.common import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
-from runner.config.settings import BuildahExecutorConfig, Settings
-from runner.core.build import BuildContext, CancelToken
+from executors.daemonless.config import BuildahConfig
+from runner.config.settings import Settings
+from runner.core.build import BuildContext
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.output_pipe import LineAssembler
@@ -30,42 +32,24 @@ from runner.sources.pack import write_tar
 from runner.sources.upload import spool_context
 from runner.store.joblog import JobLog
 from tests.conftest import registry_digest, run_image
-from tests.support import all_support, executor_for
+from tests.support import ListLog, all_support, executor_for
 from tests.support.buildah import skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
 PASSWORD = "ci-password"
+#: what job_leftovers finds once a job is cleaned up
+CLEAN = {"containers": [], "processes": [], "runc": [], "private_dir": False}
 
 
 # -- helpers -----------------------------------------------------------------------------------
-class Recorder:
-    """A LogSink that keeps (time, line) and the secrets it was asked to mask."""
-
-    def __init__(self):
-        self.lines: list[tuple[float, str]] = []
-        self.secrets: list[str] = []
-        self.writes = 0
-
-    def line(self, text: str) -> None:
-        self.lines.append((time.monotonic(), text))
-
-    def write(self, chunk: str) -> None:
-        self.writes += 1
-        for text in chunk.splitlines():
-            self.line(text)
-
-    def add_secret(self, value: str) -> None:
-        self.secrets.append(value)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(text for _, text in self.lines)
-
-
 def with_buildah(settings: Settings, **changes) -> Settings:
     config = settings.executors["buildah"].model_copy(update=changes)
-    return settings.model_copy(update={"executors": settings.executors.model_copy(update={"buildah": config})})
+    return settings.model_copy(update={"executors": {**settings.executors, "buildah": config}})
+
+
+def namespaced(settings: Settings, namespace: str) -> Settings:
+    return settings.model_copy(update={"worker": settings.worker.model_copy(update={"namespace": namespace})})
 
 
 def make_context(settings: Settings, job: BuildRequest, tmp_path: Path, files: dict[str, str]) -> BuildContext:
@@ -100,11 +84,11 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def job_leftovers(executor: BuildahExecutor, job_id: str) -> dict:
-    mode = bx.resolve_mode(executor.config)
+    mode = executor.mode()
     runc = subprocess.run(["runc", "list", "--format", "json"], capture_output=True, text=True).stdout
-    private = str(private_root(executor.settings, "buildah", job_id))
+    private = str(private_root(executor.env, "buildah", job_id))
     return {
-        "containers": executor.job_containers(executor.tool(mode), mode, job_id),
+        "containers": executor.containers_by_job(executor.tool(mode), mode).get(job_id, []),
         "processes": processes_mentioning(job_id),
         "runc": [c["id"] for c in json.loads(runc or "null") or [] if c.get("bundle", "").startswith(private)],
         "private_dir": Path(private).exists(),
@@ -125,7 +109,7 @@ def run_in_thread(executor, job, context, log, cancel):
     return thread, outcome
 
 
-def wait_for_line(log: Recorder, text: str, timeout: float = 60) -> None:
+def wait_for_line(log: ListLog, text: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if text in log.text:
@@ -136,7 +120,10 @@ def wait_for_line(log: Recorder, text: str, timeout: float = 60) -> None:
 
 @pytest.fixture
 def settings(harness) -> Settings:
-    return harness.settings
+    """The harness's settings in a namespace of their own: the jobs these tests hand the
+    executor directly have no record in the store, so the session worker's sweep (which
+    removes what jobs of its namespace that are not live left) must not see them."""
+    return namespaced(harness.settings, f"direct-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
@@ -152,18 +139,19 @@ def storage(tmp_path):
 
 # -- the argv, pinned --------------------------------------------------------------------------
 def test_build_and_push_argv_name_secrets_but_never_carry_them(tmp_path):
-    config = BuildahExecutorConfig(enabled=True, cache_repo="127.0.0.1:5000/cache/app", format="docker")
+    config = BuildahConfig(enabled=True, cache_repo="127.0.0.1:5000/cache/app", format="docker")
     mode = Mode("buildah", "1.28.2", "overlay", "oci", "test")
     job = BuildRequest(id="job-1", tags=["127.0.0.1:5000/app:1"], build_args={"A": "1", "TOKEN": "hunter2"},
                        secret_build_args=["TOKEN"], labels={"team": "ci"}, target="final", platform="linux/amd64",
                        no_cache=True, cache_key="Main", dockerfile="docker/Dockerfile")
     paths = JobPaths(context=tmp_path / "ctx", dockerfile=tmp_path / "ctx/docker/Dockerfile", authfile=tmp_path / "auth.json",
                      iidfile=tmp_path / "iid", cert_dir=tmp_path / "certs", secrets=(("npmrc", tmp_path / "secrets/0"),))
-    assert build_args(config, mode, job, paths) == [
+    assert build_args(config, mode, job, paths, "ns-1") == [
         "build", "--layers=true", "--force-rm", "--isolation", "oci", "--format", "docker",
         "--authfile", f"{tmp_path}/auth.json", "--iidfile", f"{tmp_path}/iid", "-f", f"{tmp_path}/ctx/docker/Dockerfile",
         "--cert-dir", f"{tmp_path}/certs", "--no-cache", "--target", "final", "--platform", "linux/amd64",
         "--label", "team=ci", "--build-arg", "A=1", "--build-arg", "TOKEN", "--build-arg", "IO_RUNNER_JOB=job-1",
+        "--build-arg", "IO_RUNNER_NAMESPACE=ns-1",
         "--secret", f"id=npmrc,src={tmp_path}/secrets/0",
         "--cache-from", "127.0.0.1:5000/cache/app/main", "--cache-to", "127.0.0.1:5000/cache/app/main",
         f"{tmp_path}/ctx",
@@ -190,22 +178,22 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
         {"host": "registry.internal:5000", "username": "bot", "password": "p2", "insecure": True},
         {"host": "tls.example.com", "ca_file": str(ca)},
     ])
-    auths = registry_auths(settings)["auths"]
+    auths = registry_auths(settings.registries)["auths"]
     assert set(auths) == {"127.0.0.1:5000", "registry.internal:5000"}
     assert auths["127.0.0.1:5000"]["auth"] == "Y2k6Y2ktcGFzc3dvcmQ="  # base64 of ci:ci-password
-    conf = registries_conf(settings)
+    conf = registries_conf(settings.registries)
     assert 'location = "127.0.0.1:5000"\ninsecure = true' in conf
     assert 'location = "registry.internal:5000"\ninsecure = true' in conf and "tls.example.com" not in conf
-    assert registries_conf(Settings(registries=[{"host": "tls.example.com"}])) is None
+    assert registries_conf(Settings(registries=[{"host": "tls.example.com"}]).registries) is None
     broken = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": PASSWORD},
                                   {"host": "other:5000", "username": "u", "password_file": str(tmp_path / "missing")}])
-    log = Recorder()
-    assert set(registry_auths(broken, log)["auths"]) == {"127.0.0.1:5000"}  # one unreadable file does not stop every job
-    assert "registry other:5000: cannot read password_file" in log.text
-    with pytest.raises(InfrastructureError, match="cannot read password_file"):
-        registry_auths(broken)
+    log = ListLog()
+    assert set(registry_auths(broken.registries, log)["auths"]) == {"127.0.0.1:5000"}  # one unreadable file does not stop every job
+    assert "registry other:5000: password_file: cannot read it: No such file" in log.text and str(tmp_path) not in log.text
+    with pytest.raises(InfrastructureError, match="password_file: cannot read it"):
+        registry_auths(broken.registries)
     files = JobFiles(tmp_path / "private").create()
-    certs = write_cert_dir(settings, files)
+    certs = write_cert_dir(settings.registries, files)
     assert (certs / "tls.example.com.crt").read_text() == ca.read_text()
     assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
     assert stat.S_IMODE((certs / "tls.example.com.crt").stat().st_mode) == 0o600
@@ -215,16 +203,17 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
 
 
 def test_output_names_the_failing_step_and_tells_auth_from_build_errors():
-    log = Recorder()
+    log = ListLog()
     output = BuildOutput(log)
-    output(["STEP 1/2: FROM base", "STEP 2/2: RUN curl x", "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB]",
-            "[Warning] one or more build args were not consumed: [FOO IO_RUNNER_JOB]",
+    output(["STEP 1/2: FROM base", "STEP 2/2: RUN curl x",
+            "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB IO_RUNNER_NAMESPACE]",
+            "[Warning] one or more build args were not consumed: [FOO IO_RUNNER_JOB IO_RUNNER_NAMESPACE]",
             'Error: building at STEP "RUN curl x": while running runtime: exit status 22 (unauthorized)'])
     assert log.writes == 1  # lines that arrive together reach the store in one append
     failure = output.failure(1)
     assert isinstance(failure, BuildFailed)
     assert failure.message == "build failed at step 2/2 (RUN curl x): while running runtime: exit status 22 (unauthorized)"
-    assert "IO_RUNNER_JOB" not in log.text and "not consumed: [FOO]" in log.text
+    assert "IO_RUNNER" not in log.text and "not consumed: [FOO]" in log.text
     output(["Error: creating build container: initializing source docker://reg:5000/base:1: reading manifest 1 in reg:5000/base: "
            "unauthorized: authentication required"])
     failure = output.failure(125)
@@ -235,11 +224,11 @@ def test_output_names_the_failing_step_and_tells_auth_from_build_errors():
 def test_marked_lines_are_found_inside_big_batches_of_plain_output():
     """A batch without a marked line skips `handle`; one with a marked line anywhere in it
     (not only first) is looked at line by line."""
-    log = Recorder()
+    log = ListLog()
     output = BuildOutput(log)
     plain = [f"{n}" for n in range(10_000)]
     output(plain)
-    assert [text for _, text in log.lines] == plain and log.writes == 1 and list(output.lines) == plain[-output.KEEP:]
+    assert log.lines == plain and log.writes == 1 and list(output.lines) == plain[-output.KEEP:]
     output([*plain[:500], "[Warning] one or more build args were not consumed: [IO_RUNNER_JOB]", "STEP 3/4: RUN make",
             *plain[:500], "Error: building at STEP \"RUN make\": exit status 2", "after"])
     assert "IO_RUNNER_JOB" not in log.text and output.step == ("3/4", "RUN make") and log.writes == 2
@@ -286,7 +275,7 @@ def test_missing_binary_is_reported_and_fails_the_job_at_once(settings, tmp_path
     job = BuildRequest(tags=["127.0.0.1:5000/x/y:1"])
     started = time.monotonic()
     with pytest.raises(InfrastructureError, match="not installed"):
-        executor_for(broken, "buildah").run(job, make_context(broken, job, tmp_path, {"Dockerfile": "FROM scratch\n"}), Recorder(), CancelToken())
+        executor_for(broken, "buildah").run(job, make_context(broken, job, tmp_path, {"Dockerfile": "FROM scratch\n"}), ListLog(), CancelToken())
     assert time.monotonic() - started < 5
     executor_for(broken, "buildah").cleanup(job.id)  # never raises
 
@@ -308,7 +297,7 @@ def test_overlay_unusable_falls_back_to_vfs_and_chroot_builds(harness, settings,
     chroot = with_buildah(settings, isolation="chroot", **roots)
     job = BuildRequest(tags=[image(harness, "vfs-chroot")])
     context = make_context(chroot, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo via-chroot > /how\n"})
-    log = Recorder()
+    log = ListLog()
     executor = executor_for(chroot, "buildah")
     try:
         [pushed] = executor.run(job, context, log, CancelToken())
@@ -335,11 +324,11 @@ def test_credentials_and_secrets_travel_in_private_files_never_in_argv(harness, 
     log = JobLog(harness.store, job.id, job.secret_values())
     executor = executor_for(secured, "buildah")
     thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
-    private = private_root(secured, "buildah", job.id)
+    private = private_root(executor.env, "buildah", job.id)
     deadline = time.monotonic() + 60
     while "holding-42" not in "\n".join(harness.store.read_log(job.id)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    token = registry_auths(secured)["auths"]["127.0.0.1:5000"]["auth"]
+    token = registry_auths(secured.registries)["auths"]["127.0.0.1:5000"]["auth"]
     try:
         assert stat.S_IMODE(private.stat().st_mode) == 0o700
         assert stat.S_IMODE((private / "auth.json").stat().st_mode) == 0o600
@@ -361,13 +350,13 @@ def test_output_streams_into_the_log_as_it_happens(harness, settings, tmp_path):
     job = BuildRequest(tags=[image(harness, "stream")], no_cache=True)
     context = make_context(settings, job, tmp_path, {"Dockerfile": (
         f"FROM {base(harness)}\nRUN echo first-$((1)) && sleep 2 && echo second-$((2))\n")})
-    log = Recorder()
+    log = ListLog()
     executor = executor_for(settings, "buildah")
     try:
         executor.run(job, context, log, CancelToken())
     finally:
         executor.cleanup(job.id)
-    times = {text: at for at, text in log.lines}
+    times = dict(zip(log.lines, log.times, strict=True))
     assert times["second-2"] - times["first-1"] >= 1.5
 
 
@@ -376,7 +365,7 @@ def test_layer_cache_is_reused_across_jobs(harness, settings, tmp_path):
     results = []
     for _ in range(2):
         job = BuildRequest(tags=[image(harness, "layers")])
-        log = Recorder()
+        log = ListLog()
         executor = executor_for(settings, "buildah")
         try:
             [pushed] = executor.run(job, make_context(settings, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
@@ -394,7 +383,7 @@ def test_registry_cache_feeds_a_worker_with_an_empty_store(harness, settings, st
     for name in ("first", "second"):  # two workers: two empty storage roots
         worker = with_buildah(settings, cache_repo=repo, storage_root=storage / name / "root", run_root=storage / name / "run")
         job = BuildRequest(tags=[image(harness, "remote-cache")])
-        log = Recorder()
+        log = ListLog()
         executor = executor_for(worker, "buildah")
         try:
             executor.run(job, make_context(worker, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
@@ -413,11 +402,11 @@ def test_docker_format_keep_images_and_no_push(harness, settings, tmp_path):
     dockerfile = f"FROM {base(harness)}\nRUN echo kept-{uuid.uuid4().hex} > /k\n"
     jobs = [BuildRequest(tags=tags[:1]), BuildRequest(tags=tags[1:], push=False)]
     executor = executor_for(keep, "buildah")
-    mode = bx.resolve_mode(keep.executors["buildah"])
+    mode = executor.mode()
     try:
         results = []
         for job in jobs:
-            results.append(executor.run(job, make_context(keep, job, tmp_path, {"Dockerfile": dockerfile}), Recorder(), CancelToken()))
+            results.append(executor.run(job, make_context(keep, job, tmp_path, {"Dockerfile": dockerfile}), ListLog(), CancelToken()))
             executor.cleanup(job.id)
         names = executor.tool(mode).output(["images", "--format", "{{.Name}}:{{.Tag}}"]).split()
         assert set(tags) <= set(names)  # kept under the job's tags, after cleanup too
@@ -435,20 +424,26 @@ def test_docker_format_keep_images_and_no_push(harness, settings, tmp_path):
 
 
 # -- cancel, timeout, crash --------------------------------------------------------------------
+def crash_mid_run(harness, settings: Settings, executor: BuildahExecutor, tmp_path: Path, job: BuildRequest) -> None:
+    """Run `job` with a RUN step that sleeps, then SIGKILL buildah, as if its worker died:
+    buildah cleans nothing itself and runc keeps the step running."""
+    context = make_context(settings, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo running-$((6*7)) && sleep 300\n"})
+    log = ListLog()
+    thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
+    wait_for_line(log, "running-42")  # output, not the STEP line
+    for group in {os.getpgid(int(p.split(":")[0])) for p in processes_mentioning(f"IO_RUNNER_JOB={job.id}")}:
+        os.killpg(group, signal.SIGKILL)
+    thread.join(60)
+    assert isinstance(outcome.get("error"), BuildFailed)
+
+
 def test_killed_buildah_leaves_nothing_after_cleanup(harness, settings, tmp_path):
     """As if the worker died mid-RUN: buildah SIGKILLed, so it cleans nothing itself and runc
     keeps the step running. cleanup(job_id) must find and remove all of it."""
-    job = BuildRequest(tags=[image(harness, "crash")], no_cache=True)
-    context = make_context(settings, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo crash-$((6*7)) && sleep 300\n"})
-    log = Recorder()
     executor = executor_for(settings, "buildah")
-    thread, outcome = run_in_thread(executor, job, context, log, CancelToken())
+    job = BuildRequest(tags=[image(harness, "crash")], no_cache=True)
     try:
-        wait_for_line(log, "crash-42")  # output, not the STEP line
-        for group in {os.getpgid(int(p.split(":")[0])) for p in processes_mentioning(f"IO_RUNNER_JOB={job.id}")}:
-            os.killpg(group, signal.SIGKILL)
-        thread.join(60)
-        assert isinstance(outcome.get("error"), BuildFailed)
+        crash_mid_run(harness, settings, executor, tmp_path, job)
         before = job_leftovers(executor, job.id)
         assert before["containers"] and before["runc"], before  # the crash did leave things behind
         executor.cleanup(job.id)
@@ -456,7 +451,58 @@ def test_killed_buildah_leaves_nothing_after_cleanup(harness, settings, tmp_path
         after = job_leftovers(executor, job.id)
     finally:
         executor.cleanup(job.id)
-    assert after == {"containers": [], "processes": [], "runc": [], "private_dir": False}
+    assert after == CLEAN
+
+
+def test_sweep_removes_what_dead_jobs_left_and_spares_live_and_foreign_ones(harness, settings, storage, tmp_path):
+    """sweep(is_live), the reaper's call after a worker died: for each job of this namespace
+    that is not live, the RUN step runc kept alive, the working containers and the private
+    files go. A live job's leftovers stay, and so do those another namespace (another runner
+    sharing this storage) made: its jobs are not even asked about."""
+    roots = {"storage_root": storage / "root", "run_root": storage / "run"}
+    ours = namespaced(with_buildah(settings, **roots), f"sweep-{uuid.uuid4().hex[:8]}")
+    theirs = namespaced(with_buildah(settings, **roots), f"sweep-other-{uuid.uuid4().hex[:8]}")
+    executor, foreign = executor_for(ours, "buildah"), executor_for(theirs, "buildah")
+    jobs = {name: (owner, config, BuildRequest(tags=[image(harness, f"sweep-{name}")], no_cache=True))
+            for name, owner, config in (("dead", executor, ours), ("live", executor, ours), ("foreign", foreign, theirs))}
+    try:
+        for owner, config, job in jobs.values():
+            crash_mid_run(harness, config, owner, tmp_path, job)
+            # the private files a dead worker leaves (here the executor's own `finally` removed them)
+            JobFiles(private_root(owner.env, "buildah", job.id)).create().write("auth.json", "{}")
+        dead, live, other = (jobs[name][2].id for name in ("dead", "live", "foreign"))
+
+        def left(name: str) -> dict:
+            owner, _, job = jobs[name]
+            found = job_leftovers(owner, job.id)
+            return {key: found[key] for key in ("containers", "runc", "private_dir")}
+
+        before = {name: left(name) for name in jobs}
+        assert all(b["containers"] and b["runc"] and b["private_dir"] for b in before.values()), before
+
+        def store_down(job_id: str) -> bool:
+            raise ConnectionError("redis is restarting")
+
+        assert executor.sweep(store_down) == []  # no answer: everything stays, for the next round
+        assert {name: left(name) for name in jobs} == before
+
+        asked: list[str] = []
+
+        def is_live(job_id: str) -> bool:
+            asked.append(job_id)
+            return job_id == live
+
+        assert executor.sweep(is_live) == [dead]
+        assert sorted(asked) == sorted([dead, live])
+        assert job_leftovers(executor, dead) == CLEAN
+        assert left("live") == before["live"] and left("foreign") == before["foreign"]
+        assert executor.sweep(is_live) == []  # nothing of the dead job is left to find
+        assert foreign.sweep(lambda job_id: False) == [other]  # its own namespace's sweep takes it
+        assert job_leftovers(foreign, other) == CLEAN
+    finally:
+        for owner, _, job in jobs.values():
+            owner.cleanup(job.id)
+    assert job_leftovers(executor, live) == CLEAN
 
 
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
@@ -477,11 +523,11 @@ def test_cancelled_or_timed_out_job_leaves_no_process_or_container(harness, tmp_
         assert time.monotonic() - started < 30, "the job did not stop"
         time.sleep(0.1)
     assert record.status.value == ("cancelled" if how == "cancel" else "timed_out")
-    executor, clean = executor_for(harness.settings, "buildah"), {"containers": [], "processes": [], "runc": [], "private_dir": False}
+    executor = executor_for(harness.settings, "buildah")
     deadline = time.monotonic() + 10  # the pipeline records the result first, then cleans up
-    while (left := job_leftovers(executor, job_id)) != clean and time.monotonic() < deadline:
+    while (left := job_leftovers(executor, job_id)) != CLEAN and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert left == clean
+    assert left == CLEAN
 
 
 # -- no Docker Engine --------------------------------------------------------------------------

@@ -24,31 +24,33 @@ from pydantic import ValidationError
 
 from executors.dind import cache as dind_cache
 from executors.dind import pool as dind_pool
-from executors.dind.executor import DindExecutor, reap
+from executors.dind.config import DindConfig, SysboxConfig
+from executors.dind.executor import DindExecutor
 from executors.dind.sidecar import bring_up, container_spec, daemon_args
-from executors.engine.engine import connect
-from runner.config.settings import DindExecutorConfig, Settings
-from runner.core.build import CancelToken
+from executors.engine.client import EngineClient
+from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, InfrastructureError
 from runner.core.jobs import BuildRequest
-from runner.core.labels import LABEL_JOB, LABEL_NAMESPACE
+from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
+from runner.core.registry import RegistryConfig
 from tests.conftest import registry_digest
 from tests.support import dind as support
 from tests.support import executor_for
 from tests.support.dind import Sink, build_context, docker_ids, leftovers
 
 pytestmark = pytest.mark.skipif(support.skip_reason() is not None, reason=support.skip_reason() or "")
+OWNER = dind_pool.process_owner()  # the owner label of pools this test process makes
 
 
 # -- the container spec (no engine needed) --------------------------------------------------------
-def spec_for(config: DindExecutorConfig, settings: Settings | None = None, **kwargs) -> dict:
+def spec_for(config: DindConfig, registries: list[RegistryConfig] | None = None, **kwargs) -> dict:
     args = {"name": "runner-dind-abc", "labels": {LABEL_JOB: "j1"}, "directory": Path("/run/x/runner-dind-abc"),
             "data_volume": "runner-dind-abc", "network": None, **kwargs}
-    return container_spec(config, settings or Settings(), **args)
+    return container_spec(config, registries or [], **args)
 
 
 def test_default_spec_is_privileged_on_a_unix_socket_without_the_host_socket():
-    spec = spec_for(DindExecutorConfig())
+    spec = spec_for(DindConfig())
     host = spec["host_config"]
     assert spec["image"] == "docker:dind"
     assert host["privileged"] is True
@@ -61,7 +63,7 @@ def test_default_spec_is_privileged_on_a_unix_socket_without_the_host_socket():
 
 
 def test_capability_profile_for_hosts_that_refuse_privileged():
-    config = DindExecutorConfig(privileged=False, **{k: v for k, v in support.PROFILE.items() if k != "privileged"})
+    config = DindConfig(privileged=False, **{k: v for k, v in support.PROFILE.items() if k != "privileged"})
     spec = spec_for(config)
     host = spec["host_config"]
     assert host["privileged"] is False
@@ -74,11 +76,10 @@ def test_capability_profile_for_hosts_that_refuse_privileged():
 def test_inner_daemon_options_come_from_config(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    settings = Settings(registries=[{"host": "reg.example:5000", "insecure": True},
-                                    {"host": "private.example", "ca_file": str(ca)}])
-    config = DindExecutorConfig(insecure_registries=["10.0.0.0/8", "named.example:5000"], registry_mirrors=["https://mirror.example"],
+    registries = [RegistryConfig(host="reg.example:5000", insecure=True), RegistryConfig(host="private.example", ca_file=ca)]
+    config = DindConfig(insecure_registries=["10.0.0.0/8", "named.example:5000"], registry_mirrors=["https://mirror.example"],
                                 mtu=1400, cpus=1.5, memory="512m", extra_hosts={"registry.runner.test": "host-gateway"})
-    spec = spec_for(config, settings, network="runner-dind-abc", gateway="172.30.0.1")
+    spec = spec_for(config, registries, network="runner-dind-abc", gateway="172.30.0.1")
     command, host = spec["command"], spec["host_config"]
     assert "--insecure-registry=10.0.0.0/8" in command
     assert "--insecure-registry=http://named.example:5000" in command  # BuildKit of Docker 20.10 needs the scheme
@@ -91,14 +92,14 @@ def test_inner_daemon_options_come_from_config(tmp_path):
 
 
 def test_tls_connection_is_mutual_tls_on_loopback_only_and_plain_tcp_is_refused():
-    spec = spec_for(DindExecutorConfig(connection="tls"))
+    spec = spec_for(DindConfig(connection="tls"))
     command = spec["command"]
     assert "--host=tcp://0.0.0.0:2376" in command and "--tlsverify" in command
     assert any(a.startswith("--tlscacert=") for a in command) and any(a.startswith("--tlskey=") for a in command)
     assert spec["host_config"]["port_bindings"] == {2376: ("127.0.0.1", None)}
-    assert daemon_args(DindExecutorConfig(), Settings())[1].startswith("--host=unix://")
+    assert daemon_args(DindConfig(), [])[1].startswith("--host=unix://")
     with pytest.raises(ValidationError):
-        DindExecutorConfig(connection="tcp")
+        DindConfig(connection="tcp")
 
 
 # -- on the real engine ---------------------------------------------------------------------------
@@ -111,9 +112,9 @@ def sockdir():
 
 @pytest.fixture
 def host_api():
-    api = connect("unix:///var/run/docker.sock")
-    yield api
-    api.close()
+    client = EngineClient.connect("unix:///var/run/docker.sock")
+    yield client.api
+    client.close()
 
 
 def executor(services, sockdir, worker: str | None = None, **overrides) -> DindExecutor:
@@ -245,7 +246,8 @@ def test_sidecar_that_exits_fails_at_once_with_its_exit_code_and_log(services, s
     sink = Sink()
     started = time.monotonic()
     with pytest.raises(InfrastructureError) as caught:
-        bring_up(host_api, settings.executors["dind"], settings, executor="dind", labels={LABEL_JOB: "exits"}, log_sink=sink)
+        bring_up(host_api, settings.executors["dind"], settings.registries, executor="dind", labels={LABEL_JOB: "exits"},
+                 log_sink=sink)
     assert time.monotonic() - started < 5
     assert "exited with code 3" in caught.value.message
     assert "[sidecar] cannot mount overlay" in sink.lines
@@ -260,10 +262,12 @@ def test_tls_connection_builds_and_refuses_clients_without_the_certificate(servi
     assert_nothing_left(job.id, sockdir)
 
     config = ex.config
-    sidecar = bring_up(host_api, config, ex.settings, executor="dind", labels={LABEL_JOB: "tls-probe"})
+    sidecar = bring_up(host_api, config, ex.env.registries, executor="dind", labels={LABEL_JOB: "tls-probe"})
     try:
         assert sidecar.base_url.startswith("https://127.0.0.1:")
-        assert sidecar.client(timeout=10).version()["ApiVersion"]
+        inner = sidecar.client(timeout=10)
+        assert inner.api.version()["ApiVersion"]
+        inner.close()
         with pytest.raises(requests.RequestException):  # TLS, but no client certificate
             session = requests.Session()
             session.trust_env = False
@@ -283,9 +287,10 @@ def test_inner_daemon_gets_mirrors_mtu_limits_hosts_and_registry_ca(services, so
     settings = support.settings(services, sockdir, registry_mirrors=["https://mirror.runner.test"], mtu=1400, cpus=1.5,
                                 memory="512m")
     settings.registries.append(settings.registries[0].model_copy(update={"host": "private.runner.test:5443", "ca_file": ca}))
-    sidecar = bring_up(host_api, settings.executors["dind"], settings, executor="dind", labels={LABEL_JOB: "options"})
+    sidecar = bring_up(host_api, settings.executors["dind"], settings.registries, executor="dind",
+                       labels={LABEL_JOB: "options"})
     try:
-        inner = sidecar.client(timeout=30)
+        inner = sidecar.client(timeout=30).api
         info = inner.info()
         assert info["RegistryConfig"]["Mirrors"] == ["https://mirror.runner.test/"]
         assert info["RegistryConfig"]["IndexConfigs"][services["RUNNER_DEV_REGISTRY_NAME"]]["Secure"] is False
@@ -306,8 +311,9 @@ def test_inner_daemon_gets_mirrors_mtu_limits_hosts_and_registry_ca(services, so
 def test_warm_pool_serves_one_job_per_sidecar_refills_and_never_exceeds_its_size(services, sockdir, tmp_path):
     ex = executor(services, sockdir, warm_pool=2)
     ex.start()
-    pool = dind_pool.get(ex.pool_key())
-    owner = f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}"
+    pool = ex.pool
+    assert pool is not None
+    owner = f"{dind_pool.LABEL_POOL}={OWNER}"
     samples, stop = [], threading.Event()
 
     def sample():
@@ -337,7 +343,7 @@ def test_warm_pool_serves_one_job_per_sidecar_refills_and_never_exceeds_its_size
     assert samples and max(s[0] for s in samples) <= 2  # idle + starting
     assert max(s[1] for s in samples) <= 3  # at most the pool plus the one serving a job
     assert leftovers(owner) == {}
-    assert dind_pool.get(ex.pool_key()) is None
+    assert ex.pool is None
 
 
 # -- per-repository cache -------------------------------------------------------------------------
@@ -395,7 +401,7 @@ def test_busy_cache_waits_then_builds_uncached_and_says_so(services, sockdir, tm
 
 
 def test_eviction_removes_least_recently_used_volumes_but_never_one_in_use(services, sockdir, cache_keys, host_api):
-    config = DindExecutorConfig(socket_dir=sockdir, repo_cache=True, repo_cache_max_bytes=int(2.5 * 1024**2))
+    config = DindConfig(socket_dir=sockdir, repo_cache=True, repo_cache_max_bytes=int(2.5 * 1024**2))
     keys = [cache_keys() for _ in range(3)]
     for age, key in zip((300, 200, 100), keys, strict=True):
         dind_cache.acquire(host_api, config, "dind", key, CancelToken(), Sink()).release()
@@ -415,30 +421,30 @@ def test_eviction_removes_least_recently_used_volumes_but_never_one_in_use(servi
     assert dind_cache.volume_name("dind", oldest) in remaining and dind_cache.volume_name("dind", newest) in remaining
 
 
-# -- labels, cleanup, reaper ----------------------------------------------------------------------
-def test_reaper_removes_only_leftovers_of_jobs_that_are_not_live(services, sockdir, host_api):
+# -- labels, cleanup, sweep -----------------------------------------------------------------------
+def test_sweep_removes_only_leftovers_of_jobs_that_are_not_live(services, sockdir, host_api):
     ex = executor(services, sockdir)
     live, dead = f"live-{uuid.uuid4().hex[:8]}", f"dead-{uuid.uuid4().hex[:8]}"
-    config, settings = ex.config, ex.settings
-    bring_up(host_api, config, settings, executor="dind", labels=ex.labels(live))
-    bring_up(host_api, config, settings, executor="dind", labels=ex.labels(dead))
-    ours = {**ex.labels("warm-pool-dind"), dind_pool.LABEL_POOL: dind_pool.OWNER}
-    gone_owner = f"{dind_pool.OWNER.split(':')[0]}:999999999:1"
-    bring_up(host_api, config, settings, executor="dind", labels=ours)
-    bring_up(host_api, config, settings, executor="dind", labels={**ours, dind_pool.LABEL_POOL: gone_owner})
+    config, registries = ex.config, ex.env.registries
+    bring_up(host_api, config, registries, executor="dind", labels=ex.labels(live))
+    bring_up(host_api, config, registries, executor="dind", labels=ex.labels(dead))
+    ours = {**ex.labels("warm-pool-dind"), dind_pool.LABEL_POOL: OWNER}
+    gone_owner = f"{OWNER.split(':')[0]}:999999999:1"
+    bring_up(host_api, config, registries, executor="dind", labels=ours)
+    bring_up(host_api, config, registries, executor="dind", labels={**ours, dind_pool.LABEL_POOL: gone_owner})
     other = executor(services, sockdir)  # another deployment (namespace) on the same engine
     elsewhere = f"elsewhere-{uuid.uuid4().hex[:8]}"
-    bring_up(host_api, config, settings, executor="dind", labels=other.labels(elsewhere))
+    bring_up(host_api, config, registries, executor="dind", labels=other.labels(elsewhere))
     try:
         for job in (live, dead):
             assert set(leftovers(f"{LABEL_JOB}={job}")) == {"container", "volume", "network"}
         asked = []
-        removed = reap(host_api, lambda job: asked.append(job) or job == live, namespace=settings.worker.namespace)
-        assert removed == 6  # dead job's container, volume, network; dead pool owner's three
+        removed = ex.sweep(lambda job: asked.append(job) or job == live)
+        assert removed == [dead]  # the dead pool's sidecar is gone too (below), but it is no job's
         assert leftovers(f"{LABEL_JOB}={dead}") == {}
         assert leftovers(f"{dind_pool.LABEL_POOL}={gone_owner}") == {}
         assert set(leftovers(f"{LABEL_JOB}={live}")) == {"container", "volume", "network"}
-        assert len(leftovers(f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}")["container"]) == 1  # our live pool's
+        assert len(leftovers(f"{dind_pool.LABEL_POOL}={OWNER}")["container"]) == 1  # our live pool's
         assert "warm-pool-dind" not in asked  # pool sidecars are judged by their owner process
         assert elsewhere not in asked and set(leftovers(f"{LABEL_JOB}={elsewhere}")) == {"container", "volume", "network"}
     finally:
@@ -446,8 +452,45 @@ def test_reaper_removes_only_leftovers_of_jobs_that_are_not_live(services, sockd
         ex.cleanup(live)
         ex.cleanup(live)  # idempotent
         ex.cleanup("warm-pool-dind")
-    assert leftovers(f"{LABEL_JOB}={live}") == {} and leftovers(f"{dind_pool.LABEL_POOL}={dind_pool.OWNER}") == {}
+    assert leftovers(f"{LABEL_JOB}={live}") == {} and leftovers(f"{dind_pool.LABEL_POOL}={OWNER}") == {}
+    assert leftovers(f"{LABEL_JOB}={elsewhere}") == {}
     assert not [p for p in sockdir.iterdir() if p.name.startswith("runner-")]
+
+
+def test_cleanup_touches_only_its_own_namespace(services, sockdir, host_api):
+    """Job ids may be chosen by the submitter, so two deployments on one engine can share one."""
+    ex, other = executor(services, sockdir), executor(services, sockdir)
+    job = f"same-id-{uuid.uuid4().hex[:8]}"
+    bring_up(host_api, other.config, other.env.registries, executor="dind", labels=other.labels(job))
+    try:
+        ex.cleanup(job)
+        assert set(leftovers(f"{LABEL_JOB}={job}")) == {"container", "volume", "network"}
+    finally:
+        other.cleanup(job)
+    assert_nothing_left(job, sockdir)
+
+
+def test_each_executor_sweeps_its_own_objects_on_its_own_engine(services, sockdir, host_api, tmp_path):
+    """sysbox's leftovers are swept by the sysbox executor on sysbox's docker_host, never by
+    dind on dind's (the two may drive different engines)."""
+    settings = support.settings(services, sockdir)
+    dind = executor_for(settings, "dind", "test-sweep")
+    dead = f"dead-{uuid.uuid4().hex[:8]}"
+    # a sysbox sidecar as sysbox would label it (the runtime cannot be installed here)
+    labels = {**dind.labels(dead), LABEL_EXECUTOR: "sysbox"}
+    bring_up(host_api, dind.config, dind.env.registries, executor="sysbox", labels=labels)
+    settings.executors["sysbox"] = SysboxConfig(docker_host=f"unix://{tmp_path}/no-engine.sock")
+    sysbox_elsewhere = executor_for(settings, "sysbox", "test-sweep")
+    settings.executors["sysbox"] = SysboxConfig(docker_host=dind.config.docker_host)
+    sysbox_here = executor_for(settings, "sysbox", "test-sweep")
+    try:
+        assert dind.sweep(lambda job: False) == []
+        assert sysbox_elsewhere.sweep(lambda job: False) == []  # its engine is unreachable: nothing swept
+        assert set(leftovers(f"{LABEL_JOB}={dead}")) == {"container", "volume", "network"}
+        assert sysbox_here.sweep(lambda job: False) == [dead]
+    finally:
+        sysbox_here.cleanup(dead)
+    assert_nothing_left(dead, sockdir)
 
 
 def test_worker_fills_the_pool_at_start_uses_it_and_removes_it_at_stop(services, make_harness, tmp_path):

@@ -598,7 +598,7 @@ def test_malformed_dockerfile_specific_ignore_file_is_named(tmp_path):
 
 WALK_AS_NOBODY = """
 import json, sys
-from runner.dockerignore import context_paths
+from runner.sources.dockerignore import context_paths
 from executors.base import InvalidJob
 try:
     print(json.dumps(context_paths(sys.argv[1], "Dockerfile")))

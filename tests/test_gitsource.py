@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from runner.config.sections import GitConfig, GitCredential
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest
 from runner.sources.git import check_url, mask_url, prepare_git_context, url_host, url_scheme

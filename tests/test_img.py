@@ -21,38 +21,24 @@ import pytest
 from pydantic import SecretStr
 
 from executors.daemonless.common import private_root
+from executors.daemonless.config import ImgConfig
 from executors.daemonless.img import build_args, global_args, push_args
-from runner.config.settings import ImgExecutorConfig, Settings
-from runner.core.build import CancelToken
+from runner.config.settings import Settings
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.sources.pack import write_tar
 from runner.sources.upload import spool_context
 from tests.conftest import registry_digest
-from tests.support import executor_for
+from tests.support import ListLog, executor_for
 
 NO_IMG = shutil.which("img") is None
 NO_IMG_REASON = "img is not installed: no `img` on PATH (not packaged for Debian; upstream unmaintained)"
 
 
-class Recorder:
-    def __init__(self):
-        self.lines: list[str] = []
-        self.secrets: list[str] = []
-
-    def line(self, text: str) -> None:
-        self.lines.append(text)
-
-    def write(self, chunk: str) -> None:
-        self.lines.extend(chunk.splitlines())
-
-    def add_secret(self, value: str) -> None:
-        self.secrets.append(value)
-
-
 def with_img(settings: Settings, **changes) -> Settings:
     config = settings.executors["img"].model_copy(update={"enabled": True, **changes})
-    return settings.model_copy(update={"executors": settings.executors.model_copy(update={"img": config})})
+    return settings.model_copy(update={"executors": {**settings.executors, "img": config}})
 
 
 def context_for(settings: Settings, job: BuildRequest, tmp_path: Path, dockerfile: str):
@@ -123,10 +109,10 @@ def test_check_says_img_is_not_installed_and_a_job_fails_at_once(harness, tmp_pa
     job = BuildRequest(tags=[f"{harness.registry()}/img-test/a:1"], executor="img")
     started = time.monotonic()
     with pytest.raises(InfrastructureError, match="img is not installed"):
-        executor.run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), Recorder(), CancelToken())
+        executor.run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), ListLog(), CancelToken())
     assert time.monotonic() - started < 2
     executor.cleanup(job.id)
-    assert not private_root(settings, "img", job.id).exists()
+    assert not private_root(executor.env, "img", job.id).exists()
 
 
 @pytest.mark.skipif(not NO_IMG, reason="img is installed here")
@@ -149,7 +135,7 @@ def test_real_worker_fails_an_img_job_at_once_and_keeps_running(make_harness, tm
 
 # -- argv, pinned --------------------------------------------------------------------------------
 def test_img_argv_pinned(tmp_path):
-    config = ImgExecutorConfig(enabled=True, state_dir=Path("/var/lib/runner/img"), backend="native", cache_repo="reg:5000/cache")
+    config = ImgConfig(enabled=True, state_dir=Path("/var/lib/runner/img"), backend="native", cache_repo="reg:5000/cache")
     job = BuildRequest(tags=["reg:5000/app:1", "reg:5000/app:latest"], build_args={"A": "1"}, labels={"team": "ci"},
                        target="final", platform="linux/arm64", no_cache=True, secrets=["npmrc"])
     assert global_args(config) == ["-s", "/var/lib/runner/img", "-b", "native"]
@@ -167,7 +153,7 @@ def test_secret_build_args_are_refused_on_img(harness, fake_img, tmp_path):
     settings = with_img(harness.settings, binary=str(fake_img[0]))
     job = BuildRequest(tags=[f"{harness.registry()}/img-test/c:1"], build_args={"T": "v"}, secret_build_args=["T"])
     with pytest.raises(InvalidJob, match="command line"):
-        executor_for(settings, "img").run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), Recorder(), CancelToken())
+        executor_for(settings, "img").run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), ListLog(), CancelToken())
     assert calls(fake_img[1]) == []
 
 
@@ -180,10 +166,10 @@ def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fak
     tags = [f"{harness.registry()}/img-test/fake:{t}-{uuid.uuid4().hex[:6]}" for t in ("1", "latest")]
     job = BuildRequest(tags=tags, secrets=["npmrc"])
     context = context_for(settings, job, tmp_path, "FROM scratch\nCOPY Dockerfile /\n")
-    log = Recorder()
+    log = ListLog()
     executor = executor_for(settings, "img")
     pushed = executor.run(job, context, log, CancelToken())
-    private = private_root(settings, "img", job.id)
+    private = private_root(executor.env, "img", job.id)
     assert sorted(p.name for p in private.iterdir()) == ["refs.json"]  # credentials and secrets already gone
     executor.cleanup(job.id)
     assert not private.exists()
@@ -211,7 +197,7 @@ def test_fake_img_failing_step_is_a_build_failure_naming_the_step(harness, fake_
     context = context_for(settings, job, tmp_path, "FROM scratch\nRUN echo about-to-fail && exit 3\n")
     executor = executor_for(settings, "img")
     with pytest.raises(BuildFailed) as failure:
-        executor.run(job, context, Recorder(), CancelToken())
+        executor.run(job, context, ListLog(), CancelToken())
     executor.cleanup(job.id)
     assert failure.value.message.startswith("build failed at step 2/2 (RUN echo about-to-fail && exit 3): error: failed to solve")
     assert [c["argv"][4] for c in calls(fake_img[1])] == ["build", "rm"]  # no push after a failed build; tags removed
@@ -227,7 +213,7 @@ def test_real_img_builds_and_pushes(harness, tmp_path):  # pragma: no cover - ne
     executor = executor_for(settings, "img")
     assert executor.check().ok
     try:
-        [pushed] = executor.run(job, context, Recorder(), CancelToken())
+        [pushed] = executor.run(job, context, ListLog(), CancelToken())
     finally:
         executor.cleanup(job.id)
     assert pushed.digest == registry_digest(harness.services, tag)

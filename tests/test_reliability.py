@@ -336,6 +336,7 @@ def test_reaper_removes_leftovers_of_finished_jobs_only(make_harness, services, 
     from runner.core.jobs import BuildRequest, JobRecord, Status
     from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
     from runner.worker.reaper import reap
+    from runner.worker.worker import Worker
 
     h = make_harness(executors={"socket": {"enabled": True}, "dind": {"enabled": True}})
     store, settings, ns = h.store, h.settings, h.config["worker"]["namespace"]
@@ -351,7 +352,7 @@ def test_reaper_removes_leftovers_of_finished_jobs_only(make_harness, services, 
         subprocess.run(["docker", "create", "--name", names[job_id], "--label", f"{LABEL_JOB}={job_id}", "--label", f"{LABEL_EXECUTOR}=dind",
                         "--label", f"{LABEL_NAMESPACE}={ns}", base(services), "true"], check=True, capture_output=True)
     try:
-        reaped = reap(settings, store, "test-reaper")
+        reaped = reap(Worker(settings, worker_id="test-reaper"))
         assert done in reaped and live not in reaped
         present = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout.split()
         assert names[done] not in present and names[live] in present

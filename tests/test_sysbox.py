@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from executors.dind.config import SysboxConfig
 from executors.dind.sidecar import container_spec
 from executors.dind.sysbox import SysboxExecutor
-from runner.config.settings import Settings, SysboxExecutorConfig
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.jobs import BuildRequest
 from runner.core.labels import LABEL_JOB
@@ -28,8 +28,8 @@ from tests.support.dind import Sink, build_context, leftovers
 
 
 def test_spec_uses_sysbox_runc_never_privileged_and_no_host_socket():
-    for config in (SysboxExecutorConfig(), SysboxExecutorConfig(privileged=True)):
-        spec = container_spec(config, Settings(), name="runner-sysbox-abc", labels={LABEL_JOB: "j"},
+    for config in (SysboxConfig(), SysboxConfig(privileged=True)):
+        spec = container_spec(config, [], name="runner-sysbox-abc", labels={LABEL_JOB: "j"},
                               directory=Path("/run/x/runner-sysbox-abc"), data_volume="runner-sysbox-abc", network=None,
                               force_unprivileged=SysboxExecutor.force_unprivileged)
         host = spec["host_config"]

@@ -25,7 +25,7 @@ from runner.core.registry import RegistryConfig, is_loopback
 
 #: Names a secret build arg may not take: it travels in the tool's environment, where these
 #: names would change how the tool itself runs.
-RESERVED_ENV = {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "USER", "SHELL", "PWD", "IFS", "TERM"}
+RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "USER", "SHELL", "PWD", "IFS", "TERM"})
 RESERVED_ENV_PREFIXES = ("BUILDAH_", "STORAGE_", "CONTAINERS_", "REGISTRY_", "DOCKER_", "XDG_", "IMG_", "LD_")
 SYSTEM_REGISTRIES_CONF = Path("/etc/containers/registries.conf")
 
@@ -129,8 +129,9 @@ def write_cert_dir(registries: Iterable[RegistryConfig], files: JobFiles) -> Pat
         return None
     certs = files.directory("certs")
     for registry in cas:
+        assert registry.ca_file is not None
         try:
-            data = Path(registry.ca_file).read_bytes()
+            data = registry.ca_file.read_bytes()
         except OSError as exc:
             raise InfrastructureError(f"registry {registry.host}: cannot read ca_file {registry.ca_file}: {exc.strerror}") from None
         files.write(f"certs/{re.sub(r'[^A-Za-z0-9_.-]', '_', registry.host)}.crt", data)
@@ -155,11 +156,9 @@ def cache_repo(config_repo: str | None, job: BuildRequest) -> str | None:
 # -- secrets -----------------------------------------------------------------------------------
 def write_build_secrets(secrets: dict[str, bytes], files: JobFiles, log: LogSink) -> list[tuple[str, Path]]:
     """Each build secret the job names, in its own 0600 file; the values are masked in the log."""
-    add_secret = getattr(log, "add_secret", None)
     written = []
     for index, (secret_id, value) in enumerate(secrets.items()):
-        if add_secret is not None:
-            add_secret(value.decode())
+        log.add_secret(value.decode())
         written.append((secret_id, files.write(f"secrets/{index}", value)))
     return written
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Iterable
+from pathlib import Path
 
 from executors.base import CheckResult, Executor
 from executors.daemonless.common import (
@@ -29,7 +31,8 @@ from executors.daemonless.common import (
     write_build_secrets,
 )
 from executors.daemonless.config import ImgConfig
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, is_auth_error
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
@@ -51,7 +54,8 @@ def global_args(config: ImgConfig) -> list[str]:
     return ["-s", str(config.state_dir), "-b", config.backend]
 
 
-def build_args(config: ImgConfig, job: BuildRequest, context_dir, dockerfile, secrets) -> list[str]:
+def build_args(config: ImgConfig, job: BuildRequest, context_dir: Path, dockerfile: Path,
+               secrets: Iterable[tuple[str, Path]]) -> list[str]:
     args = ["build", "--no-console", "-f", str(dockerfile)]
     for ref in job.tags:
         args += ["-t", ref]

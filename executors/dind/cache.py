@@ -24,11 +24,12 @@ import docker.errors
 import requests
 
 from executors.dind.config import DindConfig
-from runner.core.build import CancelToken, LogSink
+from runner.core.build import LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.labels import LABEL_EXECUTOR
 
-log = logging.getLogger("runner.executors.dind_cache")
+log = logging.getLogger("runner.executors.dind.cache")
 
 LABEL_CACHE = "io.runner.dind.cache"
 WAIT_STEP = 0.2

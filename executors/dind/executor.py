@@ -1,8 +1,8 @@
 """dind executor: per job, a docker-in-docker sidecar on the host engine; the build and push
 run inside the sidecar's own daemon (the host engine never holds the job's images), then the
 sidecar, its volume, its network and its host directory are removed — also on failure,
-cancel and timeout. Building and pushing is executors/engine.py, exactly as for socket; only
-how the engine is reached and brought up differs (executors/sidecar.py).
+cancel and timeout. Building and pushing is executors/engine (Engine, choose_builder), exactly
+as for socket; only how the engine is reached and brought up differs (executors/dind/sidecar.py).
 
 Optional: a warm pool of ready sidecars (executors/dind/pool.py) and a per-repository layer
 cache volume (executors/dind/cache.py). A job with a cache volume always gets a fresh sidecar
@@ -29,7 +29,8 @@ from executors.dind.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove
 from executors.engine.builders import BuildKitSupport
 from executors.engine.client import EngineClient
 from executors.engine.engine import Engine, choose_builder
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
 
@@ -37,8 +38,6 @@ log = logging.getLogger("runner.executors.dind")
 
 RISK = ("each job runs in a sidecar with its own Docker daemon; privileged mode (the default) or the "
         "capability profile gives that sidecar near-root power over the host if a build escapes it")
-EXECUTORS = ("dind", "sysbox")
-
 
 
 class DindExecutor(Executor):
@@ -52,7 +51,9 @@ class DindExecutor(Executor):
     def __init__(self, config: DindConfig, env: ExecutorEnv):
         super().__init__(config, env)
         self.buildkit = BuildKitSupport()
+        #: the warm pool (start() makes it when warm_pool > 0; shutdown() empties it)
         self.pool: dind_pool.WarmPool | None = None
+        self._pool_api: docker.APIClient | None = None
         #: job id -> the warm sidecar serving it (pool sidecars carry the pool's labels, not the job's)
         self._serving: dict[str, Sidecar] = {}
         self._serving_lock = threading.Lock()
@@ -141,6 +142,8 @@ class DindExecutor(Executor):
 
     # -- cleanup -----------------------------------------------------------------------------
     def cleanup(self, job_id: str) -> None:
+        """The job's sidecar, volume, network and host directory. Only this namespace's: job ids
+        may be chosen by the submitter, so another deployment on the engine can share one."""
         with self._serving_lock:
             sidecar = self._serving.pop(job_id, None)
         try:
@@ -150,7 +153,7 @@ class DindExecutor(Executor):
         try:
             if sidecar is not None:
                 sidecar.remove(api)
-            remove_labelled(api, {LABEL_JOB: job_id, LABEL_EXECUTOR: self.name})
+            remove_labelled(api, {LABEL_JOB: job_id, LABEL_EXECUTOR: self.name, LABEL_NAMESPACE: self.env.namespace})
         except Exception as exc:  # noqa: BLE001
             log.warning("%s cleanup of %s: %s", self.name, job_id, exc)
         finally:
@@ -165,7 +168,7 @@ class DindExecutor(Executor):
             log.warning("%s sweep: %s", self.name, exc)
             return []
         try:
-            return reap(api, is_live, (self.name,), namespace=self.env.namespace)
+            return sweep_leftovers(api, is_live, self.name, self.env.namespace)
         finally:
             api.close()
 
@@ -177,12 +180,15 @@ class DindExecutor(Executor):
 
     def shutdown(self) -> None:
         pool, self.pool = self.pool, None
+        api, self._pool_api = self._pool_api, None
         if pool is not None:
             pool.shutdown()
+        if api is not None:
+            api.close()
 
     def _make_pool(self) -> dind_pool.WarmPool:
-        api = self.host()
-        labels = {**self.labels(f"warm-pool-{self.name}"), dind_pool.LABEL_POOL: dind_pool.OWNER}
+        self._pool_api = api = self.host()
+        labels = {**self.labels(f"warm-pool-{self.name}"), dind_pool.LABEL_POOL: dind_pool.process_owner()}
 
         def factory() -> Sidecar:
             return bring_up(api, self.config, self.env.registries, executor=self.name, labels=labels,
@@ -191,13 +197,12 @@ class DindExecutor(Executor):
         return dind_pool.WarmPool(self.config.warm_pool, factory, lambda s: s.remove(api), Sidecar.alive, self.name)
 
 
-def reap(api: docker.APIClient, is_live: IsLive, executors: tuple[str, ...] = EXECUTORS,
-         namespace: str | None = None) -> list[str]:
-    """Remove labelled sidecars, volumes and networks whose job is not live (for the worker's
-    reaper). Give `namespace` (settings.worker.namespace) so another deployment's jobs on the
-    same engine, which our is_live cannot know, are never touched. Warm-pool sidecars are
-    judged by their owner process when it is on this host. Cache volumes carry no job label
-    and are left to eviction. Returns the job ids whose leftovers were removed."""
+def sweep_leftovers(api: docker.APIClient, is_live: IsLive, executor: str, namespace: str) -> list[str]:
+    """Remove `executor`'s labelled sidecars, volumes and networks in `namespace` whose job is
+    not live. The namespace keeps another deployment's jobs on the same engine, which our
+    is_live cannot know, untouched. Warm-pool sidecars are judged by their owner process when
+    it is on this host. Cache volumes carry no job label and are left to eviction. Returns the
+    ids of the jobs whose leftovers were removed (a dead pool's sidecars are no job's)."""
     verdicts: dict[str, bool] = {}
 
     def dead(labels: dict[str, str]) -> bool:
@@ -223,7 +228,7 @@ def reap(api: docker.APIClient, is_live: IsLive, executors: tuple[str, ...] = EX
         if item["Labels"].get(LABEL_DIR):
             remove_dir(Path(item["Labels"][LABEL_DIR]))
 
-    filters = {"label": [LABEL_EXECUTOR, *([f"{LABEL_NAMESPACE}={namespace}"] if namespace else [])]}
+    filters = {"label": [f"{LABEL_EXECUTOR}={executor}", f"{LABEL_NAMESPACE}={namespace}"]}
     removed: set[str] = set()
     for listing, remove in ((containers, remove_container),
                             (volumes, lambda item: api.remove_volume(item["Name"], force=True)),
@@ -231,17 +236,18 @@ def reap(api: docker.APIClient, is_live: IsLive, executors: tuple[str, ...] = EX
         try:
             items = listing()
         except (docker.errors.DockerException, requests.RequestException) as exc:
-            log.warning("dind reaper: cannot list leftovers: %s", exc)
+            log.warning("%s sweep: cannot list leftovers: %s", executor, exc)
             continue
         for item in items:
             labels = item.get("Labels") or {}
-            if not (is_ours(labels, executors) and dead(labels)):
+            if not (is_ours(labels, executor) and dead(labels)):
                 continue
             try:
                 remove(item)
-                removed.add(labels.get(LABEL_JOB, ""))
+                if dind_pool.LABEL_POOL not in labels:
+                    removed.add(labels[LABEL_JOB])
             except docker.errors.NotFound:
                 pass
             except (docker.errors.DockerException, requests.RequestException) as exc:
-                log.warning("dind reaper: %s", exc)
+                log.warning("%s sweep: %s", executor, exc)
     return sorted(removed)

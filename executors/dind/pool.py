@@ -1,9 +1,10 @@
 """Warm pool of idle, ready sidecars for dind and sysbox.
 
-The executor owns its pool for the life of the worker process. Each pooled sidecar serves exactly one job and
-is destroyed after it; a background thread refills one at a time, and idle + starting never
-exceeds the size. Pool sidecars carry an owner label (host, pid, process start time) instead
-of a job id until a job takes them, so a reaper can tell whether their pool still exists.
+The executor owns its pool for the life of the worker process (start() / shutdown()). Each
+pooled sidecar serves exactly one job and is destroyed after it; a background thread refills
+one at a time, and idle + starting never exceeds the size. Pool sidecars carry an owner label
+(host, pid, process start time) instead of a job id until a job takes them, so a sweep can
+tell whether their pool still exists.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from executors.dind.sidecar import Sidecar
 
-log = logging.getLogger("runner.executors.dind_pool")
+log = logging.getLogger("runner.executors.dind.pool")
 
 LABEL_POOL = "io.runner.dind.pool"
 MAX_BACKOFF = 60.0
@@ -33,7 +34,10 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
 
 
-OWNER = f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+def process_owner() -> str:
+    """This process as a pool owner: host, pid and start time (a reused pid is another owner).
+    Asked when a pool is made, not at import, so a forked process never claims its parent's."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
 
 
 def owner_alive(owner: str) -> bool | None:

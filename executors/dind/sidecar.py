@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -29,12 +30,13 @@ import requests
 
 from executors.dind.config import DindConfig
 from executors.engine.client import EngineClient
-from runner.core.build import CancelToken, LogSink
+from runner.core.build import LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB
 from runner.core.registry import RegistryConfig
 
-log = logging.getLogger("runner.executors.sidecar")
+log = logging.getLogger("runner.executors.dind.sidecar")
 
 LABEL_DIR = "io.runner.dind.dir"
 SOCKET_MOUNT = "/run/runner"
@@ -112,7 +114,7 @@ def container_spec(config: DindConfig, registries: Iterable[RegistryConfig], *, 
         host_config["nano_cpus"] = int(config.cpus * 1e9)
     if config.memory:
         host_config["mem_limit"] = config.memory
-    spec = {"image": config.image, "command": daemon_args(config, registries), "name": name,
+    spec: dict[str, Any] = {"image": config.image, "command": daemon_args(config, registries), "name": name,
             "labels": {**labels, LABEL_DIR: str(directory)},
             # docker:dind's entrypoint would otherwise generate its own TLS setup
             "environment": {"DOCKER_TLS_CERTDIR": ""}, "host_config": host_config, "host_config_raw": {}}
@@ -385,6 +387,7 @@ def _list(call, **kwargs):
         return []
 
 
-def is_ours(labels: dict[str, str] | None, executors: tuple[str, ...]) -> bool:
-    return bool(labels) and labels.get(LABEL_EXECUTOR) in executors and LABEL_JOB in labels
+def is_ours(labels: dict[str, str] | None, executor: str) -> bool:
+    """Made by `executor` for a job (or a warm pool): a sweep may judge it."""
+    return labels is not None and labels.get(LABEL_EXECUTOR) == executor and LABEL_JOB in labels
 

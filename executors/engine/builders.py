@@ -8,7 +8,8 @@ import threading
 from typing import Protocol
 
 from executors.engine.client import EngineClient
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InvalidJob
 from runner.core.jobs import BuildRequest
 

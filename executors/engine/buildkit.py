@@ -24,7 +24,8 @@ from executors.engine.builders import job_tag
 from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_trace
 from executors.engine.buildkit_session import BuildSession
 from executors.engine.client import EngineClient, TransportUnsupported
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, Cancelled, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest
 
@@ -173,16 +174,15 @@ class BuildKitBuilder:
 
     def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
         client = self.client
-        add_secret = getattr(log, "add_secret", None)
         for value in self.secrets.values():
-            if add_secret is not None:
-                add_secret(value.decode("utf-8", "replace"))
+            log.add_secret(value.decode("utf-8", "replace"))
         build_id = uuid.uuid4().hex
         params = build_params(job, build_id, job_tag(job.id))
-        session: BuildSession | None = BuildSession(client, f"runner-{job.id}",
-                                                    lambda host: registry_credentials(self.registries, host), self.secrets)
+        opening = BuildSession(client, f"runner-{job.id}", lambda host: registry_credentials(self.registries, host),
+                               self.secrets)
+        session: BuildSession | None = opening
         try:
-            params["session"] = session.start()
+            params["session"] = opening.start()
         except TransportUnsupported as exc:
             if self.secrets:
                 raise InvalidJob(f"build secrets need a BuildKit session, which this engine connection cannot carry ({exc})") from None

@@ -45,6 +45,7 @@ def iter_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
     while pos < len(data):
         key, pos = _varint(data, pos)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _varint(data, pos)
         elif wire == 1:
@@ -73,6 +74,8 @@ def _timestamp(value: int | bytes) -> float:
     """google.protobuf.Timestamp as float seconds since the epoch."""
     seconds = nanos = 0
     for number, v in iter_fields(value if isinstance(value, bytes) else b""):
+        if isinstance(v, bytes):
+            continue
         if number == 1:
             seconds = _int64(v)
         elif number == 2:
@@ -204,10 +207,11 @@ class _Step:
 
 
 def _bytes(n: int) -> str:
+    size = float(n)
     for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n}{unit}" if unit == "B" else f"{n:.2f}{unit}"
-        n /= 1000
+        if size < 1000 or unit == "GB":
+            return f"{n}{unit}" if unit == "B" else f"{size:.2f}{unit}"
+        size /= 1000
     return str(n)
 
 

@@ -178,7 +178,7 @@ class BuildSession:
         assert self._conn is not None
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
-                path = dict(event.headers).get(":path", "")
+                path = next((str(value) for name, value in event.headers or () if name in (":path", b":path")), "")
                 self._streams[event.stream_id] = (path, bytearray())
             elif isinstance(event, h2.events.DataReceived):
                 if event.stream_id in self._streams:

@@ -13,7 +13,8 @@ import requests
 from executors.engine.builders import Builder, BuildKitSupport, ClassicBuilder, job_tag
 from executors.engine.buildkit import BuildKitBuilder
 from executors.engine.client import EngineClient, short
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, InfrastructureError, InvalidJob, RegistryAuthFailed, is_auth_error
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
 from runner.core.registry import RegistryConfig

@@ -16,7 +16,8 @@ from executors.engine.builders import JOB_TAG_REPO, BuildKitSupport
 from executors.engine.client import EngineClient
 from executors.engine.config import SocketConfig
 from executors.engine.engine import Engine, choose_builder
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest, PushedImage
 
 RISK = ("jobs reach the host's Docker Engine: root-equivalent on this host "

@@ -12,26 +12,12 @@ from pathlib import Path
 from string import Formatter
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from runner.core.models import Strict, read_secret
 
 Right = Literal["submit", "read", "cancel"]
 PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def read_secret(value: SecretStr | None, path: Path | None, what: str) -> str | None:
-    """The secret from `value` or the file at `path` (stripped); None if neither is set."""
-    if value is not None:
-        return value.get_secret_value()
-    if path is not None:
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"{what}: cannot read {path}: {exc.strerror}") from None
-    return None
 
 
 class _OneSource(Strict):

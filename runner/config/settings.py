@@ -11,16 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from executors.base import ExecutorConfig
 from runner.config.sections import ApiConfig, CallbacksConfig, GitConfig, WebhooksConfig
+from runner.core.models import Strict
 from runner.core.registry import RegistryConfig
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class LimitsConfig(Strict):

@@ -3,11 +3,16 @@ user reads. Raised by executors, sources and the pipeline alike."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+#: what a failed job's record says went wrong
+ErrorKind = Literal["invalid", "build", "auth", "infrastructure", "cancelled", "timeout", "worker_lost"]
+
 
 class ExecutorError(Exception):
     """A job failure with a kind the record stores and a message the user reads."""
 
-    kind = "build"
+    kind: ErrorKind = "build"
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -17,21 +22,21 @@ class ExecutorError(Exception):
 class InvalidJob(ExecutorError):
     """The job cannot be built as asked (bad Dockerfile path, unknown secret, ...)."""
 
-    kind = "invalid"
+    kind: ErrorKind = "invalid"
 
 
 class BuildFailed(ExecutorError):
-    kind = "build"
+    kind: ErrorKind = "build"
 
 
 class RegistryAuthFailed(ExecutorError):
-    kind = "auth"
+    kind: ErrorKind = "auth"
 
 
 class InfrastructureError(ExecutorError):
     """The engine, registry or tool is unreachable or broken; not the job's fault."""
 
-    kind = "infrastructure"
+    kind: ErrorKind = "infrastructure"
 
 
 class Cancelled(ExecutorError):

@@ -27,7 +27,7 @@ from runner.core.tarpolicy import hardlink_target, member_parts, symlink_target
 from runner.core.tarstream import Member, TarError, TarReader, shown
 
 if TYPE_CHECKING:
-    from runner.core.build import CancelToken
+    from runner.core.cancel import CancelToken
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 import posixpath
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from runner.core.errors import ErrorKind
 
 # Docker's reference grammar (distribution/reference), restricted to what we push:
 # REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
@@ -224,7 +228,7 @@ class PushedImage(BaseModel):
 
 
 class JobError(BaseModel):
-    kind: Literal["invalid", "build", "auth", "infrastructure", "cancelled", "timeout", "worker_lost"]
+    kind: ErrorKind
     message: str
 
 
@@ -252,3 +256,14 @@ class JobRecord(BaseModel):
     @property
     def finished(self) -> bool:
         return self.status.finished
+
+
+class JobReader(Protocol):
+    """Reading jobs and their logs: the Redis store and the HTTP API client both do it, so the
+    CLI's read commands take either."""
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def list(self, status: Status | None = None, limit: int = 50) -> builtins.list[JobRecord]: ...
+
+    def read_log(self, job_id: str, follow: bool = False) -> Iterator[str]: ...

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import sh
 
-from runner.core.build import CancelToken, LogSink
+from runner.core.build import LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.output_pipe import LineAssembler, read_until_exit
 
@@ -27,7 +28,7 @@ KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "XDG_RUNTIME_DIR",
 KILL_GRACE = 2.0
 
 
-def kill_group(proc, grace: float = KILL_GRACE) -> None:
+def kill_group(proc: _Group | subprocess.Popen, grace: float = KILL_GRACE) -> None:
     """SIGTERM the process group, then SIGKILL what is left after `grace` seconds."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -48,7 +49,6 @@ def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env.setdefault("PATH", os.defpath)
     env.update(extra or {})
     return env
-
 
 
 class ToolFailed(Exception):
@@ -99,7 +99,7 @@ class ToolOutput:
 
 
 class _Group:
-    """What executors.process.kill_group needs (pid, wait with timeout) for an `sh` process."""
+    """What kill_group needs (pid, wait with timeout) for an `sh` process."""
 
     def __init__(self, running):
         self.running = running
@@ -158,7 +158,7 @@ class Tool:
         (a ToolOutput); return the exit code.
 
         sh starts the tool in its own session with a pipe's write end as stdout and stderr;
-        we read the other end in large chunks (executors.output_pipe). Once the tool has
+        we read the other end in large chunks (runner.core.output_pipe). Once the tool has
         exited, reading stops after what the pipe holds, and if something it started still
         holds the pipe, the rest of its process group is killed. A cancel (or timeout)
         SIGTERMs the whole group, then SIGKILLs what is left. Raises Cancelled if the token fired.

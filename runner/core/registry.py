@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
+
+from runner.core.models import Strict, read_secret
 
 
-class RegistryConfig(BaseModel):
+class RegistryConfig(Strict):
     """A registry jobs may push to, and how to log in to it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     host: str = Field(description="host[:port] exactly as it appears in image references")
     username: str | None = Field(default=None, description="login user; leave empty for an anonymous registry")
@@ -27,14 +27,7 @@ class RegistryConfig(BaseModel):
 
     def secret(self) -> str | None:
         """The password, read from the file at use time so rotation needs no restart."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is not None:
-            try:
-                return self.password_file.read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"registry {self.host}: cannot read password_file: {exc.strerror}") from None
-        return None
+        return read_secret(self.password, self.password_file, f"registry {self.host}: password_file")
 
 
 def is_loopback(host: str) -> bool:

@@ -17,13 +17,13 @@ import math
 import re
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from runner.core.build import CancelToken
+    from runner.core.cancel import CancelToken
 
 BLOCK = 512
 PIECE = 1024 * 1024  # most bytes a decompressor hands out at once
@@ -82,7 +82,7 @@ def shown(name: str, limit: int = 120) -> str:
     return repr(name)
 
 
-def file_chunks(path: Path, size: int = PIECE) -> Iterator[bytes]:
+def file_chunks(path: Path, size: int = PIECE) -> Generator[bytes, None, None]:
     """A file as chunks, for TarReader."""
     with path.open("rb") as handle:
         while chunk := handle.read(size):

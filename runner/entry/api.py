@@ -23,6 +23,7 @@ import logging
 import threading
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -130,6 +131,23 @@ async def read_body(request: Request, limit: int, what: str) -> bytes:
             raise ApiError(413, "too_large", f"the {what} is over the limit of {limit:,} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@dataclass
+class ApiContext:
+    """What the API's route modules share: each module has `register(app, context)`."""
+
+    settings: Settings
+    store: JobStore
+    logs: LogHub
+    #: `Depends` that admits a bearer token holding the right (submit, read, cancel)
+    require: Callable[[Right], Any]
+    #: the Celery app that sends job messages (made once, on first use)
+    celery_app: Callable[[], Any]
+
+
+#: route modules beside the job endpoints, each with `register(app, context)`
+EXTENSIONS: tuple[Callable[[FastAPI, ApiContext], None], ...] = ()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -352,6 +370,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if record is None:
             raise ApiError(404, "not_found", f"no job {job_id!r}")
         return record
+
+    context = ApiContext(settings, store, logs, require, celery_app)
+    for register in EXTENSIONS:
+        register(app, context)
 
     # -- webhooks -------------------------------------------------------------------------------
     @app.post("/v1/webhooks/{provider}", tags=["webhooks"],

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from runner.config.settings import Settings, SettingsError, load_settings
-from runner.core.jobs import JobRecord, Status
+from runner.core.jobs import JobReader, JobRecord, Status
 from runner.store.jobstore import ContextTooLarge, JobStore, StoreUnavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFRA = 0, 1, 2, 3
@@ -67,8 +67,8 @@ def remote(api: str | None, cfg: Settings):
     return client_for(api, cfg, fail)
 
 
-def backend(api: str | None):
-    """The job store, or the API client (it has the same get/list/read_log methods)."""
+def backend(api: str | None) -> JobReader:
+    """The job store, or the API client: both are JobReaders."""
     cfg = settings()
     return remote(api, cfg) or store_for(cfg)
 

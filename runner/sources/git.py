@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from runner.config.settings import Settings
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError, InvalidJob
 from runner.core.extract import make_private
 from runner.core.jobs import BuildRequest, GitContext

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from runner.config.settings import LimitsConfig
-from runner.core.build import BuildContext, CancelToken, LogSink
+from runner.core.build import BuildContext, LogSink
+from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
 from runner.core.extract import make_private, workspace_error
 from runner.core.jobs import BuildRequest

@@ -17,6 +17,7 @@ Keys (NS = settings.worker.namespace):
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, BinaryIO
@@ -136,7 +137,7 @@ class JobStore:
         self.r.delete(self._key("job", job_id), self._key("secrets", job_id))
         self._unindex([job_id])
 
-    def _unindex(self, job_ids: list[str]) -> None:
+    def _unindex(self, job_ids: builtins.list[str]) -> None:
         if job_ids:
             with self.r.pipeline(transaction=False) as pipe:
                 for key in (f"{self.ns}:jobs", *(self._status_key(s) for s in Status)):
@@ -180,13 +181,13 @@ class JobStore:
                 except redis.WatchError:
                     continue
 
-    def list(self, status: Status | None = None, limit: int = 50, before: float | None = None) -> list[JobRecord]:
+    def list(self, status: Status | None = None, limit: int = 50, before: float | None = None) -> builtins.list[JobRecord]:
         """Newest first, from the status index (so cost follows `limit`, not history). `before`:
         only jobs created before this timestamp (paging). Ids whose record expired are dropped
         from the indexes on the way."""
         index = self._status_key(status) if status else f"{self.ns}:jobs"
         top = f"({before}" if before is not None else "+inf"
-        records: list[JobRecord] = []
+        records: builtins.list[JobRecord] = []
         while len(records) < limit:
             ids = self.r.zrevrangebyscore(index, top, "-inf", start=0, num=max(limit - len(records), 20), withscores=True)
             if not ids:
@@ -204,11 +205,11 @@ class JobStore:
     def count(self, status: Status | None = None) -> int:
         return self.r.zcard(self._status_key(status) if status else f"{self.ns}:jobs")
 
-    def ids(self, status: Status) -> list[str]:
+    def ids(self, status: Status) -> builtins.list[str]:
         """Every id in `status` (for recovery: the running ones, never the whole history)."""
         return self.r.zrange(self._status_key(status), 0, -1)
 
-    def reconcile_running(self, executors: list[str]) -> None:
+    def reconcile_running(self, executors: builtins.list[str]) -> None:
         """Rebuild the per-executor running lists from the running index (after a crash
         between the two writes, or a Redis restore), so autoscaling reads the truth."""
         running: dict[str, list[str]] = {name: [] for name in executors}
@@ -282,7 +283,7 @@ class JobStore:
         self.r.delete(self._key("secrets", job_id))
 
     # -- logs -------------------------------------------------------------------------------
-    def append_log(self, job_id: str, entries: list[str]) -> list[str]:
+    def append_log(self, job_id: str, entries: builtins.list[str]) -> builtins.list[str]:
         """Append entries (each one or more lines joined by "\\n"); returns their stream ids."""
         if not entries:
             return []
@@ -292,7 +293,7 @@ class JobStore:
                 pipe.xadd(key, {LINES_FIELD: text})
             return pipe.execute()
 
-    def delete_log_entries(self, job_id: str, entry_ids: list[str]) -> None:
+    def delete_log_entries(self, job_id: str, entry_ids: builtins.list[str]) -> None:
         if entry_ids:
             self.r.xdel(self._key("log", job_id), *entry_ids)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from runner.config.settings import Settings
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, ExecutorError
 from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, Status, now
 from runner.store.joblog import JobLog
@@ -211,6 +211,7 @@ class Pipeline:
         if record.attempts > max_attempts:
             message = f"gave up after {max_attempts} attempts: each attempt lost its worker (limits.max_attempts)"
             return self._finish(request, joblog, Status.failed, [], JobError(kind="worker_lost", message=message))
+        self.worker.tell("job_started", record, request)
         if record.attempts > 1:
             joblog.line(f"[runner] attempt {record.attempts} of at most {max_attempts}")
         joblog.line(f"[runner] job {request.id} running on {self.worker_id} with executor {record.executor}")
@@ -288,6 +289,7 @@ class Pipeline:
             return record
         joblog.line(f"[runner] requeued: {why}")
         self.requeue(record.request, 0 if shutdown else 2.0)  # redacted: the values stay in the store
+        self.worker.tell("job_requeued", record, request)
         return record
 
     def _finish(self, request: BuildRequest, joblog: JobLog, status: Status,
@@ -308,16 +310,9 @@ class Pipeline:
         if record.status is not status:  # superseded: another attempt owns the record
             return record
         self._end(request.id, status)
-        self._run_finish_hooks(record, request)
+        self.worker.tell("job_finished", record, request)
         return record
 
     def _ours(self, record: JobRecord) -> bool:
         """Does this attempt still own the record (running, on this worker)?"""
         return record.status is Status.running and record.worker == self.worker_id
-
-    def _run_finish_hooks(self, record: JobRecord, request: BuildRequest) -> None:
-        for hook in self.worker.finish_hooks:
-            try:
-                hook(record, request)
-            except Exception:  # noqa: BLE001 - a hook never changes the job's result
-                log.exception("finish hook %s failed for %s", getattr(hook, "__name__", hook), record.id)

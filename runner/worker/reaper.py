@@ -36,7 +36,11 @@ def recover_lost_jobs(worker: Worker, requeue: Requeue) -> list[str]:
             if current is None or current.status is not Status.running:
                 continue
             give_up = current.attempts >= settings.limits.max_attempts
-            store.update(job_id, lambda r, give_up=give_up: _lost(r, give_up, settings.limits.max_attempts))
+
+            def lost(record: JobRecord, give_up: bool = give_up) -> JobRecord:
+                return _lost(record, give_up, settings.limits.max_attempts)
+
+            store.update(job_id, lost)
             JobLog(store, job_id).line(
                 f"[runner] worker {current.worker} stopped (no heartbeat for {settings.worker.lease_ttl:.0f}s); "
                 + ("giving up: limits.max_attempts reached" if give_up else "requeued"))
@@ -71,9 +75,10 @@ def reap_job(worker: Worker, job_id: str) -> None:
 
 
 def is_live(worker: Worker, job_id: str) -> bool:
-    """Held by a worker (or a maintenance sweep) right now, or running: its leftovers stay."""
+    """May the job's leftovers stay? Yes when it is not ours (no record in our store: another
+    namespace's job on a shared engine or store), held by a worker or a sweep right now, or running."""
     record = worker.store.get(job_id)
-    return worker.store.lease_holder(job_id) is not None or (record is not None and record.status is Status.running)
+    return record is None or record.status is Status.running or worker.store.lease_holder(job_id) is not None
 
 
 def reap(worker: Worker) -> list[str]:

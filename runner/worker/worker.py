@@ -8,13 +8,14 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from executors.base import Executor, ExecutorEnv
 from executors.registry import ExecutorRegistry
 from runner.config.settings import Settings
-from runner.core.build import CancelToken, ContextSource
+from runner.core.build import ContextSource
+from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest, JobRecord
 from runner.core.registries import Registries
@@ -25,8 +26,28 @@ from runner.worker.callbacks import on_job_finished
 
 log = logging.getLogger("runner.worker")
 
-#: Called with (record, request) after a job ends, e.g. to deliver its callback. Must not raise.
-FinishHook = Callable[[JobRecord, BuildRequest], None]
+class JobListener:
+    """Told about a job's moments by the pipeline (metrics, commit statuses, callbacks). Each
+    method must return quickly; an exception is logged and never changes the job."""
+
+    def job_started(self, record: JobRecord, request: BuildRequest) -> None:
+        """The record says running (an attempt began on this worker)."""
+
+    def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
+        """The record holds the job's final status."""
+
+    def job_requeued(self, record: JobRecord, request: BuildRequest) -> None:
+        """The attempt ended and the job went back to its queue."""
+
+
+class CallbackOnFinish(JobListener):
+    """The job's completion callback, when it has one."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
+        on_job_finished(record, request, self.settings)
 
 
 def default_worker_id() -> str:
@@ -59,7 +80,7 @@ class Worker:
         self.unusable: dict[str, str] = {}
         self.sources: dict[str, ContextSource] = {"upload": UploadSource(self.store.context_chunks, settings.limits),
                                                   "git": GitSource(settings)}
-        self.finish_hooks: list[FinishHook] = [lambda record, request: on_job_finished(record, request, settings.callbacks)]
+        self.listeners: list[JobListener] = [CallbackOnFinish(settings)]
         self._active: dict[str, CancelToken] = {}
         self._lock = threading.Lock()
 
@@ -99,6 +120,14 @@ class Worker:
         if name in self.unusable:
             raise InfrastructureError(f"executor {name!r} cannot work on this worker: {self.unusable[name]}")
         return self.executors[name]
+
+    def tell(self, moment: str, record: JobRecord, request: BuildRequest) -> None:
+        """Call `moment` (job_started, job_finished, job_requeued) on every listener."""
+        for listener in self.listeners:
+            try:
+                getattr(listener, moment)(record, request)
+            except Exception:  # noqa: BLE001 - a listener never changes the job's result
+                log.exception("listener %s failed on %s for %s", type(listener).__name__, moment, record.id)
 
     def source(self, kind: str) -> ContextSource:
         try:

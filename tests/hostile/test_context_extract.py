@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from runner.config.settings import LimitsConfig
-from runner.core.build import BuildContext, CancelToken
+from runner.core.build import BuildContext
+from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, InfrastructureError, InvalidJob
 from runner.core.extract import extract_tar
 from runner.sources.upload import spool_context

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runner.config.sections import GitConfig
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
 from runner.core.jobs import BuildRequest
 from runner.sources.git import prepare_git_context

@@ -18,11 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.core.build import CancelToken
+from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled
 from runner.core.output_pipe import DRAIN_LIMIT, LineAssembler, read_until_exit
 from runner.core.process import Tool, ToolOutput
 from tests.conftest import registry_digest
+from tests.support import ListLog
 from tests.support import buildah as buildah_support
 
 NEEDS_BUILDAH = pytest.mark.skipif(buildah_support.skip_reason() is not None, reason=buildah_support.skip_reason() or "")
@@ -141,21 +142,6 @@ def test_reader_stops_after_the_tool_exits_though_the_pipe_stays_open_and_busy()
 
 
 # -- Tool.stream with real processes -----------------------------------------------------------
-class ListSink:
-    def __init__(self):
-        self.chunks: list[str] = []
-
-    def line(self, text: str) -> None:
-        self.chunks.append(text + "\n")
-
-    def write(self, chunk: str) -> None:
-        self.chunks.append(chunk)
-
-    @property
-    def lines(self) -> list[str]:
-        return "".join(self.chunks).splitlines()
-
-
 def processes_with(marker: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -176,8 +162,8 @@ def kill_marked(marker: str) -> None:
             pass
 
 
-def stream_in_thread(script: str, cancel: CancelToken) -> tuple[threading.Thread, dict, ListSink]:
-    sink, outcome = ListSink(), {}
+def stream_in_thread(script: str, cancel: CancelToken) -> tuple[threading.Thread, dict, ListLog]:
+    sink, outcome = ListLog(), {}
 
     def target():
         try:

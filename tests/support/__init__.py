@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,16 +39,26 @@ def all_support() -> dict[str, ExecutorSupport]:
 
 
 class ListLog:
-    """A LogSink that keeps the lines, so tests can read what the job log would show."""
+    """A LogSink that keeps what a job log would show: the lines, when each came, how many
+    writes brought them, and the secrets it was asked to mask."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.times: list[float] = []
+        self.secrets: list[str] = []
+        self.writes = 0
 
     def line(self, text: str) -> None:
         self.lines.append(text)
+        self.times.append(time.monotonic())
 
     def write(self, chunk: str) -> None:
-        self.lines.extend(chunk.splitlines())
+        self.writes += 1
+        for text in chunk.splitlines():
+            self.line(text)
+
+    def add_secret(self, value: str) -> None:
+        self.secrets.append(value)
 
     @property
     def text(self) -> str:
