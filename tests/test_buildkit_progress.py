@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from executors.base import job_secrets
 from executors.engine.buildkit import _Follower, build_params, clean_error, context_body, iter_events
 from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_status, decode_trace, iter_fields
 from executors.engine.buildkit_session import encode_fields
@@ -26,7 +25,7 @@ from runner.config.settings import Settings
 from runner.core.build import BuildContext
 from runner.core.errors import InvalidJob
 from runner.core.jobs import BuildRequest
-from tests.support import ListLog
+from tests.support import ListLog, executor_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "buildkit"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.jsonl"))
@@ -177,10 +176,10 @@ def test_build_params():
 
 
 def test_unknown_build_secret_is_an_invalid_job():
-    settings = Settings(build_secrets={"npmrc": "x"})
-    assert job_secrets(settings, BuildRequest(tags=["127.0.0.1:5000/a:1"], secrets=["npmrc"])) == {"npmrc": b"x"}
+    executor = executor_for(Settings(build_secrets={"npmrc": "x"}), "socket")
+    assert executor.job_secrets(BuildRequest(tags=["127.0.0.1:5000/a:1"], secrets=["npmrc"])) == {"npmrc": b"x"}
     with pytest.raises(InvalidJob, match="pypirc"):
-        job_secrets(settings, BuildRequest(tags=["127.0.0.1:5000/a:1"], secrets=["pypirc"]))
+        executor.job_secrets(BuildRequest(tags=["127.0.0.1:5000/a:1"], secrets=["pypirc"]))
 
 
 def test_clean_error_strips_frontend_prefixes():
@@ -212,46 +211,62 @@ def test_stream_lines_other_than_traces_are_logged():
 
 def test_registry_credentials_come_from_config_with_docker_hub_alias():
     from executors.engine.buildkit import registry_credentials
+    from runner.core.registries import Registries
 
     settings = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": "pw"},
                                     {"host": "docker.io", "username": "hub", "password": "hubpw"},
                                     {"host": "anon.example.com"}])
-    assert registry_credentials(settings, "127.0.0.1:5000") == ("ci", "pw")
-    assert registry_credentials(settings, "registry-1.docker.io") == ("hub", "hubpw")
-    assert registry_credentials(settings, "anon.example.com") is None
-    assert registry_credentials(settings, "elsewhere.example.com") is None
+    registries = Registries(settings.registries)
+    assert registry_credentials(registries, "127.0.0.1:5000") == ("ci", "pw")
+    assert registry_credentials(registries, "registry-1.docker.io") == ("hub", "hubpw")
+    assert registry_credentials(registries, "anon.example.com") is None
+    assert registry_credentials(registries, "elsewhere.example.com") is None
 
 
 def test_this_engine_supports_buildkit(services):
-    from executors.engine.buildkit import _engine_key, buildkit_support
-    from executors.engine.engine import connect
+    from executors.engine.builders import BuildKitSupport
+    from executors.engine.client import EngineClient
 
-    api = connect("unix:///var/run/docker.sock", timeout=10)
+    client = EngineClient.connect("unix:///var/run/docker.sock", timeout=10)
     try:
-        supported, why = buildkit_support(api)
+        supported, why = BuildKitSupport().check(client)
     finally:
-        api.close()
+        client.close()
     assert supported, why
     assert why.startswith("engine API 1.") and "linux" in why
-    assert _engine_key(api) == "/var/run/docker.sock"  # not http+docker://localhost, shared by every socket
+    assert client.key == "/var/run/docker.sock"  # not http+docker://localhost, shared by every socket
 
 
 def test_auto_falls_back_to_classic_where_the_engine_lacks_buildkit(tmp_path):
-    """The verdict for an engine is cached by socket path; seed it for an engine that says no."""
-    import docker
+    """The verdict for an engine is kept by socket path; seed it for an engine that says no."""
+    from executors.engine.builders import BuildKitSupport
+    from executors.engine.client import EngineClient
+    from executors.engine.engine import choose_builder
+    from runner.core.registries import Registries
 
-    from executors.engine import buildkit
-    from executors.engine.engine import Engine
-    from runner.core.cancel import CancelToken
-
-    api = docker.APIClient(base_url=f"unix://{tmp_path}/old-engine.sock", version="1.38")
-    buildkit._SUPPORT[buildkit._engine_key(api)] = (False, "engine API 1.38 on linux; BuildKit needs API >= 1.39 on linux")
+    client = EngineClient.at(f"unix://{tmp_path}/old-engine.sock", "1.38", timeout=10)
+    support = BuildKitSupport()
+    support._known[client.key] = (False, "engine API 1.38 on linux; BuildKit needs API >= 1.39 on linux")
     try:
-        engine = Engine(api, Settings())
-        assert engine.resolve_builder(BuildRequest(tags=["127.0.0.1:5000/a:1"])) == "classic"
+        assert choose_builder(client, "auto", support, Registries(), {}).name == "classic"
         with pytest.raises(InvalidJob, match="API 1.38"):
-            buildkit.buildkit_build(engine, BuildRequest(tags=["127.0.0.1:5000/a:1"], builder="buildkit"),
-                                    BuildContext(tar_path=tmp_path / "none.tar", workspace=tmp_path), ListLog(), CancelToken())
+            choose_builder(client, "buildkit", support, Registries(), {})
     finally:
-        buildkit._SUPPORT.pop(buildkit._engine_key(api), None)
-        api.close()
+        client.close()
+
+
+def test_an_unreachable_engine_fails_the_builder_choice_as_infrastructure(tmp_path):
+    """No engine behind the socket: a clear infrastructure error, never a raw connection error."""
+    from executors.engine.builders import BuildKitSupport
+    from executors.engine.client import EngineClient
+    from executors.engine.engine import choose_builder
+    from runner.core.errors import InfrastructureError
+    from runner.core.registries import Registries
+
+    client = EngineClient.at(f"unix://{tmp_path}/no-engine.sock", "1.41", timeout=2)
+    try:
+        with pytest.raises(InfrastructureError, match="lost the Docker Engine"):
+            choose_builder(client, "auto", BuildKitSupport(), Registries(), {})
+        assert choose_builder(client, "classic", BuildKitSupport(), Registries(), {}).name == "classic"  # asks nothing
+    finally:
+        client.close()

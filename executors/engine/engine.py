@@ -27,23 +27,40 @@ PUSH_ATTEMPTS = 4
 
 
 def login(config: RegistryConfig) -> dict[str, str] | None:
-    """docker-py's auth entry for a registry, or None when it has no (readable) credentials."""
-    try:
-        secret = config.secret()
-    except ValueError:
-        return None  # an unreadable password_file: the push says so
+    """docker-py's auth entry for a registry, or None for an anonymous one. Raises ValueError
+    (naming the registry, never the secret) when its password_file cannot be read."""
+    secret = config.secret()
     if config.username and secret is not None:
         return {"username": config.username, "password": secret, "serveraddress": config.host}
     return None
 
 
+def pull_logins(registries: Registries) -> dict[str, dict[str, str]]:
+    """The logins a build may use for pulling FROM images; a registry whose password_file
+    cannot be read is left out here (a push to it says why)."""
+    logins = {}
+    for config in registries:
+        try:
+            entry = login(config)
+        except ValueError:
+            continue
+        if entry is not None:
+            logins[config.host] = entry
+    return logins
+
+
 def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, registries: Registries,
                    secrets: dict[str, bytes]) -> Builder:
     """The builder for a job: `auto` takes BuildKit where the engine has it."""
-    if wanted == "auto":
-        wanted = "buildkit" if support.check(client)[0] else "classic"
-    if wanted == "buildkit":
+    if wanted == "classic":
+        return ClassicBuilder(client)
+    try:
         ok, why = support.check(client)
+    except (requests.RequestException, docker.errors.APIError, OSError) as exc:
+        raise InfrastructureError(f"lost the Docker Engine mid-job: {short(exc)}") from None
+    if wanted == "auto":
+        wanted = "buildkit" if ok else "classic"
+    if wanted == "buildkit":
         if not ok:
             raise InvalidJob(f"the job asks for the BuildKit builder but this Docker Engine cannot run it ({why}); "
                              "use builder auto or classic")
@@ -58,7 +75,7 @@ class Engine:
         self.client = client
         self.registries = registries
         self.executor, self.metrics = executor, metrics
-        client.use_auth({r.host: entry for r in registries if (entry := login(r)) is not None})
+        client.use_auth(pull_logins(registries))
 
     # -- the whole job -----------------------------------------------------------------------
     def build_and_push(self, job: BuildRequest, builder: Builder, context: BuildContext, log: LogSink,
@@ -99,14 +116,19 @@ class Engine:
 
     # -- push --------------------------------------------------------------------------------
     def auth_config(self, ref: ImageRef) -> dict | None:
-        return login(self.registries.config(ref.registry))
+        """The login for pushing `ref` (read now: a rotated password needs no restart)."""
+        try:
+            return login(self.registries.config(ref.registry))
+        except ValueError as exc:  # an unreadable password_file: no retry can help
+            raise InfrastructureError(str(exc)) from None
 
     def push(self, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
         """Push one tag, retrying connection/5xx trouble with backoff; auth errors fail at once."""
+        auth = self.auth_config(ref)
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             cancel.raise_if_set()
             try:
-                digest = self._push_once(ref, log)
+                digest = self._push_once(ref, auth, log)
                 self.registries.confirm_digest(ref, digest)
                 log.line(f"[runner] pushed {ref} {digest}")
                 return PushedImage(ref=str(ref), digest=digest)
@@ -119,10 +141,10 @@ class Engine:
                 cancel.wait(delay)
         raise AssertionError("unreachable")
 
-    def _push_once(self, ref: ImageRef, log: LogSink) -> str:
+    def _push_once(self, ref: ImageRef, auth: dict | None, log: LogSink) -> str:
         digest = None
         for event in self._events(self.client.api.push(f"{ref.registry}/{ref.repository}", ref.tag,
-                                                 stream=True, decode=True, auth_config=self.auth_config(ref))):
+                                                       stream=True, decode=True, auth_config=auth)):
             if "error" in event:
                 message = event["error"].strip()
                 if is_auth_error(message):

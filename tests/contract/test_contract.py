@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import WRONG_PASSWORD_HOST, registry_digest, run_image
 from tests.support import all_support
@@ -138,3 +139,28 @@ def test_wrong_registry_password_fails_with_auth_message(harness, executor, tmp_
     assert result.returncode == 1, result.stderr
     assert record["status"] == "failed" and record["error"]["kind"] == "auth"
     assert "wrong-password" not in json.dumps(record) and "wrong-password" not in harness.cli("logs", record["id"]).stdout
+
+
+def test_unreadable_password_file_fails_the_push_at_once_naming_it(make_harness, executor, tmp_path):
+    """The push target's password_file cannot be read: an infrastructure error that names the
+    registry and the setting (never the host path), with no retry and no anonymous push."""
+    if SUPPORT[executor].registry_key != "RUNNER_DEV_REGISTRY":
+        pytest.skip(f"{executor} reaches the registry by name; the alias is {WRONG_PASSWORD_HOST}")
+    if not SUPPORT[executor].engine:
+        pytest.skip(f"{executor} logs the unreadable file and pushes without credentials (an auth error): "
+                    "not yet the engine executors' behaviour")
+    missing = tmp_path / "secrets" / "registry-password"
+    h = make_harness()
+    h.config["registries"] = [r for r in h.config["registries"] if r["host"] != WRONG_PASSWORD_HOST] + [
+        {"host": WRONG_PASSWORD_HOST, "username": h.services["RUNNER_DEV_REGISTRY_USER"], "password_file": str(missing),
+         "insecure": True}]
+    h.config_path.write_text(yaml.safe_dump(h.config))
+    h.worker_proc = h.start_worker()
+    ctx = write(tmp_path / "ctx", {"Dockerfile": f"FROM {base(h)}\nRUN echo hi > /hi\n"})
+    result, record = submit(h, executor, ctx, "-t", f"{WRONG_PASSWORD_HOST}/contract/{executor}-pwfile:1")
+    assert result.returncode == 3, result.stderr + result.stdout  # the CLI's exit code for infrastructure
+    assert record["status"] == "failed" and record["error"]["kind"] == "infrastructure", record["error"]
+    message, log = record["error"]["message"], h.cli("logs", record["id"]).stdout
+    assert f"registry {WRONG_PASSWORD_HOST}: password_file: cannot read it" in message, message
+    assert str(tmp_path) not in message and str(tmp_path) not in log
+    assert "retrying" not in log, log
