@@ -140,6 +140,29 @@ def test_build_cache_steps_and_push_retries_are_counted_on_a_real_engine(make_ha
     assert sample(last, "runner_job_failures_total", executor="socket", kind="infrastructure") == 1
 
 
+def test_dind_reports_its_warm_pool_and_sidecar_start_times(make_harness, services, tmp_path):
+    from tests.support import dind
+
+    if dind.skip_reason():
+        pytest.skip(dind.skip_reason())
+    port = free_port()
+    h = make_harness(executors={"dind": dind.config(services, warm_pool=1)}, worker=metrics_config(port))
+    start(h, "dind")
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_for(lambda: sample(scrape(url), "runner_warm_pool_sidecars", executor="dind") == 1, 90, "the warm pool to fill")
+    filled = sample(scrape(url), "runner_sidecar_start_seconds_count", executor="dind")
+    assert filled >= 1 and sample(scrape(url), "runner_sidecar_start_seconds_sum", executor="dind") > 0
+    dockerfile = f"FROM {dind.base_image(services)}\nRUN echo {uuid.uuid4().hex} > /w\n"
+    ref = f"{dind.registry_name(services)}/fleet/dind:{uuid.uuid4().hex[:8]}"
+    result = h.cli("submit", str(context(tmp_path, dockerfile)), "--executor", "dind", "-t", ref, "--json")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "warm sidecar" in h.cli("logs", json.loads(result.stdout)["id"]).stdout
+    # the job took the pooled sidecar; the pool starts another one, and its start is observed
+    wait_for(lambda: (m := scrape(url)) and sample(m, "runner_sidecar_start_seconds_count", executor="dind") > filled
+             and sample(m, "runner_warm_pool_sidecars", executor="dind") == 1, 90, "the pool to refill")
+    assert sample(scrape(url), "runner_build_steps_total", executor="dind", cache="miss") >= 1
+
+
 # -- runner serve's /metrics ------------------------------------------------------------------------
 def test_serve_exports_the_queue_length_redis_holds_and_the_live_workers(make_harness, services, tmp_path):
     h = fake_harness(make_harness)
