@@ -41,7 +41,7 @@ from starlette.types import Receive, Scope, Send
 from runner.config.sections import ApiToken, Right
 from runner.config.settings import Settings, load_settings
 from runner.core.jobs import JOB_ID, MAX_JOB_ID, JobRecord, Status
-from runner.entry import webhooks
+from runner.entry import dashboard, webhooks
 from runner.entry.control import cancel_job
 from runner.entry.submission import submit
 from runner.store.jobstore import CHUNK_BYTES, ContextTooLarge, JobStore, StoreUnavailable
@@ -147,7 +147,7 @@ class ApiContext:
 
 
 #: route modules beside the job endpoints, each with `register(app, context)`
-EXTENSIONS: tuple[Callable[[FastAPI, ApiContext], None], ...] = ()
+EXTENSIONS: tuple[Callable[[FastAPI, ApiContext], None], ...] = (dashboard.register,)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
