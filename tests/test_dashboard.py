@@ -244,7 +244,7 @@ def test_a_job_row_goes_queued_running_succeeded_without_a_reload(stack, browser
     record = stack.harness.store.get(job_id)
     assert "✓ succeeded" in row.text and record.worker in row.text and "fake" in row.text
     assert f"dashboard/{job_id}" in row.text  # repository (of an uploaded context: the image's)
-    browser.shot("jobs-page")
+    browser.shot("jobs-page-first-job")
 
 
 def test_a_real_build_log_streams_while_it_runs_grouped_by_step(stack, browser, services):
@@ -293,7 +293,12 @@ def test_a_real_build_log_streams_while_it_runs_grouped_by_step(stack, browser, 
     assert not browser.driver.find_element(By.ID, "follow").is_selected()  # a line link stops following
     browser.open(f"/jobs/{job_id}")
     browser.wait(lambda _: browser.log_state() == "ended", "the log replayed")
-    browser.shot("job-page")
+    browser.driver.set_window_size(1280, 1600)  # the whole log in view, for the README
+    try:
+        browser.wait(lambda _: any("done ticking" in r for r in browser.log_rows()), "the log in the taller window")
+        browser.shot("job-page")
+    finally:
+        browser.driver.set_window_size(1280, 1000)
 
 
 def test_a_hostile_log_line_renders_as_text_and_a_secret_masked(stack, browser, services):
@@ -313,7 +318,7 @@ def test_a_hostile_log_line_renders_as_text_and_a_secret_masked(stack, browser, 
         browser.driver.switch_to.alert.text  # noqa: B018 - reading it is the check
     assert browser.js("return document.querySelectorAll('#log script, #log img, #record script, #record img').length") == 0
     assert secret not in browser.driver.page_source
-    assert browser.js("return window.runnerLog.lines.some(l => l.includes(arguments[0]))", secret) is False
+    assert browser.js("return window.runnerLog.text().includes(arguments[0])", secret) is False
     record = browser.driver.find_element(By.ID, "record").text
     assert "TOKEN=*** (secret)" in record and "note=<script>alert(3)</script>" in record
     red = browser.driver.find_elements(By.CSS_SELECTOR, "#log .text span.fg-1")  # ANSI colour, escape codes gone
@@ -413,6 +418,9 @@ def test_fleet_shows_queues_running_jobs_their_workers_and_the_failure_rate(stac
         browser.wait(lambda d: f"{failed} failed or timed out of {finished} finished" in d.find_element(By.CSS_SELECTOR, ".rates").text,
                      "the last hour's failure rate")
         browser.shot("fleet-page")
+        browser.open("/")  # every status at once, for the README
+        browser.wait(lambda _: sorted(row_status(browser, j) or "" for j in long) == ["queued", "running", "running"], "the jobs, live")
+        browser.shot("jobs-page")
     finally:
         cancel(stack, *long)
 
@@ -472,7 +480,8 @@ def test_narrow_screens_keyboard_and_dark_mode(stack, browser):
         browser.wait(lambda d: d.find_elements(By.ID, f"job-{job_id}"), "the job's row")
         assert browser.js("return window.innerWidth") == 360
         assert browser.js("return document.documentElement.scrollWidth") <= 360  # nothing sticks out sideways
-        assert browser.js("return getComputedStyle(document.querySelector('#rows td')).display") == "grid"  # rows are cards
+        assert browser.js("return getComputedStyle(document.querySelector('#rows tr')).display") == "block"  # rows are cards
+        assert browser.js("return document.querySelector('#rows tr').getBoundingClientRect().right") <= 360
         browser.shot("jobs-page-360px")
         body = driver.find_element(By.TAG_NAME, "body")
         body.click()

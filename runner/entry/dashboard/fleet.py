@@ -55,6 +55,14 @@ class Fleet:
     taken_at: float = field(default_factory=time.time)
 
 
+def readable(raw: str | None) -> JobRecord | None:
+    """The record, or None for a key that is gone or holds nothing we can read."""
+    try:
+        return JobRecord.model_validate_json(raw) if raw else None
+    except ValueError:
+        return None
+
+
 class FleetReader:
     def __init__(self, settings: Settings, store: JobStore, client):
         self.settings, self.store = settings, store
@@ -91,7 +99,7 @@ class FleetReader:
         recent_ids = replies[-1]
         ids = [job_id for _, job_id in running_ids] + recent_ids
         raws = await client.mget([self.store.job_key(i) for i in ids]) if ids else []
-        records = {job_id: JobRecord.model_validate_json(raw) for job_id, raw in zip(ids, raws, strict=True) if raw}
+        records = {job_id: record for job_id, raw in zip(ids, raws, strict=True) if (record := readable(raw)) is not None}
         workers: dict[str, list[JobRecord]] = {}
         for load, job_id in running_ids:
             record = records.get(job_id)

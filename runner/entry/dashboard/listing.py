@@ -15,7 +15,7 @@ from runner.entry.dashboard.views import matches_repository
 from runner.store.jobstore import JobStore
 
 #: records one page request reads at most when executor or repository filters it
-SCAN_BUDGET = 1000
+SCAN_BUDGET = 500
 SCAN_CHUNK = 200
 MAX_LIMIT = 200
 

@@ -67,15 +67,11 @@ def repository(record: JobRecord) -> str:
     return image_repository(record.request.tags[0])
 
 
-def image_repositories(record: JobRecord) -> list[str]:
-    return [image_repository(tag) for tag in record.request.tags]
-
-
 def matches_repository(record: JobRecord, text: str) -> bool:
-    """The repository filter: a case-insensitive substring of the git repository or of any tag's repository."""
+    """The repository filter: a case-insensitive substring of one of the job's tags or of its git URL."""
     needle = text.lower()
-    candidates = [repository(record), *image_repositories(record)]
-    return any(needle in c.lower() for c in candidates)
+    context = record.request.context
+    return any(needle in value.lower() for value in (*record.request.tags, context.url if isinstance(context, GitContext) else ""))
 
 
 def commit(record: JobRecord) -> str | None:

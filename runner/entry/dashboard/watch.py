@@ -111,7 +111,10 @@ class JobsWatch:
             if self._seen.get(job_id) == raw:  # unchanged, so still in flight (only those are kept)
                 seen[job_id] = raw
                 continue
-            record = JobRecord.model_validate_json(raw)
+            try:
+                record = JobRecord.model_validate_json(raw)
+            except ValueError:  # not a record we can read: nothing to show, never a stopped channel
+                continue
             changed.append(record)
             if not record.finished:
                 seen[job_id] = raw

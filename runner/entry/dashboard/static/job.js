@@ -98,13 +98,13 @@ function streamLog() {
   document.getElementById("download").addEventListener("click", download);
   let after = "0-0";
   let shown = 0;
-  const showCount = () => { count.textContent = `${view.lines.length.toLocaleString()} lines`; };
+  const showCount = () => { count.textContent = `${view.count.toLocaleString()} lines`; };
   streamEvents(() => `/ui/jobs/${encodeURIComponent(jobId)}/log/events?after=${after}`, {
     open: () => setLogState("streaming", "live"),
     lines: (data, id) => {
       view.append(data.text, data.marks);
       if (id) after = id;
-      if (view.lines.length - shown > 5000 || data.lines < 5000) { shown = view.lines.length; showCount(); }
+      if (view.count - shown > 5000 || data.lines < 5000) { shown = view.count; showCount(); }
     },
     end: (data) => {
       showCount();

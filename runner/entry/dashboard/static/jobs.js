@@ -19,10 +19,16 @@ function filters() {
   return query;
 }
 
+let searchedTo = null;  // a filtered page that stopped reading before it was full: how far back it read
+
 function showCount() {
   const count = rows.children.length;
-  summary.textContent = count ? `${count} job${count === 1 ? "" : "s"} shown, newest first` : "";
-  empty.hidden = count > 0;
+  let text = count ? `${count} job${count === 1 ? "" : "s"} shown, newest first` : "";
+  if (searchedTo !== null) {
+    text += `${text ? "; " : ""}searched back to ${new Date(searchedTo * 1000).toLocaleString()} (“Older jobs” searches further)`;
+  }
+  summary.textContent = text;
+  empty.hidden = count > 0 || nextBefore !== null;
 }
 
 async function loadPage(before) {
@@ -38,6 +44,7 @@ async function loadPage(before) {
   localize(rows);
   nextBefore = next;
   older.hidden = next === null;
+  searchedTo = next !== null && found.length < 50 ? Number(next) : null;
   showCount();
 }
 

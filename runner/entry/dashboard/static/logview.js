@@ -1,13 +1,15 @@
-// The log viewer: every line is kept in memory, only the rows in view are in the DOM (a
-// million-line log costs a few dozen elements), and work is done in slices so the tab stays
-// responsive while a log streams in. Lines of one build step (BuildKit's "#N", the classic
+// The log viewer: the log is kept as the chunks it arrived in plus each line's offset (a few
+// hundred strings and typed arrays for a million lines: little for the garbage collector to
+// walk), only the rows in view are in the DOM (a few dozen elements whatever the length), and
+// every line is looked at once, as it arrives, without making a string of it. Lines of one build step (BuildKit's "#N", the classic
 // builder's "Step N/M", buildah's "STEP N/M") form a group whose first line folds the rest.
 import { endState, segmentNode, segments } from "./ansi.js";
+
+const ESC = "\x1b";
 
 const OVERSCAN = 20; // rows rendered above and below the visible ones
 const MAX_SCROLL_PX = 15_000_000; // browsers cap element heights; past it, scrolling maps proportionally
 const SHOWN_CHARS = 5000; // a longer line is cut on screen (the download has it whole)
-const BUILDKIT = /^#(\d+) /;
 const STEP = /^(?:Step|STEP) \d+\/\d+ ?:/;
 
 class Growable {
@@ -31,6 +33,13 @@ function shown(text) {
   return cr >= 0 ? text.slice(cr + 1, end) : end === text.length ? text : text.slice(0, end);
 }
 
+/** The style a line leaves for the next one; most lines end with a reset, which needs no parsing. */
+function carried(text, start, end, state) {
+  const last = text.lastIndexOf(ESC, end - 1);
+  if (last >= start && (text.startsWith("[0m", last + 1) || text.startsWith("[m", last + 1))) return null;
+  return endState(text.slice(start, end), state);
+}
+
 export class LogView {
   constructor(element, { follow, onFollowChange }) {
     this.element = element;
@@ -38,7 +47,10 @@ export class LogView {
     this.window = element.querySelector(".log-window");
     this.follow = follow;
     this.onFollowChange = onFollowChange;
-    this.lines = [];
+    this.chunks = []; // the text of each event, lines joined by "\n"
+    this.chunkFirst = []; // the first line of each chunk
+    this.starts = new Growable(); // each line's offset in its chunk
+    this.count = 0;
     this.groupOf = new Growable(); // group id per line (0: none)
     this.groups = []; // {header, size, collapsed}
     this.groupKeys = new Map(); // BuildKit "#N" -> group id, per build in the log
@@ -56,6 +68,8 @@ export class LogView {
     this.scheduled = false;
     this.userIntent = 0;
     this.state = "connecting";
+    this.firstShown = false;
+    this.lastShown = false;
     this.wire();
   }
 
@@ -78,46 +92,73 @@ export class LogView {
   // -- lines in ----------------------------------------------------------------------------
   /** Append a chunk of lines (text without its last newline) and its time marks [[line, ms], ...]. */
   append(text, marks) {
-    const base = this.lines.length;
+    const base = this.count;
     for (const [line, ms] of marks) {
       if (this.markMs[this.markMs.length - 1] !== ms) { this.markLine.push(base + line); this.markMs.push(ms); }
     }
-    for (const line of text.split("\n")) this.add(line);
-    if (this.pendingTarget !== null && this.pendingTarget < this.lines.length) this.targetFromHash();
+    this.chunks.push(text);
+    this.chunkFirst.push(base);
+    let start = 0;
+    let esc = text.indexOf(ESC);
+    for (;;) {
+      let end = text.indexOf("\n", start);
+      if (end < 0) end = text.length;
+      const index = this.count++;
+      this.starts.push(start);
+      if (this.ansi !== null) this.ansiAt.set(index, this.ansi);
+      if (esc >= 0 && esc < end) {
+        this.ansi = carried(text, start, end, this.ansi);
+        esc = text.indexOf(ESC, end);
+      }
+      const group = this.groupFor(text, start, end, index);
+      this.groupOf.push(group);
+      const info = group ? this.groups[group - 1] : null;
+      if (info) info.size++;
+      if (!info || !info.collapsed || info.header === index) this.rows.push(index);
+      if (end >= text.length) break;
+      start = end + 1;
+    }
+    if (this.pendingTarget !== null && this.pendingTarget < this.count) this.targetFromHash();
     this.schedule();
   }
 
-  add(text) {
-    const index = this.lines.length;
-    this.lines.push(text);
-    if (this.ansi !== null) this.ansiAt.set(index, this.ansi);
-    if (text.includes("\x1b")) this.ansi = endState(text, this.ansi);
-    const group = this.groupFor(text, index);
-    this.groupOf.push(group);
-    const info = group ? this.groups[group - 1] : null;
-    if (info) info.size++;
-    if (!info || !info.collapsed || info.header === index) this.rows.push(index);
+  /** Line `index` of the log (0-based). */
+  line(index) {
+    const firsts = this.chunkFirst;
+    let lo = 0;
+    let hi = firsts.length - 1;
+    while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (firsts[mid] <= index) lo = mid; else hi = mid - 1; }
+    const text = this.chunks[lo];
+    const last = lo + 1 < firsts.length ? firsts[lo + 1] - 1 : this.count - 1;
+    const end = index < last ? this.starts.data[index + 1] - 1 : text.length;
+    return text.slice(this.starts.data[index], end);
   }
 
-  groupFor(text, index) {
-    const first = text.charCodeAt(0);
+  /** The whole log as shown so far (for tests). */
+  text() {
+    return this.chunks.join("\n");
+  }
+
+  groupFor(text, start, end, index) {
+    const first = text.charCodeAt(start);
     if (first === 35 /* # */) {
-      const step = BUILDKIT.exec(text);
-      if (step) {
+      let digit = start + 1;
+      while (digit < end && text.charCodeAt(digit) >= 48 && text.charCodeAt(digit) <= 57) digit++;
+      if (digit > start + 1 && text.charCodeAt(digit) === 32) {
         this.open = 0;
-        const key = `${this.build}:${step[1]}`;
+        const key = `${this.build}:${text.slice(start + 1, digit)}`;
         let group = this.groupKeys.get(key);
         if (group === undefined) { group = this.newGroup(index); this.groupKeys.set(key, group); }
         return group;
       }
     }
-    if ((first === 83 /* S */) && STEP.test(text)) return (this.open = this.newGroup(index));
-    if (first === 91 /* [ */ && text.startsWith("[runner]")) {
+    if (first === 83 /* S */ && STEP.test(text.slice(start, Math.min(end, start + 24)))) return (this.open = this.newGroup(index));
+    if (first === 91 /* [ */ && text.startsWith("[runner]", start)) {
       this.open = 0;
-      if (text.startsWith("[runner] job ") || text.startsWith("[runner] attempt ")) { this.build++; }
+      if (text.startsWith("[runner] job ", start) || text.startsWith("[runner] attempt ", start)) this.build++;
       return 0;
     }
-    if (first === 67 /* C */ && text.startsWith("COMMIT")) { this.open = 0; return 0; }
+    if (first === 67 /* C */ && text.startsWith("COMMIT", start)) { this.open = 0; return 0; }
     return this.open;
   }
 
@@ -143,7 +184,7 @@ export class LogView {
     this.rows.clear();
     const groups = this.groups;
     const of = this.groupOf.data;
-    for (let i = 0; i < this.lines.length; i++) {
+    for (let i = 0; i < this.count; i++) {
       const g = of[i];
       if (!g || !groups[g - 1].collapsed || groups[g - 1].header === i) this.rows.push(i);
     }
@@ -167,7 +208,7 @@ export class LogView {
     const match = /^#L(\d+)$/.exec(location.hash);
     if (!match) { this.target = null; this.pendingTarget = null; this.schedule(); return; }
     const line = Number(match[1]) - 1;
-    if (line >= this.lines.length) { this.pendingTarget = line; return; }
+    if (line >= this.count) { this.pendingTarget = line; return; }
     this.pendingTarget = null;
     this.target = line;
     const group = this.groupOf.data[line];
@@ -237,7 +278,7 @@ export class LogView {
     const element = this.element;
     const { rowPx, height, scaled } = this.geometry();
     this.spacer.style.height = `${Math.max(height, 1)}px`;
-    element.style.setProperty("--gutter", `${String(this.lines.length).length + 1}ch`);
+    element.style.setProperty("--gutter", `${String(this.count).length + 1}ch`);
     if (this.follow) element.scrollTop = element.scrollHeight;
     const visible = Math.ceil(element.clientHeight / this.lineHeight) + 1;
     const count = this.rows.length;
@@ -263,9 +304,9 @@ export class LogView {
       row.hidden = false;
       this.fill(row, this.rows.data[from + k]);
     }
-    element.dataset.lines = String(this.lines.length);
+    element.dataset.lines = String(this.count);
     element.dataset.rows = String(count);
-    if (this.lines.length && !this.firstShown) { this.firstShown = true; performance.mark("log:first-line"); }
+    if (this.count && !this.firstShown) { this.firstShown = true; performance.mark("log:first-line"); }
     if (this.state === "ended" && !this.lastShown) { this.lastShown = true; performance.mark("log:last-line"); element.dataset.state = "ended"; }
   }
 
@@ -289,7 +330,7 @@ export class LogView {
       fold.setAttribute("aria-expanded", String(!info.collapsed));
       fold.setAttribute("aria-label", `${info.collapsed ? "Expand" : "Collapse"} step (${info.size} lines)`);
     }
-    let content = shown(this.lines[line]);
+    let content = shown(this.line(line));
     let cut = "";
     if (content.length > SHOWN_CHARS) { cut = ` … [${(content.length - SHOWN_CHARS).toLocaleString()} more characters: download the raw log]`; content = content.slice(0, SHOWN_CHARS); }
     const start = this.ansiAt.get(line) ?? null;
