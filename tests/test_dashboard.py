@@ -247,7 +247,7 @@ def test_a_job_row_goes_queued_running_succeeded_without_a_reload(stack, browser
     browser.shot("jobs-page-first-job")
 
 
-def test_a_real_build_log_streams_while_it_runs_grouped_by_step(stack, browser, services):
+def test_a_real_build_log_streams_while_it_runs_grouped_by_step(stack, browser, services, tmp_path):
     with_worker(stack)
     base = services["RUNNER_DEV_BASE_IMAGE"]
     dockerfile = f"FROM {base}\nRUN for i in 1 2 3 4 5 6; do echo tick $i; sleep 1; done\nRUN echo done ticking\n"
@@ -291,6 +291,14 @@ def test_a_real_build_log_streams_while_it_runs_grouped_by_step(stack, browser, 
     browser.wait(lambda d: "target" in d.find_element(By.CSS_SELECTOR, "#log .line.target").get_attribute("class"), "the linked line marked")
     assert browser.driver.find_element(By.CSS_SELECTOR, "#log .line.target .text").text.endswith("tick 3")
     assert not browser.driver.find_element(By.ID, "follow").is_selected()  # a line link stops following
+
+    downloads = tmp_path / "downloads"  # the raw log, as the API serves it
+    downloads.mkdir()
+    browser.driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    browser.driver.find_element(By.ID, "download").click()
+    browser.wait(lambda _: (downloads / f"{job_id}.log").is_file(), "the downloaded log")
+    with client(stack) as c:
+        browser.wait(lambda _: (downloads / f"{job_id}.log").read_text() == c.get(f"/v1/jobs/{job_id}/logs").text, "the whole log")
     browser.open(f"/jobs/{job_id}")
     browser.wait(lambda _: browser.log_state() == "ended", "the log replayed")
     browser.driver.set_window_size(1280, 1600)  # the whole log in view, for the README
@@ -515,6 +523,8 @@ def test_bad_input_to_the_dashboard_routes_gets_clear_4xx(stack):
     with client(stack) as c:
         assert c.get("/ui/jobs/rows", params={"limit": "0"}).status_code == 422
         assert c.get("/ui/jobs/rows", params={"status": "bogus"}).json()["field"] == "status"
+        for before in ("nan", "-1", "1e30", "abc"):
+            assert c.get("/ui/jobs/rows", params={"before": before}).json()["field"] == "before"
         assert c.get("/ui/jobs/no-such-job/events").status_code == 404
         assert c.get("/ui/jobs/no-such-job/log/events").status_code == 404
         assert c.get("/ui/jobs/x/log/events", params={"after": "not-an-id"}).status_code == 422

@@ -115,7 +115,6 @@ class FleetReader:
                 finished[record.executor] += 1
                 failed[record.executor] += record.status in FAILED
         for name, count in finished.items():
-            load = by_name.get(name)
-            if load is not None:
-                load.finished, load.failed = count, failed[name]
+            if name in by_name:
+                by_name[name].finished, by_name[name].failed = count, failed[name]
         return Fleet(loads, dict(sorted(workers.items())), rates, len(recent_ids))

@@ -116,7 +116,8 @@ def register(app: FastAPI, context) -> None:
 
     @app.get("/ui/jobs/rows", include_in_schema=False, dependencies=[require("read")])
     def rows(status: Status | None = None, executor: Annotated[str | None, Query(max_length=128)] = None,
-             repo: Annotated[str | None, Query(max_length=256)] = None, before: float | None = None,
+             repo: Annotated[str | None, Query(max_length=256)] = None,
+             before: Annotated[float | None, Query(ge=0, le=1e11, description="creation time (seconds)")] = None,
              limit: Annotated[int, Query(ge=1, le=listing.MAX_LIMIT)] = 50) -> HTMLResponse:
         """A page of rows (HTML); X-Next-Before is the `before` of the next page (absent at the end)."""
         started = time.perf_counter()

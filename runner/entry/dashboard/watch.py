@@ -38,12 +38,14 @@ class Change:
     __slots__ = ("record", "_html")
 
     def __init__(self, record: JobRecord):
-        self.record, self._html = record, None
+        self.record = record
+        self._html: str | None = None
 
     def html(self, render: Callable[[JobRecord], str]) -> str:
-        if self._html is None:
-            self._html = render(self.record)
-        return self._html
+        html = self._html
+        if html is None:
+            html = self._html = render(self.record)
+        return html
 
 
 class JobsWatch:

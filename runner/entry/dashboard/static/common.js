@@ -68,7 +68,8 @@ async function checkToken() {
   try {
     whoami = await (await api("/ui/whoami")).json();
   } catch (error) {
-    if (error.status !== 401) showLogin(error.status === 403 ? `This token cannot read jobs: ${error.message}` : error.message);
+    if (error.status === 403) signOut(`This token cannot read jobs: ${error.message}`);
+    else if (error.status !== 401) showLogin(`The server did not answer: ${error.message}`);
     return;
   }
   byId("login").hidden = true;
