@@ -22,6 +22,7 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, TimeoutException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -285,7 +286,8 @@ def test_a_real_build_log_streams_while_it_runs_grouped_by_step(stack, browser, 
     # each line number links to the line (#L…) and shows when the line was written on hover
     line = next(e for e in browser.driver.find_elements(By.CSS_SELECTOR, "#log .line") if e.text.endswith("tick 3"))
     number = line.find_element(By.CSS_SELECTOR, "a.ln")
-    assert re.search(r"\d{1,2}:\d{2}:\d{2}", number.get_attribute("title"))
+    ActionChains(browser.driver).move_to_element(number).perform()
+    assert re.search(r"written .*\d{1,2}:\d{2}:\d{2}\.\d{3}", number.get_attribute("title"))
     number.click()
     assert browser.driver.current_url.endswith(f"#L{number.text}")
     browser.wait(lambda d: "target" in d.find_element(By.CSS_SELECTOR, "#log .line.target").get_attribute("class"), "the linked line marked")

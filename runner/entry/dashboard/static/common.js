@@ -148,14 +148,15 @@ async function readEvents(response, handlers) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return false;
+    const seen = buffer.length;  // already searched: look for the blank line only where it can now be
     buffer += decoder.decode(value, { stream: true });
     let start = 0;
     let cut;
-    while ((cut = buffer.indexOf("\n\n", start)) >= 0) {
+    for (let from = Math.max(seen - 1, 0); (cut = buffer.indexOf("\n\n", from)) >= 0; from = start) {
       const block = buffer.slice(start, cut);
       start = cut + 2;
       if (dispatch(block, handlers) === "stop") { reader.cancel().catch(() => {}); return true; }
-      if (performance.now() - slice > 12) { await yieldToBrowser(); slice = performance.now(); }
+      if (performance.now() - slice > 8) { await yieldToBrowser(); slice = performance.now(); }
     }
     buffer = buffer.slice(start);
   }
@@ -164,18 +165,22 @@ async function readEvents(response, handlers) {
 function dispatch(block, handlers) {
   let name = "message";
   let id = null;
-  const data = [];
-  for (const line of block.split("\n")) {
-    if (!line || line.startsWith(":")) continue;
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    const value = colon < 0 ? "" : line.slice(colon + (line[colon + 1] === " " ? 2 : 1));
-    if (field === "event") name = value;
-    else if (field === "data") data.push(value);
-    else if (field === "id") id = value;
+  let data = null;
+  for (let start = 0; start < block.length;) {
+    let end = block.indexOf("\n", start);
+    if (end < 0) end = block.length;
+    const colon = block.indexOf(":", start);
+    if (colon !== start && end > start) {  // not a comment, not empty
+      const field = colon < 0 || colon > end ? block.slice(start, end) : block.slice(start, colon);
+      const from = colon < 0 || colon > end ? end : colon + (block.charCodeAt(colon + 1) === 32 ? 2 : 1);
+      if (field === "data") data = data === null ? block.slice(from, end) : `${data}\n${block.slice(from, end)}`;
+      else if (field === "event") name = block.slice(from, end);
+      else if (field === "id") id = block.slice(from, end);
+    }
+    start = end + 1;
   }
-  if (!data.length || !handlers[name]) return undefined;
-  return handlers[name](JSON.parse(data.join("\n")), id);
+  if (data === null || !handlers[name]) return undefined;
+  return handlers[name](JSON.parse(data), id);
 }
 
 // -- fragments and times -----------------------------------------------------------------------

@@ -98,7 +98,8 @@ function streamLog() {
   document.getElementById("download").addEventListener("click", download);
   let after = "0-0";
   let shown = 0;
-  const showCount = () => { count.textContent = `${view.count.toLocaleString()} lines`; };
+  const number = new Intl.NumberFormat();
+  const showCount = () => { count.textContent = `${number.format(view.count)} lines`; };
   streamEvents(() => `/ui/jobs/${encodeURIComponent(jobId)}/log/events?after=${after}`, {
     open: () => setLogState("streaming", "live"),
     lines: (data, id) => {

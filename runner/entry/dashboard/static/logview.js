@@ -11,6 +11,7 @@ const OVERSCAN = 20; // rows rendered above and below the visible ones
 const MAX_SCROLL_PX = 15_000_000; // browsers cap element heights; past it, scrolling maps proportionally
 const SHOWN_CHARS = 5000; // a longer line is cut on screen (the download has it whole)
 const STEP = /^(?:Step|STEP) \d+\/\d+ ?:/;
+const TIME = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium", hour12: false });
 
 class Growable {
   constructor() { this.data = new Int32Array(1024); this.length = 0; }
@@ -77,9 +78,16 @@ export class LogView {
     const intent = () => { this.userIntent = performance.now(); };
     for (const name of ["wheel", "touchmove", "mousedown", "keydown"]) this.element.addEventListener(name, intent, { passive: true });
     this.element.addEventListener("scroll", () => {
+      // only a scroll the reader made stops following (and only then is the layout read)
       if (this.follow && performance.now() - this.userIntent < 1000 && !this.atBottom()) this.setFollow(false);
       this.schedule();
     });
+    const titled = (event) => {
+      const number = event.target.closest?.("a.ln");
+      if (number && !number.title) number.title = this.writtenAt(Number(number.dataset.line));
+    };
+    this.window.addEventListener("mouseover", titled);
+    this.window.addEventListener("focusin", titled);
     this.window.addEventListener("click", (event) => {
       const fold = event.target.closest("button.fold");
       if (fold) this.toggle(Number(fold.dataset.group));
@@ -237,6 +245,12 @@ export class LogView {
     return this.markMs[lo];
   }
 
+  /** When line `index` was written, as the reader's local time with milliseconds ("" if unknown). */
+  writtenAt(index) {
+    const ms = this.timeOf(index);
+    return ms === null ? "" : `written ${TIME.format(new Date(ms))}.${String(ms % 1000).padStart(3, "0")}`;
+  }
+
   // -- rendering ------------------------------------------------------------------------------
   schedule() {
     if (this.scheduled) return;
@@ -321,8 +335,8 @@ export class LogView {
     const [number, fold, text] = row.children;
     number.textContent = String(line + 1);
     number.href = `#L${line + 1}`;
-    const ms = this.timeOf(line);
-    number.title = ms === null ? "" : new Date(ms).toLocaleString(undefined, { hour12: false }) + `.${String(ms % 1000).padStart(3, "0")}`;
+    number.dataset.line = String(line);
+    number.removeAttribute("title");  // set on hover (formatting a time for every row drawn costs more than drawing it)
     fold.hidden = !head;
     if (head) {
       fold.dataset.group = String(group);
@@ -332,7 +346,7 @@ export class LogView {
     }
     let content = shown(this.line(line));
     let cut = "";
-    if (content.length > SHOWN_CHARS) { cut = ` … [${(content.length - SHOWN_CHARS).toLocaleString()} more characters: download the raw log]`; content = content.slice(0, SHOWN_CHARS); }
+    if (content.length > SHOWN_CHARS) { cut = ` … [${content.length - SHOWN_CHARS} more characters: download the raw log]`; content = content.slice(0, SHOWN_CHARS); }
     const start = this.ansiAt.get(line) ?? null;
     const nodes = content.includes("\x1b") || start ? segments(content, start).map(([t, s]) => segmentNode(t, s)) : [document.createTextNode(content)];
     if (cut) { const note = document.createElement("span"); note.className = "muted"; note.textContent = cut; nodes.push(note); }
