@@ -8,6 +8,7 @@ Screenshots of every page the tests visit are saved under the session's tmp dir
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -519,6 +520,52 @@ def test_narrow_screens_keyboard_and_dark_mode(stack, browser):
         assert (luminance(background) < 0.2 and luminance(text) > 0.7) if dark else (luminance(background) > 0.9 and luminance(text) < 0.2)
     browser.shot("job-page-light")
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
+
+def read_events(stack, path: str) -> list[tuple[str, str | None, dict]]:
+    """A finished job's event stream, parsed as a browser would: (event, id, data) until `end`."""
+    events, block = [], {}
+    with client(stack) as c, c.stream("GET", path) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line:
+                field, _, value = line.partition(": ")
+                block[field] = value
+                continue
+            if "data" in block:
+                events.append((block.get("event", "message"), block.get("id"), json.loads(block["data"])))
+                if events[-1][0] == "end":
+                    return events
+            block = {}
+    raise AssertionError(f"the stream ended without an end event: {events[-3:]}")
+
+
+def test_the_log_stream_keeps_every_character_and_resumes_after_an_entry(stack):
+    store = stack.harness.store
+    job_id = "dash-sse-" + uuid.uuid4().hex[:8]
+    store.create(JobRecord(id=job_id, request=BuildRequest(id=job_id, tags=["127.0.0.1:5000/dashboard/sse:1"]), executor="fake",
+                           queue="q", status=Status.succeeded, started_at=now(), finished_at=now()))
+    odd = ["progress 10%\r50%\r100%", "tab\there", "<b>bold?</b> & \x1b[31mred\x1b[0m", "", "data: not a field", "id: 7"]
+    bulk = [f"bulk line {n:06d}" for n in range(30_000)]  # over one event's 256 KiB: several events
+    log = JobLog(store, job_id, max_lines=100_000)
+    for line in odd:
+        log.line(line)
+    log.write("".join(f"{line}\n" for line in bulk))
+    log.close()
+    store.end_log(job_id, Status.succeeded)
+
+    events = read_events(stack, f"/ui/jobs/{job_id}/log/events")
+    chunks = [data for name, _, data in events if name == "lines"]
+    assert len(chunks) >= 2 and events[-1] == ("end", None, {"status": "succeeded"})
+    assert all(len(c["text"].split("\n")) == c["lines"] for c in chunks)
+    assert "\n".join(c["text"] for c in chunks).split("\n") == odd + bulk
+    ms = [mark[1] for c in chunks for mark in c["marks"]]
+    assert ms == sorted(ms) and abs(ms[0] / 1000 - time.time()) < 600  # when the entries were written (stream ids)
+
+    first_id = next(event_id for name, event_id, _ in events if name == "lines")
+    rest = read_events(stack, f"/ui/jobs/{job_id}/log/events?after={first_id}")
+    resumed = "\n".join(data["text"] for name, _, data in rest if name == "lines").split("\n")
+    assert resumed == (odd + bulk)[chunks[0]["lines"]:]
 
 
 def test_bad_input_to_the_dashboard_routes_gets_clear_4xx(stack):
