@@ -41,6 +41,17 @@ install_packages() {
   fi
 }
 
+install_browser() {  # the dashboard's tests drive Debian's Chromium headless through its ChromeDriver
+  local need=()
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v chromedriver >/dev/null || need+=(chromium-driver)
+  if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]}"
+    apt-get update -qq >>"$STATE/apt.log" 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >>"$STATE/apt.log" 2>&1
+  fi
+}
+
 add_hosts() {  # before dockerd starts: its resolver caches /etc/hosts for a while
   grep -q " $REGISTRY_NAME\$" /etc/hosts || echo "127.0.0.1 $REGISTRY_NAME" >>/etc/hosts
 }
@@ -144,6 +155,7 @@ EOF
 }
 
 step "install packages" "$STATE/apt.log" install_packages
+step "install chromium and chromium-driver" "$STATE/apt.log" install_browser
 step "add $REGISTRY_NAME to /etc/hosts" "$STATE/setup.log" add_hosts
 step "start dockerd" "$STATE/dockerd.log" start_docker
 step "start redis" "$STATE/redis.log" start_redis

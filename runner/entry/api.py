@@ -42,8 +42,8 @@ from runner.config.logs import configure_logging
 from runner.config.sections import ApiToken, Right
 from runner.config.settings import Settings, load_settings
 from runner.core.jobs import JOB_ID, MAX_JOB_ID, JobRecord, Status
+from runner.entry import dashboard, webhooks
 from runner.entry import metrics as fleet_metrics
-from runner.entry import webhooks
 from runner.entry.control import cancel_job
 from runner.entry.submission import submit
 from runner.store.jobstore import CHUNK_BYTES, ContextTooLarge, JobStore, StoreUnavailable
@@ -149,7 +149,7 @@ class ApiContext:
 
 
 #: route modules beside the job endpoints, each with `register(app, context)`
-EXTENSIONS: tuple[Callable[[FastAPI, ApiContext], None], ...] = (fleet_metrics.register,)
+EXTENSIONS: tuple[Callable[[FastAPI, ApiContext], None], ...] = (fleet_metrics.register, dashboard.register)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -135,6 +135,10 @@ class JobStore:
     def _status_key(self, status: Status) -> str:
         return f"{self.ns}:status:{status.value}"
 
+    def index_key(self, status: Status | None = None) -> str:
+        """The ZSET of job ids by creation time (all jobs, or those in `status`), for readers with their own client."""
+        return self._status_key(status) if status else f"{self.ns}:jobs"
+
     def ping(self) -> None:
         try:
             redis.Redis.from_url(self.url, socket_connect_timeout=3).ping()
@@ -204,7 +208,7 @@ class JobStore:
         """Newest first, from the status index (so cost follows `limit`, not history). `before`:
         only jobs created before this timestamp (paging). Ids whose record expired are dropped
         from the indexes on the way."""
-        index = self._status_key(status) if status else f"{self.ns}:jobs"
+        index = self.index_key(status)
         top = f"({before}" if before is not None else "+inf"
         records: builtins.list[JobRecord] = []
         while len(records) < limit:
@@ -222,7 +226,7 @@ class JobStore:
         return records
 
     def count(self, status: Status | None = None) -> int:
-        return self.r.zcard(self._status_key(status) if status else f"{self.ns}:jobs")
+        return self.r.zcard(self.index_key(status))
 
     def ids(self, status: Status) -> builtins.list[str]:
         """Every id in `status` (for recovery: the running ones, never the whole history)."""

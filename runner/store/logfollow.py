@@ -104,11 +104,18 @@ class Batch:
 
     def text_after(self, position: str) -> bytes:
         """The lines of entries after `position` (a follower that already has some of them)."""
+        return self.after(position).text
+
+    def after(self, position: str) -> Batch:
+        """This batch without the entries up to `position` (itself when it has none of them)."""
         after = entry_order(position)
         if not self.ids or entry_order(self.ids[0]) > after:
-            return self.text
+            return self
         first = bisect.bisect_right(self.ids, after, key=entry_order)
-        return self.text[self.offsets[first]:] if first < len(self.ids) else b""
+        if first >= len(self.ids):
+            return Batch.empty(self.last, self.ended)
+        base = self.offsets[first]
+        return Batch(self.ids[first:], [offset - base for offset in self.offsets[first:]], self.text[base:], self.last, self.ended)
 
 
 class Page:
@@ -320,19 +327,25 @@ class LogHub:
 
     async def follow(self, job_id: str) -> AsyncGenerator[bytes, None]:
         """The log from the start, then live, until the job ends; chunks of whole lines."""
-        position = "0-0"
+        async for batch in self.follow_batches(job_id):
+            yield batch.text
+
+    async def follow_batches(self, job_id: str, after: str = "0-0") -> AsyncGenerator[Batch, None]:
+        """`follow` as batches of the entries after `after` (their ids carry the time each was
+        written); each batch holds at least one entry and none a previous one held."""
+        position = after
         while True:
             async for batch in self.pages(job_id, position):
                 position = batch.last
-                if batch.text:
-                    yield batch.text
+                if batch.ids:
+                    yield batch
                 if batch.ended:
                     return
             if await self.finished(job_id):  # ended without an end marker: take what came meanwhile
                 async for batch in self.pages(job_id, position, shared=False):
                     position = batch.last
-                    if batch.text:
-                        yield batch.text
+                    if batch.ids:
+                        yield batch
                 return
             follower = Follower(position)
             if not self._join(job_id, follower):
@@ -342,11 +355,11 @@ class LogHub:
                     item = await follower.take()
                     if isinstance(item, LogUnavailable):
                         raise item
-                    text = item.text_after(follower.position)
+                    fresh = item.after(follower.position)
                     if entry_order(item.last) > entry_order(follower.position):
                         follower.position = item.last
-                    if text:
-                        yield text
+                    if fresh.ids:
+                        yield fresh
                     if item.ended:
                         return
                 position = follower.position  # dropped for being slow: catch up on our own, then join again
