@@ -400,6 +400,20 @@ def test_rerun_queues_the_same_request_under_a_new_id(stack, browser, tmp_path):
         assert r.status_code == 409 and "uploaded" in r.json()["message"]
 
 
+def test_fleet_lists_a_live_worker_even_when_it_is_idle(stack, browser):
+    with_worker(stack)
+    store = stack.harness.store
+    deadline = time.monotonic() + 30
+    while not store.live_workers(["fake"]).get("fake"):  # its first heartbeat
+        assert time.monotonic() < deadline, "the worker never sent a heartbeat"
+        time.sleep(0.1)
+    browser.sign_in(ADMIN, "/fleet")
+    browser.wait(lambda d: any("idle" in li.text for li in d.find_elements(By.CSS_SELECTOR, ".workers > li.worker")),
+                 "the idle worker in the list")
+    [idle] = [li for li in browser.driver.find_elements(By.CSS_SELECTOR, ".workers > li.worker") if "idle" in li.text]
+    assert idle.find_element(By.TAG_NAME, "strong").text.endswith(f":{stack.harness.worker_proc.pid}")
+
+
 def test_fleet_shows_queues_running_jobs_their_workers_and_the_failure_rate(stack, browser):
     with_worker(stack)
     store = stack.harness.store

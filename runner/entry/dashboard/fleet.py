@@ -2,9 +2,10 @@
 running on it (the store's per-executor running lists, which the autoscaler reads too); the
 workers seen running jobs, with what each runs; and the recent failure rate.
 
-Workers are known from the running jobs' records: a worker with nothing running is not
-listed (there is no worker heartbeat in the store). Reads a fixed number of keys per
-executor, never the history; a snapshot is shared by every page for SNAPSHOT_SECONDS."""
+Workers are the live ones of the store's heartbeat sets (the same numbers `runner serve`'s
+/metrics exports as runner_workers), idle ones included, with the jobs each runs. Reads a
+fixed number of keys per executor, never the history; a snapshot is shared by every page
+for SNAPSHOT_SECONDS."""
 
 from __future__ import annotations
 
@@ -80,10 +81,12 @@ class FleetReader:
         client = self._client()
         names = self.settings.enabled_executors()
         async with client.pipeline(transaction=False) as pipe:
+            now = time.time()
             for name in names:
                 pipe.llen(self.settings.queue_for(name))
                 pipe.lrange(self.store.running_key(name), 0, -1)
-            now = time.time()
+            for name in names:
+                pipe.zrangebyscore(self.store.workers_key(name), now, "+inf")
             for window, _ in WINDOWS:
                 for status in (Status.succeeded, *FAILED):
                     pipe.zcount(self.store.index_key(status), now - window, "+inf")
@@ -91,7 +94,8 @@ class FleetReader:
             replies = await pipe.execute()
         loads = [ExecutorLoad(name, replies[2 * n], []) for n, name in enumerate(names)]
         running_ids = [(load, job_id) for n, load in enumerate(loads) for job_id in replies[2 * n + 1]]
-        counts = replies[2 * len(names):-1]
+        live = {worker for members in replies[2 * len(names):3 * len(names)] for worker in members}
+        counts = replies[3 * len(names):-1]
         rates = []
         for w, (_, label) in enumerate(WINDOWS):
             succeeded, *failed = counts[3 * w:3 * w + 3]
@@ -100,7 +104,7 @@ class FleetReader:
         ids = [job_id for _, job_id in running_ids] + recent_ids
         raws = await client.mget([self.store.job_key(i) for i in ids]) if ids else []
         records = {job_id: record for job_id, raw in zip(ids, raws, strict=True) if (record := readable(raw)) is not None}
-        workers: dict[str, list[JobRecord]] = {}
+        workers: dict[str, list[JobRecord]] = {worker: [] for worker in live}
         for load, job_id in running_ids:
             record = records.get(job_id)
             if record is not None and record.status is Status.running:
