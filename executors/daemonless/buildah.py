@@ -31,6 +31,7 @@ from executors.daemonless.common import (
     registries_conf,
     registry_auths,
     secret_arg_env,
+    unpack,
     write_build_secrets,
     write_cert_dir,
 )
@@ -134,9 +135,10 @@ def _overlay_problem(config: BuildahConfig) -> str | None:
 @dataclass
 class JobPaths:
     context: Path
-    dockerfile: Path
+    dockerfile: Path  # outside `context`
     authfile: Path
     iidfile: Path
+    ignorefile: Path  # empty: `context` already holds exactly what `COPY .` sees
     cert_dir: Path | None = None
     secrets: tuple[tuple[str, Path], ...] = ()
 
@@ -146,7 +148,7 @@ def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobP
     build args are named only (their values travel in the environment)."""
     args = ["build", f"--layers={'true' if config.layers else 'false'}", "--force-rm", "--isolation", mode.isolation,
             "--format", config.format, "--authfile", str(paths.authfile), "--iidfile", str(paths.iidfile),
-            "-f", str(paths.dockerfile)]
+            "-f", str(paths.dockerfile), "--ignorefile", str(paths.ignorefile)]
     if paths.cert_dir:
         args += ["--cert-dir", str(paths.cert_dir)]
     if job.no_cache:
@@ -253,7 +255,7 @@ class BuildahExecutor(Executor):
         log.line(f"[runner] {mode.describe()}")
         files = JobFiles(private_root(self.env, self.name, job.id)).create()
         try:
-            paths, env = self._prepare(job, context, files, log)
+            paths, env = self._prepare(job, context, files, log, cancel)
             tool = self.tool(mode, env)
             image_id = self._build(tool, mode, job, paths, log, cancel)
             refs = job.image_refs()
@@ -272,13 +274,15 @@ class BuildahExecutor(Executor):
         finally:
             files.remove()  # auth file and secrets go at once, whatever happened
 
-    def _prepare(self, job: BuildRequest, context: BuildContext, files: JobFiles, log: LogSink) -> tuple[JobPaths, dict]:
-        context_dir = context.extract_to(context.workspace / f"{self.name}-context")
+    def _prepare(self, job: BuildRequest, context: BuildContext, files: JobFiles, log: LogSink,
+                 cancel: CancelToken) -> tuple[JobPaths, dict]:
+        unpacked = unpack(context, self.name, cancel)
         paths = JobPaths(
-            context=context_dir,
-            dockerfile=context_dir / context.dockerfile,
+            context=unpacked.context,
+            dockerfile=unpacked.dockerfile,
             authfile=files.write("auth.json", json.dumps(registry_auths(self.env.registries, log))),
             iidfile=files.root / "iid",
+            ignorefile=files.write("ignorefile", ""),  # buildah would otherwise apply .containerignore/.dockerignore its way
             cert_dir=write_cert_dir(self.env.registries, files),
             secrets=tuple(write_build_secrets(self.job_secrets(job), files, log)),
         )

@@ -1,7 +1,9 @@
 """Spooling a stored context on the worker: the tar (from Redis chunks or a packed checkout)
 streamed through our own reader (runner.core.tarstream) and the lexical rules
 (runner.core.tarpolicy), and written again as a canonical tar of only the accepted members,
-so every executor gets exactly what was checked."""
+so every executor gets exactly what was checked. The tar's own ignore file is read on the
+way (runner.sources.copy_filter), so a tool that builds from an unpacked folder sees what
+`COPY .` sees in `docker build`."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from runner.core.extract import make_private, workspace_error
 from runner.core.jobs import BuildRequest
 from runner.core.tarpolicy import hardlink_target, member_parts, symlink_target
 from runner.core.tarstream import Member, TarError, TarLimitError, TarLimits, TarReader, shown
+from runner.sources.copy_filter import IgnoreFiles, copy_filter
 
 # -- worker side -------------------------------------------------------------------------------
 #: which setting each tar limit comes from, for messages
@@ -165,7 +168,8 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
 
     Nothing is held whole in memory and every limit is checked while streaming (uncompressed
     bytes, members, path, link and header sizes); each refusal is an InvalidJob naming the
-    member or the setting. `limits` may be a plain byte cap (tests).
+    member or the setting, as is a malformed ignore file (naming its line, in Docker's words).
+    `limits` may be a plain byte cap (tests).
     """
     if isinstance(limits, int):
         limits = LimitsConfig(max_context_bytes=limits)
@@ -173,17 +177,21 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
     tar_path = workspace / "context.tar"
     reader = TarReader(chunks, tar_limits(limits), cancel)
     checker = ContextChecker(dockerfile)
+    ignore = IgnoreFiles(dockerfile)
     out = CanonicalTar(tar_path)
     try:
         for member in reader.members():
             accepted = checker.accept(member)
             if accepted is not None:
-                out.add(member, *accepted, reader.data() if member.kind == "file" else ())
+                name, target = accepted
+                data = ignore.observe(name, member.kind, target, reader.data() if member.kind == "file" else ())
+                out.add(member, name, target, data)
         if reader.raw_bytes == 0:
             raise InvalidJob("the job has no build context (nothing was uploaded, or it expired)")
         if not checker.found_dockerfile:
             raise InvalidJob(f"Dockerfile {dockerfile!r} not found in the build context (it must be a regular file)")
         out.close()
+        place = copy_filter(ignore, tar_path, dockerfile, cancel)
     except BaseException as exc:
         out.discard()
         tar_path.unlink(missing_ok=True)
@@ -194,7 +202,7 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
         if isinstance(exc, OSError):
             raise workspace_error(exc) from None
         raise
-    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=out.size)
+    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=out.size, place=place)
 
 
 class UploadSource:
