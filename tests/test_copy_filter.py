@@ -92,6 +92,13 @@ def unpack(data: bytes, workspace: Path, dockerfile: str = "Dockerfile"):
     return ctx.unpack(workspace / "ctx", workspace / "aside")
 
 
+def engine_view(workspace: Path, dockerfile: str) -> dict[str, list]:
+    """What an engine is given (the spooled tar), less the Dockerfile and the folders above it,
+    which an engine needs in the tar whatever the patterns say."""
+    view = harness.tree_from_tar((workspace / "context.tar").read_bytes(), prefix="")
+    return {p: v for p, v in view.items() if p != dockerfile and not dockerfile.startswith(p + "/")}
+
+
 # -- the corpus: what a real `docker build` copied ----------------------------------------------------
 @pytest.mark.parametrize("case", CORPUS, ids=IDS)
 def test_unpacked_raw_tar_is_what_docker_copied(case, tmp_path):
@@ -119,6 +126,8 @@ def test_unpacked_raw_tar_is_what_docker_copied(case, tmp_path):
         got.pop(dockerfile, None)
     assert got == expected.tree
     assert unpacked.dockerfile.read_text() == DOCKERFILE
+    view = engine_view(tmp_path / "ws", dockerfile)
+    assert view == {p: v for p, v in expected.tree.items() if p != dockerfile and not dockerfile.startswith(p + "/")}
 
 
 # -- the ignore file, as the spool reads it --------------------------------------------------------
@@ -138,6 +147,8 @@ def test_ignored_dockerfile_and_ignore_file_are_set_aside_not_copied(tmp_path):
         assert sorted(tree(unpacked.context)) == ["app.txt"]
         assert unpacked.dockerfile.read_text() == DOCKERFILE
         assert not unpacked.dockerfile.is_relative_to(unpacked.context)
+        with tarfile.open(tmp_path / f"ws{len(data)}" / "context.tar") as engine_tar:  # an engine needs the Dockerfile
+            assert sorted(engine_tar.getnames()) == ["Dockerfile", "app.txt"]
 
 
 def test_a_visible_dockerfile_is_in_the_context_and_aside_as_one_file(tmp_path):
@@ -189,6 +200,9 @@ def test_hard_link_to_an_excluded_file_is_a_copied_file(tmp_path):
     unpacked = unpack(data.getvalue(), tmp_path / "ws")
     assert (unpacked.context / "kept").read_text() == "shared bytes"
     assert not (unpacked.context / "cache").exists()
+    with tarfile.open(tmp_path / "ws" / "context.tar") as engine_tar:
+        assert sorted(engine_tar.getnames()) == [".dockerignore", "Dockerfile", "kept"]
+        assert engine_tar.extractfile("kept").read() == b"shared bytes"
 
 
 @pytest.mark.parametrize("ignore, line, words", [

@@ -31,6 +31,7 @@ class Unpacked:
 
     context: Path  # exactly what `COPY .` sees in `docker build`
     dockerfile: Path  # the Dockerfile, outside `context`
+    setid: bool = False  # whether something in `context` has a setuid or setgid bit
 
 
 @dataclass
@@ -74,8 +75,8 @@ class BuildContext:
         make_private(self.workspace.parent, context_dir)
         make_private(self.workspace.parent, aside_dir)
         with closing(file_chunks(self.tar_path)) as chunks:
-            extract_tar(chunks, context_dir, cancel, place, aside_dir)
-        return Unpacked(context=context_dir, dockerfile=aside_dir / dockerfile)
+            setid = extract_tar(chunks, context_dir, cancel, place, aside_dir)
+        return Unpacked(context=context_dir, dockerfile=aside_dir / dockerfile, setid=setid > 0)
 
 
 def _all_in_context(dockerfile: str, placement: type[Placement]) -> MemberFilter:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SETID = stat.S_ISUID | stat.S_ISGID
 #: errors that are the host's, not the archive's
 _HOST_ERRORS = {errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EACCES}
 
@@ -94,6 +95,7 @@ class Extractor:
         self._parent: tuple[tuple[str, ...], int] | None = None  # the last parent folder, kept open
         #: folder modes and mtimes to apply at the end; the flag: only if the folder exists then
         self._dirs: dict[tuple[str, ...], tuple[int, int | float, bool]] = {}
+        self.setid_members = 0  # files and folders unpacked here with a setuid or setgid bit
 
     def close(self) -> None:
         if self._parent is not None:
@@ -179,6 +181,7 @@ class Extractor:
             self._dirs[parts] = (member.mode, member.mtime, False)
         elif member.kind == "file":
             self._write_file(parent, leaf, member, data)
+            self.setid_members += bool(member.mode & _SETID)
         elif target is not None:
             os.symlink(target, leaf, dir_fd=parent)
             os.utime(leaf, ns=(_ns(member.mtime),) * 2, dir_fd=parent, follow_symlinks=False)
@@ -248,6 +251,7 @@ class Extractor:
             try:
                 os.fchmod(fd, mode)
                 os.utime(fd, ns=(_ns(mtime),) * 2)
+                self.setid_members += bool(mode & _SETID)
             finally:
                 os.close(fd)
 
@@ -262,10 +266,11 @@ def _member_error(exc: OSError, member: Member) -> ExecutorError:
 
 
 def extract_tar(chunks: Iterable[bytes], root: Path, cancel: CancelToken | None = None,
-                place: MemberFilter | None = None, aside: Path | None = None) -> None:
+                place: MemberFilter | None = None, aside: Path | None = None) -> int:
     """Unpack the tar in `chunks` into the existing folder `root` (which the caller made private).
     With `place`, each member goes where it says; `aside` is the existing private folder for
-    ASIDE and BOTH members (without it, ASIDE members are left out)."""
+    ASIDE and BOTH members (without it, ASIDE members are left out). Returns how many files and
+    folders in `root` have a setuid or setgid bit."""
     root_fd = os.open(root, _OPEN_DIR)
     aside_fd = os.open(aside, _OPEN_DIR) if aside is not None else None
     beside = Extractor(aside_fd) if aside_fd is not None else None
@@ -277,6 +282,7 @@ def extract_tar(chunks: Iterable[bytes], root: Path, cancel: CancelToken | None 
             extractor.add(member, reader.data())
         member = None
         extractor.finish()
+        return extractor.setid_members
     except TarError as exc:
         raise InvalidJob(exc.message) from None
     except OSError as exc:

@@ -11,6 +11,8 @@ only because it always sends the Dockerfile and the ignore file is left out of t
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -49,10 +51,29 @@ TOO_BIG = _TooBig()
 Seen = tuple[str, object]
 
 
+class PathSet:
+    """A set of context paths kept as keyed 16-byte digests: memory does not grow with the
+    length of the names, and nobody can aim a collision at a key they never see."""
+
+    def __init__(self) -> None:
+        self._key = os.urandom(16)
+        self._items: set[bytes] = set()
+
+    def _digest(self, path: str) -> bytes:
+        return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16, key=self._key).digest()
+
+    def add(self, path: str) -> None:
+        self._items.add(self._digest(path))
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self._digest(path) in self._items
+
+
 class IgnoreFiles:
     """Watches the members streaming through the spool for the two possible ignore files
     (capturing their content, bounded) and remembers symlinks, so `read()` can pick the one
-    BuildKit uses without reading the tar again, except when it is reached through a link."""
+    BuildKit uses without reading the tar again, except when it is reached through a link.
+    Also notes which paths a hard link names (their data may be needed where they are ignored)."""
 
     def __init__(self, dockerfile: str):
         self.candidates = ("/".join(member_parts(dockerfile)) + IGNORE_FILE, IGNORE_FILE)
@@ -60,9 +81,12 @@ class IgnoreFiles:
         self.links: dict[str, str] = {}
         self._link_bytes = 0
         self.links_complete = True
+        self.hardlinked = PathSet()
 
     def observe(self, name: str, kind: str, target: str, data: Iterable[memoryview]) -> Iterable[memoryview]:
         """Note one accepted member (canonical name); returns its data, captured on the way if wanted."""
+        if kind == "hardlink":
+            self.hardlinked.add(target)
         if kind == "symlink" and self.links_complete:
             self._link_bytes += len(name) + len(target)
             if self._link_bytes > MAX_LINK_BYTES:
