@@ -144,12 +144,13 @@ def test_build_and_push_argv_name_secrets_but_never_carry_them(tmp_path):
     job = BuildRequest(id="job-1", tags=["127.0.0.1:5000/app:1"], build_args={"A": "1", "TOKEN": "hunter2"},
                        secret_build_args=["TOKEN"], labels={"team": "ci"}, target="final", platform="linux/amd64",
                        no_cache=True, cache_key="Main", dockerfile="docker/Dockerfile")
-    paths = JobPaths(context=tmp_path / "ctx", dockerfile=tmp_path / "ctx/docker/Dockerfile", authfile=tmp_path / "auth.json",
-                     iidfile=tmp_path / "iid", cert_dir=tmp_path / "certs", secrets=(("npmrc", tmp_path / "secrets/0"),))
+    paths = JobPaths(context=tmp_path / "ctx", dockerfile=tmp_path / "aside/docker/Dockerfile", authfile=tmp_path / "auth.json",
+                     iidfile=tmp_path / "iid", ignorefile=tmp_path / "ignorefile", cert_dir=tmp_path / "certs",
+                     secrets=(("npmrc", tmp_path / "secrets/0"),))
     assert build_args(config, mode, job, paths, "ns-1") == [
         "build", "--layers=true", "--force-rm", "--isolation", "oci", "--format", "docker",
-        "--authfile", f"{tmp_path}/auth.json", "--iidfile", f"{tmp_path}/iid", "-f", f"{tmp_path}/ctx/docker/Dockerfile",
-        "--cert-dir", f"{tmp_path}/certs", "--no-cache", "--target", "final", "--platform", "linux/amd64",
+        "--authfile", f"{tmp_path}/auth.json", "--iidfile", f"{tmp_path}/iid", "-f", f"{tmp_path}/aside/docker/Dockerfile",
+        "--ignorefile", f"{tmp_path}/ignorefile", "--cert-dir", f"{tmp_path}/certs", "--no-cache", "--target", "final", "--platform", "linux/amd64",
         "--label", "team=ci", "--build-arg", "A=1", "--build-arg", "TOKEN", "--build-arg", "IO_RUNNER_JOB=job-1",
         "--build-arg", "IO_RUNNER_NAMESPACE=ns-1",
         "--secret", f"id=npmrc,src={tmp_path}/secrets/0",

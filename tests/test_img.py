@@ -177,7 +177,7 @@ def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fak
     build, push1, push2, remove = calls(record)
     assert build["argv"] == [*global_args(settings.executors["img"]),
                              *build_args(settings.executors["img"], job, context.workspace / "img-context",
-                                         context.workspace / "img-context/Dockerfile", [("npmrc", private / "secrets/0")])]
+                                         context.workspace / "img-aside/Dockerfile", [("npmrc", private / "secrets/0")])]
     assert build["docker_config_mode"] == 0o700 and build["config_mode"] == 0o600
     assert "127.0.0.1:5000" in build["auth_hosts"]
     assert [push1["argv"], push2["argv"]] == [[*global_args(settings.executors["img"]), "push", "--insecure-registry", t] for t in tags]

@@ -1,6 +1,7 @@
 """Git-push webhooks on the real server, with bodies shaped like GitHub's, GitLab's and Gitea's
-documented push events (tests/fixtures/webhooks) signed the way each host signs them; builds
-run on the real worker from a real git repository on loopback (file://)."""
+documented push events (tests/fixtures/webhooks) signed the way each host signs them, as JSON
+or as a form; builds run on the real worker from real git repositories on loopback (file://,
+and a bare repository served by `git daemon` that an annotated tag was pushed to)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import copy
 import hashlib
 import hmac
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -19,16 +21,17 @@ import httpx
 import pytest
 
 from runner.config.sections import RepositoryHook
-from runner.entry.webhooks import Push, render_images, tag_safe, why_not
+from runner.entry.webhooks import Push, WebhookError, form_payload, parse_push, render_images, tag_safe, why_not
 from tests.conftest import registry_digest, run_image
 from tests.test_api import Stack, start_stack, stop_stack
-from tests.test_gitsource import commit_files, git
+from tests.test_gitsource import commit_files, free_port, git, wait_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 GITHUB_SECRET = "gh-" + uuid.uuid4().hex
 GITLAB_TOKEN = "gl-" + uuid.uuid4().hex
 GITEA_SECRET = "gt-" + uuid.uuid4().hex
 CALLBACK_SECRET = "cb-" + uuid.uuid4().hex
+PROVIDERS = ["github", "gitlab", "gitea"]
 
 
 def fixture(name: str) -> dict:
@@ -72,13 +75,15 @@ def callback_server():
 def hooks(services, tmp_path_factory, callback_server):
     reg = services["RUNNER_DEV_REGISTRY"]
     repos = {
-        "acme/hello-app": {"images": [f"{reg}/hooks-gh/{{repo}}:{{short_sha}}", f"{reg}/hooks-gh/{{repo}}:{{branch}}"],
-                           "context": "app", "executor": "socket", "branches": ["main", "release/*"],
+        "acme/hello-app": {"images": [f"{reg}/hooks-gh/{{repo}}:{{short_sha}}", f"{reg}/hooks-gh/{{repo}}:{{branch}}",
+                                      f"{reg}/hooks-gh/{{repo}}:{{tag}}"],
+                           "context": "app", "executor": "socket", "branches": ["main", "release/*"], "tags": ["v2.*"],
                            "build_args": {"GREETING": "from-github"}},
         "platform/hello-app": {"images": [f"{reg}/hooks-gl/{{owner}}-{{repo}}:{{short_sha}}", f"{reg}/hooks-gl/{{owner}}-{{repo}}:{{tag}}"],
                                "context": "app", "executor": "socket", "tags": ["v*"]},
-        "tools/hello-app": {"images": [f"{reg}/hooks-gt/{{repo}}:{{branch}}-{{short_sha}}"], "context": "app",
-                            "executor": "socket", "branches": ["develop"], "callback_url": callback_server},
+        "tools/hello-app": {"images": [f"{reg}/hooks-gt/{{repo}}:{{branch}}-{{short_sha}}", f"{reg}/hooks-gt/{{repo}}:{{tag}}"],
+                            "context": "app", "executor": "socket", "branches": ["develop"], "tags": ["v2.*"],
+                            "callback_url": callback_server},
     }
     s = start_stack(services, tmp_path_factory, webhooks={
         "github": {"secret": GITHUB_SECRET}, "gitlab": {"secret": GITLAB_TOKEN}, "gitea": {"secret": GITEA_SECRET},
@@ -100,20 +105,27 @@ def github(stack: Stack, payload: dict, event: str = "push", delivery: str | Non
 
 
 def gitlab(stack: Stack, payload: dict, event: str = "Push Hook", token: str = GITLAB_TOKEN,
-           delivery: str | None = None) -> httpx.Response:
+           delivery: str | None = None, form: bool = False) -> httpx.Response:
     delivery = delivery or str(uuid.uuid4())
+    body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "GitLab/17.6.0", "X-Gitlab-Event": event,
                "X-Gitlab-Token": token, "X-Gitlab-Instance": "https://gitlab.acme.example",
                "X-Gitlab-Webhook-UUID": "6f1b4c2e-0c3d-4e55-9f2a-1d2c3b4a5e6f", "X-Gitlab-Event-UUID": delivery,
                "Idempotency-Key": delivery}
-    return httpx.post(f"{stack.url}/v1/webhooks/gitlab", content=json.dumps(payload).encode(), headers=headers, timeout=10)
+    if form:  # GitLab itself sends only JSON; a relay that forwards it as a form is accepted too
+        body, headers["Content-Type"] = urlencode({"payload": body.decode()}).encode(), "application/x-www-form-urlencoded"
+    return httpx.post(f"{stack.url}/v1/webhooks/gitlab", content=body, headers=headers, timeout=10)
 
 
 def gitea(stack: Stack, payload: dict, event: str = "push", secret: str = GITEA_SECRET,
-          delivery: str | None = None) -> httpx.Response:
-    body = json.dumps(payload, indent=2).encode()
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    headers = {"Content-Type": "application/json", "User-Agent": "Go-http-client/1.1",
+          delivery: str | None = None, form: bool = False, sign_form_body: bool = False) -> httpx.Response:
+    """As Gitea (and Forgejo) deliver: the signature is over the JSON payload, which a form
+    delivery (content type `form`) carries URL-encoded in its `payload` field."""
+    payload_json = json.dumps(payload, indent=2, ensure_ascii=False).encode()
+    body = urlencode({"payload": payload_json.decode()}).encode() if form else payload_json
+    digest = hmac.new(secret.encode(), body if sign_form_body else payload_json, hashlib.sha256).hexdigest()
+    headers = {"Content-Type": "application/x-www-form-urlencoded" if form else "application/json",
+               "User-Agent": "Go-http-client/1.1",
                "X-Gitea-Delivery": delivery or str(uuid.uuid4()), "X-Gitea-Event": event, "X-Gitea-Event-Type": event,
                "X-Gitea-Signature": digest, "X-Gogs-Delivery": "x", "X-Gogs-Event": event, "X-Gogs-Signature": digest,
                "X-GitHub-Event": event, "X-Hub-Signature-256": f"sha256={digest}"}
@@ -293,6 +305,118 @@ def test_gitea_push_builds_and_calls_back_signed(hooks, repo, services):
     assert json.loads(body)["id"] == record["id"] and json.loads(body)["status"] == "succeeded"
 
 
+# -- form deliveries: each host's signature over what it signs --------------------------------------
+def test_form_encoded_gitea_delivery_is_signed_over_the_json_payload(hooks, repo):
+    commit = repo[1][1]
+    payload = gitea_push(repo, commit)
+    payload["head_commit"]["message"] = payload["commits"][0]["message"] = "Grüße ✓ a&b=c+d 100% ünïcödé\n"
+    before = hooks.job_count()
+    signed_wrong = gitea(hooks, payload, form=True, sign_form_body=True)  # Gitea never signs the form body
+    assert signed_wrong.status_code == 401 and hooks.job_count() == before
+    response = gitea(hooks, payload, form=True)
+    assert response.status_code == 202, response.text
+    record = hooks.wait(response.json()["job"])
+    assert record["status"] == "succeeded", record["error"]
+    assert record["request"]["context"]["commit"] == commit
+    assert run_image(record["images"][0]["ref"], "cat", "/message.txt") == "commit 1\n"
+
+
+def test_github_form_delivery_is_signed_over_the_raw_body(hooks, repo):
+    payload = json.dumps(github_push(repo, repo[1][0], ref="refs/heads/experiment"))
+    body = urlencode({"payload": payload}).encode()
+    url, form = f"{hooks.url}/v1/webhooks/github", "application/x-www-form-urlencoded"
+    over_payload = "sha256=" + hmac.new(GITHUB_SECRET.encode(), payload.encode(), hashlib.sha256).hexdigest()
+    refused = httpx.post(url, content=body, headers={"Content-Type": form, "X-GitHub-Event": "push", "X-Hub-Signature-256": over_payload})
+    assert refused.status_code == 401
+    read = github(hooks, {}, body=body, content_type=form)
+    assert read.status_code == 200 and "branch 'experiment' does not build" in read.json()["reason"]
+
+
+def test_gitlab_form_delivery_is_read_too(hooks, repo):
+    payload = gitlab_push(repo, repo[1][0])
+    payload["ref"] = "refs/heads/feature"
+    response = gitlab(hooks, payload, form=True)
+    assert response.status_code == 200 and "branch 'feature' does not build" in response.json()["reason"]
+    assert gitlab(hooks, payload, form=True, token="wrong").status_code == 401
+
+
+def test_malformed_forms_are_400(hooks, repo):
+    form = "application/x-www-form-urlencoded"
+    payload = json.dumps(gitea_push(repo, repo[1][0]))
+    for body, words in ((b"other=1", "no `payload` field"),
+                        (urlencode([("payload", payload), ("payload", "{}")]).encode(), "more than one `payload` field")):
+        digest = hmac.new(GITEA_SECRET.encode(), payload.encode(), hashlib.sha256).hexdigest()
+        response = httpx.post(f"{hooks.url}/v1/webhooks/gitea", content=body,
+                              headers={"Content-Type": form, "X-Gitea-Event": "push", "X-Gitea-Signature": digest})
+        assert response.status_code == 400 and words in response.json()["message"]
+        signed = github(hooks, {}, body=body, content_type=form)
+        assert signed.status_code == 400 and words in signed.json()["message"]
+
+
+# -- an annotated tag, pushed for real to a git server -------------------------------------------------
+@pytest.fixture(scope="module")
+def tag_server(tmp_path_factory, services):
+    """A bare repository served by `git daemon` on loopback, to which an annotated tag was pushed
+    with `git push`. main moved on after the tag, so building main's tip would be wrong."""
+    root = tmp_path_factory.mktemp("tag-server")
+    served = root / "srv"
+    served.mkdir()
+    git(served, "init", "-q", "--bare", "-b", "main", "hello-app.git")
+    work = root / "work"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    dockerfile = f"FROM {services['RUNNER_DEV_BASE_IMAGE']}\nCOPY message.txt /message.txt\n"
+    tagged = commit_files(work, {"app/Dockerfile": dockerfile, "app/message.txt": "released 2.0.0\n"}, "release 2.0.0")
+    git(work, "tag", "-a", "v2.0.0", "-m", "Release 2.0.0")
+    commit_files(work, {"app/message.txt": "work after the release\n"}, "later work")
+    git(work, "push", "-q", str(served / "hello-app.git"), "main", "refs/tags/v2.0.0")
+    tag_object = git(served / "hello-app.git", "rev-parse", "refs/tags/v2.0.0")
+    assert git(served / "hello-app.git", "cat-file", "-t", tag_object) == "tag"
+    assert git(served / "hello-app.git", "rev-parse", "v2.0.0^{commit}") == tagged != tag_object
+    port = free_port()
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", f"--base-path={served}", "--export-all",
+                               "--listen=127.0.0.1", f"--port={port}", str(served)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(port)
+    yield f"git://127.0.0.1:{port}/hello-app.git", tag_object, tagged
+    daemon.terminate()
+    daemon.wait(10)
+
+
+def annotated_tag_delivery(hooks: Stack, provider: str, url: str, tag_object: str, commit: str) -> tuple[httpx.Response, str]:
+    """Each host's delivery for the tag push, shaped as that host sends it; and the image repo it builds."""
+    if provider == "github":
+        payload = fixture("github-tag-push.json")
+        payload["after"], payload["head_commit"]["id"], payload["repository"]["clone_url"] = tag_object, commit, url
+        return github(hooks, payload), "hooks-gh/hello-app"
+    if provider == "gitlab":
+        payload = fixture("gitlab-annotated-tag-push.json")
+        payload["after"], payload["checkout_sha"] = tag_object, commit
+        payload["project"]["git_http_url"] = payload["repository"]["git_http_url"] = url
+        return gitlab(hooks, payload, event="Tag Push Hook"), "hooks-gl/platform-hello-app"
+    payload = fixture("gitea-tag-push.json")
+    payload["after"], payload["head_commit"]["id"], payload["repository"]["clone_url"] = tag_object, commit, url
+    return gitea(hooks, payload), "hooks-gt/hello-app"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_annotated_tag_push_builds_the_tagged_commit_named_by_the_tag(hooks, tag_server, services, provider):
+    url, tag_object, commit = tag_server
+    response, repository = annotated_tag_delivery(hooks, provider, url, tag_object, commit)
+    assert response.status_code == 202, response.text
+    assert response.json()["commit"] == commit
+    record = hooks.wait(response.json()["job"])
+    assert record["status"] == "succeeded", record["error"]
+    assert record["request"]["context"]["ref"] == "refs/tags/v2.0.0" and record["request"]["context"]["commit"] == commit
+    assert record["request"]["labels"]["org.opencontainers.image.revision"] == commit
+    image = f"{services['RUNNER_DEV_REGISTRY']}/{repository}"
+    refs = [i["ref"] for i in record["images"]]
+    assert f"{image}:v2.0.0" in refs and tag_object[:7] not in " ".join(refs)
+    if provider != "gitea":  # its repository's other template names a branch
+        assert f"{image}:{commit[:7]}" in refs
+    assert run_image(f"{image}:v2.0.0", "cat", "/message.txt") == "released 2.0.0\n"
+
+
 # -- mapping rules without a server -----------------------------------------------------------------
 def push(ref: str, default_branch: str | None = "main") -> Push:
     return Push("github", "Acme/Hello-App", "Acme", "Hello-App", ref, "3f786850e387550fdab836ed7e6dc881de23001b",
@@ -316,7 +440,7 @@ def test_templates_and_patterns():
 
 def test_clone_url_override_and_its_scheme_check(harness):
     from runner.config.sections import GitConfig
-    from runner.entry.webhooks import WebhookError, build_request
+    from runner.entry.webhooks import build_request
 
     settings = harness.settings.model_copy(update={"git": GitConfig(allowed_schemes=["https", "file"])})
     repo = RepositoryHook(images=["127.0.0.1:5000/x/{repo}:{short_sha}"], clone_url="file:///srv/mirror/hello-app")
@@ -330,3 +454,28 @@ def test_clone_url_override_and_its_scheme_check(harness):
     assert info.value.status == 422
     with pytest.raises(ValueError, match="git.credentials"):
         RepositoryHook(images=["r.example.com/a"], clone_url="https://ci:secret@git.example.com/a.git")
+
+
+@pytest.mark.parametrize("provider, name", [("github", "github-tag-push.json"), ("gitea", "gitea-tag-push.json"),
+                                            ("gitlab", "gitlab-annotated-tag-push.json")])
+def test_annotated_tag_payloads_name_the_commit_not_the_tag_object(provider, name):
+    data = fixture(name)
+    push = parse_push(provider, data)
+    commit = data["checkout_sha"] if provider == "gitlab" else data["head_commit"]["id"]
+    assert push.sha == commit != data["after"] and push.tag == "v2.0.0"
+    if provider != "gitlab":  # a host that names no commit: `after` is built (git peels the tag)
+        data["head_commit"] = None
+        assert parse_push(provider, data).sha == data["after"]
+        branch = dict(fixture(name), ref="refs/heads/main")  # on a branch, `after` is the commit, as always
+        assert parse_push(provider, branch).sha == branch["after"]
+    bad = dict(fixture(name), **({"checkout_sha": "v2.0.0"} if provider == "gitlab" else {}))
+    if provider != "gitlab":
+        bad["head_commit"] = {"id": "not-a-sha"}
+    with pytest.raises(WebhookError, match="'(checkout_sha|head_commit.id)' .* is not a commit id"):
+        parse_push(provider, bad)
+
+
+def test_form_payload_is_the_field_byte_for_byte():
+    text = '{"message": "Grüße ✓ a&b=c+d 100%"}'
+    assert form_payload(urlencode({"x": "1", "payload": text}).encode()) == text.encode()
+    assert form_payload(b"payload=%7B%7D+%2B") == b"{} +"

@@ -31,10 +31,12 @@ from executors.daemonless.common import (
     registries_conf,
     registry_auths,
     secret_arg_env,
+    unpack,
     write_build_secrets,
     write_cert_dir,
 )
 from executors.daemonless.config import BuildahConfig
+from executors.daemonless.setid import MAX_DOCKERFILE_BYTES, copy_from_context
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, is_auth_error
@@ -134,11 +136,13 @@ def _overlay_problem(config: BuildahConfig) -> str | None:
 @dataclass
 class JobPaths:
     context: Path
-    dockerfile: Path
+    dockerfile: Path  # outside `context`
     authfile: Path
     iidfile: Path
+    ignorefile: Path  # empty: `context` already holds exactly what `COPY .` sees
     cert_dir: Path | None = None
     secrets: tuple[tuple[str, Path], ...] = ()
+    build_context: tuple[str, Path] | None = None  # a named build context (see executors.daemonless.setid)
 
 
 def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobPaths, namespace: str) -> list[str]:
@@ -146,9 +150,11 @@ def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobP
     build args are named only (their values travel in the environment)."""
     args = ["build", f"--layers={'true' if config.layers else 'false'}", "--force-rm", "--isolation", mode.isolation,
             "--format", config.format, "--authfile", str(paths.authfile), "--iidfile", str(paths.iidfile),
-            "-f", str(paths.dockerfile)]
+            "-f", str(paths.dockerfile), "--ignorefile", str(paths.ignorefile)]
     if paths.cert_dir:
         args += ["--cert-dir", str(paths.cert_dir)]
+    if paths.build_context:
+        args += ["--build-context", f"{paths.build_context[0]}={paths.build_context[1]}"]
     if job.no_cache:
         args.append("--no-cache")
     if job.target:
@@ -174,6 +180,25 @@ def push_args(config: BuildahConfig, image_id: str, ref: ImageRef, paths: JobPat
     if paths.cert_dir:
         args += ["--cert-dir", str(paths.cert_dir)]
     return [*args, image_id, f"docker://{ref}"]
+
+
+def keep_setid_bits(paths: JobPaths, files: JobFiles, log: LogSink) -> None:
+    """The context has setuid/setgid files, whose bits buildah drops on a plain COPY: build from
+    a private copy of the Dockerfile whose COPYs read the context as a named build context."""
+    try:
+        if paths.dockerfile.stat().st_size > MAX_DOCKERFILE_BYTES:
+            return
+        text = paths.dockerfile.read_bytes().decode("utf-8", "surrogateescape")
+    except OSError:
+        return  # buildah reports the Dockerfile's problem itself
+    rewritten = copy_from_context(text)
+    if rewritten is None:
+        log.line("[runner] note: buildah drops setuid/setgid bits of files ADDed or COPYed from the build context")
+        return
+    paths.dockerfile = files.write("Dockerfile", rewritten[0].encode("utf-8", "surrogateescape"))
+    paths.build_context = (rewritten[1], paths.context)
+    log.line(f"[runner] the context has setuid/setgid files: COPY reads it as build context {rewritten[1]!r}, "
+             "so buildah keeps those bits as docker build does")
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -253,7 +278,7 @@ class BuildahExecutor(Executor):
         log.line(f"[runner] {mode.describe()}")
         files = JobFiles(private_root(self.env, self.name, job.id)).create()
         try:
-            paths, env = self._prepare(job, context, files, log)
+            paths, env = self._prepare(job, context, files, log, cancel)
             tool = self.tool(mode, env)
             image_id = self._build(tool, mode, job, paths, log, cancel)
             refs = job.image_refs()
@@ -272,16 +297,20 @@ class BuildahExecutor(Executor):
         finally:
             files.remove()  # auth file and secrets go at once, whatever happened
 
-    def _prepare(self, job: BuildRequest, context: BuildContext, files: JobFiles, log: LogSink) -> tuple[JobPaths, dict]:
-        context_dir = context.extract_to(context.workspace / f"{self.name}-context")
+    def _prepare(self, job: BuildRequest, context: BuildContext, files: JobFiles, log: LogSink,
+                 cancel: CancelToken) -> tuple[JobPaths, dict]:
+        unpacked = unpack(context, self.name, cancel)
         paths = JobPaths(
-            context=context_dir,
-            dockerfile=context_dir / context.dockerfile,
+            context=unpacked.context,
+            dockerfile=unpacked.dockerfile,
             authfile=files.write("auth.json", json.dumps(registry_auths(self.env.registries, log))),
             iidfile=files.root / "iid",
+            ignorefile=files.write("ignorefile", ""),  # buildah would otherwise apply .containerignore/.dockerignore its way
             cert_dir=write_cert_dir(self.env.registries, files),
             secrets=tuple(write_build_secrets(self.job_secrets(job), files, log)),
         )
+        if unpacked.setid:
+            keep_setid_bits(paths, files, log)
         env = {"TMPDIR": str(files.directory("tmp")), **secret_arg_env(job)}
         if conf := registries_conf(self.env.registries):
             env["CONTAINERS_REGISTRIES_CONF"] = str(files.write("registries.conf", conf))

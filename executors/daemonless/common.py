@@ -3,6 +3,8 @@
 - `JobFiles`: one private directory per job (0700) for the files a build tool needs —
   registry auth file, registries.conf, CA directory, build-secret files (each 0600).
   Secrets reach the tool through these files or its environment, never its argv.
+- `unpack`: the context as the tool reads it: a folder holding exactly what `COPY .` sees in
+  `docker build`, and the Dockerfile from a private folder beside it.
 The tools themselves run through runner.core.process.
 """
 
@@ -18,7 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from executors.base import ExecutorEnv
-from runner.core.build import LogSink
+from runner.core.build import BuildContext, LogSink, Unpacked
+from runner.core.cancel import CancelToken
 from runner.core.errors import AUTH_WORDS, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest
 from runner.core.registry import RegistryConfig, is_loopback
@@ -69,6 +72,13 @@ class JobFiles:
                 shutil.rmtree(target, ignore_errors=True)
             else:
                 target.unlink(missing_ok=True)
+
+
+def unpack(context: BuildContext, executor: str, cancel: CancelToken) -> Unpacked:
+    """`<workspace>/<executor>-context` holds what `COPY .` sees (the ignore file applied; the
+    Dockerfile and ignore file Docker always sends are there only if the patterns keep them);
+    the Dockerfile and everything left out go to `<workspace>/<executor>-aside`."""
+    return context.unpack(context.workspace / f"{executor}-context", context.workspace / f"{executor}-aside", cancel)
 
 
 # -- registry access ---------------------------------------------------------------------------

@@ -9,7 +9,10 @@ digest returned is the one the registry holds after the push.
 
 img limits (img 0.5): it cannot pull a base image from a plain-HTTP registry (only push has
 --insecure-registry), it trusts only the system CA store, and its --build-arg takes values
-on the command line only, so secret build args are refused (use build secrets instead).
+on the command line only, so secret build args are refused (use build secrets instead). It
+has no flag for an ignore file: the unpacked context holds exactly what `COPY .` sees, and
+img's BuildKit re-applies a `.dockerignore` left in it (one the patterns keep) with its own,
+older rules (docs/executors.md, "Fidelity").
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from executors.daemonless.common import (
     plain_http,
     private_root,
     registry_auths,
+    unpack,
     write_build_secrets,
 )
 from executors.daemonless.config import ImgConfig
@@ -137,11 +141,11 @@ class ImgExecutor(Executor):
             docker_config = files.directory("docker")
             files.write("docker/config.json", json.dumps(registry_auths(self.env.registries, log)))
             secrets = write_build_secrets(self.job_secrets(job), files, log)
-            context_dir = context.extract_to(context.workspace / f"{self.name}-context")
+            unpacked = unpack(context, self.name, cancel)
             tool = Tool(self.config.binary, global_args(self.config),
                         tool_env({"DOCKER_CONFIG": str(docker_config), "TMPDIR": str(files.directory("tmp"))}))
             output = ImgOutput(log)
-            code = tool.stream(build_args(self.config, job, context_dir, context_dir / context.dockerfile, secrets), output, cancel)
+            code = tool.stream(build_args(self.config, job, unpacked.context, unpacked.dockerfile, secrets), output, cancel)
             if code != 0:
                 raise output.failure(code)
             refs = job.image_refs()

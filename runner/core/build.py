@@ -5,10 +5,13 @@ from __future__ import annotations
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest
+
+if TYPE_CHECKING:
+    from runner.core.extract import MemberFilter, Placement
 
 
 class LogSink(Protocol):
@@ -22,14 +25,26 @@ class LogSink(Protocol):
         """Mask `value` from now on (a secret an executor learns during the build)."""
 
 
+@dataclass(frozen=True)
+class Unpacked:
+    """A context unpacked for a tool that reads a folder (buildah, img)."""
+
+    context: Path  # exactly what `COPY .` sees in `docker build`
+    dockerfile: Path  # the Dockerfile, outside `context`
+    setid: bool = False  # whether something in `context` has a setuid or setgid bit
+
+
 @dataclass
 class BuildContext:
-    """A build context checked by runner.context: a tar on disk plus a scratch directory."""
+    """A build context checked by runner.sources.upload: a tar on disk plus a scratch directory."""
 
     tar_path: Path
     workspace: Path
     dockerfile: str = "Dockerfile"
     size: int = 0
+    #: where each member goes when unpacked for a build (the ignore file applied); set by the
+    #: spool. None: every member is in the context.
+    place: MemberFilter | None = None
 
     def open(self):
         return self.tar_path.open("rb")
@@ -44,6 +59,29 @@ class BuildContext:
         with closing(file_chunks(self.tar_path)) as chunks:
             extract_tar(chunks, target, cancel)
         return target
+
+    def unpack(self, context_dir: Path, aside_dir: Path, cancel: CancelToken | None = None) -> Unpacked:
+        """Unpack for a tool that reads a folder: `context_dir` gets exactly what `COPY .` sees in
+        `docker build` (the ignore file's patterns applied, so the Dockerfile and ignore file
+        Docker always sends are there only if the patterns keep them); `aside_dir` gets what
+        the patterns leave out, and always the Dockerfile. Both are private (0700 down from
+        the workspace), as in extract_to."""
+        from runner.core.extract import Placement, extract_tar, make_private
+        from runner.core.tarpolicy import member_parts
+        from runner.core.tarstream import file_chunks
+
+        dockerfile = "/".join(member_parts(self.dockerfile))
+        place = self.place or _all_in_context(dockerfile, Placement)
+        make_private(self.workspace.parent, context_dir)
+        make_private(self.workspace.parent, aside_dir)
+        with closing(file_chunks(self.tar_path)) as chunks:
+            setid = extract_tar(chunks, context_dir, cancel, place, aside_dir)
+        return Unpacked(context=context_dir, dockerfile=aside_dir / dockerfile, setid=setid > 0)
+
+
+def _all_in_context(dockerfile: str, placement: type[Placement]) -> MemberFilter:
+    """No ignore file: every member in the context, the Dockerfile also aside."""
+    return lambda path, kind: placement.BOTH if path == dockerfile else placement.CONTEXT
 
 
 class ContextSource(Protocol):

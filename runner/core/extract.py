@@ -11,14 +11,21 @@ Modes are kept exactly as in the tar (setuid, setgid, sticky included), as `dock
 keeps them. So that no host user can reach a setuid file, the extraction root and every
 folder from the worker's workspace down to it are 0700. Folder modes and mtimes are applied
 last, deepest first, so a 0555 folder still receives its children.
+
+A build tool that reads a folder (buildah, img) must see exactly what `COPY .` sees in
+`docker build`, so an optional `MemberFilter` places each member: in the context folder, in
+a private "aside" folder (what the ignore file leaves out but the build may still need: the
+Dockerfile, the source of a hard link), or, for a folder the patterns exclude, in the context
+only when something placed there is inside it (it then keeps its own mode, as BuildKit sends it).
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,8 +38,22 @@ if TYPE_CHECKING:
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SETID = stat.S_ISUID | stat.S_ISGID
 #: errors that are the host's, not the archive's
 _HOST_ERRORS = {errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EACCES}
+
+
+class Placement(enum.Enum):
+    """Where a member goes when a context is unpacked for a build tool."""
+
+    CONTEXT = "context"  # the context folder: what `COPY .` sees
+    ASIDE = "aside"  # only the aside folder (files and hard links; other kinds are dropped)
+    BOTH = "both"  # the context folder, and hard-linked into the aside folder (a visible Dockerfile)
+    IF_USED = "if-used"  # a folder: in the context only if something placed there is inside it
+
+
+#: decides a member's place from its normalised path and kind ("file", "dir", "symlink", "hardlink")
+MemberFilter = Callable[[str, str], Placement]
 
 
 def workspace_error(exc: OSError) -> ExecutorError:
@@ -63,19 +84,27 @@ def _ns(mtime: int | float) -> int:
 class Extractor:
     """Unpacks members below `root_fd`, one at a time (see the module docstring)."""
 
-    def __init__(self, root_fd: int):
+    def __init__(self, root_fd: int, place: MemberFilter | None = None, aside: Extractor | None = None):
         self.root_fd = root_fd
+        self.place = place
+        self.aside = aside  # where ASIDE and BOTH members go (None: ASIDE members are dropped)
+        #: a second root searched for a hard link's source (the aside folder's, and back)
+        self.other_root: int | None = None
+        if aside is not None:
+            self.other_root, aside.other_root = aside.root_fd, root_fd
         self._parent: tuple[tuple[str, ...], int] | None = None  # the last parent folder, kept open
-        self._dirs: dict[tuple[str, ...], tuple[int, int | float]] = {}
+        #: folder modes and mtimes to apply at the end; the flag: only if the folder exists then
+        self._dirs: dict[tuple[str, ...], tuple[int, int | float, bool]] = {}
+        self.setid_members = 0  # files and folders unpacked here with a setuid or setgid bit
 
     def close(self) -> None:
         if self._parent is not None:
             os.close(self._parent[1])
             self._parent = None
 
-    def _walk(self, parts: tuple[str, ...], member: Member, create: bool) -> int:
-        """A new fd of the folder `parts` below the root, opened without following any link."""
-        fd = os.dup(self.root_fd)
+    def _walk(self, parts: tuple[str, ...], member: Member, create: bool, root: int | None = None) -> int:
+        """A new fd of the folder `parts` below the root (or `root`), opened without following any link."""
+        fd = os.dup(self.root_fd if root is None else root)
         for depth, part in enumerate(parts):
             try:
                 try:
@@ -128,6 +157,20 @@ class Extractor:
             if member.kind != "dir":
                 raise InvalidJob(f"context tar member {shown(member.name)} would replace the context's root folder")
             return  # the root keeps its 0700
+        place = self.place("/".join(parts), member.kind) if self.place is not None else Placement.CONTEXT
+        if place is Placement.IF_USED and member.kind == "dir":
+            self._dirs[parts] = (member.mode, member.mtime, True)
+            return
+        if place is Placement.ASIDE or place is Placement.IF_USED:
+            if self.aside is not None and member.kind in ("file", "hardlink"):
+                self.aside.add_here(parts, member, data)
+            return
+        self.add_here(parts, member, data)
+        if place is Placement.BOTH and self.aside is not None and member.kind in ("file", "hardlink"):
+            self.aside.link_from(self.root_fd, parts, member)
+
+    def add_here(self, parts: tuple[str, ...], member: Member, data: Iterable[memoryview]) -> None:
+        """Unpack the member (its normalised `parts`) below this extractor's root."""
         parent, leaf = self._parent_fd(parts, member), parts[-1]
         target = symlink_target(member, parts) if member.kind == "symlink" else None
         link_parts = hardlink_target(member, parts) if member.kind == "hardlink" else None
@@ -135,9 +178,10 @@ class Extractor:
         if member.kind == "dir":
             if not is_dir:
                 os.mkdir(leaf, 0o700, dir_fd=parent)
-            self._dirs[parts] = (member.mode, member.mtime)
+            self._dirs[parts] = (member.mode, member.mtime, False)
         elif member.kind == "file":
             self._write_file(parent, leaf, member, data)
+            self.setid_members += bool(member.mode & _SETID)
         elif target is not None:
             os.symlink(target, leaf, dir_fd=parent)
             os.utime(leaf, ns=(_ns(member.mtime),) * 2, dir_fd=parent, follow_symlinks=False)
@@ -157,28 +201,57 @@ class Extractor:
             os.close(fd)
 
     def _hardlink(self, parent: int, leaf: str, link_parts: tuple[str, ...], member: Member) -> None:
-        source = self._walk(link_parts[:-1], member, create=False) if link_parts[:-1] else os.dup(self.root_fd)
-        try:
+        roots = [self.root_fd] if self.other_root is None else [self.root_fd, self.other_root]
+        folder_found = False
+        for root in roots:  # the source is in this folder, or was placed in the other one
+            try:
+                source = self._walk(link_parts[:-1], member, create=False, root=root)
+            except FileNotFoundError:
+                continue
+            folder_found = True
             try:
                 mode = os.stat(link_parts[-1], dir_fd=source, follow_symlinks=False).st_mode
+                if not stat.S_ISREG(mode):
+                    what = "a symlink" if stat.S_ISLNK(mode) else "a folder"
+                    raise InvalidJob(f"context tar member {shown(member.name)} is a hard link to {what} "
+                                     f"({shown(member.linkname)}); a hard link must name an earlier regular file")
+                os.link(link_parts[-1], leaf, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
+                return
             except FileNotFoundError:
-                mode = None
-            if mode is None or not stat.S_ISREG(mode):
-                what = "nothing" if mode is None else "a symlink" if stat.S_ISLNK(mode) else "a folder"
-                raise InvalidJob(f"context tar member {shown(member.name)} is a hard link to {what} "
-                                 f"({shown(member.linkname)}); a hard link must name an earlier regular file")
-            os.link(link_parts[-1], leaf, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
+                continue
+            finally:
+                os.close(source)
+        if not folder_found:
+            raise InvalidJob(f"context tar member {shown(member.name)} is a hard link to {shown(member.linkname)}, "
+                             "which is not in the context")
+        raise InvalidJob(f"context tar member {shown(member.name)} is a hard link to nothing "
+                         f"({shown(member.linkname)}); a hard link must name an earlier regular file")
+
+    def link_from(self, root: int, parts: tuple[str, ...], member: Member) -> None:
+        """Hard-link the file at `parts` below `root` (already unpacked there) to the same path here."""
+        parent, leaf = self._parent_fd(parts, member), parts[-1]
+        self._clear(parent, leaf, member)
+        source = self._walk(parts[:-1], member, create=False, root=root)
+        try:
+            os.link(leaf, leaf, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(source)
 
     def finish(self) -> None:
         """Folder modes and mtimes, deepest first (a 0555 folder got its children already)."""
         self.close()
-        for parts, (mode, mtime) in sorted(self._dirs.items(), key=lambda item: len(item[0]), reverse=True):
-            fd = self._walk(parts, Member(name="/".join(parts), kind="dir", size=0, mode=mode, mtime=mtime), create=False)
+        for parts, (mode, mtime, if_used) in sorted(self._dirs.items(), key=lambda item: len(item[0]), reverse=True):
+            member = Member(name="/".join(parts), kind="dir", size=0, mode=mode, mtime=mtime)
+            try:
+                fd = self._walk(parts, member, create=False)
+            except (FileNotFoundError, InvalidJob):
+                if if_used:
+                    continue  # nothing placed inside it: it is not in the context
+                raise
             try:
                 os.fchmod(fd, mode)
                 os.utime(fd, ns=(_ns(mtime),) * 2)
+                self.setid_members += bool(mode & _SETID)
             finally:
                 os.close(fd)
 
@@ -192,10 +265,16 @@ def _member_error(exc: OSError, member: Member) -> ExecutorError:
     return InvalidJob(f"context tar member {shown(member.name)} cannot be unpacked: {os.strerror(exc.errno or 0)}")
 
 
-def extract_tar(chunks: Iterable[bytes], root: Path, cancel: CancelToken | None = None) -> None:
-    """Unpack the tar in `chunks` into the existing folder `root` (which the caller made private)."""
+def extract_tar(chunks: Iterable[bytes], root: Path, cancel: CancelToken | None = None,
+                place: MemberFilter | None = None, aside: Path | None = None) -> int:
+    """Unpack the tar in `chunks` into the existing folder `root` (which the caller made private).
+    With `place`, each member goes where it says; `aside` is the existing private folder for
+    ASIDE and BOTH members (without it, ASIDE members are left out). Returns how many files and
+    folders in `root` have a setuid or setgid bit."""
     root_fd = os.open(root, _OPEN_DIR)
-    extractor = Extractor(root_fd)
+    aside_fd = os.open(aside, _OPEN_DIR) if aside is not None else None
+    beside = Extractor(aside_fd) if aside_fd is not None else None
+    extractor = Extractor(root_fd, place, beside)
     member: Member | None = None
     try:
         reader = TarReader(chunks, cancel=cancel)
@@ -203,6 +282,7 @@ def extract_tar(chunks: Iterable[bytes], root: Path, cancel: CancelToken | None 
             extractor.add(member, reader.data())
         member = None
         extractor.finish()
+        return extractor.setid_members
     except TarError as exc:
         raise InvalidJob(exc.message) from None
     except OSError as exc:
@@ -212,3 +292,6 @@ def extract_tar(chunks: Iterable[bytes], root: Path, cancel: CancelToken | None 
     finally:
         extractor.close()
         os.close(root_fd)
+        if beside is not None and aside_fd is not None:
+            beside.close()
+            os.close(aside_fd)

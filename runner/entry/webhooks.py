@@ -1,10 +1,16 @@
 """Git-push webhooks from GitHub, GitLab and Gitea: check the signature, read the push,
 and turn it into one BuildRequest (a git context at the pushed commit) handed to submission.
 
-Signatures: GitHub `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`, Gitea
-`X-Gitea-Signature: <hex HMAC-SHA256>`, GitLab `X-Gitlab-Token: <the secret itself>`; all
-compared in constant time. A redelivery (same delivery id) maps to the same job id, so it
-builds once. Nothing here waits for a build.
+Signatures, exactly as each host makes them, for both content types (`application/json`, or
+a form whose `payload` field holds the JSON): GitHub `X-Hub-Signature-256: sha256=<hex
+HMAC-SHA256 of the raw body>` (the form body itself, when it sends a form); Gitea and Forgejo
+`X-Gitea-Signature: <hex HMAC-SHA256 of the JSON payload>` (the `payload` field's value, not
+the form body); GitLab `X-Gitlab-Token: <the secret itself>`. All compared in constant time.
+
+The commit built: `after`, except for a tag, where `after` is the tag OBJECT when the tag is
+annotated: GitHub and Gitea name the commit it points to in `head_commit.id`, GitLab in
+`checkout_sha`. A redelivery (same delivery id) maps to the same job id, so it builds once.
+Nothing here waits for a build.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote_to_bytes
 
 from runner.config.sections import RepositoryHook
 from runner.config.settings import Settings
@@ -34,6 +40,7 @@ SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 SIGNATURE_HEADERS = {"github": "x-hub-signature-256", "gitea": "x-gitea-signature", "gitlab": "x-gitlab-token"}
 DELIVERY_HEADERS = {"github": ("x-github-delivery",), "gitea": ("x-gitea-delivery",),
                     "gitlab": ("idempotency-key", "x-gitlab-event-uuid")}
+FORM = "application/x-www-form-urlencoded"
 
 
 class WebhookError(Exception):
@@ -72,7 +79,7 @@ class Push:
 
 
 def verify(provider: str, headers: Mapping[str, str], body: bytes, settings: Settings) -> None:
-    """Raise WebhookError(401) unless the request carries this provider's valid signature."""
+    """Raise WebhookError(401) unless `body` (the bytes this provider signs) carries its valid signature."""
     header = SIGNATURE_HEADERS[provider]
     try:
         secret = getattr(settings.webhooks, provider).secret_value(f"webhooks.{provider}.secret")
@@ -100,13 +107,35 @@ def event_name(provider: str, headers: Mapping[str, str]) -> str:
     return headers.get("x-github-event" if provider == "github" else "x-gitea-event", "")
 
 
-def load_payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+def form_payload(body: bytes) -> bytes:
+    """The `payload` field of a form body, byte for byte as its sender encoded it."""
+    found = []
+    for pair in body.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if unquote_to_bytes(key.replace(b"+", b" ")) == b"payload":
+            found.append(unquote_to_bytes(value.replace(b"+", b" ")))
+    if len(found) != 1:
+        raise WebhookError(400, f"the form body has {'no' if not found else 'more than one'} `payload` field")
+    return found[0]
+
+
+def verified_payload(provider: str, headers: Mapping[str, str], body: bytes, settings: Settings) -> bytes:
+    """The delivery's JSON payload, once its signature is checked over what this provider signs:
+    Gitea the JSON payload (a form's `payload` field), GitHub the raw body, GitLab nothing (a token)."""
+    form = headers.get("content-type", "").split(";")[0].strip().lower() == FORM
+    if provider == "gitea":
+        payload = form_payload(body) if form else body
+        verify(provider, headers, payload, settings)
+        return payload
+    verify(provider, headers, body, settings)
+    return form_payload(body) if form else body
+
+
+def load_payload(payload: bytes) -> dict[str, Any]:
     try:
-        if headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            body = parse_qs(body.decode())["payload"][0].encode()
-        data = json.loads(body)
-    except (ValueError, KeyError, IndexError):
-        raise WebhookError(400, "the body is not a JSON push payload (nor a form with a `payload` field)") from None
+        data = json.loads(payload)
+    except ValueError:
+        raise WebhookError(400, "the payload is not JSON") from None
     except RecursionError:
         raise WebhookError(400, "the payload nests arrays or objects too deeply to read") from None
     if not isinstance(data, dict):
@@ -132,23 +161,35 @@ def _required(data: dict, path: str) -> str:
     return value
 
 
+def pushed_commit(provider: str, data: dict[str, Any], ref: str, after: str) -> tuple[str, str]:
+    """(field, commit id) of the commit a push builds. For an annotated tag `after` is the tag
+    object; the hosts name the commit it points to (without one, `after` is built: git peels
+    the tag, but {sha} names the tag object)."""
+    if provider == "gitlab":
+        checkout = _optional(data, "checkout_sha")
+        return ("checkout_sha", checkout) if checkout else ("after", after)
+    head = _optional(data, "head_commit.id") if ref.startswith("refs/tags/") else None
+    return ("head_commit.id", head) if head else ("after", after)
+
+
 def parse_push(provider: str, data: dict[str, Any]) -> Push:
-    ref, sha = _required(data, "ref"), _required(data, "after")
+    ref, after = _required(data, "ref"), _required(data, "after")
     if provider == "gitlab":
         full_name = _required(data, "project.path_with_namespace")
         owner, _, name = full_name.rpartition("/")
         clone_url = _optional(data, "project.git_http_url") or _optional(data, "repository.git_http_url")
         default_branch = _optional(data, "project.default_branch")
-        deleted = bool(ZERO_SHA.match(sha)) or data.get("checkout_sha", "") is None
+        deleted = bool(ZERO_SHA.match(after)) or data.get("checkout_sha", "") is None
     else:
         full_name, name = _required(data, "repository.full_name"), _required(data, "repository.name")
         owner = _optional(data, "repository.owner.login") or _optional(data, "repository.owner.username") \
             or full_name.partition("/")[0]
         clone_url = _optional(data, "repository.clone_url")
         default_branch = _optional(data, "repository.default_branch")
-        deleted = data.get("deleted") is True or bool(ZERO_SHA.match(sha))
+        deleted = data.get("deleted") is True or bool(ZERO_SHA.match(after))
+    field, sha = ("after", after) if deleted else pushed_commit(provider, data, ref, after)
     if not deleted and not SHA.match(sha):
-        raise WebhookError(400, f"the push payload's 'after' ({sha[:80]!r}) is not a commit id")
+        raise WebhookError(400, f"the push payload's {field!r} ({sha[:80]!r}) is not a commit id")
     return Push(provider, full_name, owner, name, ref, sha, clone_url, default_branch, deleted)
 
 
@@ -245,13 +286,13 @@ def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Set
 def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Settings, store: JobStore,
            app=None) -> Outcome:
     """One delivery, start to answer. `headers` must have lower-case names."""
-    verify(provider, headers, body, settings)
+    payload = verified_payload(provider, headers, body, settings)
     event = event_name(provider, headers)
     if event == "ping":
         return Outcome(200, {"result": "pong"})
     if event != "push":
         return Outcome(200, {"result": "ignored", "reason": f"event {event or '(none)'!r} is not a push"})
-    push = parse_push(provider, load_payload(headers, body))
+    push = parse_push(provider, load_payload(payload))
     repo = repository_config(push, settings)
     if repo is None:
         return Outcome(200, {"result": "ignored", "reason": f"repository {push.full_name!r} is not configured "

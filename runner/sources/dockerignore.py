@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -327,8 +327,21 @@ def canonical_dockerfile(dockerfile: str) -> str:
     return path
 
 
-def _resolve_in_root(root: Path, relative: str, hops: int = 40) -> list[str]:
-    """The paths that following `relative` inside `root` visits: each link met, then the target.
+def _resolve_in_root(root: Path, relative: str) -> list[str]:
+    """The paths that following `relative` inside `root` visits: each link met, then the target."""
+
+    def readlink(path: str) -> str | None:
+        try:
+            return os.readlink(root / path) if stat.S_ISLNK(os.lstat(root / path).st_mode) else None
+        except OSError:
+            return None
+
+    return follow_links(relative, readlink)
+
+
+def follow_links(relative: str, readlink: Callable[[str], str | None], hops: int = 40) -> list[str]:
+    """The paths that following `relative` inside a context visits: each link met, then the
+    target. `readlink(path)` is the target of the symlink at `path`, None if it is not one.
 
     Like BuildKit's FollowPaths, an absolute link target or a `..` stays inside the context.
     """
@@ -342,14 +355,10 @@ def _resolve_in_root(root: Path, relative: str, hops: int = 40) -> list[str]:
                 done.pop()
             continue
         current = "/".join([*done, part])
-        try:
-            is_link = stat.S_ISLNK(os.lstat(root / current).st_mode)
-        except OSError:
-            is_link = False
-        if is_link and hops > 0:
+        target = readlink(current) if hops > 0 else None
+        if target is not None:
             hops -= 1
             visited.append(current)
-            target = os.readlink(root / current)
             if target.startswith("/"):
                 done = []
             parts = [p for p in target.split("/") if p not in ("", ".")] + parts

@@ -1,25 +1,34 @@
 """Spooling a stored context on the worker: the tar (from Redis chunks or a packed checkout)
 streamed through our own reader (runner.core.tarstream) and the lexical rules
 (runner.core.tarpolicy), and written again as a canonical tar of only the accepted members,
-so every executor gets exactly what was checked."""
+so every executor gets exactly what was checked.
+
+The tar's own ignore file is read on the way (runner.sources.copy_filter). When it has
+patterns, the tar is written once more holding only what `COPY .` sees in `docker build`
+(plus the Dockerfile, which an engine reads from the tar): an engine given a tar applies no
+ignore file, and the CLI's tar still holds the ignore file and Dockerfile Docker always sends.
+A tool that builds from an unpacked folder gets the same view (runner.core.build.unpack)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import tarfile
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from pathlib import Path
 
 from runner.config.settings import LimitsConfig
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
-from runner.core.extract import make_private, workspace_error
+from runner.core.extract import Placement, make_private, workspace_error
 from runner.core.jobs import BuildRequest
 from runner.core.tarpolicy import hardlink_target, member_parts, symlink_target
-from runner.core.tarstream import Member, TarError, TarLimitError, TarLimits, TarReader, shown
+from runner.core.tarstream import Member, TarError, TarLimitError, TarLimits, TarReader, file_chunks, shown
+from runner.sources.copy_filter import CopyFilter, IgnoreFiles, PathSet, copy_filter
 
 # -- worker side -------------------------------------------------------------------------------
 #: which setting each tar limit comes from, for messages
@@ -165,7 +174,8 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
 
     Nothing is held whole in memory and every limit is checked while streaming (uncompressed
     bytes, members, path, link and header sizes); each refusal is an InvalidJob naming the
-    member or the setting. `limits` may be a plain byte cap (tests).
+    member or the setting, as is a malformed ignore file (naming its line, in Docker's words).
+    `limits` may be a plain byte cap (tests).
     """
     if isinstance(limits, int):
         limits = LimitsConfig(max_context_bytes=limits)
@@ -173,17 +183,22 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
     tar_path = workspace / "context.tar"
     reader = TarReader(chunks, tar_limits(limits), cancel)
     checker = ContextChecker(dockerfile)
+    ignore = IgnoreFiles(dockerfile)
     out = CanonicalTar(tar_path)
     try:
         for member in reader.members():
             accepted = checker.accept(member)
             if accepted is not None:
-                out.add(member, *accepted, reader.data() if member.kind == "file" else ())
+                name, target = accepted
+                data = ignore.observe(name, member.kind, target, reader.data() if member.kind == "file" else ())
+                out.add(member, name, target, data)
         if reader.raw_bytes == 0:
             raise InvalidJob("the job has no build context (nothing was uploaded, or it expired)")
         if not checker.found_dockerfile:
             raise InvalidJob(f"Dockerfile {dockerfile!r} not found in the build context (it must be a regular file)")
         out.close()
+        place = copy_filter(ignore, tar_path, dockerfile, cancel)
+        size = write_copy_view(tar_path, place, ignore.hardlinked, cancel) if place.active else out.size
     except BaseException as exc:
         out.discard()
         tar_path.unlink(missing_ok=True)
@@ -194,7 +209,77 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
         if isinstance(exc, OSError):
             raise workspace_error(exc) from None
         raise
-    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=out.size)
+    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=size, place=place)
+
+
+def write_copy_view(tar_path: Path, place: CopyFilter, hardlinked: PathSet, cancel: CancelToken | None = None) -> int:
+    """Rewrite the canonical tar at `tar_path` as what `COPY .` sees: the members `place`
+    leaves out are dropped, except the Dockerfile; an excluded folder is kept (before its
+    content) only if something inside it is; a kept hard link to a dropped file becomes that
+    file. Returns the new size."""
+    view = CanonicalTar(tar_path.with_name("context.view.tar"))
+    stash = tar_path.with_name("context.stash")
+    pending: dict[str, Member] = {}  # excluded folders, written once something inside them is
+    used = PathSet()  # folders something was written inside
+    stashed: dict[str, tuple[Path, Member]] = {}  # dropped files a hard link names: their data
+    relinked: dict[str, str] = {}  # such a file -> the first link written (as a regular file)
+    try:
+        with closing(file_chunks(tar_path)) as chunks:
+            reader = TarReader(chunks, cancel=cancel)
+            for member in reader.members():
+                name = "/".join(member_parts(member.name))
+                where = place(name, member.kind)
+                if where is Placement.IF_USED and member.kind == "dir":
+                    if name in used:
+                        view.add(member, name, "")
+                    else:
+                        pending[name] = member
+                    continue
+                if where in (Placement.ASIDE, Placement.IF_USED) and name != place.dockerfile:
+                    if member.kind == "file" and name in hardlinked:
+                        stashed[name] = (_stash(stash, len(stashed), reader.data()), member)
+                    continue
+                _write_folders_above(view, name, pending, used)
+                if member.kind == "hardlink" and member.linkname in stashed:
+                    if member.linkname in relinked:
+                        view.add(member, name, relinked[member.linkname])
+                    else:
+                        data, source = stashed[member.linkname]
+                        copied = Member(name, "file", source.size, source.mode, source.mtime)
+                        with closing(file_chunks(data)) as pieces:
+                            view.add(copied, name, "", (memoryview(p) for p in pieces))
+                        relinked[member.linkname] = name
+                else:
+                    view.add(member, name, member.linkname, reader.data() if member.kind == "file" else ())
+        view.close()
+    except BaseException:
+        view.discard()
+        tar_path.with_name("context.view.tar").unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(stash, ignore_errors=True)
+    os.replace(tar_path.with_name("context.view.tar"), tar_path)
+    return view.size
+
+
+def _write_folders_above(view: CanonicalTar, name: str, pending: dict[str, Member], used: PathSet) -> None:
+    parts = name.split("/")
+    for depth in range(1, len(parts)):
+        folder = "/".join(parts[:depth])
+        if pending:
+            member = pending.pop(folder, None)
+            if member is not None:
+                view.add(member, folder, "")
+        used.add(folder)
+
+
+def _stash(folder: Path, index: int, data: Iterable[memoryview]) -> Path:
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / str(index)
+    with path.open("wb") as out:
+        for piece in data:
+            out.write(piece)
+    return path
 
 
 class UploadSource:
