@@ -29,11 +29,13 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore, app: obje
         assert existing is not None
         return existing, False
     store.save_secrets(request.id, request.secret_arg_values())
-    if request.context.type == "upload":
-        store.keep_context(request.id)
     try:
         send_build(store.r, record.request.model_dump(mode="json"), record.queue)
     except BaseException:
         store.forget(request.id)  # not queued: a retry with the same id must be able to send it
         raise
+    if request.context.type == "upload":
+        # after the send, off the pickup path: if the job is done and its context gone already,
+        # this is a no-op; until now the upload's own expiry (an hour) kept it
+        store.keep_context(request.id)
     return record, True
