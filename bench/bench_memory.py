@@ -63,7 +63,7 @@ def status_kib(pid: int, field: str) -> int:
 class Stack:
     """A config in its own namespace, a worker and an API server started from it."""
 
-    def __init__(self, workdir: Path, lines: int, context_mib: int):
+    def __init__(self, workdir: Path, lines: int, context_mib: int, raw_mib: int):
         dev = dict(line.split("=", 1) for line in Path("/var/tmp/runner-dev/env").read_text().split())
         self.port = free_port()
         self.config = {
@@ -71,7 +71,7 @@ class Stack:
             "registries": [{"host": REGISTRY, "username": dev["RUNNER_DEV_REGISTRY_USER"],
                             "password": dev["RUNNER_DEV_REGISTRY_PASSWORD"]}],
             "executors": {"socket": {"enabled": True}},
-            "limits": {"max_context_bytes": (context_mib + 64) * MB, "max_log_lines": lines * 2 + 1000,
+            "limits": {"max_context_bytes": (max(context_mib, raw_mib) + 64) * MB, "max_log_lines": lines * 2 + 1000,
                        "max_log_bytes": 256 * MB},
             "worker": {"namespace": f"benchmem-{uuid.uuid4().hex[:6]}", "workspace": str(workdir / "work"),
                        "concurrency": 1, "metrics_port": 0},
@@ -178,7 +178,7 @@ def main() -> None:
     rows, readers = [], []
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         workdir = Path(tmp)
-        stack = Stack(workdir, args.lines, args.context_mib)
+        stack = Stack(workdir, args.lines, args.context_mib, args.raw_mib)
         try:
             make_context(workdir / "ctx", args.context_mib, args.lines)
             worker = stack.start("worker", ready=" ready.")
@@ -245,6 +245,8 @@ def main() -> None:
                 send_build(stack.store.r, {"id": raw_id, "tags": [f"{REGISTRY}/bench/raw:1"], "executor": "socket"},
                            stack.settings.queue_for("socket"))
                 status = stack.wait_status(raw_id, {"succeeded", "failed", "cancelled", "timed_out"})
+                if status != "succeeded":
+                    raise SystemExit(f"the raw-queue job {status}: {stack.store.get(raw_id).error}")
                 rows.append((f"worker: {args.raw_mib} MiB context as one raw-queue element ({status})",
                              status_kib(worker.pid, "VmHWM"), idle, "<= 150 MB"))
         finally:
