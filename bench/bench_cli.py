@@ -100,7 +100,7 @@ def main() -> None:
             worker.terminate()
             worker.wait(60)
             client = redis.Redis.from_url(dev["RUNNER_DEV_REDIS_URL"])
-            for key in client.scan_iter(f"{namespace}*"):
+            for key in [*client.scan_iter(f"{namespace}*"), *client.scan_iter(f"_kombu.binding*.{namespace}.*")]:
                 client.delete(key)
 
     floor = statistics.median(times['python -c "import pydantic, redis" (floor)'])

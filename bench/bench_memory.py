@@ -115,7 +115,8 @@ class Stack:
         for proc in self.procs:
             if proc.poll() is None:
                 self.stop(proc)
-        for key in self.store.r.scan_iter(f"{self.settings.worker.namespace}*"):
+        ns = self.settings.worker.namespace
+        for key in [*self.store.r.scan_iter(f"{ns}*"), *self.store.r.scan_iter(f"_kombu.binding*.{ns}.*")]:
             self.store.r.delete(key)
 
     def wait_status(self, job_id: str, done: set[str], timeout: float = 1800) -> str:

@@ -169,7 +169,7 @@ def main() -> None:
             for proc in procs:
                 proc.terminate()
                 proc.wait(60)
-            for key in client.scan_iter(f"{namespace}*"):
+            for key in [*client.scan_iter(f"{namespace}*"), *client.scan_iter(f"_kombu.binding*.{namespace}.*")]:
                 client.delete(key)
 
     print(f"\nPush-to-image: signed GitHub push -> image pushed (record finished), cached build, "

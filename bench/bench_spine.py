@@ -76,7 +76,8 @@ class Bench:
     def close(self) -> None:
         self.worker.terminate()
         self.worker.wait(30)
-        for key in self.store.r.scan_iter(f"{self.store.ns}:*"):
+        ns = self.store.ns
+        for key in [*self.store.r.scan_iter(f"{ns}:*"), *self.store.r.scan_iter(f"{ns}.*"), *self.store.r.scan_iter(f"_kombu.binding*.{ns}.*")]:
             self.store.r.delete(key)
 
     def run_job(self, context: Path, tag: str, **fields) -> tuple[float, float]:
