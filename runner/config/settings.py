@@ -2,22 +2,24 @@
 
 Nested keys use a double underscore in env vars, e.g. RUNNER_REDIS_URL,
 RUNNER_EXECUTORS__SOCKET__ENABLED=true, RUNNER_LIMITS__MAX_CONTEXT_BYTES=1000000.
+`load_settings` reads both (runner/config/sources.py) and validates once; `Settings(...)`
+alone is just the model (defaults plus what it is given).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from executors.base import ExecutorConfig
 from runner.config.sections import ApiConfig, CallbacksConfig, GitConfig, WebhooksConfig
+from runner.config.sources import SettingsError, describe_errors, env_values, merge, read_config_file
 from runner.core.models import Strict
 from runner.core.registry import RegistryConfig
+
+__all__ = ["LimitsConfig", "RetentionConfig", "Settings", "SettingsError", "WorkerConfig", "load_settings"]
 
 
 class LimitsConfig(Strict):
@@ -69,8 +71,8 @@ class LogConfig(Strict):
         "masked in both")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RUNNER_", env_nested_delimiter="__", extra="forbid")
+class Settings(Strict):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     redis_url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="broker and job store (redis://[:password@]host:port/db)")
     default_executor: str = Field(default="buildah", description="executor for jobs that name none")
@@ -89,17 +91,6 @@ class Settings(BaseSettings):
     git: GitConfig = Field(default_factory=GitConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     log: LogConfig = Field(default_factory=LogConfig)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, YamlSource(settings_cls))
 
     @field_validator("executors", mode="before")
     @classmethod
@@ -142,30 +133,12 @@ class Settings(BaseSettings):
         return f"{self.worker.namespace}.{executor}"
 
 
-class YamlSource(PydanticBaseSettingsSource):
-    """Reads the file named by RUNNER_CONFIG (missing variable: no file, defaults apply)."""
-
-    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("RUNNER_CONFIG")
-        if not path:
-            return {}
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise SettingsError(f"config file {path} must hold a mapping at the top level")
-        return data
-
-
-class SettingsError(Exception):
-    pass
-
-
 def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
+    """The file named by RUNNER_CONFIG, RUNNER_* env vars over it, `overrides` over both
+    (nested mappings merge), validated once. Raises SettingsError naming what was wrong."""
+    from_env, origins = env_values(Settings)
+    data = merge(merge(read_config_file(), from_env), overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc, origins)) from None

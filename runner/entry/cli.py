@@ -3,51 +3,66 @@ hands it on; no build logic lives here.
 
 Exit codes: 0 success, 1 build failed (or cancelled / timed out), 2 invalid input (nothing
 queued), 3 infrastructure unreachable.
+
+Start-up time is felt on every CI step, so this module imports only the standard library:
+each command imports what it needs when it runs (the read commands: the settings, the job
+store or the API client; never Celery, docker-py or FastAPI).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import socket
 import sys
 import time
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
-import yaml
-from pydantic import ValidationError
-from rich.console import Console
-from rich.markup import escape
-
-from runner.config.settings import Settings, SettingsError, load_settings
-from runner.core.jobs import JobReader, JobRecord, Status
-from runner.store.jobstore import ContextTooLarge, JobStore, StoreUnavailable
+if TYPE_CHECKING:
+    from runner.config.settings import Settings
+    from runner.core.jobs import JobReader, JobRecord
+    from runner.store.jobstore import JobStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFRA = 0, 1, 2, 3
+_STYLES = {"bold": "1", "red": "31", "bold red": "1;31", "green": "32", "dim": "2"}
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="CI build runner: build and push container images.")
-config_app = typer.Typer(help="Inspect the configuration.")
-app.add_typer(config_app, name="config")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+# -- output ------------------------------------------------------------------------------------------
+def styled(text: str, style: str, stream: Any = sys.stdout) -> str:
+    """`text` in a terminal style when `stream` is a terminal (and NO_COLOR is unset)."""
+    if os.environ.get("NO_COLOR") or not stream.isatty():
+        return text
+    return f"\033[{_STYLES[style]}m{text}\033[0m"
+
+
+def note(message: str) -> None:
+    """A line for the user on stderr (stdout is kept for ids, digests and JSON)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
+    note(f"{styled('error:', 'bold red', sys.stderr)} {message}")
+    raise SystemExit(code)
 
 
+def dump(data: Any, indent: int | None = 2) -> None:
+    print(json.dumps(data, indent=indent))
+
+
+# -- what commands share -----------------------------------------------------------------------------
 def settings() -> Settings:
+    from runner.config.settings import SettingsError, load_settings
+
     try:
         return load_settings()
-    except (SettingsError, ValidationError) as exc:
+    except SettingsError as exc:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
 
 def store_for(cfg: Settings) -> JobStore:
+    from runner.store.jobstore import JobStore, StoreUnavailable
+
     store = JobStore.from_settings(cfg)
     try:
         store.ping()
@@ -56,12 +71,10 @@ def store_for(cfg: Settings) -> JobStore:
     return store
 
 
-ApiOption = Annotated[str | None, typer.Option(
-    "--api", envvar="RUNNER_API_URL", help="use the runner HTTP API at URL instead of Redis (token: env RUNNER_API_TOKEN or api.token)")]
-
-
 def remote(api: str | None, cfg: Settings):
     """The HTTP API client when --api / RUNNER_API_URL / api.url is set, else None (use Redis)."""
+    if not (api or cfg.api.url):
+        return None
     from runner.entry.api_client import client_for
 
     return client_for(api, cfg, fail)
@@ -107,61 +120,42 @@ def secret_values(specs: list[str]) -> dict[str, str]:
     return values
 
 
-class Mode(str, Enum):
-    detach = "detach"
-    wait = "wait"
-    follow = "follow"
-
-
-@app.command()
-def submit(
-    directory: Annotated[Path, typer.Argument(help="build context directory")] = Path("."),
-    tag: Annotated[list[str], typer.Option("-t", "--tag", help="full image reference; repeat for more")] = [],  # noqa: B006
-    file: Annotated[str, typer.Option("-f", "--file", help="Dockerfile path inside the context")] = "Dockerfile",
-    build_arg: Annotated[list[str], typer.Option("--build-arg", help="KEY=VALUE")] = [],  # noqa: B006
-    secret_build_arg: Annotated[list[str], typer.Option(
-        "--secret-build-arg", help="NAME (value from env var NAME), NAME=env:VAR or NAME=file:PATH; masked everywhere, "
-        "never on the command line")] = [],  # noqa: B006
-    secret: Annotated[list[str], typer.Option("--secret", help="id=NAME of a build secret from config")] = [],  # noqa: B006
-    target: Annotated[str | None, typer.Option(help="build stage to stop at")] = None,
-    label: Annotated[list[str], typer.Option("--label", help="KEY=VALUE image label")] = [],  # noqa: B006
-    executor: Annotated[str | None, typer.Option(help="executor name (config default if omitted)")] = None,
-    builder: Annotated[str | None, typer.Option(help="auto | buildkit | classic (engine executors)")] = None,
-    platform: Annotated[str | None, typer.Option(help="target platform, e.g. linux/amd64")] = None,
-    push: Annotated[bool, typer.Option("--push/--no-push")] = True,
-    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
-    timeout: Annotated[int | None, typer.Option(help="seconds")] = None,
-    detach: Annotated[bool, typer.Option("--detach", help="print the job id and return")] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="wait for the result (default)")] = False,
-    follow: Annotated[bool, typer.Option("--follow", help="stream the build log live")] = False,
-    job_id: Annotated[str | None, typer.Option("--id", help="job id (default: random)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the final job record as JSON")] = False,
-    api: ApiOption = None,
-) -> None:
+# -- submit ------------------------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> None:
     """Upload DIRECTORY as the build context and queue a build."""
+    if sum((args.detach, args.wait, args.follow)) > 1:
+        fail("choose one of --detach, --wait, --follow", EXIT_INVALID)
+    mode = "detach" if args.detach else "follow" if args.follow else "wait"
+    cfg = settings()
+    build_args = pairs(args.build_arg, "--build-arg")
+    secret_args = secret_values(args.secret_build_arg)
+    payload: dict[str, Any] = {
+        "dockerfile": args.file, "tags": args.tag, "build_args": {**build_args, **secret_args},
+        "secret_build_args": list(secret_args), "secrets": [s.removeprefix("id=") for s in args.secret],
+        "target": args.target, "labels": pairs(args.label, "--label"), "executor": args.executor,
+        "builder": args.builder, "platform": args.platform, "push": args.push, "no_cache": args.no_cache,
+        "timeout": args.timeout,
+    }
+    if args.job_id:
+        payload["id"] = args.job_id
+    client = remote(args.api, cfg)
+    if client is not None:
+        queued_id, created = client.submit_directory(Path(args.directory), payload)
+        return after_submit(client, client.get(queued_id), created, mode, args.as_json)
+    store, record, created = submit_through_redis(Path(args.directory), payload, cfg)
+    after_submit(store, record, created, mode, args.as_json)
+
+
+def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings) -> tuple[JobStore, JobRecord, bool]:
+    """Admit, reserve the id, upload the context, then record and queue the job."""
+    import socket
+
     from runner.core.errors import InvalidJob
-    from runner.entry.submission import submit as submit_job
+    from runner.entry.submission import submit
     from runner.sources.pack import write_tar
+    from runner.store.jobstore import ContextTooLarge
     from runner.worker.admission import Rejected, admit, parse_request
 
-    if sum((detach, wait, follow)) > 1:
-        fail("choose one of --detach, --wait, --follow", EXIT_INVALID)
-    mode = Mode.detach if detach else Mode.follow if follow else Mode.wait
-    cfg = settings()
-    args = pairs(build_arg, "--build-arg")
-    secret_args = secret_values(secret_build_arg)
-    payload = {
-        "dockerfile": file, "tags": tag, "build_args": {**args, **secret_args},
-        "secret_build_args": list(secret_args), "secrets": [s.removeprefix("id=") for s in secret],
-        "target": target, "labels": pairs(label, "--label"), "executor": executor, "builder": builder,
-        "platform": platform, "push": push, "no_cache": no_cache, "timeout": timeout,
-    }
-    if job_id:
-        payload["id"] = job_id
-    client = remote(api, cfg)
-    if client is not None:
-        queued_id, created = client.submit_directory(directory, payload)
-        return after_submit(client, client.get(queued_id), created, mode, as_json)
     try:
         request = parse_request(payload)
         executor_name = admit(request, cfg)
@@ -173,7 +167,7 @@ def submit(
     if claim == "exists":
         existing = store.get(request.id)
         assert existing is not None
-        return after_submit(store, existing, False, mode, as_json)
+        return store, existing, False
     if claim == "busy":
         fail(f"job {request.id} is being submitted by another client right now; choose another --id", EXIT_INVALID)
     writer = store.context_writer(request.id, cfg.limits.max_context_bytes)
@@ -189,7 +183,7 @@ def submit(
         store.release(request.id, owner)
         fail(f"cannot read the build context: {exc}", EXIT_INVALID)
     try:
-        record, created = submit_job(request, cfg, store, executor=executor_name)
+        record, created = submit(request, cfg, store, executor=executor_name)
     except Rejected as exc:
         store.delete_context(request.id)
         store.release(request.id, owner)
@@ -198,129 +192,131 @@ def submit(
         store.delete_context(request.id)
         store.release(request.id, owner)
         fail(f"could not queue the job: {exc}", EXIT_INFRA)
-    after_submit(store, record, created, mode, as_json)
+    return store, record, created
 
 
-def after_submit(store, record: JobRecord, created: bool, mode: Mode, as_json: bool) -> None:
+def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, as_json: bool) -> None:
     """Detach, follow or wait: the same for a job queued through Redis or through the API."""
     if not created:
-        err.print(f"job {record.id} already exists ({record.status.value}); nothing queued")
-    if mode is Mode.detach:
-        print(json.dumps(record.model_dump(mode="json")) if as_json else record.id)
+        note(f"job {record.id} already exists ({record.status.value}); nothing queued")
+    if mode == "detach":
+        if as_json:
+            dump(record.model_dump(mode="json"), indent=None)
+        else:
+            print(record.id)
         return
     if not as_json:
-        err.print(f"job [bold]{record.id}[/] queued on {record.queue}", highlight=False)
-    if mode is Mode.follow:
+        note(f"job {styled(record.id, 'bold', sys.stderr)} queued on {record.queue}")
+    if mode == "follow":
         for line in store.read_log(record.id, follow=True):
             print(line, flush=True)
-    final = wait_for(store, record.id)
-    report(final, as_json)
+    report(wait_for(store, record.id), as_json)
 
 
-def wait_for(store: JobStore, job_id: str, poll: float = 0.05) -> JobRecord:
+def wait_for(store: JobReader, job_id: str, poll: float = 0.05) -> JobRecord:
+    """Poll until the job ends: the first look after 10 ms, then every `poll` seconds."""
+    delay = 0.01
     while True:
         record = store.get(job_id)
         if record is None:
             fail(f"job {job_id} disappeared from the store", EXIT_INFRA)
         if record.finished:
             return record
-        time.sleep(poll)
+        time.sleep(delay)
+        delay = min(poll, delay * 2)
 
 
 def report(record: JobRecord, as_json: bool) -> NoReturn:
+    from runner.core.jobs import Status
+
     if as_json:
-        print(json.dumps(record.model_dump(mode="json"), indent=2))
+        dump(record.model_dump(mode="json"))
     elif record.status is Status.succeeded:
         for image in record.images:
             print(f"{image.ref}@{image.digest}")
     else:
         message = record.error.message if record.error else ""
-        err.print(f"[bold red]{record.status.value}[/]: {message}", highlight=False)
+        note(f"{styled(record.status.value, 'bold red', sys.stderr)}: {message}")
     if record.status is Status.succeeded:
-        raise typer.Exit(EXIT_OK)
-    raise typer.Exit(EXIT_INFRA if record.error and record.error.kind == "infrastructure" else EXIT_FAILED)
+        raise SystemExit(EXIT_OK)
+    raise SystemExit(EXIT_INFRA if record.error and record.error.kind == "infrastructure" else EXIT_FAILED)
 
 
-@app.command()
-def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False, api: ApiOption = None) -> None:
+# -- reading and cancelling jobs ---------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> None:
     """Show a job's record."""
-    record = backend(api).get(job_id)
+    record = backend(args.api).get(args.job_id)
     if record is None:
-        fail(f"no job {job_id!r}", EXIT_INVALID)
-    if as_json:
-        print(json.dumps(record.model_dump(mode="json"), indent=2))
-        return
-    out.print(f"[bold]{record.id}[/] {record.status.value} executor={record.executor} attempts={record.attempts}", highlight=False)
+        fail(f"no job {args.job_id!r}", EXIT_INVALID)
+    if args.as_json:
+        return dump(record.model_dump(mode="json"))
+    print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}")
     for image in record.images:
-        out.print(f"  {image.ref}@{image.digest}", highlight=False)
+        print(f"  {image.ref}@{image.digest}")
     if record.error:
-        out.print(f"  error ({record.error.kind}): {record.error.message}", highlight=False)
+        print(f"  error ({record.error.kind}): {record.error.message}")
 
 
-@app.command()
-def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False, api: ApiOption = None) -> None:
+def cmd_logs(args: argparse.Namespace) -> None:
     """Print a job's log from the start; with --follow, keep printing until it ends."""
-    store = backend(api)
-    if store.get(job_id) is None:
-        fail(f"no job {job_id!r}", EXIT_INVALID)
-    for line in store.read_log(job_id, follow=follow):
-        print(line, flush=True)
+    store = backend(args.api)
+    if store.get(args.job_id) is None:
+        fail(f"no job {args.job_id!r}", EXIT_INVALID)
+    write = sys.stdout.write
+    for line in store.read_log(args.job_id, follow=args.follow):
+        write(line + "\n")
+        if args.follow:
+            sys.stdout.flush()
 
 
-@app.command("list")
-def list_jobs(
-    status_filter: Annotated[Status | None, typer.Option("--status")] = None,
-    limit: Annotated[int, typer.Option()] = 50,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    api: ApiOption = None,
-) -> None:
+def cmd_list(args: argparse.Namespace) -> None:
     """List recent jobs, newest first."""
-    records = backend(api).list(status_filter, limit)
-    if as_json:
-        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
-        return
+    from runner.core.jobs import Status
+
+    status = None
+    if args.status is not None:
+        try:
+            status = Status(args.status)
+        except ValueError:
+            fail(f"--status {args.status!r}: choose one of {', '.join(s.value for s in Status)}", EXIT_INVALID)
+    records = backend(args.api).list(status, args.limit)
+    if args.as_json:
+        return dump([r.model_dump(mode="json") for r in records])
     for r in records:
         print(f"{r.id}  {r.status.value:<9}  {r.executor:<8}  {r.created_at:%Y-%m-%d %H:%M:%S}  {', '.join(r.request.tags)}")
 
 
-@app.command()
-def cancel(job_id: str, api: ApiOption = None) -> None:
+def cmd_cancel(args: argparse.Namespace) -> None:
     """Cancel a job: a queued job never starts; a running one is stopped and cleaned up."""
-    from runner.entry.api_client import ApiClient
-    from runner.entry.control import cancel_job
+    cfg = settings()
+    client = remote(args.api, cfg)
+    if client is not None:  # the server cancels
+        record = client.cancel(args.job_id)
+    else:
+        from runner.entry.control import cancel_job
 
-    store = backend(api)
-    record = store.cancel(job_id) if isinstance(store, ApiClient) else cancel_job(store, job_id)
+        record = cancel_job(store_for(cfg), args.job_id)
     if record is None:
-        fail(f"no job {job_id!r}", EXIT_INVALID)
-    print(f"{job_id} {record.status.value if record.finished else 'cancelling'}")
+        fail(f"no job {args.job_id!r}", EXIT_INVALID)
+    print(f"{args.job_id} {record.status.value if record.finished else 'cancelling'}")
 
 
-@app.command()
-def worker(
-    queues: Annotated[str | None, typer.Option(help="comma-separated queues (default: one per enabled executor)")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="builds at once (default: worker.concurrency)")] = None,
-    loglevel: Annotated[str, typer.Option()] = "INFO",
-) -> None:
+# -- services and configuration ----------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> None:
     """Run a worker: take jobs from the queues and build them."""
     from runner.worker.lifecycle import run_worker
 
-    run_worker(settings(), queues.split(",") if queues else None, concurrency, loglevel)
+    run_worker(settings(), args.queues.split(",") if args.queues else None, args.concurrency, args.loglevel)
 
 
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="listen address (default: api.host)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (default: api.port)")] = None,
-) -> None:
+def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the HTTP API (/v1/jobs) and the git-push webhooks (/v1/webhooks/github|gitlab|gitea)."""
     from runner.entry.api import serve as run_server
 
-    run_server(settings(), host, port)
+    run_server(settings(), args.host, args.port)
 
 
-@app.command()
-def doctor() -> None:
+def cmd_doctor(args: argparse.Namespace) -> None:
     """Check Redis, the engine, registries and every executor; one line each.
 
     Exits 1 if Redis or an enabled executor cannot work; other failures are shown, not fatal."""
@@ -328,29 +324,133 @@ def doctor() -> None:
 
     ok = True
     for check in run_checks(settings()):
-        mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]" if check.required or check.shown else "[dim]off[/] "
-        out.print(f"{mark} {check.name}: {check.summary}", highlight=False)
+        if check.ok:
+            mark = styled("ok  ", "green")
+        else:
+            mark = styled("FAIL", "red") if check.required or check.shown else styled("off ", "dim")
+        print(f"{mark} {check.name}: {check.summary}", flush=True)
         ok = ok and (check.ok or not check.required)
-    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+    raise SystemExit(EXIT_OK if ok else EXIT_FAILED)
 
 
-@config_app.command("show")
-def config_show() -> None:
+def cmd_config_show(args: argparse.Namespace) -> None:
     """Print the effective configuration with secrets redacted."""
+    import yaml
+
     print(yaml.safe_dump(settings().model_dump(mode="json"), sort_keys=False), end="")
 
 
-@config_app.command("example")
-def config_example() -> None:
+def cmd_config_example(args: argparse.Namespace) -> None:
     """Print an example config with every option, its default and its meaning."""
     from runner.config.example import render_example
 
     print(render_example(), end="")
 
 
-def main() -> None:
+# -- the parser ----------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 2 (invalid input), like every other refusal of what the user typed."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        fail(message, EXIT_INVALID)
+
+
+def _command(subparsers: Any, name: str, handler: Any, **kwargs: Any) -> argparse.ArgumentParser:
+    doc = (handler.__doc__ or "").strip()
+    parser = subparsers.add_parser(name, help=doc.split("\n")[0], description=doc, allow_abbrev=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _api_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", metavar="URL", default=os.environ.get("RUNNER_API_URL") or None,
+                        help="use the runner HTTP API at URL instead of Redis (env RUNNER_API_URL; "
+                        "token: env RUNNER_API_TOKEN or api.token)")
+
+
+def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", dest="as_json", action="store_true", help=what)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+
+    submit = _command(commands, "submit", cmd_submit)
+    submit.add_argument("directory", nargs="?", default=".", help="build context directory (default: .)")
+    submit.add_argument("-t", "--tag", action="append", default=[], metavar="REF", help="full image reference; repeat for more")
+    submit.add_argument("-f", "--file", default="Dockerfile", help="Dockerfile path inside the context (default: Dockerfile)")
+    submit.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE", help="build argument; repeat for more")
+    submit.add_argument("--secret-build-arg", action="append", default=[], metavar="SPEC",
+                        help="NAME (value from env var NAME), NAME=env:VAR or NAME=file:PATH; masked everywhere, "
+                        "never on the command line")
+    submit.add_argument("--secret", action="append", default=[], metavar="id=NAME", help="id=NAME of a build secret from config")
+    submit.add_argument("--target", help="build stage to stop at")
+    submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="image label; repeat for more")
+    submit.add_argument("--executor", help="executor name (config default if omitted)")
+    submit.add_argument("--builder", help="auto | buildkit | classic (engine executors)")
+    submit.add_argument("--platform", help="target platform, e.g. linux/amd64")
+    submit.add_argument("--push", action=argparse.BooleanOptionalAction, default=True, help="push the image (default: yes)")
+    submit.add_argument("--no-cache", action="store_true", help="build without the layer cache")
+    submit.add_argument("--timeout", type=int, metavar="SECONDS", help="seconds the build may take")
+    submit.add_argument("--detach", action="store_true", help="print the job id and return")
+    submit.add_argument("--wait", action="store_true", help="wait for the result (default)")
+    submit.add_argument("--follow", action="store_true", help="stream the build log live")
+    submit.add_argument("--id", dest="job_id", help="job id (default: random)")
+    _json_option(submit, "print the final job record as JSON")
+    _api_option(submit)
+
+    status = _command(commands, "status", cmd_status)
+    status.add_argument("job_id", metavar="ID")
+    _json_option(status, "print the record as JSON")
+    _api_option(status)
+
+    logs = _command(commands, "logs", cmd_logs)
+    logs.add_argument("job_id", metavar="ID")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    _api_option(logs)
+
+    listing = _command(commands, "list", cmd_list)
+    listing.add_argument("--status", metavar="STATUS", help="only jobs in this status (queued, running, succeeded, ...)")
+    listing.add_argument("--limit", type=int, default=50, help="most jobs to show (default: 50)")
+    _json_option(listing, "print the records as JSON")
+    _api_option(listing)
+
+    cancel = _command(commands, "cancel", cmd_cancel)
+    cancel.add_argument("job_id", metavar="ID")
+    _api_option(cancel)
+
+    worker = _command(commands, "worker", cmd_worker)
+    worker.add_argument("--queues", help="comma-separated queues (default: one per enabled executor)")
+    worker.add_argument("--concurrency", type=int, help="builds at once (default: worker.concurrency)")
+    worker.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+
+    serve = _command(commands, "serve", cmd_serve)
+    serve.add_argument("--host", help="listen address (default: api.host)")
+    serve.add_argument("--port", type=int, help="port (default: api.port)")
+
+    _command(commands, "doctor", cmd_doctor)
+
+    config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.")
+    config.set_defaults(handler=None, parser=config)
+    config_commands = config.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    _command(config_commands, "show", cmd_config_show)
+    _command(config_commands, "example", cmd_config_example)
+    parser.set_defaults(handler=None, parser=parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.handler is None:  # `runner` or `runner config` alone: what can follow
+        args.parser.print_help(sys.stderr)
+        raise SystemExit(EXIT_INVALID)
     try:
-        app()
+        args.handler(args)
     except KeyboardInterrupt:
         sys.exit(130)
-
+    except BrokenPipeError:  # `runner logs ID | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_OK)

@@ -1,19 +1,23 @@
 """Hand-off, shared by every entry point (CLI, HTTP API, webhooks): record the job as
-queued and send its message. Builds nothing."""
+queued and send its message. Builds nothing, and never imports Celery: the message is
+written straight to the queue (runner.store.buildqueue)."""
 
 from __future__ import annotations
 
 from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest, JobRecord
+from runner.store.buildqueue import send_build
 from runner.store.jobstore import JobStore
 from runner.worker.admission import admit
 
 
-def submit(request: BuildRequest, settings: Settings, store: JobStore, app=None,
+def submit(request: BuildRequest, settings: Settings, store: JobStore, app: object = None,
            executor: str | None = None) -> tuple[JobRecord, bool]:
     """Record the job as queued and send it. Returns (record, created); a repeat id sends nothing.
 
     `executor`: what `admit` returned, when the caller already ran it (admission runs once).
+    `app`: unused (a Celery app, from callers that made one before messages were written
+    directly); kept so they go on working until they stop passing it.
     Secret build-arg values go to the store, by job id, never into the queue message: the
     message (and the record) carry the redacted request, and the worker reads the values back.
     """
@@ -25,13 +29,13 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore, app=None,
         assert existing is not None
         return existing, False
     store.save_secrets(request.id, request.secret_arg_values())
-    if request.context.type == "upload":
-        store.keep_context(request.id)
-    from runner.worker.queue import enqueue, make_app
-
     try:
-        enqueue(app or make_app(settings), record.request, record.queue)
+        send_build(store.r, record.request.model_dump(mode="json"), record.queue)
     except BaseException:
         store.forget(request.id)  # not queued: a retry with the same id must be able to send it
         raise
+    if request.context.type == "upload":
+        # after the send, off the pickup path: if the job is done and its context gone already,
+        # this is a no-op; until now the upload's own expiry (an hour) kept it
+        store.keep_context(request.id)
     return record, True

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 CHUNK_BYTES = 1024 * 1024
 RETRIES = 40
+CONTEXT_READ_ATTEMPTS = 3  # in a row without progress; each connect already retries for ~1 min
 END_FIELD = "end"
 LINES_FIELD = "l"  # a log entry's lines, joined by "\n"
 
@@ -386,14 +387,37 @@ class JobStore:
         return ContextWriter(self, self._key("ctx", job_id), max_bytes, self.retention.upload_seconds)
 
     def context_chunks(self, job_id: str) -> Iterator[bytes]:
-        """Yield the stored context one chunk at a time (never all in memory)."""
+        """Yield the stored context in pieces of at most CHUNK_BYTES, never more in memory:
+        a list element can be far bigger than the chunks we write (a client posting straight
+        to Redis may RPUSH a whole tar as one, up to Redis's 512 MB), so each element is
+        streamed off its own connection instead of being read whole by the client library.
+        A lost connection is made again (connecting waits out a Redis restart, as every call
+        here does) and the read resumes where it stopped."""
         key = self._key("ctx", job_id)
         count = self.raw.llen(key)
-        for index in range(count):
-            chunk = self.raw.lindex(key, index)
-            if chunk is None:
-                return
-            yield chunk
+        index = offset = failures = 0
+        pool = self.raw.connection_pool
+        while index < count:
+            connection = pool.connection_class(**pool.connection_kwargs)  # never back to the pool: read raw
+            try:
+                connection.connect()
+                stream = _bulk_stream(connection)
+                while index < count:
+                    connection.send_command("LINDEX", key, index)
+                    size = _bulk_size(stream)
+                    if size < 0:  # the list shrank (the job ended meanwhile)
+                        return
+                    for piece in _bulk_pieces(stream, size, CHUNK_BYTES, skip=offset):
+                        offset += len(piece)
+                        failures = 0
+                        yield piece
+                    index, offset = index + 1, 0
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                failures += 1
+                if failures > CONTEXT_READ_ATTEMPTS:
+                    raise
+            finally:
+                connection.disconnect()
 
     def has_context(self, job_id: str) -> bool:
         return bool(self.raw.exists(self._key("ctx", job_id)))
@@ -471,6 +495,41 @@ class ContextWriter:
 
     def flush(self) -> None:  # tarfile calls it
         pass
+
+
+def _bulk_stream(connection: redis.Connection) -> BinaryIO:
+    """The connection's socket as a buffered binary file, for reading a reply in pieces (redis-py
+    reads a bulk reply whole). Its handshake is done and nothing else is in flight on it."""
+    sock = connection._sock  # redis-py has no API to stream a reply
+    if sock is None:
+        raise redis.ConnectionError("the context connection is closed")
+    return sock.makefile("rb", buffering=64 * 1024)
+
+
+def _bulk_size(stream: BinaryIO) -> int:
+    """Read a bulk-string reply's header: its length, or -1 for nil."""
+    header = stream.readline()
+    if header.startswith(b"-"):
+        raise redis.ResponseError(header[1:].strip().decode(errors="replace"))
+    if not header.startswith(b"$") or not header.endswith(b"\r\n"):
+        raise redis.ConnectionError("unexpected reply while reading a context")
+    return int(header[1:-2])
+
+
+def _bulk_pieces(stream: BinaryIO, size: int, piece: int, skip: int = 0) -> Iterator[bytes]:
+    """The reply's `size` bytes in pieces of at most `piece`, the first `skip` bytes read and dropped."""
+    remaining = size
+    while remaining:
+        data = stream.read(min(piece, remaining, skip or piece))
+        if not data:
+            raise redis.ConnectionError("Redis closed the connection while sending a context")
+        remaining -= len(data)
+        if skip:
+            skip -= len(data)
+            continue
+        yield data
+    if stream.read(2) != b"\r\n":
+        raise redis.ConnectionError("unexpected reply while reading a context")
 
 
 def _safe_url(url: str) -> str:

@@ -60,12 +60,12 @@ def admit(request: BuildRequest, settings: Settings) -> str:
 
 
 def check_sources(request: BuildRequest, settings: Settings) -> None:
-    """Where the job reads from and reports to: a git URL we may fetch, a callback we may call."""
-    from runner.core.errors import InvalidJob
-    from runner.sources.git import check_url, split_credentials
-    from runner.worker.callbacks import check_callback_url
-
+    """Where the job reads from and reports to: a git URL we may fetch, a callback we may call.
+    (Imported here, when needed: an upload without callback, the common case, needs neither.)"""
     if request.context.type == "git":
+        from runner.core.errors import InvalidJob
+        from runner.sources.git import check_url, split_credentials
+
         try:
             check_url(request.context.url, settings)
         except InvalidJob as exc:
@@ -74,6 +74,8 @@ def check_sources(request: BuildRequest, settings: Settings) -> None:
             raise Rejected("context.url", "the URL holds a password or token, which the job record would keep; "
                            "configure it for the worker under git.credentials instead")
     if request.callback_url:
+        from runner.worker.callbacks import check_callback_url
+
         problem = check_callback_url(request.callback_url, settings.callbacks)
         if problem:
             raise Rejected("callback_url", problem)

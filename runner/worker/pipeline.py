@@ -54,7 +54,8 @@ def secrets_to_mask(request: BuildRequest, settings: Settings) -> list[str]:
 
 
 class Watcher(threading.Thread):
-    """Sets the cancel token on a cancel request or the deadline, and keeps the lease alive."""
+    """Sets the cancel token on a cancel request or the deadline, and keeps the lease alive.
+    Its first look is at once: a cancel that raced the job's start is seen off the pickup path."""
 
     def __init__(self, store: JobStore, job_id: str, worker: str, cancel: CancelToken, deadline: float, lease_ttl: float):
         super().__init__(daemon=True, name=f"watch-{job_id}")
@@ -64,7 +65,7 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         last_renew = time.monotonic()
-        while not self.stopped.wait(WATCH_INTERVAL):
+        while True:
             try:
                 if self.store.cancel_requested(self.job_id):
                     self.cancel.set("cancelled")
@@ -79,6 +80,8 @@ class Watcher(threading.Thread):
                 log.warning("watcher for %s: %s", self.job_id, exc)
             if time.monotonic() >= self.deadline:
                 self.cancel.set("timeout")
+            if self.stopped.wait(WATCH_INTERVAL):
+                return
 
     def stop(self) -> None:
         self.stopped.set()
@@ -150,7 +153,7 @@ class Pipeline:
         if record.finished:
             log.info("job %s already %s; duplicate delivery ignored", message.id, record.status.value)
             return record
-        if self.store.cancel_requested(message.id):
+        if record.cancel_requested:  # cancelled while it ran on a worker that died (a queued one is finished)
             return self._finish_unstarted(message.id, Status.cancelled, JobError(kind="cancelled", message="cancelled before it started"))
         request = message
         if message.secret_build_args and not raw:

@@ -15,18 +15,18 @@ from pydantic import ValidationError
 
 from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest
+from runner.store.buildqueue import TASK_NAME
 from runner.worker.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from runner.worker.worker import Worker
 
-TASK_NAME = "runner.build"
 log = logging.getLogger("runner.queue")
 
 
 def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
-    """The Celery app; with `worker`, it also defines the build task that worker runs (an app
-    without one only sends messages: the CLI, the API, webhooks)."""
+    """The Celery app; with `worker`, it also defines the build task that worker runs. The entry
+    points send jobs without Celery (runner.store.buildqueue); the worker's requeues use it."""
     url = settings.redis_url.get_secret_value()
     app = Celery("runner", broker=url, set_as_current=True)
     app.conf.update(
@@ -70,7 +70,8 @@ def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
 
 
 def enqueue(app: Celery, request: BuildRequest, queue: str, delay: float = 0) -> None:
-    """Send the job's message; the task id is the job id."""
+    """Send the job's message through Celery (a delay needs its eta handling); the task id is
+    the job id. The message without delay is the one runner.store.buildqueue writes."""
     app.send_task(TASK_NAME, args=[request.model_dump(mode="json")], queue=queue, task_id=request.id,
                   countdown=delay or None,
                   argsrepr=f"[job {request.id}]", kwargsrepr="{}")  # build args stay out of the headers

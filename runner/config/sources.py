@@ -1,0 +1,146 @@
+"""Where settings come from: the YAML file named by RUNNER_CONFIG and RUNNER_* env vars.
+
+Plain dicts in, plain dicts out; the settings model validates the merged result once. The
+env rules are pydantic-settings' (which this replaces because importing it cost ~60 ms on
+every `runner` command): prefix RUNNER_, case-insensitive, `__` between levels, a value
+for a list, mapping or section parsed as JSON, a variable naming no setting ignored, env
+over the file with nested mappings merged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
+ENV_PREFIX = "RUNNER_"
+NESTED = "__"
+#: env vars with the prefix that are not settings (they say where settings are, or are the CLI's)
+NOT_SETTINGS = ("RUNNER_CONFIG",)
+_COMPLEX = (list, dict, set, tuple)
+_UNKNOWN = object()  # below a mapping of free-form sections: the type is not known here
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be loaded; the message names the file, variable or field."""
+
+
+def read_config_file() -> dict[str, Any]:
+    """The mapping in the file named by RUNNER_CONFIG (no variable: no file, defaults apply)."""
+    path = os.environ.get("RUNNER_CONFIG")
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def env_values(model: type[BaseModel], environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """The settings given by RUNNER_* variables, nested, and which variable gave each path."""
+    environ = os.environ if environ is None else environ
+    found = []
+    for name, raw in environ.items():
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in NOT_SETTINGS:
+            continue
+        path = tuple(name[len(ENV_PREFIX):].lower().split(NESTED))
+        if path[0] in model.model_fields and all(path):
+            found.append((path, name, raw))
+    values: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for path, name, raw in sorted(found):  # a whole section first, then the keys inside it
+        node = values
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        value = _decode(name, raw, _annotation_at(model, path))
+        current = node.get(path[-1])
+        node[path[-1]] = merge(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+        origins[path] = name
+    return values, origins
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`; mappings present in both merge key by key."""
+    result = dict(base)
+    for key, value in over.items():
+        current = result.get(key)
+        result[key] = merge(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+    return result
+
+
+def describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str], most: int = 5) -> str:
+    """`field.path: what is wrong (from RUNNER_VAR)` for each error; never the input value
+    (it may be a secret)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False)[:most]:
+        loc = tuple(str(part) for part in error["loc"])
+        message = f"{'.'.join(loc) or 'settings'}: {error['msg'].removeprefix('Value error, ')}"
+        source = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+        below = [name for path, name in origins.items() if loc and path[:len(loc)] == loc]
+        source = source or (below[0] if len(below) == 1 else None)  # a section's own validator failed
+        lines.append(f"{message} (from {source})" if source else message)
+    if exc.error_count() > most:
+        lines.append(f"... and {exc.error_count() - most} more")
+    return "; ".join(lines)
+
+
+def _annotation_at(model: type[BaseModel], path: tuple[str, ...]) -> Any:
+    """The declared type at `path` in the settings tree, or _UNKNOWN."""
+    annotation: Any = model
+    for key in path:
+        annotation = _strip_optional(annotation)
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            field = annotation.model_fields.get(key)
+            if field is None:
+                return _UNKNOWN
+            annotation = field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return _UNKNOWN
+    return _strip_optional(annotation)
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _decode(name: str, raw: str, annotation: Any) -> Any:
+    """JSON for a list, mapping or section; the string itself for a scalar (the model parses
+    numbers and booleans). Below free-form sections, JSON is taken only if it is a list or mapping."""
+    if annotation is _UNKNOWN:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return raw
+        return value if isinstance(value, list | dict) else raw
+    complex_ = get_origin(annotation) in _COMPLEX or annotation in _COMPLEX or (
+        isinstance(annotation, type) and hasattr(annotation, "model_fields"))
+    if not complex_ or not raw:
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: expected JSON (a list or a mapping) for this setting: {exc}") from None

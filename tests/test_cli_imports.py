@@ -1,0 +1,113 @@
+"""The CLI answers at once because it imports only what a command needs: the module alone
+imports nothing but the standard library; the read commands and `submit` never import
+Celery, docker-py, FastAPI, requests, sh or an executor; and the message `submit` writes
+straight to Redis is the one Celery itself would send."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from runner.core.jobs import BuildRequest
+from runner.worker.queue import enqueue, make_app
+
+#: heavy packages no CLI command but worker / serve / doctor may load
+FORBIDDEN = ("celery", "kombu", "docker", "fastapi", "starlette", "uvicorn", "requests", "sh", "httpx", "typer", "rich",
+             "pydantic_settings")
+#: the executors modules settings validation may load: the seam, the registry and each family's config
+LIGHT_EXECUTORS = {"executors", "executors.base", "executors.registry", "executors.engine", "executors.engine.config",
+                   "executors.dind", "executors.dind.config", "executors.daemonless", "executors.daemonless.config",
+                   "executors.fake"}  # the fake executor's Config shares its (standard-library only) module
+SHOW_MODULES = """
+import atexit, json, sys
+atexit.register(lambda: sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n"))
+from runner.entry.cli import main
+main(sys.argv[1:])
+"""
+
+
+def run_cli(harness, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run the CLI's main() with `args`; return its result and every module it had loaded."""
+    result = subprocess.run([sys.executable, "-c", SHOW_MODULES, *args], env=harness.env, capture_output=True,
+                            text=True, timeout=60)
+    marker = result.stderr.rpartition("\nMODULES ")[2]
+    return result, set(json.loads(marker))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    top = {name.partition(".")[0] for name in modules}
+    return sorted([name for name in FORBIDDEN if name in top] +
+                  [m for m in modules if m.startswith("executors") and m not in LIGHT_EXECUTORS] +
+                  [m for m in modules if m.startswith("runner.worker.") and m != "runner.worker.admission"])
+
+
+def test_importing_the_cli_imports_only_the_standard_library():
+    code = "import sys; before = set(sys.modules); import runner.entry.cli; print('\\n'.join(sorted(set(sys.modules) - before)))"
+    new = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    ours = {"runner", "runner.entry", "runner.entry.cli"}
+    third_party = [m for m in new if m not in ours and m.partition(".")[0] not in sys.stdlib_module_names]
+    assert third_party == [] and not [m for m in new if m.startswith(("runner.", "executors")) and m not in ours], new
+
+
+@pytest.fixture(scope="module")
+def cli_harness(services, tmp_path_factory):
+    """A namespace with no worker: what `submit --detach` queues stays on the queue to be read."""
+    from tests.conftest import cleanup_namespace, new_harness
+
+    h = new_harness(services, tmp_path_factory)
+    yield h
+    cleanup_namespace(h)
+
+
+def test_submit_and_the_read_commands_load_no_heavy_module(cli_harness, tmp_path):
+    h = cli_harness
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    job_id = f"imports-{uuid.uuid4().hex[:8]}"
+    ref = f"{h.registry()}/imports/a:1"
+    submitted, modules = run_cli(h, "submit", str(tmp_path), "-t", ref, "--id", job_id, "--build-arg", "A=hidden",
+                                 "--detach")
+    assert submitted.returncode == 0 and submitted.stdout.strip() == job_id, submitted.stderr
+    assert heavy(modules) == []
+    for args in (["status", job_id], ["status", job_id, "--json"], ["list"], ["logs", job_id], ["cancel", job_id]):
+        result, modules = run_cli(h, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert heavy(modules) == [], args
+    assert h.store.get(job_id).status.value == "cancelled"
+
+
+def decoded(message: bytes | str) -> dict:
+    envelope = json.loads(message)
+    envelope["body"] = json.loads(base64.b64decode(envelope["body"]))
+    return envelope
+
+
+def test_submit_writes_the_message_celery_would_send(cli_harness, tmp_path):
+    """Same task, id, queue, body and header keys as Celery's own send_task; the build args
+    travel only in the body (argsrepr names the job), and the worker accepts it (test_spine)."""
+    h = cli_harness
+    queue = f"{h.settings.worker.namespace}.socket"
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    job_id = f"shape-{uuid.uuid4().hex[:8]}"
+    result, _ = run_cli(h, "submit", str(tmp_path), "-t", f"{h.registry()}/imports/b:1", "--id", job_id,
+                        "--build-arg", "A=hidden-value", "--detach")
+    assert result.returncode == 0, result.stderr
+    ours = decoded(h.store.r.lpop(queue))
+    request = BuildRequest.model_validate(ours["body"][0][0])
+    assert request.id == job_id and request.build_args == {"A": "hidden-value"}
+
+    enqueue(make_app(h.settings), request, queue)  # Celery's own message for the same job, as the oracle
+    celerys = decoded(h.store.r.lpop(queue))
+    assert ours["body"] == celerys["body"]
+    assert {k: v for k, v in ours.items() if k not in ("headers", "properties")} == \
+           {k: v for k, v in celerys.items() if k not in ("headers", "properties")}
+    volatile = {"origin", "delivery_tag", "reply_to", "argsrepr", "kwargsrepr"}  # per sender / message, or unused
+    for part in ("headers", "properties"):
+        assert {k: v for k, v in ours[part].items() if k not in volatile} == \
+               {k: v for k, v in celerys[part].items() if k not in volatile}, part
+    assert ours["headers"]["argsrepr"] == f"[job {job_id}]" and "hidden-value" not in json.dumps(ours["headers"])
+    assert ours["properties"]["delivery_info"]["routing_key"] == queue
