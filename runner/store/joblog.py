@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import deque
 from functools import lru_cache
 
@@ -16,6 +17,8 @@ from runner.store.jobstore import JobStore
 
 MASK = "***"
 _FORCE_FLUSH = 16 * 1024
+#: the longest a line of a burst waits before it is sent with the ones after it
+LINGER = 0.05
 #: lines per stream entry, and bytes: a burst of output costs one entry, not one per line
 ENTRY_LINES = 1000
 ENTRY_BYTES = 64 * 1024
@@ -50,7 +53,13 @@ class JobLog:
         self._tail_lines = self._tail_bytes = 0
         self.dropped_lines = self.dropped_bytes = 0
         self._partial = ""
+        self._pending: list[str] = []  # a burst of line() calls, sent together
+        self._pending_bytes = 0
+        self._last_emit = 0.0
+        self._closed = False
+        self._flusher: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
 
     @property
     def truncated(self) -> bool:
@@ -66,11 +75,20 @@ class JobLog:
         return text
 
     def line(self, text: str) -> None:
+        """One line. A line after a quiet spell goes out at once; lines that come in a burst
+        (a builder printing line by line) are sent together, LINGER seconds later at most."""
         with self._lock:
-            self._emit(text.rstrip("\r\n"))
+            self._pending.append(text.rstrip("\r\n"))
+            self._pending_bytes += len(text) + 1
+            quiet = len(self._pending) == 1 and time.monotonic() - self._last_emit > LINGER
+            if self._closed or quiet or len(self._pending) >= self.entry_lines or self._pending_bytes >= self.entry_bytes:
+                self._drain()
+            else:
+                self._wake_flusher()
 
     def write(self, chunk: str) -> None:
         with self._lock:
+            self._drain()
             data = self._partial + chunk.replace("\r\n", "\n")
             cut = data.rfind("\n")
             complete, self._partial = (data[:cut], data[cut + 1:]) if cut >= 0 else ("", data)
@@ -85,18 +103,49 @@ class JobLog:
 
     def flush(self) -> None:
         with self._lock:
+            self._drain()
             if self._partial:
                 self._emit(self._partial)
                 self._partial = ""
 
     def close(self) -> None:
-        """Flush, and say how much of the middle was dropped (if any)."""
+        """Flush, and say how much of the middle was dropped (if any). Lines after this go
+        out at once."""
         self.flush()
-        if self.dropped_lines:
-            self.line(f"[runner] log: {self.dropped_lines:,} lines ({self.dropped_bytes:,} bytes) between the head and the "
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        if self.dropped_lines:  # a footer: outside the tail's accounting, so it drops nothing itself
+            footer = (f"[runner] log: {self.dropped_lines:,} lines ({self.dropped_bytes:,} bytes) between the head and the "
                       "tail were dropped (limits.max_log_lines / limits.max_log_bytes)")
+            with self._lock:
+                self.store.append_log(self.job_id, [footer])
 
     # -- internals --------------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Send the lines waiting in a burst (the lock is held)."""
+        if self._pending:
+            block = "\n".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._emit(block)
+
+    def _wake_flusher(self) -> None:
+        """Make sure a flusher will send the pending lines within LINGER seconds (lock held)."""
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_bursts, name=f"joblog-{self.job_id}", daemon=True)
+            self._flusher.start()
+        self._wake.notify()
+
+    def _flush_bursts(self) -> None:
+        with self._lock:
+            while not self._closed:
+                if not self._pending:
+                    self._wake.wait()
+                    continue
+                self._wake.wait(LINGER)
+                self._drain()
+
     def _emit(self, block: str) -> None:
         """Log `block`: one or more lines joined by "\\n" (no trailing newline), in one round trip."""
         head: list[str] = []
@@ -110,6 +159,7 @@ class JobLog:
             self._count(lines, size)
             tail.append((entry, lines, size))
         ids = self.store.append_log(self.job_id, head + [entry for entry, _, _ in tail])
+        self._last_emit = time.monotonic()
         for entry_id, (_, lines, size) in zip(ids[len(head):], tail, strict=True):
             self._tail.append((entry_id, lines, size))
             self._tail_lines += lines

@@ -252,6 +252,7 @@ class Pipeline:
             # Another worker recovered the job while our lease had lapsed (e.g. a long Redis
             # outage): its attempt owns the record and the job's resources now.
             joblog.line(f"[runner] attempt on {self.worker_id} stopped: its lease lapsed and another worker took the job over")
+            joblog.close()
             return self.store.get(request.id) or record
         if error is not None and requeue_why:
             self._cleanup(executor, request.id, workspace)  # before a new attempt can start
@@ -294,6 +295,7 @@ class Pipeline:
         if record.status is not Status.queued:
             return record
         joblog.line(f"[runner] requeued: {why}")
+        joblog.close()
         self.requeue(record.request, 0 if shutdown else 2.0)  # redacted: the values stay in the store
         self.worker.tell("job_requeued", record, request)
         return record
