@@ -12,8 +12,9 @@ from pathlib import Path
 from string import Formatter
 from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from runner.config.client import ClientApi
 from runner.core.models import Strict, read_secret
 
 Right = Literal["submit", "read", "cancel"]
@@ -47,7 +48,9 @@ class ApiToken(_OneSource):
     rights: list[Right] = Field(default_factory=lambda: ["read"], description="submit, read, cancel")
 
 
-class ApiConfig(Strict):
+class ApiConfig(ClientApi):
+    model_config = ConfigDict(extra="forbid")
+
     host: str = Field(default="127.0.0.1", description="`runner serve` listen address")
     port: int = Field(default=8080, ge=0, le=65535)
     tokens: list[ApiToken] = Field(default_factory=list, description="no tokens: every job endpoint answers 401")
@@ -57,8 +60,6 @@ class ApiConfig(Strict):
                                                "before submitting their jobs; past it uploads get 429")
     max_followers_per_token: int = Field(default=500, gt=0, description="open `logs?follow=true` streams one token "
                                          "may hold at once; past it the API answers 429")
-    url: str | None = Field(default=None, description="client side: the CLI talks to this API instead of Redis")
-    token: SecretStr | None = Field(default=None, description="client side: bearer token (env RUNNER_API_TOKEN wins)")
 
 
 class WebhookSecret(_OneSource):

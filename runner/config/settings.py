@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from executors.base import ExecutorConfig
+from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
 from runner.config.sections import ApiConfig, CallbacksConfig, GitConfig, WebhooksConfig
 from runner.config.sources import SettingsError, describe_errors, env_values, merge, read_config_file
 from runner.core.models import Strict
@@ -38,19 +39,14 @@ class LimitsConfig(Strict):
     max_attempts: int = Field(default=3, description="attempts before a job that kills its worker is failed")
 
 
-class RetentionConfig(Strict):
-    """How long Redis keeps what jobs leave behind; nothing is kept for ever."""
-
-    finished_seconds: int = Field(default=7 * 24 * 3600, gt=0, description="records and logs of finished jobs; "
-                                  "the job list forgets them after this")
-    upload_seconds: int = Field(default=3600, gt=0, description="an uploaded context whose job was never submitted")
-    queued_seconds: int = Field(default=7 * 24 * 3600, gt=0, description="a queued job's context and secret values: "
-                                "a job still queued after this fails for want of them")
+class StrictRetention(RetentionConfig):
+    model_config = ConfigDict(extra="forbid")
 
 
-class WorkerConfig(Strict):
+class WorkerConfig(ClientWorker):
+    model_config = ConfigDict(extra="forbid")
+
     concurrency: int = Field(default=2, ge=1, description="builds one worker runs at once")
-    namespace: str = Field(default="runner", description="prefix of every Redis key and queue name")
     shutdown_grace: float = Field(default=60.0, description="seconds running jobs get after SIGTERM before they are requeued")
     reap_interval: float = Field(default=300.0, description="seconds between sweeps for leftovers of finished jobs")
     workspace: Path = Field(default=Path("/var/tmp/runner/work"), description="per-job scratch directories (contexts, clones)")
@@ -71,10 +67,9 @@ class LogConfig(Strict):
         "masked in both")
 
 
-class Settings(Strict):
+class Settings(ClientSettings):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    redis_url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="broker and job store (redis://[:password@]host:port/db)")
     default_executor: str = Field(default="buildah", description="executor for jobs that name none")
     registries: list[RegistryConfig] = Field(default_factory=list, description="registries jobs may push to; a tag on any other is refused")
     executors: dict[str, ExecutorConfig] = Field(
@@ -82,7 +77,7 @@ class Settings(Strict):
         description="each executor's own settings, by name (built-ins: socket, dind, sysbox, buildah, img, fake; "
         "third-party executors too, through the entry-point group runner.executors); {enabled: true} turns one on")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    retention: StrictRetention = Field(default_factory=StrictRetention)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     builder: Literal["auto", "buildkit", "classic"] = Field(default="auto", description="BuildKit where the engine has it (auto), or force one")
     build_secrets: dict[str, SecretStr] = Field(default_factory=dict, description="id -> value for --secret")

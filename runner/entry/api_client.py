@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import requests
 
-from runner.config.settings import Settings
+from runner.config.client import ClientSettings
 from runner.core.jobs import JobRecord, Status, new_job_id
 
 EXIT_INVALID, EXIT_INFRA = 2, 3
@@ -99,7 +99,7 @@ class ApiClient:
         return self.submit(payload)
 
 
-def client_for(api: str | None, settings: Settings, fail: Callable[[str, int], NoReturn] = _raise) -> ApiClient | None:
+def client_for(api: str | None, settings: ClientSettings, fail: Callable[[str, int], NoReturn] = _raise) -> ApiClient | None:
     """An API client when --api (or env RUNNER_API_URL, or api.url) is set, else None (use Redis)."""
     url = api or settings.api.url
     if not url:

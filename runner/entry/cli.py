@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
+    from runner.config.client import ClientSettings
     from runner.config.settings import Settings
     from runner.core.jobs import JobReader, JobRecord
     from runner.store.jobstore import JobStore
@@ -60,7 +61,19 @@ def settings() -> Settings:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
 
-def store_for(cfg: Settings) -> JobStore:
+def client_settings() -> ClientSettings:
+    """What the read commands need (Redis or the API, the namespace): quick to load, and a
+    mistake elsewhere in the config never stops them."""
+    from runner.config.client import load_client_settings
+    from runner.config.sources import SettingsError
+
+    try:
+        return load_client_settings()
+    except SettingsError as exc:
+        fail(f"invalid configuration: {exc}", EXIT_INVALID)
+
+
+def store_for(cfg: ClientSettings) -> JobStore:
     from runner.store.jobstore import JobStore, StoreUnavailable
 
     store = JobStore.from_settings(cfg)
@@ -71,7 +84,7 @@ def store_for(cfg: Settings) -> JobStore:
     return store
 
 
-def remote(api: str | None, cfg: Settings):
+def remote(api: str | None, cfg: ClientSettings):
     """The HTTP API client when --api / RUNNER_API_URL / api.url is set, else None (use Redis)."""
     if not (api or cfg.api.url):
         return None
@@ -82,7 +95,7 @@ def remote(api: str | None, cfg: Settings):
 
 def backend(api: str | None) -> JobReader:
     """The job store, or the API client: both are JobReaders."""
-    cfg = settings()
+    cfg = client_settings()
     return remote(api, cfg) or store_for(cfg)
 
 
@@ -288,7 +301,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_cancel(args: argparse.Namespace) -> None:
     """Cancel a job: a queued job never starts; a running one is stopped and cleaned up."""
-    cfg = settings()
+    cfg = client_settings()
     client = remote(args.api, cfg)
     if client is not None:  # the server cancels
         record = client.cancel(args.job_id)
@@ -443,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # The runner uses no pydantic plugin; without this, building the first model scans every
+    # installed package's entry points for one (and loads what it finds): tens of ms per command.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
     args = build_parser().parse_args(argv)
     if args.handler is None:  # `runner` or `runner config` alone: what can follow
         args.parser.print_help(sys.stderr)

@@ -32,7 +32,7 @@ from redis.retry import Retry
 from runner.core.jobs import JobRecord, Status
 
 if TYPE_CHECKING:
-    from runner.config.settings import RetentionConfig
+    from runner.config.client import RetentionConfig
 
 CHUNK_BYTES = 1024 * 1024
 RETRIES = 40
@@ -98,7 +98,7 @@ class ContextTooLarge(Exception):
 
 class JobStore:
     def __init__(self, url: str, namespace: str = "runner", retention: RetentionConfig | None = None):
-        from runner.config.settings import RetentionConfig
+        from runner.config.client import RetentionConfig
 
         self.url = url
         self.ns = namespace
