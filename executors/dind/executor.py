@@ -240,8 +240,9 @@ class DindExecutor(Executor):
         except InfrastructureError as exc:
             return exc.message
         try:
+            problem = dind_reuse.clean(inner.api) if whole else None  # first: a container may use the job's image
             Engine(inner, self.env.registries, use_auth=False).remove_job_leftovers(job_id)
-            return dind_reuse.clean(inner.api) if whole else None
+            return problem
         finally:
             inner.close()
 
