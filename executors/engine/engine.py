@@ -28,6 +28,7 @@ from runner.core.errors import (
 )
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
 from runner.core.metrics import NO_METRICS, ExecutorMetrics
+from runner.core.registries import Copies
 from runner.core.registry import RegistryConfig
 
 if TYPE_CHECKING:
@@ -150,7 +151,11 @@ class Engine:
         where a tag of the job is on that registry, else a push. Never fails the job."""
         source = next(((r, image.digest) for r, image in pushed if r.registry == ref.registry), None)
         try:
-            if source is None or copy_tag(source, ref, self.registries, log, {}) is None:
+            digest = None
+            if source is not None:
+                digest, said = copy_tag(source, ref, self.registries, Copies())
+                log.line(said)
+            if digest is None:
                 push(ref)
         except ExecutorError as exc:
             log.line(f"[runner] warning: the build cache was not exported to {ref}: {exc.message}")

@@ -14,7 +14,8 @@ import json
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import requests
 
@@ -26,6 +27,7 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docke
 IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
 MANIFEST_TYPES = ", ".join([*INDEX_TYPES, *IMAGE_TYPES])
 TIMEOUT = 10
+MOUNTS_AT_ONCE = 4
 #: manifests are small; anything bigger is not one we pushed
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
@@ -75,6 +77,14 @@ def pull_scope(repository: str) -> str:
 
 def push_scope(repository: str) -> str:
     return f"repository:{repository}:pull,push"
+
+
+@dataclass
+class Copies:
+    """What one job's tagging already fetched and mounted, so its next tag repeats neither."""
+
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    mounted: set[tuple[str, str]] = field(default_factory=set)  # (repository, blob digest)
 
 
 class RegistryClient:
@@ -235,33 +245,39 @@ class Registries:
         if held != digest:
             raise InfrastructureError(f"push of {ref} reported {digest} but the registry holds {held}")
 
-    def copy_tag(self, source: ImageRef, digest: str, target: ImageRef, seen: dict[str, Manifest] | None = None) -> str:
+    def copy_tag(self, source: ImageRef, digest: str, target: ImageRef, copies: Copies | None = None) -> str:
         """Put the image `digest`, which `source`'s repository holds, under `target` on the same
         registry without pushing it: the very same manifest bytes (so the same digest), after
         mounting its blobs (and an index's manifests) into target's repository when that is
-        another one. `seen` keeps fetched manifests for the next tag of the same job. Raises
+        another one. `copies` keeps what this job fetched and mounted for its next tag. Raises
         NotCopied when the registry declines (a real push still works), RegistryAuthFailed
         when our credentials may not push there."""
         if source.registry != target.registry:
             raise ValueError("copy_tag works within one registry")
         client = self.client(target.registry)
-        seen = {} if seen is None else seen
-        manifest = self._fetch(client, source.repository, digest, seen)
+        copies = Copies() if copies is None else copies
+        manifest = self._fetch(client, source.repository, digest, copies)
         if target.repository != source.repository:
-            self._mount_into(client, manifest, source.repository, target.repository, seen)
+            self._mount_into(client, manifest, source.repository, target.repository, copies)
         return client.put_manifest(target.repository, target.tag, manifest)
 
-    def _fetch(self, client: RegistryClient, repository: str, digest: str, seen: dict[str, Manifest]) -> Manifest:
-        if digest not in seen:
-            seen[digest] = client.manifest(repository, digest)
-        return seen[digest]
+    def _fetch(self, client: RegistryClient, repository: str, digest: str, copies: Copies) -> Manifest:
+        if digest not in copies.manifests:
+            copies.manifests[digest] = client.manifest(repository, digest)
+        return copies.manifests[digest]
 
-    def _mount_into(self, client: RegistryClient, manifest: Manifest, source: str, target: str,
-                    seen: dict[str, Manifest]) -> None:
+    def _mount_into(self, client: RegistryClient, manifest: Manifest, source: str, target: str, copies: Copies) -> None:
         for child in manifest.children():
-            child_manifest = self._fetch(client, source, child, seen)
-            self._mount_into(client, child_manifest, source, target, seen)
-            client.put_manifest(target, child, child_manifest)
-        for blob in manifest.blobs():
-            if not client.mount_blob(target, blob, source):
-                raise NotCopied(f"registry {client.config.host} would not mount {blob[:19]} from {source} into {target}")
+            child_manifest = self._fetch(client, source, child, copies)
+            self._mount_into(client, child_manifest, source, target, copies)
+            if (target, child) not in copies.mounted:
+                client.put_manifest(target, child, child_manifest)
+                copies.mounted.add((target, child))
+        blobs = [blob for blob in dict.fromkeys(manifest.blobs()) if (target, blob) not in copies.mounted]
+        if not blobs:
+            return
+        with ThreadPoolExecutor(min(len(blobs), MOUNTS_AT_ONCE)) as pool:  # one round trip each: at once
+            mounted = dict(zip(blobs, pool.map(lambda blob: client.mount_blob(target, blob, source), blobs), strict=True))
+        copies.mounted.update((target, blob) for blob, ok in mounted.items() if ok)
+        if declined := [blob for blob, ok in mounted.items() if not ok]:
+            raise NotCopied(f"registry {client.config.host} would not mount {declined[0][:19]} from {source} into {target}")
