@@ -547,6 +547,38 @@ def test_default_mode_removes_the_sidecar_in_cleanup_after_run(services, sockdir
     assert_nothing_left(job.id, sockdir)
 
 
+# -- the registry build cache (BuildKit's inline cache through the Engine API) --------------------
+def test_registry_cache_feeds_a_new_engine_and_stays_per_repository(services, sockdir, tmp_path):
+    """Each job gets a new sidecar: an engine with empty storage, as on a new host. The first
+    job puts its image (carrying BuildKit's inline cache) under the repository's cache tag;
+    the same build on another new engine takes its steps from there; a job of another
+    repository has a cache of its own."""
+    registry = services["RUNNER_DEV_REGISTRY_NAME"]
+    ex = executor(services, sockdir, cache_repo=f"{registry}/cache-test/{{repo}}")
+    repo, other = f"test-dind/cached-{uuid.uuid4().hex[:8]}", f"test-dind/other-{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {base(services)}\nRUN echo expensive-{uuid.uuid4().hex} > /e\n"
+    first = BuildRequest(tags=[f"{registry}/{repo}:1"])
+    [pushed], sink = run_job(ex, first, build_context(tmp_path / "1", dockerfile))
+    cache_tag = f"{registry}/cache-test/{repo}:buildcache"
+    assert f"[runner] registry build cache: {cache_tag}" in sink.text
+    assert f"[runner] tagged {cache_tag} {pushed.digest}" in sink.text  # exported without a second push
+    assert registry_digest(services, cache_tag) == pushed.digest
+    run_step = next(line.split()[0] for line in sink.lines if "RUN echo expensive" in line)
+    assert f"{run_step} CACHED" not in sink.lines  # a new engine, no cache yet: the step ran
+
+    again = BuildRequest(tags=[f"{registry}/{repo}:2"])
+    _, sink = run_job(ex, again, build_context(tmp_path / "2", dockerfile))
+    assert f"importing cache manifest from {cache_tag}" in sink.text
+    run_step = next(line.split()[0] for line in sink.lines if "RUN echo expensive" in line)
+    assert f"{run_step} CACHED" in sink.lines, sink.text  # the new engine did not run the step
+
+    elsewhere = BuildRequest(tags=[f"{registry}/{other}:1"])
+    _, sink = run_job(ex, elsewhere, build_context(tmp_path / "3", dockerfile))
+    assert f"[runner] registry build cache: {registry}/cache-test/{other}:buildcache" in sink.text
+    run_step = next(line.split()[0] for line in sink.lines if "RUN echo expensive" in line)
+    assert f"{run_step} CACHED" not in sink.lines  # another repository: not this one's cache
+
+
 # -- labels, cleanup, sweep -----------------------------------------------------------------------
 def test_sweep_removes_only_leftovers_of_jobs_that_are_not_live(services, sockdir, host_api):
     ex = executor(services, sockdir)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -44,6 +45,25 @@ log = logging.getLogger("runner.executors.dind")
 
 RISK = ("each job runs in a sidecar with its own Docker daemon; privileged mode (the default) or the "
         "capability profile gives that sidecar near-root power over the host if a build escapes it")
+
+
+class HostClient:
+    """The host engine's client for one job, made only if the job needs it (a kept sidecar
+    serves a job without the host engine)."""
+
+    def __init__(self, connect: Callable[[], docker.APIClient]):
+        self._connect = connect
+        self._api: docker.APIClient | None = None
+
+    @property
+    def api(self) -> docker.APIClient:
+        if self._api is None:
+            self._api = self._connect()
+        return self._api
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
 
 
 @dataclass
@@ -79,10 +99,14 @@ class DindExecutor(Executor):
         self.kept = (dind_reuse.KeptSidecars(config.reuse_idle_seconds, config.reuse_max_jobs, self._destroy_kept, self.name)
                      if config.reuse == "per_cache_key" else None)
         self._owner: str | None = None
+        self._host_version: str | None = None
 
     def host(self, timeout: int | None = 120) -> docker.APIClient:
-        """The host engine that runs the sidecars (public docker-py calls only)."""
-        return EngineClient.connect(self.config.docker_host, timeout=timeout).api
+        """The host engine that runs the sidecars (public docker-py calls only); its API
+        version is asked once, so a client made per job costs no round trip."""
+        api = EngineClient.connect(self.config.docker_host, timeout=timeout, version=self._host_version).api
+        self._host_version = api.api_version
+        return api
 
     def engine_host(self) -> str:
         return self.config.docker_host
@@ -119,9 +143,9 @@ class DindExecutor(Executor):
 
     # -- run ---------------------------------------------------------------------------------
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
-        api = self.host()
+        host = HostClient(self.host)
         try:
-            serving = self._serving_for(api, job, log, cancel)
+            serving = self._serving_for(host, job, log, cancel)
             inner = serving.sidecar.client(timeout=None)
             try:
                 builder = choose_builder(inner, job.builder or self.env.builder, self.buildkit, self.env.registries,
@@ -132,9 +156,9 @@ class DindExecutor(Executor):
                 inner.close()
                 serving.reusable = not cancel.is_set()
         finally:
-            api.close()
+            host.close()
 
-    def _serving_for(self, api: docker.APIClient, job: BuildRequest, log: LogSink, cancel: CancelToken) -> Serving:
+    def _serving_for(self, host: HostClient, job: BuildRequest, log: LogSink, cancel: CancelToken) -> Serving:
         """The sidecar for this job: a kept one of its cache key, a warm one, or a new one
         (on the key's cache volume when repo_cache is on). Registered at once, so cleanup
         finds it whatever happens next."""
@@ -144,9 +168,9 @@ class DindExecutor(Executor):
             return self._serve(job.id, Serving(kept.sidecar, kept.lease, kept))
         lease = None
         if self.config.repo_cache and job.cache_key:
-            lease = dind_cache.acquire(api, self.config, self.name, job.cache_key, cancel, log)
+            lease = dind_cache.acquire(host.api, self.config, self.name, job.cache_key, cancel, log)
         try:
-            sidecar = self._sidecar(api, job, lease, key, log, cancel)
+            sidecar = self._sidecar(host.api, job, lease, key, log, cancel)
         except BaseException:
             if lease is not None:
                 lease.release()
