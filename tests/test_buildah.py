@@ -148,21 +148,51 @@ def test_build_and_push_argv_name_secrets_but_never_carry_them(tmp_path):
                      iidfile=tmp_path / "iid", ignorefile=tmp_path / "ignorefile", cert_dir=tmp_path / "certs",
                      secrets=(("npmrc", tmp_path / "secrets/0"),))
     assert build_args(config, mode, job, paths, "ns-1") == [
-        "build", "--layers=true", "--force-rm", "--isolation", "oci", "--format", "docker",
+        "build", "--layers", "--force-rm", "--format", "docker",  # oci isolation as root: buildah's own default
         "--authfile", f"{tmp_path}/auth.json", "--iidfile", f"{tmp_path}/iid", "-f", f"{tmp_path}/aside/docker/Dockerfile",
         "--ignorefile", f"{tmp_path}/ignorefile", "--cert-dir", f"{tmp_path}/certs", "--no-cache", "--target", "final", "--platform", "linux/amd64",
-        "--label", "team=ci", "--build-arg", "A=1", "--build-arg", "TOKEN", "--build-arg", "IO_RUNNER_JOB=job-1",
-        "--build-arg", "IO_RUNNER_NAMESPACE=ns-1",
+        "--label", "team=ci", "--build-arg", "A=1", "--build-arg", "TOKEN",
         "--secret", f"id=npmrc,src={tmp_path}/secrets/0",
         "--cache-from", "127.0.0.1:5000/cache/app/main", "--cache-to", "127.0.0.1:5000/cache/app/main",
+        "--build-arg", "IO_RUNNER_JOB=job-1", "--build-arg", "IO_RUNNER_NAMESPACE=ns-1",
         f"{tmp_path}/ctx",
     ]
     assert mode.global_args(config) == ["--root", "/var/lib/runner/buildah", "--runroot", "/run/runner/buildah",
                                         "--storage-driver", "overlay"]
-    assert push_args(config, "abc123", ImageRef.parse("127.0.0.1:5000/app:1"), paths, tmp_path / "d") == [
-        "push", "--authfile", f"{tmp_path}/auth.json", "--format", "v2s2", "--digestfile", f"{tmp_path}/d",
-        "--cert-dir", f"{tmp_path}/certs", "abc123", "docker://127.0.0.1:5000/app:1"]
+    push = push_args(config, "abc123", ImageRef.parse("127.0.0.1:5000/app:1"), paths, tmp_path / "d")
+    assert push == ["push", "--authfile", f"{tmp_path}/auth.json", "--format", "v2s2", "--digestfile", f"{tmp_path}/d",
+                    "--cert-dir", f"{tmp_path}/certs", "abc123", "docker://127.0.0.1:5000/app:1"]
     assert secret_arg_env(job) == {"TOKEN": "hunter2"}
+    # defaults are not repeated: oci format, and the isolation buildah picks itself; chroot is said
+    plain = BuildahConfig(enabled=True, keep_images=True)
+    chroot = Mode("buildah", "1.28.2", "vfs", "chroot", "test")
+    argv = build_args(plain, chroot, job, paths, "ns-1")
+    assert "--format" not in argv and argv[argv.index("--isolation") + 1] == "chroot"
+    assert argv[argv.index("-t") + 1] == "127.0.0.1:5000/app:1"  # keep_images: named by the build, no extra process
+    assert "--format" not in push_args(plain, "abc123", ImageRef.parse("127.0.0.1:5000/app:1"), paths, tmp_path / "d")
+
+
+def test_build_then_push_is_one_process_start_and_quotes_only_paths(tmp_path):
+    """The build and the first push run from one `sh -c`: the build's argv as the script's
+    arguments (never parsed by a shell), the push's words quoted into the script."""
+    odd = tmp_path / "it's a dir"
+    odd.mkdir()
+    iid, digest = odd / "iid", odd / "digest"
+    fake = odd / "fake-buildah"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> "$(dirname "$0")/calls"\n'
+                    'if [ "$1" = build ]; then echo "STEP 1/1: FROM x"; echo sha256:abc > "$(dirname "$0")/iid"; fi\n')
+    fake.chmod(0o755)
+    build = ["build", "--iidfile", str(iid), "--label", "a=$(touch pwned) ; `x`", str(odd)]
+    push = ["push", "--digestfile", str(digest), "", "docker://127.0.0.1:5000/app:1"]
+    marker = "[runner] built 0123"
+    log = ListLog()
+    output = bx.BuildThenPush(BuildOutput(log), bx.ToolOutput(log), marker)
+    code = bx.Tool("sh").stream(bx.build_then_push([str(fake)], build, push, iid, marker), output, CancelToken())
+    assert code == 0 and output.built
+    assert (odd / "calls").read_text().splitlines() == [
+        " ".join(build), f"push --digestfile {digest} abc docker://127.0.0.1:5000/app:1"]
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+    assert marker not in log.text and output.build.step == ("1/1", "FROM x")
 
 
 def test_secret_build_arg_with_a_name_the_tool_reads_is_refused():

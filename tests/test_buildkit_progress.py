@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from executors.engine.builders import BuildCache
 from executors.engine.buildkit import _Follower, build_params, clean_error, context_body, iter_events
 from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_status, decode_trace, iter_fields
 from executors.engine.buildkit_session import encode_fields
 from runner.config.settings import Settings
 from runner.core.build import BuildContext
 from runner.core.errors import InvalidJob
-from runner.core.jobs import BuildRequest
+from runner.core.jobs import BuildRequest, ImageRef
 from tests.support import ListLog, executor_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "buildkit"
@@ -173,6 +174,13 @@ def test_build_params():
     assert params == {"version": "2", "buildid": "bid", "dockerfile": "d/Dockerfile", "t": "runner-job/x:build", "pull": "0",
                       "rm": "1", "buildargs": '{"A": "1"}', "labels": '{"l": "v"}', "target": "t", "nocache": "1",
                       "platform": "linux/amd64"}
+    cache = BuildCache(ref=ImageRef.parse("127.0.0.1:5000/cache/a/b:buildcache"), export=True)
+    params = build_params(job, "bid", "runner-job/x:build", cache)
+    assert params["cachefrom"] == '["127.0.0.1:5000/cache/a/b:buildcache"]'
+    assert json.loads(params["buildargs"]) == {"A": "1", "BUILDKIT_INLINE_CACHE": "1"}  # the cache goes into the image
+    assert job.build_args == {"A": "1"}  # the job's own args are untouched
+    reading = build_params(job, "bid", "runner-job/x:build", BuildCache(ref=cache.ref, export=False))
+    assert reading["cachefrom"] == params["cachefrom"] and reading["buildargs"] == '{"A": "1"}'  # no push: read it only
 
 
 def test_unknown_build_secret_is_an_invalid_job():

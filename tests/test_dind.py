@@ -421,6 +421,164 @@ def test_eviction_removes_least_recently_used_volumes_but_never_one_in_use(servi
     assert dind_cache.volume_name("dind", oldest) in remaining and dind_cache.volume_name("dind", newest) in remaining
 
 
+# -- sidecars kept per cache key (reuse: per_cache_key) -------------------------------------------
+def exists(name: str) -> bool:
+    return subprocess.run(["docker", "inspect", name], capture_output=True).returncode == 0
+
+
+def wait_gone(name: str, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and exists(name):
+        time.sleep(0.2)
+    return not exists(name)
+
+
+def leave_things_behind(ex: DindExecutor, job_id: str) -> None:
+    """What a job that reaches its daemon (docker compose in a test step) could leave there."""
+    inner = ex._serving[job_id].sidecar.client(timeout=30).api
+    try:
+        image = inner.inspect_image(f"runner-job/{job_id}:build")["Id"]
+        inner.create_network("left-net")
+        inner.create_volume("left-vol")
+        inner.create_container(image, ["true"], name="left-container", host_config=inner.create_host_config(binds=["left-vol:/v"]))
+    finally:
+        inner.close()
+
+
+def inner_state(ex: DindExecutor, name: str, job_id: str) -> dict:
+    sidecar = next(k.sidecar for items in ex.kept._idle.values() for k in items if k.sidecar.name == name)
+    inner = sidecar.client(timeout=30).api
+    try:
+        tags = [t for image in inner.images() for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
+        return {"containers": inner.containers(all=True), "volumes": inner.volumes().get("Volumes") or [],
+                "networks": sorted(n["Name"] for n in inner.networks()), "job tags": [t for t in tags if job_id in t]}
+    finally:
+        inner.close()
+
+
+def test_reuse_keeps_a_clean_sidecar_per_cache_key_never_across_keys_or_namespaces(services, sockdir, tmp_path):
+    ex = executor(services, sockdir, reuse="per_cache_key", reuse_max_jobs=2)
+    other_namespace = executor(services, sockdir, reuse="per_cache_key")
+    dockerfile = f"FROM {base(services)}\nRUN echo step-{uuid.uuid4().hex} > /s\n"
+    key_a, key_b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    names, logs = [], []
+    try:
+        for n, (runner, key) in enumerate([(ex, key_a), (ex, key_a), (ex, key_b), (other_namespace, key_a), (ex, key_a)]):
+            job = BuildRequest(tags=[tag(services, "reuse")], cache_key=key)
+            sink = Sink()
+            [pushed] = runner.run(job, build_context(tmp_path / str(n), dockerfile), sink, CancelToken())
+            assert pushed.digest == registry_digest(services, job.tags[0])
+            name = sidecar_name(sink)
+            assert exists(name)  # run() leaves removal and cleaning to cleanup(), after the job's record
+            if n == 0:
+                leave_things_behind(runner, job.id)
+            runner.cleanup(job.id)
+            if n == 0:
+                state = inner_state(runner, name, job.id)
+                assert state == {"containers": [], "volumes": [], "networks": ["bridge", "host", "none"], "job tags": []}
+            names.append(name)
+            logs.append(sink.text)
+        first, second, other_key, other_ns, third = names
+        assert second == first and "reusing sidecar" in logs[1] and "job 2 of at most 2" in logs[1]
+        assert any(line.startswith("#") and line.endswith("CACHED") for line in logs[1].splitlines())  # build cache kept
+        assert other_key != first and "reusing" not in logs[2]  # never across cache keys
+        assert other_ns != first and "reusing" not in logs[3]  # never across namespaces
+        assert third not in (first, other_key) and not exists(first)  # it served its 2 jobs
+        assert exists(third) and exists(other_key)
+        kept = subprocess.run(["docker", "ps", "--format", "{{.Names}}", "--filter", f"label={dind_pool.LABEL_POOL}={OWNER}",
+                               "--filter", f"label={LABEL_NAMESPACE}={ex.env.namespace}"], capture_output=True, text=True).stdout
+        assert set(kept.split()) == {third, other_key}  # labelled as its worker's, so a sweep judges them by it
+    finally:
+        ex.shutdown()
+        other_namespace.shutdown()
+    for name in names:
+        assert not exists(name)
+    assert leftovers(f"{dind_pool.LABEL_POOL}={OWNER}") == {}
+    assert not [p for p in sockdir.iterdir() if p.name.startswith("runner-")]
+
+
+def test_kept_sidecar_goes_when_idle_cancelled_or_swept_after_its_worker(services, sockdir, tmp_path, host_api):
+    ex = executor(services, sockdir, reuse="per_cache_key", reuse_idle_seconds=1)
+    key = f"idle-{uuid.uuid4().hex[:8]}"
+    ctx = build_context(tmp_path / "a", f"FROM {base(services)}\nRUN echo idle > /i\n")
+    try:
+        _, sink = run_job(ex, BuildRequest(tags=[tag(services, "idle")], cache_key=key), ctx)
+        assert wait_gone(sidecar_name(sink))  # idle past reuse_idle_seconds
+        assert ex.kept.idle == 0
+
+        cancel, sink = CancelToken(), Sink()
+        threading.Thread(target=lambda: (wait_for(sink, "long-step"), cancel.set("cancelled")), daemon=True).start()
+        slow = build_context(tmp_path / "b", f"FROM {base(services)}\nRUN echo long-step && sleep 600\n")
+        job = BuildRequest(tags=[tag(services, "idle")], cache_key=key)
+        with pytest.raises(Cancelled):
+            try:
+                ex.run(job, slow, sink, cancel)
+            finally:
+                ex.cleanup(job.id)
+        assert not exists(sidecar_name(sink))  # a cancelled job's sidecar is not kept
+    finally:
+        ex.shutdown()
+    # a worker that died leaves kept sidecars; the next sweep on the host removes them by their owner
+    dead_owner = f"{OWNER.split(':')[0]}:999999999:1"
+    kept_labels = {**ex.reuse_labels(key), dind_pool.LABEL_POOL: dead_owner}
+    bring_up(host_api, ex.config, ex.env.registries, executor="dind", labels=kept_labels)
+    assert executor(services, sockdir).sweep(lambda job: True) == []  # no job's; judged by the dead owner
+    assert ex.sweep(lambda job: True) == [] and leftovers(f"{dind_pool.LABEL_POOL}={dead_owner}") == {}
+
+
+def wait_for(sink: Sink, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and text not in sink.text:
+        time.sleep(0.05)
+
+
+def test_default_mode_removes_the_sidecar_in_cleanup_after_run(services, sockdir, tmp_path):
+    """The job's result does not wait for the sidecar's removal: run() returns with it still
+    there, and cleanup() (called after the record is written) removes it."""
+    ex = executor(services, sockdir)
+    job = BuildRequest(tags=[tag(services, "later")])
+    sink = Sink()
+    try:
+        ex.run(job, build_context(tmp_path, f"FROM {base(services)}\nRUN echo later > /l\n"), sink, CancelToken())
+        assert exists(sidecar_name(sink))
+    finally:
+        ex.cleanup(job.id)
+    assert not exists(sidecar_name(sink))
+    assert_nothing_left(job.id, sockdir)
+
+
+# -- the registry build cache (BuildKit's inline cache through the Engine API) --------------------
+def test_registry_cache_feeds_a_new_engine_and_stays_per_repository(services, sockdir, tmp_path):
+    """Each job gets a new sidecar: an engine with empty storage, as on a new host. The first
+    job puts its image (carrying BuildKit's inline cache) under the repository's cache tag;
+    the same build on another new engine takes its steps from there; a job of another
+    repository has a cache of its own."""
+    registry = services["RUNNER_DEV_REGISTRY_NAME"]
+    ex = executor(services, sockdir, cache_repo=f"{registry}/cache-test/{{repo}}")
+    repo, other = f"test-dind/cached-{uuid.uuid4().hex[:8]}", f"test-dind/other-{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {base(services)}\nRUN echo expensive-{uuid.uuid4().hex} > /e\n"
+    first = BuildRequest(tags=[f"{registry}/{repo}:1"])
+    [pushed], sink = run_job(ex, first, build_context(tmp_path / "1", dockerfile))
+    cache_tag = f"{registry}/cache-test/{repo}:buildcache"
+    assert f"[runner] registry build cache: {cache_tag}" in sink.text
+    assert f"[runner] tagged {cache_tag} {pushed.digest}" in sink.text  # exported without a second push
+    assert registry_digest(services, cache_tag) == pushed.digest
+    run_step = next(line.split()[0] for line in sink.lines if "RUN echo expensive" in line)
+    assert f"{run_step} CACHED" not in sink.lines  # a new engine, no cache yet: the step ran
+
+    again = BuildRequest(tags=[f"{registry}/{repo}:2"])
+    _, sink = run_job(ex, again, build_context(tmp_path / "2", dockerfile))
+    assert f"importing cache manifest from {cache_tag}" in sink.text
+    run_step = next(line.split()[0] for line in sink.lines if "RUN echo expensive" in line)
+    assert f"{run_step} CACHED" in sink.lines, sink.text  # the new engine did not run the step
+
+    elsewhere = BuildRequest(tags=[f"{registry}/{other}:1"])
+    _, sink = run_job(ex, elsewhere, build_context(tmp_path / "3", dockerfile))
+    assert f"[runner] registry build cache: {registry}/cache-test/{other}:buildcache" in sink.text
+    run_step = next(line.split()[0] for line in sink.lines if "RUN echo expensive" in line)
+    assert f"{run_step} CACHED" not in sink.lines  # another repository: not this one's cache
+
+
 # -- labels, cleanup, sweep -----------------------------------------------------------------------
 def test_sweep_removes_only_leftovers_of_jobs_that_are_not_live(services, sockdir, host_api):
     ex = executor(services, sockdir)

@@ -27,6 +27,7 @@ from runner.config.settings import Settings
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
+from runner.core.registry import RegistryConfig
 from runner.sources.pack import write_tar
 from runner.sources.upload import spool_context
 from tests.conftest import registry_digest
@@ -158,12 +159,15 @@ def test_secret_build_args_are_refused_on_img(harness, fake_img, tmp_path):
 
 
 # -- a FAKE img end to end -----------------------------------------------------------------------
-def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fake_img, tmp_path):
+def test_fake_img_builds_pushes_once_tags_the_rest_with_per_job_docker_config(harness, fake_img, tmp_path):
+    """Three tags, one push: the second tag (same repository) and the third (another
+    repository) get the pushed manifest without a push."""
     script, record = fake_img
     value = f"secret-{uuid.uuid4().hex}"
     settings = with_img(harness.settings, binary=str(script), state_dir=tmp_path / "img-state")
     settings = settings.model_copy(update={"build_secrets": {"npmrc": SecretStr(value)}})
-    tags = [f"{harness.registry()}/img-test/fake:{t}-{uuid.uuid4().hex[:6]}" for t in ("1", "latest")]
+    tags = [f"{harness.registry()}/img-test/{repo}:{t}-{uuid.uuid4().hex[:6]}"
+            for repo, t in (("fake", "1"), ("fake", "latest"), ("fake-other", "1"))]
     job = BuildRequest(tags=tags, secrets=["npmrc"])
     context = context_for(settings, job, tmp_path, "FROM scratch\nCOPY Dockerfile /\n")
     log = ListLog()
@@ -174,13 +178,14 @@ def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fak
     executor.cleanup(job.id)
     assert not private.exists()
 
-    build, push1, push2, remove = calls(record)
+    build, push, remove = calls(record)
     assert build["argv"] == [*global_args(settings.executors["img"]),
                              *build_args(settings.executors["img"], job, context.workspace / "img-context",
                                          context.workspace / "img-aside/Dockerfile", [("npmrc", private / "secrets/0")])]
     assert build["docker_config_mode"] == 0o700 and build["config_mode"] == 0o600
     assert "127.0.0.1:5000" in build["auth_hosts"]
-    assert [push1["argv"], push2["argv"]] == [[*global_args(settings.executors["img"]), "push", "--insecure-registry", t] for t in tags]
+    assert push["argv"] == [*global_args(settings.executors["img"]), "push", "--insecure-registry", tags[0]]
+    assert f"[runner] tagged {tags[1]} " in log.text and f"[runner] tagged {tags[2]} " in log.text
     assert remove["argv"] == [*global_args(settings.executors["img"]), "rm", *tags]
     assert all(harness.services["RUNNER_DEV_REGISTRY_PASSWORD"] not in " ".join(c["argv"]) and value not in " ".join(c["argv"])
                for c in calls(record))
@@ -189,6 +194,23 @@ def test_fake_img_builds_pushes_two_tags_with_per_job_docker_config(harness, fak
     assert {p.digest for p in pushed} == {registry_digest(harness.services, t) for t in tags}
     assert len({p.digest for p in pushed}) == 1
     assert stat.S_IMODE((tmp_path / "fake-img").stat().st_mode) == 0o755
+
+
+def test_unreadable_password_file_fails_before_img_runs(harness, fake_img, tmp_path):
+    """The push target's password_file cannot be read: an infrastructure error naming the
+    registry and the setting (never the path), before img is started at all."""
+    settings = with_img(harness.settings, binary=str(fake_img[0]), state_dir=tmp_path / "img-state")
+    registries = [r for r in settings.registries if r.host != harness.registry()]
+    registries.append(RegistryConfig(host=harness.registry(), username="ci", password_file=tmp_path / "missing" / "pw"))
+    settings = settings.model_copy(update={"registries": registries})
+    job = BuildRequest(tags=[f"{harness.registry()}/img-test/pwfile:1"])
+    executor = executor_for(settings, "img")
+    with pytest.raises(InfrastructureError) as failure:
+        executor.run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), ListLog(), CancelToken())
+    executor.cleanup(job.id)
+    assert failure.value.message.startswith(f"registry {harness.registry()}: password_file: cannot read it")
+    assert str(tmp_path) not in failure.value.message
+    assert calls(fake_img[1]) == []
 
 
 def test_fake_img_failing_step_is_a_build_failure_naming_the_step(harness, fake_img, tmp_path):

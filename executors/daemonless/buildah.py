@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import threading
 from dataclasses import dataclass
@@ -26,7 +28,8 @@ from executors.base import CheckResult, Executor, ExecutorEnv, IsLive
 from executors.daemonless.common import (
     JobFiles,
     auth_failed,
-    cache_repo,
+    check_push_logins,
+    common_build_flags,
     private_root,
     registries_conf,
     registry_auths,
@@ -37,6 +40,8 @@ from executors.daemonless.common import (
 )
 from executors.daemonless.config import BuildahConfig
 from executors.daemonless.setid import MAX_DOCKERFILE_BYTES, copy_from_context
+from executors.registry_cache import cache_repository
+from executors.tags import push_tags
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, is_auth_error
@@ -76,6 +81,12 @@ class Mode:
 
     def describe(self) -> str:
         return f"buildah {self.version}, storage {self.storage_driver}, isolation {self.isolation} ({self.why})"
+
+    def isolation_args(self) -> list[str]:
+        """--isolation, unless it is what buildah picks itself (oci as root, rootless as non-root;
+        BUILDAH_ISOLATION never reaches it: runner.core.process.tool_env)."""
+        own = "oci" if os.geteuid() == 0 else "rootless"
+        return [] if self.isolation == own else ["--isolation", self.isolation]
 
 
 def has_cap_sys_admin() -> bool:
@@ -146,40 +157,43 @@ class JobPaths:
 
 
 def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobPaths, namespace: str) -> list[str]:
-    """`buildah build` arguments (after the global ones). No secret appears here: secret
-    build args are named only (their values travel in the environment)."""
-    args = ["build", f"--layers={'true' if config.layers else 'false'}", "--force-rm", "--isolation", mode.isolation,
-            "--format", config.format, "--authfile", str(paths.authfile), "--iidfile", str(paths.iidfile),
+    """`buildah build` arguments (after the global ones); buildah's defaults are not repeated
+    (oci format, its own isolation). No secret appears here: secret build args are named only
+    (their values travel in the environment)."""
+    args = ["build", "--layers" if config.layers else "--layers=false", "--force-rm", *mode.isolation_args(),
+            *(["--format", "docker"] if config.format == "docker" else []),
+            "--authfile", str(paths.authfile), "--iidfile", str(paths.iidfile),
             "-f", str(paths.dockerfile), "--ignorefile", str(paths.ignorefile)]
     if paths.cert_dir:
         args += ["--cert-dir", str(paths.cert_dir)]
     if paths.build_context:
         args += ["--build-context", f"{paths.build_context[0]}={paths.build_context[1]}"]
-    if job.no_cache:
-        args.append("--no-cache")
-    if job.target:
-        args += ["--target", job.target]
-    if job.platform:
-        args += ["--platform", job.platform]
-    for key, value in job.labels.items():
-        args += ["--label", f"{key}={value}"]
-    for key, value in job.build_args.items():
-        args += ["--build-arg", key if key in job.secret_build_args else f"{key}={value}"]
+    if config.keep_images:  # a name left in the shared store would serve a later job's FROM
+        for ref in job.tags:
+            args += ["-t", ref]
+    args += common_build_flags(job, paths.secrets, cache_repository(config.cache_repo, job))
     args += ["--build-arg", f"{JOB_ARG}={job.id}", "--build-arg", f"{NAMESPACE_ARG}={namespace}"]
-    for secret_id, path in paths.secrets:
-        args += ["--secret", f"id={secret_id},src={path}"]
-    if repo := cache_repo(config.cache_repo, job):
-        args += ["--cache-from", repo, "--cache-to", repo]
     args.append(str(paths.context))
     return args
 
 
 def push_args(config: BuildahConfig, image_id: str, ref: ImageRef, paths: JobPaths, digestfile: Path) -> list[str]:
-    args = ["push", "--authfile", str(paths.authfile), "--format", "v2s2" if config.format == "docker" else "oci",
+    """`buildah push` arguments; the format is the image's own (oci) unless docker is asked for."""
+    args = ["push", "--authfile", str(paths.authfile), *(["--format", "v2s2"] if config.format == "docker" else []),
             "--digestfile", str(digestfile)]
     if paths.cert_dir:
         args += ["--cert-dir", str(paths.cert_dir)]
     return [*args, image_id, f"docker://{ref}"]
+
+
+def build_then_push(tool_argv: list[str], build: list[str], push: list[str], iidfile: Path, marker: str) -> list[str]:
+    """`sh -c` arguments running the build and then, if it succeeded, the push of the image it
+    built: one process start from Python for both. `marker` (printed between them) tells the
+    push's output from the build's; the push's image is read from the build's --iidfile.
+    Only paths and names are quoted into the script; argv never holds a secret."""
+    script = (f'"$@" || exit; echo {shlex.quote(marker)}; iid=$(cat {shlex.quote(str(iidfile))}) || exit; '
+              f'exec {shlex.join([*tool_argv, *push[:-2]])} "${{iid#sha256:}}" {shlex.quote(push[-1])}')
+    return ["-c", script, "buildah-job", *tool_argv, *build]
 
 
 def keep_setid_bits(paths: JobPaths, files: JobFiles, log: LogSink) -> None:
@@ -239,6 +253,37 @@ class BuildOutput(ToolOutput):
         return BuildFailed(f"build failed: {error}")
 
 
+class BuildThenPush:
+    """The output of build_then_push: the build's lines to `build` up to the marker line (which
+    only a finished build prints), the push's after it."""
+
+    def __init__(self, build: BuildOutput, push: ToolOutput, marker: str):
+        self.build, self.push, self.marker = build, push, marker
+        self.built = False
+
+    def __call__(self, batch: list[str]) -> None:
+        if self.built:
+            self.push(batch)
+            return
+        try:
+            cut = batch.index(self.marker)
+        except ValueError:
+            self.build(batch)
+            return
+        if cut:
+            self.build(batch[:cut])
+        self.built = True
+        if cut + 1 < len(batch):
+            self.push(batch[cut + 1:])
+
+
+def push_failed(ref: ImageRef, output: ToolOutput, code: int) -> ExecutorError:
+    error = output.last_error("Error: ") or f"buildah push exited with code {code}"
+    if is_auth_error(error):
+        return auth_failed(f"pushing {ref}", error)
+    return InfrastructureError(f"push of {ref} failed: {error}")
+
+
 # -- the executor ------------------------------------------------------------------------------
 class BuildahExecutor(Executor):
     name = "buildah"
@@ -253,6 +298,8 @@ class BuildahExecutor(Executor):
         #: jobs whose build exited on its own with success (buildah --force-rm removed its
         #: containers), so cleanup can skip the container scan
         self._clean_exit: set[str] = set()
+        #: job id -> its image, not wanted in the store (layers and keep_images off): cleanup removes it
+        self._unneeded: dict[str, str] = {}
 
     def mode(self) -> Mode:
         """What buildah uses on this worker, probed once (a probe costs a process or two)."""
@@ -276,22 +323,28 @@ class BuildahExecutor(Executor):
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
         mode = self.mode()
         log.line(f"[runner] {mode.describe()}")
+        refs = job.image_refs()
+        if job.push:
+            check_push_logins(self.env.registries, refs)
         files = JobFiles(private_root(self.env, self.name, job.id)).create()
         try:
             paths, env = self._prepare(job, context, files, log, cancel)
             tool = self.tool(mode, env)
-            image_id = self._build(tool, mode, job, paths, log, cancel)
-            refs = job.image_refs()
-            if self.config.keep_images:  # a name left in the shared store would serve a later job's FROM
-                tool.output(["tag", image_id, *map(str, refs)])
-            if not job.push:
+            first = refs[0] if job.push else None
+            image_id = self._build(tool, mode, job, paths, files, first, log, cancel)
+            if not self.config.layers and not self.config.keep_images:
+                self._unneeded[job.id] = image_id  # removed by cleanup, after the job's record
+            if first is None:
                 kept = f"kept as {', '.join(map(str, refs))}" if self.config.keep_images else "not named (keep_images is off)"
                 log.line(f"[runner] built {image_id[:12]}; push disabled, {kept}")
                 return [PushedImage(ref=str(ref), digest=f"sha256:{image_id}") for ref in refs]
-            pushed = [self._push(tool, image_id, ref, paths, files, log, cancel) for ref in refs]
-            if not self.config.layers and not self.config.keep_images:
-                self._remove_image(tool, image_id)
-            return pushed
+
+            def push(ref: ImageRef) -> str:
+                if ref is first:  # pushed by the build's own process
+                    return self._pushed(ref, files.root / "digest", log).digest
+                return self._push(tool, image_id, ref, paths, files, log, cancel).digest
+
+            return push_tags(refs, push, self.env.registries, log, cancel)
         except ToolFailed as exc:
             raise InfrastructureError(f"buildah failed: {exc.message}") from None
         finally:
@@ -316,16 +369,30 @@ class BuildahExecutor(Executor):
             env["CONTAINERS_REGISTRIES_CONF"] = str(files.write("registries.conf", conf))
         return paths, tool_env(env)
 
-    def _build(self, tool: Tool, mode: Mode, job: BuildRequest, paths: JobPaths, log: LogSink, cancel: CancelToken) -> str:
+    def _build(self, tool: Tool, mode: Mode, job: BuildRequest, paths: JobPaths, files: JobFiles, first: ImageRef | None,
+               log: LogSink, cancel: CancelToken) -> str:
+        """Build; with `first`, push it there from the same process start (build_then_push)."""
+        build = build_args(self.config, mode, job, paths, self.env.namespace)
         output = BuildOutput(log)
-        code = tool.stream(build_args(self.config, mode, job, paths, self.env.namespace), output, cancel)
-        if code != 0:
+        if first is None:
+            code = tool.stream(build, output, cancel)
+            built = code == 0
+        else:
+            both = BuildThenPush(output, ToolOutput(log), f"[runner] built {secrets.token_hex(8)}")
+            push = push_args(self.config, "", first, paths, files.root / "digest")
+            script = build_then_push([mode.binary, *mode.global_args(self.config)], build, push, paths.iidfile, both.marker)
+            code = Tool("sh", env=tool.env).stream(script, both, cancel)
+            built = both.built
+        if not built:
             raise output.failure(code)
         self._clean_exit.add(job.id)
         try:
-            return paths.iidfile.read_text().strip().removeprefix("sha256:")
+            image_id = paths.iidfile.read_text().strip().removeprefix("sha256:")
         except OSError:
             raise InfrastructureError("buildah build succeeded but wrote no image id") from None
+        if first is not None and code != 0:
+            raise push_failed(first, both.push, code)
+        return image_id
 
     def _push(self, tool: Tool, image_id: str, ref: ImageRef, paths: JobPaths, files: JobFiles,
               log: LogSink, cancel: CancelToken) -> PushedImage:
@@ -334,10 +401,11 @@ class BuildahExecutor(Executor):
         output = ToolOutput(log)
         code = tool.stream(push_args(self.config, image_id, ref, paths, digestfile), output, cancel)
         if code != 0:
-            error = output.last_error("Error: ") or f"buildah push exited with code {code}"
-            if is_auth_error(error):
-                raise auth_failed(f"pushing {ref}", error)
-            raise InfrastructureError(f"push of {ref} failed: {error}")
+            raise push_failed(ref, output, code)
+        return self._pushed(ref, digestfile, log)
+
+    def _pushed(self, ref: ImageRef, digestfile: Path, log: LogSink) -> PushedImage:
+        """A finished push: the digest buildah wrote, confirmed at the registry."""
         try:
             digest = digestfile.read_text().strip()
         except OSError:
@@ -355,9 +423,12 @@ class BuildahExecutor(Executor):
 
     # -- cleanup ---------------------------------------------------------------------------------
     def cleanup(self, job_id: str) -> None:
-        """Remove the job's working containers (found by their IO_RUNNER_JOB build arg) and
-        private files. Its image is never named locally, unless keep_images or push is off."""
+        """Remove the job's working containers (found by their IO_RUNNER_JOB build arg), its
+        image when the store should not keep it (layers and keep_images off), and its private
+        files. Its image is never named locally, unless keep_images."""
         try:
+            if image_id := self._unneeded.pop(job_id, None):
+                self._remove_image(self.tool(self.mode()), image_id)
             if job_id in self._clean_exit:
                 self._clean_exit.discard(job_id)
             else:

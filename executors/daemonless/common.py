@@ -5,6 +5,7 @@
   Secrets reach the tool through these files or its environment, never its argv.
 - `unpack`: the context as the tool reads it: a folder holding exactly what `COPY .` sees in
   `docker build`, and the Dockerfile from a private folder beside it.
+- `common_build_flags`: the build flags both tools spell alike.
 The tools themselves run through runner.core.process.
 """
 
@@ -18,13 +19,17 @@ import shutil
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from executors.base import ExecutorEnv
 from runner.core.build import BuildContext, LogSink, Unpacked
 from runner.core.cancel import CancelToken
 from runner.core.errors import AUTH_WORDS, InfrastructureError, InvalidJob, RegistryAuthFailed
-from runner.core.jobs import BuildRequest
+from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.registry import RegistryConfig, is_loopback
+
+if TYPE_CHECKING:
+    from runner.core.registries import Registries
 
 #: Names a secret build arg may not take: it travels in the tool's environment, where these
 #: names would change how the tool itself runs.
@@ -156,11 +161,36 @@ def auth_failed(what: str, message: str) -> RegistryAuthFailed:
                               "Check username and password for that registry under `registries:` in the runner config")
 
 
-def cache_repo(config_repo: str | None, job: BuildRequest) -> str | None:
-    """The registry cache repository: the configured one, or a per-cache-key one under it."""
-    if not config_repo:
-        return None
-    return f"{config_repo}/{job.cache_key.lower()}" if job.cache_key else config_repo
+def check_push_logins(registries: Registries, refs: Iterable[ImageRef]) -> None:
+    """Fail the job at once, before building, when a registry it pushes to has a password_file
+    that cannot be read: no retry can help, and pushing without credentials would only end in
+    an auth error. The message names the registry and the setting, never the path."""
+    for host in dict.fromkeys(ref.registry for ref in refs):
+        try:
+            registries.config(host).secret()
+        except ValueError as exc:
+            raise InfrastructureError(str(exc)) from None
+
+
+# -- the flags both tools take ---------------------------------------------------------------
+def common_build_flags(job: BuildRequest, secrets: Iterable[tuple[str, Path]], cache: str | None) -> list[str]:
+    """What `buildah build` and `img build` spell alike: --no-cache, --target, --platform, labels,
+    build args (a secret one by name only: its value travels in the environment), build-secret
+    files and the registry cache."""
+    args = ["--no-cache"] if job.no_cache else []
+    if job.target:
+        args += ["--target", job.target]
+    if job.platform:
+        args += ["--platform", job.platform]
+    for key, value in job.labels.items():
+        args += ["--label", f"{key}={value}"]
+    for key, value in job.build_args.items():
+        args += ["--build-arg", key if key in job.secret_build_args else f"{key}={value}"]
+    for secret_id, path in secrets:
+        args += ["--secret", f"id={secret_id},src={path}"]
+    if cache:
+        args += ["--cache-from", cache, "--cache-to", cache]
+    return args
 
 
 # -- secrets -----------------------------------------------------------------------------------

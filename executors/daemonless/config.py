@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from executors.base import ExecutorConfig
+from executors.registry_cache import CacheRepo, cache_repo_field
 
 
 class BuildahConfig(ExecutorConfig):
@@ -22,7 +23,7 @@ class BuildahConfig(ExecutorConfig):
     run_root: Path = Field(default=Path("/run/runner/buildah"), description="buildah's runtime state (--runroot)")
     layers: bool = Field(default=True, description="cache every step (--layers)")
     format: Literal["oci", "docker"] = Field(default="oci", description="image and manifest format: oci, or docker (v2s2)")
-    cache_repo: str | None = Field(default=None, description="registry repo for --cache-from/--cache-to")
+    cache_repo: CacheRepo = cache_repo_field()
     keep_images: bool = Field(default=False, description="also name the image in the store with the job's tags (and keep it)")
 
 
@@ -32,5 +33,5 @@ class ImgConfig(ExecutorConfig):
     binary: str = Field(default="img", description="the img binary")
     state_dir: Path = Field(default=Path("/var/lib/runner/img"), description="img's state and layer cache (-s)")
     backend: Literal["auto", "native", "overlayfs", "fuse-overlayfs"] = Field(default="auto", description="img's snapshotter (-b)")
-    cache_repo: str | None = Field(default=None, description="registry repo for --cache-from/--cache-to")
+    cache_repo: CacheRepo = cache_repo_field()
     keep_images: bool = Field(default=False, description="keep the job's tags in img's state after the job")

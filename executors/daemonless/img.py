@@ -3,7 +3,8 @@ driven through `sh` like buildah.
 
 img is not packaged for Debian and its upstream is unmaintained, so on most hosts this
 executor is unavailable: `check()` says so, and a job that reaches it fails at once with
-that message. Where img exists: `img build -t REF…` then `img push REF` per tag, with
+that message. Where img exists: `img build -t REF…` then `img push REF` for the first tag on
+each registry (the others get its manifest without a push: executors/tags.py), with
 credentials in a per-job DOCKER_CONFIG (config.json, 0600); img reports no digest, so the
 digest returned is the one the registry holds after the push.
 
@@ -27,7 +28,8 @@ from executors.base import CheckResult, Executor
 from executors.daemonless.common import (
     JobFiles,
     auth_failed,
-    cache_repo,
+    check_push_logins,
+    common_build_flags,
     plain_http,
     private_root,
     registry_auths,
@@ -35,6 +37,8 @@ from executors.daemonless.common import (
     write_build_secrets,
 )
 from executors.daemonless.config import ImgConfig
+from executors.registry_cache import cache_repository
+from executors.tags import push_tags
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, is_auth_error
@@ -60,23 +64,12 @@ def global_args(config: ImgConfig) -> list[str]:
 
 def build_args(config: ImgConfig, job: BuildRequest, context_dir: Path, dockerfile: Path,
                secrets: Iterable[tuple[str, Path]]) -> list[str]:
+    """`img build` arguments. The job's secret build args are refused before this (img takes
+    build-arg values on its command line only)."""
     args = ["build", "--no-console", "-f", str(dockerfile)]
     for ref in job.tags:
         args += ["-t", ref]
-    if job.no_cache:
-        args.append("--no-cache")
-    if job.target:
-        args += ["--target", job.target]
-    if job.platform:
-        args += ["--platform", job.platform]
-    for key, value in job.labels.items():
-        args += ["--label", f"{key}={value}"]
-    for key, value in job.build_args.items():
-        args += ["--build-arg", f"{key}={value}"]
-    for secret_id, path in secrets:
-        args += ["--secret", f"id={secret_id},src={path}"]
-    if repo := cache_repo(config.cache_repo, job):
-        args += ["--cache-from", repo, "--cache-to", repo]
+    args += common_build_flags(job, secrets, cache_repository(config.cache_repo, job))
     args.append(str(context_dir))
     return args
 
@@ -130,6 +123,8 @@ class ImgExecutor(Executor):
         if job.secret_build_args:
             raise InvalidJob("img takes build-arg values only on its command line, where other users of the host can read "
                              "them; pass secrets as build secrets (`secrets:`) or use the buildah executor")
+        if job.push:
+            check_push_logins(self.env.registries, job.image_refs())
         files = JobFiles(private_root(self.env, self.name, job.id)).create()
         if not self.config.keep_images:  # cleanup removes these names from img's state: a name left
             files.write(REFS_FILE, json.dumps(job.tags))  # there would serve a later job's FROM
@@ -154,7 +149,7 @@ class ImgExecutor(Executor):
                     "not kept (keep_images is off)"
                 log.line(f"[runner] push disabled; {kept}")
                 return [PushedImage(ref=str(ref), digest="") for ref in refs]
-            return [self._push(tool, ref, log, cancel) for ref in refs]
+            return push_tags(refs, lambda ref: self._push(tool, ref, log, cancel).digest, self.env.registries, log, cancel)
         finally:
             files.remove("docker", "secrets", "tmp")
 

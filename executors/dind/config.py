@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from executors.base import ExecutorConfig
+from executors.registry_cache import CacheRepo, cache_repo_field
 
 
 class DindConfig(ExecutorConfig):
@@ -34,6 +35,12 @@ class DindConfig(ExecutorConfig):
     repo_cache: bool = Field(default=False, description="a layer-cache volume per job cache_key, mounted as the sidecar's /var/lib/docker")
     repo_cache_max_bytes: int = Field(default=20 * 1024**3, description="total size of cache volumes before least recently used ones go")
     repo_cache_wait: float = Field(default=0.0, description="seconds a job waits for a busy cache volume before building uncached")
+    reuse: Literal["never", "per_cache_key"] = Field(
+        default="never", description="per_cache_key: keep a sidecar after a job for the next job with the same cache_key "
+        "(its build cache warm; containers, networks and volumes removed between jobs); never: one sidecar per job")
+    reuse_idle_seconds: float = Field(default=300.0, gt=0, description="a kept sidecar no job took for this long is removed")
+    reuse_max_jobs: int = Field(default=20, ge=1, description="jobs one kept sidecar serves before it is replaced by a fresh one")
+    cache_repo: CacheRepo = cache_repo_field()
     runtime: str | None = Field(default=None, description="OCI runtime of the sidecar (sysbox: sysbox-runc)")
 
 

@@ -1,12 +1,15 @@
 """dind executor: per job, a docker-in-docker sidecar on the host engine; the build and push
-run inside the sidecar's own daemon (the host engine never holds the job's images), then the
-sidecar, its volume, its network and its host directory are removed — also on failure,
-cancel and timeout. Building and pushing is executors/engine (Engine, choose_builder), exactly
-as for socket; only how the engine is reached and brought up differs (executors/dind/sidecar.py).
+run inside the sidecar's own daemon (the host engine never holds the job's images). In the
+job's cleanup, right after its record (so off its critical path), the sidecar, its volume, its
+network and its host directory are removed — also after failure, cancel and timeout. Building
+and pushing is executors/engine (Engine, choose_builder), exactly as for socket; only how the
+engine is reached and brought up differs (executors/dind/sidecar.py).
 
-Optional: a warm pool of ready sidecars (executors/dind/pool.py) and a per-repository layer
-cache volume (executors/dind/cache.py). A job with a cache volume always gets a fresh sidecar
-(a running container cannot swap its /var/lib/docker), so warm sidecars serve uncached jobs.
+Optional: a warm pool of ready sidecars (executors/dind/pool.py), a per-repository layer cache
+volume (executors/dind/cache.py), and sidecars kept for the next job of the same cache key
+(`reuse: per_cache_key`, executors/dind/reuse.py). A job with a cache volume gets a fresh sidecar
+or one kept for its key (a running container cannot swap its /var/lib/docker), so warm
+sidecars serve the other jobs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +29,7 @@ import requests
 from executors.base import CheckResult, Executor, ExecutorEnv, IsLive
 from executors.dind import cache as dind_cache
 from executors.dind import pool as dind_pool
+from executors.dind import reuse as dind_reuse
 from executors.dind.config import DindConfig
 from executors.dind.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove_dir, remove_labelled
 from executors.engine.builders import BuildKitSupport
@@ -31,6 +37,7 @@ from executors.engine.client import EngineClient
 from executors.engine.engine import Engine, choose_builder
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
+from runner.core.errors import InfrastructureError
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
 
@@ -38,6 +45,36 @@ log = logging.getLogger("runner.executors.dind")
 
 RISK = ("each job runs in a sidecar with its own Docker daemon; privileged mode (the default) or the "
         "capability profile gives that sidecar near-root power over the host if a build escapes it")
+
+
+class HostClient:
+    """The host engine's client for one job, made only if the job needs it (a kept sidecar
+    serves a job without the host engine)."""
+
+    def __init__(self, connect: Callable[[], docker.APIClient]):
+        self._connect = connect
+        self._api: docker.APIClient | None = None
+
+    @property
+    def api(self) -> docker.APIClient:
+        if self._api is None:
+            self._api = self._connect()
+        return self._api
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+
+
+@dataclass
+class Serving:
+    """A job's sidecar until the job's cleanup: the cache volume lease it holds, and its Kept
+    record when it may serve the next job of the cache key."""
+
+    sidecar: Sidecar
+    lease: dind_cache.CacheLease | None = None
+    kept: dind_reuse.Kept | None = None
+    reusable: bool = False  # the job ended without a cancel
 
 
 class DindExecutor(Executor):
@@ -54,14 +91,22 @@ class DindExecutor(Executor):
         #: the warm pool (start() makes it when warm_pool > 0; shutdown() empties it)
         self.pool: dind_pool.WarmPool | None = None
         self._pool_api: docker.APIClient | None = None
-        #: job id -> the warm sidecar serving it (pool sidecars carry the pool's labels, not the job's)
-        self._serving: dict[str, Sidecar] = {}
+        #: job id -> the sidecar serving it, until the job's cleanup removes or keeps it
+        self._serving: dict[str, Serving] = {}
         self._serving_lock = threading.Lock()
         self._evicting = threading.Lock()
+        #: idle sidecars by cache key (reuse: per_cache_key)
+        self.kept = (dind_reuse.KeptSidecars(config.reuse_idle_seconds, config.reuse_max_jobs, self._destroy_kept, self.name)
+                     if config.reuse == "per_cache_key" else None)
+        self._owner: str | None = None
+        self._host_version: str | None = None
 
     def host(self, timeout: int | None = 120) -> docker.APIClient:
-        """The host engine that runs the sidecars (public docker-py calls only)."""
-        return EngineClient.connect(self.config.docker_host, timeout=timeout).api
+        """The host engine that runs the sidecars (public docker-py calls only); its API
+        version is asked once, so a client made per job costs no round trip."""
+        api = EngineClient.connect(self.config.docker_host, timeout=timeout, version=self._host_version).api
+        self._host_version = api.api_version
+        return api
 
     def engine_host(self) -> str:
         return self.config.docker_host
@@ -98,68 +143,148 @@ class DindExecutor(Executor):
 
     # -- run ---------------------------------------------------------------------------------
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
-        api = self.host()
-        lease = sidecar = None
+        host = HostClient(self.host)
         try:
-            if self.config.repo_cache and job.cache_key:
-                lease = dind_cache.acquire(api, self.config, self.name, job.cache_key, cancel, log)
-            sidecar = self._sidecar(api, job, lease, log, cancel)
-            inner = sidecar.client(timeout=None)
+            serving = self._serving_for(host, job, log, cancel)
+            inner = serving.sidecar.client(timeout=None)
             try:
                 builder = choose_builder(inner, job.builder or self.env.builder, self.buildkit, self.env.registries,
                                          self.job_secrets(job))
                 engine = Engine(inner, self.env.registries, self.name, self.env.metrics)
-                return engine.build_and_push(job, builder, context, log, cancel, keep_images=lease is None)
+                return engine.build_and_push(job, builder, context, log, cancel, cache_repo=self.config.cache_repo)
             finally:
                 inner.close()
+                serving.reusable = not cancel.is_set()
         finally:
-            if sidecar is not None:
-                sidecar.remove(api)
-                with self._serving_lock:
-                    self._serving.pop(job.id, None)
+            host.close()
+
+    def _serving_for(self, host: HostClient, job: BuildRequest, log: LogSink, cancel: CancelToken) -> Serving:
+        """The sidecar for this job: a kept one of its cache key, a warm one, or a new one
+        (on the key's cache volume when repo_cache is on). Registered at once, so cleanup
+        finds it whatever happens next."""
+        key = job.cache_key if self.kept is not None else None
+        kept = self._take_kept(key, log) if key else None
+        if kept is not None:
+            return self._serve(job.id, Serving(kept.sidecar, kept.lease, kept))
+        lease = None
+        if self.config.repo_cache and job.cache_key:
+            lease = dind_cache.acquire(host.api, self.config, self.name, job.cache_key, cancel, log)
+        try:
+            sidecar = self._sidecar(host.api, job, lease, key, log, cancel)
+        except BaseException:
             if lease is not None:
                 lease.release()
-                dind_cache.evict_in_background(lambda: self.host(timeout=300), self.config, self.name, self._evicting)
-            api.close()
+            raise
+        serving = Serving(sidecar, lease, dind_reuse.Kept(key, sidecar, lease, jobs=1) if key else None)
+        return self._serve(job.id, serving)
 
-    def _sidecar(self, api: docker.APIClient, job: BuildRequest, lease: dind_cache.CacheLease | None,
+    def _serve(self, job_id: str, serving: Serving) -> Serving:
+        with self._serving_lock:
+            self._serving[job_id] = serving
+        return serving
+
+    def _take_kept(self, key: str, log: LogSink) -> dind_reuse.Kept | None:
+        assert self.kept is not None
+        while (kept := self.kept.take(key)) is not None:
+            if kept.sidecar.alive():
+                kept.jobs += 1
+                log.line(f"[runner] {self.name}: reusing sidecar {kept.sidecar.name} of cache key {key!r} "
+                         f"(job {kept.jobs} of at most {self.config.reuse_max_jobs}; idle "
+                         f"{time.monotonic() - kept.idle_since:.1f}s)")
+                return kept
+            log.line(f"[runner] {self.name}: kept sidecar {kept.sidecar.name} stopped answering; removing it")
+            self._destroy_kept(kept)
+        return None
+
+    def _sidecar(self, api: docker.APIClient, job: BuildRequest, lease: dind_cache.CacheLease | None, key: str | None,
                  log: LogSink, cancel: CancelToken) -> Sidecar:
         if lease is None and self.pool is not None:
             sidecar = self.pool.take()
             if sidecar is not None:
-                with self._serving_lock:
-                    self._serving[job.id] = sidecar
                 log.line(f"[runner] {self.name}: warm sidecar {sidecar.name} (ready for {time.monotonic() - sidecar.ready_at:.1f}s)")
                 return sidecar
             log.line(f"[runner] {self.name}: warm pool is empty; starting a sidecar")
         started = time.monotonic()
         log.line(f"[runner] {self.name}: starting a sidecar from {self.config.image}")
-        sidecar = bring_up(api, self.config, self.env.registries, executor=self.name, labels=self.labels(job.id),
-                           cancel=cancel, log_sink=log, data_volume=lease.volume if lease else None,
-                           force_unprivileged=self.force_unprivileged)
+        sidecar = bring_up(api, self.config, self.env.registries, executor=self.name,
+                           labels=self.reuse_labels(key) if key else self.labels(job.id), cancel=cancel, log_sink=log,
+                           data_volume=lease.volume if lease else None, force_unprivileged=self.force_unprivileged)
         took = time.monotonic() - started
         log.line(f"[runner] {self.name}: sidecar {sidecar.name} ready in {took:.2f}s")
         self.env.metrics.sidecar_started(self.name, took)
         return sidecar
 
+    def reuse_labels(self, key: str) -> dict[str, str]:
+        """A kept sidecar belongs to no one job: judged by its worker process, as a pool's."""
+        if self._owner is None:
+            self._owner = dind_pool.process_owner()
+        return {**self.labels(dind_reuse.reuse_job_label(self.name, key)), dind_pool.LABEL_POOL: self._owner,
+                dind_reuse.LABEL_REUSE: key}
+
     # -- cleanup -----------------------------------------------------------------------------
     def cleanup(self, job_id: str) -> None:
-        """The job's sidecar, volume, network and host directory. Only this namespace's: job ids
-        may be chosen by the submitter, so another deployment on the engine can share one."""
+        """After the job's record: its sidecar made clean and kept for the next job of its cache
+        key (reuse), or removed with its volume, network and host directory. Then whatever is
+        labelled with the job, in this namespace only: job ids may be chosen by the submitter,
+        so another deployment on the engine can share one."""
         with self._serving_lock:
-            sidecar = self._serving.pop(job_id, None)
+            serving = self._serving.pop(job_id, None)
         try:
             api = self.host(timeout=60)
         except Exception:  # noqa: BLE001 - cleanup never raises
             return
         try:
-            if sidecar is not None:
-                sidecar.remove(api)
+            if serving is not None:
+                self._release(api, job_id, serving)
             remove_labelled(api, {LABEL_JOB: job_id, LABEL_EXECUTOR: self.name, LABEL_NAMESPACE: self.env.namespace})
         except Exception as exc:  # noqa: BLE001
             log.warning("%s cleanup of %s: %s", self.name, job_id, exc)
         finally:
             api.close()
+
+    def _release(self, api: docker.APIClient, job_id: str, serving: Serving) -> None:
+        kept = serving.kept
+        if kept is not None and self.kept is not None:
+            problem = self._clean(serving.sidecar, job_id) if serving.reusable else "its job was cancelled"
+            if problem is None and self.kept.give_back(kept):
+                return
+            if problem is not None:
+                log.info("%s: not keeping sidecar %s: %s", self.name, serving.sidecar.name, problem)
+            self._destroy_kept(kept, api)
+            return
+        if serving.lease is not None:  # the daemon's state lives on in the cache volume: untag the job's images
+            self._clean(serving.sidecar, job_id, whole=False)
+        self._remove(api, serving.sidecar, serving.lease)
+
+    def _clean(self, sidecar: Sidecar, job_id: str, whole: bool = True) -> str | None:
+        """The job's images untagged in the sidecar's daemon and (whole) everything else a job
+        may leave there removed; None when clean, else what stayed."""
+        try:
+            inner = sidecar.client(timeout=60)
+        except InfrastructureError as exc:
+            return exc.message
+        try:
+            problem = dind_reuse.clean(inner.api) if whole else None  # first: a container may use the job's image
+            Engine(inner, self.env.registries, use_auth=False).remove_job_leftovers(job_id)
+            return problem
+        finally:
+            inner.close()
+
+    def _destroy_kept(self, kept: dind_reuse.Kept, api: docker.APIClient | None = None) -> None:
+        if api is not None:
+            self._remove(api, kept.sidecar, kept.lease)
+            return
+        host = self.host(timeout=60)
+        try:
+            self._remove(host, kept.sidecar, kept.lease)
+        finally:
+            host.close()
+
+    def _remove(self, api: docker.APIClient, sidecar: Sidecar, lease: dind_cache.CacheLease | None) -> None:
+        sidecar.remove(api)
+        if lease is not None:
+            lease.release()
+            dind_cache.evict_in_background(lambda: self.host(timeout=300), self.config, self.name, self._evicting)
 
     def sweep(self, is_live: IsLive) -> list[str]:
         """Sidecars, volumes and networks of this executor (on its own engine, in this
@@ -174,7 +299,7 @@ class DindExecutor(Executor):
         finally:
             api.close()
 
-    # -- warm pool ---------------------------------------------------------------------------
+    # -- warm pool, kept sidecars ---------------------------------------------------------------
     def start(self) -> None:
         if self.config.warm_pool > 0 and self.pool is None:
             self.pool = self._make_pool()
@@ -188,6 +313,8 @@ class DindExecutor(Executor):
             pool.shutdown()
         if api is not None:
             api.close()
+        if self.kept is not None:
+            self.kept.shutdown()
 
     def _make_pool(self) -> dind_pool.WarmPool:
         self._pool_api = api = self.host()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 from typing import Protocol
 
 from executors.engine.client import EngineClient
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InvalidJob
-from runner.core.jobs import BuildRequest
+from runner.core.jobs import BuildRequest, ImageRef
 
 JOB_TAG_REPO = "runner-job"
 MIN_BUILDKIT_API = (1, 39)
@@ -24,13 +25,24 @@ def job_tag(job_id: str) -> str:
     return f"{JOB_TAG_REPO}/{job_id.lower()}:build"
 
 
+@dataclass(frozen=True)
+class BuildCache:
+    """The registry build cache of a job (executors.registry_cache): BuildKit reads the image
+    `ref` as a cache source, and with `export` writes its inline cache into the built image."""
+
+    ref: ImageRef
+    export: bool
+
+
 class Builder(Protocol):
     name: str
     #: after a build: (Dockerfile steps, how many came from the cache), where the builder says
     steps: tuple[int, int] | None
 
-    def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
-        """Build `job` from `context`; return the image id or raise a typed error."""
+    def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken,
+              cache: BuildCache | None = None) -> str:
+        """Build `job` from `context` (reading the registry cache where the builder can); return
+        the image id or raise a typed error."""
 
 
 class ClassicBuilder:
@@ -42,7 +54,8 @@ class ClassicBuilder:
         self.client = client
         self.steps: tuple[int, int] | None = None
 
-    def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
+    def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken,
+              cache: BuildCache | None = None) -> str:
         if job.secrets:
             raise InvalidJob("build secrets need the BuildKit builder; the classic builder cannot mount them")
         step, image_id, steps, cached = "", None, 0, 0

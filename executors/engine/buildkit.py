@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import docker.errors
 import requests
 
-from executors.engine.builders import job_tag
+from executors.engine.builders import BuildCache, job_tag
 from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_trace
 from executors.engine.buildkit_session import BuildSession
 from executors.engine.client import EngineClient, TransportUnsupported
@@ -33,15 +33,21 @@ if TYPE_CHECKING:
     from runner.core.registries import Registries
 
 CHUNK = 256 * 1024
+INLINE_CACHE_ARG = "BUILDKIT_INLINE_CACHE"
 DOCKER_HUB = "registry-1.docker.io"
 _PREFIXES = ("failed to solve with frontend dockerfile.v0: ", "failed to solve: ", "rpc error: code = Unknown desc = ")
 
 
 # -- the request ------------------------------------------------------------------------------------
-def build_params(job: BuildRequest, build_id: str, tag: str) -> dict[str, str]:
+def build_params(job: BuildRequest, build_id: str, tag: str, cache: BuildCache | None = None) -> dict[str, str]:
     params = {"version": "2", "buildid": build_id, "dockerfile": job.dockerfile, "t": tag, "pull": "0", "rm": "1"}
-    if job.build_args:
-        params["buildargs"] = json.dumps(job.build_args)
+    build_args = dict(job.build_args)
+    if cache is not None:
+        params["cachefrom"] = json.dumps([str(cache.ref)])
+        if cache.export:  # the cache goes into the image's config; the image is then tagged in the cache repo
+            build_args[INLINE_CACHE_ARG] = "1"
+    if build_args:
+        params["buildargs"] = json.dumps(build_args)
     if job.labels:
         params["labels"] = json.dumps(job.labels)
     if job.target:
@@ -127,23 +133,31 @@ def clean_error(message: str) -> str:
 
 # -- the build --------------------------------------------------------------------------------------
 class _Follower:
-    """Turns the build's JSON lines into log lines; remembers the image id and the error."""
+    """Turns the build's JSON lines into log lines; remembers the image id and the error.
+    The lines one event brings reach the log in one write (one store round trip)."""
 
     def __init__(self, log: LogSink):
         self.log = log
-        self.printer = ProgressPrinter(log.line)
+        self.lines: list[str] = []
+        self.printer = ProgressPrinter(self.lines.append)
         self.image_id: str | None = None
         self.error: str | None = None
         self._bad_traces = 0
 
     def feed(self, event: dict) -> None:
+        try:
+            self._feed(event)
+        finally:
+            self.flush()
+
+    def _feed(self, event: dict) -> None:
         if event.get("id") == "moby.buildkit.trace" and isinstance(event.get("aux"), str):
             try:
                 self.printer.feed(decode_trace(event["aux"]))
             except DecodeError as exc:
                 self._bad_traces += 1
                 if self._bad_traces == 1:
-                    self.log.line(f"[runner] skipped a progress message we could not decode: {exc}")
+                    self.lines.append(f"[runner] skipped a progress message we could not decode: {exc}")
             return
         self.printer.settle()
         if isinstance(event.get("aux"), dict) and "ID" in event["aux"]:
@@ -151,15 +165,23 @@ class _Follower:
         elif "error" in event or "errorDetail" in event:
             self.error = (event.get("errorDetail") or {}).get("message") or event.get("error") or "unknown error"
         elif text := str(event.get("stream", "")).strip("\n"):
-            for line in text.splitlines():
-                self.log.line(line)
+            self.lines.extend(text.splitlines())
+
+    def flush(self) -> None:
+        if self.lines:
+            text, self.lines[:] = "\n".join(self.lines), []
+            self.log.write(text + "\n")
+
+    def close(self) -> None:
+        self.printer.close()
+        self.flush()
 
     def failure(self) -> BuildFailed:
         self.printer.close()
-        for line in self.printer.failure_summary():
-            self.log.line(line)
+        self.lines.extend(self.printer.failure_summary())
         message = clean_error(self.error or "")
-        self.log.line(f"[runner] error: {message}")
+        self.lines.append(f"[runner] error: {message}")
+        self.flush()
         step = self.printer.failed_step()
         return BuildFailed(f"build failed at {step.name}: {message}" if step else f"build failed: {message}")
 
@@ -173,12 +195,13 @@ class BuildKitBuilder:
         self.client, self.registries, self.secrets = client, registries, secrets
         self.steps: tuple[int, int] | None = None
 
-    def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> str:
+    def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken,
+              cache: BuildCache | None = None) -> str:
         client = self.client
         for value in self.secrets.values():
             log.add_secret(value.decode("utf-8", "replace"))
         build_id = uuid.uuid4().hex
-        params = build_params(job, build_id, job_tag(job.id))
+        params = build_params(job, build_id, job_tag(job.id), cache)
         opening = BuildSession(client, f"runner-{job.id}", lambda host: registry_credentials(self.registries, host),
                                self.secrets)
         session: BuildSession | None = opening
@@ -206,7 +229,7 @@ class BuildKitBuilder:
                     stop()
                 for event in iter_events(response.iter_lines()):
                     follower.feed(event)
-            follower.printer.close()
+            follower.close()
         except docker.errors.APIError as exc:
             if cancel.is_set():
                 raise Cancelled(cancel.reason or "cancelled") from None

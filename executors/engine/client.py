@@ -35,11 +35,16 @@ class EngineClient:
         self.api = api
 
     @classmethod
-    def connect(cls, base_url: str, timeout: int | None = 60, **kwargs) -> EngineClient:
+    def connect(cls, base_url: str, timeout: int | None = 60, version: str | None = None, **kwargs) -> EngineClient:
+        """A client; without `version`, the engine is asked for its API version (a round trip)."""
         try:
-            return cls(docker.APIClient(base_url=base_url, version="auto", timeout=timeout, **kwargs))
+            return cls(docker.APIClient(base_url=base_url, version=version or "auto", timeout=timeout, **kwargs))
         except docker.errors.DockerException as exc:
             raise InfrastructureError(f"Docker Engine at {base_url} is unreachable: {short(exc)}") from None
+
+    @property
+    def api_version(self) -> str:
+        return self.api.api_version
 
     @classmethod
     def at(cls, base_url: str, version: str, timeout: int | None, tls=None) -> EngineClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from executors.base import ExecutorConfig
+from executors.registry_cache import CacheRepo, cache_repo_field
 
 
 class SocketConfig(ExecutorConfig):
@@ -13,3 +14,4 @@ class SocketConfig(ExecutorConfig):
     enabled: bool = Field(default=False, description="off by default: a job on the host engine is root-equivalent on the host")
     docker_host: str = Field(default="unix:///var/run/docker.sock", description="the Docker Engine API endpoint (unix:// or tcp://)")
     keep_images: bool = Field(default=False, description="keep the built image in the engine after the push")
+    cache_repo: CacheRepo = cache_repo_field()

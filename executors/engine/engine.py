@@ -4,20 +4,31 @@ The executors differ only in which engine they reach and how they bring it up.""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import docker.errors
 import requests
 
-from executors.engine.builders import Builder, BuildKitSupport, ClassicBuilder, job_tag
+from executors.engine.builders import BuildCache, Builder, BuildKitSupport, ClassicBuilder, job_tag
 from executors.engine.buildkit import BuildKitBuilder
 from executors.engine.client import EngineClient, short
+from executors.registry_cache import cache_repository, inline_cache_ref
+from executors.tags import Push, copy_tag, push_tags
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
-from runner.core.errors import Cancelled, InfrastructureError, InvalidJob, RegistryAuthFailed, is_auth_error
+from runner.core.errors import (
+    Cancelled,
+    ExecutorError,
+    InfrastructureError,
+    InvalidJob,
+    RegistryAuthFailed,
+    is_auth_error,
+)
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
 from runner.core.metrics import NO_METRICS, ExecutorMetrics
+from runner.core.registries import Copies
 from runner.core.registry import RegistryConfig
 
 if TYPE_CHECKING:
@@ -71,41 +82,47 @@ def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, 
 class Engine:
     """One job's session with one Docker Engine."""
 
-    def __init__(self, client: EngineClient, registries: Registries, executor: str = "", metrics: ExecutorMetrics = NO_METRICS):
+    def __init__(self, client: EngineClient, registries: Registries, executor: str = "", metrics: ExecutorMetrics = NO_METRICS,
+                 use_auth: bool = True):
         self.client = client
         self.registries = registries
         self.executor, self.metrics = executor, metrics
-        client.use_auth(pull_logins(registries))
+        if use_auth:  # the logins a build may pull with (a clean-up needs none)
+            client.use_auth(pull_logins(registries))
 
     # -- the whole job -----------------------------------------------------------------------
     def build_and_push(self, job: BuildRequest, builder: Builder, context: BuildContext, log: LogSink,
-                       cancel: CancelToken, keep_images: bool = False) -> list[PushedImage]:
-        """Build under the job's own local name, then give each tag the image only for as
-        long as its push takes (unless keep_images): on a shared engine a tag left behind
-        would be taken by a later job's `FROM` instead of what the registry holds."""
+                       cancel: CancelToken, keep_images: bool = False, cache_repo: str | None = None) -> list[PushedImage]:
+        """Build under the job's own local name, push the first tag on each registry (the other
+        tags get the same manifest without a push: executors.tags), and export the registry
+        build cache. A pushed tag stays in the engine only until the job's clean-up (unless
+        keep_images): on a shared engine a tag left behind would be taken by a later job's
+        `FROM` instead of what the registry holds."""
         api = self.client.api
         unregister = cancel.on_cancel(api.close)
         try:
+            cache = self.build_cache(job, builder, cache_repo, log)
             log.line(f"[runner] building with the {builder.name} builder")
-            image_id = builder.build(job, context, log, cancel)
+            image_id = builder.build(job, context, log, cancel, cache)
             if builder.steps is not None:
                 self.metrics.build_steps(self.executor, *builder.steps)
             refs = job.image_refs()
+            if keep_images:
+                for ref in refs:
+                    api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
             if not job.push:
-                if keep_images:
-                    for ref in refs:
-                        api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
                 kept = f"kept as {', '.join(map(str, refs))}" if keep_images else "not kept (keep_images is off)"
                 log.line(f"[runner] built {image_id[:19]}; push disabled, {kept}")
                 return [PushedImage(ref=str(ref), digest=image_id) for ref in refs]
-            pushed = []
-            for ref in refs:
-                api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
-                try:
-                    pushed.append(self.push(ref, log, cancel))
-                finally:
-                    if not keep_images:
-                        self.untag(str(ref), image_id)
+
+            def push(ref: ImageRef) -> str:
+                if not keep_images:
+                    api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
+                return self.push(ref, log, cancel).digest
+
+            pushed = push_tags(refs, push, self.registries, log, cancel)
+            if cache is not None and cache.export:
+                self.export_cache(cache.ref, list(zip(refs, pushed, strict=True)), push, log)
             return pushed
         except (requests.RequestException, docker.errors.APIError, OSError) as exc:
             if cancel.is_set():
@@ -113,6 +130,35 @@ class Engine:
             raise InfrastructureError(f"lost the Docker Engine mid-job: {short(exc)}") from None
         finally:
             unregister()
+
+    # -- the registry build cache ---------------------------------------------------------------
+    def build_cache(self, job: BuildRequest, builder: Builder, cache_repo: str | None, log: LogSink) -> BuildCache | None:
+        """The job's registry cache (BuildKit's inline cache), or None."""
+        repository = cache_repository(cache_repo, job)
+        if repository is None:
+            if cache_repo:
+                log.line("[runner] no registry build cache for this job: cache_repo needs a cache_key it does not have")
+            return None
+        if builder.name != "buildkit":
+            log.line("[runner] note: the registry build cache needs the BuildKit builder; building without it")
+            return None
+        ref = inline_cache_ref(repository)
+        log.line(f"[runner] registry build cache: {ref}")
+        return BuildCache(ref=ref, export=job.push)
+
+    def export_cache(self, ref: ImageRef, pushed: list[tuple[ImageRef, PushedImage]], push: Push, log: LogSink) -> None:
+        """Put the image (its config holds the inline cache) under the cache ref: a manifest PUT
+        where a tag of the job is on that registry, else a push. Never fails the job."""
+        source = next(((r, image.digest) for r, image in pushed if r.registry == ref.registry), None)
+        try:
+            digest = None
+            if source is not None:
+                digest, said = copy_tag(source, ref, self.registries, Copies())
+                log.line(said)
+            if digest is None:
+                push(ref)
+        except ExecutorError as exc:
+            log.line(f"[runner] warning: the build cache was not exported to {ref}: {exc.message}")
 
     # -- push --------------------------------------------------------------------------------
     def auth_config(self, ref: ImageRef) -> dict | None:
@@ -143,18 +189,22 @@ class Engine:
 
     def _push_once(self, ref: ImageRef, auth: dict | None, log: LogSink) -> str:
         digest = None
-        for event in self._events(self.client.api.push(f"{ref.registry}/{ref.repository}", ref.tag,
-                                                       stream=True, decode=True, auth_config=auth)):
-            if "error" in event:
-                message = event["error"].strip()
-                if is_auth_error(message):
-                    raise RegistryAuthFailed(f"registry {ref.registry} refused the push of {ref}: {message}")
-                raise InfrastructureError(message)
-            if "aux" in event and "Digest" in event["aux"]:
-                digest = event["aux"]["Digest"]
-            elif status := event.get("status"):
-                if event.get("id") is None or status in ("Pushed", "Layer already exists"):
-                    log.line(f"{event.get('id', '')}: {status}".lstrip(": "))
+        lines = Batched(log)
+        try:
+            for event in self._events(self.client.api.push(f"{ref.registry}/{ref.repository}", ref.tag,
+                                                           stream=True, decode=True, auth_config=auth)):
+                if "error" in event:
+                    message = event["error"].strip()
+                    if is_auth_error(message):
+                        raise RegistryAuthFailed(f"registry {ref.registry} refused the push of {ref}: {message}")
+                    raise InfrastructureError(message)
+                if "aux" in event and "Digest" in event["aux"]:
+                    digest = event["aux"]["Digest"]
+                elif status := event.get("status"):
+                    if event.get("id") is None or status in ("Pushed", "Layer already exists"):
+                        lines.add(f"{event.get('id', '')}: {status}".lstrip(": "))
+        finally:
+            lines.flush()
         if digest is None:
             raise InfrastructureError(f"the engine did not report a digest for {ref}")
         return digest
@@ -164,14 +214,6 @@ class Engine:
         yield from stream
 
     # -- cleanup -----------------------------------------------------------------------------
-    def untag(self, name: str, image_id: str) -> None:
-        """Remove tag `name` if it still names our image (another job may have moved it)."""
-        try:
-            if self.client.api.inspect_image(name)["Id"] == image_id:
-                self.client.api.remove_image(name, noprune=True)
-        except (docker.errors.APIError, requests.RequestException):
-            pass
-
     def remove_job_leftovers(self, job_id: str, keep_tags: bool = False) -> None:
         """Drop the job's image: its job tag, and (unless keep_tags) every other tag it still
         has, such as a ref whose push failed. noprune keeps parent layers, which the classic
@@ -183,6 +225,26 @@ class Engine:
                 self.client.api.remove_image(tag, noprune=True)
         except (docker.errors.APIError, requests.RequestException):
             pass
+
+
+class Batched:
+    """Log lines gathered into one write (one store round trip) at most every `every` seconds."""
+
+    def __init__(self, log: LogSink, every: float = 1.0):
+        self.log, self.every = log, every
+        self.lines: list[str] = []
+        self.since = time.monotonic()
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if time.monotonic() - self.since >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            text, self.lines = "\n".join(self.lines), []
+            self.log.write(text + "\n")
+        self.since = time.monotonic()
 
 
 def _message(exc: BaseException) -> str:

@@ -33,6 +33,13 @@ class SocketExecutor(Executor):
     def __init__(self, config: SocketConfig, env: ExecutorEnv):
         super().__init__(config, env)
         self.buildkit = BuildKitSupport()
+        #: the engine's API version, asked once: a client made per job then costs no round trip
+        self._api_version: str | None = None
+
+    def client(self, timeout: int | None) -> EngineClient:
+        client = EngineClient.connect(self.config.docker_host, timeout=timeout, version=self._api_version)
+        self._api_version = client.api_version
+        return client
 
     def engine_host(self) -> str:
         return self.config.docker_host
@@ -49,22 +56,22 @@ class SocketExecutor(Executor):
                             "runtimes": ",".join(sorted(info.get("Runtimes", {})))})
 
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
-        client = EngineClient.connect(self.config.docker_host, timeout=None)
+        client = self.client(timeout=None)
         try:
             builder = choose_builder(client, job.builder or self.env.builder, self.buildkit, self.env.registries,
                                      self.job_secrets(job))
             engine = Engine(client, self.env.registries, self.name, self.env.metrics)
-            return engine.build_and_push(job, builder, context, log, cancel, self.config.keep_images)
+            return engine.build_and_push(job, builder, context, log, cancel, self.config.keep_images, self.config.cache_repo)
         finally:
             client.close()
 
     def cleanup(self, job_id: str) -> None:
         try:
-            client = EngineClient.connect(self.config.docker_host, timeout=30)
+            client = self.client(timeout=30)
         except Exception:  # noqa: BLE001 - cleanup never raises
             return
         try:
-            Engine(client, self.env.registries).remove_job_leftovers(job_id, keep_tags=self.config.keep_images)
+            Engine(client, self.env.registries, use_auth=False).remove_job_leftovers(job_id, keep_tags=self.config.keep_images)
         except (docker.errors.DockerException, requests.RequestException):
             pass
         finally:

@@ -1,11 +1,21 @@
-"""Talks to registries over the distribution HTTP API: which digest a tag holds, and whether
-our credentials work. Used by every executor to confirm a push, and by `runner doctor`."""
+"""Talks to registries over the distribution HTTP API: which digest a tag holds, whether our
+credentials work, and putting an image already on a registry under another tag there (a
+manifest PUT, after mounting its blobs when the repository differs). Used by every executor
+to confirm a push and to tag without pushing again, and by `runner doctor`.
+
+Auth: HTTP basic, or bearer tokens from the registry's token service, asked for the scopes
+each request needs (a mount needs `pull` on the source repository and `push` on the target)
+and kept per scope, so a job's HEAD, GET, mount and PUT do not each pay a token round trip."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import requests
 
@@ -13,13 +23,68 @@ from runner.core.errors import InfrastructureError, RegistryAuthFailed
 from runner.core.jobs import ImageRef
 from runner.core.registry import RegistryConfig, is_loopback
 
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
+MANIFEST_TYPES = ", ".join([*INDEX_TYPES, *IMAGE_TYPES])
 TIMEOUT = 10
+MOUNTS_AT_ONCE = 4
+#: manifests are small; anything bigger is not one we pushed
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+
+
+class NotCopied(InfrastructureError):
+    """The registry would not take the image under the new tag without a push (it declined a
+    blob mount, or refused the manifest); pushing the tag for real still works."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest exactly as the registry holds it: the bytes are what its digest is of."""
+
+    body: bytes
+    media_type: str
+    digest: str
+
+    def _document(self) -> dict:
+        try:
+            document = json.loads(self.body)
+        except ValueError:
+            raise NotCopied(f"manifest {self.digest} is not JSON") from None
+        return document if isinstance(document, dict) else {}
+
+    def children(self) -> list[str]:
+        """The manifests an index (a multi-platform image) lists."""
+        if self.media_type not in INDEX_TYPES:
+            return []
+        return [m["digest"] for m in self._document().get("manifests") or [] if isinstance(m, dict) and "digest" in m]
+
+    def blobs(self) -> list[str]:
+        """The config and layers an image manifest names."""
+        if self.media_type in INDEX_TYPES:
+            return []
+        document = self._document()
+        parts = [document.get("config") or {}, *(document.get("layers") or [])]
+        return [p["digest"] for p in parts if isinstance(p, dict) and "digest" in p]
+
+
+def _scope_key(scopes: Sequence[str]) -> str:
+    return " ".join(sorted(scopes))
+
+
+def pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+@dataclass
+class Copies:
+    """What one job's tagging already fetched and mounted, so its next tag repeats neither."""
+
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    mounted: set[tuple[str, str]] = field(default_factory=set)  # (repository, blob digest)
 
 
 class RegistryClient:
@@ -30,7 +95,8 @@ class RegistryClient:
         self.session = requests.Session()
         if config.ca_file:
             self.session.verify = str(config.ca_file)
-        self._auth_header: str | None = None
+        self._basic: str | None = None  # a registry with basic auth takes one header everywhere
+        self._tokens: dict[str, str] = {}  # bearer tokens by the scopes they were asked for
 
     def _credentials(self) -> tuple[str, str] | None:
         secret = self.config.secret()
@@ -38,36 +104,37 @@ class RegistryClient:
             return self.config.username, secret
         return None
 
-    def _request(self, method: str, path: str, scope: str | None, **kwargs) -> requests.Response:
+    def _request(self, method: str, path: str, scopes: Sequence[str] = (), **kwargs) -> requests.Response:
         headers = kwargs.pop("headers", {})
+        key = _scope_key(scopes)
         try:
-            if self._auth_header:
-                headers["Authorization"] = self._auth_header
+            if held := self._basic or self._tokens.get(key):
+                headers["Authorization"] = held
             response = self.session.request(method, self.base + path, headers=headers, timeout=TIMEOUT, **kwargs)
             if response.status_code == 401:
-                self._auth_header = self._authenticate(response.headers.get("WWW-Authenticate", ""), scope)
-                headers["Authorization"] = self._auth_header
+                headers["Authorization"] = self._authenticate(response.headers.get("WWW-Authenticate", ""), scopes)
                 response = self.session.request(method, self.base + path, headers=headers, timeout=TIMEOUT, **kwargs)
         except requests.RequestException as exc:
             raise InfrastructureError(f"registry {self.config.host} is unreachable: {type(exc).__name__}") from None
         if response.status_code == 401:
             raise RegistryAuthFailed(f"registry {self.config.host} refused our credentials (401): check username/password in the config")
         if response.status_code == 403:
-            raise RegistryAuthFailed(f"registry {self.config.host} denied access (403) to {path}")
+            raise RegistryAuthFailed(f"registry {self.config.host} denied access (403) to {path.split('?')[0]}")
         return response
 
-    def _authenticate(self, challenge: str, scope: str | None) -> str:
+    def _authenticate(self, challenge: str, scopes: Sequence[str]) -> str:
         creds = self._credentials()
         scheme = challenge.split(" ", 1)[0].lower()
         if scheme == "basic":
             if creds is None:
                 raise RegistryAuthFailed(f"registry {self.config.host} needs credentials; none are configured")
-            return requests.auth._basic_auth_str(*creds)
+            self._basic = requests.auth._basic_auth_str(*creds)
+            return self._basic
         if scheme == "bearer":
             params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-            query = {"service": params.get("service", "")}
-            if scope:
-                query["scope"] = scope
+            query: dict[str, str | list[str]] = {"service": params.get("service", "")}
+            if scopes:
+                query["scope"] = list(scopes)  # one `scope=` parameter per scope
             try:
                 token = self.session.get(params["realm"], params=query, auth=creds, timeout=TIMEOUT)
             except (KeyError, requests.RequestException):
@@ -75,26 +142,73 @@ class RegistryClient:
             if token.status_code in (401, 403):
                 raise RegistryAuthFailed(f"registry {self.config.host} refused our credentials at its token service")
             body = token.json()
-            return "Bearer " + (body.get("token") or body.get("access_token", ""))
+            header = "Bearer " + (body.get("token") or body.get("access_token", ""))
+            self._tokens[_scope_key(scopes)] = header
+            return header
         raise RegistryAuthFailed(f"registry {self.config.host} asks for unsupported auth {scheme!r}")
+
+    def _failed(self, response: requests.Response, what: str) -> InfrastructureError:
+        return InfrastructureError(f"registry {self.config.host} answered {response.status_code} {what}")
 
     def ping(self) -> None:
         """Raise unless /v2/ answers 200 with our credentials."""
-        response = self._request("GET", "/v2/", None)
+        response = self._request("GET", "/v2/")
         if response.status_code != 200:
             raise InfrastructureError(f"registry {self.config.host} answered {response.status_code} at /v2/")
 
     def manifest_digest(self, ref: ImageRef) -> str | None:
         """The digest the registry holds for ref's tag, or None if the tag is absent."""
-        response = self._request(
-            "HEAD", f"/v2/{ref.repository}/manifests/{ref.tag}", f"repository:{ref.repository}:pull",
-            headers={"Accept": MANIFEST_TYPES},
-        )
+        response = self._request("HEAD", f"/v2/{ref.repository}/manifests/{ref.tag}", [pull_scope(ref.repository)],
+                                 headers={"Accept": MANIFEST_TYPES})
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
-            raise InfrastructureError(f"registry {self.config.host} answered {response.status_code} for {ref}")
+            raise self._failed(response, f"for {ref}")
         return response.headers.get("Docker-Content-Digest")
+
+    # -- tagging without a push -----------------------------------------------------------------
+    def manifest(self, repository: str, digest: str) -> Manifest:
+        """The manifest `digest` of `repository`, as stored (checked against its digest)."""
+        response = self._request("GET", f"/v2/{repository}/manifests/{digest}", [pull_scope(repository)],
+                                 headers={"Accept": MANIFEST_TYPES})
+        if response.status_code != 200:
+            raise self._failed(response, f"for manifest {digest} of {repository}")
+        body = response.content
+        if len(body) > MAX_MANIFEST_BYTES or "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            raise NotCopied(f"registry {self.config.host} sent a manifest for {repository}@{digest} that is not that digest")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        manifest = Manifest(body=body, media_type=media_type, digest=digest)
+        if media_type not in (*INDEX_TYPES, *IMAGE_TYPES):  # a registry that answers application/json
+            manifest = Manifest(body=body, media_type=str(manifest._document().get("mediaType", "")), digest=digest)
+        return manifest
+
+    def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> str:
+        """Store `manifest` under `reference` (a tag, or its own digest); the digest stored."""
+        response = self._request("PUT", f"/v2/{repository}/manifests/{reference}", [push_scope(repository)],
+                                 data=manifest.body, headers={"Content-Type": manifest.media_type})
+        if response.status_code in (400, 404):  # e.g. MANIFEST_BLOB_UNKNOWN: a push would upload them
+            raise NotCopied(f"registry {self.config.host} refused the manifest for {repository}:{reference} "
+                            f"({response.status_code})")
+        if response.status_code not in (200, 201):
+            raise self._failed(response, f"putting the manifest of {repository}:{reference}")
+        return response.headers.get("Docker-Content-Digest") or manifest.digest
+
+    def mount_blob(self, repository: str, digest: str, source: str) -> bool:
+        """Ask the registry to link blob `digest` of repository `source` into `repository`
+        (no bytes move). False when it declines and opens an upload instead (cancelled here)."""
+        response = self._request("POST", f"/v2/{repository}/blobs/uploads/?mount={digest}&from={source}",
+                                 [push_scope(repository), pull_scope(source)])
+        if response.status_code == 201:
+            return True
+        if response.status_code == 202:  # an upload session we do not want
+            location = response.headers.get("Location", "")
+            if location:
+                try:
+                    self._request("DELETE", location.removeprefix(self.base), [push_scope(repository)])
+                except InfrastructureError:
+                    pass  # the registry expires abandoned uploads itself
+            return False
+        raise self._failed(response, f"mounting {digest} from {source} into {repository}")
 
 
 class Registries:
@@ -130,3 +244,40 @@ class Registries:
             raise InfrastructureError(f"push of {ref} reported success but the registry has no such tag")
         if held != digest:
             raise InfrastructureError(f"push of {ref} reported {digest} but the registry holds {held}")
+
+    def copy_tag(self, source: ImageRef, digest: str, target: ImageRef, copies: Copies | None = None) -> str:
+        """Put the image `digest`, which `source`'s repository holds, under `target` on the same
+        registry without pushing it: the very same manifest bytes (so the same digest), after
+        mounting its blobs (and an index's manifests) into target's repository when that is
+        another one. `copies` keeps what this job fetched and mounted for its next tag. Raises
+        NotCopied when the registry declines (a real push still works), RegistryAuthFailed
+        when our credentials may not push there."""
+        if source.registry != target.registry:
+            raise ValueError("copy_tag works within one registry")
+        client = self.client(target.registry)
+        copies = Copies() if copies is None else copies
+        manifest = self._fetch(client, source.repository, digest, copies)
+        if target.repository != source.repository:
+            self._mount_into(client, manifest, source.repository, target.repository, copies)
+        return client.put_manifest(target.repository, target.tag, manifest)
+
+    def _fetch(self, client: RegistryClient, repository: str, digest: str, copies: Copies) -> Manifest:
+        if digest not in copies.manifests:
+            copies.manifests[digest] = client.manifest(repository, digest)
+        return copies.manifests[digest]
+
+    def _mount_into(self, client: RegistryClient, manifest: Manifest, source: str, target: str, copies: Copies) -> None:
+        for child in manifest.children():
+            child_manifest = self._fetch(client, source, child, copies)
+            self._mount_into(client, child_manifest, source, target, copies)
+            if (target, child) not in copies.mounted:
+                client.put_manifest(target, child, child_manifest)
+                copies.mounted.add((target, child))
+        blobs = [blob for blob in dict.fromkeys(manifest.blobs()) if (target, blob) not in copies.mounted]
+        if not blobs:
+            return
+        with ThreadPoolExecutor(min(len(blobs), MOUNTS_AT_ONCE)) as pool:  # one round trip each: at once
+            mounted = dict(zip(blobs, pool.map(lambda blob: client.mount_blob(target, blob, source), blobs), strict=True))
+        copies.mounted.update((target, blob) for blob, ok in mounted.items() if ok)
+        if declined := [blob for blob, ok in mounted.items() if not ok]:
+            raise NotCopied(f"registry {client.config.host} would not mount {declined[0][:19]} from {source} into {target}")

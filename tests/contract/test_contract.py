@@ -121,6 +121,33 @@ def test_two_tags_one_digest(harness, executor, tmp_path):
     assert registry_digest(harness.services, first) == registry_digest(harness.services, second) == digests.pop()
 
 
+def test_extra_tags_are_put_without_a_push_one_push_per_registry(harness, executor, tmp_path):
+    """Tags in the pushed repository and in another repository of the same registry get the
+    pushed manifest (a PUT; blobs mounted across repositories), not a second push; a tag on
+    another registry is pushed there. Every tag holds the digest reported for it, and the
+    image in the other repository runs."""
+    ctx = write(tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo {uuid.uuid4().hex} > /tagged\n"})
+    first, same, other_repo = ref(harness, executor, "tags"), ref(harness, executor, "tags"), ref(harness, executor, "tags-other")
+    tags = [first, same, other_repo]
+    if SUPPORT[executor].registry_key == "RUNNER_DEV_REGISTRY":  # the same registry by its other name: another registry to us
+        name = harness.registry("RUNNER_DEV_REGISTRY_NAME")
+        tags += [f"{name}/contract/{executor}-tags:{uuid.uuid4().hex[:10]}", f"{name}/contract/{executor}-tags-b:{uuid.uuid4().hex[:10]}"]
+    result, record = submit(harness, executor, ctx, *[arg for t in tags for arg in ("-t", t)])
+    assert result.returncode == 0, result.stderr + result.stdout
+    log = harness.cli("logs", record["id"]).stdout
+    registries = {t.split("/", 1)[0] for t in tags}
+    assert len(re.findall(r"^\[runner\] pushed ", log, re.M)) == len(registries), log
+    assert len(re.findall(r"^\[runner\] tagged .* \(manifest put, ", log, re.M)) == len(tags) - len(registries), log
+    assert f"[runner] tagged {other_repo} " in log and "blobs mounted from" in log
+    images = {image["ref"]: image["digest"] for image in record["images"]}
+    assert list(images) == tags
+    for tag in tags:
+        assert images[tag] == registry_digest(harness.services, tag)
+    for registry in registries:
+        assert len({digest for tag, digest in images.items() if tag.startswith(registry + "/")}) == 1
+    assert run_image(other_repo, "cat", "/tagged") == run_image(first, "cat", "/tagged")
+
+
 def test_failing_step_fails_the_job_and_names_the_step(harness, executor, tmp_path):
     ctx = write(tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo about-to-fail && exit 3\n"})
     result, record = submit(harness, executor, ctx, "-t", ref(harness, executor, "fails"))
@@ -146,9 +173,6 @@ def test_unreadable_password_file_fails_the_push_at_once_naming_it(make_harness,
     registry and the setting (never the host path), with no retry and no anonymous push."""
     if SUPPORT[executor].registry_key != "RUNNER_DEV_REGISTRY":
         pytest.skip(f"{executor} reaches the registry by name; the alias is {WRONG_PASSWORD_HOST}")
-    if not SUPPORT[executor].engine:
-        pytest.skip(f"{executor} logs the unreadable file and pushes without credentials (an auth error): "
-                    "not yet the engine executors' behaviour")
     missing = tmp_path / "secrets" / "registry-password"
     h = make_harness()
     h.config["registries"] = [r for r in h.config["registries"] if r["host"] != WRONG_PASSWORD_HOST] + [

@@ -1,0 +1,231 @@
+"""The build cache shared across hosts (`cache_repo`, executors/registry_cache.py): two workers
+with separate storage, as on two hosts. Worker A builds a multi-step image and pushes it
+with the registry cache; then, per round:
+- A rebuilds it (warm: its own layer cache);
+- B, with empty storage, rebuilds it with the registry cache (`cache_repo`);
+- C, with empty storage and no registry cache, builds it cold.
+Reported: each one's build + push time (from the engine or tool being reached to the last
+tag confirmed, so a dind sidecar's start is not counted), medians of N rounds, and B against
+A and C. Target: B <= 1.5x A on BuildKit and buildah.
+
+Per executor:
+- BuildKit (the engine executors' path; measured on dind, where a fresh sidecar is an
+  empty engine, i.e. a new host): A keeps its sidecar (`reuse: per_cache_key`); B and C get
+  a fresh one per job. The inline cache: the image carries its cache (BUILDKIT_INLINE_CACHE)
+  and is tagged in the cache repository; B's build reads it with `cachefrom`.
+- buildah: separate storage roots; B's and C's are emptied before each of their jobs.
+  `--cache-from` / `--cache-to` on the cache repository.
+- img: not installable here.
+
+Run:  .venv/bin/python bench/bench_cache.py [--rounds 5] [--executors dind,buildah]
+Needs the services (scripts/services.sh) and the dind image (scripts/dind-image.sh). Removes
+what it made (the registry keeps the pushed images). Prints a table. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runner.config.settings import Settings  # noqa: E402
+from runner.core.cancel import CancelToken  # noqa: E402
+from runner.core.jobs import BuildRequest  # noqa: E402
+from runner.sources.pack import write_tar  # noqa: E402
+from runner.sources.upload import spool_context  # noqa: E402
+from tests.support import dind as dind_support  # noqa: E402
+from tests.support import executor_for  # noqa: E402
+
+TARGET = 1.5
+STORAGE = Path("/var/tmp/runner-bench-cache")
+#: two multi-step images: steps that take time and make little (a compile: 3 s of work, ~100 KB
+#: of output), and steps that take time and make much (16 MB, incompressible): a cold worker
+#: with the registry cache skips the work but must fetch and unpack what the steps made
+DOCKERFILES = {
+    "work": """FROM {base}
+RUN sleep 1 && for i in $(seq 1 2000); do echo dep-$i; done > /deps.txt
+RUN sleep 1 && head -c 65536 /dev/urandom > /deps.bin
+COPY app.txt /app.txt
+RUN sleep 1 && wc -l /deps.txt /app.txt > /built
+""",
+    "data": """FROM {base}
+RUN sleep 1 && dd if=/dev/urandom of=/deps.bin bs=1M count=8 2>/dev/null
+RUN sleep 1 && for i in $(seq 1 30000); do echo dep-$i; done > /deps.txt
+COPY app.txt /app.txt
+RUN sleep 1 && dd if=/dev/urandom of=/build.bin bs=1M count=8 2>/dev/null && wc -l /deps.txt /app.txt > /built
+""",
+}
+
+
+class Clock:
+    """A LogSink noting when the engine or tool was reached and when the last tag was confirmed."""
+
+    START = ("[runner] building with", "[runner] buildah ")
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.lines: list[str] = []
+        self.times: list[float] = []
+
+    def line(self, text: str) -> None:
+        now = time.perf_counter()
+        self.lines.append(text)
+        self.times.append(now)
+        if self.started is None and text.startswith(self.START):
+            self.started = now
+        if text.startswith(("[runner] pushed", "[runner] tagged")):
+            self.ended = now
+
+    def write(self, chunk: str) -> None:
+        for text in chunk.splitlines():
+            self.line(text)
+
+    def add_secret(self, value: str) -> None:
+        pass
+
+    def took(self) -> float:
+        if self.started is None or self.ended is None:
+            raise SystemExit("the job log lacks its start or push lines:\n" + "\n".join(self.lines[-30:]))
+        return self.ended - self.started
+
+
+def services_env() -> dict[str, str]:
+    state = Path(os.environ.get("RUNNER_DEV_STATE", "/var/tmp/runner-dev"))
+    return dict(line.split("=", 1) for line in (state / "env").read_text().split())
+
+
+class Worker:
+    """One 'host': an executor object with its own storage, building the bench's context."""
+
+    def __init__(self, name: str, cfg: Settings, src: Path, tag: str, wipe=None):
+        self.cfg, self.src, self.tag, self.wipe = cfg, src, tag, wipe
+        self.executor = executor_for(cfg, name, f"bench-cache-{uuid.uuid4().hex[:4]}")
+
+    def build(self) -> tuple[float, Clock]:
+        if self.wipe:
+            self.wipe()
+        job = BuildRequest(tags=[self.tag], cache_key="bench")
+        buffer = io.BytesIO()
+        write_tar(self.src, buffer)
+        context = spool_context([buffer.getvalue()], self.cfg.worker.workspace / job.id, "Dockerfile", 10**8)
+        clock = Clock()
+        try:
+            self.executor.run(job, context, clock, CancelToken())
+        finally:
+            self.executor.cleanup(job.id)
+            shutil.rmtree(self.cfg.worker.workspace / job.id, ignore_errors=True)
+        return clock.took(), clock
+
+    def close(self) -> None:
+        self.executor.shutdown()
+
+
+def buildah_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) -> tuple[Worker, Worker, Worker]:
+    user, password = env["RUNNER_DEV_REGISTRY_USER"], env["RUNNER_DEV_REGISTRY_PASSWORD"]
+    registry = env["RUNNER_DEV_REGISTRY"]
+
+    def settings(host: str, cache: str | None) -> Settings:
+        root = STORAGE / host
+        return Settings(registries=[{"host": registry, "username": user, "password": password}],
+                        executors={"buildah": {"enabled": True, "storage_root": str(root / "root"), "run_root": str(root / "run"),
+                                               "cache_repo": cache}},
+                        worker={"namespace": f"bench-{uuid.uuid4().hex[:6]}", "workspace": str(work / host)})
+
+    def wipe(host: str):
+        def empty() -> None:
+            root = STORAGE / host
+            subprocess.run(["buildah", "--root", str(root / "root"), "--runroot", str(root / "run"), "rmi", "--all", "--force"],
+                           capture_output=True)
+            subprocess.run(["rm", "-rf", str(root)], check=True)
+        return empty
+
+    tag = f"{registry}/bench/cache-buildah:{uuid.uuid4().hex[:8]}"
+    return (Worker("buildah", settings("a", cache_repo), src, tag),
+            Worker("buildah", settings("b", cache_repo), src, tag, wipe("b")),
+            Worker("buildah", settings("c", None), src, tag, wipe("c")))
+
+
+def dind_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) -> tuple[Worker, Worker, Worker]:
+    sockdir = work / "sock"
+    sockdir.mkdir(exist_ok=True)
+
+    def settings(host: str, **overrides) -> Settings:
+        cfg = dind_support.settings(env, sockdir, **overrides)
+        return cfg.model_copy(update={"worker": cfg.worker.model_copy(update={"workspace": work / host})})
+
+    tag = f"{env['RUNNER_DEV_REGISTRY_NAME']}/bench/cache-dind:{uuid.uuid4().hex[:8]}"
+    return (Worker("dind", settings("a", cache_repo=cache_repo, reuse="per_cache_key"), src, tag),
+            Worker("dind", settings("b", cache_repo=cache_repo), src, tag),
+            Worker("dind", settings("c"), src, tag))
+
+
+def bench(name: str, image: str, env: dict[str, str], rounds: int) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="bc-", dir="/tmp"))
+    src = work / "src"
+    src.mkdir()
+    base = dind_support.base_image(env) if name == "dind" else env["RUNNER_DEV_BASE_IMAGE"]
+    (src / "Dockerfile").write_text(DOCKERFILES[image].format(base=base))
+    (src / "app.txt").write_text(f"{uuid.uuid4().hex}\n")  # a context no cache has seen: A's first build fills it
+    registry = env["RUNNER_DEV_REGISTRY_NAME"] if name == "dind" else env["RUNNER_DEV_REGISTRY"]
+    cache_repo = f"{registry}/bench-cache/{{repo}}"  # a template: the first tag's repository, under bench-cache/
+    make = dind_workers if name == "dind" else buildah_workers
+    a, b, c = make(env, work, src, cache_repo)
+    times: dict[str, list[float]] = {"A warm": [], "B cold + registry cache": [], "C cold": []}
+    try:
+        first, _ = a.build()  # A's first build: cold, fills A's cache and the registry cache
+        for _ in range(rounds):
+            times["A warm"].append(a.build()[0])
+            took, clock = b.build()
+            if not any("CACHED" in line or "Using cache" in line for line in clock.lines):
+                raise SystemExit("B's build used no cache:\n" + "\n".join(clock.lines[-40:]))
+            times["B cold + registry cache"].append(took)
+            if os.environ.get("BENCH_CACHE_SHOW"):
+                print("\n".join(f"{(t - clock.times[0]) * 1000:7.0f} {line}" for t, line in zip(clock.times, clock.lines,
+                                                                                         strict=True)), file=sys.stderr)
+            times["C cold"].append(c.build()[0])
+    finally:
+        for worker in (a, b, c):
+            worker.close()
+        shutil.rmtree(STORAGE, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return {"A first (cold, fills the cache)": first, **{k: statistics.median(v) for k, v in times.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--executors", default="dind,buildah")
+    parser.add_argument("--images", default="work,data")
+    args = parser.parse_args()
+    env = services_env()
+    rows = {(name, image): bench(name, image, env, args.rounds)
+            for name in args.executors.split(",") for image in args.images.split(",")}
+    label = {"dind": "BuildKit (dind)", "buildah": "buildah"}
+    what = {"work": "3 s of steps, ~100 KB made", "data": "3 s of steps, 16 MB made"}
+    print(f"\nshared registry cache: build + push of a multi-step image (3 RUN steps), median of {args.rounds}")
+    print("| executor | image | A warm rebuild | B cold + registry cache | C cold, no cache | B / A | B / C | target B/A <= 1.5 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (name, image), r in rows.items():
+        warm, remote, cold = r["A warm"], r["B cold + registry cache"], r["C cold"]
+        ok = remote / warm <= TARGET
+        print(f"| {label.get(name, name)} | {what[image]} | {warm:.2f} s | {remote:.2f} s | {cold:.2f} s | "
+              f"{remote / warm:.2f}x | {remote / cold:.2f}x | {'ok' if ok else 'MISSED'} |")
+    print("| img | | not installable here (not packaged for Debian) | | | | | |")
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"load average: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs")
+
+
+if __name__ == "__main__":
+    main()
