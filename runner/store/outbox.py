@@ -16,9 +16,11 @@ and does nothing. Deliveries are idempotent per job and moment: their id is the 
 (`JOB:status:queued`), `add` makes one at most, and a delivered one is never attempted again.
 
 Order: the deliveries of one job and kind form a group, numbered in the order they were
-added. An attempt waits while an older delivery of its group has never been tried (for a
-while), holds the group's lock while it posts, and a delivery older than one already
-delivered is dropped (`superseded`): a late "pending" never overwrites "success".
+added. An attempt waits while an older delivery of its group has never been tried (up to
+`wait_bound` seconds after that one was made), holds the group's lock while it posts, and a
+delivery older than one already delivered is dropped (`superseded`): a late "pending" never
+overwrites "success". An older one that failed and waits for its retry does not hold newer
+ones back: if they get there first, it is superseded.
 
 Keys (NS = the namespace; G = JOB:KIND, a delivery's group; they expire with the job's records):
   NS:delivery:ID     HASH: job, kind, moment, group, seq, created, attempts, ticket, state

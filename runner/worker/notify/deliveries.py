@@ -9,10 +9,11 @@ with the time of its next try: exponential backoff from `backoff`, doubling up t
 delivery gives up after `attempts` requests or past `deadline` seconds from its moment: it is
 logged and counted (Outbox.gave_up), and never changes the job.
 
-A status attempt whose previous attempt began but never reported (its worker was killed
-mid-request) first lists the commit's statuses: if the host shows it already, it is not posted
-again. So each state reaches the host once, kill -9 or not. A callback cannot be asked, so
-it may arrive twice in that case, with the same webhook-id for the receiver to drop.
+A status attempt after the first (a retry, or the attempt after one whose worker was killed
+mid-request) first lists the commit's statuses: if the host shows it already (a slow answer
+that timed out, a worker that died before it heard the answer), it is not posted again. So
+each state reaches the host once, kill -9 or not. A callback cannot be asked, so it may
+arrive twice in that case, with the same webhook-id for the receiver to drop.
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ class Deliverer:
         """One attempt of the delivery (the `runner.deliver` task). Returns what happened."""
         cfg = self.settings.deliveries
         lock_seconds = 2 * max(self.settings.statuses.timeout, self.settings.callbacks.timeout) + 5
-        outcome, delivery = self.outbox.begin(delivery_id, ticket, self.holder, lock_seconds, 2 * cfg.recover_after,
-                                              cfg.recover_after)
+        # an older delivery never tried goes first, for as long as it may live (its message is
+        # sent again if it was lost)
+        wait_bound = max(self.settings.statuses.deadline, self.settings.callbacks.deadline)
+        outcome, delivery = self.outbox.begin(delivery_id, ticket, self.holder, lock_seconds, wait_bound, cfg.recover_after)
         if outcome in ("wait", "busy"):
             self.outbox.postpone(delivery_id, ticket, time.time() + POSTPONE * (1 + random.random()))
             self.wakeup.set()
@@ -114,20 +117,19 @@ class Deliverer:
                 raise GiveUp(f"past its deadline ({policy.deadline:g}s)")
             plan = self._plan(delivery, record)
         except Skip as why:
-            log.info("job %s: no %s: %s", delivery.job_id, delivery.kind if delivery.kind == "callback" else "commit status", why)
+            log.info("no %s: %s", "callback" if delivery.kind == "callback" else "commit status", why)
             self.outbox.finish(delivery, self.holder, "skipped", str(why))
             return "skipped"
         except GiveUp as why:
             return self._give_up(delivery, self.label(delivery, record), str(why))
-        if delivery.resumed and plan.check is not None and self._already_there(plan, policy):
-            log.info("job %s: %s was delivered by an attempt whose worker stopped; not sent again", delivery.job_id, plan.what)
-            self.outbox.finish(delivery, self.holder, "delivered", "found on the host after a lost attempt")
+        if (delivery.resumed or delivery.attempts > 1) and plan.check is not None and self._already_there(plan, policy):
+            log.info("%s is on the host already (an earlier attempt got there); not sent again", plan.what)
+            self.outbox.finish(delivery, self.holder, "delivered", "found on the host after an earlier attempt")
             return "delivered"
         answer = send(plan.call, policy.timeout)
         if answer.ok or (plan.update is not None and statuses.refused_transition(plan.host, answer)
                          and plan.check is not None and self._already_there(plan, policy, same_state_only=True)):
-            log.info("job %s: %s delivered to %s (HTTP %s, attempt %d)", delivery.job_id, plan.what, plan.call.shown,
-                     answer.status, delivery.attempts)
+            log.info("%s delivered to %s (HTTP %s, attempt %d)", plan.what, plan.call.shown, answer.status, delivery.attempts)
             self.outbox.finish(delivery, self.holder, "delivered", answer.reason)
             return "delivered"
         return self._retry_or_give_up(delivery, answer.reason, answer, policy, plan.label, plan)
@@ -148,13 +150,13 @@ class Deliverer:
         if time.time() + wait > delivery.created + policy.deadline:
             return self._give_up(delivery, label, f"{what} failed {delivery.attempts} times and the next try would be past "
                                  f"its deadline (last: {reason})")
-        log.info("job %s: %s failed (%s); retry %d in %.1fs", delivery.job_id, what, reason, delivery.attempts, wait)
+        log.info("%s failed (%s); retry %d in %.1fs", what, reason, delivery.attempts, wait)
         self.outbox.retry_at(delivery, self.holder, time.time() + wait, reason)
         self.wakeup.set()
         return "retry"
 
     def _give_up(self, delivery: Delivery, label: str, why: str) -> str:
-        log.warning("job %s: giving up delivery %s: %s", delivery.job_id, delivery.id, why)
+        log.warning("giving up delivery %s: %s", delivery.id, why)
         self.outbox.finish(delivery, self.holder, "failed", why, label)
         return "gave_up"
 
@@ -197,7 +199,7 @@ class Deliverer:
         except ValueError as exc:
             raise GiveUp(str(exc)) from None
         if not secret:
-            log.warning("job %s: callbacks.secret is not set; the callback to %s is unsigned", record.id, call.shown)
+            log.warning("callbacks.secret is not set; the callback to %s is unsigned", call.shown)
         return Plan("callback", f"callback ({record.status.value})", call)
 
 
