@@ -7,7 +7,6 @@ real one adds nothing; the "done when" cases at the end build for real from sign
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import threading
@@ -38,11 +37,12 @@ GITLAB_FINAL = {"success", "failed", "canceled"}
 
 @dataclass
 class Post:
-    at: float
+    at: float  # monotonic
     path: str
     headers: dict[str, str]
     body: dict
     answer: int = 0
+    wall: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -509,9 +509,9 @@ def test_a_newer_state_waits_for_an_older_one_not_yet_tried(steps, hosts):
     s.outbox.add(record.id, "status", "finished", "finished")
     queued, finished = s.messages()
     assert s.deliverer.run(*finished) == "wait"
-    time.sleep(0.5)
-    assert s.outbox.send_due(recover_after=2.0) == 1, "postponed: sent again shortly"
+    assert s.outbox.send_due(recover_after=2.0) == 0, "postponed until the older one is done"
     assert s.deliverer.run(*queued) == "delivered"
+    assert s.outbox.send_due(recover_after=2.0) == 1, "and sent again the moment it is"
     assert s.run_all() == ["delivered"]
     assert host.states(record.request.source.sha) == ["pending", "success"]
 
@@ -748,3 +748,137 @@ def test_the_config_chooses_where_statuses_go(tmp_path):
     assert cfg.target(JobSource(host="gitlab", repository="g/p", sha=sha)) == "statuses.gitlab has no token"
     with pytest.raises(ValueError, match="target_url"):
         Settings(statuses={"github": {"target_url": "{public_url}/{secret}"}})
+
+
+# -- done when: signed pushes build for real, and the host shows it ---------------------------------------
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory, services):
+    """A repository with a commit that builds and one whose last step fails."""
+    from tests.test_gitsource import commit_files, git
+
+    path = tmp_path_factory.mktemp("statuses-repo") / "hello-app"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    base = services["RUNNER_DEV_BASE_IMAGE"]
+    good = commit_files(path, {"app/Dockerfile": f"FROM {base}\nCOPY message.txt /message.txt\nRUN cat /message.txt\n",
+                               "app/message.txt": "hello\n"}, "builds")
+    bad = commit_files(path, {"app/Dockerfile": f"FROM {base}\nCOPY message.txt /message.txt\nRUN exit 3\n"}, "breaks")
+    return path, good, bad
+
+
+@pytest.fixture(scope="module")
+def served(services, tmp_path_factory, hosts):
+    """`runner serve` on a port chosen first, so api.public_url (the statuses' links) is its URL; a worker."""
+    from tests.test_api import TOKENS as API_TOKENS
+    from tests.test_gitsource import free_port
+    from tests.test_webhooks import GITEA_SECRET, GITHUB_SECRET, GITLAB_TOKEN
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    reg = services["RUNNER_DEV_REGISTRY"]
+    hooked = {"images": [f"{reg}/statuses-{{owner}}/{{repo}}:{{short_sha}}"], "context": "app", "executor": "socket",
+              "branches": ["main"]}
+    for kind, name in (("github", "acme/hello-app"), ("gitlab", "platform/hello-app"), ("gitea", "tools/hello-app")):
+        hosts[kind].repos.add(name)
+    harness = statuses_harness(
+        services, tmp_path_factory, hosts, default_executor="socket", api={"tokens": API_TOKENS, "public_url": url},
+        git={"allowed_schemes": ["file"]},
+        webhooks={"github": {"secret": GITHUB_SECRET}, "gitlab": {"secret": GITLAB_TOKEN}, "gitea": {"secret": GITEA_SECRET},
+                  "repositories": {name: hooked for name in ("acme/hello-app", "platform/hello-app", "tools/hello-app")}})
+    harness.worker_proc = harness.start_worker()
+    import subprocess
+
+    from tests.conftest import RUNNER
+    from tests.test_api import Stack, stop_stack
+
+    log = (harness.workdir / "serve.log").open("w")
+    proc = subprocess.Popen([RUNNER, "serve", "--host", "127.0.0.1", "--port", str(port)], env=harness.env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    stack = Stack(harness, url, proc)
+    wait_until(lambda: _answers(f"{url}/healthz"), "runner serve did not come up", timeout=30)
+    yield stack
+    stop_stack(stack)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def push(stack, hosts, kind: str, repo_path: Path, commit: str) -> str:
+    """A signed push of `commit` from `kind`, whose payload names the fake host as its server."""
+    from tests.test_webhooks import fixture, gitea, github, gitlab
+
+    host = hosts[kind]
+    if kind == "github":
+        payload = fixture("github-push.json")
+        payload["after"] = payload["head_commit"]["id"] = payload["commits"][0]["id"] = commit
+        payload["repository"]["clone_url"] = f"file://{repo_path}"
+        payload["repository"]["statuses_url"] = f"{host.url}/repos/acme/hello-app/statuses/{{sha}}"  # as GitHub Enterprise sends it
+        response = github(stack, payload)
+    elif kind == "gitlab":
+        payload = fixture("gitlab-push.json")
+        payload["after"] = payload["checkout_sha"] = commit
+        payload["project"]["git_http_url"] = payload["repository"]["git_http_url"] = f"file://{repo_path}"
+        payload["project"]["web_url"] = f"{host.url}/platform/hello-app"
+        response = gitlab(stack, payload)
+    else:
+        payload = fixture("gitea-push.json")
+        payload["ref"] = "refs/heads/main"
+        payload["after"] = payload["head_commit"]["id"] = payload["commits"][0]["id"] = commit
+        payload["repository"]["clone_url"] = f"file://{repo_path}"
+        payload["repository"]["html_url"] = f"{host.url}/tools/hello-app"
+        response = gitea(stack, payload)
+    assert response.status_code == 202, response.text
+    return response.json()["job"]
+
+
+@pytest.mark.parametrize("kind, good_states, bad_states", [
+    ("github", ["pending", "pending", "success"], ["pending", "pending", "failure"]),
+    ("gitlab", ["pending", "running", "success"], ["pending", "running", "failed"]),
+    ("gitea", ["pending", "pending", "success"], ["pending", "pending", "failure"]),
+])
+def test_a_signed_push_builds_and_the_host_shows_it(served, hosts, pushed, kind, good_states, bad_states):
+    repo_path, good, bad = pushed
+    host = hosts[kind]
+    host.statuses.pop(good, None)
+    host.statuses.pop(bad, None)
+    built = push(served, hosts, kind, repo_path, good)
+    broken = push(served, hosts, kind, repo_path, bad)
+    assert served.wait(built)["status"] == "succeeded"
+    assert served.wait(broken)["status"] == "failed"
+    wait_delivered(served.harness, built)
+    wait_delivered(served.harness, broken)
+    assert host.states(good) == good_states
+    assert host.states(bad) == bad_states
+    context_key = "name" if kind == "gitlab" else "context"
+    context = "ci/socket" if kind == "github" else "ci-build-runner/socket"
+    for job_id, sha in ((built, good), (broken, bad)):
+        for status in host.applied(sha):
+            assert status[context_key] == context and status["target_url"] == f"{served.url}/jobs/{job_id}"
+    assert host.applied(good)[-1]["description"].startswith("built and pushed 1 tag in ")
+    assert host.applied(bad)[-1]["description"] == "step 3/3 failed: RUN exit 3"
+    page = httpx.get(host.applied(good)[-1]["target_url"], timeout=10)  # the link opens the job's page and its log
+    assert page.status_code == 200 and built in page.text
+    with served.client() as client:
+        log = client.get(f"/v1/jobs/{built}/logs").text
+    assert "hello" in log and "[runner] succeeded" in log
+
+
+def test_the_readme_config_for_the_three_hosts_is_valid():
+    import yaml
+
+    from runner.config.settings import Settings
+    from runner.core.jobs import JobSource
+    from tests.conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Commit statuses and callbacks")[1].split("\n## ")[0]
+    block = re.findall(r"```yaml\n(.*?)```", section, re.S)[0]
+    cfg = Settings.model_validate(yaml.safe_load(block))
+    assert {cfg.statuses.github.api_url, cfg.statuses.gitlab.api_url, cfg.statuses.gitea.api_url} == {
+        "https://api.github.com", "https://gitlab.example.com", "https://git.example.com"}
+    target = cfg.statuses.target(JobSource(host="github", repository="acme/site", sha="a" * 40))
+    assert target.context == "images/{repository}"
+    assert "off" in cfg.statuses.target(JobSource(host="github", repository="acme/experiments", sha="a" * 40))

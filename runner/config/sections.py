@@ -225,13 +225,15 @@ class StatusRepository(_OneSource):
         return check_template(value, TARGET_PLACEHOLDERS, "target_url")
 
 
+API_URL_HELP = ("GitHub: the API root (GitHub Enterprise: https://HOST/api/v3); GitLab and Gitea: the instance's root URL. "
+                "The token is sent only here: a job whose source names another API URL gets no status")
+
+
 class StatusHost(StatusRepository):
     """Commit statuses on one kind of git host: a host posts them once it has a token."""
 
     enabled: bool | None = Field(default=True, description="false: no statuses on this host")
-    api_url: str | None = Field(default=None, description="GitHub: the API root (GitHub Enterprise: https://HOST/api/v3); "
-                                "GitLab and Gitea: the instance's root URL. The token is sent only here: a job whose source "
-                                "names another API URL gets no status")
+    api_url: str | None = Field(default=None, description=API_URL_HELP)
     context: str | None = Field(default="ci-build-runner/{executor}", description="the status's context (GitLab: its "
                                 "name); placeholders {executor} {repository}")
     target_url: str | None = Field(default=None, description="the status's link; placeholders {public_url} {job_id} "
@@ -249,11 +251,11 @@ class StatusHost(StatusRepository):
 
 
 class GitHubStatuses(StatusHost):
-    api_url: str | None = "https://api.github.com"
+    api_url: str | None = Field(default="https://api.github.com", description=API_URL_HELP)
 
 
 class GitLabStatuses(StatusHost):
-    api_url: str | None = "https://gitlab.com"
+    api_url: str | None = Field(default="https://gitlab.com", description=API_URL_HELP)
 
 
 @dataclass(frozen=True)
@@ -317,5 +319,5 @@ class DeliveriesConfig(Strict):
     `<namespace>.deliveries` queue, on threads of its own, so deliveries never wait for a build slot."""
 
     concurrency: int = Field(default=2, ge=1, description="deliveries one worker runs at once, beside its builds")
-    recover_after: float = Field(default=30.0, gt=0, description="seconds a delivery may be overdue, with no worker "
-                                 "trying it, before another worker sends it again (its worker died)")
+    recover_after: float = Field(default=30.0, gt=0, description="seconds a delivery's task message may go untaken "
+                                 "before a worker sends it again (it was lost with a worker that died holding it)")

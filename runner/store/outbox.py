@@ -24,7 +24,7 @@ ones back: if they get there first, it is superseded.
 
 Keys (NS = the namespace; G = JOB:KIND, a delivery's group; they expire with the job's records):
   NS:delivery:ID     HASH: job, kind, moment, group, seq, created, attempts, ticket, state
-                     (open, delivered, failed, skipped, superseded), inflight, resends, webhook_id, note, last
+                     (open, delivered, failed, skipped, superseded), inflight, resends, postponed, webhook_id, note, last
   NS:dgroup:G:seq    counter              NS:dgroup:G:done   highest delivered seq
   NS:dgroup:G:open   ZSET open ids by seq  NS:dgroup:G:fresh  ZSET never-tried ids by creation time
   NS:dgroup:G:lock   "HOLDER ID TICKET" of the attempt running now (expires)
@@ -63,8 +63,13 @@ redis.call('lpush', KEYS[6], ARGV[12])
 return seq
 """
 # KEYS: delivery, open, fresh, done, lock, outbox
-# ARGV: id, ticket, holder, lock_ms, now, wait_bound, recover_after
+# ARGV: id, ticket, holder, lock_ms, now, wait_bound, postpone_until
 _BEGIN = """
+local function postpone(outcome)  -- looked at again when the group's lock is released (or at postpone_until)
+  redis.call('hset', KEYS[1], 'postponed', 1)
+  redis.call('zadd', KEYS[6], ARGV[7], ARGV[1])
+  return {outcome}
+end
 local h = redis.call('hmget', KEYS[1], 'state', 'ticket', 'seq', 'inflight')
 if not h[1] then return {'gone'} end
 if h[1] ~= 'open' then return {'done'} end
@@ -83,23 +88,35 @@ if lock then
   if lock == ARGV[3] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] or string.find(lock, ' ' .. ARGV[1] .. ' ', 1, true) then
     return {'stale'}  -- this very delivery is being attempted: a copy of its message
   end
-  return {'busy'}
+  return postpone('busy')
 end
 local now = tonumber(ARGV[5])
 for _, other in ipairs(redis.call('zrangebyscore', KEYS[2], '-inf', '(' .. seq)) do
   local created = redis.call('zscore', KEYS[3], other)
-  if created and now - tonumber(created) < tonumber(ARGV[6]) then return {'wait'} end
+  if created and now - tonumber(created) < tonumber(ARGV[6]) then return postpone('wait') end
 end
 redis.call('set', KEYS[5], ARGV[3] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[4])
 redis.call('zrem', KEYS[3], ARGV[1])
-redis.call('zadd', KEYS[6], now + tonumber(ARGV[4]) / 1000 + tonumber(ARGV[7]), ARGV[1])
+redis.call('zadd', KEYS[6], now + tonumber(ARGV[4]) / 1000 + 1, ARGV[1])  -- looked at again once the lock lapsed
 local attempts = redis.call('hincrby', KEYS[1], 'attempts', 1)
 redis.call('hset', KEYS[1], 'inflight', 1, 'resends', 0)
 return {'go', tostring(attempts), h[4]}
 """
+#: the group's postponed deliveries are due now: the lock they waited for is free
+_WAKE_POSTPONED = """
+local function wake_postponed(open, outbox, prefix, now)
+  for _, other in ipairs(redis.call('zrange', open, 0, -1)) do
+    local key = prefix .. ':delivery:' .. other
+    if redis.call('hget', key, 'postponed') == '1' then
+      redis.call('hset', key, 'postponed', 0)
+      redis.call('zadd', outbox, now, other)
+    end
+  end
+end
+"""
 # KEYS: delivery, open, fresh, done, lock, outbox, gave_up
-# ARGV: id, lock value, state, now, reason, label, ttl
-_FINISH = """
+# ARGV: id, lock value, state, now, reason, label, ttl, namespace
+_FINISH = _WAKE_POSTPONED + """
 local seq = tonumber(redis.call('hget', KEYS[1], 'seq') or '0')
 redis.call('hset', KEYS[1], 'state', ARGV[3], 'inflight', 0, 'done_at', ARGV[4], 'last', ARGV[5])
 if ARGV[3] == 'delivered' and seq > tonumber(redis.call('get', KEYS[4]) or '0') then
@@ -110,20 +127,16 @@ redis.call('zrem', KEYS[2], ARGV[1])
 redis.call('zrem', KEYS[3], ARGV[1])
 redis.call('zrem', KEYS[6], ARGV[1])
 if redis.call('get', KEYS[5]) == ARGV[2] then redis.call('del', KEYS[5]) end
+wake_postponed(KEYS[2], KEYS[6], ARGV[8], tonumber(ARGV[4]))
 return 1
 """
-# KEYS: delivery, lock, outbox    ARGV: id, lock value, new ticket, due, reason
-_RETRY = """
+# KEYS: delivery, lock, outbox, open    ARGV: id, lock value, new ticket, due, reason, now, namespace
+_RETRY = _WAKE_POSTPONED + """
 redis.call('hset', KEYS[1], 'ticket', ARGV[3], 'inflight', 0, 'last', ARGV[5])
 redis.call('zadd', KEYS[3], ARGV[4], ARGV[1])
 if redis.call('get', KEYS[2]) == ARGV[2] then redis.call('del', KEYS[2]) end
+wake_postponed(KEYS[4], KEYS[3], ARGV[7], tonumber(ARGV[6]))
 return 1
-"""
-# KEYS: delivery, outbox    ARGV: id, ticket, due
-_POSTPONE = """
-local h = redis.call('hmget', KEYS[1], 'state', 'ticket')
-if h[1] == 'open' and h[2] == ARGV[2] then redis.call('zadd', KEYS[2], ARGV[3], ARGV[1]) return 1 end
-return 0
 """
 # KEYS: outbox    ARGV: now, recover_after, limit, namespace
 _CLAIM_DUE = """
@@ -190,7 +203,6 @@ class Outbox:
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
         self._retry = client.register_script(_RETRY)
-        self._postpone = client.register_script(_POSTPONE)
         self._claim_due = client.register_script(_CLAIM_DUE)
 
     @classmethod
@@ -244,13 +256,15 @@ class Outbox:
 
     # -- the worker side ----------------------------------------------------------------------------
     def begin(self, delivery_id: str, ticket: str, holder: str, lock_seconds: float, wait_bound: float,
-              recover_after: float) -> tuple[Begin, Delivery | None]:
+              postpone: float) -> tuple[Begin, Delivery | None]:
         """Start an attempt: "go" with the delivery (its group's lock is ours until finish/retry_at),
-        or why not: wait (an older delivery of the group goes first), busy (the group's lock is
-        held), stale (an old copy of the message), done, superseded, gone (expired)."""
+        or why not: wait (an older delivery of the group goes first) and busy (the group's lock is
+        held), both postponed until the group's lock is released or `postpone` seconds pass;
+        stale (an old copy of the message), done, superseded, gone (expired)."""
         keys = self._group_keys(delivery_id)
-        result = self._begin(keys=keys, args=[delivery_id, ticket, holder, int(lock_seconds * 1000), time.time(),
-                                              wait_bound, recover_after])
+        now = time.time()
+        result = self._begin(keys=keys, args=[delivery_id, ticket, holder, int(lock_seconds * 1000), now, wait_bound,
+                                              now + postpone])
         if result[0] != "go":
             return result[0], None
         data = self.r.hgetall(keys[0])
@@ -269,17 +283,14 @@ class Outbox:
         (not owed after all: statuses not configured for its host)."""
         keys = [*self._group_keys(delivery.id), self.gave_up_key]
         self._finish(keys=keys, args=[delivery.id, self.lock_value(holder, delivery), state, time.time(), reason[:500],
-                                      label, self.ttl])
+                                      label, self.ttl, self.ns])
 
     def retry_at(self, delivery: Delivery, holder: str, due: float, reason: str) -> None:
         """The attempt failed and may be retried: the scheduler sends the next one at `due`."""
         keys = self._group_keys(delivery.id)
-        self._retry(keys=[keys[0], keys[4], keys[5]],
-                    args=[delivery.id, self.lock_value(holder, delivery), uuid.uuid4().hex, due, reason[:500]])
-
-    def postpone(self, delivery_id: str, ticket: str, due: float) -> None:
-        """No attempt was made (wait, busy): try again at `due`, with the same ticket."""
-        self._postpone(keys=[self._key(delivery_id), self.outbox_key], args=[delivery_id, ticket, due])
+        self._retry(keys=[keys[0], keys[4], keys[5], keys[1]],
+                    args=[delivery.id, self.lock_value(holder, delivery), uuid.uuid4().hex, due, reason[:500], time.time(),
+                          self.ns])
 
     def send_due(self, recover_after: float, limit: int = 200) -> int:
         """Send the message of every delivery whose time has come: retries, postponed ones, and

@@ -36,8 +36,9 @@ from runner.worker.notify.http import Answer, Outgoing, send
 
 log = logging.getLogger("runner.deliveries")
 
-#: an attempt that found its group busy, or an older delivery not yet tried, looks again after this
-POSTPONE = 0.2
+#: an attempt that found its group busy, or an older delivery not yet tried, is sent again when
+#: the group's lock is released, or after this many seconds at the latest
+POSTPONE = 2.0
 
 
 @dataclass
@@ -80,17 +81,14 @@ class Deliverer:
 
     def run(self, delivery_id: str, ticket: str) -> str:
         """One attempt of the delivery (the `runner.deliver` task). Returns what happened."""
-        cfg = self.settings.deliveries
         lock_seconds = 2 * max(self.settings.statuses.timeout, self.settings.callbacks.timeout) + 5
         # an older delivery never tried goes first, for as long as it may live (its message is
         # sent again if it was lost)
         wait_bound = max(self.settings.statuses.deadline, self.settings.callbacks.deadline)
-        outcome, delivery = self.outbox.begin(delivery_id, ticket, self.holder, lock_seconds, wait_bound, cfg.recover_after)
-        if outcome in ("wait", "busy"):
-            self.outbox.postpone(delivery_id, ticket, time.time() + POSTPONE * (1 + random.random()))
-            self.wakeup.set()
-            return outcome
-        if delivery is None:
+        outcome, delivery = self.outbox.begin(delivery_id, ticket, self.holder, lock_seconds, wait_bound, POSTPONE)
+        if delivery is None:  # wait and busy: sent again when the group's lock is released
+            if outcome in ("wait", "busy"):
+                self.wakeup.set()
             return outcome
         try:
             record = self.store.get(delivery.job_id)
@@ -100,6 +98,8 @@ class Deliverer:
             log.exception("delivery %s: attempt %d crashed", delivery.id, delivery.attempts)
             self._retry_or_give_up(delivery, "the attempt crashed", None, self.policy(delivery.kind), delivery.kind)
             return "crashed"
+        finally:
+            self.wakeup.set()  # the group's postponed deliveries may be due now
 
     @staticmethod
     def label(delivery: Delivery, record: JobRecord | None) -> str:
@@ -152,7 +152,6 @@ class Deliverer:
                                  f"its deadline (last: {reason})")
         log.info("%s failed (%s); retry %d in %.1fs", what, reason, delivery.attempts, wait)
         self.outbox.retry_at(delivery, self.holder, time.time() + wait, reason)
-        self.wakeup.set()
         return "retry"
 
     def _give_up(self, delivery: Delivery, label: str, why: str) -> str:
