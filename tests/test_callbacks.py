@@ -1,11 +1,14 @@
-"""Completion callbacks against a real HTTP receiver on loopback, and end to end through a
-real worker: signed record, retries with backoff, and a failing callback never changes the job."""
+"""Completion callbacks, signed the Standard Webhooks way and checked by a receiver that
+verifies them with the `standardwebhooks` package itself; delivered by real `runner worker`
+processes through retries, refusals and a kill -9, never changing the job's result."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
 import json
+import os
+import secrets
+import signal
 import threading
 import time
 import uuid
@@ -13,162 +16,285 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from runner.config.sections import CallbacksConfig
 from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.entry.submission import submit
 from runner.sources.pack import write_tar
-from runner.worker.callbacks import SIGNATURE_HEADER, check_callback_url, deliver, drain, on_job_finished
-from tests.conftest import registry_digest
+from runner.store.outbox import Outbox
+from runner.worker.notify.callbacks import callback_request, check_callback_url, sign
+from runner.worker.notify.http import send
+from tests.conftest import cleanup_namespace, new_harness, registry_digest
 
-SECRET = "callback-secret-" + uuid.uuid4().hex[:8]
+RAW_SECRET = "callback-secret-" + uuid.uuid4().hex
+STANDARD_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 @dataclass
 class Receiver:
-    """Answers with `statuses` in turn (the last one repeats); records every request."""
+    """A callback receiver: verifies each request with the standardwebhooks package, answers with
+    `statuses` in turn (the last one repeats), and keeps what it got."""
 
+    secret: str | bytes
     statuses: list[int] = field(default_factory=lambda: [200])
-    delay: float = 0.0
-    calls: list[tuple[float, dict, bytes]] = field(default_factory=list)
+    calls: list[tuple[float, dict, bytes, bool]] = field(default_factory=list)  # (when, headers, body, verified)
     url: str = ""
-    event: threading.Event = field(default_factory=threading.Event)
+
+    def verify(self, headers: dict, body: bytes) -> bool:
+        try:
+            Webhook(self.secret).verify(body, headers)
+            return True
+        except WebhookVerificationError:
+            return False
 
     def wait(self, count: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while len(self.calls) < count and time.monotonic() < deadline:
+        while len(self.calls) < count:
+            assert time.monotonic() < deadline, f"got {len(self.calls)} callbacks, expected {count}"
             time.sleep(0.02)
-        assert len(self.calls) >= count, f"got {len(self.calls)} callbacks, expected {count}"
 
 
 @pytest.fixture
 def receiver():
-    rec = Receiver()
+    servers = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def make(secret: str | bytes) -> Receiver:
+        rec = Receiver(secret)
 
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            time.sleep(rec.delay)
-            rec.calls.append((time.monotonic(), dict(self.headers), body))
-            status = rec.statuses[min(len(rec.calls) - 1, len(rec.statuses) - 1)]
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    yield rec
-    server.shutdown()
-    server.server_close()
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = dict(self.headers)
+                rec.calls.append((time.monotonic(), headers, body, rec.verify(headers, body)))
+                status = rec.statuses[min(len(rec.calls) - 1, len(rec.statuses) - 1)]
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        rec.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        return rec
 
-def record_for(url: str, status: Status = Status.succeeded) -> tuple[JobRecord, BuildRequest]:
-    request = BuildRequest(tags=["127.0.0.1:5000/cb/app:1"], callback_url=url)
-    return JobRecord(id=request.id, request=request, executor="socket", queue="q", status=status), request
-
-
-def verify(headers: dict, body: bytes) -> bool:
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(headers[SIGNATURE_HEADER], expected)
+    yield make
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
-def test_returns_at_once_and_delivers_a_signed_record(receiver, harness):
-    receiver.delay = 1.0
-    settings = harness.settings.model_copy(update={"callbacks": CallbacksConfig(secret=SECRET)})
-    record, request = record_for(receiver.url)
-    start = time.monotonic()
-    on_job_finished(record, request, settings)
-    assert time.monotonic() - start < 0.1
-    receiver.wait(1)
-    _, headers, body = receiver.calls[0]
-    assert verify(headers, body)
-    assert JobRecord.model_validate_json(body) == record
-    assert headers["X-Runner-Event"] == "job.finished" and headers["Content-Type"] == "application/json"
+# -- the signature, checked by the standardwebhooks package ----------------------------------------------
+@pytest.mark.parametrize("secret, receiver_key", [(STANDARD_SECRET, STANDARD_SECRET), (RAW_SECRET, RAW_SECRET.encode())],
+                         ids=["whsec", "raw"])
+def test_the_standardwebhooks_package_verifies_our_signature(receiver, secret, receiver_key):
+    rec = receiver(receiver_key)
+    body = json.dumps({"id": "job-1", "status": "succeeded"}).encode()
+    call = callback_request(rec.url, body, "msg_" + uuid.uuid4().hex, secret, int(time.time()))
+    assert send(call, 5).ok
+    _, headers, got, verified = rec.calls[0]
+    assert verified and got == body
+    assert Webhook(receiver_key).verify(got, headers) == {"id": "job-1", "status": "succeeded"}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(receiver_key).verify(got.replace(b"succeeded", b"failed!!!"), headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(base64.b64encode(b"another key of ours").decode()).verify(got, headers)
 
 
-def test_retries_with_backoff_then_succeeds(receiver):
-    receiver.statuses = [500, 503, 200]
-    cfg = CallbacksConfig(secret=SECRET, backoff=0.2, attempts=5)
-    assert deliver(receiver.url, b'{"id": "x"}', cfg, "x")
-    times = [t for t, _, _ in receiver.calls]
-    assert len(times) == 3
-    assert times[1] - times[0] >= 0.2 and times[2] - times[1] >= 0.4, "the delay doubles"
-    assert len({h["X-Runner-Delivery"] for _, h, _ in receiver.calls}) == 1, "one delivery id across retries"
-    assert all(verify(h, b) for _, h, b in receiver.calls)
+def test_a_replayed_callback_is_rejected_by_its_timestamp(receiver):
+    rec = receiver(STANDARD_SECRET)
+    body = b'{"id": "job-1"}'
+    stale = callback_request(rec.url, body, "msg_1", STANDARD_SECRET, int(time.time()) - 600)  # captured ten minutes ago
+    assert send(stale, 5).ok
+    assert rec.calls[0][3] is False
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(STANDARD_SECRET).verify(body, rec.calls[0][1])
 
 
-def test_client_error_is_final_and_unreachable_gives_up(receiver):
-    receiver.statuses = [404]
-    cfg = CallbacksConfig(secret=SECRET, backoff=0.01, attempts=4)
-    assert not deliver(receiver.url, b"{}", cfg, "x")
-    assert len(receiver.calls) == 1
-    slept = []
-    assert not deliver("http://127.0.0.1:9/closed", b"{}", cfg, "x", sleep=slept.append)
-    assert slept == [0.01, 0.02, 0.04]
+def test_the_signature_is_hmac_sha256_of_id_timestamp_body():
+    key = base64.b64decode(STANDARD_SECRET.removeprefix("whsec_"))
+    expected = Webhook(STANDARD_SECRET).sign("msg_2KWP", __import__("datetime").datetime.fromtimestamp(1674087231), "{}")
+    assert sign(key, "msg_2KWP", 1674087231, b"{}") == expected
+    with pytest.raises(ValueError, match="base64"):
+        CallbacksConfig(secret="whsec_not base64!")
 
 
 def test_allowed_hosts_and_url_checks(receiver):
+    rec = receiver(RAW_SECRET)
     assert check_callback_url("ftp://127.0.0.1/x", CallbacksConfig()) is not None
     assert check_callback_url("http://[bad", CallbacksConfig()) is not None
     only = CallbacksConfig(allowed_hosts=["ci.example.com"])
-    assert "not allowed" in check_callback_url(receiver.url, only)
-    assert not deliver(receiver.url, b"{}", only, "x")
-    assert receiver.calls == []
-    assert check_callback_url(receiver.url, CallbacksConfig(allowed_hosts=["127.0.0.1"])) is None
+    assert "not allowed" in check_callback_url(rec.url, only)
+    assert check_callback_url(rec.url, CallbacksConfig(allowed_hosts=["127.0.0.1"])) is None
 
 
+# -- through a worker ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def callback_harness(services, tmp_path_factory):
-    from tests.conftest import cleanup_namespace, new_harness
-
-    h = new_harness(services, tmp_path_factory, callbacks={"secret": SECRET, "backoff": 0.2, "attempts": 3})
+def worker_harness(services, tmp_path_factory):
+    h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
+                    callbacks={"secret": STANDARD_SECRET, "backoff": 0.4, "max_backoff": 2.0, "attempts": 3},
+                    worker={"recover_interval": 1.0}, deliveries={"recover_after": 2.0})
     h.worker_proc = h.start_worker()
     yield h
     h.stop_worker(h.worker_proc)
     cleanup_namespace(h)
 
 
-def run_job(h, tmp_path, dockerfile: str, callback_url: str) -> JobRecord:
+def queue(h, tmp_path, callback_url: str, executor: str = "fake", dockerfile: str = "FROM scratch\n", **build_args) -> str:
     (tmp_path / "Dockerfile").write_text(dockerfile)
-    request = BuildRequest(tags=[f"{h.registry()}/callbacks/app:{uuid.uuid4().hex[:8]}"], executor="socket",
-                           callback_url=callback_url)
+    request = BuildRequest(tags=[f"{h.registry()}/callbacks/app:{uuid.uuid4().hex[:8]}"], executor=executor,
+                           callback_url=callback_url, build_args=build_args)
     settings, store = h.settings, h.store
     writer = store.context_writer(request.id, settings.limits.max_context_bytes)
     write_tar(tmp_path, writer)
     writer.close()
     submit(request, settings, store)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        record = store.get(request.id)
-        if record.finished:
-            return record
-        time.sleep(0.1)
-    raise AssertionError("the job did not finish")
+    return request.id
 
 
-def test_worker_calls_back_and_a_failing_callback_never_changes_the_result(callback_harness, receiver, tmp_path, services):
-    receiver.statuses = [500]
-    record = run_job(callback_harness, tmp_path, f"FROM {services['RUNNER_DEV_BASE_IMAGE']}\nRUN echo hi > /x\n", receiver.url)
-    assert record.status is Status.succeeded, record.error
-    receiver.wait(3)
-    time.sleep(1.0)
-    assert len(receiver.calls) == 3, "attempts: 3, then it gives up"
-    for _, headers, body in receiver.calls:
-        assert verify(headers, body)
+def finished(h, job_id: str, timeout: float = 120) -> JobRecord:
+    deadline = time.monotonic() + timeout
+    while not (record := h.store.get(job_id)).finished:
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.05)
+    return record
+
+
+def delivery(h, job_id: str, timeout: float = 60) -> dict:
+    outbox = Outbox.for_store(h.store)
+    deadline = time.monotonic() + timeout
+    while (found := outbox.get(f"{job_id}:callback:finished")).get("state", "open") == "open":
+        assert time.monotonic() < deadline, f"the callback of {job_id} is still open: {found}"
+        time.sleep(0.05)
+    return found
+
+
+def test_retried_with_one_webhook_id_and_a_fresh_timestamp_each_time(worker_harness, receiver, tmp_path):
+    rec = receiver(STANDARD_SECRET)
+    rec.statuses = [500, 503, 204]
+    job_id = queue(worker_harness, tmp_path, rec.url)
+    record = finished(worker_harness, job_id)
+    assert delivery(worker_harness, job_id)["state"] == "delivered"
+    assert len(rec.calls) == 3 and all(verified for *_, verified in rec.calls)
+    assert len({headers["webhook-id"] for _, headers, _, _ in rec.calls}) == 1, "the receiver's idempotency key"
+    assert [int(h["webhook-timestamp"]) for _, h, _, _ in rec.calls] == sorted(int(h["webhook-timestamp"]) for _, h, _, _ in rec.calls)
+    gaps = [b[0] - a[0] for a, b in zip(rec.calls, rec.calls[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4, f"backoff doubles, half of it jitter: {gaps}"
+    sent = JobRecord.model_validate_json(rec.calls[-1][2])
+    assert sent == record and sent.status is Status.succeeded
+    assert rec.calls[0][1]["X-Runner-Event"] == "job.finished"
+
+
+def test_a_failing_callback_gives_up_and_never_changes_the_result(worker_harness, receiver, tmp_path):
+    rec = receiver(STANDARD_SECRET)
+    rec.statuses = [500]
+    before = Outbox.for_store(worker_harness.store).gave_up().get("callback", 0)
+    job_id = queue(worker_harness, tmp_path, rec.url, FAKE_EXIT="3")
+    assert finished(worker_harness, job_id).status is Status.failed
+    found = delivery(worker_harness, job_id)
+    assert found["state"] == "failed" and "failed 3 times" in found["last"]
+    assert len(rec.calls) == 3
+    assert json.loads(rec.calls[0][2])["error"]["kind"] == "build"
+    assert Outbox.for_store(worker_harness.store).gave_up()["callback"] == before + 1
+    assert worker_harness.store.get(job_id).status is Status.failed
+    assert "giving up delivery" in worker_harness.worker_proc.log_path.read_text()
+
+
+def test_a_refusing_receiver_is_not_retried(worker_harness, receiver, tmp_path):
+    rec = receiver(STANDARD_SECRET)
+    rec.statuses = [404]
+    job_id = queue(worker_harness, tmp_path, rec.url)
+    assert finished(worker_harness, job_id).status is Status.succeeded
+    assert "HTTP 404" in delivery(worker_harness, job_id)["last"]
+    assert len(rec.calls) == 1
+
+
+def test_a_queued_job_cancelled_calls_back_too(services, tmp_path_factory, receiver, tmp_path):
+    """No worker runs: the cancel (an entry point) owes the callback, and a worker started
+    later delivers it."""
+    from runner.entry.control import cancel_job
+
+    h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
+                    callbacks={"secret": STANDARD_SECRET})
+    try:
+        rec = receiver(STANDARD_SECRET)
+        job_id = queue(h, tmp_path, rec.url)
+        assert cancel_job(h.store, job_id).status is Status.cancelled
+        h.worker_proc = h.start_worker()
+        rec.wait(1)
+        assert rec.calls[0][3] and json.loads(rec.calls[0][2])["status"] == "cancelled"
+    finally:
+        if h.worker_proc is not None:
+            h.stop_worker(h.worker_proc)
+        cleanup_namespace(h)
+
+
+def test_kill_9_while_a_callback_waits_for_its_retry(services, tmp_path_factory, receiver, tmp_path):
+    h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
+                    callbacks={"secret": STANDARD_SECRET, "backoff": 4.0, "max_backoff": 4.0},
+                    worker={"recover_interval": 1.0}, deliveries={"recover_after": 1.0})
+    try:
+        rec = receiver(STANDARD_SECRET)
+        rec.statuses = [503, 200]
+        h.worker_proc = h.start_worker()
+        job_id = queue(h, tmp_path, rec.url)
+        rec.wait(1)
+        h.stop_worker(h.worker_proc, signal.SIGKILL)
+        os.sync()
+        h.worker_proc = h.start_worker()
+        assert delivery(h, job_id)["state"] == "delivered"
+        time.sleep(1.0)
+        assert [c[3] for c in rec.calls] == [True, True], "refused once, then delivered once"
+        assert rec.calls[0][1]["webhook-id"] == rec.calls[1][1]["webhook-id"]
+    finally:
+        h.stop_worker(h.worker_proc)
+        cleanup_namespace(h)
+
+
+def test_a_real_build_calls_back_with_the_pushed_digest(services, tmp_path_factory, receiver, tmp_path):
+    h = new_harness(services, tmp_path_factory, callbacks={"secret": RAW_SECRET})
+    try:
+        h.worker_proc = h.start_worker()
+        rec = receiver(RAW_SECRET.encode())
+        job_id = queue(h, tmp_path, rec.url, executor="socket",
+                       dockerfile=f"FROM {services['RUNNER_DEV_BASE_IMAGE']}\nRUN echo hi > /x\n")
+        record = finished(h, job_id)
+        assert record.status is Status.succeeded, record.error
+        rec.wait(1)
+        _, headers, body, verified = rec.calls[0]
+        assert verified
         sent = json.loads(body)
-        assert sent["id"] == record.id and sent["status"] == "succeeded"
         assert sent["images"][0]["digest"] == registry_digest(services, record.request.tags[0])
-    assert callback_harness.store.get(record.id).status is Status.succeeded
+    finally:
+        h.stop_worker(h.worker_proc)
+        cleanup_namespace(h)
 
 
-def test_failed_build_is_reported_too(callback_harness, receiver, tmp_path, services):
-    record = run_job(callback_harness, tmp_path, f"FROM {services['RUNNER_DEV_BASE_IMAGE']}\nRUN false\n", receiver.url)
-    assert record.status is Status.failed
-    receiver.wait(1)
-    sent = json.loads(receiver.calls[0][2])
-    assert sent["status"] == "failed" and sent["error"]["kind"] == "build"
-    drain(1)
+def readme_section() -> str:
+    from tests.conftest import ROOT
+
+    return (ROOT / "README.md").read_text().split("## Commit statuses and callbacks")[1].split("\n## ")[0]
+
+
+def test_the_readme_receiver_verifies_our_callbacks(capsys):
+    import re
+
+    from fastapi.testclient import TestClient
+
+    code = re.findall(r"```python\n(.*?)```", readme_section(), re.S)[0]
+    secret = re.search(r'Webhook\("(whsec_[^"]+)"\)', code)[1]
+    namespace: dict = {}
+    exec(compile(code, "README.md receiver", "exec"), namespace)  # noqa: S102 - the README's own example, run as documented
+    client = TestClient(namespace["app"])
+    request = BuildRequest(tags=["127.0.0.1:5000/readme/app:1"])
+    body = JobRecord(id=request.id, request=request, executor="fake", queue="q", status=Status.succeeded).model_dump_json().encode()
+    call = callback_request("http://receiver/runner", body, "msg_" + uuid.uuid4().hex, secret, int(time.time()))
+    assert client.post("/runner", content=body, headers=call.headers).status_code == 200
+    assert client.post("/runner", content=body, headers=call.headers).status_code == 200, "a retry is accepted, and dropped"
+    assert capsys.readouterr().out.count(request.id) == 1
+    assert client.post("/runner", content=body.replace(b"succeeded", b"cancelled"), headers=call.headers).status_code == 401
+    replay = callback_request("http://receiver/runner", body, "msg_" + uuid.uuid4().hex, secret, int(time.time()) - 3600)
+    assert client.post("/runner", content=body, headers=replay.headers).status_code == 401

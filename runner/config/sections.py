@@ -1,13 +1,19 @@
-"""Settings for the HTTP API, webhooks, git sources and completion callbacks.
+"""Settings for the HTTP API, webhooks, git sources, completion callbacks, commit statuses
+and how both are delivered.
 
-Imported by runner.config.settings (the `api`, `webhooks`, `git` and `callbacks` sections).
+Imported by runner.config.settings (the `api`, `webhooks`, `git`, `callbacks`, `statuses` and
+`deliveries` sections).
 Every secret can be given inline or as a `*_file` path read at use time (rotation needs
 no restart); inline secrets are SecretStr, so `runner config show` redacts them.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
 from typing import ClassVar, Literal
@@ -15,10 +21,31 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from runner.config.client import ClientApi
+from runner.core.jobs import GitHost, JobSource
 from runner.core.models import Strict, read_secret
 
 Right = Literal["submit", "read", "cancel"]
 PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
+#: what a commit status's context (name) and target_url templates may name
+CONTEXT_PLACEHOLDERS = ("executor", "repository")
+TARGET_PLACEHOLDERS = ("public_url", "job_id", "executor", "repository", "sha", "short_sha", "ref")
+HTTP_URL = re.compile(r"^https?://[^/@\s?#]+(?:/[^\s?#]*)?$")
+
+
+def template_names(template: str, what: str) -> set[str]:
+    """The {placeholders} a str.format template names; ValueError naming `what` if it is malformed."""
+    try:
+        return {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"{what} {template!r}: {exc}") from None
+
+
+def check_template(template: str | None, known: Iterable[str], what: str) -> str | None:
+    if template is not None:
+        unknown = template_names(template, what) - set(known)
+        if unknown:
+            raise ValueError(f"{what} {template!r} uses {sorted(unknown)}; known: {', '.join(known)}")
+    return template
 
 
 class _OneSource(Strict):
@@ -60,6 +87,15 @@ class ApiConfig(ClientApi):
                                                "before submitting their jobs; past it uploads get 429")
     max_followers_per_token: int = Field(default=500, gt=0, description="open `logs?follow=true` streams one token "
                                          "may hold at once; past it the API answers 429")
+    public_url: str | None = Field(default=None, description="where people reach `runner serve` (e.g. https://ci.example.com): "
+                                   "commit statuses link to {public_url}/jobs/ID, the job's page and log")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, url: str | None) -> str | None:
+        if url is not None and not HTTP_URL.match(url):
+            raise ValueError(f"{url!r} is not an http(s) URL without credentials, query or fragment")
+        return url.rstrip("/") if url else url
 
 
 class WebhookSecret(_OneSource):
@@ -97,13 +133,7 @@ class RepositoryHook(Strict):
     @classmethod
     def _known_placeholders(cls, images: list[str]) -> list[str]:
         for template in images:
-            try:
-                names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
-            except ValueError as exc:
-                raise ValueError(f"image template {template!r}: {exc}") from None
-            unknown = names - set(PLACEHOLDERS)
-            if unknown:
-                raise ValueError(f"image template {template!r} uses {sorted(unknown)}; known: {', '.join(PLACEHOLDERS)}")
+            check_template(template, PLACEHOLDERS, "image template")
         return images
 
 
@@ -138,13 +168,157 @@ class GitConfig(Strict):
         return next((c for c in self.credentials if c.host == host), None)
 
 
-class CallbacksConfig(_OneSource):
-    """Completion callbacks: POST of the final job record, signed with `secret`."""
+class DeliveryPolicy(Strict):
+    """How a delivery (a completion callback, a commit status) is tried: a Celery task on the
+    `<namespace>.deliveries` queue, retried with exponential backoff and jitter until it is
+    accepted, refused for good, out of attempts or past its deadline."""
 
-    secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for X-Runner-Signature-256")
+    timeout: float = Field(default=10.0, gt=0, description="seconds one HTTP request may take")
+    attempts: int = Field(default=5, ge=1, description="requests at most, the first included")
+    backoff: float = Field(default=1.0, ge=0, description="first retry delay in seconds; doubles each time (a random "
+                           "half of each delay is jitter)")
+    max_backoff: float = Field(default=60.0, ge=0, description="longest delay between two requests")
+    deadline: float = Field(default=3600.0, gt=0, description="seconds after the job's moment past which a delivery "
+                            "gives up (logged and counted), attempts left or not")
+
+
+class CallbacksConfig(DeliveryPolicy, _OneSource):
+    """Completion callbacks: POST of the final job record, signed the Standard Webhooks way
+    (webhook-id, webhook-timestamp, webhook-signature) with `secret`."""
+
+    secret: SecretStr | None = Field(default=None, description="signing key: `whsec_<base64>` (the Standard Webhooks "
+                                     "form: the key is the decoded bytes) or any other string (the key is its UTF-8 bytes)")
     secret_file: Path | None = None
-    timeout: float = Field(default=10.0, gt=0)
-    attempts: int = Field(default=5, ge=1)
-    backoff: float = Field(default=1.0, ge=0, description="first retry delay in seconds; doubles each time")
-    max_backoff: float = Field(default=60.0, ge=0)
     allowed_hosts: list[str] | None = Field(default=None, description="glob patterns of callback hosts; None: any")
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_form(cls, secret: SecretStr | None) -> SecretStr | None:
+        value = secret.get_secret_value() if secret else ""
+        if value.startswith("whsec_"):
+            try:
+                if not base64.b64decode(value.removeprefix("whsec_"), validate=True):
+                    raise ValueError
+            except (ValueError, binascii.Error):
+                raise ValueError("a secret starting with whsec_ must go on with the key in base64") from None
+        return secret
+
+
+class StatusRepository(_OneSource):
+    """Overrides for one repository; what it leaves out comes from its host's section."""
+
+    inline_field: ClassVar[str] = "token"
+    file_field: ClassVar[str] = "token_file"
+    enabled: bool | None = Field(default=None, description="false: no statuses for this repository")
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    context: str | None = None
+    target_url: str | None = None
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, value: str | None) -> str | None:
+        return check_template(value, CONTEXT_PLACEHOLDERS, "context")
+
+    @field_validator("target_url")
+    @classmethod
+    def _target(cls, value: str | None) -> str | None:
+        return check_template(value, TARGET_PLACEHOLDERS, "target_url")
+
+
+API_URL_HELP = ("GitHub: the API root (GitHub Enterprise: https://HOST/api/v3); GitLab and Gitea: the instance's root URL. "
+                "The token is sent only here: a job whose source names another API URL gets no status")
+
+
+class StatusHost(StatusRepository):
+    """Commit statuses on one kind of git host: a host posts them once it has a token."""
+
+    enabled: bool | None = Field(default=True, description="false: no statuses on this host")
+    api_url: str | None = Field(default=None, description=API_URL_HELP)
+    context: str | None = Field(default="ci-build-runner/{executor}", description="the status's context (GitLab: its "
+                                "name); placeholders {executor} {repository}")
+    target_url: str | None = Field(default=None, description="the status's link; placeholders {public_url} {job_id} "
+                                   "{executor} {repository} {sha} {short_sha} {ref}; default: {public_url}/jobs/{job_id} "
+                                   "(the job's page and log) when api.public_url is set, else no link")
+    repositories: dict[str, StatusRepository] = Field(default_factory=dict, description="overrides by repository "
+                                                      "(owner/repo; GitLab: group/project)")
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, url: str | None) -> str | None:
+        if url is not None and not HTTP_URL.match(url):
+            raise ValueError(f"{url!r} is not an http(s) URL without credentials, query or fragment")
+        return url.rstrip("/") if url else url
+
+
+class GitHubStatuses(StatusHost):
+    api_url: str | None = Field(default="https://api.github.com", description=API_URL_HELP)
+
+
+class GitLabStatuses(StatusHost):
+    api_url: str | None = Field(default="https://gitlab.com", description=API_URL_HELP)
+
+
+@dataclass(frozen=True)
+class StatusTarget:
+    """Where and how one job's statuses are posted (resolved from the config for its source)."""
+
+    host: GitHost
+    api_url: str
+    token_from: StatusRepository  # the repository's override when it names a token, else the host section
+    context: str  # template
+    target_url: str | None  # template; None: {public_url}/jobs/{job_id} when api.public_url is set
+
+    def token(self) -> str | None:
+        """Read at use (a token file's rotation needs no restart); ValueError if a file is unreadable."""
+        return self.token_from.secret_value(f"statuses.{self.host} token")
+
+
+class StatusesConfig(DeliveryPolicy):
+    """Commit statuses on the commit a job came from (its `source`): pending, running and the result."""
+
+    attempts: int = Field(default=10, ge=1, description="requests at most, the first included")
+    max_backoff: float = Field(default=300.0, ge=0, description="longest delay between two requests")
+    github: GitHubStatuses = Field(default_factory=GitHubStatuses)
+    gitlab: GitLabStatuses = Field(default_factory=GitLabStatuses)
+    gitea: StatusHost = Field(default_factory=StatusHost, description="Gitea and Forgejo; api_url has no default")
+
+    def target(self, source: JobSource) -> StatusTarget | str:
+        """Where `source`'s statuses go, or why they are not posted."""
+        host: StatusHost = getattr(self, source.host)
+        repo = host.repositories.get(source.repository) or next(
+            (cfg for name, cfg in host.repositories.items() if name.casefold() == source.repository.casefold()), None)
+        if host.enabled is False or (repo is not None and repo.enabled is False):
+            return f"statuses are off for {source.host} repository {source.repository}"
+        if not host.api_url:
+            return f"statuses.{source.host}.api_url is not set"
+        if source.api_url and not same_url(source.api_url, host.api_url):
+            return f"the job's source names the API {source.api_url}, not statuses.{source.host}.api_url ({host.api_url})"
+        chosen = repo if repo is not None and (repo.token is not None or repo.token_file is not None) else host
+        if chosen.token is None and chosen.token_file is None:
+            return f"statuses.{source.host} has no token"
+        context = (repo and repo.context) or host.context or "ci-build-runner/{executor}"
+        return StatusTarget(source.host, host.api_url, chosen, context, (repo and repo.target_url) or host.target_url)
+
+    def posts_for(self, source: JobSource | None) -> bool:
+        """Does a job from `source` get commit statuses?"""
+        return source is not None and not isinstance(self.target(source), str)
+
+
+def same_url(a: str, b: str) -> bool:
+    """Equal http(s) URLs, up to the case of scheme and host and a trailing slash."""
+    def norm(url: str) -> tuple[str, str]:
+        scheme, _, rest = url.partition("://")
+        netloc, _, path = rest.partition("/")
+        return f"{scheme.lower()}://{netloc.lower()}", path.rstrip("/")
+
+    return norm(a) == norm(b)
+
+
+class DeliveriesConfig(Strict):
+    """The worker side of callbacks and commit statuses: every worker also takes the
+    `<namespace>.deliveries` queue, on threads of its own, so deliveries never wait for a build slot."""
+
+    concurrency: int = Field(default=2, ge=1, description="deliveries one worker runs at once, beside its builds")
+    recover_after: float = Field(default=30.0, gt=0, description="seconds a delivery's task message may go untaken "
+                                 "before a worker sends it again (it was lost with a worker that died holding it)")

@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_valida
 
 from executors.base import ExecutorConfig
 from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
-from runner.config.sections import ApiConfig, CallbacksConfig, GitConfig, WebhooksConfig
+from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
 from runner.config.sources import SettingsError, describe_errors, env_values, merge, read_config_file
 from runner.core.models import Strict
 from runner.core.registry import RegistryConfig
@@ -85,6 +85,8 @@ class Settings(ClientSettings):
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     git: GitConfig = Field(default_factory=GitConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+    statuses: StatusesConfig = Field(default_factory=StatusesConfig)
+    deliveries: DeliveriesConfig = Field(default_factory=DeliveriesConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @field_validator("executors", mode="before")

@@ -101,6 +101,60 @@ class GitContext(BaseModel):
 
 ContextSource = Annotated[UploadedContext | GitContext, Field(discriminator="type")]
 
+#: A repository path on a git host: owner/repo, or a GitLab group path (group/sub/project)
+_REPOSITORY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)+$")
+#: the git hosts a job's commit statuses can go to (Forgejo speaks Gitea's API)
+GitHost = Literal["github", "gitlab", "gitea"]
+
+
+class JobSource(BaseModel):
+    """Where a job came from: a commit on a git host, which gets the job's commit statuses.
+
+    Webhooks fill it; queue messages, the API and `runner submit` may set it. The statuses'
+    token is only ever sent to the API URL configured for the host (statuses.<host>.api_url):
+    a job whose `api_url` names another gets no status."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: GitHost = Field(description="the kind of git host (Forgejo is gitea)")
+    api_url: str | None = Field(default=None, max_length=2048, description="GitHub: the API root (https://api.github.com, or "
+                                "https://HOST/api/v3 for GitHub Enterprise); GitLab and Gitea: the instance's root URL. "
+                                "Default: statuses.<host>.api_url")
+    repository: str = Field(min_length=1, max_length=512, description="owner/repo; GitLab: the project's path with "
+                            "namespace (group/sub/project) or its numeric id")
+    project_id: int | None = Field(default=None, ge=1, description="GitLab: the numeric project id (used in API calls when given)")
+    sha: str = Field(pattern=r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$", description="the full commit id the statuses are for")
+    ref: str | None = Field(default=None, max_length=255, description="the pushed ref (refs/heads/main, refs/tags/v1, or a branch name)")
+    delivery: str | None = Field(default=None, max_length=256, description="the webhook delivery id, when a webhook made the job")
+
+    @field_validator("repository")
+    @classmethod
+    def _repository_path(cls, value: str) -> str:
+        if value.isdigit() or (_REPOSITORY.match(value) and not any(part in (".", "..") for part in value.split("/"))):
+            return value
+        raise ValueError(f"{value[:100]!r} is not a repository: expected owner/repo (GitLab: group/project or a project id)")
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"https?://[^/@\s?#]+(?:/[^\s?#]*)?", value):
+            raise ValueError(f"{value[:100]!r} is not an http(s) URL without credentials, query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _owner_and_name(self) -> JobSource:
+        if self.host != "gitlab" and self.repository.count("/") != 1:
+            raise ValueError(f"repository {self.repository[:100]!r}: {self.host} names a repository owner/repo")
+        return self
+
+    @property
+    def branch_or_tag(self) -> str | None:
+        """The ref without refs/heads/ or refs/tags/ (what GitLab's `ref` takes)."""
+        if self.ref is None:
+            return None
+        return self.ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
+
 
 def inside_context(path: str, allow_empty: bool = False) -> str:
     """Normalise a relative path and refuse one that leaves the build context."""
@@ -147,6 +201,8 @@ class BuildRequest(BaseModel):
     push: bool = True
     cache_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     callback_url: str | None = Field(default=None, max_length=2048)
+    source: JobSource | None = Field(default=None, description="Where the job came from (a commit on a git host): "
+                                     "the job's commit statuses are posted there.")
 
     @field_validator("id")
     @classmethod

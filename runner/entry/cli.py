@@ -151,6 +151,10 @@ def cmd_submit(args: argparse.Namespace) -> None:
     }
     if args.job_id:
         payload["id"] = args.job_id
+    source = {"host": args.source_host, "repository": args.source_repo, "sha": args.source_sha, "ref": args.source_ref,
+              "api_url": args.source_api_url, "project_id": args.source_project_id}
+    if any(value is not None for value in source.values()):
+        payload["source"] = {key: value for key, value in source.items() if value is not None}
     client = remote(args.api, cfg)
     if client is not None:
         queued_id, created = client.submit_directory(Path(args.directory), payload)
@@ -412,6 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait for the result (default)")
     submit.add_argument("--follow", action="store_true", help="stream the build log live")
     submit.add_argument("--id", dest="job_id", help="job id (default: random)")
+    source = submit.add_argument_group("commit statuses", "the commit this build is for, which gets the job's statuses "
+                                       "(pending, running, the result) when the config has a token for its host (statuses:)")
+    source.add_argument("--source-host", choices=["github", "gitlab", "gitea"], help="the git host's kind (Forgejo: gitea)")
+    source.add_argument("--source-repo", metavar="OWNER/REPO", help="the repository (GitLab: group/project or the project id)")
+    source.add_argument("--source-sha", metavar="SHA", help="the full commit id")
+    source.add_argument("--source-ref", metavar="REF", help="the branch or tag (refs/heads/main, or main)")
+    source.add_argument("--source-api-url", metavar="URL", help="the host's API (default: statuses.<host>.api_url)")
+    source.add_argument("--source-project-id", type=int, metavar="ID", help="GitLab: the numeric project id")
     _json_option(submit, "print the final job record as JSON")
     _api_option(submit)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from runner.core.jobs import JobError, JobRecord, Status, now
 from runner.store.joblog import JobLog
 from runner.store.jobstore import JobStore
+from runner.store.outbox import Outbox
 
 
 def cancel_job(store: JobStore, job_id: str) -> JobRecord | None:
@@ -29,4 +30,6 @@ def cancel_job(store: JobStore, job_id: str) -> JobRecord | None:
         store.end_log(job_id, Status.cancelled)
         store.delete_context(job_id)
         store.delete_secrets(job_id)  # a queued job's secret values never outlive it
+        # its final commit status and callback (the worker skips a status its host has no config for)
+        Outbox.for_store(store).add_finished(job_id, record.request.source is not None, bool(record.request.callback_url))
     return record

@@ -1,6 +1,7 @@
 """Hand-off, shared by every entry point (CLI, HTTP API, webhooks): record the job as
-queued and send its message. Builds nothing, and never imports Celery: the message is
-written straight to the queue (runner.store.buildqueue)."""
+queued, owe its "queued" commit status, and send its message. Builds nothing, and never
+imports Celery: the messages are written straight to their queues (runner.store.buildqueue,
+runner.store.outbox); the worker makes the HTTP requests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest, JobRecord
 from runner.store.buildqueue import send_build
 from runner.store.jobstore import JobStore
+from runner.store.outbox import Outbox
 from runner.worker.admission import admit
 
 
@@ -29,10 +31,15 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore, app: obje
         assert existing is not None
         return existing, False
     store.save_secrets(request.id, request.secret_arg_values())
+    outbox = Outbox.for_store(store) if settings.statuses.posts_for(request.source) else None
     try:
+        if outbox is not None:  # before the job's message: "queued" goes first (runner/store/outbox.py)
+            outbox.add(request.id, "status", "queued", "queued", recover_after=settings.deliveries.recover_after)
         send_build(store.r, record.request.model_dump(mode="json"), record.queue)
     except BaseException:
         store.forget(request.id)  # not queued: a retry with the same id must be able to send it
+        if outbox is not None:
+            outbox.forget(request.id)
         raise
     if request.context.type == "upload":
         # after the send, off the pickup path: if the job is done and its context gone already,

@@ -10,7 +10,8 @@ the form body); GitLab `X-Gitlab-Token: <the secret itself>`. All compared in co
 The commit built: `after`, except for a tag, where `after` is the tag OBJECT when the tag is
 annotated: GitHub and Gitea name the commit it points to in `head_commit.id`, GitLab in
 `checkout_sha`. A redelivery (same delivery id) maps to the same job id, so it builds once.
-Nothing here waits for a build.
+The job keeps where it came from (its `source`: host, API URL, repository, commit, ref,
+delivery) for its commit statuses. Nothing here waits for a build.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import fnmatch
 import hashlib
 import hmac
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from runner.config.sections import RepositoryHook
+from runner.config.sections import HTTP_URL, RepositoryHook
 from runner.config.settings import Settings
 from runner.core.errors import InvalidJob
 from runner.core.jobs import BuildRequest
@@ -34,6 +36,7 @@ from runner.sources.git import check_url, mask_url
 from runner.store.jobstore import JobStore
 from runner.worker.admission import Rejected, parse_request
 
+log = logging.getLogger("runner.webhooks")
 PROVIDERS = ("github", "gitlab", "gitea")
 ZERO_SHA = re.compile(r"^0+$")
 SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -68,6 +71,8 @@ class Push:
     clone_url: str | None
     default_branch: str | None
     deleted: bool
+    api_url: str | None = None  # GitHub: the API root; GitLab, Gitea: the instance's root URL
+    project_id: int | None = None  # GitLab
 
     @property
     def branch(self) -> str | None:
@@ -190,7 +195,28 @@ def parse_push(provider: str, data: dict[str, Any]) -> Push:
     field, sha = ("after", after) if deleted else pushed_commit(provider, data, ref, after)
     if not deleted and not SHA.match(sha):
         raise WebhookError(400, f"the push payload's {field!r} ({sha[:80]!r}) is not a commit id")
-    return Push(provider, full_name, owner, name, ref, sha, clone_url, default_branch, deleted)
+    project_id = data.get("project_id") if provider == "gitlab" else None
+    api_url = api_base(provider, data, full_name)
+    api_url = api_url if api_url and HTTP_URL.match(api_url) and len(api_url) <= 2048 else None  # odd ones: the configured API
+    return Push(provider, full_name, owner, name, ref, sha, clone_url, default_branch, deleted, api_url,
+                project_id if isinstance(project_id, int) and not isinstance(project_id, bool) and project_id > 0 else None)
+
+
+def api_base(provider: str, data: dict[str, Any], full_name: str) -> str | None:
+    """The host's API base as the payload tells it (None if it does not): GitHub from
+    `repository.statuses_url` (or the web URL: github.com's API is api.github.com, an
+    Enterprise server's HOST/api/v3); GitLab and Gitea: the project's web URL without its path."""
+    if provider == "github":
+        statuses = _optional(data, "repository.statuses_url") or ""
+        if match := re.match(r"^(https?://.+?)/repos/[^/]+/[^/]+/statuses/\{sha\}$", statuses):
+            return match[1]
+        web = _optional(data, "repository.html_url") or ""
+        if match := re.match(r"^(https?://)([^/]+)/", web):
+            return "https://api.github.com" if match[2].lower() == "github.com" else f"{match[1]}{match[2]}/api/v3"
+        return None
+    web = _optional(data, "project.web_url" if provider == "gitlab" else "repository.html_url") or ""
+    suffix = "/" + full_name
+    return web[: -len(suffix)] if web.lower().endswith(suffix.lower()) and web.startswith(("http://", "https://")) else None
 
 
 def repository_config(push: Push, settings: Settings) -> RepositoryHook | None:
@@ -276,9 +302,17 @@ def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Set
         "dockerfile": repo.dockerfile, "tags": tags, "build_args": repo.build_args, "executor": repo.executor,
         "timeout": repo.timeout, "callback_url": repo.callback_url,
         "labels": {"org.opencontainers.image.revision": push.sha, "org.opencontainers.image.ref.name": push.ref},
+        "source": {"host": push.provider, "api_url": push.api_url, "repository": push.full_name, "project_id": push.project_id,
+                   "sha": push.sha, "ref": push.ref, "delivery": delivery[:256]},
     }
     try:
-        return parse_request(payload)
+        try:
+            return parse_request(payload)
+        except Rejected as exc:
+            if not exc.field.startswith("source"):
+                raise
+            log.warning("webhook for %s: no commit statuses for this push: %s", push.full_name, exc)
+            return parse_request({**payload, "source": None})  # statuses are a courtesy: the push still builds
     except Rejected as exc:
         raise WebhookError(422, f"webhooks.repositories[{push.full_name!r}] makes an invalid job: {exc}") from None
 

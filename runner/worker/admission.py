@@ -74,7 +74,7 @@ def check_sources(request: BuildRequest, settings: Settings) -> None:
             raise Rejected("context.url", "the URL holds a password or token, which the job record would keep; "
                            "configure it for the worker under git.credentials instead")
     if request.callback_url:
-        from runner.worker.callbacks import check_callback_url
+        from runner.worker.notify.callbacks import check_callback_url
 
         problem = check_callback_url(request.callback_url, settings.callbacks)
         if problem:

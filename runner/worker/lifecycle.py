@@ -1,6 +1,10 @@
 """`runner worker`: make the Worker (its executors, checked), then consume their queues with
 Celery; recovery and the reaper run beside it, and so do the HTTP server for /metrics,
-/healthz and /readyz and the heartbeat (runner/worker/health.py); SIGTERM drains."""
+/healthz and /readyz and the heartbeat (runner/worker/health.py); SIGTERM drains.
+
+Every worker also takes `<namespace>.deliveries` (commit statuses and callbacks) on
+`deliveries.concurrency` threads of its own beside its build slots, and runs the delivery
+scheduler (runner/worker/notify/deliveries.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +17,11 @@ from collections.abc import Mapping
 from executors.registry import ExecutorRegistry
 from runner.config.logs import configure_logging
 from runner.config.settings import Settings
+from runner.store.outbox import deliveries_queue
 from runner.worker.health import WorkerService
 from runner.worker.metrics import WorkerMetrics
+from runner.worker.notify.deliveries import Deliverer, DeliveryScheduler
+from runner.worker.notify.listener import NotifyListener
 from runner.worker.queue import TASK_NAME, make_app, requeuer
 from runner.worker.reaper import Maintenance
 from runner.worker.worker import Worker
@@ -36,26 +43,31 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     metrics = WorkerMetrics(names)
     worker = Worker(settings, names, registry=registry, metrics=metrics)
     metrics.running_here = worker.running_here
-    worker.listeners.append(metrics)
+    deliverer = Deliverer(settings, worker.store, worker.id)
+    worker.listeners += [metrics, NotifyListener(settings, deliverer.outbox)]
     for name, why in worker.check().items():
         log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
-    app = make_app(settings, worker)
+    builds = concurrency or settings.worker.concurrency
+    app = make_app(settings, worker, deliverer, build_slots=builds)
     worker.start()
     maintenance = Maintenance(worker, requeuer(app, settings))
     maintenance.start()
+    scheduler = DeliveryScheduler(deliverer)
+    scheduler.start()
     service = WorkerService(worker, metrics)
     service.start()
-    wire_signals(worker, maintenance, service)
+    wire_signals(worker, maintenance, service, scheduler)
+    queues = [*queues, *[q for q in [deliveries_queue(settings.worker.namespace)] if q not in queues]]
     log.info("worker %s taking %s", worker.id, ", ".join(queues))
     app.Worker(
-        queues=queues, concurrency=concurrency or settings.worker.concurrency, pool="threads",
+        queues=queues, concurrency=builds + settings.deliveries.concurrency, pool="threads",
         loglevel=loglevel, hostname=f"runner-{os.getpid()}@{socket.gethostname()}",
         without_heartbeat=True, without_gossip=True, without_mingle=True,
         quiet=settings.log.format == "json",  # the banner is not a log line
     ).start()
 
 
-def wire_signals(worker: Worker, maintenance: Maintenance, service: WorkerService) -> None:
+def wire_signals(worker: Worker, maintenance: Maintenance, service: WorkerService, scheduler: DeliveryScheduler) -> None:
     """On SIGTERM /readyz turns 503 at once, Celery stops taking jobs and waits for running
     ones; after worker.shutdown_grace seconds we cancel what still runs, and the pipeline
     requeues it. When Celery stops, the worker leaves the live list and the executors release
@@ -80,6 +92,7 @@ def wire_signals(worker: Worker, maintenance: Maintenance, service: WorkerServic
 
     @worker_shutdown.connect(weak=False)
     def stop_executors(**_) -> None:
+        scheduler.stop()
         service.stop()
         worker.shutdown()
 

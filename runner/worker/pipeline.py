@@ -193,6 +193,7 @@ class Pipeline:
         if record.status is status and record.error == error:
             JobLog(self.store, job_id).line(f"[runner] {error.message}")
             self._end(job_id, status)
+            self.worker.tell("job_finished", record, record.request)
         return record
 
     def _end(self, job_id: str, status: Status) -> None:

@@ -1,8 +1,10 @@
-"""The Celery app and the one build task. Thin: the task hands the job to the pipeline.
+"""The Celery app and its two tasks. Thin: each hands its work to the code that does it.
 
 Nothing else imports Celery, so the rest of the core is testable without a worker.
-Task name: `runner.build`; its one positional argument is the BuildRequest as a JSON object.
-Queues: `<namespace>.<executor>` (default `runner.buildah`, `runner.socket`, ...).
+`runner.build`: its one positional argument is the BuildRequest as a JSON object; queues
+`<namespace>.<executor>` (default `runner.buildah`, `runner.socket`, ...); the pipeline runs it.
+`runner.deliver`: (delivery id, ticket) on `<namespace>.deliveries`, written by the outbox
+(runner/store/outbox.py); one attempt of a commit status or callback (runner/worker/notify).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pydantic import ValidationError
 from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest
 from runner.store.buildqueue import TASK_NAME
+from runner.store.outbox import DELIVER_TASK, deliveries_queue
+from runner.worker.notify.deliveries import Deliverer
 from runner.worker.pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -24,9 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("runner.queue")
 
 
-def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
-    """The Celery app; with `worker`, it also defines the build task that worker runs. The entry
-    points send jobs without Celery (runner.store.buildqueue); the worker's requeues use it."""
+def make_app(settings: Settings, worker: Worker | None = None, deliverer: Deliverer | None = None,
+             build_slots: int | None = None) -> Celery:
+    """The Celery app; with `worker`, it also defines the tasks that worker runs (deliveries with
+    `deliverer`, or one of its own). The entry points send jobs without Celery
+    (runner.store.buildqueue); the worker's requeues use it. `build_slots`: builds this worker
+    takes at once (its other threads are for deliveries: runner.worker.transport's gate)."""
     url = settings.redis_url.get_secret_value()
     app = Celery("runner", broker=url, set_as_current=True)
     app.conf.update(
@@ -43,6 +50,10 @@ def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
             "visibility_timeout": settings.limits.max_timeout + 3600,
             "socket_keepalive": True,
             "retry_on_timeout": True,
+            # builds in hand at once; the pool's other threads are kept for deliveries
+            "build_slots": build_slots,
+            "build_task": TASK_NAME,
+            "delivery_queue": deliveries_queue(settings.worker.namespace),
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,     # survive Redis restarts
@@ -65,6 +76,12 @@ def make_app(settings: Settings, worker: Worker | None = None) -> Celery:
             pipeline.refuse_payload(payload, queue, exc)
             return "invalid"
         return pipeline.run(request).status.value
+
+    deliveries = deliverer or Deliverer(settings, worker.store, worker.id)
+
+    @app.task(name=DELIVER_TASK, acks_late=True)
+    def deliver(delivery_id: str, ticket: str) -> str:
+        return deliveries.run(delivery_id, ticket)
 
     return app
 

@@ -40,7 +40,7 @@ def recover_lost_jobs(worker: Worker, requeue: Requeue) -> list[str]:
             def lost(record: JobRecord, give_up: bool = give_up) -> JobRecord:
                 return _lost(record, give_up, settings.limits.max_attempts)
 
-            store.update(job_id, lost)
+            updated = store.update(job_id, lost)
             JobLog(store, job_id).line(
                 f"[runner] worker {current.worker} stopped (no heartbeat for {settings.worker.lease_ttl:.0f}s); "
                 + ("giving up: limits.max_attempts reached" if give_up else "requeued"))
@@ -49,6 +49,8 @@ def recover_lost_jobs(worker: Worker, requeue: Requeue) -> list[str]:
                 store.end_log(job_id, Status.failed)
                 store.delete_context(job_id)
                 store.delete_secrets(job_id)
+                if updated is not None and updated.finished:  # its final commit status and callback
+                    worker.tell("job_finished", updated, current.request)
             else:
                 requeue(current.request, 0)  # redacted: secret values stay in the store
             recovered.append(job_id)

@@ -1,10 +1,16 @@
 """Kombu's Redis transport, hardened: a queue message that is not a valid Celery message
 (not JSON, wrong shape) is moved to `<queue>.invalid` and logged, instead of crashing the
-worker's consumer loop (stock kombu raises out of BRPOP handling and the worker dies)."""
+worker's consumer loop (stock kombu raises out of BRPOP handling and the worker dies).
+
+And gated: a worker's pool has threads for its builds and more for deliveries (commit
+statuses, callbacks). While it holds as many builds as it has build slots (the transport
+option `build_slots`), it asks Redis for deliveries only, so a delivery never waits for a
+build to end and a worker never takes more builds than its slots."""
 
 from __future__ import annotations
 
 import logging
+from time import monotonic
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
@@ -17,6 +23,34 @@ DELIVERY_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 
 
 class Channel(kombu_redis.Channel):
+    def _builds_full(self) -> bool:
+        options = self.connection.client.transport_options
+        slots = options.get("build_slots")
+        if not slots:
+            return False
+        from celery.worker import state  # the requests this worker holds: reserved, waiting for an ETA, or running
+
+        task = options.get("build_task")
+        return sum(1 for request in list(state.requests.values()) if request.name == task) >= slots
+
+    def _brpop_start(self, timeout=None):
+        """kombu's own (5.x), but without the build queues while the build slots are full."""
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        if self._builds_full():
+            always = self.connection.client.transport_options.get("delivery_queue")
+            queues = [queue for queue in queues if queue == always] or queues
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues] + [timeout or 0]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        command_args = ["BRPOP", *keys]
+        if self.global_keyprefix:
+            command_args = self.client._prefix_args(command_args)
+        self.client.connection.send_command(*command_args)
+
     def _brpop_read(self, **options):
         try:
             try:

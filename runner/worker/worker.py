@@ -23,7 +23,6 @@ from runner.core.registries import Registries
 from runner.sources.git import GitSource
 from runner.sources.upload import UploadSource
 from runner.store.jobstore import JobStore
-from runner.worker.callbacks import on_job_finished
 
 log = logging.getLogger("runner.worker")
 
@@ -39,16 +38,6 @@ class JobListener:
 
     def job_requeued(self, record: JobRecord, request: BuildRequest) -> None:
         """The attempt ended and the job went back to its queue."""
-
-
-class CallbackOnFinish(JobListener):
-    """The job's completion callback, when it has one."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-
-    def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
-        on_job_finished(record, request, self.settings)
 
 
 def default_worker_id() -> str:
@@ -82,7 +71,8 @@ class Worker:
         self.unusable: dict[str, str] = {}
         self.sources: dict[str, ContextSource] = {"upload": UploadSource(self.store.context_chunks, settings.limits),
                                                   "git": GitSource(settings)}
-        self.listeners: list[JobListener] = [CallbackOnFinish(settings)]
+        #: told each job's moments: `runner worker` adds its metrics and notifications (statuses, callbacks)
+        self.listeners: list[JobListener] = []
         self._active: dict[str, CancelToken] = {}
         self._lock = threading.Lock()
 

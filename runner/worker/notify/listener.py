@@ -1,0 +1,32 @@
+"""The job's moments on this worker (started, requeued, finished) become deliveries in the
+outbox: a commit status when the job has a `source` its host is configured for, and the
+completion callback when it has a `callback_url`. The queued moment is the entry points'
+(runner/entry/submission.py); a queued job cancelled there ends there too (runner/entry/control.py)."""
+
+from __future__ import annotations
+
+import time
+
+from runner.config.settings import Settings
+from runner.core.jobs import BuildRequest, JobRecord
+from runner.store.outbox import Outbox
+from runner.worker.worker import JobListener
+
+
+class NotifyListener(JobListener):
+    def __init__(self, settings: Settings, outbox: Outbox):
+        self.settings, self.outbox = settings, outbox
+
+    def _status(self, record: JobRecord, key: str, moment: str, note: dict | None = None) -> None:
+        if self.settings.statuses.posts_for(record.request.source):
+            self.outbox.add(record.id, "status", key, moment, note, self.settings.deliveries.recover_after)
+
+    def job_started(self, record: JobRecord, request: BuildRequest) -> None:
+        self._status(record, f"started-{record.attempts}-{time.time_ns()}", "started", {"attempt": record.attempts})
+
+    def job_requeued(self, record: JobRecord, request: BuildRequest) -> None:
+        self._status(record, f"requeued-{time.time_ns()}", "requeued")
+
+    def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
+        self.outbox.add_finished(record.id, self.settings.statuses.posts_for(record.request.source),
+                                 bool(record.request.callback_url), self.settings.deliveries.recover_after)
