@@ -199,7 +199,7 @@ class DindExecutor(Executor):
     def _sidecar(self, api: docker.APIClient, job: BuildRequest, lease: dind_cache.CacheLease | None, key: str | None,
                  log: LogSink, cancel: CancelToken) -> Sidecar:
         if lease is None and self.pool is not None:
-            sidecar = self.pool.take()
+            sidecar = self.pool.take(wait=self.config.ready_timeout, cancelled=cancel.is_set)
             if sidecar is not None:
                 log.line(f"[runner] {self.name}: warm sidecar {sidecar.name} (ready for {time.monotonic() - sidecar.ready_at:.1f}s)")
                 return sidecar

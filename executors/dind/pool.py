@@ -56,6 +56,7 @@ class WarmPool:
         self._factory, self._destroy, self._alive = factory, destroy, alive
         self._idle: deque[Sidecar] = deque()
         self._starting = 0
+        self._waiting = 0  # callers of take() waiting for a starting sidecar
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._fill, name=f"{name}-warm-pool", daemon=True)
@@ -68,10 +69,22 @@ class WarmPool:
         with self._cond:
             return len(self._idle)
 
-    def take(self) -> Sidecar | None:
-        """An idle ready sidecar (removed from the pool for good), or None if none is ready."""
+    def take(self, wait: float = 0.0, cancelled: Callable[[], bool] = lambda: False) -> Sidecar | None:
+        """An idle ready sidecar (removed from the pool for good), or None if none is ready.
+
+        With `wait`, a caller that finds the pool empty while a sidecar of it is starting (one per
+        waiting caller) waits up to `wait` seconds for it: the rest of a start already under way
+        is never slower than a start of its own."""
+        deadline = time.monotonic() + wait
         while True:
             with self._cond:
+                self._waiting += 1
+                try:
+                    while (not self._idle and not self._stopped and self._starting >= self._waiting
+                           and not cancelled() and (left := deadline - time.monotonic()) > 0):
+                        self._cond.wait(min(left, 0.5))
+                finally:
+                    self._waiting -= 1
                 if not self._idle:
                     return None
                 sidecar = self._idle.popleft()
