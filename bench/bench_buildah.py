@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -33,15 +32,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import drop_namespace, load_line, run_job  # noqa: E402
 from bench.phases import Phases  # noqa: E402
 from executors.daemonless import buildah  # noqa: E402
 from executors.daemonless.buildah import resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core import build, process, registries  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
-from runner.core.jobs import BuildRequest, JobRecord  # noqa: E402
+from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.sources import upload  # noqa: E402
-from runner.sources.pack import write_tar  # noqa: E402
 from runner.store import jobstore  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.pipeline import Pipeline  # noqa: E402
@@ -98,16 +97,8 @@ def spawn_cost(rounds: int = 30) -> tuple[float, float]:
 
 
 def ours(cfg: Settings, store: JobStore, pipeline: Pipeline, context: Path, no_cache: bool) -> float:
-    """Record created -> record finished, for one job through the pipeline."""
     job = BuildRequest(tags=[f"{REGISTRY}/bench/buildah-ours:{uuid.uuid4().hex[:8]}"], executor="buildah", no_cache=no_cache)
-    writer = store.context_writer(job.id, cfg.limits.max_context_bytes)
-    write_tar(context, writer)
-    writer.close()
-    store.create(JobRecord(id=job.id, request=job.redacted(), executor="buildah", queue=cfg.queue_for("buildah")))
-    record = pipeline.run(job)
-    if record.status.value != "succeeded" or record.finished_at is None:
-        raise SystemExit(f"our job failed: {record.error}")
-    return (record.finished_at - record.created_at).total_seconds()
+    return run_job(cfg, store, pipeline, context, job)
 
 
 def raw(cfg: Settings, context: Path, private: Path, no_cache: bool, by_id: bool) -> float:
@@ -182,11 +173,9 @@ def main() -> None:
                 print(f"    {phase:<50} {statistics.median(v.get(phase, 0.0) for v in values) * 1000:7.1f} ms")
         print(f"  starting a process through sh: {via_sh * 1000:.1f} ms vs subprocess {via_subprocess * 1000:.1f} ms "
               "(one per job: build and push run from one start)")
-        load = Path("/proc/loadavg").read_text().split()[:3]
-        print(f"  load average during the run: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs")
+        print(f"  {load_line()}")
     finally:
-        for key in store.r.scan_iter(f"{store.ns}:*", count=1000):
-            store.r.delete(key)
+        drop_namespace(store)
         subprocess.run(["buildah", "--root", str(STORAGE / "root"), "--runroot", str(STORAGE / "run"), "rmi", "--all", "--force"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(STORAGE, ignore_errors=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import drop_namespace, load_line, run_job  # noqa: E402
 from bench.phases import Phases  # noqa: E402
 from executors.engine import buildkit, buildkit_session, client, engine  # noqa: E402
 from executors.engine.socket import SocketExecutor  # noqa: E402
@@ -37,7 +38,7 @@ from runner.config.settings import Settings  # noqa: E402
 from runner.core import registries  # noqa: E402
 from runner.core.build import BuildContext  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
-from runner.core.jobs import BuildRequest, JobRecord  # noqa: E402
+from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.sources import upload  # noqa: E402
 from runner.sources.pack import write_tar  # noqa: E402
 from runner.store import jobstore  # noqa: E402
@@ -122,15 +123,7 @@ def fixed_cost(rounds: int) -> None:
 
         def ours() -> float:
             job = BuildRequest(tags=[f"{REGISTRY}/bench/fixed-ours:{uuid.uuid4().hex[:8]}"], executor="socket")
-            writer = store.context_writer(job.id, cfg.limits.max_context_bytes)
-            write_tar(context, writer)
-            writer.close()
-            store.create(JobRecord(id=job.id, request=job.redacted(), executor="socket", queue=cfg.queue_for("socket")))
-            record = pipeline.run(job)
-            if record.status.value != "succeeded":
-                raise SystemExit(f"our job failed: {record.error}")
-            assert record.finished_at is not None
-            return (record.finished_at - record.created_at).total_seconds()
+            return run_job(cfg, store, pipeline, context, job)
 
         phases = Phases()
         try:
@@ -145,8 +138,7 @@ def fixed_cost(rounds: int) -> None:
                 times["ours"].append(ours())
                 spent.append(phases.take())
         finally:
-            for key in store.r.scan_iter(f"{store.ns}:*", count=1000):
-                store.r.delete(key)
+            drop_namespace(store)
     raw, ours_ = statistics.median(times["raw"]), statistics.median(times["ours"])
     over = (ours_ - raw) * 1000
     print(f"\nsocket executor (BuildKit), cached 1 MB build + push: record created -> finished vs raw "
@@ -198,8 +190,7 @@ def main() -> None:
         fixed_cost(args.fixed_rounds)
     if args.only != "fixed":
         builders(args.rounds, args.work)
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"\nload average: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs")
+    print(f"\n{load_line()}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import load_line  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
@@ -223,8 +224,7 @@ def main() -> None:
         print(f"| {label.get(name, name)} | {what[image]} | {warm:.2f} s | {remote:.2f} s | {cold:.2f} s | "
               f"{remote / warm:.2f}x | {remote / cold:.2f}x | {'ok' if ok else 'MISSED'} |")
     print("| img | | not installable here (not packaged for Debian) | | | | | |")
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"load average: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs")
+    print(f"{load_line()}")
 
 
 if __name__ == "__main__":

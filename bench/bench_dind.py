@@ -29,12 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import drop_namespace, load_line, run_job  # noqa: E402
 from executors.dind import cache as dind_cache  # noqa: E402
 from executors.engine.client import EngineClient  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
-from runner.core.jobs import BuildRequest, JobRecord  # noqa: E402
-from runner.sources.pack import write_tar  # noqa: E402
+from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.pipeline import Pipeline  # noqa: E402
 from runner.worker.worker import Worker  # noqa: E402
@@ -149,20 +149,11 @@ class WholeJob:
 
     def once(self) -> tuple[float, float]:
         job = BuildRequest(tags=[self.tag], executor=self.executor_name, cache_key=self.cache_key)
-        writer = self.store.context_writer(job.id, self.cfg.limits.max_context_bytes)
-        write_tar(self.src, writer)
-        writer.close()
-        self.store.create(JobRecord(id=job.id, request=job.redacted(), executor=self.executor_name,
-                                    queue=self.cfg.queue_for(self.executor_name)))
-        record = self.pipeline.run(job)
-        if record.status.value != "succeeded" or record.finished_at is None:
-            raise SystemExit(f"{self.executor_name}: job failed: {record.error}")
-        return (record.finished_at - record.created_at).total_seconds(), self.cleanup_took
+        return run_job(self.cfg, self.store, self.pipeline, self.src, job), self.cleanup_took
 
     def close(self) -> None:
         self.worker.shutdown()
-        for key in self.store.r.scan_iter(f"{self.store.ns}:*", count=1000):
-            self.store.r.delete(key)
+        drop_namespace(self.store)
 
 
 def main() -> None:
@@ -220,8 +211,7 @@ def main() -> None:
         print(f"{'cached rebuild, whole job: ' + label:<58} {med[key]:>7.3f} s {worst[key]:>7.3f} s  {target}{mark}")
     for mode, label in MODES:
         print(f"{'  its clean-up, after the record: ' + label:<58} {med[f'cleanup {mode}']:>7.3f} s")
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"load average: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs")
+    print(f"{load_line()}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import load_line  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
@@ -149,8 +150,7 @@ def main() -> None:
         print(f"{name:<9}{r['one'] * 1000:>7.0f} ms{r['five'] * 1000:>7.0f} ms{r['per_tag_run'] * 1000:>19.1f} ms"
               f"{r['per_tag_log'] * 1000:>23.1f} ms  {'ok' if ok else 'MISSED'}")
     print("img      not installable here (not packaged for Debian); it uses the same executors/tags.py path")
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"load average during the run: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs")
+    print(f"{load_line()}")
 
 
 if __name__ == "__main__":

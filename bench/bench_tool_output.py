@@ -39,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import load_line  # noqa: E402
 from executors.daemonless.buildah import BuildOutput, JobPaths, build_args, push_args, resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core.build import BuildContext  # noqa: E402
@@ -248,8 +249,7 @@ def main() -> None:
         print("\n".join(table))
         print("\n  raw: output to /dev/null; executor and whole-job rows compare with raw build + push by id."
               "\n  target: 1M-line build within 1.2x raw buildah")
-        load = Path("/proc/loadavg").read_text().split()[:3]
-        print(f"  load average during the run: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs")
+        print(f"  {load_line()}")
     finally:
         if worker is not None:
             os.killpg(worker.pid, 15)

@@ -1,0 +1,38 @@
+"""What the benchmarks share: one job through the in-process pipeline timed from its record,
+a namespace's keys removed afterwards, the load line under each table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from runner.config.settings import Settings
+from runner.core.jobs import BuildRequest, JobRecord
+from runner.sources.pack import write_tar
+from runner.store.jobstore import JobStore
+from runner.worker.pipeline import Pipeline
+
+
+def run_job(cfg: Settings, store: JobStore, pipeline: Pipeline, context: Path, job: BuildRequest) -> float:
+    """Upload `context` as `job`'s context, run the job in this process and return its record's
+    created -> finished time (queue pickup excluded: bench_spine measures it). A failed job
+    ends the benchmark with its error."""
+    executor = job.executor or cfg.default_executor
+    writer = store.context_writer(job.id, cfg.limits.max_context_bytes)
+    write_tar(context, writer)
+    writer.close()
+    store.create(JobRecord(id=job.id, request=job.redacted(), executor=executor, queue=cfg.queue_for(executor)))
+    record = pipeline.run(job)
+    if record.status.value != "succeeded" or record.finished_at is None:
+        raise SystemExit(f"{executor}: the job failed: {record.error}")
+    return (record.finished_at - record.created_at).total_seconds()
+
+
+def drop_namespace(store: JobStore) -> None:
+    for key in store.r.scan_iter(f"{store.ns}:*", count=1000):
+        store.r.delete(key)
+
+
+def load_line() -> str:
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    return f"load average during the run: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs"
