@@ -19,9 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.entry.control import cancel_job
+from runner.entry.metrics import FleetCollector
 from runner.entry.submission import submit
 from runner.store.outbox import Outbox
 from runner.worker.notify.statuses import describe, failed_step
@@ -427,6 +429,9 @@ def test_gives_up_after_the_last_attempt_logged_and_counted_and_the_job_is_uncha
     assert delivery["state"] == "failed" and "failed 3 times" in delivery["last"] and "HTTP 503" in delivery["last"]
     assert s.outbox.gave_up() == {"status.gitlab": 1}
     assert s.store.get(record.id) == record
+    registry = CollectorRegistry()  # runner serve's /metrics exports the count
+    registry.register(FleetCollector(s.store, s.settings))
+    assert 'runner_deliveries_gave_up_total{kind="status.gitlab"} 1.0' in generate_latest(registry).decode()
 
 
 @pytest.mark.parametrize("problem, answer, words", [

@@ -3,8 +3,9 @@
 /metrics   runner_queue_length{queue}: messages waiting in each enabled executor's queue (the
            broker's list, LLEN: what KEDA reads). Exported here only, so a fleet of workers
            does not report it once each. runner_workers{executor}: workers whose heartbeat is
-           live (runner/worker/health.py). Both read from Redis at each scrape; plus the
-           process's own series. Job counters and histograms are the workers' (their /metrics).
+           live (runner/worker/health.py). runner_deliveries_gave_up_total{kind}: commit
+           statuses and callbacks that gave up after their last attempt (runner/store/outbox.py).
+           All read from Redis at each scrape; plus the process's own series. Job counters and histograms are the workers' (their /metrics).
 /readyz    200 when Redis answers within a second and the server is not stopping; else 503.
            (/healthz, in api.py, is the liveness probe.)
 """
@@ -18,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -28,6 +29,7 @@ from prometheus_client.registry import Collector
 from runner.config.settings import Settings
 from runner.store.jobstore import JobStore
 from runner.store.logfollow import LogHub
+from runner.store.outbox import Outbox
 
 PROBE_TIMEOUT = 1.0  # seconds /readyz waits for Redis
 
@@ -39,7 +41,7 @@ class FleetCollector(Collector):
     def describe(self) -> list:  # so registering it never reads Redis
         return []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         executors = self.settings.enabled_executors()
         lengths = self.store.queue_lengths([self.settings.queue_for(name) for name in executors])
         queued = GaugeMetricFamily("runner_queue_length", "Jobs waiting in an executor's queue", labels=["queue"])
@@ -48,8 +50,13 @@ class FleetCollector(Collector):
         workers = GaugeMetricFamily("runner_workers", "Workers serving an executor (heartbeat live)", labels=["executor"])
         for executor, count in self.store.live_workers(executors).items():
             workers.add_metric([executor], count)
+        gave_up = CounterMetricFamily("runner_deliveries_gave_up", "Commit statuses (status.<host>) and callbacks "
+                                      "that gave up after their last attempt", labels=["kind"])
+        for kind, count in Outbox.for_store(self.store).gave_up().items():
+            gave_up.add_metric([kind], count)
         yield queued
         yield workers
+        yield gave_up
 
 
 class Context(Protocol):
