@@ -23,15 +23,20 @@ DELIVERY_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 
 
 class Channel(kombu_redis.Channel):
+    #: set from the transport options when the channel is made (not read through
+    #: self.connection at each poll: while a lost connection is restored that is None)
+    from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
+                              "build_slots", "build_task", "delivery_queue")
+    build_slots: int | None = None
+    build_task: str | None = None
+    delivery_queue: str | None = None
+
     def _builds_full(self) -> bool:
-        options = self.connection.client.transport_options
-        slots = options.get("build_slots")
-        if not slots:
+        if not self.build_slots:
             return False
         from celery.worker import state  # the requests this worker holds: reserved, waiting for an ETA, or running
 
-        task = options.get("build_task")
-        return sum(1 for request in list(state.requests.values()) if request.name == task) >= slots
+        return sum(1 for request in list(state.requests.values()) if request.name == self.build_task) >= self.build_slots
 
     def _brpop_start(self, timeout=None):
         """kombu's own (5.x), but without the build queues while the build slots are full."""
@@ -41,8 +46,7 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return
         if self._builds_full():
-            always = self.connection.client.transport_options.get("delivery_queue")
-            queues = [queue for queue in queues if queue == always] or queues
+            queues = [queue for queue in queues if queue == self.delivery_queue] or queues
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues] + [timeout or 0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
@@ -50,6 +54,19 @@ class Channel(kombu_redis.Channel):
         if self.global_keyprefix:
             command_args = self.client._prefix_args(command_args)
         self.client.connection.send_command(*command_args)
+
+    def close(self) -> None:
+        """kombu's close first reads the answer to a BRPOP in flight; with Redis gone that read
+        raises, the channel stays half-closed, and the consumer's second close (after the
+        transport has dropped its client) dies with an AttributeError: the worker stops for
+        good. A BRPOP is in flight whenever a worker has free threads, and the delivery threads
+        are always free, so the read's connection error is let go here and the close goes on."""
+        if self._in_poll:
+            try:
+                self._brpop_read()
+            except (kombu_redis.Empty, *self.connection_errors):
+                pass
+        super().close()
 
     def _brpop_read(self, **options):
         try:
