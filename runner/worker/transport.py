@@ -5,7 +5,10 @@ worker's consumer loop (stock kombu raises out of BRPOP handling and the worker 
 And gated: a worker's pool has threads for its builds and more for deliveries (commit
 statuses, callbacks). While it holds as many builds as it has build slots (the transport
 option `build_slots`), it asks Redis for deliveries only, so a delivery never waits for a
-build to end and a worker never takes more builds than its slots."""
+build to end and a worker never takes more builds than its slots. When a build ends (its
+message is acked or rejected) a gated BRPOP is woken at once (CLIENT UNBLOCK), so the next
+build is taken without waiting for the BRPOP's timeout; a gated BRPOP also times out sooner
+(GATED_TIMEOUT), which bounds the wait where the wake-up and the BRPOP cross."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from runner.store.jobstore import INVALID_KEEP, invalid_queue
 
 log = logging.getLogger("runner.transport")
 DELIVERY_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
+GATED_TIMEOUT = 0.1  # seconds a BRPOP for deliveries only blocks while the build slots are full
 
 
 class Channel(kombu_redis.Channel):
@@ -30,6 +34,8 @@ class Channel(kombu_redis.Channel):
     build_slots: int | None = None
     build_task: str | None = None
     delivery_queue: str | None = None
+    #: Redis client id of the connection blocked in a gated BRPOP (None: no gated BRPOP in flight)
+    _gated_client: int | None = None
 
     def _builds_full(self) -> bool:
         if not self.build_slots:
@@ -45,15 +51,38 @@ class Channel(kombu_redis.Channel):
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
+        connection = self.client.connection
         if self._builds_full():
             queues = [queue for queue in queues if queue == self.delivery_queue] or queues
+            timeout = min(timeout or GATED_TIMEOUT, GATED_TIMEOUT)
+            connection.send_command("CLIENT", "ID")
+            self._gated_client = connection.read_response()
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues] + [timeout or 0]
-        self._in_poll = self.client.connection
+        self._in_poll = connection
         self._brpop_sent_at = monotonic()
         command_args = ["BRPOP", *keys]
         if self.global_keyprefix:
             command_args = self.client._prefix_args(command_args)
-        self.client.connection.send_command(*command_args)
+        connection.send_command(*command_args)
+
+    def _wake_gated(self) -> None:
+        """A build slot came free: end a gated BRPOP now (it answers as if it timed out)."""
+        client_id, self._gated_client = self._gated_client, None
+        if client_id is None:
+            return
+        try:
+            with self.conn_or_acquire() as client:
+                client.execute_command("CLIENT", "UNBLOCK", client_id)
+        except self.connection_errors:
+            pass  # the BRPOP times out by itself
+
+    def basic_ack(self, delivery_tag, multiple=False):
+        super().basic_ack(delivery_tag, multiple)
+        self._wake_gated()
+
+    def basic_reject(self, delivery_tag, requeue=False):
+        super().basic_reject(delivery_tag, requeue)
+        self._wake_gated()
 
     def close(self) -> None:
         """kombu's close first reads the answer to a BRPOP in flight; with Redis gone that read
@@ -87,6 +116,7 @@ class Channel(kombu_redis.Channel):
             return True
         finally:
             self._in_poll = None
+            self._gated_client = None
 
     def _set_aside(self, queue: str, item: bytes, exc: Exception) -> None:
         log.error("queue %s: dropped a message that is not a valid job message (%s: %s); kept in %s",
