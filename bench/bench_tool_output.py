@@ -110,6 +110,7 @@ class Bench:
         (self.private / "auth.json").write_text(json.dumps({"auths": {REGISTRY: {"auth": auth}}}))
         (self.private / "registries.conf").write_text(f'[[registry]]\nlocation = "{REGISTRY}"\ninsecure = true\n')
         (self.private / "tmp").mkdir()
+        (self.private / "ignore").write_text("")  # as the executor passes: the context is already what COPY sees
         self.env = tool_env({"CONTAINERS_REGISTRIES_CONF": str(self.private / "registries.conf"), "TMPDIR": str(self.private / "tmp")})
         self.tool = Tool(self.mode.binary, self.mode.global_args(self.buildah), self.env)
         #: made once, as a worker makes it (its mode probe is not part of any job)
@@ -125,7 +126,7 @@ class Bench:
     def argv(self, context: Path) -> tuple[list[str], JobPaths]:
         job = BuildRequest(tags=[f"{REGISTRY}/bench/tool-output:x"], no_cache=True)
         paths = JobPaths(context=context, dockerfile=context / "Dockerfile", authfile=self.private / "auth.json",
-                         iidfile=self.private / "iid")
+                         iidfile=self.private / "iid", ignorefile=self.private / "ignore")
         return build_args(self.buildah, self.mode, job, paths, self.namespace), paths
 
     # -- raw ---------------------------------------------------------------------------------

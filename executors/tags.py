@@ -6,7 +6,9 @@ same digest: a manifest PUT when it is the same repository, a blob mount from th
 repository and then the PUT when it is another one (runner.core.registries). Each tag's
 digest is then read back from the registry (a HEAD), as after a push. Tags of different
 repositories are put at once (each is a few round trips, mostly waiting on the registry);
-tags of one repository one after the other, so its blobs are mounted once. Where the
+tags of one repository one after the other, so its blobs are mounted once. The pushed
+manifest is read once before that (a registry rewriting it for a same-repository tag may
+answer a concurrent read with a 500). Where the
 registry declines (no mount across repositories there, a refused manifest), that tag is
 pushed for real instead, and the log says why.
 """
@@ -48,6 +50,11 @@ def push_tags(refs: list[ImageRef], push: Push, registries: Registries, log: Log
 
     cancel.raise_if_set()
     if by_repository:
+        for registry, (origin, pushed_digest) in pushed.items():
+            try:
+                registries.fetch_manifests(origin, pushed_digest, copies[registry])
+            except InfrastructureError:
+                pass  # each tag tries again, and falls back to a push
         with ThreadPoolExecutor(min(len(by_repository), REPOSITORIES_AT_ONCE)) as pool:
             done = [result for group in pool.map(put_all, by_repository.values()) for result in group]
         for index, digest, said in sorted(done):

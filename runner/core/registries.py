@@ -261,6 +261,15 @@ class Registries:
             self._mount_into(client, manifest, source.repository, target.repository, copies)
         return client.put_manifest(target.repository, target.tag, manifest)
 
+    def fetch_manifests(self, source: ImageRef, digest: str, copies: Copies) -> None:
+        """Read the image `digest` (an index with its manifests) from `source`'s repository into
+        `copies` once, before tags are put at once: a registry that is rewriting a manifest's
+        link file (a PUT of it under another tag) can answer a read of it with a 500
+        (distribution 2.8: "invalid checksum digest format")."""
+        client = self.client(source.registry)
+        for child in self._fetch(client, source.repository, digest, copies).children():
+            self.fetch_manifests(source, child, copies)
+
     def _fetch(self, client: RegistryClient, repository: str, digest: str, copies: Copies) -> Manifest:
         if digest not in copies.manifests:
             copies.manifests[digest] = client.manifest(repository, digest)
