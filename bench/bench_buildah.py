@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import drop_namespace, load_line, run_job  # noqa: E402
+from bench.common import BASE, PASSWORD, REGISTRY, USER, drop_namespace, load_line, run_job  # noqa: E402
 from bench.phases import Phases  # noqa: E402
 from executors.daemonless import buildah  # noqa: E402
 from executors.daemonless.buildah import resolve_mode  # noqa: E402
@@ -46,8 +46,6 @@ from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.pipeline import Pipeline  # noqa: E402
 from runner.worker.worker import Worker  # noqa: E402
 
-REGISTRY, USER, PASSWORD = "127.0.0.1:5000", "ci", "ci-password"
-BASE = f"{REGISTRY}/base/busybox:1"
 STORAGE = Path("/var/tmp/runner-bench-buildah")
 DOCKERFILE = f"""FROM {BASE}
 RUN dd if=/dev/urandom of=/blob.bin bs=1M count=8 2>/dev/null

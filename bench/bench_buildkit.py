@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import drop_namespace, load_line, run_job  # noqa: E402
+from bench.common import BASE, REGISTRY, drop_namespace, load_line, run_job  # noqa: E402
 from bench.phases import Phases  # noqa: E402
 from executors.engine import buildkit, buildkit_session, client, engine  # noqa: E402
 from executors.engine.socket import SocketExecutor  # noqa: E402
@@ -46,8 +46,6 @@ from runner.worker.pipeline import Pipeline  # noqa: E402
 from runner.worker.worker import Worker  # noqa: E402
 from tests.support import executor_for  # noqa: E402
 
-REGISTRY = "127.0.0.1:5000"
-BASE = f"{REGISTRY}/base/busybox:1"
 DOCKER = "/usr/bin/docker"  # Debian's docker.io CLI: BuildKit with DOCKER_BUILDKIT=1
 FIXED_TARGET_MS = 50
 

@@ -39,7 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import load_line  # noqa: E402
+from bench.common import BASE, PASSWORD, REGISTRY, USER, load_line  # noqa: E402
 from executors.daemonless.buildah import BuildOutput, JobPaths, build_args, push_args, resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core.build import BuildContext  # noqa: E402
@@ -51,8 +51,6 @@ from runner.sources.upload import spool_context  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.worker import executor_env, make_executors  # noqa: E402
 
-REGISTRY, USER, PASSWORD = "127.0.0.1:5000", "ci", "ci-password"
-BASE = f"{REGISTRY}/base/busybox:1"
 STORAGE = Path("/var/tmp/runner-bench-tool-output")
 RUNNER = str(Path(sys.executable).with_name("runner"))
 CASES = {

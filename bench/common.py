@@ -12,6 +12,10 @@ from runner.sources.pack import write_tar
 from runner.store.jobstore import JobStore
 from runner.worker.pipeline import Pipeline
 
+#: the dev services (scripts/services.sh): the loopback registry, its htpasswd user, the base image
+REGISTRY, USER, PASSWORD = "127.0.0.1:5000", "ci", "ci-password"
+BASE = f"{REGISTRY}/base/busybox:1"
+
 
 def run_job(cfg: Settings, store: JobStore, pipeline: Pipeline, context: Path, job: BuildRequest) -> float:
     """Upload `context` as `job`'s context, run the job in this process and return its record's

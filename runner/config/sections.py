@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from runner.config.client import ClientApi
 from runner.core.jobs import GitHost, JobSource
@@ -30,6 +30,16 @@ PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
 CONTEXT_PLACEHOLDERS = ("executor", "repository")
 TARGET_PLACEHOLDERS = ("public_url", "job_id", "executor", "repository", "sha", "short_sha", "ref")
 HTTP_URL = re.compile(r"^https?://[^/@\s?#]+(?:/[^\s?#]*)?$")
+
+
+def base_url(url: str | None) -> str | None:
+    """An http(s) base URL (no credentials, query or fragment), without its trailing slash."""
+    if url is not None and not HTTP_URL.match(url):
+        raise ValueError(f"{url!r} is not an http(s) URL without credentials, query or fragment")
+    return url.rstrip("/") if url else url
+
+
+BaseUrl = Annotated[str | None, AfterValidator(base_url)]
 
 
 def template_names(template: str, what: str) -> set[str]:
@@ -87,15 +97,9 @@ class ApiConfig(ClientApi):
                                                "before submitting their jobs; past it uploads get 429")
     max_followers_per_token: int = Field(default=500, gt=0, description="open `logs?follow=true` streams one token "
                                          "may hold at once; past it the API answers 429")
-    public_url: str | None = Field(default=None, description="where people reach `runner serve` (e.g. https://ci.example.com): "
+    public_url: BaseUrl = Field(default=None, description="where people reach `runner serve` (e.g. https://ci.example.com): "
                                    "commit statuses link to {public_url}/jobs/ID, the job's page and log")
 
-    @field_validator("public_url")
-    @classmethod
-    def _public_url(cls, url: str | None) -> str | None:
-        if url is not None and not HTTP_URL.match(url):
-            raise ValueError(f"{url!r} is not an http(s) URL without credentials, query or fragment")
-        return url.rstrip("/") if url else url
 
 
 class WebhookSecret(_OneSource):
@@ -234,7 +238,7 @@ class StatusHost(StatusRepository):
     """Commit statuses on one kind of git host: a host posts them once it has a token."""
 
     enabled: bool | None = Field(default=True, description="false: no statuses on this host")
-    api_url: str | None = Field(default=None, description=API_URL_HELP)
+    api_url: BaseUrl = Field(default=None, description=API_URL_HELP)
     context: str | None = Field(default="ci-build-runner/{executor}", description="the status's context (GitLab: its "
                                 "name); placeholders {executor} {repository}")
     target_url: str | None = Field(default=None, description="the status's link; placeholders {public_url} {job_id} "
@@ -243,20 +247,14 @@ class StatusHost(StatusRepository):
     repositories: dict[str, StatusRepository] = Field(default_factory=dict, description="overrides by repository "
                                                       "(owner/repo; GitLab: group/project)")
 
-    @field_validator("api_url")
-    @classmethod
-    def _api_url(cls, url: str | None) -> str | None:
-        if url is not None and not HTTP_URL.match(url):
-            raise ValueError(f"{url!r} is not an http(s) URL without credentials, query or fragment")
-        return url.rstrip("/") if url else url
 
 
 class GitHubStatuses(StatusHost):
-    api_url: str | None = Field(default="https://api.github.com", description=API_URL_HELP)
+    api_url: BaseUrl = Field(default="https://api.github.com", description=API_URL_HELP)
 
 
 class GitLabStatuses(StatusHost):
-    api_url: str | None = Field(default="https://gitlab.com", description=API_URL_HELP)
+    api_url: BaseUrl = Field(default="https://gitlab.com", description=API_URL_HELP)
 
 
 @dataclass(frozen=True)
