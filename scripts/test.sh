@@ -9,7 +9,7 @@ bash scripts/venv.sh
 .venv/bin/lint-imports --no-cache  # the layers (docs/architecture.md)
 .venv/bin/mypy                     # runner/core, runner/worker, executors (pyproject.toml)
 set +e
-.venv/bin/pytest -q -p no:cacheprovider "$@"
+.venv/bin/pytest -q -p no:cacheprovider --durations=15 "$@"  # the slowest 15, for keeping CI short
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
