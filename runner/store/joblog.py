@@ -131,11 +131,14 @@ class JobLog:
             self._emit(block)
 
     def _wake_flusher(self) -> None:
-        """Make sure a flusher will send the pending lines within LINGER seconds (lock held)."""
+        """Make sure a flusher will send the pending lines within LINGER seconds (lock held).
+        Only the burst's first line wakes it: a wake-up during its LINGER wait would send the
+        burst at once, one round trip per line."""
         if self._flusher is None:
             self._flusher = threading.Thread(target=self._flush_bursts, name=f"joblog-{self.job_id}", daemon=True)
             self._flusher.start()
-        self._wake.notify()
+        if len(self._pending) == 1:
+            self._wake.notify()
 
     def _flush_bursts(self) -> None:
         with self._lock:
