@@ -111,3 +111,12 @@ def test_submit_writes_the_message_celery_would_send(cli_harness, tmp_path):
                {k: v for k, v in celerys[part].items() if k not in volatile}, part
     assert ours["headers"]["argsrepr"] == f"[job {job_id}]" and "hidden-value" not in json.dumps(ours["headers"])
     assert ours["properties"]["delivery_info"]["routing_key"] == queue
+
+
+def test_the_api_server_sends_jobs_without_celery():
+    """`runner serve` writes task messages itself (runner.store.buildqueue): making the app loads no
+    Celery or kombu (it used to build a Celery app at start-up and hold a lock per submission)."""
+    code = ("import sys; from runner.config.settings import Settings; from runner.entry.api import create_app; "
+            "create_app(Settings()); print(sorted(m for m in ('celery', 'kombu') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
@@ -144,8 +142,6 @@ class ApiContext:
     logs: LogHub
     #: `Depends` that admits a bearer token holding the right (submit, read, cancel)
     require: Callable[[Right], Any]
-    #: the Celery app that sends job messages (made once, on first use)
-    celery_app: Callable[[], Any]
 
 
 #: route modules beside the job endpoints, each with `register(app, context)`
@@ -156,14 +152,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     store = JobStore.from_settings(settings)
     logs = LogHub(store)
-    celery_lock = threading.Lock()
-    celery: list = []
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await logs.open()
         try:
-            await run_in_threadpool(celery_app)  # the first webhook should not pay for building the Celery app
             gc.freeze()  # start-up objects live as long as the server: no full collection walks them (50+ ms pauses)
             yield
         finally:
@@ -171,14 +164,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="CI build runner", version="1", separate_input_output_schemas=False,
                   description=__doc__, lifespan=lifespan)
-
-    def celery_app():
-        with celery_lock:
-            if not celery:
-                from runner.worker.queue import make_app
-
-                celery.append(make_app(settings))
-            return celery[0]
 
     def require(right: Right):
         async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> ApiToken:
@@ -217,9 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(StoreUnavailable)
-    @app.exception_handler(OperationalError)
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("Redis or the queue is unreachable: %s", exc)
+        log.warning("Redis is unreachable: %s", exc)
         return error_response(503, "unavailable", "the job store or queue (Redis) is unreachable; retry later")
 
     # -- health ---------------------------------------------------------------------------------
@@ -269,7 +253,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if not store.has_context(job.id):
                     raise Rejected("context", f"no build context was uploaded for job {job.id}: POST the tar to "
                                    f"/v1/jobs/{job.id}/context first, or give a git context")
-            submitted = submit(job, settings, store, celery_app(), executor=executor)
+            submitted = submit(job, settings, store, executor=executor)
             store.untrack_upload(owner, job.id)
             return submitted
         except Rejected as exc:
@@ -373,7 +357,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(404, "not_found", f"no job {job_id!r}")
         return record
 
-    context = ApiContext(settings, store, logs, require, celery_app)
+    context = ApiContext(settings, store, logs, require)
     for register in EXTENSIONS:
         register(app, context)
 
@@ -387,7 +371,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = await read_body(request, settings.api.max_body_bytes, "webhook body")
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            outcome = await run_in_threadpool(lambda: webhooks.handle(provider, headers, body, settings, store, celery_app()))
+            outcome = await run_in_threadpool(lambda: webhooks.handle(provider, headers, body, settings, store))
         except webhooks.WebhookError as exc:
             if exc.status == 401:
                 log.warning("webhook %s refused: %s", provider, exc.message)

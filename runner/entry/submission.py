@@ -13,13 +13,11 @@ from runner.store.outbox import Outbox
 from runner.worker.admission import admit
 
 
-def submit(request: BuildRequest, settings: Settings, store: JobStore, app: object = None,
+def submit(request: BuildRequest, settings: Settings, store: JobStore,
            executor: str | None = None) -> tuple[JobRecord, bool]:
     """Record the job as queued and send it. Returns (record, created); a repeat id sends nothing.
 
     `executor`: what `admit` returned, when the caller already ran it (admission runs once).
-    `app`: unused (a Celery app, from callers that made one before messages were written
-    directly); kept so they go on working until they stop passing it.
     Secret build-arg values go to the store, by job id, never into the queue message: the
     message (and the record) carry the redacted request, and the worker reads the values back.
     """

@@ -317,8 +317,7 @@ def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Set
         raise WebhookError(422, f"webhooks.repositories[{push.full_name!r}] makes an invalid job: {exc}") from None
 
 
-def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Settings, store: JobStore,
-           app=None) -> Outcome:
+def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Settings, store: JobStore) -> Outcome:
     """One delivery, start to answer. `headers` must have lower-case names."""
     payload = verified_payload(provider, headers, body, settings)
     event = event_name(provider, headers)
@@ -338,7 +337,7 @@ def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Set
     if isinstance(request, str):
         return Outcome(200, {"result": "ignored", "reason": request})
     try:
-        record, created = submit(request, settings, store, app)
+        record, created = submit(request, settings, store)
     except Rejected as exc:
         raise WebhookError(422, f"webhooks.repositories[{push.full_name!r}] makes an invalid job: {exc}") from None
     if not created:

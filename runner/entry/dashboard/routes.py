@@ -34,7 +34,7 @@ from runner.entry.dashboard.views import render
 from runner.entry.dashboard.watch import JobsWatch, Resync
 from runner.entry.submission import submit
 from runner.store.logfollow import LogUnavailable, TooManyFollowers
-from runner.worker.admission import Rejected, admit, parse_request
+from runner.worker.admission import Rejected, parse_request
 
 STATIC = Path(__file__).with_name("static")
 FLEET_SECONDS = 2.0
@@ -208,7 +208,7 @@ def register(app: FastAPI, context) -> None:
             raise DashboardError(409, "cannot_rerun", f"job {job_id} cannot be re-run: {why}")
         try:
             request = parse_request(json.loads(rerun.rerun_request(record).model_dump_json()))
-            new, _created = submit(request, settings, store, context.celery_app(), executor=admit(request, settings))
+            new, _created = submit(request, settings, store)
         except Rejected as exc:
             raise DashboardError(422, "invalid", f"job {job_id} cannot be re-run as it was: {exc.message}") from None
         return JSONResponse({"id": new.id, "status": new.status.value}, status_code=202,
