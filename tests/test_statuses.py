@@ -401,7 +401,7 @@ def test_retries_with_exponential_backoff_and_jitter_until_accepted(steps, hosts
         assert s.run_all() == ["retry"], attempt
         waits.append(s.due(f"{record.id}:status:finished"))
         time.sleep(max(waits[-1], 0))
-        assert s.outbox.send_due(recover_after=2.0) == 1
+        assert s.outbox.send_due() == 1
     assert s.run_all() == ["delivered"]
     for n, wait in enumerate(waits):
         full = 0.4 * 2**n
@@ -422,7 +422,7 @@ def test_gives_up_after_the_last_attempt_logged_and_counted_and_the_job_is_uncha
     for _ in range(3):
         outcomes += s.run_all()
         time.sleep(0.15)
-        s.outbox.send_due(recover_after=2.0)
+        s.outbox.send_due()
     assert outcomes == ["retry", "retry", "gave_up"]
     assert s.messages() == []
     delivery = s.outbox.get(f"{record.id}:status:finished")
@@ -480,7 +480,7 @@ def test_a_slow_host_times_out_and_the_retry_finds_the_status_there(steps, hosts
     assert s.outbox.get(f"{record.id}:status:finished")["last"] == "no answer within 0.5s"
     host.delay = 0.0
     time.sleep(0.3)
-    s.outbox.send_due(recover_after=2.0)
+    s.outbox.send_due()
     assert s.run_all() == ["delivered"]
     sha = record.request.source.sha
     assert len([p for p in host.posts if sha in p.path]) == 1 and host.states(sha) == ["success"]
@@ -499,7 +499,7 @@ def test_a_late_pending_never_overwrites_success(steps, hosts):
     s.outbox.add(record.id, "status", "finished", "finished")
     assert s.run_all() == ["delivered", "delivered"]
     time.sleep(0.35)
-    s.outbox.send_due(recover_after=2.0)
+    s.outbox.send_due()
     assert s.run_all() == ["superseded"]
     sha = record.request.source.sha
     assert host.states(sha) == ["running", "success"]
@@ -514,9 +514,9 @@ def test_a_newer_state_waits_for_an_older_one_not_yet_tried(steps, hosts):
     s.outbox.add(record.id, "status", "finished", "finished")
     queued, finished = s.messages()
     assert s.deliverer.run(*finished) == "wait"
-    assert s.outbox.send_due(recover_after=2.0) == 0, "postponed until the older one is done"
+    assert s.outbox.send_due() == 0, "postponed until the older one is done"
     assert s.deliverer.run(*queued) == "delivered"
-    assert s.outbox.send_due(recover_after=2.0) == 1, "and sent again the moment it is"
+    assert s.outbox.send_due() == 1, "and sent again the moment it is"
     assert s.run_all() == ["delivered"]
     assert host.states(record.request.source.sha) == ["pending", "success"]
 
@@ -887,3 +887,15 @@ def test_the_readme_config_for_the_three_hosts_is_valid():
     target = cfg.statuses.target(JobSource(host="github", repository="acme/site", sha="a" * 40))
     assert target.context == "images/{repository}"
     assert "off" in cfg.statuses.target(JobSource(host="github", repository="acme/experiments", sha="a" * 40))
+
+
+def test_a_cancel_from_the_cli_owes_its_deliveries_on_the_configured_schedule(own_harness):
+    """`runner cancel` of a queued job queues its final status with deliveries.recover_after from
+    the config (a lost message is sent again after that long), as submit and the worker do."""
+    h = own_harness(deliveries={"recover_after": 7.0})  # no worker: the job stays queued
+    request = queue_job(h, "github")
+    result = h.cli("cancel", request.id)
+    assert result.returncode == 0, result.stderr
+    outbox = Outbox.for_store(h.store)
+    resend_at = h.store.r.zscore(outbox.outbox_key, f"{request.id}:status:finished")
+    assert resend_at is not None and abs(resend_at - time.time() - 7.0) < 3.0, resend_at - time.time()

@@ -35,12 +35,18 @@ class ClientApi(Lenient):
     token: SecretStr | None = Field(default=None, description="client side: bearer token (env RUNNER_API_TOKEN wins)")
 
 
+class ClientDeliveries(Lenient):
+    recover_after: float = Field(default=30.0, gt=0, description="seconds a delivery's task message may go untaken "
+                                 "before a worker sends it again (it was lost with a worker that died holding it)")
+
+
 class ClientSettings(Lenient):
     redis_url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"),
                                  description="broker and job store (redis://[:password@]host:port/db)")
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     worker: ClientWorker = Field(default_factory=ClientWorker)
     api: ClientApi = Field(default_factory=ClientApi)
+    deliveries: ClientDeliveries = Field(default_factory=ClientDeliveries)
 
 
 def load_client_settings(**overrides: Any) -> ClientSettings:

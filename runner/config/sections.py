@@ -20,7 +20,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from runner.config.client import ClientApi
+from runner.config.client import ClientApi, ClientDeliveries
 from runner.core.jobs import GitHost, JobSource
 from runner.core.models import Strict, read_secret
 
@@ -313,10 +313,10 @@ def same_url(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-class DeliveriesConfig(Strict):
+class DeliveriesConfig(ClientDeliveries):
     """The worker side of callbacks and commit statuses: every worker also takes the
     `<namespace>.deliveries` queue, on threads of its own, so deliveries never wait for a build slot."""
 
+    model_config = ConfigDict(extra="forbid")
+
     concurrency: int = Field(default=2, ge=1, description="deliveries one worker runs at once, beside its builds")
-    recover_after: float = Field(default=30.0, gt=0, description="seconds a delivery's task message may go untaken "
-                                 "before a worker sends it again (it was lost with a worker that died holding it)")

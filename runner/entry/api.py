@@ -352,7 +352,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               responses={404: {"description": "no such job"}})
     def cancel(job_id: JobId) -> JobRecord:
         """A queued job never starts; a running one is stopped by its worker within a second."""
-        record = cancel_job(store, job_id)
+        record = cancel_job(store, job_id, settings.deliveries.recover_after)
         if record is None:
             raise ApiError(404, "not_found", f"no job {job_id!r}")
         return record

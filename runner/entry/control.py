@@ -8,9 +8,10 @@ from runner.store.jobstore import JobStore
 from runner.store.outbox import Outbox
 
 
-def cancel_job(store: JobStore, job_id: str) -> JobRecord | None:
+def cancel_job(store: JobStore, job_id: str, recover_after: float = 30.0) -> JobRecord | None:
     """Flag the job cancelled. A queued job is finished here and never starts; a running one
-    is stopped by its worker's watcher (within a second) which then records `cancelled`."""
+    is stopped by its worker's watcher (within a second) which then records `cancelled`.
+    `recover_after`: deliveries.recover_after, for the final status and callback it owes."""
     if store.get(job_id) is None:
         return None
     store.request_cancel(job_id)
@@ -31,5 +32,5 @@ def cancel_job(store: JobStore, job_id: str) -> JobRecord | None:
         store.delete_context(job_id)
         store.delete_secrets(job_id)  # a queued job's secret values never outlive it
         # its final commit status and callback (the worker skips a status its host has no config for)
-        Outbox.for_store(store).add_finished(job_id, record.request.source is not None, bool(record.request.callback_url))
+        Outbox.for_store(store, recover_after).add_finished(job_id, record.request.source is not None, bool(record.request.callback_url))
     return record

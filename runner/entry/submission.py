@@ -29,10 +29,10 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore,
         assert existing is not None
         return existing, False
     store.save_secrets(request.id, request.secret_arg_values())
-    outbox = Outbox.for_store(store) if settings.statuses.posts_for(request.source) else None
+    outbox = Outbox.for_store(store, settings.deliveries.recover_after) if settings.statuses.posts_for(request.source) else None
     try:
         if outbox is not None:  # before the job's message: "queued" goes first (runner/store/outbox.py)
-            outbox.add(request.id, "status", "queued", "queued", recover_after=settings.deliveries.recover_after)
+            outbox.add(request.id, "status", "queued", "queued")
         send_build(store.r, record.request.model_dump(mode="json"), record.queue)
     except BaseException:
         store.forget(request.id)  # not queued: a retry with the same id must be able to send it

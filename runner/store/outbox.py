@@ -193,9 +193,11 @@ class Delivery:
 
 
 class Outbox:
-    def __init__(self, client: redis.Redis, namespace: str, ttl: int):
-        """`client` decodes responses; `ttl`: how long a delivery's keys outlive it (seconds)."""
-        self.r, self.ns, self.ttl = client, namespace, ttl
+    def __init__(self, client: redis.Redis, namespace: str, ttl: int, recover_after: float = 30.0):
+        """`client` decodes responses; `ttl`: how long a delivery's keys outlive it (seconds);
+        `recover_after`: deliveries.recover_after (seconds a task message may go untaken before
+        a scheduler sends it again)."""
+        self.r, self.ns, self.ttl, self.recover_after = client, namespace, ttl, recover_after
         self.queue = deliveries_queue(namespace)
         self.outbox_key = f"{namespace}:outbox"
         self.gave_up_key = f"{namespace}:deliveries:gave_up"
@@ -206,9 +208,9 @@ class Outbox:
         self._claim_due = client.register_script(_CLAIM_DUE)
 
     @classmethod
-    def for_store(cls, store: Any) -> Outbox:
+    def for_store(cls, store: Any, recover_after: float = 30.0) -> Outbox:
         """The outbox beside a JobStore (same Redis, namespace and retention)."""
-        return cls(store.r, store.ns, store.retention.finished_seconds)
+        return cls(store.r, store.ns, store.retention.finished_seconds, recover_after)
 
     def _key(self, delivery_id: str) -> str:
         return f"{self.ns}:delivery:{delivery_id}"
@@ -222,8 +224,7 @@ class Outbox:
                 self._group(group, "lock"), self.outbox_key]
 
     # -- the side that owes a delivery (entry points, the worker's listener) ---------------------
-    def add(self, job_id: str, kind: Kind, key: str, moment: str, note: dict[str, Any] | None = None,
-            recover_after: float = 30.0) -> bool:
+    def add(self, job_id: str, kind: Kind, key: str, moment: str, note: dict[str, Any] | None = None) -> bool:
         """Record the delivery `JOB:KIND:KEY` and queue its first attempt; False if it exists already."""
         group = f"{job_id}:{kind}"
         delivery_id = f"{group}:{key}"
@@ -231,15 +232,15 @@ class Outbox:
         keys = [self._key(delivery_id), self._group(group, "seq"), self._group(group, "open"), self._group(group, "fresh"),
                 self.outbox_key, self.queue]
         args = [delivery_id, job_id, kind, moment, group, time.time(), ticket, f"msg_{uuid.uuid4().hex}",
-                json.dumps(note or {}), self.ttl, recover_after, deliver_message(delivery_id, ticket, self.queue)]
+                json.dumps(note or {}), self.ttl, self.recover_after, deliver_message(delivery_id, ticket, self.queue)]
         return bool(self._add(keys=keys, args=args))
 
-    def add_finished(self, job_id: str, source: bool, callback: bool, recover_after: float = 30.0) -> None:
+    def add_finished(self, job_id: str, source: bool, callback: bool) -> None:
         """What a finished job owes: its final commit status (`source`) and its callback."""
         if source:
-            self.add(job_id, "status", "finished", "finished", None, recover_after)
+            self.add(job_id, "status", "finished", "finished")
         if callback:
-            self.add(job_id, "callback", "finished", "finished", None, recover_after)
+            self.add(job_id, "callback", "finished", "finished")
 
     def forget(self, job_id: str) -> None:
         """Drop every delivery of a job that was never queued (its message could not be sent);
@@ -292,10 +293,10 @@ class Outbox:
                     args=[delivery.id, self.lock_value(holder, delivery), uuid.uuid4().hex, due, reason[:500], time.time(),
                           self.ns])
 
-    def send_due(self, recover_after: float, limit: int = 200) -> int:
+    def send_due(self, limit: int = 200) -> int:
         """Send the message of every delivery whose time has come: retries, postponed ones, and
         overdue ones whose message or worker was lost. Returns how many were sent."""
-        claimed = self._claim_due(keys=[self.outbox_key], args=[time.time(), recover_after, limit, self.ns])
+        claimed = self._claim_due(keys=[self.outbox_key], args=[time.time(), self.recover_after, limit, self.ns])
         pairs = list(zip(claimed[::2], claimed[1::2], strict=True))
         if pairs:
             with self.r.pipeline(transaction=False) as pipe:

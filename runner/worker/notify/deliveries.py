@@ -72,7 +72,7 @@ class Deliverer:
 
     def __init__(self, settings: Settings, store: JobStore, holder: str):
         self.settings, self.store, self.holder = settings, store, holder
-        self.outbox = Outbox.for_store(store)
+        self.outbox = Outbox.for_store(store, settings.deliveries.recover_after)
         #: set when this process schedules something sooner than its scheduler would look
         self.wakeup = threading.Event()
 
@@ -212,11 +212,11 @@ class DeliveryScheduler(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        outbox, recover_after = self.deliverer.outbox, self.deliverer.settings.deliveries.recover_after
+        outbox = self.deliverer.outbox
         while not self.stopped.is_set():
             pause = 1.0
             try:
-                if outbox.send_due(recover_after) > 0:
+                if outbox.send_due() > 0:
                     continue
                 due = outbox.next_due()
                 if due is not None:

@@ -19,7 +19,7 @@ class NotifyListener(JobListener):
 
     def _status(self, record: JobRecord, key: str, moment: str, note: dict | None = None) -> None:
         if self.settings.statuses.posts_for(record.request.source):
-            self.outbox.add(record.id, "status", key, moment, note, self.settings.deliveries.recover_after)
+            self.outbox.add(record.id, "status", key, moment, note)
 
     def job_started(self, record: JobRecord, request: BuildRequest) -> None:
         self._status(record, f"started-{record.attempts}-{time.time_ns()}", "started", {"attempt": record.attempts})
@@ -29,4 +29,4 @@ class NotifyListener(JobListener):
 
     def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
         self.outbox.add_finished(record.id, self.settings.statuses.posts_for(record.request.source),
-                                 bool(record.request.callback_url), self.settings.deliveries.recover_after)
+                                 bool(record.request.callback_url))
