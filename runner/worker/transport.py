@@ -36,6 +36,8 @@ class Channel(kombu_redis.Channel):
     delivery_queue: str | None = None
     #: Redis client id of the connection blocked in a gated BRPOP (None: no gated BRPOP in flight)
     _gated_client: int | None = None
+    #: (connection, its Redis client id), asked once per connection and forgotten when it reconnects
+    _known_client: tuple[object, int] | None = None
 
     def _builds_full(self) -> bool:
         if not self.build_slots:
@@ -55,8 +57,7 @@ class Channel(kombu_redis.Channel):
         if self._builds_full():
             queues = [queue for queue in queues if queue == self.delivery_queue] or queues
             timeout = min(timeout or GATED_TIMEOUT, GATED_TIMEOUT)
-            connection.send_command("CLIENT", "ID")
-            self._gated_client = connection.read_response()
+            self._gated_client = self._client_id(connection)
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues] + [timeout or 0]
         self._in_poll = connection
         self._brpop_sent_at = monotonic()
@@ -64,6 +65,19 @@ class Channel(kombu_redis.Channel):
         if self.global_keyprefix:
             command_args = self.client._prefix_args(command_args)
         connection.send_command(*command_args)
+
+    def _client_id(self, connection) -> int:
+        known = self._known_client
+        if known is not None and known[0] is connection:
+            return known[1]
+        connection.register_connect_callback(self._forget_client_id)  # a reconnect gets a new id
+        connection.send_command("CLIENT", "ID")
+        client_id = connection.read_response()
+        self._known_client = (connection, client_id)
+        return client_id
+
+    def _forget_client_id(self, connection) -> None:
+        self._known_client = None
 
     def _wake_gated(self) -> None:
         """A build slot came free: end a gated BRPOP now (it answers as if it timed out)."""
