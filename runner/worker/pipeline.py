@@ -166,8 +166,9 @@ class Pipeline:
             return record
         try:
             # the worker's own log lines about this job carry its fields, its secrets masked
-            with job_fields(request.id, record.executor, self.worker_id, secrets_to_mask(request, self.settings)):
-                return self._run_claimed(request)
+            secrets = secrets_to_mask(request, self.settings)  # reads the registries' password files: once a job
+            with job_fields(request.id, record.executor, self.worker_id, secrets):
+                return self._run_claimed(request, secrets)
         finally:
             self.store.release_lease(request.id, self.worker_id)
 
@@ -201,7 +202,7 @@ class Pipeline:
         self.store.delete_context(job_id)
         self.store.delete_secrets(job_id)
 
-    def _run_claimed(self, request: BuildRequest) -> JobRecord:
+    def _run_claimed(self, request: BuildRequest, secrets: list[str]) -> JobRecord:
         max_attempts = self.settings.limits.max_attempts
 
         def start(r: JobRecord) -> JobRecord | None:
@@ -213,8 +214,7 @@ class Pipeline:
         record = self.store.update(request.id, start)
         if record is None or record.finished:  # cancelled while we claimed it
             return record or self.ensure_record(request)[0]
-        joblog = JobLog(self.store, request.id, secrets_to_mask(request, self.settings),
-                        self.settings.limits.max_log_bytes, self.settings.limits.max_log_lines)
+        joblog = JobLog(self.store, request.id, secrets, self.settings.limits.max_log_bytes, self.settings.limits.max_log_lines)
         if record.attempts > max_attempts:
             message = f"gave up after {max_attempts} attempts: each attempt lost its worker (limits.max_attempts)"
             return self._finish(request, joblog, Status.failed, [], JobError(kind="worker_lost", message=message))
