@@ -337,6 +337,7 @@ def test_warm_pool_serves_one_job_per_sidecar_refills_and_never_exceeds_its_size
             served.append(name)
             assert pool.wait_full(60)  # refilled in the background
         assert len(set(served)) == 3  # never the same sidecar twice
+        assert list(ex.buildkit._known) == [ex.config.image]  # BuildKit support asked once for the image, not per sidecar
     finally:
         stop.set()
         ex.shutdown()

@@ -149,7 +149,7 @@ class DindExecutor(Executor):
             inner = serving.sidecar.client(timeout=None)
             try:
                 builder = choose_builder(inner, job.builder or self.env.builder, self.buildkit, self.env.registries,
-                                         self.job_secrets(job))
+                                         self.job_secrets(job), engine_key=self.config.image)
                 engine = Engine(inner, self.env.registries, self.name, self.env.metrics)
                 return engine.build_and_push(job, builder, context, log, cancel, cache_repo=self.config.cache_repo)
             finally:

@@ -89,19 +89,20 @@ class ClassicBuilder:
 
 class BuildKitSupport:
     """Which engines can run BuildKit (a Linux engine, API >= 1.39): asked once per engine and
-    kept for the life of the executor that owns this object."""
-
-    LIMIT = 256  # dind engines come and go, one socket each
+    kept for the life of the executor that owns this object. `key` names the engine: its
+    socket by default; dind passes its sidecar image, since every sidecar of one image runs
+    the same engine (a socket per sidecar would ask every job)."""
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[bool, str]] = {}
         self._lock = threading.Lock()
 
-    def check(self, client: EngineClient) -> tuple[bool, str]:
+    def check(self, client: EngineClient, key: str | None = None) -> tuple[bool, str]:
         """(supported, why)."""
+        key = key or client.key
         with self._lock:
-            if client.key in self._known:
-                return self._known[client.key]
+            if key in self._known:
+                return self._known[key]
         version, os_type = client.version_and_os()
         try:
             api_version = tuple(int(p) for p in version.split(".")[:2])
@@ -111,7 +112,5 @@ class BuildKitSupport:
         why = f"engine API {version} on {os_type or 'unknown OS'}" + (
             "" if ok else f"; BuildKit needs API >= {'.'.join(map(str, MIN_BUILDKIT_API))} on linux")
         with self._lock:
-            if len(self._known) >= self.LIMIT:
-                self._known.clear()
-            self._known[client.key] = (ok, why)
+            self._known[key] = (ok, why)
         return ok, why

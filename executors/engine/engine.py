@@ -61,12 +61,12 @@ def pull_logins(registries: Registries) -> dict[str, dict[str, str]]:
 
 
 def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, registries: Registries,
-                   secrets: dict[str, bytes]) -> Builder:
-    """The builder for a job: `auto` takes BuildKit where the engine has it."""
+                   secrets: dict[str, bytes], engine_key: str | None = None) -> Builder:
+    """The builder for a job: `auto` takes BuildKit where the engine has it (`engine_key`: see BuildKitSupport)."""
     if wanted == "classic":
         return ClassicBuilder(client)
     try:
-        ok, why = support.check(client)
+        ok, why = support.check(client, engine_key)
     except (requests.RequestException, docker.errors.APIError, OSError) as exc:
         raise InfrastructureError(f"lost the Docker Engine mid-job: {short(exc)}") from None
     if wanted == "auto":
