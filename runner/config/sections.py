@@ -16,30 +16,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from runner.config.client import ClientApi, ClientDeliveries
 from runner.core.jobs import GitHost, JobSource
-from runner.core.models import Strict, read_secret
+from runner.core.models import BaseUrl, Strict, read_secret
 
 Right = Literal["submit", "read", "cancel"]
 PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
 #: what a commit status's context (name) and target_url templates may name
 CONTEXT_PLACEHOLDERS = ("executor", "repository")
 TARGET_PLACEHOLDERS = ("public_url", "job_id", "executor", "repository", "sha", "short_sha", "ref")
-HTTP_URL = re.compile(r"^https?://[^/@\s?#]+(?:/[^\s?#]*)?$")
-
-
-def base_url(url: str | None) -> str | None:
-    """An http(s) base URL (no credentials, query or fragment), without its trailing slash."""
-    if url is not None and not HTTP_URL.match(url):
-        raise ValueError(f"{url!r} is not an http(s) URL without credentials, query or fragment")
-    return url.rstrip("/") if url else url
-
-
-BaseUrl = Annotated[str | None, AfterValidator(base_url)]
 
 
 def template_names(template: str, what: str) -> set[str]:

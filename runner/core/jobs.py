@@ -14,6 +14,7 @@ from typing import Annotated, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from runner.core.errors import ErrorKind
+from runner.core.models import BaseUrl
 
 # Docker's reference grammar (distribution/reference), restricted to what we push:
 # REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
@@ -116,7 +117,7 @@ class JobSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     host: GitHost = Field(description="the kind of git host (Forgejo is gitea)")
-    api_url: str | None = Field(default=None, max_length=2048, description="GitHub: the API root (https://api.github.com, or "
+    api_url: BaseUrl = Field(default=None, description="GitHub: the API root (https://api.github.com, or "
                                 "https://HOST/api/v3 for GitHub Enterprise); GitLab and Gitea: the instance's root URL. "
                                 "Default: statuses.<host>.api_url")
     repository: str = Field(min_length=1, max_length=512, description="owner/repo; GitLab: the project's path with "
@@ -132,15 +133,6 @@ class JobSource(BaseModel):
         if value.isdigit() or (_REPOSITORY.match(value) and not any(part in (".", "..") for part in value.split("/"))):
             return value
         raise ValueError(f"{value[:100]!r} is not a repository: expected owner/repo (GitLab: group/project or a project id)")
-
-    @field_validator("api_url")
-    @classmethod
-    def _api_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.fullmatch(r"https?://[^/@\s?#]+(?:/[^\s?#]*)?", value):
-            raise ValueError(f"{value[:100]!r} is not an http(s) URL without credentials, query or fragment")
-        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _owner_and_name(self) -> JobSource:

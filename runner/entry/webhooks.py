@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from runner.config.sections import HTTP_URL, RepositoryHook
+from runner.config.sections import RepositoryHook
 from runner.config.settings import Settings
 from runner.core.errors import InvalidJob
 from runner.core.jobs import BuildRequest
+from runner.core.models import base_url
 from runner.entry.submission import submit
 from runner.sources.git import check_url, mask_url
 from runner.store.jobstore import JobStore
@@ -197,7 +198,10 @@ def parse_push(provider: str, data: dict[str, Any]) -> Push:
         raise WebhookError(400, f"the push payload's {field!r} ({sha[:80]!r}) is not a commit id")
     project_id = data.get("project_id") if provider == "gitlab" else None
     api_url = api_base(provider, data, full_name)
-    api_url = api_url if api_url and HTTP_URL.match(api_url) and len(api_url) <= 2048 else None  # odd ones: the configured API
+    try:
+        api_url = base_url(api_url)
+    except ValueError:
+        api_url = None  # an odd one: the configured API
     return Push(provider, full_name, owner, name, ref, sha, clone_url, default_branch, deleted, api_url,
                 project_id if isinstance(project_id, int) and not isinstance(project_id, bool) and project_id > 0 else None)
 
