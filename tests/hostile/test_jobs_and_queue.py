@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from runner.core.jobs import BuildRequest, JobRecord, Status
-from runner.store.jobstore import JobStore
 from tests.conftest import RUNNER, WRONG_PASSWORD_HOST, cleanup_namespace, new_harness, run_image
 from tests.hostile.rawqueue import post_raw
+from tests.support import every_value
 
 
 def context(root: Path, base: str, body: str = "", files: dict[str, str] | None = None) -> Path:
@@ -152,20 +152,6 @@ def submit_with_secret(h, ctx: Path, secret: str, *args: str) -> str:
     return result.stdout.strip()
 
 
-def every_value(store: JobStore) -> str:
-    """Everything Redis holds for this namespace and for kombu (queues, unacked messages)."""
-    out = []
-    for key in [*store.raw.scan_iter(f"{store.ns}*"), *store.raw.scan_iter("unacked*")]:
-        kind = store.raw.type(key)
-        if kind == b"string":
-            out.append(store.raw.get(key))
-        elif kind == b"list":
-            out += store.raw.lrange(key, 0, -1)
-        elif kind == b"hash":
-            out += store.raw.hvals(key)
-    return b"\n".join(out).decode("utf-8", "replace")
-
-
 def test_secret_values_stay_out_of_queue_messages_and_go_with_a_cancelled_job(make_harness, services, tmp_path):
     h = make_harness()
     secret = f"s3cr3t-{uuid.uuid4().hex}"
@@ -175,7 +161,7 @@ def test_secret_values_stay_out_of_queue_messages_and_go_with_a_cancelled_job(ma
     assert messages and not any(secret in m or secret in base64_body(m) for m in messages)
     assert h.cli("cancel", job_id).returncode == 0
     assert h.store.load_secrets(job_id) == {} and not h.store.has_context(job_id)
-    assert secret not in every_value(h.store)
+    assert secret not in every_value(h.store, "unacked*")
 
 
 def base64_body(message: str) -> str:

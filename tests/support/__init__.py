@@ -70,3 +70,25 @@ def executor_for(settings, name: str, worker_id: str = "test"):
     from runner.worker.worker import executor_env, make_executors
 
     return make_executors(settings, [name], executor_env(settings, worker_id))[name]
+
+
+def every_value(store, *patterns: str) -> str:
+    """Every value Redis holds under the store's namespace (and `patterns`, e.g. kombu's
+    "unacked*"), read by type and decoded: a secret search must see the values themselves
+    (DUMP compresses strings, so a secret inside one need not appear in it)."""
+    r, out = store.raw, []
+    for key in [key for pattern in (f"{store.ns}*", *patterns) for key in r.scan_iter(pattern)]:
+        kind = r.type(key)
+        if kind == b"string":
+            out.append(r.get(key))
+        elif kind == b"list":
+            out += r.lrange(key, 0, -1)
+        elif kind == b"hash":
+            out += [part for pair in r.hgetall(key).items() for part in pair]
+        elif kind == b"set":
+            out += r.smembers(key)
+        elif kind == b"zset":
+            out += r.zrange(key, 0, -1)
+        elif kind == b"stream":
+            out += [part for _, fields in r.xrange(key) for pair in fields.items() for part in pair]
+    return b"\n".join(value for value in out if value is not None).decode("utf-8", "replace")
