@@ -11,7 +11,8 @@ step() {
   shift 2
   if [ "${RUNNER_SETUP_FAIL:-}" = "$name" ]; then
     rc=97
-    say "forced failure (RUNNER_SETUP_FAIL=$name)" >&2
+    mkdir -p "$(dirname "$log")"
+    say "forced failure (RUNNER_SETUP_FAIL=$name)" | tee -a "$log" >&2  # into the log too: its end is printed below
   else
     set +e
     (set -e; "$@")

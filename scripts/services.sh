@@ -34,15 +34,7 @@ install_packages() {
   command -v unshare >/dev/null || need+=(util-linux)
   [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
   [ -x /bin/busybox ] || need+=(busybox-static)
-  if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]}"
-    apt-get update -qq >>"$STATE/apt.log" 2>&1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >>"$STATE/apt.log" 2>&1
-  fi
-}
-
-install_browser() {  # the dashboard's tests drive Debian's Chromium headless through its ChromeDriver
-  local need=()
+  # the dashboard's tests drive Debian's Chromium headless through its ChromeDriver
   command -v chromium >/dev/null || need+=(chromium)
   command -v chromedriver >/dev/null || need+=(chromium-driver)
   if [ ${#need[@]} -gt 0 ]; then
@@ -155,7 +147,6 @@ EOF
 }
 
 step "install packages" "$STATE/apt.log" install_packages
-step "install chromium and chromium-driver" "$STATE/apt.log" install_browser
 step "add $REGISTRY_NAME to /etc/hosts" "$STATE/setup.log" add_hosts
 step "start dockerd" "$STATE/dockerd.log" start_docker
 step "start redis" "$STATE/redis.log" start_redis

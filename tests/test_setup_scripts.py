@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -40,4 +41,7 @@ def test_a_failing_step_names_itself_and_its_log(services, script, name):
     message = next((line for line in result.stderr.splitlines() if "FAILED at step" in line), "")
     assert f"FAILED at step '{name}'" in message, result.stderr[-2000:]
     log = message.rsplit("its log: ", 1)[1]
-    assert os.path.isfile(log) and "forced failure" in result.stderr
+    forced = f"forced failure (RUNNER_SETUP_FAIL={name})"
+    assert forced in Path(log).read_text().splitlines()[-1]  # the named log is the one written
+    tail = [line for line in result.stderr.splitlines() if "   | " in line]
+    assert tail and forced in tail[-1], result.stderr[-2000:]  # and its end is printed after the failure
