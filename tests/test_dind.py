@@ -529,7 +529,8 @@ def test_kept_sidecar_goes_when_idle_cancelled_or_swept_after_its_worker(service
 
 def wait_for(sink: Sink, text: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and text not in sink.text:
+    while text not in sink.text:
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the job log: {sink.text[-1000:]}"
         time.sleep(0.05)
 
 

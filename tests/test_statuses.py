@@ -665,10 +665,11 @@ def test_a_token_file_is_read_at_use(own_harness, hosts, tmp_path):
 
 
 def test_a_source_naming_another_api_gets_no_status_and_builds_anyway(h, hosts):
-    request = queue_job(h, "github", sha=None, timeout=None) if False else None
     sha = new_sha()
     request = BuildRequest(tags=[f"{h.registry()}/statuses/app:1"], executor="fake",
                            source=source("github", sha, api_url="http://127.0.0.9:1/api/v3"))
+    why = h.settings.statuses.target(request.source)
+    assert isinstance(why, str) and "names the API http://127.0.0.9:1/api/v3, not statuses.github.api_url" in why
     writer = h.store.context_writer(request.id, 10**6)
     writer.write(empty_context())
     writer.close()
