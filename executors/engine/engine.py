@@ -5,7 +5,6 @@ The executors differ only in which engine they reach and how they bring it up.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import docker.errors
@@ -191,8 +190,8 @@ class Engine:
         digest = None
         lines = Batched(log)
         try:
-            for event in self._events(self.client.api.push(f"{ref.registry}/{ref.repository}", ref.tag,
-                                                           stream=True, decode=True, auth_config=auth)):
+            for event in self.client.api.push(f"{ref.registry}/{ref.repository}", ref.tag,
+                                              stream=True, decode=True, auth_config=auth):
                 if "error" in event:
                     message = event["error"].strip()
                     if is_auth_error(message):
@@ -208,10 +207,6 @@ class Engine:
         if digest is None:
             raise InfrastructureError(f"the engine did not report a digest for {ref}")
         return digest
-
-    @staticmethod
-    def _events(stream) -> Iterator[dict]:
-        yield from stream
 
     # -- cleanup -----------------------------------------------------------------------------
     def remove_job_leftovers(self, job_id: str, keep_tags: bool = False) -> None:

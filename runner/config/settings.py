@@ -123,9 +123,6 @@ class Settings(ClientSettings):
     def enabled_executors(self) -> list[str]:
         return sorted(name for name, config in self.executors.items() if config.enabled)
 
-    def registry_for(self, host: str) -> RegistryConfig | None:
-        return next((r for r in self.registries if r.host == host), None)
-
     def queue_for(self, executor: str) -> str:
         return f"{self.worker.namespace}.{executor}"
 

@@ -54,7 +54,7 @@ def check_registry(registry) -> Check:
         return Check(f"registry {registry.host}", False, getattr(exc, "message", str(exc)), required=False, shown=True)
 
 
-def check_executors(settings: Settings, executors: dict[str, Executor]) -> list[Check]:
+def check_executors(executors: dict[str, Executor]) -> list[Check]:
     checks = []
     for name, executor in executors.items():
         enabled = executor.config.enabled
@@ -85,4 +85,4 @@ def run_checks(settings: Settings) -> list[Check]:
     registry = ExecutorRegistry()
     executors = make_executors(settings, registry.names(), executor_env(settings, "doctor"), registry)
     return [check_redis(settings), *check_engines(executors), *[check_registry(r) for r in settings.registries],
-            *check_executors(settings, executors), check_build_secrets(settings)]
+            *check_executors(executors), check_build_secrets(settings)]

@@ -153,7 +153,6 @@ class Pattern:
     exclusion: bool
     source: IgnoreLine | None = None
     kind: str = field(default="", init=False)
-    regex_source: str = field(default="", init=False)
     _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False)
     _by_bytes: bool = field(default=False, init=False, repr=False)
     _operand: str = field(default="", init=False, repr=False)
@@ -182,7 +181,7 @@ class Pattern:
                 raise _bad(self.source, self.cleaned, "syntax error in pattern") from None
         self._by_bytes = _needs_bytes(self.cleaned)
         self._operand = self.cleaned[:-2] if kind == _PREFIX else self.cleaned[2:] if kind == _SUFFIX else self.cleaned
-        self.kind, self.regex_source = kind, regex_source
+        self.kind = kind
 
 
 def _needs_bytes(cleaned: str) -> bool:

@@ -102,10 +102,6 @@ class Batch:
             size += len(chunk)
         return cls(ids, offsets, b"".join(parts), last)
 
-    def text_after(self, position: str) -> bytes:
-        """The lines of entries after `position` (a follower that already has some of them)."""
-        return self.after(position).text
-
     def after(self, position: str) -> Batch:
         """This batch without the entries up to `position` (itself when it has none of them)."""
         after = entry_order(position)

@@ -189,10 +189,10 @@ def test_a_batch_shared_by_followers_skips_what_one_already_has():
            ("6-1", {END_FIELD: "succeeded"}), ("7-0", {LINES_FIELD: "after the end"})]
     batch = Batch.from_stream(raw, stop_at_end=True)
     assert (batch.text, batch.last, batch.ended) == (b"a\nb\nc\nd\n", "6-1", True)
-    assert batch.text_after("4-9") is batch.text
-    assert batch.text_after("5-0") == b"b\nc\nd\n"
-    assert batch.text_after("5-1") == b"d\n"
-    assert batch.text_after("6-0") == b""
+    assert batch.after("4-9") is batch
+    assert batch.after("5-0").text == b"b\nc\nd\n"
+    assert batch.after("5-1").text == b"d\n"
+    assert batch.after("6-0").text == b""
     replay = Batch.from_stream(raw, stop_at_end=False)
     assert (replay.text, replay.last, replay.ended) == (b"a\nb\nc\nd\nafter the end\n", "7-0", False)
     assert entry_order("10-0") > entry_order("9-99")

@@ -25,15 +25,13 @@ class Filters:
     status: Status | None = None
     executor: str | None = None
     repository: str | None = None
-    job: str | None = None
 
     def narrows(self) -> bool:
         """True when the index alone does not answer the filter."""
         return bool(self.executor or self.repository)
 
     def match(self, record: JobRecord) -> bool:
-        return ((self.job is None or record.id == self.job)
-                and (self.status is None or record.status is self.status)
+        return ((self.status is None or record.status is self.status)
                 and (self.executor is None or record.executor == self.executor)
                 and (not self.repository or matches_repository(record, self.repository)))
 

@@ -75,12 +75,6 @@ class JobsWatch:
                 self._task.cancel()
                 self._task = None
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
     # -- rounds --------------------------------------------------------------------------------
     async def _baseline(self) -> None:
         client = self._client()
