@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 MASK = "***"
-#: shorter values are not masked (masking "a" would garble every line); as for job logs
+#: shorter values are not masked (masking "a" would garble every line); the worker gives job
+#: logs the same list (runner/worker/pipeline.secrets_to_mask)
 MIN_SECRET = 3
 JOB_KEYS = ("job_id", "executor", "worker")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

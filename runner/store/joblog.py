@@ -13,9 +13,9 @@ import time
 from collections import deque
 from functools import lru_cache
 
+from runner.core.process_log import MASK
 from runner.store.jobstore import JobStore
 
-MASK = "***"
 _FORCE_FLUSH = 16 * 1024
 #: the longest a line of a burst waits before it is sent with the ones after it
 LINGER = 0.05

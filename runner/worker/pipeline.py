@@ -21,7 +21,7 @@ from runner.config.settings import Settings
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, ExecutorError
 from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, Status, now
-from runner.core.process_log import job_fields
+from runner.core.process_log import MIN_SECRET, job_fields
 from runner.store.joblog import JobLog
 from runner.store.jobstore import JobStore
 from runner.worker.admission import Rejected, admit
@@ -50,7 +50,7 @@ def secrets_to_mask(request: BuildRequest, settings: Settings) -> list[str]:
             values.append(registry.secret() or "")
         except ValueError:
             pass
-    return [v for v in values if len(v) >= 3]
+    return [v for v in values if len(v) >= MIN_SECRET]
 
 
 class Watcher(threading.Thread):
