@@ -73,6 +73,7 @@ class CheckResult:
 
 
 #: is this job still live (queued or running somewhere)? The reaper's question, given to sweep()
+#: may a job's leftovers stay? (the reaper's answer: never raises, True when in doubt)
 IsLive = Callable[[str], bool]
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydantic import SecretStr
@@ -31,6 +32,7 @@ from runner.core.output_pipe import LineAssembler
 from runner.sources.pack import write_tar
 from runner.sources.upload import spool_context
 from runner.store.joblog import JobLog
+from runner.worker import reaper
 from tests.conftest import registry_digest, run_image
 from tests.support import ListLog, all_support, executor_for
 from tests.support.buildah import skip_reason
@@ -511,10 +513,12 @@ def test_sweep_removes_what_dead_jobs_left_and_spares_live_and_foreign_ones(harn
         before = {name: left(name) for name in jobs}
         assert all(b["containers"] and b["runc"] and b["private_dir"] for b in before.values()), before
 
-        def store_down(job_id: str) -> bool:
-            raise ConnectionError("redis is restarting")
+        class StoreDown:
+            def get(self, job_id: str):
+                raise ConnectionError("redis is restarting")
 
-        assert executor.sweep(store_down) == []  # no answer: everything stays, for the next round
+        down = SimpleNamespace(store=StoreDown())  # the reaper's question, with the store unreachable
+        assert executor.sweep(lambda job_id: reaper.is_live(down, job_id)) == []  # no answer: everything stays
         assert {name: left(name) for name in jobs} == before
 
         asked: list[str] = []

@@ -451,7 +451,7 @@ class BuildahExecutor(Executor):
             found = self.containers_by_job(tool, mode, namespace=self.env.namespace)
         except (InfrastructureError, ToolFailed, ValueError):
             return []
-        dead = sorted(job_id for job_id in found if not _live_or_unknown(is_live, job_id))
+        dead = sorted(job_id for job_id in found if not is_live(job_id))
         for job_id in dead:
             self.kill_orphaned_runs(job_id)
             self._remove(tool, found[job_id])
@@ -500,9 +500,3 @@ class BuildahExecutor(Executor):
         return found
 
 
-def _live_or_unknown(is_live: IsLive, job_id: str) -> bool:
-    """is_live, where a failed question (the store unreachable) counts as live: keep, ask again next sweep."""
-    try:
-        return is_live(job_id)
-    except Exception:  # noqa: BLE001 - sweep never raises; leaving a leftover one more round is safe
-        return True

@@ -344,10 +344,7 @@ def sweep_leftovers(api: docker.APIClient, is_live: IsLive, executor: str, names
             return not alive
         job = labels[LABEL_JOB]
         if job not in verdicts:
-            try:
-                verdicts[job] = bool(is_live(job))
-            except Exception:  # noqa: BLE001 - when in doubt, keep
-                verdicts[job] = True
+            verdicts[job] = is_live(job)
         return not verdicts[job]
 
     def containers():

@@ -78,9 +78,14 @@ def reap_job(worker: Worker, job_id: str) -> None:
 
 def is_live(worker: Worker, job_id: str) -> bool:
     """May the job's leftovers stay? Yes when it is not ours (no record in our store: another
-    namespace's job on a shared engine or store), held by a worker or a sweep right now, or running."""
-    record = worker.store.get(job_id)
-    return record is None or record.status is Status.running or worker.store.lease_holder(job_id) is not None
+    namespace's job on a shared engine or store), held by a worker or a sweep right now, or
+    running; and when the store cannot say (unreachable): keep them, ask again next round.
+    Never raises, so no executor's sweep needs to guard it."""
+    try:
+        record = worker.store.get(job_id)
+        return record is None or record.status is Status.running or worker.store.lease_holder(job_id) is not None
+    except Exception:  # noqa: BLE001 - leaving a leftover one more round is safe; removing a live job's is not
+        return True
 
 
 def reap(worker: Worker) -> list[str]:
