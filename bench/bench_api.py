@@ -29,6 +29,10 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import drop_namespace  # noqa: E402
+
 RUNNER = str(Path(sys.executable).with_name("runner"))
 SECRET, TOKEN = "bench-" + uuid.uuid4().hex, "bench-" + uuid.uuid4().hex
 PUSH = json.loads((ROOT / "tests" / "fixtures" / "webhooks" / "github-push.json").read_text())
@@ -123,10 +127,7 @@ def main() -> None:
         proc.wait(15)
         import redis
 
-        r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-        for pattern in (f"{namespace}:*", f"{namespace}.*", f"_kombu.binding.{namespace}.*", f"_kombu.binding_permanent.{namespace}.*"):
-            for key in r.scan_iter(pattern):
-                r.delete(key)
+        drop_namespace(redis.Redis.from_url("redis://127.0.0.1:6379/0"), namespace)
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     print(f"\nHTTP API latency on loopback, {n} sequential requests each (ms)\n")
     print(f"{'request':<40} {'median':>8} {'p95':>8} {'p99':>8} {'max':>8}")

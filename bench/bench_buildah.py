@@ -173,7 +173,7 @@ def main() -> None:
               "(one per job: build and push run from one start)")
         print(f"  {load_line()}")
     finally:
-        drop_namespace(store)
+        drop_namespace(store.r, store.ns)
         subprocess.run(["buildah", "--root", str(STORAGE / "root"), "--runroot", str(STORAGE / "run"), "rmi", "--all", "--force"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(STORAGE, ignore_errors=True)

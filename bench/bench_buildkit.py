@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BASE, REGISTRY, drop_namespace, load_line, run_job  # noqa: E402
+from bench.common import BASE, REGISTRY, dev_env, drop_namespace, load_line, run_job  # noqa: E402
 from bench.phases import Phases  # noqa: E402
 from executors.engine import buildkit, buildkit_session, client, engine  # noqa: E402
 from executors.engine.socket import SocketExecutor  # noqa: E402
@@ -104,7 +104,7 @@ def raw_buildkit(context: Path, tag: str) -> float:
 
 
 def fixed_cost(rounds: int) -> None:
-    dev = dict(line.split("=", 1) for line in Path("/var/tmp/runner-dev/env").read_text().split())
+    dev = dev_env()
     with tempfile.TemporaryDirectory(prefix="bench-fixed-") as tmp:
         work = Path(tmp)
         cfg = Settings(redis_url=dev["RUNNER_DEV_REDIS_URL"], default_executor="socket",
@@ -136,7 +136,7 @@ def fixed_cost(rounds: int) -> None:
                 times["ours"].append(ours())
                 spent.append(phases.take())
         finally:
-            drop_namespace(store)
+            drop_namespace(store.r, store.ns)
     raw, ours_ = statistics.median(times["raw"]), statistics.median(times["ours"])
     over = (ours_ - raw) * 1000
     print(f"\nsocket executor (BuildKit), cached 1 MB build + push: record created -> finished vs raw "

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import load_line  # noqa: E402
+from bench.common import dev_env, load_line  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
@@ -100,11 +100,6 @@ class Clock:
         if self.started is None or self.ended is None:
             raise SystemExit("the job log lacks its start or push lines:\n" + "\n".join(self.lines[-30:]))
         return self.ended - self.started
-
-
-def services_env() -> dict[str, str]:
-    state = Path(os.environ.get("RUNNER_DEV_STATE", "/var/tmp/runner-dev"))
-    return dict(line.split("=", 1) for line in (state / "env").read_text().split())
 
 
 class Worker:
@@ -210,7 +205,7 @@ def main() -> None:
     parser.add_argument("--executors", default="dind,buildah")
     parser.add_argument("--images", default="work,data")
     args = parser.parse_args()
-    env = services_env()
+    env = dev_env()
     rows = {(name, image): bench(name, image, env, args.rounds)
             for name in args.executors.split(",") for image in args.images.split(",")}
     label = {"dind": "BuildKit (dind)", "buildah": "buildah"}

@@ -27,9 +27,11 @@ import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import BASE, REGISTRY, dev_env, drop_namespace  # noqa: E402
+
 RUNNER = str(Path(sys.executable).with_name("runner"))
-REGISTRY = "127.0.0.1:5000"
-BASE = f"{REGISTRY}/base/busybox:1"
 
 
 def wall(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=15, help="runs of each start-up command")
     parser.add_argument("--submits", type=int, default=10, help="cached `submit --wait` runs")
     args = parser.parse_args()
-    dev = dict(line.split("=", 1) for line in Path("/var/tmp/runner-dev/env").read_text().split())
+    dev = dev_env()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         namespace = f"benchcli-{uuid.uuid4().hex[:6]}"
@@ -99,9 +101,7 @@ def main() -> None:
         finally:
             worker.terminate()
             worker.wait(60)
-            client = redis.Redis.from_url(dev["RUNNER_DEV_REDIS_URL"])
-            for key in [*client.scan_iter(f"{namespace}*"), *client.scan_iter(f"_kombu.binding*.{namespace}.*")]:
-                client.delete(key)
+            drop_namespace(redis.Redis.from_url(dev["RUNNER_DEV_REDIS_URL"]), namespace)
 
     floor = statistics.median(times['python -c "import pydantic, redis" (floor)'])
     print(f"\nCLI start-up, median of {args.n} interleaved runs; load average {os.getloadavg()[0]:.2f}")

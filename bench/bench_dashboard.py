@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_history import seed  # noqa: E402
+from bench.common import drop_namespace  # noqa: E402
 from runner.core.jobs import BuildRequest, JobRecord, Status, now  # noqa: E402
 from runner.store.joblog import JobLog  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
@@ -228,8 +229,7 @@ def main() -> None:
             driver.quit()
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(30)
-        for key in store.r.scan_iter(f"{namespace}*", count=5000):
-            store.r.delete(key)
+        drop_namespace(store.r, namespace)
     print(f"\ndashboard: {args.records:,} records; {args.lines:,}-line logs; {args.reps} requests per row\n")
     width = max(len(name) for name, _ in rows)
     print(f"| {'measure':<{width}} | result |")

@@ -17,7 +17,6 @@ Prints a table. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import drop_namespace, load_line, run_job  # noqa: E402
+from bench.common import dev_env, drop_namespace, load_line, run_job  # noqa: E402
 from executors.dind import cache as dind_cache  # noqa: E402
 from executors.engine.client import EngineClient  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
@@ -62,11 +61,6 @@ class Clock:
     def write(self, chunk: str) -> None:
         for text in chunk.splitlines():
             self.line(text)
-
-
-def services_env() -> dict[str, str]:
-    state = Path(os.environ.get("RUNNER_DEV_STATE", "/var/tmp/runner-dev"))
-    return dict(line.split("=", 1) for line in (state / "env").read_text().split())
 
 
 def context(tmp: Path, base: str):
@@ -153,14 +147,14 @@ class WholeJob:
 
     def close(self) -> None:
         self.worker.shutdown()
-        drop_namespace(self.store)
+        drop_namespace(self.store.r, self.store.ns)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    env = services_env()
+    env = dev_env()
     name_reg = env["RUNNER_DEV_REGISTRY_NAME"]
     sockdir = Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-dind-"))

@@ -33,10 +33,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import dev_env, drop_namespace  # noqa: E402
 from tests.support.fleet import API, ApiClient, free_port, sample, scrape, status, wait_for  # noqa: E402
 
 RUNNER = str(Path(sys.executable).with_name("runner"))
-DEV = dict(line.split("=", 1) for line in Path("/var/tmp/runner-dev/env").read_text().split())
+DEV = dev_env()
 STORAGE = Path("/var/tmp/runner-bench-fleet")
 
 
@@ -134,10 +135,7 @@ def scenario(name: str, workers: int, jobs: int, executor: str, concurrency: int
             stop(proc)
         import redis
 
-        r = redis.Redis.from_url(DEV["RUNNER_DEV_REDIS_URL"])
-        for pattern in (f"{ns}:*", f"{ns}.*", f"_kombu.binding.{ns}.*", f"_kombu.binding_permanent.{ns}.*"):
-            for key in r.scan_iter(pattern, count=1000):
-                r.delete(key)
+        drop_namespace(redis.Redis.from_url(DEV["RUNNER_DEV_REDIS_URL"]), ns)
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(STORAGE / ns, ignore_errors=True)
 

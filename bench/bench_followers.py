@@ -37,6 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import drop_namespace  # noqa: E402
 from runner.core.jobs import BuildRequest, JobRecord, Status  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 
@@ -228,8 +229,7 @@ def main() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
-        for key in store.r.scan_iter(f"{namespace}:*"):
-            store.r.delete(key)
+        drop_namespace(store.r, namespace)
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     print(f"\nLog followers on one `runner serve` (one read token, loopback, {os.cpu_count()} cores; load average "
           f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after); /healthz {args.n} sequential requests per row, "

@@ -31,6 +31,11 @@ from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.store.jobstore import _CREATE as CREATE_SCRIPT
 from runner.store.jobstore import JobStore
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import drop_namespace  # noqa: E402
+
 RUNNER = str(Path(sys.executable).with_name("runner"))
 TOKEN = "bench-" + uuid.uuid4().hex
 RUNNING = 20
@@ -128,8 +133,7 @@ def main() -> None:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
-        for key in store.r.scan_iter(f"{namespace}*", count=5000):
-            store.r.delete(key)
+        drop_namespace(store.r, namespace)
     print(f"\nhistory: {args.records:,} records ({RUNNING} running)\n")
     print(f"| {'measure':<44} | {'result':<28} | {'reference':<14} |")
     print(f"|{'-' * 46}|{'-' * 30}|{'-' * 16}|")

@@ -39,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import drop_namespace  # noqa: E402
 from runner.config.settings import LimitsConfig, load_settings  # noqa: E402
 from runner.sources.pack import write_tar  # noqa: E402
 from runner.sources.upload import spool_context  # noqa: E402
@@ -104,8 +105,7 @@ class Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait(10)
-        for key in self.store.r.scan_iter(f"{self.namespace}*", count=1000):
-            self.store.r.delete(key)
+        drop_namespace(self.store.r, self.namespace)
 
 
 def run_bomb(name: str, chunks) -> dict:

@@ -36,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import dev_env, drop_namespace  # noqa: E402
 from runner.config.settings import load_settings  # noqa: E402
 from runner.store.buildqueue import send_build  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
@@ -64,7 +65,7 @@ class Stack:
     """A config in its own namespace, a worker and an API server started from it."""
 
     def __init__(self, workdir: Path, lines: int, context_mib: int, raw_mib: int):
-        dev = dict(line.split("=", 1) for line in Path("/var/tmp/runner-dev/env").read_text().split())
+        dev = dev_env()
         self.port = free_port()
         self.config = {
             "redis_url": dev["RUNNER_DEV_REDIS_URL"], "default_executor": "socket", "builder": "classic",
@@ -116,8 +117,7 @@ class Stack:
             if proc.poll() is None:
                 self.stop(proc)
         ns = self.settings.worker.namespace
-        for key in [*self.store.r.scan_iter(f"{ns}*"), *self.store.r.scan_iter(f"_kombu.binding*.{ns}.*")]:
-            self.store.r.delete(key)
+        drop_namespace(self.store.r, ns)
 
     def wait_status(self, job_id: str, done: set[str], timeout: float = 1800) -> str:
         deadline = time.monotonic() + timeout

@@ -34,6 +34,10 @@ import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import dev_env, drop_namespace  # noqa: E402
+
 RUNNER = str(Path(sys.executable).with_name("runner"))
 REGISTRY = "127.0.0.1:5000"
 BASE = f"{REGISTRY}/base/busybox:1"
@@ -88,7 +92,7 @@ def main() -> None:
     parser.add_argument("--show-log", action="store_true", help="print each executor's last job log, with ms since running")
     args = parser.parse_args()
     executors = args.executors.split(",")
-    dev = dict(line.split("=", 1) for line in Path("/var/tmp/runner-dev/env").read_text().split())
+    dev = dev_env()
     client = redis.Redis.from_url(dev["RUNNER_DEV_REDIS_URL"], decode_responses=True)
     results: dict[str, list[tuple[float, float, float, float, float]]] = {}
     shown: dict[str, list[str]] = {}
@@ -169,8 +173,7 @@ def main() -> None:
             for proc in procs:
                 proc.terminate()
                 proc.wait(60)
-            for key in [*client.scan_iter(f"{namespace}*"), *client.scan_iter(f"_kombu.binding*.{namespace}.*")]:
-                client.delete(key)
+            drop_namespace(client, namespace)
 
     print(f"\nPush-to-image: signed GitHub push -> image pushed (record finished), cached build, "
           f"median of {args.pushes} pushes; load average {os.getloadavg()[0]:.2f}")

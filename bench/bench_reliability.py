@@ -21,8 +21,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import dev_env, drop_namespace  # noqa: E402
+
 RUNNER = str(Path(sys.executable).with_name("runner"))
-DEV = dict(line.split("=", 1) for line in Path("/var/tmp/runner-dev/env").read_text().split())
+DEV = dev_env()
 
 
 class Trial:
@@ -99,8 +103,7 @@ class Trial:
             proc.wait(60)
 
     def forget(self) -> None:
-        for key in self.store.r.scan_iter(f"{self.ns}*"):
-            self.store.r.delete(key)
+        drop_namespace(self.store.r, self.ns)
 
 
 def kill_trial(workdir: Path) -> tuple[int, int, int, int]:
@@ -164,5 +167,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

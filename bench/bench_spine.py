@@ -25,6 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import drop_namespace  # noqa: E402
 from runner.config.settings import load_settings  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.entry.submission import submit  # noqa: E402
@@ -77,8 +78,7 @@ class Bench:
         self.worker.terminate()
         self.worker.wait(30)
         ns = self.store.ns
-        for key in [*self.store.r.scan_iter(f"{ns}:*"), *self.store.r.scan_iter(f"{ns}.*"), *self.store.r.scan_iter(f"_kombu.binding*.{ns}.*")]:
-            self.store.r.delete(key)
+        drop_namespace(self.store.r, ns)
 
     def run_job(self, context: Path, tag: str, **fields) -> tuple[float, float]:
         """Submit like the CLI does (upload + record + message); return (pickup, total) seconds."""

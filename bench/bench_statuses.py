@@ -26,6 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import dev_env, drop_namespace  # noqa: E402
 from runner.config.settings import load_settings  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.entry.submission import submit  # noqa: E402
@@ -43,7 +44,7 @@ def pct(values: list[float], q: float) -> float:
 
 class Bench:
     def __init__(self, workdir: Path, host: FakeHost, concurrency: int, **statuses):
-        dev = dict(line.split("=", 1) for line in Path("/var/tmp/runner-dev/env").read_text().split())
+        dev = dev_env()
         self.workdir, self.host = workdir, host
         config = {
             "redis_url": dev["RUNNER_DEV_REDIS_URL"], "default_executor": "fake",
@@ -75,9 +76,7 @@ class Bench:
             os.killpg(self.worker.pid, signal.SIGTERM)
             self.worker.wait(60)
         ns = self.store.ns
-        for key in [*self.store.r.scan_iter(f"{ns}:*"), *self.store.r.scan_iter(f"{ns}.*"),
-                    *self.store.r.scan_iter(f"_kombu.binding*.{ns}.*")]:
-            self.store.r.delete(key)
+        drop_namespace(self.store.r, ns)
 
     def submit(self, sha: str) -> str:
         request = BuildRequest(tags=["127.0.0.1:5000/bench/statuses:1"], executor="fake",

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import load_line  # noqa: E402
+from bench.common import dev_env, load_line  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
@@ -63,11 +63,6 @@ class Clock:
 
     def add_secret(self, value: str) -> None:
         pass
-
-
-def services_env() -> dict[str, str]:
-    state = Path(os.environ.get("RUNNER_DEV_STATE", "/var/tmp/runner-dev"))
-    return dict(line.split("=", 1) for line in (state / "env").read_text().split())
 
 
 def settings(env: dict[str, str], name: str, work: Path) -> tuple[Settings, str, str]:
@@ -141,7 +136,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--executors", default="socket,buildah,dind")
     args = parser.parse_args()
-    env = services_env()
+    env = dev_env()
     rows = {name: bench(name, env, args.rounds) for name in args.executors.split(",")}
     print(f"\nextra tags on a cached build (1 MB context), median of {args.rounds} rounds; target <= {TARGET_MS:.0f} ms per extra tag")
     print(f"{'executor':<9}{'1 tag':>10}{'5 tags':>10}{'per extra tag (run)':>22}{'per extra tag (tagging)':>26}  target")

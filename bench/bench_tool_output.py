@@ -39,7 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import BASE, PASSWORD, REGISTRY, USER, load_line  # noqa: E402
+from bench.common import BASE, PASSWORD, REGISTRY, USER, drop_namespace, load_line  # noqa: E402
 from executors.daemonless.buildah import BuildOutput, JobPaths, build_args, push_args, resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core.build import BuildContext  # noqa: E402
@@ -253,11 +253,7 @@ def main() -> None:
         if worker is not None:
             os.killpg(worker.pid, 15)
             worker.wait(60)
-        for key in bench.store.r.scan_iter(f"{bench.store.ns}:*", count=1000):
-            bench.store.r.delete(key)
-        for pattern in (f"{bench.store.ns}.*", f"_kombu.binding.{bench.store.ns}.*"):
-            for key in bench.store.r.scan_iter(pattern):
-                bench.store.r.delete(key)
+        drop_namespace(bench.store.r, bench.store.ns)
         subprocess.run(["buildah", "--root", str(STORAGE / "root"), "--runroot", str(STORAGE / "run"), "rmi", "--all", "--force"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(STORAGE, ignore_errors=True)

@@ -32,9 +32,17 @@ def run_job(cfg: Settings, store: JobStore, pipeline: Pipeline, context: Path, j
     return (record.finished_at - record.created_at).total_seconds()
 
 
-def drop_namespace(store: JobStore) -> None:
-    for key in store.r.scan_iter(f"{store.ns}:*", count=1000):
-        store.r.delete(key)
+def dev_env() -> dict[str, str]:
+    """What scripts/services.sh wrote about the dev services (RUNNER_DEV_*)."""
+    state = Path(os.environ.get("RUNNER_DEV_STATE", "/var/tmp/runner-dev"))
+    return dict(line.split("=", 1) for line in (state / "env").read_text().split())
+
+
+def drop_namespace(r, namespace: str) -> None:
+    """Every key a benchmark's namespace left in Redis: records, logs, queues, kombu's bindings."""
+    for pattern in (f"{namespace}:*", f"{namespace}.*", f"_kombu.binding.{namespace}.*", f"_kombu.binding_permanent.{namespace}.*"):
+        for key in r.scan_iter(pattern, count=1000):
+            r.delete(key)
 
 
 def load_line() -> str:
