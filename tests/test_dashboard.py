@@ -482,7 +482,7 @@ def test_a_long_log_keeps_the_dom_small_and_line_links_reach_any_line(stack, bro
     for start in range(0, lines, 20_000):
         log.write("".join(f"line {n + 1} of the long log\n" for n in range(start, start + 20_000)))
     log.close()
-    store.end_log(job_id, Status.succeeded)
+    store.end_job(job_id, Status.succeeded)
 
     browser.sign_in(ADMIN, f"/jobs/{job_id}")
     browser.wait(lambda _: browser.log_state() == "ended", "the whole log", timeout=180)
@@ -566,7 +566,7 @@ def test_the_log_stream_keeps_every_character_and_resumes_after_an_entry(stack):
         log.line(line)
     log.write("".join(f"{line}\n" for line in bulk))
     log.close()
-    store.end_log(job_id, Status.succeeded)
+    store.end_job(job_id, Status.succeeded)
 
     events = read_events(stack, f"/ui/jobs/{job_id}/log/events")
     chunks = [data for name, _, data in events if name == "lines"]

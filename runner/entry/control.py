@@ -28,9 +28,7 @@ def cancel_job(store: JobStore, job_id: str, recover_after: float = 30.0) -> Job
     record = store.update(job_id, change)
     if record is not None and record.status is Status.cancelled and record.worker is None:
         JobLog(store, job_id).line("[runner] cancelled before it started")
-        store.end_log(job_id, Status.cancelled)
-        store.delete_context(job_id)
-        store.delete_secrets(job_id)  # a queued job's secret values never outlive it
+        store.end_job(job_id, Status.cancelled)  # a queued job's context and secret values never outlive it
         # its final commit status and callback (the worker skips a status its host has no config for)
         Outbox.for_store(store, recover_after).add_finished(job_id, record.request.source is not None, bool(record.request.callback_url))
     return record

@@ -351,11 +351,14 @@ class JobStore:
         if entry_ids:
             self.r.xdel(self._key("log", job_id), *entry_ids)
 
-    def end_log(self, job_id: str, status: Status) -> None:
+    def end_job(self, job_id: str, status: Status) -> None:
+        """A job ended (however: finished, cancelled while queued, given up): its log gets the
+        end marker and the retention clock; its context and secret values go. One round trip."""
         key = self._key("log", job_id)
         with self.r.pipeline(transaction=False) as pipe:
             pipe.xadd(key, {END_FIELD: status.value})
             pipe.expire(key, self.retention.finished_seconds)
+            pipe.delete(self._key("ctx", job_id), self._key("secrets", job_id))
             pipe.execute()
 
     def read_log(self, job_id: str, follow: bool = False, block_ms: int = 1000,

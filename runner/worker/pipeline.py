@@ -133,7 +133,7 @@ class Pipeline:
         log.warning("job %s: raw queue message refused: %s", record.id, exc)
         self.store.set_aside(record.queue, record.request.model_dump_json(), str(exc))
         JobLog(self.store, record.id).line(f"[runner] {error.message}")
-        self._end(record.id, Status.failed)
+        self.store.end_job(record.id, Status.failed)
         return refused
 
     def refuse_payload(self, payload: object, queue: str, exc: ValidationError) -> None:
@@ -193,14 +193,9 @@ class Pipeline:
         assert record is not None
         if record.status is status and record.error == error:
             JobLog(self.store, job_id).line(f"[runner] {error.message}")
-            self._end(job_id, status)
+            self.store.end_job(job_id, status)
             self.worker.tell("job_finished", record, record.request)
         return record
-
-    def _end(self, job_id: str, status: Status) -> None:
-        self.store.end_log(job_id, status)
-        self.store.delete_context(job_id)
-        self.store.delete_secrets(job_id)
 
     def _run_claimed(self, request: BuildRequest, secrets: list[str]) -> JobRecord:
         max_attempts = self.settings.limits.max_attempts
@@ -318,7 +313,7 @@ class Pipeline:
         assert record is not None
         if record.status is not status:  # superseded: another attempt owns the record
             return record
-        self._end(request.id, status)
+        self.store.end_job(request.id, status)
         self.worker.tell("job_finished", record, request)
         return record
 

@@ -46,9 +46,7 @@ def recover_lost_jobs(worker: Worker, requeue: Requeue) -> list[str]:
                 + ("giving up: limits.max_attempts reached" if give_up else "requeued"))
             reap_job(worker, job_id)
             if give_up:
-                store.end_log(job_id, Status.failed)
-                store.delete_context(job_id)
-                store.delete_secrets(job_id)
+                store.end_job(job_id, Status.failed)
                 if updated is not None and updated.finished:  # its final commit status and callback
                     worker.tell("job_finished", updated, current.request)
             else:
