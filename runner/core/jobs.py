@@ -284,6 +284,13 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    """How long from `start` to `end` (never negative: clocks of two hosts), None without both."""
+    if start is None or end is None:
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
 class JobRecord(BaseModel):
     """Everything we know about one job; stored as JSON in Redis."""
 

@@ -12,7 +12,6 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
-from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
@@ -22,7 +21,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from runner.core.jobs import BuildRequest, JobRecord, Status
+from runner.core.jobs import BuildRequest, JobRecord, Status, seconds_between
 from runner.core.metrics import ExecutorMetrics
 from runner.worker.worker import JobListener
 
@@ -34,12 +33,6 @@ FINAL = [s.value for s in Status if s.finished]
 #: another worker's) stops counting as running once this worker no longer runs it and this
 #: many seconds have passed
 UNTOLD_END = 30.0
-
-
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return max((end - start).total_seconds(), 0.0)
 
 
 class WorkerMetrics(JobListener, ExecutorMetrics):
@@ -87,7 +80,7 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
     def job_started(self, record: JobRecord, request: BuildRequest) -> None:
         with self._lock:
             self._running[record.id] = (record.executor, time.monotonic())
-        wait = _seconds(record.created_at, record.started_at)
+        wait = seconds_between(record.created_at, record.started_at)
         if wait is not None:
             self.queue_wait.labels(record.executor).observe(wait)
 
@@ -96,7 +89,7 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
             self._running.pop(record.id, None)
         status = record.status.value
         self.jobs.labels(record.executor, status).inc()
-        took = _seconds(record.started_at, record.finished_at)
+        took = seconds_between(record.started_at, record.finished_at)
         if took is not None:
             self.duration.labels(record.executor, status).observe(took)
         if record.error is not None and record.status in (Status.failed, Status.timed_out):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from runner.core.jobs import GitContext, ImageRef, JobRecord, Status, now
+from runner.core.jobs import GitContext, ImageRef, JobRecord, Status, now, seconds_between
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -94,14 +94,8 @@ def branch(record: JobRecord) -> str | None:
     return ref
 
 
-def seconds(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return max((end - start).total_seconds(), 0.0)
-
-
 def since(start: datetime | None) -> float | None:
-    return seconds(start, now())
+    return seconds_between(start, now())
 
 
 def duration(value: float | None) -> str:
@@ -128,7 +122,7 @@ def iso(value: datetime | None) -> str:
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(badge=badge, repository=repository, commit=commit, branch=branch, seconds=seconds,
+    env.globals.update(badge=badge, repository=repository, commit=commit, branch=branch, seconds=seconds_between,
                        duration=duration, since=since, clock=clock, iso=iso, Status=Status)
     return env
 

@@ -27,8 +27,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from runner.config.sections import StatusTarget
-from runner.core.jobs import JobRecord, JobSource
-from runner.worker.notify.http import Answer, Outgoing
+from runner.core.jobs import JobRecord, JobSource, seconds_between
+from runner.worker.notify.http import Answer, Outgoing, one_line
 
 STATES: dict[str, dict[str, str]] = {
     "github": {"queued": "pending", "started": "pending", "requeued": "pending", "succeeded": "success",
@@ -85,7 +85,7 @@ def describe(moment: str, record: JobRecord, note: dict[str, Any]) -> str:
     elif moment == "requeued":
         text = "requeued"
     elif record.status.value == "succeeded":
-        took = (record.finished_at - record.started_at).total_seconds() if record.finished_at and record.started_at else 0
+        took = seconds_between(record.started_at, record.finished_at) or 0
         count = len(record.images)
         text = (f"built and pushed {count} tag{'s' if count != 1 else ''} in {seconds(took)}" if record.request.push
                 else f"built in {seconds(took)} (not pushed)")
@@ -99,8 +99,7 @@ def describe(moment: str, record: JobRecord, note: dict[str, Any]) -> str:
             text = "cancelled" if message == "the job was cancelled" else message
         else:
             text = message
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"
+    return one_line(text, MAX_DESCRIPTION)
 
 
 def host_state(host: str, moment: str, record: JobRecord) -> str:
