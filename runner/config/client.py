@@ -51,12 +51,6 @@ class ClientSettings(Lenient):
 
 def load_client_settings(**overrides: Any) -> ClientSettings:
     """The client's part of the file named by RUNNER_CONFIG and RUNNER_* env, validated."""
-    from pydantic import ValidationError
+    from runner.config.sources import load
 
-    from runner.config.sources import SettingsError, describe_errors, env_values, merge, read_config_file
-
-    from_env, origins = env_values(ClientSettings)
-    try:
-        return ClientSettings.model_validate(merge(merge(read_config_file(), from_env), overrides))
-    except ValidationError as exc:
-        raise SettingsError(describe_errors(exc, origins)) from None
+    return load(ClientSettings, overrides)

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_valida
 from executors.base import ExecutorConfig
 from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
-from runner.config.sources import SettingsError, describe_errors, env_values, merge, read_config_file
+from runner.config.sources import SettingsError, load
 from runner.core.models import Strict
 from runner.core.registry import RegistryConfig
 
@@ -128,11 +128,5 @@ class Settings(ClientSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """The file named by RUNNER_CONFIG, RUNNER_* env vars over it, `overrides` over both
-    (nested mappings merge), validated once. Raises SettingsError naming what was wrong."""
-    from_env, origins = env_values(Settings)
-    data = merge(merge(read_config_file(), from_env), overrides)
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        raise SettingsError(describe_errors(exc, origins)) from None
+    """The whole settings tree (runner.config.sources.load). Raises SettingsError naming what was wrong."""
+    return load(Settings, overrides)

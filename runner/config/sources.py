@@ -14,7 +14,7 @@ import os
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
@@ -24,6 +24,7 @@ NESTED = "__"
 #: env vars with the prefix that are not settings (they say where settings are, or are the CLI's)
 NOT_SETTINGS = ("RUNNER_CONFIG",)
 _COMPLEX = (list, dict, set, tuple)
+M = TypeVar("M", bound="BaseModel")
 _UNKNOWN = object()  # below a mapping of free-form sections: the type is not known here
 
 
@@ -49,6 +50,18 @@ def read_config_file() -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SettingsError(f"config file {path} must hold a mapping at the top level")
     return data
+
+
+def load(model: type[M], overrides: Mapping[str, Any]) -> M:
+    """`model` from the file named by RUNNER_CONFIG, RUNNER_* env vars over it and `overrides`
+    over both (nested mappings merge), validated once. Raises SettingsError naming what was wrong."""
+    from pydantic import ValidationError
+
+    from_env, origins = env_values(model)
+    try:
+        return model.model_validate(merge(merge(read_config_file(), from_env), overrides))
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc, origins)) from None
 
 
 def env_values(model: type[BaseModel], environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
