@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import redis
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -39,36 +39,21 @@ from starlette.types import Receive, Scope, Send
 from runner.config.logs import configure_logging
 from runner.config.sections import ApiToken, Right
 from runner.config.settings import Settings, load_settings
-from runner.core.jobs import JOB_ID, MAX_JOB_ID, JobRecord, Status
+from runner.core.jobs import JobRecord, Status
 from runner.entry import dashboard, webhooks
 from runner.entry import metrics as fleet_metrics
 from runner.entry.control import cancel_job
+from runner.entry.errors import ApiError, JobId, error_response
 from runner.entry.submission import submit
 from runner.store.jobstore import CHUNK_BYTES, ContextTooLarge, JobStore, StoreUnavailable
 from runner.store.logfollow import LogHub, LogUnavailable, TooManyFollowers
 from runner.worker.admission import Rejected, admit, parse_request
 
 log = logging.getLogger("runner.api")
-JobId = Annotated[str, Path(pattern=JOB_ID.pattern, max_length=MAX_JOB_ID, description="job id")]
 BEARER = HTTPBearer(auto_error=False, description="a token from api.tokens")
 TAR_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz; plain tar is checked at offset 257
 HEALTH_TIMEOUT = 1.0  # seconds /healthz waits for Redis's answer
 SHUTDOWN_GRACE = 10  # seconds open requests (log followers) get at shutdown before they are cut
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.error, self.message, self.field, self.headers = status, error, message, field, headers
-
-
-def error_response(status: int, error: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": error, "message": message}
-    if field is not None:
-        body["field"] = field
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def authenticate(token: str, tokens: list[ApiToken]) -> ApiToken | None:

@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Annotated
 
 import redis
-from fastapi import FastAPI, Query, Request
-from fastapi import Path as PathParam
+from fastapi import FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from runner.config.sections import ApiToken
-from runner.core.jobs import JOB_ID, MAX_JOB_ID, JobRecord, Status
+from runner.core.jobs import JobRecord, Status
 from runner.entry.dashboard import listing, rerun
 from runner.entry.dashboard.events import EventStream, event, log_events
 from runner.entry.dashboard.fleet import FleetReader
 from runner.entry.dashboard.views import render
 from runner.entry.dashboard.watch import JobsWatch, Resync
+from runner.entry.errors import ApiError, JobId
 from runner.entry.submission import submit
 from runner.store.logfollow import LogUnavailable, TooManyFollowers
 from runner.worker.admission import Rejected, parse_request
@@ -43,16 +43,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
                     "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
-JobId = Annotated[str, PathParam(pattern=JOB_ID.pattern, max_length=MAX_JOB_ID, description="job id")]
 EntryId = Annotated[str, Query(pattern=r"^\d{1,20}-\d{1,20}$", description="the last log entry already read")]
-
-
-class DashboardError(Exception):
-    """An error for the dashboard's fetches: the API's JSON shape ({"error", "message"})."""
-
-    def __init__(self, status: int, error: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.error, self.message, self.headers = status, error, message, headers
 
 
 class Static(StaticFiles):
@@ -79,16 +70,12 @@ def register(app: FastAPI, context) -> None:
 
     app.mount("/ui/static", Static(directory=STATIC), name="dashboard-static")
 
-    @app.exception_handler(DashboardError)
-    async def _error(_: Request, exc: DashboardError) -> JSONResponse:
-        return JSONResponse({"error": exc.error, "message": exc.message}, status_code=exc.status, headers=exc.headers)
-
     def admit_stream(token: ApiToken):
         """A slot for one more open stream of this token (the API's follower limit): 429 past it."""
         try:
             return logs.admit(token.name, settings.api.max_followers_per_token)
         except TooManyFollowers as exc:
-            raise DashboardError(429, "too_many_followers", str(exc), {"Retry-After": "5"}) from None
+            raise ApiError(429, "too_many_followers", str(exc), headers={"Retry-After": "5"}) from None
 
     def record_panel(record: JobRecord, token: ApiToken) -> str:
         return render("_record.html", r=record, rights=token.rights, rerun_why=rerun.why_not(record))
@@ -155,7 +142,7 @@ def register(app: FastAPI, context) -> None:
     async def job_events(job_id: JobId, token: ApiToken = require("read")) -> EventStream:
         """The record panel now (`record`), then each time it changes, until the job has finished (`done`)."""
         if await run_in_threadpool(store.get, job_id) is None:
-            raise DashboardError(404, "not_found", f"no job {job_id!r}")
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
         slot = admit_stream(token)
 
         async def events():
@@ -181,7 +168,7 @@ def register(app: FastAPI, context) -> None:
         """The log from the entry after `after`, then live: `lines` {text, lines, marks}; `end` {status} when
         the job has ended; `error` {message} when Redis stopped answering (the page reconnects)."""
         if not await logs.exists(job_id):
-            raise DashboardError(404, "not_found", f"no job {job_id!r}")
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
         slot = admit_stream(token)
 
         async def events():
@@ -202,15 +189,15 @@ def register(app: FastAPI, context) -> None:
         """The same request under a new id (202 with the id); 409 saying why when the record cannot be repeated."""
         record = store.get(job_id)
         if record is None:
-            raise DashboardError(404, "not_found", f"no job {job_id!r}")
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
         why = rerun.why_not(record)
         if why is not None:
-            raise DashboardError(409, "cannot_rerun", f"job {job_id} cannot be re-run: {why}")
+            raise ApiError(409, "cannot_rerun", f"job {job_id} cannot be re-run: {why}")
         try:
             request = parse_request(json.loads(rerun.rerun_request(record).model_dump_json()))
             new, _created = submit(request, settings, store)
         except Rejected as exc:
-            raise DashboardError(422, "invalid", f"job {job_id} cannot be re-run as it was: {exc.message}") from None
+            raise ApiError(422, "invalid", f"job {job_id} cannot be re-run as it was: {exc.message}") from None
         return JSONResponse({"id": new.id, "status": new.status.value}, status_code=202,
                             headers={"Location": f"/jobs/{new.id}"})
 
