@@ -902,3 +902,15 @@ def test_a_cancel_from_the_cli_owes_its_deliveries_on_the_configured_schedule(ow
     outbox = Outbox.for_store(h.store)
     resend_at = h.store.r.zscore(outbox.outbox_key, f"{request.id}:status:finished")
     assert resend_at is not None and abs(resend_at - time.time() - 7.0) < 3.0, resend_at - time.time()
+
+
+def test_backoff_doubles_up_to_its_cap_and_half_of_each_wait_is_jitter():
+    from runner.config.sections import DeliveryPolicy
+    from runner.worker.notify.deliveries import backoff
+
+    policy = DeliveryPolicy(backoff=1.0, max_backoff=8.0)
+    full = [backoff(n, policy, rand=lambda: 1.0) for n in range(1, 7)]
+    assert full == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert [backoff(n, policy, rand=lambda: 0.0) for n in range(1, 7)] == [w / 2 for w in full]  # the least: half
+    spread = {round(backoff(3, policy), 6) for _ in range(50)}  # the default draws a fresh wait each time
+    assert len(spread) > 40 and all(2.0 <= w <= 4.0 for w in spread)
