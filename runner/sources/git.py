@@ -140,6 +140,8 @@ class GitFetch:
         self.auth_dir = workspace / "git-auth"
         self.src = workspace / "src"
         self.env = self._environment(user, password)
+        config = ["-c", "credential.helper="] + (["-c", f"credential.helper={self.helper}"] if self.helper else [])
+        self.tool = Tool(self.git, config, env=self.env)  # one lookup of the binary for the clone's git calls
 
     def _environment(self, url_user: str | None, url_password: str | None) -> dict[str, str]:
         home = self.auth_dir / "home"
@@ -188,8 +190,7 @@ class GitFetch:
 
     def run(self, *args: str, quiet: bool = False) -> tuple[int, GitOutput]:
         output = GitOutput(_Quiet(self.log) if quiet else self.log)
-        config = ["-c", "credential.helper="] + (["-c", f"credential.helper={self.helper}"] if self.helper else [])
-        code = Tool(self.git, config, env=self.env).stream(args, output, self.cancel)
+        code = self.tool.stream(args, output, self.cancel)
         return code, output
 
     def fail(self, tail: GitOutput, what: str) -> None:
