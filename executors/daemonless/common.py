@@ -26,7 +26,7 @@ from runner.core.build import BuildContext, LogSink, Unpacked
 from runner.core.cancel import CancelToken
 from runner.core.errors import AUTH_WORDS, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
-from runner.core.registry import RegistryConfig, is_loopback
+from runner.core.registry import RegistryConfig
 
 if TYPE_CHECKING:
     from runner.core.registries import Registries
@@ -95,20 +95,15 @@ def registry_auths(registries: Iterable[RegistryConfig], log: LogSink | None = N
     auths = {}
     for registry in registries:
         try:
-            secret = registry.secret()
+            credentials = registry.credentials()
         except ValueError as exc:
             if log is None:
                 raise InfrastructureError(str(exc)) from None
             log.line(f"[runner] warning: {exc}; pulling from or pushing to {registry.host} will fail")
             continue
-        if registry.username and secret is not None:
-            token = base64.b64encode(f"{registry.username}:{secret}".encode()).decode()
-            auths[registry.host] = {"auth": token}
+        if credentials is not None:
+            auths[registry.host] = {"auth": base64.b64encode(":".join(credentials).encode()).decode()}
     return {"auths": auths}
-
-
-def plain_http(registry: RegistryConfig) -> bool:
-    return registry.insecure or is_loopback(registry.host)
 
 
 def _system_search_settings() -> str:
@@ -128,7 +123,7 @@ def _system_search_settings() -> str:
 def registries_conf(registries: Iterable[RegistryConfig]) -> str | None:
     """A containers-registries.conf marking plain-HTTP registries insecure, or None if no
     configured registry needs it (then the system file applies unchanged)."""
-    insecure = [r.host for r in registries if plain_http(r)]
+    insecure = [r.host for r in registries if r.plain_http]
     if not insecure:
         return None
     parts = [_system_search_settings()]

@@ -30,7 +30,6 @@ from executors.daemonless.common import (
     auth_failed,
     check_push_logins,
     common_build_flags,
-    plain_http,
     private_root,
     registry_auths,
     unpack,
@@ -156,7 +155,7 @@ class ImgExecutor(Executor):
     def _push(self, tool: Tool, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
         output = ToolOutput(log)
         config = self.env.registries.config(ref.registry)
-        code = tool.stream(push_args(ref, plain_http(config)), output, cancel)
+        code = tool.stream(push_args(ref, config.plain_http), output, cancel)
         if code != 0:
             error = next((t for t in reversed(output.lines) if t.strip()), f"img push exited with code {code}")
             if is_auth_error(error):

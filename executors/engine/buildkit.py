@@ -63,10 +63,7 @@ def registry_credentials(registries: Registries, host: str) -> tuple[str, str] |
     """The login the config holds for `host`, as BuildKit asks for it (Docker Hub as registry-1)."""
     names = [host, "docker.io", "index.docker.io"] if host == DOCKER_HUB else [host]
     config = next((c for c in map(registries.configured, names) if c is not None), None)
-    if config is None or not config.username:
-        return None
-    secret = config.secret()
-    return (config.username, secret) if secret is not None else None
+    return config.credentials() if config is not None else None
 
 
 def _gzip_chunks(handle, chunk_size: int = CHUNK) -> Iterator[bytes]:

@@ -39,10 +39,10 @@ PUSH_ATTEMPTS = 4
 def login(config: RegistryConfig) -> dict[str, str] | None:
     """docker-py's auth entry for a registry, or None for an anonymous one. Raises ValueError
     (naming the registry, never the secret) when its password_file cannot be read."""
-    secret = config.secret()
-    if config.username and secret is not None:
-        return {"username": config.username, "password": secret, "serveraddress": config.host}
-    return None
+    credentials = config.credentials()
+    if credentials is None:
+        return None
+    return {"username": credentials[0], "password": credentials[1], "serveraddress": config.host}
 
 
 def pull_logins(registries: Registries) -> dict[str, dict[str, str]]:

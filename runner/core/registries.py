@@ -21,7 +21,7 @@ import requests
 
 from runner.core.errors import InfrastructureError, RegistryAuthFailed
 from runner.core.jobs import ImageRef
-from runner.core.registry import RegistryConfig, is_loopback
+from runner.core.registry import RegistryConfig
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
@@ -90,8 +90,7 @@ class Copies:
 class RegistryClient:
     def __init__(self, config: RegistryConfig):
         self.config = config
-        plain = config.insecure or is_loopback(config.host)
-        self.base = f"{'http' if plain else 'https'}://{config.host}"
+        self.base = f"{'http' if config.plain_http else 'https'}://{config.host}"
         self.session = requests.Session()
         if config.ca_file:
             self.session.verify = str(config.ca_file)
@@ -99,10 +98,7 @@ class RegistryClient:
         self._tokens: dict[str, str] = {}  # bearer tokens by the scopes they were asked for
 
     def _credentials(self) -> tuple[str, str] | None:
-        secret = self.config.secret()
-        if self.config.username and secret is not None:
-            return self.config.username, secret
-        return None
+        return self.config.credentials()
 
     def _request(self, method: str, path: str, scopes: Sequence[str] = (), **kwargs) -> requests.Response:
         headers = kwargs.pop("headers", {})

@@ -29,6 +29,19 @@ class RegistryConfig(Strict):
         """The password, read from the file at use time so rotation needs no restart."""
         return read_secret(self.password, self.password_file, f"registry {self.host}: password_file")
 
+    def credentials(self) -> tuple[str, str] | None:
+        """(username, password) to log in with, or None for an anonymous registry. Raises
+        ValueError (naming the registry, never the secret) when password_file cannot be read."""
+        if not self.username:
+            return None
+        secret = self.secret()
+        return (self.username, secret) if secret is not None else None
+
+    @property
+    def plain_http(self) -> bool:
+        """Spoken to over plain HTTP: marked insecure, or on this host's loopback."""
+        return self.insecure or is_loopback(self.host)
+
 
 def is_loopback(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
