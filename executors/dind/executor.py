@@ -34,7 +34,7 @@ from executors.dind.config import DindConfig
 from executors.dind.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove_dir, remove_labelled
 from executors.engine.builders import BuildKitSupport
 from executors.engine.client import EngineClient
-from executors.engine.engine import Engine, choose_builder
+from executors.engine.engine import Engine, choose_builder, remove_job_leftovers
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
@@ -265,7 +265,7 @@ class DindExecutor(Executor):
             return exc.message
         try:
             problem = dind_reuse.clean(inner.api) if whole else None  # first: a container may use the job's image
-            Engine(inner, self.env.registries, use_auth=False).remove_job_leftovers(job_id)
+            remove_job_leftovers(inner, job_id)
             return problem
         finally:
             inner.close()

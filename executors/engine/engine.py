@@ -81,13 +81,11 @@ def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, 
 class Engine:
     """One job's session with one Docker Engine."""
 
-    def __init__(self, client: EngineClient, registries: Registries, executor: str = "", metrics: ExecutorMetrics = NO_METRICS,
-                 use_auth: bool = True):
+    def __init__(self, client: EngineClient, registries: Registries, executor: str = "", metrics: ExecutorMetrics = NO_METRICS):
         self.client = client
         self.registries = registries
         self.executor, self.metrics = executor, metrics
-        if use_auth:  # the logins a build may pull with (a clean-up needs none)
-            client.use_auth(pull_logins(registries))
+        client.use_auth(pull_logins(registries))  # the logins a build may pull with
 
     # -- the whole job -----------------------------------------------------------------------
     def build_and_push(self, job: BuildRequest, builder: Builder, context: BuildContext, log: LogSink,
@@ -208,18 +206,19 @@ class Engine:
             raise InfrastructureError(f"the engine did not report a digest for {ref}")
         return digest
 
-    # -- cleanup -----------------------------------------------------------------------------
-    def remove_job_leftovers(self, job_id: str, keep_tags: bool = False) -> None:
-        """Drop the job's image: its job tag, and (unless keep_tags) every other tag it still
-        has, such as a ref whose push failed. noprune keeps parent layers, which the classic
-        builder uses as cache."""
-        name = job_tag(job_id)
-        try:
-            tags = [] if keep_tags else [t for t in self.client.api.inspect_image(name).get("RepoTags") or [] if t != name]
-            for tag in [*tags, name]:
-                self.client.api.remove_image(tag, noprune=True)
-        except (docker.errors.APIError, requests.RequestException):
-            pass
+
+# -- cleanup -----------------------------------------------------------------------------
+def remove_job_leftovers(client: EngineClient, job_id: str, keep_tags: bool = False) -> None:
+    """Drop the job's image: its job tag, and (unless keep_tags) every other tag it still
+    has, such as a ref whose push failed. noprune keeps parent layers, which the classic
+    builder uses as cache. A clean-up: needs no logins, never raises."""
+    name = job_tag(job_id)
+    try:
+        tags = [] if keep_tags else [t for t in client.api.inspect_image(name).get("RepoTags") or [] if t != name]
+        for tag in [*tags, name]:
+            client.api.remove_image(tag, noprune=True)
+    except (docker.errors.APIError, requests.RequestException):
+        pass
 
 
 class Batched:

@@ -15,7 +15,7 @@ from executors.base import CheckResult, Executor, ExecutorEnv, IsLive
 from executors.engine.builders import JOB_TAG_REPO, BuildKitSupport
 from executors.engine.client import EngineClient
 from executors.engine.config import SocketConfig
-from executors.engine.engine import Engine, choose_builder
+from executors.engine.engine import Engine, choose_builder, remove_job_leftovers
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest, PushedImage
@@ -71,7 +71,7 @@ class SocketExecutor(Executor):
         except Exception:  # noqa: BLE001 - cleanup never raises
             return
         try:
-            Engine(client, self.env.registries, use_auth=False).remove_job_leftovers(job_id, keep_tags=self.config.keep_images)
+            remove_job_leftovers(client, job_id, keep_tags=self.config.keep_images)
         except (docker.errors.DockerException, requests.RequestException):
             pass
         finally:
