@@ -21,7 +21,7 @@ import yaml
 
 from runner.config.settings import load_settings
 from runner.store.jobstore import JobStore
-from tests.support import all_support
+from tests.support import all_support, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = str(Path(sys.executable).with_name("runner"))
@@ -35,6 +35,21 @@ def services() -> dict[str, str]:
     subprocess.run(["bash", str(ROOT / "scripts" / "services.sh")], check=True, stdout=subprocess.DEVNULL)
     state = Path(os.environ.get("RUNNER_DEV_STATE", "/var/tmp/runner-dev"))
     return dict(line.split("=", 1) for line in (state / "env").read_text().split())
+
+
+@pytest.fixture
+def new_store(services):
+    """JobStores (JobStore or a subclass) in namespaces of their own, emptied afterwards."""
+    made: list[JobStore] = []
+
+    def make(cls: type[JobStore] = JobStore) -> JobStore:
+        made.append(cls(services["RUNNER_DEV_REDIS_URL"], f"test-{uuid.uuid4().hex[:8]}"))
+        return made[-1]
+
+    yield make
+    for store in made:
+        for key in store.r.scan_iter(f"{store.ns}:*"):
+            store.r.delete(key)
 
 
 def make_config(services: dict[str, str], workdir: Path, namespace: str, **overrides) -> dict:
@@ -121,14 +136,7 @@ class RunnerHarness:
 
     @staticmethod
     def stop_worker(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 30) -> None:
-        if proc.poll() is not None:
-            return
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop(proc, sig, wait)
 
 
 def new_harness(services, tmp_path_factory, **overrides) -> RunnerHarness:

@@ -5,7 +5,6 @@ byte for byte, and a connection lost mid-element is made again and the read resu
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 
@@ -13,11 +12,8 @@ from runner.store.jobstore import CHUNK_BYTES, JobStore
 
 
 @pytest.fixture
-def store(services):
-    store = JobStore(services["RUNNER_DEV_REDIS_URL"], f"test-{uuid.uuid4().hex[:8]}")
-    yield store
-    for key in store.r.scan_iter(f"{store.ns}:*"):
-        store.r.delete(key)
+def store(new_store):
+    return new_store()
 
 
 def post(store: JobStore, job_id: str, elements: list[bytes]) -> bytes:

@@ -5,7 +5,6 @@ line arrives in order."""
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
@@ -22,11 +21,8 @@ class CountingStore(JobStore):
 
 
 @pytest.fixture
-def store(services):
-    s = CountingStore(services["RUNNER_DEV_REDIS_URL"], f"test-{uuid.uuid4().hex[:8]}")
-    yield s
-    for key in s.r.scan_iter(f"{s.ns}:*"):
-        s.r.delete(key)
+def store(new_store):
+    return new_store(CountingStore)
 
 
 def test_lines_a_millisecond_apart_go_out_in_few_round_trips(store):

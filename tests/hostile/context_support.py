@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -16,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import RUNNER, RunnerHarness
+from tests.support import stop
 
 
 def post_raw(store, job: dict, queue: str, context_chunks: Iterable[bytes]) -> None:
@@ -83,12 +82,3 @@ def start_api(harness: RunnerHarness) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"runner serve did not come up: {Path(log.name).read_text()[-2000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a process group this test started."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 
 import pytest
 
@@ -19,11 +18,8 @@ from runner.store.logfollow import PAGE, QUEUE_BATCHES, Batch, LogHub, TooManyFo
 
 
 @pytest.fixture
-def store(services):
-    s = JobStore(services["RUNNER_DEV_REDIS_URL"], f"test-{uuid.uuid4().hex[:8]}")
-    yield s
-    for key in s.r.scan_iter(f"{s.ns}:*"):
-        s.r.delete(key)
+def store(new_store):
+    return new_store()
 
 
 def new_job(store: JobStore) -> str:

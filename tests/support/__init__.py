@@ -5,7 +5,10 @@ suite's parameters from them, so adding an executor to the suite touches only it
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,3 +95,16 @@ def every_value(store, *patterns: str) -> str:
         elif kind == b"stream":
             out += [part for _, fields in r.xrange(key) for pair in fields.items() for part in pair]
     return b"\n".join(value for value in out if value is not None).decode("utf-8", "replace")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 60) -> int:
+    """Signal a process started in its own session (its whole group), SIGKILL it if it outlives
+    `wait`; its exit code."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode

@@ -5,8 +5,6 @@ through the API, and a redis-server of the test's own."""
 from __future__ import annotations
 
 import io
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import stop
 
 if TYPE_CHECKING:
     from tests.conftest import RunnerHarness
@@ -97,17 +97,6 @@ def start_serve(harness: RunnerHarness) -> Serve:
         raise
     assert proc.poll() is None, log.read_text()[-2000:]
     return Serve(url, proc, log)
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 60) -> int:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    return proc.returncode
 
 
 def context_tar(files: dict[str, str]) -> bytes:
