@@ -128,10 +128,11 @@ class Pipeline:
         the message (redacted) set aside in `<queue>.invalid`, as the transport does with garbage."""
         error = JobError(kind="invalid", message=f"refused: {exc}")
         refused = record.model_copy(update={"status": Status.failed, "error": error, "finished_at": now()})
+        # set aside first: whoever reads the refused record finds the message there already
+        self.store.set_aside(record.queue, record.request.model_dump_json(), str(exc))
         if not self.store.create(refused):
             return self.store.get(record.id) or refused
         log.warning("job %s: raw queue message refused: %s", record.id, exc)
-        self.store.set_aside(record.queue, record.request.model_dump_json(), str(exc))
         JobLog(self.store, record.id).line(f"[runner] {error.message}")
         self.store.end_job(record.id, Status.failed)
         return refused
