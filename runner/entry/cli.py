@@ -171,11 +171,11 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     from runner.entry.submission import submit
     from runner.sources.pack import write_tar
     from runner.store.jobstore import ContextTooLarge
-    from runner.worker.admission import Rejected, admit, parse_request
+    from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 
     try:
         request = parse_request(payload)
-        executor_name = admit(request, cfg)
+        admitted = admit(request, cfg, QUEUE)  # Redis is the queue: the same trust as a raw message
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     store = store_for(cfg)
@@ -200,7 +200,7 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
         store.release(request.id, owner)
         fail(f"cannot read the build context: {exc}", EXIT_INVALID)
     try:
-        record, created = submit(request, cfg, store, executor=executor_name)
+        record, created = submit(request, cfg, store, QUEUE, admitted)
     except Rejected as exc:
         store.delete_context(request.id)
         store.release(request.id, owner)

@@ -35,7 +35,7 @@ from runner.core.models import base_url
 from runner.entry.submission import submit
 from runner.sources.git import check_url, mask_url
 from runner.store.jobstore import JobStore
-from runner.worker.admission import Rejected, parse_request
+from runner.worker.admission import WEBHOOK, Rejected, parse_request
 
 log = logging.getLogger("runner.webhooks")
 PROVIDERS = ("github", "gitlab", "gitea")
@@ -341,7 +341,7 @@ def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Set
     if isinstance(request, str):
         return Outcome(200, {"result": "ignored", "reason": request})
     try:
-        record, created = submit(request, settings, store)
+        record, created = submit(request, settings, store, WEBHOOK)
     except Rejected as exc:
         raise WebhookError(422, f"webhooks.repositories[{push.full_name!r}] makes an invalid job: {exc}") from None
     if not created:

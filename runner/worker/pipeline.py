@@ -24,7 +24,7 @@ from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, Sta
 from runner.core.process_log import MIN_SECRET, job_fields
 from runner.store.joblog import JobLog
 from runner.store.jobstore import JobStore
-from runner.worker.admission import Rejected, admit
+from runner.worker.admission import QUEUE, Rejected, admit
 
 if TYPE_CHECKING:
     from runner.worker.worker import Worker
@@ -115,7 +115,7 @@ class Pipeline:
         executor = message.executor or self.settings.default_executor
         new = JobRecord(id=message.id, request=message.redacted(), executor=executor, queue=self.settings.queue_for(executor))
         try:
-            admit(message, self.settings)
+            admit(message, self.settings, QUEUE)
         except Rejected as exc:
             return self._refuse(new, exc), True
         if not self.store.create(new):
