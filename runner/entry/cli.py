@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from runner.store.jobstore import JobStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFRA = 0, 1, 2, 3
-_STYLES = {"bold": "1", "red": "31", "bold red": "1;31", "green": "32", "dim": "2"}
+_STYLES = {"bold": "1", "red": "31", "bold red": "1;31", "green": "32", "yellow": "33", "dim": "2"}
 
 
 # -- output ------------------------------------------------------------------------------------------
@@ -336,13 +336,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_doctor(args: argparse.Namespace) -> None:
     """Check Redis, the engine, registries and every executor; one line each.
 
-    Exits 1 if Redis or an enabled executor cannot work; other failures are shown, not fatal."""
+    Exits 1 if Redis or an enabled executor cannot work; other failures are shown, not fatal, and
+    warnings (WARN: a secret file readable by group or others) never fail it."""
     from runner.entry.doctor import run_checks
 
     ok = True
     for check in run_checks(settings()):
         if check.ok:
-            mark = styled("ok  ", "green")
+            mark = styled("WARN", "yellow") if check.warning else styled("ok  ", "green")
         else:
             mark = styled("FAIL", "red") if check.required or check.shown else styled("off ", "dim")
         print(f"{mark} {check.name}: {check.summary}", flush=True)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from executors.registry import ExecutorRegistry
 from runner.config.sections import ApiToken
 from runner.config.settings import Settings
-from runner.core.jobs import BuildRequest, JobSource
+from runner.core.jobs import JOB_ID, MAX_JOB_ID, BuildRequest, JobSource
 
 
 class Rejected(ValueError):
@@ -41,9 +41,43 @@ def parse_request(data: Any) -> BuildRequest:
     try:
         return BuildRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or "request"
-        raise Rejected(field, first["msg"].removeprefix("Value error, ")) from None
+        raise rejection(exc) from None
+
+
+def rejection(exc: ValidationError, whole: str = "request") -> Rejected:
+    """The first thing wrong with a request, naming its field."""
+    first = exc.errors(include_url=False)[0]
+    return Rejected(".".join(str(part) for part in first["loc"]) or whole, first["msg"].removeprefix("Value error, "))
+
+
+#: the tags a failed record shows when the message's own cannot be read (`.invalid` is reserved: nothing goes there)
+UNREADABLE_TAGS = ["refused.invalid/unreadable/tags:none"]
+
+
+def readable_request(data: Any) -> BuildRequest | None:
+    """What can be read of a queue message that is not a valid job, for its failed record: None
+    without a valid `id`; else its fields that are valid on their own, the others left out
+    (tags that cannot be read become UNREADABLE_TAGS), every build-arg value blanked (which of
+    them are secret may be what was wrong)."""
+    if not isinstance(data, dict):
+        return None
+    job_id = data.get("id")
+    if not isinstance(job_id, str) or len(job_id) > MAX_JOB_ID or not JOB_ID.match(job_id):
+        return None
+    kept = {name: value for name, value in data.items() if name in BuildRequest.model_fields}
+    if isinstance(kept.get("build_args"), dict):
+        kept["build_args"] = dict.fromkeys(kept["build_args"], "***")
+    for _ in range(len(BuildRequest.model_fields)):
+        try:
+            return BuildRequest.model_validate(kept)
+        except ValidationError as exc:
+            # a model-wide error is the size of build args and labels together
+            wrong = {str(error["loc"][0]) for error in exc.errors() if error["loc"]} or {"build_args", "labels"}
+            for name in wrong:
+                kept.pop(name, None)
+            if "tags" in wrong or "tags" not in kept:
+                kept["tags"] = UNREADABLE_TAGS
+    return None
 
 
 @dataclass(frozen=True)
