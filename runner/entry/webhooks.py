@@ -301,7 +301,7 @@ def push_key(push: Push) -> str:
     return hashlib.sha256(what.encode()).hexdigest()
 
 
-def describe(push: Push) -> str:
+def summary(push: Push) -> str:
     moved = f"{push.before[:7]}..{push.after[:7]}" if push.before else push.after[:7]
     return f"{push.provider} {push.full_name} {push.ref} {moved}"
 
@@ -363,9 +363,9 @@ def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Set
     first = store.claim_push(key, request.id, window)
     if first is not None and first != request.id:  # the same push in another delivery: a replay
         earlier = store.get(first)
-        log.warning("webhook %s: %s was already received (job %s); not built again", provider, describe(push), first)
+        log.warning("webhook %s: %s was already received (job %s); not built again", provider, summary(push), first)
         return Outcome(200, {"result": "duplicate", "job": first, "status": earlier.status.value if earlier else "queued",
-                             "reason": f"this push ({describe(push)}) was already received in another delivery "
+                             "reason": f"this push ({summary(push)}) was already received in another delivery "
                                        f"within webhooks.replay_window ({window} s)"})
     try:
         record, created = submit(request, settings, store, WEBHOOK)
