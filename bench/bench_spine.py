@@ -31,6 +31,7 @@ from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.entry.submission import submit  # noqa: E402
 from runner.sources.pack import write_tar  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
+from runner.worker.admission import QUEUE  # noqa: E402
 
 REGISTRY = "127.0.0.1:5000"
 BASE = f"{REGISTRY}/base/busybox:1"
@@ -87,7 +88,7 @@ class Bench:
         writer = self.store.context_writer(request.id, self.settings.limits.max_context_bytes)
         write_tar(context, writer)
         writer.close()
-        record, _ = submit(request, self.settings, self.store)
+        record, _ = submit(request, self.settings, self.store, QUEUE)
         while True:
             record = self.store.get(request.id)
             if record.finished:

@@ -27,14 +27,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import dev_env, drop_namespace  # noqa: E402
+from runner.config.sections import ApiToken  # noqa: E402
 from runner.config.settings import load_settings  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.entry.submission import submit  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.store.outbox import Outbox  # noqa: E402
+from runner.worker.admission import Origin  # noqa: E402
 from tests.test_statuses import FakeHost, empty_context, new_sha, serve  # noqa: E402
 
 TOKEN = "ghp_bench_" + uuid.uuid4().hex
+#: jobs are submitted as the API does for a token with the status right (runner/worker/admission.py)
+STATUS_TOKEN = Origin.api(ApiToken(name="bench", token="bench-" + uuid.uuid4().hex, rights=["submit", "status"]))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -84,7 +88,7 @@ class Bench:
         writer = self.store.context_writer(request.id, 10**6)
         writer.write(empty_context())
         writer.close()
-        submit(request, self.settings, self.store)
+        submit(request, self.settings, self.store, STATUS_TOKEN)
         return request.id
 
     def wait_states(self, sha: str, count: int, timeout: float = 300) -> None:

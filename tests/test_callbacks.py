@@ -23,6 +23,7 @@ from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.entry.submission import submit
 from runner.sources.pack import write_tar
 from runner.store.outbox import Outbox
+from runner.worker.admission import QUEUE
 from runner.worker.notify.callbacks import callback_request, check_callback_url, sign
 from runner.worker.notify.http import send
 from tests.conftest import cleanup_namespace, new_harness, registry_digest
@@ -151,7 +152,7 @@ def queue(h, tmp_path, callback_url: str, executor: str = "fake", dockerfile: st
     writer = store.context_writer(request.id, settings.limits.max_context_bytes)
     write_tar(tmp_path, writer)
     writer.close()
-    submit(request, settings, store)
+    submit(request, settings, store, QUEUE)  # as `runner submit` does
     return request.id
 
 

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner.config.settings import Settings
-from runner.worker.admission import Rejected, admit, parse_request
+from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 
 CONFIG = Settings(registries=[{"host": "127.0.0.1:5000"}], executors={"socket": {"enabled": True}}, default_executor="socket")
 FIELDS = ["id", "context", "dockerfile", "tags", "build_args", "secret_build_args", "secrets", "target", "labels",
@@ -29,6 +29,6 @@ payloads = st.one_of(
 @given(payloads)
 def test_any_payload_is_admitted_or_rejected_by_field(payload):
     try:
-        admit(parse_request(payload), CONFIG)
+        admit(parse_request(payload), CONFIG, QUEUE)
     except Rejected as exc:
         assert exc.field and exc.message

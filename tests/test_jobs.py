@@ -4,7 +4,7 @@ import pytest
 
 from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest, ImageRef, inside_context
-from runner.worker.admission import Rejected, admit, parse_request
+from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 
 
 def rejected_field(data) -> str:
@@ -68,7 +68,7 @@ def settings(**kw) -> Settings:
 ])
 def test_admission_against_config(data, field):
     with pytest.raises(Rejected) as info:
-        admit(parse_request(data), settings())
+        admit(parse_request(data), settings(), QUEUE)
     assert info.value.field == field
     assert info.value.message
 
@@ -81,5 +81,5 @@ def test_credentials_in_a_git_url_never_reach_the_stored_copy():
 def test_admission_refuses_git_urls_with_credentials_or_bad_schemes():
     for url, words in (("https://bot:tok3n@git.example/x.git", "password or token"), ("ext::sh -c evil", "does not allow")):
         with pytest.raises(Rejected) as info:
-            admit(parse_request({"tags": ["127.0.0.1:5000/a:1"], "context": {"type": "git", "url": url, "ref": "main"}}), settings())
+            admit(parse_request({"tags": ["127.0.0.1:5000/a:1"], "context": {"type": "git", "url": url, "ref": "main"}}), settings(), QUEUE)
         assert info.value.field == "context.url" and words in info.value.message

@@ -132,9 +132,15 @@ def gitea(stack: Stack, payload: dict, event: str = "push", secret: str = GITEA_
     return httpx.post(f"{stack.url}/v1/webhooks/gitea", content=body, headers=headers, timeout=10)
 
 
+def moved_from() -> str:
+    """A `before` of its own: each *_push call is a new push (the ref moved from some commit to
+    `commit`), while a replay sends the same payload again."""
+    return uuid.uuid4().hex + uuid.uuid4().hex[:8]
+
+
 def github_push(repo, commit: str, ref: str = "refs/heads/main") -> dict:
     payload = fixture("github-push.json")
-    payload["ref"], payload["after"] = ref, commit
+    payload["ref"], payload["after"], payload["before"] = ref, commit, moved_from()
     payload["head_commit"]["id"] = payload["commits"][0]["id"] = commit
     payload["repository"]["clone_url"] = f"file://{repo[0]}"
     return payload
@@ -143,6 +149,7 @@ def github_push(repo, commit: str, ref: str = "refs/heads/main") -> dict:
 def gitlab_push(repo, commit: str, name: str = "gitlab-push.json") -> dict:
     payload = fixture(name)
     payload["after"] = payload["checkout_sha"] = commit
+    payload["before"] = moved_from()
     payload["project"]["git_http_url"] = payload["repository"]["git_http_url"] = f"file://{repo[0]}"
     return payload
 
@@ -150,6 +157,7 @@ def gitlab_push(repo, commit: str, name: str = "gitlab-push.json") -> dict:
 def gitea_push(repo, commit: str) -> dict:
     payload = fixture("gitea-push.json")
     payload["after"] = payload["head_commit"]["id"] = payload["commits"][0]["id"] = commit
+    payload["before"] = moved_from()
     payload["repository"]["clone_url"] = f"file://{repo[0]}"
     return payload
 
@@ -191,6 +199,31 @@ def test_redelivery_builds_once(hooks, repo):
     assert gitea(hooks, gt_payload, delivery=gt_delivery).json()["result"] == "duplicate"
     for response in (first, gl_first, gt_first):
         hooks.wait(response.json()["job"])
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_replay_under_new_delivery_ids_builds_once(hooks, repo, provider):
+    """A captured delivery sent again with a new delivery id (a header no host signs) is the same
+    push: answered as a duplicate naming the first job, for webhooks.replay_window."""
+    send = {"github": github, "gitlab": gitlab, "gitea": gitea}[provider]
+    payload = {"github": github_push, "gitlab": gitlab_push, "gitea": gitea_push}[provider](repo, repo[1][0])
+    first = send(hooks, payload)
+    assert first.status_code == 202, first.text
+    job, count = first.json()["job"], hooks.job_count()
+    for _ in range(3):
+        replay = send(hooks, payload)  # the helpers give each call a new delivery id
+        assert replay.status_code == 200, replay.text
+        answer = replay.json()
+        assert answer["result"] == "duplicate" and answer["job"] == job, answer
+        assert "webhooks.replay_window (3600 s)" in answer["reason"]
+    assert hooks.job_count() == count
+    store = hooks.harness.store
+    ttls = [store.r.ttl(key) for key in store.r.scan_iter(f"{store.ns}:push:*")]
+    assert ttls and all(0 < ttl <= 3600 for ttl in ttls)
+    moved_again = send(hooks, {**payload, "before": moved_from()})  # the ref moved to that commit anew: a new push
+    assert moved_again.status_code == 202 and moved_again.json()["job"] != job
+    for response in (first, moved_again):
+        assert hooks.wait(response.json()["job"])["status"] == "succeeded"
 
 
 def test_bad_or_missing_signatures_are_401_and_queue_nothing(hooks, repo):

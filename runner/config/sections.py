@@ -24,7 +24,7 @@ from runner.config.client import ClientApi, ClientDeliveries
 from runner.core.jobs import GitHost, JobSource
 from runner.core.models import BaseUrl, Strict, read_secret
 
-Right = Literal["submit", "read", "cancel"]
+Right = Literal["submit", "read", "cancel", "status"]
 PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
 #: what a commit status's context (name) and target_url templates may name
 CONTEXT_PLACEHOLDERS = ("executor", "repository")
@@ -71,7 +71,33 @@ class ApiToken(_OneSource):
     name: str = Field(description="shown in the server log, never the token itself")
     token: SecretStr | None = None
     token_file: Path | None = None
-    rights: list[Right] = Field(default_factory=lambda: ["read"], description="submit, read, cancel")
+    rights: list[Right] = Field(default_factory=lambda: ["read"], description="submit, read, cancel; status: its jobs "
+                                "may name any commit (`source`) to get commit statuses")
+    status_repositories: list[str] = Field(default_factory=list, description="without the status right: the repositories "
+                                           "whose commits this token's jobs may name in `source` (owner/repo, GitLab "
+                                           "group/project; `github:owner/repo` for one host only); case-insensitive")
+
+    @field_validator("status_repositories")
+    @classmethod
+    def _repository_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            host, _, repository = name.rpartition(":")
+            if host and host not in ("github", "gitlab", "gitea"):
+                raise ValueError(f"{name!r}: the host before ':' must be github, gitlab or gitea")
+            if not repository or repository.startswith("/") or repository.endswith("/"):
+                raise ValueError(f"{name!r} is not a repository: expected owner/repo or host:owner/repo")
+        return names
+
+    def may_report_to(self, source: JobSource) -> bool:
+        """May this token's jobs put commit statuses on `source`'s commit, whatever they build?"""
+        if "status" in self.rights:
+            return True
+        wanted = source.repository.casefold()
+        for name in self.status_repositories:
+            host, _, repository = name.rpartition(":")
+            if repository.casefold() == wanted and host in ("", source.host):
+                return True
+        return False
 
 
 class ApiConfig(ClientApi):
@@ -135,6 +161,10 @@ class WebhooksConfig(Strict):
     gitlab: WebhookSecret = Field(default_factory=WebhookSecret)
     gitea: WebhookSecret = Field(default_factory=WebhookSecret)
     repositories: dict[str, RepositoryHook] = Field(default_factory=dict, description="by full name, owner/repo")
+    replay_window: int = Field(default=3600, ge=1, description="seconds during which a second delivery of the same push "
+                               "(host, repository, ref, before and after commits), whatever its delivery id, is "
+                               "answered as a duplicate instead of building again: a captured delivery replayed "
+                               "builds at most once per window")
 
 
 class GitCredential(_OneSource):
@@ -269,6 +299,9 @@ class StatusesConfig(DeliveryPolicy):
     github: GitHubStatuses = Field(default_factory=GitHubStatuses)
     gitlab: GitLabStatuses = Field(default_factory=GitLabStatuses)
     gitea: StatusHost = Field(default_factory=StatusHost, description="Gitea and Forgejo; api_url has no default")
+    trust_queue_sources: bool = Field(default=False, description="true: a message posted straight to the queue (and "
+                                      "`runner submit` without --api, which writes to Redis) may name any commit in "
+                                      "`source`; false: only the commit its git context clones from that repository")
 
     def target(self, source: JobSource) -> StatusTarget | str:
         """Where `source`'s statuses go, or why they are not posted."""
@@ -286,10 +319,6 @@ class StatusesConfig(DeliveryPolicy):
             return f"statuses.{source.host} has no token"
         context = (repo and repo.context) or host.context or "ci-build-runner/{executor}"
         return StatusTarget(source.host, host.api_url, chosen, context, (repo and repo.target_url) or host.target_url)
-
-    def posts_for(self, source: JobSource | None) -> bool:
-        """Does a job from `source` get commit statuses?"""
-        return source is not None and not isinstance(self.target(source), str)
 
 
 def same_url(a: str, b: str) -> bool:

@@ -47,7 +47,7 @@ from runner.entry.errors import ApiError, JobId, error_response
 from runner.entry.submission import submit
 from runner.store.jobstore import CHUNK_BYTES, ContextTooLarge, JobStore, StoreUnavailable
 from runner.store.logfollow import LogHub, LogUnavailable, TooManyFollowers
-from runner.worker.admission import Rejected, admit, parse_request
+from runner.worker.admission import Origin, Rejected, admit, parse_request
 
 log = logging.getLogger("runner.api")
 BEARER = HTTPBearer(auto_error=False, description="a token from api.tokens")
@@ -215,7 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(422, "invalid", f"the body is not valid JSON: {exc}", "body") from None
         except RecursionError:
             raise ApiError(422, "invalid", "the body nests arrays or objects too deeply to read", "body") from None
-        record, created = await run_in_threadpool(submit_job, data, uploader(token))
+        record, created = await run_in_threadpool(submit_job, data, token)
         headers = {"Location": f"/v1/jobs/{record.id}"}
         return JSONResponse({"id": record.id, "status": record.status.value, "created": created, "queue": record.queue},
                             status_code=202 if created else 200, headers=headers)
@@ -223,13 +223,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def uploader(token: ApiToken) -> str:
         return f"token:{token.name}"
 
-    def submit_job(data: Any, owner: str) -> tuple[JobRecord, bool]:
+    def submit_job(data: Any, token: ApiToken) -> tuple[JobRecord, bool]:
+        owner, origin = uploader(token), Origin.api(token)
         try:
             job = parse_request(data)
             existing = store.get(job.id)
             if existing is not None:
                 return existing, False
-            executor = admit(job, settings)
+            admitted = admit(job, settings, origin)
             if job.context.type == "upload":
                 holder = store.reservation(job.id)
                 if holder not in (None, owner):
@@ -238,7 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if not store.has_context(job.id):
                     raise Rejected("context", f"no build context was uploaded for job {job.id}: POST the tar to "
                                    f"/v1/jobs/{job.id}/context first, or give a git context")
-            submitted = submit(job, settings, store, executor=executor)
+            submitted = submit(job, settings, store, origin, admitted)
             store.untrack_upload(owner, job.id)
             return submitted
         except Rejected as exc:

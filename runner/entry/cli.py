@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from runner.store.jobstore import JobStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFRA = 0, 1, 2, 3
-_STYLES = {"bold": "1", "red": "31", "bold red": "1;31", "green": "32", "dim": "2"}
+_STYLES = {"bold": "1", "red": "31", "bold red": "1;31", "green": "32", "yellow": "33", "dim": "2"}
 
 
 # -- output ------------------------------------------------------------------------------------------
@@ -171,11 +171,11 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     from runner.entry.submission import submit
     from runner.sources.pack import write_tar
     from runner.store.jobstore import ContextTooLarge
-    from runner.worker.admission import Rejected, admit, parse_request
+    from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 
     try:
         request = parse_request(payload)
-        executor_name = admit(request, cfg)
+        admitted = admit(request, cfg, QUEUE)  # Redis is the queue: the same trust as a raw message
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     store = store_for(cfg)
@@ -200,7 +200,7 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
         store.release(request.id, owner)
         fail(f"cannot read the build context: {exc}", EXIT_INVALID)
     try:
-        record, created = submit(request, cfg, store, executor=executor_name)
+        record, created = submit(request, cfg, store, QUEUE, admitted)
     except Rejected as exc:
         store.delete_context(request.id)
         store.release(request.id, owner)
@@ -336,13 +336,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_doctor(args: argparse.Namespace) -> None:
     """Check Redis, the engine, registries and every executor; one line each.
 
-    Exits 1 if Redis or an enabled executor cannot work; other failures are shown, not fatal."""
+    Exits 1 if Redis or an enabled executor cannot work; other failures are shown, not fatal, and
+    warnings (WARN: a secret file readable by group or others) never fail it."""
     from runner.entry.doctor import run_checks
 
     ok = True
     for check in run_checks(settings()):
         if check.ok:
-            mark = styled("ok  ", "green")
+            mark = styled("WARN", "yellow") if check.warning else styled("ok  ", "green")
         else:
             mark = styled("FAIL", "red") if check.required or check.shown else styled("off ", "dim")
         print(f"{mark} {check.name}: {check.summary}", flush=True)

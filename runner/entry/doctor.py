@@ -1,8 +1,16 @@
-"""`runner doctor`: one check per line — Redis, Docker Engine, registries, executors."""
+"""`runner doctor`: one check per line — Redis, Docker Engine, registries, executors, and
+secret files that others can read."""
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from executors.base import Executor
 from executors.registry import ExecutorRegistry
@@ -20,6 +28,8 @@ class Check:
     required: bool = True
     #: a failure worth a FAIL mark even when it does not fail the doctor (registries)
     shown: bool = False
+    #: works, but should be fixed: a WARN mark, never a failure
+    warning: bool = False
 
 
 def check_redis(settings: Settings) -> Check:
@@ -81,8 +91,49 @@ def check_build_secrets(settings: Settings) -> Check:
                  "through a BuildKit session (BuildKit builder only: a classic-builder job naming secrets is refused)", required=False)
 
 
+#: settings fields that name a file holding a secret (api tokens, webhook and callback secrets,
+#: git tokens and SSH keys, commit-status tokens, registry passwords)
+SECRET_FILE_FIELDS = ("token_file", "secret_file", "password_file", "ssh_key_file")
+
+
+def secret_files(value: Any, where: str = "") -> Iterator[tuple[str, Path]]:
+    """(where in the settings, path) of every secret file the settings name."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            field = getattr(value, name)
+            here = f"{where}.{name}" if where else name
+            if name in SECRET_FILE_FIELDS and isinstance(field, Path):
+                yield here, field
+            else:
+                yield from secret_files(field, here)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from secret_files(item, f"{where}[{key}]")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            name = getattr(item, "name", None) or getattr(item, "host", None)  # api tokens, git credentials, registries
+            yield from secret_files(item, f"{where}[{name if isinstance(name, str) else index}]")
+
+
+def check_secret_files(settings: Settings) -> list[Check]:
+    """A WARN line for each secret file that its group or other users may read (its mode, and
+    the fix); a secret is only as safe as the file that holds it. Never a failure."""
+    warnings, count = [], 0
+    for where, path in secret_files(settings):
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)  # a symlink's target: what a reader gets
+        except OSError:
+            continue  # missing or unreadable: the check that uses it says so
+        count += 1
+        readers = [who for who, bit in (("group", stat.S_IRGRP), ("others", stat.S_IROTH)) if mode & bit]
+        if readers:
+            warnings.append(Check(f"secret file {where}", True, f"{path} has mode {mode:04o}: readable by "
+                                  f"{' and '.join(readers)}; chmod 600 {path}", required=False, warning=True))
+    return warnings or [Check("secret files", True, f"{count} configured; none readable by group or others", required=False)]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     registry = ExecutorRegistry()
     executors = make_executors(settings, registry.names(), executor_env(settings, "doctor"), registry)
     return [check_redis(settings), *check_engines(executors), *[check_registry(r) for r in settings.registries],
-            *check_executors(executors), check_build_secrets(settings)]
+            *check_executors(executors), check_build_secrets(settings), *check_secret_files(settings)]

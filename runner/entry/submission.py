@@ -10,18 +10,20 @@ from runner.core.jobs import BuildRequest, JobRecord
 from runner.store.buildqueue import send_build
 from runner.store.jobstore import JobStore
 from runner.store.outbox import Outbox
-from runner.worker.admission import admit
+from runner.worker.admission import Admission, Origin, admit
 
 
-def submit(request: BuildRequest, settings: Settings, store: JobStore,
-           executor: str | None = None) -> tuple[JobRecord, bool]:
+def submit(request: BuildRequest, settings: Settings, store: JobStore, origin: Origin,
+           admitted: Admission | None = None) -> tuple[JobRecord, bool]:
     """Record the job as queued and send it. Returns (record, created); a repeat id sends nothing.
 
-    `executor`: what `admit` returned, when the caller already ran it (admission runs once).
+    `origin`: the door the job came in by (it decides whether its source gets statuses);
+    `admitted`: what `admit` returned, when the caller already ran it (admission runs once).
     Secret build-arg values go to the store, by job id, never into the queue message: the
     message (and the record) carry the redacted request, and the worker reads the values back.
     """
-    executor = executor or admit(request, settings)
+    admitted = admitted or admit(request, settings, origin)
+    executor = admitted.executor
     record = JobRecord(id=request.id, request=request.redacted(), executor=executor,
                        queue=settings.queue_for(executor))
     if not store.create(record):
@@ -29,7 +31,7 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore,
         assert existing is not None
         return existing, False
     store.save_secrets(request.id, request.secret_arg_values())
-    outbox = Outbox.for_store(store, settings.deliveries.recover_after) if settings.statuses.posts_for(request.source) else None
+    outbox = Outbox.for_store(store, settings.deliveries.recover_after) if admitted.statuses else None
     try:
         if outbox is not None:  # before the job's message: "queued" goes first (runner/store/outbox.py)
             outbox.add(request.id, "status", "queued", "queued")

@@ -10,6 +10,10 @@ the form body); GitLab `X-Gitlab-Token: <the secret itself>`. All compared in co
 The commit built: `after`, except for a tag, where `after` is the tag OBJECT when the tag is
 annotated: GitHub and Gitea name the commit it points to in `head_commit.id`, GitLab in
 `checkout_sha`. A redelivery (same delivery id) maps to the same job id, so it builds once.
+A replay (the same push under another delivery id, which the signature does not cover) is
+caught by what the push is: host, repository, ref, `before` and `after` (signed by GitHub and
+Gitea), held for webhooks.replay_window; it is answered as a duplicate, so the host does not
+retry it.
 The job keeps where it came from (its `source`: host, API URL, repository, commit, ref,
 delivery) for its commit statuses. Nothing here waits for a build.
 """
@@ -35,7 +39,7 @@ from runner.core.models import base_url
 from runner.entry.submission import submit
 from runner.sources.git import check_url, mask_url
 from runner.store.jobstore import JobStore
-from runner.worker.admission import Rejected, parse_request
+from runner.worker.admission import WEBHOOK, Rejected, parse_request
 
 log = logging.getLogger("runner.webhooks")
 PROVIDERS = ("github", "gitlab", "gitea")
@@ -74,6 +78,8 @@ class Push:
     deleted: bool
     api_url: str | None = None  # GitHub: the API root; GitLab, Gitea: the instance's root URL
     project_id: int | None = None  # GitLab
+    before: str | None = None  # what the ref pointed to before the push
+    after: str = ""  # what it points to now (for an annotated tag, the tag object; `sha` is its commit)
 
     @property
     def branch(self) -> str | None:
@@ -203,7 +209,8 @@ def parse_push(provider: str, data: dict[str, Any]) -> Push:
     except ValueError:
         api_url = None  # an odd one: the configured API
     return Push(provider, full_name, owner, name, ref, sha, clone_url, default_branch, deleted, api_url,
-                project_id if isinstance(project_id, int) and not isinstance(project_id, bool) and project_id > 0 else None)
+                project_id if isinstance(project_id, int) and not isinstance(project_id, bool) and project_id > 0 else None,
+                _optional(data, "before"), after)
 
 
 def api_base(provider: str, data: dict[str, Any], full_name: str) -> str | None:
@@ -287,6 +294,18 @@ def job_id(provider: str, delivery: str) -> str:
     return f"{provider}-" + hashlib.sha256(f"{provider}:{delivery}".encode()).hexdigest()[:32]
 
 
+def push_key(push: Push) -> str:
+    """The push itself, whatever delivery carries it: host, repository, ref, and the commits
+    before and after (a ref moved from the same commit to the same commit again is the same push)."""
+    what = "\n".join((push.provider, push.full_name.casefold(), push.ref, push.before or "", push.after, push.sha))
+    return hashlib.sha256(what.encode()).hexdigest()
+
+
+def summary(push: Push) -> str:
+    moved = f"{push.before[:7]}..{push.after[:7]}" if push.before else push.after[:7]
+    return f"{push.provider} {push.full_name} {push.ref} {moved}"
+
+
 def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Settings) -> BuildRequest | str:
     """The job for this push, or the reason it builds nothing. Raises WebhookError(422)."""
     tags = render_images(repo.images, push)
@@ -340,10 +359,21 @@ def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Set
     request = build_request(push, repo, delivery_id(provider, headers, push), settings)
     if isinstance(request, str):
         return Outcome(200, {"result": "ignored", "reason": request})
+    key, window = push_key(push), settings.webhooks.replay_window
+    first = store.claim_push(key, request.id, window)
+    if first is not None and first != request.id:  # the same push in another delivery: a replay
+        earlier = store.get(first)
+        log.warning("webhook %s: %s was already received (job %s); not built again", provider, summary(push), first)
+        return Outcome(200, {"result": "duplicate", "job": first, "status": earlier.status.value if earlier else "queued",
+                             "reason": f"this push ({summary(push)}) was already received in another delivery "
+                                       f"within webhooks.replay_window ({window} s)"})
     try:
-        record, created = submit(request, settings, store)
-    except Rejected as exc:
-        raise WebhookError(422, f"webhooks.repositories[{push.full_name!r}] makes an invalid job: {exc}") from None
+        record, created = submit(request, settings, store, WEBHOOK)
+    except BaseException as exc:
+        store.release_push(key, request.id)  # not queued: a retry of this push must be able to build
+        if isinstance(exc, Rejected):
+            raise WebhookError(422, f"webhooks.repositories[{push.full_name!r}] makes an invalid job: {exc}") from None
+        raise
     if not created:
         return Outcome(200, {"result": "duplicate", "job": record.id, "status": record.status.value,
                              "reason": "this delivery was already received"})

@@ -15,6 +15,8 @@ Keys (NS = settings.worker.namespace):
   NS:secrets:ID    HASH of secret build-arg values; never in a queue message; gone when the job ends
   NS:workers:E     ZSET of the workers serving executor E, each scored by when its heartbeat
                    lapses (Redis's clock): live workers are the members scored in the future
+  NS:push:KEY      the job a git push (KEY: a hash of host, repository, ref, before and after) made,
+                   for webhooks.replay_window: the same push in another delivery is a replay
 Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E.
 """
 
@@ -77,6 +79,10 @@ local counts = {}
 for i, key in ipairs(KEYS) do counts[i] = redis.call('zcount', key, '(' .. now, '+inf') end
 return counts
 """
+_CLAIM = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return false end
+return redis.call('get', KEYS[1])
+"""
 _IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('{op}', KEYS[1]{args}) else return 0 end"
 
 
@@ -114,6 +120,7 @@ class JobStore:
         self._track_upload = self.r.register_script(_TRACK_UPLOAD)
         self._heartbeat = self.r.register_script(_HEARTBEAT)
         self._live = self.r.register_script(_LIVE)
+        self._claim = self.r.register_script(_CLAIM)
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
@@ -320,6 +327,15 @@ class JobStore:
 
     def untrack_upload(self, owner: str, job_id: str) -> None:
         self.r.zrem(f"{self.ns}:uploads:{owner}", job_id)
+
+    # -- git pushes (webhook replays) ---------------------------------------------------------
+    def claim_push(self, key: str, job_id: str, ttl: int) -> str | None:
+        """Claim the push `key` for `job_id` for `ttl` seconds: None if claimed now, else the job
+        that holds it."""
+        return self._claim(keys=[self._key("push", key)], args=[job_id, ttl])
+
+    def release_push(self, key: str, job_id: str) -> None:
+        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("push", key), job_id)
 
     # -- secret build-arg values: by reference, never in the queue message ---------------------
     def save_secrets(self, job_id: str, values: dict[str, str]) -> None:

@@ -1,17 +1,32 @@
 """Admission: a request checked against the config (the model checks its own shape).
 
 Runs once per job: at the entry point that takes it (CLI, HTTP API, webhooks), or on the
-worker for a message posted straight to the queue. Builds nothing."""
+worker for a message posted straight to the queue. Builds nothing.
+
+It also makes the one decision "does this job get commit statuses?" (`statuses_for`). A job's
+`source` names a commit that the host's token will mark pending, success or failure, so a
+source must be *bound* to the door the job came in by: a verified webhook (the host said so);
+a git context that clones that repository at exactly that commit (the job builds what it
+reports on); or an API token holding the `status` right or naming the repository in its
+`status_repositories`. A message posted straight to the queue (and `runner submit` without
+--api, which writes to Redis with the same access) is bound by the git rule only, unless
+`statuses.trust_queue_sources` says the queue is trusted. An unbound source is refused as
+invalid, naming the repository: the submitter asked for a status, so it is never dropped
+silently. Every record with a source was bound when it was admitted; the worker's listener
+asks again with ADMITTED."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from executors.registry import ExecutorRegistry
+from runner.config.sections import ApiToken
 from runner.config.settings import Settings
-from runner.core.jobs import BuildRequest
+from runner.core.jobs import JOB_ID, MAX_JOB_ID, BuildRequest, JobSource
 
 
 class Rejected(ValueError):
@@ -26,13 +41,70 @@ def parse_request(data: Any) -> BuildRequest:
     try:
         return BuildRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or "request"
-        raise Rejected(field, first["msg"].removeprefix("Value error, ")) from None
+        raise rejection(exc) from None
 
 
-def admit(request: BuildRequest, settings: Settings) -> str:
-    """Check `request` against the config; return the executor name it will run on."""
+def rejection(exc: ValidationError, whole: str = "request") -> Rejected:
+    """The first thing wrong with a request, naming its field."""
+    first = exc.errors(include_url=False)[0]
+    return Rejected(".".join(str(part) for part in first["loc"]) or whole, first["msg"].removeprefix("Value error, "))
+
+
+#: the tags a failed record shows when the message's own cannot be read (`.invalid` is reserved: nothing goes there)
+UNREADABLE_TAGS = ["refused.invalid/unreadable/tags:none"]
+
+
+def readable_request(data: Any) -> BuildRequest | None:
+    """What can be read of a queue message that is not a valid job, for its failed record: None
+    without a valid `id`; else its fields that are valid on their own, the others left out
+    (tags that cannot be read become UNREADABLE_TAGS), every build-arg value blanked (which of
+    them are secret may be what was wrong)."""
+    if not isinstance(data, dict):
+        return None
+    job_id = data.get("id")
+    if not isinstance(job_id, str) or len(job_id) > MAX_JOB_ID or not JOB_ID.match(job_id):
+        return None
+    kept = {name: value for name, value in data.items() if name in BuildRequest.model_fields}
+    if isinstance(kept.get("build_args"), dict):
+        kept["build_args"] = dict.fromkeys(kept["build_args"], "***")
+    for _ in range(len(BuildRequest.model_fields)):
+        try:
+            return BuildRequest.model_validate(kept)
+        except ValidationError as exc:
+            # a model-wide error is the size of build args and labels together
+            wrong = {str(error["loc"][0]) for error in exc.errors() if error["loc"]} or {"build_args", "labels"}
+            for name in wrong:
+                kept.pop(name, None)
+            if "tags" in wrong or "tags" not in kept:
+                kept["tags"] = UNREADABLE_TAGS
+    return None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The door a job came in by: it decides whether the job's `source` may get statuses."""
+
+    door: Literal["webhook", "api", "queue", "admitted"]
+    token: ApiToken | None = None  # the API's bearer token
+
+    @classmethod
+    def api(cls, token: ApiToken) -> Origin:
+        return cls("api", token)
+
+
+WEBHOOK = Origin("webhook")  # a verified push: the host itself names the commit
+QUEUE = Origin("queue")  # a message posted straight to Redis, or `runner submit` without --api
+ADMITTED = Origin("admitted")  # a job with a record: its source was bound when it was admitted
+
+
+@dataclass(frozen=True)
+class Admission:
+    executor: str  # what the job runs on
+    statuses: bool  # the job gets commit statuses (statuses_for)
+
+
+def admit(request: BuildRequest, settings: Settings, origin: Origin) -> Admission:
+    """Check `request`, which came in by `origin`, against the config."""
     limits = settings.limits
     if len(request.tags) > limits.max_tags:
         raise Rejected("tags", f"{len(request.tags)} tags is over the limit of {limits.max_tags} (limits.max_tags)")
@@ -56,7 +128,86 @@ def admit(request: BuildRequest, settings: Settings) -> str:
     if unknown:
         raise Rejected("secrets", f"unknown build secret(s) {unknown}; configured: {sorted(settings.build_secrets)}")
     check_sources(request, settings)
-    return executor
+    return Admission(executor, statuses_for(request, settings, origin))
+
+
+def statuses_for(request: BuildRequest, settings: Settings, origin: Origin) -> bool:
+    """Does this job get commit statuses? The one place that decides: its source must be bound
+    to `origin` (else Rejected, naming the repository and why), and its host configured for
+    statuses (else no status, and the job still builds)."""
+    source = request.source
+    if source is None:
+        return False
+    why = unbound(request, source, settings, origin)
+    if why is not None:
+        raise Rejected("source", f"no commit statuses on {source.host} repository {source.repository}: {why}")
+    return not isinstance(settings.statuses.target(source), str)
+
+
+def unbound(request: BuildRequest, source: JobSource, settings: Settings, origin: Origin) -> str | None:
+    """Why the job may not report on `source`'s commit, or None when it may."""
+    if origin.door in ("webhook", "admitted") or builds_commit_of(request, source, settings):
+        return None
+    rule = (f"the job does not clone {source.repository} from the configured {source.host} host at commit "
+            f"{source.sha} (a git context with that URL and commit)")
+    if origin.door == "api":
+        if origin.token is not None and origin.token.may_report_to(source):
+            return None
+        name = origin.token.name if origin.token is not None else "?"
+        return (f"{rule}, and API token {name!r} has neither the status right nor this repository in its "
+                "status_repositories")
+    if settings.statuses.trust_queue_sources:
+        return None
+    return (f"{rule}, and a job written straight to Redis (a raw queue message, or runner submit without --api) names "
+            "another commit only where statuses.trust_queue_sources is true")
+
+
+def builds_commit_of(request: BuildRequest, source: JobSource, settings: Settings) -> bool:
+    """Does the job build exactly `source`'s commit of that repository? A git context whose
+    pinned commit is the source's and whose clone URL names the repository on the host the
+    statuses go to (its name; any scheme or port: https, ssh and git:// clones are the same)."""
+    context = request.context
+    if context.type != "git" or context.commit != source.sha:
+        return False
+    api_url = getattr(settings.statuses, source.host).api_url
+    cloned = clone_location(context.url)
+    if not api_url or cloned is None:
+        return False
+    host, prefix = web_location(source.host, api_url)
+    wanted = f"{prefix}/{source.repository}" if prefix else source.repository
+    return cloned[0] == host and cloned[1].casefold() == wanted.casefold()
+
+
+def web_location(host_kind: str, api_url: str) -> tuple[str, str]:
+    """(host name, path prefix) where the repositories of the host whose API is `api_url` are
+    cloned from: github.com for api.github.com, HOST for GitHub Enterprise's HOST/api/v3, and
+    the instance's own root URL for GitLab and Gitea."""
+    parts = urlsplit(api_url)
+    host, path = (parts.hostname or "").lower(), parts.path.strip("/")
+    if host_kind == "github":
+        return ("github.com", "") if host == "api.github.com" else (host, path.removesuffix("api/v3").strip("/"))
+    return host, path
+
+
+def clone_location(url: str) -> tuple[str, str] | None:
+    """(host name, repository path without .git) a clone URL names; None for a local path or
+    git's <transport>::<address> form."""
+    from runner.sources.git import url_scheme
+
+    scheme = url_scheme(url)
+    if scheme not in ("https", "http", "ssh", "git") or "::" in url.partition("://")[0]:
+        return None
+    if "://" in url:
+        try:
+            parts = urlsplit(url)
+            host, path = parts.hostname or "", parts.path
+        except ValueError:
+            return None
+    else:  # scp-like: [user@]host:path
+        address, _, path = url.partition(":")
+        host = address.rpartition("@")[2]
+    path = path.strip("/")
+    return host.lower(), path.removesuffix(".git").rstrip("/")
 
 
 def check_sources(request: BuildRequest, settings: Settings) -> None:

@@ -18,6 +18,7 @@ from executors.registry import ExecutorRegistry
 from runner.config.logs import configure_logging
 from runner.config.settings import Settings
 from runner.store.outbox import deliveries_queue
+from runner.worker.admission import ADMITTED, statuses_for
 from runner.worker.health import WorkerService
 from runner.worker.metrics import WorkerMetrics
 from runner.worker.notify.deliveries import Deliverer, DeliveryScheduler
@@ -44,7 +45,7 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     worker = Worker(settings, names, registry=registry, metrics=metrics)
     metrics.running_here = worker.running_here
     deliverer = Deliverer(settings, worker.store, worker.id)
-    worker.listeners += [metrics, NotifyListener(settings, deliverer.outbox)]
+    worker.listeners += [metrics, NotifyListener(deliverer.outbox, lambda record: statuses_for(record.request, settings, ADMITTED))]
     for name, why in worker.check().items():
         log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
     builds = concurrency or settings.worker.concurrency

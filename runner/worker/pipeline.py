@@ -24,7 +24,7 @@ from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, Sta
 from runner.core.process_log import MIN_SECRET, job_fields
 from runner.store.joblog import JobLog
 from runner.store.jobstore import JobStore
-from runner.worker.admission import Rejected, admit
+from runner.worker.admission import QUEUE, Rejected, admit, readable_request, rejection
 
 if TYPE_CHECKING:
     from runner.worker.worker import Worker
@@ -115,7 +115,7 @@ class Pipeline:
         executor = message.executor or self.settings.default_executor
         new = JobRecord(id=message.id, request=message.redacted(), executor=executor, queue=self.settings.queue_for(executor))
         try:
-            admit(message, self.settings)
+            admit(message, self.settings, QUEUE)
         except Rejected as exc:
             return self._refuse(new, exc), True
         if not self.store.create(new):
@@ -123,13 +123,14 @@ class Pipeline:
         self.store.save_secrets(message.id, message.secret_arg_values())
         return self.store.get(message.id) or new, True
 
-    def _refuse(self, record: JobRecord, exc: Rejected) -> JobRecord:
+    def _refuse(self, record: JobRecord, exc: Rejected, message: str | None = None) -> JobRecord:
         """A raw queue message that admission refuses: a failed record, its context gone, and
-        the message (redacted) set aside in `<queue>.invalid`, as the transport does with garbage."""
+        the message (`message`, or the redacted request) set aside in `<queue>.invalid`, as the
+        transport does with garbage. A job that has the id already is left alone."""
         error = JobError(kind="invalid", message=f"refused: {exc}")
         refused = record.model_copy(update={"status": Status.failed, "error": error, "finished_at": now()})
         # set aside first: whoever reads the refused record finds the message there already
-        self.store.set_aside(record.queue, record.request.model_dump_json(), str(exc))
+        self.store.set_aside(record.queue, message or record.request.model_dump_json(), str(exc))
         if not self.store.create(refused):
             return self.store.get(record.id) or refused
         log.warning("job %s: raw queue message refused: %s", record.id, exc)
@@ -139,15 +140,25 @@ class Pipeline:
 
     def refuse_payload(self, payload: object, queue: str, exc: ValidationError) -> None:
         """A queue message that is not a valid job is set aside in `<queue>.invalid` with the
-        reason (build-arg values blanked). It gets no record: nothing in it can be trusted to
-        name a job."""
-        first = exc.errors(include_url=False)[0]
-        reason = f"{'.'.join(map(str, first['loc'])) or 'message'}: {first['msg'].removeprefix('Value error, ')}"
-        log.error("queue %s: refused a job message: %s", queue, reason)
+        reason (build-arg values blanked). Where it names a valid job id, that job gets a failed
+        record (kind invalid, naming the field; what could be read of the request) and its
+        context is deleted, as for a message admission refuses; without one, nothing in it can
+        be trusted to name a job."""
+        refused = rejection(exc, "message")
+        reason = str(refused)
         shown = dict(payload) if isinstance(payload, dict) else {"message": repr(payload)[:1000]}
         if isinstance(shown.get("build_args"), dict):
             shown["build_args"] = dict.fromkeys(shown["build_args"], "***")
-        self.store.set_aside(queue, json.dumps({**shown, "refused": reason}, default=str), reason)
+        message = json.dumps({**shown, "refused": reason}, default=str)
+        readable = readable_request(payload)
+        if readable is None:
+            log.error("queue %s: refused a job message: %s", queue, reason)
+            self.store.set_aside(queue, message, reason)
+            return
+        prefix = f"{self.settings.worker.namespace}."
+        executor = queue.removeprefix(prefix) if queue.startswith(prefix) else self.settings.default_executor
+        record = JobRecord(id=readable.id, request=readable.redacted(), executor=executor, queue=queue)
+        self._refuse(record, refused, message)
 
     def run(self, message: BuildRequest) -> JobRecord:
         record, raw = self.ensure_record(message)

@@ -1,6 +1,12 @@
 """Kombu's Redis transport, hardened: a queue message that is not a valid Celery message
 (not JSON, wrong shape) is moved to `<queue>.invalid` and logged, instead of crashing the
-worker's consumer loop (stock kombu raises out of BRPOP handling and the worker dies).
+worker's consumer loop (stock kombu raises out of BRPOP handling and the worker dies). It is
+acked too: kombu put it in its unacked hash before the consumer refused it, and from there
+Redis would hand it out again after each visibility timeout, for ever (and until then it
+would hold one of the worker's prefetch slots). A task message whose body is not the call
+Celery makes ([args, kwargs, embed]) is refused the same way before Celery sees it: Celery
+reads part of the body only on a pool thread, where an error is swallowed, and the message
+would hold a build slot for good (a body "job" unpacks into three letters and fails there).
 
 And gated: a worker's pool has threads for its builds and more for deliveries (commit
 statuses, callbacks). While it holds as many builds as it has build slots (the transport
@@ -12,6 +18,7 @@ build is taken without waiting for the BRPOP's timeout; a gated BRPOP also times
 
 from __future__ import annotations
 
+import json
 import logging
 from time import monotonic
 
@@ -123,10 +130,14 @@ class Channel(kombu_redis.Channel):
             dest, item = dest__item
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
+            payload = None
             try:
-                self.connection._deliver(loads(bytes_to_str(item)), dest)
+                payload = loads(bytes_to_str(item))
+                self._check_task_call(payload)
+                self.connection._deliver(payload, dest)
             except DELIVERY_ERRORS as exc:
                 self._set_aside(dest, item, exc)
+                self._ack_refused(payload)
             return True
         finally:
             self._in_poll = None
@@ -141,6 +152,32 @@ class Channel(kombu_redis.Channel):
                 client.ltrim(invalid_queue(queue), 0, INVALID_KEEP - 1)
         except Exception as push_error:  # noqa: BLE001 - losing garbage is fine; crashing is not
             log.warning("could not keep the invalid message: %s", push_error)
+
+
+    def _check_task_call(self, payload: dict) -> None:
+        """Raise ValueError unless a task message's body is a call: [args, kwargs, embed]."""
+        headers = payload.get("headers")
+        if not isinstance(headers, dict) or "task" not in headers or headers.get("compression") \
+                or payload.get("content-type") != "application/json":
+            return  # not protocol 2 JSON: Celery's own checks refuse what it cannot read
+        call = json.loads(self.decode_body(payload.get("body"), payload["properties"].get("body_encoding")))
+        if not (isinstance(call, list) and len(call) == 3 and isinstance(call[0], list) and isinstance(call[1], dict)
+                and (call[2] is None or isinstance(call[2], dict))):
+            raise ValueError(f"the body is not a task call [args, kwargs, embed] but {type(call).__name__} "
+                             f"{json.dumps(call)[:80]}")
+
+    def _ack_refused(self, payload: object) -> None:
+        """Ack a message that kombu took in (its unacked hash holds it) but the consumer refused."""
+        try:
+            tag = payload["properties"]["delivery_tag"]  # type: ignore[index]
+            taken = self.qos.get(tag)
+        except (TypeError, KeyError):  # not a dict, no tag, an unhashable tag, or never taken in
+            return
+        if taken._raw is payload:  # this very message, not another one that carries the same tag
+            try:
+                self.basic_ack(tag)
+            except self.connection_errors as exc:
+                log.warning("could not ack the refused message: %s", exc)
 
 
 class Transport(kombu_redis.Transport):

@@ -16,7 +16,7 @@ import pytest
 
 from runner.core.jobs import BuildRequest, JobRecord, Status
 from tests.conftest import RUNNER, WRONG_PASSWORD_HOST, cleanup_namespace, new_harness, run_image
-from tests.hostile.rawqueue import post_raw
+from tests.hostile.rawqueue import post_body, post_raw
 from tests.support import every_value
 
 
@@ -140,6 +140,50 @@ def test_a_raw_message_that_is_no_job_is_set_aside(raw_harness, services, tmp_pa
     assert h.store.get("Not-A-Valid-Id") is None
     good = f"raw-{uuid.uuid4().hex[:10]}"  # the worker goes on with the next job
     post_raw(h.store, queue_of(h), {"id": good, "tags": [ref(h, "after")], "executor": "socket"},
+             tar_of(context(tmp_path, services["RUNNER_DEV_BASE_IMAGE"], "RUN echo fine")))
+    assert wait_finished(h, good).status is Status.succeeded
+
+
+@pytest.mark.parametrize("case, field, words", [
+    ("unknown field", "colour", "Extra inputs are not permitted"),
+    ("wrong type", "timeout", "valid integer"),
+    ("oversize args", "build_args", "over 65536 bytes"),
+    ("unreadable tags", "tags", "valid list"),
+])
+def test_a_raw_message_refused_at_parse_time_fails_its_job(raw_harness, services, tmp_path, case, field, words):
+    """A message that names a valid job id but is no valid job: that job gets a failed record
+    naming the field, its context goes, the message is set aside and acked."""
+    h = raw_harness
+    job_id, secret = f"raw-{uuid.uuid4().hex[:10]}", f"s3cr3t-{uuid.uuid4().hex}"
+    tags = [ref(h, "parse")]
+    job = {"id": job_id, "tags": tags, "executor": "socket", "build_args": {"TOKEN": secret}, "secret_build_args": ["TOKEN"],
+           **{"unknown field": {"colour": "blue"}, "wrong type": {"timeout": "soon"},
+              "oversize args": {"build_args": {"TOKEN": secret, "BIG": "x" * 70_000}}, "unreadable tags": {"tags": 42}}[case]}
+    post_raw(h.store, queue_of(h), job, tar_of(context(tmp_path, services["RUNNER_DEV_BASE_IMAGE"], "RUN echo never")))
+    record = wait_finished(h, job_id, 30)
+    assert record.status is Status.failed and record.error.kind == "invalid" and record.attempts == 0, record
+    assert record.error.message.startswith(f"refused: {field}: ") and words in record.error.message, record.error.message
+    assert record.request.tags == (tags if case != "unreadable tags" else ["refused.invalid/unreadable/tags:none"])
+    assert not h.store.has_context(job_id)
+    set_aside = [json.loads(m) for m in h.store.r.lrange(f"{queue_of(h)}.invalid", 0, -1)]
+    assert any(m.get("id") == job_id and m["refused"].startswith(field) for m in set_aside)
+    assert secret not in every_value(h.store)
+    assert h.store.r.llen(queue_of(h)) == 0 and h.worker_proc.poll() is None
+
+
+def test_a_message_whose_body_is_no_task_call_is_acked(raw_harness, services, tmp_path):
+    """A body kombu takes in but Celery cannot call (not [args, kwargs, embed]): set aside and
+    acked, never left in kombu's unacked hash (redelivered after every visibility timeout)."""
+    h = raw_harness
+    bodies = ['{"a": 1}', '[1]', '"job"', json.dumps([[{"id": "x"}], {}, 5]), json.dumps([[], [], {}])]
+    tags = [post_body(h.store, queue_of(h), body) for body in bodies]
+    deadline = time.monotonic() + 30
+    while any(h.store.r.hexists("unacked", tag) for tag in tags) or \
+            sum(tag in m for m in h.store.r.lrange(f"{queue_of(h)}.invalid", 0, -1) for tag in tags) < len(tags):
+        assert time.monotonic() < deadline, [(tag, h.store.r.hexists("unacked", tag)) for tag in tags]
+        time.sleep(0.1)
+    good = f"raw-{uuid.uuid4().hex[:10]}"  # and the worker's slots are free for the next job
+    post_raw(h.store, queue_of(h), {"id": good, "tags": [ref(h, "after-garbage")], "executor": "socket"},
              tar_of(context(tmp_path, services["RUNNER_DEV_BASE_IMAGE"], "RUN echo fine")))
     assert wait_finished(h, good).status is Status.succeeded
 

@@ -34,7 +34,7 @@ from runner.entry.dashboard.watch import JobsWatch, Resync
 from runner.entry.errors import ApiError, JobId
 from runner.entry.submission import submit
 from runner.store.logfollow import LogUnavailable, TooManyFollowers
-from runner.worker.admission import Rejected, parse_request
+from runner.worker.admission import Origin, Rejected, parse_request
 
 STATIC = Path(__file__).with_name("static")
 FLEET_SECONDS = 2.0
@@ -185,7 +185,7 @@ def register(app: FastAPI, context) -> None:
         return EventStream(events(), on_close=slot.release)
 
     @app.post("/ui/jobs/{job_id}/rerun", include_in_schema=False, status_code=202)
-    def rerun_job(job_id: JobId, _: ApiToken = require("submit")) -> JSONResponse:
+    def rerun_job(job_id: JobId, token: ApiToken = require("submit")) -> JSONResponse:
         """The same request under a new id (202 with the id); 409 saying why when the record cannot be repeated."""
         record = store.get(job_id)
         if record is None:
@@ -195,7 +195,7 @@ def register(app: FastAPI, context) -> None:
             raise ApiError(409, "cannot_rerun", f"job {job_id} cannot be re-run: {why}")
         try:
             request = parse_request(json.loads(rerun.rerun_request(record).model_dump_json()))
-            new, _created = submit(request, settings, store)
+            new, _created = submit(request, settings, store, Origin.api(token))  # the same rules as POST /v1/jobs
         except Rejected as exc:
             raise ApiError(422, "invalid", f"job {job_id} cannot be re-run as it was: {exc.message}") from None
         return JSONResponse({"id": new.id, "status": new.status.value}, status_code=202,
