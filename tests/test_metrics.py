@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,6 +305,27 @@ def test_a_job_recovered_from_a_lost_worker_counts_as_requeued(make_harness, tmp
     assert h.cli("cancel", job_id).returncode == 0
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (scripts/services.sh installs "
+                    "Debian's prometheus package)")
+def test_promtool_finds_nothing_to_lint_in_either_exposition(make_harness, tmp_path):
+    """Prometheus's own linter (names, units, counter suffixes, help texts) over the worker's and
+    runner serve's /metrics, with jobs counted and requests answered."""
+    h = fake_harness(make_harness)
+    start(h)
+    submit(h, tmp_path, mode="--wait")
+    submit(h, tmp_path, "--build-arg", "FAKE_EXIT=2", mode="--wait")
+    serve = start_serve(h)
+    try:
+        httpx.get(f"{serve.url}/v1/jobs/nope", timeout=10)
+        for url in (f"{h.metrics_url}/metrics", f"{serve.url}/metrics"):
+            text = httpx.get(url, timeout=10).content
+            assert b"runner_" in text
+            result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
+            assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), (url, result)
+    finally:
+        serve.stop()
+
+
 # -- runner serve's /metrics ------------------------------------------------------------------------
 def test_serve_exports_the_queue_length_redis_holds_and_the_live_workers(make_harness, services, tmp_path):
     h = fake_harness(make_harness)
@@ -314,7 +336,7 @@ def test_serve_exports_the_queue_length_redis_holds_and_the_live_workers(make_ha
         metrics = scrape(f"{serve.url}/metrics")
         llen = subprocess.run(["redis-cli", "-u", services["RUNNER_DEV_REDIS_URL"], "LLEN", queue],
                               capture_output=True, text=True, check=True).stdout.strip()
-        assert sample(metrics, "runner_queue_length", queue=queue) == 3 == int(llen)
+        assert sample(metrics, "runner_queue_length", queue=queue, executor="fake") == 3 == int(llen)
         assert sample(metrics, "runner_workers", executor="fake") == 0
         assert "runner_jobs_total" not in status_text(f"{serve.url}/metrics")  # job counters are the workers'
 
@@ -323,12 +345,42 @@ def test_serve_exports_the_queue_length_redis_holds_and_the_live_workers(make_ha
             assert finished(h, job_id).status.value == "succeeded"
         wait_for(lambda: sample(scrape(f"{serve.url}/metrics"), "runner_workers", executor="fake") == 1, 15,
                  "the worker's heartbeat to count")
-        assert sample(scrape(f"{serve.url}/metrics"), "runner_queue_length", queue=queue) == 0
+        assert sample(scrape(f"{serve.url}/metrics"), "runner_queue_length", queue=queue, executor="fake") == 0
         h.stop_worker(worker)
         # a worker that stops leaves the live list at once, not after its heartbeat lapses
         assert sample(scrape(f"{serve.url}/metrics"), "runner_workers", executor="fake") == 0
     finally:
         serve.stop()
+
+
+def test_serve_counts_api_requests_by_route_template_never_by_job_id(make_harness):
+    h = fake_harness(make_harness, api=API)
+    start(h)
+    serve = start_serve(h)
+    client = ApiClient(serve.url)
+    try:
+        job_id = client.submit({"tags": [f"{h.registry()}/fleet/api:1"], "executor": "fake"})
+        finished(h, job_id)
+        assert client.client.get(f"/v1/jobs/{job_id}").status_code == 200
+        assert client.client.get("/v1/jobs/no-such-job").status_code == 404
+        assert client.client.get(f"/v1/jobs/{job_id}/logs").status_code == 200
+        assert httpx.get(f"{serve.url}/no/such/route", timeout=10).status_code == 404
+        assert httpx.request("BREW", f"{serve.url}/v1/jobs", timeout=10).status_code == 405
+        text = status_text(f"{serve.url}/metrics")
+        m = scrape(f"{serve.url}/metrics")
+    finally:
+        client.close()
+        serve.stop()
+    one = "/v1/jobs/{job_id}"
+    assert sample(m, "runner_http_requests_total", method="GET", route=one, status="2xx") == 1
+    assert sample(m, "runner_http_requests_total", method="GET", route=one, status="4xx") == 1
+    assert sample(m, "runner_http_request_duration_seconds_count", method="GET", route=one) == 2
+    assert sample(m, "runner_http_requests_total", method="POST", route="/v1/jobs/{job_id}/context", status="2xx") == 1
+    assert sample(m, "runner_http_requests_total", method="POST", route="/v1/jobs", status="2xx") == 1
+    assert sample(m, "runner_http_requests_total", method="GET", route="/v1/jobs/{job_id}/logs", status="2xx") == 1
+    assert sample(m, "runner_http_requests_total", method="GET", route="unmatched", status="4xx") == 1
+    assert sample(m, "runner_http_requests_total", method="other", route="/v1/jobs", status="4xx") == 1  # no BREW label
+    assert job_id not in text and "no-such-job" not in text and "/no/such" not in text
 
 
 # -- probes -----------------------------------------------------------------------------------------
@@ -342,9 +394,11 @@ def test_readyz_is_503_while_redis_is_down_and_200_when_it_is_back(make_harness,
         serve = start_serve(h)
         worker_ready, serve_ready = f"{h.metrics_url}/readyz", f"{serve.url}/readyz"
         assert status(worker_ready) == 200 and status(serve_ready) == 200
+        assert sample(scrape(f"{h.metrics_url}/metrics"), "runner_worker_ready") == 1
 
         redis.stop()
         wait_for(lambda: status(worker_ready) == 503, 10, "the worker's /readyz to turn 503")
+        assert sample(scrape(f"{h.metrics_url}/metrics"), "runner_worker_ready") == 0  # what an alert reads
         wait_for(lambda: status(serve_ready) == 503, 10, "serve's /readyz to turn 503")
         assert status(f"{h.metrics_url}/healthz") == 200  # alive: a Redis outage is no reason to restart it
         assert worker.poll() is None

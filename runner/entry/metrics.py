@@ -1,6 +1,6 @@
 """`runner serve`'s view of the fleet for Prometheus, and its readiness probe.
 
-/metrics   runner_queue_length{queue}: messages waiting in each enabled executor's queue (the
+/metrics   runner_queue_length{queue,executor}: messages waiting in each enabled executor's queue (the
            broker's list, LLEN: what KEDA reads). Exported here only, so a fleet of workers
            does not report it once each. runner_workers{executor}: workers whose heartbeat is
            live (runner/worker/health.py). runner_jobs_requeued_total{executor,reason}: jobs
@@ -48,10 +48,10 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         executors = self.settings.enabled_executors()
-        lengths = self.store.queue_lengths([self.settings.queue_for(name) for name in executors])
-        queued = GaugeMetricFamily("runner_queue_length", "Jobs waiting in an executor's queue", labels=["queue"])
-        for queue, length in lengths.items():
-            queued.add_metric([queue], length)
+        queues = {self.settings.queue_for(name): name for name in executors}
+        queued = GaugeMetricFamily("runner_queue_length", "Jobs waiting in an executor's queue", labels=["queue", "executor"])
+        for queue, length in self.store.queue_lengths(list(queues)).items():
+            queued.add_metric([queue, queues[queue]], length)
         workers = GaugeMetricFamily("runner_workers", "Workers serving an executor (heartbeat live)", labels=["executor"])
         for executor, count in self.store.live_workers(executors).items():
             workers.add_metric([executor], count)

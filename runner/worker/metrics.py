@@ -82,9 +82,11 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
         self._executors = list(executors)
         #: is this process running that job now? (the Worker's running_here, set once it exists)
         self.running_here: Callable[[str], bool] = lambda job_id: False
+        #: would /readyz answer 200 now? (set by the worker's HTTP service: runner/worker/health.py)
+        self.ready: Callable[[], bool] = lambda: False
         self._running: dict[str, tuple[str, float]] = {}  # job id -> (executor, when it was told started)
         self._lock = threading.Lock()
-        r.register(_RunningJobs(self))
+        r.register(_AtScrape(self))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -142,8 +144,8 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
         self.phases.labels(executor, phase).observe(seconds)
 
 
-class _RunningJobs(Collector):
-    """runner_jobs_running, read when scraped."""
+class _AtScrape(Collector):
+    """runner_jobs_running and runner_worker_ready, read when scraped."""
 
     def __init__(self, metrics: WorkerMetrics):
         self.metrics = metrics
@@ -153,3 +155,5 @@ class _RunningJobs(Collector):
         for executor, count in self.metrics.running().items():
             family.add_metric([executor], count)
         yield family
+        yield GaugeMetricFamily("runner_worker_ready", "1 when /readyz answers 200 (Redis answers, every executor passed "
+                                "its check, not draining); 0 otherwise, /readyz says why", value=int(self.metrics.ready()))
