@@ -14,9 +14,11 @@ name); where kubectl is installed its own `kubectl kustomize` is compared with i
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -32,6 +34,7 @@ import yaml
 
 from runner.config.settings import Settings, load_settings
 from runner.store.jobstore import JobStore
+from tests.support import crds
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -266,6 +269,28 @@ def test_every_manifest_passes_strict_validation(install, version):
     assert {d["kind"] for d in install.docs if d["apiVersion"].startswith("keda.sh/")} <= KEDA_KINDS
 
 
+def test_custom_resources_pass_their_own_crds(install):
+    """KEDA's objects against KEDA's CRD (tests/fixtures/crds, from its repository): types,
+    enums, required fields, and no field KEDA does not know."""
+    custom = [d for d in install.docs if d["apiVersion"].startswith("keda.sh/")]
+    assert {d["kind"] for d in custom} == KEDA_KINDS
+    for doc in custom:
+        assert crds.validate(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
+
+
+def test_crd_validation_catches_a_misspelt_field_and_a_wrong_value():
+    scaled = copy.deepcopy(Install("base").one("ScaledObject"))
+    assert crds.validate(scaled) == []
+    misspelt = copy.deepcopy(scaled)
+    misspelt["spec"]["advanced"]["scalingModifiers"]["formla"] = misspelt["spec"]["advanced"]["scalingModifiers"].pop("formula")
+    assert any("formla" in error for error in crds.validate(misspelt))
+    wrong = copy.deepcopy(scaled)
+    wrong["spec"]["advanced"]["scalingModifiers"]["metricType"] = "Utilisation"
+    assert any("advanced.scalingModifiers.metricType" in error for error in crds.validate(wrong))
+    del wrong["spec"]["fallback"]["replicas"]
+    assert any("'replicas' is a required property" in error for error in crds.validate(wrong))
+
+
 def test_strict_validation_catches_a_misspelt_field():
     worker = copy.deepcopy(Install("base").workload("worker"))
     kubernetes_validate.validate(worker, OLDEST_KUBERNETES, strict=True)
@@ -338,6 +363,57 @@ def test_keda_scales_the_worker_on_its_queue_and_running_list(install, settings_
         assert redis_env["valueFrom"]["secretKeyRef"] == {"name": password["name"], "key": password["key"]}
     # one worker per listLength running jobs: never fewer than the running builds need
     assert int(triggers[running]["metadata"]["listLength"]) <= settings.worker.concurrency
+
+
+def formula_value(formula: str, values: dict[str, int]) -> float:
+    """KEDA's formula (expr language) for what the manifests use: sums of trigger names."""
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return value(node.left) + value(node.right)
+        if isinstance(node, ast.Name):
+            return values[node.id]
+        raise AssertionError(f"this test reads sums of trigger names, not {ast.unparse(node)!r}")
+
+    return value(ast.parse(formula, mode="eval").body)
+
+
+def test_keda_sizes_the_fleet_on_queued_plus_running(install, settings_of):
+    """The HPA KEDA makes, computed: replicas = ceil(formula / target) for an AverageValue
+    target, kept within min and max, 0 only when nothing is above the activation target."""
+    settings = settings_of("worker")
+    [executor] = settings.enabled_executors()
+    spec = install.one("ScaledObject")["spec"]
+    modifiers = spec["advanced"]["scalingModifiers"]
+    lists = {t["name"]: t["metadata"]["listName"] for t in spec["triggers"]}
+    queue, running = settings.queue_for(executor), JobStore.from_settings(settings).running_key(executor)
+    assert sorted(lists.values()) == sorted([queue, running])
+    assert {n.id for n in ast.walk(ast.parse(modifiers["formula"], mode="eval")) if isinstance(n, ast.Name)} == set(lists)
+    assert modifiers["metricType"] == "AverageValue", "replicas follow demand per worker; the fallback needs it too"
+    assert float(modifiers["target"]) == settings.worker.concurrency, "one worker per worker.concurrency jobs"
+    low, high = spec["minReplicaCount"], spec["maxReplicaCount"]
+
+    def replicas(queued: int, running_jobs: int) -> int:
+        demand = formula_value(modifiers["formula"], {name: {queue: queued, running: running_jobs}[key] for name, key in lists.items()})
+        if demand <= float(modifiers.get("activationTarget", "0")):
+            return low
+        return min(max(math.ceil(demand / float(modifiers["target"])), low, 1), high)
+
+    concurrency = settings.worker.concurrency
+    assert replicas(queued=2, running_jobs=4) == math.ceil(6 / concurrency)  # 3 with concurrency 2; the larger trigger alone gave 2
+    assert replicas(0, 0) == low
+    assert replicas(1, 0) >= 1, "one queued job wakes a fleet scaled to zero"
+    assert replicas(0, 1) >= 1, "a running build keeps its worker"
+    assert replicas(10_000, 0) == high
+    for queued in range(0, 12):
+        for running_jobs in range(0, 12):
+            slots = replicas(queued, running_jobs) * concurrency
+            assert slots >= min(queued + running_jobs, high * concurrency), (queued, running_jobs)
+            assert replicas(queued, running_jobs) <= max(low, math.ceil((queued + running_jobs) / concurrency))
+    fallback = spec["fallback"]
+    assert fallback["failureThreshold"] >= 1
+    assert max(low, 1) <= fallback["replicas"] <= high
+    assert fallback["behavior"] == "currentReplicasIfHigher", "Redis unreadable: never scale in on a missing number"
 
 
 def test_termination_grace_outlasts_the_shutdown_grace(install, settings_of):
