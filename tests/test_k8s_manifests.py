@@ -38,6 +38,7 @@ from tests.support import crds
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+MONITORING = ROOT / "deploy" / "monitoring"
 RENDERINGS = ["base", *sorted(f"overlays/{p.name}" for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())]
 #: appArmorProfile (1.30) and native sidecars (1.29) are the newest fields used
 OLDEST_KUBERNETES = "1.30.0"
@@ -122,7 +123,8 @@ def build(directory: Path) -> tuple[list[dict], set[str]]:
         behavior = generator.get("behavior", "create")
         if behavior == "create":
             assert existing is None, f"{directory}: ConfigMap {generator['name']} generated twice"
-            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
+            metadata = {"name": generator["name"], **({"labels": labels} if (labels := generator.get("options", {}).get("labels")) else {})}
+            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
             generated.add(generator["name"])
         else:
             assert existing is not None, f"{directory}: nothing to {behavior} for ConfigMap {generator['name']}"
@@ -583,7 +585,7 @@ def test_namespaces_admit_what_the_worker_needs(install):
 # -- the renderer against kustomize itself ---------------------------------------------------
 def normalised(docs: list[dict]) -> list[str]:
     text = [json.dumps(d, sort_keys=True) for d in docs]
-    return sorted(re.sub(r'"(runner-config)-[a-z0-9]{10}"', r'"\1-HASH"', t) for t in text)
+    return sorted(re.sub(r'"(runner-config|runner-grafana-dashboard)-[a-z0-9]{10}"', r'"\1-HASH"', t) for t in text)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
@@ -591,3 +593,55 @@ def test_renderer_matches_kubectl_kustomize(install):
     result = subprocess.run(["kubectl", "kustomize", str(K8S / install.name)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert normalised(load_docs(result.stdout)) == normalised(install.docs)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+def test_renderer_matches_kubectl_kustomize_for_monitoring():
+    result = subprocess.run(["kubectl", "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert normalised(load_docs(result.stdout)) == normalised(render(MONITORING))
+
+
+# -- monitoring (deploy/monitoring) ----------------------------------------------------------
+def test_monitoring_objects_pass_the_prometheus_operators_crds():
+    docs = render(MONITORING)
+    assert {d["kind"] for d in docs} == {"PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            kubernetes_validate.validate(doc, OLDEST_KUBERNETES, strict=True)
+            assert doc["metadata"]["labels"] == {"grafana_dashboard": "1"}  # what Grafana's dashboard sidecar looks for
+            assert json.loads(doc["data"]["ci-build-runner.json"])["uid"] == "ci-build-runner"
+        else:
+            assert crds.validate(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
+    broken = copy.deepcopy(next(d for d in docs if d["kind"] == "PodMonitor"))
+    broken["spec"]["podMetricsEndpoints"][0]["scrapeInterval"] = "30s"  # the field is `interval`
+    assert any("scrapeInterval" in error for error in crds.validate(broken))
+
+
+def test_monitors_and_annotations_scrape_the_ports_the_settings_serve(install, settings_of):
+    """The PodMonitor finds the worker pods and their metrics port, the ServiceMonitor the API's
+    Service and its port, and the plain scrape annotations name the same ports."""
+    monitoring = render(MONITORING)
+    pod_monitor = next(d for d in monitoring if d["kind"] == "PodMonitor")["spec"]
+    service_monitor = next(d for d in monitoring if d["kind"] == "ServiceMonitor")["spec"]
+    worker, api = install.container("worker"), install.container("api")
+    metrics_port = settings_of("worker").worker.metrics_port
+    assert selects(pod_monitor["selector"]["matchLabels"], install.pod_labels("worker"))
+    for other in ("api", "redis"):
+        assert not selects(pod_monitor["selector"]["matchLabels"], install.pod_labels(other))
+    [endpoint] = pod_monitor["podMetricsEndpoints"]
+    assert port_number(worker, endpoint["port"]) == metrics_port and endpoint["path"] == "/metrics"
+
+    service = install.service_for("api")
+    matching = [s for s in install.all("Service") if selects(service_monitor["selector"]["matchLabels"], s["metadata"]["labels"])]
+    assert matching == [service], "the ServiceMonitor selects the API's Service by its labels, and only it"
+    [endpoint] = service_monitor["endpoints"]
+    [service_port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert port_number(api, service_port["targetPort"]) == settings_of("api").api.port and endpoint["path"] == "/metrics"
+
+    for component, port in (("worker", metrics_port), ("api", settings_of("api").api.port)):
+        annotations = install.workload(component)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+    policy = next(p for p in install.all("NetworkPolicy") if p["metadata"]["name"] == "runner-worker")
+    assert any(metrics_port in {port["port"] for port in rule["ports"]} and "from" not in rule for rule in policy["spec"]["ingress"]), \
+        "Prometheus (any namespace) reaches the workers' metrics port"
