@@ -22,6 +22,7 @@ from runner.core.build import LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.jobs import ImageRef, PushedImage
+from runner.core.metrics import NO_METRICS, PhaseClock
 from runner.core.registries import Copies, Registries
 
 #: pushes `ref` for real and returns the digest the registry confirmed for it
@@ -30,14 +31,17 @@ REPOSITORIES_AT_ONCE = 4
 
 
 def push_tags(refs: list[ImageRef], push: Push, registries: Registries, log: LogSink,
-              cancel: CancelToken) -> list[PushedImage]:
-    """Every ref with its registry digest, pushing once per registry."""
+              cancel: CancelToken, phases: PhaseClock | None = None) -> list[PushedImage]:
+    """Every ref with its registry digest, pushing once per registry. `phases` times the
+    pushes as `push` and the further tags as `tags`."""
+    phases = phases or PhaseClock(NO_METRICS, "")
     digests: dict[int, str] = {}
     pushed: dict[str, tuple[ImageRef, str]] = {}  # registry -> (the ref pushed there, its digest)
     for index, ref in enumerate(refs):
         if ref.registry not in pushed:
             cancel.raise_if_set()
-            digests[index] = push(ref)
+            with phases("push"):
+                digests[index] = push(ref)
             pushed[ref.registry] = (ref, digests[index])
     rest = [index for index in range(len(refs)) if index not in digests]
     by_repository: dict[tuple[str, str], list[int]] = {}
@@ -50,6 +54,7 @@ def push_tags(refs: list[ImageRef], push: Push, registries: Registries, log: Log
 
     cancel.raise_if_set()
     if by_repository:
+        phases.switch("tags")
         for registry, (origin, pushed_digest) in pushed.items():
             try:
                 registries.fetch_manifests(origin, pushed_digest, copies[registry])
@@ -63,6 +68,7 @@ def push_tags(refs: list[ImageRef], push: Push, registries: Registries, log: Log
                 cancel.raise_if_set()
                 digest = push(refs[index])
             digests[index] = digest
+        phases.stop()
     return [PushedImage(ref=str(ref), digest=digests[index]) for index, ref in enumerate(refs)]
 
 

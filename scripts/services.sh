@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install (Debian, as root) and start everything the runner and its tests need:
 # Docker Engine, Redis (with AOF), an htpasswd-protected registry on :5000, buildah,
-# skopeo, git, and a tiny busybox base image pushed to that registry.
+# skopeo, git, Prometheus and promtool (the metrics and alert-rule tests; never started as a
+# service here), and a tiny busybox base image pushed to that registry.
 # Idempotent: running it again only starts what is not running.
 set -euo pipefail
 
@@ -42,6 +43,19 @@ install_packages() {
     apt-get update -qq >>"$STATE/apt.log" 2>&1
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >>"$STATE/apt.log" 2>&1
   fi
+}
+
+install_prometheus() {  # Debian's server and promtool; the tests start their own on a spare port
+  if command -v prometheus >/dev/null && command -v promtool >/dev/null; then return; fi
+  say "installing prometheus (without the node exporter it recommends, and not started as a service)"
+  local policy=/usr/sbin/policy-rc.d added="" rc=0
+  if [ ! -e "$policy" ]; then  # the package's postinst would start a daemon on :9090 otherwise
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
+  fi
+  apt-get update -qq >>"$STATE/apt.log" 2>&1 &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >>"$STATE/apt.log" 2>&1 || rc=$?
+  if [ -n "$added" ]; then rm -f "$policy"; fi
+  return "$rc"
 }
 
 add_hosts() {  # before dockerd starts: its resolver caches /etc/hosts for a while
@@ -147,6 +161,7 @@ EOF
 }
 
 step "install packages" "$STATE/apt.log" install_packages
+step "install prometheus" "$STATE/apt.log" install_prometheus
 step "add $REGISTRY_NAME to /etc/hosts" "$STATE/setup.log" add_hosts
 step "start dockerd" "$STATE/dockerd.log" start_docker
 step "start redis" "$STATE/redis.log" start_redis

@@ -14,9 +14,11 @@ name); where kubectl is installed its own `kubectl kustomize` is compared with i
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -32,9 +34,11 @@ import yaml
 
 from runner.config.settings import Settings, load_settings
 from runner.store.jobstore import JobStore
+from tests.support import crds
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+MONITORING = ROOT / "deploy" / "monitoring"
 RENDERINGS = ["base", *sorted(f"overlays/{p.name}" for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())]
 #: appArmorProfile (1.30) and native sidecars (1.29) are the newest fields used
 OLDEST_KUBERNETES = "1.30.0"
@@ -119,7 +123,8 @@ def build(directory: Path) -> tuple[list[dict], set[str]]:
         behavior = generator.get("behavior", "create")
         if behavior == "create":
             assert existing is None, f"{directory}: ConfigMap {generator['name']} generated twice"
-            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
+            metadata = {"name": generator["name"], **({"labels": labels} if (labels := generator.get("options", {}).get("labels")) else {})}
+            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
             generated.add(generator["name"])
         else:
             assert existing is not None, f"{directory}: nothing to {behavior} for ConfigMap {generator['name']}"
@@ -266,6 +271,28 @@ def test_every_manifest_passes_strict_validation(install, version):
     assert {d["kind"] for d in install.docs if d["apiVersion"].startswith("keda.sh/")} <= KEDA_KINDS
 
 
+def test_custom_resources_pass_their_own_crds(install):
+    """KEDA's objects against KEDA's CRD (tests/fixtures/crds, from its repository): types,
+    enums, required fields, and no field KEDA does not know."""
+    custom = [d for d in install.docs if d["apiVersion"].startswith("keda.sh/")]
+    assert {d["kind"] for d in custom} == KEDA_KINDS
+    for doc in custom:
+        assert crds.validate(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
+
+
+def test_crd_validation_catches_a_misspelt_field_and_a_wrong_value():
+    scaled = copy.deepcopy(Install("base").one("ScaledObject"))
+    assert crds.validate(scaled) == []
+    misspelt = copy.deepcopy(scaled)
+    misspelt["spec"]["advanced"]["scalingModifiers"]["formla"] = misspelt["spec"]["advanced"]["scalingModifiers"].pop("formula")
+    assert any("formla" in error for error in crds.validate(misspelt))
+    wrong = copy.deepcopy(scaled)
+    wrong["spec"]["advanced"]["scalingModifiers"]["metricType"] = "Utilisation"
+    assert any("advanced.scalingModifiers.metricType" in error for error in crds.validate(wrong))
+    del wrong["spec"]["fallback"]["replicas"]
+    assert any("'replicas' is a required property" in error for error in crds.validate(wrong))
+
+
 def test_strict_validation_catches_a_misspelt_field():
     worker = copy.deepcopy(Install("base").workload("worker"))
     kubernetes_validate.validate(worker, OLDEST_KUBERNETES, strict=True)
@@ -338,6 +365,57 @@ def test_keda_scales_the_worker_on_its_queue_and_running_list(install, settings_
         assert redis_env["valueFrom"]["secretKeyRef"] == {"name": password["name"], "key": password["key"]}
     # one worker per listLength running jobs: never fewer than the running builds need
     assert int(triggers[running]["metadata"]["listLength"]) <= settings.worker.concurrency
+
+
+def formula_value(formula: str, values: dict[str, int]) -> float:
+    """KEDA's formula (expr language) for what the manifests use: sums of trigger names."""
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            return value(node.left) + value(node.right)
+        if isinstance(node, ast.Name):
+            return values[node.id]
+        raise AssertionError(f"this test reads sums of trigger names, not {ast.unparse(node)!r}")
+
+    return value(ast.parse(formula, mode="eval").body)
+
+
+def test_keda_sizes_the_fleet_on_queued_plus_running(install, settings_of):
+    """The HPA KEDA makes, computed: replicas = ceil(formula / target) for an AverageValue
+    target, kept within min and max, 0 only when nothing is above the activation target."""
+    settings = settings_of("worker")
+    [executor] = settings.enabled_executors()
+    spec = install.one("ScaledObject")["spec"]
+    modifiers = spec["advanced"]["scalingModifiers"]
+    lists = {t["name"]: t["metadata"]["listName"] for t in spec["triggers"]}
+    queue, running = settings.queue_for(executor), JobStore.from_settings(settings).running_key(executor)
+    assert sorted(lists.values()) == sorted([queue, running])
+    assert {n.id for n in ast.walk(ast.parse(modifiers["formula"], mode="eval")) if isinstance(n, ast.Name)} == set(lists)
+    assert modifiers["metricType"] == "AverageValue", "replicas follow demand per worker; the fallback needs it too"
+    assert float(modifiers["target"]) == settings.worker.concurrency, "one worker per worker.concurrency jobs"
+    low, high = spec["minReplicaCount"], spec["maxReplicaCount"]
+
+    def replicas(queued: int, running_jobs: int) -> int:
+        demand = formula_value(modifiers["formula"], {name: {queue: queued, running: running_jobs}[key] for name, key in lists.items()})
+        if demand <= float(modifiers.get("activationTarget", "0")):
+            return low
+        return min(max(math.ceil(demand / float(modifiers["target"])), low, 1), high)
+
+    concurrency = settings.worker.concurrency
+    assert replicas(queued=2, running_jobs=4) == math.ceil(6 / concurrency)  # 3 with concurrency 2; the larger trigger alone gave 2
+    assert replicas(0, 0) == low
+    assert replicas(1, 0) >= 1, "one queued job wakes a fleet scaled to zero"
+    assert replicas(0, 1) >= 1, "a running build keeps its worker"
+    assert replicas(10_000, 0) == high
+    for queued in range(0, 12):
+        for running_jobs in range(0, 12):
+            slots = replicas(queued, running_jobs) * concurrency
+            assert slots >= min(queued + running_jobs, high * concurrency), (queued, running_jobs)
+            assert replicas(queued, running_jobs) <= max(low, math.ceil((queued + running_jobs) / concurrency))
+    fallback = spec["fallback"]
+    assert fallback["failureThreshold"] >= 1
+    assert max(low, 1) <= fallback["replicas"] <= high
+    assert fallback["behavior"] == "currentReplicasIfHigher", "Redis unreadable: never scale in on a missing number"
 
 
 def test_termination_grace_outlasts_the_shutdown_grace(install, settings_of):
@@ -507,7 +585,7 @@ def test_namespaces_admit_what_the_worker_needs(install):
 # -- the renderer against kustomize itself ---------------------------------------------------
 def normalised(docs: list[dict]) -> list[str]:
     text = [json.dumps(d, sort_keys=True) for d in docs]
-    return sorted(re.sub(r'"(runner-config)-[a-z0-9]{10}"', r'"\1-HASH"', t) for t in text)
+    return sorted(re.sub(r'"(runner-config|runner-grafana-dashboard)-[a-z0-9]{10}"', r'"\1-HASH"', t) for t in text)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
@@ -515,3 +593,55 @@ def test_renderer_matches_kubectl_kustomize(install):
     result = subprocess.run(["kubectl", "kustomize", str(K8S / install.name)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert normalised(load_docs(result.stdout)) == normalised(install.docs)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+def test_renderer_matches_kubectl_kustomize_for_monitoring():
+    result = subprocess.run(["kubectl", "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert normalised(load_docs(result.stdout)) == normalised(render(MONITORING))
+
+
+# -- monitoring (deploy/monitoring) ----------------------------------------------------------
+def test_monitoring_objects_pass_the_prometheus_operators_crds():
+    docs = render(MONITORING)
+    assert {d["kind"] for d in docs} == {"PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            kubernetes_validate.validate(doc, OLDEST_KUBERNETES, strict=True)
+            assert doc["metadata"]["labels"] == {"grafana_dashboard": "1"}  # what Grafana's dashboard sidecar looks for
+            assert json.loads(doc["data"]["ci-build-runner.json"])["uid"] == "ci-build-runner"
+        else:
+            assert crds.validate(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
+    broken = copy.deepcopy(next(d for d in docs if d["kind"] == "PodMonitor"))
+    broken["spec"]["podMetricsEndpoints"][0]["scrapeInterval"] = "30s"  # the field is `interval`
+    assert any("scrapeInterval" in error for error in crds.validate(broken))
+
+
+def test_monitors_and_annotations_scrape_the_ports_the_settings_serve(install, settings_of):
+    """The PodMonitor finds the worker pods and their metrics port, the ServiceMonitor the API's
+    Service and its port, and the plain scrape annotations name the same ports."""
+    monitoring = render(MONITORING)
+    pod_monitor = next(d for d in monitoring if d["kind"] == "PodMonitor")["spec"]
+    service_monitor = next(d for d in monitoring if d["kind"] == "ServiceMonitor")["spec"]
+    worker, api = install.container("worker"), install.container("api")
+    metrics_port = settings_of("worker").worker.metrics_port
+    assert selects(pod_monitor["selector"]["matchLabels"], install.pod_labels("worker"))
+    for other in ("api", "redis"):
+        assert not selects(pod_monitor["selector"]["matchLabels"], install.pod_labels(other))
+    [endpoint] = pod_monitor["podMetricsEndpoints"]
+    assert port_number(worker, endpoint["port"]) == metrics_port and endpoint["path"] == "/metrics"
+
+    service = install.service_for("api")
+    matching = [s for s in install.all("Service") if selects(service_monitor["selector"]["matchLabels"], s["metadata"]["labels"])]
+    assert matching == [service], "the ServiceMonitor selects the API's Service by its labels, and only it"
+    [endpoint] = service_monitor["endpoints"]
+    [service_port] = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert port_number(api, service_port["targetPort"]) == settings_of("api").api.port and endpoint["path"] == "/metrics"
+
+    for component, port in (("worker", metrics_port), ("api", settings_of("api").api.port)):
+        annotations = install.workload(component)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+    policy = next(p for p in install.all("NetworkPolicy") if p["metadata"]["name"] == "runner-worker")
+    assert any(metrics_port in {port["port"] for port in rule["ports"]} and "from" not in rule for rule in policy["spec"]["ingress"]), \
+        "Prometheus (any namespace) reaches the workers' metrics port"

@@ -5,14 +5,17 @@ unless a test needs a real engine (build-cache steps, push retries)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -22,8 +25,11 @@ import pytest
 from runner.config.logs import configure_logging, settings_secrets
 from runner.config.settings import Settings
 from runner.core.process_log import job_fields
+from runner.worker.process_metrics import runner_version
 from tests.conftest import RUNNER
 from tests.support.fleet import (
+    API,
+    ApiClient,
     OwnRedis,
     free_port,
     metrics_config,
@@ -163,6 +169,163 @@ def test_dind_reports_its_warm_pool_and_sidecar_start_times(make_harness, servic
     assert sample(scrape(url), "runner_build_steps_total", executor="dind", cache="miss") >= 1
 
 
+FAILURE_KINDS = ["invalid", "build", "auth", "infrastructure", "timeout", "worker_lost"]
+PHASES = ["context", "clone", "build", "push", "tags"]
+
+
+def test_every_known_series_is_there_at_zero_from_start_up(make_harness):
+    """So increase() and rate() see a first failure as 0 -> 1, not as a series born at 1."""
+    h = fake_harness(make_harness, worker={"concurrency": 3})
+    start(h)
+    m = scrape(f"{h.metrics_url}/metrics")
+    for kind in FAILURE_KINDS:
+        assert sample(m, "runner_job_failures_total", executor="fake", kind=kind) == 0, kind
+    for final in ("succeeded", "failed", "cancelled", "timed_out"):
+        assert sample(m, "runner_jobs_total", executor="fake", status=final) == 0
+        assert sample(m, "runner_job_duration_seconds_count", executor="fake", status=final) == 0
+    for phase in PHASES:
+        assert sample(m, "runner_job_phase_seconds_count", executor="fake", phase=phase) == 0, phase
+    assert sample(m, "runner_push_retries_total", executor="fake") == 0
+    assert sample(m, "runner_build_steps_total", executor="fake", cache="hit") == 0
+    assert sample(m, "runner_build_steps_total", executor="fake", cache="miss") == 0
+    assert sample(m, "runner_worker_build_slots") == 3  # worker.concurrency: what utilisation divides by
+    assert sample(m, "runner_build_info", version=runner_version()) == 1
+    assert runner_version() == importlib.metadata.version("ci-build-runner") != "unknown"
+
+    serve = start_serve(h)
+    try:
+        fleet = scrape(f"{serve.url}/metrics")
+        for executor in h.settings.enabled_executors():
+            for reason in ("shutdown", "engine_down", "worker_lost"):
+                assert sample(fleet, "runner_jobs_requeued_total", executor=executor, reason=reason) == 0
+        for kind in ("callback", "status.github", "status.gitlab", "status.gitea"):
+            assert sample(fleet, "runner_deliveries_gave_up_total", kind=kind) == 0
+        assert sample(fleet, "runner_build_info", version=runner_version()) == 1
+        # the API's routes, by template, from the first request on (this scrape was one)
+        for status_class in ("2xx", "3xx", "4xx", "5xx"):
+            assert sample(fleet, "runner_http_requests_total", method="POST", route="/v1/jobs", status=status_class) == 0
+        assert sample(fleet, "runner_http_requests_total", method="POST", route="/v1/webhooks/{provider}", status="5xx") == 0
+    finally:
+        serve.stop()
+
+
+def test_phases_of_an_uploaded_and_a_git_context_are_timed(make_harness, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "Dockerfile").write_text("FROM scratch\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    h = fake_harness(make_harness, git={"allowed_schemes": ["file"]}, api=API)
+    start(h)
+    url = f"{h.metrics_url}/metrics"
+    assert finished(h, submit(h, tmp_path, mode="--wait")).status.value == "succeeded"
+    uploaded = scrape(url)
+    assert sample(uploaded, "runner_job_phase_seconds_count", executor="fake", phase="context") == 1
+    assert sample(uploaded, "runner_job_phase_seconds_sum", executor="fake", phase="context") > 0
+    assert sample(uploaded, "runner_job_phase_seconds_count", executor="fake", phase="clone") == 0
+
+    serve = start_serve(h)
+    client = ApiClient(serve.url)
+    try:
+        response = client.client.post("/v1/jobs", json={"tags": [f"{h.registry()}/fleet/git:1"],
+                                                        "context": {"type": "git", "url": f"file://{repo}", "ref": "main"}})
+        assert response.status_code == 202, response.text
+        assert finished(h, response.json()["id"]).status.value == "succeeded"
+    finally:
+        client.close()
+        serve.stop()
+    cloned = scrape(url)
+    assert sample(cloned, "runner_job_phase_seconds_count", executor="fake", phase="clone") == 1
+    assert sample(cloned, "runner_job_phase_seconds_count", executor="fake", phase="context") == 1
+
+
+@pytest.mark.parametrize("executor", ["socket", "buildah"])
+def test_build_push_and_tags_phases_are_timed_by_the_executor(make_harness, services, tmp_path, executor):
+    port = free_port()
+    h = make_harness(worker=metrics_config(port))
+    if not h.config["executors"].get(executor, {}).get("enabled"):
+        pytest.skip(f"the {executor} executor cannot run here")
+    start(h, executor)
+    dockerfile = f"FROM {services['RUNNER_DEV_BASE_IMAGE']}\nRUN echo {uuid.uuid4().hex} > /p\n"
+    repository = f"{h.registry()}/fleet/phases-{executor}"
+    result = h.cli("submit", str(context(tmp_path, dockerfile)), "--executor", executor, "-t", f"{repository}:1",
+                   "-t", f"{repository}:2", "--json")
+    assert result.returncode == 0, result.stderr + result.stdout
+    m = scrape(f"http://127.0.0.1:{port}/metrics")
+    for phase in ("context", "build", "push", "tags"):  # tag 2 is a manifest put: the tags phase
+        assert sample(m, "runner_job_phase_seconds_count", executor=executor, phase=phase) == 1, phase
+        assert sample(m, "runner_job_phase_seconds_sum", executor=executor, phase=phase) > 0, phase
+    took = sample(m, "runner_job_duration_seconds_sum", executor=executor, status="succeeded")
+    phases = sum(sample(m, "runner_job_phase_seconds_sum", executor=executor, phase=p) for p in PHASES)
+    assert phases <= took  # the phases are parts of the job, never more than all of it
+
+
+def test_a_requeue_survives_its_worker_and_the_next_attempt_waits_from_the_requeue(make_harness, tmp_path):
+    """SIGTERM past the grace requeues the running job and the worker exits: the count is in
+    Redis (runner serve's /metrics), and the next attempt's queue wait starts at the requeue."""
+    h = fake_harness(make_harness, worker={"shutdown_grace": 1})
+    worker = start(h)
+    serve = start_serve(h)
+    try:
+        job_id = submit(h, tmp_path, "--build-arg", "FAKE_SLEEP=4")
+        wait_for(lambda: h.store.get(job_id).status.value == "running", 30, "the job to run")
+        time.sleep(2)  # the first attempt runs a while: its time must not count as waiting
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert worker.wait(30) == 0
+        requeued = h.store.get(job_id)
+        assert requeued.status.value == "queued" and requeued.queued_at is not None
+        assert sample(scrape(f"{serve.url}/metrics"), "runner_jobs_requeued_total", executor="fake", reason="shutdown") == 1
+
+        time.sleep(1)  # a wait in the queue the next attempt must count
+        start(h)
+        final = finished(h, job_id)
+        assert final.status.value == "succeeded" and final.attempts == 1
+        m = scrape(f"{h.metrics_url}/metrics")
+        assert sample(m, "runner_job_queue_wait_seconds_count", executor="fake") == 1
+        waited = sample(m, "runner_job_queue_wait_seconds_sum", executor="fake")
+        assert waited == pytest.approx((final.started_at - final.queued_at).total_seconds(), abs=0.01)
+        assert waited >= 1
+        assert waited < (final.started_at - final.created_at).total_seconds() - 2.5  # not from submission
+        assert sample(scrape(f"{serve.url}/metrics"), "runner_jobs_requeued_total", executor="fake", reason="shutdown") == 1
+    finally:
+        serve.stop()
+
+
+def test_a_job_recovered_from_a_lost_worker_counts_as_requeued(make_harness, tmp_path):
+    h = fake_harness(make_harness, worker={"lease_ttl": 3, "recover_interval": 0.5, "concurrency": 1})
+    lost = start(h)
+    job_id = submit(h, tmp_path, "--build-arg", "FAKE_SLEEP=30")
+    wait_for(lambda: h.store.get(job_id).status.value == "running", 30, "the job to run")
+    h.stop_worker(lost, signal.SIGKILL)
+    start(h)
+    wait_for(lambda: (r := h.store.get(job_id)) and r.attempts == 2 and r.status.value == "running", 60,
+             "the job to run again on the second worker")
+    assert h.store.requeues() == {("fake", "worker_lost"): 1}
+    assert h.store.get(job_id).queued_at is not None
+    assert h.cli("cancel", job_id).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (scripts/services.sh installs "
+                    "Debian's prometheus package)")
+def test_promtool_finds_nothing_to_lint_in_either_exposition(make_harness, tmp_path):
+    """Prometheus's own linter (names, units, counter suffixes, help texts) over the worker's and
+    runner serve's /metrics, with jobs counted and requests answered."""
+    h = fake_harness(make_harness)
+    start(h)
+    submit(h, tmp_path, mode="--wait")
+    submit(h, tmp_path, "--build-arg", "FAKE_EXIT=2", mode="--wait")
+    serve = start_serve(h)
+    try:
+        httpx.get(f"{serve.url}/v1/jobs/nope", timeout=10)
+        for url in (f"{h.metrics_url}/metrics", f"{serve.url}/metrics"):
+            text = httpx.get(url, timeout=10).content
+            assert b"runner_" in text
+            result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
+            assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), (url, result)
+    finally:
+        serve.stop()
+
+
 # -- runner serve's /metrics ------------------------------------------------------------------------
 def test_serve_exports_the_queue_length_redis_holds_and_the_live_workers(make_harness, services, tmp_path):
     h = fake_harness(make_harness)
@@ -173,7 +336,7 @@ def test_serve_exports_the_queue_length_redis_holds_and_the_live_workers(make_ha
         metrics = scrape(f"{serve.url}/metrics")
         llen = subprocess.run(["redis-cli", "-u", services["RUNNER_DEV_REDIS_URL"], "LLEN", queue],
                               capture_output=True, text=True, check=True).stdout.strip()
-        assert sample(metrics, "runner_queue_length", queue=queue) == 3 == int(llen)
+        assert sample(metrics, "runner_queue_length", queue=queue, executor="fake") == 3 == int(llen)
         assert sample(metrics, "runner_workers", executor="fake") == 0
         assert "runner_jobs_total" not in status_text(f"{serve.url}/metrics")  # job counters are the workers'
 
@@ -182,12 +345,42 @@ def test_serve_exports_the_queue_length_redis_holds_and_the_live_workers(make_ha
             assert finished(h, job_id).status.value == "succeeded"
         wait_for(lambda: sample(scrape(f"{serve.url}/metrics"), "runner_workers", executor="fake") == 1, 15,
                  "the worker's heartbeat to count")
-        assert sample(scrape(f"{serve.url}/metrics"), "runner_queue_length", queue=queue) == 0
+        assert sample(scrape(f"{serve.url}/metrics"), "runner_queue_length", queue=queue, executor="fake") == 0
         h.stop_worker(worker)
         # a worker that stops leaves the live list at once, not after its heartbeat lapses
         assert sample(scrape(f"{serve.url}/metrics"), "runner_workers", executor="fake") == 0
     finally:
         serve.stop()
+
+
+def test_serve_counts_api_requests_by_route_template_never_by_job_id(make_harness):
+    h = fake_harness(make_harness, api=API)
+    start(h)
+    serve = start_serve(h)
+    client = ApiClient(serve.url)
+    try:
+        job_id = client.submit({"tags": [f"{h.registry()}/fleet/api:1"], "executor": "fake"})
+        finished(h, job_id)
+        assert client.client.get(f"/v1/jobs/{job_id}").status_code == 200
+        assert client.client.get("/v1/jobs/no-such-job").status_code == 404
+        assert client.client.get(f"/v1/jobs/{job_id}/logs").status_code == 200
+        assert httpx.get(f"{serve.url}/no/such/route", timeout=10).status_code == 404
+        assert httpx.request("BREW", f"{serve.url}/v1/jobs", timeout=10).status_code == 405
+        text = status_text(f"{serve.url}/metrics")
+        m = scrape(f"{serve.url}/metrics")
+    finally:
+        client.close()
+        serve.stop()
+    one = "/v1/jobs/{job_id}"
+    assert sample(m, "runner_http_requests_total", method="GET", route=one, status="2xx") == 1
+    assert sample(m, "runner_http_requests_total", method="GET", route=one, status="4xx") == 1
+    assert sample(m, "runner_http_request_duration_seconds_count", method="GET", route=one) == 2
+    assert sample(m, "runner_http_requests_total", method="POST", route="/v1/jobs/{job_id}/context", status="2xx") == 1
+    assert sample(m, "runner_http_requests_total", method="POST", route="/v1/jobs", status="2xx") == 1
+    assert sample(m, "runner_http_requests_total", method="GET", route="/v1/jobs/{job_id}/logs", status="2xx") == 1
+    assert sample(m, "runner_http_requests_total", method="GET", route="unmatched", status="4xx") == 1
+    assert sample(m, "runner_http_requests_total", method="other", route="/v1/jobs", status="4xx") == 1  # no BREW label
+    assert job_id not in text and "no-such-job" not in text and "/no/such" not in text
 
 
 # -- probes -----------------------------------------------------------------------------------------
@@ -201,9 +394,11 @@ def test_readyz_is_503_while_redis_is_down_and_200_when_it_is_back(make_harness,
         serve = start_serve(h)
         worker_ready, serve_ready = f"{h.metrics_url}/readyz", f"{serve.url}/readyz"
         assert status(worker_ready) == 200 and status(serve_ready) == 200
+        assert sample(scrape(f"{h.metrics_url}/metrics"), "runner_worker_ready") == 1
 
         redis.stop()
         wait_for(lambda: status(worker_ready) == 503, 10, "the worker's /readyz to turn 503")
+        assert sample(scrape(f"{h.metrics_url}/metrics"), "runner_worker_ready") == 0  # what an alert reads
         wait_for(lambda: status(serve_ready) == 503, 10, "serve's /readyz to turn 503")
         assert status(f"{h.metrics_url}/healthz") == 200  # alive: a Redis outage is no reason to restart it
         assert worker.poll() is None

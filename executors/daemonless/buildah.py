@@ -21,6 +21,7 @@ import secrets
 import shlex
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, is_auth_error
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.metrics import PhaseClock
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
 
 RISK = ("builds run as root in buildah's isolation on this host (oci: runc namespaces; chroot: weaker); "
@@ -257,8 +259,8 @@ class BuildThenPush:
     """The output of build_then_push: the build's lines to `build` up to the marker line (which
     only a finished build prints), the push's after it."""
 
-    def __init__(self, build: BuildOutput, push: ToolOutput, marker: str):
-        self.build, self.push, self.marker = build, push, marker
+    def __init__(self, build: BuildOutput, push: ToolOutput, marker: str, on_built: Callable[[], None] = lambda: None):
+        self.build, self.push, self.marker, self.on_built = build, push, marker, on_built
         self.built = False
 
     def __call__(self, batch: list[str]) -> None:
@@ -273,6 +275,7 @@ class BuildThenPush:
         if cut:
             self.build(batch[:cut])
         self.built = True
+        self.on_built()
         if cut + 1 < len(batch):
             self.push(batch[cut + 1:])
 
@@ -327,11 +330,12 @@ class BuildahExecutor(Executor):
         if job.push:
             check_push_logins(self.env.registries, refs)
         files = JobFiles(private_root(self.env, self.name, job.id)).create()
+        phases = PhaseClock(self.env.metrics, self.name)
         try:
             paths, env = self._prepare(job, context, files, log, cancel)
             tool = self.tool(mode, env)
             first = refs[0] if job.push else None
-            image_id = self._build(tool, mode, job, paths, files, first, log, cancel)
+            image_id = self._build(tool, mode, job, paths, files, first, log, cancel, phases)
             if not self.config.layers and not self.config.keep_images:
                 self._unneeded[job.id] = image_id  # removed by cleanup, after the job's record
             if first is None:
@@ -344,11 +348,12 @@ class BuildahExecutor(Executor):
                     return self._pushed(ref, files.root / "digest", log).digest
                 return self._push(tool, image_id, ref, paths, files, log, cancel).digest
 
-            return push_tags(refs, push, self.env.registries, log, cancel)
+            return push_tags(refs, push, self.env.registries, log, cancel, phases)
         except ToolFailed as exc:
             raise InfrastructureError(f"buildah failed: {exc.message}") from None
         finally:
             files.remove()  # auth file and secrets go at once, whatever happened
+            phases.report()
 
     def _prepare(self, job: BuildRequest, context: BuildContext, files: JobFiles, log: LogSink,
                  cancel: CancelToken) -> tuple[JobPaths, dict]:
@@ -370,19 +375,22 @@ class BuildahExecutor(Executor):
         return paths, tool_env(env)
 
     def _build(self, tool: Tool, mode: Mode, job: BuildRequest, paths: JobPaths, files: JobFiles, first: ImageRef | None,
-               log: LogSink, cancel: CancelToken) -> str:
-        """Build; with `first`, push it there from the same process start (build_then_push)."""
+               log: LogSink, cancel: CancelToken, phases: PhaseClock) -> str:
+        """Build; with `first`, push it there from the same process start (build_then_push):
+        the marker line ends the build phase and starts the push."""
         build = build_args(self.config, mode, job, paths, self.env.namespace)
         output = BuildOutput(log)
+        phases.switch("build")
         if first is None:
             code = tool.stream(build, output, cancel)
             built = code == 0
         else:
-            both = BuildThenPush(output, ToolOutput(log), f"[runner] built {secrets.token_hex(8)}")
+            both = BuildThenPush(output, ToolOutput(log), f"[runner] built {secrets.token_hex(8)}", lambda: phases.switch("push"))
             push = push_args(self.config, "", first, paths, files.root / "digest")
             script = build_then_push([mode.binary, *mode.global_args(self.config)], build, push, paths.iidfile, both.marker)
             code = Tool("sh", env=tool.env).stream(script, both, cancel)
             built = both.built
+        phases.stop()
         if not built:
             raise output.failure(code)
         self._clean_exit.add(job.id)

@@ -42,6 +42,7 @@ from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, is_auth_error
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.metrics import PhaseClock
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
 
 RISK = "builds run in img's embedded BuildKit as this worker's user; no daemon and no socket are exposed to jobs"
@@ -125,6 +126,7 @@ class ImgExecutor(Executor):
         if job.push:
             check_push_logins(self.env.registries, job.image_refs())
         files = JobFiles(private_root(self.env, self.name, job.id)).create()
+        phases = PhaseClock(self.env.metrics, self.name)
         if not self.config.keep_images:  # cleanup removes these names from img's state: a name left
             files.write(REFS_FILE, json.dumps(job.tags))  # there would serve a later job's FROM
         try:
@@ -139,7 +141,8 @@ class ImgExecutor(Executor):
             tool = Tool(self.config.binary, global_args(self.config),
                         tool_env({"DOCKER_CONFIG": str(docker_config), "TMPDIR": str(files.directory("tmp"))}))
             output = ImgOutput(log)
-            code = tool.stream(build_args(self.config, job, unpacked.context, unpacked.dockerfile, secrets), output, cancel)
+            with phases("build"):
+                code = tool.stream(build_args(self.config, job, unpacked.context, unpacked.dockerfile, secrets), output, cancel)
             if code != 0:
                 raise output.failure(code)
             refs = job.image_refs()
@@ -148,9 +151,10 @@ class ImgExecutor(Executor):
                     "not kept (keep_images is off)"
                 log.line(f"[runner] push disabled; {kept}")
                 return [PushedImage(ref=str(ref), digest="") for ref in refs]
-            return push_tags(refs, lambda ref: self._push(tool, ref, log, cancel).digest, self.env.registries, log, cancel)
+            return push_tags(refs, lambda ref: self._push(tool, ref, log, cancel).digest, self.env.registries, log, cancel, phases)
         finally:
             files.remove("docker", "secrets", "tmp")
+            phases.report()
 
     def _push(self, tool: Tool, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
         output = ToolOutput(log)

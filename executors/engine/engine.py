@@ -26,7 +26,7 @@ from runner.core.errors import (
     is_auth_error,
 )
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
-from runner.core.metrics import NO_METRICS, ExecutorMetrics
+from runner.core.metrics import NO_METRICS, ExecutorMetrics, PhaseClock
 from runner.core.registries import Copies
 from runner.core.registry import RegistryConfig
 
@@ -97,10 +97,12 @@ class Engine:
         `FROM` instead of what the registry holds."""
         api = self.client.api
         unregister = cancel.on_cancel(api.close)
+        phases = PhaseClock(self.metrics, self.executor)
         try:
             cache = self.build_cache(job, builder, cache_repo, log)
             log.line(f"[runner] building with the {builder.name} builder")
-            image_id = builder.build(job, context, log, cancel, cache)
+            with phases("build"):
+                image_id = builder.build(job, context, log, cancel, cache)
             if builder.steps is not None:
                 self.metrics.build_steps(self.executor, *builder.steps)
             refs = job.image_refs()
@@ -117,9 +119,10 @@ class Engine:
                     api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
                 return self.push(ref, log, cancel).digest
 
-            pushed = push_tags(refs, push, self.registries, log, cancel)
+            pushed = push_tags(refs, push, self.registries, log, cancel, phases)
             if cache is not None and cache.export:
-                self.export_cache(cache.ref, list(zip(refs, pushed, strict=True)), push, log)
+                with phases("push"):
+                    self.export_cache(cache.ref, list(zip(refs, pushed, strict=True)), push, log)
             return pushed
         except (requests.RequestException, docker.errors.APIError, OSError) as exc:
             if cancel.is_set():
@@ -127,6 +130,7 @@ class Engine:
             raise InfrastructureError(f"lost the Docker Engine mid-job: {short(exc)}") from None
         finally:
             unregister()
+            phases.report()
 
     # -- the registry build cache ---------------------------------------------------------------
     def build_cache(self, job: BuildRequest, builder: Builder, cache_repo: str | None, log: LogSink) -> BuildCache | None:

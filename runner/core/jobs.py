@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -304,6 +304,9 @@ class JobRecord(BaseModel):
     error: JobError | None = None
     attempts: int = 0
     created_at: datetime = Field(default_factory=now)
+    #: when the job last went back to its queue (a requeue, or its worker lost); None: waiting
+    #: since created_at. Queue wait is measured per attempt from here.
+    queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     cancel_requested: bool = False
@@ -311,6 +314,17 @@ class JobRecord(BaseModel):
     @property
     def finished(self) -> bool:
         return self.status.finished
+
+    @property
+    def waiting_since(self) -> datetime:
+        """When the current (or last) wait in the queue began."""
+        return self.queued_at or self.created_at
+
+
+#: why a job went back to its queue: its worker shut down (SIGTERM past worker.shutdown_grace),
+#: its engine failed (worker.engine_down_policy: requeue), or its worker was lost (recovery)
+RequeueReason = Literal["shutdown", "engine_down", "worker_lost"]
+REQUEUE_REASONS: tuple[RequeueReason, ...] = get_args(RequeueReason)
 
 
 class JobReader(Protocol):

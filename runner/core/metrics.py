@@ -7,7 +7,18 @@ return at once and never raise into a build."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal, get_args
+
+#: the timed parts of a job. context: receiving an uploaded context (spooled and checked);
+#: clone: a git context (fetch, checkout, pack, check); build: the builder's run; push: the
+#: first push of the image to each registry; tags: every further tag (a manifest put, or a push
+#: where the registry declines)
+Phase = Literal["context", "clone", "build", "push", "tags"]
+PHASES: tuple[Phase, ...] = get_args(Phase)
 
 
 class ExecutorMetrics:
@@ -25,6 +36,59 @@ class ExecutorMetrics:
         """A build ran `total` Dockerfile steps, `cached` of them taken from the layer cache
         (reported where the builder says so: BuildKit, the classic builder)."""
 
+    def phase_took(self, executor: str, phase: Phase, seconds: float) -> None:
+        """One phase of a job took `seconds` (whether it ended well or not)."""
+
 
 #: the default: reports go nowhere
 NO_METRICS = ExecutorMetrics()
+
+
+class PhaseClock:
+    """Times one job's phases for `metrics`: `with clock("build"): ...`, or `switch(phase)` where
+    one process runs two phases and only its output tells where the first ends (buildah builds
+    and pushes in one go). A phase that runs more than once (a push per registry) is summed,
+    and each phase is reported once, by `report()` at the job's end."""
+
+    def __init__(self, metrics: ExecutorMetrics, executor: str):
+        self.metrics, self.executor = metrics, executor
+        self.spent: dict[Phase, float] = {}
+        self._current: tuple[Phase, float] | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def __call__(self, phase: Phase) -> Iterator[None]:
+        self.switch(phase)
+        try:
+            yield
+        finally:
+            self.stop()
+
+    def switch(self, phase: Phase) -> None:
+        """End the running phase (if any) and start `phase`."""
+        with self._lock:
+            self._end(time.monotonic())
+            self._current = (phase, time.monotonic())
+
+    def stop(self) -> None:
+        with self._lock:
+            self._end(time.monotonic())
+
+    def _end(self, at: float) -> None:
+        if self._current is not None:
+            phase, since = self._current
+            self.spent[phase] = self.spent.get(phase, 0.0) + (at - since)
+            self._current = None
+
+    def report(self) -> None:
+        """Tell `metrics` each phase's time (a running one ends now). Once."""
+        self.stop()
+        spent, self.spent = self.spent, {}
+        for phase, seconds in spent.items():
+            self.metrics.phase_took(self.executor, phase, seconds)
+
+    def __enter__(self) -> PhaseClock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.report()

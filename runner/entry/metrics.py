@@ -1,11 +1,15 @@
 """`runner serve`'s view of the fleet for Prometheus, and its readiness probe.
 
-/metrics   runner_queue_length{queue}: messages waiting in each enabled executor's queue (the
+/metrics   runner_queue_length{queue,executor}: messages waiting in each enabled executor's queue (the
            broker's list, LLEN: what KEDA reads). Exported here only, so a fleet of workers
            does not report it once each. runner_workers{executor}: workers whose heartbeat is
-           live (runner/worker/health.py). runner_deliveries_gave_up_total{kind}: commit
-           statuses and callbacks that gave up after their last attempt (runner/store/outbox.py).
-           All read from Redis at each scrape; plus the process's own series. Job counters and histograms are the workers' (their /metrics).
+           live (runner/worker/health.py). runner_jobs_requeued_total{executor,reason}: jobs
+           put back in their queue (counted in Redis by the pipeline and the recovery, so a
+           requeue outlives the worker that shut down). runner_deliveries_gave_up_total{kind}:
+           commit statuses and callbacks that gave up after their last attempt
+           (runner/store/outbox.py). All read from Redis at each scrape, every known series
+           at 0 too; plus the API's requests (entry/request_metrics.py) and the process's own
+           series. Job counters and histograms are the workers' (their /metrics).
 /readyz    200 when Redis answers within a second and the server is not stopping; else 503.
            (/healthz, in api.py, is the liveness probe.)
 """
@@ -13,25 +17,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from runner.config.settings import Settings
+from runner.core.jobs import REQUEUE_REASONS, GitHost
+from runner.entry.request_metrics import RequestMetrics
 from runner.store.jobstore import JobStore
 from runner.store.logfollow import LogHub
 from runner.store.outbox import Outbox
+from runner.worker.process_metrics import process_registry
 
 PROBE_TIMEOUT = 1.0  # seconds /readyz waits for Redis
+#: the deliveries a job can owe (Outbox labels): its callback and a commit status per git host
+DELIVERY_KINDS = ["callback", *(f"status.{host}" for host in get_args(GitHost))]
 
 
 class FleetCollector(Collector):
@@ -43,19 +48,27 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         executors = self.settings.enabled_executors()
-        lengths = self.store.queue_lengths([self.settings.queue_for(name) for name in executors])
-        queued = GaugeMetricFamily("runner_queue_length", "Jobs waiting in an executor's queue", labels=["queue"])
-        for queue, length in lengths.items():
-            queued.add_metric([queue], length)
+        queues = {self.settings.queue_for(name): name for name in executors}
+        queued = GaugeMetricFamily("runner_queue_length", "Jobs waiting in an executor's queue", labels=["queue", "executor"])
+        for queue, length in self.store.queue_lengths(list(queues)).items():
+            queued.add_metric([queue, queues[queue]], length)
         workers = GaugeMetricFamily("runner_workers", "Workers serving an executor (heartbeat live)", labels=["executor"])
         for executor, count in self.store.live_workers(executors).items():
             workers.add_metric([executor], count)
+        requeued = CounterMetricFamily("runner_jobs_requeued", "Jobs put back in their queue, by why: shutdown "
+                                       "(SIGTERM past worker.shutdown_grace), engine_down (engine_down_policy: "
+                                       "requeue), worker_lost (recovered from a lost worker)", labels=["executor", "reason"])
+        counts = self.store.requeues()
+        for key in sorted({*((e, r) for e in executors for r in REQUEUE_REASONS), *counts}):
+            requeued.add_metric(list(key), counts.get(key, 0))
         gave_up = CounterMetricFamily("runner_deliveries_gave_up", "Commit statuses (status.<host>) and callbacks "
                                       "that gave up after their last attempt", labels=["kind"])
-        for kind, count in Outbox.for_store(self.store).gave_up().items():
-            gave_up.add_metric([kind], count)
+        given_up = Outbox.for_store(self.store).gave_up()
+        for kind in sorted({*DELIVERY_KINDS, *given_up}):
+            gave_up.add_metric([kind], given_up.get(kind, 0))
         yield queued
         yield workers
+        yield requeued
         yield gave_up
 
 
@@ -74,16 +87,14 @@ def stopping(app: FastAPI) -> bool:
 
 
 def register(app: FastAPI, context: Context) -> None:
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
+    registry = process_registry()
     registry.register(FleetCollector(context.store, context.settings))
+    RequestMetrics(registry).install(app)
 
     @app.get("/metrics", tags=["health"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}}, 503: {"description": "Redis does not answer"}})
     async def metrics() -> Response:
-        """Prometheus text: queue lengths and live workers across the fleet."""
+        """Prometheus text: queue lengths, live workers and requeues across the fleet; this server's requests."""
         return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "Redis does not answer, or the server is stopping"}})

@@ -17,6 +17,8 @@ Keys (NS = settings.worker.namespace):
                    lapses (Redis's clock): live workers are the members scored in the future
   NS:push:KEY      the job a git push (KEY: a hash of host, repository, ref, before and after) made,
                    for webhooks.replay_window: the same push in another delivery is a replay
+  NS:requeued      HASH "executor/reason" -> times a job of that executor went back to its queue
+                   for that reason (counted here, not by the worker that dies with it)
 Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E.
 """
 
@@ -31,7 +33,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from runner.core.jobs import JobRecord, Status
+from runner.core.jobs import JobRecord, RequeueReason, Status
 
 if TYPE_CHECKING:
     from runner.config.client import RetentionConfig
@@ -305,6 +307,18 @@ class JobStore:
             for queue in queues:
                 pipe.llen(queue)
             return dict(zip(queues, map(int, pipe.execute()), strict=True))
+
+    def count_requeue(self, executor: str, reason: RequeueReason) -> None:
+        """A job of `executor` went back to its queue (runner serve exports the counts)."""
+        self.r.hincrby(f"{self.ns}:requeued", f"{executor}/{reason}", 1)
+
+    def requeues(self) -> dict[tuple[str, str], int]:
+        """(executor, reason) -> jobs put back in their queue, since Redis's data began."""
+        counts = {}
+        for field, count in self.r.hgetall(f"{self.ns}:requeued").items():
+            executor, _, reason = field.rpartition("/")
+            counts[(executor, reason)] = int(count)
+        return counts
 
     # -- id reservations and pending uploads -------------------------------------------------
     def reserve(self, job_id: str, owner: str) -> str:

@@ -154,6 +154,7 @@ class WorkerService:
     def __init__(self, worker: Worker, metrics: WorkerMetrics):
         self.worker, self.metrics = worker, metrics
         self.readiness = Readiness(worker)
+        metrics.ready = lambda: self.readiness.check()[0]  # runner_worker_ready
         self.heartbeat = Heartbeat(worker)
         self.server: HealthServer | None = None
 

@@ -41,14 +41,14 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
         raise SystemExit("no executor is enabled: enable one under executors: (see `runner config example`)")
     registry = ExecutorRegistry()
     names = [name for q in queues if registry.is_known(name := q.removeprefix(settings.worker.namespace + "."))]
-    metrics = WorkerMetrics(names)
+    builds = concurrency or settings.worker.concurrency
+    metrics = WorkerMetrics(names, build_slots=builds)
     worker = Worker(settings, names, registry=registry, metrics=metrics)
     metrics.running_here = worker.running_here
     deliverer = Deliverer(settings, worker.store, worker.id)
     worker.listeners += [metrics, NotifyListener(deliverer.outbox, lambda record: statuses_for(record.request, settings, ADMITTED))]
     for name, why in worker.check().items():
         log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
-    builds = concurrency or settings.worker.concurrency
     app = make_app(settings, worker, deliverer, build_slots=builds)
     worker.start()
     maintenance = Maintenance(worker, requeuer(app, settings))

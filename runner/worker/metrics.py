@@ -2,8 +2,11 @@
 
 Job moments arrive as a JobListener (started, finished, requeued); executors report their
 internals through runner.core.metrics.ExecutorMetrics (they never import prometheus_client).
-Labels are bounded: executor names, statuses, error kinds; never a job id or an image ref.
-`runner serve` exports the fleet-wide series (queue lengths, live workers): entry/metrics.py.
+Labels are bounded: executor names, statuses, error kinds, phases; never a job id or an image
+ref. Every labelled series this worker can have is there at 0 from start-up (but the sidecar
+start times, reported only by executors with sidecars), so rate() and increase() see a job's
+first failure as the step from 0 to 1. `runner serve` exports the fleet-wide series (queue
+lengths, live workers, requeues, deliveries given up): entry/metrics.py.
 """
 
 from __future__ import annotations
@@ -12,23 +15,26 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from typing import get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from runner.core.errors import ErrorKind
 from runner.core.jobs import BuildRequest, JobRecord, Status, seconds_between
-from runner.core.metrics import ExecutorMetrics
+from runner.core.metrics import PHASES, ExecutorMetrics, Phase
+from runner.worker.process_metrics import process_registry
 from runner.worker.worker import JobListener
 
-#: 10 ms .. 2 h, for job durations and queue waits
+#: 10 ms .. 2 h, for job durations, phases and queue waits
 JOB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 SIDECAR_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
 FINAL = [s.value for s in Status if s.finished]
+#: the kinds a failed or timed-out job can end with (a cancel is no failure)
+FAILURE_KINDS = [kind for kind in get_args(ErrorKind) if kind != "cancelled"]
+CACHE = ("hit", "miss")
 #: a job told started but never finished or requeued here (its attempt was superseded by
 #: another worker's) stops counting as running once this worker no longer runs it and this
 #: many seconds have passed
@@ -36,22 +42,20 @@ UNTOLD_END = 30.0
 
 
 class WorkerMetrics(JobListener, ExecutorMetrics):
-    def __init__(self, executors: list[str]):
-        disable_created_metrics()  # no *_created series: they double what a dashboard reads for nothing
-        self.registry = r = CollectorRegistry()
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+    def __init__(self, executors: list[str], build_slots: int = 1):
+        self.registry = r = process_registry()
         self.jobs = Counter("runner_jobs_total", "Jobs this worker finished, by final status",
                             ["executor", "status"], registry=r)
         self.duration = Histogram("runner_job_duration_seconds", "Time from a job's start on this worker to its end",
                                   ["executor", "status"], buckets=JOB_BUCKETS, registry=r)
-        self.queue_wait = Histogram("runner_job_queue_wait_seconds", "Time from submission to the start of an attempt "
-                                    "on this worker", ["executor"], buckets=JOB_BUCKETS, registry=r)
+        self.queue_wait = Histogram("runner_job_queue_wait_seconds", "Time an attempt waited in the queue: from "
+                                    "submission, or from the job's requeue, to its start on this worker", ["executor"],
+                                    buckets=JOB_BUCKETS, registry=r)
         self.failures = Counter("runner_job_failures_total", "Jobs that ended failed or timed out, by error kind",
                                 ["executor", "kind"], registry=r)
-        self.requeues = Counter("runner_jobs_requeued_total", "Attempts that ended with the job back in its queue "
-                                "(shutdown, engine_down_policy: requeue)", ["executor"], registry=r)
+        self.phases = Histogram("runner_job_phase_seconds", "Time a job spent in each phase on this worker: context "
+                                "(an upload received), clone (a git context), build, push, tags", ["executor", "phase"],
+                                buckets=JOB_BUCKETS, registry=r)
         self.sidecar_start = Histogram("runner_sidecar_start_seconds", "Time for a sidecar engine (dind, sysbox) to "
                                        "become ready, warm-pool sidecars included", ["executor"], buckets=SIDECAR_BUCKETS,
                                        registry=r)
@@ -61,17 +65,28 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
                                     ["executor"], registry=r)
         self.steps = Counter("runner_build_steps_total", "Dockerfile steps built, by whether the layer cache had them "
                              "(where the builder reports it: BuildKit, classic)", ["executor", "cache"], registry=r)
+        Gauge("runner_worker_build_slots", "Builds this worker runs at once (worker.concurrency): the capacity that "
+              "runner_jobs_running fills", registry=r).set(build_slots)
         for executor in executors:
             self.queue_wait.labels(executor)
-            self.requeues.labels(executor)
+            self.push_retries.labels(executor)
             for status in FINAL:
                 self.jobs.labels(executor, status)
+                self.duration.labels(executor, status)
+            for kind in FAILURE_KINDS:
+                self.failures.labels(executor, kind)
+            for phase in PHASES:
+                self.phases.labels(executor, phase)
+            for cache in CACHE:
+                self.steps.labels(executor, cache)
         self._executors = list(executors)
         #: is this process running that job now? (the Worker's running_here, set once it exists)
         self.running_here: Callable[[str], bool] = lambda job_id: False
+        #: would /readyz answer 200 now? (set by the worker's HTTP service: runner/worker/health.py)
+        self.ready: Callable[[], bool] = lambda: False
         self._running: dict[str, tuple[str, float]] = {}  # job id -> (executor, when it was told started)
         self._lock = threading.Lock()
-        r.register(_RunningJobs(self))
+        r.register(_AtScrape(self))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -80,7 +95,7 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
     def job_started(self, record: JobRecord, request: BuildRequest) -> None:
         with self._lock:
             self._running[record.id] = (record.executor, time.monotonic())
-        wait = seconds_between(record.created_at, record.started_at)
+        wait = seconds_between(record.waiting_since, record.started_at)
         if wait is not None:
             self.queue_wait.labels(record.executor).observe(wait)
 
@@ -96,9 +111,10 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
             self.failures.labels(record.executor, record.error.kind).inc()
 
     def job_requeued(self, record: JobRecord, request: BuildRequest) -> None:
+        """No longer running here. The requeue is counted in Redis (runner_jobs_requeued_total
+        on `runner serve`): a counter here would die with this worker, which is often why."""
         with self._lock:
             self._running.pop(record.id, None)
-        self.requeues.labels(record.executor).inc()
 
     def running(self) -> dict[str, int]:
         """Jobs running on this worker now, by executor (every served executor, zeros too)."""
@@ -124,9 +140,12 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
         self.steps.labels(executor, "hit").inc(cached)
         self.steps.labels(executor, "miss").inc(max(total - cached, 0))
 
+    def phase_took(self, executor: str, phase: Phase, seconds: float) -> None:
+        self.phases.labels(executor, phase).observe(seconds)
 
-class _RunningJobs(Collector):
-    """runner_jobs_running, read when scraped."""
+
+class _AtScrape(Collector):
+    """runner_jobs_running and runner_worker_ready, read when scraped."""
 
     def __init__(self, metrics: WorkerMetrics):
         self.metrics = metrics
@@ -136,3 +155,5 @@ class _RunningJobs(Collector):
         for executor, count in self.metrics.running().items():
             family.add_metric([executor], count)
         yield family
+        yield GaugeMetricFamily("runner_worker_ready", "1 when /readyz answers 200 (Redis answers, every executor passed "
+                                "its check, not draining); 0 otherwise, /readyz says why", value=int(self.metrics.ready()))

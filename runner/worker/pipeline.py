@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from runner.config.settings import Settings
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, ExecutorError
-from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, Status, now
+from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, RequeueReason, Status, now
+from runner.core.metrics import Phase, PhaseClock
 from runner.core.process_log import MIN_SECRET, job_fields
 from runner.store.joblog import JobLog
 from runner.store.jobstore import JobStore
@@ -37,6 +38,8 @@ SUPERSEDED = "superseded"  # cancel reason: our lease lapsed and another worker 
 
 #: Sends a job's message again after `delay` seconds (given by the Celery task).
 Requeue = Callable[[BuildRequest, float], None]
+#: the phase (runner_job_phase_seconds) that preparing each kind of context counts as
+CONTEXT_PHASES: dict[str, Phase] = {"upload": "context", "git": "clone"}
 
 
 def effective_timeout(request: BuildRequest, settings: Settings) -> int:
@@ -51,6 +54,15 @@ def secrets_to_mask(request: BuildRequest, settings: Settings) -> list[str]:
         except ValueError:
             pass
     return [v for v in values if len(v) >= MIN_SECRET]
+
+
+def count_requeue(store: JobStore, executor: str, reason: RequeueReason) -> None:
+    """Count a requeue in Redis, where it outlives this worker (runner serve exports it). A
+    failure costs the count, never the requeue."""
+    try:
+        store.count_requeue(executor, reason)
+    except Exception as exc:  # noqa: BLE001 - a metric never changes what happens to the job
+        log.warning("could not count the requeue: %s", exc)
 
 
 class Watcher(threading.Thread):
@@ -240,7 +252,8 @@ class Pipeline:
         try:
             with self.worker.running(request.id, cancel):
                 executor = self.worker.executor(record.executor)
-                context = self.worker.source(request.context.type).prepare(request, workspace, joblog, cancel)
+                with PhaseClock(self.worker.env.metrics, record.executor) as phases, phases(CONTEXT_PHASES[request.context.type]):
+                    context = self.worker.source(request.context.type).prepare(request, workspace, joblog, cancel)
                 cancel.raise_if_set()
                 images = executor.run(request, context, joblog, cancel)
                 cancel.raise_if_set()
@@ -295,7 +308,7 @@ class Pipeline:
         def change(r: JobRecord) -> JobRecord | None:
             if not self._ours(r):
                 return None
-            return r.model_copy(update={"status": Status.queued, "worker": None, "started_at": None,
+            return r.model_copy(update={"status": Status.queued, "worker": None, "started_at": None, "queued_at": now(),
                                         "attempts": r.attempts - 1 if shutdown else r.attempts})
 
         record = self.store.update(request.id, change)
@@ -305,6 +318,7 @@ class Pipeline:
         joblog.line(f"[runner] requeued: {why}")
         joblog.close()
         self.requeue(record.request, 0 if shutdown else 2.0)  # redacted: the values stay in the store
+        count_requeue(self.store, record.executor, "shutdown" if shutdown else "engine_down")
         self.worker.tell("job_requeued", record, request)
         return record
 

@@ -14,7 +14,7 @@ import threading
 
 from runner.core.jobs import JobError, JobRecord, Status, now
 from runner.store.joblog import JobLog
-from runner.worker.pipeline import MAINTENANCE_PREFIX, Requeue
+from runner.worker.pipeline import MAINTENANCE_PREFIX, Requeue, count_requeue
 from runner.worker.worker import Worker
 
 log = logging.getLogger("runner.reaper")
@@ -51,6 +51,7 @@ def recover_lost_jobs(worker: Worker, requeue: Requeue) -> list[str]:
                     worker.tell("job_finished", updated, current.request)
             else:
                 requeue(current.request, 0)  # redacted: secret values stay in the store
+                count_requeue(store, current.executor, "worker_lost")
             recovered.append(job_id)
         finally:
             store.release_lease(job_id, holder)
@@ -62,7 +63,7 @@ def _lost(record: JobRecord, give_up: bool, max_attempts: int) -> JobRecord:
         message = f"gave up after {record.attempts} attempts: each attempt lost its worker (limits.max_attempts={max_attempts})"
         return record.model_copy(update={"status": Status.failed, "finished_at": now(),
                                          "error": JobError(kind="worker_lost", message=message)})
-    return record.model_copy(update={"status": Status.queued, "worker": None, "started_at": None})
+    return record.model_copy(update={"status": Status.queued, "worker": None, "started_at": None, "queued_at": now()})
 
 
 def reap_job(worker: Worker, job_id: str) -> None:
