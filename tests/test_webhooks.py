@@ -164,7 +164,8 @@ def test_signed_github_push_builds_that_commit(hooks, repo, services):
     record = hooks.wait(body["job"])
     assert record["status"] == "succeeded", record["error"]
     assert record["request"]["context"] == {"type": "git", "url": f"file://{repo[0]}", "ref": "refs/heads/main",
-                                            "commit": commit, "subdir": "app", "submodules": False}
+                                            "commit": commit, "subdir": "app", "submodules": False,
+                                            "keep_git_dir": False}
     ref = f"{services['RUNNER_DEV_REGISTRY']}/hooks-gh/hello-app:{commit[:7]}"
     assert record["images"][0] == {"ref": ref, "digest": registry_digest(services, ref)}
     assert registry_digest(services, f"{services['RUNNER_DEV_REGISTRY']}/hooks-gh/hello-app:main") == record["images"][0]["digest"]
