@@ -331,6 +331,10 @@ def test_submodules(prepare, tmp_path):
     git(app, "commit", "-q", "-m", "add lib")
     with_modules = tar_files(prepare({"url": f"file://{app}", "ref": "main", "submodules": True}).tar_path)
     assert with_modules["vendor/lib/greeting"] == b"two\n"
+    assert not [name for name in with_modules if ".git" in name.split("/")]  # the submodule's .git file too
+    kept = tar_files(prepare({"url": f"file://{app}", "ref": "main", "submodules": True, "keep_git_dir": True}).tar_path)
+    assert kept["vendor/lib/.git"] == b"gitdir: ../../.git/modules/vendor/lib\n"  # inside the context
+    assert ".git/modules/vendor/lib/HEAD" in kept
     without = tar_files(prepare({"url": f"file://{app}", "ref": "main"}).tar_path)
     assert "vendor/lib/greeting" not in without
 

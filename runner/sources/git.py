@@ -383,23 +383,27 @@ class GitFetch:
         if code != 0:
             self.fail_submodules(tail, said)
 
-    def git_dirs(self) -> list[Path]:
-        """What git made in the checkout: `.git`, and the `.git` file of each submodule."""
-        found = [self.src / ".git"]
+    def git_dirs(self) -> list[str]:
+        """What git made in the checkout, relative to it: `.git`, and each submodule's `.git` file."""
+        found = [".git"]
         if self.source.submodules:
             code, tail = self.in_src("submodule", "foreach", "--quiet", "--recursive", 'echo "$displaypath"', quiet=True)
             if code != 0:
                 raise InfrastructureError(f"git: cannot list the submodules:\n{self.shown_output(tail)}")
-            found += [self.src / line.removeprefix("[git] ") / ".git" for line in tail.lines]
+            found += [f"{line.removeprefix('[git] ')}/.git" for line in tail.lines]
         return found
 
     def drop_git_dirs(self) -> None:
-        """Leave `.git` out of the context, as BuildKit does unless asked to keep it."""
-        for path in reversed(self.git_dirs()):
-            if path.is_dir() and not path.is_symlink():
+        """Leave `.git` out of the context, as BuildKit does unless asked to keep it. Each is
+        reached without following a link (lstat_walk), so nothing outside the checkout goes."""
+        for rel in reversed(self.git_dirs()):
+            path, mode = lstat_walk(self.src, rel)
+            if mode is None:
+                continue
+            if stat.S_ISDIR(mode):
                 shutil.rmtree(path)
             else:
-                path.unlink(missing_ok=True)
+                path.unlink()
 
     def keep_git_dir(self, commit: str) -> None:
         """Make `.git` what BuildKit keeps (BUILDKIT_CONTEXT_KEEP_GIT_DIR): HEAD detached at
@@ -475,7 +479,7 @@ def prepare_git_context(request: BuildRequest, workspace: Path, joblog, cancel: 
             fetch.drop_git_dirs()
         else:
             fetch.keep_git_dir(commit)
-            joblog.line("[runner] git: .git is kept in the context (BUILDKIT_CONTEXT_KEEP_GIT_DIR)")
+            joblog.line("[runner] git: .git is kept in the context (keep_git_dir, BUILDKIT_CONTEXT_KEEP_GIT_DIR)")
         root = checkout_subdir(fetch.src, source.subdir, f"{fetch.shown} at {commit}")
         _, mode = lstat_walk(root, request.dockerfile)
         if mode is None or not stat.S_ISREG(mode):
