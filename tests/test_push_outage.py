@@ -23,13 +23,12 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
 from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest
 from runner.core.registry import RegistryConfig
-from tests.support import ListLog, executor_for
+from tests.support import ListLog, executor_for, wait_for_registry
 from tests.test_gitsource import free_port
 from tests.test_img import FAKE_IMG, context_for, with_img
 from tests.test_reliability import detach, log_of, wait_finished
@@ -62,15 +61,7 @@ auth: {{htpasswd: {{realm: outage, path: {htpasswd}}}}}
     def start(self) -> None:
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(["docker-registry", "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 401:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and self.proc.poll() is None, self.log.read_text()[-2000:]
-            time.sleep(0.05)
+        wait_for_registry(self.host, self.proc)
 
     def kill(self) -> None:
         assert self.proc is not None
