@@ -47,7 +47,7 @@ def served(services, tmp_path_factory):
     commit_files(repo, {"Dockerfile": f"FROM {services['RUNNER_DEV_BASE_IMAGE']}\nCOPY . /c\n{SHOW}\n", "f": "one\n"}, "one")
     git(repo, "tag", "v1")
     git(repo, "branch", "other")
-    commit = commit_files(repo, {"f": "two\n"}, "two")
+    commit = commit_files(repo, {"f": f"two {uuid.uuid4().hex}\n"}, "two")  # new content: no step from the build cache
     port = free_port()
     daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", f"--base-path={root}", "--export-all", "--listen=127.0.0.1",
                                f"--port={port}", str(root)], env=GIT_ENV, stdout=subprocess.DEVNULL,

@@ -483,6 +483,12 @@ def test_a_kept_git_dir_after_a_refused_fetch_by_id_is_still_only_the_commit(pre
     assert git(out, "for-each-ref", "--format=%(refname)") == "refs/heads/main"
     assert objects_in(out) == reachable(repo, wanted, depth_one=True)
     assert git(out, "status", "--porcelain") == ""
+    # a short commit id and no ref: only every branch and tag can find it; what is kept is still the commit
+    with served(tmp_path / "served") as port:
+        out = extracted(prepare({"url": f"http://ci:{TOKEN}@127.0.0.1:{port}/many", "commit": wanted[:10],
+                                 "keep_git_dir": True}, git=GitConfig(allowed_schemes=["http"])), tmp_path)
+    assert git(out, "rev-parse", "HEAD") == wanted and git(out, "for-each-ref") == ""
+    assert objects_in(out) == reachable(repo, wanted, depth_one=True)
 
 
 # -- failures: the job's own mistakes are `invalid`, the host's trouble `infrastructure`, no worker path shown --

@@ -361,7 +361,7 @@ class GitFetch:
                 self.log.line(f"[runner] git: {self.shown} did not send {what} (a server may refuse a fetch by commit id); "
                               f"fetching {steps[index + 1][0]}")
                 continue
-            self.extra_fetched = index > 0 and bool(source.commit)
+            self.extra_fetched = bool(source.commit) and refspecs != [source.commit]  # more than the commit by its id
             wanted = source.commit or FETCHED_REF
             code, tail = self.in_src("rev-parse", "--verify", "--quiet", f"{wanted}^{{commit}}", quiet=True)
             if code == 0:
