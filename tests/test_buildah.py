@@ -162,7 +162,7 @@ def test_build_and_push_argv_name_secrets_but_never_carry_them(tmp_path):
     assert mode.global_args(config) == ["--root", "/var/lib/runner/buildah", "--runroot", "/run/runner/buildah",
                                         "--storage-driver", "overlay"]
     push = push_args(config, "abc123", ImageRef.parse("127.0.0.1:5000/app:1"), paths, tmp_path / "d")
-    assert push == ["push", "--authfile", f"{tmp_path}/auth.json", "--format", "v2s2", "--digestfile", f"{tmp_path}/d",
+    assert push == ["push", "--retry", "0", "--authfile", f"{tmp_path}/auth.json", "--format", "v2s2", "--digestfile", f"{tmp_path}/d",
                     "--cert-dir", f"{tmp_path}/certs", "abc123", "docker://127.0.0.1:5000/app:1"]
     assert secret_arg_env(job) == {"TOKEN": "hunter2"}
     # defaults are not repeated: oci format, and the isolation buildah picks itself; chroot is said

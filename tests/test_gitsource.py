@@ -11,6 +11,7 @@ import tarfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,8 +30,8 @@ GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@ex
 TOKEN = "tok-" + uuid.uuid4().hex
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True).stdout.strip()
+def git(cwd: Path, *args: str, check: bool = True) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=check, capture_output=True, text=True).stdout.strip()
 
 
 def commit_files(repo: Path, files: dict[str, str], message: str) -> str:
@@ -83,10 +84,14 @@ def git_daemon(repos):
 
 
 class GitHttp(BaseHTTPRequestHandler):
-    """`git http-backend` (smart HTTP) behind Basic auth: user anything, password TOKEN."""
+    """`git http-backend` (smart HTTP) behind Basic auth: user anything, password TOKEN.
+    `protocol_v2 = False` serves protocol v0 only, where (by default) git refuses to send a
+    commit by its id unless a ref points at it, as older servers do."""
 
     root: Path
     seen_auth: list[str] = []
+    token: str | None = TOKEN
+    protocol_v2 = True
 
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -94,7 +99,8 @@ class GitHttp(BaseHTTPRequestHandler):
     def _serve(self):
         header = self.headers.get("Authorization", "")
         GitHttp.seen_auth.append(header)
-        if not header.startswith("Basic ") or base64.b64decode(header[6:]).decode().partition(":")[2] != TOKEN:
+        if self.token is not None and (not header.startswith("Basic ")
+                                       or base64.b64decode(header[6:]).decode().partition(":")[2] != self.token):
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="git"')
             self.send_header("Content-Length", "0")
@@ -105,7 +111,7 @@ class GitHttp(BaseHTTPRequestHandler):
         env = {**GIT_ENV, "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path,
                "QUERY_STRING": query, "REQUEST_METHOD": self.command, "REMOTE_USER": "ci",
                "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
-               "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+               "GIT_PROTOCOL": self.headers.get("Git-Protocol", "") if self.protocol_v2 else "",
                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", "")}
         out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
         head, _, payload = out.partition(b"\r\n\r\n")
@@ -127,15 +133,23 @@ class GitHttp(BaseHTTPRequestHandler):
     do_GET = do_POST = _serve
 
 
-@pytest.fixture(scope="module")
-def git_http(repos):
-    handler = type("Handler", (GitHttp,), {"root": repos[0]})
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]):
+    """`handler` served on a loopback port (yielded) by a thread, for the block."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def git_http(repos):
+    with http_server(type("Handler", (GitHttp,), {"root": repos[0]})) as port:
+        yield port
 
 
 def free_port() -> int:
@@ -158,10 +172,12 @@ def wait_port(port: int) -> None:
 def prepare(harness, tmp_path):
     """prepare_git_context with the session's store, a job log, and a git config override."""
 
-    def run(context: dict, git: GitConfig | None = None, dockerfile: str = "Dockerfile", cancel=None, settings=None):
+    def run(context: dict, git: GitConfig | None = None, dockerfile: str = "Dockerfile", cancel=None, settings=None,
+            build_args: dict | None = None):
         base = settings or harness.settings
         cfg = base.model_copy(update={"git": git or GitConfig(allowed_schemes=["file", "git", "http"])})
-        request = BuildRequest(context={"type": "git", **context}, dockerfile=dockerfile, tags=["127.0.0.1:5000/x/y:1"])
+        request = BuildRequest(context={"type": "git", **context}, dockerfile=dockerfile, tags=["127.0.0.1:5000/x/y:1"],
+                               build_args=build_args or {})
         joblog = JobLog(harness.store, request.id)
         workspace = tmp_path / "ws" / request.id
         try:
@@ -315,6 +331,10 @@ def test_submodules(prepare, tmp_path):
     git(app, "commit", "-q", "-m", "add lib")
     with_modules = tar_files(prepare({"url": f"file://{app}", "ref": "main", "submodules": True}).tar_path)
     assert with_modules["vendor/lib/greeting"] == b"two\n"
+    assert not [name for name in with_modules if ".git" in name.split("/")]  # the submodule's .git file too
+    kept = tar_files(prepare({"url": f"file://{app}", "ref": "main", "submodules": True, "keep_git_dir": True}).tar_path)
+    assert kept["vendor/lib/.git"] == b"gitdir: ../../.git/modules/vendor/lib\n"  # inside the context
+    assert ".git/modules/vendor/lib/HEAD" in kept
     without = tar_files(prepare({"url": f"file://{app}", "ref": "main"}).tar_path)
     assert "vendor/lib/greeting" not in without
 
@@ -336,3 +356,229 @@ def test_mask_and_check_url(harness):
     with pytest.raises(InvalidJob, match="uses 'ext'"):
         check_url("ext::sh -c touch% /tmp/pwned", harness.settings)
     assert check_url("https://github.com/team/app.git", harness.settings) == "https"
+
+
+# -- .git stays out of the context unless asked (BuildKit's BUILDKIT_CONTEXT_KEEP_GIT_DIR) ------------------------
+def extracted(ctx, where: Path) -> Path:
+    return ctx.extract_to(where / uuid.uuid4().hex[:8])
+
+
+def test_the_context_has_no_git_dir_unless_the_job_asks(prepare, repos, tmp_path):
+    _, repo, (first, second) = repos
+    for context, args in [({}, {}), ({}, {"BUILDKIT_CONTEXT_KEEP_GIT_DIR": "0"}),
+                          ({}, {"BUILDKIT_CONTEXT_KEEP_GIT_DIR": "yes"})]:  # not a Go boolean: BuildKit ignores it
+        names = tar_files(prepare({"url": f"file://{repo}", "ref": "main", **context}, build_args=args).tar_path)
+        assert not [n for n in names if n == ".git" or n.startswith(".git/")], (context, args)
+    for context, args in [({"keep_git_dir": True}, {}), ({}, {"BUILDKIT_CONTEXT_KEEP_GIT_DIR": "1"}),
+                          ({}, {"BUILDKIT_CONTEXT_KEEP_GIT_DIR": "true"})]:
+        out = extracted(prepare({"url": f"file://{repo}", "ref": "refs/heads/main", "commit": first, **context},
+                                build_args=args), tmp_path)
+        assert git(out, "rev-parse", "HEAD") == first and (out / "greeting").read_text() == "one\n"
+    # with a subdir as the context, BuildKit keeps no .git either
+    names = tar_files(prepare({"url": f"file://{repo}", "ref": "main", "subdir": "sub", "keep_git_dir": True}).tar_path)
+    assert not [n for n in names if ".git" in n.split("/")]
+    assert any(".git is not kept: the context is subdir 'sub'" in line for line in prepare.log)
+
+
+def test_a_kept_git_dir_is_what_buildkit_keeps(prepare, tmp_path):
+    """HEAD detached at the commit, the job's branch naming it, shallow, `origin` the URL
+    without its credentials, no FETCH_HEAD, nothing else fetched; `git status` clean."""
+    _, wanted = many_refs_repo(tmp_path / "served")
+    with served(tmp_path / "served") as port:
+        url = f"http://ci:{TOKEN}@127.0.0.1:{port}/many"
+        out = extracted(prepare({"url": url, "ref": "refs/heads/main", "commit": wanted, "keep_git_dir": True},
+                                git=GitConfig(allowed_schemes=["http"])), tmp_path)
+    assert git(out, "rev-parse", "HEAD") == wanted
+    assert git(out, "symbolic-ref", "-q", "HEAD", check=False) == ""  # detached, as BuildKit's checkout of FETCH_HEAD
+    assert git(out, "for-each-ref", "--format=%(refname) %(objectname)") == f"refs/heads/main {wanted}"
+    assert git(out, "rev-parse", "--is-shallow-repository") == "true"
+    assert (out / ".git" / "shallow").read_text().split() == [wanted]
+    assert git(out, "remote", "get-url", "origin") == f"http://127.0.0.1:{port}/many"
+    assert not (out / ".git" / "FETCH_HEAD").exists()
+    assert git(out, "status", "--porcelain") == ""
+    assert TOKEN not in "".join(p.read_text(errors="replace") for p in (out / ".git").rglob("*") if p.is_file())
+
+
+def many_refs_repo(root: Path, branches: int = 12) -> tuple[Path, str]:
+    """A repository with a main branch of four commits, `branches` other branches each with a
+    file of its own, and a tag (lightweight and annotated) on each; returns it and main's
+    third commit (not its tip)."""
+    repo = root / "many"
+    repo.mkdir(parents=True)
+    git(repo, "init", "-q", "-b", "main")
+    commits = [commit_files(repo, {"Dockerfile": "FROM scratch\nCOPY . /c\n", "main.txt": f"main {i}\n"}, f"main {i}")
+               for i in range(4)]
+    for i in range(branches):
+        git(repo, "checkout", "-q", "-b", f"feature-{i}", commits[1])
+        commit_files(repo, {f"only-on-feature-{i}.txt": f"feature {i} {uuid.uuid4().hex}\n"}, f"feature {i}")
+        git(repo, "tag", f"light-{i}")
+        git(repo, "tag", "-a", "-m", f"release {i}", f"v{i}")
+    git(repo, "checkout", "-q", "main")
+    return repo, commits[2]
+
+
+@contextmanager
+def served(root: Path, protocol_v2: bool = True):
+    """The repositories under `root` over smart HTTP (token auth), protocol v2 or v0 only."""
+    with http_server(type("Handler", (GitHttp,), {"root": root, "protocol_v2": protocol_v2})) as port:
+        yield port
+
+
+def objects_in(clone: Path) -> set[str]:
+    listing = git(clone, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)")
+    return set(listing.split())
+
+
+def reachable(repo: Path, commit: str, depth_one: bool) -> set[str]:
+    """The objects a fetch of `commit` needs: its tree (depth one) or its whole history."""
+    if depth_one:
+        listing = git(repo, "ls-tree", "-r", "-t", commit, "--format=%(objectname)")
+        return {commit, git(repo, "rev-parse", f"{commit}^{{tree}}"), *listing.split()}
+    return {line.split()[0] for line in git(repo, "rev-list", "--objects", commit).splitlines()}
+
+
+@pytest.mark.parametrize("shallow, protocol_v2", [(True, True), (False, True), (True, False), (False, False)],
+                         ids=["shallow", "history", "shallow-v0-server", "history-v0-server"])
+def test_only_what_the_commit_needs_is_fetched(harness, tmp_path, shallow, protocol_v2):
+    """Twelve other branches and 24 tags on the server: the clone gets the commit (shallow) or
+    its history, no other branch, no tag; a v0 server that will not send a commit by its id
+    gets the ref's history fetched instead, never every branch and tag."""
+    from runner.sources.git import GitFetch
+
+    repo, wanted = many_refs_repo(tmp_path / "served")
+    cfg = harness.settings.model_copy(update={"git": GitConfig(allowed_schemes=["http"], shallow=shallow,
+                                                               credentials=[])})
+    with served(tmp_path / "served", protocol_v2) as port:
+        request = BuildRequest(context={"type": "git", "url": f"http://ci:{TOKEN}@127.0.0.1:{port}/many",
+                                        "ref": "refs/heads/main", "commit": wanted}, tags=["127.0.0.1:5000/x/y:1"])
+        log = JobLog(harness.store, request.id)
+        fetch = GitFetch(request.context, tmp_path / "ws", log, CancelToken(), cfg)
+        try:
+            assert fetch.checkout() == wanted
+            clone = fetch.src
+            refs = git(clone, "for-each-ref", "--format=%(refname)").split()
+            assert not [r for r in refs if r.startswith(("refs/tags/", "refs/remotes/"))], refs
+            got = objects_in(clone)
+            on_main = reachable(repo, "main", depth_one=False)
+            assert got <= on_main, "objects of other branches or tags were fetched"
+            assert reachable(repo, wanted, depth_one=shallow) <= got
+            if protocol_v2:  # the commit by its id: exactly what it needs
+                assert got == reachable(repo, wanted, depth_one=shallow)
+        finally:
+            fetch.cleanup()
+            log.flush()
+    said = "\n".join(harness.store.read_log(request.id))
+    assert ("fetching ref 'refs/heads/main'" in said) is not protocol_v2
+
+
+def test_a_kept_git_dir_after_a_refused_fetch_by_id_is_still_only_the_commit(prepare, tmp_path):
+    """A v0 server refuses the commit by id: the ref's history comes instead, and the kept
+    .git is cut back to the commit (shallow), as BuildKit keeps it."""
+    repo, wanted = many_refs_repo(tmp_path / "served")
+    with served(tmp_path / "served", protocol_v2=False) as port:
+        out = extracted(prepare({"url": f"http://ci:{TOKEN}@127.0.0.1:{port}/many", "ref": "refs/heads/main",
+                                 "commit": wanted, "keep_git_dir": True}, git=GitConfig(allowed_schemes=["http"])), tmp_path)
+    assert any("did not send commit" in line for line in prepare.log)
+    assert git(out, "rev-parse", "HEAD") == wanted
+    assert git(out, "for-each-ref", "--format=%(refname)") == "refs/heads/main"
+    assert objects_in(out) == reachable(repo, wanted, depth_one=True)
+    assert git(out, "status", "--porcelain") == ""
+    # a short commit id and no ref: only every branch and tag can find it; what is kept is still the commit
+    with served(tmp_path / "served") as port:
+        out = extracted(prepare({"url": f"http://ci:{TOKEN}@127.0.0.1:{port}/many", "commit": wanted[:10],
+                                 "keep_git_dir": True}, git=GitConfig(allowed_schemes=["http"])), tmp_path)
+    assert git(out, "rev-parse", "HEAD") == wanted and git(out, "for-each-ref") == ""
+    assert objects_in(out) == reachable(repo, wanted, depth_one=True)
+
+
+# -- failures: the job's own mistakes are `invalid`, the host's trouble `infrastructure`, no worker path shown --
+def outer_with_submodule(root: Path, url: str, commit: str | None = None) -> Path:
+    """A repository whose submodule vendor/lib is `url` at `commit` (or its tip)."""
+    outer = root / f"outer-{uuid.uuid4().hex[:6]}"
+    outer.mkdir(parents=True)
+    git(outer, "init", "-q", "-b", "main")
+    commit_files(outer, {"Dockerfile": "FROM scratch\nCOPY . /\n"}, "outer")
+    lib, _ = make_repo(root, f"lib-{uuid.uuid4().hex[:6]}")
+    subprocess.run(["git", "-c", "protocol.file.allow=always", "submodule", "add", "-q", f"file://{lib}", "vendor/lib"],
+                   cwd=outer, env=GIT_ENV, check=True, capture_output=True)
+    if commit:
+        subprocess.run(["git", "update-index", "--cacheinfo", f"160000,{commit},vendor/lib"], cwd=outer, env=GIT_ENV, check=True)
+    git(outer, "config", "-f", ".gitmodules", "submodule.vendor/lib.url", url)
+    git(outer, "add", ".gitmodules")
+    git(outer, "commit", "-q", "-m", "submodule")
+    return outer
+
+
+def failed(prepare, context: dict, tmp_path: Path, **options):
+    """The error of a git context that must fail, checked for worker paths (record and log)."""
+    with pytest.raises((InvalidJob, InfrastructureError)) as caught:
+        prepare(context, **options)
+    workspace = str(tmp_path / "ws")
+    for text in [caught.value.message, *prepare.log]:
+        assert workspace not in text and os.path.realpath(workspace) not in text, text
+    return caught.value
+
+
+def test_a_submodule_that_cannot_be_fetched_is_the_jobs_mistake(prepare, tmp_path):
+    missing_repo = outer_with_submodule(tmp_path, f"file://{tmp_path}/no-such-lib")
+    error = failed(prepare, {"url": f"file://{missing_repo}", "ref": "main", "submodules": True}, tmp_path)
+    assert error.kind == "invalid", error.message
+    assert error.message.startswith(f"git: cannot fetch submodule 'vendor/lib': repository file://{tmp_path}/no-such-lib not found")
+    assert "Cloning into 'vendor/lib'" in error.message  # git's words, with the path relative to the repository
+
+    lib, _ = make_repo(tmp_path, "lib-moved-on")
+    gone = outer_with_submodule(tmp_path, f"file://{lib}", commit="0123456789abcdef0123456789abcdef01234567")
+    error = failed(prepare, {"url": f"file://{gone}", "ref": "main", "submodules": True}, tmp_path)
+    assert error.kind == "invalid", error.message
+    assert error.message.startswith(f"git: cannot fetch submodule 'vendor/lib': file://{lib} does not have commit 0123456789abcdef")
+
+    not_allowed = outer_with_submodule(tmp_path, "ext::sh -c touch% /tmp/pwned")
+    error = failed(prepare, {"url": f"file://{not_allowed}", "ref": "main", "submodules": True}, tmp_path)
+    assert error.kind == "invalid" and "it uses 'ext', which this runner does not allow" in error.message, error.message
+
+
+LONG_LABEL = "a" * 64  # longer than DNS allows: the resolver fails it at once, nothing is sent anywhere
+
+
+@pytest.mark.parametrize("scheme", ["git", "http"])
+def test_a_host_that_does_not_resolve_is_the_jobs_mistake(prepare, tmp_path, scheme):
+    error = failed(prepare, {"url": f"{scheme}://{LONG_LABEL}.example/app", "ref": "main"}, tmp_path)
+    assert error.kind == "invalid", error.message
+    assert f"no host is named '{LONG_LABEL}.example'" in error.message
+
+
+class Unavailable(BaseHTTPRequestHandler):
+    """A git host in trouble: 503 to everything."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_git_host_in_trouble_is_infrastructure(prepare, tmp_path):
+    with http_server(Unavailable) as port:
+        error = failed(prepare, {"url": f"http://127.0.0.1:{port}/app", "ref": "main"}, tmp_path)
+    assert error.kind == "infrastructure" and f"http://127.0.0.1:{port}/app is unreachable" in error.message, error.message
+    with socket.socket() as server:  # accepts, then resets the connection
+        server.bind(("127.0.0.1", 0))
+        server.listen(5)
+
+        def reset() -> None:
+            connection, _ = server.accept()
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            connection.close()
+
+        threading.Thread(target=reset, daemon=True).start()
+        error = failed(prepare, {"url": f"http://127.0.0.1:{server.getsockname()[1]}/app", "ref": "main"}, tmp_path)
+    assert error.kind == "infrastructure", error.message
+
+
+def test_a_repository_missing_over_http_is_the_jobs_mistake(prepare, tmp_path, git_http):
+    cred = GitCredential(host=f"127.0.0.1:{git_http}", token=TOKEN)
+    error = failed(prepare, {"url": f"http://127.0.0.1:{git_http}/no-such-repo", "ref": "main"}, tmp_path,
+                   git=GitConfig(allowed_schemes=["http"], credentials=[cred]))
+    assert error.kind == "invalid" and "not found" in error.message, error.message

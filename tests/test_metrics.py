@@ -121,7 +121,8 @@ def test_build_cache_steps_and_push_retries_are_counted_on_a_real_engine(make_ha
     dead = f"127.0.0.1:{free_port()}"  # a registry that never answers: every push attempt fails to connect
     creds = {"username": services["RUNNER_DEV_REGISTRY_USER"], "password": services["RUNNER_DEV_REGISTRY_PASSWORD"]}
     port = free_port()
-    h = make_harness(registries=[{"host": services["RUNNER_DEV_REGISTRY"], **creds}, {"host": dead, **creds}],
+    # retries at 1, 3 and 7 s after the first failure; the next (15 s) would start past 10 s: 4 attempts
+    h = make_harness(registries=[{"host": services["RUNNER_DEV_REGISTRY"], **creds}, {"host": dead, **creds, "push_retry_seconds": 10}],
                      worker=metrics_config(port))
     if not h.config["executors"].get("socket", {}).get("enabled"):
         pytest.skip("the socket executor cannot run here")

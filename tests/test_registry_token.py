@@ -20,14 +20,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-import requests
 
 from executors.tags import push_tags
 from runner.core.cancel import CancelToken
 from runner.core.jobs import ImageRef
 from runner.core.registries import Registries
 from runner.core.registry import RegistryConfig
-from tests.support import ListLog
+from tests.support import ListLog, wait_for_registry
 
 pytestmark = pytest.mark.skipif(not (shutil.which("docker-registry") and shutil.which("openssl") and shutil.which("skopeo")),
                                 reason="needs docker-registry, openssl and skopeo (scripts/services.sh installs them)")
@@ -135,15 +134,7 @@ def token_registry(tmp_path, services):
     registry = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     host = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if requests.get(f"http://{host}/v2/", timeout=1).status_code == 401:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline and registry.poll() is None, registry.stderr.read() if registry.stderr else ""
-            time.sleep(0.1)
+        wait_for_registry(host, registry)
         yield host, tokens
     finally:
         registry.terminate()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -254,9 +255,9 @@ auth: {{htpasswd: {{realm: spare, path: {state_dir / 'registry' / 'htpasswd'}}}}
         proc.wait(20)
 
 
-def registries_with(services, host: str) -> list[dict]:
+def registries_with(services, host: str, **options) -> list[dict]:
     creds = {"username": services["RUNNER_DEV_REGISTRY_USER"], "password": services["RUNNER_DEV_REGISTRY_PASSWORD"]}
-    return [{"host": services["RUNNER_DEV_REGISTRY"], **creds}, {"host": host, **creds}]
+    return [{"host": services["RUNNER_DEV_REGISTRY"], **creds}, {"host": host, **creds, **options}]
 
 
 def test_push_retries_until_the_registry_is_back(make_harness, services, tmp_path, spare_registry):
@@ -265,7 +266,7 @@ def test_push_retries_until_the_registry_is_back(make_harness, services, tmp_pat
     h.worker_proc = h.start_worker()
     ref = f"{host}/reliability/retry:1"
     job_id = detach(h, dockerfile(tmp_path, base(services), "RUN echo retry > /r"), "-t", ref)
-    wait_log(h, job_id, "retrying in", 60)
+    wait_log(h, job_id, "; attempt 2 in 1 s", 60)
     start_registry()
     final = wait_finished(h, job_id, 60)
     assert final["status"] == "succeeded", final["error"]
@@ -273,13 +274,16 @@ def test_push_retries_until_the_registry_is_back(make_harness, services, tmp_pat
 
 
 def test_registry_down_fails_as_infrastructure_after_retries(make_harness, services, tmp_path, spare_registry):
+    """Retries end once the next attempt would start past push_retry_seconds after the first
+    failure: with 3 s, attempts at 0 and 1 s (the next would wait 2 s more)."""
     host, _ = spare_registry
-    h = make_harness(registries=registries_with(services, host))
+    h = make_harness(registries=registries_with(services, host, push_retry_seconds=3))
     h.worker_proc = h.start_worker()
     job_id = detach(h, dockerfile(tmp_path, base(services), "RUN echo down > /d"), "-t", f"{host}/reliability/down:1")
     final = wait_finished(h, job_id, 90)
     assert final["status"] == "failed" and final["error"]["kind"] == "infrastructure"
-    assert "failed after 4 attempt(s)" in final["error"]["message"]
+    assert re.search(rf"failed after 2 attempt\(s\) \(retried for \d+ s, registries\[{re.escape(host)}\]\.push_retry_seconds is 3\)",
+                     final["error"]["message"]), final["error"]["message"]
 
 
 # -- 6. engine down ------------------------------------------------------------------------------------

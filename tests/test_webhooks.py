@@ -172,7 +172,8 @@ def test_signed_github_push_builds_that_commit(hooks, repo, services):
     record = hooks.wait(body["job"])
     assert record["status"] == "succeeded", record["error"]
     assert record["request"]["context"] == {"type": "git", "url": f"file://{repo[0]}", "ref": "refs/heads/main",
-                                            "commit": commit, "subdir": "app", "submodules": False}
+                                            "commit": commit, "subdir": "app", "submodules": False,
+                                            "keep_git_dir": False}
     ref = f"{services['RUNNER_DEV_REGISTRY']}/hooks-gh/hello-app:{commit[:7]}"
     assert record["images"][0] == {"ref": ref, "digest": registry_digest(services, ref)}
     assert registry_digest(services, f"{services['RUNNER_DEV_REGISTRY']}/hooks-gh/hello-app:main") == record["images"][0]["digest"]
@@ -482,6 +483,9 @@ def test_clone_url_override_and_its_scheme_check(harness):
     request = build_request(hooked, repo, "delivery-1", settings)
     assert request.context.url == "file:///srv/mirror/hello-app" and request.context.commit == hooked.sha
     assert request.id == build_request(hooked, repo, "delivery-1", settings).id, "same delivery, same job id"
+    assert request.context.keep_git_dir is False  # .git stays out of the context unless the repository asks
+    keeping = RepositoryHook(images=repo.images, clone_url=repo.clone_url, keep_git_dir=True)
+    assert build_request(hooked, keeping, "delivery-2", settings).context.keep_git_dir is True
     with pytest.raises(WebhookError, match="git.allowed_schemes") as info:
         build_request(hooked, repo, "delivery-1", harness.settings)
     assert info.value.status == 422

@@ -41,6 +41,7 @@ from executors.daemonless.common import (
 )
 from executors.daemonless.config import BuildahConfig
 from executors.daemonless.setid import MAX_DOCKERFILE_BYTES, copy_from_context
+from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository
 from executors.tags import push_tags
 from runner.core.build import BuildContext, LogSink
@@ -180,9 +181,10 @@ def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobP
 
 
 def push_args(config: BuildahConfig, image_id: str, ref: ImageRef, paths: JobPaths, digestfile: Path) -> list[str]:
-    """`buildah push` arguments; the format is the image's own (oci) unless docker is asked for."""
-    args = ["push", "--authfile", str(paths.authfile), *(["--format", "v2s2"] if config.format == "docker" else []),
-            "--digestfile", str(digestfile)]
+    """`buildah push` arguments; the format is the image's own (oci) unless docker is asked for.
+    `--retry 0`: retries are ours (executors.push_retry), with backoff, not buildah's 3 × 2 s."""
+    args = ["push", "--retry", "0", "--authfile", str(paths.authfile),
+            *(["--format", "v2s2"] if config.format == "docker" else []), "--digestfile", str(digestfile)]
     if paths.cert_dir:
         args += ["--cert-dir", str(paths.cert_dir)]
     return [*args, image_id, f"docker://{ref}"]
@@ -335,7 +337,7 @@ class BuildahExecutor(Executor):
             paths, env = self._prepare(job, context, files, log, cancel)
             tool = self.tool(mode, env)
             first = refs[0] if job.push else None
-            image_id = self._build(tool, mode, job, paths, files, first, log, cancel, phases)
+            image_id, first_failed = self._build(tool, mode, job, paths, files, first, log, cancel, phases)
             if not self.config.layers and not self.config.keep_images:
                 self._unneeded[job.id] = image_id  # removed by cleanup, after the job's record
             if first is None:
@@ -344,9 +346,12 @@ class BuildahExecutor(Executor):
                 return [PushedImage(ref=str(ref), digest=f"sha256:{image_id}") for ref in refs]
 
             def push(ref: ImageRef) -> str:
-                if ref is first:  # pushed by the build's own process
+                if ref is first and first_failed is None:  # pushed by the build's own process
                     return self._pushed(ref, files.root / "digest", log).digest
-                return self._push(tool, image_id, ref, paths, files, log, cancel).digest
+                return push_with_retries(ref, lambda: self._push(tool, image_id, ref, paths, files, log, cancel),
+                                         self.env.registries.config(ref.registry), log, cancel,
+                                         lambda: self.env.metrics.push_retried(self.name),
+                                         first_failed if ref is first else None).digest
 
             return push_tags(refs, push, self.env.registries, log, cancel, phases)
         except ToolFailed as exc:
@@ -375,9 +380,10 @@ class BuildahExecutor(Executor):
         return paths, tool_env(env)
 
     def _build(self, tool: Tool, mode: Mode, job: BuildRequest, paths: JobPaths, files: JobFiles, first: ImageRef | None,
-               log: LogSink, cancel: CancelToken, phases: PhaseClock) -> str:
-        """Build; with `first`, push it there from the same process start (build_then_push):
-        the marker line ends the build phase and starts the push."""
+               log: LogSink, cancel: CancelToken, phases: PhaseClock) -> tuple[str, InfrastructureError | None]:
+        """Build; with `first`, push it there from the same process start (build_then_push): the
+        marker line ends the build phase and starts the push. Returns the image id and, if that
+        push failed in a way a retry may mend, why."""
         build = build_args(self.config, mode, job, paths, self.env.namespace)
         output = BuildOutput(log)
         phases.switch("build")
@@ -399,8 +405,11 @@ class BuildahExecutor(Executor):
         except OSError:
             raise InfrastructureError("buildah build succeeded but wrote no image id") from None
         if first is not None and code != 0:
-            raise push_failed(first, both.push, code)
-        return image_id
+            failed = push_failed(first, both.push, code)
+            if not isinstance(failed, InfrastructureError):
+                raise failed
+            return image_id, failed
+        return image_id, None
 
     def _push(self, tool: Tool, image_id: str, ref: ImageRef, paths: JobPaths, files: JobFiles,
               log: LogSink, cancel: CancelToken) -> PushedImage:

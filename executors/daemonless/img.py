@@ -36,6 +36,7 @@ from executors.daemonless.common import (
     write_build_secrets,
 )
 from executors.daemonless.config import ImgConfig
+from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository
 from executors.tags import push_tags
 from runner.core.build import BuildContext, LogSink
@@ -151,7 +152,11 @@ class ImgExecutor(Executor):
                     "not kept (keep_images is off)"
                 log.line(f"[runner] push disabled; {kept}")
                 return [PushedImage(ref=str(ref), digest="") for ref in refs]
-            return push_tags(refs, lambda ref: self._push(tool, ref, log, cancel).digest, self.env.registries, log, cancel, phases)
+            def push(ref: ImageRef) -> str:
+                return push_with_retries(ref, lambda: self._push(tool, ref, log, cancel), self.env.registries.config(ref.registry),
+                                         log, cancel, lambda: self.env.metrics.push_retried(self.name)).digest
+
+            return push_tags(refs, push, self.env.registries, log, cancel, phases)
         finally:
             files.remove("docker", "secrets", "tmp")
             phases.report()

@@ -13,6 +13,7 @@ import requests
 from executors.engine.builders import BuildCache, Builder, BuildKitSupport, ClassicBuilder, job_tag
 from executors.engine.buildkit import BuildKitBuilder
 from executors.engine.client import EngineClient, short
+from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository, inline_cache_ref
 from executors.tags import Push, copy_tag, push_tags
 from runner.core.build import BuildContext, LogSink
@@ -32,9 +33,6 @@ from runner.core.registry import RegistryConfig
 
 if TYPE_CHECKING:
     from runner.core.registries import Registries
-
-PUSH_ATTEMPTS = 4
-
 
 def login(config: RegistryConfig) -> dict[str, str] | None:
     """docker-py's auth entry for a registry, or None for an anonymous one. Raises ValueError
@@ -170,23 +168,20 @@ class Engine:
             raise InfrastructureError(str(exc)) from None
 
     def push(self, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
-        """Push one tag, retrying connection/5xx trouble with backoff; auth errors fail at once."""
+        """Push one tag, riding out registry trouble (executors.push_retry); auth errors fail at once."""
         auth = self.auth_config(ref)
-        for attempt in range(1, PUSH_ATTEMPTS + 1):
-            cancel.raise_if_set()
+
+        def attempt() -> PushedImage:
             try:
                 digest = self._push_once(ref, auth, log)
-                self.registries.confirm_digest(ref, digest)
-                log.line(f"[runner] pushed {ref} {digest}")
-                return PushedImage(ref=str(ref), digest=digest)
-            except (InfrastructureError, requests.RequestException, docker.errors.APIError) as exc:
-                if cancel.is_set() or attempt == PUSH_ATTEMPTS:
-                    raise InfrastructureError(f"push of {ref} failed after {attempt} attempt(s): {_message(exc)}") from None
-                delay = 0.5 * 2 ** (attempt - 1)
-                log.line(f"[runner] push of {ref} failed ({_message(exc)}); retrying in {delay:.1f}s")
-                self.metrics.push_retried(self.executor)
-                cancel.wait(delay)
-        raise AssertionError("unreachable")
+            except (requests.RequestException, docker.errors.APIError) as exc:
+                raise InfrastructureError(_message(exc)) from None
+            self.registries.confirm_digest(ref, digest)
+            log.line(f"[runner] pushed {ref} {digest}")
+            return PushedImage(ref=str(ref), digest=digest)
+
+        return push_with_retries(ref, attempt, self.registries.config(ref.registry), log, cancel,
+                                 lambda: self.metrics.push_retried(self.executor))
 
     def _push_once(self, ref: ImageRef, auth: dict | None, log: LogSink) -> str:
         digest = None

@@ -137,6 +137,8 @@ class RepositoryHook(Strict):
     build_args: dict[str, str] = Field(default_factory=dict)
     clone_url: str | None = Field(default=None, description="clone from here instead of the URL in the payload")
     submodules: bool = False
+    keep_git_dir: bool = Field(default=False, description="keep .git in the build context, as BuildKit does with "
+                               "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1 (a shallow clone at the pushed commit); default: left out")
     timeout: int | None = Field(default=None, gt=0)
     callback_url: str | None = None
 
@@ -184,7 +186,8 @@ class GitConfig(Strict):
     binary: str = "git"
     allowed_schemes: list[str] = Field(default_factory=lambda: ["https", "ssh"],
                                        description="clone URL schemes jobs may use: https, ssh, http, git, file")
-    shallow: bool = Field(default=True, description="fetch only the wanted commit when the server allows it")
+    shallow: bool = Field(default=True, description="fetch only the wanted commit (depth 1; submodules too); false: its "
+                          "whole history, still no other branch or tag")
     credentials: list[GitCredential] = Field(default_factory=list)
 
     def credential_for(self, host: str) -> GitCredential | None:

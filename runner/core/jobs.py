@@ -87,6 +87,8 @@ class GitContext(BaseModel):
     commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,64}$")
     subdir: str = Field(default="", max_length=1024)
     submodules: bool = False
+    keep_git_dir: bool = Field(default=False, description="keep the repository's .git in the context (BuildKit's "
+                               "BUILDKIT_CONTEXT_KEEP_GIT_DIR); the build arg of that name turns it on too")
 
     @field_validator("subdir")
     @classmethod

@@ -18,6 +18,9 @@ class RegistryConfig(Strict):
     password_file: Path | None = Field(default=None, description="file holding the password, read at each use")
     insecure: bool = Field(default=False, description="plain HTTP (or TLS without verification)")
     ca_file: Path | None = Field(default=None, description="PEM CA bundle for a private CA")
+    push_retry_seconds: float = Field(default=90.0, ge=0, description="a push failing on a connection error or a 5xx is "
+                                      "tried again (after 1, 2, 4, 8, then every 10 s) while the next attempt starts "
+                                      "within this many seconds of the first failure; 0: never")
 
     @model_validator(mode="after")
     def _one_password_source(self) -> RegistryConfig:

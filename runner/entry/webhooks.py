@@ -321,7 +321,7 @@ def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Set
     payload = {
         "id": job_id(push.provider, delivery),
         "context": {"type": "git", "url": url, "ref": push.ref, "commit": push.sha, "subdir": repo.context,
-                    "submodules": repo.submodules},
+                    "submodules": repo.submodules, "keep_git_dir": repo.keep_git_dir},
         "dockerfile": repo.dockerfile, "tags": tags, "build_args": repo.build_args, "executor": repo.executor,
         "timeout": repo.timeout, "callback_url": repo.callback_url,
         "labels": {"org.opencontainers.image.revision": push.sha, "org.opencontainers.image.ref.name": push.ref},

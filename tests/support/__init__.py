@@ -108,3 +108,21 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 60) ->
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     return proc.returncode
+
+
+def wait_for_registry(host: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Wait until the `docker-registry serve` process `proc` answers on `host` (a 401 from
+    /v2/: it asks for a login); fail with what it said if it exits or takes too long."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"http://{host}/v2/", timeout=1).status_code == 401:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            said = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"registry {host} did not come up (exit code {proc.poll()}): {said!r}")
+        time.sleep(0.05)
