@@ -2,7 +2,11 @@
 htpasswd registry and buildah; a real `runner worker` process takes the jobs.
 
 Each test session uses its own Redis namespace (keys and queues), so sessions never take
-each other's jobs."""
+each other's jobs.
+
+The fake executor is a plugin of the tests (tests/plugins/fake), not of the runner: this
+session, and every process it starts, has it on the path (`use_fake`); `plain_installation`
+takes it away again for a test about what a plain install knows."""
 
 from __future__ import annotations
 
@@ -21,7 +25,10 @@ import yaml
 
 from runner.config.settings import load_settings
 from runner.store.jobstore import JobStore
+from tests.plugins import PLUGINS, use_fake, without_plugins
 from tests.support import all_support, stop
+
+use_fake()
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = str(Path(sys.executable).with_name("runner"))
@@ -35,6 +42,18 @@ def services() -> dict[str, str]:
     subprocess.run(["bash", str(ROOT / "scripts" / "services.sh")], check=True, stdout=subprocess.DEVNULL)
     state = Path(os.environ.get("RUNNER_DEV_STATE", "/var/tmp/runner-dev"))
     return dict(line.split("=", 1) for line in (state / "env").read_text().split())
+
+
+@pytest.fixture
+def plain_installation(monkeypatch) -> None:
+    """This process, and the processes it starts, as a plain installation of the runner: no
+    plugin of the tests (tests/plugins) on sys.path or PYTHONPATH."""
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not Path(p or ".").resolve().is_relative_to(PLUGINS)])
+    plain = without_plugins(dict(os.environ))
+    if "PYTHONPATH" in plain:
+        monkeypatch.setenv("PYTHONPATH", plain["PYTHONPATH"])
+    else:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
 
 
 @pytest.fixture

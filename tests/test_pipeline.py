@@ -1,4 +1,4 @@
-"""The pipeline's state machine, in-process, with the fake executor (executors/fake.py, which
+"""The pipeline's state machine, in-process, with the fake executor (tests/plugins/fake, which
 builds nothing and is steered by build args) and the real Redis: no Docker, no Celery, a few
 seconds in all. Each case drives `Pipeline.run` as the Celery task would."""
 

@@ -1,7 +1,7 @@
 """Commit statuses on GitHub, GitLab and Gitea, posted by real `runner worker` processes to
 local HTTP servers that answer like each host's status API (its paths, auth header, states,
 error bodies; GitLab's refusal to move a status to the state it has), through 2xx, 401, 404,
-422, 5xx and slow answers. The fake executor (executors/fake.py) stands in for builds where a
+422, 5xx and slow answers. The fake executor (tests/plugins/fake) stands in for builds where a
 real one adds nothing; the "done when" cases at the end build for real from signed pushes."""
 
 from __future__ import annotations
