@@ -42,7 +42,10 @@ from bench.common import drop_namespace  # noqa: E402
 from runner.core.jobs import BuildRequest, JobRecord, Status, now  # noqa: E402
 from runner.store.joblog import JobLog  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
+from tests.plugins import use_fake  # noqa: E402
 from tests.test_dashboard import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS, TOKEN_KEY  # noqa: E402
+
+use_fake()  # the fake executor is a plugin of the tests, not of the runner
 
 RUNNER = str(Path(sys.executable).with_name("runner"))
 TOKEN = "bench-" + uuid.uuid4().hex

@@ -34,6 +34,9 @@ from runner.entry.api import create_app  # noqa: E402
 from runner.entry.request_metrics import RequestMetricsMiddleware  # noqa: E402
 from runner.worker.metrics import WorkerMetrics  # noqa: E402
 from runner.worker.process_metrics import process_registry  # noqa: E402
+from tests.plugins import use_fake  # noqa: E402
+
+use_fake()  # the fake executor is a plugin of the tests, not of the runner
 
 TOKEN = "bench-" + uuid.uuid4().hex
 

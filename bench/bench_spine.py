@@ -32,6 +32,9 @@ from runner.entry.submission import submit  # noqa: E402
 from runner.sources.pack import write_tar  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.admission import QUEUE  # noqa: E402
+from tests.plugins import use_fake  # noqa: E402
+
+use_fake()  # the fake executor is a plugin of the tests, not of the runner
 
 REGISTRY = "127.0.0.1:5000"
 BASE = f"{REGISTRY}/base/busybox:1"

@@ -34,7 +34,10 @@ from runner.entry.submission import submit  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.store.outbox import Outbox  # noqa: E402
 from runner.worker.admission import Origin  # noqa: E402
+from tests.plugins import use_fake  # noqa: E402
 from tests.test_statuses import FakeHost, empty_context, new_sha, serve  # noqa: E402
+
+use_fake()  # the fake executor is a plugin of the tests, not of the runner
 
 TOKEN = "ghp_bench_" + uuid.uuid4().hex
 #: jobs are submitted as the API does for a token with the status right (runner/worker/admission.py)

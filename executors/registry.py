@@ -26,7 +26,6 @@ BUILTIN = {
     "sysbox": ("executors.dind.config:SysboxConfig", "executors.dind.sysbox:SysboxExecutor"),
     "buildah": ("executors.daemonless.config:BuildahConfig", "executors.daemonless.buildah:BuildahExecutor"),
     "img": ("executors.daemonless.config:ImgConfig", "executors.daemonless.img:ImgExecutor"),
-    "fake": ("executors.fake:FakeConfig", "executors.fake:FakeExecutor"),
 }
 ENTRY_POINT_GROUP = "runner.executors"
 

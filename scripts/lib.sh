@@ -35,3 +35,16 @@ retry() {  # retry TIMES DELAY COMMAND...: for what a just-started daemon may re
   done
   return 1
 }
+
+install_without_starting() {  # install_without_starting LOG APT-ARGS...: Debian packages whose postinst
+  # would start a daemon (redis-server, prometheus) are installed without starting it: the scripts
+  # and the tests start their own, with their own settings
+  local log=$1 policy=/usr/sbin/policy-rc.d added="" rc=0
+  shift
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
+  fi
+  apt-get update -qq >>"$log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$log" 2>&1 || rc=$?
+  if [ -n "$added" ]; then rm -f "$policy"; fi
+  return "$rc"
+}

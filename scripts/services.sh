@@ -48,14 +48,7 @@ install_packages() {
 install_prometheus() {  # Debian's server and promtool; the tests start their own on a spare port
   if command -v prometheus >/dev/null && command -v promtool >/dev/null; then return; fi
   say "installing prometheus (without the node exporter it recommends, and not started as a service)"
-  local policy=/usr/sbin/policy-rc.d added="" rc=0
-  if [ ! -e "$policy" ]; then  # the package's postinst would start a daemon on :9090 otherwise
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added=1
-  fi
-  apt-get update -qq >>"$STATE/apt.log" 2>&1 &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >>"$STATE/apt.log" 2>&1 || rc=$?
-  if [ -n "$added" ]; then rm -f "$policy"; fi
-  return "$rc"
+  install_without_starting "$STATE/apt.log" --no-install-recommends prometheus  # its postinst would start one on :9090
 }
 
 add_hosts() {  # before dockerd starts: its resolver caches /etc/hosts for a while

@@ -1,15 +1,37 @@
 #!/usr/bin/env bash
-# The test command: set up everything (services, venv), lint (ruff, import-linter, mypy), then run the whole suite.
+# The test command: set up what the tests need, lint (ruff, import-linter, mypy), then run pytest.
+#   bash scripts/test.sh [PYTEST-ARGS...]         everything (.ci/run): starts the services (Docker
+#                                                 Engine, Redis, the registry, buildah...) first
+#   bash scripts/test.sh --fast [PYTEST-ARGS...]  the fast tier (tests/support/tiers.py): installs or
+#                                                 starts no Docker, registry or buildah; the tests start a
+#                                                 throwaway redis-server of their own and stop it
 # Extra arguments go to pytest. Exit 5 from pytest (nothing collected) counts as failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/services.sh
+SAY_PREFIX=test
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+tier=()
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  tier=(--fast)
+  state=${RUNNER_DEV_STATE:-/var/tmp/runner-dev}
+  mkdir -p "$state"
+  install_redis() {  # Debian's, never started as a service: the fast tier's tests start their own
+    if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then return; fi
+    say "installing redis-server (not started as a service)"
+    install_without_starting "$state/apt.log" redis-server
+  }
+  step "install redis-server" "$state/apt.log" install_redis
+else
+  bash scripts/services.sh
+fi
 bash scripts/venv.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache  # the layers (docs/architecture.md)
 .venv/bin/mypy                     # runner/core, runner/worker, executors (pyproject.toml)
 set +e
-.venv/bin/pytest -q -p no:cacheprovider --durations=15 "$@"  # the slowest 15, for keeping CI short
+.venv/bin/pytest -q -p no:cacheprovider --durations=15 "${tier[@]}" "$@"  # the slowest 15, for keeping CI short
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -2,12 +2,20 @@
 htpasswd registry and buildah; a real `runner worker` process takes the jobs.
 
 Each test session uses its own Redis namespace (keys and queues), so sessions never take
-each other's jobs."""
+each other's jobs.
+
+The fake executor is a plugin of the tests (tests/plugins/fake), not of the runner: this
+session, and every process it starts, has it on the path (`use_fake`); `plain_installation`
+takes it away again for a test about what a plain install knows.
+
+`pytest --fast` (`bash scripts/test.sh --fast`) runs only the fast tier: the tests that need no
+Docker, registry or buildah, with a throwaway redis-server (tests/support/tiers.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +29,11 @@ import yaml
 
 from runner.config.settings import load_settings
 from runner.store.jobstore import JobStore
-from tests.support import all_support, stop
+from tests.plugins import PLUGINS, use_fake, without_plugins
+from tests.support import all_support, stop, tiers
+from tests.support.fleet import OwnRedis
+
+use_fake()
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = str(Path(sys.executable).with_name("runner"))
@@ -30,20 +42,87 @@ DEBIAN_RUNNER = str(ROOT / ".venv-debian" / "bin" / "runner")
 WRONG_PASSWORD_HOST = "localhost:5000"  # the same registry, configured with a wrong password
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast", action="store_true",
+                     help="only the fast tier (tests/support/tiers.py): no Docker, registry or buildah; a throwaway redis-server")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fast: needs no Docker, registry or buildah (tests/support/tiers.py); set by the conftest")
+    if config.getoption("fast"):
+        if missing := sorted(m for m in tiers.FAST_MODULES if not (config.rootpath / m).is_file()):
+            raise pytest.UsageError(f"tests/support/tiers.py lists test modules that do not exist: {', '.join(missing)}")
+        os.environ["DOCKER_HOST"] = tiers.NO_DOCKER
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if config.getoption("fast"):
+        return "tier: fast (tests/support/tiers.py): no Docker, registry or buildah; Redis is a throwaway redis-server"
+    return "tier: full (every test)"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fast tier does not even import the other test modules (some probe Docker as they load)."""
+    if config.getoption("fast") and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return tiers.module_name(collection_path, config.rootpath) not in tiers.FAST_MODULES or None
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    fast = [item for item in items if tiers.is_fast(item)]
+    for item in fast:
+        item.add_marker(pytest.mark.fast)
+    if config.getoption("fast"):
+        chosen = set(map(id, fast))
+        config.hook.pytest_deselected(items=[item for item in items if id(item) not in chosen])
+        items[:] = fast
+
+
 @pytest.fixture(scope="session")
-def services() -> dict[str, str]:
+def services(request) -> dict[str, str]:
+    if request.config.getoption("fast"):
+        pytest.fail("this test uses the services (Docker, the registry, buildah), which the fast tier does not start: "
+                    "it belongs to the full suite (tests/support/tiers.py)")
     subprocess.run(["bash", str(ROOT / "scripts" / "services.sh")], check=True, stdout=subprocess.DEVNULL)
     state = Path(os.environ.get("RUNNER_DEV_STATE", "/var/tmp/runner-dev"))
     return dict(line.split("=", 1) for line in (state / "env").read_text().split())
 
 
 @pytest.fixture
-def new_store(services):
+def plain_installation(monkeypatch) -> None:
+    """This process, and the processes it starts, as a plain installation of the runner: no
+    plugin of the tests (tests/plugins) on sys.path or PYTHONPATH."""
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not Path(p or ".").resolve().is_relative_to(PLUGINS)])
+    plain = without_plugins(dict(os.environ))
+    if "PYTHONPATH" in plain:
+        monkeypatch.setenv("PYTHONPATH", plain["PYTHONPATH"])
+    else:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
+
+
+@pytest.fixture(scope="session")
+def redis_url(request, tmp_path_factory):
+    """The Redis of tests that need no other service: the shared one (scripts/services.sh) in a
+    full run; in the fast tier a throwaway redis-server of this session's own (its own directory,
+    a spare loopback port), stopped by its pid at the end."""
+    if not request.config.getoption("fast"):
+        yield request.getfixturevalue("services")["RUNNER_DEV_REDIS_URL"]
+        return
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("the fast tier needs Debian's redis-server and redis-cli (bash scripts/test.sh --fast installs them)")
+    server = OwnRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def new_store(redis_url):
     """JobStores (JobStore or a subclass) in namespaces of their own, emptied afterwards."""
     made: list[JobStore] = []
 
     def make(cls: type[JobStore] = JobStore) -> JobStore:
-        made.append(cls(services["RUNNER_DEV_REDIS_URL"], f"test-{uuid.uuid4().hex[:8]}"))
+        made.append(cls(redis_url, f"test-{uuid.uuid4().hex[:8]}"))
         return made[-1]
 
     yield make

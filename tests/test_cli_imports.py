@@ -22,7 +22,7 @@ FORBIDDEN = ("celery", "kombu", "docker", "fastapi", "starlette", "uvicorn", "re
 #: the executors modules settings validation may load: the seam, the registry and each family's config
 LIGHT_EXECUTORS = {"executors", "executors.base", "executors.registry", "executors.engine", "executors.engine.config",
                    "executors.dind", "executors.dind.config", "executors.daemonless", "executors.daemonless.config",
-                   "executors.fake", "executors.registry_cache"}  # the fake executor's Config shares its (standard-library only) module
+                   "executors.registry_cache"}
 SHOW_MODULES = """
 import atexit, json, sys
 atexit.register(lambda: sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n"))

@@ -25,7 +25,7 @@ def leaf_paths(model, prefix=""):
             yield f"{prefix}{name}"
 
 
-def test_example_is_generated_from_the_settings():
+def test_example_is_generated_from_the_settings(plain_installation):  # the example a plain install prints: no test plugin
     current = (ROOT / "config" / "runner.example.yml").read_text()
     assert current == render_example(), "config/runner.example.yml is stale: run `runner config example > config/runner.example.yml`"
 

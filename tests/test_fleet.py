@@ -4,7 +4,7 @@ Each job is built exactly once, the jobs spread over both workers, the two /metr
 sum to the number of jobs, and a worker SIGTERMed mid-way drains (its running jobs finish,
 it takes no new one, /readyz is 503) while the other takes the rest.
 
-Most jobs run on the fake executor (executors/fake.py: a build that sleeps); one real buildah
+Most jobs run on the fake executor (tests/plugins/fake: a build that sleeps); one real buildah
 build goes through the same fleet. bench/bench_fleet.py does this with real builds only."""
 
 from __future__ import annotations

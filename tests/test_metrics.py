@@ -1,6 +1,6 @@
 """Issue 13 §1 and §2 with real processes: a worker's /metrics, /healthz and /readyz, `runner
 serve`'s /metrics (queue length, live workers) and /readyz, and the process logs (text or
-JSON lines, job fields, secrets masked). Jobs run on the fake executor (executors/fake.py)
+JSON lines, job fields, secrets masked). Jobs run on the fake executor (tests/plugins/fake)
 unless a test needs a real engine (build-cache steps, push retries)."""
 
 from __future__ import annotations

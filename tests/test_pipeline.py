@@ -1,4 +1,4 @@
-"""The pipeline's state machine, in-process, with the fake executor (executors/fake.py, which
+"""The pipeline's state machine, in-process, with the fake executor (tests/plugins/fake, which
 builds nothing and is steered by build args) and the real Redis: no Docker, no Celery, a few
 seconds in all. Each case drives `Pipeline.run` as the Celery task would."""
 
@@ -22,8 +22,8 @@ REF = "127.0.0.1:5000/pipeline/app:1"
 
 
 @pytest.fixture
-def settings(services, tmp_path) -> Settings:
-    return Settings(redis_url=services["RUNNER_DEV_REDIS_URL"], registries=[{"host": "127.0.0.1:5000"}],
+def settings(redis_url, tmp_path) -> Settings:
+    return Settings(redis_url=redis_url, registries=[{"host": "127.0.0.1:5000"}],
                     default_executor="fake", executors={"fake": {"enabled": True}},
                     limits={"max_attempts": 2, "default_timeout": 60},
                     worker={"namespace": f"pipeline-{uuid.uuid4().hex[:8]}", "workspace": str(tmp_path / "work"),

@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import yaml
 
+from executors.registry import ExecutorRegistry
 from runner.store.jobstore import JobStore
 from tests.conftest import RUNNER, new_harness
+from tests.plugins import FAKE, with_path
 
 TOY = Path(__file__).parent / "plugins" / "toy"
 
@@ -60,3 +63,27 @@ def test_a_plugin_is_documented_validated_and_runs_jobs(services, tmp_path_facto
         for pattern in (f"{store.ns}:*", f"{store.ns}.*", f"_kombu.binding*.{store.ns}.*"):
             for key in store.r.scan_iter(pattern):
                 store.r.delete(key)
+
+
+def test_a_plain_installation_does_not_know_the_fake_executor(plain_installation, tmp_path):
+    """The fake executor (it builds nothing, and SIGKILLs its worker on a build arg) is the tests'
+    own plugin, not the runner's: without tests/plugins on the path the registry does not know
+    it, `runner config example` does not document it, and a config that names it is refused by
+    every command, naming it. With the plugin's directory on the path, the same config loads."""
+    assert not ExecutorRegistry().is_known("fake") and "fake" not in ExecutorRegistry().names()
+    probe = "from executors.registry import ExecutorRegistry as R; print(R().is_known('fake'), R().names())"
+    known = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert known.startswith("False") and "'buildah'" in known, known
+    example = subprocess.run([RUNNER, "config", "example"], capture_output=True, text=True, check=True).stdout
+    assert "\n  buildah:" in example and "\n  fake:" not in example and "executors.fake" not in example
+
+    config = tmp_path / "runner.yml"
+    config.write_text(yaml.safe_dump({"default_executor": "fake", "executors": {"fake": {"enabled": True}}}))
+    env = {**os.environ, "RUNNER_CONFIG": str(config)}
+    for command in (["config", "show"], ["worker"], ["doctor"]):
+        refused = subprocess.run([RUNNER, *command], env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2, (command, refused.stdout, refused.stderr)
+        assert "invalid configuration: executors: unknown executor 'fake'; known: buildah, dind, img, socket, sysbox" in refused.stderr
+
+    shown = subprocess.run([RUNNER, "config", "show"], env=with_path(env, FAKE), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "  fake:\n    enabled: true" in shown.stdout, shown.stderr

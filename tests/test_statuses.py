@@ -1,7 +1,7 @@
 """Commit statuses on GitHub, GitLab and Gitea, posted by real `runner worker` processes to
 local HTTP servers that answer like each host's status API (its paths, auth header, states,
 error bodies; GitLab's refusal to move a status to the state it has), through 2xx, 401, 404,
-422, 5xx and slow answers. The fake executor (executors/fake.py) stands in for builds where a
+422, 5xx and slow answers. The fake executor (tests/plugins/fake) stands in for builds where a
 real one adds nothing; the "done when" cases at the end build for real from signed pushes."""
 
 from __future__ import annotations
@@ -210,10 +210,14 @@ def statuses_config(hosts: dict[str, FakeHost], **policy) -> dict:
             "gitea": {"api_url": hosts["gitea"].url, "token": TOKENS["gitea"]}}
 
 
-def statuses_harness(services, tmp_path_factory, hosts, **overrides) -> RunnerHarness:
-    base = {"default_executor": "fake", "executors": {"fake": {"enabled": True}}, "statuses": statuses_config(hosts),
+def statuses_base(hosts: dict[str, FakeHost]) -> dict:
+    """The config of these tests' workers, over the harness's."""
+    return {"default_executor": "fake", "executors": {"fake": {"enabled": True}}, "statuses": statuses_config(hosts),
             "api": {"public_url": PUBLIC_URL}, "worker": {"recover_interval": 1.0}, "deliveries": {"recover_after": 2.0}}
-    return new_harness(services, tmp_path_factory, **{**base, **overrides})
+
+
+def statuses_harness(services, tmp_path_factory, hosts, **overrides) -> RunnerHarness:
+    return new_harness(services, tmp_path_factory, **{**statuses_base(hosts), **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -339,11 +343,11 @@ class Steps:
     """A Deliverer in this process (real Redis, real HTTP to the fake hosts), whose task messages
     are taken off the deliveries queue and run one by one, as a worker's task would."""
 
-    def __init__(self, h: RunnerHarness, hosts: dict[str, FakeHost], **policy):
+    def __init__(self, redis_url: str, hosts: dict[str, FakeHost], **policy):
         from runner.config.settings import Settings
         from runner.worker.notify.deliveries import Deliverer
 
-        data = h.settings.model_dump(mode="python")
+        data = Settings.model_validate({"redis_url": redis_url, **statuses_base(hosts)}).model_dump(mode="python")
         data["statuses"] = statuses_config(hosts, **policy)
         data["worker"]["namespace"] = f"steps-{uuid.uuid4().hex[:8]}"  # no worker takes these
         self.settings = Settings.model_validate(data)
@@ -382,11 +386,11 @@ class Steps:
 
 
 @pytest.fixture
-def steps(h, hosts):
+def steps(redis_url, hosts):
     made = []
 
     def make(**policy) -> Steps:
-        s = Steps(h, hosts, **policy)
+        s = Steps(redis_url, hosts, **policy)
         made.append(s)
         return s
 

@@ -74,8 +74,8 @@ class Settings(ClientSettings):
     registries: list[RegistryConfig] = Field(default_factory=list, description="registries jobs may push to; a tag on any other is refused")
     executors: dict[str, ExecutorConfig] = Field(
         default_factory=dict, validate_default=True,
-        description="each executor's own settings, by name (built-ins: socket, dind, sysbox, buildah, img, fake; "
-        "third-party executors too, through the entry-point group runner.executors); {enabled: true} turns one on")
+        description="each executor's own settings, by name (built-ins: socket, dind, sysbox, buildah, img; "
+        "other packages add theirs through the entry-point group runner.executors); {enabled: true} turns one on")
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     retention: StrictRetention = Field(default_factory=StrictRetention)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)

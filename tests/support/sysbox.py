@@ -17,6 +17,8 @@ def runtimes() -> list[str]:
         out = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return []
+    if out.returncode != 0:  # no engine reachable (it prints "null" then)
+        return []
     try:
         return sorted(json.loads(out.stdout or "{}"))
     except ValueError:

@@ -13,6 +13,12 @@ and the entry points can be driven through every path in seconds, without Docker
 
 It reports each tag with a digest made from the job id and the tag. `cleanup` records the job
 ids it was called for (`cleaned`), so tests can see the pipeline call it.
+
+It is a plugin of the tests, not part of the runner: a `runner.executors` entry point in the
+dist-info beside this module, found only where tests/plugins/fake is on the path (the tests'
+conftest and the benchmarks put it there: tests/plugins/__init__.py). A plain installation
+never knows it, so no worker is one config line away from an executor that kills itself on a
+build arg.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ ERRORS: dict[str, type[ExecutorError]] = {"invalid": InvalidJob, "auth": Registr
 
 
 class FakeConfig(ExecutorConfig):
-    """executors.fake: builds nothing; steered by build args. For the runner's own tests only."""
+    """executors.fake (a plugin of the runner's own tests): builds nothing; steered by build args."""
 
     enabled: bool = Field(default=False, description="for the runner's own tests only: never enable it in production")
 
