@@ -191,21 +191,26 @@ class PatternMatcher:
                 for k in range(len(dirs)):
                     hits += self._index.hits("/".join(dirs[:k + 1]))
         candidates = sorted(set(hits).union(self._broken)) if self._broken or len(hits) > 1 else hits
-        exclusion = self._exclusion
-        fired, last = 0, -1  # the patterns that matched here, and the highest of them
+        if not candidates:
+            decider = inherited.bit_length() - 1
+            return decider >= 0 and not self._exclusion[decider], inherited
+        exclusion, broken = self._exclusion, self._index.broken
+        parents = _bits(inherited)  # the patterns that matched the parent, ascending: each matches here
+        fired, last, k = 0, -1, 0  # the patterns that matched here alone; the last that matched so far
         for number in candidates:
-            if inherited >> number & 1:
-                continue  # matched the parent: counted below
-            before = max((inherited & ((1 << number) - 1)).bit_length() - 1, last) if inherited else last
-            matched = before >= 0 and not exclusion[before]
+            while k < len(parents) and parents[k] <= number:
+                last, k = parents[k], k + 1
+            if last == number:
+                continue
+            matched = last >= 0 and not exclusion[last]
             if exclusion[number] != matched:
                 continue  # Docker skips it here
-            if number in self._index.broken:
+            if number in broken:
                 pattern = self.patterns[number]
-                raise _bad(pattern.source, pattern.cleaned, self._index.broken[number])
+                raise _bad(pattern.source, pattern.cleaned, broken[number])
             fired |= 1 << number
             last = number
-        decider = max(inherited.bit_length() - 1, last)
+        decider = max(last, parents[-1] if parents else -1)
         return decider >= 0 and not exclusion[decider], inherited | fired
 
     def could_reinclude_inside(self, directory: str) -> bool:
@@ -216,6 +221,16 @@ class PatternMatcher:
             return True
         prefix = directory + "/"
         return any(text.startswith(prefix) for text in self._exception_dirs)
+
+
+def _bits(mask: int) -> list[int]:
+    """The positions of the set bits of `mask`, ascending (linear in its size)."""
+    digits = bin(mask)[:1:-1]  # least significant first, without "0b"
+    out, at = [], digits.find("1")
+    while at >= 0:
+        out.append(at)
+        at = digits.find("1", at + 1)
+    return out
 
 
 def _without_trailing_glob(text: str) -> str:

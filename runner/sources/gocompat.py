@@ -226,11 +226,12 @@ def _get_esc(chunk: bytes) -> tuple[int, bytes]:
 # own syntax, with every class spelled as code point ranges, for the RE2 library to run.
 _PERL_GROUPS: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}
 _POSIX_GROUPS: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}
-#: the most RE2 text one expression may become (a class such as \pL is ~11 KB of ranges);
-#: past it the expression is refused as too complex instead of growing without bound
-MAX_RE2_SOURCE = 4 * 1024 * 1024
-#: RE2's memory budget for one compiled expression (its default); a bigger one is refused
-RE2_MAX_MEM = 8 * 1024 * 1024
+#: the most RE2 text one expression may become (a class such as \pL is ~10 KB of ranges; a
+#: 64 KiB ignore line of plain text ~130 KB); past it the expression is refused as too complex
+MAX_RE2_SOURCE = 1024 * 1024
+#: RE2's memory budget for one compiled expression (a quarter of its default: ~90,000
+#: instructions, where an ignore pattern needs tens); a bigger one is refused as too complex
+RE2_MAX_MEM = 2 * 1024 * 1024
 _BEGIN, _END = "\0begin", "\0end"  # top-level atoms that are the text's start and end anchors
 _COUNTED_REPEAT = re.compile(r"\{(0|[1-9][0-9]*)(,(0|[1-9][0-9]*)?)?\}")
 

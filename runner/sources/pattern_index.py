@@ -18,11 +18,12 @@ exceptions, parent results) is the matcher's business (runner.sources.dockerigno
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from runner.sources.gocompat import GoRegexp, GoRegexpError, RegexpTooComplex, compile_go_regexp, go_regexp_subject, re2_search
+from runner.sources.gocompat import GoRegexp, GoRegexpError, RegexpTooComplex, compile_go_regexp, compile_re2, go_regexp_subject, re2_search
 
 if TYPE_CHECKING:
     from runner.core.cancel import CancelToken
@@ -34,6 +35,7 @@ _ESCAPED = frozenset(".+()|{}$")  # regexp metacharacters that mean nothing to f
 #: costs time, bounded by the job's timeout, instead of memory)
 PROGRAM_BUDGET = 128 * 1024 * 1024
 _CANCEL_EVERY = 64  # patterns compiled between two looks at the cancel token
+GROUP_CHUNKED = 32  # regexps that share a key (or have none) from which they are tried in chunks
 
 
 def compile_pattern(cleaned: str) -> tuple[str, str]:
@@ -117,41 +119,89 @@ class _Affixes:
     def freeze(self) -> None:
         self.lengths = sorted({len(key) for key in self.keys})
 
-    def lookup(self, text: str) -> Iterator[list[int]]:
+    def lookup_keys(self, text: str) -> Iterator[str]:
+        """The keys `text` starts (ends) with."""
         size = len(text)
         for length in self.lengths:
             if length > size:
                 return
-            found = self.keys.get(text[size - length:] if self.suffix else text[:length])
-            if found is not None:
-                yield found
+            key = text[size - length:] if self.suffix else text[:length]
+            if key in self.keys:
+                yield key
+
+    def lookup(self, text: str) -> Iterator[list[int]]:
+        for key in self.lookup_keys(text):
+            yield self.keys[key]
+
+
+ProgramKey = int | tuple[int, int]  # a regexp's number, or (group, chunk) for a chunk of a group
 
 
 class _Programs:
-    """Compiled RE2 programs by regexp number, the least recently used dropped past
-    PROGRAM_BUDGET (estimated from each program's size) and compiled again when needed."""
+    """Compiled RE2 programs (a regexp's, or a chunk's: its regexps as alternatives), the least
+    recently used dropped past PROGRAM_BUDGET (estimated from each program's size) and compiled
+    again when next needed. A chunk too big to compile has no program: its regexps are tried
+    one by one."""
 
     def __init__(self, regexps: list[GoRegexp], budget: int) -> None:
         self.regexps, self.budget = regexps, budget
-        self.cached: OrderedDict[int, tuple[Any, int]] = OrderedDict()
+        self.chunks: list[list[list[int]]] = []  # per group: its chunks of regexp numbers
+        self.cached: OrderedDict[ProgramKey, tuple[Any, int]] = OrderedDict()
+        self.uncompilable: set[ProgramKey] = set()
         self.used = 0
 
-    def add(self, number: int, program: Any) -> None:
+    def add(self, key: ProgramKey, program: Any) -> None:
         cost = 1536 + 112 * program.ProgramSize()  # measured: ~1.5 KiB a small program, ~115 bytes an instruction
-        self.cached[number] = (program, cost)
+        self.cached[key] = (program, cost)
         self.used += cost
         while self.used > self.budget and len(self.cached) > 1:
             _, (_, dropped) = self.cached.popitem(last=False)
             self.used -= dropped
 
-    def get(self, number: int) -> Any:
-        entry = self.cached.get(number)
+    def get(self, key: ProgramKey) -> Any | None:
+        entry = self.cached.get(key)
         if entry is not None:
-            self.cached.move_to_end(number)
+            self.cached.move_to_end(key)
             return entry[0]
-        program = self.regexps[number].compile()  # compiled once already: cannot fail now
-        self.add(number, program)
+        if key in self.uncompilable:
+            return None
+        try:
+            if isinstance(key, int):
+                program = self.regexps[key].compile()  # compiled once already: cannot fail now
+            else:
+                group, chunk = key
+                program = compile_re2("|".join(f"(?:{self.regexps[n].source})" for n in self.chunks[group][chunk]))
+        except RegexpTooComplex:
+            self.uncompilable.add(key)
+            return None
+        self.add(key, program)
         return program
+
+
+class _Group:
+    """Regexps tried on the same paths. Past GROUP_CHUNKED of them, they are tried in chunks of
+    about √n first (one RE2 search over a chunk's regexps as alternatives says whether any of
+    them matches), then one by one in a chunk that matched: ~2√n searches a path, not n."""
+
+    def __init__(self, numbers: list[int], programs: _Programs) -> None:
+        self.numbers, self.programs = numbers, programs
+        self.group = -1
+        if len(numbers) >= GROUP_CHUNKED:
+            width = max(GROUP_CHUNKED // 2, math.isqrt(len(numbers)))
+            self.group = len(programs.chunks)
+            programs.chunks.append([numbers[start:start + width] for start in range(0, len(numbers), width)])
+
+    def matching(self, data: bytes) -> Iterator[int]:
+        programs = self.programs
+        if self.group < 0:
+            chunks: list[list[int]] = [self.numbers]
+        else:
+            chunks = [chunk for index, chunk in enumerate(programs.chunks[self.group])
+                      if (combined := programs.get((self.group, index))) is None or re2_search(combined, data)]
+        for chunk in chunks:
+            for number in chunk:
+                if re2_search(programs.get(number), data):
+                    yield number
 
 
 class PatternIndex:
@@ -173,6 +223,7 @@ class PatternIndex:
         self._regexp_prefixes, self._regexp_suffixes = _Affixes(suffix=False), _Affixes(suffix=True)
         self._regexp_scan: list[int] = []
         self._programs = _Programs(self._regexps, budget)
+        self._groups: dict[tuple[bool, str], _Group] = {}  # (suffix?, key) -> the regexps with that key
         same: dict[str, list[int]] = {}
         for number, cleaned in enumerate(patterns):
             same.setdefault(cleaned, []).append(number)
@@ -182,6 +233,10 @@ class PatternIndex:
             self._add(cleaned, numbers)
         for affixes in (self._prefixes, self._suffixes, self._regexp_prefixes, self._regexp_suffixes):
             affixes.freeze()
+        for affixes in (self._regexp_prefixes, self._regexp_suffixes):
+            for key, numbers in affixes.keys.items():
+                self._groups[affixes.suffix, key] = _Group(numbers, self._programs)
+        self._scan = _Group(self._regexp_scan, self._programs)
 
     def _add(self, cleaned: str, numbers: list[int]) -> None:
         kind, source = compile_pattern(cleaned)
@@ -209,7 +264,7 @@ class PatternIndex:
     def _add_regexp(self, source: str, numbers: list[int]) -> None:
         try:
             regexp = compile_go_regexp(source)
-            program = regexp.compile()
+            regexp.compile()  # to know now that it can be; kept only once a path needs it
         except GoRegexpError:
             self.broken.update(dict.fromkeys(numbers, "syntax error in pattern"))
             return
@@ -219,7 +274,6 @@ class PatternIndex:
         number = len(self._regexps)
         self._regexps.append(regexp)
         self._regexp_numbers.append(numbers)
-        self._programs.add(number, program)
         if regexp.prefix:
             self._regexp_prefixes.add(regexp.prefix, number)
         elif regexp.suffix:
@@ -241,8 +295,9 @@ class PatternIndex:
         if self._regexps:
             subject = go_regexp_subject(path)
             data = subject.encode()
-            for regexps in (*self._regexp_prefixes.lookup(subject), *self._regexp_suffixes.lookup(subject), self._regexp_scan):
-                for number in regexps:
-                    if re2_search(self._programs.get(number), data):
-                        found += self._regexp_numbers[number]
+            groups = [self._groups[affixes.suffix, key] for affixes in (self._regexp_prefixes, self._regexp_suffixes)
+                      for key in affixes.lookup_keys(subject)]
+            for group in (*groups, self._scan):
+                for number in group.matching(data):
+                    found += self._regexp_numbers[number]
         return found
