@@ -414,7 +414,7 @@ def print_ignore(old_cap: float) -> None:
     print()
     print(f"{'matching one path':<40} {'previous (Python re)':>22} {'now (RE2, compile too)':>23}")
     for name, previous, now in previous_matcher_rows(old_cap):
-        print(f"{name:<40} {previous:>22} {now:>18}")
+        print(f"{name:<40} {previous:>22} {now:>23}")
     print()
     tmp = Path(tempfile.mkdtemp(prefix="bench-hostile-cfg-", dir="/var/tmp"))
     try:
