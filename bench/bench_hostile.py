@@ -12,15 +12,16 @@ Normal context: a 200 MB context (200 x 1 MiB + 2,000 x 4 KiB files) spooled fro
 chunks and unpacked, median of N rounds, against the previous code path (write the chunks,
 scan with tarfile, tarfile's `data` filter extraction) and GNU tar.
 
-Hostile .dockerignore files (each posted through the raw queue to a fresh worker with the
+Hostile .dockerignore files (each posted through the raw queue to one worker with the
 default caps, one build slot, its /healthz asked every 50 ms meanwhile): the issue's nested
 `**` file with a 20-level path, a 39,000-pattern file (0.95 MiB) on 2,000 and 20,000 members,
 50,000 patterns that all match on 5,000 members with a 10 s timeout, a 100,000-line file over
-the cap. For each: the time to finish (or refuse, or stop), when the context was ready, and
-/healthz p50 / p99 / max. Baselines in the same run: a plain 1-line ignore file, the idle
-worker's /healthz, and the previous code's matcher (a backtracking Python regexp) on the
-nested pattern, in a subprocess killed after --old-cap seconds. Then `runner submit` packing
-the over-the-cap file and a 40,000-line one (time, peak RSS).
+the cap. For each: the time to finish (or refuse, or stop), when the context was ready,
+/healthz p50 / p99 / max, and the worker's peak RSS so far (VmHWM; the cases run in this
+order). Baselines in the same run: a plain 1-line ignore file, the idle worker's /healthz, and
+the previous code's matcher (a backtracking Python regexp) on the nested pattern, in a
+subprocess killed after --old-cap seconds. Then `runner submit` packing a 1-line file
+(baseline), a 40,000-line one and the over-the-cap one (time, peak RSS).
 
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_hostile.py [--rounds 3] [--skip-bombs] [--skip-ignore] [--only-ignore]
 Needs Redis (scripts/services.sh) and buildah. Uses its own namespace and temp folders and
@@ -290,7 +291,7 @@ def ignore_case(worker: Worker, healthz: str, ignore: bytes, paths: list[str], t
     health = probe.stop()
     error = record.error.message[:70] if record.error else ""
     return {"seconds": finished, "ready": ready, "status": record.status.value, "error": error, "health": health,
-            "ignore_bytes": len(ignore)}
+            "ignore_bytes": len(ignore), "hwm": status_kib(worker.proc.pid, "VmHWM") / 1024}
 
 
 def idle_health(healthz: str, seconds: float = 3.0) -> str:
@@ -308,7 +309,8 @@ def ignore_rows() -> list[tuple[str, dict | str]]:
     worker = Worker(tmp, metrics_port=port, metrics_host="127.0.0.1")
     healthz = f"http://127.0.0.1:{port}/healthz"
     try:
-        rows: list[tuple[str, dict | str]] = [("idle worker (baseline)", idle_health(healthz))]
+        rows: list[tuple[str, dict | str]] = [
+            ("idle worker (baseline)", f"{idle_health(healthz)}  peak RSS {status_kib(worker.proc.pid, 'VmHWM') / 1024:.0f} MiB")]
         cases = [
             ("1-line ignore file, 2,000 members (baseline)", b"*.tmp\n", member_paths(2000), 600),
             ("nested ** (17 x **/), one 20-level path", NESTED_DOUBLESTAR, [DEEP_PATH, "a/z", "a/keep"], 600),
@@ -404,13 +406,14 @@ def cli_rows(config: Path) -> list[tuple[str, float, float | None, int, str]]:
 
 def print_ignore(old_cap: float) -> None:
     rows = ignore_rows()
-    print(f"{'ignore file (raw queue, real worker, 1 slot)':<56} {'finished':>9} {'context':>8}  {'/healthz p50 / p99 / max':<34} result")
+    print(f"{'ignore file (raw queue, real worker, 1 slot)':<56} {'finished':>9} {'context':>8}  {'/healthz p50 / p99 / max':<34} "
+          f"{'peak RSS':>9}  result")
     for name, r in rows:
         if isinstance(r, str):
             print(f"{name:<56} {'':>9} {'':>8}  {r:<34}")
             continue
         ready = f"{r['ready']:.2f}s" if r["ready"] is not None else "-"
-        print(f"{name:<56} {r['seconds']:>8.2f}s {ready:>8}  {r['health']:<34} {r['status']} {r['error']}")
+        print(f"{name:<56} {r['seconds']:>8.2f}s {ready:>8}  {r['health']:<34} {r['hwm']:>6.0f}MiB  {r['status']} {r['error']}")
     print()
     print(f"{'matching one path':<40} {'previous (Python re)':>22} {'now (RE2, compile too)':>23}")
     for name, previous, now in previous_matcher_rows(old_cap):

@@ -143,8 +143,8 @@ class PatternMatcher:
     def __init__(self, patterns: Iterable[str | IgnoreLine], cancel: CancelToken | None = None) -> None:
         self.patterns: list[Pattern] = []
         self.exclusions = False
-        for count, item in enumerate(patterns):
-            if cancel is not None and count % 1024 == 0:
+        for item in patterns:
+            if cancel is not None:
                 cancel.raise_if_set()
             source = item if isinstance(item, IgnoreLine) else None
             text = go_trim_space(item.pattern if isinstance(item, IgnoreLine) else item)
