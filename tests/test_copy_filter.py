@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "dockerign
 
 import harness  # noqa: E402
 
+from runner.config.settings import LimitsConfig
 from runner.core.errors import InvalidJob
 from runner.core.tarpolicy import member_parts, symlink_target
 from runner.core.tarstream import Member
-from runner.sources.copy_filter import MAX_IGNORE_FILE_BYTES
 from runner.sources.dockerignore import DockerignoreError
 from runner.sources.pack import write_tar
 from runner.sources.upload import spool_context
@@ -226,9 +226,29 @@ def test_malformed_ignore_file_in_a_raw_tar_is_refused_at_spool_time(tmp_path, i
 
 
 def test_oversized_ignore_file_is_refused_naming_the_cap(tmp_path):
-    src = write(tmp_path / "src", {"Dockerfile": DOCKERFILE, ".dockerignore": b"# pad\n" * (MAX_IGNORE_FILE_BYTES // 6 + 1)})
-    with pytest.raises(DockerignoreError, match="larger than 1,048,576 bytes"):
+    cap = LimitsConfig().max_ignore_file_bytes
+    size = 6 * (cap // 6 + 1)
+    src = write(tmp_path / "src", {"Dockerfile": DOCKERFILE, ".dockerignore": b"# pad\n" * (size // 6)})
+    with pytest.raises(DockerignoreError) as refused:
         spool_context([raw_tar(src)], tmp_path / "ws", "Dockerfile", 10**8)
+    assert refused.value.message == f".dockerignore: is {size:,} bytes, over the limit of {cap:,} bytes (limits.max_ignore_file_bytes)"
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_ignore_file_with_too_many_patterns_is_refused_naming_the_cap(tmp_path, linked):
+    """Counted as Docker reads them (comments and blank lines are no patterns), through a link too."""
+    ignore = b"# a comment\n\n" + b"".join(b"dir%d/*.log\n" % n for n in range(5)) + b"!keep\n"
+    files = {"Dockerfile": DOCKERFILE, ("real.ignore" if linked else ".dockerignore"): ignore}
+    src = write(tmp_path / "src", files)
+    if linked:
+        os.symlink("real.ignore", src / ".dockerignore")
+    limits = LimitsConfig(max_context_bytes=10**8, max_ignore_patterns=5)
+    with pytest.raises(DockerignoreError) as refused:
+        spool_context([raw_tar(src)], tmp_path / "ws", "Dockerfile", limits)
+    assert refused.value.kind == "invalid"
+    assert refused.value.message == ".dockerignore: holds 6 patterns, over the limit of 5 (limits.max_ignore_patterns)"
+    assert not (tmp_path / "ws" / "context.tar").exists()
+    spool_context([raw_tar(src)], tmp_path / "ws2", "Dockerfile", limits.model_copy(update={"max_ignore_patterns": 6}))
 
 
 def test_modes_are_kept_and_extraction_folders_are_private(tmp_path):

@@ -16,13 +16,13 @@ from runner.core.errors import InvalidJob
 from runner.sources.dockerignore import (
     DockerignoreError,
     PatternMatcher,
-    compile_pattern,
     context_paths,
     is_excluded,
     read_ignore_lines,
     select_context,
 )
-from runner.sources.gocompat import BadPattern, compile_go_regexp, go_clean, go_match, go_regexp_subject, go_trim_space
+from runner.sources.gocompat import BadPattern, compile_go_regexp, go_clean, go_match, go_trim_space
+from runner.sources.pattern_index import compile_pattern
 
 BAD = "bad"  # the row expects ErrBadPattern
 
@@ -470,7 +470,7 @@ def test_pattern_language_corners(pattern, path, want):
     ("^\ufffd$", "\udcff", True),  # a byte that is not UTF-8 reads as U+FFFD
 ])
 def test_go_regexp_translation(source, subject, want):
-    assert (compile_go_regexp(source).search(go_regexp_subject(subject)) is not None) is want
+    assert compile_go_regexp(source).matches(subject) is want
 
 
 @pytest.mark.parametrize("source", [
@@ -720,3 +720,180 @@ def test_walk_equals_fsutil_reference(data):
 
         matcher = matcher_for(ctx, dockerfile)
         assert selection.copied == fsutil_reference_walk(ctx, matcher if matcher.patterns else None)
+
+
+# -- many patterns: the matcher's index against Docker's loop, pattern by pattern -----------------
+def one_pattern(cleaned: str, path: str) -> bool:
+    """patternmatcher's Pattern.match: the shortcut's text comparison, or its Go regexp."""
+    kind, source = compile_pattern(cleaned)
+    if kind == "regexp":
+        return compile_go_regexp(source).matches(path)
+    if kind == "exact":
+        return path == cleaned
+    if kind == "prefix":
+        return path.startswith(cleaned[:-2])
+    suffix = cleaned[2:]
+    return path.endswith(suffix) or (suffix[:1] == "/" and path == suffix[1:])
+
+
+def docker_loop(patterns: list[str], path: str, parent: list[bool] | None) -> tuple[bool, list[bool]]:
+    """MatchesUsingParentResults as moby/patternmatcher writes it: every pattern, in order
+    (`parent` None: no parent results, so the path's parent directories are matched too)."""
+    matched, info = False, []
+    for text in patterns:
+        exclusion = text.startswith("!")
+        cleaned = text[1:] if exclusion else text
+        match = bool(parent) and parent[len(info)]  # type: ignore[index]
+        if not match:
+            if exclusion != matched:
+                info.append(False)
+                continue
+            match = one_pattern(cleaned, path)
+            if not match and parent is None and "/" in path:
+                dirs = path.rsplit("/", 1)[0].split("/")
+                match = any(one_pattern(cleaned, "/".join(dirs[:k + 1])) for k in range(len(dirs)))
+        info.append(match)
+        if match:
+            matched = not exclusion
+    return matched, info
+
+
+_NAMES = ["a", "b", "f1", "f2", "f12", "x.log", "f1.log", "aa"]
+_PIECES = ["a", "b", "f1", "f2", "f12", "*", "?", "**", "f*", "*1", "*.log", "[ab]", "[^a]", "f?", "*f1*", "x.log", "a*b*"]
+
+
+@st.composite
+def pattern_files(draw) -> list[str]:
+    """Up to 150 clean patterns, often the same shape many times over (so that many regexps
+    share one index key, or none, and are tried in chunks)."""
+    count = draw(st.integers(1, 150))
+    out = []
+    for _ in range(count):
+        pieces = draw(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=4))
+        number = draw(st.integers(0, 40))
+        if draw(st.booleans()):
+            pieces[-1] = pieces[-1].replace("1", str(number), 1) if "1" in pieces[-1] else f"*{number}*"
+        text = go_clean("/".join(pieces))
+        out.append(("!" if draw(st.integers(0, 3)) == 0 else "") + text)
+    return out
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(patterns=pattern_files(), paths=st.lists(st.lists(st.sampled_from(_NAMES + ["f7", "f33", "a7b"]), min_size=1, max_size=4),
+                                                 min_size=1, max_size=6))
+def test_indexed_matcher_gives_docker_s_answers(patterns, paths):
+    """The index (shortcuts by text, regexps by literal prefix / suffix, chunks of alternatives)
+    and the walk over matching patterns only decide every path as Docker's loop does, with
+    parent results passed down and without them."""
+    matcher = PatternMatcher(patterns)
+    for parts in paths:
+        info: tuple[bool, ...] | int = ()
+        reference: list[bool] | None = None
+        for k in range(1, len(parts) + 1):
+            path = "/".join(parts[:k])
+            want, reference = docker_loop(patterns, path, reference)
+            got, info = matcher.matches_using_parent_results(path, info)
+            assert got is want, (patterns, path)
+            assert info == sum(1 << n for n, hit in enumerate(reference) if hit), (patterns, path)
+        path = "/".join(parts)
+        assert matcher.matches_or_parent_matches(path) is docker_loop(patterns, path, None)[0], (patterns, path)
+
+
+def test_index_gives_the_same_hits_when_its_compiled_programs_are_dropped():
+    """Past its memory budget the index drops compiled programs and compiles them again."""
+    from runner.sources.pattern_index import PatternIndex
+
+    patterns = [f"*f{n}*" for n in range(100)] + [f"src/*{n}.c" for n in range(100)] + ["**/x*", "*.log"]
+    roomy, tight = PatternIndex(patterns), PatternIndex(patterns, budget=1)
+    for path in ["f3", "f42x", "src/a7.c", "src/x/a7.c", "d/x.log", "d/xy", "nothing"]:
+        assert sorted(tight.hits(path)) == sorted(roomy.hits(path)) == sorted(
+            n for n, p in enumerate(patterns) if one_pattern(p, path))
+
+
+# -- hostile patterns: RE2 matches in time linear in the path -------------------------------------
+DEEP = "/".join(["a", *(f"d{n}" for n in range(18)), "file"])  # 20 levels
+
+
+@pytest.mark.parametrize("pattern, path, want", [
+    ("a/" + "**/" * 17 + "z", DEEP, False),  # the issue's shape: a backtracking regexp never finished
+    ("a/" + "**/" * 17 + "z", DEEP.removesuffix("file") + "z", True),
+    ("a/" + "**/" * 17 + "z", "a/z", True),
+    ("*a" * 40 + "*b", "a" * 400, False),  # many stars
+    ("*a" * 40 + "*b", "a" * 400 + "b", True),
+    ("*a" * 2000 + "*b", "a" * 10000, False),
+    ("[a-z]*" * 40 + "0", "q" * 400, False),  # classes under stars
+    ("[a-z]*" * 40 + "0", "q" * 400 + "0", True),
+    ("?*" * 40 + "/x", "q" * 400 + "/y", False),
+    ("**/" * 40 + "[0-9]*" * 20 + ".txt", "/".join(["1"] * 60) + "/1", False),
+    ("**/" * 40 + "[0-9]*" * 20 + ".txt", "/".join(["1"] * 60) + "/" + "1" * 20 + ".txt", True),
+])
+def test_hostile_patterns_are_answered(pattern, path, want):
+    """Shapes that take a backtracking matcher exponential (or high-degree polynomial) time;
+    RE2 answers at once. Timings are in bench/bench_hostile.py."""
+    matcher = PatternMatcher([pattern])
+    assert matcher.matches_or_parent_matches(path) is want
+    info: tuple[()] | int = ()
+    parts = path.split("/")
+    for k in range(1, len(parts) + 1):
+        got, info = matcher.matches_using_parent_results("/".join(parts[:k]), info)
+    assert got is want
+
+
+def test_walk_with_the_nested_doublestar_file_sends_the_deep_file(tmp_path):
+    deep = tmp_path / DEEP
+    deep.parent.mkdir(parents=True)
+    deep.write_text("x")
+    (tmp_path / "a" / "z").write_text("gone")
+    (tmp_path / "a" / "d0" / "z").write_text("gone")
+    (tmp_path / ".dockerignore").write_text("a/" + "**/" * 17 + "z\n!a/keep\n*.tmp\n")
+    sent = context_paths(tmp_path)
+    assert DEEP in sent and "a/z" not in sent and "a/d0/z" not in sent
+
+
+def test_too_complex_pattern_fails_only_when_docker_would_use_it(tmp_path):
+    """Valid Go, but more than the runner compiles (here 200 Unicode classes): refused, naming
+    it, when the walk first tries it, like a pattern Go's regexp rejects."""
+    heavy = "\\pL" * 200
+    (tmp_path / "a").write_text("")
+    (tmp_path / ".dockerignore").write_text(f"*\n{heavy}\n")
+    context_paths(tmp_path)  # after `*` matched, Docker never tries the second pattern
+    (tmp_path / ".dockerignore").write_text(f"{heavy}\n")
+    with pytest.raises(DockerignoreError, match=r"line 1: .*too complex for the runner to match"):
+        context_paths(tmp_path)
+
+
+# -- the ignore file's caps (limits) and cancel -----------------------------------------------------
+def test_ignore_file_over_the_byte_cap_is_refused_before_it_is_read(tmp_path):
+    from runner.config.settings import LimitsConfig
+
+    (tmp_path / ".dockerignore").write_bytes(b"x\n" * 600)
+    with pytest.raises(DockerignoreError) as refused:
+        context_paths(tmp_path, limits=LimitsConfig(max_ignore_file_bytes=1000))
+    assert isinstance(refused.value, InvalidJob)
+    assert str(refused.value) == ".dockerignore: is 1,200 bytes, over the limit of 1,000 bytes (limits.max_ignore_file_bytes)"
+    assert context_paths(tmp_path, limits=LimitsConfig(max_ignore_file_bytes=1200))
+
+
+def test_ignore_file_over_the_pattern_cap_is_refused_naming_the_count(tmp_path):
+    from runner.config.settings import LimitsConfig
+
+    (tmp_path / "app.Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "app.Dockerfile.dockerignore").write_text("# not a pattern\n\n" + "".join(f"f{n}\n" for n in range(12)))
+    with pytest.raises(DockerignoreError) as refused:
+        context_paths(tmp_path, "app.Dockerfile", limits=LimitsConfig(max_ignore_patterns=10))
+    assert str(refused.value) == "app.Dockerfile.dockerignore: holds 12 patterns, over the limit of 10 (limits.max_ignore_patterns)"
+    assert len(context_paths(tmp_path, "app.Dockerfile", limits=LimitsConfig(max_ignore_patterns=12))) == 2
+
+
+def test_cancel_stops_the_walk_and_the_compile(tmp_path):
+    from runner.core.cancel import CancelToken
+    from runner.core.errors import Cancelled
+
+    (tmp_path / "f").write_text("")
+    cancel = CancelToken()
+    cancel.set("timeout")
+    with pytest.raises(Cancelled) as stopped:
+        context_paths(tmp_path, cancel=cancel)  # no ignore file: stopped in the walk
+    assert stopped.value.kind == "timeout"
+    with pytest.raises(Cancelled):
+        PatternMatcher([f"*f{n}*" for n in range(5000)], cancel)

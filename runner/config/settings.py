@@ -31,6 +31,10 @@ class LimitsConfig(Strict):
                                         "context, in bytes")
     max_context_header_bytes: int = Field(default=1024**2, ge=1, description="largest PAX / GNU long-name header data "
                                           "before one member of a context tar")
+    max_ignore_file_bytes: int = Field(default=1024**2, ge=1, description="largest .dockerignore the runner reads (CLI and "
+                                       "worker); a larger one refuses the job. Real files are a few KiB")
+    max_ignore_patterns: int = Field(default=50_000, ge=1, description="most patterns in a .dockerignore (CLI and worker); "
+                                     "more refuse the job. Each costs ~2 KiB compiled")
     max_log_bytes: int = Field(default=16 * 1024**2, description="log kept per job; past it one truncation line, the build goes on")
     max_log_lines: int = Field(default=200_000, description="cap on log stream entries per job")
     max_tags: int = Field(default=32, description="most image references one job may push")

@@ -11,12 +11,15 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import requests
 
 from runner.config.client import ClientSettings
 from runner.core.jobs import JobRecord, Status, new_job_id
+
+if TYPE_CHECKING:
+    from runner.config.settings import LimitsConfig
 
 EXIT_INVALID, EXIT_INFRA = 2, 3
 
@@ -80,15 +83,15 @@ class ApiClient:
         body = self.request("POST", "/v1/jobs", json=payload).json()
         return body["id"], body["created"]
 
-    def submit_directory(self, directory: Path, payload: dict[str, Any]) -> tuple[str, bool]:
-        """Pack `directory` (honouring .dockerignore), upload it, then queue the job."""
+    def submit_directory(self, directory: Path, payload: dict[str, Any], limits: LimitsConfig | None = None) -> tuple[str, bool]:
+        """Pack `directory` (honouring .dockerignore, held to `limits`), upload it, then queue the job."""
         from runner.core.errors import InvalidJob
         from runner.sources.pack import write_tar
 
         payload = {**payload, "id": payload.get("id") or new_job_id()}
         with tempfile.TemporaryFile() as spool:
             try:
-                write_tar(directory, spool, payload.get("dockerfile") or "Dockerfile")
+                write_tar(directory, spool, payload.get("dockerfile") or "Dockerfile", limits)
             except InvalidJob as exc:
                 self.fail(exc.message, EXIT_INVALID)
             except OSError as exc:

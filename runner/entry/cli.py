@@ -157,7 +157,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
         payload["source"] = {key: value for key, value in source.items() if value is not None}
     client = remote(args.api, cfg)
     if client is not None:
-        queued_id, created = client.submit_directory(Path(args.directory), payload)
+        queued_id, created = client.submit_directory(Path(args.directory), payload, cfg.limits)
         return after_submit(client, client.get(queued_id), created, mode, args.as_json)
     store, record, created = submit_through_redis(Path(args.directory), payload, cfg)
     after_submit(store, record, created, mode, args.as_json)
@@ -189,7 +189,7 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
         fail(f"job {request.id} is being submitted by another client right now; choose another --id", EXIT_INVALID)
     writer = store.context_writer(request.id, cfg.limits.max_context_bytes)
     try:
-        write_tar(directory, writer, request.dockerfile)
+        write_tar(directory, writer, request.dockerfile, cfg.limits)
         writer.close()
     except (ContextTooLarge, InvalidJob) as exc:
         writer.abort()

@@ -15,9 +15,11 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner.config.settings import LimitsConfig
 from runner.core.extract import Placement
 from runner.core.tarpolicy import member_parts
 from runner.core.tarstream import TarReader, file_chunks
@@ -25,8 +27,9 @@ from runner.sources.dockerignore import (
     IGNORE_FILE,
     DockerignoreError,
     IgnoreLine,
-    MatchInfo,
+    ParentInfo,
     PatternMatcher,
+    check_ignore_size,
     follow_links,
     read_ignore_lines,
 )
@@ -34,20 +37,20 @@ from runner.sources.dockerignore import (
 if TYPE_CHECKING:
     from runner.core.cancel import CancelToken
 
-#: the largest ignore file the runner reads (Docker has no limit; this one keeps the spool bounded)
-MAX_IGNORE_FILE_BYTES = 1024 * 1024
 #: symlink names and targets remembered while spooling, to follow a linked ignore file
 MAX_LINK_BYTES = 1024 * 1024
 _MAX_HOPS = 8  # hard links followed when reading a linked ignore file (each costs a pass)
 _DIR_CACHE = 4096  # folders whose match results are kept (tars list a folder's entries together)
 
 
-class _TooBig:
-    """Stands for the content of a file over MAX_IGNORE_FILE_BYTES."""
+@dataclass(frozen=True)
+class TooBig:
+    """Stands for the content of a file over limits.max_ignore_file_bytes (not kept)."""
+
+    size: int
 
 
-TOO_BIG = _TooBig()
-#: a member as remembered: (kind, content for a file (bytes or TOO_BIG), target for a link)
+#: a member as remembered: (kind, content for a file (bytes or TooBig), target for a link)
 Seen = tuple[str, object]
 
 
@@ -75,7 +78,8 @@ class IgnoreFiles:
     BuildKit uses without reading the tar again, except when it is reached through a link.
     Also notes which paths a hard link names (their data may be needed where they are ignored)."""
 
-    def __init__(self, dockerfile: str):
+    def __init__(self, dockerfile: str, limits: LimitsConfig | None = None):
+        self.limits = limits or LimitsConfig()
         self.candidates = ("/".join(member_parts(dockerfile)) + IGNORE_FILE, IGNORE_FILE)
         self.seen: dict[str, Seen] = {}
         self.links: dict[str, str] = {}
@@ -103,19 +107,20 @@ class IgnoreFiles:
         return data
 
     def _capture(self, name: str, data: Iterable[memoryview]) -> Iterator[memoryview]:
-        content = bytearray()
+        content, size, cap = bytearray(), 0, self.limits.max_ignore_file_bytes
         for piece in data:
-            if len(content) <= MAX_IGNORE_FILE_BYTES:
+            size += len(piece)
+            if size <= cap:
                 content += piece
             yield piece
-        self.seen[name] = ("file", bytes(content) if len(content) <= MAX_IGNORE_FILE_BYTES else TOO_BIG)
+        self.seen[name] = ("file", bytes(content) if size <= cap else TooBig(size))
 
     def read(self, tar_path: Path, cancel: CancelToken | None = None) -> tuple[str, list[IgnoreLine]]:
         """The ignore file BuildKit uses and its lines (none: `.dockerignore`, no lines)."""
         for name in self.candidates:
             content = self._content(name, tar_path, cancel)
             if content is not None:
-                return name, read_ignore_lines(content, name)
+                return name, read_ignore_lines(content, name, self.limits.max_ignore_patterns)
         return IGNORE_FILE, []
 
     def _content(self, name: str, tar_path: Path, cancel: CancelToken | None) -> bytes | None:
@@ -126,20 +131,23 @@ class IgnoreFiles:
                 raise DockerignoreError(f"is a symbolic link, and the context holds more symbolic links than the runner "
                                         f"follows ({MAX_LINK_BYTES:,} bytes of them); replace it with a file", file=name)
             name = follow_links(name, self.links.get)[-1]
-            seen = self.seen.get(name) or _member(tar_path, name, cancel)
+            seen = self.seen.get(name) or self._member(tar_path, name, cancel)
         for _ in range(_MAX_HOPS):
             if seen is None or seen[0] != "hardlink":
                 break
-            seen = _member(tar_path, str(seen[1]), cancel)
+            seen = self._member(tar_path, str(seen[1]), cancel)
         if seen is None or seen[0] != "file":
             return None
-        if isinstance(seen[1], _TooBig):
-            raise DockerignoreError(f"is larger than {MAX_IGNORE_FILE_BYTES:,} bytes, more than the runner reads", file=name)
+        if isinstance(seen[1], TooBig):
+            check_ignore_size(seen[1].size, name, self.limits)
         return seen[1] if isinstance(seen[1], bytes) else None
 
+    def _member(self, tar_path: Path, name: str, cancel: CancelToken | None) -> Seen | None:
+        """What the canonical tar holds at `name` (its last member there), read in one pass."""
+        return _member(tar_path, name, cancel, self.limits.max_ignore_file_bytes)
 
-def _member(tar_path: Path, name: str, cancel: CancelToken | None) -> Seen | None:
-    """What the canonical tar holds at `name` (its last member there), read in one pass."""
+
+def _member(tar_path: Path, name: str, cancel: CancelToken | None, max_bytes: int) -> Seen | None:
     found: Seen | None = None
     with closing(file_chunks(tar_path)) as chunks:
         reader = TarReader(chunks, cancel=cancel)
@@ -147,7 +155,7 @@ def _member(tar_path: Path, name: str, cancel: CancelToken | None) -> Seen | Non
             if "/".join(member_parts(member.name)) != name:
                 continue
             if member.kind == "file":
-                data = b"".join(bytes(p) for p in reader.data()) if member.size <= MAX_IGNORE_FILE_BYTES else TOO_BIG
+                data = b"".join(bytes(p) for p in reader.data()) if member.size <= max_bytes else TooBig(member.size)
                 found = ("file", data)
             else:
                 found = (member.kind, member.linkname or None)
@@ -163,13 +171,13 @@ class CopyFilter:
     the context only if something inside it is. The Dockerfile always goes aside as well.
     """
 
-    def __init__(self, lines: list[IgnoreLine], dockerfile: str):
-        self.matcher = PatternMatcher(lines)  # a malformed pattern raises DockerignoreError here
+    def __init__(self, lines: list[IgnoreLine], dockerfile: str, cancel: CancelToken | None = None):
+        self.matcher = PatternMatcher(lines, cancel)  # a malformed pattern raises DockerignoreError here
         self.active = bool(self.matcher.patterns)
         self.dockerfile = "/".join(member_parts(dockerfile))
-        self._dirs: dict[str, tuple[MatchInfo, bool]] = {}  # folder -> (match info, nothing below is sent)
+        self._dirs: dict[str, tuple[ParentInfo, bool]] = {}  # folder -> (match info, nothing below is sent)
 
-    def _folder(self, path: str) -> tuple[MatchInfo, bool]:
+    def _folder(self, path: str) -> tuple[ParentInfo, bool]:
         known = self._dirs.get(path)
         if known is not None:
             return known
@@ -177,7 +185,7 @@ class CopyFilter:
         depth = len(parts) - 1
         while depth > 0 and "/".join(parts[:depth]) not in self._dirs:
             depth -= 1
-        info, pruned = self._dirs["/".join(parts[:depth])] if depth else ((), False)
+        info, pruned = self._dirs["/".join(parts[:depth])] if depth else ((), False)  # type: ignore[assignment]
         if len(self._dirs) >= _DIR_CACHE:
             self._dirs.clear()
         for end in range(depth + 1, len(parts) + 1):
@@ -206,7 +214,8 @@ class CopyFilter:
 
 def copy_filter(ignore: IgnoreFiles, tar_path: Path, dockerfile: str, cancel: CancelToken | None = None) -> CopyFilter:
     """The filter for a spooled context; raises DockerignoreError (an InvalidJob) for a
-    malformed or unreadable ignore file, naming the file and line."""
+    malformed or unreadable ignore file, naming the file and line, or one over the limits
+    (limits.max_ignore_file_bytes, limits.max_ignore_patterns), naming the limit."""
     _, lines = ignore.read(tar_path, cancel)
-    return CopyFilter(lines, dockerfile)
+    return CopyFilter(lines, dockerfile, cancel)
 

@@ -488,7 +488,7 @@ def prepare_git_context(request: BuildRequest, workspace: Path, joblog, cancel: 
         packed = workspace / "context.packed.tar"
         sink = _CappedFile(packed, settings.limits.max_context_bytes)
         try:
-            write_tar(root, sink, request.dockerfile)
+            write_tar(root, sink, request.dockerfile, settings.limits, cancel)
         finally:
             sink.handle.close()
         try:  # the same checks and canonical tar as an uploaded context

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import Any
+
+import re2  # google-re2: the RE2 library Go's regexp implements
+from re2 import _re2  # the bare program: yes/no matches at a tenth of the wrapper's cost
 
 MAX_RUNE = 0x10FFFF
 RUNE_ERROR = 0xFFFD
-_SURROGATE_ESCAPES = re.compile("[\udc80-\udcff]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_UNANCHORED = _re2.RE2.Anchor.UNANCHORED
+#: one Unicode class or named group: code point ranges
+Ranges = tuple[tuple[int, int], ...]
 
 
 class BadPattern(ValueError):
@@ -211,9 +219,21 @@ def _get_esc(chunk: bytes) -> tuple[int, bytes]:
     return r, rest
 
 
-# -- regexp (RE2 syntax, Perl flags) -> Python re ---------------------------------------------
+# -- regexp (RE2 syntax, Perl flags), run on RE2 --------------------------------------------------
+# Go's regexp package implements RE2: matching takes time linear in the text, whatever the
+# expression. Python's `re` backtracks (a pattern of nested `**` took minutes, holding the GIL),
+# so the expression is checked here exactly as Go's parser checks it and written out in RE2's
+# own syntax, with every class spelled as code point ranges, for the RE2 library to run.
 _PERL_GROUPS: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}
 _POSIX_GROUPS: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}
+#: the most RE2 text one expression may become (a class such as \pL is ~10 KB of ranges; a
+#: 64 KiB ignore line of plain text ~130 KB); past it the expression is refused as too complex
+MAX_RE2_SOURCE = 1024 * 1024
+#: RE2's memory budget for one compiled expression (a quarter of its default: ~90,000
+#: instructions, where an ignore pattern needs tens); a bigger one is refused as too complex
+RE2_MAX_MEM = 2 * 1024 * 1024
+_BEGIN, _END = "\0begin", "\0end"  # top-level atoms that are the text's start and end anchors
+_COUNTED_REPEAT = re.compile(r"\{(0|[1-9][0-9]*)(,(0|[1-9][0-9]*)?)?\}")
 
 
 def _groups() -> None:
@@ -234,6 +254,11 @@ def _groups() -> None:
 
 
 _groups()
+
+
+class RegexpTooComplex(ValueError):
+    """Valid Go syntax that is too big for the runner to match (RE2's memory budget, or
+    MAX_RE2_SOURCE): refused rather than given unbounded memory."""
 
 
 def _clean(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -259,7 +284,7 @@ def _negate(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 @cache
-def _unicode_category(letter: str) -> tuple[tuple[int, int], ...]:
+def _unicode_category(letter: str) -> Ranges:
     """Go's one-letter Unicode categories (\\pL …); Go's C leaves out unassigned code points."""
     ranges: list[tuple[int, int]] = []
     for cp in range(MAX_RUNE + 1):
@@ -272,23 +297,53 @@ def _unicode_category(letter: str) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
-def _class_regex(ranges: list[tuple[int, int]]) -> str:
-    ranges = _clean(ranges)
-    if not ranges:
-        return "(?!)"
-    parts = [f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges]
+def _re2_char(cp: int) -> str:
+    """One code point as an RE2 literal: letters and digits as they are, ASCII punctuation
+    escaped, other ASCII by number, the rest as UTF-8 text."""
+    ch = chr(cp)
+    if ch.isascii() and ch.isalnum():
+        return ch
+    if 0x21 <= cp <= 0x7E:
+        return "\\" + ch
+    if cp < 0x80:
+        return f"\\x{{{cp:x}}}"
+    return ch
+
+
+@cache
+def _group_ranges(group: tuple[int, Ranges]) -> Ranges:
+    """A named class's ranges, negated for a negative sign (a few dozen names: cached)."""
+    sign, ranges = group
+    return ranges if sign > 0 else tuple(_negate(list(ranges)))
+
+
+@lru_cache(maxsize=256)
+def _class_re2(ranges: tuple[tuple[int, int], ...]) -> str:
+    cleaned = _clean(list(ranges))
+    if not cleaned:
+        return f"[^\\x{{0}}-\\x{{{MAX_RUNE:x}}}]"  # the empty class: matches nothing
+    parts = [f"\\x{{{lo:x}}}" if lo == hi else f"\\x{{{lo:x}}}-\\x{{{hi:x}}}" for lo, hi in cleaned]
     return "[" + "".join(parts) + "]"
 
 
 class _Parser:
-    """Go's regexp/syntax parser loop, emitting Python regex text instead of a syntax tree."""
+    """Go's regexp/syntax parser loop, emitting RE2 text instead of a syntax tree.
+
+    It also notes the top-level atoms that are single literal characters or the text's start
+    and end anchors, so the literal text every match must start or end with is known.
+    """
 
     def __init__(self, source: str) -> None:
         self.s = source
         self.i = 0
         # each open group: its finished alternatives and the atoms of the current one
         self.groups: list[tuple[list[str], list[str]]] = [([], [])]
+        self.top: list[str | None] = []  # per top-level atom: its literal character, _BEGIN, _END, or None
+        self.top_alternation = False
         self.last_repeat = False
+        self.size = 0
+        self.too_large = False
+        self.no_posix_close_from = len(source) + 3  # no "[:name:]" can close at or after this index
 
     def error(self, code: str) -> GoRegexpError:
         return GoRegexpError(code)
@@ -300,8 +355,19 @@ class _Parser:
         self.i += 1
         return ord(c)
 
-    def push(self, atom: str) -> None:
+    def push(self, atom: str, literal: str | None = None) -> None:
+        self.size += len(atom)
+        if self.size > MAX_RE2_SOURCE:
+            self.too_large, atom = True, ""  # go on checking the syntax; refused at the end
         self.groups[-1][1].append(atom)
+        if len(self.groups) == 1:
+            self.top.append(literal)
+
+    def push_char(self, cp: int) -> None:
+        self.push(_re2_char(cp), chr(cp))
+
+    def push_class(self, ranges: Ranges | list[tuple[int, int]]) -> None:
+        self.push("" if self.too_large else _class_re2(tuple(ranges)))
 
     def parse(self) -> str:
         s = self.s
@@ -317,6 +383,8 @@ class _Parser:
                 alternatives, atoms = self.groups[-1]
                 alternatives.append("".join(atoms))
                 atoms.clear()
+                if len(self.groups) == 1:
+                    self.top_alternation = True
                 self.i += 1
             elif c == ")":
                 if len(self.groups) == 1:
@@ -325,16 +393,16 @@ class _Parser:
                 self.push("(?:" + "|".join([*alternatives, "".join(atoms)]) + ")")
                 self.i += 1
             elif c == "^":
-                self.push(r"\A")
+                self.push(r"\A", _BEGIN)
                 self.i += 1
             elif c == "$":
-                self.push(r"\Z")
+                self.push(r"\z", _END)
                 self.i += 1
             elif c == ".":
-                self.push(".")
+                self.push(".")  # as in Go without the s flag: not a newline
                 self.i += 1
             elif c == "[":
-                self.push(_class_regex(self.parse_class()))
+                self.push_class(self.parse_class())
             elif c in "*+?":
                 self.i += 1
                 lazy = s.startswith("?", self.i)
@@ -346,28 +414,32 @@ class _Parser:
                 if not atoms:
                     raise self.error("missing argument to repetition operator")
                 atoms[-1] = "(?:" + atoms[-1] + ")" + c + ("?" if lazy else "")
+                if len(self.groups) == 1:
+                    self.top[-1] = None
                 repeat = True
             elif c == "{":
-                if re.match(r"\{(0|[1-9][0-9]*)(,(0|[1-9][0-9]*)?)?\}", s[self.i:]):
+                if _COUNTED_REPEAT.match(s, self.i):
                     raise GoRegexpUnsupported("counted repetition")
-                self.push(re.escape("{"))
+                self.push_char(ord("{"))
                 self.i += 1
             elif c == "\\":
                 self.parse_backslash()
             else:
-                self.push(re.escape(chr(self.next_rune())))
+                self.push_char(self.next_rune())
             self.last_repeat = repeat
         if len(self.groups) != 1:
             raise self.error("missing closing )")
+        if self.too_large:
+            raise RegexpTooComplex(f"more than {MAX_RE2_SOURCE:,} bytes as an RE2 expression")
         alternatives, atoms = self.groups[0]
         return "|".join([*alternatives, "".join(atoms)])
 
     def parse_backslash(self) -> None:
         s, i = self.s, self.i
-        simple = {"A": r"\A", "b": r"(?a:\b)", "B": r"(?a:\B)", "z": r"\Z"}
+        simple = {"A": (r"\A", _BEGIN), "b": (r"\b", None), "B": (r"\B", None), "z": (r"\z", _END)}
         following = s[i + 1:i + 2]
         if following in simple:
-            self.push(simple[following])
+            self.push(*simple[following])
             self.i += 2
             return
         if following == "C":
@@ -379,25 +451,20 @@ class _Parser:
             for ch in literal:
                 if "\udc80" <= ch <= "\udcff":
                     raise self.error("invalid UTF-8")
-                self.push(re.escape(ch))
+                self.push_char(ord(ch))
             return
         unicode_class = self.parse_unicode_class()
         if unicode_class is not None:
-            self.push(_class_regex(unicode_class))
+            self.push_class(unicode_class)
             return
         group = _PERL_GROUPS.get(s[i:i + 2])
         if group is not None:
             self.i += 2
-            self.push(_class_regex(self.group_ranges(group)))
+            self.push_class(_group_ranges(group))
             return
-        self.push(re.escape(chr(self.parse_escape())))
+        self.push_char(self.parse_escape())
 
-    @staticmethod
-    def group_ranges(group: tuple[int, tuple[tuple[int, int], ...]]) -> list[tuple[int, int]]:
-        sign, ranges = group
-        return list(ranges) if sign > 0 else _negate(list(ranges))
-
-    def parse_unicode_class(self) -> list[tuple[int, int]] | None:
+    def parse_unicode_class(self) -> Ranges | None:
         s, i = self.s, self.i
         if s[i:i + 1] != "\\" or s[i + 1:i + 2] not in ("p", "P"):
             return None
@@ -417,18 +484,18 @@ class _Parser:
             sign, name = -sign, name[1:]
         name = _canonical_name(name)
         if name == "Any":
-            ranges = [(0, MAX_RUNE)]
+            ranges: Ranges = ((0, MAX_RUNE),)
         elif name == "Ascii":
-            ranges = [(0, 0x7F)]
+            ranges = ((0, 0x7F),)
         elif len(name) == 1:
             if name not in "CLMNPSZ":
                 raise self.error("invalid character class range")
-            ranges = list(_unicode_category(name))
+            ranges = _unicode_category(name)
         elif name.isalpha():  # a script, a two-letter category or an alias: only reachable with \p{…}
             raise GoRegexpUnsupported("Unicode classes other than one-letter categories")
         else:
             raise self.error("invalid character class range")
-        return ranges if sign > 0 else _negate(ranges)
+        return _group_ranges((sign, ranges))
 
     def parse_escape(self) -> int:
         s = self.s
@@ -495,25 +562,28 @@ class _Parser:
         if negated:
             self.i += 1
         ranges: list[tuple[int, int]] = []
+        named: dict[Ranges, None] = {}  # each named class once, however often it is written
         first = True
         while self.i >= len(s) or s[self.i] != "]" or first:
             first = False
             if len(s) - self.i > 2 and s.startswith("[:", self.i):
-                end = s.find(":]", self.i + 2)
+                end = -1 if self.i + 2 >= self.no_posix_close_from else s.find(":]", self.i + 2)
+                if end < 0:  # none later either: never search again (a line of "[:" stays linear)
+                    self.no_posix_close_from = min(self.no_posix_close_from, self.i + 2)
                 if end >= 0:
                     name = s[self.i:end + 2]
                     if name not in _POSIX_GROUPS:
                         raise self.error("invalid character class range")
-                    ranges += self.group_ranges(_POSIX_GROUPS[name])
+                    named[_group_ranges(_POSIX_GROUPS[name])] = None
                     self.i = end + 2
                     continue
             unicode_class = self.parse_unicode_class()
             if unicode_class is not None:
-                ranges += unicode_class
+                named[unicode_class] = None
                 continue
             group = _PERL_GROUPS.get(s[self.i:self.i + 2])
             if group is not None:
-                ranges += self.group_ranges(group)
+                named[_group_ranges(group)] = None
                 self.i += 2
                 continue
             lo = hi = self.parse_class_char()
@@ -524,8 +594,11 @@ class _Parser:
                     raise self.error("invalid character class range")
             ranges.append((lo, hi))
         self.i += 1  # ]
+        if self.too_large:
+            return []  # only the syntax matters now
+        for group_ranges in named:
+            ranges += group_ranges
         return _negate(ranges) if negated else ranges
-
 
 def _canonical_name(name: str) -> str:
     """regexp/syntax canonicalName: first letter upper case, the rest lower, no _ - or space."""
@@ -541,17 +614,76 @@ def _canonical_name(name: str) -> str:
     return "".join(out)
 
 
-@lru_cache(maxsize=4096)
-def compile_go_regexp(source: str) -> re.Pattern[str]:
-    """`regexp.Compile(source)` as an equivalent Python pattern; raises GoRegexpError like Go.
+def _affixes(top: list[str | None]) -> tuple[str, str]:
+    """The literal text right after the leading start anchors, and right before the trailing end
+    anchors ("" where there is none): every match starts (ends) with it."""
+    def run(atoms: list[str | None], anchor: str) -> str:
+        start = 0
+        while start < len(atoms) and atoms[start] == anchor:
+            start += 1
+        if not start:
+            return ""
+        end = start
+        while end < len(atoms) and atoms[end] is not None and len(atoms[end]) == 1:  # type: ignore[arg-type]
+            end += 1
+        return "".join(atoms[start:end])  # type: ignore[arg-type]
 
-    Match with `.search(go_regexp_subject(text))`: Go's MatchString is unanchored.
+    return run(top, _BEGIN), run(top[::-1], _END)[::-1]
+
+
+@dataclass(frozen=True)
+class GoRegexp:
+    """A Go regular expression, checked as Go's parser checks it and written in RE2 syntax.
+
+    `prefix` / `suffix`: literal text every match begins / ends the subject with ("" when the
+    expression says nothing so simple), to index many expressions by.
     """
-    return re.compile(_Parser(source).parse())
+
+    source: str  # RE2 syntax
+    prefix: str = ""
+    suffix: str = ""
+
+    def compile(self) -> Any:
+        """The RE2 program (raises RegexpTooComplex past RE2's memory budget)."""
+        return compile_re2(self.source)
+
+    def matches(self, text: str) -> bool:
+        """Go's MatchString(text) (unanchored), compiling on each call: for one-off use."""
+        return re2_search(self.compile(), go_regexp_subject(text).encode())
+
+
+def compile_go_regexp(source: str) -> GoRegexp:
+    """`regexp.Compile(source)`: raises GoRegexpError where Go does, RegexpTooComplex when the
+    RE2 text would pass MAX_RE2_SOURCE. The RE2 program itself is made by `.compile()`."""
+    parser = _Parser(source)
+    translated = parser.parse()
+    prefix, suffix = ("", "") if parser.top_alternation else _affixes(parser.top)
+    return GoRegexp(translated, prefix, suffix)
+
+
+def compile_re2(source: str) -> Any:
+    """An RE2 program for `source` (RE2 syntax), built for yes/no answers: no capture groups,
+    errors raised (RegexpTooComplex) rather than logged."""
+    options = re2.Options()
+    options.never_capture = True
+    options.log_errors = False
+    options.max_mem = RE2_MAX_MEM
+    program = _re2.RE2(source.encode(), options)
+    if not program.ok():
+        raise RegexpTooComplex(f"RE2: {program.error()}")
+    return program
+
+
+def re2_search(program: Any, subject: bytes) -> bool:
+    """Whether the program matches anywhere in `subject` (UTF-8 of go_regexp_subject's text).
+
+    RE2 lets go of the GIL while it matches, and takes time linear in the subject."""
+    return program.Match(_UNANCHORED, subject, 0, len(subject))[0][0] >= 0
 
 
 def go_regexp_subject(text: str) -> str:
-    """The text as Go's regexp sees it: each byte that is not UTF-8 reads as U+FFFD."""
-    if "\udc80" <= max(text, default="\x00"):
-        return _SURROGATE_ESCAPES.sub("\ufffd", text)
+    """The text as Go's regexp sees it: each byte that is not UTF-8 reads as U+FFFD (a path
+    decoded with surrogateescape carries such a byte as a lone surrogate)."""
+    if "\ud800" <= max(text, default="\x00"):
+        return _SURROGATES.sub("\ufffd", text)
     return text

@@ -7,21 +7,28 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from runner.core.errors import InvalidJob
 from runner.sources.dockerignore import context_paths
 
+if TYPE_CHECKING:
+    from runner.config.settings import LimitsConfig
+    from runner.core.cancel import CancelToken
 
-def write_tar(root: Path, sink: BinaryIO, dockerfile: str = "Dockerfile") -> None:
-    """Stream the context of `root` as an uncompressed tar into `sink`."""
+
+def write_tar(root: Path, sink: BinaryIO, dockerfile: str = "Dockerfile", limits: LimitsConfig | None = None,
+              cancel: CancelToken | None = None) -> None:
+    """Stream the context of `root` as an uncompressed tar into `sink`. The ignore file is held
+    to `limits` (its bytes and patterns; the defaults when None) before anything is walked, and
+    `cancel` is checked entry by entry."""
     root = Path(os.path.abspath(root))  # lexical: on the worker `root` is a checkout, never resolved
     if not root.is_dir():
         raise InvalidJob(f"build context {root} is not a directory")
     if not (root / dockerfile).is_file():
         raise InvalidJob(f"Dockerfile {dockerfile!r} not found in the build context {root}")
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for rel in context_paths(root, dockerfile):
+        for rel in context_paths(root, dockerfile, limits, cancel):
             info = tar.gettarinfo(str(root / rel), arcname=rel)
             info.uid = info.gid = 0
             info.uname = info.gname = ""

@@ -183,7 +183,7 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
     tar_path = workspace / "context.tar"
     reader = TarReader(chunks, tar_limits(limits), cancel)
     checker = ContextChecker(dockerfile)
-    ignore = IgnoreFiles(dockerfile)
+    ignore = IgnoreFiles(dockerfile, limits)
     out = CanonicalTar(tar_path)
     try:
         for member in reader.members():
