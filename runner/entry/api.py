@@ -40,6 +40,7 @@ from runner.config.logs import configure_logging
 from runner.config.sections import ApiToken, Right
 from runner.config.settings import Settings, load_settings
 from runner.core.jobs import JobRecord, Status
+from runner.core.validation import field_error
 from runner.entry import dashboard, webhooks
 from runner.entry import metrics as fleet_metrics
 from runner.entry.control import cancel_job
@@ -175,11 +176,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        loc = [str(p) for p in first.get("loc", ())]
-        field = ".".join(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
-        return error_response(422, "invalid", str(first.get("msg", "invalid input")).removeprefix("Value error, "),
-                              field or "request")
+        first = field_error(exc.errors()[0])
+        path = first.path[1:] if first.path[:1] in (("body",), ("query",), ("path",), ("header",)) else first.path
+        return error_response(422, "invalid", first.message, ".".join(path) or "request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
