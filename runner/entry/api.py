@@ -45,7 +45,7 @@ from runner.entry import dashboard, webhooks
 from runner.entry import metrics as fleet_metrics
 from runner.entry.control import cancel_job
 from runner.entry.errors import ApiError, JobId, error_response
-from runner.entry.submission import submit
+from runner.entry.submission import ContextUpload, UploadRefused, submit
 from runner.store.jobstore import CHUNK_BYTES, ContextTooLarge, JobStore, StoreUnavailable
 from runner.store.logfollow import LogHub, LogUnavailable, TooManyFollowers
 from runner.worker.admission import Origin, Rejected, admit, parse_request
@@ -260,19 +260,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if length.isdigit() and int(length) > limit:
             raise ApiError(413, "too_large", f"the context is {int(length):,} bytes, over the limit of {limit:,} "
                            "bytes (limits.max_context_bytes); add a .dockerignore")
-        owner = uploader(token)
-        claim = await run_in_threadpool(store.reserve, job_id, owner)
-        if claim == "exists":
-            raise ApiError(409, "exists", f"job {job_id} already exists; upload the context before submitting the job")
-        if claim == "busy":
-            raise ApiError(409, "exists", f"another client is uploading the context of job {job_id}; choose another id")
         quota = settings.api.max_pending_uploads_per_token
-        if not await run_in_threadpool(store.track_upload, owner, job_id, quota):
-            await run_in_threadpool(store.release, job_id, owner)
+        try:
+            upload = await run_in_threadpool(ContextUpload.begin, store, job_id, uploader(token), limit, quota)
+        except UploadRefused as exc:
+            if exc.reason == "exists":
+                raise ApiError(409, "exists", f"job {job_id} already exists; upload the context before submitting the job") from None
+            if exc.reason == "busy":
+                raise ApiError(409, "exists", f"another client is uploading the context of job {job_id}; choose another id") from None
             raise ApiError(429, "too_many_uploads", f"token {token.name!r} already has {quota} uploaded contexts that are not "
                            "submitted (api.max_pending_uploads_per_token); submit them, or wait for them to expire "
-                           f"(retention.upload_seconds: {settings.retention.upload_seconds}s)", headers={"Retry-After": "60"})
-        writer = await run_in_threadpool(store.context_writer, job_id, limit)
+                           f"(retention.upload_seconds: {settings.retention.upload_seconds}s)", headers={"Retry-After": "60"}) from None
         head, pending = b"", bytearray()
         try:
             async for chunk in request.stream():
@@ -280,24 +278,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     head += chunk[: 512 - len(head)]
                 pending += chunk
                 if len(pending) >= CHUNK_BYTES:  # Redis writes off the event loop, a chunk at a time
-                    await run_in_threadpool(writer.write, bytes(pending))
+                    await run_in_threadpool(upload.write, bytes(pending))
                     pending.clear()
             if not (head.startswith(TAR_MAGIC) or head[257:262] == b"ustar"):
                 raise ApiError(422, "invalid", "the body is not a tar archive (plain, gzip, bzip2 or xz)", "body")
-            await run_in_threadpool(writer.write, bytes(pending))
-            await run_in_threadpool(writer.close)
+            await run_in_threadpool(upload.write, bytes(pending))
+            await run_in_threadpool(upload.finish)
         except ContextTooLarge as exc:
-            await run_in_threadpool(forget_upload, job_id, owner)
+            await run_in_threadpool(upload.abandon)
             raise ApiError(413, "too_large", str(exc)) from None
         except (ClientDisconnect, ApiError):
-            await run_in_threadpool(writer.abort)
-            await run_in_threadpool(forget_upload, job_id, owner)
+            await run_in_threadpool(upload.abandon)
             raise
-        return {"id": job_id, "bytes": writer.size}
-
-    def forget_upload(job_id: str, owner: str) -> None:
-        store.release(job_id, owner)
-        store.untrack_upload(owner, job_id)
+        return {"id": job_id, "bytes": upload.size}
 
     @app.get("/v1/jobs", tags=["jobs"], dependencies=[require("read")])
     def list_jobs(status: Status | None = None,
