@@ -12,7 +12,9 @@ import threading
 import time
 import tomllib
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import kombu
 import pytest
@@ -153,55 +155,66 @@ def client(admin: redis.Redis, client_id: str) -> dict | None:
     return next((c for c in admin.client_list() if c["id"] == client_id), None)
 
 
-def test_a_rotated_token_reaches_the_brpop_connection_after_its_reply(acl_redis):
+@dataclass
+class Consuming:
+    """A consumer on our transport authenticated as alice by a RotatingCredentials, and a producer
+    (the default user) on the same queue."""
+
+    provider: RotatingCredentials
+    consumer: Consumer
+    producer: Any
+    admin: redis.Redis
+    passwords: dict[str, str]
+
+    def deliver(self, payload: dict, getting: threading.Thread) -> None:
+        """Put `payload` and wait for the consumer's get() in flight to have it."""
+        self.producer.put(payload)
+        getting.join(20)
+        assert self.consumer.got[-1:] == [payload] and not self.consumer.errors, self.consumer.errors
+
+
+@pytest.fixture
+def consuming(acl_redis):
+    server, admin, passwords = acl_redis
+    queue = f"reauth-{uuid.uuid4().hex[:8]}"
+    provider = RotatingCredentials("alice", passwords["alice"])
+    with connection(server, credential_provider=provider) as consumer_conn, connection(server) as producer_conn:
+        yield Consuming(provider, Consumer(consumer_conn, queue), producer_conn.SimpleQueue(queue), admin, passwords)
+
+
+def test_a_rotated_token_reaches_the_brpop_connection_after_its_reply(consuming):
     """The token emitted while the consumer's BRPOP is in flight is sent (AUTH) on that very
     connection right after the BRPOP's reply: it is then the new user's, and stays up when the
     old user is deleted (as the broker ends connections whose credentials expired)."""
-    server, admin, passwords = acl_redis
-    queue = f"reauth-{uuid.uuid4().hex[:8]}"
-    provider = RotatingCredentials("alice", passwords["alice"])
-    with connection(server, credential_provider=provider) as consumer_conn, connection(server) as producer_conn:
-        consumer, producer = Consumer(consumer_conn, queue), producer_conn.SimpleQueue(queue)
-        thread = consumer.get_in_background()
-        blocked = brpop_client(admin)
-        assert blocked["user"] == "alice"
-        provider.rotate("bob", passwords["bob"])  # mid-BRPOP: redis-py can only store it on the connection
-        assert client(admin, blocked["id"])["user"] == "alice", "nothing may be sent while the BRPOP is in flight"
-        producer.put({"n": 1})
-        thread.join(20)
-        assert consumer.got == [{"n": 1}] and not consumer.errors, consumer.errors
-        assert client(admin, blocked["id"])["user"] == "bob", "the rotated token was not sent after the reply"
+    c = consuming
+    getting = c.consumer.get_in_background()
+    blocked = brpop_client(c.admin)
+    assert blocked["user"] == "alice"
+    c.provider.rotate("bob", c.passwords["bob"])  # mid-BRPOP: redis-py can only store it on the connection
+    assert client(c.admin, blocked["id"])["user"] == "alice", "nothing may be sent while the BRPOP is in flight"
+    c.deliver({"n": 1}, getting)
+    assert client(c.admin, blocked["id"])["user"] == "bob", "the rotated token was not sent after the reply"
 
-        admin.acl_deluser("alice")  # Redis ends every connection still authenticated as alice
-        thread = consumer.get_in_background()
-        assert brpop_client(admin)["id"] == blocked["id"], "the consumer's connection was not the one re-authenticated"
-        producer.put({"n": 2})
-        thread.join(20)
-        assert consumer.got == [{"n": 1}, {"n": 2}] and not consumer.errors, consumer.errors
+    c.admin.acl_deluser("alice")  # Redis ends every connection still authenticated as alice
+    getting = c.consumer.get_in_background()
+    assert brpop_client(c.admin)["id"] == blocked["id"], "the consumer's connection was not the one re-authenticated"
+    c.deliver({"n": 2}, getting)
 
 
-def test_a_rejected_token_drops_the_brpop_connection_and_the_consumer_reconnects(acl_redis):
+def test_a_rejected_token_drops_the_brpop_connection_and_the_consumer_reconnects(consuming):
     """A token Redis refuses never raises out of the read (the message is delivered): the
     connection is dropped, and the next BRPOP reconnects with the provider's current credentials."""
-    server, admin, passwords = acl_redis
-    queue = f"reauth-{uuid.uuid4().hex[:8]}"
-    provider = RotatingCredentials("alice", passwords["alice"])
-    with connection(server, credential_provider=provider) as consumer_conn, connection(server) as producer_conn:
-        consumer, producer = Consumer(consumer_conn, queue), producer_conn.SimpleQueue(queue)
-        thread = consumer.get_in_background()
-        blocked = brpop_client(admin)
-        provider.rotate("bob", "not-" + passwords["bob"], then=("bob", passwords["bob"]))
-        producer.put({"n": 1})
-        thread.join(20)
-        assert consumer.got == [{"n": 1}] and not consumer.errors, consumer.errors
-        wait_for(lambda: client(admin, blocked["id"]) is None, 10, "the connection with the refused token dropped")
+    c = consuming
+    getting = c.consumer.get_in_background()
+    blocked = brpop_client(c.admin)
+    c.provider.rotate("bob", "not-" + c.passwords["bob"], then=("bob", c.passwords["bob"]))
+    c.deliver({"n": 1}, getting)
+    wait_for(lambda: client(c.admin, blocked["id"]) is None, 10, "the connection with the refused token dropped")
 
-        thread = consumer.get_in_background()
-        again = brpop_client(admin)
-        assert again["id"] != blocked["id"] and again["user"] == "bob", again
-        producer.put({"n": 2})
-        thread.join(20)
-        assert consumer.got == [{"n": 1}, {"n": 2}] and not consumer.errors, consumer.errors
+    getting = c.consumer.get_in_background()
+    again = brpop_client(c.admin)
+    assert again["id"] != blocked["id"] and again["user"] == "bob", again
+    c.deliver({"n": 2}, getting)
 
 
 def test_the_copy_still_says_which_kombu_it_mirrors():
