@@ -156,6 +156,30 @@ def test_bearer_auth_and_rights(stack):
         assert odd.get("/v1/jobs", headers={"Authorization": "Bearer \xe9\xe9".encode("latin-1")}).status_code == 401
 
 
+#: what answers without a token: probes, webhooks (signed instead), the schema and its pages, and
+#: the dashboard's page shells and static files (they ask the browser for a token)
+PUBLIC_ROUTES = {"/healthz", "/metrics", "/readyz", "/v1/webhooks/{provider}", "/openapi.json", "/docs",
+                 "/docs/oauth2-redirect", "/redoc", "/", "/jobs/{job_id}", "/fleet", "/ui/static"}
+
+
+def test_every_route_but_the_public_ones_needs_a_token_with_a_right(stack):
+    """Each router's routes, as the app holds them, on the running server: none answers without
+    a bearer token unless it is one of PUBLIC_ROUTES (a new route must be placed on one side)."""
+    from runner.entry.api import create_app
+    from runner.entry.request_metrics import route_methods
+
+    routes = set(route_methods(create_app(stack.harness.settings).routes))
+    assert {template for template, _ in routes} >= PUBLIC_ROUTES | {"/v1/jobs", "/ui/jobs/{job_id}/rerun"}
+    with stack.client(token=None) as anon:
+        for template, method in sorted(routes):
+            if template in PUBLIC_ROUTES:
+                continue
+            path = template.replace("{job_id}", "no-such-job").replace("{provider}", "github")
+            response = anon.request(method, path, params={"follow": "true"})
+            assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer", \
+                (method, template, response.status_code)
+
+
 @pytest.mark.parametrize("job, field", [
     ({"tags": []}, "tags"),
     ({"tags": ["no-registry"]}, "tags"),

@@ -1,8 +1,10 @@
 """The job model rejects bad requests with a message naming the field."""
 
 import pytest
+from pydantic import ValidationError
 
 from runner.config.settings import Settings
+from runner.config.sources import describe_errors
 from runner.core.jobs import BuildRequest, ImageRef, inside_context
 from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 
@@ -33,6 +35,22 @@ def rejected_field(data) -> str:
 ])
 def test_invalid_requests_name_the_field(data, field):
     assert rejected_field(data).startswith(field)
+
+
+def test_what_pydantic_found_is_said_by_field_path_without_its_prefix():
+    """One helper (runner.core.validation) says it for every door: a refused request names the
+    dotted field (or the whole request) and the validator's own words, without pydantic's
+    "Value error, "; so do a settings error inside an executor's section and each config line."""
+    with pytest.raises(Rejected) as info:
+        parse_request({"tags": ["127.0.0.1:5000/a:1"], "context": {"type": "git", "url": "file:///x"}})
+    assert (info.value.field, info.value.message) == ("context.git", "a git context needs `ref` or `commit`")
+    with pytest.raises(Rejected) as info:
+        parse_request({"tags": ["127.0.0.1:5000/a:1"], "build_args": {f"A{i}": "x" * 60000 for i in range(5)}})
+    assert info.value.field == "request" and info.value.message.startswith("build_args and labels hold 300,010 bytes")
+    with pytest.raises(ValidationError) as error:
+        Settings(executors={"socket": {"enabled": "maybe"}})
+    assert describe_errors(error.value, {("executors",): "RUNNER_EXECUTORS"}) == (
+        "executors: socket.enabled: Input should be a valid boolean, unable to interpret input (from RUNNER_EXECUTORS)")
 
 
 def test_image_ref_parsing():

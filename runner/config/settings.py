@@ -19,6 +19,7 @@ from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig,
 from runner.config.sources import SettingsError, load
 from runner.core.models import Strict
 from runner.core.registry import RegistryConfig
+from runner.core.validation import first_error
 
 __all__ = ["LimitsConfig", "RetentionConfig", "Settings", "SettingsError", "WorkerConfig", "load_settings"]
 
@@ -116,9 +117,8 @@ class Settings(ClientSettings):
             try:
                 configs[name] = config_class.model_validate(section or {})
             except ValidationError as exc:
-                first = exc.errors(include_url=False)[0]
-                where = ".".join(map(str, (name, *first["loc"])))
-                raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+                first = first_error(exc)
+                raise ValueError(f"{'.'.join((name, *first.path))}: {first.message}") from None
         for name in BUILTIN:
             if name not in configs:
                 configs[name] = registry.config_class(name)()

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin
 
+from runner.core.validation import field_errors
+
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
 
@@ -103,9 +105,9 @@ def describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]
     """`field.path: what is wrong (from RUNNER_VAR)` for each error; never the input value
     (it may be a secret)."""
     lines = []
-    for error in exc.errors(include_url=False, include_input=False)[:most]:
-        loc = tuple(str(part) for part in error["loc"])
-        message = f"{'.'.join(loc) or 'settings'}: {error['msg'].removeprefix('Value error, ')}"
+    for error in field_errors(exc)[:most]:
+        loc = error.path
+        message = f"{error.field('settings')}: {error.message}"
         source = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
         below = [name for path, name in origins.items() if loc and path[:len(loc)] == loc]
         source = source or (below[0] if len(below) == 1 else None)  # a section's own validator failed

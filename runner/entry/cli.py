@@ -168,7 +168,7 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     import socket
 
     from runner.core.errors import InvalidJob
-    from runner.entry.submission import submit
+    from runner.entry.submission import ContextUpload, UploadRefused
     from runner.sources.pack import write_tar
     from runner.store.jobstore import ContextTooLarge
     from runner.worker.admission import QUEUE, Rejected, admit, parse_request
@@ -179,35 +179,29 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     store = store_for(cfg)
-    owner = f"cli:{socket.gethostname()}:{os.getpid()}"
-    claim = store.reserve(request.id, owner)  # before any upload: a used id never gets a new context
-    if claim == "exists":
+    try:  # the id is reserved before any upload: a used id never gets a new context
+        upload = ContextUpload.begin(store, request.id, f"cli:{socket.gethostname()}:{os.getpid()}",
+                                     cfg.limits.max_context_bytes)
+    except UploadRefused as exc:
+        if exc.reason != "exists":
+            fail(f"job {request.id} is being submitted by another client right now; choose another --id", EXIT_INVALID)
         existing = store.get(request.id)
         assert existing is not None
         return store, existing, False
-    if claim == "busy":
-        fail(f"job {request.id} is being submitted by another client right now; choose another --id", EXIT_INVALID)
-    writer = store.context_writer(request.id, cfg.limits.max_context_bytes)
     try:
-        write_tar(directory, writer, request.dockerfile, cfg.limits)
-        writer.close()
+        write_tar(directory, upload.writer, request.dockerfile, cfg.limits)
+        upload.finish()
     except (ContextTooLarge, InvalidJob) as exc:
-        writer.abort()
-        store.release(request.id, owner)
+        upload.abandon()
         fail(str(exc), EXIT_INVALID)
     except OSError as exc:
-        writer.abort()
-        store.release(request.id, owner)
+        upload.abandon()
         fail(f"cannot read the build context: {exc}", EXIT_INVALID)
     try:
-        record, created = submit(request, cfg, store, QUEUE, admitted)
+        record, created = upload.submit(request, cfg, QUEUE, admitted)
     except Rejected as exc:
-        store.delete_context(request.id)
-        store.release(request.id, owner)
         fail(f"invalid job: {exc}", EXIT_INVALID)
     except Exception as exc:  # noqa: BLE001 - a broker failure is infrastructure
-        store.delete_context(request.id)
-        store.release(request.id, owner)
         fail(f"could not queue the job: {exc}", EXIT_INFRA)
     return store, record, created
 

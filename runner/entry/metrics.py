@@ -1,4 +1,7 @@
-"""`runner serve`'s view of the fleet for Prometheus, and its readiness probe.
+"""`runner serve`'s view of the fleet for Prometheus, and its health probes: the router of
+/healthz, /metrics and /readyz, and `install`, which makes an app's registry.
+
+/healthz   200 when Redis answers within a second (the liveness probe), else 503.
 
 /metrics   runner_queue_length{queue,executor}: messages waiting in each enabled executor's queue (the
            broker's list, LLEN: what KEDA reads). Exported here only, so a fleet of workers
@@ -11,15 +14,14 @@
            at 0 too; plus the API's requests (entry/request_metrics.py) and the process's own
            series. Job counters and histograms are the workers' (their /metrics).
 /readyz    200 when Redis answers within a second and the server is not stopping; else 503.
-           (/healthz, in api.py, is the liveness probe.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol, get_args
+from typing import get_args
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -28,13 +30,14 @@ from prometheus_client.registry import Collector
 
 from runner.config.settings import Settings
 from runner.core.jobs import REQUEUE_REASONS, GitHost
+from runner.entry.deps import Api, ApiContext
+from runner.entry.errors import ApiError
 from runner.entry.request_metrics import RequestMetrics
 from runner.store.jobstore import JobStore
-from runner.store.logfollow import LogHub
 from runner.store.outbox import Outbox
 from runner.worker.process_metrics import process_registry
 
-PROBE_TIMEOUT = 1.0  # seconds /readyz waits for Redis
+PROBE_TIMEOUT = 1.0  # seconds /healthz and /readyz wait for Redis
 #: the deliveries a job can owe (Outbox labels): its callback and a commit status per git host
 DELIVERY_KINDS = ["callback", *(f"status.{host}" for host in get_args(GitHost))]
 
@@ -72,12 +75,7 @@ class FleetCollector(Collector):
         yield gave_up
 
 
-class Context(Protocol):
-    """What these routes use of api.ApiContext (api.py registers this module; it never imports api)."""
-
-    settings: Settings
-    store: JobStore
-    logs: LogHub
+router = APIRouter(tags=["health"])
 
 
 def stopping(app: FastAPI) -> bool:
@@ -86,23 +84,36 @@ def stopping(app: FastAPI) -> bool:
     return bool(check and check())
 
 
-def register(app: FastAPI, context: Context) -> None:
+def install(app: FastAPI, api: ApiContext) -> None:
+    """The app's registry for /metrics (the process's series, the fleet's, the API's requests)."""
     registry = process_registry()
-    registry.register(FleetCollector(context.store, context.settings))
+    registry.register(FleetCollector(api.store, api.settings))
     RequestMetrics(registry).install(app)
+    app.state.metrics_registry = registry
 
-    @app.get("/metrics", tags=["health"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}}, 503: {"description": "Redis does not answer"}})
-    async def metrics() -> Response:
-        """Prometheus text: queue lengths, live workers and requeues across the fleet; this server's requests."""
-        return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/readyz", tags=["health"], responses={503: {"description": "Redis does not answer, or the server is stopping"}})
-    async def readyz(request: Request) -> JSONResponse:
-        """Ready to take requests: Redis answers within a second and the server is not stopping."""
-        if stopping(request.app):
-            return JSONResponse({"error": "stopping", "message": "the server is shutting down"}, status_code=503)
-        if not await context.logs.ping(PROBE_TIMEOUT):
-            return JSONResponse({"error": "unavailable", "message": "the job store (Redis) is unreachable; retry later"},
-                                status_code=503)
-        return JSONResponse({"status": "ready"})
+@router.get("/healthz", responses={503: {"description": "Redis does not answer"}})
+async def healthz(api: Api) -> dict[str, str]:
+    """Up if Redis answers within a second. Async on its own: no thread, whatever else is busy."""
+    if not await api.logs.ping(PROBE_TIMEOUT):
+        raise ApiError(503, "unavailable", "the job store (Redis) is unreachable; retry later")
+    return {"status": "ok"}
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}, 503: {"description": "Redis does not answer"}})
+async def metrics(request: Request) -> Response:
+    """Prometheus text: queue lengths, live workers and requeues across the fleet; this server's requests."""
+    return Response(await run_in_threadpool(generate_latest, request.app.state.metrics_registry),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/readyz", responses={503: {"description": "Redis does not answer, or the server is stopping"}})
+async def readyz(request: Request, api: Api) -> JSONResponse:
+    """Ready to take requests: Redis answers within a second and the server is not stopping."""
+    if stopping(request.app):
+        return JSONResponse({"error": "stopping", "message": "the server is shutting down"}, status_code=503)
+    if not await api.logs.ping(PROBE_TIMEOUT):
+        return JSONResponse({"error": "unavailable", "message": "the job store (Redis) is unreachable; retry later"},
+                            status_code=503)
+    return JSONResponse({"status": "ready"})

@@ -22,6 +22,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+try:  # FastAPI >= 0.137 keeps an included router whole in app.routes; this walks into it
+    from fastapi.routing import iter_route_contexts
+except ImportError:  # older FastAPI copies an included router's routes into app.routes
+    iter_route_contexts = None
+
 #: 1 ms .. 30 s
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -64,13 +69,23 @@ def route_template(route: BaseRoute | None) -> str:
 
 
 def route_methods(routes: list[BaseRoute]) -> Iterator[tuple[str, str]]:
-    """(template, method) of every HTTP route; a mount (static files) serves GET."""
-    for route in routes:
+    """(template, method) of every HTTP route, also those of included routers; a mount (static
+    files) serves GET."""
+    for route, path in with_paths(routes):
         if isinstance(route, Route):
             for method in sorted((route.methods or set()) - {"HEAD"}):
-                yield route.path, method
+                yield path, method
         elif isinstance(route, Mount):
-            yield route.path, "GET"
+            yield path, "GET"
+
+
+def with_paths(routes: list[BaseRoute]) -> Iterator[tuple[BaseRoute, str]]:
+    """Every route with the path it answers at (an included router's prefix on it)."""
+    if iter_route_contexts is None:
+        yield from ((route, getattr(route, "path", "")) for route in routes)
+        return
+    for context in iter_route_contexts(routes):
+        yield context.original_route, context.path or ""
 
 
 class RequestMetricsMiddleware:

@@ -27,6 +27,7 @@ from executors.registry import ExecutorRegistry
 from runner.config.sections import ApiToken
 from runner.config.settings import Settings
 from runner.core.jobs import JOB_ID, MAX_JOB_ID, BuildRequest, JobSource
+from runner.core.validation import field_errors, first_error
 
 
 class Rejected(ValueError):
@@ -46,8 +47,8 @@ def parse_request(data: Any) -> BuildRequest:
 
 def rejection(exc: ValidationError, whole: str = "request") -> Rejected:
     """The first thing wrong with a request, naming its field."""
-    first = exc.errors(include_url=False)[0]
-    return Rejected(".".join(str(part) for part in first["loc"]) or whole, first["msg"].removeprefix("Value error, "))
+    first = first_error(exc)
+    return Rejected(first.field(whole), first.message)
 
 
 #: the tags a failed record shows when the message's own cannot be read (`.invalid` is reserved: nothing goes there)
@@ -72,7 +73,7 @@ def readable_request(data: Any) -> BuildRequest | None:
             return BuildRequest.model_validate(kept)
         except ValidationError as exc:
             # a model-wide error is the size of build args and labels together
-            wrong = {str(error["loc"][0]) for error in exc.errors() if error["loc"]} or {"build_args", "labels"}
+            wrong = {error.path[0] for error in field_errors(exc) if error.path} or {"build_args", "labels"}
             for name in wrong:
                 kept.pop(name, None)
             if "tags" in wrong or "tags" not in kept:

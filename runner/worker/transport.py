@@ -14,7 +14,12 @@ option `build_slots`), it asks Redis for deliveries only, so a delivery never wa
 build to end and a worker never takes more builds than its slots. When a build ends (its
 message is acked or rejected) a gated BRPOP is woken at once (CLIENT UNBLOCK), so the next
 build is taken without waiting for the BRPOP's timeout; a gated BRPOP also times out sooner
-(GATED_TIMEOUT), which bounds the wait where the wake-up and the BRPOP cross."""
+(GATED_TIMEOUT), which bounds the wait where the wake-up and the BRPOP cross.
+
+`_brpop_start`, `_brpop_read` and the start of `close` are copies of kombu's own, which is why
+kombu is pinned to the minor version they were copied from (pyproject.toml);
+tests/test_transport.py fails when an upgrade changes kombu's originals, naming what to re-port.
+COPIED_FROM is that version."""
 
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from runner.store.jobstore import INVALID_KEEP, invalid_queue
 log = logging.getLogger("runner.transport")
 DELIVERY_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 GATED_TIMEOUT = 0.1  # seconds a BRPOP for deliveries only blocks while the build slots are full
+COPIED_FROM = "5.7"  # the kombu minor version whose Channel methods are copied here
 
 
 class Channel(kombu_redis.Channel):
@@ -54,7 +60,7 @@ class Channel(kombu_redis.Channel):
         return sum(1 for request in list(state.requests.values()) if request.name == self.build_task) >= self.build_slots
 
     def _brpop_start(self, timeout=None):
-        """kombu's own (5.x), but without the build queues while the build slots are full."""
+        """kombu's own (5.7), but without the build queues while the build slots are full."""
         if timeout is None:
             timeout = self.brpop_timeout
         queues = self._queue_cycle.consume(len(self.active_queues))
@@ -119,6 +125,7 @@ class Channel(kombu_redis.Channel):
         super().close()
 
     def _brpop_read(self, **options):
+        """kombu's own (5.7), but a message that is not a valid job message is set aside and acked."""
         try:
             try:
                 dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
@@ -142,6 +149,10 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None
             self._gated_client = None
+            # kombu's: the connection is idle now (the reply read, no BRPOP sent yet), the one
+            # safe moment to send AUTH with a streaming credential provider's rotated token
+            # (else it waits for the transport's timer, which only the event loop runs)
+            self._flush_brpop_reauth()
 
     def _set_aside(self, queue: str, item: bytes, exc: Exception) -> None:
         log.error("queue %s: dropped a message that is not a valid job message (%s: %s); kept in %s",

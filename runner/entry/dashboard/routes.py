@@ -1,4 +1,5 @@
-"""The dashboard's routes, registered on the API app by `register(app, context)`.
+"""The dashboard's router, and `install(app, api)`, which mounts its static files and makes
+what its streams share (the jobs watch, the fleet reader) for one app (on `app.state.dashboard`).
 
 Pages (`/`, `/jobs/{id}`, `/fleet`) are shells with no data in them: a browser navigating
 there cannot send a bearer token, so they ask for one (kept in the tab's sessionStorage) and
@@ -15,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import redis
-from fastapi import FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -31,6 +33,7 @@ from runner.entry.dashboard.events import EventStream, event, log_events
 from runner.entry.dashboard.fleet import FleetReader
 from runner.entry.dashboard.views import render
 from runner.entry.dashboard.watch import JobsWatch, Resync
+from runner.entry.deps import Api, ApiContext, Reader, Require, Submitter
 from runner.entry.errors import ApiError, JobId
 from runner.entry.submission import submit
 from runner.store.logfollow import LogUnavailable, TooManyFollowers
@@ -63,159 +66,189 @@ def fragment(html: str, started: float, headers: dict[str, str] | None = None) -
     return HTMLResponse(html, headers={"Server-Timing": f"app;dur={took:.2f}", "Cache-Control": "no-store", **(headers or {})})
 
 
-def register(app: FastAPI, context) -> None:
-    settings, store, logs, require = context.settings, context.store, context.logs, context.require
-    watch = JobsWatch(store, lambda: logs.client)
-    fleet = FleetReader(settings, store, lambda: logs.client)
+@dataclass
+class Dashboard:
+    """What the dashboard's streams of one app share."""
 
+    watch: JobsWatch
+    fleet: FleetReader
+
+
+def install(app: FastAPI, api: ApiContext) -> None:
     app.mount("/ui/static", Static(directory=STATIC), name="dashboard-static")
+    app.state.dashboard = Dashboard(JobsWatch(api.store, lambda: api.logs.client),
+                                    FleetReader(api.settings, api.store, lambda: api.logs.client))
 
-    def admit_stream(token: ApiToken):
-        """A slot for one more open stream of this token (the API's follower limit): 429 past it."""
-        try:
-            return logs.admit(token.name, settings.api.max_followers_per_token)
-        except TooManyFollowers as exc:
-            raise ApiError(429, "too_many_followers", str(exc), headers={"Retry-After": "5"}) from None
 
-    def record_panel(record: JobRecord, token: ApiToken) -> str:
-        return render("_record.html", r=record, rights=token.rights, rerun_why=rerun.why_not(record))
+async def dashboard(request: Request) -> Dashboard:
+    return request.app.state.dashboard
 
-    def row(record: JobRecord) -> str:
-        return render("_row.html", r=record)
 
-    # -- pages ------------------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    async def jobs_page() -> HTMLResponse:
-        return page("jobs.html", script="jobs", statuses=list(Status))
+#: a route's parameter `shared: Shared` is its app's Dashboard
+Shared = Annotated[Dashboard, Depends(dashboard)]
+router = APIRouter(include_in_schema=False)
 
-    @app.get("/jobs/{job_id}", include_in_schema=False)
-    async def job_page(job_id: JobId) -> HTMLResponse:
-        return page("job.html", script="job", job_id=job_id)
 
-    @app.get("/fleet", include_in_schema=False)
-    async def fleet_page() -> HTMLResponse:
-        return page("fleet.html", script="fleet")
+def admit_stream(api: ApiContext, token: ApiToken):
+    """A slot for one more open stream of this token (the API's follower limit): 429 past it."""
+    try:
+        return api.logs.admit(token.name, api.settings.api.max_followers_per_token)
+    except TooManyFollowers as exc:
+        raise ApiError(429, "too_many_followers", str(exc), headers={"Retry-After": "5"}) from None
 
-    # -- data for the pages (bearer token) ----------------------------------------------------
-    @app.get("/ui/whoami", include_in_schema=False)
-    async def whoami(token: ApiToken = require("read")) -> dict:
-        return {"name": token.name, "rights": token.rights, "executors": settings.enabled_executors()}
 
-    @app.get("/ui/jobs/rows", include_in_schema=False, dependencies=[require("read")])
-    def rows(status: Status | None = None, executor: Annotated[str | None, Query(max_length=128)] = None,
-             repo: Annotated[str | None, Query(max_length=256)] = None,
-             before: Annotated[float | None, Query(ge=0, le=1e11, description="creation time (seconds)")] = None,
-             limit: Annotated[int, Query(ge=1, le=listing.MAX_LIMIT)] = 50) -> HTMLResponse:
-        """A page of rows (HTML); X-Next-Before is the `before` of the next page (absent at the end)."""
-        started = time.perf_counter()
-        filters = listing.Filters(status, executor or None, repo or None)
-        found = listing.page(store, filters, limit, before)
-        headers = {"X-Scanned": str(found.scanned)}
-        if found.next_before is not None:
-            headers["X-Next-Before"] = repr(found.next_before)
-        return fragment(render("_rows.html", records=found.records), started, headers)
+def record_panel(record: JobRecord, token: ApiToken) -> str:
+    return render("_record.html", r=record, rights=token.rights, rerun_why=rerun.why_not(record))
 
-    @app.get("/ui/jobs/events", include_in_schema=False)
-    async def jobs_events(status: Status | None = None, executor: Annotated[str | None, Query(max_length=128)] = None,
-                          repo: Annotated[str | None, Query(max_length=256)] = None,
-                          token: ApiToken = require("read")) -> EventStream:
-        """Rows that changed, as they change: `row` {id, created, match, html}; `resync` after falling behind."""
-        filters = listing.Filters(status, executor or None, repo or None)
-        slot = admit_stream(token)
 
-        async def events():
-            async with watch.listen() as rounds:
-                yield event("ready", {})
-                while True:
+def row(record: JobRecord) -> str:
+    return render("_row.html", r=record)
+
+
+# -- pages ------------------------------------------------------------------------------------
+@router.get("/")
+async def jobs_page() -> HTMLResponse:
+    return page("jobs.html", script="jobs", statuses=list(Status))
+
+
+@router.get("/jobs/{job_id}")
+async def job_page(job_id: JobId) -> HTMLResponse:
+    return page("job.html", script="job", job_id=job_id)
+
+
+@router.get("/fleet")
+async def fleet_page() -> HTMLResponse:
+    return page("fleet.html", script="fleet")
+
+
+# -- data for the pages (bearer token) ----------------------------------------------------
+@router.get("/ui/whoami")
+async def whoami(api: Api, token: Reader) -> dict:
+    return {"name": token.name, "rights": token.rights, "executors": api.settings.enabled_executors()}
+
+
+@router.get("/ui/jobs/rows", dependencies=[Depends(Require("read"))])
+def rows(api: Api, status: Status | None = None, executor: Annotated[str | None, Query(max_length=128)] = None,
+         repo: Annotated[str | None, Query(max_length=256)] = None,
+         before: Annotated[float | None, Query(ge=0, le=1e11, description="creation time (seconds)")] = None,
+         limit: Annotated[int, Query(ge=1, le=listing.MAX_LIMIT)] = 50) -> HTMLResponse:
+    """A page of rows (HTML); X-Next-Before is the `before` of the next page (absent at the end)."""
+    started = time.perf_counter()
+    filters = listing.Filters(status, executor or None, repo or None)
+    found = listing.page(api.store, filters, limit, before)
+    headers = {"X-Scanned": str(found.scanned)}
+    if found.next_before is not None:
+        headers["X-Next-Before"] = repr(found.next_before)
+    return fragment(render("_rows.html", records=found.records), started, headers)
+
+
+@router.get("/ui/jobs/events")
+async def jobs_events(api: Api, shared: Shared, token: Reader, status: Status | None = None,
+                      executor: Annotated[str | None, Query(max_length=128)] = None,
+                      repo: Annotated[str | None, Query(max_length=256)] = None) -> EventStream:
+    """Rows that changed, as they change: `row` {id, created, match, html}; `resync` after falling behind."""
+    filters = listing.Filters(status, executor or None, repo or None)
+    slot = admit_stream(api, token)
+
+    async def events():
+        async with shared.watch.listen() as rounds:
+            yield event("ready", {})
+            while True:
+                changes = await rounds.get()
+                if isinstance(changes, Resync):
+                    yield event("resync", {})
+                    continue
+                for change in changes:
+                    record = change.record
+                    yield event("row", {"id": record.id, "created": record.created_at.timestamp(),
+                                        "match": filters.match(record), "html": change.html(row)})
+
+    return EventStream(events(), on_close=slot.release)
+
+
+@router.get("/ui/jobs/{job_id}/events")
+async def job_events(job_id: JobId, api: Api, shared: Shared, token: Reader) -> EventStream:
+    """The record panel now (`record`), then each time it changes, until the job has finished (`done`)."""
+    store = api.store
+    if await run_in_threadpool(store.get, job_id) is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    slot = admit_stream(api, token)
+
+    async def events():
+        async with shared.watch.listen() as rounds:
+            record = await run_in_threadpool(store.get, job_id)  # read after listening: no change is missed
+            while record is not None:
+                yield event("record", {"status": record.status.value, "html": record_panel(record, token)})
+                if record.finished:
+                    break
+                record = None
+                while record is None:
                     changes = await rounds.get()
                     if isinstance(changes, Resync):
-                        yield event("resync", {})
-                        continue
-                    for change in changes:
-                        record = change.record
-                        yield event("row", {"id": record.id, "created": record.created_at.timestamp(),
-                                            "match": filters.match(record), "html": change.html(row)})
+                        record = await run_in_threadpool(store.get, job_id)
+                    else:
+                        record = next((c.record for c in reversed(changes) if c.record.id == job_id), None)
+            yield event("done", {})
 
-        return EventStream(events(), on_close=slot.release)
+    return EventStream(events(), on_close=slot.release)
 
-    @app.get("/ui/jobs/{job_id}/events", include_in_schema=False)
-    async def job_events(job_id: JobId, token: ApiToken = require("read")) -> EventStream:
-        """The record panel now (`record`), then each time it changes, until the job has finished (`done`)."""
-        if await run_in_threadpool(store.get, job_id) is None:
-            raise ApiError(404, "not_found", f"no job {job_id!r}")
-        slot = admit_stream(token)
 
-        async def events():
-            async with watch.listen() as rounds:
-                record = await run_in_threadpool(store.get, job_id)  # read after listening: no change is missed
-                while record is not None:
-                    yield event("record", {"status": record.status.value, "html": record_panel(record, token)})
-                    if record.finished:
-                        break
-                    record = None
-                    while record is None:
-                        changes = await rounds.get()
-                        if isinstance(changes, Resync):
-                            record = await run_in_threadpool(store.get, job_id)
-                        else:
-                            record = next((c.record for c in reversed(changes) if c.record.id == job_id), None)
-                yield event("done", {})
+@router.get("/ui/jobs/{job_id}/log/events")
+async def log_stream(job_id: JobId, api: Api, token: Reader, after: EntryId = "0-0") -> EventStream:
+    """The log from the entry after `after`, then live: `lines` {text, lines, marks}; `end` {status} when
+    the job has ended; `error` {message} when Redis stopped answering (the page reconnects)."""
+    logs = api.logs
+    if not await logs.exists(job_id):
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    slot = admit_stream(api, token)
 
-        return EventStream(events(), on_close=slot.release)
-
-    @app.get("/ui/jobs/{job_id}/log/events", include_in_schema=False)
-    async def log_stream(job_id: JobId, after: EntryId = "0-0", token: ApiToken = require("read")) -> EventStream:
-        """The log from the entry after `after`, then live: `lines` {text, lines, marks}; `end` {status} when
-        the job has ended; `error` {message} when Redis stopped answering (the page reconnects)."""
-        if not await logs.exists(job_id):
-            raise ApiError(404, "not_found", f"no job {job_id!r}")
-        slot = admit_stream(token)
-
-        async def events():
-            try:
-                async for batch in logs.follow_batches(job_id, after):
-                    for chunk in log_events(batch):
-                        yield chunk
-                raw = await logs.client.get(store.job_key(job_id))
-                status = JobRecord.model_validate_json(raw).status.value if raw else None
-                yield event("end", {"status": status})
-            except (LogUnavailable, redis.RedisError):
-                yield event("error", {"message": "the job store (Redis) is not answering; reconnecting"})
-
-        return EventStream(events(), on_close=slot.release)
-
-    @app.post("/ui/jobs/{job_id}/rerun", include_in_schema=False, status_code=202)
-    def rerun_job(job_id: JobId, token: ApiToken = require("submit")) -> JSONResponse:
-        """The same request under a new id (202 with the id); 409 saying why when the record cannot be repeated."""
-        record = store.get(job_id)
-        if record is None:
-            raise ApiError(404, "not_found", f"no job {job_id!r}")
-        why = rerun.why_not(record)
-        if why is not None:
-            raise ApiError(409, "cannot_rerun", f"job {job_id} cannot be re-run: {why}")
+    async def events():
         try:
-            request = parse_request(json.loads(rerun.rerun_request(record).model_dump_json()))
-            new, _created = submit(request, settings, store, Origin.api(token))  # the same rules as POST /v1/jobs
-        except Rejected as exc:
-            raise ApiError(422, "invalid", f"job {job_id} cannot be re-run as it was: {exc.message}") from None
-        return JSONResponse({"id": new.id, "status": new.status.value}, status_code=202,
-                            headers={"Location": f"/jobs/{new.id}"})
+            async for batch in logs.follow_batches(job_id, after):
+                for chunk in log_events(batch):
+                    yield chunk
+            raw = await logs.client.get(api.store.job_key(job_id))
+            status = JobRecord.model_validate_json(raw).status.value if raw else None
+            yield event("end", {"status": status})
+        except (LogUnavailable, redis.RedisError):
+            yield event("error", {"message": "the job store (Redis) is not answering; reconnecting"})
 
-    @app.get("/ui/fleet/events", include_in_schema=False)
-    async def fleet_events(token: ApiToken = require("read")) -> EventStream:
-        """The fleet panel (`fleet` {html}) now and whenever it changes (read every FLEET_SECONDS)."""
-        slot = admit_stream(token)
+    return EventStream(events(), on_close=slot.release)
 
-        async def events():
-            shown = None
-            while True:
-                try:
-                    html = render("_fleet.html", fleet=await fleet.snapshot())
-                except redis.RedisError:
-                    html = render("_fleet.html", fleet=None)
-                if html != shown:
-                    shown = html
-                    yield event("fleet", {"html": html})
-                await asyncio.sleep(FLEET_SECONDS)
 
-        return EventStream(events(), on_close=slot.release)
+@router.post("/ui/jobs/{job_id}/rerun", status_code=202)
+def rerun_job(job_id: JobId, api: Api, token: Submitter) -> JSONResponse:
+    """The same request under a new id (202 with the id); 409 saying why when the record cannot be repeated."""
+    record = api.store.get(job_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    why = rerun.why_not(record)
+    if why is not None:
+        raise ApiError(409, "cannot_rerun", f"job {job_id} cannot be re-run: {why}")
+    try:
+        request = parse_request(json.loads(rerun.rerun_request(record).model_dump_json()))
+        new, _created = submit(request, api.settings, api.store, Origin.api(token))  # the same rules as POST /v1/jobs
+    except Rejected as exc:
+        raise ApiError(422, "invalid", f"job {job_id} cannot be re-run as it was: {exc.message}") from None
+    return JSONResponse({"id": new.id, "status": new.status.value}, status_code=202,
+                        headers={"Location": f"/jobs/{new.id}"})
+
+
+@router.get("/ui/fleet/events")
+async def fleet_events(api: Api, shared: Shared, token: Reader) -> EventStream:
+    """The fleet panel (`fleet` {html}) now and whenever it changes (read every FLEET_SECONDS)."""
+    slot = admit_stream(api, token)
+
+    async def events():
+        shown = None
+        while True:
+            try:
+                html = render("_fleet.html", fleet=await shared.fleet.snapshot())
+            except redis.RedisError:
+                html = render("_fleet.html", fleet=None)
+            if html != shown:
+                shown = html
+                yield event("fleet", {"html": html})
+            await asyncio.sleep(FLEET_SECONDS)
+
+    return EventStream(events(), on_close=slot.release)
