@@ -21,7 +21,7 @@ from runner.core.build import LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.jobs import ImageRef
-from runner.core.registry import RegistryConfig
+from runner.core.registry_config import RegistryConfig
 
 T = TypeVar("T")
 

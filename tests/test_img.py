@@ -27,7 +27,7 @@ from runner.config.settings import Settings
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
-from runner.core.registry import RegistryConfig
+from runner.core.registry_config import RegistryConfig
 from runner.sources.pack import write_tar
 from runner.sources.upload import spool_context
 from tests.conftest import registry_digest

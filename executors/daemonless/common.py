@@ -26,10 +26,10 @@ from runner.core.build import BuildContext, LogSink, Unpacked
 from runner.core.cancel import CancelToken
 from runner.core.errors import AUTH_WORDS, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
-from runner.core.registry import RegistryConfig
+from runner.core.registry_config import RegistryConfig
 
 if TYPE_CHECKING:
-    from runner.core.registries import Registries
+    from runner.core.registry_client import Registries
 
 #: Names a secret build arg may not take: it travels in the tool's environment, where these
 #: names would change how the tool itself runs.

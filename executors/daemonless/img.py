@@ -42,8 +42,8 @@ from executors.tags import push_tags
 from runner.core.build import BuildContext, LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, is_auth_error
+from runner.core.executor_metrics import PhaseClock
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
-from runner.core.metrics import PhaseClock
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
 
 RISK = "builds run in img's embedded BuildKit as this worker's user; no daemon and no socket are exposed to jobs"

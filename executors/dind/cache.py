@@ -29,7 +29,7 @@ from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.labels import LABEL_EXECUTOR
 
-log = logging.getLogger("runner.executors.dind.cache")
+log = logging.getLogger(__name__)
 
 LABEL_CACHE = "io.runner.dind.cache"
 WAIT_STEP = 0.2

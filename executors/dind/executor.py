@@ -41,7 +41,7 @@ from runner.core.errors import InfrastructureError
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
 
-log = logging.getLogger("runner.executors.dind")
+log = logging.getLogger(__name__)
 
 RISK = ("each job runs in a sidecar with its own Docker daemon; privileged mode (the default) or the "
         "capability profile gives that sidecar near-root power over the host if a build escapes it")

@@ -30,7 +30,7 @@ from runner.core.errors import BuildFailed, Cancelled, InfrastructureError, Inva
 from runner.core.jobs import BuildRequest
 
 if TYPE_CHECKING:
-    from runner.core.registries import Registries
+    from runner.core.registry_client import Registries
 
 CHUNK = 256 * 1024
 INLINE_CACHE_ARG = "BUILDKIT_INLINE_CACHE"

@@ -2,7 +2,7 @@
 
 Nested keys use a double underscore in env vars, e.g. RUNNER_REDIS_URL,
 RUNNER_EXECUTORS__SOCKET__ENABLED=true, RUNNER_LIMITS__MAX_CONTEXT_BYTES=1000000.
-`load_settings` reads both (runner/config/sources.py) and validates once; `Settings(...)`
+`load_settings` reads both (runner/config/loader.py) and validates once; `Settings(...)`
 alone is just the model (defaults plus what it is given).
 """
 
@@ -15,10 +15,10 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_valida
 
 from executors.base import ExecutorConfig
 from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
+from runner.config.loader import SettingsError, load
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
-from runner.config.sources import SettingsError, load
 from runner.core.models import Strict
-from runner.core.registry import RegistryConfig
+from runner.core.registry_config import RegistryConfig
 from runner.core.validation import first_error
 
 __all__ = ["LimitsConfig", "RetentionConfig", "Settings", "SettingsError", "WorkerConfig", "load_settings"]
@@ -99,7 +99,7 @@ class Settings(ClientSettings):
     def _executor_configs(cls, raw: Any) -> dict[str, ExecutorConfig]:
         """Each section validated by its executor's own Config (an unknown name is an error);
         every built-in gets its defaults when the file does not mention it."""
-        from executors.registry import BUILTIN, ExecutorRegistry, UnknownExecutor
+        from executors.plugins import BUILTIN, ExecutorRegistry, UnknownExecutor
 
         if raw is None:
             raw = {}
@@ -132,5 +132,5 @@ class Settings(ClientSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """The whole settings tree (runner.config.sources.load). Raises SettingsError naming what was wrong."""
+    """The whole settings tree (runner.config.loader.load). Raises SettingsError naming what was wrong."""
     return load(Settings, overrides)

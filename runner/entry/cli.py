@@ -65,7 +65,7 @@ def client_settings() -> ClientSettings:
     """What the read commands need (Redis or the API, the namespace): quick to load, and a
     mistake elsewhere in the config never stops them."""
     from runner.config.client import load_client_settings
-    from runner.config.sources import SettingsError
+    from runner.config.loader import SettingsError
 
     try:
         return load_client_settings()

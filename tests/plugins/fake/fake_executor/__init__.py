@@ -72,7 +72,7 @@ class FakeExecutor(Executor):
         if args.get("FAKE_KILL"):
             os.kill(os.getpid(), signal.SIGKILL)
         if leak := args.get("FAKE_LEAK"):
-            logging.getLogger("runner.executors.fake").warning("build arg %s is %s", leak, args.get(leak))
+            logging.getLogger(__name__).warning("build arg %s is %s", leak, args.get(leak))
             raise RuntimeError(f"the fake executor crashed holding {leak}={args.get(leak)}")
         if args.get("FAKE_CRASH"):
             raise RuntimeError("the fake executor crashed on purpose")
