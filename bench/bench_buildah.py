@@ -37,10 +37,11 @@ from bench.phases import Phases  # noqa: E402
 from executors.daemonless import buildah  # noqa: E402
 from executors.daemonless.buildah import resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core import build, process, registry_client  # noqa: E402
+from runner.context import build_context  # noqa: E402
+from runner.context import spool as upload  # noqa: E402
+from runner.core import process, registry_client  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
-from runner.sources import upload  # noqa: E402
 from runner.store import jobstore  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.pipeline import Pipeline  # noqa: E402
@@ -69,7 +70,7 @@ def settings(work: Path, namespace: str) -> Settings:
 
 PHASES = [  # (owner, method, phase)
     (upload.UploadSource, "prepare", "context spooled from Redis"),
-    (build.BuildContext, "unpack", "context unpacked"),
+    (build_context.BuildContext, "unpack", "context unpacked"),
     (buildah.BuildahExecutor, "_prepare", "job files (incl. unpack)"),
     (process.Tool, "stream", "buildah processes (build + push, one start)"),
     (registry_client.Registries, "confirm_digest", "digest confirmed (HEAD)"),

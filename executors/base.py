@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
 from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE, LABEL_WORKER
+from runner.core.log_sink import LogSink
 
 if TYPE_CHECKING:
     from runner.core.registry_client import Registries

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from runner.core.build import LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.executor_metrics import NO_METRICS, PhaseClock
 from runner.core.jobs import ImageRef, PushedImage
+from runner.core.log_sink import LogSink
 from runner.core.registry_client import Copies, Registries
 
 #: pushes `ref` for real and returns the digest the registry confirmed for it

@@ -23,7 +23,7 @@ from executors.engine.buildkit import _Follower, build_params, clean_error, cont
 from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_status, decode_trace, iter_fields
 from executors.engine.buildkit_session import encode_fields
 from runner.config.settings import Settings
-from runner.core.build import BuildContext
+from runner.context.build_context import BuildContext
 from runner.core.errors import InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
 from tests.support import ListLog, executor_for

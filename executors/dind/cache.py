@@ -24,10 +24,10 @@ import docker.errors
 import requests
 
 from executors.dind.config import DindConfig
-from runner.core.build import LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.labels import LABEL_EXECUTOR
+from runner.core.log_sink import LogSink
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from executors.engine.client import EngineClient, short
 from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository, inline_cache_ref
 from executors.tags import Push, copy_tag, push_tags
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import (
     Cancelled,
@@ -28,6 +28,7 @@ from runner.core.errors import (
 )
 from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics, PhaseClock
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.log_sink import LogSink
 from runner.core.registry_client import Copies
 from runner.core.registry_config import RegistryConfig
 

@@ -17,6 +17,7 @@ from executors.base import ExecutorConfig
 from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
 from runner.config.loader import SettingsError, load
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
+from runner.context.limits import ContextLimits
 from runner.core.models import Strict
 from runner.core.registry_config import RegistryConfig
 from runner.core.validation import first_error
@@ -24,18 +25,9 @@ from runner.core.validation import first_error
 __all__ = ["LimitsConfig", "RetentionConfig", "Settings", "SettingsError", "WorkerConfig", "load_settings"]
 
 
-class LimitsConfig(Strict):
-    max_context_bytes: int = Field(default=512 * 1024**2, description="largest build context, uncompressed (uploaded tar or "
-                                   "git checkout); also caps the upload itself")
-    max_context_files: int = Field(default=500_000, ge=1, description="most members (files, folders, links) in a build context")
-    max_context_path_bytes: int = Field(default=4096, ge=1, description="longest member path or link target in a build "
-                                        "context, in bytes")
-    max_context_header_bytes: int = Field(default=1024**2, ge=1, description="largest PAX / GNU long-name header data "
-                                          "before one member of a context tar")
-    max_ignore_file_bytes: int = Field(default=1024**2, ge=1, description="largest .dockerignore the runner reads (CLI and "
-                                       "worker); a larger one refuses the job. Real files are a few KiB")
-    max_ignore_patterns: int = Field(default=50_000, ge=1, description="most patterns in a .dockerignore (CLI and worker); "
-                                     "more refuse the job. Each costs ~2 KiB compiled")
+class LimitsConfig(ContextLimits):
+    """The context's limits (runner.context.limits) and those on logs, tags and timeouts."""
+
     max_log_bytes: int = Field(default=16 * 1024**2, description="log kept per job; past it one truncation line, the build goes on")
     max_log_lines: int = Field(default=200_000, description="cap on log stream entries per job")
     max_tags: int = Field(default=32, description="most image references one job may push")

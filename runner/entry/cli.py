@@ -167,9 +167,9 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     """Admit, reserve the id, upload the context, then record and queue the job."""
     import socket
 
+    from runner.context.pack import write_tar
     from runner.core.errors import InvalidJob
     from runner.entry.submission import ContextUpload, UploadRefused
-    from runner.sources.pack import write_tar
     from runner.store.jobstore import ContextTooLarge
     from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 

@@ -33,10 +33,11 @@ from typing import ClassVar
 from pydantic import Field
 
 from executors.base import CheckResult, Executor, ExecutorConfig
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, PushedImage
+from runner.core.log_sink import LogSink
 
 ERRORS: dict[str, type[ExecutorError]] = {"invalid": InvalidJob, "auth": RegistryAuthFailed,
                                           "infrastructure": InfrastructureError, "build": BuildFailed}

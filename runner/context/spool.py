@@ -1,13 +1,13 @@
 """Spooling a stored context on the worker: the tar (from Redis chunks or a packed checkout)
-streamed through our own reader (runner.core.tarstream) and the lexical rules
-(runner.core.tarpolicy), and written again as a canonical tar of only the accepted members,
+streamed through our own reader (runner.context.tarstream) and the lexical rules
+(runner.context.tarpolicy), and written again as a canonical tar of only the accepted members,
 so every executor gets exactly what was checked.
 
-The tar's own ignore file is read on the way (runner.sources.copy_filter). When it has
+The tar's own ignore file is read on the way (runner.context.copy_filter). When it has
 patterns, the tar is written once more holding only what `COPY .` sees in `docker build`
 (plus the Dockerfile, which an engine reads from the tar): an engine given a tar applies no
 ignore file, and the CLI's tar still holds the ignore file and Dockerfile Docker always sends.
-A tool that builds from an unpacked folder gets the same view (runner.core.build.unpack)."""
+A tool that builds from an unpacked folder gets the same view (runner.context.build_context: BuildContext.unpack)."""
 
 from __future__ import annotations
 
@@ -20,17 +20,17 @@ from collections.abc import Callable, Iterable
 from contextlib import closing
 from pathlib import Path
 
-from runner.config.settings import LimitsConfig
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
+from runner.context.copy_filter import CopyFilter, IgnoreFiles, PathSet, copy_filter
+from runner.context.extract import Placement, make_private, workspace_error
+from runner.context.limits import ContextLimits
+from runner.context.tarpolicy import hardlink_target, member_parts, symlink_target
+from runner.context.tarstream import Member, TarError, TarLimitError, TarLimits, TarReader, file_chunks, shown
 from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
-from runner.core.extract import Placement, make_private, workspace_error
 from runner.core.jobs import BuildRequest
-from runner.core.tarpolicy import hardlink_target, member_parts, symlink_target
-from runner.core.tarstream import Member, TarError, TarLimitError, TarLimits, TarReader, file_chunks, shown
-from runner.sources.copy_filter import CopyFilter, IgnoreFiles, PathSet, copy_filter
+from runner.core.log_sink import LogSink
 
-# -- worker side -------------------------------------------------------------------------------
 #: which setting each tar limit comes from, for messages
 LIMIT_SETTINGS = {"bytes": "limits.max_context_bytes", "upload": "limits.max_context_bytes",
                   "members": "limits.max_context_files", "path": "limits.max_context_path_bytes",
@@ -39,7 +39,7 @@ _TAR_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfil
 _DIR, _SYMLINK = b"d", b"l"
 
 
-def tar_limits(limits: LimitsConfig) -> TarLimits:
+def tar_limits(limits: ContextLimits) -> TarLimits:
     return TarLimits(max_bytes=limits.max_context_bytes, max_upload_bytes=limits.max_context_bytes,
                      max_members=limits.max_context_files, max_path_bytes=limits.max_context_path_bytes,
                      max_link_bytes=limits.max_context_path_bytes, max_header_bytes=limits.max_context_header_bytes)
@@ -167,7 +167,7 @@ class CanonicalTar:
             pass
 
 
-def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, limits: LimitsConfig | int,
+def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, limits: ContextLimits | int,
                   cancel: CancelToken | None = None) -> BuildContext:
     """Stream the stored context (plain or compressed) through the checks into a canonical
     tar, `workspace/context.tar`, which is all any executor ever sees.
@@ -178,7 +178,7 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
     `limits` may be a plain byte cap (tests).
     """
     if isinstance(limits, int):
-        limits = LimitsConfig(max_context_bytes=limits)
+        limits = ContextLimits(max_context_bytes=limits)
     make_private(workspace.parent, workspace)
     tar_path = workspace / "context.tar"
     reader = TarReader(chunks, tar_limits(limits), cancel)
@@ -285,7 +285,7 @@ def _stash(folder: Path, index: int, data: Iterable[memoryview]) -> Path:
 class UploadSource:
     """Contexts uploaded as a tar (CLI, API, or straight into Redis), read chunk by chunk."""
 
-    def __init__(self, chunks: Callable[[str], Iterable[bytes]], limits: LimitsConfig):
+    def __init__(self, chunks: Callable[[str], Iterable[bytes]], limits: ContextLimits):
         self.chunks, self.limits = chunks, limits
 
     def prepare(self, request: BuildRequest, workspace: Path, log: LogSink, cancel: CancelToken) -> BuildContext:
