@@ -38,10 +38,10 @@ from executors.daemonless import buildah  # noqa: E402
 from executors.daemonless.buildah import resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.context import build_context  # noqa: E402
-from runner.context import spool as upload  # noqa: E402
 from runner.core import process, registry_client  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
+from runner.sources import upload  # noqa: E402
 from runner.store import jobstore  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.pipeline import Pipeline  # noqa: E402

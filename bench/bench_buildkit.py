@@ -35,12 +35,12 @@ from bench.phases import Phases  # noqa: E402
 from executors.engine import buildkit, buildkit_session, client, engine  # noqa: E402
 from executors.engine.socket import SocketExecutor  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.context import spool as upload  # noqa: E402
 from runner.context.build_context import BuildContext  # noqa: E402
 from runner.context.pack import write_tar  # noqa: E402
 from runner.core import registry_client  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
+from runner.sources import upload  # noqa: E402
 from runner.store import jobstore  # noqa: E402
 from runner.worker.pipeline import Pipeline  # noqa: E402
 from runner.worker.worker import Worker  # noqa: E402

@@ -16,7 +16,7 @@ import os
 import shutil
 import struct
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
@@ -28,8 +28,6 @@ from runner.context.tarpolicy import hardlink_target, member_parts, symlink_targ
 from runner.context.tarstream import Member, TarError, TarLimitError, TarLimits, TarReader, file_chunks, shown
 from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
-from runner.core.jobs import BuildRequest
-from runner.core.log_sink import LogSink
 
 #: which setting each tar limit comes from, for messages
 LIMIT_SETTINGS = {"bytes": "limits.max_context_bytes", "upload": "limits.max_context_bytes",
@@ -280,15 +278,3 @@ def _stash(folder: Path, index: int, data: Iterable[memoryview]) -> Path:
         for piece in data:
             out.write(piece)
     return path
-
-
-class UploadSource:
-    """Contexts uploaded as a tar (CLI, API, or straight into Redis), read chunk by chunk."""
-
-    def __init__(self, chunks: Callable[[str], Iterable[bytes]], limits: ContextLimits):
-        self.chunks, self.limits = chunks, limits
-
-    def prepare(self, request: BuildRequest, workspace: Path, log: LogSink, cancel: CancelToken) -> BuildContext:
-        context = spool_context(self.chunks(request.id), workspace, request.dockerfile, self.limits, cancel)
-        log.line(f"[runner] context: {context.size:,} bytes")
-        return context

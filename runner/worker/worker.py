@@ -15,13 +15,13 @@ from executors.base import Executor, ExecutorEnv
 from executors.plugins import ExecutorRegistry
 from runner.config.settings import Settings
 from runner.context.build_context import ContextSource
-from runner.context.spool import UploadSource
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError, InvalidJob
 from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics
 from runner.core.jobs import BuildRequest, JobRecord
 from runner.core.registry_client import Registries
 from runner.sources.git import GitSource
+from runner.sources.upload import UploadSource
 from runner.store.jobstore import JobStore
 
 log = logging.getLogger(__name__)
