@@ -37,7 +37,8 @@ from bench.phases import Phases  # noqa: E402
 from executors.daemonless import buildah  # noqa: E402
 from executors.daemonless.buildah import resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core import build, process, registries  # noqa: E402
+from runner.context import build_context  # noqa: E402
+from runner.core import process, registry_client  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.sources import upload  # noqa: E402
@@ -69,10 +70,10 @@ def settings(work: Path, namespace: str) -> Settings:
 
 PHASES = [  # (owner, method, phase)
     (upload.UploadSource, "prepare", "context spooled from Redis"),
-    (build.BuildContext, "unpack", "context unpacked"),
+    (build_context.BuildContext, "unpack", "context unpacked"),
     (buildah.BuildahExecutor, "_prepare", "job files (incl. unpack)"),
     (process.Tool, "stream", "buildah processes (build + push, one start)"),
-    (registries.Registries, "confirm_digest", "digest confirmed (HEAD)"),
+    (registry_client.Registries, "confirm_digest", "digest confirmed (HEAD)"),
     (jobstore.JobStore, "update", "record writes"),
     (jobstore.JobStore, "append_log", "log writes (all threads)"),
     (buildah.BuildahExecutor, "cleanup", "clean-up (after the record: not in the total)"),

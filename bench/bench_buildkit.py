@@ -35,12 +35,12 @@ from bench.phases import Phases  # noqa: E402
 from executors.engine import buildkit, buildkit_session, client, engine  # noqa: E402
 from executors.engine.socket import SocketExecutor  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core import registries  # noqa: E402
-from runner.core.build import BuildContext  # noqa: E402
+from runner.context.build_context import BuildContext  # noqa: E402
+from runner.context.pack import write_tar  # noqa: E402
+from runner.core import registry_client  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.sources import upload  # noqa: E402
-from runner.sources.pack import write_tar  # noqa: E402
 from runner.store import jobstore  # noqa: E402
 from runner.worker.pipeline import Pipeline  # noqa: E402
 from runner.worker.worker import Worker  # noqa: E402
@@ -86,7 +86,7 @@ PHASES = [  # (owner, method, phase): nested phases are shown indented under the
     (client.EngineClient, "post_build", "  context streamed, until the engine answers"),
     (buildkit._Follower, "feed", "  progress decoded + log written"),
     (engine.Engine, "_push_once", "push (engine)"),
-    (registries.Registries, "confirm_digest", "digest confirmed (HEAD)"),
+    (registry_client.Registries, "confirm_digest", "digest confirmed (HEAD)"),
     (jobstore.JobStore, "update", "record writes"),
     (jobstore.JobStore, "append_log", "log writes (all threads)"),
     (SocketExecutor, "cleanup", "clean-up (after the record: not in the total)"),

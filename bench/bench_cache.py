@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import dev_env, load_line  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
+from runner.context.pack import write_tar  # noqa: E402
+from runner.context.spool import spool_context  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
-from runner.sources.pack import write_tar  # noqa: E402
-from runner.sources.upload import spool_context  # noqa: E402
 from tests.support import dind as dind_support  # noqa: E402
 from tests.support import executor_for  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""What the worker-side .dockerignore costs (runner/sources/copy_filter.py): the spool's extra
+"""What the worker-side .dockerignore costs (runner/context/copy_filter.py): the spool's extra
 pass that writes the tar as `COPY .` sees it, and unpacking with the member filter.
 
 Contexts (made in a temp folder, packed as `runner submit` packs them, so the only member the
@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner.sources.pack import write_tar  # noqa: E402
-from runner.sources.upload import spool_context  # noqa: E402
+from runner.context.pack import write_tar  # noqa: E402
+from runner.context.spool import spool_context  # noqa: E402
 
 IGNORE = ".dockerignore\n*.log\n!keep.log\nbuild\n!build/keep.txt\nnode_modules\n"
 

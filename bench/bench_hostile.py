@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import drop_namespace  # noqa: E402
 from runner.config.settings import LimitsConfig, load_settings  # noqa: E402
-from runner.sources.pack import write_tar  # noqa: E402
-from runner.sources.upload import spool_context  # noqa: E402
+from runner.context.pack import write_tar  # noqa: E402
+from runner.context.spool import spool_context  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from tests.hostile.context_support import post_raw, wait_finished  # noqa: E402
 from tests.hostile.context_tars import empty_members, file, gzip_member_bomb, pax_header_bomb, tar_of  # noqa: E402
@@ -342,8 +342,8 @@ def previous_matcher_rows(cap: float) -> list[tuple[str, str, str]]:
     """The nested pattern's Go regexp on paths 10 to 20 levels deep: the previous code's
     translation (a Python regexp, backtracking; git show d0128ff:runner/sources/gocompat.py)
     in a subprocess killed after `cap` seconds, against RE2 now."""
-    from runner.sources.gocompat import compile_go_regexp
-    from runner.sources.pattern_index import compile_pattern
+    from runner.context.gocompat import compile_go_regexp
+    from runner.context.pattern_index import compile_pattern
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-hostile-old-"))
     old = subprocess.run(["git", "-C", str(ROOT), "show", "d0128ff:runner/sources/gocompat.py"], capture_output=True, text=True)

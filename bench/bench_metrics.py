@@ -32,8 +32,8 @@ from runner.config.settings import Settings  # noqa: E402
 from runner.core.jobs import BuildRequest, JobRecord  # noqa: E402
 from runner.entry.api import create_app  # noqa: E402
 from runner.entry.request_metrics import RequestMetricsMiddleware  # noqa: E402
-from runner.worker.metrics import WorkerMetrics  # noqa: E402
 from runner.worker.process_metrics import process_registry  # noqa: E402
+from runner.worker.worker_metrics import WorkerMetrics  # noqa: E402
 from tests.plugins import use_fake  # noqa: E402
 
 use_fake()  # the fake executor is a plugin of the tests, not of the runner

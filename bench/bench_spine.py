@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import drop_namespace  # noqa: E402
 from runner.config.settings import load_settings  # noqa: E402
+from runner.context.pack import write_tar  # noqa: E402
 from runner.core.jobs import BuildRequest  # noqa: E402
 from runner.entry.submission import submit  # noqa: E402
-from runner.sources.pack import write_tar  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.admission import QUEUE  # noqa: E402
 from tests.plugins import use_fake  # noqa: E402

@@ -42,12 +42,12 @@ sys.path.insert(0, str(ROOT))
 from bench.common import BASE, PASSWORD, REGISTRY, USER, drop_namespace, load_line  # noqa: E402
 from executors.daemonless.buildah import BuildOutput, JobPaths, build_args, push_args, resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
-from runner.core.build import BuildContext  # noqa: E402
+from runner.context.build_context import BuildContext  # noqa: E402
+from runner.context.pack import write_tar  # noqa: E402
+from runner.context.spool import spool_context  # noqa: E402
 from runner.core.cancel import CancelToken  # noqa: E402
 from runner.core.jobs import BuildRequest, ImageRef  # noqa: E402
 from runner.core.process import Tool, ToolOutput, tool_env  # noqa: E402
-from runner.sources.pack import write_tar  # noqa: E402
-from runner.sources.upload import spool_context  # noqa: E402
 from runner.store.jobstore import JobStore  # noqa: E402
 from runner.worker.worker import executor_env, make_executors  # noqa: E402
 

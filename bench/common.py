@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from runner.config.settings import Settings
+from runner.context.pack import write_tar
 from runner.core.jobs import BuildRequest, JobRecord
-from runner.sources.pack import write_tar
 from runner.store.jobstore import JobStore
 from runner.worker.pipeline import Pipeline
 

@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "fixtures" / "dockerignore")]
 
 import harness  # noqa: E402
 
-from runner.sources.dockerignore import select_context  # noqa: E402
+from runner.context.dockerignore import select_context  # noqa: E402
 
 
 def table(rows: list[tuple[str, str]]) -> None:

@@ -1,2 +1,2 @@
 """Executors: one package per family, each executor a process-scoped object behind the seam
-in executors/base.py; executors/registry.py maps names to them. Imports only runner.core."""
+in executors/base.py; executors/plugins.py maps names to them. Imports only runner.context and runner.core."""

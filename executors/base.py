@@ -1,6 +1,6 @@
 """The executor seam: the one protocol every executor implements.
 
-An executor is made ONCE per worker process by the registry (executors/registry.py), with its
+An executor is made ONCE per worker process by the registry (executors/plugins.py), with its
 own typed config and the environment every executor shares (ExecutorEnv); the pipeline, the
 reaper and the doctor all use that one object. Per-job calls carry the job (or its id):
 
@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
+from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE, LABEL_WORKER
-from runner.core.metrics import NO_METRICS, ExecutorMetrics
+from runner.core.log_sink import LogSink
 
 if TYPE_CHECKING:
-    from runner.core.registries import Registries
+    from runner.core.registry_client import Registries
 
 Builder = Literal["auto", "buildkit", "classic"]
 

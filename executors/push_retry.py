@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from runner.core.build import LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.jobs import ImageRef
-from runner.core.registry import RegistryConfig
+from runner.core.log_sink import LogSink
+from runner.core.registry_config import RegistryConfig
 
 T = TypeVar("T")
 

@@ -3,7 +3,7 @@
 The first tag on each registry is pushed for real (by the executor: engine, buildah, img).
 Every other tag on that registry gets the manifest the push stored, byte for byte, so the
 same digest: a manifest PUT when it is the same repository, a blob mount from the pushed
-repository and then the PUT when it is another one (runner.core.registries). Each tag's
+repository and then the PUT when it is another one (runner.core.registry_client). Each tag's
 digest is then read back from the registry (a HEAD), as after a push. Tags of different
 repositories are put at once (each is a few round trips, mostly waiting on the registry);
 tags of one repository one after the other, so its blobs are mounted once. The pushed
@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from runner.core.build import LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
+from runner.core.executor_metrics import NO_METRICS, PhaseClock
 from runner.core.jobs import ImageRef, PushedImage
-from runner.core.metrics import NO_METRICS, PhaseClock
-from runner.core.registries import Copies, Registries
+from runner.core.log_sink import LogSink
+from runner.core.registry_client import Copies, Registries
 
 #: pushes `ref` for real and returns the digest the registry confirmed for it
 Push = Callable[[ImageRef], str]

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from runner.sources.pack import write_tar
+from runner.context.pack import write_tar
 from tests.conftest import RUNNER, RunnerHarness, cleanup_namespace, new_harness, registry_digest, run_image
 
 TOKEN_ALL = "all-" + uuid.uuid4().hex

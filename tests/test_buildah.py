@@ -24,13 +24,13 @@ from executors.daemonless.buildah import BuildahExecutor, BuildOutput, JobPaths,
 from executors.daemonless.common import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
 from executors.daemonless.config import BuildahConfig
 from runner.config.settings import Settings
-from runner.core.build import BuildContext
+from runner.context.build_context import BuildContext
+from runner.context.pack import write_tar
+from runner.context.spool import spool_context
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.output_pipe import LineAssembler
-from runner.sources.pack import write_tar
-from runner.sources.upload import spool_context
 from runner.store.joblog import JobLog
 from runner.worker import reaper
 from tests.conftest import registry_digest, run_image

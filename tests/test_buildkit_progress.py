@@ -23,7 +23,7 @@ from executors.engine.buildkit import _Follower, build_params, clean_error, cont
 from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_status, decode_trace, iter_fields
 from executors.engine.buildkit_session import encode_fields
 from runner.config.settings import Settings
-from runner.core.build import BuildContext
+from runner.context.build_context import BuildContext
 from runner.core.errors import InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
 from tests.support import ListLog, executor_for
@@ -219,7 +219,7 @@ def test_stream_lines_other_than_traces_are_logged():
 
 def test_registry_credentials_come_from_config_with_docker_hub_alias():
     from executors.engine.buildkit import registry_credentials
-    from runner.core.registries import Registries
+    from runner.core.registry_client import Registries
 
     settings = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": "pw"},
                                     {"host": "docker.io", "username": "hub", "password": "hubpw"},
@@ -250,7 +250,7 @@ def test_auto_falls_back_to_classic_where_the_engine_lacks_buildkit(tmp_path):
     from executors.engine.builders import BuildKitSupport
     from executors.engine.client import EngineClient
     from executors.engine.engine import choose_builder
-    from runner.core.registries import Registries
+    from runner.core.registry_client import Registries
 
     client = EngineClient.at(f"unix://{tmp_path}/old-engine.sock", "1.38", timeout=10)
     support = BuildKitSupport()
@@ -269,7 +269,7 @@ def test_an_unreachable_engine_fails_the_builder_choice_as_infrastructure(tmp_pa
     from executors.engine.client import EngineClient
     from executors.engine.engine import choose_builder
     from runner.core.errors import InfrastructureError
-    from runner.core.registries import Registries
+    from runner.core.registry_client import Registries
 
     client = EngineClient.at(f"unix://{tmp_path}/no-engine.sock", "1.41", timeout=2)
     try:

@@ -19,9 +19,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from runner.config.sections import CallbacksConfig
+from runner.context.pack import write_tar
 from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.entry.submission import submit
-from runner.sources.pack import write_tar
 from runner.store.outbox import Outbox
 from runner.worker.admission import QUEUE
 from runner.worker.notify.callbacks import callback_request, check_callback_url, sign

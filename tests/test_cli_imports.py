@@ -19,8 +19,8 @@ from runner.worker.queue import enqueue, make_app
 #: heavy packages no CLI command but worker / serve / doctor may load
 FORBIDDEN = ("celery", "kombu", "docker", "fastapi", "starlette", "uvicorn", "requests", "sh", "httpx", "typer", "rich",
              "pydantic_settings")
-#: the executors modules settings validation may load: the seam, the registry and each family's config
-LIGHT_EXECUTORS = {"executors", "executors.base", "executors.registry", "executors.engine", "executors.engine.config",
+#: the executors modules settings validation may load: the seam, the plugins (name -> class) and each family's config
+LIGHT_EXECUTORS = {"executors", "executors.base", "executors.plugins", "executors.engine", "executors.engine.config",
                    "executors.dind", "executors.dind.config", "executors.daemonless", "executors.daemonless.config",
                    "executors.registry_cache"}
 SHOW_MODULES = """

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from runner.context.dockerignore import context_paths, is_excluded
+from runner.context.pack import write_tar
+from runner.context.spool import spool_context
 from runner.core.errors import InvalidJob
-from runner.sources.dockerignore import context_paths, is_excluded
-from runner.sources.pack import write_tar
-from runner.sources.upload import spool_context
 
 
 @pytest.mark.parametrize("patterns, path, ignored", [
@@ -104,7 +104,7 @@ def test_extraction_refuses_writes_through_links(tmp_path):
     """A chain of links that each look inside the context must not let a later member land
     outside it: the spool check refuses it, and so does the extractor on its own (the check is
     not what keeps the extractor safe), on any Python."""
-    from runner.core.extract import extract_tar
+    from runner.context.extract import extract_tar
 
     bad = tar_bytes([member("Dockerfile"), member("a", tarfile.SYMTYPE, "."), member("a/up", tarfile.SYMTYPE, ".."),
                      member("a/up/escaped")])

@@ -1,4 +1,4 @@
-"""The context a daemonless build reads (runner.sources.copy_filter, runner.core.extract):
+"""The context a daemonless build reads (runner.context.copy_filter, runner.context.extract):
 exactly what `COPY .` sees in `docker build`.
 
 The 320 cases of the .dockerignore corpus (tests/fixtures/dockerignore, each with the /ctx tree
@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "dockerign
 import harness  # noqa: E402
 
 from runner.config.settings import LimitsConfig
+from runner.context.dockerignore import DockerignoreError
+from runner.context.pack import write_tar
+from runner.context.spool import spool_context
+from runner.context.tarpolicy import member_parts, symlink_target
+from runner.context.tarstream import Member
 from runner.core.errors import InvalidJob
-from runner.core.tarpolicy import member_parts, symlink_target
-from runner.core.tarstream import Member
-from runner.sources.dockerignore import DockerignoreError
-from runner.sources.pack import write_tar
-from runner.sources.upload import spool_context
 
 CORPUS = harness.load_corpus()
 IDS = [f"case{n:03d}" for n in range(len(CORPUS))]

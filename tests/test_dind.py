@@ -32,7 +32,7 @@ from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, InfrastructureError
 from runner.core.jobs import BuildRequest
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
-from runner.core.registry import RegistryConfig
+from runner.core.registry_config import RegistryConfig
 from tests.conftest import registry_digest
 from tests.support import dind as support
 from tests.support import executor_for

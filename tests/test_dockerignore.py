@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.core.errors import InvalidJob
-from runner.sources.dockerignore import (
+from runner.context.dockerignore import (
     DockerignoreError,
     PatternMatcher,
     context_paths,
@@ -21,8 +20,9 @@ from runner.sources.dockerignore import (
     read_ignore_lines,
     select_context,
 )
-from runner.sources.gocompat import BadPattern, compile_go_regexp, go_clean, go_match, go_trim_space
-from runner.sources.pattern_index import compile_pattern
+from runner.context.gocompat import BadPattern, compile_go_regexp, go_clean, go_match, go_trim_space
+from runner.context.pattern_index import compile_pattern
+from runner.core.errors import InvalidJob
 
 BAD = "bad"  # the row expects ErrBadPattern
 
@@ -478,7 +478,7 @@ def test_go_regexp_translation(source, subject, want):
     "^(a$", "^a)$", "^\\x4$", "^\\x{}$", "^\\q$", "^[a-\\d]$", "^\\",
 ])
 def test_go_regexp_refusals(source):
-    from runner.sources.gocompat import GoRegexpError
+    from runner.context.gocompat import GoRegexpError
 
     with pytest.raises(GoRegexpError):
         compile_go_regexp(source)
@@ -598,7 +598,7 @@ def test_malformed_dockerfile_specific_ignore_file_is_named(tmp_path):
 
 WALK_AS_NOBODY = """
 import json, sys
-from runner.sources.dockerignore import context_paths
+from runner.context.dockerignore import context_paths
 from executors.base import InvalidJob
 try:
     print(json.dumps(context_paths(sys.argv[1], "Dockerfile")))
@@ -716,7 +716,7 @@ def test_walk_equals_fsutil_reference(data):
             selection = select_context(ctx, dockerfile)
         except DockerignoreError:
             return
-        from runner.sources.dockerignore import matcher_for
+        from runner.context.dockerignore import matcher_for
 
         matcher = matcher_for(ctx, dockerfile)
         assert selection.copied == fsutil_reference_walk(ctx, matcher if matcher.patterns else None)
@@ -801,7 +801,7 @@ def test_indexed_matcher_gives_docker_s_answers(patterns, paths):
 
 def test_index_gives_the_same_hits_when_its_compiled_programs_are_dropped():
     """Past its memory budget the index drops compiled programs and compiles them again."""
-    from runner.sources.pattern_index import PatternIndex
+    from runner.context.pattern_index import PatternIndex
 
     patterns = [f"*f{n}*" for n in range(100)] + [f"src/*{n}.c" for n in range(100)] + ["**/x*", "*.log"]
     roomy, tight = PatternIndex(patterns), PatternIndex(patterns, budget=1)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "dockerign
 
 import harness  # noqa: E402
 
-from runner.sources.dockerignore import DockerignoreError, select_context
+from runner.context.dockerignore import DockerignoreError, select_context
 
 CORPUS = harness.load_corpus()
 IDS = [f"case{n:03d}" for n in range(len(CORPUS))]

@@ -24,12 +24,12 @@ from executors.daemonless.common import private_root
 from executors.daemonless.config import ImgConfig
 from executors.daemonless.img import build_args, global_args, push_args
 from runner.config.settings import Settings
+from runner.context.pack import write_tar
+from runner.context.spool import spool_context
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
-from runner.core.registry import RegistryConfig
-from runner.sources.pack import write_tar
-from runner.sources.upload import spool_context
+from runner.core.registry_config import RegistryConfig
 from tests.conftest import registry_digest
 from tests.support import ListLog, executor_for
 

@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
+from runner.config.loader import describe_errors
 from runner.config.settings import Settings
-from runner.config.sources import describe_errors
 from runner.core.jobs import BuildRequest, ImageRef, inside_context
 from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from executors.registry import ExecutorRegistry
+from executors.plugins import ExecutorRegistry
 from runner.store.jobstore import JobStore
 from tests.conftest import RUNNER, new_harness
 from tests.plugins import FAKE, with_path
@@ -71,7 +71,7 @@ def test_a_plain_installation_does_not_know_the_fake_executor(plain_installation
     it, `runner config example` does not document it, and a config that names it is refused by
     every command, naming it. With the plugin's directory on the path, the same config loads."""
     assert not ExecutorRegistry().is_known("fake") and "fake" not in ExecutorRegistry().names()
-    probe = "from executors.registry import ExecutorRegistry as R; print(R().is_known('fake'), R().names())"
+    probe = "from executors.plugins import ExecutorRegistry as R; print(R().is_known('fake'), R().names())"
     known = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert known.startswith("False") and "'buildah'" in known, known
     example = subprocess.run([RUNNER, "config", "example"], capture_output=True, text=True, check=True).stdout

@@ -27,7 +27,7 @@ import pytest
 
 from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest
-from runner.core.registry import RegistryConfig
+from runner.core.registry_config import RegistryConfig
 from tests.support import ListLog, executor_for, wait_for_registry
 from tests.test_gitsource import free_port
 from tests.test_img import FAKE_IMG, context_for, with_img

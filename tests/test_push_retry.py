@@ -12,7 +12,7 @@ from executors.push_retry import delay_before, push_with_retries
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, InfrastructureError, RegistryAuthFailed
 from runner.core.jobs import ImageRef
-from runner.core.registry import RegistryConfig
+from runner.core.registry_config import RegistryConfig
 from tests.support import ListLog
 
 REF = ImageRef.parse("127.0.0.1:5999/app:1")

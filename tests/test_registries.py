@@ -1,4 +1,4 @@
-"""The registry client's tagging without a push (runner/core/registries.py) and the executors'
+"""The registry client's tagging without a push (runner/core/registry_client.py) and the executors'
 one-push-per-registry rule (executors/tags.py), against the real htpasswd registry; what the
 registry holds afterwards is read back with skopeo, not with our code."""
 
@@ -15,8 +15,8 @@ from executors.tags import push_tags
 from runner.core.cancel import CancelToken
 from runner.core.errors import RegistryAuthFailed
 from runner.core.jobs import ImageRef
-from runner.core.registries import INDEX_TYPES, Copies, Manifest, NotCopied, Registries
-from runner.core.registry import RegistryConfig
+from runner.core.registry_client import INDEX_TYPES, Copies, Manifest, NotCopied, Registries
+from runner.core.registry_config import RegistryConfig
 from tests.conftest import WRONG_PASSWORD_HOST, registry_digest
 from tests.support import ListLog
 

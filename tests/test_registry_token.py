@@ -24,8 +24,8 @@ import pytest
 from executors.tags import push_tags
 from runner.core.cancel import CancelToken
 from runner.core.jobs import ImageRef
-from runner.core.registries import Registries
-from runner.core.registry import RegistryConfig
+from runner.core.registry_client import Registries
+from runner.core.registry_config import RegistryConfig
 from tests.support import ListLog, wait_for_registry
 
 pytestmark = pytest.mark.skipif(not (shutil.which("docker-registry") and shutil.which("openssl") and shutil.which("skopeo")),

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from runner.config.sections import ApiToken
 from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.entry.control import cancel_job
-from runner.entry.metrics import FleetCollector
+from runner.entry.serve_metrics import FleetCollector
 from runner.entry.submission import submit
 from runner.store.outbox import Outbox
 from runner.worker.admission import Origin

@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from executors.base import ExecutorEnv
-from runner.core.build import BuildContext, LogSink, Unpacked
+from runner.context.build_context import BuildContext, Unpacked
 from runner.core.cancel import CancelToken
 from runner.core.errors import AUTH_WORDS, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
-from runner.core.registry import RegistryConfig
+from runner.core.log_sink import LogSink
+from runner.core.registry_config import RegistryConfig
 
 if TYPE_CHECKING:
-    from runner.core.registries import Registries
+    from runner.core.registry_client import Registries
 
 #: Names a secret build arg may not take: it travels in the tool's environment, where these
 #: names would change how the tool itself runs.

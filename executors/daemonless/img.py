@@ -39,11 +39,12 @@ from executors.daemonless.config import ImgConfig
 from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository
 from executors.tags import push_tags
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, is_auth_error
+from runner.core.executor_metrics import PhaseClock
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
-from runner.core.metrics import PhaseClock
+from runner.core.log_sink import LogSink
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
 
 RISK = "builds run in img's embedded BuildKit as this worker's user; no daemon and no socket are exposed to jobs"

@@ -24,12 +24,12 @@ import docker.errors
 import requests
 
 from executors.dind.config import DindConfig
-from runner.core.build import LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.labels import LABEL_EXECUTOR
+from runner.core.log_sink import LogSink
 
-log = logging.getLogger("runner.executors.dind.cache")
+log = logging.getLogger(__name__)
 
 LABEL_CACHE = "io.runner.dind.cache"
 WAIT_STEP = 0.2

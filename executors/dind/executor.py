@@ -35,13 +35,14 @@ from executors.dind.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove
 from executors.engine.builders import BuildKitSupport
 from executors.engine.client import EngineClient
 from executors.engine.engine import Engine, choose_builder, remove_job_leftovers
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
+from runner.core.log_sink import LogSink
 
-log = logging.getLogger("runner.executors.dind")
+log = logging.getLogger(__name__)
 
 RISK = ("each job runs in a sidecar with its own Docker daemon; privileged mode (the default) or the "
         "capability profile gives that sidecar near-root power over the host if a build escapes it")

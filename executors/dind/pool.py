@@ -20,7 +20,7 @@ from pathlib import Path
 
 from executors.dind.sidecar import Sidecar
 
-log = logging.getLogger("runner.executors.dind.pool")
+log = logging.getLogger(__name__)
 
 LABEL_POOL = "io.runner.dind.pool"
 MAX_BACKOFF = 60.0

@@ -26,7 +26,7 @@ import requests
 from executors.dind.cache import CacheLease
 from executors.dind.sidecar import Sidecar
 
-log = logging.getLogger("runner.executors.dind.reuse")
+log = logging.getLogger(__name__)
 
 LABEL_REUSE = "io.runner.dind.reuse"
 #: networks every Docker daemon has; a job's own networks are removed

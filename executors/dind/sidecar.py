@@ -30,13 +30,13 @@ import requests
 
 from executors.dind.config import DindConfig
 from executors.engine.client import EngineClient
-from runner.core.build import LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB
-from runner.core.registry import RegistryConfig
+from runner.core.log_sink import LogSink
+from runner.core.registry_config import RegistryConfig
 
-log = logging.getLogger("runner.executors.dind.sidecar")
+log = logging.getLogger(__name__)
 
 LABEL_DIR = "io.runner.dind.dir"
 SOCKET_MOUNT = "/run/runner"

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from executors.engine.client import EngineClient
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
+from runner.core.log_sink import LogSink
 
 JOB_TAG_REPO = "runner-job"
 MIN_BUILDKIT_API = (1, 39)

@@ -24,13 +24,14 @@ from executors.engine.builders import BuildCache, job_tag
 from executors.engine.buildkit_progress import DecodeError, ProgressPrinter, decode_trace
 from executors.engine.buildkit_session import BuildSession
 from executors.engine.client import EngineClient, TransportUnsupported
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, Cancelled, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest
+from runner.core.log_sink import LogSink
 
 if TYPE_CHECKING:
-    from runner.core.registries import Registries
+    from runner.core.registry_client import Registries
 
 CHUNK = 256 * 1024
 INLINE_CACHE_ARG = "BUILDKIT_INLINE_CACHE"

@@ -16,7 +16,7 @@ from executors.engine.client import EngineClient, short
 from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository, inline_cache_ref
 from executors.tags import Push, copy_tag, push_tags
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import (
     Cancelled,
@@ -26,13 +26,14 @@ from runner.core.errors import (
     RegistryAuthFailed,
     is_auth_error,
 )
+from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics, PhaseClock
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage
-from runner.core.metrics import NO_METRICS, ExecutorMetrics, PhaseClock
-from runner.core.registries import Copies
-from runner.core.registry import RegistryConfig
+from runner.core.log_sink import LogSink
+from runner.core.registry_client import Copies
+from runner.core.registry_config import RegistryConfig
 
 if TYPE_CHECKING:
-    from runner.core.registries import Registries
+    from runner.core.registry_client import Registries
 
 def login(config: RegistryConfig) -> dict[str, str] | None:
     """docker-py's auth entry for a registry, or None for an anonymous one. Raises ValueError

@@ -16,9 +16,10 @@ from executors.engine.builders import JOB_TAG_REPO, BuildKitSupport
 from executors.engine.client import EngineClient
 from executors.engine.config import SocketConfig
 from executors.engine.engine import Engine, choose_builder, remove_job_leftovers
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest, PushedImage
+from runner.core.log_sink import LogSink
 
 RISK = ("jobs reach the host's Docker Engine: root-equivalent on this host "
         "(a build can run a privileged container mounting /). Enable only for trusted code.")

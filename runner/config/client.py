@@ -51,6 +51,6 @@ class ClientSettings(Lenient):
 
 def load_client_settings(**overrides: Any) -> ClientSettings:
     """The client's part of the file named by RUNNER_CONFIG and RUNNER_* env, validated."""
-    from runner.config.sources import load
+    from runner.config.loader import load
 
     return load(ClientSettings, overrides)

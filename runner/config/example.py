@@ -72,7 +72,7 @@ def _comment(text: str | None, indent: str) -> list[str]:
 def render_executors(indent: str) -> list[str]:
     """`executors:` is a mapping by name; each executor documents its own Config (third-party
     executors installed through the entry-point group too)."""
-    from executors.registry import ExecutorRegistry
+    from executors.plugins import ExecutorRegistry
 
     registry, lines = ExecutorRegistry(), []
     for name in registry.names():

@@ -2,7 +2,7 @@
 
 Nested keys use a double underscore in env vars, e.g. RUNNER_REDIS_URL,
 RUNNER_EXECUTORS__SOCKET__ENABLED=true, RUNNER_LIMITS__MAX_CONTEXT_BYTES=1000000.
-`load_settings` reads both (runner/config/sources.py) and validates once; `Settings(...)`
+`load_settings` reads both (runner/config/loader.py) and validates once; `Settings(...)`
 alone is just the model (defaults plus what it is given).
 """
 
@@ -15,27 +15,19 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_valida
 
 from executors.base import ExecutorConfig
 from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
+from runner.config.loader import SettingsError, load
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
-from runner.config.sources import SettingsError, load
+from runner.context.limits import ContextLimits
 from runner.core.models import Strict
-from runner.core.registry import RegistryConfig
+from runner.core.registry_config import RegistryConfig
 from runner.core.validation import first_error
 
 __all__ = ["LimitsConfig", "RetentionConfig", "Settings", "SettingsError", "WorkerConfig", "load_settings"]
 
 
-class LimitsConfig(Strict):
-    max_context_bytes: int = Field(default=512 * 1024**2, description="largest build context, uncompressed (uploaded tar or "
-                                   "git checkout); also caps the upload itself")
-    max_context_files: int = Field(default=500_000, ge=1, description="most members (files, folders, links) in a build context")
-    max_context_path_bytes: int = Field(default=4096, ge=1, description="longest member path or link target in a build "
-                                        "context, in bytes")
-    max_context_header_bytes: int = Field(default=1024**2, ge=1, description="largest PAX / GNU long-name header data "
-                                          "before one member of a context tar")
-    max_ignore_file_bytes: int = Field(default=1024**2, ge=1, description="largest .dockerignore the runner reads (CLI and "
-                                       "worker); a larger one refuses the job. Real files are a few KiB")
-    max_ignore_patterns: int = Field(default=50_000, ge=1, description="most patterns in a .dockerignore (CLI and worker); "
-                                     "more refuse the job. Each costs ~2 KiB compiled")
+class LimitsConfig(ContextLimits):
+    """The context's limits (runner.context.limits) and those on logs, tags and timeouts."""
+
     max_log_bytes: int = Field(default=16 * 1024**2, description="log kept per job; past it one truncation line, the build goes on")
     max_log_lines: int = Field(default=200_000, description="cap on log stream entries per job")
     max_tags: int = Field(default=32, description="most image references one job may push")
@@ -99,7 +91,7 @@ class Settings(ClientSettings):
     def _executor_configs(cls, raw: Any) -> dict[str, ExecutorConfig]:
         """Each section validated by its executor's own Config (an unknown name is an error);
         every built-in gets its defaults when the file does not mention it."""
-        from executors.registry import BUILTIN, ExecutorRegistry, UnknownExecutor
+        from executors.plugins import BUILTIN, ExecutorRegistry, UnknownExecutor
 
         if raw is None:
             raw = {}
@@ -132,5 +124,5 @@ class Settings(ClientSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """The whole settings tree (runner.config.sources.load). Raises SettingsError naming what was wrong."""
+    """The whole settings tree (runner.config.loader.load). Raises SettingsError naming what was wrong."""
     return load(Settings, overrides)

@@ -1,2 +1,2 @@
-"""The core: job models, errors, what a build is handed, the registry client, the process
-runner, tar reading and safe extraction. Imports nothing else of ours."""
+"""The core: job models, errors, the log sink and cancel token a build is handed, the registry
+config and client, executor metrics, the process runner. Imports nothing else of ours."""

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import sh
 
-from runner.core.build import LogSink
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
+from runner.core.log_sink import LogSink
 from runner.core.output_pipe import LineAssembler, read_until_exit
 
 #: Worker environment passed on to build tools; everything else is left out on purpose

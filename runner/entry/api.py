@@ -29,14 +29,14 @@ from runner.config.logs import configure_logging
 from runner.config.settings import Settings, load_settings
 from runner.core.validation import field_error
 from runner.entry import dashboard
-from runner.entry import metrics as health
+from runner.entry import serve_metrics as health
 from runner.entry.deps import ApiContext
 from runner.entry.errors import ApiError, error_response
 from runner.entry.routes import jobs, logs, uploads, webhooks
 from runner.store.jobstore import JobStore, StoreUnavailable
 from runner.store.logfollow import LogHub
 
-log = logging.getLogger("runner.api")
+log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10  # seconds open requests (log followers) get at shutdown before they are cut
 #: every router of the API, in the order their routes are matched (no two of them overlap)
 ROUTERS = (health.router, jobs.router, uploads.router, logs.router, dashboard.router, webhooks.router)

@@ -85,8 +85,8 @@ class ApiClient:
 
     def submit_directory(self, directory: Path, payload: dict[str, Any], limits: LimitsConfig | None = None) -> tuple[str, bool]:
         """Pack `directory` (honouring .dockerignore, held to `limits`), upload it, then queue the job."""
+        from runner.context.pack import write_tar
         from runner.core.errors import InvalidJob
-        from runner.sources.pack import write_tar
 
         payload = {**payload, "id": payload.get("id") or new_job_id()}
         with tempfile.TemporaryFile() as spool:

@@ -65,7 +65,7 @@ def client_settings() -> ClientSettings:
     """What the read commands need (Redis or the API, the namespace): quick to load, and a
     mistake elsewhere in the config never stops them."""
     from runner.config.client import load_client_settings
-    from runner.config.sources import SettingsError
+    from runner.config.loader import SettingsError
 
     try:
         return load_client_settings()
@@ -167,9 +167,9 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     """Admit, reserve the id, upload the context, then record and queue the job."""
     import socket
 
+    from runner.context.pack import write_tar
     from runner.core.errors import InvalidJob
     from runner.entry.submission import ContextUpload, UploadRefused
-    from runner.sources.pack import write_tar
     from runner.store.jobstore import ContextTooLarge
     from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 

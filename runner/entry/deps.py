@@ -19,7 +19,7 @@ from runner.entry.errors import ApiError
 from runner.store.jobstore import JobStore
 from runner.store.logfollow import LogHub
 
-log = logging.getLogger("runner.api")
+log = logging.getLogger(__name__)
 BEARER = HTTPBearer(auto_error=False, description="a token from api.tokens")
 
 

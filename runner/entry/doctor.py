@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from executors.base import Executor
-from executors.registry import ExecutorRegistry
+from executors.plugins import ExecutorRegistry
 from runner.config.settings import Settings
-from runner.core.registries import RegistryClient
+from runner.core.registry_client import RegistryClient
 from runner.store.jobstore import JobStore, StoreUnavailable
 from runner.worker.worker import executor_env, make_executors
 

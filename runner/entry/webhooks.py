@@ -41,7 +41,7 @@ from runner.sources.git import check_url, mask_url
 from runner.store.jobstore import JobStore
 from runner.worker.admission import WEBHOOK, Rejected, parse_request
 
-log = logging.getLogger("runner.webhooks")
+log = logging.getLogger(__name__)
 PROVIDERS = ("github", "gitlab", "gitea")
 ZERO_SHA = re.compile(r"^0+$")
 SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")

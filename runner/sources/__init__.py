@@ -1,2 +1,2 @@
-"""Build contexts: packing a directory as Docker would send it, spooling and checking a stored
-tar on the worker, git checkouts."""
+"""Where a job's build context comes from: an upload (Redis chunks) or a git checkout. Each
+makes the checked BuildContext through runner.context's spool."""

@@ -28,15 +28,16 @@ from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 from runner.config.settings import Settings
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
+from runner.context.extract import make_private
+from runner.context.pack import write_tar
+from runner.context.spool import spool_context
+from runner.context.tarstream import file_chunks
 from runner.core.cancel import CancelToken
 from runner.core.errors import ExecutorError, InfrastructureError, InvalidJob
-from runner.core.extract import make_private
 from runner.core.jobs import BuildRequest, GitContext
+from runner.core.log_sink import LogSink
 from runner.core.process import Tool, ToolOutput
-from runner.core.tarstream import file_chunks
-from runner.sources.pack import write_tar
-from runner.sources.upload import spool_context
 
 FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 BAD_REF = re.compile(r"(^-|[\s:~^?*\[\\]|\.\.|@\{|^/|/$|\.lock$)")

@@ -35,7 +35,7 @@ from redis.retry import Retry
 from runner.core.jobs import JobRecord
 from runner.store.jobstore import END_FIELD, LINES_FIELD, JobStore
 
-log = logging.getLogger("runner.logfollow")
+log = logging.getLogger(__name__)
 
 PAGE = 200  # stream entries per read
 READ_SLOTS = 4  # page reads (replays, final drains) at once

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from executors.registry import ExecutorRegistry
+from executors.plugins import ExecutorRegistry
 from runner.config.sections import ApiToken
 from runner.config.settings import Settings
 from runner.core.jobs import JOB_ID, MAX_JOB_ID, BuildRequest, JobSource

@@ -1,7 +1,7 @@
 """The worker's own HTTP server (worker.metrics_host:worker.metrics_port, a thread) and its
 heartbeat in the store.
 
-  /metrics   Prometheus text (runner/worker/metrics.py)
+  /metrics   Prometheus text (runner/worker/worker_metrics.py)
   /healthz   200 while the process runs (liveness: only a hung or dead process fails it)
   /readyz    200 when Redis answers within a second, every executor passed its check, and the
              worker is not draining; else 503 naming why. Draining starts the moment SIGTERM
@@ -23,10 +23,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from runner.worker.metrics import WorkerMetrics
 from runner.worker.worker import Worker
+from runner.worker.worker_metrics import WorkerMetrics
 
-log = logging.getLogger("runner.worker.health")
+log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 1.0  # seconds /readyz waits for Redis
 HEARTBEAT_INTERVAL = 5.0

@@ -14,20 +14,20 @@ import socket
 import threading
 from collections.abc import Mapping
 
-from executors.registry import ExecutorRegistry
+from executors.plugins import ExecutorRegistry
 from runner.config.logs import configure_logging
 from runner.config.settings import Settings
 from runner.store.outbox import deliveries_queue
 from runner.worker.admission import ADMITTED, statuses_for
 from runner.worker.health import WorkerService
-from runner.worker.metrics import WorkerMetrics
 from runner.worker.notify.deliveries import Deliverer, DeliveryScheduler
 from runner.worker.notify.listener import NotifyListener
 from runner.worker.queue import TASK_NAME, make_app, requeuer
 from runner.worker.reaper import Maintenance
 from runner.worker.worker import Worker
+from runner.worker.worker_metrics import WorkerMetrics
 
-log = logging.getLogger("runner.worker")
+log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | None, loglevel: str) -> None:

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from runner.config.settings import Settings
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, ExecutorError
+from runner.core.executor_metrics import Phase, PhaseClock
 from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, RequeueReason, Status, now
-from runner.core.metrics import Phase, PhaseClock
 from runner.core.process_log import MIN_SECRET, job_fields
 from runner.store.joblog import JobLog
 from runner.store.jobstore import JobStore
@@ -30,7 +30,7 @@ from runner.worker.admission import QUEUE, Rejected, admit, readable_request, re
 if TYPE_CHECKING:
     from runner.worker.worker import Worker
 
-log = logging.getLogger("runner.pipeline")
+log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 0.25
 MAINTENANCE_PREFIX = "maint:"  # lease holders that are a reaper or recovery, never a build

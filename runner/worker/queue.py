@@ -25,7 +25,7 @@ from runner.worker.pipeline import Pipeline
 if TYPE_CHECKING:
     from runner.worker.worker import Worker
 
-log = logging.getLogger("runner.queue")
+log = logging.getLogger(__name__)
 
 
 def make_app(settings: Settings, worker: Worker | None = None, deliverer: Deliverer | None = None,

@@ -17,7 +17,7 @@ from runner.store.joblog import JobLog
 from runner.worker.pipeline import MAINTENANCE_PREFIX, Requeue, count_requeue
 from runner.worker.worker import Worker
 
-log = logging.getLogger("runner.reaper")
+log = logging.getLogger(__name__)
 HOLD_SECONDS = 60.0
 
 

@@ -33,7 +33,7 @@ from kombu.utils.json import loads
 
 from runner.store.jobstore import INVALID_KEEP, invalid_queue
 
-log = logging.getLogger("runner.transport")
+log = logging.getLogger(__name__)
 DELIVERY_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 GATED_TIMEOUT = 0.1  # seconds a BRPOP for deliveries only blocks while the build slots are full
 COPIED_FROM = "5.7"  # the kombu minor version whose Channel methods are copied here

@@ -12,19 +12,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from executors.base import Executor, ExecutorEnv
-from executors.registry import ExecutorRegistry
+from executors.plugins import ExecutorRegistry
 from runner.config.settings import Settings
-from runner.core.build import ContextSource
+from runner.context.build_context import ContextSource
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError, InvalidJob
+from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics
 from runner.core.jobs import BuildRequest, JobRecord
-from runner.core.metrics import NO_METRICS, ExecutorMetrics
-from runner.core.registries import Registries
+from runner.core.registry_client import Registries
 from runner.sources.git import GitSource
 from runner.sources.upload import UploadSource
 from runner.store.jobstore import JobStore
 
-log = logging.getLogger("runner.worker")
+log = logging.getLogger(__name__)
 
 class JobListener:
     """Told about a job's moments by the pipeline (metrics, commit statuses, callbacks). Each

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from runner.config.settings import LimitsConfig
-from runner.core.build import BuildContext
+from runner.context.build_context import BuildContext
+from runner.context.extract import extract_tar
+from runner.context.spool import spool_context
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, InfrastructureError, InvalidJob
-from runner.core.extract import extract_tar
-from runner.sources.upload import spool_context
 from tests.hostile.context_tars import (
     DOCKERFILE,
     cve_chain,
@@ -154,8 +154,8 @@ def test_the_canonical_tar_is_normalised_and_plain(tmp_path):
     ("symlink", "s", "../t", 0, 0o777, 12), ("hardlink", "h", "a/b.txt", 0, 0o644, 8**11 - 1),
 ])
 def test_fast_canonical_headers_are_what_tarfile_writes(kind, name, target, size, mode, mtime):
-    from runner.core.tarstream import Member
-    from runner.sources.upload import _TAR_TYPES, ustar_header
+    from runner.context.spool import _TAR_TYPES, ustar_header
+    from runner.context.tarstream import Member
 
     reference = tarfile.TarInfo(name)
     reference.type, reference.size, reference.mode, reference.mtime, reference.linkname = (

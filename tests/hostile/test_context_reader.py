@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
+from runner.context.tarstream import PIECE, Member, TarError, TarLimitError, TarLimits, TarReader
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled
-from runner.core.tarstream import PIECE, Member, TarError, TarLimitError, TarLimits, TarReader
 from tests.hostile.context_tars import END, entry, file, folder, gz, hardlink, header, pax, symlink, tar_of
 
 

@@ -79,7 +79,7 @@ def build_context(root: Path, dockerfile: str, files: dict[str, str] | None = No
     """A BuildContext (a tar on disk) holding `dockerfile` and `files`."""
     import tarfile
 
-    from runner.core.build import BuildContext
+    from runner.context.build_context import BuildContext
 
     src = root / "src"
     src.mkdir(parents=True, exist_ok=True)

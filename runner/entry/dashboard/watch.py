@@ -20,7 +20,7 @@ import redis
 from runner.core.jobs import JobRecord, Status
 from runner.store.jobstore import JobStore
 
-log = logging.getLogger("runner.dashboard")
+log = logging.getLogger(__name__)
 
 INTERVAL = 0.5  # seconds between rounds
 NEW_PER_ROUND = 500  # new jobs reported per round at most (a burst is reported over several rounds)

@@ -17,7 +17,7 @@ from runner.entry.deps import Api, Reader
 from runner.entry.errors import ApiError, JobId
 from runner.store.logfollow import LogUnavailable, TooManyFollowers
 
-log = logging.getLogger("runner.api")
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
 
 

@@ -13,7 +13,7 @@ from runner.entry import webhooks
 from runner.entry.deps import Api, read_body
 from runner.entry.errors import error_response
 
-log = logging.getLogger("runner.api")
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["webhooks"])
 
 

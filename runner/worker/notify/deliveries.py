@@ -34,7 +34,7 @@ from runner.worker.notify import statuses
 from runner.worker.notify.callbacks import callback_request, check_callback_url
 from runner.worker.notify.http import Answer, Outgoing, send
 
-log = logging.getLogger("runner.deliveries")
+log = logging.getLogger(__name__)
 
 #: an attempt that found its group busy, or an older delivery not yet tried, is sent again when
 #: the group's lock is released, or after this many seconds at the latest

@@ -33,10 +33,11 @@ from typing import ClassVar
 from pydantic import Field
 
 from executors.base import CheckResult, Executor, ExecutorConfig
-from runner.core.build import BuildContext, LogSink
+from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, PushedImage
+from runner.core.log_sink import LogSink
 
 ERRORS: dict[str, type[ExecutorError]] = {"invalid": InvalidJob, "auth": RegistryAuthFailed,
                                           "infrastructure": InfrastructureError, "build": BuildFailed}
@@ -72,7 +73,7 @@ class FakeExecutor(Executor):
         if args.get("FAKE_KILL"):
             os.kill(os.getpid(), signal.SIGKILL)
         if leak := args.get("FAKE_LEAK"):
-            logging.getLogger("runner.executors.fake").warning("build arg %s is %s", leak, args.get(leak))
+            logging.getLogger(__name__).warning("build arg %s is %s", leak, args.get(leak))
             raise RuntimeError(f"the fake executor crashed holding {leak}={args.get(leak)}")
         if args.get("FAKE_CRASH"):
             raise RuntimeError("the fake executor crashed on purpose")

@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner.context.tarpolicy import hardlink_target, member_parts, symlink_target
+from runner.context.tarstream import Member, TarError, TarReader, shown
 from runner.core.errors import ExecutorError, InfrastructureError, InvalidJob
-from runner.core.tarpolicy import hardlink_target, member_parts, symlink_target
-from runner.core.tarstream import Member, TarError, TarReader, shown
 
 if TYPE_CHECKING:
     from runner.core.cancel import CancelToken

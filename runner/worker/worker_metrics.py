@@ -1,12 +1,12 @@
 """The worker's Prometheus metrics, in a registry of the Worker's own (no global state).
 
 Job moments arrive as a JobListener (started, finished, requeued); executors report their
-internals through runner.core.metrics.ExecutorMetrics (they never import prometheus_client).
+internals through runner.core.executor_metrics.ExecutorMetrics (they never import prometheus_client).
 Labels are bounded: executor names, statuses, error kinds, phases; never a job id or an image
 ref. Every labelled series this worker can have is there at 0 from start-up (but the sidecar
 start times, reported only by executors with sidecars), so rate() and increase() see a job's
 first failure as the step from 0 to 1. `runner serve` exports the fleet-wide series (queue
-lengths, live workers, requeues, deliveries given up): entry/metrics.py.
+lengths, live workers, requeues, deliveries given up): entry/serve_metrics.py.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from runner.core.errors import ErrorKind
+from runner.core.executor_metrics import PHASES, ExecutorMetrics, Phase
 from runner.core.jobs import BuildRequest, JobRecord, Status, seconds_between
-from runner.core.metrics import PHASES, ExecutorMetrics, Phase
 from runner.worker.process_metrics import process_registry
 from runner.worker.worker import JobListener
 

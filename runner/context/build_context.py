@@ -1,4 +1,5 @@
-"""What a build is handed: a checked context on disk, a log sink, a cancel token."""
+"""What a build is handed: a checked context on disk (a canonical tar and the job's scratch
+directory), and the seam the sources make it through."""
 
 from __future__ import annotations
 
@@ -9,20 +10,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest
+from runner.core.log_sink import LogSink
 
-if TYPE_CHECKING:
-    from runner.core.extract import MemberFilter, Placement
-
-
-class LogSink(Protocol):
-    def line(self, text: str) -> None:
-        """Append one line of build output (no trailing newline needed)."""
-
-    def write(self, chunk: str) -> None:
-        """Append raw output that may hold partial lines; lines are split and masked."""
-
-    def add_secret(self, value: str) -> None:
-        """Mask `value` from now on (a secret an executor learns during the build)."""
+if TYPE_CHECKING:  # the readers and extraction are imported when a context is unpacked, not by
+    # what only names BuildContext (executors.base, which loading the settings imports)
+    from runner.context.extract import MemberFilter, Placement
 
 
 @dataclass(frozen=True)
@@ -36,7 +28,7 @@ class Unpacked:
 
 @dataclass
 class BuildContext:
-    """A build context checked by runner.sources.upload: a tar on disk plus a scratch directory."""
+    """A build context checked by the spool (runner.context.spool): a tar on disk plus a scratch directory."""
 
     tar_path: Path
     workspace: Path
@@ -50,10 +42,10 @@ class BuildContext:
         return self.tar_path.open("rb")
 
     def extract_to(self, target: Path, cancel: CancelToken | None = None) -> Path:
-        """Unpack into `target`, never writing outside it (runner.extract: no link the tar made
-        is ever followed). `target` and the folders from the workspace root down to it are 0700."""
-        from runner.core.extract import extract_tar, make_private
-        from runner.core.tarstream import file_chunks
+        """Unpack into `target`, never writing outside it (runner.context.extract: no link the tar
+        made is ever followed). `target` and the folders from the workspace root down to it are 0700."""
+        from runner.context.extract import extract_tar, make_private
+        from runner.context.tarstream import file_chunks
 
         make_private(self.workspace.parent, target)
         with closing(file_chunks(self.tar_path)) as chunks:
@@ -66,9 +58,9 @@ class BuildContext:
         Docker always sends are there only if the patterns keep them); `aside_dir` gets what
         the patterns leave out, and always the Dockerfile. Both are private (0700 down from
         the workspace), as in extract_to."""
-        from runner.core.extract import Placement, extract_tar, make_private
-        from runner.core.tarpolicy import member_parts
-        from runner.core.tarstream import file_chunks
+        from runner.context.extract import Placement, extract_tar, make_private
+        from runner.context.tarpolicy import member_parts
+        from runner.context.tarstream import file_chunks
 
         dockerfile = "/".join(member_parts(self.dockerfile))
         place = self.place or _all_in_context(dockerfile, Placement)

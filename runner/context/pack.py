@@ -1,5 +1,5 @@
 """Packing a directory as a build context, as `docker build` sends it: the paths BuildKit's
-file sync would send (runner.sources.dockerignore), as one uncompressed tar. Used by the CLI
+file sync would send (runner.context.dockerignore), as one uncompressed tar. Used by the CLI
 on the user's side and by git contexts on the worker."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from runner.context.dockerignore import context_paths
 from runner.core.errors import InvalidJob
-from runner.sources.dockerignore import context_paths
 
 if TYPE_CHECKING:
-    from runner.config.settings import LimitsConfig
+    from runner.context.limits import ContextLimits
     from runner.core.cancel import CancelToken
 
 
-def write_tar(root: Path, sink: BinaryIO, dockerfile: str = "Dockerfile", limits: LimitsConfig | None = None,
+def write_tar(root: Path, sink: BinaryIO, dockerfile: str = "Dockerfile", limits: ContextLimits | None = None,
               cancel: CancelToken | None = None) -> None:
     """Stream the context of `root` as an uncompressed tar into `sink`. The ignore file is held
     to `limits` (its bytes and patterns; the defaults when None) before anything is walked, and

@@ -238,7 +238,8 @@ _COUNTED_REPEAT = re.compile(r"\{(0|[1-9][0-9]*)(,(0|[1-9][0-9]*)?)?\}")
 
 def _groups() -> None:
     digit, space, word = ((0x30, 0x39),), ((0x9, 0xA), (0xC, 0xD), (0x20, 0x20)), ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))
-    for name, ranges in (("d", digit), ("s", space), ("w", word)):
+    perl: dict[str, tuple[tuple[int, int], ...]] = {"d": digit, "s": space, "w": word}
+    for name, ranges in perl.items():
         _PERL_GROUPS["\\" + name] = (1, ranges)
         _PERL_GROUPS["\\" + name.upper()] = (-1, ranges)
     posix = {

@@ -18,8 +18,8 @@ both refuse the same members with the same words. The rules, and why they are en
 
 from __future__ import annotations
 
+from runner.context.tarstream import Member, shown
 from runner.core.errors import InvalidJob
-from runner.core.tarstream import Member, shown
 
 ONLY = "only files, folders and links are allowed"
 

@@ -13,7 +13,7 @@ matches must start or end with:
 
 A path costs one dict lookup per distinct key length (up to its own length) and one RE2 search
 per regexp whose literal part fits. Only raw matches come out: which pattern wins (order,
-exceptions, parent results) is the matcher's business (runner.sources.dockerignore).
+exceptions, parent results) is the matcher's business (runner.context.dockerignore).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from runner.sources.gocompat import GoRegexp, GoRegexpError, RegexpTooComplex, compile_go_regexp, compile_re2, go_regexp_subject, re2_search
+from runner.context.gocompat import GoRegexp, GoRegexpError, RegexpTooComplex, compile_go_regexp, compile_re2, go_regexp_subject, re2_search
 
 if TYPE_CHECKING:
     from runner.core.cancel import CancelToken

@@ -1,4 +1,4 @@
-"""The executor registry: name -> the executor's class and its config class.
+"""Executor plugins (ExecutorRegistry): name -> the executor's class and its config class.
 
 Built-ins are listed by module path, so loading the settings imports only their light config
 modules, and a missing dependency of one executor never breaks the others. Third-party

@@ -21,7 +21,7 @@ import requests
 
 from runner.core.errors import InfrastructureError, RegistryAuthFailed
 from runner.core.jobs import ImageRef
-from runner.core.registry import RegistryConfig
+from runner.core.registry_config import RegistryConfig
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")

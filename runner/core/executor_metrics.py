@@ -1,7 +1,7 @@
 """What executors report for graphs, without knowing any metrics library.
 
 An executor calls these on `self.env.metrics` (executors.base.ExecutorEnv); the worker passes
-an implementation that feeds Prometheus (runner/worker/metrics.py). This base records nothing,
+an implementation that feeds Prometheus (runner/worker/worker_metrics.py). This base records nothing,
 so tools that make executors outside a worker (the doctor, tests) need none. Every method must
 return at once and never raise into a build."""
 

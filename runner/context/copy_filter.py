@@ -5,7 +5,7 @@ unpacked folder (buildah, img) would apply it with its own rules, or not at all.
 reads the tar's ignore file (`<Dockerfile>.dockerignore` beside the Dockerfile, else
 `.dockerignore`; links followed inside the context) while it streams, refuses a malformed one
 there with Docker's words, and hands the extractor a `CopyFilter`: for each member, the
-decision BuildKit's walk (runner.sources.dockerignore) makes for that path. What Docker sends
+decision BuildKit's walk (runner.context.dockerignore) makes for that path. What Docker sends
 only because it always sends the Dockerfile and the ignore file is left out of the context.
 """
 
@@ -19,11 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.config.settings import LimitsConfig
-from runner.core.extract import Placement
-from runner.core.tarpolicy import member_parts
-from runner.core.tarstream import TarReader, file_chunks
-from runner.sources.dockerignore import (
+from runner.context.dockerignore import (
     IGNORE_FILE,
     DockerignoreError,
     IgnoreLine,
@@ -33,6 +29,10 @@ from runner.sources.dockerignore import (
     follow_links,
     read_ignore_lines,
 )
+from runner.context.extract import Placement
+from runner.context.limits import ContextLimits
+from runner.context.tarpolicy import member_parts
+from runner.context.tarstream import TarReader, file_chunks
 
 if TYPE_CHECKING:
     from runner.core.cancel import CancelToken
@@ -78,8 +78,8 @@ class IgnoreFiles:
     BuildKit uses without reading the tar again, except when it is reached through a link.
     Also notes which paths a hard link names (their data may be needed where they are ignored)."""
 
-    def __init__(self, dockerfile: str, limits: LimitsConfig | None = None):
-        self.limits = limits or LimitsConfig()
+    def __init__(self, dockerfile: str, limits: ContextLimits | None = None):
+        self.limits = limits or ContextLimits()
         self.candidates = ("/".join(member_parts(dockerfile)) + IGNORE_FILE, IGNORE_FILE)
         self.seen: dict[str, Seen] = {}
         self.links: dict[str, str] = {}
@@ -163,7 +163,7 @@ def _member(tar_path: Path, name: str, cancel: CancelToken | None, max_bytes: in
 
 
 class CopyFilter:
-    """Places each member of a context tar as `COPY .` sees it (a runner.core.extract.MemberFilter).
+    """Places each member of a context tar as `COPY .` sees it (a runner.context.extract.MemberFilter).
 
     A path is excluded exactly as BuildKit's walk decides it: matched with its parent folder's
     match results, and everything below a folder the walk would not enter (excluded, with no
@@ -185,7 +185,7 @@ class CopyFilter:
         depth = len(parts) - 1
         while depth > 0 and "/".join(parts[:depth]) not in self._dirs:
             depth -= 1
-        info, pruned = self._dirs["/".join(parts[:depth])] if depth else ((), False)  # type: ignore[assignment]
+        info, pruned = self._dirs["/".join(parts[:depth])] if depth else ((), False)
         if len(self._dirs) >= _DIR_CACHE:
             self._dirs.clear()
         for end in range(depth + 1, len(parts) + 1):
