@@ -414,11 +414,11 @@ def test_retries_with_exponential_backoff_and_jitter_until_accepted(steps, hosts
     assert sum(1 for g in host.gets if record.request.source.sha in g) == 3, "each retry first asks whether it got there"
 
 
-def test_gives_up_after_the_last_attempt_logged_and_counted_and_the_job_is_unchanged(steps, hosts):
+def test_an_interim_state_gives_up_after_the_last_attempt_logged_and_counted_and_the_job_is_unchanged(steps, hosts):
     s = steps(backoff=0.05, max_backoff=0.1, attempts=3)
     hosts["gitlab"].script[:] = [503] * 10
     record = s.record("gitlab")
-    s.outbox.add(record.id, "status", "finished", "finished")
+    s.outbox.add(record.id, "status", "queued", "queued")
     outcomes = []
     for _ in range(3):
         outcomes += s.run_all()
@@ -426,7 +426,7 @@ def test_gives_up_after_the_last_attempt_logged_and_counted_and_the_job_is_uncha
         s.outbox.send_due()
     assert outcomes == ["retry", "retry", "gave_up"]
     assert s.messages() == []
-    delivery = s.outbox.get(f"{record.id}:status:finished")
+    delivery = s.outbox.get(f"{record.id}:status:queued")
     assert delivery["state"] == "failed" and "failed 3 times" in delivery["last"] and "HTTP 503" in delivery["last"]
     assert s.outbox.gave_up() == {"status.gitlab": 1}
     assert s.store.get(record.id) == record
