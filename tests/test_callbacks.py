@@ -149,7 +149,7 @@ def worker_harness(services, tmp_path_factory):
 def queue(h, tmp_path, callback_url: str, executor: str = "fake", dockerfile: str = "FROM scratch\n", **build_args) -> str:
     (tmp_path / "Dockerfile").write_text(dockerfile)
     request = BuildRequest(tags=[f"{h.registry()}/callbacks/app:{uuid.uuid4().hex[:8]}"], executor=executor,
-                           callback_url=callback_url, build_args=build_args)
+                           callback_url=callback_url or None, build_args=build_args)
     settings, store = h.settings, h.store
     writer = store.context_writer(request.id, settings.limits.max_context_bytes)
     write_tar(tmp_path, writer)
@@ -304,3 +304,100 @@ def test_the_readme_receiver_verifies_our_callbacks(capsys):
     assert client.post("/runner", content=body.replace(b"succeeded", b"cancelled"), headers=call.headers).status_code == 401
     replay = callback_request("http://receiver/runner", body, "msg_" + uuid.uuid4().hex, secret, int(time.time()) - 3600)
     assert client.post("/runner", content=body, headers=replay.headers).status_code == 401
+
+
+# -- hostile receivers: slow, on loopback ----------------------------------------------------------------
+@pytest.fixture
+def slow_host():
+    from tests.support.hosts import SlowHost
+
+    made = []
+
+    def make(mode: str = "headers") -> SlowHost:
+        host = SlowHost(mode).start()
+        made.append(host)
+        return host
+
+    yield make
+    for host in made:
+        host.close()
+
+
+@pytest.fixture(scope="module")
+def strict_harness(services, tmp_path_factory):
+    """A worker whose callbacks may reach 127.0.0.1 (named exactly) and registry.runner.test only
+    on public addresses (a wildcard entry filters names, it allows no address), with a 1 s timeout."""
+    from tests.support.fleet import free_port, metrics_config
+
+    port = free_port()
+    h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
+                    callbacks={"secret": STANDARD_SECRET, "timeout": 1.0, "backoff": 0.2, "max_backoff": 0.5,
+                               "allowed_hosts": ["127.0.0.1", "registry.runner.test:*"]},
+                    deliveries={"recover_after": 1.0, "circuit_failures": 2, "circuit_backoff": 0.5},
+                    worker={"recover_interval": 1.0, **metrics_config(port)})
+    h.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    h.worker_proc = h.start_worker()
+    yield h
+    h.stop_worker(h.worker_proc)
+    cleanup_namespace(h)
+
+
+def test_a_slow_loris_callback_is_cut_at_its_deadline_and_never_posted_twice_at_once(strict_harness, slow_host,
+                                                                                      tmp_path):
+    """The receiver sends its answer a byte every 0.2 s, for ever. Each POST is cut at the 1 s
+    deadline (its socket closed by the worker), and the next one starts only after: the
+    delivery's lock outlives the attempt's hard deadline. The receiver's circuit opens (after
+    2 failures here), and the worker's /metrics says so."""
+    from tests.support.fleet import sample, scrape, wait_for
+
+    host = slow_host("headers")
+    queue(strict_harness, tmp_path, host.url)
+    host.wait(lambda: len(host.connections) >= 3 and host.connections[1].closed is not None, 90,
+              "three POSTs, the first two of them ended")
+    assert host.max_open == 1, "a second POST while the first could still land"
+    assert all(c.closed_by_client for c in host.connections[:2])
+    assert all(b"webhook-id" in c.request for c in host.connections)
+    wait_for(lambda: sample(scrape(strict_harness.metrics_url), "runner_delivery_circuits_open", host="callbacks") == 1,
+             30, "the receiver's circuit to show as open")
+
+
+def test_a_callback_to_a_name_on_loopback_is_refused_when_the_worker_connects(strict_harness, receiver, services,
+                                                                               tmp_path):
+    """registry.runner.test is 127.0.0.1: the name passes submission and allowed_hosts' pattern,
+    and the worker refuses the address it resolves to, before connecting: given up, counted, never POSTed."""
+    rec = receiver(STANDARD_SECRET)
+    name = services["RUNNER_DEV_REGISTRY_NAME"].partition(":")[0]
+    url = rec.url.replace("127.0.0.1", name)
+    before = Outbox.for_store(strict_harness.store).gave_up().get("callback", 0)
+    job_id = queue(strict_harness, tmp_path, url)
+    found = delivery(strict_harness, job_id)
+    assert found["state"] == "failed" and "127.0.0.1 is loopback" in found["last"], found
+    assert rec.calls == []
+    assert Outbox.for_store(strict_harness.store).gave_up()["callback"] == before + 1
+    assert finished(strict_harness, job_id).status is Status.succeeded
+
+
+def test_an_unrelated_build_is_picked_up_while_four_slow_callbacks_hang(services, tmp_path_factory, slow_host, tmp_path):
+    """Four callbacks to a receiver that never finishes answering (60 s timeout here) on a worker
+    with 2 build slots and 2 delivery threads: two of them hang, the other two wait their turn,
+    and a fifth job, with no callback, is built meanwhile."""
+    h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
+                    callbacks={"secret": STANDARD_SECRET, "timeout": 60.0, "allowed_hosts": ["127.0.0.1"]},
+                    worker={"concurrency": 2}, deliveries={"concurrency": 2})
+    host = slow_host("headers")
+    try:
+        h.worker_proc = h.start_worker()
+        for _ in range(4):
+            queue(h, tmp_path, host.url)
+        host.wait(lambda: host.open_now() >= 2, 60, "two callbacks hanging")
+        unrelated = queue(h, tmp_path, "")
+        record = finished(h, unrelated, timeout=60)
+        assert record.status is Status.succeeded
+        assert host.open_now() >= 2, "the slow callbacks were still hanging when it was built"
+        assert host.max_open == 2, "deliveries took more than their 2 threads"
+        assert not any(c.closed_by_client for c in host.connections)
+    finally:
+        host.release()
+        if h.worker_proc is not None:
+            h.stop_worker(h.worker_proc)
+        cleanup_namespace(h)

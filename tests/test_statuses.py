@@ -60,6 +60,8 @@ class FakeHost:
     repos: set[str]
     script: list[int] = field(default_factory=list)
     delay: float = 0.0
+    down: bool = False  # every request gets a 503, applying nothing (counted in `refused`)
+    refused: int = 0
     retry_after: str | None = None
     posts: list[Post] = field(default_factory=list)
     gets: list[str] = field(default_factory=list)
@@ -119,7 +121,17 @@ def serve(host: FakeHost) -> ThreadingHTTPServer:
             except OSError:  # the client gave up (a slow answer past its timeout)
                 pass
 
+        def unavailable(self) -> bool:
+            if not host.down:
+                return False
+            with host.lock:
+                host.refused += 1
+            self.answer(503, {"message": "Service Unavailable"})
+            return True
+
         def do_GET(self):
+            if self.unavailable():
+                return None
             path, _, query = self.path.partition("?")
             host.gets.append(self.path)
             route = host.route(path)
@@ -139,6 +151,8 @@ def serve(host: FakeHost) -> ThreadingHTTPServer:
 
         def do_POST(self):
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.unavailable():
+                return None
             path = self.path.partition("?")[0]
             try:
                 body = json.loads(raw)
@@ -332,12 +346,13 @@ class Steps:
     """A Deliverer in this process (real Redis, real HTTP to the fake hosts), whose task messages
     are taken off the deliveries queue and run one by one, as a worker's task would."""
 
-    def __init__(self, h: RunnerHarness, hosts: dict[str, FakeHost], **policy):
+    def __init__(self, h: RunnerHarness, hosts: dict[str, FakeHost], deliveries: dict | None = None, **policy):
         from runner.config.settings import Settings
         from runner.worker.notify.deliveries import Deliverer
 
         data = h.settings.model_dump(mode="python")
         data["statuses"] = statuses_config(hosts, **policy)
+        data["deliveries"].update(deliveries or {})
         data["worker"]["namespace"] = f"steps-{uuid.uuid4().hex[:8]}"  # no worker takes these
         self.settings = Settings.model_validate(data)
         from runner.store.jobstore import JobStore
@@ -378,8 +393,8 @@ class Steps:
 def steps(h, hosts):
     made = []
 
-    def make(**policy) -> Steps:
-        s = Steps(h, hosts, **policy)
+    def make(deliveries: dict | None = None, **policy) -> Steps:
+        s = Steps(h, hosts, deliveries, **policy)
         made.append(s)
         return s
 
@@ -388,7 +403,7 @@ def steps(h, hosts):
         s.cleanup()
     for host in hosts.values():
         host.script.clear()
-        host.delay, host.retry_after = 0.0, None
+        host.delay, host.retry_after, host.down = 0.0, None, False
 
 
 def test_retries_with_exponential_backoff_and_jitter_until_accepted(steps, hosts):
@@ -522,6 +537,89 @@ def test_a_newer_state_waits_for_an_older_one_not_yet_tried(steps, hosts):
     assert host.states(record.request.source.sha) == ["pending", "success"]
 
 
+# -- a host that is down: its circuit, and final states kept until it is back ---------------------------
+CIRCUIT = {"circuit_failures": 3, "circuit_backoff": 0.2, "circuit_max_backoff": 0.4}
+
+
+def drive(s: Steps, until, timeout: float = 60) -> None:
+    """Run what a worker runs (the scheduler's look, then each task message) until `until()`."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "never got there"
+        s.deliverer.circuits.tick(s.deliverer.lock_seconds)
+        s.outbox.send_due()
+        s.run_all()
+        time.sleep(0.02)
+
+
+def test_a_host_down_past_the_retry_budget_gets_one_probe_per_step_and_every_final_state_once_back(steps, hosts):
+    """GitHub down longer than an interim state's budget (3 attempts, 1 s deadline here): 20 jobs'
+    queued and final statuses. Three failed requests open the host's circuit; from then on one
+    probe per backoff step reaches the host, not one request per delivery; the queued statuses,
+    each with a newer state behind it, are dropped; the final ones are kept, and when the host
+    answers every commit gets its final state, once."""
+    s = steps(backoff=0.05, max_backoff=0.2, attempts=3, deadline=1.0, deliveries=CIRCUIT)
+    host = hosts["github"]
+    host.down = True
+    records = [s.record("github") for _ in range(20)]
+    for record in records:
+        s.outbox.add(record.id, "status", "queued", "queued")
+        s.outbox.add(record.id, "status", "finished", "finished")
+    down_since = time.monotonic()
+    drive(s, lambda: time.monotonic() - down_since > 3.0)
+    down_for = time.monotonic() - down_since
+    origin = f"http://127.0.0.1:{host.url.rsplit(':', 1)[1]}"
+    assert s.deliverer.circuits.state(origin)["state"] == "open"
+    assert s.deliverer.circuits.open_by_label() == {host.url.removeprefix("http://"): 1}
+    # 3 to open it, then at most one per step; a step is at least half the first backoff
+    assert host.refused <= 3 + down_for / (CIRCUIT["circuit_backoff"] / 2) + 1, (host.refused, down_for)
+    assert host.refused < len(records), "not one request per delivery"
+    host.down = False
+    drive(s, lambda: all(d.get("state") != "open" for r in records for d in s.outbox.of_job(r.id).values()))
+    for record in records:
+        sha = record.request.source.sha
+        assert host.states(sha) == ["success"], host.applied(sha)
+        assert [p.body["state"] for p in host.posts if sha in p.path] == ["success"], "each posted once"
+        deliveries = s.outbox.of_job(record.id)
+        assert deliveries[f"{record.id}:status:finished"]["state"] == "delivered"
+        assert deliveries[f"{record.id}:status:queued"]["state"] == "superseded"
+    assert s.outbox.gave_up() == {}
+    assert s.deliverer.circuits.open_by_label() == {} and s.deliverer.circuits.parked(origin) == []
+
+
+def test_one_probe_per_step_for_the_whole_fleet(steps, hosts):
+    """Two workers' schedulers look at the same open circuit when its step is due: one probe."""
+    from runner.worker.notify.deliveries import Deliverer
+
+    s = steps(deliveries=CIRCUIT)
+    other = Deliverer(s.settings, s.store, "steps-2")
+    hosts["gitea"].down = True
+    records = [s.record("gitea") for _ in range(6)]
+    for record in records:
+        s.outbox.add(record.id, "status", "finished", "finished")
+    assert s.run_all() == ["retry", "retry", "parked", "parked", "parked", "parked"]
+    origin = f"http://127.0.0.1:{hosts['gitea'].url.rsplit(':', 1)[1]}"
+    time.sleep(max(float(s.deliverer.circuits.state(origin)["next_probe"]) - time.time(), 0) + 0.05)
+    released = s.deliverer.circuits.tick(s.deliverer.lock_seconds) + other.circuits.tick(other.lock_seconds)
+    assert released == 1
+    s.outbox.send_due()  # the probe, and the two retries now due, which find the circuit open
+    assert set(s.run_all()) == {"parked"}, "the probe failed: it waits again, as do the others"
+    assert hosts["gitea"].refused == 4, "3 to open the circuit, 1 probe"
+
+
+def test_a_rate_limit_reset_holds_the_circuit_until_then(steps, hosts):
+    s = steps(deliveries={**CIRCUIT, "circuit_failures": 1})
+    host = hosts["github"]
+    host.script[:] = [429]
+    host.retry_after = "30"
+    record = s.record("github")
+    s.outbox.add(record.id, "status", "finished", "finished")
+    assert s.run_all() == ["parked"]
+    origin = f"http://127.0.0.1:{host.url.rsplit(':', 1)[1]}"
+    assert float(s.deliverer.circuits.state(origin)["next_probe"]) - time.time() > 25, "the host said 30 s"
+    assert s.deliverer.circuits.tick(s.deliverer.lock_seconds) == 0
+
+
 def test_a_redelivered_message_is_harmless(steps, hosts):
     s = steps()
     record = s.record("gitea")
@@ -552,7 +650,7 @@ def own_harness(services, tmp_path_factory, hosts):
         cleanup_namespace(harness)
     for host in hosts.values():
         host.script.clear()
-        host.delay, host.retry_after = 0.0, None
+        host.delay, host.retry_after, host.down = 0.0, None, False
 
 
 def wait_until(condition, what: str, timeout: float = 60) -> None:

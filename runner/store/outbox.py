@@ -140,7 +140,7 @@ wake_postponed(KEYS[4], KEYS[3], ARGV[7], tonumber(ARGV[6]))
 return 1
 """
 # KEYS: delivery, lock, outbox, open, fresh, circuit, parked, circuits index
-# ARGV: id, lock value, new ticket, now, reason, give-up time, namespace, host, interim (1/0)
+# ARGV: id, lock value, new ticket, now, reason, give-up time, namespace, host, interim (1/0), a request was made (1/0)
 _PARK = _WAKE_POSTPONED + """
 local now = tonumber(ARGV[4])
 local outcome = 'parked'
@@ -154,7 +154,7 @@ if ARGV[9] == '1' and #redis.call('zrangebyscore', KEYS[4], '(' .. seq, '+inf', 
   redis.call('zrem', KEYS[5], ARGV[1])
   redis.call('zrem', KEYS[3], ARGV[1])
 else
-  redis.call('hincrby', KEYS[1], 'attempts', -1)  -- no request was made: not an attempt
+  if ARGV[10] == '0' then redis.call('hincrby', KEYS[1], 'attempts', -1) end  -- no request made: not an attempt
   redis.call('hset', KEYS[1], 'ticket', ARGV[3], 'inflight', 0, 'last', ARGV[5])
   local circuit = redis.call('hmget', KEYS[6], 'state', 'next_probe')
   if circuit[1] == 'open' then
@@ -329,16 +329,17 @@ class Outbox:
                           self.ns])
 
     def park(self, delivery: Delivery, holder: str, circuit_keys: list[str], host: str, give_up_at: float, reason: str,
-             interim: bool) -> Literal["parked", "superseded", "due"]:
+             interim: bool, attempted: bool) -> Literal["parked", "superseded", "due"]:
         """The delivery's host has an open circuit (runner/store/circuits.py): it waits in the
-        circuit's parked set, its attempt uncounted and its group's lock released, until the
-        circuit closes or `give_up_at`. An interim state (`interim`) with a newer state of its
-        job behind it is superseded instead. "due": the circuit closed meanwhile, try now."""
+        circuit's parked set, its group's lock released, until the circuit closes or
+        `give_up_at`; the attempt counts only if it made a request (`attempted`). An interim
+        state (`interim`) with a newer state of its job behind it is superseded instead.
+        "due": the circuit closed meanwhile, try now."""
         keys = self._group_keys(delivery.id)
         circuit, parked, index = circuit_keys[:3]
         return self._park(keys=[keys[0], keys[4], keys[5], keys[1], keys[2], circuit, parked, index],
                           args=[delivery.id, self.lock_value(holder, delivery), uuid.uuid4().hex, time.time(), reason[:500],
-                                give_up_at, self.ns, host, int(interim)])
+                                give_up_at, self.ns, host, int(interim), int(attempted)])
 
     def send_due(self, limit: int = 200) -> int:
         """Send the message of every delivery whose time has come: retries, postponed ones, and

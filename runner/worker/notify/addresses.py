@@ -32,7 +32,7 @@ _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT; Alibaba Cl
 _PROTOCOL_ASSIGNMENTS = ipaddress.ip_network("192.0.0.0/24")
 _UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix; its last 32 bits are the IPv4 address
-_GLOB = re.compile(r"[*?\[]")
+_BRACKETED = re.compile(r"^\[[0-9a-f:.]+\](?::[0-9]+)?$", re.I)  # an IPv6 address as URLs write it, not a glob
 #: IPv4 written as the C library reads it: 0x7f000001, 2130706433, 0177.0.0.1, 127.1
 _LEGACY_IPV4 = re.compile(r"^(?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}$", re.I)
 
@@ -103,12 +103,23 @@ def rule_for(host: str, port: int | None, allowed_hosts: Iterable[str] | None,
     """The address rule for a callback to `host` (a URL's host, `port` if the URL names one),
     or None when the operator named that host exactly in callbacks.allowed_hosts (trusted: any
     address). A pattern with a wildcard filters names only: its hosts keep the rule."""
-    shown = f"[{host.lower()}]" if ":" in host else host.lower()  # an IPv6 address as URLs write it
-    names = {host.lower(), shown} | ({f"{shown}:{port}"} if port else set())
+    names = host_names(host, port)
     for entry in allowed_hosts or ():
-        if not _GLOB.search(entry) and entry.lower() in names:
+        if is_exact(entry) and entry.lower() in names:
             return None
     return AddressRule(tuple(allowed_networks))
+
+
+def host_names(host: str, port: int | None) -> list[str]:
+    """How an allowed_hosts entry may name a URL's host: name, name:port (IPv6 also in brackets)."""
+    host = host.lower()
+    shown = f"[{host}]" if ":" in host else host
+    return list(dict.fromkeys([host, shown] + ([f"{host}:{port}", f"{shown}:{port}"] if port else [])))
+
+
+def is_exact(entry: str) -> bool:
+    """Is an allowed_hosts entry a host's name (not a pattern with * ? or [...])?"""
+    return not any(c in entry for c in "*?") and ("[" not in entry or bool(_BRACKETED.match(entry)))
 
 
 def literal_address(host: str) -> IPAddress | None:

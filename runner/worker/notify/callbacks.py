@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from runner.config.sections import CallbacksConfig
 from runner.sources.git import mask_url
-from runner.worker.notify.addresses import AddressRule, literal_address, rule_for
+from runner.worker.notify.addresses import AddressRule, host_names, is_exact, literal_address, rule_for
 from runner.worker.notify.http import Outgoing
 
 LEGACY_SIGNATURE_HEADER = "X-Runner-Signature-256"
@@ -67,8 +67,9 @@ def check_callback_url(url: str, cfg: CallbacksConfig) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"callback_url {mask_url(url)!r} must be an http:// or https:// URL"
     if cfg.allowed_hosts is not None:
-        names = [parts.hostname] + ([f"{parts.hostname}:{port}"] if port else [])
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in cfg.allowed_hosts):
+        names = host_names(parts.hostname, port)
+        if not any(name == pattern.lower() if is_exact(pattern) else fnmatch.fnmatchcase(name, pattern)
+                   for name in names for pattern in cfg.allowed_hosts):
             return (f"callback host {parts.hostname!r} is not allowed "
                     f"(callbacks.allowed_hosts: {', '.join(cfg.allowed_hosts) or 'none'})")
     rule = address_rule(url, cfg)

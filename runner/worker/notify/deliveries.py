@@ -172,7 +172,7 @@ class Deliverer:
         except GiveUp as why:
             return self._give_up(delivery, self.label(delivery, record), str(why))
         if self.circuits.enabled and self.circuits.gate(plan.origin, delivery.id, self.lock_seconds) == "open":
-            return self._park(delivery, plan, f"{plan.origin_label}'s circuit is open")
+            return self._park(delivery, plan, f"{plan.origin_label}'s circuit is open", attempted=False)
         if (delivery.resumed or delivery.attempts > 1) and plan.check is not None:
             listing, circuit_open = self._send(plan, plan.check, policy, until, delivery)
             if listing.host_failed:
@@ -216,7 +216,7 @@ class Deliverer:
         if not is_final(delivery) and delivery.attempts >= policy.attempts:
             return self._give_up(delivery, label, f"{what} failed {delivery.attempts} times (last: {reason})")
         if circuit_open and plan is not None:
-            return self._park(delivery, plan, reason)
+            return self._park(delivery, plan, reason, attempted=True)
         wait = min(max(backoff(delivery.attempts, policy), (answer.retry_after or 0) if answer else 0), policy.max_backoff)
         if time.time() + wait > self.gives_up_at(delivery):
             return self._give_up(delivery, label, f"{what} failed {delivery.attempts} times and the next try would be past "
@@ -225,12 +225,11 @@ class Deliverer:
         self.outbox.retry_at(delivery, self.holder, time.time() + wait, reason)
         return "retry"
 
-    def _park(self, delivery: Delivery, plan: Plan, reason: str) -> str:
-        """Wait for the host's circuit to close (not an attempt); an interim state behind a newer
-        one is dropped instead."""
+    def _park(self, delivery: Delivery, plan: Plan, reason: str, attempted: bool) -> str:
+        """Wait for the host's circuit to close; an interim state behind a newer one is dropped instead."""
         outcome = self.outbox.park(delivery, self.holder, self.circuits.keys(plan.origin), plan.origin,
                                    self.gives_up_at(delivery) + 1, f"waiting for {plan.origin_label}: {reason}",
-                                   interim=not is_final(delivery))
+                                   interim=not is_final(delivery), attempted=attempted)
         if outcome == "due":
             self.wakeup.set()
             return "retry"
