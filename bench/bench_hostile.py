@@ -12,7 +12,11 @@ Normal context: a 200 MB context (200 x 1 MiB + 2,000 x 4 KiB files) spooled fro
 chunks and unpacked, median of N rounds, against the previous code path (write the chunks,
 scan with tarfile, tarfile's `data` filter extraction) and GNU tar.
 
+Deliveries (bench/hostile_deliveries.py): 4 slow-loris callbacks against an unrelated job's
+pickup; a git host down 30 min (scaled) with 300 jobs.
+
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_hostile.py [--rounds 3] [--skip-bombs]
+      [--deliveries-only | --skip-deliveries] [--jobs 300 --minutes 30 --scale 0.0167] [--baseline-rev REV]
 Needs Redis (scripts/services.sh) and buildah. Uses its own namespace and temp folders and
 removes them. Prints a table. Not part of the test suite.
 """
@@ -228,7 +232,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-bombs", action="store_true")
+    parser.add_argument("--deliveries-only", action="store_true", help="only the delivery rows (bench/hostile_deliveries.py)")
+    parser.add_argument("--skip-deliveries", action="store_true")
+    parser.add_argument("--jobs", type=int, default=300, help="jobs while the git host is down")
+    parser.add_argument("--minutes", type=float, default=30.0, help="how long the git host is down")
+    parser.add_argument("--scale", type=float, default=1 / 60, help="time scale of the git host outage (1: real time)")
+    parser.add_argument("--baseline-rev", help="also run the delivery rows' worker from this git revision")
     args = parser.parse_args()
+    if not args.skip_deliveries:
+        from bench.hostile_deliveries import print_rows
+
+        print_rows(args.jobs, args.minutes, args.scale, args.baseline_rev)
+        print()
+        if args.deliveries_only:
+            return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; default limits: "
           f"{LimitsConfig().max_context_bytes:,} bytes, {LimitsConfig().max_context_files:,} files, "
           f"{LimitsConfig().max_context_header_bytes:,} header bytes\n")
