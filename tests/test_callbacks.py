@@ -401,3 +401,25 @@ def test_an_unrelated_build_is_picked_up_while_four_slow_callbacks_hang(services
         if h.worker_proc is not None:
             h.stop_worker(h.worker_proc)
         cleanup_namespace(h)
+
+
+def test_the_readme_callback_address_config_is_valid_and_does_what_it_says():
+    import re
+    from ipaddress import ip_address
+
+    import yaml
+
+    from runner.config.settings import Settings
+    from runner.worker.notify.callbacks import address_rule
+
+    block = re.findall(r"```yaml\n(.*?)```", readme_section(), re.S)[1]
+    cfg = Settings.model_validate(yaml.safe_load(block)).callbacks
+    assert check_callback_url("http://hooks.internal/hook", cfg) is None
+    assert check_callback_url("https://ci.example.com:8443/hook", cfg) is None
+    assert check_callback_url("https://build.example.com/hook", cfg) is None
+    assert check_callback_url("https://other.example.org/hook", cfg) is not None, "a name no entry allows"
+    assert address_rule("http://hooks.internal/hook", cfg) is None, "named exactly: any address"
+    rule = address_rule("https://build.example.com/hook", cfg)  # a pattern keeps the address rules
+    assert rule.refusal(ip_address("10.20.3.4")) is None, "in allowed_networks"
+    assert "private" in rule.refusal(ip_address("10.21.3.4"))
+    assert rule.refusal(ip_address("fd12:3456::9")) is None and rule.refusal(ip_address("fd12:3457::9")) is not None

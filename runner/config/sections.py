@@ -166,7 +166,8 @@ class DeliveryPolicy(Strict):
     `<namespace>.deliveries` queue, retried with exponential backoff and jitter until it is
     accepted, refused for good, out of attempts or past its deadline."""
 
-    timeout: float = Field(default=10.0, gt=0, description="seconds one HTTP request may take")
+    timeout: float = Field(default=10.0, gt=0, description="seconds one HTTP request may take, all of it: name lookup, "
+                           "connect, TLS, sending and the whole answer (the connection is closed at it)")
     attempts: int = Field(default=5, ge=1, description="requests at most for an interim state, the first included "
                           "(a final state is tried until final_deadline)")
     backoff: float = Field(default=1.0, ge=0, description="first retry delay in seconds; doubles each time (a random "
@@ -186,11 +187,15 @@ class CallbacksConfig(DeliveryPolicy, _OneSource):
     state: it is tried until `final_deadline` (`attempts` and `deadline` bound interim commit
     statuses, which callbacks have none of)."""
 
+    attempts: int = Field(default=5, ge=1, description="not used by callbacks (a callback is a final state, tried "
+                          "until final_deadline)")
+    deadline: float = Field(default=3600.0, gt=0, description="not used by callbacks (a callback is a final state, "
+                            "tried until final_deadline)")
     secret: SecretStr | None = Field(default=None, description="signing key: `whsec_<base64>` (the Standard Webhooks "
                                      "form: the key is the decoded bytes) or any other string (the key is its UTF-8 bytes)")
     secret_file: Path | None = None
     allowed_hosts: list[str] | None = Field(default=None, description="glob patterns of callback hosts (name or "
-                                            "name:port); None: any. A host named exactly (no wildcard) may be on any "
+                                            "name:port); null: any. A host named exactly (no wildcard) may be on any "
                                             "address; others only on public ones")
     allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list, description="address ranges callbacks may "
                                                   "reach beyond public addresses (e.g. 10.20.0.0/16); loopback, "

@@ -15,6 +15,10 @@ a message (sent twice, or restored by kombu after its visibility timeout) finds 
 and does nothing. Deliveries are idempotent per job and moment: their id is the key
 (`JOB:status:queued`), `add` makes one at most, and a delivered one is never attempted again.
 
+A delivery whose host is down (its circuit open: runner/store/circuits.py) is *parked*: it
+leaves the schedule (but for its give-up time) and waits in the circuit's parked set until the
+host answers again; an interim state parked behind a newer state of its job is superseded.
+
 Order: the deliveries of one job and kind form a group, numbered in the order they were
 added. An attempt waits while an older delivery of its group has never been tried (up to
 `wait_bound` seconds after that one was made), holds the group's lock while it posts, and a

@@ -130,8 +130,8 @@ class Deliverer:
         """One attempt of the delivery (the `runner.deliver` task). Returns what happened."""
         began = time.monotonic()
         # an older delivery never tried goes first, for as long as it may live (its message is
-        # sent again if it was lost)
-        wait_bound = max(self.settings.statuses.deadline, self.settings.callbacks.deadline)
+        # sent again if it was lost): an interim status, as a job's final state is its last
+        wait_bound = self.settings.statuses.deadline
         outcome, delivery = self.outbox.begin(delivery_id, ticket, self.holder, self.lock_seconds, wait_bound, POSTPONE)
         if delivery is None:  # wait and busy: sent again when the group's lock is released
             if outcome in ("wait", "busy"):
