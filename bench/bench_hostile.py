@@ -17,6 +17,7 @@ pickup; a git host down 30 min (scaled) with 300 jobs.
 
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_hostile.py [--rounds 3] [--skip-bombs]
       [--deliveries-only | --skip-deliveries] [--jobs 300 --minutes 30 --scale 0.0167] [--baseline-rev REV]
+      [--delivery-rows slow,down,off]
 Needs Redis (scripts/services.sh) and buildah. Uses its own namespace and temp folders and
 removes them. Prints a table. Not part of the test suite.
 """
@@ -238,11 +239,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="how long the git host is down")
     parser.add_argument("--scale", type=float, default=1 / 60, help="time scale of the git host outage (1: real time)")
     parser.add_argument("--baseline-rev", help="also run the delivery rows' worker from this git revision")
+    parser.add_argument("--delivery-rows", default="slow,down,off", help="slow, down (circuits on), off (circuits off)")
     args = parser.parse_args()
     if not args.skip_deliveries:
         from bench.hostile_deliveries import print_rows
 
-        print_rows(args.jobs, args.minutes, args.scale, args.baseline_rev)
+        print_rows(args.jobs, args.minutes, args.scale, args.baseline_rev, args.delivery_rows)
         print()
         if args.deliveries_only:
             return

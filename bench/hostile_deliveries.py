@@ -104,9 +104,10 @@ def slow_callbacks(tmp: Path, tree: Path | None = None, window: float = 40.0) ->
     worker = BenchWorker(tmp, tree, callbacks=callbacks)
     try:
         calm = [worker.pickup(worker.submit(), 30) for _ in range(5)]
-        for _ in range(4):
-            worker.submit(host.url)
-        host.wait(lambda: host.open_now() >= 2, 60, "two slow callbacks connected")
+        slow = [worker.submit(host.url) for _ in range(4)]
+        host.wait(lambda: all((r := worker.store.get(job)) and r.finished for job in slow) and host.open_now() >= 2, 60,
+                  "the four jobs done and two slow callbacks connected")
+        time.sleep(3)  # every callback taken that a worker would take
         pickup = worker.pickup(worker.submit(), 120)
         began = time.monotonic()
         while time.monotonic() - began < window:
@@ -179,22 +180,26 @@ def old_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def print_rows(jobs: int = 300, minutes: float = 30.0, scale: float = 1 / 60, baseline_rev: str | None = None) -> None:
+def print_rows(jobs: int = 300, minutes: float = 30.0, scale: float = 1 / 60, baseline_rev: str | None = None,
+               which: str = "slow,down,off") -> None:
+    """`which`: the rows to run: slow (slow-loris callbacks), down (git host down, circuits on),
+    off (the same with circuits off); a baseline revision runs slow and down."""
     with tempfile.TemporaryDirectory(prefix="bench-deliveries-") as tmp_name:
         tmp = Path(tmp_name)
         trees: list[tuple[str, Path | None]] = [("this tree", None)]
         if baseline_rev:
             trees.append((baseline_rev, old_tree(baseline_rev, tmp / "old")))
         rows = []
-        for name, tree in trees:
+        for name, tree in trees if "slow" in which else []:
             r = slow_callbacks(tmp, tree)
             pickup = f"{r['pickup']:.2f} s" if r["pickup"] is not None else "not picked up within 120 s"
             rows.append((f"4 slow-loris callbacks (1 byte/s), {name}",
                          f"unrelated job's pickup {pickup} (nothing hanging: {r['calm']:.2f} s); over 40 s: longest POST "
                          f"{r['held']:.1f} s ({r['still_open']} still open), {r['posts']} POSTs, most of one callback at "
                          f"once {r['overlap']}, most connections at once {r['max_open']}"))
-        variants = [("this tree, circuits", None, True), ("this tree, circuits off", None, False)]
-        variants += [(f"{baseline_rev}", tree, False) for name, tree in trees if tree is not None]
+        variants = [("this tree, circuits", None, True)] if "down" in which else []
+        variants += [("this tree, circuits off", None, False)] if "off" in which else []
+        variants += [(f"{baseline_rev}", tree, False) for name, tree in trees if tree is not None and "down" in which]
         for name, tree, circuits in variants:
             r = host_down(tmp, jobs, minutes, scale, circuits, tree)
             back = f"{r['took']:.1f} s" if r["took"] is not None else "never (within 600 s)"

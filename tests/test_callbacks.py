@@ -387,9 +387,11 @@ def test_an_unrelated_build_is_picked_up_while_four_slow_callbacks_hang(services
     host = slow_host("headers")
     try:
         h.worker_proc = h.start_worker()
-        for _ in range(4):
-            queue(h, tmp_path, host.url)
+        slow = [queue(h, tmp_path, host.url) for _ in range(4)]
+        for job_id in slow:
+            finished(h, job_id)
         host.wait(lambda: host.open_now() >= 2, 60, "two callbacks hanging")
+        time.sleep(1.0)  # time for a worker to take the other two, if it would (it must not)
         unrelated = queue(h, tmp_path, "")
         record = finished(h, unrelated, timeout=60)
         assert record.status is Status.succeeded

@@ -57,7 +57,9 @@ class SlowHost:
     def wait(self, predicate, timeout: float = 60, what: str = "the slow host") -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
-            assert time.monotonic() < deadline, f"{what}: {self.connections}"
+            assert time.monotonic() < deadline, f"{what}: " + ", ".join(
+                f"[opened {c.opened:.1f}, closed {c.closed and round(c.closed, 1)}, by the client {c.closed_by_client}]"
+                for c in self.connections)
             time.sleep(0.02)
 
     def release(self) -> None:
