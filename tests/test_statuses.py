@@ -103,6 +103,19 @@ class FakeHost:
         return self.states(sha)
 
 
+def creator(kind: str, login: str = "ci-bot") -> dict:
+    """Who set a status, as the hosts list it (GitHub's user object: most of a listing's bytes)."""
+    api = {"github": "https://api.github.com", "gitea": "https://git.example.com/api/v1",
+           "gitlab": "https://gitlab.example.com/api/v4"}[kind]
+    user = {"login": login, "id": 49699333, "node_id": "MDM6Qm90NDk2OTkzMzM=", "type": "Bot", "site_admin": False,
+            "avatar_url": "https://avatars.githubusercontent.com/u/49699333?v=4", "gravatar_id": "",
+            "url": f"{api}/users/{login}", "html_url": f"https://github.com/{login}"}
+    for part in ("followers", "following{/other_user}", "gists{/gist_id}", "starred{/owner}{/repo}", "subscriptions",
+                 "organizations", "repos", "events{/privacy}", "received_events"):
+        user[part.partition("{")[0] + "_url"] = f"{api}/users/{login}/{part}"
+    return user
+
+
 def serve(host: FakeHost) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -190,7 +203,8 @@ def serve(host: FakeHost) -> ThreadingHTTPServer:
                     return self.answer(400, {"message": f"Cannot transition status via :{verb} from :{mine[-1][key]} "
                                                         f"(Reasons: Status cannot transition via \"{verb}\")"})
                 status = {"id": sum(len(v) for v in host.statuses.values()) + 1, key: state, context_key: body.get(context_key),
-                          "description": body.get("description"), "target_url": body.get("target_url"), "ref": body.get("ref")}
+                          "description": body.get("description"), "target_url": body.get("target_url"), "ref": body.get("ref"),
+                          "author" if host.kind == "gitlab" else "creator": creator(host.kind)}
                 host.statuses.setdefault(sha, []).append(status)
             time.sleep(host.delay)  # applied, then a slow answer (the attempt may die meanwhile)
             post.answer = 201
@@ -500,6 +514,26 @@ def test_a_slow_host_times_out_and_the_retry_finds_the_status_there(steps, hosts
     assert s.run_all() == ["delivered"]
     sha = record.request.source.sha
     assert len([p for p in host.posts if sha in p.path]) == 1 and host.states(sha) == ["success"]
+
+
+def test_the_retry_reads_a_listing_of_many_statuses_whole(steps, hosts):
+    """A commit that other CI systems set statuses on too: the listing is several KiB (GitHub's
+    user objects), more than an error answer is read, and still the retry finds ours there."""
+    s = steps(timeout=0.5, backoff=0.1, max_backoff=0.2)
+    host = hosts["github"]
+    record = s.record("github")
+    sha = record.request.source.sha
+    host.statuses[sha] = [{"id": 10_000 + n, "state": "success", "context": f"other-ci/{n}", "description": "ok",
+                           "target_url": None, "creator": creator("github", f"other-{n}")} for n in range(6)]
+    host.delay = 1.5
+    s.outbox.add(record.id, "status", "finished", "finished")
+    assert s.run_all() == ["retry"]
+    host.delay = 0.0
+    time.sleep(0.3)
+    s.outbox.send_due()
+    assert s.run_all() == ["delivered"]
+    assert len(json.dumps(host.statuses[sha])) > 6 * 1024
+    assert len([p for p in host.posts if sha in p.path]) == 1, "posted once: the listing showed it"
 
 
 def test_a_late_pending_never_overwrites_success(steps, hosts):

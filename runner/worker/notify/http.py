@@ -10,7 +10,7 @@ A request has one deadline for all of it: name lookup, connect, TLS handshake, s
 the whole answer. Every read and write is given only the time left, and the socket is closed
 at the deadline, so a host that answers one byte a second holds a delivery thread for the
 deadline and no longer. At most 16 KiB of headers and `Outgoing.max_answer` bytes of body are
-read (4 KiB unless the request needs more). Each request has a connection of its own
+read: 4 KiB, or 64 KiB for a commit's statuses listed by a configured git host. Each request has a connection of its own
 (`Connection: close`) and asks for no compression.
 
 With an `AddressRule` (callbacks: runner/worker/notify/addresses.py) the name is resolved
@@ -38,6 +38,7 @@ from runner.worker.notify.addresses import AddressRule
 
 RETRY_STATUSES = {408, 425, 429}
 MAX_ANSWER = 4 * 1024  # body bytes read of an answer: enough for a status code's reason
+MAX_LISTING = 64 * 1024  # a commit's statuses, listed by the operator's own git host
 MAX_HEADERS = 16 * 1024
 USER_AGENT = "ci-build-runner"
 _TLS: ssl.SSLContext | None = None
