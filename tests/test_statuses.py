@@ -641,6 +641,21 @@ def test_one_probe_per_step_for_the_whole_fleet(steps, hosts):
     assert hosts["gitea"].refused == 4, "3 to open the circuit, 1 probe"
 
 
+def test_a_final_state_parked_past_its_final_deadline_gives_up_counted(steps, hosts):
+    s = steps(final_deadline=1.0, deliveries={**CIRCUIT, "circuit_failures": 1, "circuit_backoff": 30})
+    hosts["gitlab"].down = True
+    record = s.record("gitlab")
+    s.outbox.add(record.id, "status", "finished", "finished")
+    assert s.run_all() == ["parked"]
+    time.sleep(max(s.store.r.zscore(s.outbox.outbox_key, f"{record.id}:status:finished") - time.time(), 0) + 0.05)
+    assert s.outbox.send_due() == 1, "looked at again at its give-up time, though the host never came back"
+    assert s.run_all() == ["gave_up"]
+    delivery = s.outbox.get(f"{record.id}:status:finished")
+    assert delivery["state"] == "failed" and "past its final_deadline (1s)" in delivery["last"]
+    assert s.outbox.gave_up() == {"status.gitlab": 1}
+    assert hosts["gitlab"].refused == 1
+
+
 def test_a_rate_limit_reset_holds_the_circuit_until_then(steps, hosts):
     s = steps(deliveries={**CIRCUIT, "circuit_failures": 1})
     host = hosts["github"]

@@ -96,6 +96,10 @@ for _, host in ipairs(redis.call('zrangebyscore', KEYS[1], '-inf', now, 'LIMIT',
     redis.call('zrem', KEYS[1], host)
   elseif redis.call('exists', circuit .. ':probe') == 0 and now >= tonumber(h[2] or '0') then
     local first = redis.call('zrange', parked, 0, 0)[1]
+    while first and redis.call('hget', ARGV[2] .. ':delivery:' .. first, 'state') ~= 'open' do
+      redis.call('zrem', parked, first)  -- ended meanwhile (gave up at its deadline, expired)
+      first = redis.call('zrange', parked, 0, 0)[1]
+    end
     if first then  -- this step's probe
       redis.call('zrem', parked, first)
       redis.call('set', circuit .. ':probe', first, 'PX', ARGV[3])
