@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.config.sections import CallbacksConfig
-from runner.worker.notify import http
+from runner.worker.notify import connection
 from runner.worker.notify.addresses import AddressRule, kind, literal_address, rule_for
 from runner.worker.notify.callbacks import check_callback_url
 from runner.worker.notify.http import Answer, Outgoing, send
@@ -186,7 +186,7 @@ def test_tls_is_verified_on_the_name_while_the_connection_goes_to_the_checked_ad
     if not Path("/usr/bin/openssl").exists():
         pytest.skip("needs the openssl command to make a test CA")
     ca, cert, key = make_certs(tmp_path, cert_name)
-    monkeypatch.setattr(http, "_TLS", ssl.create_default_context(cafile=str(ca)))  # the test CA as the trust store
+    monkeypatch.setattr(connection, "_TLS", ssl.create_default_context(cafile=str(ca)))  # the test CA as the trust store
     seen_sni: list[str | None] = []
 
     class Handler(BaseHTTPRequestHandler):

@@ -9,5 +9,6 @@ callbacks, delivered by the `runner.deliver` task from the outbox (runner/store/
   statuses     what GitHub, GitLab and Gitea are told, and how
   callbacks    the completion callback, signed the Standard Webhooks way
   addresses    where a callback may connect (public addresses, unless allowed)
-  http         one request under one deadline, its answer classified (delivered, retry, refused)
+  http         one request, its answer classified (delivered, retry, refused)
+  connection   its socket: every step under one deadline, connected to the address checked
 """
