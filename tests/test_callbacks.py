@@ -106,6 +106,16 @@ def test_the_standardwebhooks_package_verifies_our_signature(receiver, secret, r
         Webhook(base64.b64encode(b"another key of ours").decode()).verify(got, headers)
 
 
+def test_credentials_in_the_callback_url_are_sent_as_basic_auth_never_shown(receiver):
+    rec = receiver(STANDARD_SECRET)
+    url = rec.url.replace("http://", "http://hook%40user:p%3Ass@")
+    call = callback_request(url, b"{}", "msg_1", STANDARD_SECRET, int(time.time()))
+    assert send(call, 5).ok
+    assert rec.calls[0][1]["Authorization"] == "Basic " + base64.b64encode(b"hook@user:p:ss").decode()
+    assert "p%3Ass" not in call.shown and "***@" in call.shown
+    assert rec.calls[0][1]["Host"] == rec.url.split("/")[2]
+
+
 def test_a_replayed_callback_is_rejected_by_its_timestamp(receiver):
     rec = receiver(STANDARD_SECRET)
     body = b'{"id": "job-1"}'

@@ -21,7 +21,7 @@ import binascii
 import fnmatch
 import hashlib
 import hmac
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from runner.config.sections import CallbacksConfig
 from runner.sources.git import mask_url
@@ -88,9 +88,14 @@ def address_rule(url: str, cfg: CallbacksConfig) -> AddressRule | None:
 
 
 def callback_request(url: str, body: bytes, webhook_id: str, secret: str | None, timestamp: int) -> Outgoing:
-    """The signed POST (unsigned when no secret is configured)."""
+    """The signed POST (unsigned when no secret is configured). A URL's user:password@ is sent
+    as HTTP Basic authentication."""
     headers = {"Content-Type": "application/json", "X-Runner-Event": "job.finished", "X-Runner-Delivery": webhook_id,
                "webhook-id": webhook_id, "webhook-timestamp": str(timestamp)}
+    parts = urlsplit(url)
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     if secret:
         headers["webhook-signature"] = sign(signing_key(secret), webhook_id, timestamp, body)
         headers[LEGACY_SIGNATURE_HEADER] = legacy_signature(secret, body)
