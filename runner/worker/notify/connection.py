@@ -105,7 +105,8 @@ class Connection:
 
     def __init__(self, sock: socket.socket, clock: Clock, host: str, port: int, default_port: int):
         self.sock, self.clock = sock, clock
-        self.host_header = (f"[{host}]" if ":" in host else host) + ("" if port == default_port else f":{port}")
+        name = host if host.isascii() else host.encode("idna").decode("ascii")  # an international name, as DNS has it
+        self.host_header = (f"[{name}]" if ":" in name else name) + ("" if port == default_port else f":{port}")
 
     @classmethod
     def open(cls, url: str, clock: Clock, rule: AddressRule | None) -> Connection:

@@ -89,6 +89,8 @@ def send(call: Outgoing, timeout: float, deadline: float | None = None, rule: Ad
         return Answer(None, f"could not resolve the host ({exc.strerror})", retry=True)
     except OSError as exc:  # reset, unreachable, a connection dropped while the answer was read
         return Answer(None, f"connection lost ({type(exc).__name__})", retry=True)
+    except UnicodeError:  # a host name IDNA cannot encode, a header that is not Latin-1
+        return Answer(None, f"{call.shown} cannot be sent as HTTP (characters it may not hold)")
     finally:
         if connection is not None:
             connection.close()
