@@ -425,7 +425,7 @@ def test_the_readme_callback_address_config_is_valid_and_does_what_it_says():
     from runner.config.settings import Settings
     from runner.worker.notify.callbacks import address_rule
 
-    block = re.findall(r"```yaml\n(.*?)```", readme_section(), re.S)[1]
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme_section(), re.S) if b.startswith("callbacks:"))
     cfg = Settings.model_validate(yaml.safe_load(block)).callbacks
     assert check_callback_url("http://hooks.internal/hook", cfg) is None
     assert check_callback_url("https://ci.example.com:8443/hook", cfg) is None

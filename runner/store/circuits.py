@@ -20,6 +20,7 @@ Parking itself is the outbox's (Outbox.park): it changes the delivery and its gr
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from typing import Literal
@@ -167,6 +168,13 @@ class Circuits:
         """When a circuit is next due for a look (epoch seconds), or None."""
         first = self.r.zrange(self.index_key, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
+
+    def reading_through(self, client: redis.Redis) -> Circuits:
+        """The same circuits read through another client (a scrape's, which fails fast instead
+        of riding out a Redis outage as the deliveries' client does)."""
+        view = copy.copy(self)
+        view.r = client
+        return view
 
     def open_by_label(self) -> dict[str, int]:
         """Open circuits now, by label (a status host's name, or "callbacks")."""

@@ -46,7 +46,6 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     worker = Worker(settings, names, registry=registry, metrics=metrics)
     metrics.running_here = worker.running_here
     deliverer = Deliverer(settings, worker.store, worker.id)
-    metrics.circuits_open = deliverer.circuits.open_by_label
     worker.listeners += [metrics, NotifyListener(deliverer.outbox, lambda record: statuses_for(record.request, settings, ADMITTED))]
     for name, why in worker.check().items():
         log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
@@ -57,6 +56,8 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     scheduler = DeliveryScheduler(deliverer)
     scheduler.start()
     service = WorkerService(worker, metrics)
+    # read when /metrics is scraped: through the probe's client, so a scrape never waits out a Redis outage
+    metrics.circuits_open = deliverer.circuits.reading_through(service.readiness.redis).open_by_label
     service.start()
     wire_signals(worker, maintenance, service, scheduler)
     queues = [*queues, *[q for q in [deliveries_queue(settings.worker.namespace)] if q not in queues]]
