@@ -21,7 +21,15 @@ from pydantic import SecretStr
 
 import executors.daemonless.buildah as bx
 from executors.daemonless.buildah import BuildahExecutor, BuildOutput, JobPaths, Mode, build_args, push_args
-from executors.daemonless.common import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
+from executors.daemonless.common import (
+    JobFiles,
+    check_push_logins,
+    private_root,
+    registries_conf,
+    registry_auths,
+    secret_arg_env,
+    write_cert_dir,
+)
 from executors.daemonless.config import BuildahConfig
 from runner.config.settings import Settings
 from runner.context.build_context import BuildContext
@@ -31,6 +39,7 @@ from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.output_pipe import LineAssembler
+from runner.core.registry_client import Registries
 from runner.store.joblog import JobLog
 from runner.worker import reaper
 from tests.conftest import registry_digest, run_image
@@ -211,7 +220,7 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
         {"host": "registry.internal:5000", "username": "bot", "password": "p2", "insecure": True},
         {"host": "tls.example.com", "ca_file": str(ca)},
     ])
-    auths = registry_auths(settings.registries)["auths"]
+    auths = registry_auths(Registries(settings.registries), ListLog())["auths"]
     assert set(auths) == {"127.0.0.1:5000", "registry.internal:5000"}
     assert auths["127.0.0.1:5000"]["auth"] == "Y2k6Y2ktcGFzc3dvcmQ="  # base64 of ci:ci-password
     conf = registries_conf(settings.registries)
@@ -221,10 +230,11 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
     broken = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": PASSWORD},
                                   {"host": "other:5000", "username": "u", "password_file": str(tmp_path / "missing")}])
     log = ListLog()
-    assert set(registry_auths(broken.registries, log)["auths"]) == {"127.0.0.1:5000"}  # one unreadable file does not stop every job
+    assert set(registry_auths(Registries(broken.registries), log)["auths"]) == {"127.0.0.1:5000"}  # one unreadable file does not stop every job
     assert "registry other:5000: password_file: cannot read it: No such file" in log.text and str(tmp_path) not in log.text
-    with pytest.raises(InfrastructureError, match="password_file: cannot read it"):
-        registry_auths(broken.registries)
+    assert log.secrets == [PASSWORD]  # what the auth file holds is masked in the job's log
+    with pytest.raises(InfrastructureError, match="password_file: cannot read it"):  # a registry the job pushes to
+        check_push_logins(Registries(broken.registries), [ImageRef.parse("other:5000/app:1")], log)
     files = JobFiles(tmp_path / "private").create()
     certs = write_cert_dir(settings.registries, files)
     assert (certs / "tls.example.com.crt").read_text() == ca.read_text()
@@ -361,7 +371,7 @@ def test_credentials_and_secrets_travel_in_private_files_never_in_argv(harness, 
     deadline = time.monotonic() + 60
     while "holding-42" not in "\n".join(harness.store.read_log(job.id)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    token = registry_auths(secured.registries)["auths"]["127.0.0.1:5000"]["auth"]
+    token = registry_auths(Registries(secured.registries), ListLog())["auths"]["127.0.0.1:5000"]["auth"]
     try:
         assert stat.S_IMODE(private.stat().st_mode) == 0o700
         assert stat.S_IMODE((private / "auth.json").stat().st_mode) == 0o600

@@ -331,7 +331,7 @@ class BuildahExecutor(Executor):
         log.line(f"[runner] {mode.describe()}")
         refs = job.image_refs()
         if job.push:
-            check_push_logins(self.env.registries, refs)
+            check_push_logins(self.env.registries, refs, log)
         files = JobFiles(private_root(self.env, self.name, job.id)).create()
         phases = PhaseClock(self.env.metrics, self.name)
         try:
