@@ -64,9 +64,8 @@ def check_registry(registry: RegistryConfig, registries: Registries) -> Check:
         credentials = registries.credentials.lookup(registry.host)
         registries.client(registry.host).ping()
     except Exception as exc:  # noqa: BLE001
-        why = getattr(exc, "message", str(exc))
-        return Check(name, False, f"{why} (credentials: {registries.credentials.source(registry.host)})",
-                     required=False, shown=True)
+        why, source = getattr(exc, "message", str(exc)), registries.credentials.source(registry.host)
+        return Check(name, False, why if source in why else f"{why} (credentials: {source})", required=False, shown=True)
     login = f"login works (credentials: {credentials.source})" if credentials is not None else \
         "anonymous (no credentials configured)"
     return Check(name, True, f"reachable, {login}")
