@@ -80,7 +80,7 @@ def check_docker_configs(registries: Registries) -> list[Check]:
         except DockerConfigError as exc:
             checks.append(Check(f"docker config {file.path}", False, str(exc), required=False, shown=True))
             continue
-        parts = [f"auths for {len(config.auths)} registries"]
+        parts = [f"auths for {len(config.auths)} {'registry' if len(config.auths) == 1 else 'registries'}"]
         if config.cred_helpers:
             parts.append("credHelpers: " + ", ".join(f"{host} -> {helper}" for host, helper in config.cred_helpers.items()))
         if config.creds_store:
