@@ -4,7 +4,6 @@ build on a worker that cannot reach any Docker Engine. Real buildah, registry an
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -33,8 +32,6 @@ from executors.daemonless.common import (
 from executors.daemonless.config import BuildahConfig
 from runner.config.settings import Settings
 from runner.context.build_context import BuildContext
-from runner.context.pack import write_tar
-from runner.context.spool import spool_context
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
@@ -43,7 +40,7 @@ from runner.core.registry_client import Registries
 from runner.store.joblog import JobLog
 from runner.worker import reaper
 from tests.conftest import registry_digest, run_image
-from tests.support import ListLog, all_support, executor_for
+from tests.support import ListLog, all_support, executor_for, spooled_context
 from tests.support.buildah import skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
@@ -64,13 +61,7 @@ def namespaced(settings: Settings, namespace: str) -> Settings:
 
 
 def make_context(settings: Settings, job: BuildRequest, tmp_path: Path, files: dict[str, str]) -> BuildContext:
-    source = tmp_path / f"src-{job.id[:8]}"
-    for name, text in files.items():
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        (source / name).write_text(text)
-    buffer = io.BytesIO()
-    write_tar(source, buffer, job.dockerfile)
-    return spool_context([buffer.getvalue()], settings.worker.workspace / job.id, job.dockerfile, 10**8)
+    return spooled_context(settings, job, tmp_path / f"src-{job.id[:8]}", files)
 
 
 def image(harness, name: str) -> str:

@@ -13,7 +13,6 @@ appears in Redis, logs, records, metrics or any process's argv."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
@@ -27,16 +26,13 @@ import pytest
 import yaml
 
 from runner.config.settings import Settings
-from runner.context.build_context import BuildContext
-from runner.context.pack import write_tar
-from runner.context.spool import spool_context
 from runner.core.cancel import CancelToken
 from runner.core.errors import RegistryAuthFailed
 from runner.core.jobs import BuildRequest
 from runner.core.registry_client import Registries
 from runner.core.registry_config import RegistryAuthConfig, RegistryConfig
 from tests.conftest import RUNNER, cleanup_namespace, new_harness, registry_digest, run_image
-from tests.support import ListLog, all_support, every_value, executor_for
+from tests.support import ListLog, all_support, every_value, executor_for, spooled_context
 from tests.support.credentials import MountedSecret, PrivateRegistry, TestHelper, basic
 from tests.support.fleet import free_port
 
@@ -364,15 +360,6 @@ def test_no_credential_appears_anywhere(mounted, executor, tmp_path):
 
 
 # == only the runner's sources ==========================================================================
-def spooled(settings: Settings, job: BuildRequest, root: Path, files: dict[str, str]) -> BuildContext:
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    buffer = io.BytesIO()
-    write_tar(root, buffer, job.dockerfile)
-    return spool_context([buffer.getvalue()], settings.worker.workspace / job.id, job.dockerfile, 10**8)
-
-
 @pytest.mark.parametrize("executor", list(executors("socket", "buildah")))
 def test_the_worker_users_own_docker_login_is_never_used(services, executor, tmp_path):
     """The worker's user has a `docker login` of its own to the shared registry (scripts/services.sh
@@ -386,7 +373,7 @@ def test_the_worker_users_own_docker_login_is_never_used(services, executor, tmp
                         worker={"workspace": str(tmp_path / "work"), "namespace": f"test-{uuid.uuid4().hex[:8]}"})
     job = BuildRequest(tags=[f"{shared}/creds/own-login-{executor}:{uuid.uuid4().hex[:8]}"],
                        builder="classic" if SUPPORT[executor].engine else None)
-    context = spooled(settings, job, tmp_path / "src", {"Dockerfile": "FROM scratch\nCOPY f /f\n", "f": uuid.uuid4().hex})
+    context = spooled_context(settings, job, tmp_path / "src", {"Dockerfile": "FROM scratch\nCOPY f /f\n", "f": uuid.uuid4().hex})
     runner = executor_for(settings, executor)
     try:
         with pytest.raises(RegistryAuthFailed):

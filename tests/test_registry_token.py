@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import shutil
 import socket
@@ -26,13 +25,11 @@ import pytest
 
 from executors.tags import push_tags
 from runner.config.settings import Settings
-from runner.context.pack import write_tar
-from runner.context.spool import spool_context
 from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.registry_client import Registries
 from runner.core.registry_config import RegistryAuthConfig, RegistryConfig
-from tests.support import ListLog, executor_for, wait_for_registry
+from tests.support import ListLog, executor_for, spooled_context, wait_for_registry
 
 pytestmark = pytest.mark.skipif(not (shutil.which("docker-registry") and shutil.which("openssl") and shutil.which("skopeo")),
                                 reason="needs docker-registry, openssl and skopeo (scripts/services.sh installs them)")
@@ -233,12 +230,7 @@ def test_the_engine_and_buildkit_take_an_identity_token(services, token_registry
                         worker={"workspace": str(tmp_path / "work")})
     image = f"{host}/team/id-app:{uuid.uuid4().hex[:8]}"
     job = BuildRequest(tags=[image], builder="buildkit")
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "Dockerfile").write_text(f"FROM {base}\nRUN echo identity > /id\n")
-    buffer = io.BytesIO()
-    write_tar(source, buffer, job.dockerfile)
-    context = spool_context([buffer.getvalue()], settings.worker.workspace / job.id, job.dockerfile, 10**8)
+    context = spooled_context(settings, job, tmp_path / "src", {"Dockerfile": f"FROM {base}\nRUN echo identity > /id\n"})
     tokens.posted.clear()
     executor = executor_for(settings, "socket")
     try:
