@@ -354,3 +354,31 @@ def test_helper_environment_is_the_workers(helper, monkeypatch, tmp_path):
     CredentialResolver([RegistryConfig(host=HOST, credential_helper="env")]).lookup(HOST)
     assert (tmp_path / "role").read_text() == "arn:aws:iam::123:role/runner"
     assert os.environ["AWS_ROLE_ARN"]
+
+
+def test_a_job_refused_by_a_registry_has_every_kept_answer_asked_again(helper):
+    """The worker's listener: a job that ended on refused credentials (kind auth, or a build whose
+    pull was refused) drops the helpers' kept answers; any other ending keeps them."""
+    from runner.core.jobs import BuildRequest, JobError, JobRecord, Status
+    from runner.core.registry_client import Registries
+    from runner.worker.worker import RefusedLogins
+
+    helper.answer({HOST: {"Username": "u", "Secret": "kept"}})
+    registries = Registries([RegistryConfig(host=HOST, credential_helper="test")], RegistryAuthConfig(cache_seconds=3600))
+    listener = RefusedLogins(registries)
+    request = BuildRequest(tags=[f"{HOST}/app:1"])
+
+    def finished(kind: str, message: str) -> None:
+        record = JobRecord(id=request.id, request=request, executor="socket", queue="q", status=Status.failed,
+                           error=JobError(kind=kind, message=message))
+        listener.job_finished(record, request)
+
+    registries.credentials.lookup(HOST)
+    finished("build", "build failed at RUN make: exit 2")
+    registries.credentials.lookup(HOST)
+    assert len(helper.calls()) == 1  # kept
+    finished("auth", "registry refused the push")
+    registries.credentials.lookup(HOST)
+    finished("build", "failed to solve: pull access denied: unauthorized: authentication required")
+    registries.credentials.lookup(HOST)
+    assert len(helper.calls()) == 3  # asked again after each refusal
