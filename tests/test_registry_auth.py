@@ -300,12 +300,14 @@ def test_every_registry_a_build_may_pull_from_and_a_failing_one_only_warned_abou
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"credsStore": "test", "credHelpers": {"helped.test": "test", "broken.test": "test"},
                                   "auths": {"https://index.docker.io/v1/": {"auth": basic("hub", "hp")}}}))
-    resolver = CredentialResolver([RegistryConfig(host=HOST, username="u", password="p"), RegistryConfig(host="anon.test")],
+    resolver = CredentialResolver([RegistryConfig(host=HOST, username="u", password="p"), RegistryConfig(host="anon.test"),
+                                   RegistryConfig(host="index.docker.io", username="hub-user", password="hub-password")],
                                   RegistryAuthConfig(docker_config=[config]))
     warnings: list[str] = []
     found = resolver.everything(warnings.append)
-    assert {host: (c.username, c.secret) for host, c in found.items()} == {
-        HOST: ("u", "p"), "store.test": ("s", "store-secret"), "helped.test": ("h", "hs")}  # Hub's auths: the store answers
+    assert {host: (c.username, c.secret) for host, c in found.items()} == {  # Docker Hub once, by one name
+        HOST: ("u", "p"), "docker.io": ("hub-user", "hub-password"), "store.test": ("s", "store-secret"),
+        "helped.test": ("h", "hs")}
     assert [w for w in warnings if "broken.test" in w and "docker-credential-test" in w and "helper-leak" not in w]
     assert "list" in [line.split(" ")[1] for line in (helper.folder / "calls.log").read_text().splitlines()]
 

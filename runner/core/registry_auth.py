@@ -162,7 +162,7 @@ class CredentialResolver:
         its credsStore lists), as the Docker CLI's GetAllCredentials gathers them. A registry
         whose source fails is left out, with a `warn` line (a job pushing there has already
         failed on it: see `lookup`)."""
-        hosts = [r.host for r in self.registries]
+        hosts = [canonical_host(r.host) for r in self.registries]
         for file in self.files:
             try:
                 docker_config = file.read()
