@@ -22,7 +22,7 @@ from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, ExecutorError
 from runner.core.executor_metrics import Phase, PhaseClock
 from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, RequeueReason, Status, now
-from runner.core.process_log import MIN_SECRET, job_fields
+from runner.core.process_log import MIN_SECRET, job_fields, remembered_secrets
 from runner.store.joblog import JobLog
 from runner.store.jobstore import JobStore
 from runner.worker.admission import QUEUE, Rejected, admit, readable_request, rejection
@@ -47,7 +47,10 @@ def effective_timeout(request: BuildRequest, settings: Settings) -> int:
 
 
 def secrets_to_mask(request: BuildRequest, settings: Settings) -> list[str]:
-    values = [*request.secret_values(), *(v.get_secret_value() for v in settings.build_secrets.values())]
+    """The job's secret values, the config's, and the registry logins this process has learned
+    (credential helpers, docker config files: runner.core.process_log.remembered_secrets)."""
+    values = [*request.secret_values(), *(v.get_secret_value() for v in settings.build_secrets.values()),
+              *remembered_secrets()]
     for registry in settings.registries:
         try:
             values.append(registry.secret() or "")

@@ -56,6 +56,8 @@ FAST_MODULES = frozenset({
     "tests/hostile/test_api_logfollow.py",
     # BuildKit's progress stream decoded from recorded traces
     "tests/test_buildkit_progress.py",
+    # registry logins: docker config files, credential helpers (a helper script of the tests'), their order
+    "tests/test_registry_auth.py",
 })
 
 #: fixtures that bring Docker, the registry or buildah: a test using one is full-tier only
