@@ -17,6 +17,7 @@ from executors.base import ExecutorConfig
 from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
 from runner.config.loader import SettingsError, load
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
+from runner.config.signing import SigningConfig
 from runner.context.limits import ContextLimits
 from runner.core.models import Strict
 from runner.core.registry_config import RegistryAuthConfig, RegistryConfig
@@ -90,6 +91,8 @@ class Settings(ClientSettings):
     statuses: StatusesConfig = Field(default_factory=StatusesConfig)
     deliveries: DeliveriesConfig = Field(default_factory=DeliveriesConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    signing: SigningConfig = Field(default_factory=SigningConfig, description="signatures and provenance for every pushed "
+                                   "image (docs/signing.md)")
 
     @field_validator("executors", mode="before")
     @classmethod

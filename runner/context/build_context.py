@@ -37,6 +37,12 @@ class BuildContext:
     #: where each member goes when unpacked for a build (the ignore file applied); set by the
     #: spool. None: every member is in the context.
     place: MemberFilter | None = None
+    #: sha256:<hex> of the tar at tar_path (the spool hashes what it writes); None: not known
+    digest: str | None = None
+    #: the full commit id a git context was checked out at (runner.sources.git)
+    commit: str | None = None
+    #: the Dockerfile's bytes when the spool kept them (runner.context.spool.MAX_KEPT_DOCKERFILE)
+    dockerfile_content: bytes | None = None
 
     def open(self):
         return self.tar_path.open("rb")

@@ -35,6 +35,9 @@ LIMIT_SETTINGS = {"bytes": "limits.max_context_bytes", "upload": "limits.max_con
                   "link": "limits.max_context_path_bytes", "header": "limits.max_context_header_bytes"}
 _TAR_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}
 _DIR, _SYMLINK = b"d", b"l"
+#: a Dockerfile up to this size is kept in memory as the spool writes it (its FROM lines are read
+#: before the build: runner.supply.inputs); a larger one is read from the tar when needed
+MAX_KEPT_DOCKERFILE = 1024**2
 
 
 def tar_limits(limits: ContextLimits) -> TarLimits:
@@ -133,11 +136,17 @@ def ustar_header(member: Member, name: str, target: str) -> bytes | None:
 
 class CanonicalTar:
     """The tar every executor gets: only accepted members, normalised names, owner 0:0,
-    modes and mtimes as uploaded. Headers are made by tarfile (writing only)."""
+    modes and mtimes as uploaded. Headers are made by tarfile (writing only). Its sha256 is
+    taken as it is written: the context's content digest (runner.core.build_inputs)."""
 
     def __init__(self, path: Path):
         self._out = path.open("wb", buffering=1024 * 1024)
+        self._sha256 = hashlib.sha256()
         self.size = 0
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._out.write(data)
+        self._sha256.update(data)
 
     def add(self, member: Member, name: str, target: str, data: Iterable[memoryview] = ()) -> None:
         header = ustar_header(member, name, target)
@@ -146,23 +155,45 @@ class CanonicalTar:
             info.type, info.size, info.mode, info.mtime = _TAR_TYPES[member.kind], member.size, member.mode, member.mtime
             info.linkname = target
             header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        self._out.write(header)
+        self._write(header)
         for piece in data:
-            self._out.write(piece)
+            self._write(piece)
         padding = -member.size % tarfile.BLOCKSIZE
-        self._out.write(bytes(padding))
+        self._write(bytes(padding))
         self.size += len(header) + member.size + padding
 
     def close(self) -> None:
-        self._out.write(bytes(2 * tarfile.BLOCKSIZE))
+        self._write(bytes(2 * tarfile.BLOCKSIZE))
         self.size += 2 * tarfile.BLOCKSIZE
         self._out.close()
+
+    @property
+    def digest(self) -> str:
+        """sha256:<hex> of every byte written so far (the whole tar, once closed)."""
+        return "sha256:" + self._sha256.hexdigest()
 
     def discard(self) -> None:
         try:
             self._out.close()
         except OSError:  # the buffer could not be flushed (a full disk): the file goes anyway
             pass
+
+
+class KeptFile:
+    """The content of one member, captured while it streams through (None past `cap`)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.content: bytes | None = None
+
+    def capture(self, data: Iterable[memoryview]) -> Iterable[memoryview]:
+        content, size = bytearray(), 0
+        for piece in data:
+            size += len(piece)
+            if size <= self.cap:
+                content += piece
+            yield piece
+        self.content = bytes(content) if size <= self.cap else None
 
 
 def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, limits: ContextLimits | int,
@@ -182,6 +213,7 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
     reader = TarReader(chunks, tar_limits(limits), cancel)
     checker = ContextChecker(dockerfile)
     ignore = IgnoreFiles(dockerfile, limits)
+    kept, dockerfile_name = KeptFile(MAX_KEPT_DOCKERFILE), "/".join(member_parts(dockerfile))
     out = CanonicalTar(tar_path)
     try:
         for member in reader.members():
@@ -189,6 +221,10 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
             if accepted is not None:
                 name, target = accepted
                 data = ignore.observe(name, member.kind, target, reader.data() if member.kind == "file" else ())
+                if name == dockerfile_name:
+                    kept.content = None  # the last member of that name is the Dockerfile
+                    if member.kind == "file":
+                        data = kept.capture(data)
                 out.add(member, name, target, data)
         if reader.raw_bytes == 0:
             raise InvalidJob("the job has no build context (nothing was uploaded, or it expired)")
@@ -196,7 +232,7 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
             raise InvalidJob(f"Dockerfile {dockerfile!r} not found in the build context (it must be a regular file)")
         out.close()
         place = copy_filter(ignore, tar_path, dockerfile, cancel)
-        size = write_copy_view(tar_path, place, ignore.hardlinked, cancel) if place.active else out.size
+        size, digest = write_copy_view(tar_path, place, ignore.hardlinked, cancel) if place.active else (out.size, out.digest)
     except BaseException as exc:
         out.discard()
         tar_path.unlink(missing_ok=True)
@@ -207,14 +243,16 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
         if isinstance(exc, OSError):
             raise workspace_error(exc) from None
         raise
-    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=size, place=place)
+    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=size, place=place, digest=digest,
+                        dockerfile_content=kept.content)
 
 
-def write_copy_view(tar_path: Path, place: CopyFilter, hardlinked: PathSet, cancel: CancelToken | None = None) -> int:
+def write_copy_view(tar_path: Path, place: CopyFilter, hardlinked: PathSet,
+                    cancel: CancelToken | None = None) -> tuple[int, str]:
     """Rewrite the canonical tar at `tar_path` as what `COPY .` sees: the members `place`
     leaves out are dropped, except the Dockerfile; an excluded folder is kept (before its
     content) only if something inside it is; a kept hard link to a dropped file becomes that
-    file. Returns the new size."""
+    file. Returns the new size and digest."""
     view = CanonicalTar(tar_path.with_name("context.view.tar"))
     stash = tar_path.with_name("context.stash")
     pending: dict[str, Member] = {}  # excluded folders, written once something inside them is
@@ -257,7 +295,7 @@ def write_copy_view(tar_path: Path, place: CopyFilter, hardlinked: PathSet, canc
     finally:
         shutil.rmtree(stash, ignore_errors=True)
     os.replace(tar_path.with_name("context.view.tar"), tar_path)
-    return view.size
+    return view.size, view.digest
 
 
 def _write_folders_above(view: CanonicalTar, name: str, pending: dict[str, Member], used: PathSet) -> None:

@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from runner.core.attestations import Attestation
+from runner.core.build_inputs import BuildInputs
 from runner.core.errors import ErrorKind
 from runner.core.models import BaseUrl
 
@@ -312,6 +314,10 @@ class JobRecord(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     cancel_requested: bool = False
+    #: what the build is made from, computed before it (never a secret); None before that
+    inputs: BuildInputs | None = None
+    #: the provenance and signatures attached to the pushed images; None: nothing attached
+    attestation: Attestation | None = None
 
     @property
     def finished(self) -> bool:
