@@ -18,6 +18,9 @@ class SigningConfig(Strict):
                                   "and its provenance is signed (`sha256-<hex>.att`). Read at start and again when the "
                                   "file changes. None: provenance is attached unsigned")
     passphrase_file: Path | None = Field(default=None, description="file holding the key's passphrase (an encrypted key)")
+    public_key_file: Path | None = Field(default=None, description="the public key given to verifiers (cosign verify "
+                                         "--key, runner verify --key, admission policies): `runner doctor` checks it is "
+                                         "the public half of key_file")
     required: bool | None = Field(default=None, description="a signature or attestation that cannot be stored (a registry "
                                   "refusing the extra tags, a quota, a key that does not load) fails the job as "
                                   "`infrastructure`, never leaving an unsigned image; default: true when key_file is set")
@@ -27,8 +30,9 @@ class SigningConfig(Strict):
 
     @model_validator(mode="after")
     def _passphrase_needs_key(self) -> SigningConfig:
-        if self.passphrase_file is not None and self.key_file is None:
-            raise ValueError("signing.passphrase_file is set but signing.key_file is not")
+        for name in ("passphrase_file", "public_key_file"):
+            if getattr(self, name) is not None and self.key_file is None:
+                raise ValueError(f"signing.{name} is set but signing.key_file is not")
         return self
 
     @property

@@ -6,7 +6,7 @@ and the requests that tell them.
 | queued            | pending       | pending  | queued (buildah)                             |
 | started           | pending       | running  | building / building (attempt 2)              |
 | requeued          | pending       | pending  | requeued                                     |
-| succeeded         | success       | success  | built and pushed 2 tags in 41 s              |
+| succeeded         | success       | success  | built, pushed and signed 2 tags in 41 s      |
 | failed            | failure       | failed   | step 4/7 failed: RUN make                    |
 | cancelled         | error         | canceled | cancelled                                    |
 | timed out         | error         | failed   | timed out after 600 s                        |
@@ -87,8 +87,9 @@ def describe(moment: str, record: JobRecord, note: dict[str, Any]) -> str:
     elif record.status.value == "succeeded":
         took = seconds_between(record.started_at, record.finished_at) or 0
         count = len(record.images)
-        text = (f"built and pushed {count} tag{'s' if count != 1 else ''} in {seconds(took)}" if record.request.push
-                else f"built in {seconds(took)} (not pushed)")
+        signed = record.attestation is not None and record.attestation.signed
+        text = (f"built, pushed{' and signed' if signed else ''} {count} tag{'s' if count != 1 else ''} in {seconds(took)}"
+                if record.request.push else f"built in {seconds(took)} (not pushed)")
     else:
         message = record.error.message if record.error else record.status.value
         if record.status.value == "failed" and record.error and record.error.kind == "build":
