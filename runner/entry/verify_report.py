@@ -30,7 +30,7 @@ def report_lines(statement: dict) -> list[str]:
     source = external.get("source") or {}
     if source:
         where = source.get("url") or "/".join(filter(None, (source.get("host"), source.get("repository"))))
-        lines.append(f"source       {where} {source.get('ref', '')} @ {source.get('commit', '—')}".replace("  ", " "))
+        lines.append("source       " + " ".join(filter(None, (where, source.get("ref"), "@", source.get("commit", "—")))))
     context = external.get("context") or {}
     if context:
         lines.append(f"context      {context.get('digest', '—')}" + (f" (path {context['path']})" if context.get("path") else ""))

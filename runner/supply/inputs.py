@@ -119,8 +119,9 @@ class BaseResolver:
         return {p: children[p] for p in platforms if p in children}
 
 
-def resolve_bases(needed: dict[BaseRef, list[str]], resolver: BaseResolver, secrets: list[str]) -> list[BaseImage]:
-    """Each image resolved (a few at once), the platforms each takes from an index."""
+def resolve_bases(needed: dict[BaseRef, list[str]], resolver: BaseResolver | None, secrets: list[str]) -> list[BaseImage]:
+    """Each image resolved (a few at once), the platforms each takes from an index; with no
+    resolver, listed unresolved."""
     refs: dict[str, list[str]] = {}
     for base, platforms in needed.items():
         refs.setdefault(base.ref, [])
@@ -129,14 +130,18 @@ def resolve_bases(needed: dict[BaseRef, list[str]], resolver: BaseResolver, secr
                 refs[base.ref].append(platform)
     if not refs:
         return []
+    if resolver is None:
+        return [BaseImage(ref=masked(ref, secrets), name=masked(ref, secrets), error="not looked up (the executor uses no registry)")
+                for ref in refs]
     with ThreadPoolExecutor(min(len(refs), RESOLVED_AT_ONCE)) as pool:
         return list(pool.map(lambda item: resolver.resolve(item[0], item[1], secrets), refs.items()))
 
 
 def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, default_builder: str,
-                   registries: Registries, log: LogSink) -> BuildInputs:
-    """The job's BuildInputs. A Dockerfile whose FROM lines cannot be read leaves the base images
-    out (the build itself says what is wrong); a base that cannot be looked up keeps why."""
+                   registries: Registries | None, log: LogSink) -> BuildInputs:
+    """The job's BuildInputs, base images looked up in `registries` (None: not looked up). A
+    Dockerfile whose FROM lines cannot be read leaves the base images out (the build itself
+    says what is wrong); a base that cannot be looked up keeps why."""
     secrets = [value for value in request.secret_values() if value]
     platforms = job_platforms(request)
     native = native_platform()
@@ -148,7 +153,7 @@ def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, 
                 needed.setdefault(base, []).append(str(target))
     except (DockerfileError, OSError, tarfile.TarError) as exc:
         log.line(f"[runner] provenance: the base images could not be read from the Dockerfile: {masked(str(exc), secrets)}")
-    bases = resolve_bases(needed, BaseResolver(registries), secrets)
+    bases = resolve_bases(needed, BaseResolver(registries) if registries is not None else None, secrets)
     for image in bases:
         if image.error:
             log.line(f"[runner] provenance: base image {image.ref} not resolved to a digest: {image.error}")

@@ -67,7 +67,8 @@ def envelope_statement(data: bytes, digest: str, public: ec.EllipticCurvePublicK
     else (None, why not)."""
     try:
         document = json.loads(data)
-        signatures = [dict(s) for s in document.get("signatures") or []]
+        # DSSE makes `keyid` optional (a Sigstore bundle's envelope has none); securesystemslib wants one
+        signatures = [{"keyid": "", **s} for s in document.get("signatures") or []]
         made = Envelope.from_dict({**document, "signatures": signatures})
     except (ValueError, KeyError, TypeError, AttributeError):
         return None, "not a DSSE envelope"

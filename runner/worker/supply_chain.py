@@ -44,14 +44,16 @@ class SupplyChain:
         """Inputs, then `executor.run`, then the attachments; raises what the run raises, and
         SigningFailed (infrastructure) when required signing could not be done."""
         phases = PhaseClock(self.env.metrics, executor.name)
+        publishes = executor.publishes()
         try:
             with phases("provenance"):
-                inputs = compute_inputs(request, context, executor.name, self.env.builder, self.env.registries, log_sink)
+                inputs = compute_inputs(request, context, executor.name, self.env.builder,
+                                        self.env.registries if publishes else None, log_sink)
             self._record(request.id, lambda r: r.model_copy(update={"inputs": inputs}))
             started = now()
             images = executor.run(request, context, log_sink, cancel)
             cancel.raise_if_set()
-            if request.push and images:
+            if request.push and images and publishes:
                 with phases("provenance"):
                     attestation = self.attest(request, images, inputs, started, log_sink)
                 self._record(request.id, lambda r: r.model_copy(update={"attestation": attestation}))

@@ -11,7 +11,8 @@ and the entry points can be driven through every path in seconds, without Docker
   FAKE_LEAK=NAME     a careless executor: write build arg NAME's value to the worker's own log,
                      then crash with it in the exception (tests check that both are masked)
 
-It reports each tag with a digest made from the job id and the tag. `cleanup` records the job
+It reports each tag with a digest made from the job id and the tag (nothing is pushed, so those
+get no provenance or signature unless `executors.fake.publishes` says they may). `cleanup` records the job
 ids it was called for (`cleaned`), so tests can see the pipeline call it.
 
 It is a plugin of the tests, not part of the runner: a `runner.executors` entry point in the
@@ -47,6 +48,8 @@ class FakeConfig(ExecutorConfig):
     """executors.fake (a plugin of the runner's own tests): builds nothing; steered by build args."""
 
     enabled: bool = Field(default=False, description="for the runner's own tests only: never enable it in production")
+    publishes: bool = Field(default=False, description="say its digests are in the registry, so they get provenance and "
+                            "signatures (tests of signing that need no build); its base images are looked up too")
 
 
 class FakeExecutor(Executor):
@@ -61,6 +64,10 @@ class FakeExecutor(Executor):
 
     def check(self) -> CheckResult:
         return CheckResult(True, "the fake executor: builds nothing (tests only)")
+
+    def publishes(self) -> bool:
+        """It pushes nothing: its jobs get no provenance, unless its config says otherwise."""
+        return bool(getattr(self.config, "publishes", False))
 
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
         args = job.build_args
