@@ -347,6 +347,35 @@ def test_without_a_key_the_provenance_is_attached_unsigned(services):
     assert f"{digest.replace(':', '-')}.sig" not in reader(services).tags(repository)
 
 
+def test_jobs_that_pushed_the_same_digest_take_turns_at_its_tags(services, keypair, new_store):
+    """Four jobs attaching to one digest at once (as two pushes of the same commit do): none
+    fails, none is lost: four attestations, one signature (the same key's, not added twice)."""
+    host = services["RUNNER_DEV_REGISTRY"]
+    repository = f"signing/turns-{uuid.uuid4().hex[:8]}"
+    image = f"{host}/{repository}:1"
+    digest = copy_image(services, services["RUNNER_DEV_BASE_IMAGE"], image)
+    store = new_store()
+    results: list[object] = []
+
+    def one(n: int) -> None:
+        attester = Attester(registries(services), KeyHolder(keypair[0]), True, "urn:x", lock=store.turn)
+        run = RunDetails("urn:x", "1", f"job-{n}", "w", NOW, NOW)
+        try:
+            results.append(attester.attest([PushedImage(ref=image, digest=digest)], inputs(), run, ListLog()))
+        except Exception as exc:  # noqa: BLE001 - what failed is the test's answer
+            results.append(exc)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert all(getattr(r, "signed", False) for r in results) and len(results) == 4, results
+    assert len(reader(services).attached(repository, digest, "sig")) == 1
+    made = verified_statements(reader(services).attached(repository, digest, "att"), keypair[1].read_bytes())
+    assert sorted(s["predicate"]["runDetails"]["metadata"]["invocationId"] for s in made) == [f"job-{n}" for n in range(4)]
+
+
 class RefusingProxy(BaseHTTPRequestHandler):
     """A registry that refuses extra tags: the real one behind it, except that a manifest PUT
     under a `.sig` tag is answered 400 TAG_INVALID, as a registry with tag rules would."""

@@ -6,7 +6,9 @@ repository it was pushed to. What was attached is returned for the job's record.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 
 from runner.core.attestations import SLSA_PROVENANCE_V1, Attestation, AttestedImage
 from runner.core.build_inputs import BuildInputs
@@ -30,6 +32,9 @@ from runner.supply.provenance import RunDetails, Subject, statement, statement_d
 from runner.supply.verify import signature_verifies
 
 SIGNED_AT_ONCE = 4
+#: a lock across the fleet by name (a digest's repository@digest): jobs that pushed the same
+#: digest take turns extending its `.sig` and `.att` tags
+Lock = Callable[[str], AbstractContextManager]
 
 
 def pushed_digests(images: list[PushedImage]) -> list[Subject]:
@@ -51,8 +56,10 @@ class Attester:
     """Made once per worker: the registries, the signing key (None: provenance unsigned), and
     whether a failure fails the job."""
 
-    def __init__(self, registries: Registries, keys: KeyHolder | None, required: bool, builder_id: str):
+    def __init__(self, registries: Registries, keys: KeyHolder | None, required: bool, builder_id: str,
+                 lock: Lock | None = None):
         self.registries, self.keys, self.required, self.builder_id = registries, keys, required, builder_id
+        self.lock: Lock = lock or (lambda name: nullcontext())
 
     def attest(self, images: list[PushedImage], inputs: BuildInputs, run: RunDetails, log: LogSink) -> Attestation:
         """Attach provenance (and signatures) to every digest of `images`. Raises SigningFailed
@@ -93,6 +100,11 @@ class Attester:
     def _one(self, subject: Subject, inputs: BuildInputs, run: RunDetails,
              key: SigningKey | None) -> tuple[AttestedImage | None, str | None]:
         """Attach to one digest: (what was attached, or None; what failed, or None)."""
+        with self.lock(f"{subject.repository}@{subject.digest}"):
+            return self._attach(subject, inputs, run, key)
+
+    def _attach(self, subject: Subject, inputs: BuildInputs, run: RunDetails,
+                key: SigningKey | None) -> tuple[AttestedImage | None, str | None]:
         registry, _, path = subject.repository.partition("/")
         client = self.registries.client(registry)
         body = statement(subject, inputs, run)

@@ -18,13 +18,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
+import time
 from dataclasses import dataclass, field
 
 from securesystemslib.dsse import Envelope
 
 from runner.core.attestations import tag_for
 from runner.core.errors import InfrastructureError
-from runner.core.registry_client import Manifest, RegistryClient
+from runner.core.registry_client import Manifest, NotCopied, RegistryClient
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
@@ -133,26 +135,38 @@ def attach(client: RegistryClient, repository: str, digest: str, suffix: str, la
     """Add `layer` to the tag `sha256-<hex>.<suffix>` of `repository` (its blobs uploaded, the
     manifest put), unless `already_there` says a layer there makes it needless. `keep`: the
     most layers the tag holds (the oldest go). Read back after the write, and written again if
-    another job's write replaced ours meanwhile. Returns registry/path:tag."""
+    another job's write replaced ours meanwhile, or the registry failed for a moment (a refusal
+    is not asked again). Returns registry/path:tag. Jobs of one fleet writing the same tag take
+    turns (runner.supply.attester's lock); this covers any other writer."""
     tag = tag_for(digest, suffix)
-    for _ in range(WRITE_TRIES):
-        manifest = client.tagged_manifest(repository, tag)
-        existing = [] if manifest is None else read_layers(client, repository, manifest)
-        if any(already_there(other) for other in existing):
-            return f"{client.config.host}/{repository}:{tag}"
-        layers = [*existing, layer]
-        if keep is not None:
-            layers = layers[-keep:]
-        for part in layers:
-            client.upload_blob(repository, part.data)
-        config = attachment_config(layers)
-        client.upload_blob(repository, config)
-        body = attachment_manifest(layers, config)
-        client.put_manifest(repository, tag, Manifest(body, OCI_MANIFEST, sha256_digest(body)))
-        written = client.tagged_manifest(repository, tag)
+    where = f"{client.config.host}/{repository}:{tag}"
+    failure = f"{repository}:{tag} kept being replaced by another writer"
+    for attempt in range(WRITE_TRIES):
+        if attempt:
+            time.sleep(random.uniform(0.1, 0.5))  # another writer of the tag, or a registry in the middle of one
+        try:
+            manifest = client.tagged_manifest(repository, tag)
+            existing = [] if manifest is None else read_layers(client, repository, manifest)
+            if any(already_there(other) for other in existing):
+                return where
+            layers = [*existing, layer]
+            if keep is not None:
+                layers = layers[-keep:]
+            for part in layers:
+                client.upload_blob(repository, part.data)
+            config = attachment_config(layers)
+            client.upload_blob(repository, config)
+            body = attachment_manifest(layers, config)
+            client.put_manifest(repository, tag, Manifest(body, OCI_MANIFEST, sha256_digest(body)))
+            written = client.tagged_manifest(repository, tag)
+        except NotCopied:
+            raise  # refused (a 4xx): asking again changes nothing
+        except InfrastructureError as exc:  # e.g. distribution's 500 on a tag another writer is rewriting
+            failure = exc.message
+            continue
         if written is not None and layer.digest in layer_digests(written):
-            return f"{client.config.host}/{repository}:{tag}"
-    raise InfrastructureError(f"{repository}:{tag} kept being replaced by another writer ({WRITE_TRIES} tries)")
+            return where
+    raise InfrastructureError(f"{failure} ({WRITE_TRIES} tries)")
 
 
 def signature_of(layer: Layer) -> bytes | None:

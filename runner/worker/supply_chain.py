@@ -26,10 +26,10 @@ from runner.supply.keys import KeyHolder
 from runner.supply.provenance import RunDetails
 
 
-def attester_for(settings: Settings, env: ExecutorEnv) -> Attester:
+def attester_for(settings: Settings, env: ExecutorEnv, store: JobStore) -> Attester:
     signing = settings.signing
     keys = KeyHolder(signing.key_file, signing.passphrase_file) if signing.key_file else None
-    return Attester(env.registries, keys, signing.must_sign, signing.builder_id)
+    return Attester(env.registries, keys, signing.must_sign, signing.builder_id, lock=store.turn)
 
 
 class SupplyChain:
@@ -37,7 +37,7 @@ class SupplyChain:
 
     def __init__(self, settings: Settings, env: ExecutorEnv, store: JobStore, worker_id: str):
         self.settings, self.env, self.store, self.worker_id = settings, env, store, worker_id
-        self.attester = attester_for(settings, env)
+        self.attester = attester_for(settings, env, store)
 
     def build(self, executor: Executor, request: BuildRequest, context: BuildContext, log_sink: LogSink,
               cancel: CancelToken) -> list[PushedImage]:
