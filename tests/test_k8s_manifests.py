@@ -524,6 +524,7 @@ def secret_files(settings: Settings, component: str) -> list[Path]:
     else:
         files = [r.password_file for r in settings.registries] + [settings.callbacks.secret_file]
         files += [f for c in settings.git.credentials for f in (c.token_file, c.ssh_key_file, c.known_hosts_file)]
+        files += [settings.signing.key_file, settings.signing.passphrase_file, settings.signing.public_key_file]
     return [f for f in files if f is not None]
 
 
