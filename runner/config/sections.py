@@ -141,6 +141,11 @@ class RepositoryHook(Strict):
                                "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1 (a shallow clone at the pushed commit); default: left out")
     timeout: int | None = Field(default=None, gt=0)
     callback_url: str | None = None
+    reuse: bool = Field(default=True, description="jobs for this repository (their source) may reuse an image built "
+                        "from the same inputs; false: always build")
+    reuse_with_secrets: bool = Field(default=False, description="a job with secret build args or build secrets may "
+                                     "reuse too (the key holds their names, never their values): only when the "
+                                     "image cannot depend on which value was given")
 
     @field_validator("clone_url")
     @classmethod

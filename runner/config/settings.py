@@ -91,6 +91,9 @@ class Settings(ClientSettings):
     statuses: StatusesConfig = Field(default_factory=StatusesConfig)
     deliveries: DeliveriesConfig = Field(default_factory=DeliveriesConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    reuse: bool = Field(default=True, description="a job whose inputs (context files, Dockerfile, args, labels, "
+                        "platforms, executor, base images by digest) equal a pushed job's gets that image under its "
+                        "tags instead of a build; false: every job builds (README: reusing images)")
     signing: SigningConfig = Field(default_factory=SigningConfig, description="signatures and provenance for every pushed "
                                    "image (docs/signing.md)")
 

@@ -39,6 +39,9 @@ class BuildContext:
     place: MemberFilter | None = None
     #: sha256:<hex> of the tar at tar_path (the spool hashes what it writes); None: not known
     digest: str | None = None
+    #: sha256:<hex> of its members without their mtimes (runner.context.spool.CanonicalTar): what
+    #: a build's reuse key compares; None: not known
+    files_digest: str | None = None
     #: the full commit id a git context was checked out at (runner.sources.git)
     commit: str | None = None
     #: the Dockerfile's bytes when the spool kept them (runner.context.spool.MAX_KEPT_DOCKERFILE)

@@ -12,6 +12,7 @@ A tool that builds from an unpacked folder gets the same view (runner.context.bu
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -137,11 +138,16 @@ def ustar_header(member: Member, name: str, target: str) -> bytes | None:
 class CanonicalTar:
     """The tar every executor gets: only accepted members, normalised names, owner 0:0,
     modes and mtimes as uploaded. Headers are made by tarfile (writing only). Its sha256 is
-    taken as it is written: the context's content digest (runner.core.build_inputs)."""
+    taken as it is written: the context's content digest (runner.core.build_inputs). So is a
+    second one, `files_digest`, over what a builder's layer cache compares: each member's name,
+    kind, mode, size, link target and bytes, but not its mtime (BuildKit's content hash and the
+    classic builder's tarsum leave mtimes out; a git checkout's mtimes are the time of the clone,
+    so two clones of one commit differ only there)."""
 
     def __init__(self, path: Path):
         self._out = path.open("wb", buffering=1024 * 1024)
         self._sha256 = hashlib.sha256()
+        self._files = hashlib.sha256()
         self.size = 0
 
     def _write(self, data: bytes | memoryview) -> None:
@@ -156,8 +162,11 @@ class CanonicalTar:
             info.linkname = target
             header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         self._write(header)
+        # one JSON line per member, its size saying where its bytes end: unambiguous
+        self._files.update(json.dumps([name, member.kind, member.mode, member.size, target]).encode() + b"\n")
         for piece in data:
             self._write(piece)
+            self._files.update(piece)
         padding = -member.size % tarfile.BLOCKSIZE
         self._write(bytes(padding))
         self.size += len(header) + member.size + padding
@@ -171,6 +180,11 @@ class CanonicalTar:
     def digest(self) -> str:
         """sha256:<hex> of every byte written so far (the whole tar, once closed)."""
         return "sha256:" + self._sha256.hexdigest()
+
+    @property
+    def files_digest(self) -> str:
+        """sha256:<hex> of the members written so far, mtimes left out (see the class)."""
+        return "sha256:" + self._files.hexdigest()
 
     def discard(self) -> None:
         try:
@@ -232,7 +246,7 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
             raise InvalidJob(f"Dockerfile {dockerfile!r} not found in the build context (it must be a regular file)")
         out.close()
         place = copy_filter(ignore, tar_path, dockerfile, cancel)
-        size, digest = write_copy_view(tar_path, place, ignore.hardlinked, cancel) if place.active else (out.size, out.digest)
+        written = write_copy_view(tar_path, place, ignore.hardlinked, cancel) if place.active else out
     except BaseException as exc:
         out.discard()
         tar_path.unlink(missing_ok=True)
@@ -243,16 +257,17 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
         if isinstance(exc, OSError):
             raise workspace_error(exc) from None
         raise
-    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=size, place=place, digest=digest,
+    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=written.size, place=place,
+                        digest=written.digest, files_digest=written.files_digest,
                         dockerfile_content=kept.content)
 
 
 def write_copy_view(tar_path: Path, place: CopyFilter, hardlinked: PathSet,
-                    cancel: CancelToken | None = None) -> tuple[int, str]:
+                    cancel: CancelToken | None = None) -> CanonicalTar:
     """Rewrite the canonical tar at `tar_path` as what `COPY .` sees: the members `place`
     leaves out are dropped, except the Dockerfile; an excluded folder is kept (before its
     content) only if something inside it is; a kept hard link to a dropped file becomes that
-    file. Returns the new size and digest."""
+    file. Returns the view written (its size and digests)."""
     view = CanonicalTar(tar_path.with_name("context.view.tar"))
     stash = tar_path.with_name("context.stash")
     pending: dict[str, Member] = {}  # excluded folders, written once something inside them is
@@ -295,7 +310,7 @@ def write_copy_view(tar_path: Path, place: CopyFilter, hardlinked: PathSet,
     finally:
         shutil.rmtree(stash, ignore_errors=True)
     os.replace(tar_path.with_name("context.view.tar"), tar_path)
-    return view.size, view.digest
+    return view
 
 
 def _write_folders_above(view: CanonicalTar, name: str, pending: dict[str, Member], used: PathSet) -> None:

@@ -1,13 +1,16 @@
 """What a build is made from: one definition, computed once per job before the build
 (runner.supply.inputs), kept in the job's record, and the only source of a provenance's
 `externalParameters` and `resolvedDependencies` (runner.supply.provenance). A build whose
-inputs are equal is the same build: the key a reuse of an earlier image would use.
+inputs are equal is the same build: `BuildInputs.key()` is what a reuse of an earlier image
+looks it up by (runner.worker.reuse).
 
 Never a secret: secret build args appear by name only, build secrets by id only, a git URL
 without its credentials. Pure: no I/O."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 
 from pydantic import BaseModel, Field
@@ -19,6 +22,10 @@ _USERINFO = re.compile(r"(?<=://)[^/@]*@")
 def without_credentials(url: str) -> str:
     """`url` without any user:password@ part."""
     return _USERINFO.sub("", url, count=1)
+
+
+#: bumped when key() encodes differently, so an old entry never matches a new key
+KEY_VERSION = 1
 
 
 class SourceInputs(BaseModel):
@@ -51,6 +58,8 @@ class BuildInputs(BaseModel):
     """Everything a build's result depends on that the runner can name."""
 
     context_digest: str | None = Field(default=None, description="sha256 of the canonical context tar every executor gets")
+    context_files: str | None = Field(default=None, description="sha256 of the context's files (names, modes, link "
+                                      "targets, bytes) without their mtimes, as a builder's layer cache compares them")
     source: SourceInputs | None = None
     dockerfile: str
     target: str | None = None
@@ -68,3 +77,26 @@ class BuildInputs(BaseModel):
     def resolved(self) -> bool:
         """Every base image has a digest (a reuse can only trust inputs that are all pinned)."""
         return all(image.digest for image in self.base_images)
+
+    @property
+    def has_secrets(self) -> bool:
+        """Does the build read a value the inputs do not hold (a secret build arg, a build secret)?"""
+        return bool(self.secret_build_args or self.secrets)
+
+    def key(self) -> str | None:
+        """sha256:<hex> of a canonical encoding (sorted-key JSON, a version first) of every field
+        the image is made from: the context's files, Dockerfile path, target, platforms, build
+        args (secret ones by name), build secret ids, labels, executor, builder and each base
+        image by digest. Not the source (a tag pushed on a built commit is the same build) nor
+        no_cache (how, not what). None when it cannot be trusted: the context's files are not
+        known or a base image has no digest."""
+        if self.context_files is None or not self.resolved:
+            return None
+        bases = sorted([image.name, image.digest, sorted(image.platforms.items())] for image in self.base_images)
+        encoded = json.dumps({
+            "version": KEY_VERSION, "context_files": self.context_files, "dockerfile": self.dockerfile,
+            "target": self.target, "platforms": self.platforms, "build_args": self.build_args,
+            "secret_build_args": sorted(self.secret_build_args), "secrets": sorted(self.secrets), "labels": self.labels,
+            "executor": self.executor, "builder": self.builder, "base_images": bases,
+        }, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return "sha256:" + hashlib.sha256(encoded.encode()).hexdigest()

@@ -190,7 +190,9 @@ class BuildRequest(BaseModel):
     target: str | None = Field(default=None, max_length=255)
     labels: dict[str, str] = Field(default_factory=dict)
     platform: str | None = Field(default=None, pattern=r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
-    no_cache: bool = False
+    no_cache: bool = Field(default=False, description="build every step again; also never reuses an earlier image")
+    reuse: bool = Field(default=True, description="false: always build, even when an image built from the same inputs "
+                        "is in the registry (README: reusing images)")
     executor: str | None = Field(default=None, description="Executor name; the config default if omitted.")
     builder: Literal["auto", "buildkit", "classic"] | None = None
     timeout: int | None = Field(default=None, gt=0, description="Seconds; the config default if omitted.")
@@ -318,6 +320,8 @@ class JobRecord(BaseModel):
     inputs: BuildInputs | None = None
     #: the provenance and signatures attached to the pushed images; None: nothing attached
     attestation: Attestation | None = None
+    #: the job whose image was put under this job's tags instead of a build (same inputs); None: built
+    reused_from: str | None = None
 
     @property
     def finished(self) -> bool:

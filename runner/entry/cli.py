@@ -147,7 +147,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
         "secret_build_args": list(secret_args), "secrets": [s.removeprefix("id=") for s in args.secret],
         "target": args.target, "labels": pairs(args.label, "--label"), "executor": args.executor,
         "builder": args.builder, "platform": args.platform, "push": args.push, "no_cache": args.no_cache,
-        "timeout": args.timeout,
+        "reuse": args.reuse, "timeout": args.timeout,
     }
     if args.job_id:
         payload["id"] = args.job_id
@@ -270,6 +270,8 @@ def cmd_status(args: argparse.Namespace) -> None:
         mark = attested.get((f"{ref.registry}/{ref.repository}", image.digest))
         signed = (" signed" if mark.signature else " provenance unsigned") if mark else ""
         print(f"  {image.ref}@{image.digest}{signed}")
+    if record.reused_from:
+        print(f"  reused: the image built by job {record.reused_from} for the same inputs (no build)")
     if record.attestation:
         a = record.attestation
         print(f"  provenance: SLSA v1 on {len(a.images)} digest(s), " + (f"signed with key {a.key_id}" if a.signed
@@ -492,7 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--builder", help="auto | buildkit | classic (engine executors)")
     submit.add_argument("--platform", help="target platform, e.g. linux/amd64")
     submit.add_argument("--push", action=argparse.BooleanOptionalAction, default=True, help="push the image (default: yes)")
-    submit.add_argument("--no-cache", action="store_true", help="build without the layer cache")
+    submit.add_argument("--no-cache", action="store_true", help="build without the layer cache (never reuses an image)")
+    submit.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                        help="put the image an earlier job pushed from the same inputs under the tags instead of "
+                        "building (default: yes); --no-reuse always builds")
     submit.add_argument("--timeout", type=int, metavar="SECONDS", help="seconds the build may take")
     submit.add_argument("--detach", action="store_true", help="print the job id and return")
     submit.add_argument("--wait", action="store_true", help="wait for the result (default)")

@@ -17,6 +17,10 @@ Keys (NS = settings.worker.namespace):
                    lapses (Redis's clock): live workers are the members scored in the future
   NS:push:KEY      the job a git push (KEY: a hash of host, repository, ref, before and after) made,
                    for webhooks.replay_window: the same push in another delivery is a replay
+  NS:built:KEY     JSON: the job that pushed an image from the inputs whose key is KEY (a sha256 of
+                   its BuildInputs), its images and when (runner.worker.reuse); lives as long as a
+                   finished job's record (retention.finished_seconds)
+  NS:building:KEY  the job building from the inputs KEY now (others with that key wait for it)
   NS:requeued      HASH "executor/reason" -> times a job of that executor went back to its queue
                    for that reason (counted here, not by the worker that dies with it)
 Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E.
@@ -371,6 +375,25 @@ class JobStore:
 
     def release_push(self, key: str, job_id: str) -> None:
         self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("push", key), job_id)
+
+    # -- images built, by their inputs' key (runner.worker.reuse) -----------------------------
+    def remember_build(self, key: str, entry: str) -> None:
+        self.r.set(self._key("built", key), entry, ex=self.retention.finished_seconds)
+
+    def remembered_build(self, key: str) -> str | None:
+        return self.r.get(self._key("built", key))
+
+    def forget_build(self, key: str, entry: str) -> None:
+        """Forget the build `entry` of `key` (not one remembered since)."""
+        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("built", key), entry)
+
+    def start_building(self, key: str, job_id: str, ttl: float) -> str | None:
+        """Claim building the inputs `key` for `job_id` (for at most `ttl` seconds): None if it is
+        ours now, else the job that holds it."""
+        return self._claim(keys=[self._key("building", key)], args=[job_id, max(1, int(ttl))])
+
+    def stop_building(self, key: str, job_id: str) -> None:
+        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("building", key), job_id)
 
     # -- secret build-arg values: by reference, never in the queue message ---------------------
     def save_secrets(self, job_id: str, values: dict[str, str]) -> None:

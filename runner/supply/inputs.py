@@ -158,7 +158,7 @@ def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, 
         if image.error:
             log.line(f"[runner] provenance: base image {image.ref} not resolved to a digest: {image.error}")
     return BuildInputs(
-        context_digest=context.digest, source=source_inputs(request, context), dockerfile=request.dockerfile,
+        context_digest=context.digest, context_files=context.files_digest, source=source_inputs(request, context), dockerfile=request.dockerfile,
         target=request.target, platforms=platforms,
         build_args={k: v for k, v in request.build_args.items() if k not in request.secret_build_args},
         secret_build_args=list(request.secret_build_args), secrets=list(request.secrets), labels=dict(request.labels),

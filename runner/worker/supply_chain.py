@@ -2,7 +2,8 @@
 (base images resolved to digests now) go into its record; after the push, every pushed digest
 gets its provenance and, with a key, its signature (runner.supply.attester), and the record
 says what was attached. The pipeline's one call (`SupplyChain.build`) instead of
-`executor.run`."""
+`executor.run`. Between the inputs and the run, an image pushed from the same inputs is
+reused instead of a build (runner.worker.reuse)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from runner.supply.attester import Attester
 from runner.supply.inputs import compute_inputs
 from runner.supply.keys import KeyHolder
 from runner.supply.provenance import RunDetails
+from runner.worker.reuse import Plan, Reuse, plan_for
 
 
 def attester_for(settings: Settings, env: ExecutorEnv, store: JobStore) -> Attester:
@@ -38,6 +40,7 @@ class SupplyChain:
     def __init__(self, settings: Settings, env: ExecutorEnv, store: JobStore, worker_id: str):
         self.settings, self.env, self.store, self.worker_id = settings, env, store, worker_id
         self.attester = attester_for(settings, env, store)
+        self.reuse = Reuse(settings, env.registries, store)
 
     def build(self, executor: Executor, request: BuildRequest, context: BuildContext, log_sink: LogSink,
               cancel: CancelToken) -> list[PushedImage]:
@@ -50,16 +53,40 @@ class SupplyChain:
                 inputs = compute_inputs(request, context, executor.name, self.env.builder,
                                         self.env.registries if publishes else None, log_sink)
             self._record(request.id, lambda r: r.model_copy(update={"inputs": inputs}))
-            started = now()
-            images = executor.run(request, context, log_sink, cancel)
-            cancel.raise_if_set()
-            if request.push and images and publishes:
-                with phases("provenance"):
-                    attestation = self.attest(request, images, inputs, started, log_sink)
-                self._record(request.id, lambda r: r.model_copy(update={"attestation": attestation}))
+            plan = plan_for(request, inputs, self.settings, publishes)
+            with self.reuse.turn(plan, request.id, cancel, log_sink):
+                started = now()
+                images = self._reused(plan, request, log_sink, phases)
+                built = images is None
+                if images is None:
+                    images = executor.run(request, context, log_sink, cancel)
+                cancel.raise_if_set()
+                if request.push and images and publishes:
+                    with phases("provenance"):
+                        attestation = self.attest(request, images, inputs, started, log_sink)
+                    self._record(request.id, lambda r: r.model_copy(update={"attestation": attestation}))
+                if plan is not None and built and images:
+                    self.reuse.remember(plan, request.id, images)
             return images
         finally:
             phases.report()
+
+    def _reused(self, plan: Plan | None, request: BuildRequest, log_sink: LogSink, phases: PhaseClock) -> list[PushedImage] | None:
+        """The job's tags put on the image built from the same inputs, or None: build."""
+        if plan is None:
+            return None
+        if plan.must_build:
+            log_sink.line(f"[runner] building, not reusing: {plan.must_build}")
+            return None
+        with phases("tags"):
+            found = self.reuse.take(plan, request, log_sink)
+        if found is None:
+            return None
+        job, images = found
+        log_sink.line(f"[runner] reused the image built by job {job} for the same inputs ({plan.key}): "
+                      + ", ".join(f"{i.ref}@{i.digest}" for i in images) + "; nothing was built")
+        self._record(request.id, lambda r: r.model_copy(update={"reused_from": job}))
+        return images
 
     def attest(self, request: BuildRequest, images: list[PushedImage], inputs: BuildInputs, started: datetime,
                log_sink: LogSink) -> Attestation:

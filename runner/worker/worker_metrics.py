@@ -65,11 +65,14 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
                                     ["executor"], registry=r)
         self.steps = Counter("runner_build_steps_total", "Dockerfile steps built, by whether the layer cache had them "
                              "(where the builder reports it: BuildKit, classic)", ["executor", "cache"], registry=r)
+        self.reused = Counter("runner_jobs_reused_total", "Jobs that succeeded with the image an earlier job pushed from "
+                              "the same inputs put under their tags, instead of a build", ["executor"], registry=r)
         Gauge("runner_worker_build_slots", "Builds this worker runs at once (worker.concurrency): the capacity that "
               "runner_jobs_running fills", registry=r).set(build_slots)
         for executor in executors:
             self.queue_wait.labels(executor)
             self.push_retries.labels(executor)
+            self.reused.labels(executor)
             for status in FINAL:
                 self.jobs.labels(executor, status)
                 self.duration.labels(executor, status)
@@ -112,6 +115,8 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
             self.duration.labels(record.executor, status).observe(took)
         if record.error is not None and record.status in (Status.failed, Status.timed_out):
             self.failures.labels(record.executor, record.error.kind).inc()
+        if record.reused_from is not None and record.status is Status.succeeded:
+            self.reused.labels(record.executor).inc()
 
     def job_requeued(self, record: JobRecord, request: BuildRequest) -> None:
         """No longer running here. The requeue is counted in Redis (runner_jobs_requeued_total

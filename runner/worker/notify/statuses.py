@@ -7,6 +7,8 @@ and the requests that tell them.
 | started           | pending       | running  | building / building (attempt 2)              |
 | requeued          | pending       | pending  | requeued                                     |
 | succeeded         | success       | success  | built, pushed and signed 2 tags in 41 s      |
+|                   |               |          | reused the image built by job 1f… for the    |
+|                   |               |          | same inputs (signed): 1 tag in 0.1 s         |
 | failed            | failure       | failed   | step 4/7 failed: RUN make                    |
 | cancelled         | error         | canceled | cancelled                                    |
 | timed out         | error         | failed   | timed out after 600 s                        |
@@ -88,8 +90,12 @@ def describe(moment: str, record: JobRecord, note: dict[str, Any]) -> str:
         took = seconds_between(record.started_at, record.finished_at) or 0
         count = len(record.images)
         signed = record.attestation is not None and record.attestation.signed
-        text = (f"built, pushed{' and signed' if signed else ''} {count} tag{'s' if count != 1 else ''} in {seconds(took)}"
-                if record.request.push else f"built in {seconds(took)} (not pushed)")
+        if record.reused_from is not None:
+            text = (f"reused the image built by job {record.reused_from} for the same inputs"
+                    f"{' (signed)' if signed else ''}: {count} tag{'s' if count != 1 else ''} in {seconds(took)}")
+        else:
+            text = (f"built, pushed{' and signed' if signed else ''} {count} tag{'s' if count != 1 else ''} in {seconds(took)}"
+                    if record.request.push else f"built in {seconds(took)} (not pushed)")
     else:
         message = record.error.message if record.error else record.status.value
         if record.status.value == "failed" and record.error and record.error.kind == "build":
