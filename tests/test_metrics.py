@@ -131,7 +131,8 @@ def test_build_cache_steps_and_push_retries_are_counted_on_a_real_engine(make_ha
     url = f"http://127.0.0.1:{port}/metrics"
     jobs = []
     for ref in (f"{h.registry()}/fleet/steps:1", f"{h.registry()}/fleet/steps:2", f"{dead}/fleet/steps:3"):
-        result = h.cli("submit", str(context(tmp_path, dockerfile)), "-t", ref, "--executor", "socket", "--json")
+        # --no-reuse: the second job is a cached build of the same inputs, not the first one's image
+        result = h.cli("submit", str(context(tmp_path, dockerfile)), "-t", ref, "--executor", "socket", "--no-reuse", "--json")
         jobs.append(json.loads(result.stdout))
         if len(jobs) == 1:
             first = scrape(url)

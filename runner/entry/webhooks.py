@@ -324,7 +324,9 @@ def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Set
                     "submodules": repo.submodules, "keep_git_dir": repo.keep_git_dir},
         "dockerfile": repo.dockerfile, "tags": tags, "build_args": repo.build_args, "executor": repo.executor,
         "timeout": repo.timeout, "callback_url": repo.callback_url,
-        "labels": {"org.opencontainers.image.revision": push.sha, "org.opencontainers.image.ref.name": push.ref},
+        # the commit, not the ref: a tag pushed on a built commit is the same image (runner.worker.reuse);
+        # the ref is in the job's source and the provenance
+        "labels": {"org.opencontainers.image.revision": push.sha},
         "source": {"host": push.provider, "api_url": push.api_url, "repository": push.full_name, "project_id": push.project_id,
                    "sha": push.sha, "ref": push.ref, "delivery": delivery[:256]},
     }

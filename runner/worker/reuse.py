@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from runner.config.settings import Settings
 from runner.core.build_inputs import BuildInputs
 from runner.core.cancel import CancelToken
-from runner.core.errors import InfrastructureError, RegistryAuthFailed
+from runner.core.errors import ExecutorError, InfrastructureError
 from runner.core.jobs import BuildRequest, ImageRef, PushedImage, now
 from runner.core.log_sink import LogSink
 from runner.core.registry_client import Copies, Registries
@@ -132,9 +132,7 @@ class Reuse:
             return None
         try:
             images = self._put(built, request.image_refs(), log)
-        except RegistryAuthFailed:
-            raise  # a push would be refused too
-        except InfrastructureError as exc:
+        except ExecutorError as exc:  # a registry declining, or a login that may read the tag's repository only
             log.line(f"[runner] could not reuse the image of job {built.job} ({exc.message}); building")
             return None
         if images is None:
