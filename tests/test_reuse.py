@@ -6,8 +6,9 @@ told by the executor's own `run` being called (counted by wrapping it: the real 
 happens), and by the job's log.
 
 - a push on main builds; a tag pushed on the same commit (another clone, other mtimes) reuses:
-  the same digest under the new tag (read back with skopeo), no build, `reused_from`, signed,
-  runner_jobs_reused_total, the commit status description;
+  the same digest under the new tag (read back with skopeo), no build, `reused_from`, signed
+  (the build's signature kept in its repository, a new one in another), runner_jobs_reused_total,
+  the commit status description;
 - the FROM tag moved, a changed build arg, a changed file, no_cache, reuse: false, another
   platform set: each builds;
 - two identical jobs at once build once;
@@ -143,8 +144,17 @@ def test_a_tag_on_a_built_commit_reuses_its_image(built, base, services, tmp_pat
     assert second.inputs.key() == first.inputs.key()
     # signed as a push would be: the same digest's signature is there once, the record says signed
     assert second.attestation is not None and second.attestation.signed
-    assert [a.digest for a in second.attestation.images] == [image.digest]
-    assert built.reused_count() == 1
+    assert second.attestation == first.attestation and f"[runner] signed by job {first.id}" in log
+    # in another repository the digest has no signature yet: it is signed there, as after a push
+    other_tag = f"{services['RUNNER_DEV_REGISTRY']}/reuse/{built.executor}-other:{uuid.uuid4().hex[:8]}"
+    third, log = built.run(built.job(repo, commit, other_tag, ref="refs/tags/v1.1"))
+    assert third.reused_from == first.id and built.runs == [first.id]
+    assert third.attestation is not None and third.attestation.signed
+    [attested] = third.attestation.images
+    assert attested.repository == other_tag.rsplit(":", 1)[0] and attested.digest == image.digest
+    assert attested.signature == f"{attested.repository}:{image.digest.replace(':', '-')}.sig"
+    assert registry_digest(services, attested.signature)  # the .sig tag is in that repository
+    assert built.reused_count() == 2
     assert describe("finished", second, {}).startswith(f"reused the image built by job {first.id} for the same inputs")
 
 

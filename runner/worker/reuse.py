@@ -13,6 +13,12 @@ mounted across repositories, runner.core.registry_client), instead of a build.
   whose inputs are not all pinned (a base image without a digest). Never reused for a job that
   asks for a build: `reuse: false` (job, repository, config) or `no_cache`.
 
+Signatures and provenance: the `.sig` and `.att` tags are per digest, in the digest's
+repository. Where the building job's are still there for every digest the reuse put (same
+repositories), made with the key signing now, they are the reusing job's too (its record says
+so, naming the build's times): nothing is signed again. Otherwise (another repository, another
+key, an attachment gone) the SupplyChain attaches them as after a push.
+
 Executor-independent: the pipeline's SupplyChain asks here before it calls the executor."""
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from datetime import datetime
 from pydantic import BaseModel, ValidationError
 
 from runner.config.settings import Settings
+from runner.core.attestations import Attestation
 from runner.core.build_inputs import BuildInputs
 from runner.core.cancel import CancelToken
 from runner.core.errors import ExecutorError, InfrastructureError
@@ -33,6 +40,7 @@ from runner.core.jobs import BuildRequest, ImageRef, PushedImage, now
 from runner.core.log_sink import LogSink
 from runner.core.registry_client import Copies, Registries
 from runner.store.jobstore import JobStore
+from runner.supply.attester import pushed_digests
 
 #: how often a job waiting for another with the same key looks again
 WAIT_POLL = 0.1
@@ -161,6 +169,28 @@ class Reuse:
             self.registries.confirm_digest(target, put)
             images.append(PushedImage(ref=str(target), digest=put))
         return images
+
+    def attestation_of(self, job_id: str, images: list[PushedImage], key_id: str | None) -> Attestation | None:
+        """What the building job attached, when it covers every digest of `images` (signed with
+        `key_id`, None: unsigned) and is still in the registry; else None."""
+        record = self.store.get(job_id)
+        previous = record.attestation if record else None
+        if previous is None or previous.key_id != key_id or (key_id is not None and not previous.signed):
+            return None
+        attached = {(a.repository, a.digest): a for a in previous.images}
+        kept = [attached.get((subject.repository, subject.digest)) for subject in pushed_digests(images)]
+        if not all(kept):
+            return None
+        for image in kept:
+            assert image is not None
+            for tag in filter(None, (image.signature, image.attestation)):
+                ref = ImageRef.parse(tag)
+                try:
+                    if self.registries.client(ref.registry).head_manifest(ref.repository, ref.tag) is None:
+                        return None
+                except ExecutorError:
+                    return None
+        return previous.model_copy(update={"images": kept})
 
     def remember(self, plan: Plan, job_id: str, images: list[PushedImage]) -> None:
         self.store.remember_build(plan.key, Built(job=job_id, images=images, at=now()).model_dump_json())

@@ -23,7 +23,7 @@ from runner.core.version import runner_version
 from runner.store.jobstore import JobStore
 from runner.supply.attester import Attester
 from runner.supply.inputs import compute_inputs
-from runner.supply.keys import KeyHolder
+from runner.supply.keys import KeyHolder, SigningKeyError
 from runner.supply.provenance import RunDetails
 from runner.worker.reuse import Plan, Reuse, plan_for
 
@@ -56,23 +56,24 @@ class SupplyChain:
             plan = plan_for(request, inputs, self.settings, publishes)
             with self.reuse.turn(plan, request.id, cancel, log_sink):
                 started = now()
-                images = self._reused(plan, request, log_sink, phases)
-                built = images is None
-                if images is None:
-                    images = executor.run(request, context, log_sink, cancel)
+                reused = self._reused(plan, request, log_sink, phases)
+                images = reused[1] if reused else executor.run(request, context, log_sink, cancel)
                 cancel.raise_if_set()
                 if request.push and images and publishes:
                     with phases("provenance"):
-                        attestation = self.attest(request, images, inputs, started, log_sink)
+                        attestation = (reused and self._kept_attestation(reused[0], images, log_sink)) \
+                            or self.attest(request, images, inputs, started, log_sink)
                     self._record(request.id, lambda r: r.model_copy(update={"attestation": attestation}))
-                if plan is not None and built and images:
+                if plan is not None and not reused and images:
                     self.reuse.remember(plan, request.id, images)
             return images
         finally:
             phases.report()
 
-    def _reused(self, plan: Plan | None, request: BuildRequest, log_sink: LogSink, phases: PhaseClock) -> list[PushedImage] | None:
-        """The job's tags put on the image built from the same inputs, or None: build."""
+    def _reused(self, plan: Plan | None, request: BuildRequest, log_sink: LogSink,
+                phases: PhaseClock) -> tuple[str, list[PushedImage]] | None:
+        """The job's tags put on the image built from the same inputs: (the job that built it,
+        the images), or None: build."""
         if plan is None:
             return None
         if plan.must_build:
@@ -86,7 +87,20 @@ class SupplyChain:
         log_sink.line(f"[runner] reused the image built by job {job} for the same inputs ({plan.key}): "
                       + ", ".join(f"{i.ref}@{i.digest}" for i in images) + "; nothing was built")
         self._record(request.id, lambda r: r.model_copy(update={"reused_from": job}))
-        return images
+        return found
+
+    def _kept_attestation(self, job: str, images: list[PushedImage], log_sink: LogSink) -> Attestation | None:
+        """The signatures and provenance job `job` attached to the image reused, when they
+        cover it and were made with the key signing now (runner.worker.reuse); None: attach."""
+        try:
+            key_id = self.attester.keys.current().key_id if self.attester.keys else None
+        except SigningKeyError:
+            return None  # attest() says why, and fails the job if it must
+        kept = self.reuse.attestation_of(job, images, key_id)
+        if kept is not None:
+            log_sink.line(f"[runner] {'signed' if kept.signed else 'provenance attached (unsigned)'} by job {job}: "
+                          + ", ".join(f"{a.ref} ({a.signature or a.attestation})" for a in kept.images))
+        return kept
 
     def attest(self, request: BuildRequest, images: list[PushedImage], inputs: BuildInputs, started: datetime,
                log_sink: LogSink) -> Attestation:
