@@ -188,6 +188,7 @@ def test_every_known_series_is_there_at_zero_from_start_up(make_harness):
     for phase in PHASES:
         assert sample(m, "runner_job_phase_seconds_count", executor="fake", phase=phase) == 0, phase
     assert sample(m, "runner_push_retries_total", executor="fake") == 0
+    assert sample(m, "runner_jobs_reused_total", executor="fake") == 0
     assert sample(m, "runner_build_steps_total", executor="fake", cache="hit") == 0
     assert sample(m, "runner_build_steps_total", executor="fake", cache="miss") == 0
     assert sample(m, "runner_worker_build_slots") == 3  # worker.concurrency: what utilisation divides by

@@ -127,17 +127,21 @@ class Reuse:
         finally:
             self.store.stop_building(plan.key, job_id)
 
-    def take(self, plan: Plan, request: BuildRequest, log: LogSink) -> tuple[str, list[PushedImage]] | None:
-        """Put the image remembered under the plan's key under the job's tags: (the job that
-        built it, the images), or None when the job must build (logged why)."""
+    def lookup(self, plan: Plan) -> tuple[Built, str] | None:
+        """What was built for the plan's key: (the entry, as stored), or None."""
         raw = self.store.remembered_build(plan.key)
         if raw is None:
             return None
         try:
-            built = Built.model_validate_json(raw)
+            return Built.model_validate_json(raw), raw
         except ValidationError:
             self.store.forget_build(plan.key, raw)
             return None
+
+    def take(self, plan: Plan, found: tuple[Built, str], request: BuildRequest, log: LogSink) -> list[PushedImage] | None:
+        """Put the image `found` (lookup) under the job's tags: the images, or None when the
+        job must build (logged why; a digest gone from its registry is forgotten)."""
+        built, raw = found
         try:
             images = self._put(built, request.image_refs(), log)
         except ExecutorError as exc:  # a registry declining, or a login that may read the tag's repository only
@@ -145,8 +149,7 @@ class Reuse:
             return None
         if images is None:
             self.store.forget_build(plan.key, raw)
-            return None
-        return built.job, images
+        return images
 
     def _put(self, built: Built, targets: list[ImageRef], log: LogSink) -> list[PushedImage] | None:
         """Every target tag holding the built digest; None when it is gone from its registry."""

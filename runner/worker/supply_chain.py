@@ -79,15 +79,18 @@ class SupplyChain:
         if plan.must_build:
             log_sink.line(f"[runner] building, not reusing: {plan.must_build}")
             return None
-        with phases("tags"):
-            found = self.reuse.take(plan, request, log_sink)
+        found = self.reuse.lookup(plan)
         if found is None:
             return None
-        job, images = found
+        with phases("tags"):  # only when there is an image to put: a build's own tags are timed by its executor
+            images = self.reuse.take(plan, found, request, log_sink)
+        if images is None:
+            return None
+        job = found[0].job
         log_sink.line(f"[runner] reused the image built by job {job} for the same inputs ({plan.key}): "
                       + ", ".join(f"{i.ref}@{i.digest}" for i in images) + "; nothing was built")
         self._record(request.id, lambda r: r.model_copy(update={"reused_from": job}))
-        return found
+        return job, images
 
     def _kept_attestation(self, job: str, images: list[PushedImage], log_sink: LogSink) -> Attestation | None:
         """The signatures and provenance job `job` attached to the image reused, when they
