@@ -17,7 +17,6 @@ The key itself (what moves it, what does not) is tested without services at the 
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -30,13 +29,14 @@ from runner.context.spool import spool_context
 from runner.core.build_inputs import BaseImage, BuildInputs
 from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.entry.submission import submit
+from runner.supply.keys import generate
 from runner.worker.admission import QUEUE
 from runner.worker.notify.statuses import describe
 from runner.worker.pipeline import Pipeline
 from runner.worker.reuse import build_asked, not_shared, plan_for
 from runner.worker.worker import Worker
 from runner.worker.worker_metrics import WorkerMetrics
-from tests.conftest import RUNNER, cleanup_namespace, new_harness, registry_digest
+from tests.conftest import cleanup_namespace, new_harness, registry_digest
 from tests.contract.test_contract import executor_params
 from tests.test_gitsource import commit_files, git
 from tests.test_signing import copy_image
@@ -83,19 +83,15 @@ class Built:
 
 @pytest.fixture(scope="module")
 def signing_key(tmp_path_factory) -> Path:
-    keys = tmp_path_factory.mktemp("reuse-keys")
-    (keys / "passphrase").write_text("reuse-passphrase\n")
-    made = subprocess.run([RUNNER, "keys", "generate", "--output", str(keys / "cosign"), "--passphrase-file",
-                           str(keys / "passphrase")], capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0, made.stderr
-    return keys
+    """The worker's signing key (without a passphrase: the signing tests cover those)."""
+    private, _ = generate(tmp_path_factory.mktemp("reuse-keys") / "cosign", None)
+    return private
 
 
 @pytest.fixture(scope="module")
 def harness(services, tmp_path_factory, signing_key):
     h = new_harness(services, tmp_path_factory, git={"allowed_schemes": ["file"]}, statuses={"trust_queue_sources": True},
-                    signing={"key_file": str(signing_key / "cosign.key"),
-                             "passphrase_file": str(signing_key / "passphrase")})
+                    signing={"key_file": str(signing_key)})
     yield h
     cleanup_namespace(h)
 
@@ -290,3 +286,27 @@ def test_who_may_reuse(redis_url, tmp_path):
     assert plan_for(request(), inputs(), settings, publishes=False) is None
     plan = plan_for(request(no_cache=True), inputs(), settings, True)
     assert plan is not None and plan.key == inputs().key() and plan.must_build
+
+
+def test_a_turn_held_by_a_job_whose_worker_died_is_passed_over(redis_url, new_store):
+    """The second of two jobs with one key waits while the first's lease lives (a cancel ends
+    the wait), and goes on at once when the first's worker is gone (no lease)."""
+    from runner.core.cancel import CancelToken
+    from runner.core.errors import Cancelled
+    from runner.worker.reuse import Plan, Reuse
+    from tests.support import ListLog
+
+    store = new_store()
+    reuse = Reuse(Settings(redis_url=redis_url), registries=None, store=store)  # type: ignore[arg-type]
+    plan = Plan(key="sha256:" + uuid.uuid4().hex, must_build=None)
+    assert store.start_building(plan.key, "first", 60) is None
+    store.acquire_lease("first", "worker-a", 30)
+    cancel, log = CancelToken(), ListLog()
+    threading.Timer(0.5, cancel.set, args=("cancelled",)).start()
+    with pytest.raises(Cancelled), reuse.turn(plan, "second", cancel, log):
+        pass
+    assert "waiting for job first, which builds from the same inputs" in log.text
+    store.release_lease("first", "worker-a")  # its worker died: the lease lapsed
+    with reuse.turn(plan, "second", CancelToken(), ListLog()):
+        assert store.start_building(plan.key, "third", 60) == "second"
+    assert store.start_building(plan.key, "third", 60) is None  # released at the end of the turn
