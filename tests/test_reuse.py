@@ -242,6 +242,7 @@ def test_the_key_moves_with_every_input_that_makes_the_image():
                   source={"repository": "acme/app", "ref": "refs/tags/v1", "commit": "1" * 40}).key() == key
     assert inputs(base_images=[BaseImage(ref="x:1", name="docker.io/library/x:1", error="unreachable")]).key() is None
     assert inputs(context_files=None).key() is None
+    assert inputs(bases_unknown="a FROM this reading cannot follow").key() is None
 
 
 def test_the_context_files_digest_leaves_mtimes_out(tmp_path):

@@ -72,6 +72,8 @@ class BuildInputs(BaseModel):
     executor: str
     builder: str = Field(description="auto, buildkit or classic (the job's, else the config's)")
     base_images: list[BaseImage] = Field(default_factory=list)
+    bases_unknown: str | None = Field(default=None, description="why the Dockerfile's base images could not be "
+                                      "read (then `base_images` is not all of them)")
 
     @property
     def resolved(self) -> bool:
@@ -89,8 +91,8 @@ class BuildInputs(BaseModel):
         args (secret ones by name), build secret ids, labels, executor, builder and each base
         image by digest. Not the source (a tag pushed on a built commit is the same build) nor
         no_cache (how, not what). None when it cannot be trusted: the context's files are not
-        known or a base image has no digest."""
-        if self.context_files is None or not self.resolved:
+        known, the base images could not be read, or one has no digest."""
+        if self.context_files is None or not self.resolved or self.bases_unknown is not None:
             return None
         bases = sorted([image.name, image.digest, sorted(image.platforms.items())] for image in self.base_images)
         encoded = json.dumps({

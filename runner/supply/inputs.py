@@ -146,13 +146,15 @@ def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, 
     platforms = job_platforms(request)
     native = native_platform()
     needed: dict[BaseRef, list[str]] = {}
+    unknown = None
     try:
         text = dockerfile_text(context)
         for target in [Platform.parse(p) for p in platforms] or [native]:
             for base in base_images(text, request.build_args, request.target, target, native):
                 needed.setdefault(base, []).append(str(target))
     except (DockerfileError, OSError, tarfile.TarError) as exc:
-        log.line(f"[runner] provenance: the base images could not be read from the Dockerfile: {masked(str(exc), secrets)}")
+        unknown = masked(str(exc), secrets)
+        log.line(f"[runner] provenance: the base images could not be read from the Dockerfile: {unknown}")
     bases = resolve_bases(needed, BaseResolver(registries) if registries is not None else None, secrets)
     for image in bases:
         if image.error:
@@ -162,4 +164,5 @@ def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, 
         target=request.target, platforms=platforms,
         build_args={k: v for k, v in request.build_args.items() if k not in request.secret_build_args},
         secret_build_args=list(request.secret_build_args), secrets=list(request.secrets), labels=dict(request.labels),
-        no_cache=request.no_cache, executor=executor, builder=request.builder or default_builder, base_images=bases)
+        no_cache=request.no_cache, executor=executor, builder=request.builder or default_builder, base_images=bases,
+        bases_unknown=unknown)
