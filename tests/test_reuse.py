@@ -311,3 +311,15 @@ def test_a_turn_held_by_a_job_whose_worker_died_is_passed_over(redis_url, new_st
     with reuse.turn(plan, "second", CancelToken(), ListLog()):
         assert store.start_building(plan.key, "third", 60) == "second"
     assert store.start_building(plan.key, "third", 60) is None  # released at the end of the turn
+
+
+def test_the_dashboard_names_the_job_that_built_it():
+    from runner.entry.dashboard.views import render
+
+    request = BuildRequest(tags=["127.0.0.1:5000/app:v1"])
+    record = JobRecord(id=request.id, request=request, executor="socket", queue="runner.socket", status=Status.succeeded,
+                       images=[{"ref": "127.0.0.1:5000/app:v1", "digest": "sha256:" + "a" * 64}], reused_from="main-build-7")
+    page = render("_record.html", r=record, rights=["read"], rerun_why=None)
+    assert '<a href="/jobs/main-build-7">main-build-7</a>' in page and "badge reused" in page
+    built = record.model_copy(update={"reused_from": None})
+    assert "badge reused" not in render("_record.html", r=built, rights=["read"], rerun_why=None)

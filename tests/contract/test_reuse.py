@@ -4,7 +4,7 @@ executor), and the HTTP API.
 
 - a push on main builds; a tag pushed on that commit reuses: the same digest under the tag's
   image (read back with skopeo), `reused_from` the main job, no build in its log (no executor
-  output, the reuse line), the status description;
+  output, the reuse line), `runner status` and the status description;
 - a repository with `reuse: false` and an API job with `"reuse": false` build again.
 The in-process cases (what moves the key, jobs at once, a deleted manifest) are in
 tests/test_reuse.py."""
@@ -90,6 +90,8 @@ def test_a_tag_pushed_on_a_built_commit_reuses_its_image(stack, repo, executor, 
     [image] = release["images"]
     assert image["ref"].endswith(f"/reuse-{executor}:v1.0")
     assert image["digest"] == main["images"][0]["digest"] == registry_digest(services, image["ref"])
+    status = stack.harness.cli("status", release["id"])
+    assert f"reused: the image built by job {main['id']} for the same inputs" in status.stdout, status.stdout + status.stderr
     text = describe("finished", JobRecord.model_validate(release), {})
     assert text.startswith(f"reused the image built by job {main['id']} for the same inputs")
 
