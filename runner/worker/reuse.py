@@ -31,6 +31,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ValidationError
 
+from runner.config.sections import RepositoryHook
 from runner.config.settings import Settings
 from runner.core.attestations import Attestation
 from runner.core.build_inputs import BuildInputs
@@ -62,6 +63,11 @@ class Plan:
     must_build: str | None
 
 
+def repository_hook(request: BuildRequest, settings: Settings) -> RepositoryHook | None:
+    """The config of the repository the job names as its source (webhooks.repositories), if any."""
+    return settings.webhooks.repositories.get(request.source.repository) if request.source else None
+
+
 def not_shared(request: BuildRequest, inputs: BuildInputs, settings: Settings, publishes: bool) -> str | None:
     """Why the image of this job can neither be reused nor offered for reuse, or None."""
     if not request.push or not publishes:
@@ -70,7 +76,7 @@ def not_shared(request: BuildRequest, inputs: BuildInputs, settings: Settings, p
         return "the context's files are not known"
     if not inputs.resolved:
         return "a base image has no digest"
-    hook = settings.webhooks.repositories.get(request.source.repository) if request.source else None
+    hook = repository_hook(request, settings)
     if inputs.has_secrets and not (hook and hook.reuse_with_secrets):
         return "it reads secrets (webhooks.repositories.<repo>.reuse_with_secrets is not set)"
     return None
@@ -78,11 +84,11 @@ def not_shared(request: BuildRequest, inputs: BuildInputs, settings: Settings, p
 
 def build_asked(request: BuildRequest, settings: Settings) -> str | None:
     """Why this job asks for a build even if the image exists, or None."""
-    hook = settings.webhooks.repositories.get(request.source.repository) if request.source else None
+    hook = repository_hook(request, settings)
     if not settings.reuse:
         return "reuse is off in the config (reuse: false)"
-    if hook is not None and not hook.reuse:
-        return f"reuse is off for {request.source.repository if request.source else ''} (webhooks.repositories)"
+    if hook is not None and request.source is not None and not hook.reuse:
+        return f"reuse is off for {request.source.repository} (webhooks.repositories)"
     if not request.reuse:
         return "the job asks for a build (reuse: false)"
     if request.no_cache:
@@ -107,8 +113,9 @@ class Reuse:
     @contextmanager
     def turn(self, plan: Plan | None, job_id: str, cancel: CancelToken, log: LogSink) -> Iterator[None]:
         """Hold the key's turn while the job reuses or builds: another job with the key waits
-        (a cancel or the deadline stops the wait). No plan: no turn."""
-        if plan is None:
+        (a cancel or the deadline stops the wait). No plan, or one that builds whatever is
+        there: no turn (its image is still remembered)."""
+        if plan is None or plan.must_build:
             yield
             return
         ttl = self.settings.limits.max_timeout + self.settings.worker.lease_ttl
