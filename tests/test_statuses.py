@@ -942,8 +942,9 @@ def served(services, tmp_path_factory, hosts):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     reg = services["RUNNER_DEV_REGISTRY"]
+    # reuse: false: each host's push of the one commit builds (else the 2nd and 3rd reuse the 1st's image)
     hooked = {"images": [f"{reg}/statuses-{{owner}}/{{repo}}:{{short_sha}}"], "context": "app", "executor": "socket",
-              "branches": ["main"]}
+              "branches": ["main"], "reuse": False}
     for kind, name in (("github", "acme/hello-app"), ("gitlab", "platform/hello-app"), ("gitea", "tools/hello-app")):
         hosts[kind].repos.add(name)
     harness = statuses_harness(
