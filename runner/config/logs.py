@@ -13,7 +13,6 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
-from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -25,11 +24,9 @@ STREAM_LOGGER = "runner.stdio"
 
 def settings_secrets(settings: Settings) -> list[str]:
     """Every secret value the settings hold or point to (inline values, `*_file` contents read
-    now, the Redis password inside redis_url): masked in every process log line."""
-    found: list[str] = []
-    password = urlsplit(settings.redis_url.get_secret_value()).password
-    if password:
-        found += [password, unquote(password)]
+    now, the Redis passwords: in redis_url, its password file, the sentinels'): masked in every
+    process log line."""
+    found = settings.redis_target().secrets()
     found += _secrets(settings)
     return [value for value in found if value]
 

@@ -20,9 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from runner.store.redis_clients import probe_client
 from runner.worker.worker import Worker
 from runner.worker.worker_metrics import WorkerMetrics
 
@@ -41,8 +40,7 @@ class Readiness:
     def __init__(self, worker: Worker):
         self.worker = worker
         self.draining = threading.Event()
-        self.redis = redis.Redis.from_url(worker.settings.redis_url.get_secret_value(), socket_timeout=PROBE_TIMEOUT,
-                                          socket_connect_timeout=PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0))
+        self.redis = probe_client(worker.settings.redis_target(), PROBE_TIMEOUT)
 
     def check(self) -> tuple[bool, str]:
         if self.draining.is_set():

@@ -16,6 +16,10 @@ message is acked or rejected) a gated BRPOP is woken at once (CLIENT UNBLOCK), s
 build is taken without waiting for the BRPOP's timeout; a gated BRPOP also times out sooner
 (GATED_TIMEOUT), which bounds the wait where the wake-up and the BRPOP cross.
 
+The connection's credentials come from the runner's own provider (transport option
+`credential_provider`: a password file is read at each connection), and `SentinelTransport`
+is the same channel on kombu's Sentinel transport (the master asked of the sentinels).
+
 `_brpop_start`, `_brpop_read` and the start of `close` are copies of kombu's own, which is why
 kombu is pinned to the minor version they were copied from (pyproject.toml);
 tests/test_transport.py fails when an upgrade changes kombu's originals, naming what to re-port.
@@ -32,6 +36,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from runner.store.jobstore import INVALID_KEEP, invalid_queue
+from runner.store.redis_clients import SentinelConnection, SentinelSSLConnection
 
 log = logging.getLogger(__name__)
 DELIVERY_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
@@ -43,7 +48,9 @@ class Channel(kombu_redis.Channel):
     #: set from the transport options when the channel is made (not read through
     #: self.connection at each poll: while a lost connection is restored that is None)
     from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
-                              "build_slots", "build_task", "delivery_queue")
+                              "build_slots", "build_task", "delivery_queue", "credential_provider")
+    #: a redis-py CredentialProvider for every connection (the URL's user and password otherwise)
+    credential_provider: object | None = None
     build_slots: int | None = None
     build_task: str | None = None
     delivery_queue: str | None = None
@@ -51,6 +58,14 @@ class Channel(kombu_redis.Channel):
     _gated_client: int | None = None
     #: (connection, its Redis client id), asked once per connection and forgotten when it reconnects
     _known_client: tuple[object, int] | None = None
+
+    def _connparams(self, asynchronous=False):
+        params = super()._connparams(asynchronous)
+        if self.credential_provider is not None:
+            params.pop("username", None)
+            params.pop("password", None)
+            params["credential_provider"] = self.credential_provider
+        return params
 
     def _builds_full(self) -> bool:
         if not self.build_slots:
@@ -193,3 +208,17 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """Our channel on kombu's Sentinel channel: the master is asked of the sentinels."""
+
+    from_transport_options = tuple(dict.fromkeys((*Channel.from_transport_options,  # type: ignore[assignment]
+                                                  *kombu_redis.SentinelChannel.from_transport_options)))
+    #: every (re)connection asks the sentinels for the master (runner/store/redis_clients.py)
+    connection_class = SentinelConnection
+    connection_class_ssl = SentinelSSLConnection  # type: ignore[assignment]  # kombu names its own twin class
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
