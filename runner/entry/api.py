@@ -35,6 +35,7 @@ from runner.entry.errors import ApiError, error_response
 from runner.entry.routes import jobs, logs, uploads, webhooks
 from runner.store.jobstore import JobStore, StoreUnavailable
 from runner.store.logfollow import LogHub
+from runner.store.redis_clients import FailoverWatch
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10  # seconds open requests (log followers) get at shutdown before they are cut
@@ -50,10 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await api.logs.open()
+        failover = FailoverWatch(settings.redis_target(), store.clients())  # with Sentinel only
+        failover.start()
         try:
             gc.freeze()  # start-up objects live as long as the server: no full collection walks them (50+ ms pauses)
             yield
         finally:
+            failover.stop()
             await api.logs.close()
 
     app = FastAPI(title="CI build runner", version="1", separate_input_output_schemas=False,

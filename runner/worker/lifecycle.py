@@ -18,6 +18,7 @@ from executors.plugins import ExecutorRegistry
 from runner.config.logs import configure_logging
 from runner.config.settings import Settings
 from runner.store.outbox import deliveries_queue
+from runner.store.redis_clients import FailoverWatch
 from runner.worker.admission import ADMITTED, statuses_for
 from runner.worker.health import WorkerService
 from runner.worker.notify.deliveries import Deliverer, DeliveryScheduler
@@ -44,6 +45,7 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     builds = concurrency or settings.worker.concurrency
     metrics = WorkerMetrics(names, build_slots=builds)
     worker = Worker(settings, names, registry=registry, metrics=metrics)
+    FailoverWatch(settings.redis_target(), worker.store.clients()).start()  # with Sentinel only
     metrics.running_here = worker.running_here
     deliverer = Deliverer(settings, worker.store, worker.id)
     worker.listeners += [metrics, NotifyListener(deliverer.outbox, lambda record: statuses_for(record.request, settings, ADMITTED))]
