@@ -124,8 +124,18 @@ class ClientSettings(Lenient):
                            tls=files, sentinel=sentinel)
 
 
-def load_client_settings(**overrides: Any) -> ClientSettings:
-    """The client's part of the file named by RUNNER_CONFIG and RUNNER_* env, validated."""
+#: every top-level setting of the full tree (runner.config.settings.Settings; a test keeps the
+#: two equal), so that a client loading its part still refuses a RUNNER_* variable naming none
+SETTINGS_KEYS = frozenset({
+    "redis_url", "redis_username", "redis_password", "redis_password_file", "redis_tls", "redis_sentinel",
+    "retention", "worker", "api", "deliveries", "default_executor", "registries", "executors", "limits", "builder",
+    "build_secrets", "webhooks", "git", "callbacks", "statuses", "log",
+})
+
+
+def load_client_settings(config: str | Path | None = None, **overrides: Any) -> ClientSettings:
+    """The client's part of the config file (`config`, else RUNNER_CONFIG, else a default
+    location: runner.config.loader.config_source) and RUNNER_* env, validated."""
     from runner.config.loader import load
 
-    return load(ClientSettings, overrides)
+    return load(ClientSettings, overrides, config, known=SETTINGS_KEYS)

@@ -1,4 +1,5 @@
-"""One typed settings tree: a YAML file (RUNNER_CONFIG) with RUNNER_* env overrides.
+"""One typed settings tree: a YAML file (--config, RUNNER_CONFIG or a default location) with
+RUNNER_* env overrides.
 
 Nested keys use a double underscore in env vars, e.g. RUNNER_REDIS_URL,
 RUNNER_EXECUTORS__SOCKET__ENABLED=true, RUNNER_LIMITS__MAX_CONTEXT_BYTES=1000000.
@@ -123,6 +124,7 @@ class Settings(ClientSettings):
         return f"{self.worker.namespace}.{executor}"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """The whole settings tree (runner.config.loader.load). Raises SettingsError naming what was wrong."""
-    return load(Settings, overrides)
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """The whole settings tree from `config` (else RUNNER_CONFIG, else a default location:
+    runner.config.loader.config_source) and RUNNER_* env. Raises SettingsError naming what was wrong."""
+    return load(Settings, overrides, config)

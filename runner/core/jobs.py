@@ -312,6 +312,10 @@ class JobRecord(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     cancel_requested: bool = False
+    #: who handed the job in: "token:NAME" (the API, the dashboard), "webhook:HOST:DELIVERY",
+    #: "cli:USER@HOST" (`runner submit` through Redis), "queue" (a message posted to the queue);
+    #: None on records older than the field. Never a secret.
+    submitted_by: str | None = None
 
     @property
     def finished(self) -> bool:

@@ -52,23 +52,28 @@ def dump(data: Any, indent: int | None = 2) -> None:
 
 
 # -- what commands share -----------------------------------------------------------------------------
-def settings() -> Settings:
+def config_path(args: argparse.Namespace) -> str | None:
+    """--config PATH, given before or after the command (None: RUNNER_CONFIG or a default location)."""
+    return getattr(args, "config", None)
+
+
+def settings(args: argparse.Namespace) -> Settings:
     from runner.config.settings import SettingsError, load_settings
 
     try:
-        return load_settings()
+        return load_settings(config_path(args))
     except SettingsError as exc:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
 
-def client_settings() -> ClientSettings:
+def client_settings(args: argparse.Namespace) -> ClientSettings:
     """What the read commands need (Redis or the API, the namespace): quick to load, and a
     mistake elsewhere in the config never stops them."""
     from runner.config.client import load_client_settings
     from runner.config.loader import SettingsError
 
     try:
-        return load_client_settings()
+        return load_client_settings(config_path(args))
     except SettingsError as exc:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
@@ -93,10 +98,10 @@ def remote(api: str | None, cfg: ClientSettings):
     return client_for(api, cfg, fail)
 
 
-def backend(api: str | None) -> JobReader:
-    """The job store, or the API client: both are JobReaders."""
-    cfg = client_settings()
-    return remote(api, cfg) or store_for(cfg)
+def backend(args: argparse.Namespace) -> JobReader:
+    """The job store, or the API client (--api): both are JobReaders."""
+    cfg = client_settings(args)
+    return remote(args.api, cfg) or store_for(cfg)
 
 
 def pairs(values: list[str], option: str) -> dict[str, str]:
@@ -139,7 +144,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
     if sum((args.detach, args.wait, args.follow)) > 1:
         fail("choose one of --detach, --wait, --follow", EXIT_INVALID)
     mode = "detach" if args.detach else "follow" if args.follow else "wait"
-    cfg = settings()
+    cfg = settings(args)
     build_args = pairs(args.build_arg, "--build-arg")
     secret_args = secret_values(args.secret_build_arg)
     payload: dict[str, Any] = {
@@ -198,12 +203,24 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
         upload.abandon()
         fail(f"cannot read the build context: {exc}", EXIT_INVALID)
     try:
-        record, created = upload.submit(request, cfg, QUEUE, admitted)
+        record, created = upload.submit(request, cfg, QUEUE, admitted, submitted_by=cli_user())
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     except Exception as exc:  # noqa: BLE001 - a broker failure is infrastructure
         fail(f"could not queue the job: {exc}", EXIT_INFRA)
     return store, record, created
+
+
+def cli_user() -> str:
+    """`cli:USER@HOST`: who ran `runner submit` (through Redis), for the record and the log."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid with no name (a container's)
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"
 
 
 def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, as_json: bool) -> None:
@@ -256,12 +273,13 @@ def report(record: JobRecord, as_json: bool) -> NoReturn:
 # -- reading and cancelling jobs ---------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> None:
     """Show a job's record."""
-    record = backend(args.api).get(args.job_id)
+    record = backend(args).get(args.job_id)
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     if args.as_json:
         return dump(record.model_dump(mode="json"))
-    print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}")
+    print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}"
+          + (f" submitted_by={record.submitted_by}" if record.submitted_by else ""))
     for image in record.images:
         print(f"  {image.ref}@{image.digest}")
     if record.error:
@@ -270,7 +288,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 def cmd_logs(args: argparse.Namespace) -> None:
     """Print a job's log from the start; with --follow, keep printing until it ends."""
-    store = backend(args.api)
+    store = backend(args)
     if store.get(args.job_id) is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     write = sys.stdout.write
@@ -290,7 +308,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             status = Status(args.status)
         except ValueError:
             fail(f"--status {args.status!r}: choose one of {', '.join(s.value for s in Status)}", EXIT_INVALID)
-    records = backend(args.api).list(status, args.limit)
+    records = backend(args).list(status, args.limit)
     if args.as_json:
         return dump([r.model_dump(mode="json") for r in records])
     for r in records:
@@ -299,7 +317,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_cancel(args: argparse.Namespace) -> None:
     """Cancel a job: a queued job never starts; a running one is stopped and cleaned up."""
-    cfg = client_settings()
+    cfg = client_settings(args)
     client = remote(args.api, cfg)
     if client is not None:  # the server cancels
         record = client.cancel(args.job_id)
@@ -317,39 +335,46 @@ def cmd_worker(args: argparse.Namespace) -> None:
     """Run a worker: take jobs from the queues and build them."""
     from runner.worker.lifecycle import run_worker
 
-    run_worker(settings(), args.queues.split(",") if args.queues else None, args.concurrency, args.loglevel)
+    run_worker(settings(args), args.queues.split(",") if args.queues else None, args.concurrency, args.loglevel)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the HTTP API (/v1/jobs) and the git-push webhooks (/v1/webhooks/github|gitlab|gitea)."""
     from runner.entry.api import serve as run_server
 
-    run_server(settings(), args.host, args.port)
+    run_server(settings(args), args.host, args.port)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
     """Check Redis, the engine, registries and every executor; one line each.
 
-    Exits 1 if Redis or an enabled executor cannot work; other failures are shown, not fatal, and
-    warnings (WARN: a secret file readable by group or others) never fail it."""
+    Exits 3 (infrastructure) if Redis or an enabled executor cannot work, 2 if the configuration
+    is invalid; other failures are shown, not fatal, and warnings (WARN: a secret file readable
+    by group or others, a Redis that may evict jobs) never fail it."""
     from runner.entry.doctor import run_checks
 
     ok = True
-    for check in run_checks(settings()):
+    for check in run_checks(settings(args)):
         if check.ok:
             mark = styled("WARN", "yellow") if check.warning else styled("ok  ", "green")
         else:
             mark = styled("FAIL", "red") if check.required or check.shown else styled("off ", "dim")
         print(f"{mark} {check.name}: {check.summary}", flush=True)
         ok = ok and (check.ok or not check.required)
-    raise SystemExit(EXIT_OK if ok else EXIT_FAILED)
+    raise SystemExit(EXIT_OK if ok else EXIT_INFRA)
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
-    """Print the effective configuration with secrets redacted."""
+    """Print the effective configuration with secrets redacted, after a comment naming the file
+    it came from (--config, RUNNER_CONFIG or a default location) or saying there was none."""
     import yaml
 
-    print(yaml.safe_dump(settings().model_dump(mode="json"), sort_keys=False), end="")
+    from runner.config.loader import config_source
+
+    effective = settings(args)
+    path, why = config_source(config_path(args))
+    print(f"# config file: {path} ({why})" if path else f"# {why}: the defaults and RUNNER_* variables apply")
+    print(yaml.safe_dump(effective.model_dump(mode="json"), sort_keys=False), end="")
 
 
 def cmd_config_example(args: argparse.Namespace) -> None:
@@ -368,10 +393,35 @@ class _Parser(argparse.ArgumentParser):
         fail(message, EXIT_INVALID)
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (reading the installed metadata costs start-up time)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **_: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        from runner.core.version import runner_version
+
+        print(f"runner (ci-build-runner) {runner_version()}")
+        raise SystemExit(EXIT_OK)
+
+
+def _config_option() -> argparse.ArgumentParser:
+    """--config PATH, accepted before the command and after it."""
+    holder = argparse.ArgumentParser(add_help=False)
+    holder.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="the config file (default: env RUNNER_CONFIG, else ~/.config/ci-build-runner/runner.yml, "
+                        "else /etc/ci-build-runner/runner.yml; `runner config show` says which)")
+    return holder
+
+
+CONFIG_OPTION = _config_option()
+
+
 def _command(subparsers: Any, name: str, handler: Any, **kwargs: Any) -> argparse.ArgumentParser:
     doc = (handler.__doc__ or "").strip()
     parser = subparsers.add_parser(name, help=doc.split("\n")[0], description=doc, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, parents=[CONFIG_OPTION], **kwargs)
     parser.set_defaults(handler=handler)
     return parser
 
@@ -387,7 +437,9 @@ def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False)
+    parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False,
+                     parents=[CONFIG_OPTION])
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
 
     submit = _command(commands, "submit", cmd_submit)
@@ -445,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = _command(commands, "worker", cmd_worker)
     worker.add_argument("--queues", help="comma-separated queues (default: one per enabled executor)")
     worker.add_argument("--concurrency", type=int, help="builds at once (default: worker.concurrency)")
-    worker.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    worker.add_argument("--loglevel", help="DEBUG, INFO, WARNING or ERROR (default: log.level)")
 
     serve = _command(commands, "serve", cmd_serve)
     serve.add_argument("--host", help="listen address (default: api.host)")
@@ -453,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _command(commands, "doctor", cmd_doctor)
 
-    config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.")
+    config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.",
+                                 parents=[CONFIG_OPTION])
     config.set_defaults(handler=None, parser=config)
     config_commands = config.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     _command(config_commands, "show", cmd_config_show)

@@ -7,6 +7,7 @@ requests."""
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from runner.config.settings import Settings
@@ -16,20 +17,23 @@ from runner.store.jobstore import ContextWriter, JobStore
 from runner.store.outbox import Outbox
 from runner.worker.admission import Admission, Origin, admit
 
+log = logging.getLogger(__name__)
+
 
 def submit(request: BuildRequest, settings: Settings, store: JobStore, origin: Origin,
-           admitted: Admission | None = None) -> tuple[JobRecord, bool]:
+           admitted: Admission | None = None, submitted_by: str | None = None) -> tuple[JobRecord, bool]:
     """Record the job as queued and send it. Returns (record, created); a repeat id sends nothing.
 
     `origin`: the door the job came in by (it decides whether its source gets statuses);
-    `admitted`: what `admit` returned, when the caller already ran it (admission runs once).
+    `admitted`: what `admit` returned, when the caller already ran it (admission runs once);
+    `submitted_by`: who handed it in, kept in the record (JobRecord.submitted_by) and logged.
     Secret build-arg values go to the store, by job id, never into the queue message: the
     message (and the record) carry the redacted request, and the worker reads the values back.
     """
     admitted = admitted or admit(request, settings, origin)
     executor = admitted.executor
     record = JobRecord(id=request.id, request=request.redacted(), executor=executor,
-                       queue=settings.queue_for(executor))
+                       queue=settings.queue_for(executor), submitted_by=submitted_by)
     if not store.create(record):
         existing = store.get(request.id)
         assert existing is not None
@@ -45,6 +49,8 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore, origin: O
         if outbox is not None:
             outbox.forget(request.id)
         raise
+    log.info("job %s queued on %s by %s", request.id, record.queue, submitted_by or "an unnamed submitter",
+             extra={"job_id": request.id, "executor": executor, "submitted_by": submitted_by})
     if request.context.type == "upload":
         # after the send, off the pickup path: if the job is done and its context gone already,
         # this is a no-op; until now the upload's own expiry (an hour) kept it
@@ -103,11 +109,11 @@ class ContextUpload:
             self.store.untrack_upload(self.owner, self.job_id)
 
     def submit(self, request: BuildRequest, settings: Settings, origin: Origin,
-               admitted: Admission | None = None) -> tuple[JobRecord, bool]:
+               admitted: Admission | None = None, submitted_by: str | None = None) -> tuple[JobRecord, bool]:
         """Record and queue the job whose context this is (runner.entry.submission.submit); if
         that fails, the upload is abandoned and the error raised."""
         try:
-            submitted = submit(request, settings, self.store, origin, admitted)
+            submitted = submit(request, settings, self.store, origin, admitted, submitted_by)
         except Exception:
             self.abandon()
             raise

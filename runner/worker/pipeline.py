@@ -125,7 +125,8 @@ class Pipeline:
         if record is not None:
             return record, False
         executor = message.executor or self.settings.default_executor
-        new = JobRecord(id=message.id, request=message.redacted(), executor=executor, queue=self.settings.queue_for(executor))
+        new = JobRecord(id=message.id, request=message.redacted(), executor=executor, queue=self.settings.queue_for(executor),
+                        submitted_by="queue")
         try:
             admit(message, self.settings, QUEUE)
         except Rejected as exc:

@@ -4,21 +4,12 @@ own (CPU, memory, open files), the interpreter's (platform, GC) and runner_build
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-DISTRIBUTION = "ci-build-runner"
-
-
-def runner_version() -> str:
-    try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
+from runner.core.version import runner_version
 
 
 def process_registry() -> CollectorRegistry:
