@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel, SecretStr
 
 from runner.config.settings import Settings
-from runner.core.process_log import JobFieldsFilter, JsonFormatter, Redactor, TextFormatter
+from runner.core.process_log import AccessFields, JobFieldsFilter, JsonFormatter, Redactor, TextFormatter
 
 STREAM_LOGGER = "runner.stdio"
 
@@ -106,7 +106,7 @@ def configure_logging(settings: Settings, level: str | int = "INFO", stream: Tex
     that put more job fields on records (they see the record before it is masked)."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
-    for adds_fields in (*fields, JobFieldsFilter()):
+    for adds_fields in (*fields, AccessFields(), JobFieldsFilter()):
         handler.addFilter(adds_fields)
     handler.addFilter(Redactor(settings_secrets(settings)))
     json_lines = settings.log.format == "json"

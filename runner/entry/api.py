@@ -98,10 +98,11 @@ def add_error_handlers(app: FastAPI) -> None:
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
-    configure_logging(settings, "INFO")
+    configure_logging(settings, settings.log.level)
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(
-        app, host=host or settings.api.host, port=settings.api.port if port is None else port, log_level="info",
+        app, host=host or settings.api.host, port=settings.api.port if port is None else port,
+        log_level=settings.log.level.lower(),
         server_header=False, timeout_graceful_shutdown=SHUTDOWN_GRACE,
         log_config=None))  # uvicorn's lines go through our handler: masked, text or JSON like ours
     app.state.stopping = lambda: server.should_exit  # /readyz answers 503 from SIGTERM on

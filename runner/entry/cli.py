@@ -345,6 +345,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
     run_server(settings(args), args.host, args.port)
 
 
+def cmd_drain(args: argparse.Namespace) -> None:
+    """Drain the worker on this host and wait until no build runs there (a preStop hook).
+
+    It stops taking builds at once (as on SIGTERM); this returns when its running builds have
+    finished or it has exited. Exits 0 then, 1 if --timeout passed first."""
+    from runner.entry.drain_hook import drain_and_wait
+
+    port = args.port or settings(args).worker.metrics_port
+    if not port:
+        fail("worker.metrics_port is 0: the worker serves no HTTP to ask; give --port", EXIT_INVALID)
+    try:
+        drained = drain_and_wait(port, args.timeout, note)
+    except RuntimeError as exc:
+        fail(str(exc), EXIT_INFRA)
+    raise SystemExit(EXIT_OK if drained else EXIT_FAILED)
+
+
 def cmd_doctor(args: argparse.Namespace) -> None:
     """Check Redis, the engine, registries and every executor; one line each.
 
@@ -502,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = _command(commands, "serve", cmd_serve)
     serve.add_argument("--host", help="listen address (default: api.host)")
     serve.add_argument("--port", type=int, help="port (default: api.port)")
+
+    drain = _command(commands, "drain", cmd_drain)
+    drain.add_argument("--port", type=int, help="the worker's HTTP port (default: worker.metrics_port)")
+    drain.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (default: wait)")
 
     _command(commands, "doctor", cmd_doctor)
 

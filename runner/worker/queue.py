@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -32,11 +33,12 @@ log = logging.getLogger(__name__)
 
 
 def make_app(settings: Settings, worker: Worker | None = None, deliverer: Deliverer | None = None,
-             build_slots: int | None = None) -> Celery:
+             build_slots: int | None = None, build_gate: threading.Event | None = None) -> Celery:
     """The Celery app; with `worker`, it also defines the tasks that worker runs (deliveries with
     `deliverer`, or one of its own). The entry points send jobs without Celery
     (runner.store.buildqueue); the worker's requeues use it. `build_slots`: builds this worker
-    takes at once (its other threads are for deliveries: runner.worker.transport's gate)."""
+    takes at once (its other threads are for deliveries: runner.worker.transport's gate);
+    `build_gate`: set when the worker drains, and no build is taken from then on."""
     broker = broker_settings(settings.redis_target())
     app = Celery("runner", broker=broker.pop("broker_url"), set_as_current=True)
     app.conf.update(
@@ -55,6 +57,7 @@ def make_app(settings: Settings, worker: Worker | None = None, deliverer: Delive
             "retry_on_timeout": True,
             # builds in hand at once; the pool's other threads are kept for deliveries
             "build_slots": build_slots,
+            "build_gate": build_gate,
             "build_task": TASK_NAME,
             "delivery_queue": deliveries_queue(settings.worker.namespace),
         },

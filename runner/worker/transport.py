@@ -8,7 +8,8 @@ Celery makes ([args, kwargs, embed]) is refused the same way before Celery sees 
 reads part of the body only on a pool thread, where an error is swallowed, and the message
 would hold a build slot for good (a body "job" unpacks into three letters and fails there).
 
-And gated: a worker's pool has threads for its builds and more for deliveries (commit
+And gated: a draining worker asks Redis for deliveries only (transport option `build_gate`).
+A worker's pool has threads for its builds and more for deliveries (commit
 statuses, callbacks). While it holds as many builds as it has build slots (the transport
 option `build_slots`), it asks Redis for deliveries only, so a delivery never waits for a
 build to end and a worker never takes more builds than its slots. When a build ends (its
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from time import monotonic
 
 from kombu.transport import redis as kombu_redis
@@ -48,10 +50,12 @@ class Channel(kombu_redis.Channel):
     #: set from the transport options when the channel is made (not read through
     #: self.connection at each poll: while a lost connection is restored that is None)
     from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
-                              "build_slots", "build_task", "delivery_queue", "credential_provider")
+                              "build_slots", "build_task", "delivery_queue", "credential_provider", "build_gate")
     #: a redis-py CredentialProvider for every connection (the URL's user and password otherwise)
     credential_provider: object | None = None
     build_slots: int | None = None
+    #: a threading.Event set when the worker drains: from then on no build is taken (runner/worker/drain.py)
+    build_gate: threading.Event | None = None
     build_task: str | None = None
     delivery_queue: str | None = None
     #: Redis client id of the connection blocked in a gated BRPOP (None: no gated BRPOP in flight)
@@ -68,6 +72,8 @@ class Channel(kombu_redis.Channel):
         return params
 
     def _builds_full(self) -> bool:
+        if self.build_gate is not None and self.build_gate.is_set():
+            return True  # draining: deliveries only
         if not self.build_slots:
             return False
         from celery.worker import state  # the requests this worker holds: reserved, waiting for an ETA, or running
