@@ -57,11 +57,12 @@ def config_path(args: argparse.Namespace) -> str | None:
     return getattr(args, "config", None)
 
 
-def settings(args: argparse.Namespace) -> Settings:
+def settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """The whole settings tree (`overrides` over the file and env), or exit 2 saying what is wrong."""
     from runner.config.settings import SettingsError, load_settings
 
     try:
-        return load_settings(config_path(args))
+        return load_settings(config_path(args), **overrides)
     except SettingsError as exc:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
@@ -335,7 +336,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
     """Run a worker: take jobs from the queues and build them."""
     from runner.worker.lifecycle import run_worker
 
-    run_worker(settings(args), args.queues.split(",") if args.queues else None, args.concurrency, args.loglevel)
+    budget = {key: value for key, value in (("max_jobs", args.max_jobs), ("idle_exit", args.idle_exit)) if value is not None}
+    cfg = settings(args, **({"worker": budget} if budget else {}))
+    run_worker(cfg, args.queues.split(",") if args.queues else None, args.concurrency, args.loglevel)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -515,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", help="comma-separated queues (default: one per enabled executor)")
     worker.add_argument("--concurrency", type=int, help="builds at once (default: worker.concurrency)")
     worker.add_argument("--loglevel", help="DEBUG, INFO, WARNING or ERROR (default: log.level)")
+    worker.add_argument("--max-jobs", type=int, metavar="N", help="run N builds, then drain and exit (default: "
+                        "worker.max_jobs; 1: a pod per build)")
+    worker.add_argument("--idle-exit", type=float, metavar="SECONDS", help="drain and exit after this long without a "
+                        "build (default: worker.idle_exit)")
 
     serve = _command(commands, "serve", cmd_serve)
     serve.add_argument("--host", help="listen address (default: api.host)")

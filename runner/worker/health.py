@@ -174,6 +174,7 @@ class WorkerService:
         self.worker, self.metrics, self.on_drain = worker, metrics, on_drain
         self.readiness = Readiness(worker)
         metrics.ready = lambda: self.readiness.check()[0]  # runner_worker_ready
+        metrics.draining = self.readiness.draining.is_set  # runner_worker_draining
         self.heartbeat = Heartbeat(worker)
         self.server: HealthServer | None = None
 
