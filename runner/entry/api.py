@@ -91,6 +91,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):  # maxmemory reached, noeviction: nothing is dropped
+            log.warning("Redis is full: %s", exc)
+            return error_response(503, "unavailable", "the job store (Redis) is full (maxmemory); retry later",
+                                  headers={"Retry-After": "30"})
         log.warning("Redis is unreachable: %s", exc)
         return error_response(503, "unavailable", "the job store or queue (Redis) is unreachable; retry later")
 

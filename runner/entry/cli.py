@@ -173,6 +173,8 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     """Admit, reserve the id, upload the context, then record and queue the job."""
     import socket
 
+    from redis import RedisError
+
     from runner.context.pack import write_tar
     from runner.core.errors import InvalidJob
     from runner.entry.submission import ContextUpload, UploadRefused
@@ -203,6 +205,9 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     except OSError as exc:
         upload.abandon()
         fail(f"cannot read the build context: {exc}", EXIT_INVALID)
+    except RedisError as exc:  # a full Redis (maxmemory, noeviction) refuses the upload
+        upload.abandon()
+        fail(f"Redis refused the upload ({type(exc).__name__}: {exc}); nothing was queued", EXIT_INFRA)
     try:
         record, created = upload.submit(request, cfg, QUEUE, admitted, submitted_by=cli_user())
     except Rejected as exc:
@@ -242,17 +247,22 @@ def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, 
     report(wait_for(store, record.id), as_json)
 
 
-def wait_for(store: JobReader, job_id: str, poll: float = 0.05) -> JobRecord:
-    """Poll until the job ends: the first look after 10 ms, then every `poll` seconds."""
-    delay = 0.01
+def wait_for(store: JobReader, job_id: str, again: float = 1.0) -> JobRecord:
+    """The job's final record. Until it ends, its log stream is followed without printing it:
+    the stream ends when the job does (one long request through the API, a blocking read on
+    Redis), where polling the record cost a request every 50 ms. A stream cut short is
+    followed again after `again` seconds."""
     while True:
         record = store.get(job_id)
         if record is None:
             fail(f"job {job_id} disappeared from the store", EXIT_INFRA)
         if record.finished:
             return record
-        time.sleep(delay)
-        delay = min(poll, delay * 2)
+        try:
+            for _ in store.read_log(job_id, follow=True):
+                pass
+        except OSError:  # the API's stream broke off (requests' errors are OSErrors): look again
+            time.sleep(again)
 
 
 def report(record: JobRecord, as_json: bool) -> NoReturn:
