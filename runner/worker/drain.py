@@ -60,7 +60,8 @@ class Drain:
             self._timer.start()
         self.on_start()
         running = self.worker.running_jobs()
-        log.info("draining: no new builds; %d running get up to %.0fs to finish, then are requeued", len(running), grace)
+        log.info("shutting down (draining): no new builds; %d running get up to %.0fs to finish, then are requeued",
+                 len(running), grace)
 
     def _expire(self) -> None:
         requeued = self.worker.cancel_all("shutdown")
