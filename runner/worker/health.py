@@ -38,6 +38,14 @@ HEARTBEAT_INTERVAL = 5.0
 HEARTBEAT_TTL = 20.0
 
 
+def local_peer(address: str) -> bool:
+    """Is a peer's address this host's loopback (an IPv4 address mapped into IPv6 included)?"""
+    try:
+        return ipaddress.ip_address(address.removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return False
+
+
 class Readiness:
     """What /readyz answers. Redis is asked at each probe with a client of its own that
     never retries, so an outage shows within PROBE_TIMEOUT (the job store's client rides
@@ -105,7 +113,7 @@ class HealthServer:
             def do_POST(self) -> None:  # http.server's name for it
                 if self.path.split("?", 1)[0] != "/drain":
                     self._json(404, {"error": "not_found", "message": "POST /drain is the only POST"})
-                elif not ipaddress.ip_address(self.client_address[0].removeprefix("::ffff:")).is_loopback:
+                elif not local_peer(self.client_address[0]):
                     self._json(403, {"error": "forbidden", "message": "POST /drain is taken from this host only"})
                 else:
                     server.on_drain("POST /drain from this host (a preStop hook: runner drain)")
