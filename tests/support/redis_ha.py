@@ -31,7 +31,7 @@ def missing_tools() -> str | None:
 
 
 @dataclass
-class TestCA:
+class LocalCA:
     """A CA and what it signed: a server certificate for 127.0.0.1 and localhost, and a client's."""
 
     directory: Path
@@ -90,7 +90,7 @@ def acl_lines(password: str) -> list[str]:
     return [f"user {USER} on >{password} ~* &* +@all", "user default off"]
 
 
-def tls_redis(directory: Path, ca: TestCA) -> Node:
+def tls_redis(directory: Path, ca: LocalCA) -> Node:
     """A Redis that speaks only TLS, asks for a client certificate, and knows only the ACL user."""
     node = Node(directory, ["port 0", *acl_lines(PASSWORD)])
     node.lines += [f"tls-port {node.port}", f"tls-cert-file {ca.path('server.crt')}", f"tls-key-file {ca.path('server.key')}",
@@ -165,7 +165,3 @@ class SentinelSet:
         for node in (*self.sentinels, self.replica, self.master):
             node.stop()
 
-
-def wait_role(node: Node, role: str, timeout: float = 30) -> None:
-    wait_for(lambda: node.client(username=USER, password=PASSWORD, decode_responses=True).info("replication")["role"] == role,
-             timeout, f"redis on {node.port} to be a {role}")
