@@ -244,16 +244,16 @@ def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, 
     if mode == "follow":
         for line in store.read_log(record.id, follow=True):
             print(line, flush=True)
-    report(wait_for(store, record.id), as_json)
+    report(wait_for(store, record.id, record), as_json)
 
 
-def wait_for(store: JobReader, job_id: str, again: float = 1.0) -> JobRecord:
-    """The job's final record. Until it ends, its log stream is followed without printing it:
-    the stream ends when the job does (one long request through the API, a blocking read on
-    Redis), where polling the record cost a request every 50 ms. A stream cut short is
-    followed again after `again` seconds."""
+def wait_for(store: JobReader, job_id: str, record: JobRecord | None = None, again: float = 1.0) -> JobRecord:
+    """The job's final record (`record`: what was just read of it). Until it ends, its log
+    stream is followed without printing it: the stream ends when the job does (one long
+    request through the API, a blocking read on Redis), where polling the record cost a
+    request every 50 ms. A stream cut short is followed again after `again` seconds."""
     while True:
-        record = store.get(job_id)
+        record = record or store.get(job_id)
         if record is None:
             fail(f"job {job_id} disappeared from the store", EXIT_INFRA)
         if record.finished:
@@ -263,6 +263,7 @@ def wait_for(store: JobReader, job_id: str, again: float = 1.0) -> JobRecord:
                 pass
         except OSError:  # the API's stream broke off (requests' errors are OSErrors): look again
             time.sleep(again)
+        record = None
 
 
 def report(record: JobRecord, as_json: bool) -> NoReturn:
