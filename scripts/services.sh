@@ -2,7 +2,8 @@
 # Install (Debian, as root) and start everything the runner and its tests need:
 # Docker Engine, Redis (with AOF), an htpasswd-protected registry on :5000, buildah,
 # skopeo, git, Prometheus and promtool (the metrics and alert-rule tests; never started as a
-# service here), and a tiny busybox base image pushed to that registry.
+# service here), redis-sentinel (the failover tests start their own; never as a service), and
+# a tiny busybox base image pushed to that registry.
 # Idempotent: running it again only starts what is not running.
 set -euo pipefail
 
@@ -49,6 +50,12 @@ install_prometheus() {  # Debian's server and promtool; the tests start their ow
   if command -v prometheus >/dev/null && command -v promtool >/dev/null; then return; fi
   say "installing prometheus (without the node exporter it recommends, and not started as a service)"
   install_without_starting "$STATE/apt.log" --no-install-recommends prometheus  # its postinst would start one on :9090
+}
+
+install_sentinel() {  # Debian's redis-sentinel; tests/test_redis_ha.py starts its own set on spare ports
+  if command -v redis-sentinel >/dev/null; then return; fi
+  say "installing redis-sentinel (not started as a service)"
+  install_without_starting "$STATE/apt.log" --no-install-recommends redis-sentinel  # its postinst would start one on :26379
 }
 
 add_hosts() {  # before dockerd starts: its resolver caches /etc/hosts for a while
@@ -155,6 +162,7 @@ EOF
 
 step "install packages" "$STATE/apt.log" install_packages
 step "install prometheus" "$STATE/apt.log" install_prometheus
+step "install redis-sentinel" "$STATE/apt.log" install_sentinel
 step "add $REGISTRY_NAME to /etc/hosts" "$STATE/setup.log" add_hosts
 step "start dockerd" "$STATE/dockerd.log" start_docker
 step "start redis" "$STATE/redis.log" start_redis
