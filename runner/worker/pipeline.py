@@ -170,7 +170,7 @@ class Pipeline:
             return
         prefix = f"{self.settings.worker.namespace}."
         executor = queue.removeprefix(prefix) if queue.startswith(prefix) else self.settings.default_executor
-        record = JobRecord(id=readable.id, request=readable.redacted(), executor=executor, queue=queue)
+        record = JobRecord(id=readable.id, request=readable.redacted(), executor=executor, queue=queue, submitted_by="queue")
         self._refuse(record, refused, message)
 
     def run(self, message: BuildRequest) -> JobRecord:
