@@ -112,7 +112,7 @@ class ClientSettings(Lenient):
     def redis_target(self) -> RedisTarget:
         """How every process of the runner reaches Redis (runner/config/redis_target.py)."""
         tls = self.redis_tls
-        files = TlsFiles(*(str(f) if f else None for f in (tls.ca_file, tls.cert_file, tls.key_file)), tls.check_hostname)
+        files = TlsFiles(_text(tls.ca_file), _text(tls.cert_file), _text(tls.key_file), tls.check_hostname)
         sentinel, password = None, self.redis_password
         if (config := self.redis_sentinel) is not None:
             secret = config.sentinel_password.get_secret_value() if config.sentinel_password else None
@@ -120,8 +120,12 @@ class ClientSettings(Lenient):
             password = config.password or password
         return RedisTarget(url=self.redis_url.get_secret_value(), username=self.redis_username,
                            password=password.get_secret_value() if password else None,
-                           password_file=str(self.redis_password_file) if self.redis_password_file else None,
+                           password_file=_text(self.redis_password_file),
                            tls=files, sentinel=sentinel)
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path else None
 
 
 #: every top-level setting of the full tree (runner.config.settings.Settings; a test keeps the

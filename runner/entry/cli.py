@@ -241,10 +241,12 @@ def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, 
         return
     if not as_json:
         note(f"job {styled(record.id, 'bold', sys.stderr)} queued on {record.queue}")
+    known: JobRecord | None = record
     if mode == "follow":
         for line in store.read_log(record.id, follow=True):
             print(line, flush=True)
-    report(wait_for(store, record.id, record), as_json)
+        known = None  # it has ended since: read it again
+    report(wait_for(store, record.id, known), as_json)
 
 
 def wait_for(store: JobReader, job_id: str, record: JobRecord | None = None, again: float = 1.0) -> JobRecord:
