@@ -20,7 +20,7 @@ from runner.config.client import ClientSettings
 from runner.config.loader import SettingsError
 from runner.config.settings import Settings
 from runner.store.jobstore import JobStore, StoreUnavailable
-from runner.store.redis_clients import probe_client
+from runner.store.redis_clients import FailoverWatch, probe_client
 from tests.conftest import registry_digest
 from tests.support import redis_ha
 from tests.support.fleet import start_serve
@@ -210,3 +210,25 @@ def test_unknown_sentinel_master_is_a_clear_error(sentinel_set):
     with pytest.raises(StoreUnavailable, match="master 'no-such-master'.* is unreachable: No master found"):
         JobStore.from_settings(settings).ping()
 
+
+
+def test_sentinel_over_tls_follows_a_failover(tmp_path, ca):
+    """Sentinels and data nodes that speak only TLS (`redis_sentinel.tls` with `redis_tls`):
+    the store finds the master through them, and follows a failover (FailoverWatch over TLS)."""
+    servers = SentinelSet(tmp_path / "tls-set", ca)
+    try:
+        settings = ClientSettings.model_validate(servers.config())
+        store = JobStore.from_settings(settings)
+        store.r.set("before", "1")
+        watch = FailoverWatch(settings.redis_target(), store.clients())
+        watch.start()
+        try:
+            servers.failover()
+            redis_ha.wait_for(lambda: watch.switches, 10, "the watch to see the new master")
+            store.r.set("after", "2")
+            new = redis.Redis(port=servers.master_port(), username=USER, password=PASSWORD, **servers.tls())
+            assert new.get("before") == b"1" and new.get("after") == b"2"
+        finally:
+            watch.stop()
+    finally:
+        servers.stop()

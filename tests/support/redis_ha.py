@@ -110,28 +110,47 @@ def _answers(node: Node, **options) -> bool:
 
 @dataclass
 class SentinelSet:
-    """A master, its replica and three sentinels watching them (quorum 2), all with passwords."""
+    """A master, its replica and three sentinels watching them (quorum 2), all with passwords;
+    with `ca`, every one of them speaks only TLS (replication and the sentinels' links too)."""
 
     directory: Path
+    ca: LocalCA | None = None
     master: Node = field(init=False)
     replica: Node = field(init=False)
     sentinels: list[Node] = field(init=False)
 
     def __post_init__(self) -> None:
         data = [*acl_lines(PASSWORD), f"masteruser {USER}", f"masterauth {PASSWORD}"]
-        self.master = Node(self.directory / "master", data).start()
-        self.replica = Node(self.directory / "replica", [*data, f"replicaof 127.0.0.1 {self.master.port}"]).start()
+        self.master = self._node("master", data)
+        self.replica = self._node("replica", [*data, f"replicaof 127.0.0.1 {self.master.port}"])
         for node in (self.master, self.replica):
-            wait_for(lambda node=node: _answers(node, username=USER, password=PASSWORD), 10, "data node up")
+            wait_for(lambda node=node: _answers(node, username=USER, password=PASSWORD, **self.tls()), 10, "data node up")
         watch = [f"sentinel monitor {MASTER} 127.0.0.1 {self.master.port} 2", f"sentinel auth-user {MASTER} {USER}",
                  f"sentinel auth-pass {MASTER} {PASSWORD}", f"sentinel down-after-milliseconds {MASTER} 5000",
                  f"sentinel failover-timeout {MASTER} 15000", f"requirepass {SENTINEL_PASSWORD}",
                  f"sentinel sentinel-pass {SENTINEL_PASSWORD}"]
-        self.sentinels = [Node(self.directory / f"sentinel-{n}", watch, sentinel=True).start() for n in range(3)]
+        self.sentinels = [self._node(f"sentinel-{n}", watch, sentinel=True) for n in range(3)]
         wait_for(self.ready, 30, "the sentinels to see the replica and each other")
 
+    def _node(self, name: str, lines: list[str], sentinel: bool = False) -> Node:
+        node = Node(self.directory / name, lines, sentinel=sentinel)
+        if self.ca is not None:
+            ca = self.ca
+            node.lines = ["port 0", f"tls-port {node.port}", f"tls-cert-file {ca.path('server.crt')}",
+                          f"tls-key-file {ca.path('server.key')}", f"tls-ca-cert-file {ca.path('ca.crt')}",
+                          f"tls-client-cert-file {ca.path('client.crt')}", f"tls-client-key-file {ca.path('client.key')}",
+                          "tls-replication yes", "tls-auth-clients optional", *lines]
+        return node.start()
+
+    def tls(self) -> dict:
+        """A client's TLS options for this set's servers (none without TLS)."""
+        if self.ca is None:
+            return {}
+        return {"ssl": True, "ssl_ca_certs": self.ca.path("ca.crt")}
+
     def ask(self, sentinel: Node, *command: str):
-        return sentinel.client(password=SENTINEL_PASSWORD, decode_responses=True).execute_command("SENTINEL", *command)
+        client = sentinel.client(password=SENTINEL_PASSWORD, decode_responses=True, **self.tls())
+        return client.execute_command("SENTINEL", *command)
 
     def ready(self) -> bool:
         try:
@@ -141,7 +160,7 @@ class SentinelSet:
             return False
 
     def _replica_linked(self) -> bool:
-        info = self.replica.client(username=USER, password=PASSWORD, decode_responses=True).info("replication")
+        info = self.replica.client(username=USER, password=PASSWORD, decode_responses=True, **self.tls()).info("replication")
         return info.get("master_link_status") == "up"
 
     def master_port(self) -> int:
@@ -157,9 +176,13 @@ class SentinelSet:
 
     def config(self) -> dict:
         """The runner's settings for this set."""
-        return {"redis_sentinel": {"master": MASTER, "sentinels": [f"127.0.0.1:{s.port}" for s in self.sentinels],
-                                   "sentinel_password": SENTINEL_PASSWORD},
-                "redis_username": USER, "redis_password": PASSWORD}
+        config = {"redis_sentinel": {"master": MASTER, "sentinels": [f"127.0.0.1:{s.port}" for s in self.sentinels],
+                                     "sentinel_password": SENTINEL_PASSWORD, "tls": self.ca is not None},
+                  "redis_username": USER, "redis_password": PASSWORD}
+        if self.ca is not None:
+            config["redis_tls"] = {"ca_file": self.ca.path("ca.crt"), "cert_file": self.ca.path("client.crt"),
+                                   "key_file": self.ca.path("client.key")}
+        return config
 
     def stop(self) -> None:
         for node in (*self.sentinels, self.replica, self.master):
