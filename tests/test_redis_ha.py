@@ -200,6 +200,12 @@ def test_sentinel_failover_in_the_middle_of_a_build(sentinel_set, make_harness, 
     assert new.llen(queue) == 0 and new.hlen("unacked") == 0, "a message left to be delivered again"
     status = h.cli("status", first)
     assert status.returncode == 0 and "succeeded" in status.stdout  # the CLI finds the new master too
+    serve = start_serve(h)
+    try:  # runner serve's asyncio client asks the sentinels too
+        ready = httpx.get(f"{serve.url}/readyz", timeout=5)
+        assert ready.status_code == 200, ready.text
+    finally:
+        serve.stop()
     log = h.worker_proc.log_path.read_text()  # type: ignore[attr-defined]
     assert "moved (Sentinel failover)" in log and PASSWORD not in log
 
