@@ -210,6 +210,7 @@ def test_sentinel_failover_in_the_middle_of_a_build(sentinel_set, make_harness, 
     assert "moved (Sentinel failover)" in log and PASSWORD not in log
 
 
+@pytest.mark.slow  # a Sentinel set takes seconds to start: not in the fast tier
 def test_unknown_sentinel_master_is_a_clear_error(sentinel_set):
     settings = ClientSettings.model_validate({**sentinel_set.config(), "redis_sentinel": {
         **sentinel_set.config()["redis_sentinel"], "master": "no-such-master"}})
@@ -218,6 +219,7 @@ def test_unknown_sentinel_master_is_a_clear_error(sentinel_set):
 
 
 
+@pytest.mark.slow  # a Sentinel set takes seconds to start: not in the fast tier
 def test_sentinel_over_tls_follows_a_failover(tmp_path, ca):
     """Sentinels and data nodes that speak only TLS (`redis_sentinel.tls` with `redis_tls`):
     the store finds the master through them, and follows a failover (FailoverWatch over TLS)."""

@@ -56,7 +56,7 @@ FAST_MODULES = frozenset({
     "tests/hostile/test_api_logfollow.py",
     # BuildKit's progress stream decoded from recorded traces
     "tests/test_buildkit_progress.py",
-    # the CLI's config, version, variables and doctor; Redis over TLS and Sentinel (own servers)
+    # the CLI's config, version, variables and doctor; Redis over TLS with an ACL user (own servers)
     "tests/test_ops_cli.py",
     "tests/test_redis_ha.py",
 })
