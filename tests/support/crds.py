@@ -1,6 +1,6 @@
 """Custom resources checked offline against their real CustomResourceDefinitions.
 
-tests/fixtures/crds holds the CRDs of KEDA (ScaledObject, TriggerAuthentication) and of the
+tests/fixtures/crds holds the CRDs of KEDA (ScaledObject, ScaledJob, TriggerAuthentication) and of the
 Prometheus Operator (PodMonitor, ServiceMonitor, PrometheusRule), each trimmed by `trim`
 (its header names the upstream file, tag, commit and sha256). `validate` checks a manifest
 against its kind's openAPIV3Schema the way an API server with strict field validation does
