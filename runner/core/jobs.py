@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import builtins
 import posixpath
 import re
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from enum import Enum
-from typing import Annotated, Literal, Protocol, get_args
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from runner.core.errors import ErrorKind
 from runner.core.models import BaseUrl
+from runner.core.status import REQUEUE_REASONS, RequeueReason, Status, new_job_id  # noqa: F401 - re-exported
 
 # Docker's reference grammar (distribution/reference), restricted to what we push:
 # REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
@@ -55,19 +52,6 @@ class ImageRef(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.registry}/{self.repository}:{self.tag}"
-
-
-class Status(str, Enum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-    timed_out = "timed_out"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (Status.queued, Status.running)
 
 
 class UploadedContext(BaseModel):
@@ -164,10 +148,6 @@ def inside_context(path: str, allow_empty: bool = False) -> str:
     if normal == ".." or normal.startswith("../"):
         raise ValueError(f"{path!r} leaves the build context")
     return "" if normal == "." else normal
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
 
 
 class BuildRequest(BaseModel):
@@ -325,20 +305,3 @@ class JobRecord(BaseModel):
     def waiting_since(self) -> datetime:
         """When the current (or last) wait in the queue began."""
         return self.queued_at or self.created_at
-
-
-#: why a job went back to its queue: its worker shut down (SIGTERM past worker.shutdown_grace),
-#: its engine failed (worker.engine_down_policy: requeue), or its worker was lost (recovery)
-RequeueReason = Literal["shutdown", "engine_down", "worker_lost"]
-REQUEUE_REASONS: tuple[RequeueReason, ...] = get_args(RequeueReason)
-
-
-class JobReader(Protocol):
-    """Reading jobs and their logs: the Redis store and the HTTP API client both do it, so the
-    CLI's read commands take either."""
-
-    def get(self, job_id: str) -> JobRecord | None: ...
-
-    def list(self, status: Status | None = None, limit: int = 50) -> builtins.list[JobRecord]: ...
-
-    def read_log(self, job_id: str, follow: bool = False) -> Iterator[str]: ...

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
-    from runner.config.client import ClientSettings
+    from runner.config.client_plain import PlainClientSettings
     from runner.config.settings import Settings
-    from runner.core.jobs import JobReader, JobRecord
+    from runner.core.jobs import JobRecord
+    from runner.core.jobview import JobReader, JobView
     from runner.store.jobstore import JobStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFRA = 0, 1, 2, 3
@@ -67,19 +68,20 @@ def settings(args: argparse.Namespace, **overrides: Any) -> Settings:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
 
-def client_settings(args: argparse.Namespace) -> ClientSettings:
-    """What the read commands need (Redis or the API, the namespace): quick to load, and a
-    mistake elsewhere in the config never stops them."""
-    from runner.config.client import load_client_settings
+def client_settings(args: argparse.Namespace) -> PlainClientSettings:
+    """What the read commands need (Redis or the API, the namespace): quick to load (plain
+    values, no models: runner.config.client_plain), and a mistake elsewhere in the config never
+    stops them."""
+    from runner.config.client_plain import load_plain_client_settings
     from runner.config.loader import SettingsError
 
     try:
-        return load_client_settings(config_path(args))
+        return load_plain_client_settings(config_path(args))
     except SettingsError as exc:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
 
-def store_for(cfg: ClientSettings) -> JobStore:
+def store_for(cfg: PlainClientSettings | Settings) -> JobStore:
     from runner.store.jobstore import JobStore, StoreUnavailable
 
     store = JobStore.from_settings(cfg)
@@ -90,7 +92,7 @@ def store_for(cfg: ClientSettings) -> JobStore:
     return store
 
 
-def remote(api: str | None, cfg: ClientSettings):
+def remote(api: str | None, cfg: PlainClientSettings):
     """The HTTP API client when --api / RUNNER_API_URL / api.url is set, else None (use Redis)."""
     if not (api or cfg.api.url):
         return None
@@ -145,7 +147,6 @@ def cmd_submit(args: argparse.Namespace) -> None:
     if sum((args.detach, args.wait, args.follow)) > 1:
         fail("choose one of --detach, --wait, --follow", EXIT_INVALID)
     mode = "detach" if args.detach else "follow" if args.follow else "wait"
-    cfg = settings(args)
     build_args = pairs(args.build_arg, "--build-arg")
     secret_args = secret_values(args.secret_build_arg)
     payload: dict[str, Any] = {
@@ -161,12 +162,21 @@ def cmd_submit(args: argparse.Namespace) -> None:
               "api_url": args.source_api_url, "project_id": args.source_project_id}
     if any(value is not None for value in source.values()):
         payload["source"] = {key: value for key, value in source.items() if value is not None}
-    client = remote(args.api, cfg)
-    if client is not None:
-        queued_id, created = client.submit_directory(Path(args.directory), payload, cfg.limits)
-        return after_submit(client, client.get(queued_id), created, mode, args.as_json)
-    store, record, created = submit_through_redis(Path(args.directory), payload, cfg)
-    after_submit(store, record, created, mode, args.as_json)
+    client = remote(args.api, client_settings(args))
+    if client is not None:  # the server checks the job: no settings tree, no models here
+        queued_id, created = client.submit_directory(Path(args.directory), payload)
+        queued = client.view(queued_id)
+        if queued is None:
+            fail(f"job {queued_id} disappeared from the API", EXIT_INFRA)
+        return after_submit(client, queued, created, mode, args.as_json)
+    store, record, created = submit_through_redis(Path(args.directory), payload, settings(args))
+    after_submit(store, as_view(record), created, mode, args.as_json)
+
+
+def as_view(record: JobRecord) -> JobView:
+    from runner.core.jobview import JobView
+
+    return JobView(record.model_dump(mode="json"))
 
 
 def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings) -> tuple[JobStore, JobRecord, bool]:
@@ -229,19 +239,19 @@ def cli_user() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
-def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, as_json: bool) -> None:
+def after_submit(store: JobReader, record: JobView, created: bool, mode: str, as_json: bool) -> None:
     """Detach, follow or wait: the same for a job queued through Redis or through the API."""
     if not created:
         note(f"job {record.id} already exists ({record.status.value}); nothing queued")
     if mode == "detach":
         if as_json:
-            dump(record.model_dump(mode="json"), indent=None)
+            dump(record.data, indent=None)
         else:
             print(record.id)
         return
     if not as_json:
         note(f"job {styled(record.id, 'bold', sys.stderr)} queued on {record.queue}")
-    known: JobRecord | None = record
+    known: JobView | None = record
     if mode == "follow":
         for line in store.read_log(record.id, follow=True):
             print(line, flush=True)
@@ -249,13 +259,13 @@ def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, 
     report(wait_for(store, record.id, known), as_json)
 
 
-def wait_for(store: JobReader, job_id: str, record: JobRecord | None = None, again: float = 1.0) -> JobRecord:
+def wait_for(store: JobReader, job_id: str, record: JobView | None = None, again: float = 1.0) -> JobView:
     """The job's final record (`record`: what was just read of it). Until it ends, its log
     stream is followed without printing it: the stream ends when the job does (one long
     request through the API, a blocking read on Redis), where polling the record cost a
     request every 50 ms. A stream cut short is followed again after `again` seconds."""
     while True:
-        record = record or store.get(job_id)
+        record = record or store.view(job_id)
         if record is None:
             fail(f"job {job_id} disappeared from the store", EXIT_INFRA)
         if record.finished:
@@ -268,42 +278,42 @@ def wait_for(store: JobReader, job_id: str, record: JobRecord | None = None, aga
         record = None
 
 
-def report(record: JobRecord, as_json: bool) -> NoReturn:
-    from runner.core.jobs import Status
+def report(record: JobView, as_json: bool) -> NoReturn:
+    from runner.core.status import Status
 
     if as_json:
-        dump(record.model_dump(mode="json"))
+        dump(record.data)
     elif record.status is Status.succeeded:
-        for image in record.images:
-            print(f"{image.ref}@{image.digest}")
+        for ref, digest in record.images:
+            print(f"{ref}@{digest}")
     else:
-        message = record.error.message if record.error else ""
+        message = record.error[1] if record.error else ""
         note(f"{styled(record.status.value, 'bold red', sys.stderr)}: {message}")
     if record.status is Status.succeeded:
         raise SystemExit(EXIT_OK)
-    raise SystemExit(EXIT_INFRA if record.error and record.error.kind == "infrastructure" else EXIT_FAILED)
+    raise SystemExit(EXIT_INFRA if record.error and record.error[0] == "infrastructure" else EXIT_FAILED)
 
 
 # -- reading and cancelling jobs ---------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> None:
     """Show a job's record."""
-    record = backend(args).get(args.job_id)
+    record = backend(args).view(args.job_id)
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     if args.as_json:
-        return dump(record.model_dump(mode="json"))
+        return dump(record.data)
     print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}"
           + (f" submitted_by={record.submitted_by}" if record.submitted_by else ""))
-    for image in record.images:
-        print(f"  {image.ref}@{image.digest}")
+    for ref, digest in record.images:
+        print(f"  {ref}@{digest}")
     if record.error:
-        print(f"  error ({record.error.kind}): {record.error.message}")
+        print(f"  error ({record.error[0]}): {record.error[1]}")
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
     """Print a job's log from the start; with --follow, keep printing until it ends."""
     store = backend(args)
-    if store.get(args.job_id) is None:
+    if store.view(args.job_id) is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     write = sys.stdout.write
     for line in store.read_log(args.job_id, follow=args.follow):
@@ -314,7 +324,7 @@ def cmd_logs(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     """List recent jobs, newest first."""
-    from runner.core.jobs import Status
+    from runner.core.status import Status
 
     status = None
     if args.status is not None:
@@ -322,11 +332,11 @@ def cmd_list(args: argparse.Namespace) -> None:
             status = Status(args.status)
         except ValueError:
             fail(f"--status {args.status!r}: choose one of {', '.join(s.value for s in Status)}", EXIT_INVALID)
-    records = backend(args).list(status, args.limit)
+    records = backend(args).views(status, args.limit)
     if args.as_json:
-        return dump([r.model_dump(mode="json") for r in records])
+        return dump([r.data for r in records])
     for r in records:
-        print(f"{r.id}  {r.status.value:<9}  {r.executor:<8}  {r.created_at:%Y-%m-%d %H:%M:%S}  {', '.join(r.request.tags)}")
+        print(f"{r.id}  {r.status.value:<9}  {r.executor:<8}  {r.created_at:%Y-%m-%d %H:%M:%S}  {', '.join(r.tags)}")
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:

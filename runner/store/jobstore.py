@@ -25,20 +25,43 @@ Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for exec
 from __future__ import annotations
 
 import builtins
+import json
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from runner.config.redis_target import RedisTarget
-from runner.core.jobs import JobRecord, RequeueReason, Status
+from runner.core.jobview import JobView
+from runner.core.status import RequeueReason, Status
 from runner.store.redis_clients import probe_client, sync_client
 
 if TYPE_CHECKING:
     from runner.config.client import RetentionConfig
+    from runner.core.jobs import JobRecord
+
+
+class _HasStatus(Protocol):
+    @property
+    def status(self) -> Status: ...
+
+
+R = TypeVar("R", bound=_HasStatus)
+
+
+def _record(raw: str) -> JobRecord:
+    """The model of a stored record; imported here, when first needed: the CLI's read commands
+    read records as JobViews and never load the models."""
+    from runner.core.jobs import JobRecord
+
+    return JobRecord.model_validate_json(raw)
+
+
+def _view(raw: str) -> JobView:
+    return JobView(json.loads(raw))
 
 CHUNK_BYTES = 1024 * 1024
 RETRIES = 40
@@ -188,7 +211,12 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.r.get(self._key("job", job_id))
-        return JobRecord.model_validate_json(raw) if raw else None
+        return _record(raw) if raw else None
+
+    def view(self, job_id: str) -> JobView | None:
+        """The record as stored, without the models (the CLI's read commands)."""
+        raw = self.r.get(self._key("job", job_id))
+        return _view(raw) if raw else None
 
     def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
         """Apply `change` atomically (optimistic WATCH); it returns the new record or None to keep.
@@ -202,7 +230,7 @@ class JobStore:
                     if raw is None:
                         pipe.unwatch()
                         return None
-                    current = JobRecord.model_validate_json(raw)
+                    current = _record(raw)
                     new = change(current)
                     if new is None:
                         pipe.unwatch()
@@ -227,9 +255,16 @@ class JobStore:
         """Newest first, from the status index (so cost follows `limit`, not history). `before`:
         only jobs created before this timestamp (paging). Ids whose record expired are dropped
         from the indexes on the way."""
+        return self._list(_record, status, limit, before)
+
+    def views(self, status: Status | None = None, limit: int = 50) -> builtins.list[JobView]:
+        """`list` without the models (the CLI's `runner list`)."""
+        return self._list(_view, status, limit, None)
+
+    def _list(self, parse: Callable[[Any], R], status: Status | None, limit: int, before: float | None) -> builtins.list[R]:
         index = self.index_key(status)
         top = f"({before}" if before is not None else "+inf"
-        records: builtins.list[JobRecord] = []
+        records: builtins.list[R] = []
         while len(records) < limit:
             ids = self.r.zrevrangebyscore(index, top, "-inf", start=0, num=max(limit - len(records), 20), withscores=True)
             if not ids:
@@ -238,7 +273,7 @@ class JobStore:
             self._unindex([i for (i, _), raw in zip(ids, raws, strict=True) if raw is None])
             for raw in raws:
                 if raw and len(records) < limit:
-                    record = JobRecord.model_validate_json(raw)
+                    record = parse(raw)
                     if status is None or record.status is status:
                         records.append(record)
             top = f"({ids[-1][1]}"
@@ -409,7 +444,7 @@ class JobStore:
             if not batch:
                 if not follow:
                     return
-                record = self.get(job_id)
+                record = self.view(job_id)
                 if record is None or (record.finished and not self.r.exists(key)):
                     return
                 if should_stop and should_stop():
