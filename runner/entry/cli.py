@@ -346,9 +346,13 @@ def cmd_cancel(args: argparse.Namespace) -> None:
     if client is not None:  # the server cancels
         record = client.cancel(args.job_id)
     else:
-        from runner.entry.control import cancel_job
+        store = store_for(cfg)
+        record = store.view(args.job_id)  # a finished job has nothing to cancel: no models to load
+        if record is not None and not record.finished:
+            from runner.entry.control import cancel_job
 
-        record = cancel_job(store_for(cfg), args.job_id, cfg.deliveries.recover_after)
+            cancelled = cancel_job(store, args.job_id, cfg.deliveries.recover_after)
+            record = None if cancelled is None else as_view(cancelled)
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     print(f"{args.job_id} {record.status.value if record.finished else 'cancelling'}")

@@ -34,6 +34,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from runner.config.client_plain import PlainRetention
 from runner.config.redis_target import RedisTarget
 from runner.core.jobview import JobView
 from runner.core.status import RequeueReason, Status
@@ -130,13 +131,12 @@ class ContextTooLarge(Exception):
 
 
 class JobStore:
-    def __init__(self, target: RedisTarget | str, namespace: str = "runner", retention: RetentionConfig | None = None):
-        from runner.config.client import RetentionConfig
-
+    def __init__(self, target: RedisTarget | str, namespace: str = "runner",
+                 retention: RetentionConfig | PlainRetention | None = None):
         #: how to reach Redis (a plain URL is a RedisTarget with just that URL)
         self.target = RedisTarget(url=target) if isinstance(target, str) else target
         self.ns = namespace
-        self.retention = retention or RetentionConfig()
+        self.retention = retention or PlainRetention()
         # Reconnect through a Redis restart (~1 min of retries) instead of failing the job.
         options = dict(health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
                        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), RETRIES),
