@@ -9,7 +9,7 @@ Rows and targets:
      `buildah build -q --layers -t T . && buildah push T` on the same cached context.
   2. `runner submit --wait` through the API (RUNNER_API_URL; no config file): wall <= 1.5x the
      raw docker build && push.
-  3. `runner status ID`, `list`, `logs ID`, `cancel ID`: Redis mode <= `python -c "import
+  3. `runner status ID`, `list`, `logs ID`, `cancel ID` (of a job that has ended): Redis mode <= `python -c "import
      redis"` + 30 ms; API mode <= 60 ms (the stdlib floor `python -c "import json, http.client"`
      is shown beside it).
 
@@ -164,7 +164,7 @@ def main() -> None:
                 raise SystemExit(f"{argv} failed: {result.stderr}")
 
         reads = {
-            "status ID": ["status", job_id], "list": ["list"], "logs ID": ["logs", job_id], "cancel ID": ["cancel", job_id],
+            "status ID": ["status", job_id], "list": ["list"], "logs ID": ["logs", job_id], "cancel ID (ended job)": ["cancel", job_id],
         }
         floors = {FLOOR_REDIS: [sys.executable, "-c", "import redis"],
                   FLOOR_STDLIB: [sys.executable, "-c", "import json, http.client"]}

@@ -23,7 +23,21 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[subpr
     return result, set(json.loads(marker))
 
 
-def not_ours_nor_stdlib(modules: set[str]) -> list[str]:
-    """The modules that are neither the standard library's nor the runner's own."""
-    return sorted(m for m in modules if m.partition(".")[0] not in sys.stdlib_module_names
-                  and m.partition(".")[0] not in ("runner", "executors", "__main__"))
+#: what packing a context needs besides the standard library: RE2, the regexp engine Go's
+#: filepath.Match is, for matching .dockerignore exactly as Docker does (runner.context.gocompat)
+PACKING = ("re2",)
+
+
+def at_start(env: dict[str, str]) -> set[str]:
+    """The modules the interpreter has loaded before any code runs (site: the editable install's
+    finder, setuptools' hook)."""
+    code = "import json, sys; print(json.dumps(sorted(sys.modules)))"
+    return set(json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                         check=True).stdout))
+
+
+def not_ours_nor_stdlib(modules: set[str], env: dict[str, str]) -> list[str]:
+    """The modules loaded after start that are neither the standard library's, the runner's own
+    nor what packing a context needs."""
+    return sorted(m for m in modules - at_start(env) if m.partition(".")[0] not in sys.stdlib_module_names
+                  and m.partition(".")[0] not in ("runner", "executors", "__main__", *PACKING))
