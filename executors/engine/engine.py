@@ -4,15 +4,23 @@ The executors differ only in which engine they reach and how they bring it up.""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import docker.errors
 import requests
 
-from executors.engine.builders import BuildCache, Builder, BuildKitSupport, ClassicBuilder, job_tag
+from executors.engine.builders import BuildCache, Builder, BuildKitSupport, ClassicBuilder, job_repo
 from executors.engine.buildkit import BuildKitBuilder
 from executors.engine.client import EngineClient, short
+from executors.image_index import put_index
+from executors.platform_builds import build_each
 from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository, inline_cache_ref
 from executors.tags import Push, copy_tag, push_tags
@@ -27,8 +35,10 @@ from runner.core.errors import (
     is_auth_error,
 )
 from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics, PhaseClock
-from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.host_platforms import HostPlatforms, host_platforms, native_platform
+from runner.core.jobs import BuildRequest, ImageRef, PlatformImage, PushedImage
 from runner.core.log_sink import LogSink
+from runner.core.platforms import Platform, parse_platform
 from runner.core.registry_client import Copies
 from runner.core.registry_config import RegistryConfig
 
@@ -77,51 +87,108 @@ def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, 
     return ClassicBuilder(client)
 
 
+def engine_platforms(docker_host: str, connect: Callable[[], docker.APIClient]) -> HostPlatforms:
+    """What an engine can build: an engine on this host (a unix socket, or TCP on loopback)
+    builds what this host runs (its binfmt handlers, read now); one elsewhere is known only by
+    its own architecture, which it reports (`connect` is called only then)."""
+    url = urlparse(docker_host)
+    if url.scheme in ("unix", "") or url.hostname in ("localhost", "127.0.0.1", "::1"):
+        return host_platforms()
+    try:
+        api = connect()
+        try:
+            machine = api.info().get("Architecture") or ""
+        finally:
+            api.close()
+    except (docker.errors.DockerException, requests.RequestException, InfrastructureError) as exc:
+        raise InfrastructureError(f"Docker Engine at {docker_host} is unreachable: {short(exc)}") from None
+    return HostPlatforms(native_platform(machine), where=f"the Docker Engine at {docker_host}", sees_handlers=False)
+
+
+class PushLocks:
+    """One lock per (engine, tag) for all the jobs of an executor: a push tags the image locally
+    under the tag it pushes (the Engine API pushes local names only), so two jobs pushing the
+    same tag at once on one engine would push, or untag, each other's image. Held from the
+    local tag to its removal; re-entrant, so a multi-platform push holds it across its images.
+    Locks go away when no job holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}  # key -> [RLock, holders and waiters]
+
+    @contextmanager
+    def hold(self, key: str, cancel: CancelToken) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.RLock(), 0])
+            entry[1] += 1
+        try:
+            while not entry[0].acquire(timeout=0.2):
+                cancel.raise_if_set()
+            try:
+                yield
+            finally:
+                entry[0].release()
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
+
+
+@dataclass(frozen=True)
+class Built:
+    """One image the job built: for `platform` (None: the job's single image), with the
+    registry build cache its build read (and, with export, wrote into it)."""
+
+    image_id: str
+    platform: Platform | None = None
+    cache: BuildCache | None = None
+
+
 class Engine:
     """One job's session with one Docker Engine."""
 
-    def __init__(self, client: EngineClient, registries: Registries, executor: str = "", metrics: ExecutorMetrics = NO_METRICS):
+    def __init__(self, client: EngineClient, registries: Registries, executor: str = "", metrics: ExecutorMetrics = NO_METRICS,
+                 locks: PushLocks | None = None):
         self.client = client
         self.registries = registries
         self.executor, self.metrics = executor, metrics
+        self.locks = locks or PushLocks()
         client.use_auth(pull_logins(registries))  # the logins a build may pull with
 
     # -- the whole job -----------------------------------------------------------------------
     def build_and_push(self, job: BuildRequest, builder: Builder, context: BuildContext, log: LogSink,
                        cancel: CancelToken, keep_images: bool = False, cache_repo: str | None = None) -> list[PushedImage]:
-        """Build under the job's own local name, push the first tag on each registry (the other
-        tags get the same manifest without a push: executors.tags), and export the registry
-        build cache. A pushed tag stays in the engine only until the job's clean-up (unless
-        keep_images): on a shared engine a tag left behind would be taken by a later job's
-        `FROM` instead of what the registry holds."""
+        """Build under the job's own local name (one build per platform, at once, for a
+        multi-platform job), push the first tag on each registry (the other tags get the same
+        manifest without a push: executors.tags), and export the registry build cache. A tag
+        is in the engine only while it is pushed (unless keep_images): on a shared engine a
+        tag left behind would be taken by a later job's `FROM` instead of what the registry
+        holds, and another job's push of the same tag would move it."""
         api = self.client.api
         unregister = cancel.on_cancel(api.close)
         phases = PhaseClock(self.metrics, self.executor)
         try:
-            cache = self.build_cache(job, builder, cache_repo, log)
-            log.line(f"[runner] building with the {builder.name} builder")
             with phases("build"):
-                image_id = builder.build(job, context, log, cancel, cache)
-            if builder.steps is not None:
-                self.metrics.build_steps(self.executor, *builder.steps)
+                builds = self.build(job, builder, context, log, cancel, cache_repo)
             refs = job.image_refs()
             if keep_images:
-                for ref in refs:
-                    api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
+                self.keep(builds, refs)
             if not job.push:
-                kept = f"kept as {', '.join(map(str, refs))}" if keep_images else "not kept (keep_images is off)"
-                log.line(f"[runner] built {image_id[:19]}; push disabled, {kept}")
-                return [PushedImage(ref=str(ref), digest=image_id) for ref in refs]
+                return self.not_pushed(builds, refs, keep_images, log)
+            children: dict[str, list[PlatformImage]] = {}  # registry -> each platform's manifest there
 
             def push(ref: ImageRef) -> str:
-                if not keep_images:
-                    api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
-                return self.push(ref, log, cancel).digest
+                if builds[0].platform is None:
+                    return self.push_image(builds[0].image_id, ref, log, cancel, keep_images).digest
+                digest, children[ref.registry] = self.push_index(builds, ref, log, cancel)
+                return digest
 
             pushed = push_tags(refs, push, self.registries, log, cancel, phases)
-            if cache is not None and cache.export:
-                with phases("push"):
-                    self.export_cache(cache.ref, list(zip(refs, pushed, strict=True)), push, log)
+            pushed = [image.model_copy(update={"platforms": children.get(ref.registry, [])})
+                      for ref, image in zip(refs, pushed, strict=True)]
+            with phases("push"):
+                self.export_caches(builds, refs, pushed, log, cancel)
             return pushed
         except (requests.RequestException, docker.errors.APIError, OSError) as exc:
             if cancel.is_set():
@@ -131,9 +198,58 @@ class Engine:
             unregister()
             phases.report()
 
+    def build(self, job: BuildRequest, builder: Builder, context: BuildContext, log: LogSink, cancel: CancelToken,
+              cache_repo: str | None) -> list[Built]:
+        """The job's image, or one per platform built at once (each with its own log prefix)."""
+        if not job.multi_platform:
+            cache = self.build_cache(job, builder, cache_repo, log)
+            log.line(f"[runner] building with the {builder.name} builder")
+            image_id = builder.build(job, context, log, cancel, cache)
+            if builder.steps is not None:
+                self.metrics.build_steps(self.executor, *builder.steps)
+            return [Built(image_id, None, cache)]
+        if builder.name != "buildkit":
+            raise InvalidJob(f"a multi-platform job ({', '.join(job.platforms)}) needs the BuildKit builder, which the "
+                             f"{builder.name} builder is not; use builder auto or buildkit")
+        platforms = [parse_platform(p) for p in job.platforms]
+        log.line(f"[runner] building {len(platforms)} platforms at once with the {builder.name} builder: "
+                 f"{', '.join(map(str, platforms))}")
+
+        def one(platform: Platform, prefixed: LogSink, stop: CancelToken) -> Built:
+            cache = self.build_cache(job, builder, cache_repo, prefixed, platform)
+            own = builder.fork()
+            image_id = own.build(job, context, prefixed, stop, cache, platform)
+            if own.steps is not None:
+                self.metrics.build_steps(self.executor, *own.steps)
+            prefixed.line(f"[runner] built {image_id[:19]}")
+            return Built(image_id, platform, cache)
+
+        return build_each(platforms, one, log, cancel)
+
+    def keep(self, builds: list[Built], refs: list[ImageRef]) -> None:
+        """keep_images: the job's tags in the engine after the job; one engine keeps one image a
+        tag, so a multi-platform job's images are kept as TAG-linux-arm64, … instead."""
+        for built in builds:
+            for ref in refs:
+                tag = ref.tag if built.platform is None else f"{ref.tag}-{built.platform.slug}"[:128]
+                self.client.api.tag(built.image_id, f"{ref.registry}/{ref.repository}", tag, force=True)
+
+    @staticmethod
+    def not_pushed(builds: list[Built], refs: list[ImageRef], keep_images: bool, log: LogSink) -> list[PushedImage]:
+        names = [str(ref) if b.platform is None else f"{ref}-{b.platform.slug}" for b in builds for ref in refs]
+        kept = f"kept as {', '.join(names)}" if keep_images else "not kept (keep_images is off)"
+        if builds[0].platform is None:
+            log.line(f"[runner] built {builds[0].image_id[:19]}; push disabled, {kept}")
+            return [PushedImage(ref=str(ref), digest=builds[0].image_id) for ref in refs]
+        log.line(f"[runner] built {len(builds)} platforms; push disabled (no index without a registry), {kept}")
+        platforms = [PlatformImage(platform=str(b.platform), digest=b.image_id) for b in builds]
+        return [PushedImage(ref=str(ref), digest="", platforms=platforms) for ref in refs]
+
     # -- the registry build cache ---------------------------------------------------------------
-    def build_cache(self, job: BuildRequest, builder: Builder, cache_repo: str | None, log: LogSink) -> BuildCache | None:
-        """The job's registry cache (BuildKit's inline cache), or None."""
+    def build_cache(self, job: BuildRequest, builder: Builder, cache_repo: str | None, log: LogSink,
+                    platform: Platform | None = None) -> BuildCache | None:
+        """The job's registry cache (BuildKit's inline cache; one per platform of a
+        multi-platform job), or None."""
         repository = cache_repository(cache_repo, job)
         if repository is None:
             if cache_repo:
@@ -142,9 +258,26 @@ class Engine:
         if builder.name != "buildkit":
             log.line("[runner] note: the registry build cache needs the BuildKit builder; building without it")
             return None
-        ref = inline_cache_ref(repository)
+        ref = inline_cache_ref(repository, platform)
         log.line(f"[runner] registry build cache: {ref}")
         return BuildCache(ref=ref, export=job.push)
+
+    def export_caches(self, builds: list[Built], refs: list[ImageRef], pushed: list[PushedImage], log: LogSink,
+                      cancel: CancelToken) -> None:
+        """Each build's image under its cache ref (a platform's under its own)."""
+        for built in builds:
+            if built.cache is None or not built.cache.export:
+                continue
+            if built.platform is None:
+                sources = list(zip(refs, pushed, strict=True))
+            else:
+                sources = [(ref, PushedImage(ref=image.ref, digest=child.digest)) for ref, image in zip(refs, pushed, strict=True)
+                           for child in image.platforms if child.platform == str(built.platform)]
+
+            def push(ref: ImageRef, image_id: str = built.image_id) -> str:
+                return self.push_image(image_id, ref, log, cancel).digest
+
+            self.export_cache(built.cache.ref, sources, push, log)
 
     def export_cache(self, ref: ImageRef, pushed: list[tuple[ImageRef, PushedImage]], push: Push, log: LogSink) -> None:
         """Put the image (its config holds the inline cache) under the cache ref: a manifest PUT
@@ -168,21 +301,71 @@ class Engine:
         except ValueError as exc:  # an unreadable password_file: no retry can help
             raise InfrastructureError(str(exc)) from None
 
-    def push(self, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
-        """Push one tag, riding out registry trouble (executors.push_retry); auth errors fail at once."""
+    def push_image(self, image_id: str, ref: ImageRef, log: LogSink, cancel: CancelToken, keep: bool = False,
+                   confirm: bool = True, what: str = "") -> PushedImage:
+        """Push the image `image_id` under `ref`, riding out registry trouble
+        (executors.push_retry); auth errors fail at once. The local tag `ref` exists only while
+        this push holds its lock (unless `keep`), and what reached the registry is checked to be
+        this image (an engine shared with other processes may have moved the tag meanwhile):
+        if not, it is pushed again. `confirm`: the tag must still hold it afterwards (not so
+        for a platform's image, which the index replaces under the tag at once)."""
         auth = self.auth_config(ref)
+        name = f"{ref.registry}/{ref.repository}"
 
         def attempt() -> PushedImage:
-            try:
-                digest = self._push_once(ref, auth, log)
-            except (requests.RequestException, docker.errors.APIError) as exc:
-                raise InfrastructureError(_message(exc)) from None
-            self.registries.confirm_digest(ref, digest)
-            log.line(f"[runner] pushed {ref} {digest}")
+            with self.locks.hold(f"{self.client.key} {ref}", cancel):
+                try:
+                    self.client.api.tag(image_id, name, ref.tag, force=True)
+                    digest = self._push_once(ref, auth, log)
+                    self.check_pushed(ref, digest, image_id)
+                    if confirm:
+                        self.registries.confirm_digest(ref, digest)
+                except (requests.RequestException, docker.errors.APIError) as exc:
+                    raise InfrastructureError(_message(exc)) from None
+                finally:
+                    if not keep:
+                        self.untag(ref, image_id)
+            log.line(f"[runner] pushed {what}{ref} {digest}")
             return PushedImage(ref=str(ref), digest=digest)
 
         return push_with_retries(ref, attempt, self.registries.config(ref.registry), log, cancel,
                                  lambda: self.metrics.push_retried(self.executor))
+
+    def push_index(self, builds: list[Built], ref: ImageRef, log: LogSink, cancel: CancelToken) -> tuple[str, list[PlatformImage]]:
+        """A multi-platform job's images at `ref`: each platform's image pushed under the tag in
+        turn (the engine cannot push by digest; a temporary tag instead would stay behind on
+        registries that cannot delete a tag, distribution 2.x among them), then the OCI index
+        of them put over the tag. The tag's lock is held throughout, so another job of this
+        executor pushing the same tag waits."""
+        with self.locks.hold(f"{self.client.key} {ref}", cancel):
+            children = [(built.platform, self.push_image(built.image_id, ref, log, cancel, confirm=False,
+                                                         what=f"{built.platform} image under ").digest)
+                        for built in builds if built.platform is not None]
+            digest, platforms = push_with_retries(ref, lambda: put_index(self.registries, ref, children),
+                                                  self.registries.config(ref.registry), log, cancel,
+                                                  lambda: self.metrics.push_retried(self.executor))
+        log.line(f"[runner] pushed index {ref} {digest} ({', '.join(str(p) for p, _ in children)})")
+        return digest, platforms
+
+    def check_pushed(self, ref: ImageRef, digest: str, image_id: str) -> None:
+        """Raise (a retry) unless the manifest pushed as `digest` is of the image `image_id`
+        (the engine's image id is its config's digest)."""
+        manifest = self.registries.client(ref.registry).manifest(ref.repository, digest)
+        try:
+            config = json.loads(manifest.body).get("config", {}).get("digest")
+        except (ValueError, AttributeError):
+            config = None
+        if config != image_id:
+            raise InfrastructureError(f"the engine pushed another image under {ref} ({config or digest}, not {image_id[:19]}): "
+                                      "the local tag was moved by another job while it was pushed")
+
+    def untag(self, ref: ImageRef, image_id: str) -> None:
+        """Remove the local tag `ref` if it still names `image_id` (another job may own it now)."""
+        try:
+            if self.client.api.inspect_image(str(ref)).get("Id") == image_id:
+                self.client.api.remove_image(str(ref), noprune=True)
+        except (docker.errors.APIError, requests.RequestException):
+            pass
 
     def _push_once(self, ref: ImageRef, auth: dict | None, log: LogSink) -> str:
         digest = None
@@ -209,16 +392,23 @@ class Engine:
 
 # -- cleanup -----------------------------------------------------------------------------
 def remove_job_leftovers(client: EngineClient, job_id: str, keep_tags: bool = False) -> None:
-    """Drop the job's image: its job tag, and (unless keep_tags) every other tag it still
-    has, such as a ref whose push failed. noprune keeps parent layers, which the classic
-    builder uses as cache. A clean-up: needs no logins, never raises."""
-    name = job_tag(job_id)
+    """Drop the job's images: their job tags (one per platform of a multi-platform job), and
+    (unless keep_tags) every other tag they still have, such as a ref a crash left. noprune
+    keeps parent layers, which the classic builder uses as cache. A clean-up: needs no
+    logins, never raises."""
+    repo = job_repo(job_id)
     try:
-        tags = [] if keep_tags else [t for t in client.api.inspect_image(name).get("RepoTags") or [] if t != name]
-        for tag in [*tags, name]:
-            client.api.remove_image(tag, noprune=True)
+        images = client.api.images(name=repo)
     except (docker.errors.APIError, requests.RequestException):
-        pass
+        return
+    for image in images:
+        tags = image.get("RepoTags") or []
+        own = [t for t in tags if t.startswith(f"{repo}:")]
+        for tag in ([] if keep_tags else [t for t in tags if t not in own]) + own:
+            try:
+                client.api.remove_image(tag, noprune=True)
+            except (docker.errors.APIError, requests.RequestException):
+                pass
 
 
 class Batched:

@@ -23,6 +23,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 from runner.config.client import ClientApi, ClientDeliveries
 from runner.core.jobs import GitHost, JobSource
 from runner.core.models import BaseUrl, Strict, read_secret
+from runner.core.platforms import PlatformError, parse_platforms
 
 Right = Literal["submit", "read", "cancel", "status"]
 PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
@@ -135,6 +136,8 @@ class RepositoryHook(Strict):
     tags: list[str] = Field(default_factory=list, description="glob patterns of git tags that build; default none")
     executor: str | None = None
     build_args: dict[str, str] = Field(default_factory=dict)
+    platforms: list[str] = Field(default_factory=list, description="target platforms, e.g. [linux/amd64, linux/arm64]: "
+                                 "one image per platform and an image index under every tag; default: the worker's own")
     clone_url: str | None = Field(default=None, description="clone from here instead of the URL in the payload")
     submodules: bool = False
     keep_git_dir: bool = Field(default=False, description="keep .git in the build context, as BuildKit does with "
@@ -149,6 +152,14 @@ class RepositoryHook(Strict):
             raise ValueError("clone_url holds a password or token, which job records would keep; "
                              "put it under git.credentials instead")
         return url
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, values: list[str]) -> list[str]:
+        try:
+            return [str(p) for p in parse_platforms(values)]
+        except PlatformError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("images")
     @classmethod

@@ -323,7 +323,7 @@ def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Set
         "context": {"type": "git", "url": url, "ref": push.ref, "commit": push.sha, "subdir": repo.context,
                     "submodules": repo.submodules, "keep_git_dir": repo.keep_git_dir},
         "dockerfile": repo.dockerfile, "tags": tags, "build_args": repo.build_args, "executor": repo.executor,
-        "timeout": repo.timeout, "callback_url": repo.callback_url,
+        "platforms": repo.platforms, "timeout": repo.timeout, "callback_url": repo.callback_url,
         "labels": {"org.opencontainers.image.revision": push.sha, "org.opencontainers.image.ref.name": push.ref},
         "source": {"host": push.provider, "api_url": push.api_url, "repository": push.full_name, "project_id": push.project_id,
                    "sha": push.sha, "ref": push.ref, "delivery": delivery[:256]},

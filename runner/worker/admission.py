@@ -109,6 +109,9 @@ def admit(request: BuildRequest, settings: Settings, origin: Origin) -> Admissio
     limits = settings.limits
     if len(request.tags) > limits.max_tags:
         raise Rejected("tags", f"{len(request.tags)} tags is over the limit of {limits.max_tags} (limits.max_tags)")
+    if len(request.platforms) > limits.max_platforms:
+        raise Rejected("platforms", f"{len(request.platforms)} platforms ({', '.join(request.platforms)}) is over the limit "
+                       f"of {limits.max_platforms} (limits.max_platforms)")
     allowed = [r.host for r in settings.registries]
     for index, ref in enumerate(request.image_refs()):
         if ref.registry not in allowed:
