@@ -49,6 +49,7 @@ from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, is_auth_error
 from runner.core.executor_metrics import PhaseClock
+from runner.core.host_platforms import HostPlatforms, host_platforms
 from runner.core.jobs import BuildRequest, ImageRef, PlatformImage, PushedImage
 from runner.core.log_sink import LogSink
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
@@ -354,6 +355,10 @@ class BuildahExecutor(Executor):
         return CheckResult(True, f"{mode.describe()}; storage root {self.config.storage_root}",
                            {"version": mode.version, "storage_driver": mode.storage_driver, "isolation": mode.isolation,
                             "storage_root": str(self.config.storage_root), "run_root": str(self.config.run_root)})
+
+    def platforms(self) -> HostPlatforms:
+        """buildah runs RUN steps on this host: what its binfmt handlers let it run."""
+        return host_platforms()
 
     def tool(self, mode: Mode, env: dict[str, str] | None = None) -> Tool:
         return Tool(mode.binary, mode.global_args(self.config), env, INSTALL_HINT)

@@ -61,6 +61,12 @@ class Platform:
         return str(self).replace("/", "-")
 
 
+def normalize_os(os: str) -> str:
+    """containerd's normalizeOS: lower case, macos is darwin."""
+    os = os.lower()
+    return "darwin" if os == "macos" else os
+
+
 def normalize_arch(arch: str, variant: str) -> tuple[str, str]:
     """containerd's normalizeArch: the canonical name of an architecture and its variant."""
     arch, variant = arch.lower(), variant.lower()
@@ -98,11 +104,11 @@ def parse_platform(specifier: str) -> Platform:
         raise PlatformError(f"{shown} is not a platform: expected OS/ARCH[/VARIANT] (letters, digits, - and _), "
                             "e.g. linux/arm64")
     if len(parts) == 1:
-        if parts[0].lower() in KNOWN_OS:  # containerd adds the host's architecture: whose host? Say it instead
+        if normalize_os(parts[0]) in KNOWN_OS:  # containerd adds the host's architecture: whose host? Say it instead
             raise PlatformError(f"{shown} names an operating system without an architecture: give OS/ARCH, e.g. linux/arm64")
         os, (arch, variant) = BUILD_OS, normalize_arch(parts[0], "")
     else:
-        os = "darwin" if parts[0].lower() == "macos" else parts[0].lower()
+        os = normalize_os(parts[0])
         arch, variant = normalize_arch(parts[1], parts[2] if len(parts) == 3 else "")
     if arch not in KNOWN_ARCH:
         raise PlatformError(f"{shown}: unknown architecture {arch!r}; known: {', '.join(sorted(KNOWN_ARCH))}")

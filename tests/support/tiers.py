@@ -29,6 +29,7 @@ FAST_MODULES = frozenset({
     "tests/test_pipeline.py",
     # requests and admission
     "tests/test_jobs.py",
+    "tests/test_platforms.py",
     "tests/test_fuzz_jobs.py",
     "tests/test_source_binding.py",
     # config
