@@ -5,6 +5,7 @@ The executors differ only in which engine they reach and how they bring it up.""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from executors.tags import Push, copy_tag, push_tags
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import (
+    BuildFailed,
     Cancelled,
     ExecutorError,
     InfrastructureError,
@@ -85,6 +87,10 @@ def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, 
                              "use builder auto or classic")
         return BuildKitBuilder(client, registries, secrets)
     return ClassicBuilder(client)
+
+
+#: BuildKit's exporter, when the image it wrote was deleted before it could name it
+IMAGE_GONE = re.compile(r"failed to get digest sha256:[0-9a-f]{64}: .*/imagedb/content/sha256/[0-9a-f]{64}: no such file or directory")
 
 
 def engine_platforms(docker_host: str, connect: Callable[[], docker.APIClient]) -> HostPlatforms:
@@ -204,9 +210,7 @@ class Engine:
         if not job.multi_platform:
             cache = self.build_cache(job, builder, cache_repo, log)
             log.line(f"[runner] building with the {builder.name} builder")
-            image_id = builder.build(job, context, log, cancel, cache)
-            if builder.steps is not None:
-                self.metrics.build_steps(self.executor, *builder.steps)
+            image_id = self.build_one(builder, job, context, log, cancel, cache)
             return [Built(image_id, None, cache)]
         if builder.name != "buildkit":
             raise InvalidJob(f"a multi-platform job ({', '.join(job.platforms)}) needs the BuildKit builder, which the "
@@ -217,14 +221,29 @@ class Engine:
 
         def one(platform: Platform, prefixed: LogSink, stop: CancelToken) -> Built:
             cache = self.build_cache(job, builder, cache_repo, prefixed, platform)
-            own = builder.fork()
-            image_id = own.build(job, context, prefixed, stop, cache, platform)
-            if own.steps is not None:
-                self.metrics.build_steps(self.executor, *own.steps)
+            image_id = self.build_one(builder.fork(), job, context, prefixed, stop, cache, platform)
             prefixed.line(f"[runner] built {image_id[:19]}")
             return Built(image_id, platform, cache)
 
         return build_each(platforms, one, log, cancel)
+
+    def build_one(self, builder: Builder, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken,
+                  cache: BuildCache | None, platform: Platform | None = None) -> str:
+        """One build; once more (from the cache, at once) when the engine lost the image it had
+        just written: identical builds of two jobs share an image id, and the other job's
+        clean-up removed its last tag before this build's exporter named it."""
+        for attempt in (1, 2):
+            try:
+                image_id = builder.build(job, context, log, cancel, cache, platform)
+                break
+            except BuildFailed as exc:
+                if attempt == 2 or not IMAGE_GONE.search(exc.message):
+                    raise
+                log.line("[runner] the engine lost the image this build had just written (another job's clean-up "
+                         "removed the same image); building it again from the cache")
+        if builder.steps is not None:
+            self.metrics.build_steps(self.executor, *builder.steps)
+        return image_id
 
     def keep(self, builds: list[Built], refs: list[ImageRef]) -> None:
         """keep_images: the job's tags in the engine after the job; one engine keeps one image a
