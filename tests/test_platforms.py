@@ -224,8 +224,8 @@ def test_handlers_are_placed_by_the_elf_header_they_match_whatever_their_name(tm
     assert sorted(host.emulated) == ["arm", "arm64"]
     for wanted in ("linux/amd64", "linux/386", "linux/arm64", "linux/arm/v7", "linux/arm/v6"):
         assert host.why_not(parse_platform(wanted)) is None, wanted
-    assert host.describe() == ("linux/amd64 (native), linux/386 (native), linux/arm (emulated: armhf-by-another-tool), "
-                               "linux/arm64 (emulated: qemu-aarch64)")
+    assert host.describe() == ("native: linux/amd64, linux/386; emulated: linux/arm, linux/arm64 "
+                               "(binfmt handlers armhf-by-another-tool, qemu-aarch64)")
     missing = host.why_not(parse_platform("linux/ppc64le"))
     assert missing is not None and missing.startswith("linux/ppc64le cannot be built on this host (linux/amd64): "
                                                       "no binfmt handler for ppc64le is registered")
@@ -246,7 +246,9 @@ def test_no_binfmt_misc_means_the_native_platform_only(tmp_path):
     assert host.native == Platform("linux", "arm64") and host.why_not(parse_platform("arm64")) is None
     why = host.why_not(parse_platform("linux/amd64"))
     assert why is not None and f"binfmt_misc is not mounted at {tmp_path / 'absent'}" in why
-    assert host_platforms(binfmt(tmp_path, {"qemu-aarch64": AARCH64}, "disabled"), machine="x86_64").emulated == {}
+    off = host_platforms(binfmt(tmp_path, {"qemu-aarch64": AARCH64}, "disabled"), machine="x86_64")
+    assert off.emulated == {}
+    assert off.describe() == f"native: linux/amd64, linux/386; no emulation: binfmt_misc is disabled ({tmp_path}/binfmt_misc/status)"
     assert native_platform("armv7l") == Platform("linux", "arm", "v7")
 
 
@@ -396,3 +398,60 @@ def test_this_hosts_registered_qemu_handlers_are_the_emulated_platforms(services
     assert "qemu-aarch64" in registered and host.emulated["arm64"].name == "qemu-aarch64"
     assert host.why_not(parse_platform("linux/arm64")) is None
     assert {h.name for h in host.emulated.values()} <= registered
+
+
+def test_doctor_says_which_platforms_each_enabled_executor_builds_here(harness):
+    host = host_platforms()
+    out = harness.cli("doctor").stdout
+    for name in harness.settings.enabled_executors():
+        line = next((line for line in out.splitlines() if f" platforms {name}: " in line), None)
+        assert line is not None, out
+        assert line.endswith(host.describe()) and "native: linux/amd64" in line
+    if "arm64" in host.emulated:
+        assert "emulated: linux/arm" in out and "qemu-aarch64" in out
+
+
+def test_the_cli_and_the_api_take_platforms_and_show_each_platforms_digest(services, tmp_path_factory, tmp_path):
+    """On the fake executor (it reports an index and a digest per platform): `runner submit
+    --platform a,b` (repeatable, buildx's syntax), the record the API serves, `runner status`;
+    bad input is refused by both doors, naming the value."""
+    from tests.test_api import TOKEN_ALL, context_tar, start_stack, stop_stack
+
+    stack = start_stack(services, tmp_path_factory, executors={"fake": {"enabled": True}}, limits={"max_platforms": 3})
+    h = stack.harness
+    try:
+        (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+        tag = f"{h.registry()}/platforms/cli:{uuid.uuid4().hex[:8]}"
+        result = h.cli("submit", str(tmp_path), "--executor", "fake", "-t", tag, "--platform", "linux/amd64,aarch64",
+                       "--platform", "linux/arm/v7")
+        assert result.returncode == 0, result.stderr
+        job_id = h.store.list(limit=1)[0].id
+        record = h.store.get(job_id)
+        assert record.request.platforms == ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+        [image] = record.images
+        assert [p.platform for p in image.platforms] == record.request.platforms
+        assert result.stdout.strip() == f"{tag}@{image.digest}"  # stdout stays one REF@DIGEST a tag
+        for p in image.platforms:
+            assert f"  {p.platform} {p.digest}" in result.stderr
+        shown = h.cli("status", job_id).stdout
+        assert f"  {tag}@{image.digest} (index)\n" in shown and f"    linux/arm64 {image.platforms[1].digest}\n" in shown
+
+        refused = h.cli("submit", str(tmp_path), "--executor", "fake", "-t", tag, "--platform", "linux/amd64,linux/foo")
+        assert refused.returncode == 2 and "platforms" in refused.stderr and "'linux/foo': unknown architecture" in refused.stderr
+        many = h.cli("submit", str(tmp_path), "--executor", "fake", "-t", tag, "--platform", "amd64,arm64,arm,ppc64le")
+        assert many.returncode == 2 and "4 platforms (linux/amd64, linux/arm64, linux/arm/v7, linux/ppc64le) is over the " \
+            "limit of 3 (limits.max_platforms)" in many.stderr
+
+        with stack.client(TOKEN_ALL) as c:
+            api_id = f"platforms-{uuid.uuid4().hex[:10]}"
+            assert c.post(f"/v1/jobs/{api_id}/context", content=context_tar({"Dockerfile": "FROM scratch\n"}),
+                          headers={"Content-Type": "application/x-tar"}).status_code == 201
+            assert c.post("/v1/jobs", json={"id": api_id, "tags": [tag], "executor": "fake",
+                                            "platforms": ["linux/amd64", "linux/arm64"]}).status_code == 202
+            served = stack.wait(api_id)
+            assert served["request"]["platforms"] == ["linux/amd64", "linux/arm64"]
+            assert [p["platform"] for p in served["images"][0]["platforms"]] == ["linux/amd64", "linux/arm64"]
+            bad = c.post("/v1/jobs", json={"tags": [tag], "executor": "fake", "platforms": ["linux/arm64", "arm64"]})
+            assert bad.status_code == 422 and "platforms" in bad.text and "listed twice" in bad.text
+    finally:
+        stop_stack(stack)

@@ -90,15 +90,16 @@ class HostPlatforms:
                 f"{platform.architecture} worker")
 
     def describe(self) -> str:
-        """One line: the native platform, then each emulated architecture and its handler."""
-        parts = [f"{BUILD_OS}/{arch} (native)" if arch != self.native.architecture else f"{self.native} (native)"
-                 for arch in self.native_architectures]
-        parts += [f"{BUILD_OS}/{arch} (emulated: {handler.name})" for arch, handler in sorted(self.emulated.items())]
+        """One line: what runs natively, then what runs emulated (and through which handlers)."""
+        text = "native: " + ", ".join(f"{BUILD_OS}/{arch}" if arch != self.native.architecture else str(self.native)
+                                      for arch in self.native_architectures)
         if not self.sees_handlers:
-            parts.append(f"emulators on {self.where} cannot be seen from here")
-        elif not self.emulated:
-            parts.append(f"no emulation: {self.problem or 'no usable binfmt handler registered'}")
-        return ", ".join(parts)
+            return f"{text}; emulators on {self.where} cannot be seen from here"
+        if not self.emulated:
+            return f"{text}; no emulation: {self.problem or 'no usable binfmt handler registered'}"
+        arches = sorted(self.emulated)
+        return (f"{text}; emulated: {', '.join(f'{BUILD_OS}/{arch}' for arch in arches)} "
+                f"(binfmt handlers {', '.join(self.emulated[arch].name for arch in arches)})")
 
 
 def native_platform(machine: str | None = None) -> Platform:
