@@ -226,10 +226,11 @@ def build_then_push(tool_argv: list[str], build: list[str], push: list[str], iid
     return ["-c", script, "buildah-job", *tool_argv, *build]
 
 
-def manifest_name(namespace: str, job_id: str) -> str:
+def manifest_name(namespace: str, job_id: str, attempt: str = "build") -> str:
     """A multi-platform job's manifest list in buildah's store: named by the job (and the
-    runner's namespace), so its cleanup and the sweep find it."""
-    return f"{MANIFEST_REPO}/{path_component(namespace)}/{job_id}:build"
+    runner's namespace), so the sweep finds it; its tag names the attempt, so an attempt
+    never adds its images to a list a crashed one left."""
+    return f"{MANIFEST_REPO}/{path_component(namespace)}/{job_id}:{attempt}"
 
 
 def keep_setid_bits(paths: JobPaths, files: JobFiles, log: LogSink) -> None:
@@ -337,8 +338,8 @@ class BuildahExecutor(Executor):
         self._clean_exit: set[str] = set()
         #: job id -> its image, not wanted in the store (layers and keep_images off): cleanup removes it
         self._unneeded: dict[str, str] = {}
-        #: multi-platform jobs, whose manifest list cleanup removes (a crashed worker's: the sweep)
-        self._lists: set[str] = set()
+        #: multi-platform jobs' manifest lists, which cleanup removes (a crashed worker's: the sweep)
+        self._lists: dict[str, str] = {}
 
     def mode(self) -> Mode:
         """What buildah uses on this worker, probed once (a probe costs a process or two)."""
@@ -376,8 +377,7 @@ class BuildahExecutor(Executor):
             paths, env = self._prepare(job, context, files, log, cancel)
             tool = self.tool(mode, env)
             if paths.manifest:
-                self._lists.add(job.id)
-                self._remove_list(tool, paths.manifest)  # a crashed attempt's list would gain these images
+                self._lists[job.id] = paths.manifest
             first = refs[0] if job.push else None
             image_id, first_failed = self._build(tool, mode, job, paths, files, first, log, cancel, phases)
             if not self.config.layers and not self.config.keep_images:
@@ -434,7 +434,7 @@ class BuildahExecutor(Executor):
             ignorefile=files.write("ignorefile", ""),  # buildah would otherwise apply .containerignore/.dockerignore its way
             cert_dir=write_cert_dir(self.env.registries, files),
             secrets=tuple(write_build_secrets(self.job_secrets(job), files, log)),
-            manifest=manifest_name(self.env.namespace, job.id) if job.multi_platform else None,
+            manifest=manifest_name(self.env.namespace, job.id, secrets.token_hex(6)) if job.multi_platform else None,
         )
         if unpacked.setid:
             keep_setid_bits(paths, files, log)
@@ -552,9 +552,8 @@ class BuildahExecutor(Executor):
                 tool = self.tool(self.mode())
                 for image in self._list_images(tool, image_id) if image_id.startswith(MANIFEST_REPO) else [image_id]:
                     self._remove_image(tool, image)
-            if job_id in self._lists:  # its name only: with keep_images the job's tags still name the list
-                self._lists.discard(job_id)
-                self._remove_list(self.tool(self.mode()), manifest_name(self.env.namespace, job_id))
+            if manifest := self._lists.pop(job_id, None):  # its name only: with keep_images the job's tags still name it
+                self._remove_list(self.tool(self.mode()), manifest)
             if job_id in self._clean_exit:
                 self._clean_exit.discard(job_id)
             else:
@@ -582,19 +581,19 @@ class BuildahExecutor(Executor):
         for job_id in dead:
             self.kill_orphaned_runs(job_id)
             self._remove(tool, found.get(job_id, []))
-            if job_id in lists:
-                self._remove_list(tool, lists[job_id])
+            for manifest in lists.get(job_id, []):
+                self._remove_list(tool, manifest)
             JobFiles(private_root(self.env, self.name, job_id)).remove()
         return dead
 
-    def lists_by_job(self, tool: Tool) -> dict[str, str]:
+    def lists_by_job(self, tool: Tool) -> dict[str, list[str]]:
         """The manifest lists of this namespace's multi-platform jobs in the store, by job."""
         prefix = manifest_name(self.env.namespace, "").rsplit("/", 1)[0] + "/"
-        found = {}
+        found: dict[str, list[str]] = {}
         for image in json.loads(tool.output(["images", "--json"]) or "[]") or []:
             for name in image.get("names") or [] if isinstance(image, dict) else []:
                 if name.startswith(prefix):
-                    found[name[len(prefix):].rsplit(":", 1)[0]] = name
+                    found.setdefault(name[len(prefix):].rsplit(":", 1)[0], []).append(name)
         return found
 
     @staticmethod

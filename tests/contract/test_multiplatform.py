@@ -190,7 +190,8 @@ def job_leftovers(harness, name: str, job_id: str, image: str) -> dict[str, list
         if containers := buildah.containers_by_job(tool, mode).get(job_id):
             found["containers"] = containers
         names = [n for i in json.loads(tool.output(["images", "--json"]) or "[]") or [] for n in i.get("names") or []]
-        if lists := [n for n in names if n == manifest_name(harness.settings.worker.namespace, job_id)]:
+        prefix = manifest_name(harness.settings.worker.namespace, job_id, "")
+        if lists := [n for n in names if n.startswith(prefix)]:
             found["manifest lists"] = lists
     return found
 
