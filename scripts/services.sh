@@ -16,7 +16,6 @@ REGISTRY_PASSWORD=${RUNNER_DEV_REGISTRY_PASSWORD:-ci-password}
 REDIS_PORT=${RUNNER_DEV_REDIS_PORT:-6379}
 BASE_IMAGE=127.0.0.1:${REGISTRY_PORT}/base/busybox:1
 MULTI_BASE_IMAGE=127.0.0.1:${REGISTRY_PORT}/base/busybox-multi:1
-BINFMT=/proc/sys/fs/binfmt_misc
 mkdir -p "$STATE"
 SAY_PREFIX=services
 # shellcheck source=scripts/lib.sh
@@ -123,17 +122,9 @@ seed_base_image() {
 install_emulation() {  # Debian's qemu-user-static and its binfmt handlers (registered with the F flag,
   # so containers and dind sidecars use them too). Without systemd nothing registers them: do it here.
   command -v qemu-aarch64-static >/dev/null || install_without_starting "$STATE/apt.log" qemu-user-static
-  if [ ! -e "$BINFMT/register" ] && ! mount -t binfmt_misc binfmt_misc "$BINFMT"; then
-    say "warning: cannot mount binfmt_misc at $BINFMT: no emulated platforms on this host" >&2
-    return 0
+  if ! sh "$(dirname "$0")/binfmt-register.sh" >>"$STATE/emulation.log" 2>&1; then
+    say "warning: could not register qemu's binfmt handlers (see $STATE/emulation.log): no emulated platforms here" >&2
   fi
-  local conf name
-  for conf in /usr/lib/binfmt.d/qemu-*.conf; do
-    name=$(basename "$conf" .conf)
-    [ -e "$BINFMT/$name" ] && continue
-    grep -v '^#' "$conf" >"$BINFMT/register" || say "warning: could not register $name" >&2
-  done
-  grep -q '^enabled' "$BINFMT/status" || echo 1 >"$BINFMT/status"
 }
 
 busybox_root() {  # busybox_root DIR BUSYBOX: a tiny root file system around one static busybox
