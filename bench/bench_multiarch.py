@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PASSWORD, REGISTRY, USER, drop_namespace, load_line, run_job  # noqa: E402
+from bench.common import PASSWORD, REGISTRY, USER, drop_namespace, load_line, remove_buildah_storage, run_job  # noqa: E402
 from executors.daemonless.buildah import resolve_mode  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.core.host_platforms import host_platforms  # noqa: E402
@@ -166,9 +166,7 @@ def main() -> None:
         print(f"{load_line()}")
     finally:
         drop_namespace(store.r, store.ns)
-        subprocess.run(["buildah", "--root", str(STORAGE / "root"), "--runroot", str(STORAGE / "run"), "rmi", "--all", "--force"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(STORAGE, ignore_errors=True)
+        remove_buildah_storage(STORAGE)
         shutil.rmtree(work, ignore_errors=True)
 
 

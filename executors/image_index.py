@@ -12,7 +12,8 @@ import hashlib
 import json
 
 from runner.core.errors import InfrastructureError
-from runner.core.jobs import ImageRef, PlatformImage
+from runner.core.jobs import ImageRef, PlatformImage, PushedImage
+from runner.core.log_sink import LogSink
 from runner.core.platforms import Platform, normalize_arch
 from runner.core.registry_client import INDEX_TYPES, Manifest, Registries
 
@@ -66,3 +67,14 @@ def index_platforms(registries: Registries, ref: ImageRef, digest: str) -> list[
         if isinstance(entry, dict) and (platform := platform_of(entry)) is not None and "digest" in entry:
             found.append(PlatformImage(platform=str(platform), digest=str(entry["digest"])))
     return found
+
+
+def pushed(registries: Registries, ref: ImageRef, digest: str, index: bool, log: LogSink) -> PushedImage:
+    """A tool's finished push of `ref` (confirmed at `digest`), said in the log: an image, or an
+    index with each platform's manifest digest as the registry lists them."""
+    if not index:
+        log.line(f"[runner] pushed {ref} {digest}")
+        return PushedImage(ref=str(ref), digest=digest)
+    platforms = index_platforms(registries, ref, digest)
+    log.line(f"[runner] pushed index {ref} {digest} ({', '.join(p.platform for p in platforms)})")
+    return PushedImage(ref=str(ref), digest=digest, platforms=platforms)

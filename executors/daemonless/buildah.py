@@ -41,7 +41,7 @@ from executors.daemonless.common import (
 )
 from executors.daemonless.config import BuildahConfig
 from executors.daemonless.setid import MAX_DOCKERFILE_BYTES, copy_from_context
-from executors.image_index import index_platforms, platform_of
+from executors.image_index import platform_of, pushed
 from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository, path_component
 from executors.tags import push_tags
@@ -505,12 +505,7 @@ class BuildahExecutor(Executor):
                 " (buildah 1.28's manifest push exits 0 when it fails, without a word: the registry may be unreachable "
                 "or refuse the push)" if index else ""))
         self.env.registries.confirm_digest(ref, digest)
-        if not index:
-            log.line(f"[runner] pushed {ref} {digest}")
-            return PushedImage(ref=str(ref), digest=digest)
-        platforms = index_platforms(self.env.registries, ref, digest)
-        log.line(f"[runner] pushed index {ref} {digest} ({', '.join(p.platform for p in platforms)})")
-        return PushedImage(ref=str(ref), digest=digest, platforms=platforms)
+        return pushed(self.env.registries, ref, digest, index, log)
 
     def _name_list(self, tool: Tool, manifest: str, refs: list[ImageRef]) -> None:
         """keep_images: the job's tags name its manifest list in the store."""

@@ -36,7 +36,7 @@ from executors.daemonless.common import (
     write_build_secrets,
 )
 from executors.daemonless.config import ImgConfig
-from executors.image_index import index_platforms
+from executors.image_index import pushed
 from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository
 from executors.tags import push_tags
@@ -190,12 +190,7 @@ class ImgExecutor(Executor):
         digest = self.env.registries.client(ref.registry).manifest_digest(ref)
         if digest is None:
             raise InfrastructureError(f"img reported pushing {ref} but the registry has no such tag")
-        if not index:
-            log.line(f"[runner] pushed {ref} {digest}")
-            return PushedImage(ref=str(ref), digest=digest)
-        platforms = index_platforms(self.env.registries, ref, digest)
-        log.line(f"[runner] pushed index {ref} {digest} ({', '.join(p.platform for p in platforms)})")
-        return PushedImage(ref=str(ref), digest=digest, platforms=platforms)
+        return pushed(self.env.registries, ref, digest, index, log)
 
     def cleanup(self, job_id: str) -> None:
         """Remove the job's tags from img's state (unless keep_images) and its private files."""

@@ -23,7 +23,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 from runner.config.client import ClientApi, ClientDeliveries
 from runner.core.jobs import GitHost, JobSource
 from runner.core.models import BaseUrl, Strict, read_secret
-from runner.core.platforms import PlatformError, parse_platforms
+from runner.core.platforms import canonical
 
 Right = Literal["submit", "read", "cancel", "status"]
 PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
@@ -156,10 +156,7 @@ class RepositoryHook(Strict):
     @field_validator("platforms")
     @classmethod
     def _platforms(cls, values: list[str]) -> list[str]:
-        try:
-            return [str(p) for p in parse_platforms(values)]
-        except PlatformError as exc:
-            raise ValueError(str(exc)) from None
+        return canonical(values)
 
     @field_validator("images")
     @classmethod

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from runner.core.errors import ErrorKind
 from runner.core.models import BaseUrl
-from runner.core.platforms import PlatformError, parse_platform, parse_platforms
+from runner.core.platforms import canonical, parse_platform
 
 # Docker's reference grammar (distribution/reference), restricted to what we push:
 # REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
@@ -244,18 +244,12 @@ class BuildRequest(BaseModel):
             return None
         if "," in value:
             raise ValueError(f"{value[:100]!r} names several platforms: list them in `platforms`")
-        try:
-            return str(parse_platform(value))
-        except PlatformError as exc:
-            raise ValueError(str(exc)) from None
+        return str(parse_platform(value))
 
     @field_validator("platforms")
     @classmethod
     def _platforms(cls, values: list[str]) -> list[str]:
-        try:
-            return [str(p) for p in parse_platforms(values)]
-        except PlatformError as exc:
-            raise ValueError(str(exc)) from None
+        return canonical(values)
 
     @model_validator(mode="after")
     def _platform_and_platforms(self) -> BuildRequest:

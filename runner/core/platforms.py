@@ -135,6 +135,12 @@ def parse_platforms(specifiers: list[str]) -> list[Platform]:
     return list(seen)
 
 
+def canonical(specifiers: list[str]) -> list[str]:
+    """The platforms as stored: normalised, in the order given (PlatformError, a ValueError,
+    names what is wrong: pydantic validators can return this as it is)."""
+    return [str(platform) for platform in parse_platforms(specifiers)]
+
+
 def split_specifiers(value: str) -> list[str]:
     """buildx's `--platform a,b` syntax: comma-separated (spaces around each ignored)."""
     return [part.strip() for part in value.split(",")]
