@@ -10,7 +10,8 @@ reaper and the doctor all use that one object. Per-job calls carry the job (or i
 - `cleanup(job_id)`: idempotent removal of everything it made for that job;
 - `sweep(is_live)`: remove what jobs that are no longer live left behind (the reaper's call);
 - `start()` / `shutdown()`: process lifetime (warm pools);
-- capability questions (`engine_host()`) are asked of the executor, never answered by its name.
+- capability questions (`engine_host()`, `platforms()`) are asked of the executor, never
+  answered by its name.
 
 Everything an executor creates carries `labels(job_id)`, so a sweep can find it.
 """
