@@ -14,6 +14,8 @@ import threading
 import time
 import uuid
 
+import pytest
+
 from executors.engine.engine import PushLocks
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled
@@ -116,6 +118,48 @@ def test_a_push_survives_another_process_moving_then_removing_its_local_tag(harn
     assert nonce_of(f"{tag.rsplit(':', 1)[0]}@{image.digest}") == nonce  # its own image, not the one moved in
     assert "the local tag was moved by another job while it was pushed" in log.text, log.text
     assert f"tag does not exist: {tag}" in log.text, log.text
+
+
+def test_a_multi_platform_push_cut_short_puts_the_tag_back(harness, tmp_path, monkeypatch):
+    """A cancel after the first platform's image went under the tag, before the second and
+    the index: the tag names again what it named before the job (a pull never gets the half
+    job), and nothing of the job stays on the engine."""
+    import docker
+
+    from runner.core.jobs import BuildRequest
+    from tests.support import ListLog, executor_for
+    from tests.support.dind import build_context
+
+    tag = f"{harness.registry()}/engine-push/cut-short:{uuid.uuid4().hex[:8]}"
+    creds = f"{harness.services['RUNNER_DEV_REGISTRY_USER']}:{harness.services['RUNNER_DEV_REGISTRY_PASSWORD']}"
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--src-creds", creds, "--dest-creds",
+                    creds, f"docker://{harness.services['RUNNER_DEV_BASE_IMAGE']}", f"docker://{tag}"],
+                   check=True, capture_output=True, timeout=120)
+    before = registry_digest(harness.services, tag)
+    cancel, pushes = CancelToken(), []
+    real_push = docker.APIClient.push
+
+    def push(self, repository, tag=None, **kwargs):
+        pushes.append(tag)
+        if len(pushes) == 2:
+            cancel.set()  # the job is cancelled as its second platform's push starts
+        return real_push(self, repository, tag, **kwargs)
+
+    monkeypatch.setattr(docker.APIClient, "push", push)
+    base = harness.services["RUNNER_DEV_MULTI_BASE_IMAGE"]
+    context = build_context(tmp_path, f"FROM {base}\nRUN echo {uuid.uuid4().hex} > /nonce\n")
+    job = BuildRequest(tags=[tag], executor="socket", platforms=["linux/amd64", "linux/arm64"])
+    executor, log = executor_for(harness.settings, "socket"), ListLog()
+    try:
+        with pytest.raises(Cancelled):
+            executor.run(job, context, log, cancel)
+    finally:
+        executor.cleanup(job.id)
+    assert len(pushes) == 2 and "[runner] pushed linux/amd64 image under" in log.text, log.text
+    assert registry_digest(harness.services, tag) == before
+    assert f"[runner] {tag} names again what it did before this job ({before})" in log.text
+    left = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True).stdout
+    assert f"runner-job/{job.id}:" not in left and tag not in left
 
 
 def test_a_second_push_of_the_tag_waits_and_a_cancel_ends_the_wait_and_locks_are_dropped():

@@ -355,16 +355,40 @@ class Engine:
         turn (the engine cannot push by digest; a temporary tag instead would stay behind on
         registries that cannot delete a tag, distribution 2.x among them), then the OCI index
         of them put over the tag. The tag's lock is held throughout, so another job of this
-        executor pushing the same tag waits."""
+        executor pushing the same tag waits. Should the sequence stop before the index is there
+        (a cancel, a failed push), the tag is put back to what it held before."""
         with self.locks.hold(f"{self.client.key} {ref}", cancel):
-            children = [(built.platform, self.push_image(built.image_id, ref, log, cancel, confirm=False,
-                                                         what=f"{built.platform} image under ").digest)
-                        for built in builds if built.platform is not None]
-            digest, platforms = push_with_retries(ref, lambda: put_index(self.registries, ref, children),
-                                                  self.registries.config(ref.registry), log, cancel,
-                                                  lambda: self.metrics.push_retried(self.executor))
+            before = self.registries.client(ref.registry).manifest_digest(ref)
+            try:
+                children = [(built.platform, self.push_image(built.image_id, ref, log, cancel, confirm=False,
+                                                             what=f"{built.platform} image under ").digest)
+                            for built in builds if built.platform is not None]
+                digest, platforms = push_with_retries(ref, lambda: put_index(self.registries, ref, children),
+                                                      self.registries.config(ref.registry), log, cancel,
+                                                      lambda: self.metrics.push_retried(self.executor))
+            except BaseException:
+                self.put_back(ref, before, log)
+                raise
         log.line(f"[runner] pushed index {ref} {digest} ({', '.join(str(p) for p, _ in children)})")
         return digest, platforms
+
+    def put_back(self, ref: ImageRef, before: str | None, log: LogSink) -> None:
+        """After a multi-platform push stopped half-way: `ref` names again what it named before
+        (its manifest is still in the repository), or, where it is new, the log says it names one
+        platform's image now (a registry without tag deletion cannot remove it). Never raises."""
+        client = self.registries.client(ref.registry)
+        try:
+            now = client.manifest_digest(ref)
+            if now == before:
+                return
+            if before is None:
+                log.line(f"[runner] warning: {ref} was new and now names one platform's image ({now}); the registry "
+                         "cannot delete a tag: push the job again or remove the tag there")
+                return
+            client.put_manifest(ref.repository, ref.tag, client.manifest(ref.repository, before))
+            log.line(f"[runner] {ref} names again what it did before this job ({before})")
+        except ExecutorError as exc:
+            log.line(f"[runner] warning: could not put {ref} back to {before}: {exc.message}")
 
     def check_pushed(self, ref: ImageRef, digest: str, image_id: str) -> None:
         """Raise (a retry) unless the manifest pushed as `digest` is of the image `image_id`
