@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from executors.engine.engine import PushLocks
+from executors.engine.push import PushLocks
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled
 from tests.conftest import RUNNER, registry_digest

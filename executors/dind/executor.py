@@ -34,7 +34,8 @@ from executors.dind.config import DindConfig
 from executors.dind.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove_dir, remove_labelled
 from executors.engine.builders import BuildKitSupport
 from executors.engine.client import EngineClient
-from executors.engine.engine import Engine, PushLocks, choose_builder, engine_platforms, remove_job_leftovers
+from executors.engine.engine import Engine, choose_builder, engine_platforms, remove_job_leftovers
+from executors.engine.push import PushLocks
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError

@@ -4,12 +4,8 @@ The executors differ only in which engine they reach and how they bring it up.""
 
 from __future__ import annotations
 
-import json
 import re
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -20,9 +16,8 @@ import requests
 from executors.engine.builders import BuildCache, Builder, BuildKitSupport, ClassicBuilder, job_repo
 from executors.engine.buildkit import BuildKitBuilder
 from executors.engine.client import EngineClient, short
-from executors.image_index import put_index
+from executors.engine.push import Pusher, PushLocks
 from executors.platform_builds import build_each
-from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository, inline_cache_ref
 from executors.tags import Push, copy_tag, push_tags
 from runner.context.build_context import BuildContext
@@ -33,8 +28,6 @@ from runner.core.errors import (
     ExecutorError,
     InfrastructureError,
     InvalidJob,
-    RegistryAuthFailed,
-    is_auth_error,
 )
 from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics, PhaseClock
 from runner.core.host_platforms import HostPlatforms, host_platforms, native_platform
@@ -111,36 +104,6 @@ def engine_platforms(docker_host: str, connect: Callable[[], docker.APIClient]) 
     return HostPlatforms(native_platform(machine), where=f"the Docker Engine at {docker_host}", sees_handlers=False)
 
 
-class PushLocks:
-    """One lock per (engine, tag) for all the jobs of an executor: a push tags the image locally
-    under the tag it pushes (the Engine API pushes local names only), so two jobs pushing the
-    same tag at once on one engine would push, or untag, each other's image. Held from the
-    local tag to its removal; re-entrant, so a multi-platform push holds it across its images.
-    Locks go away when no job holds or waits for them."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, list] = {}  # key -> [RLock, holders and waiters]
-
-    @contextmanager
-    def hold(self, key: str, cancel: CancelToken) -> Iterator[None]:
-        with self._guard:
-            entry = self._locks.setdefault(key, [threading.RLock(), 0])
-            entry[1] += 1
-        try:
-            while not entry[0].acquire(timeout=0.2):
-                cancel.raise_if_set()
-            try:
-                yield
-            finally:
-                entry[0].release()
-        finally:
-            with self._guard:
-                entry[1] -= 1
-                if entry[1] == 0:
-                    del self._locks[key]
-
-
 @dataclass(frozen=True)
 class Built:
     """One image the job built: for `platform` (None: the job's single image), with the
@@ -159,7 +122,7 @@ class Engine:
         self.client = client
         self.registries = registries
         self.executor, self.metrics = executor, metrics
-        self.locks = locks or PushLocks()
+        self.pusher = Pusher(client, registries, self.auth_config, executor, metrics, locks)
         client.use_auth(pull_logins(registries))  # the logins a build may pull with
 
     # -- the whole job -----------------------------------------------------------------------
@@ -186,8 +149,9 @@ class Engine:
 
             def push(ref: ImageRef) -> str:
                 if builds[0].platform is None:
-                    return self.push_image(builds[0].image_id, ref, log, cancel, keep_images).digest
-                digest, children[ref.registry] = self.push_index(builds, ref, log, cancel)
+                    return self.pusher.push_image(builds[0].image_id, ref, log, cancel, keep_images).digest
+                images = [(b.platform, b.image_id) for b in builds if b.platform is not None]
+                digest, children[ref.registry] = self.pusher.push_index(images, ref, log, cancel)
                 return digest
 
             pushed = push_tags(refs, push, self.registries, log, cancel, phases)
@@ -294,7 +258,7 @@ class Engine:
                            for child in image.platforms if child.platform == str(built.platform)]
 
             def push(ref: ImageRef, image_id: str = built.image_id) -> str:
-                return self.push_image(image_id, ref, log, cancel).digest
+                return self.pusher.push_image(image_id, ref, log, cancel).digest
 
             self.export_cache(built.cache.ref, sources, push, log)
 
@@ -320,118 +284,6 @@ class Engine:
         except ValueError as exc:  # an unreadable password_file: no retry can help
             raise InfrastructureError(str(exc)) from None
 
-    def push_image(self, image_id: str, ref: ImageRef, log: LogSink, cancel: CancelToken, keep: bool = False,
-                   confirm: bool = True, what: str = "") -> PushedImage:
-        """Push the image `image_id` under `ref`, riding out registry trouble
-        (executors.push_retry); auth errors fail at once. The local tag `ref` exists only while
-        this push holds its lock (unless `keep`), and what reached the registry is checked to be
-        this image (an engine shared with other processes may have moved the tag meanwhile):
-        if not, it is pushed again. `confirm`: the tag must still hold it afterwards (not so
-        for a platform's image, which the index replaces under the tag at once)."""
-        auth = self.auth_config(ref)
-        name = f"{ref.registry}/{ref.repository}"
-
-        def attempt() -> PushedImage:
-            with self.locks.hold(f"{self.client.key} {ref}", cancel):
-                try:
-                    self.client.api.tag(image_id, name, ref.tag, force=True)
-                    digest = self._push_once(ref, auth, log)
-                    self.check_pushed(ref, digest, image_id)
-                    if confirm:
-                        self.registries.confirm_digest(ref, digest)
-                except (requests.RequestException, docker.errors.APIError) as exc:
-                    raise InfrastructureError(_message(exc)) from None
-                finally:
-                    if not keep:
-                        self.untag(ref, image_id)
-            log.line(f"[runner] pushed {what}{ref} {digest}")
-            return PushedImage(ref=str(ref), digest=digest)
-
-        return push_with_retries(ref, attempt, self.registries.config(ref.registry), log, cancel,
-                                 lambda: self.metrics.push_retried(self.executor))
-
-    def push_index(self, builds: list[Built], ref: ImageRef, log: LogSink, cancel: CancelToken) -> tuple[str, list[PlatformImage]]:
-        """A multi-platform job's images at `ref`: each platform's image pushed under the tag in
-        turn (the engine cannot push by digest; a temporary tag instead would stay behind on
-        registries that cannot delete a tag, distribution 2.x among them), then the OCI index
-        of them put over the tag. The tag's lock is held throughout, so another job of this
-        executor pushing the same tag waits. Should the sequence stop before the index is there
-        (a cancel, a failed push), the tag is put back to what it held before."""
-        with self.locks.hold(f"{self.client.key} {ref}", cancel):
-            before = self.registries.client(ref.registry).manifest_digest(ref)
-            try:
-                children = [(built.platform, self.push_image(built.image_id, ref, log, cancel, confirm=False,
-                                                             what=f"{built.platform} image under ").digest)
-                            for built in builds if built.platform is not None]
-                digest, platforms = push_with_retries(ref, lambda: put_index(self.registries, ref, children),
-                                                      self.registries.config(ref.registry), log, cancel,
-                                                      lambda: self.metrics.push_retried(self.executor))
-            except BaseException:
-                self.put_back(ref, before, log)
-                raise
-        log.line(f"[runner] pushed index {ref} {digest} ({', '.join(str(p) for p, _ in children)})")
-        return digest, platforms
-
-    def put_back(self, ref: ImageRef, before: str | None, log: LogSink) -> None:
-        """After a multi-platform push stopped half-way: `ref` names again what it named before
-        (its manifest is still in the repository), or, where it is new, the log says it names one
-        platform's image now (a registry without tag deletion cannot remove it). Never raises."""
-        client = self.registries.client(ref.registry)
-        try:
-            now = client.manifest_digest(ref)
-            if now == before:
-                return
-            if before is None:
-                log.line(f"[runner] warning: {ref} was new and now names one platform's image ({now}); the registry "
-                         "cannot delete a tag: push the job again or remove the tag there")
-                return
-            client.put_manifest(ref.repository, ref.tag, client.manifest(ref.repository, before))
-            log.line(f"[runner] {ref} names again what it did before this job ({before})")
-        except ExecutorError as exc:
-            log.line(f"[runner] warning: could not put {ref} back to {before}: {exc.message}")
-
-    def check_pushed(self, ref: ImageRef, digest: str, image_id: str) -> None:
-        """Raise (a retry) unless the manifest pushed as `digest` is of the image `image_id`
-        (the engine's image id is its config's digest)."""
-        manifest = self.registries.client(ref.registry).manifest(ref.repository, digest)
-        try:
-            config = json.loads(manifest.body).get("config", {}).get("digest")
-        except (ValueError, AttributeError):
-            config = None
-        if config != image_id:
-            raise InfrastructureError(f"the engine pushed another image under {ref} ({config or digest}, not {image_id[:19]}): "
-                                      "the local tag was moved by another job while it was pushed")
-
-    def untag(self, ref: ImageRef, image_id: str) -> None:
-        """Remove the local tag `ref` if it still names `image_id` (another job may own it now)."""
-        try:
-            if self.client.api.inspect_image(str(ref)).get("Id") == image_id:
-                self.client.api.remove_image(str(ref), noprune=True)
-        except (docker.errors.APIError, requests.RequestException):
-            pass
-
-    def _push_once(self, ref: ImageRef, auth: dict | None, log: LogSink) -> str:
-        digest = None
-        lines = Batched(log)
-        try:
-            for event in self.client.api.push(f"{ref.registry}/{ref.repository}", ref.tag,
-                                              stream=True, decode=True, auth_config=auth):
-                if "error" in event:
-                    message = event["error"].strip()
-                    if is_auth_error(message):
-                        raise RegistryAuthFailed(f"registry {ref.registry} refused the push of {ref}: {message}")
-                    raise InfrastructureError(message)
-                if "aux" in event and "Digest" in event["aux"]:
-                    digest = event["aux"]["Digest"]
-                elif status := event.get("status"):
-                    if event.get("id") is None or status in ("Pushed", "Layer already exists"):
-                        lines.add(f"{event.get('id', '')}: {status}".lstrip(": "))
-        finally:
-            lines.flush()
-        if digest is None:
-            raise InfrastructureError(f"the engine did not report a digest for {ref}")
-        return digest
-
 
 # -- cleanup -----------------------------------------------------------------------------
 def remove_job_leftovers(client: EngineClient, job_id: str, keep_tags: bool = False) -> None:
@@ -452,30 +304,3 @@ def remove_job_leftovers(client: EngineClient, job_id: str, keep_tags: bool = Fa
                 client.api.remove_image(tag, noprune=True)
             except (docker.errors.APIError, requests.RequestException):
                 pass
-
-
-class Batched:
-    """Log lines gathered into one write (one store round trip) at most every `every` seconds."""
-
-    def __init__(self, log: LogSink, every: float = 1.0):
-        self.log, self.every = log, every
-        self.lines: list[str] = []
-        self.since = time.monotonic()
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if time.monotonic() - self.since >= self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.lines:
-            text, self.lines = "\n".join(self.lines), []
-            self.log.write(text + "\n")
-        self.since = time.monotonic()
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, docker.errors.APIError):
-        return short(exc.explanation or exc)
-    return getattr(exc, "message", None) or short(exc)
-

@@ -15,7 +15,8 @@ from executors.base import CheckResult, Executor, ExecutorEnv, IsLive
 from executors.engine.builders import JOB_TAG_REPO, BuildKitSupport
 from executors.engine.client import EngineClient
 from executors.engine.config import SocketConfig
-from executors.engine.engine import Engine, PushLocks, choose_builder, engine_platforms, remove_job_leftovers
+from executors.engine.engine import Engine, choose_builder, engine_platforms, remove_job_leftovers
+from executors.engine.push import PushLocks
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.host_platforms import HostPlatforms
