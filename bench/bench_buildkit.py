@@ -86,6 +86,8 @@ PHASES = [  # (owner, method, phase): nested phases are shown indented under the
     (client.EngineClient, "post_build", "  context streamed, until the engine answers"),
     (buildkit._Follower, "feed", "  progress decoded + log written"),
     (push.Pusher, "_push_once", "push (engine)"),
+    (push.Pusher, "check_pushed", "  pushed image checked (GET manifest)"),
+    (push.Pusher, "untag", "  local tag removed"),
     (registry_client.Registries, "confirm_digest", "digest confirmed (HEAD)"),
     (jobstore.JobStore, "update", "record writes"),
     (jobstore.JobStore, "append_log", "log writes (all threads)"),
