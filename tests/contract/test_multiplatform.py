@@ -149,7 +149,7 @@ def test_a_platform_this_host_cannot_build_is_refused_before_the_build_naming_it
 def test_cancel_and_timeout_mid_build_leave_nothing_behind(harness, executor, tmp_path, how):
     ctx = write(tmp_path, {"Dockerfile": f"FROM {multi_base(harness)}\nRUN echo started-$((6*7)) && sleep 300\n"})
     image = ref(harness, executor, f"multi-{how}")
-    extra = ["--timeout", "15"] if how == "timeout" else []
+    extra = ["--timeout", "12"] if how == "timeout" else []
     result = harness.cli("submit", str(ctx), "--executor", executor, "--platform", TWO, "-t", image, "--detach", *extra)
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
