@@ -44,7 +44,7 @@ def tar_limits(limits: ContextLimits) -> TarLimits:
 
 
 class ContextChecker:
-    """Decides each member lexically (runner.tarpolicy) and remembers which paths the archive
+    """Decides each member lexically (runner.context.tarpolicy) and remembers which paths the archive
     made folders or symlinks, so a member below a symlink, or a non-folder replacing a folder,
     is refused. Paths are kept as keyed 16-byte digests: memory stays ~100 bytes per folder or
     symlink however long the names are, and nobody can aim a collision at a key they never see."""

@@ -1,1 +1,3 @@
-"""Redis: the only package that knows its keys. Records, indexes, logs, contexts, leases."""
+"""Redis: the only package that names its keys. jobstore names every key of a job (records,
+indexes, logs, contexts, leases, workers) and outbox those of the deliveries owed; joblog and
+logfollow go through jobstore's names, buildqueue writes task messages to Celery's queues."""

@@ -1,5 +1,12 @@
-"""The only module that knows Redis keys: job records and their indexes, log streams,
-contexts, id reservations, cancel flags, leases and secret values.
+"""The jobs in Redis: records and their indexes, log streams, contexts, id reservations, cancel
+flags, leases, secret values, workers' heartbeats, git pushes seen and requeue counts.
+
+Every key of a job is named here and nowhere else. Some are read elsewhere on clients of their
+own (asyncio): the dashboard (runner/entry/dashboard: watch, fleet, routes) and the API's log
+hub (runner/store/logfollow.py), always by the names this module gives (job_key, log_key,
+index_key, running_key, workers_key). The other keys of the runner's: the delivery outbox's
+(NS:delivery:*, NS:dgroup:*, NS:outbox, NS:deliveries:gave_up), named by runner/store/outbox.py;
+the queues are Celery's (below).
 
 Keys (NS = settings.worker.namespace):
   NS:job:ID        JSON JobRecord (expires retention.finished_seconds after the job ends)
@@ -19,7 +26,9 @@ Keys (NS = settings.worker.namespace):
                    for webhooks.replay_window: the same push in another delivery is a replay
   NS:requeued      HASH "executor/reason" -> times a job of that executor went back to its queue
                    for that reason (counted here, not by the worker that dies with it)
-Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E.
+Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E (named by
+Settings.queue_for), `NS.deliveries` the deliveries' (outbox.deliveries_queue); `NS.E.invalid`
+(invalid_queue, here) keeps the messages the transport set aside.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ in Redis so that no process's death loses one.
 A delivery is one HTTP request the runner owes someone (the "pending" status of job J, J's
 completion callback). `add` records it and writes a `runner.deliver` task message straight to
 the `<namespace>.deliveries` queue (no Celery needed, like runner.store.buildqueue), in one
-atomic step. A worker's task then runs one attempt (runner/worker/deliveries.py); a failed
+atomic step. A worker's task then runs one attempt (runner/worker/notify/deliveries.py); a failed
 attempt is put back here with the time of its next try, and every worker's scheduler sends the
 task message again when that time comes. So no worker ever holds a delivery for long: a
 message is in the queue (safe in Redis) or being attempted under a lock with a lifetime. A
