@@ -6,7 +6,8 @@ own (asyncio): the dashboard (runner/entry/dashboard: watch, fleet, routes) and 
 hub (runner/store/logfollow.py), always by the names this module gives (job_key, log_key,
 index_key, running_key, workers_key). The other keys of the runner's: the delivery outbox's
 (NS:delivery:*, NS:dgroup:*, NS:outbox, NS:deliveries:gave_up), named by runner/store/outbox.py;
-the queues are Celery's (below).
+the delivery hosts' circuits (NS:circuit:*, NS:circuits), named by runner/store/circuits.py; the
+queues are Celery's (below).
 
 Keys (NS = settings.worker.namespace):
   NS:job:ID        JSON JobRecord (expires retention.finished_seconds after the job ends)

@@ -15,6 +15,10 @@ a message (sent twice, or restored by kombu after its visibility timeout) finds 
 and does nothing. Deliveries are idempotent per job and moment: their id is the key
 (`JOB:status:queued`), `add` makes one at most, and a delivered one is never attempted again.
 
+A delivery whose host is down (its circuit open: runner/store/circuits.py) is *parked*: it
+leaves the schedule (but for its give-up time) and waits in the circuit's parked set until the
+host answers again; an interim state parked behind a newer state of its job is superseded.
+
 Order: the deliveries of one job and kind form a group, numbered in the order they were
 added. An attempt waits while an older delivery of its group has never been tried (up to
 `wait_bound` seconds after that one was made), holds the group's lock while it posts, and a
@@ -29,6 +33,7 @@ Keys (NS = the namespace; G = JOB:KIND, a delivery's group; they expire with the
   NS:dgroup:G:open   ZSET open ids by seq  NS:dgroup:G:fresh  ZSET never-tried ids by creation time
   NS:dgroup:G:lock   "HOLDER ID TICKET" of the attempt running now (expires)
   NS:outbox          ZSET open ids by the time the scheduler (re)sends their message
+  NS:circuit:H:*     a host's circuit and the deliveries parked on it (runner/store/circuits.py)
   NS:deliveries:gave_up  HASH label (status.github, callback, ...) -> deliveries that gave up
 Queue: the LIST `NS.deliveries` (Celery's, like the build queues).
 """
@@ -138,6 +143,39 @@ if redis.call('get', KEYS[2]) == ARGV[2] then redis.call('del', KEYS[2]) end
 wake_postponed(KEYS[4], KEYS[3], ARGV[7], tonumber(ARGV[6]))
 return 1
 """
+# KEYS: delivery, lock, outbox, open, fresh, circuit, parked, circuits index
+# ARGV: id, lock value, new ticket, now, reason, give-up time, namespace, host, interim (1/0), a request was made (1/0)
+_PARK = _WAKE_POSTPONED + """
+local now = tonumber(ARGV[4])
+local outcome = 'parked'
+local seq = tonumber(redis.call('hget', KEYS[1], 'seq') or '0')
+if ARGV[9] == '1' and #redis.call('zrangebyscore', KEYS[4], '(' .. seq, '+inf', 'LIMIT', 0, 1) > 0 then
+  -- an interim state with a newer one of its job behind it: the newer one is what the host is told
+  outcome = 'superseded'
+  redis.call('hset', KEYS[1], 'state', 'superseded', 'inflight', 0, 'done_at', now,
+    'last', 'replaced by a newer state while its host was down')
+  redis.call('zrem', KEYS[4], ARGV[1])
+  redis.call('zrem', KEYS[5], ARGV[1])
+  redis.call('zrem', KEYS[3], ARGV[1])
+else
+  if ARGV[10] == '0' then redis.call('hincrby', KEYS[1], 'attempts', -1) end  -- no request made: not an attempt
+  redis.call('hset', KEYS[1], 'ticket', ARGV[3], 'inflight', 0, 'last', ARGV[5])
+  local circuit = redis.call('hmget', KEYS[6], 'state', 'next_probe')
+  if circuit[1] == 'open' then
+    redis.call('zadd', KEYS[7], now, ARGV[1])
+    redis.call('zadd', KEYS[3], ARGV[6], ARGV[1])  -- looked at again at its give-up time, unless woken before
+    local probe_at = tonumber(circuit[2] or ARGV[4])
+    local at = redis.call('zscore', KEYS[8], ARGV[8])
+    if not at or tonumber(at) > probe_at then redis.call('zadd', KEYS[8], probe_at, ARGV[8]) end
+  else
+    outcome = 'due'  -- the circuit closed meanwhile
+    redis.call('zadd', KEYS[3], now, ARGV[1])
+  end
+end
+if redis.call('get', KEYS[2]) == ARGV[2] then redis.call('del', KEYS[2]) end
+wake_postponed(KEYS[4], KEYS[3], ARGV[7], now)
+return outcome
+"""
 # KEYS: outbox    ARGV: now, recover_after, limit, namespace
 _CLAIM_DUE = """
 local now, after = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -206,6 +244,7 @@ class Outbox:
         self._finish = client.register_script(_FINISH)
         self._retry = client.register_script(_RETRY)
         self._claim_due = client.register_script(_CLAIM_DUE)
+        self._park = client.register_script(_PARK)
 
     @classmethod
     def for_store(cls, store: Any, recover_after: float = 30.0) -> Outbox:
@@ -292,6 +331,19 @@ class Outbox:
         self._retry(keys=[keys[0], keys[4], keys[5], keys[1]],
                     args=[delivery.id, self.lock_value(holder, delivery), uuid.uuid4().hex, due, reason[:500], time.time(),
                           self.ns])
+
+    def park(self, delivery: Delivery, holder: str, circuit_keys: list[str], host: str, give_up_at: float, reason: str,
+             interim: bool, attempted: bool) -> Literal["parked", "superseded", "due"]:
+        """The delivery's host has an open circuit (runner/store/circuits.py): it waits in the
+        circuit's parked set, its group's lock released, until the circuit closes or
+        `give_up_at`; the attempt counts only if it made a request (`attempted`). An interim
+        state (`interim`) with a newer state of its job behind it is superseded instead.
+        "due": the circuit closed meanwhile, try now."""
+        keys = self._group_keys(delivery.id)
+        circuit, parked, index = circuit_keys[:3]
+        return self._park(keys=[keys[0], keys[4], keys[5], keys[1], keys[2], circuit, parked, index],
+                          args=[delivery.id, self.lock_value(holder, delivery), uuid.uuid4().hex, time.time(), reason[:500],
+                                give_up_at, self.ns, host, int(interim), int(attempted)])
 
     def send_due(self, limit: int = 200) -> int:
         """Send the message of every delivery whose time has come: retries, postponed ones, and

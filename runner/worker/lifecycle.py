@@ -46,6 +46,7 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     worker = Worker(settings, names, registry=registry, metrics=metrics)
     metrics.running_here = worker.running_here
     deliverer = Deliverer(settings, worker.store, worker.id)
+    metrics.circuits_open = deliverer.circuits.open_by_label
     worker.listeners += [metrics, NotifyListener(deliverer.outbox, lambda record: statuses_for(record.request, settings, ADMITTED))]
     for name, why in worker.check().items():
         log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
