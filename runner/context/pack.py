@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Protocol
 
 from runner.context.dockerignore import select_context
 from runner.core.errors import InvalidJob
@@ -19,7 +19,13 @@ if TYPE_CHECKING:
     from runner.core.cancel import CancelToken
 
 
-def write_tar(root: Path, sink: BinaryIO, dockerfile: str = "Dockerfile", limits: ContextLimits | None = None,
+class Sink(Protocol):
+    """Where the tar goes: a file, an upload to Redis, a capped file (only `write` is called)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+def write_tar(root: Path, sink: Sink, dockerfile: str = "Dockerfile", limits: ContextLimits | None = None,
               cancel: CancelToken | None = None) -> None:
     """Stream the context of `root` as an uncompressed tar into `sink`. The ignore file is held
     to `limits` (its bytes and patterns; the defaults when None) before anything is walked, and
@@ -29,7 +35,8 @@ def write_tar(root: Path, sink: BinaryIO, dockerfile: str = "Dockerfile", limits
         raise InvalidJob(f"build context {root} is not a directory")
     if not (root / dockerfile).is_file():
         raise InvalidJob(f"Dockerfile {dockerfile!r} not found in the build context {root}")
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    # stream mode ("w|") only writes to fileobj; typeshed asks every mode's fileobj for read, seek, tell and close too
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         selection = select_context(root, dockerfile, limits, cancel)
         for rel in ignore_file_first(selection.paths, selection.ignore_file):
             info = tar.gettarinfo(str(root / rel), arcname=rel)
