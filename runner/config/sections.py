@@ -25,6 +25,8 @@ from runner.core.jobs import GitHost, JobSource
 from runner.core.models import BaseUrl, Strict, read_secret
 
 Right = Literal["submit", "read", "cancel", "status"]
+#: a token's rights when it names none
+_READ_ONLY: list[Right] = ["read"]
 PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
 #: what a commit status's context (name) and target_url templates may name
 CONTEXT_PLACEHOLDERS = ("executor", "repository")
@@ -71,7 +73,7 @@ class ApiToken(_OneSource):
     name: str = Field(description="shown in the server log, never the token itself")
     token: SecretStr | None = None
     token_file: Path | None = None
-    rights: list[Right] = Field(default_factory=lambda: ["read"], description="submit, read, cancel; status: its jobs "
+    rights: list[Right] = Field(default_factory=lambda: _READ_ONLY.copy(), description="submit, read, cancel; status: its jobs "
                                 "may name any commit (`source`) to get commit statuses")
     status_repositories: list[str] = Field(default_factory=list, description="without the status right: the repositories "
                                            "whose commits this token's jobs may name in `source` (owner/repo, GitLab "

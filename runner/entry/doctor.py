@@ -138,8 +138,8 @@ def secret_files(value: Any, where: str = "") -> Iterator[tuple[str, Path]]:
             yield from secret_files(item, f"{where}[{key}]")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            name = getattr(item, "name", None) or getattr(item, "host", None)  # api tokens, git credentials, registries
-            yield from secret_files(item, f"{where}[{name if isinstance(name, str) else index}]")
+            label = getattr(item, "name", None) or getattr(item, "host", None)  # api tokens, git credentials, registries
+            yield from secret_files(item, f"{where}[{label if isinstance(label, str) else index}]")
 
 
 def check_secret_files(settings: Settings) -> list[Check]:

@@ -1,5 +1,13 @@
-"""The only module that knows Redis keys: job records and their indexes, log streams,
-contexts, id reservations, cancel flags, leases and secret values.
+"""The jobs in Redis: records and their indexes, log streams, contexts, id reservations, cancel
+flags, leases, secret values, workers' heartbeats, git pushes seen and requeue counts.
+
+Every key of a job is named here and nowhere else. Some are read elsewhere on clients of their
+own (asyncio): the dashboard (runner/entry/dashboard: watch, fleet, routes) and the API's log
+hub (runner/store/logfollow.py), always by the names this module gives (job_key, log_key,
+index_key, running_key, workers_key). The other keys of the runner's: the delivery outbox's
+(NS:delivery:*, NS:dgroup:*, NS:outbox, NS:deliveries:gave_up), named by runner/store/outbox.py;
+the delivery hosts' circuits (NS:circuit:*, NS:circuits), named by runner/store/circuits.py; the
+queues are Celery's (below).
 
 Keys (NS = settings.worker.namespace):
   NS:job:ID        JSON JobRecord (expires retention.finished_seconds after the job ends)
@@ -19,7 +27,9 @@ Keys (NS = settings.worker.namespace):
                    for webhooks.replay_window: the same push in another delivery is a replay
   NS:requeued      HASH "executor/reason" -> times a job of that executor went back to its queue
                    for that reason (counted here, not by the worker that dies with it)
-Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E.
+Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E (named by
+Settings.queue_for), `NS.deliveries` the deliveries' (outbox.deliveries_queue); `NS.E.invalid`
+(invalid_queue, here) keeps the messages the transport set aside.
 """
 
 from __future__ import annotations
@@ -27,11 +37,12 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.typing import EncodableT, FieldT
 
 from runner.core.jobs import JobRecord, RequeueReason, Status
 
@@ -88,6 +99,9 @@ return redis.call('get', KEYS[1])
 _IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('{op}', KEYS[1]{args}) else return 0 end"
 
 
+#: a log stream's entries as a decoding client reads them (XREAD, XRANGE): (entry id, fields)
+StreamEntries = list[tuple[str, dict[str, str]]]
+
 #: refused and unreadable queue messages are kept here, newest first, at most INVALID_KEEP
 INVALID_KEEP = 1000
 
@@ -115,6 +129,8 @@ class JobStore:
         options = dict(health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
                        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), RETRIES),
                        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError])
+        # `r` decodes: its replies are str (redis-py annotates every reply `bytes | str`, whatever
+        # the mode, so they are cast where they are read); `raw` is for bytes (contexts, messages)
         self.r = redis.Redis.from_url(url, decode_responses=True, **options)
         self.raw = redis.Redis.from_url(url, decode_responses=False, **options)
         self._create = self.r.register_script(_CREATE)
@@ -222,7 +238,8 @@ class JobStore:
         top = f"({before}" if before is not None else "+inf"
         records: builtins.list[JobRecord] = []
         while len(records) < limit:
-            ids = self.r.zrevrangebyscore(index, top, "-inf", start=0, num=max(limit - len(records), 20), withscores=True)
+            ids = cast(builtins.list[tuple[str, float]],
+                       self.r.zrevrangebyscore(index, top, "-inf", start=0, num=max(limit - len(records), 20), withscores=True))
             if not ids:
                 break
             raws = self.r.mget([self._key("job", i) for i, _ in ids])
@@ -240,7 +257,7 @@ class JobStore:
 
     def ids(self, status: Status) -> builtins.list[str]:
         """Every id in `status` (for recovery: the running ones, never the whole history)."""
-        return self.r.zrange(self._status_key(status), 0, -1)
+        return cast(builtins.list[str], self.r.zrange(self._status_key(status), 0, -1))
 
     def reconcile_running(self, executors: builtins.list[str]) -> None:
         """Rebuild the per-executor running lists from the running index (after a crash
@@ -261,7 +278,7 @@ class JobStore:
         """Drop index entries whose record has expired; returns how many went. Called by the
         worker's maintenance so the indexes shrink with retention."""
         cutoff = time.time() - self.retention.finished_seconds
-        ids = self.r.zrangebyscore(f"{self.ns}:jobs", "-inf", cutoff, start=0, num=batch)
+        ids = cast(builtins.list[str], self.r.zrangebyscore(f"{self.ns}:jobs", "-inf", cutoff, start=0, num=batch))
         if not ids:
             return 0
         with self.r.pipeline(transaction=False) as pipe:
@@ -315,7 +332,7 @@ class JobStore:
     def requeues(self) -> dict[tuple[str, str], int]:
         """(executor, reason) -> jobs put back in their queue, since Redis's data began."""
         counts = {}
-        for field, count in self.r.hgetall(f"{self.ns}:requeued").items():
+        for field, count in cast(dict[str, str], self.r.hgetall(f"{self.ns}:requeued")).items():
             executor, _, reason = field.rpartition("/")
             counts[(executor, reason)] = int(count)
         return counts
@@ -328,7 +345,7 @@ class JobStore:
         return self._reserve(keys=keys, args=[owner, self.retention.upload_seconds])
 
     def reservation(self, job_id: str) -> str | None:
-        return self.r.get(self._key("reserve", job_id))
+        return cast("str | None", self.r.get(self._key("reserve", job_id)))
 
     def release(self, job_id: str, owner: str) -> None:
         self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("reserve", job_id), owner)
@@ -355,13 +372,14 @@ class JobStore:
     def save_secrets(self, job_id: str, values: dict[str, str]) -> None:
         if values:
             key = self._key("secrets", job_id)
+            fields: dict[FieldT, EncodableT] = {name: value for name, value in values.items()}  # hset takes no dict[str, str]
             with self.r.pipeline() as pipe:
-                pipe.hset(key, mapping=values)
+                pipe.hset(key, mapping=fields)
                 pipe.expire(key, self.retention.queued_seconds)
                 pipe.execute()
 
     def load_secrets(self, job_id: str) -> dict[str, str]:
-        return self.r.hgetall(self._key("secrets", job_id))
+        return cast(dict[str, str], self.r.hgetall(self._key("secrets", job_id)))
 
     def delete_secrets(self, job_id: str) -> None:
         self.r.delete(self._key("secrets", job_id))
@@ -396,7 +414,8 @@ class JobStore:
         """Replay the log from the start, line by line; with follow, tail until the job's end marker."""
         key, last = self._key("log", job_id), "0-0"
         while True:
-            batch = self.r.xread({key: last}, count=500, block=block_ms if follow else None)
+            batch = cast(builtins.list[tuple[str, StreamEntries]],
+                         self.r.xread({key: last}, count=500, block=block_ms if follow else None))
             if not batch:
                 if not follow:
                     return
@@ -481,7 +500,7 @@ class JobStore:
         self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("lease", job_id), worker)
 
     def lease_holder(self, job_id: str) -> str | None:
-        return self.r.get(self._key("lease", job_id))
+        return cast("str | None", self.r.get(self._key("lease", job_id)))
 
 
 class ContextWriter:

@@ -4,7 +4,7 @@ in Redis so that no process's death loses one.
 A delivery is one HTTP request the runner owes someone (the "pending" status of job J, J's
 completion callback). `add` records it and writes a `runner.deliver` task message straight to
 the `<namespace>.deliveries` queue (no Celery needed, like runner.store.buildqueue), in one
-atomic step. A worker's task then runs one attempt (runner/worker/deliveries.py); a failed
+atomic step. A worker's task then runs one attempt (runner/worker/notify/deliveries.py); a failed
 attempt is put back here with the time of its next try, and every worker's scheduler sends the
 task message again when that time comes. So no worker ever holds a delivery for long: a
 message is in the queue (safe in Redis) or being attempted under a lock with a lifetime. A
@@ -43,8 +43,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
@@ -270,7 +271,7 @@ class Outbox:
         ticket = uuid.uuid4().hex
         keys = [self._key(delivery_id), self._group(group, "seq"), self._group(group, "open"), self._group(group, "fresh"),
                 self.outbox_key, self.queue]
-        args = [delivery_id, job_id, kind, moment, group, time.time(), ticket, f"msg_{uuid.uuid4().hex}",
+        args: list[str | float] = [delivery_id, job_id, kind, moment, group, time.time(), ticket, f"msg_{uuid.uuid4().hex}",
                 json.dumps(note or {}), self.ttl, self.recover_after, deliver_message(delivery_id, ticket, self.queue)]
         return bool(self._add(keys=keys, args=args))
 
@@ -286,7 +287,7 @@ class Outbox:
         their task messages, if sent, then find nothing to do."""
         for kind in ("status", "callback"):
             group = f"{job_id}:{kind}"
-            ids = self.r.zrange(self._group(group, "open"), 0, -1)
+            ids = cast(list[str], self.r.zrange(self._group(group, "open"), 0, -1))
             with self.r.pipeline(transaction=False) as pipe:
                 for delivery_id in ids:
                     pipe.delete(self._key(delivery_id))
@@ -307,8 +308,8 @@ class Outbox:
                                               now + postpone])
         if result[0] != "go":
             return result[0], None
-        data = self.r.hgetall(keys[0])
-        return "go", Delivery(id=delivery_id, job_id=data["job"], kind=data["kind"], moment=data["moment"],
+        data = cast(dict[str, str], self.r.hgetall(keys[0]))
+        return "go", Delivery(id=delivery_id, job_id=data["job"], kind=cast(Kind, data["kind"]), moment=data["moment"],
                               seq=int(data["seq"]), created=float(data["created"]), attempts=int(result[1]),
                               ticket=ticket, webhook_id=data.get("webhook_id", ""),
                               note=json.loads(data.get("note") or "{}"), resumed=result[2] == "1")
@@ -364,15 +365,15 @@ class Outbox:
 
     # -- reading ------------------------------------------------------------------------------------
     def get(self, delivery_id: str) -> dict[str, str]:
-        return self.r.hgetall(self._key(delivery_id))
+        return cast(dict[str, str], self.r.hgetall(self._key(delivery_id)))
 
     def of_job(self, job_id: str) -> dict[str, dict[str, str]]:
         """Every delivery of a job, by id (for tests and operators)."""
-        found = {}
-        for key in self.r.scan_iter(f"{self.ns}:delivery:{job_id}:*", count=1000):
-            found[key.removeprefix(f"{self.ns}:delivery:")] = self.r.hgetall(key)
+        found: dict[str, dict[str, str]] = {}
+        for key in cast(Iterator[str], self.r.scan_iter(f"{self.ns}:delivery:{job_id}:*", count=1000)):
+            found[key.removeprefix(f"{self.ns}:delivery:")] = cast(dict[str, str], self.r.hgetall(key))
         return found
 
     def gave_up(self) -> dict[str, int]:
         """Deliveries that gave up, by label (status.github, status.gitlab, status.gitea, callback)."""
-        return {label: int(count) for label, count in self.r.hgetall(self.gave_up_key).items()}
+        return {label: int(count) for label, count in cast(dict[str, str], self.r.hgetall(self.gave_up_key)).items()}

@@ -1,4 +1,4 @@
-"""The API's log hub (runner/logfollow.py) in-process against the real Redis: every follower gets
+"""The API's log hub (runner/store/logfollow.py) in-process against the real Redis: every follower gets
 every line once and in order however it joins, a slow follower is dropped and catches up
 alone, multi-line entries are split, the shared tailer ends with its last follower or the job.
 

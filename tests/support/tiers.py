@@ -40,6 +40,7 @@ FAST_MODULES = frozenset({
     "tests/test_dockerignore_oracle.py",
     "tests/test_copy_filter.py",
     "tests/test_context.py",
+    "tests/test_context_view.py",
     "tests/test_buildah_setid.py",
     # tar policy: extraction and the context reader against hostile input
     "tests/hostile/test_context_extract.py",
