@@ -11,9 +11,9 @@ from typing import Literal
 
 from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest, JobRecord
+from runner.store import jobstate
 from runner.store.buildqueue import send_build
 from runner.store.jobstore import ContextWriter, JobStore
-from runner.store.outbox import Outbox
 from runner.worker.admission import Admission, Origin, admit
 
 
@@ -28,14 +28,13 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore, origin: O
     """
     admitted = admitted or admit(request, settings, origin)
     executor = admitted.executor
-    record = JobRecord(id=request.id, request=request.redacted(), executor=executor,
-                       queue=settings.queue_for(executor))
+    record = jobstate.admitted(request.redacted(), executor, settings.queue_for(executor), admitted.statuses)
     if not store.create(record):
         existing = store.get(request.id)
         assert existing is not None
         return existing, False
     store.save_secrets(request.id, request.secret_arg_values())
-    outbox = Outbox.for_store(store, settings.deliveries.recover_after) if admitted.statuses else None
+    outbox = store.outbox if record.statuses else None
     try:
         if outbox is not None:  # before the job's message: "queued" goes first (runner/store/outbox.py)
             outbox.add(request.id, "status", "queued", "queued")

@@ -34,6 +34,9 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from runner.core.jobs import JobRecord, RequeueReason, Status
+from runner.store import jobstate
+from runner.store.jobstate import Change
+from runner.store.outbox import Outbox
 
 if TYPE_CHECKING:
     from runner.config.client import RetentionConfig
@@ -105,7 +108,9 @@ class ContextTooLarge(Exception):
 
 
 class JobStore:
-    def __init__(self, url: str, namespace: str = "runner", retention: RetentionConfig | None = None):
+    def __init__(self, url: str, namespace: str = "runner", retention: RetentionConfig | None = None,
+                 recover_after: float = 30.0):
+        """`recover_after`: deliveries.recover_after, for the deliveries a job's end owes (Outbox)."""
         from runner.config.client import RetentionConfig
 
         self.url = url
@@ -123,10 +128,13 @@ class JobStore:
         self._heartbeat = self.r.register_script(_HEARTBEAT)
         self._live = self.r.register_script(_LIVE)
         self._claim = self.r.register_script(_CLAIM)
+        #: the deliveries (commit statuses, callbacks) owed, beside the jobs: a job's end adds its own
+        self.outbox = Outbox.for_store(self, recover_after)
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
-        return cls(settings.redis_url.get_secret_value(), settings.worker.namespace, settings.retention)
+        return cls(settings.redis_url.get_secret_value(), settings.worker.namespace, settings.retention,
+                   settings.deliveries.recover_after)
 
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.ns}:{kind}:{job_id}"
@@ -181,9 +189,57 @@ class JobStore:
         raw = self.r.get(self._key("job", job_id))
         return JobRecord.model_validate_json(raw) if raw else None
 
-    def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+    def update(self, job_id: str, change: Change) -> JobRecord | None:
         """Apply `change` atomically (optimistic WATCH); it returns the new record or None to keep.
-        Keeps the status indexes in step, and starts the retention clock when the job ends."""
+        Keeps the status indexes in step, and starts the retention clock when the job ends.
+        Returns the record as it is now (None: there is none). A job's moves go through `move`
+        and `end` (runner/store/jobstate.py)."""
+        return self._move(job_id, change, ends=None)[0]
+
+    def move(self, job_id: str, change: Change) -> tuple[JobRecord | None, bool]:
+        """`update` by a move of runner/store/jobstate.py that does not end the job (claim,
+        requeue, lost back to the queue, request_cancel): (the record, whether it moved)."""
+        return self._move(job_id, change, ends=False)
+
+    def end(self, job_id: str, change: Change, closing: str | None = None) -> tuple[JobRecord | None, bool]:
+        """End the job by `change` (a move of runner/store/jobstate.py to a final status), in one
+        transaction with everything an end writes: the final record, the log's closing line
+        (`closing`, masked by the caller: JobLog.closing) and its end marker, the deliveries the
+        end owes (its final commit status and callback, jobstate.owes, each with its task
+        message), the retention clock; its context and secret values go. A worker killed at
+        any moment leaves all of it or none of it. Returns (the record, whether this call ended
+        the job): (the record as it is, False) when `change`'s guard said no, (None, False)
+        when there is no record."""
+        return self._move(job_id, change, closing, ends=True)
+
+    def end_new(self, record: JobRecord, closing: str | None = None) -> tuple[JobRecord, bool]:
+        """Store a job born ended (a refused raw message: jobstate.refuse) with its closing line
+        and end marker, its context and secret values gone, owing nothing (it was never
+        admitted). A job that has the id already is left alone: (that record, False)."""
+        if not record.finished:
+            raise ValueError(f"end_new needs a finished record, not a {record.status.value} one")
+        key = self._key("job", record.id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is not None:
+                        pipe.unwatch()
+                        return JobRecord.model_validate_json(raw), False
+                    pipe.multi()
+                    pipe.zadd(f"{self.ns}:jobs", {record.id: record.created_at.timestamp()})
+                    pipe.delete(self._key("reserve", record.id))
+                    self._write(pipe, None, record)
+                    self._ending(pipe, record, closing)
+                    pipe.execute()
+                    return record, True
+                except redis.WatchError:
+                    continue
+
+    def _move(self, job_id: str, change: Change, closing: str | None = None,
+              ends: bool | None = True) -> tuple[JobRecord | None, bool]:
+        """`ends`: the move must end the job (end), must not (move), or either (update)."""
         key = self._key("job", job_id)
         with self.r.pipeline() as pipe:
             while True:
@@ -192,27 +248,52 @@ class JobStore:
                     raw = pipe.get(key)
                     if raw is None:
                         pipe.unwatch()
-                        return None
+                        return None, False
                     current = JobRecord.model_validate_json(raw)
                     new = change(current)
                     if new is None:
                         pipe.unwatch()
-                        return current
+                        return current, False
+                    if ends is not None and (current.finished or new.finished is not ends):
+                        pipe.unwatch()
+                        raise ValueError(f"job {job_id}: a move from {current.status.value} to {new.status.value} "
+                                         + ("is no end" if ends else "needs JobStore.end"))
                     pipe.multi()
-                    pipe.set(key, new.model_dump_json())
-                    if new.status is not current.status:
-                        pipe.zrem(self._status_key(current.status), job_id)
-                        pipe.zadd(self._status_key(new.status), {job_id: new.created_at.timestamp()})
-                        if current.status is Status.running:
-                            pipe.lrem(self.running_key(current.executor), 0, job_id)
-                        if new.status is Status.running:
-                            pipe.lpush(self.running_key(new.executor), job_id)
-                    if new.finished:
-                        pipe.expire(key, self.retention.finished_seconds)
+                    self._write(pipe, current, new)
+                    if ends:
+                        self._ending(pipe, new, closing)
+                        status, callback = jobstate.owes(new)
+                        self.outbox.add_finished(new.id, status, callback, client=pipe)
                     pipe.execute()
-                    return new
+                    return new, True
                 except redis.WatchError:
                     continue
+
+    def _write(self, pipe: redis.client.Pipeline, current: JobRecord | None, new: JobRecord) -> None:
+        """Queue the record's write on `pipe` (in MULTI): the record, its status index and its
+        executor's running list moved with it, the retention clock once it is finished."""
+        job_id, key = new.id, self._key("job", new.id)
+        pipe.set(key, new.model_dump_json())
+        if current is None or new.status is not current.status:
+            if current is not None:
+                pipe.zrem(self._status_key(current.status), job_id)
+            pipe.zadd(self._status_key(new.status), {job_id: new.created_at.timestamp()})
+            if current is not None and current.status is Status.running:
+                pipe.lrem(self.running_key(current.executor), 0, job_id)
+            if new.status is Status.running:
+                pipe.lpush(self.running_key(new.executor), job_id)
+        if new.finished:
+            pipe.expire(key, self.retention.finished_seconds)
+
+    def _ending(self, pipe: redis.client.Pipeline, record: JobRecord, closing: str | None) -> None:
+        """Queue on `pipe` (in MULTI) what every end writes to the job's other keys: the log's
+        closing line and end marker, the log's retention clock; its context and secret values go."""
+        key = self._key("log", record.id)
+        if closing is not None:
+            pipe.xadd(key, {LINES_FIELD: closing})
+        pipe.xadd(key, {END_FIELD: record.status.value})
+        pipe.expire(key, self.retention.finished_seconds)
+        pipe.delete(self._key("ctx", record.id), self._key("secrets", record.id))
 
     def list(self, status: Status | None = None, limit: int = 50, before: float | None = None) -> builtins.list[JobRecord]:
         """Newest first, from the status index (so cost follows `limit`, not history). `before`:
@@ -380,16 +461,6 @@ class JobStore:
     def delete_log_entries(self, job_id: str, entry_ids: builtins.list[str]) -> None:
         if entry_ids:
             self.r.xdel(self._key("log", job_id), *entry_ids)
-
-    def end_job(self, job_id: str, status: Status) -> None:
-        """A job ended (however: finished, cancelled while queued, given up): its log gets the
-        end marker and the retention clock; its context and secret values go. One round trip."""
-        key = self._key("log", job_id)
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {END_FIELD: status.value})
-            pipe.expire(key, self.retention.finished_seconds)
-            pipe.delete(self._key("ctx", job_id), self._key("secrets", job_id))
-            pipe.execute()
 
     def read_log(self, job_id: str, follow: bool = False, block_ms: int = 1000,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
