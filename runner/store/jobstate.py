@@ -1,21 +1,17 @@
 """A job's life as a state machine. Each change of a job's status is one named, pure function
 of its record: it returns the new record, or None when its guard says no (the record stays as
-it is). JobStore.update applies one atomically; JobStore.end applies one that ends the job,
+it is). JobStore.move applies one atomically; JobStore.end applies one that ends the job,
 together with everything an end writes. Nothing else writes a job's status.
 
-    admitted ──► queued ──claim──► running ──finish──► succeeded | failed | cancelled | timed_out
-                 ▲  │ │               │ │ │
-                 │  │ │   requeue     │ │ └──lost, attempts used up──► failed
-                 └──┼─┼───────────────┘ │
-                 └──┼─┼──lost───────────┘
-                    │ └──cancel──────────► cancelled
-                    └──finish_unstarted──► cancelled | failed
-    refuse: a raw queue message that admission refuses gets a record born failed.
+    admitted → queued;  claim: queued → running;  requeue, lost: running → queued;
+    finish: running → succeeded | failed | cancelled | timed_out;  give_up: running → failed;
+    cancel, finish_unstarted: queued → cancelled | failed;  refuse: (new) → failed;
+    request_cancel: flags a running job (its watcher stops the attempt, which ends cancelled).
 
-Who may make each move (docs/architecture.md draws it): admission at the entry points
+Who may make each (docs/architecture.md draws it): admission at the entry points
 (runner/entry/submission.py) and on the worker for a raw message; claim, requeue, finish,
-finish_unstarted and refuse by the pipeline (runner/worker/pipeline.py); lost by the reaper
-(runner/worker/reaper.py); cancel and request_cancel by runner/entry/control.py.
+finish_unstarted and refuse the pipeline (runner/worker/pipeline.py); lost and give_up the
+reaper (runner/worker/reaper.py); cancel and request_cancel runner/entry/control.py.
 """
 
 from __future__ import annotations
