@@ -106,8 +106,10 @@ def test_admission_keeps_its_statuses_answer_and_records_from_before_the_field_s
 
 # -- JobStore.end against Redis --------------------------------------------------------------------------
 @pytest.fixture
-def store(new_store) -> JobStore:
-    return new_store()
+def store(new_store):
+    made = new_store()
+    yield made
+    made.r.delete(made.outbox.queue)  # `NS.deliveries`: outside the namespace's keys that new_store empties
 
 
 def running_job(store: JobStore, statuses: bool = True, callback: bool = True, secret: str = "") -> JobRecord:
@@ -235,3 +237,35 @@ def test_a_cancel_ends_a_queued_job_with_what_it_owes_and_only_flags_a_running_o
     assert cancel_job(store, "no-such-job") is None
     assert cancel_job(store, queued.id).status is Status.cancelled, "cancelling twice changes nothing"
     assert len(Outbox.for_store(store).of_job(queued.id)) == 1
+
+
+def test_the_queued_moment_is_written_whole_or_not_at_all(store, monkeypatch):
+    """JobStore.submit: the record, its secret values, the "queued" status it owes and its task
+    message go in one transaction: a failure before it commits leaves none of them (so a retry
+    with the same id sends the job), and a repeat id writes nothing."""
+    import redis
+
+    request = BuildRequest(tags=[REF], source=SOURCE, build_args={"TOKEN": "s3cret-value"}, secret_build_args=["TOKEN"])
+    new = jobstate.admitted(request.redacted(), "fake", f"{store.ns}:queue", statuses=True)  # emptied with the namespace
+    real = redis.client.Pipeline.execute
+
+    def lost_connection(self, raise_on_error=True):
+        if self.explicit_transaction:
+            raise redis.ConnectionError("Redis went away")
+        return real(self, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", lost_connection)
+    with pytest.raises(redis.ConnectionError):
+        store.submit(new, request.secret_arg_values())
+    assert store.get(new.id) is None and store.load_secrets(new.id) == {} and store.outbox.of_job(new.id) == {}
+    assert store.r.llen(new.queue) == 0 and store.ids(Status.queued) == []
+    monkeypatch.setattr(redis.client.Pipeline, "execute", real)
+
+    assert store.submit(new, request.secret_arg_values()) == (new, True)
+    assert store.get(new.id) == new and store.ids(Status.queued) == [new.id]
+    assert store.load_secrets(new.id) == {"TOKEN": "s3cret-value"}
+    assert list(store.outbox.of_job(new.id)) == [f"{new.id}:status:queued"]
+    (message,) = store.r.lrange(new.queue, 0, -1)
+    assert json.loads(message)["headers"]["id"] == new.id and "s3cret-value" not in message
+    assert store.submit(new, request.secret_arg_values()) == (new, False)
+    assert store.r.llen(new.queue) == 1, "a repeat id sends nothing"

@@ -84,6 +84,7 @@ def h(settings):
     yield harness
     for key in harness.store.r.scan_iter(f"{harness.store.ns}:*"):
         harness.store.r.delete(key)
+    harness.store.r.delete(harness.store.outbox.queue)  # `NS.deliveries`, beside the namespace's keys
 
 
 def test_a_job_runs_once_and_everything_it_held_goes(h, settings):

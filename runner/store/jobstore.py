@@ -1,5 +1,8 @@
 """The only module that knows Redis keys: job records and their indexes, log streams,
-contexts, id reservations, cancel flags, leases and secret values.
+contexts, id reservations, cancel flags, leases and secret values. A job's record changes by
+the moves of runner/store/jobstate.py, each applied in one transaction: `move`, `end` (a move
+that ends the job, with everything its end writes and owes), `submit` (the queued moment),
+`end_new` (a refused raw message).
 
 Keys (NS = settings.worker.namespace):
   NS:job:ID        JSON JobRecord (expires retention.finished_seconds after the job ends)
@@ -35,6 +38,7 @@ from redis.retry import Retry
 
 from runner.core.jobs import JobRecord, RequeueReason, Status
 from runner.store import jobstate
+from runner.store.buildqueue import build_message
 from runner.store.jobstate import Change
 from runner.store.outbox import Outbox
 
@@ -173,11 +177,6 @@ class JobStore:
             self.r.expire(keys[0], self.retention.finished_seconds)
         return bool(created)
 
-    def forget(self, job_id: str) -> None:
-        """Delete a job that was never queued (its message could not be sent)."""
-        self.r.delete(self._key("job", job_id), self._key("secrets", job_id))
-        self._unindex([job_id])
-
     def _unindex(self, job_ids: builtins.list[str]) -> None:
         if job_ids:
             with self.r.pipeline(transaction=False) as pipe:
@@ -212,12 +211,37 @@ class JobStore:
         when there is no record."""
         return self._move(job_id, change, closing, ends=True)
 
+    def submit(self, record: JobRecord, secret_values: dict[str, str]) -> tuple[JobRecord, bool]:
+        """The queued moment, in one transaction: a new job's record (queued: jobstate.admitted),
+        its secret build-arg values, the "queued" commit status it owes (when `record.statuses`)
+        and its task message on its queue (runner.store.buildqueue). A process killed at any
+        moment leaves all of it or none of it. A job that has the id already is left alone:
+        (that record, False)."""
+        if record.status is not Status.queued:
+            raise ValueError(f"submit needs a queued record, not a {record.status.value} one")
+
+        def queued(pipe: redis.client.Pipeline) -> None:
+            if secret_values:
+                key = self._key("secrets", record.id)
+                pipe.hset(key, mapping=secret_values)
+                pipe.expire(key, self.retention.queued_seconds)
+            if record.statuses:  # before the message: "queued" goes first (runner/store/outbox.py)
+                self.outbox.add(record.id, "status", "queued", "queued", client=pipe)
+            pipe.lpush(record.queue, build_message(record.request.model_dump(mode="json"), record.queue))
+
+        return self._create_with(record, queued)
+
     def end_new(self, record: JobRecord, closing: str | None = None) -> tuple[JobRecord, bool]:
         """Store a job born ended (a refused raw message: jobstate.refuse) with its closing line
         and end marker, its context and secret values gone, owing nothing (it was never
         admitted). A job that has the id already is left alone: (that record, False)."""
         if not record.finished:
             raise ValueError(f"end_new needs a finished record, not a {record.status.value} one")
+        return self._create_with(record, lambda pipe: self._ending(pipe, record, closing))
+
+    def _create_with(self, record: JobRecord, also: Callable[[redis.client.Pipeline], None]) -> tuple[JobRecord, bool]:
+        """Store a new record (and drop its id's reservation) with what `also` queues on the
+        transaction; (the record there, False) if a job has the id already (nothing written)."""
         key = self._key("job", record.id)
         with self.r.pipeline() as pipe:
             while True:
@@ -231,7 +255,7 @@ class JobStore:
                     pipe.zadd(f"{self.ns}:jobs", {record.id: record.created_at.timestamp()})
                     pipe.delete(self._key("reserve", record.id))
                     self._write(pipe, None, record)
-                    self._ending(pipe, record, closing)
+                    also(pipe)
                     pipe.execute()
                     return record, True
                 except redis.WatchError:

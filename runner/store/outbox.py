@@ -287,19 +287,6 @@ class Outbox:
         if callback:
             self.add(job_id, "callback", "finished", "finished", client=client)
 
-    def forget(self, job_id: str) -> None:
-        """Drop every delivery of a job that was never queued (its message could not be sent);
-        their task messages, if sent, then find nothing to do."""
-        for kind in ("status", "callback"):
-            group = f"{job_id}:{kind}"
-            ids = self.r.zrange(self._group(group, "open"), 0, -1)
-            with self.r.pipeline(transaction=False) as pipe:
-                for delivery_id in ids:
-                    pipe.delete(self._key(delivery_id))
-                    pipe.zrem(self.outbox_key, delivery_id)
-                pipe.delete(*(self._group(group, part) for part in ("seq", "open", "fresh", "done", "lock")))
-                pipe.execute()
-
     # -- the worker side ----------------------------------------------------------------------------
     def begin(self, delivery_id: str, ticket: str, holder: str, lock_seconds: float, wait_bound: float,
               postpone: float) -> tuple[Begin, Delivery | None]:
