@@ -349,3 +349,17 @@ def test_a_job_lost_with_attempts_left_is_requeued_not_finished(h):
     assert record.status is Status.queued and record.worker is None and requeued == [(lost.id, 0)]
     assert seen.moments == [] and finals(h, lost.id) == []
     assert "stopped (no heartbeat" in h.log(lost.id) and "requeued" in h.log(lost.id)
+
+
+def test_a_requeued_job_whose_message_another_worker_takes_at_once_runs_there(h, settings):
+    """The requeue's message is taken by another worker the moment it is sent: the job's lease
+    is free by then (released before the send), so that worker runs it, instead of seeing the
+    lease held, dropping the message as a duplicate and leaving the job queued for ever."""
+    policy = settings.model_copy(update={"worker": settings.worker.model_copy(update={"engine_down_policy": "requeue"})})
+    first, second = Harness(policy), Harness(policy, worker_id="worker-2")
+    taken: list[JobRecord] = []
+    first.pipeline.requeue = lambda request, delay: taken.append(second.pipeline.run(request))
+    request = first.queue(FAKE_ERROR="infrastructure")
+    assert first.pipeline.run(request).status is Status.queued
+    assert [(r.status, r.worker, r.attempts) for r in taken] == [(Status.failed, "worker-2", 2)]
+    assert h.store.get(request.id).status is Status.failed and h.store.lease_holder(request.id) is None

@@ -356,6 +356,9 @@ class Pipeline:
             return record
         joblog.line(f"[runner] requeued: {why}")
         joblog.close()
+        # the job is free before its message goes: a worker that takes the message at once must
+        # find the lease free, not drop the message as a duplicate of our attempt
+        self.store.release_lease(request.id, self.worker_id)
         self.requeue(record.request, 0 if shutdown else 2.0)  # redacted: the values stay in the store
         count_requeue(self.store, record.executor, "shutdown" if shutdown else "engine_down")
         self.worker.tell("job_requeued", record, request)
