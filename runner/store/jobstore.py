@@ -9,6 +9,10 @@ index_key, running_key, workers_key). The other keys of the runner's: the delive
 the delivery hosts' circuits (NS:circuit:*, NS:circuits), named by runner/store/circuits.py; the
 queues are Celery's (below).
 
+A job's record changes by the moves of runner/store/jobstate.py, each applied in one
+transaction: `move`, `end` (a move that ends the job, with everything its end writes and owes),
+`submit` (the queued moment), `end_new` (a refused raw message).
+
 Keys (NS = settings.worker.namespace):
   NS:job:ID        JSON JobRecord (expires retention.finished_seconds after the job ends)
   NS:jobs          ZSET of every job id by creation time
@@ -45,6 +49,10 @@ from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
 from runner.core.jobs import JobRecord, RequeueReason, Status
+from runner.store import jobstate
+from runner.store.buildqueue import build_message
+from runner.store.jobstate import Change
+from runner.store.outbox import Outbox
 
 if TYPE_CHECKING:
     from runner.config.client import RetentionConfig
@@ -119,7 +127,9 @@ class ContextTooLarge(Exception):
 
 
 class JobStore:
-    def __init__(self, url: str, namespace: str = "runner", retention: RetentionConfig | None = None):
+    def __init__(self, url: str, namespace: str = "runner", retention: RetentionConfig | None = None,
+                 recover_after: float = 30.0):
+        """`recover_after`: deliveries.recover_after, for the deliveries a job's end owes (Outbox)."""
         from runner.config.client import RetentionConfig
 
         self.url = url
@@ -139,10 +149,13 @@ class JobStore:
         self._heartbeat = self.r.register_script(_HEARTBEAT)
         self._live = self.r.register_script(_LIVE)
         self._claim = self.r.register_script(_CLAIM)
+        #: the deliveries (commit statuses, callbacks) owed, beside the jobs: a job's end adds its own
+        self.outbox = Outbox.for_store(self, recover_after)
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
-        return cls(settings.redis_url.get_secret_value(), settings.worker.namespace, settings.retention)
+        return cls(settings.redis_url.get_secret_value(), settings.worker.namespace, settings.retention,
+                   settings.deliveries.recover_after)
 
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.ns}:{kind}:{job_id}"
@@ -181,11 +194,6 @@ class JobStore:
             self.r.expire(keys[0], self.retention.finished_seconds)
         return bool(created)
 
-    def forget(self, job_id: str) -> None:
-        """Delete a job that was never queued (its message could not be sent)."""
-        self.r.delete(self._key("job", job_id), self._key("secrets", job_id))
-        self._unindex([job_id])
-
     def _unindex(self, job_ids: builtins.list[str]) -> None:
         if job_ids:
             with self.r.pipeline(transaction=False) as pipe:
@@ -197,9 +205,82 @@ class JobStore:
         raw = self.r.get(self._key("job", job_id))
         return JobRecord.model_validate_json(raw) if raw else None
 
-    def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+    def update(self, job_id: str, change: Change) -> JobRecord | None:
         """Apply `change` atomically (optimistic WATCH); it returns the new record or None to keep.
-        Keeps the status indexes in step, and starts the retention clock when the job ends."""
+        Keeps the status indexes in step, and starts the retention clock when the job ends.
+        Returns the record as it is now (None: there is none). A job's moves go through `move`
+        and `end` (runner/store/jobstate.py)."""
+        return self._move(job_id, change, ends=None)[0]
+
+    def move(self, job_id: str, change: Change) -> tuple[JobRecord | None, bool]:
+        """`update` by a move of runner/store/jobstate.py that does not end the job (claim,
+        requeue, lost back to the queue, request_cancel): (the record, whether it moved)."""
+        return self._move(job_id, change, ends=False)
+
+    def end(self, job_id: str, change: Change, closing: str | None = None) -> tuple[JobRecord | None, bool]:
+        """End the job by `change` (a move of runner/store/jobstate.py to a final status), in one
+        transaction with everything an end writes: the final record, the log's closing line
+        (`closing`, masked by the caller: JobLog.closing) and its end marker, the deliveries the
+        end owes (its final commit status and callback, jobstate.owes, each with its task
+        message), the retention clock; its context and secret values go. A worker killed at
+        any moment leaves all of it or none of it. Returns (the record, whether this call ended
+        the job): (the record as it is, False) when `change`'s guard said no, (None, False)
+        when there is no record."""
+        return self._move(job_id, change, closing, ends=True)
+
+    def submit(self, record: JobRecord, secret_values: dict[str, str]) -> tuple[JobRecord, bool]:
+        """The queued moment, in one transaction: a new job's record (queued: jobstate.admitted),
+        its secret build-arg values, the "queued" commit status it owes (when `record.statuses`)
+        and its task message on its queue (runner.store.buildqueue). A process killed at any
+        moment leaves all of it or none of it. A job that has the id already is left alone:
+        (that record, False)."""
+        if record.status is not Status.queued:
+            raise ValueError(f"submit needs a queued record, not a {record.status.value} one")
+
+        def queued(pipe: redis.client.Pipeline) -> None:
+            if secret_values:
+                key = self._key("secrets", record.id)
+                pipe.hset(key, mapping=secret_values)
+                pipe.expire(key, self.retention.queued_seconds)
+            if record.statuses:  # before the message: "queued" goes first (runner/store/outbox.py)
+                self.outbox.add(record.id, "status", "queued", "queued", client=pipe)
+            pipe.lpush(record.queue, build_message(record.request.model_dump(mode="json"), record.queue))
+
+        return self._create_with(record, queued)
+
+    def end_new(self, record: JobRecord, closing: str | None = None) -> tuple[JobRecord, bool]:
+        """Store a job born ended (a refused raw message: jobstate.refuse) with its closing line
+        and end marker, its context and secret values gone, owing nothing (it was never
+        admitted). A job that has the id already is left alone: (that record, False)."""
+        if not record.finished:
+            raise ValueError(f"end_new needs a finished record, not a {record.status.value} one")
+        return self._create_with(record, lambda pipe: self._ending(pipe, record, closing))
+
+    def _create_with(self, record: JobRecord, also: Callable[[redis.client.Pipeline], None]) -> tuple[JobRecord, bool]:
+        """Store a new record (and drop its id's reservation) with what `also` queues on the
+        transaction; (the record there, False) if a job has the id already (nothing written)."""
+        key = self._key("job", record.id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is not None:
+                        pipe.unwatch()
+                        return JobRecord.model_validate_json(raw), False
+                    pipe.multi()
+                    pipe.zadd(f"{self.ns}:jobs", {record.id: record.created_at.timestamp()})
+                    pipe.delete(self._key("reserve", record.id))
+                    self._write(pipe, None, record)
+                    also(pipe)
+                    pipe.execute()
+                    return record, True
+                except redis.WatchError:
+                    continue
+
+    def _move(self, job_id: str, change: Change, closing: str | None = None,
+              ends: bool | None = True) -> tuple[JobRecord | None, bool]:
+        """`ends`: the move must end the job (end), must not (move), or either (update)."""
         key = self._key("job", job_id)
         with self.r.pipeline() as pipe:
             while True:
@@ -208,27 +289,52 @@ class JobStore:
                     raw = pipe.get(key)
                     if raw is None:
                         pipe.unwatch()
-                        return None
+                        return None, False
                     current = JobRecord.model_validate_json(raw)
                     new = change(current)
                     if new is None:
                         pipe.unwatch()
-                        return current
+                        return current, False
+                    if ends is not None and (current.finished or new.finished is not ends):
+                        pipe.unwatch()
+                        raise ValueError(f"job {job_id}: a move from {current.status.value} to {new.status.value} "
+                                         + ("is no end" if ends else "needs JobStore.end"))
                     pipe.multi()
-                    pipe.set(key, new.model_dump_json())
-                    if new.status is not current.status:
-                        pipe.zrem(self._status_key(current.status), job_id)
-                        pipe.zadd(self._status_key(new.status), {job_id: new.created_at.timestamp()})
-                        if current.status is Status.running:
-                            pipe.lrem(self.running_key(current.executor), 0, job_id)
-                        if new.status is Status.running:
-                            pipe.lpush(self.running_key(new.executor), job_id)
-                    if new.finished:
-                        pipe.expire(key, self.retention.finished_seconds)
+                    self._write(pipe, current, new)
+                    if ends:
+                        self._ending(pipe, new, closing)
+                        status, callback = jobstate.owes(new)
+                        self.outbox.add_finished(new.id, status, callback, client=pipe)
                     pipe.execute()
-                    return new
+                    return new, True
                 except redis.WatchError:
                     continue
+
+    def _write(self, pipe: redis.client.Pipeline, current: JobRecord | None, new: JobRecord) -> None:
+        """Queue the record's write on `pipe` (in MULTI): the record, its status index and its
+        executor's running list moved with it, the retention clock once it is finished."""
+        job_id, key = new.id, self._key("job", new.id)
+        pipe.set(key, new.model_dump_json())
+        if current is None or new.status is not current.status:
+            if current is not None:
+                pipe.zrem(self._status_key(current.status), job_id)
+            pipe.zadd(self._status_key(new.status), {job_id: new.created_at.timestamp()})
+            if current is not None and current.status is Status.running:
+                pipe.lrem(self.running_key(current.executor), 0, job_id)
+            if new.status is Status.running:
+                pipe.lpush(self.running_key(new.executor), job_id)
+        if new.finished:
+            pipe.expire(key, self.retention.finished_seconds)
+
+    def _ending(self, pipe: redis.client.Pipeline, record: JobRecord, closing: str | None) -> None:
+        """Queue on `pipe` (in MULTI) what every end writes to the job's other keys: the log's
+        closing line and end marker, the log's retention clock; its context and secret values go."""
+        key = self._key("log", record.id)
+        if closing is not None:
+            pipe.xadd(key, {LINES_FIELD: closing})
+        pipe.xadd(key, {END_FIELD: record.status.value})
+        pipe.expire(key, self.retention.finished_seconds)
+        pipe.delete(self._key("ctx", record.id), self._key("secrets", record.id))
 
     def list(self, status: Status | None = None, limit: int = 50, before: float | None = None) -> builtins.list[JobRecord]:
         """Newest first, from the status index (so cost follows `limit`, not history). `before`:
@@ -398,16 +504,6 @@ class JobStore:
     def delete_log_entries(self, job_id: str, entry_ids: builtins.list[str]) -> None:
         if entry_ids:
             self.r.xdel(self._key("log", job_id), *entry_ids)
-
-    def end_job(self, job_id: str, status: Status) -> None:
-        """A job ended (however: finished, cancelled while queued, given up): its log gets the
-        end marker and the retention clock; its context and secret values go. One round trip."""
-        key = self._key("log", job_id)
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {END_FIELD: status.value})
-            pipe.expire(key, self.retention.finished_seconds)
-            pipe.delete(self._key("ctx", job_id), self._key("secrets", job_id))
-            pipe.execute()
 
     def read_log(self, job_id: str, follow: bool = False, block_ms: int = 1000,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[str]:

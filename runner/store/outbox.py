@@ -264,8 +264,11 @@ class Outbox:
                 self._group(group, "lock"), self.outbox_key]
 
     # -- the side that owes a delivery (entry points, the worker's listener) ---------------------
-    def add(self, job_id: str, kind: Kind, key: str, moment: str, note: dict[str, Any] | None = None) -> bool:
-        """Record the delivery `JOB:KIND:KEY` and queue its first attempt; False if it exists already."""
+    def add(self, job_id: str, kind: Kind, key: str, moment: str, note: dict[str, Any] | None = None,
+            client: redis.Redis | redis.client.Pipeline | None = None) -> bool:
+        """Record the delivery `JOB:KIND:KEY` and queue its first attempt; False if it exists already.
+        `client`: a pipeline (in MULTI) to queue it on, in a transaction of the caller's
+        (JobStore.end); its answer then comes with the pipeline's."""
         group = f"{job_id}:{kind}"
         delivery_id = f"{group}:{key}"
         ticket = uuid.uuid4().hex
@@ -273,27 +276,17 @@ class Outbox:
                 self.outbox_key, self.queue]
         args: list[str | float] = [delivery_id, job_id, kind, moment, group, time.time(), ticket, f"msg_{uuid.uuid4().hex}",
                 json.dumps(note or {}), self.ttl, self.recover_after, deliver_message(delivery_id, ticket, self.queue)]
-        return bool(self._add(keys=keys, args=args))
+        return bool(self._add(keys=keys, args=args, client=client or self.r))
 
-    def add_finished(self, job_id: str, source: bool, callback: bool) -> None:
-        """What a finished job owes: its final commit status (`source`) and its callback."""
-        if source:
-            self.add(job_id, "status", "finished", "finished")
+    def add_finished(self, job_id: str, status: bool, callback: bool,
+                     client: redis.Redis | redis.client.Pipeline | None = None) -> None:
+        """What a job's end owes (runner/store/jobstate.py, owes): its final commit status
+        (`status`) and its callback (`callback`). Only JobStore.end calls it, in the end's own
+        transaction (`client`)."""
+        if status:
+            self.add(job_id, "status", "finished", "finished", client=client)
         if callback:
-            self.add(job_id, "callback", "finished", "finished")
-
-    def forget(self, job_id: str) -> None:
-        """Drop every delivery of a job that was never queued (its message could not be sent);
-        their task messages, if sent, then find nothing to do."""
-        for kind in ("status", "callback"):
-            group = f"{job_id}:{kind}"
-            ids = cast(list[str], self.r.zrange(self._group(group, "open"), 0, -1))
-            with self.r.pipeline(transaction=False) as pipe:
-                for delivery_id in ids:
-                    pipe.delete(self._key(delivery_id))
-                    pipe.zrem(self.outbox_key, delivery_id)
-                pipe.delete(*(self._group(group, part) for part in ("seq", "open", "fresh", "done", "lock")))
-                pipe.execute()
+            self.add(job_id, "callback", "finished", "finished", client=client)
 
     # -- the worker side ----------------------------------------------------------------------------
     def begin(self, delivery_id: str, ticket: str, holder: str, lock_seconds: float, wait_bound: float,

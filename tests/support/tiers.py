@@ -27,6 +27,8 @@ import pytest
 FAST_MODULES = frozenset({
     # the pipeline's paths on the fake executor, job states, cancel, leases
     "tests/test_pipeline.py",
+    # the job's state machine and its one end (JobStore.end) against Redis
+    "tests/test_jobstate.py",
     # requests and admission
     "tests/test_jobs.py",
     "tests/test_fuzz_jobs.py",
