@@ -238,10 +238,7 @@ class JobStore:
             raise ValueError(f"submit needs a queued record, not a {record.status.value} one")
 
         def queued(pipe: redis.client.Pipeline) -> None:
-            if secret_values:
-                key = self._key("secrets", record.id)
-                pipe.hset(key, mapping=secret_values)
-                pipe.expire(key, self.retention.queued_seconds)
+            self._put_secrets(pipe, record.id, secret_values)
             if record.statuses:  # before the message: "queued" goes first (runner/store/outbox.py)
                 self.outbox.add(record.id, "status", "queued", "queued", client=pipe)
             pipe.lpush(record.queue, build_message(record.request.model_dump(mode="json"), record.queue))
@@ -477,12 +474,16 @@ class JobStore:
     # -- secret build-arg values: by reference, never in the queue message ---------------------
     def save_secrets(self, job_id: str, values: dict[str, str]) -> None:
         if values:
+            with self.r.pipeline() as pipe:
+                self._put_secrets(pipe, job_id, values)
+                pipe.execute()
+
+    def _put_secrets(self, pipe: redis.client.Pipeline, job_id: str, values: dict[str, str]) -> None:
+        if values:
             key = self._key("secrets", job_id)
             fields: dict[FieldT, EncodableT] = {name: value for name, value in values.items()}  # hset takes no dict[str, str]
-            with self.r.pipeline() as pipe:
-                pipe.hset(key, mapping=fields)
-                pipe.expire(key, self.retention.queued_seconds)
-                pipe.execute()
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.retention.queued_seconds)
 
     def load_secrets(self, job_id: str) -> dict[str, str]:
         return cast(dict[str, str], self.r.hgetall(self._key("secrets", job_id)))
