@@ -370,7 +370,7 @@ class BuildahExecutor(Executor):
         log.line(f"[runner] {mode.describe()}")
         refs = job.image_refs()
         if job.push:
-            check_push_logins(self.env.registries, refs)
+            check_push_logins(self.env.registries, refs, log)
         files = JobFiles(private_root(self.env, self.name, job.id)).create()
         phases = PhaseClock(self.env.metrics, self.name)
         try:
@@ -438,7 +438,10 @@ class BuildahExecutor(Executor):
         )
         if unpacked.setid:
             keep_setid_bits(paths, files, log)
-        env = {"TMPDIR": str(files.directory("tmp")), **secret_arg_env(job)}
+        # DOCKER_CONFIG: an empty folder of the job's, or buildah falls back from --authfile to the
+        # worker user's own ~/.docker/config.json (containers/image does)
+        env = {"TMPDIR": str(files.directory("tmp")), "DOCKER_CONFIG": str(files.directory("docker-config")),
+               **secret_arg_env(job)}
         if conf := registries_conf(self.env.registries):
             env["CONTAINERS_REGISTRIES_CONF"] = str(files.write("registries.conf", conf))
         return paths, tool_env(env)

@@ -42,6 +42,7 @@ from executors.registry_cache import cache_repository
 from executors.tags import push_tags
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
+from runner.core.docker_config import INDEX_SERVER
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, is_auth_error
 from runner.core.executor_metrics import PhaseClock
 from runner.core.host_platforms import HostPlatforms, host_platforms
@@ -133,7 +134,7 @@ class ImgExecutor(Executor):
             raise InvalidJob("img takes build-arg values only on its command line, where other users of the host can read "
                              "them; pass secrets as build secrets (`secrets:`) or use the buildah executor")
         if job.push:
-            check_push_logins(self.env.registries, job.image_refs())
+            check_push_logins(self.env.registries, job.image_refs(), log)
         files = JobFiles(private_root(self.env, self.name, job.id)).create()
         phases = PhaseClock(self.env.metrics, self.name)
         if not self.config.keep_images:  # cleanup removes these names from img's state: a name left
@@ -144,7 +145,7 @@ class ImgExecutor(Executor):
                     log.line(f"[runner] note: img trusts only the system CA store; {registry.host}'s ca_file must be "
                              "installed there (update-ca-certificates)")
             docker_config = files.directory("docker")
-            files.write("docker/config.json", json.dumps(registry_auths(self.env.registries, log)))
+            files.write("docker/config.json", json.dumps(registry_auths(self.env.registries, log, hub_key=INDEX_SERVER)))
             secrets = write_build_secrets(self.job_secrets(job), files, log)
             unpacked = unpack(context, self.name, cancel)
             tool = Tool(self.config.binary, global_args(self.config),

@@ -22,6 +22,7 @@ from executors.registry_cache import cache_repository, inline_cache_ref
 from executors.tags import Push, copy_tag, push_tags
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
+from runner.core.docker_config import INDEX_SERVER
 from runner.core.errors import (
     BuildFailed,
     Cancelled,
@@ -34,33 +35,31 @@ from runner.core.host_platforms import HostPlatforms, host_platforms, native_pla
 from runner.core.jobs import BuildRequest, ImageRef, PlatformImage, PushedImage
 from runner.core.log_sink import LogSink
 from runner.core.platforms import Platform, parse_platform
+from runner.core.registry_auth import HUB, Credentials
 from runner.core.registry_client import Copies
-from runner.core.registry_config import RegistryConfig
 
 if TYPE_CHECKING:
     from runner.core.registry_client import Registries
 
-def login(config: RegistryConfig) -> dict[str, str] | None:
-    """docker-py's auth entry for a registry, or None for an anonymous one. Raises ValueError
-    (naming the registry, never the secret) when its password_file cannot be read."""
-    credentials = config.credentials()
+def login(credentials: Credentials | None, server: str) -> dict[str, str] | None:
+    """The engine's auth entry (X-Registry-Auth, X-Registry-Config) for a login, or None."""
     if credentials is None:
         return None
-    return {"username": credentials[0], "password": credentials[1], "serveraddress": config.host}
+    if credentials.identity_token:
+        return {"identitytoken": credentials.secret, "serveraddress": server}
+    return {"username": credentials.username, "password": credentials.secret, "serveraddress": server}
 
 
-def pull_logins(registries: Registries) -> dict[str, dict[str, str]]:
-    """The logins a build may use for pulling FROM images; a registry whose password_file
-    cannot be read is left out here (a push to it says why)."""
+def pull_logins(registries: Registries, log: LogSink) -> dict[str, dict[str, str]]:
+    """The logins a build may use for pulling FROM images: every registry's
+    (CredentialResolver.everything, warning in `log` about those that cannot be had), under
+    the keys the engine looks them up by (Docker Hub's is INDEX_SERVER)."""
     logins = {}
-    for config in registries:
-        try:
-            entry = login(config)
-        except ValueError:
-            continue
-        if entry is not None:
-            logins[config.host] = entry
-    return logins
+    for host, credentials in registries.credentials.everything(lambda message: log.line(f"[runner] warning: {message}")).items():
+        log.add_secret(credentials.secret)
+        server = INDEX_SERVER if host == HUB else host
+        logins[server] = login(credentials, server)
+    return {server: entry for server, entry in logins.items() if entry is not None}
 
 
 def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, registries: Registries,
@@ -123,7 +122,6 @@ class Engine:
         self.registries = registries
         self.executor, self.metrics = executor, metrics
         self.pusher = Pusher(client, registries, self.auth_config, executor, metrics, locks)
-        client.use_auth(pull_logins(registries))  # the logins a build may pull with
 
     # -- the whole job -----------------------------------------------------------------------
     def build_and_push(self, job: BuildRequest, builder: Builder, context: BuildContext, log: LogSink,
@@ -138,6 +136,10 @@ class Engine:
         unregister = cancel.on_cancel(api.close)
         phases = PhaseClock(self.metrics, self.executor)
         try:
+            if job.push:
+                self.push_logins(job.image_refs(), log)
+            # the classic builder is sent every login; BuildKit asks through its session, registry by registry
+            self.client.use_auth(pull_logins(self.registries, log) if builder.name == "classic" else {})
             with phases("build"):
                 builds = self.build(job, builder, context, log, cancel, cache_repo)
             refs = job.image_refs()
@@ -277,12 +279,19 @@ class Engine:
             log.line(f"[runner] warning: the build cache was not exported to {ref}: {exc.message}")
 
     # -- push --------------------------------------------------------------------------------
-    def auth_config(self, ref: ImageRef) -> dict | None:
-        """The login for pushing `ref` (read now: a rotated password needs no restart)."""
-        try:
-            return login(self.registries.config(ref.registry))
-        except ValueError as exc:  # an unreadable password_file: no retry can help
-            raise InfrastructureError(str(exc)) from None
+    def push_logins(self, refs: list[ImageRef], log: LogSink) -> None:
+        """Fail the job before building when the login of a registry it pushes to cannot be had
+        (an unreadable password_file, a failing credential helper): no retry can help."""
+        for host in dict.fromkeys(ref.registry for ref in refs):
+            self.auth_config(host, log)
+
+    def auth_config(self, host: str, log: LogSink) -> dict | None:
+        """The login for pushing to `host`, looked up now (a rotated secret needs no restart),
+        masked in `log`. Raises CredentialsUnavailable (infrastructure) when it cannot be had."""
+        credentials = self.registries.credentials.lookup(host)
+        if credentials is not None:
+            log.add_secret(credentials.secret)
+        return login(credentials, host)
 
 
 # -- cleanup -----------------------------------------------------------------------------

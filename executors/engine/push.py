@@ -30,8 +30,9 @@ from runner.core.platforms import Platform
 if TYPE_CHECKING:
     from runner.core.registry_client import Registries
 
-#: the login for pushing a ref (docker-py's auth entry), or None for an anonymous push
-Auth = Callable[[ImageRef], "dict | None"]
+#: the login for pushing to a registry host (docker-py's auth entry), or None for an anonymous
+#: push; its secret masked in the job's log
+Auth = Callable[[str, LogSink], "dict | None"]
 
 
 class PushLocks:
@@ -81,7 +82,7 @@ class Pusher:
         this image (an engine shared with other processes may have moved the tag meanwhile):
         if not, it is pushed again. `confirm`: the tag must still hold it afterwards (not so
         for a platform's image, which the index replaces under the tag at once)."""
-        auth = self.auth(ref)
+        auth = self.auth(ref.registry, log)
         name = f"{ref.registry}/{ref.repository}"
 
         def attempt() -> PushedImage:

@@ -19,7 +19,7 @@ from runner.config.loader import SettingsError, load
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
 from runner.context.limits import ContextLimits
 from runner.core.models import Strict
-from runner.core.registry_config import RegistryConfig
+from runner.core.registry_config import RegistryAuthConfig, RegistryConfig
 from runner.core.validation import first_error
 
 __all__ = ["LimitsConfig", "RetentionConfig", "Settings", "SettingsError", "WorkerConfig", "load_settings"]
@@ -71,6 +71,11 @@ class Settings(ClientSettings):
 
     default_executor: str = Field(default="buildah", description="executor for jobs that name none")
     registries: list[RegistryConfig] = Field(default_factory=list, description="registries jobs may push to; a tag on any other is refused")
+    registry_auth: RegistryAuthConfig = Field(
+        default_factory=RegistryAuthConfig, description="where registry logins come from, the first that has one winning: a "
+        "registry's own username + password or password_file, its credential_helper, then each docker_config file "
+        "(credHelpers, credsStore, auths); else anonymous. Also the logins for pulling FROM images of registries not "
+        "listed under registries:")
     executors: dict[str, ExecutorConfig] = Field(
         default_factory=dict, validate_default=True,
         description="each executor's own settings, by name (built-ins: socket, dind, sysbox, buildah, img; "

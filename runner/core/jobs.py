@@ -360,6 +360,20 @@ class JobRecord(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     cancel_requested: bool = False
+    #: does the job get commit statuses? Admission's answer (runner/worker/admission.py,
+    #: statuses_for), kept from when the record was made so nothing decides it again. A record
+    #: written before the field: whether its request names a source (the old rule; the worker
+    #: skips a status whose host has no config).
+    statuses: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _statuses_of_older_records(cls, data: object) -> object:
+        if isinstance(data, dict) and "statuses" not in data:
+            request = data.get("request")
+            source = request.get("source") if isinstance(request, dict) else getattr(request, "source", None)
+            return {**data, "statuses": source is not None}
+        return data
 
     @property
     def finished(self) -> bool:

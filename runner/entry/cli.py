@@ -317,7 +317,7 @@ def cmd_cancel(args: argparse.Namespace) -> None:
     else:
         from runner.entry.control import cancel_job
 
-        record = cancel_job(store_for(cfg), args.job_id, cfg.deliveries.recover_after)
+        record = cancel_job(store_for(cfg), args.job_id)
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     print(f"{args.job_id} {record.status.value if record.finished else 'cancelling'}")

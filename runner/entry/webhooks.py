@@ -34,7 +34,7 @@ from urllib.parse import unquote_to_bytes
 from runner.config.sections import RepositoryHook
 from runner.config.settings import Settings
 from runner.core.errors import InvalidJob
-from runner.core.jobs import BuildRequest
+from runner.core.jobs import BuildRequest, GitContext
 from runner.core.models import base_url
 from runner.entry.submission import submit
 from runner.sources.git import check_url, mask_url
@@ -377,5 +377,6 @@ def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Set
     if not created:
         return Outcome(200, {"result": "duplicate", "job": record.id, "status": record.status.value,
                              "reason": "this delivery was already received"})
+    assert isinstance(request.context, GitContext)  # a push builds its commit (build_request)
     return Outcome(202, {"result": "queued", "job": record.id, "tags": request.tags, "commit": push.sha,
                          "url": mask_url(request.context.url)})

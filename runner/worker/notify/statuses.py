@@ -30,7 +30,7 @@ from urllib.parse import quote, urlencode
 
 from runner.config.sections import StatusTarget
 from runner.core.jobs import JobRecord, JobSource, seconds_between
-from runner.worker.notify.http import Answer, Outgoing, one_line
+from runner.worker.notify.http import MAX_LISTING, Answer, Outgoing, one_line
 
 STATES: dict[str, dict[str, str]] = {
     "github": {"queued": "pending", "started": "pending", "requeued": "pending", "succeeded": "success",
@@ -163,7 +163,7 @@ def list_request(source: JobSource, api_url: str, token: str, update: StatusUpda
     else:
         owner, name = source.repository.split("/")
         url = f"{api_url}/repos/{_path(owner, name)}/commits/{source.sha}/statuses?per_page=100"
-    return Outgoing("GET", url, url, _auth(source.host, token))
+    return Outgoing("GET", url, url, _auth(source.host, token), max_answer=MAX_LISTING)
 
 
 def shows(host: str, update: StatusUpdate, listing: Any, same_state_only: bool = False) -> bool:
