@@ -23,7 +23,12 @@ the previous code's matcher (a backtracking Python regexp) on the nested pattern
 subprocess killed after --old-cap seconds. Then `runner submit` packing a 1-line file
 (baseline), a 40,000-line one and the over-the-cap one (time, peak RSS).
 
+Deliveries (bench/hostile_deliveries.py): 4 slow-loris callbacks against an unrelated job's
+pickup; a git host down 30 min (scaled) with 300 jobs.
+
 Run:  PYTHONPATH=. .venv/bin/python bench/bench_hostile.py [--rounds 3] [--skip-bombs] [--skip-ignore] [--only-ignore]
+      [--deliveries-only | --skip-deliveries] [--jobs 300 --minutes 30 --scale 0.0167] [--baseline-rev REV]
+      [--delivery-rows slow,down,off]
 Needs Redis (scripts/services.sh) and buildah. Uses its own namespace and temp folders and
 removes them. Prints a table. Not part of the test suite.
 """
@@ -443,7 +448,21 @@ def main() -> None:
     parser.add_argument("--skip-ignore", action="store_true", help="leave out the hostile .dockerignore rows")
     parser.add_argument("--only-ignore", action="store_true", help="only the hostile .dockerignore rows")
     parser.add_argument("--old-cap", type=float, default=30.0, help="seconds the previous matcher gets per path")
+    parser.add_argument("--deliveries-only", action="store_true", help="only the delivery rows (bench/hostile_deliveries.py)")
+    parser.add_argument("--skip-deliveries", action="store_true")
+    parser.add_argument("--jobs", type=int, default=300, help="jobs while the git host is down")
+    parser.add_argument("--minutes", type=float, default=30.0, help="how long the git host is down")
+    parser.add_argument("--scale", type=float, default=1 / 60, help="time scale of the git host outage (1: real time)")
+    parser.add_argument("--baseline-rev", help="also run the delivery rows' worker from this git revision")
+    parser.add_argument("--delivery-rows", default="slow,down,off", help="slow, down (circuits on), off (circuits off)")
     args = parser.parse_args()
+    if not args.skip_deliveries and not args.only_ignore:
+        from bench.hostile_deliveries import print_rows
+
+        print_rows(args.jobs, args.minutes, args.scale, args.baseline_rev, args.delivery_rows)
+        print()
+        if args.deliveries_only:
+            return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; default limits: "
           f"{LimitsConfig().max_context_bytes:,} bytes, {LimitsConfig().max_context_files:,} files, "
           f"{LimitsConfig().max_context_header_bytes:,} header bytes\n")

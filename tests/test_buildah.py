@@ -4,7 +4,6 @@ build on a worker that cannot reach any Docker Engine. Real buildah, registry an
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -21,20 +20,27 @@ from pydantic import SecretStr
 
 import executors.daemonless.buildah as bx
 from executors.daemonless.buildah import BuildahExecutor, BuildOutput, JobPaths, Mode, build_args, push_args
-from executors.daemonless.common import JobFiles, private_root, registries_conf, registry_auths, secret_arg_env, write_cert_dir
+from executors.daemonless.common import (
+    JobFiles,
+    check_push_logins,
+    private_root,
+    registries_conf,
+    registry_auths,
+    secret_arg_env,
+    write_cert_dir,
+)
 from executors.daemonless.config import BuildahConfig
 from runner.config.settings import Settings
 from runner.context.build_context import BuildContext
-from runner.context.pack import write_tar
-from runner.context.spool import spool_context
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.output_pipe import LineAssembler
+from runner.core.registry_client import Registries
 from runner.store.joblog import JobLog
 from runner.worker import reaper
 from tests.conftest import registry_digest, run_image
-from tests.support import ListLog, all_support, executor_for
+from tests.support import ListLog, all_support, executor_for, spooled_context
 from tests.support.buildah import skip_reason
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
@@ -55,13 +61,7 @@ def namespaced(settings: Settings, namespace: str) -> Settings:
 
 
 def make_context(settings: Settings, job: BuildRequest, tmp_path: Path, files: dict[str, str]) -> BuildContext:
-    source = tmp_path / f"src-{job.id[:8]}"
-    for name, text in files.items():
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        (source / name).write_text(text)
-    buffer = io.BytesIO()
-    write_tar(source, buffer, job.dockerfile)
-    return spool_context([buffer.getvalue()], settings.worker.workspace / job.id, job.dockerfile, 10**8)
+    return spooled_context(settings, job, tmp_path / f"src-{job.id[:8]}", files)
 
 
 def image(harness, name: str) -> str:
@@ -211,7 +211,7 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
         {"host": "registry.internal:5000", "username": "bot", "password": "p2", "insecure": True},
         {"host": "tls.example.com", "ca_file": str(ca)},
     ])
-    auths = registry_auths(settings.registries)["auths"]
+    auths = registry_auths(Registries(settings.registries), ListLog())["auths"]
     assert set(auths) == {"127.0.0.1:5000", "registry.internal:5000"}
     assert auths["127.0.0.1:5000"]["auth"] == "Y2k6Y2ktcGFzc3dvcmQ="  # base64 of ci:ci-password
     conf = registries_conf(settings.registries)
@@ -221,10 +221,11 @@ def test_registry_files_auth_insecure_and_ca(tmp_path):
     broken = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": PASSWORD},
                                   {"host": "other:5000", "username": "u", "password_file": str(tmp_path / "missing")}])
     log = ListLog()
-    assert set(registry_auths(broken.registries, log)["auths"]) == {"127.0.0.1:5000"}  # one unreadable file does not stop every job
+    assert set(registry_auths(Registries(broken.registries), log)["auths"]) == {"127.0.0.1:5000"}  # one unreadable file does not stop every job
     assert "registry other:5000: password_file: cannot read it: No such file" in log.text and str(tmp_path) not in log.text
-    with pytest.raises(InfrastructureError, match="password_file: cannot read it"):
-        registry_auths(broken.registries)
+    assert log.secrets == [PASSWORD]  # what the auth file holds is masked in the job's log
+    with pytest.raises(InfrastructureError, match="password_file: cannot read it"):  # a registry the job pushes to
+        check_push_logins(Registries(broken.registries), [ImageRef.parse("other:5000/app:1")], log)
     files = JobFiles(tmp_path / "private").create()
     certs = write_cert_dir(settings.registries, files)
     assert (certs / "tls.example.com.crt").read_text() == ca.read_text()
@@ -361,7 +362,7 @@ def test_credentials_and_secrets_travel_in_private_files_never_in_argv(harness, 
     deadline = time.monotonic() + 60
     while "holding-42" not in "\n".join(harness.store.read_log(job.id)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    token = registry_auths(secured.registries)["auths"]["127.0.0.1:5000"]["auth"]
+    token = registry_auths(Registries(secured.registries), ListLog())["auths"]["127.0.0.1:5000"]["auth"]
     try:
         assert stat.S_IMODE(private.stat().st_mode) == 0o700
         assert stat.S_IMODE((private / "auth.json").stat().st_mode) == 0o600
@@ -538,6 +539,45 @@ def test_sweep_removes_what_dead_jobs_left_and_spares_live_and_foreign_ones(harn
         for owner, _, job in jobs.values():
             owner.cleanup(job.id)
     assert job_leftovers(executor, live) == CLEAN
+
+
+def test_multi_platform_argv_builds_a_manifest_list_and_pushes_it_all(tmp_path):
+    """Two platforms: `--platform a,b --manifest LIST` (no --iidfile: buildah refuses it for
+    several images), then `manifest push --all`; a plain-HTTP registry needs --tls-verify=false
+    there (its flag overrides registries.conf), and the script pushes the list by name."""
+    config, mode = BuildahConfig(enabled=True, keep_images=True), Mode("buildah", "1.28.2", "overlay", "oci", "test")
+    job = BuildRequest(id="job-2", tags=["127.0.0.1:5000/app:1"], platforms=["linux/amd64", "aarch64"])
+    manifest = bx.manifest_name("ns-1", job.id, "a1b2")
+    assert manifest == "localhost/runner-manifest/ns-1/job-2:a1b2"
+    paths = JobPaths(context=tmp_path / "ctx", dockerfile=tmp_path / "Dockerfile", authfile=tmp_path / "auth.json",
+                     iidfile=tmp_path / "iid", ignorefile=tmp_path / "ignore", manifest=manifest)
+    argv = build_args(config, mode, job, paths, "ns-1")
+    assert argv[argv.index("--manifest") + 1] == manifest and "--iidfile" not in argv and "-t" not in argv
+    assert argv[argv.index("--platform") + 1] == "linux/amd64,linux/arm64"
+    push = bx.manifest_push_args(config, manifest, ImageRef.parse("127.0.0.1:5000/app:1"), paths, tmp_path / "d", plain_http=True)
+    assert push == ["manifest", "push", "--all", "--format", "oci", "--tls-verify=false", "--authfile", f"{tmp_path}/auth.json",
+                    "--digestfile", f"{tmp_path}/d", manifest, "docker://127.0.0.1:5000/app:1"]
+    script = bx.build_then_push(["buildah"], argv, push, None, "MARK")
+    assert script[1] == f'"$@" || exit; echo MARK; exec buildah {" ".join(push[:5])} --tls-verify=false --authfile ' \
+        f'{tmp_path}/auth.json --digestfile {tmp_path}/d {manifest} docker://127.0.0.1:5000/app:1'
+    assert "--tls-verify=false" not in bx.manifest_push_args(config, manifest, ImageRef.parse("r.example.com/app:1"), paths,
+                                                            tmp_path / "d", plain_http=False)
+
+
+def test_sweep_removes_a_dead_multi_platform_jobs_manifest_list(harness, settings, storage):
+    roots = {"storage_root": storage / "root", "run_root": storage / "run"}
+    executor = executor_for(with_buildah(settings, **roots), "buildah")
+    tool = executor.tool(executor.mode())
+    names = {job: bx.manifest_name(settings.worker.namespace, job, "a1b2") for job in ("dead-job", "live-job")}
+    other = bx.manifest_name("another-namespace", "dead-job", "a1b2")
+    for name in [*names.values(), other]:
+        tool.output(["manifest", "create", name])
+
+    def listed() -> set[str]:
+        return {n for image in json.loads(tool.output(["images", "--json"]) or "[]") for n in image.get("names") or []}
+
+    assert executor.sweep(lambda job_id: job_id == "live-job") == ["dead-job"]
+    assert names["dead-job"] not in listed() and {names["live-job"], other} <= listed()
 
 
 @pytest.mark.parametrize("how", ["cancel", "timeout"])

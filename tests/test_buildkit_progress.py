@@ -224,11 +224,12 @@ def test_registry_credentials_come_from_config_with_docker_hub_alias():
     settings = Settings(registries=[{"host": "127.0.0.1:5000", "username": "ci", "password": "pw"},
                                     {"host": "docker.io", "username": "hub", "password": "hubpw"},
                                     {"host": "anon.example.com"}])
-    registries = Registries(settings.registries)
-    assert registry_credentials(registries, "127.0.0.1:5000") == ("ci", "pw")
-    assert registry_credentials(registries, "registry-1.docker.io") == ("hub", "hubpw")
-    assert registry_credentials(registries, "anon.example.com") is None
-    assert registry_credentials(registries, "elsewhere.example.com") is None
+    registries, log = Registries(settings.registries), ListLog()
+    assert registry_credentials(registries, "127.0.0.1:5000", log) == ("ci", "pw")
+    assert registry_credentials(registries, "registry-1.docker.io", log) == ("hub", "hubpw")
+    assert registry_credentials(registries, "anon.example.com", log) is None
+    assert registry_credentials(registries, "elsewhere.example.com", log) is None
+    assert log.secrets == ["pw", "hubpw"]  # what the session hands out is masked in the job's log
 
 
 def test_this_engine_supports_buildkit(services):

@@ -29,6 +29,8 @@ from runner.worker.notify.http import send
 from tests.conftest import cleanup_namespace, new_harness, registry_digest
 
 RAW_SECRET = "callback-secret-" + uuid.uuid4().hex
+#: the receivers here listen on loopback, which callbacks may not reach unless allowed
+LOOPBACK = {"allowed_networks": ["127.0.0.0/8"]}
 STANDARD_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
@@ -105,6 +107,16 @@ def test_the_standardwebhooks_package_verifies_our_signature(receiver, secret, r
         Webhook(base64.b64encode(b"another key of ours").decode()).verify(got, headers)
 
 
+def test_credentials_in_the_callback_url_are_sent_as_basic_auth_never_shown(receiver):
+    rec = receiver(STANDARD_SECRET)
+    url = rec.url.replace("http://", "http://hook%40user:p%3Ass@")
+    call = callback_request(url, b"{}", "msg_1", STANDARD_SECRET, int(time.time()))
+    assert send(call, 5).ok
+    assert rec.calls[0][1]["Authorization"] == "Basic " + base64.b64encode(b"hook@user:p:ss").decode()
+    assert "p%3Ass" not in call.shown and "***@" in call.shown
+    assert rec.calls[0][1]["Host"] == rec.url.split("/")[2]
+
+
 def test_a_replayed_callback_is_rejected_by_its_timestamp(receiver):
     rec = receiver(STANDARD_SECRET)
     body = b'{"id": "job-1"}'
@@ -136,7 +148,8 @@ def test_allowed_hosts_and_url_checks(receiver):
 @pytest.fixture(scope="module")
 def worker_harness(services, tmp_path_factory):
     h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
-                    callbacks={"secret": STANDARD_SECRET, "backoff": 0.4, "max_backoff": 2.0, "attempts": 3},
+                    callbacks={"secret": STANDARD_SECRET, "backoff": 0.4, "max_backoff": 2.0, "attempts": 3,
+                               "final_deadline": 6, **LOOPBACK},
                     worker={"recover_interval": 1.0}, deliveries={"recover_after": 2.0})
     h.worker_proc = h.start_worker()
     yield h
@@ -147,7 +160,7 @@ def worker_harness(services, tmp_path_factory):
 def queue(h, tmp_path, callback_url: str, executor: str = "fake", dockerfile: str = "FROM scratch\n", **build_args) -> str:
     (tmp_path / "Dockerfile").write_text(dockerfile)
     request = BuildRequest(tags=[f"{h.registry()}/callbacks/app:{uuid.uuid4().hex[:8]}"], executor=executor,
-                           callback_url=callback_url, build_args=build_args)
+                           callback_url=callback_url or None, build_args=build_args)
     settings, store = h.settings, h.store
     writer = store.context_writer(request.id, settings.limits.max_context_bytes)
     write_tar(tmp_path, writer)
@@ -189,15 +202,18 @@ def test_retried_with_one_webhook_id_and_a_fresh_timestamp_each_time(worker_harn
     assert rec.calls[0][1]["X-Runner-Event"] == "job.finished"
 
 
-def test_a_failing_callback_gives_up_and_never_changes_the_result(worker_harness, receiver, tmp_path):
+def test_a_failing_callback_is_kept_until_its_final_deadline_and_never_changes_the_result(worker_harness, receiver,
+                                                                                          tmp_path):
+    """A callback is a final state: `attempts` (3 here) does not bound it; it gives up at its
+    final_deadline (6 s here), logged and counted."""
     rec = receiver(STANDARD_SECRET)
     rec.statuses = [500]
     before = Outbox.for_store(worker_harness.store).gave_up().get("callback", 0)
     job_id = queue(worker_harness, tmp_path, rec.url, FAKE_EXIT="3")
     assert finished(worker_harness, job_id).status is Status.failed
     found = delivery(worker_harness, job_id)
-    assert found["state"] == "failed" and "failed 3 times" in found["last"]
-    assert len(rec.calls) == 3
+    assert found["state"] == "failed" and "deadline" in found["last"], found
+    assert len(rec.calls) > 3, "tried past `attempts`"
     assert json.loads(rec.calls[0][2])["error"]["kind"] == "build"
     assert Outbox.for_store(worker_harness.store).gave_up()["callback"] == before + 1
     assert worker_harness.store.get(job_id).status is Status.failed
@@ -219,7 +235,7 @@ def test_a_queued_job_cancelled_calls_back_too(services, tmp_path_factory, recei
     from runner.entry.control import cancel_job
 
     h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
-                    callbacks={"secret": STANDARD_SECRET})
+                    callbacks={"secret": STANDARD_SECRET, **LOOPBACK})
     try:
         rec = receiver(STANDARD_SECRET)
         job_id = queue(h, tmp_path, rec.url)
@@ -235,7 +251,7 @@ def test_a_queued_job_cancelled_calls_back_too(services, tmp_path_factory, recei
 
 def test_kill_9_while_a_callback_waits_for_its_retry(services, tmp_path_factory, receiver, tmp_path):
     h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
-                    callbacks={"secret": STANDARD_SECRET, "backoff": 4.0, "max_backoff": 4.0},
+                    callbacks={"secret": STANDARD_SECRET, "backoff": 4.0, "max_backoff": 4.0, **LOOPBACK},
                     worker={"recover_interval": 1.0}, deliveries={"recover_after": 1.0})
     try:
         rec = receiver(STANDARD_SECRET)
@@ -256,7 +272,7 @@ def test_kill_9_while_a_callback_waits_for_its_retry(services, tmp_path_factory,
 
 
 def test_a_real_build_calls_back_with_the_pushed_digest(services, tmp_path_factory, receiver, tmp_path):
-    h = new_harness(services, tmp_path_factory, callbacks={"secret": RAW_SECRET})
+    h = new_harness(services, tmp_path_factory, callbacks={"secret": RAW_SECRET, **LOOPBACK})
     try:
         h.worker_proc = h.start_worker()
         rec = receiver(RAW_SECRET.encode())
@@ -299,3 +315,124 @@ def test_the_readme_receiver_verifies_our_callbacks(capsys):
     assert client.post("/runner", content=body.replace(b"succeeded", b"cancelled"), headers=call.headers).status_code == 401
     replay = callback_request("http://receiver/runner", body, "msg_" + uuid.uuid4().hex, secret, int(time.time()) - 3600)
     assert client.post("/runner", content=body, headers=replay.headers).status_code == 401
+
+
+# -- hostile receivers: slow, on loopback ----------------------------------------------------------------
+@pytest.fixture
+def slow_host():
+    from tests.support.hosts import SlowHost
+
+    made = []
+
+    def make(mode: str = "headers") -> SlowHost:
+        host = SlowHost(mode).start()
+        made.append(host)
+        return host
+
+    yield make
+    for host in made:
+        host.close()
+
+
+@pytest.fixture(scope="module")
+def strict_harness(services, tmp_path_factory):
+    """A worker whose callbacks may reach 127.0.0.1 (named exactly) and registry.runner.test only
+    on public addresses (a wildcard entry filters names, it allows no address), with a 1 s timeout."""
+    from tests.support.fleet import free_port, metrics_config
+
+    port = free_port()
+    h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
+                    callbacks={"secret": STANDARD_SECRET, "timeout": 1.0, "backoff": 0.2, "max_backoff": 0.5,
+                               "allowed_hosts": ["127.0.0.1", "registry.runner.test:*"]},
+                    deliveries={"recover_after": 1.0, "circuit_failures": 2, "circuit_backoff": 0.5},
+                    worker={"recover_interval": 1.0, **metrics_config(port)})
+    h.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    h.worker_proc = h.start_worker()
+    yield h
+    h.stop_worker(h.worker_proc)
+    cleanup_namespace(h)
+
+
+def test_a_slow_loris_callback_is_cut_at_its_deadline_and_never_posted_twice_at_once(strict_harness, slow_host,
+                                                                                      tmp_path):
+    """The receiver sends its answer a byte every 0.2 s, for ever. Each POST is cut at the 1 s
+    deadline (its socket closed by the worker), and the next one starts only after: the
+    delivery's lock outlives the attempt's hard deadline. The receiver's circuit opens (after
+    2 failures here), and the worker's /metrics says so."""
+    from tests.support.fleet import sample, scrape, wait_for
+
+    host = slow_host("headers")
+    queue(strict_harness, tmp_path, host.url)
+    host.wait(lambda: len(host.connections) >= 3 and host.connections[1].closed is not None, 90,
+              "three POSTs, the first two of them ended")
+    assert host.max_open == 1, "a second POST while the first could still land"
+    assert all(c.closed_by_client for c in host.connections[:2])
+    assert all(b"webhook-id" in c.request for c in host.connections)
+    wait_for(lambda: sample(scrape(strict_harness.metrics_url), "runner_delivery_circuits_open", host="callbacks") == 1,
+             30, "the receiver's circuit to show as open")
+
+
+def test_a_callback_to_a_name_on_loopback_is_refused_when_the_worker_connects(strict_harness, receiver, services,
+                                                                               tmp_path):
+    """registry.runner.test is 127.0.0.1: the name passes submission and allowed_hosts' pattern,
+    and the worker refuses the address it resolves to, before connecting: given up, counted, never POSTed."""
+    rec = receiver(STANDARD_SECRET)
+    name = services["RUNNER_DEV_REGISTRY_NAME"].partition(":")[0]
+    url = rec.url.replace("127.0.0.1", name)
+    before = Outbox.for_store(strict_harness.store).gave_up().get("callback", 0)
+    job_id = queue(strict_harness, tmp_path, url)
+    found = delivery(strict_harness, job_id)
+    assert found["state"] == "failed" and "127.0.0.1 is loopback" in found["last"], found
+    assert rec.calls == []
+    assert Outbox.for_store(strict_harness.store).gave_up()["callback"] == before + 1
+    assert finished(strict_harness, job_id).status is Status.succeeded
+
+
+def test_an_unrelated_build_is_picked_up_while_four_slow_callbacks_hang(services, tmp_path_factory, slow_host, tmp_path):
+    """Four callbacks to a receiver that never finishes answering (60 s timeout here) on a worker
+    with 2 build slots and 2 delivery threads: two of them hang, the other two wait their turn,
+    and a fifth job, with no callback, is built meanwhile."""
+    h = new_harness(services, tmp_path_factory, default_executor="fake", executors={"fake": {"enabled": True}},
+                    callbacks={"secret": STANDARD_SECRET, "timeout": 60.0, "allowed_hosts": ["127.0.0.1"]},
+                    worker={"concurrency": 2}, deliveries={"concurrency": 2})
+    host = slow_host("headers")
+    try:
+        h.worker_proc = h.start_worker()
+        slow = [queue(h, tmp_path, host.url) for _ in range(4)]
+        for job_id in slow:
+            finished(h, job_id)
+        host.wait(lambda: host.open_now() >= 2, 60, "two callbacks hanging")
+        time.sleep(1.0)  # time for a worker to take the other two, if it would (it must not)
+        unrelated = queue(h, tmp_path, "")
+        record = finished(h, unrelated, timeout=60)
+        assert record.status is Status.succeeded
+        assert host.open_now() >= 2, "the slow callbacks were still hanging when it was built"
+        assert host.max_open == 2, "deliveries took more than their 2 threads"
+        assert not any(c.closed_by_client for c in host.connections)
+    finally:
+        host.release()
+        if h.worker_proc is not None:
+            h.stop_worker(h.worker_proc)
+        cleanup_namespace(h)
+
+
+def test_the_readme_callback_address_config_is_valid_and_does_what_it_says():
+    import re
+    from ipaddress import ip_address
+
+    import yaml
+
+    from runner.config.settings import Settings
+    from runner.worker.notify.callbacks import address_rule
+
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme_section(), re.S) if b.startswith("callbacks:"))
+    cfg = Settings.model_validate(yaml.safe_load(block)).callbacks
+    assert check_callback_url("http://hooks.internal/hook", cfg) is None
+    assert check_callback_url("https://ci.example.com:8443/hook", cfg) is None
+    assert check_callback_url("https://build.example.com/hook", cfg) is None
+    assert check_callback_url("https://other.example.org/hook", cfg) is not None, "a name no entry allows"
+    assert address_rule("http://hooks.internal/hook", cfg) is None, "named exactly: any address"
+    rule = address_rule("https://build.example.com/hook", cfg)  # a pattern keeps the address rules
+    assert rule.refusal(ip_address("10.20.3.4")) is None, "in allowed_networks"
+    assert "private" in rule.refusal(ip_address("10.21.3.4"))
+    assert rule.refusal(ip_address("fd12:3456::9")) is None and rule.refusal(ip_address("fd12:3457::9")) is not None

@@ -17,6 +17,7 @@ import pytest
 
 from runner.core.jobs import BuildRequest
 from runner.entry.submission import submit
+from runner.worker.admission import QUEUE
 from tests.conftest import cleanup_namespace, new_harness
 from tests.test_gitsource import GIT_ENV, commit_files, free_port, git, wait_port
 
@@ -61,7 +62,7 @@ def served(services, tmp_path_factory):
 def run_job(h, **request) -> tuple[dict, str]:
     """Submit a job to the worker's store and wait for its end: (record, log)."""
     job = BuildRequest(executor="buildah", tags=[f"{h.registry()}/git-jobs/app:{uuid.uuid4().hex[:8]}"], **request)
-    submit(job, h.settings, h.store)
+    submit(job, h.settings, h.store, QUEUE)
     deadline = time.monotonic() + 300
     while not ((record := h.store.get(job.id)) and record.finished):
         assert time.monotonic() < deadline, f"job {job.id} did not finish"

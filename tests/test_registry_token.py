@@ -2,7 +2,9 @@
 it: a real `docker-registry` (distribution) configured for bearer tokens, whose token service
 is a small server made here (it signs ES256 tokens with a key made by openssl). It shows which
 scopes the client asks for: a mount needs `pull` on the source repository and `push` on the
-target, in one token; and that tokens are kept per scope."""
+target, in one token; and that tokens are kept per scope. With an identity token (Docker's
+`identitytoken`, an OAuth2 refresh token) instead of a password, our client, the engine's push
+and BuildKit's pull each trade it at the token service (the refresh_token grant)."""
 
 from __future__ import annotations
 
@@ -22,16 +24,19 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from executors.tags import push_tags
+from runner.config.settings import Settings
 from runner.core.cancel import CancelToken
-from runner.core.jobs import ImageRef
+from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.registry_client import Registries
-from runner.core.registry_config import RegistryConfig
-from tests.support import ListLog, wait_for_registry
+from runner.core.registry_config import RegistryAuthConfig, RegistryConfig
+from tests.support import ListLog, executor_for, spooled_context, wait_for_registry
 
 pytestmark = pytest.mark.skipif(not (shutil.which("docker-registry") and shutil.which("openssl") and shutil.which("skopeo")),
                                 reason="needs docker-registry, openssl and skopeo (scripts/services.sh installs them)")
 
 USER, PASSWORD = "tok-user", "tok-password"
+#: an OAuth2 refresh token (Docker's `identitytoken`), as `docker login` to such a registry stores it
+IDENTITY_TOKEN = "identity-" + uuid.uuid4().hex
 SERVICE, ISSUER = "runner-test-registry", "runner-test-issuer"
 
 
@@ -75,6 +80,7 @@ class TokenService:
                                 check=True, capture_output=True).stdout
         self.kid = libtrust_key_id(public)
         self.asked: list[list[str]] = []
+        self.posted: list[dict] = []  # refresh_token grants: the scopes, client_id, any Authorization header
         service = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,6 +94,22 @@ class TokenService:
                 scopes = query.get("scope", [])
                 service.asked.append(scopes)
                 body = json.dumps({"token": service.token(scopes)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802 - the OAuth2 refresh_token grant, as Docker speaks it
+                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+                if form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [IDENTITY_TOKEN]:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                scopes = " ".join(form.get("scope", [])).split()
+                service.posted.append({"scopes": scopes, "client_id": form.get("client_id", [""])[0],
+                                       "authorization": self.headers.get("Authorization")})
+                body = json.dumps({"access_token": service.token(scopes), "expires_in": 300}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -173,3 +195,51 @@ def test_a_mount_asks_one_token_for_pull_on_the_source_and_push_on_the_target(se
     before = len(tokens.asked)
     push_tags([source, ImageRef.parse(f"{host}/team/dst:v2")], lambda ref: digest, registries, ListLog(), CancelToken())
     assert len(tokens.asked) == before  # the tokens of each scope are kept: the next job asks for none
+
+
+def identity_config(tmp_path: Path, host: str) -> Path:
+    path = tmp_path / "docker-config.json"
+    path.write_text(json.dumps({"auths": {host: {"identitytoken": IDENTITY_TOKEN}}}))
+    return path
+
+
+def test_an_identity_token_from_a_docker_config_is_traded_at_the_token_service(services, token_registry, tmp_path):
+    """`identitytoken` (or a helper answering `<token>`): our client asks the token service with
+    the refresh_token grant (a POST, no password) for each scope set, and tags work with it."""
+    host, tokens = token_registry
+    source, digest = seed(services, host, f"team/id-{uuid.uuid4().hex[:6]}")
+    registries = Registries([RegistryConfig(host=host)], RegistryAuthConfig(docker_config=[identity_config(tmp_path, host)]))
+    tokens.asked.clear()
+    other = ImageRef.parse(f"{host}/team/id-dst:v1")
+    images = push_tags([source, other], lambda ref: digest, registries, ListLog(), CancelToken())
+    assert [i.digest for i in images] == [digest, digest]
+    assert tokens.posted and not tokens.asked  # every token by the grant, none by a login
+    assert all(p["client_id"] == "ci-build-runner" and p["authorization"] is None for p in tokens.posted)
+    assert sorted([f"repository:{other.repository}:pull,push", f"repository:{source.repository}:pull"]) in \
+        [sorted(p["scopes"]) for p in tokens.posted]
+
+
+def test_the_engine_and_buildkit_take_an_identity_token(services, token_registry, tmp_path):
+    """The host engine pushes with `{"identitytoken"}` in X-Registry-Auth and its BuildKit pulls
+    the FROM image with the session's ("", token) answer: both trade it at the token service
+    themselves, as Docker's own login would have them."""
+    host, tokens = token_registry
+    base, _ = seed(services, host, f"team/base-{uuid.uuid4().hex[:6]}")
+    settings = Settings(registries=[{"host": host}], executors={"socket": {"enabled": True}},
+                        registry_auth={"docker_config": [str(identity_config(tmp_path, host))]},
+                        worker={"workspace": str(tmp_path / "work")})
+    image = f"{host}/team/id-app:{uuid.uuid4().hex[:8]}"
+    job = BuildRequest(tags=[image], builder="buildkit")
+    context = spooled_context(settings, job, tmp_path / "src", {"Dockerfile": f"FROM {base}\nRUN echo identity > /id\n"})
+    tokens.posted.clear()
+    executor = executor_for(settings, "socket")
+    try:
+        [pushed] = executor.run(job, context, ListLog(), CancelToken())
+    finally:
+        executor.cleanup(job.id)
+    clients = {p["client_id"] for p in tokens.posted}
+    # BuildKit pulled FROM with it, the engine pushed with it, and our client read the digest back
+    assert clients == {"buildkit-client", "docker", "ci-build-runner"}, clients
+    held = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--creds", f"{USER}:{PASSWORD}",
+                                      f"docker://{image}"], check=True, capture_output=True, text=True).stdout)
+    assert held["Digest"] == pushed.digest

@@ -64,6 +64,8 @@ class FakeHost:
     repos: set[str]
     script: list[int] = field(default_factory=list)
     delay: float = 0.0
+    down: bool = False  # every request gets a 503, applying nothing (counted in `refused`)
+    refused: int = 0
     retry_after: str | None = None
     posts: list[Post] = field(default_factory=list)
     gets: list[str] = field(default_factory=list)
@@ -105,6 +107,19 @@ class FakeHost:
         return self.states(sha)
 
 
+def creator(kind: str, login: str = "ci-bot") -> dict:
+    """Who set a status, as the hosts list it (GitHub's user object: most of a listing's bytes)."""
+    api = {"github": "https://api.github.com", "gitea": "https://git.example.com/api/v1",
+           "gitlab": "https://gitlab.example.com/api/v4"}[kind]
+    user = {"login": login, "id": 49699333, "node_id": "MDM6Qm90NDk2OTkzMzM=", "type": "Bot", "site_admin": False,
+            "avatar_url": "https://avatars.githubusercontent.com/u/49699333?v=4", "gravatar_id": "",
+            "url": f"{api}/users/{login}", "html_url": f"https://github.com/{login}"}
+    for part in ("followers", "following{/other_user}", "gists{/gist_id}", "starred{/owner}{/repo}", "subscriptions",
+                 "organizations", "repos", "events{/privacy}", "received_events"):
+        user[part.partition("{")[0] + "_url"] = f"{api}/users/{login}/{part}"
+    return user
+
+
 def serve(host: FakeHost) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -123,7 +138,17 @@ def serve(host: FakeHost) -> ThreadingHTTPServer:
             except OSError:  # the client gave up (a slow answer past its timeout)
                 pass
 
+        def unavailable(self) -> bool:
+            if not host.down:
+                return False
+            with host.lock:
+                host.refused += 1
+            self.answer(503, {"message": "Service Unavailable"})
+            return True
+
         def do_GET(self):
+            if self.unavailable():
+                return None
             path, _, query = self.path.partition("?")
             host.gets.append(self.path)
             route = host.route(path)
@@ -143,6 +168,8 @@ def serve(host: FakeHost) -> ThreadingHTTPServer:
 
         def do_POST(self):
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.unavailable():
+                return None
             path = self.path.partition("?")[0]
             try:
                 body = json.loads(raw)
@@ -180,7 +207,8 @@ def serve(host: FakeHost) -> ThreadingHTTPServer:
                     return self.answer(400, {"message": f"Cannot transition status via :{verb} from :{mine[-1][key]} "
                                                         f"(Reasons: Status cannot transition via \"{verb}\")"})
                 status = {"id": sum(len(v) for v in host.statuses.values()) + 1, key: state, context_key: body.get(context_key),
-                          "description": body.get("description"), "target_url": body.get("target_url"), "ref": body.get("ref")}
+                          "description": body.get("description"), "target_url": body.get("target_url"), "ref": body.get("ref"),
+                          "author" if host.kind == "gitlab" else "creator": creator(host.kind)}
                 host.statuses.setdefault(sha, []).append(status)
             time.sleep(host.delay)  # applied, then a slow answer (the attempt may die meanwhile)
             post.answer = 201
@@ -343,12 +371,13 @@ class Steps:
     """A Deliverer in this process (real Redis, real HTTP to the fake hosts), whose task messages
     are taken off the deliveries queue and run one by one, as a worker's task would."""
 
-    def __init__(self, redis_url: str, hosts: dict[str, FakeHost], **policy):
+    def __init__(self, redis_url: str, hosts: dict[str, FakeHost], deliveries: dict | None = None, **policy):
         from runner.config.settings import Settings
         from runner.worker.notify.deliveries import Deliverer
 
         data = Settings.model_validate({"redis_url": redis_url, **statuses_base(hosts)}).model_dump(mode="python")
         data["statuses"] = statuses_config(hosts, **policy)
+        data["deliveries"].update(deliveries or {})
         data["worker"]["namespace"] = f"steps-{uuid.uuid4().hex[:8]}"  # no worker takes these
         self.settings = Settings.model_validate(data)
         from runner.store.jobstore import JobStore
@@ -389,8 +418,8 @@ class Steps:
 def steps(redis_url, hosts):
     made = []
 
-    def make(**policy) -> Steps:
-        s = Steps(redis_url, hosts, **policy)
+    def make(deliveries: dict | None = None, **policy) -> Steps:
+        s = Steps(redis_url, hosts, deliveries, **policy)
         made.append(s)
         return s
 
@@ -399,7 +428,7 @@ def steps(redis_url, hosts):
         s.cleanup()
     for host in hosts.values():
         host.script.clear()
-        host.delay, host.retry_after = 0.0, None
+        host.delay, host.retry_after, host.down = 0.0, None, False
 
 
 def test_retries_with_exponential_backoff_and_jitter_until_accepted(steps, hosts):
@@ -425,11 +454,11 @@ def test_retries_with_exponential_backoff_and_jitter_until_accepted(steps, hosts
     assert sum(1 for g in host.gets if record.request.source.sha in g) == 3, "each retry first asks whether it got there"
 
 
-def test_gives_up_after_the_last_attempt_logged_and_counted_and_the_job_is_unchanged(steps, hosts):
+def test_an_interim_state_gives_up_after_the_last_attempt_logged_and_counted_and_the_job_is_unchanged(steps, hosts):
     s = steps(backoff=0.05, max_backoff=0.1, attempts=3)
     hosts["gitlab"].script[:] = [503] * 10
     record = s.record("gitlab")
-    s.outbox.add(record.id, "status", "finished", "finished")
+    s.outbox.add(record.id, "status", "queued", "queued")
     outcomes = []
     for _ in range(3):
         outcomes += s.run_all()
@@ -437,7 +466,7 @@ def test_gives_up_after_the_last_attempt_logged_and_counted_and_the_job_is_uncha
         s.outbox.send_due()
     assert outcomes == ["retry", "retry", "gave_up"]
     assert s.messages() == []
-    delivery = s.outbox.get(f"{record.id}:status:finished")
+    delivery = s.outbox.get(f"{record.id}:status:queued")
     assert delivery["state"] == "failed" and "failed 3 times" in delivery["last"] and "HTTP 503" in delivery["last"]
     assert s.outbox.gave_up() == {"status.gitlab": 1}
     assert s.store.get(record.id) == record
@@ -498,6 +527,26 @@ def test_a_slow_host_times_out_and_the_retry_finds_the_status_there(steps, hosts
     assert len([p for p in host.posts if sha in p.path]) == 1 and host.states(sha) == ["success"]
 
 
+def test_the_retry_reads_a_listing_of_many_statuses_whole(steps, hosts):
+    """A commit that other CI systems set statuses on too: the listing is several KiB (GitHub's
+    user objects), more than an error answer is read, and still the retry finds ours there."""
+    s = steps(timeout=0.5, backoff=0.1, max_backoff=0.2)
+    host = hosts["github"]
+    record = s.record("github")
+    sha = record.request.source.sha
+    host.statuses[sha] = [{"id": 10_000 + n, "state": "success", "context": f"other-ci/{n}", "description": "ok",
+                           "target_url": None, "creator": creator("github", f"other-{n}")} for n in range(6)]
+    host.delay = 1.5
+    s.outbox.add(record.id, "status", "finished", "finished")
+    assert s.run_all() == ["retry"]
+    host.delay = 0.0
+    time.sleep(0.3)
+    s.outbox.send_due()
+    assert s.run_all() == ["delivered"]
+    assert len(json.dumps(host.statuses[sha])) > 6 * 1024
+    assert len([p for p in host.posts if sha in p.path]) == 1, "posted once: the listing showed it"
+
+
 def test_a_late_pending_never_overwrites_success(steps, hosts):
     """pending fails and waits for its retry; running and success get there first; the pending's
     retry is then dropped, never posted."""
@@ -533,6 +582,104 @@ def test_a_newer_state_waits_for_an_older_one_not_yet_tried(steps, hosts):
     assert host.states(record.request.source.sha) == ["pending", "success"]
 
 
+# -- a host that is down: its circuit, and final states kept until it is back ---------------------------
+CIRCUIT = {"circuit_failures": 3, "circuit_backoff": 0.2, "circuit_max_backoff": 0.4}
+
+
+def drive(s: Steps, until, timeout: float = 60) -> None:
+    """Run what a worker runs (the scheduler's look, then each task message) until `until()`."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "never got there"
+        s.deliverer.circuits.tick(s.deliverer.lock_seconds)
+        s.outbox.send_due()
+        s.run_all()
+        time.sleep(0.02)
+
+
+def test_a_host_down_past_the_retry_budget_gets_one_probe_per_step_and_every_final_state_once_back(steps, hosts):
+    """GitHub down longer than an interim state's budget (3 attempts, 1 s deadline here): 20 jobs'
+    queued and final statuses. Three failed requests open the host's circuit; from then on one
+    probe per backoff step reaches the host, not one request per delivery; the queued statuses,
+    each with a newer state behind it, are dropped; the final ones are kept, and when the host
+    answers every commit gets its final state, once."""
+    s = steps(backoff=0.05, max_backoff=0.2, attempts=3, deadline=1.0, deliveries=CIRCUIT)
+    host = hosts["github"]
+    host.down = True
+    records = [s.record("github") for _ in range(20)]
+    for record in records:
+        s.outbox.add(record.id, "status", "queued", "queued")
+        s.outbox.add(record.id, "status", "finished", "finished")
+    down_since = time.monotonic()
+    drive(s, lambda: time.monotonic() - down_since > 3.0)
+    down_for = time.monotonic() - down_since
+    origin = f"http://127.0.0.1:{host.url.rsplit(':', 1)[1]}"
+    assert s.deliverer.circuits.state(origin)["state"] == "open"
+    assert s.deliverer.circuits.open_by_label() == {host.url.removeprefix("http://"): 1}
+    # 3 to open it, then at most one per step; a step is at least half the first backoff
+    assert host.refused <= 3 + down_for / (CIRCUIT["circuit_backoff"] / 2) + 1, (host.refused, down_for)
+    assert host.refused < len(records), "not one request per delivery"
+    host.down = False
+    drive(s, lambda: all(d.get("state") != "open" for r in records for d in s.outbox.of_job(r.id).values()))
+    for record in records:
+        sha = record.request.source.sha
+        assert host.states(sha) == ["success"], host.applied(sha)
+        assert [p.body["state"] for p in host.posts if sha in p.path] == ["success"], "each posted once"
+        deliveries = s.outbox.of_job(record.id)
+        assert deliveries[f"{record.id}:status:finished"]["state"] == "delivered"
+        assert deliveries[f"{record.id}:status:queued"]["state"] == "superseded"
+    assert s.outbox.gave_up() == {}
+    assert s.deliverer.circuits.open_by_label() == {} and s.deliverer.circuits.parked(origin) == []
+
+
+def test_one_probe_per_step_for_the_whole_fleet(steps, hosts):
+    """Two workers' schedulers look at the same open circuit when its step is due: one probe."""
+    from runner.worker.notify.deliveries import Deliverer
+
+    s = steps(deliveries=CIRCUIT)
+    other = Deliverer(s.settings, s.store, "steps-2")
+    hosts["gitea"].down = True
+    records = [s.record("gitea") for _ in range(6)]
+    for record in records:
+        s.outbox.add(record.id, "status", "finished", "finished")
+    assert s.run_all() == ["retry", "retry", "parked", "parked", "parked", "parked"]
+    origin = f"http://127.0.0.1:{hosts['gitea'].url.rsplit(':', 1)[1]}"
+    time.sleep(max(float(s.deliverer.circuits.state(origin)["next_probe"]) - time.time(), 0) + 0.05)
+    released = s.deliverer.circuits.tick(s.deliverer.lock_seconds) + other.circuits.tick(other.lock_seconds)
+    assert released == 1
+    s.outbox.send_due()  # the probe, and the two retries now due, which find the circuit open
+    assert set(s.run_all()) == {"parked"}, "the probe failed: it waits again, as do the others"
+    assert hosts["gitea"].refused == 4, "3 to open the circuit, 1 probe"
+
+
+def test_a_final_state_parked_past_its_final_deadline_gives_up_counted(steps, hosts):
+    s = steps(final_deadline=1.0, deliveries={**CIRCUIT, "circuit_failures": 1, "circuit_backoff": 30})
+    hosts["gitlab"].down = True
+    record = s.record("gitlab")
+    s.outbox.add(record.id, "status", "finished", "finished")
+    assert s.run_all() == ["parked"]
+    time.sleep(max(s.store.r.zscore(s.outbox.outbox_key, f"{record.id}:status:finished") - time.time(), 0) + 0.05)
+    assert s.outbox.send_due() == 1, "looked at again at its give-up time, though the host never came back"
+    assert s.run_all() == ["gave_up"]
+    delivery = s.outbox.get(f"{record.id}:status:finished")
+    assert delivery["state"] == "failed" and "past its final_deadline (1s)" in delivery["last"]
+    assert s.outbox.gave_up() == {"status.gitlab": 1}
+    assert hosts["gitlab"].refused == 1
+
+
+def test_a_rate_limit_reset_holds_the_circuit_until_then(steps, hosts):
+    s = steps(deliveries={**CIRCUIT, "circuit_failures": 1})
+    host = hosts["github"]
+    host.script[:] = [429]
+    host.retry_after = "30"
+    record = s.record("github")
+    s.outbox.add(record.id, "status", "finished", "finished")
+    assert s.run_all() == ["parked"]
+    origin = f"http://127.0.0.1:{host.url.rsplit(':', 1)[1]}"
+    assert float(s.deliverer.circuits.state(origin)["next_probe"]) - time.time() > 25, "the host said 30 s"
+    assert s.deliverer.circuits.tick(s.deliverer.lock_seconds) == 0
+
+
 def test_a_redelivered_message_is_harmless(steps, hosts):
     s = steps()
     record = s.record("gitea")
@@ -563,7 +710,7 @@ def own_harness(services, tmp_path_factory, hosts):
         cleanup_namespace(harness)
     for host in hosts.values():
         host.script.clear()
-        host.delay, host.retry_after = 0.0, None
+        host.delay, host.retry_after, host.down = 0.0, None, False
 
 
 def wait_until(condition, what: str, timeout: float = 60) -> None:

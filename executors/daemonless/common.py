@@ -11,7 +11,6 @@ The tools themselves run through runner.core.process.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from runner.core.cancel import CancelToken
 from runner.core.errors import AUTH_WORDS, InfrastructureError, InvalidJob, RegistryAuthFailed
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.log_sink import LogSink
+from runner.core.registry_auth import HUB
 from runner.core.registry_config import RegistryConfig
 
 if TYPE_CHECKING:
@@ -88,22 +88,19 @@ def unpack(context: BuildContext, executor: str, cancel: CancelToken) -> Unpacke
 
 
 # -- registry access ---------------------------------------------------------------------------
-def registry_auths(registries: Iterable[RegistryConfig], log: LogSink | None = None) -> dict:
-    """The `{"auths": {host: {"auth": b64(user:password)}}}` document that both
-    containers-auth.json (buildah) and Docker's config.json (img) use, for every configured
-    registry with credentials (base images may come from any of them). A registry whose
-    password file cannot be read is left out, with a line in `log` (without one: an error)."""
+def registry_auths(registries: Registries, log: LogSink, hub_key: str = HUB) -> dict:
+    """The `{"auths": {host: {"auth": b64(user:password)} or {"identitytoken": ...}}}` document
+    that both containers-auth.json (buildah) and Docker's config.json (img: `hub_key`
+    INDEX_SERVER) use, for every registry a build may pull from or push to
+    (CredentialResolver.everything): base images may come from any of them. A registry whose
+    login cannot be had is left out, with a warning line in `log`; every secret written is
+    masked in `log`."""
     auths = {}
-    for registry in registries:
-        try:
-            credentials = registry.credentials()
-        except ValueError as exc:
-            if log is None:
-                raise InfrastructureError(str(exc)) from None
-            log.line(f"[runner] warning: {exc}; pulling from or pushing to {registry.host} will fail")
-            continue
-        if credentials is not None:
-            auths[registry.host] = {"auth": base64.b64encode(":".join(credentials).encode()).decode()}
+    everything = registries.credentials.everything(lambda message: log.line(f"[runner] warning: {message}"))
+    for host, credentials in everything.items():
+        log.add_secret(credentials.secret)
+        entry = {"identitytoken": credentials.secret} if credentials.identity_token else {"auth": credentials.basic()}
+        auths[hub_key if host == HUB else host] = entry
     return {"auths": auths}
 
 
@@ -154,18 +151,18 @@ def auth_failed(what: str, message: str) -> RegistryAuthFailed:
     lower = message.lower()
     start = min((lower.find(word) for word in AUTH_WORDS if word in lower), default=0)
     return RegistryAuthFailed(f"the registry refused our credentials {what}: {message[start:]}. "
-                              "Check username and password for that registry under `registries:` in the runner config")
+                              "Check that registry's login (`registries:` in the runner config, its credential helper "
+                              "or registry_auth.docker_config; `runner doctor` shows where each comes from)")
 
 
-def check_push_logins(registries: Registries, refs: Iterable[ImageRef]) -> None:
-    """Fail the job at once, before building, when a registry it pushes to has a password_file
-    that cannot be read: no retry can help, and pushing without credentials would only end in
-    an auth error. The message names the registry and the setting, never the path."""
+def check_push_logins(registries: Registries, refs: Iterable[ImageRef], log: LogSink) -> None:
+    """Fail the job at once, before building, when the login of a registry it pushes to cannot
+    be had (an unreadable password_file, a failing credential helper, a broken docker config):
+    no retry can help, and pushing without credentials would only end in an auth error. The
+    message names the registry and the source, never the path or a secret."""
     for host in dict.fromkeys(ref.registry for ref in refs):
-        try:
-            registries.config(host).secret()
-        except ValueError as exc:
-            raise InfrastructureError(str(exc)) from None
+        if (credentials := registries.credentials.lookup(host)) is not None:
+            log.add_secret(credentials.secret)
 
 
 # -- the flags both tools take ---------------------------------------------------------------
@@ -176,8 +173,8 @@ def common_build_flags(job: BuildRequest, secrets: Iterable[tuple[str, Path]], c
     args = ["--no-cache"] if job.no_cache else []
     if job.target:
         args += ["--target", job.target]
-    if job.platform:
-        args += ["--platform", job.platform]
+    if job.platforms:  # one, or several (buildx's syntax: a,b), both tools build each and name a manifest list
+        args += ["--platform", ",".join(job.platforms)]
     for key, value in job.labels.items():
         args += ["--label", f"{key}={value}"]
     for key, value in job.build_args.items():

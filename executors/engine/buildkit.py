@@ -26,21 +26,24 @@ from executors.engine.buildkit_session import BuildSession
 from executors.engine.client import EngineClient, TransportUnsupported
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
-from runner.core.errors import BuildFailed, Cancelled, InfrastructureError, InvalidJob
+from runner.core.errors import BuildFailed, Cancelled, ExecutorError, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest
 from runner.core.log_sink import LogSink
+from runner.core.platforms import Platform
 
 if TYPE_CHECKING:
     from runner.core.registry_client import Registries
 
 CHUNK = 256 * 1024
 INLINE_CACHE_ARG = "BUILDKIT_INLINE_CACHE"
-DOCKER_HUB = "registry-1.docker.io"
 _PREFIXES = ("failed to solve with frontend dockerfile.v0: ", "failed to solve: ", "rpc error: code = Unknown desc = ")
 
 
 # -- the request ------------------------------------------------------------------------------------
-def build_params(job: BuildRequest, build_id: str, tag: str, cache: BuildCache | None = None) -> dict[str, str]:
+def build_params(job: BuildRequest, build_id: str, tag: str, cache: BuildCache | None = None,
+                 platform: Platform | None = None) -> dict[str, str]:
+    """The /build query. BuildKit's Dockerfile frontend sets TARGETPLATFORM, TARGETOS,
+    TARGETARCH, TARGETVARIANT and BUILDPLATFORM itself from `platform`, as under buildx."""
     params = {"version": "2", "buildid": build_id, "dockerfile": job.dockerfile, "t": tag, "pull": "0", "rm": "1"}
     build_args = dict(job.build_args)
     if cache is not None:
@@ -55,16 +58,20 @@ def build_params(job: BuildRequest, build_id: str, tag: str, cache: BuildCache |
         params["target"] = job.target
     if job.no_cache:
         params["nocache"] = "1"
-    if job.platform:
-        params["platform"] = job.platform
+    if platform is not None or job.platform:
+        params["platform"] = str(platform) if platform is not None else str(job.platform)
     return params
 
 
-def registry_credentials(registries: Registries, host: str) -> tuple[str, str] | None:
-    """The login the config holds for `host`, as BuildKit asks for it (Docker Hub as registry-1)."""
-    names = [host, "docker.io", "index.docker.io"] if host == DOCKER_HUB else [host]
-    config = next((c for c in map(registries.configured, names) if c is not None), None)
-    return config.credentials() if config is not None else None
+def registry_credentials(registries: Registries, host: str, log: LogSink) -> tuple[str, str] | None:
+    """The login for `host` as BuildKit's session answers it (Docker Hub asked for as
+    registry-1.docker.io): (username, secret), or ("", token) for an identity token, as
+    BuildKit's own auth provider does. Masked in `log`."""
+    credentials = registries.credentials.lookup(host)
+    if credentials is None:
+        return None
+    log.add_secret(credentials.secret)
+    return ("", credentials.secret) if credentials.identity_token else (credentials.username, credentials.secret)
 
 
 def _gzip_chunks(handle, chunk_size: int = CHUNK) -> Iterator[bytes]:
@@ -193,15 +200,26 @@ class BuildKitBuilder:
         self.client, self.registries, self.secrets = client, registries, secrets
         self.steps: tuple[int, int] | None = None
 
+    def fork(self) -> BuildKitBuilder:
+        return BuildKitBuilder(self.client, self.registries, self.secrets)
+
     def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken,
-              cache: BuildCache | None = None) -> str:
+              cache: BuildCache | None = None, platform: Platform | None = None) -> str:
         client = self.client
         for value in self.secrets.values():
             log.add_secret(value.decode("utf-8", "replace"))
         build_id = uuid.uuid4().hex
-        params = build_params(job, build_id, job_tag(job.id), cache)
-        opening = BuildSession(client, f"runner-{job.id}", lambda host: registry_credentials(self.registries, host),
-                               self.secrets)
+        params = build_params(job, build_id, job_tag(job.id, platform), cache, platform)
+        unavailable: list[ExecutorError] = []
+
+        def credentials(host: str) -> tuple[str, str] | None:
+            try:
+                return registry_credentials(self.registries, host, log)
+            except ExecutorError as exc:  # a helper that failed: the job fails for it, not for the pull
+                unavailable.append(exc)
+                raise
+
+        opening = BuildSession(client, f"runner-{job.id}", credentials, self.secrets)
         session: BuildSession | None = opening
         try:
             params["session"] = opening.start()
@@ -245,7 +263,8 @@ class BuildKitBuilder:
             shutdown_stream(stream.get("response"))
         cancel.raise_if_set()
         if follower.error is not None:
-            raise follower.failure()
+            failure = follower.failure()
+            raise unavailable[0] if unavailable else failure
         if follower.image_id is None:
             raise BuildFailed("the engine finished the BuildKit build without reporting an image id")
         self.steps = follower.printer.dockerfile_steps()

@@ -27,7 +27,7 @@ import h2.exceptions
 
 from executors.engine.buildkit_progress import DecodeError, iter_fields
 from executors.engine.client import EngineClient
-from runner.core.errors import InfrastructureError
+from runner.core.errors import ExecutorError, InfrastructureError
 
 HEALTH = "/grpc.health.v1.Health/Check"
 CREDENTIALS = "/moby.filesync.v1.Auth/Credentials"
@@ -238,8 +238,8 @@ class BuildSession:
                 return encode_fields((1, self.secrets[secret_id]))
         except DecodeError as exc:
             raise GrpcError(INTERNAL, f"bad request: {exc}") from None
-        except ValueError as exc:  # e.g. an unreadable password_file; the message names no secret
-            raise GrpcError(INTERNAL, str(exc)) from None
+        except ExecutorError as exc:  # e.g. a failing credential helper; the message names no secret
+            raise GrpcError(INTERNAL, exc.message) from None
         raise GrpcError(UNIMPLEMENTED, f"{path} is not served by this runner")
 
 

@@ -19,6 +19,15 @@ DIAL_TIMEOUT = 10.0
 CANCEL_TIMEOUT = 5
 
 
+class OnlyThese(docker.auth.AuthConfig):
+    """docker-py's auth configs that never count as empty: an empty one makes docker-py load
+    the worker user's own ~/.docker/config.json (and run its helpers) before a build or push."""
+
+    @property
+    def is_empty(self) -> bool:
+        return False
+
+
 class TransportUnsupported(Exception):
     """The engine is reached through a transport we cannot open a raw connection on (ssh, npipe)."""
 
@@ -95,7 +104,7 @@ class EngineClient:
     def use_auth(self, auth: dict[str, dict[str, str]]) -> None:
         """Credentials builds send the engine for pulling FROM images: exactly these, never
         whatever the worker's own ~/.docker/config.json holds."""
-        configs = docker.auth.AuthConfig({})
+        configs = OnlyThese({})
         for host, entry in auth.items():
             configs.add_auth(host, entry)
         self.api._auth_configs = configs

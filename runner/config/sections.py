@@ -18,13 +18,16 @@ from pathlib import Path
 from string import Formatter
 from typing import ClassVar, Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 
 from runner.config.client import ClientApi, ClientDeliveries
 from runner.core.jobs import GitHost, JobSource
 from runner.core.models import BaseUrl, Strict, read_secret
+from runner.core.platforms import canonical
 
 Right = Literal["submit", "read", "cancel", "status"]
+#: a token's rights when it names none
+_READ_ONLY: list[Right] = ["read"]
 PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
 #: what a commit status's context (name) and target_url templates may name
 CONTEXT_PLACEHOLDERS = ("executor", "repository")
@@ -71,7 +74,7 @@ class ApiToken(_OneSource):
     name: str = Field(description="shown in the server log, never the token itself")
     token: SecretStr | None = None
     token_file: Path | None = None
-    rights: list[Right] = Field(default_factory=lambda: ["read"], description="submit, read, cancel; status: its jobs "
+    rights: list[Right] = Field(default_factory=lambda: _READ_ONLY.copy(), description="submit, read, cancel; status: its jobs "
                                 "may name any commit (`source`) to get commit statuses")
     status_repositories: list[str] = Field(default_factory=list, description="without the status right: the repositories "
                                            "whose commits this token's jobs may name in `source` (owner/repo, GitLab "
@@ -135,6 +138,8 @@ class RepositoryHook(Strict):
     tags: list[str] = Field(default_factory=list, description="glob patterns of git tags that build; default none")
     executor: str | None = None
     build_args: dict[str, str] = Field(default_factory=dict)
+    platforms: list[str] = Field(default_factory=list, description="target platforms, e.g. [linux/amd64, linux/arm64]: "
+                                 "one image per platform and an image index under every tag; default: the worker's own")
     clone_url: str | None = Field(default=None, description="clone from here instead of the URL in the payload")
     submodules: bool = False
     keep_git_dir: bool = Field(default=False, description="keep .git in the build context, as BuildKit does with "
@@ -149,6 +154,11 @@ class RepositoryHook(Strict):
             raise ValueError("clone_url holds a password or token, which job records would keep; "
                              "put it under git.credentials instead")
         return url
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, values: list[str]) -> list[str]:
+        return canonical(values)
 
     @field_validator("images")
     @classmethod
@@ -199,23 +209,40 @@ class DeliveryPolicy(Strict):
     `<namespace>.deliveries` queue, retried with exponential backoff and jitter until it is
     accepted, refused for good, out of attempts or past its deadline."""
 
-    timeout: float = Field(default=10.0, gt=0, description="seconds one HTTP request may take")
-    attempts: int = Field(default=5, ge=1, description="requests at most, the first included")
+    timeout: float = Field(default=10.0, gt=0, description="seconds one HTTP request may take, all of it: name lookup, "
+                           "connect, TLS, sending and the whole answer (the connection is closed at it)")
+    attempts: int = Field(default=5, ge=1, description="requests at most for an interim state, the first included "
+                          "(a final state is tried until final_deadline)")
     backoff: float = Field(default=1.0, ge=0, description="first retry delay in seconds; doubles each time (a random "
                            "half of each delay is jitter)")
     max_backoff: float = Field(default=60.0, ge=0, description="longest delay between two requests")
     deadline: float = Field(default=3600.0, gt=0, description="seconds after the job's moment past which a delivery "
-                            "gives up (logged and counted), attempts left or not")
+                            "of an interim state (queued, started, requeued) gives up (logged and counted), attempts "
+                            "left or not")
+    final_deadline: float = Field(default=86400.0, gt=0, description="seconds a final state (a job's last commit status, "
+                                  "its completion callback) is kept and tried again, with no limit of attempts, until it "
+                                  "is delivered or refused; bounded by retention.finished_seconds")
 
 
 class CallbacksConfig(DeliveryPolicy, _OneSource):
     """Completion callbacks: POST of the final job record, signed the Standard Webhooks way
-    (webhook-id, webhook-timestamp, webhook-signature) with `secret`."""
+    (webhook-id, webhook-timestamp, webhook-signature) with `secret`. A callback is a final
+    state: it is tried until `final_deadline` (`attempts` and `deadline` bound interim commit
+    statuses, which callbacks have none of)."""
 
+    attempts: int = Field(default=5, ge=1, description="not used by callbacks (a callback is a final state, tried "
+                          "until final_deadline)")
+    deadline: float = Field(default=3600.0, gt=0, description="not used by callbacks (a callback is a final state, "
+                            "tried until final_deadline)")
     secret: SecretStr | None = Field(default=None, description="signing key: `whsec_<base64>` (the Standard Webhooks "
                                      "form: the key is the decoded bytes) or any other string (the key is its UTF-8 bytes)")
     secret_file: Path | None = None
-    allowed_hosts: list[str] | None = Field(default=None, description="glob patterns of callback hosts; None: any")
+    allowed_hosts: list[str] | None = Field(default=None, description="glob patterns of callback hosts (name or "
+                                            "name:port); null: any. A host named exactly (no wildcard) may be on any "
+                                            "address; others only on public ones")
+    allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list, description="address ranges callbacks may "
+                                                  "reach beyond public addresses (e.g. 10.20.0.0/16); loopback, "
+                                                  "link-local, private, unique-local and multicast are refused otherwise")
 
     @field_validator("secret")
     @classmethod
@@ -297,7 +324,8 @@ class StatusTarget:
 class StatusesConfig(DeliveryPolicy):
     """Commit statuses on the commit a job came from (its `source`): pending, running and the result."""
 
-    attempts: int = Field(default=10, ge=1, description="requests at most, the first included")
+    attempts: int = Field(default=10, ge=1, description="requests at most for an interim state, the first included "
+                          "(a final state is tried until final_deadline)")
     max_backoff: float = Field(default=300.0, ge=0, description="longest delay between two requests")
     github: GitHubStatuses = Field(default_factory=GitHubStatuses)
     gitlab: GitLabStatuses = Field(default_factory=GitLabStatuses)
@@ -341,3 +369,11 @@ class DeliveriesConfig(ClientDeliveries):
     model_config = ConfigDict(extra="forbid")
 
     concurrency: int = Field(default=2, ge=1, description="deliveries one worker runs at once, beside its builds")
+    circuit_failures: int = Field(default=5, ge=0, description="failed requests in a row (no answer, 5xx, 429) after "
+                                  "which a host's circuit opens: its deliveries wait, and one probe per backoff step "
+                                  "asks whether it is back (shared by every worker); 0: no circuits")
+    circuit_backoff: float = Field(default=1.0, gt=0, description="seconds before the first probe of an open circuit; "
+                                   "doubles with each failed probe (a random half is jitter)")
+    circuit_max_backoff: float = Field(default=30.0, gt=0, description="longest wait between two probes (a Retry-After "
+                                       "or rate-limit reset is waited for even if longer): a host that comes back is "
+                                       "noticed within it")

@@ -20,7 +20,7 @@ from runner.config.loader import SettingsError, load
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
 from runner.context.limits import ContextLimits
 from runner.core.models import Strict
-from runner.core.registry_config import RegistryConfig
+from runner.core.registry_config import RegistryAuthConfig, RegistryConfig
 from runner.core.validation import first_error
 
 __all__ = ["LimitsConfig", "RetentionConfig", "Settings", "SettingsError", "WorkerConfig", "load_settings"]
@@ -37,6 +37,8 @@ class LimitsConfig(ContextLimits):
     max_log_bytes: int = Field(default=16 * 1024**2, description="log kept per job; past it one truncation line, the build goes on")
     max_log_lines: int = Field(default=200_000, description="cap on log stream entries per job")
     max_tags: int = Field(default=32, description="most image references one job may push")
+    max_platforms: int = Field(default=4, ge=1, description="most target platforms one job may build (each is a build of "
+                               "its own; an emulated one is several times slower than a native one)")
     default_timeout: int = Field(default=3600, description="seconds a job may run when it names no timeout")
     max_timeout: int = Field(default=4 * 3600, description="largest timeout a job may ask for")
     max_attempts: int = Field(default=3, description="attempts before a job that kills its worker is failed")
@@ -88,6 +90,11 @@ class Settings(ClientSettings):
 
     default_executor: str = Field(default="buildah", description="executor for jobs that name none")
     registries: list[RegistryConfig] = Field(default_factory=list, description="registries jobs may push to; a tag on any other is refused")
+    registry_auth: RegistryAuthConfig = Field(
+        default_factory=RegistryAuthConfig, description="where registry logins come from, the first that has one winning: a "
+        "registry's own username + password or password_file, its credential_helper, then each docker_config file "
+        "(credHelpers, credsStore, auths); else anonymous. Also the logins for pulling FROM images of registries not "
+        "listed under registries:")
     executors: dict[str, ExecutorConfig] = Field(
         default_factory=dict, validate_default=True,
         description="each executor's own settings, by name (built-ins: socket, dind, sysbox, buildah, img; "

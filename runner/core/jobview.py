@@ -15,6 +15,23 @@ from runner.core.status import Status
 
 
 @dataclass(frozen=True)
+class PlatformView:
+    """One platform's manifest in a multi-platform job's index (runner.core.jobs.PlatformImage)."""
+
+    platform: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """A pushed tag (runner.core.jobs.PushedImage)."""
+
+    ref: str
+    digest: str
+    platforms: list[PlatformView]
+
+
+@dataclass(frozen=True)
 class JobView:
     data: dict[str, Any]  # the record as JSON (JobRecord.model_dump(mode="json"))
 
@@ -47,9 +64,11 @@ class JobView:
         return self.data.get("submitted_by")
 
     @property
-    def images(self) -> list[tuple[str, str]]:
-        """(ref, digest) of each pushed image."""
-        return [(image["ref"], image["digest"]) for image in self.data.get("images") or []]
+    def images(self) -> list[ImageView]:
+        """Each pushed tag and what it points to (for a multi-platform job, an index)."""
+        return [ImageView(image["ref"], image["digest"],
+                          [PlatformView(p["platform"], p["digest"]) for p in image.get("platforms") or []])
+                for image in self.data.get("images") or []]
 
     @property
     def error(self) -> tuple[str, str] | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -38,6 +40,27 @@ class JobFields:
 
 #: the job the current thread is running (set by the pipeline around one job)
 CURRENT_JOB: ContextVar[JobFields | None] = ContextVar("runner_current_job", default=None)
+
+#: secrets this process learned while running (registry logins from credential helpers and
+#: docker config files): masked in every process log line from then on, and in the job logs of
+#: jobs that start later. The newest REMEMBERED are kept (rotated-out tokens have expired).
+REMEMBERED = 256
+_remembered: deque[str] = deque(maxlen=REMEMBERED)
+_remembered_lock = threading.Lock()
+
+
+def remember_secret(value: str) -> None:
+    """Mask `value` in this process's log lines from now on (see REMEMBERED)."""
+    if len(value) < MIN_SECRET:
+        return
+    with _remembered_lock:
+        if value not in _remembered:
+            _remembered.append(value)
+
+
+def remembered_secrets() -> tuple[str, ...]:
+    with _remembered_lock:
+        return tuple(_remembered)
 
 
 @contextmanager
@@ -77,7 +100,7 @@ class Redactor(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         job = CURRENT_JOB.get()
-        secrets = self.secrets + (job.secrets if job is not None else ())
+        secrets = self.secrets + remembered_secrets() + (job.secrets if job is not None else ())
         try:
             message = record.getMessage()
         except Exception as exc:  # noqa: BLE001 - a bad format string must not stop the line (or leak its arguments)

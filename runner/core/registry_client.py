@@ -5,7 +5,10 @@ to confirm a push and to tag without pushing again, and by `runner doctor`.
 
 Auth: HTTP basic, or bearer tokens from the registry's token service, asked for the scopes
 each request needs (a mount needs `pull` on the source repository and `push` on the target)
-and kept per scope, so a job's HEAD, GET, mount and PUT do not each pay a token round trip."""
+and kept per scope, so a job's HEAD, GET, mount and PUT do not each pay a token round trip.
+The login comes from runner.core.registry_auth (config, password file, credential helper,
+docker config); an identity token is traded at the token service (OAuth2 refresh_token grant).
+A refused login that came from a kept helper answer has the helper asked again, once."""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import requests
 
 from runner.core.errors import InfrastructureError, RegistryAuthFailed
 from runner.core.jobs import ImageRef
-from runner.core.registry_config import RegistryConfig
+from runner.core.registry_auth import CredentialResolver, Credentials
+from runner.core.registry_config import RegistryAuthConfig, RegistryConfig
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 IMAGE_TYPES = ("application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json")
@@ -30,6 +34,8 @@ TIMEOUT = 10
 MOUNTS_AT_ONCE = 4
 #: manifests are small; anything bigger is not one we pushed
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: who we are to a token service (OAuth2 client_id, asked for with an identity token)
+CLIENT_ID = "ci-build-runner"
 
 
 class NotCopied(InfrastructureError):
@@ -88,8 +94,9 @@ class Copies:
 
 
 class RegistryClient:
-    def __init__(self, config: RegistryConfig):
+    def __init__(self, config: RegistryConfig, credentials: CredentialResolver | None = None):
         self.config = config
+        self.credentials = credentials or CredentialResolver([config])
         self.base = f"{'http' if config.plain_http else 'https'}://{config.host}"
         self.session = requests.Session()
         if config.ca_file:
@@ -97,51 +104,79 @@ class RegistryClient:
         self._basic: str | None = None  # a registry with basic auth takes one header everywhere
         self._tokens: dict[str, str] = {}  # bearer tokens by the scopes they were asked for
 
-    def _credentials(self) -> tuple[str, str] | None:
-        return self.config.credentials()
+    def _credentials(self) -> Credentials | None:
+        return self.credentials.lookup(self.config.host)
 
     def _request(self, method: str, path: str, scopes: Sequence[str] = (), **kwargs) -> requests.Response:
         headers = kwargs.pop("headers", {})
         key = _scope_key(scopes)
+
+        def send() -> requests.Response:
+            return self.session.request(method, self.base + path, headers=headers, timeout=TIMEOUT, **kwargs)
+
         try:
             if held := self._basic or self._tokens.get(key):
                 headers["Authorization"] = held
-            response = self.session.request(method, self.base + path, headers=headers, timeout=TIMEOUT, **kwargs)
+            response = send()
             if response.status_code == 401:
                 headers["Authorization"] = self._authenticate(response.headers.get("WWW-Authenticate", ""), scopes)
-                response = self.session.request(method, self.base + path, headers=headers, timeout=TIMEOUT, **kwargs)
+                response = send()
+                if response.status_code == 401 and self.credentials.forget(self.config.host):  # a stale helper answer
+                    headers["Authorization"] = self._authenticate(response.headers.get("WWW-Authenticate", ""), scopes)
+                    response = send()
         except requests.RequestException as exc:
             raise InfrastructureError(f"registry {self.config.host} is unreachable: {type(exc).__name__}") from None
         if response.status_code == 401:
-            raise RegistryAuthFailed(f"registry {self.config.host} refused our credentials (401): check username/password in the config")
+            raise RegistryAuthFailed(f"registry {self.config.host} refused our credentials (401; they came from "
+                                     f"{self.credentials.source(self.config.host)})")
         if response.status_code == 403:
             raise RegistryAuthFailed(f"registry {self.config.host} denied access (403) to {path.split('?')[0]}")
         return response
 
     def _authenticate(self, challenge: str, scopes: Sequence[str]) -> str:
-        creds = self._credentials()
         scheme = challenge.split(" ", 1)[0].lower()
         if scheme == "basic":
+            creds = self._credentials()
             if creds is None:
                 raise RegistryAuthFailed(f"registry {self.config.host} needs credentials; none are configured")
-            self._basic = requests.auth._basic_auth_str(*creds)
+            if creds.identity_token:
+                raise RegistryAuthFailed(f"registry {self.config.host} asks for a password, but its login "
+                                         f"({creds.source}) is an identity token, which needs a token service")
+            self._basic = requests.auth._basic_auth_str(creds.username, creds.secret)
             return self._basic
         if scheme == "bearer":
             params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-            query: dict[str, str | list[str]] = {"service": params.get("service", "")}
-            if scopes:
-                query["scope"] = list(scopes)  # one `scope=` parameter per scope
-            try:
-                token = self.session.get(params["realm"], params=query, auth=creds, timeout=TIMEOUT)
-            except (KeyError, requests.RequestException):
-                raise InfrastructureError(f"registry {self.config.host}: token service unreachable") from None
+            token = self._token(params, scopes)
+            if token.status_code in (401, 403) and self.credentials.forget(self.config.host):  # a stale helper answer
+                token = self._token(params, scopes)
             if token.status_code in (401, 403):
                 raise RegistryAuthFailed(f"registry {self.config.host} refused our credentials at its token service")
-            body = token.json()
+            try:
+                body = token.json()
+            except ValueError:
+                raise InfrastructureError(f"registry {self.config.host}: its token service answered {token.status_code} "
+                                          "without a token") from None
             header = "Bearer " + (body.get("token") or body.get("access_token", ""))
             self._tokens[_scope_key(scopes)] = header
             return header
         raise RegistryAuthFailed(f"registry {self.config.host} asks for unsupported auth {scheme!r}")
+
+    def _token(self, params: dict[str, str], scopes: Sequence[str]) -> requests.Response:
+        """Ask the token service for `scopes`: a GET with the login (or none), or, with an
+        identity token, the OAuth2 refresh_token grant (a POST), as Docker does."""
+        creds = self._credentials()
+        try:
+            if creds is not None and creds.identity_token:
+                form = {"grant_type": "refresh_token", "refresh_token": creds.secret, "service": params.get("service", ""),
+                        "client_id": CLIENT_ID, "scope": " ".join(scopes)}
+                return self.session.post(params["realm"], data=form, timeout=TIMEOUT)
+            query: dict[str, str | list[str]] = {"service": params.get("service", "")}
+            if scopes:
+                query["scope"] = list(scopes)  # one `scope=` parameter per scope
+            auth = (creds.username, creds.secret) if creds is not None else None
+            return self.session.get(params["realm"], params=query, auth=auth, timeout=TIMEOUT)
+        except (KeyError, requests.RequestException):
+            raise InfrastructureError(f"registry {self.config.host}: token service unreachable") from None
 
     def _failed(self, response: requests.Response, what: str) -> InfrastructureError:
         return InfrastructureError(f"registry {self.config.host} answered {response.status_code} {what}")
@@ -212,8 +247,10 @@ class Registries:
     connection and auth header are reused from job to job (a fresh client pays a 401 round
     trip on every request). Made once per worker and shared by its executors."""
 
-    def __init__(self, configs: Iterable[RegistryConfig] = ()):
+    def __init__(self, configs: Iterable[RegistryConfig] = (), auth: RegistryAuthConfig | None = None):
         self.configs = list(configs)
+        #: where each registry's login comes from (runner.core.registry_auth), shared by every client
+        self.credentials = CredentialResolver(self.configs, auth)
         self._clients: dict[str, RegistryClient] = {}
         self._lock = threading.Lock()
 
@@ -230,7 +267,7 @@ class Registries:
     def client(self, host: str) -> RegistryClient:
         with self._lock:
             if host not in self._clients:
-                self._clients[host] = RegistryClient(self.config(host))
+                self._clients[host] = RegistryClient(self.config(host), self.credentials)
             return self._clients[host]
 
     def confirm_digest(self, ref: ImageRef, digest: str) -> None:

@@ -153,9 +153,15 @@ def cmd_submit(args: argparse.Namespace) -> None:
         "dockerfile": args.file, "tags": args.tag, "build_args": {**build_args, **secret_args},
         "secret_build_args": list(secret_args), "secrets": [s.removeprefix("id=") for s in args.secret],
         "target": args.target, "labels": pairs(args.label, "--label"), "executor": args.executor,
-        "builder": args.builder, "platform": args.platform, "push": args.push, "no_cache": args.no_cache,
-        "timeout": args.timeout,
+        "builder": args.builder, "push": args.push, "no_cache": args.no_cache, "timeout": args.timeout,
     }
+    from runner.core.platforms import split_specifiers
+
+    platforms = [part for value in args.platform for part in split_specifiers(value)]
+    if len(platforms) == 1:  # one value: a single-platform job, as before (also for an older server)
+        payload["platform"] = platforms[0]
+    elif platforms:
+        payload["platforms"] = platforms
     if args.job_id:
         payload["id"] = args.job_id
     source = {"host": args.source_host, "repository": args.source_repo, "sha": args.source_sha, "ref": args.source_ref,
@@ -284,8 +290,11 @@ def report(record: JobView, as_json: bool) -> NoReturn:
     if as_json:
         dump(record.data)
     elif record.status is Status.succeeded:
-        for ref, digest in record.images:
-            print(f"{ref}@{digest}")
+        for image in record.images:
+            print(f"{image.ref}@{image.digest}")
+        for image in record.images[:1]:  # stdout stays one REF@DIGEST a tag; each platform's manifest is a note
+            for platform in image.platforms:
+                note(f"  {platform.platform} {platform.digest}")
     else:
         message = record.error[1] if record.error else ""
         note(f"{styled(record.status.value, 'bold red', sys.stderr)}: {message}")
@@ -304,8 +313,10 @@ def cmd_status(args: argparse.Namespace) -> None:
         return dump(record.data)
     print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}"
           + (f" submitted_by={record.submitted_by}" if record.submitted_by else ""))
-    for ref, digest in record.images:
-        print(f"  {ref}@{digest}")
+    for image in record.images:
+        print(f"  {image.ref}@{image.digest}" + (" (index)" if image.platforms else ""))
+        for platform in image.platforms:
+            print(f"    {platform.platform} {platform.digest}")
     if record.error:
         print(f"  error ({record.error[0]}): {record.error[1]}")
 
@@ -351,7 +362,7 @@ def cmd_cancel(args: argparse.Namespace) -> None:
         if record is not None and not record.finished:
             from runner.entry.control import cancel_job
 
-            cancelled = cancel_job(store, args.job_id, cfg.deliveries.recover_after)
+            cancelled = cancel_job(store, args.job_id)
             record = None if cancelled is None else as_view(cancelled)
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
@@ -453,9 +464,9 @@ class _Version(argparse.Action):
         raise SystemExit(EXIT_OK)
 
 
-def _config_option() -> argparse.ArgumentParser:
+def _config_option() -> _Parser:
     """--config PATH, accepted before the command and after it."""
-    holder = argparse.ArgumentParser(add_help=False)
+    holder = _Parser(add_help=False)
     holder.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
                         help="the config file (default: env RUNNER_CONFIG, else ~/.config/ci-build-runner/runner.yml, "
                         "else /etc/ci-build-runner/runner.yml; `runner config show` says which)")
@@ -502,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="image label; repeat for more")
     submit.add_argument("--executor", help="executor name (config default if omitted)")
     submit.add_argument("--builder", help="auto | buildkit | classic (engine executors)")
-    submit.add_argument("--platform", help="target platform, e.g. linux/amd64")
+    submit.add_argument("--platform", action="append", default=[], metavar="PLATFORM[,PLATFORM…]",
+                        help="target platform(s), as buildx takes them: linux/amd64 (one) or linux/amd64,linux/arm64 (an "
+                        "image per platform, an index under every tag); repeatable")
     submit.add_argument("--push", action=argparse.BooleanOptionalAction, default=True, help="push the image (default: yes)")
     submit.add_argument("--no-cache", action="store_true", help="build without the layer cache")
     submit.add_argument("--timeout", type=int, metavar="SECONDS", help="seconds the build may take")

@@ -1,5 +1,5 @@
-"""`runner doctor`: one check per line — Redis, Docker Engine, registries, executors, and
-secret files that others can read."""
+"""`runner doctor`: one check per line — Redis, Docker Engine, registries, executors, the
+platforms each executor can build here, and secret files that others can read."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from pydantic import BaseModel
 from executors.base import Executor
 from executors.plugins import ExecutorRegistry
 from runner.config.settings import Settings
-from runner.core.registry_client import RegistryClient
+from runner.core.docker_config import DockerConfigError
+from runner.core.registry_client import Registries
+from runner.core.registry_config import RegistryConfig
 from runner.store.jobstore import JobStore, StoreUnavailable
 from runner.worker.worker import executor_env, make_executors
 
@@ -80,13 +82,36 @@ def check_engine(url: str, needed: bool) -> Check:
                  required=needed)
 
 
-def check_registry(registry) -> Check:
+def check_registry(registry: RegistryConfig, registries: Registries) -> Check:
+    """Where the registry's login comes from (never the value), and whether it works."""
+    name = f"registry {registry.host}"
     try:
-        RegistryClient(registry).ping()
-        login = "login works" if registry.username else "anonymous"
-        return Check(f"registry {registry.host}", True, f"reachable, {login}")
+        credentials = registries.credentials.lookup(registry.host)
+        registries.client(registry.host).ping()
     except Exception as exc:  # noqa: BLE001
-        return Check(f"registry {registry.host}", False, getattr(exc, "message", str(exc)), required=False, shown=True)
+        why, source = getattr(exc, "message", str(exc)), registries.credentials.source(registry.host)
+        return Check(name, False, why if source in why else f"{why} (credentials: {source})", required=False, shown=True)
+    login = f"login works (credentials: {credentials.source})" if credentials is not None else \
+        "anonymous (no credentials configured)"
+    return Check(name, True, f"reachable, {login}")
+
+
+def check_docker_configs(registries: Registries) -> list[Check]:
+    """Each registry_auth.docker_config file: readable, and what it holds (names only)."""
+    checks = []
+    for file in registries.credentials.files:
+        try:
+            config = file.read()
+        except DockerConfigError as exc:
+            checks.append(Check(f"docker config {file.path}", False, str(exc), required=False, shown=True))
+            continue
+        parts = [f"auths for {len(config.auths)} {'registry' if len(config.auths) == 1 else 'registries'}"]
+        if config.cred_helpers:
+            parts.append("credHelpers: " + ", ".join(f"{host} -> {helper}" for host, helper in config.cred_helpers.items()))
+        if config.creds_store:
+            parts.append(f"credsStore: {config.creds_store}")
+        checks.append(Check(f"docker config {file.path}", True, f"{file.where}: " + "; ".join(parts), required=False))
+    return checks
 
 
 def check_executors(executors: dict[str, Executor]) -> list[Check]:
@@ -99,6 +124,23 @@ def check_executors(executors: dict[str, Executor]) -> list[Check]:
         except Exception as exc:  # noqa: BLE001
             summary, ok = f"check crashed: {exc}", False
         checks.append(Check(f"executor {name} ({'enabled' if enabled else 'disabled'})", ok, summary, required=enabled))
+    return checks
+
+
+def check_platforms(executors: dict[str, Executor]) -> list[Check]:
+    """Which platforms each executor can build on this host: natively, or emulated through a
+    binfmt handler (qemu-user-static); a job asking for another is refused before it runs."""
+    checks = []
+    for name, executor in executors.items():
+        if not executor.config.enabled:
+            continue
+        try:
+            support = executor.platforms()
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as text
+            checks.append(Check(f"platforms {name}", False, getattr(exc, "message", str(exc)), required=False, shown=True))
+            continue
+        if support is not None:
+            checks.append(Check(f"platforms {name}", True, support.describe(), required=False))
     return checks
 
 
@@ -118,7 +160,7 @@ def check_build_secrets(settings: Settings) -> Check:
 
 #: settings fields that name a file holding a secret (api tokens, webhook and callback secrets,
 #: git tokens and SSH keys, commit-status tokens, registry passwords)
-SECRET_FILE_FIELDS = ("token_file", "secret_file", "password_file", "ssh_key_file")
+SECRET_FILE_FIELDS = ("token_file", "secret_file", "password_file", "ssh_key_file", "docker_config")
 
 
 def secret_files(value: Any, where: str = "") -> Iterator[tuple[str, Path]]:
@@ -129,6 +171,8 @@ def secret_files(value: Any, where: str = "") -> Iterator[tuple[str, Path]]:
             here = f"{where}.{name}" if where else name
             if name in SECRET_FILE_FIELDS and isinstance(field, Path):
                 yield here, field
+            elif name in SECRET_FILE_FIELDS and isinstance(field, list):  # registry_auth.docker_config
+                yield from ((f"{here}[{index}]", path) for index, path in enumerate(field) if isinstance(path, Path))
             else:
                 yield from secret_files(field, here)
     elif isinstance(value, dict):
@@ -136,8 +180,8 @@ def secret_files(value: Any, where: str = "") -> Iterator[tuple[str, Path]]:
             yield from secret_files(item, f"{where}[{key}]")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            name = getattr(item, "name", None) or getattr(item, "host", None)  # api tokens, git credentials, registries
-            yield from secret_files(item, f"{where}[{name if isinstance(name, str) else index}]")
+            label = getattr(item, "name", None) or getattr(item, "host", None)  # api tokens, git credentials, registries
+            yield from secret_files(item, f"{where}[{label if isinstance(label, str) else index}]")
 
 
 def check_secret_files(settings: Settings) -> list[Check]:
@@ -159,6 +203,9 @@ def check_secret_files(settings: Settings) -> list[Check]:
 
 def run_checks(settings: Settings) -> list[Check]:
     registry = ExecutorRegistry()
-    executors = make_executors(settings, registry.names(), executor_env(settings, "doctor"), registry)
-    return [*check_redis(settings), *check_engines(executors), *[check_registry(r) for r in settings.registries],
-            *check_executors(executors), check_build_secrets(settings), *check_secret_files(settings)]
+    env = executor_env(settings, "doctor")
+    executors = make_executors(settings, registry.names(), env, registry)
+    return [*check_redis(settings), *check_engines(executors), *check_docker_configs(env.registries),
+            *[check_registry(r, env.registries) for r in settings.registries],
+            *check_executors(executors), *check_platforms(executors), check_build_secrets(settings),
+            *check_secret_files(settings)]

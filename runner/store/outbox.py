@@ -4,7 +4,7 @@ in Redis so that no process's death loses one.
 A delivery is one HTTP request the runner owes someone (the "pending" status of job J, J's
 completion callback). `add` records it and writes a `runner.deliver` task message straight to
 the `<namespace>.deliveries` queue (no Celery needed, like runner.store.buildqueue), in one
-atomic step. A worker's task then runs one attempt (runner/worker/deliveries.py); a failed
+atomic step. A worker's task then runs one attempt (runner/worker/notify/deliveries.py); a failed
 attempt is put back here with the time of its next try, and every worker's scheduler sends the
 task message again when that time comes. So no worker ever holds a delivery for long: a
 message is in the queue (safe in Redis) or being attempted under a lock with a lifetime. A
@@ -14,6 +14,10 @@ Each message carries the delivery's current *ticket*; an attempt changes it, so 
 a message (sent twice, or restored by kombu after its visibility timeout) finds itself stale
 and does nothing. Deliveries are idempotent per job and moment: their id is the key
 (`JOB:status:queued`), `add` makes one at most, and a delivered one is never attempted again.
+
+A delivery whose host is down (its circuit open: runner/store/circuits.py) is *parked*: it
+leaves the schedule (but for its give-up time) and waits in the circuit's parked set until the
+host answers again; an interim state parked behind a newer state of its job is superseded.
 
 Order: the deliveries of one job and kind form a group, numbered in the order they were
 added. An attempt waits while an older delivery of its group has never been tried (up to
@@ -29,6 +33,7 @@ Keys (NS = the namespace; G = JOB:KIND, a delivery's group; they expire with the
   NS:dgroup:G:open   ZSET open ids by seq  NS:dgroup:G:fresh  ZSET never-tried ids by creation time
   NS:dgroup:G:lock   "HOLDER ID TICKET" of the attempt running now (expires)
   NS:outbox          ZSET open ids by the time the scheduler (re)sends their message
+  NS:circuit:H:*     a host's circuit and the deliveries parked on it (runner/store/circuits.py)
   NS:deliveries:gave_up  HASH label (status.github, callback, ...) -> deliveries that gave up
 Queue: the LIST `NS.deliveries` (Celery's, like the build queues).
 """
@@ -38,8 +43,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
@@ -138,6 +144,39 @@ if redis.call('get', KEYS[2]) == ARGV[2] then redis.call('del', KEYS[2]) end
 wake_postponed(KEYS[4], KEYS[3], ARGV[7], tonumber(ARGV[6]))
 return 1
 """
+# KEYS: delivery, lock, outbox, open, fresh, circuit, parked, circuits index
+# ARGV: id, lock value, new ticket, now, reason, give-up time, namespace, host, interim (1/0), a request was made (1/0)
+_PARK = _WAKE_POSTPONED + """
+local now = tonumber(ARGV[4])
+local outcome = 'parked'
+local seq = tonumber(redis.call('hget', KEYS[1], 'seq') or '0')
+if ARGV[9] == '1' and #redis.call('zrangebyscore', KEYS[4], '(' .. seq, '+inf', 'LIMIT', 0, 1) > 0 then
+  -- an interim state with a newer one of its job behind it: the newer one is what the host is told
+  outcome = 'superseded'
+  redis.call('hset', KEYS[1], 'state', 'superseded', 'inflight', 0, 'done_at', now,
+    'last', 'replaced by a newer state while its host was down')
+  redis.call('zrem', KEYS[4], ARGV[1])
+  redis.call('zrem', KEYS[5], ARGV[1])
+  redis.call('zrem', KEYS[3], ARGV[1])
+else
+  if ARGV[10] == '0' then redis.call('hincrby', KEYS[1], 'attempts', -1) end  -- no request made: not an attempt
+  redis.call('hset', KEYS[1], 'ticket', ARGV[3], 'inflight', 0, 'last', ARGV[5])
+  local circuit = redis.call('hmget', KEYS[6], 'state', 'next_probe')
+  if circuit[1] == 'open' then
+    redis.call('zadd', KEYS[7], now, ARGV[1])
+    redis.call('zadd', KEYS[3], ARGV[6], ARGV[1])  -- looked at again at its give-up time, unless woken before
+    local probe_at = tonumber(circuit[2] or ARGV[4])
+    local at = redis.call('zscore', KEYS[8], ARGV[8])
+    if not at or tonumber(at) > probe_at then redis.call('zadd', KEYS[8], probe_at, ARGV[8]) end
+  else
+    outcome = 'due'  -- the circuit closed meanwhile
+    redis.call('zadd', KEYS[3], now, ARGV[1])
+  end
+end
+if redis.call('get', KEYS[2]) == ARGV[2] then redis.call('del', KEYS[2]) end
+wake_postponed(KEYS[4], KEYS[3], ARGV[7], now)
+return outcome
+"""
 # KEYS: outbox    ARGV: now, recover_after, limit, namespace
 _CLAIM_DUE = """
 local now, after = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -206,6 +245,7 @@ class Outbox:
         self._finish = client.register_script(_FINISH)
         self._retry = client.register_script(_RETRY)
         self._claim_due = client.register_script(_CLAIM_DUE)
+        self._park = client.register_script(_PARK)
 
     @classmethod
     def for_store(cls, store: Any, recover_after: float = 30.0) -> Outbox:
@@ -224,36 +264,29 @@ class Outbox:
                 self._group(group, "lock"), self.outbox_key]
 
     # -- the side that owes a delivery (entry points, the worker's listener) ---------------------
-    def add(self, job_id: str, kind: Kind, key: str, moment: str, note: dict[str, Any] | None = None) -> bool:
-        """Record the delivery `JOB:KIND:KEY` and queue its first attempt; False if it exists already."""
+    def add(self, job_id: str, kind: Kind, key: str, moment: str, note: dict[str, Any] | None = None,
+            client: redis.Redis | redis.client.Pipeline | None = None) -> bool:
+        """Record the delivery `JOB:KIND:KEY` and queue its first attempt; False if it exists already.
+        `client`: a pipeline (in MULTI) to queue it on, in a transaction of the caller's
+        (JobStore.end); its answer then comes with the pipeline's."""
         group = f"{job_id}:{kind}"
         delivery_id = f"{group}:{key}"
         ticket = uuid.uuid4().hex
         keys = [self._key(delivery_id), self._group(group, "seq"), self._group(group, "open"), self._group(group, "fresh"),
                 self.outbox_key, self.queue]
-        args = [delivery_id, job_id, kind, moment, group, time.time(), ticket, f"msg_{uuid.uuid4().hex}",
+        args: list[str | float] = [delivery_id, job_id, kind, moment, group, time.time(), ticket, f"msg_{uuid.uuid4().hex}",
                 json.dumps(note or {}), self.ttl, self.recover_after, deliver_message(delivery_id, ticket, self.queue)]
-        return bool(self._add(keys=keys, args=args))
+        return bool(self._add(keys=keys, args=args, client=client or self.r))
 
-    def add_finished(self, job_id: str, source: bool, callback: bool) -> None:
-        """What a finished job owes: its final commit status (`source`) and its callback."""
-        if source:
-            self.add(job_id, "status", "finished", "finished")
+    def add_finished(self, job_id: str, status: bool, callback: bool,
+                     client: redis.Redis | redis.client.Pipeline | None = None) -> None:
+        """What a job's end owes (runner/store/jobstate.py, owes): its final commit status
+        (`status`) and its callback (`callback`). Only JobStore.end calls it, in the end's own
+        transaction (`client`)."""
+        if status:
+            self.add(job_id, "status", "finished", "finished", client=client)
         if callback:
-            self.add(job_id, "callback", "finished", "finished")
-
-    def forget(self, job_id: str) -> None:
-        """Drop every delivery of a job that was never queued (its message could not be sent);
-        their task messages, if sent, then find nothing to do."""
-        for kind in ("status", "callback"):
-            group = f"{job_id}:{kind}"
-            ids = self.r.zrange(self._group(group, "open"), 0, -1)
-            with self.r.pipeline(transaction=False) as pipe:
-                for delivery_id in ids:
-                    pipe.delete(self._key(delivery_id))
-                    pipe.zrem(self.outbox_key, delivery_id)
-                pipe.delete(*(self._group(group, part) for part in ("seq", "open", "fresh", "done", "lock")))
-                pipe.execute()
+            self.add(job_id, "callback", "finished", "finished", client=client)
 
     # -- the worker side ----------------------------------------------------------------------------
     def begin(self, delivery_id: str, ticket: str, holder: str, lock_seconds: float, wait_bound: float,
@@ -268,8 +301,8 @@ class Outbox:
                                               now + postpone])
         if result[0] != "go":
             return result[0], None
-        data = self.r.hgetall(keys[0])
-        return "go", Delivery(id=delivery_id, job_id=data["job"], kind=data["kind"], moment=data["moment"],
+        data = cast(dict[str, str], self.r.hgetall(keys[0]))
+        return "go", Delivery(id=delivery_id, job_id=data["job"], kind=cast(Kind, data["kind"]), moment=data["moment"],
                               seq=int(data["seq"]), created=float(data["created"]), attempts=int(result[1]),
                               ticket=ticket, webhook_id=data.get("webhook_id", ""),
                               note=json.loads(data.get("note") or "{}"), resumed=result[2] == "1")
@@ -293,6 +326,19 @@ class Outbox:
                     args=[delivery.id, self.lock_value(holder, delivery), uuid.uuid4().hex, due, reason[:500], time.time(),
                           self.ns])
 
+    def park(self, delivery: Delivery, holder: str, circuit_keys: list[str], host: str, give_up_at: float, reason: str,
+             interim: bool, attempted: bool) -> Literal["parked", "superseded", "due"]:
+        """The delivery's host has an open circuit (runner/store/circuits.py): it waits in the
+        circuit's parked set, its group's lock released, until the circuit closes or
+        `give_up_at`; the attempt counts only if it made a request (`attempted`). An interim
+        state (`interim`) with a newer state of its job behind it is superseded instead.
+        "due": the circuit closed meanwhile, try now."""
+        keys = self._group_keys(delivery.id)
+        circuit, parked, index = circuit_keys[:3]
+        return self._park(keys=[keys[0], keys[4], keys[5], keys[1], keys[2], circuit, parked, index],
+                          args=[delivery.id, self.lock_value(holder, delivery), uuid.uuid4().hex, time.time(), reason[:500],
+                                give_up_at, self.ns, host, int(interim), int(attempted)])
+
     def send_due(self, limit: int = 200) -> int:
         """Send the message of every delivery whose time has come: retries, postponed ones, and
         overdue ones whose message or worker was lost. Returns how many were sent."""
@@ -312,15 +358,15 @@ class Outbox:
 
     # -- reading ------------------------------------------------------------------------------------
     def get(self, delivery_id: str) -> dict[str, str]:
-        return self.r.hgetall(self._key(delivery_id))
+        return cast(dict[str, str], self.r.hgetall(self._key(delivery_id)))
 
     def of_job(self, job_id: str) -> dict[str, dict[str, str]]:
         """Every delivery of a job, by id (for tests and operators)."""
-        found = {}
-        for key in self.r.scan_iter(f"{self.ns}:delivery:{job_id}:*", count=1000):
-            found[key.removeprefix(f"{self.ns}:delivery:")] = self.r.hgetall(key)
+        found: dict[str, dict[str, str]] = {}
+        for key in cast(Iterator[str], self.r.scan_iter(f"{self.ns}:delivery:{job_id}:*", count=1000)):
+            found[key.removeprefix(f"{self.ns}:delivery:")] = cast(dict[str, str], self.r.hgetall(key))
         return found
 
     def gave_up(self) -> dict[str, int]:
         """Deliveries that gave up, by label (status.github, status.gitlab, status.gitea, callback)."""
-        return {label: int(count) for label, count in self.r.hgetall(self.gave_up_key).items()}
+        return {label: int(count) for label, count in cast(dict[str, str], self.r.hgetall(self.gave_up_key)).items()}

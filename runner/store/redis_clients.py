@@ -136,12 +136,13 @@ def async_pool(target: RedisTarget, **options: Any) -> redis.asyncio.ConnectionP
     return _BlockingSentinelPool(target.sentinel.master, sentinel, db=target.db, connection_class=connection, **options)
 
 
-def probe_client(target: RedisTarget, timeout: float) -> redis.Redis:
+def probe_client(target: RedisTarget, timeout: float, decode_responses: bool = False) -> redis.Redis:
     """A client that answers within `timeout` or fails, never retrying (health checks)."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return sync_client(target, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+    return sync_client(target, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+                       decode_responses=decode_responses)
 
 
 class FailoverWatch:

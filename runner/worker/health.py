@@ -54,7 +54,8 @@ class Readiness:
     def __init__(self, worker: Worker):
         self.worker = worker
         self.draining = threading.Event()
-        self.redis = probe_client(worker.settings.redis_target(), PROBE_TIMEOUT)
+        # decodes: also read by /metrics (the open circuits)
+        self.redis = probe_client(worker.settings.redis_target(), PROBE_TIMEOUT, decode_responses=True)
 
     def check(self) -> tuple[bool, str]:
         if self.draining.is_set():

@@ -18,7 +18,6 @@ from runner.config.logs import configure_logging
 from runner.config.settings import Settings
 from runner.store.outbox import deliveries_queue
 from runner.store.redis_clients import FailoverWatch
-from runner.worker.admission import ADMITTED, statuses_for
 from runner.worker.drain import Drain, JobBudget
 from runner.worker.health import WorkerService
 from runner.worker.notify.deliveries import Deliverer, DeliveryScheduler
@@ -55,8 +54,7 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     deliverer = Deliverer(settings, worker.store, worker.id)
     drain = Drain(worker)
     budget = JobBudget(drain, settings.worker.max_jobs, settings.worker.idle_exit)
-    worker.listeners += [metrics, OutcomeLog(), NotifyListener(deliverer.outbox, lambda record: statuses_for(record.request, settings, ADMITTED)),
-                         budget]
+    worker.listeners += [metrics, OutcomeLog(), NotifyListener(deliverer.outbox), budget]
     for name, why in worker.check().items():
         log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
     app = make_app(settings, worker, deliverer, build_slots=builds, build_gate=drain.gate)
@@ -66,6 +64,8 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     scheduler = DeliveryScheduler(deliverer)
     scheduler.start()
     service = WorkerService(worker, metrics, on_drain=drain.request)
+    # read when /metrics is scraped: through the probe's client, so a scrape never waits out a Redis outage
+    metrics.circuits_open = deliverer.circuits.reading_through(service.readiness.redis).open_by_label
     service.start()
 
     def drain_started() -> None:

@@ -37,8 +37,9 @@ def make_app(settings: Settings, worker: Worker | None = None, deliverer: Delive
     """The Celery app; with `worker`, it also defines the tasks that worker runs (deliveries with
     `deliverer`, or one of its own). The entry points send jobs without Celery
     (runner.store.buildqueue); the worker's requeues use it. `build_slots`: builds this worker
-    takes at once (its other threads are for deliveries: runner.worker.transport's gate);
-    `build_gate`: set when the worker drains, and no build is taken from then on."""
+    takes at once (its other threads, deliveries.concurrency of them, are for deliveries only:
+    runner.worker.transport's gate); `build_gate`: set when the worker drains, and no build is
+    taken from then on."""
     broker = broker_settings(settings.redis_target())
     app = Celery("runner", broker=broker.pop("broker_url"), set_as_current=True)
     app.conf.update(
@@ -55,11 +56,13 @@ def make_app(settings: Settings, worker: Worker | None = None, deliverer: Delive
             "visibility_timeout": settings.limits.max_timeout + 3600,
             "socket_keepalive": True,
             "retry_on_timeout": True,
-            # builds in hand at once; the pool's other threads are kept for deliveries
+            # builds in hand at once, and deliveries: neither ever takes the other's threads
             "build_slots": build_slots,
             "build_gate": build_gate,
             "build_task": TASK_NAME,
             "delivery_queue": deliveries_queue(settings.worker.namespace),
+            "delivery_slots": settings.deliveries.concurrency if build_slots else None,
+            "delivery_task": DELIVER_TASK,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,     # survive Redis restarts

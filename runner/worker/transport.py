@@ -12,10 +12,13 @@ And gated: a draining worker asks Redis for deliveries only (transport option `b
 A worker's pool has threads for its builds and more for deliveries (commit
 statuses, callbacks). While it holds as many builds as it has build slots (the transport
 option `build_slots`), it asks Redis for deliveries only, so a delivery never waits for a
-build to end and a worker never takes more builds than its slots. When a build ends (its
-message is acked or rejected) a gated BRPOP is woken at once (CLIENT UNBLOCK), so the next
-build is taken without waiting for the BRPOP's timeout; a gated BRPOP also times out sooner
-(GATED_TIMEOUT), which bounds the wait where the wake-up and the BRPOP cross.
+build to end and a worker never takes more builds than its slots. Likewise, while it holds
+as many deliveries as it has delivery threads (`delivery_slots`), it asks for builds only, so
+deliveries to a slow host never take a build's thread; with both full it asks for nothing
+(a BRPOP on a key nobody writes). When a task ends (its message is acked or rejected) a gated
+BRPOP is woken at once (CLIENT UNBLOCK), so the next message is taken without waiting for the
+BRPOP's timeout; a gated BRPOP also times out sooner (GATED_TIMEOUT), which bounds the wait
+where the wake-up and the BRPOP cross.
 
 The connection's credentials come from the runner's own provider (transport option
 `credential_provider`: a password file is read at each connection), and `SentinelTransport`
@@ -31,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import Counter
 from time import monotonic
 
 from kombu.transport import redis as kombu_redis
@@ -50,7 +54,8 @@ class Channel(kombu_redis.Channel):
     #: set from the transport options when the channel is made (not read through
     #: self.connection at each poll: while a lost connection is restored that is None)
     from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
-                              "build_slots", "build_task", "delivery_queue", "credential_provider", "build_gate")
+                              "build_slots", "build_task", "delivery_queue", "delivery_slots", "delivery_task",
+                              "credential_provider", "build_gate")
     #: a redis-py CredentialProvider for every connection (the URL's user and password otherwise)
     credential_provider: object | None = None
     build_slots: int | None = None
@@ -58,6 +63,8 @@ class Channel(kombu_redis.Channel):
     build_gate: threading.Event | None = None
     build_task: str | None = None
     delivery_queue: str | None = None
+    delivery_slots: int | None = None
+    delivery_task: str | None = None
     #: Redis client id of the connection blocked in a gated BRPOP (None: no gated BRPOP in flight)
     _gated_client: int | None = None
     #: (connection, its Redis client id), asked once per connection and forgotten when it reconnects
@@ -71,28 +78,33 @@ class Channel(kombu_redis.Channel):
             params["credential_provider"] = self.credential_provider
         return params
 
-    def _builds_full(self) -> bool:
-        if self.build_gate is not None and self.build_gate.is_set():
-            return True  # draining: deliveries only
-        if not self.build_slots:
-            return False
-        from celery.worker import state  # the requests this worker holds: reserved, waiting for an ETA, or running
+    @staticmethod
+    def _holding() -> Counter[str]:
+        """Tasks this worker holds, by name: reserved, waiting for an ETA, or running."""
+        from celery.worker import state
 
-        return sum(1 for request in list(state.requests.values()) if request.name == self.build_task) >= self.build_slots
+        return Counter(request.name for request in list(state.requests.values()))
 
     def _brpop_start(self, timeout=None):
-        """kombu's own (5.7), but without the build queues while the build slots are full."""
+        """kombu's own (5.7), but without the build queues while the build slots are full, and
+        without the deliveries queue while the delivery threads are."""
         if timeout is None:
             timeout = self.brpop_timeout
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
         connection = self.client.connection
-        if self._builds_full():
-            queues = [queue for queue in queues if queue == self.delivery_queue] or queues
+        held = self._holding() if self.build_slots or self.delivery_slots else Counter()
+        draining = self.build_gate is not None and self.build_gate.is_set()  # deliveries only from now on
+        builds_full = draining or (bool(self.build_slots) and held[self.build_task] >= self.build_slots)
+        deliveries_full = bool(self.delivery_slots) and held[self.delivery_task] >= self.delivery_slots
+        if builds_full or deliveries_full:
+            queues = [queue for queue in queues
+                      if (not deliveries_full if queue == self.delivery_queue else not builds_full)]
             timeout = min(timeout or GATED_TIMEOUT, GATED_TIMEOUT)
             self._gated_client = self._client_id(connection)
-        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues] + [timeout or 0]
+        keys = ([self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+                or [f"{self.delivery_queue or 'runner'}.gate"]) + [timeout or 0]
         self._in_poll = connection
         self._brpop_sent_at = monotonic()
         command_args = ["BRPOP", *keys]
@@ -114,7 +126,7 @@ class Channel(kombu_redis.Channel):
         self._known_client = None
 
     def _wake_gated(self) -> None:
-        """A build slot came free: end a gated BRPOP now (it answers as if it timed out)."""
+        """A slot came free: end a gated BRPOP now (it answers as if it timed out)."""
         client_id, self._gated_client = self._gated_client, None
         if client_id is None:
             return

@@ -16,7 +16,7 @@ from executors.plugins import ExecutorRegistry
 from runner.config.settings import Settings
 from runner.context.build_context import ContextSource
 from runner.core.cancel import CancelToken
-from runner.core.errors import InfrastructureError, InvalidJob
+from runner.core.errors import InfrastructureError, InvalidJob, is_auth_error
 from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics
 from runner.core.jobs import BuildRequest, JobRecord
 from runner.core.registry_client import Registries
@@ -27,17 +27,32 @@ from runner.store.jobstore import JobStore
 log = logging.getLogger(__name__)
 
 class JobListener:
-    """Told about a job's moments by the pipeline (metrics, commit statuses, callbacks). Each
+    """Told about a job's moments on this worker (metrics, interim commit statuses). Each
     method must return quickly; an exception is logged and never changes the job."""
 
     def job_started(self, record: JobRecord, request: BuildRequest) -> None:
         """The record says running (an attempt began on this worker)."""
 
     def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
-        """The record holds the job's final status."""
+        """The job ended here, however: finished by its attempt, ended before one began,
+        refused (a raw message), or given up by the reaper. Told once per job, after its end
+        is committed with everything it owes (JobStore.end: the final status and callback are
+        in the outbox already)."""
 
     def job_requeued(self, record: JobRecord, request: BuildRequest) -> None:
         """The attempt ended and the job went back to its queue."""
+
+
+class RefusedLogins(JobListener):
+    """A job that ended on refused credentials has every kept credential-helper answer dropped,
+    so the next job asks the helpers again (a token revoked before its time)."""
+
+    def __init__(self, registries: Registries):
+        self.registries = registries
+
+    def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
+        if record.error is not None and (record.error.kind == "auth" or is_auth_error(record.error.message)):
+            self.registries.credentials.forget_all()
 
 
 def default_worker_id() -> str:
@@ -47,7 +62,8 @@ def default_worker_id() -> str:
 def executor_env(settings: Settings, worker_id: str, metrics: ExecutorMetrics = NO_METRICS) -> ExecutorEnv:
     """What every executor of this worker may know of the runner."""
     return ExecutorEnv(worker_id=worker_id, namespace=settings.worker.namespace, workspace=settings.worker.workspace,
-                       registries=Registries(settings.registries), build_secrets=dict(settings.build_secrets),
+                       registries=Registries(settings.registries, settings.registry_auth),
+                       build_secrets=dict(settings.build_secrets),
                        builder=settings.builder, metrics=metrics)
 
 
@@ -72,7 +88,7 @@ class Worker:
         self.sources: dict[str, ContextSource] = {"upload": UploadSource(self.store.context_chunks, settings.limits),
                                                   "git": GitSource(settings)}
         #: told each job's moments: `runner worker` adds its metrics and notifications (statuses, callbacks)
-        self.listeners: list[JobListener] = []
+        self.listeners: list[JobListener] = [RefusedLogins(self.env.registries)]
         self._active: dict[str, CancelToken] = {}
         self._lock = threading.Lock()
 

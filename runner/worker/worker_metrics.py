@@ -88,7 +88,10 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
         self.draining: Callable[[], bool] = lambda: False
         self._running: dict[str, tuple[str, float]] = {}  # job id -> (executor, when it was told started)
         self._lock = threading.Lock()
+        #: open delivery circuits by label (the Deliverer's, read from Redis when scraped; set once it exists)
+        self.circuits_open: Callable[[], dict[str, int]] = dict
         r.register(_AtScrape(self))
+        r.register(_OpenCircuits(self))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -104,6 +107,8 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
     def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
         with self._lock:
             self._running.pop(record.id, None)
+        if record.executor not in self._executors:
+            return  # a refused raw message may name any executor: labels stay the ones this worker serves
         status = record.status.value
         self.jobs.labels(record.executor, status).inc()
         took = seconds_between(record.started_at, record.finished_at)
@@ -161,3 +166,23 @@ class _AtScrape(Collector):
                                 "its check, not draining); 0 otherwise, /readyz says why", value=int(self.metrics.ready()))
         yield GaugeMetricFamily("runner_worker_draining", "1 while the worker drains: no new builds, its running builds "
                                 "finish (up to limits.max_timeout), then it exits", value=int(self.metrics.draining()))
+
+
+class _OpenCircuits(Collector):
+    """runner_delivery_circuits_open, read from Redis when scraped: the circuits are shared by
+    every worker, so each worker shows the same fleet-wide value (aggregate with max)."""
+
+    def __init__(self, metrics: WorkerMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("runner_delivery_circuits_open", "Hosts whose deliveries wait for them to answer again "
+                                   "(commit status APIs by host; callback receivers counted under host=\"callbacks\"), "
+                                   "the same on every worker", labels=["host"])
+        try:
+            found = self.metrics.circuits_open()
+        except Exception:  # noqa: BLE001 - Redis away: the scrape still answers, without this family's values
+            found = {}
+        for host, count in sorted(found.items()):
+            family.add_metric([host], count)
+        yield family

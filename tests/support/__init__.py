@@ -75,6 +75,22 @@ def executor_for(settings, name: str, worker_id: str = "test"):
     return make_executors(settings, [name], executor_env(settings, worker_id))[name]
 
 
+def spooled_context(settings, job, source, files: dict[str, str]):
+    """`files` written into the folder `source`, packed and spooled as the worker would for `job`:
+    the BuildContext an executor is handed."""
+    import io
+
+    from runner.context.pack import write_tar
+    from runner.context.spool import spool_context
+
+    for name, text in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(text)
+    buffer = io.BytesIO()
+    write_tar(source, buffer, job.dockerfile)
+    return spool_context([buffer.getvalue()], settings.worker.workspace / job.id, job.dockerfile, 10**8)
+
+
 def every_value(store, *patterns: str) -> str:
     """Every value Redis holds under the store's namespace (and `patterns`, e.g. kombu's
     "unacked*"), read by type and decoded: a secret search must see the values themselves

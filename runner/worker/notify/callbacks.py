@@ -21,10 +21,11 @@ import binascii
 import fnmatch
 import hashlib
 import hmac
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from runner.config.sections import CallbacksConfig
 from runner.sources.git import mask_url
+from runner.worker.notify.addresses import AddressRule, host_names, is_exact, literal_address, rule_for
 from runner.worker.notify.http import Outgoing
 
 LEGACY_SIGNATURE_HEADER = "X-Runner-Signature-256"
@@ -55,7 +56,9 @@ def legacy_signature(secret: str, body: bytes) -> str:
 
 
 def check_callback_url(url: str, cfg: CallbacksConfig) -> str | None:
-    """Why `url` may not be called back, or None if it may."""
+    """Why `url` may not be called back, or None if it may. A host written as an address (or
+    localhost) is checked against the address rules here; a name is checked on the addresses
+    it resolves to when the worker connects (runner/worker/notify/http.py)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -64,17 +67,35 @@ def check_callback_url(url: str, cfg: CallbacksConfig) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"callback_url {mask_url(url)!r} must be an http:// or https:// URL"
     if cfg.allowed_hosts is not None:
-        names = [parts.hostname] + ([f"{parts.hostname}:{port}"] if port else [])
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in cfg.allowed_hosts):
+        names = host_names(parts.hostname, port)
+        if not any(name == pattern.lower() if is_exact(pattern) else fnmatch.fnmatchcase(name, pattern)
+                   for name in names for pattern in cfg.allowed_hosts):
             return (f"callback host {parts.hostname!r} is not allowed "
                     f"(callbacks.allowed_hosts: {', '.join(cfg.allowed_hosts) or 'none'})")
+    rule = address_rule(url, cfg)
+    address = literal_address(parts.hostname)
+    why = rule.refusal(address) if rule is not None and address is not None else None
+    if why:
+        return (f"callback host {parts.hostname!r} may not be called back: {why} (allow it with "
+                "callbacks.allowed_networks or by naming the host in callbacks.allowed_hosts)")
     return None
 
 
+def address_rule(url: str, cfg: CallbacksConfig) -> AddressRule | None:
+    """Where a callback to `url` may connect (None: anywhere, its host is named in allowed_hosts)."""
+    parts = urlsplit(url)
+    return rule_for(parts.hostname or "", parts.port, cfg.allowed_hosts, cfg.allowed_networks)
+
+
 def callback_request(url: str, body: bytes, webhook_id: str, secret: str | None, timestamp: int) -> Outgoing:
-    """The signed POST (unsigned when no secret is configured)."""
+    """The signed POST (unsigned when no secret is configured). A URL's user:password@ is sent
+    as HTTP Basic authentication."""
     headers = {"Content-Type": "application/json", "X-Runner-Event": "job.finished", "X-Runner-Delivery": webhook_id,
                "webhook-id": webhook_id, "webhook-timestamp": str(timestamp)}
+    parts = urlsplit(url)
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     if secret:
         headers["webhook-signature"] = sign(signing_key(secret), webhook_id, timestamp, body)
         headers[LEGACY_SIGNATURE_HEADER] = legacy_signature(secret, body)

@@ -4,19 +4,28 @@ Retried: no answer (connection refused or reset, timeout), 5xx, 408, 425, 429, a
 says a rate limit was hit (GitHub's `x-ratelimit-remaining: 0` or a Retry-After); a Retry-After
 or rate-limit reset time is honoured as the least wait. Anything else below 500 is final:
 401 (the token), 404 (no such repository or commit, or the token cannot see it), 422.
-Redirects are not followed. An answer's body is read up to 64 KiB.
+Redirects are not followed.
+
+A request has one deadline for all of it, and reads a few KiB of an answer at most; a
+callback connects only to addresses its rule allows (runner/worker/notify/connection.py).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.worker.notify.addresses import AddressRule
+from runner.worker.notify.connection import Blocked, Clock, Connection, TimedOut, TooLarge
+
 RETRY_STATUSES = {408, 425, 429}
-MAX_BODY = 64 * 1024
-USER_AGENT = "ci-build-runner"
+MAX_ANSWER = 4 * 1024  # body bytes read of an answer: enough for a status code's reason
+MAX_LISTING = 64 * 1024  # a commit's statuses, listed by the operator's own git host
 
 
 @dataclass(frozen=True)
@@ -28,37 +37,63 @@ class Outgoing:
     shown: str  # the URL to name in logs and errors (no credentials)
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    max_answer: int = MAX_ANSWER
 
 
 @dataclass
 class Answer:
     status: int | None  # None: no answer
-    reason: str  # short, for logs: "HTTP 503: Service Unavailable", "timed out after 10s"
+    reason: str  # short, for logs: "HTTP 503: Service Unavailable", "no answer within 10s"
     retry: bool = False
     retry_after: float | None = None
     data: Any = None  # the JSON body, when there is one
+    #: no request was made: the address rule refused every address the name has
+    blocked: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
 
+    @property
+    def host_failed(self) -> bool:
+        """Does this answer say the host is failing (what a host's circuit counts)?"""
+        return self.retry and not self.blocked
 
-def send(call: Outgoing, timeout: float) -> Answer:
-    import requests  # here: admission reads check_callback_url beside Outgoing, and the entry points need no requests
 
+def send(call: Outgoing, timeout: float, deadline: float | None = None, rule: AddressRule | None = None) -> Answer:
+    """Make `call` within `timeout` seconds (and before `deadline`, a time.monotonic value,
+    if that comes first), connecting only to addresses `rule` allows."""
+    now = time.monotonic()
+    cut_short = deadline is not None and deadline < now + timeout
+    limit = deadline if cut_short and deadline is not None else now + timeout
+    connection: Connection | None = None
     try:
-        with requests.request(call.method, call.url, data=call.body or None, headers={"User-Agent": USER_AGENT, **call.headers},
-                              timeout=timeout, allow_redirects=False, stream=True) as response:
-            raw = response.raw.read(MAX_BODY, decode_content=True) or b""
-            return classify(response.status_code, response.headers, raw)
-    except requests.Timeout:
-        return Answer(None, f"no answer within {timeout:g}s", retry=True)
-    except requests.ConnectionError:
-        return Answer(None, "could not connect", retry=True)
-    except requests.RequestException as exc:
-        return Answer(None, type(exc).__name__, retry=True)
-    except OSError as exc:  # a connection dropped while the body was read
+        connection = Connection.open(call.url, Clock(limit), rule)
+        return classify(*connection.exchange(call.method, call.url, call.headers, call.body, call.max_answer))
+    except Blocked as why:
+        return Answer(None, str(why), blocked=True)
+    except (TimedOut, TimeoutError):
+        within = f"within the attempt's time left ({limit - now:.1f}s)" if cut_short else f"within {timeout:g}s"
+        return Answer(None, f"no answer {within}", retry=True)
+    except ssl.SSLCertVerificationError as exc:
+        return Answer(None, f"TLS certificate not accepted: {exc.verify_message or exc.reason}", retry=True)
+    except ssl.SSLError as exc:
+        return Answer(None, f"TLS failed ({exc.reason or type(exc).__name__})", retry=True)
+    except TooLarge as exc:
+        return Answer(None, str(exc), retry=True)
+    except http.client.HTTPException as exc:
+        return Answer(None, f"not an HTTP answer ({type(exc).__name__})", retry=True)
+    except ConnectionRefusedError:
+        return Answer(None, "could not connect (refused)", retry=True)
+    except socket.gaierror as exc:
+        return Answer(None, f"could not resolve the host ({exc.strerror})", retry=True)
+    except OSError as exc:  # reset, unreachable, a connection dropped while the answer was read
         return Answer(None, f"connection lost ({type(exc).__name__})", retry=True)
+    except UnicodeError:  # a host name IDNA cannot encode, a header that is not Latin-1
+        return Answer(None, f"{call.shown} cannot be sent as HTTP (characters it may not hold)")
+    finally:
+        if connection is not None:
+            connection.close()
 
 
 def classify(status: int, headers: Any, raw: bytes) -> Answer:

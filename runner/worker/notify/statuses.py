@@ -7,6 +7,8 @@ and the requests that tell them.
 | started           | pending       | running  | building / building (attempt 2)              |
 | requeued          | pending       | pending  | requeued                                     |
 | succeeded         | success       | success  | built and pushed 2 tags in 41 s              |
+|   (2+ platforms)  |               |          | … in 41 s; index 1a2b3c4d5e6f: linux/amd64   |
+|                   |               |          | 3c4d5e6f7a8b, linux/arm64 5e6f7a8b9c0d       |
 | failed            | failure       | failed   | step 4/7 failed: RUN make                    |
 | cancelled         | error         | canceled | cancelled                                    |
 | timed out         | error         | failed   | timed out after 600 s                        |
@@ -28,7 +30,7 @@ from urllib.parse import quote, urlencode
 
 from runner.config.sections import StatusTarget
 from runner.core.jobs import JobRecord, JobSource, seconds_between
-from runner.worker.notify.http import Answer, Outgoing, one_line
+from runner.worker.notify.http import MAX_LISTING, Answer, Outgoing, one_line
 
 STATES: dict[str, dict[str, str]] = {
     "github": {"queued": "pending", "started": "pending", "requeued": "pending", "succeeded": "success",
@@ -63,6 +65,11 @@ def seconds(value: float) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
+def short_digest(digest: str) -> str:
+    """The first 12 hex digits, as docker shows an id: sha256:1a2b3c… -> 1a2b3c4d5e6f."""
+    return digest.partition(":")[2][:12] or digest[:12]
+
+
 def failed_step(message: str) -> str | None:
     """"step 4/7 failed: RUN make" from an executor's build failure, or None if it names no step."""
     if match := _STEP.match(message):
@@ -89,6 +96,10 @@ def describe(moment: str, record: JobRecord, note: dict[str, Any]) -> str:
         count = len(record.images)
         text = (f"built and pushed {count} tag{'s' if count != 1 else ''} in {seconds(took)}" if record.request.push
                 else f"built in {seconds(took)} (not pushed)")
+        if record.images and record.images[0].platforms:
+            index = record.images[0]
+            text += f"; index {short_digest(index.digest)}: " + ", ".join(
+                f"{p.platform} {short_digest(p.digest)}" for p in index.platforms)
     else:
         message = record.error.message if record.error else record.status.value
         if record.status.value == "failed" and record.error and record.error.kind == "build":
@@ -152,7 +163,7 @@ def list_request(source: JobSource, api_url: str, token: str, update: StatusUpda
     else:
         owner, name = source.repository.split("/")
         url = f"{api_url}/repos/{_path(owner, name)}/commits/{source.sha}/statuses?per_page=100"
-    return Outgoing("GET", url, url, _auth(source.host, token))
+    return Outgoing("GET", url, url, _auth(source.host, token), max_answer=MAX_LISTING)
 
 
 def shows(host: str, update: StatusUpdate, listing: Any, same_state_only: bool = False) -> bool:
