@@ -71,7 +71,7 @@ class _HasStatus(Protocol):
 R = TypeVar("R", bound=_HasStatus)
 
 
-def _record(raw: str) -> JobRecord:
+def _record(raw: str | bytes) -> JobRecord:
     """The model of a stored record; imported here, when first needed: the CLI's read commands
     read records as JobViews and never load the models."""
     from runner.core.jobs import JobRecord
@@ -79,7 +79,7 @@ def _record(raw: str) -> JobRecord:
     return JobRecord.model_validate_json(raw)
 
 
-def _view(raw: str) -> JobView:
+def _view(raw: str | bytes) -> JobView:
     return JobView(json.loads(raw))
 
 CHUNK_BYTES = 1024 * 1024
