@@ -19,6 +19,7 @@ from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
 from runner.config.loader import SettingsError, load
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
 from runner.context.limits import ContextLimits
+from runner.core.admission_rules import MAX_PLATFORMS, MAX_TAGS, MAX_TIMEOUT, AdmissionPolicy
 from runner.core.models import Strict
 from runner.core.registry_config import RegistryAuthConfig, RegistryConfig
 from runner.core.validation import first_error
@@ -36,11 +37,11 @@ class LimitsConfig(ContextLimits):
 
     max_log_bytes: int = Field(default=16 * 1024**2, description="log kept per job; past it one truncation line, the build goes on")
     max_log_lines: int = Field(default=200_000, description="cap on log stream entries per job")
-    max_tags: int = Field(default=32, description="most image references one job may push")
-    max_platforms: int = Field(default=4, ge=1, description="most target platforms one job may build (each is a build of "
+    max_tags: int = Field(default=MAX_TAGS, description="most image references one job may push")
+    max_platforms: int = Field(default=MAX_PLATFORMS, ge=1, description="most target platforms one job may build (each is a build of "
                                "its own; an emulated one is several times slower than a native one)")
     default_timeout: int = Field(default=3600, description="seconds a job may run when it names no timeout")
-    max_timeout: int = Field(default=4 * 3600, description="largest timeout a job may ask for")
+    max_timeout: int = Field(default=MAX_TIMEOUT, description="largest timeout a job may ask for")
     max_attempts: int = Field(default=3, description="attempts before a job that kills its worker is failed")
 
 
@@ -141,6 +142,13 @@ class Settings(ClientSettings):
             if name not in configs:
                 configs[name] = registry.config_class(name)()
         return configs
+
+    def admission_policy(self) -> AdmissionPolicy:
+        """What admission checks a request against, as plain values (runner.core.admission_rules)."""
+        return AdmissionPolicy(self.limits.max_tags, self.limits.max_platforms, self.limits.max_timeout,
+                               tuple(r.host for r in self.registries), self.default_executor,
+                               {name: config.enabled for name, config in self.executors.items()},
+                               frozenset(self.build_secrets))
 
     def enabled_executors(self) -> list[str]:
         return sorted(name for name, config in self.executors.items() if config.enabled)

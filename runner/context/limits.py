@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from runner.context.ignore_limits import MAX_IGNORE_FILE_BYTES, MAX_IGNORE_PATTERNS
+from runner.context.ignore_limits import MAX_CONTEXT_BYTES, MAX_IGNORE_FILE_BYTES, MAX_IGNORE_PATTERNS
 from runner.core.models import Strict
 
 
 class ContextLimits(Strict):
-    max_context_bytes: int = Field(default=512 * 1024**2, description="largest build context, uncompressed (uploaded tar or "
+    max_context_bytes: int = Field(default=MAX_CONTEXT_BYTES, description="largest build context, uncompressed (uploaded tar or "
                                    "git checkout); also caps the upload itself")
     max_context_files: int = Field(default=500_000, ge=1, description="most members (files, folders, links) in a build context")
     max_context_path_bytes: int = Field(default=4096, ge=1, description="longest member path or link target in a build "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -11,26 +10,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from runner.core.errors import ErrorKind
 from runner.core.models import BaseUrl
-from runner.core.platforms import canonical, parse_platform
+from runner.core.request_rules import (  # noqa: F401 - re-exported
+    BUILDERS,
+    CACHE_KEY,
+    IMAGE_REF,
+    JOB_ID,
+    MAX_BUILD_ARG_BYTES,
+    MAX_BUILD_ARGS_TOTAL_BYTES,
+    MAX_JOB_ID,
+    MAX_PLATFORM,
+    MAX_PLATFORMS_FIELD,
+    MAX_TARGET,
+    canonical_platforms,
+    check_job_id,
+    check_pairs,
+    check_pairs_total,
+    check_secret_args,
+    check_tags,
+    inside_context,
+    one_platform,
+    parse_image_ref,
+    platform_and_platforms,
+    redacted_args,
+)
 from runner.core.status import REQUEUE_REASONS, RequeueReason, Status, new_job_id  # noqa: F401 - re-exported
-
-# Docker's reference grammar (distribution/reference), restricted to what we push:
-# REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?"
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_TAG = r"[\w][\w.-]{0,127}"
-IMAGE_REF = re.compile(rf"^(?P<registry>{_DOMAIN})/(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>{_TAG}))?$")
-#: One id rule that works everywhere an id goes: Redis keys, directory names, and image
-#: repository names on engine executors (`runner-job/<id>:build`), so Docker's path-component
-#: grammar: lower-case letters and digits, separated by one `.` or `_`, `__`, or dashes.
-JOB_ID = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-MAX_JOB_ID = 128
-MAX_BUILD_ARG_BYTES = 64 * 1024
-#: build args and labels together; they travel in one request line to an engine (its cap is
-#: 1 MB after URL-encoding, which can triple a value) and in argv to buildah and img
-MAX_BUILD_ARGS_TOTAL_BYTES = 256 * 1024
-#: a bound on what a message may carry; the config's limits.max_platforms (default 4) is the real cap
-MAX_PLATFORMS_FIELD = 64
 
 
 class ImageRef(BaseModel):
@@ -42,16 +45,8 @@ class ImageRef(BaseModel):
 
     @classmethod
     def parse(cls, ref: str) -> ImageRef:
-        match = IMAGE_REF.match(ref)
-        if not match or len(ref) > 255:
-            raise ValueError(
-                f"{ref!r} is not a full image reference; expected REGISTRY/NAME[:TAG], "
-                "for example 127.0.0.1:5000/team/app:1.0"
-            )
-        registry = match["registry"]
-        if "." not in registry and ":" not in registry and registry != "localhost":
-            raise ValueError(f"{ref!r} does not start with a registry host (like registry.example.com/ or 127.0.0.1:5000/)")
-        return cls(registry=registry, repository=match["path"], tag=match["tag"] or "latest")
+        registry, repository, tag = parse_image_ref(ref)
+        return cls(registry=registry, repository=repository, tag=tag)
 
     def __str__(self) -> str:
         return f"{self.registry}/{self.repository}:{self.tag}"
@@ -137,22 +132,6 @@ class JobSource(BaseModel):
         return self.ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
 
 
-def inside_context(path: str, allow_empty: bool = False) -> str:
-    """Normalise a relative path and refuse one that leaves the build context."""
-    if "\x00" in path:
-        raise ValueError("path contains a NUL byte")
-    if not path:
-        if allow_empty:
-            return ""
-        raise ValueError("path is empty")
-    if path.startswith("/"):
-        raise ValueError(f"{path!r} is absolute; give a path inside the build context")
-    normal = posixpath.normpath(path)
-    if normal == ".." or normal.startswith("../"):
-        raise ValueError(f"{path!r} leaves the build context")
-    return "" if normal == "." else normal
-
-
 class BuildRequest(BaseModel):
     """What a client asks for. The same schema arrives by queue, CLI, HTTP and webhook."""
 
@@ -168,9 +147,9 @@ class BuildRequest(BaseModel):
         default_factory=list, description="Names of build args whose values are masked everywhere."
     )
     secrets: list[str] = Field(default_factory=list, description="Ids of build secrets from config.")
-    target: str | None = Field(default=None, max_length=255)
+    target: str | None = Field(default=None, max_length=MAX_TARGET)
     labels: dict[str, str] = Field(default_factory=dict)
-    platform: str | None = Field(default=None, max_length=100, description="One target platform (OS/ARCH[/VARIANT]); "
+    platform: str | None = Field(default=None, max_length=MAX_PLATFORM, description="One target platform (OS/ARCH[/VARIANT]); "
                                  "kept for older clients: `platforms` holds it too.")
     platforms: list[str] = Field(default_factory=list, max_length=MAX_PLATFORMS_FIELD, description="Target platforms, "
                                  "e.g. [linux/amd64, linux/arm64]: two or more build one image per platform and push an "
@@ -180,7 +159,7 @@ class BuildRequest(BaseModel):
     builder: Literal["auto", "buildkit", "classic"] | None = None
     timeout: int | None = Field(default=None, gt=0, description="Seconds; the config default if omitted.")
     push: bool = True
-    cache_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    cache_key: str | None = Field(default=None, pattern=CACHE_KEY)
     callback_url: str | None = Field(default=None, max_length=2048)
     source: JobSource | None = Field(default=None, description="Where the job came from (a commit on a git host): "
                                      "the job's commit statuses are posted there.")
@@ -188,10 +167,7 @@ class BuildRequest(BaseModel):
     @field_validator("id")
     @classmethod
     def _id_rule(cls, value: str) -> str:
-        if len(value) > MAX_JOB_ID or not JOB_ID.match(value):
-            raise ValueError(f"{value[:140]!r} is not a valid job id: use lower-case letters and digits separated by "
-                             "`.`, `_`, `__` or dashes (at most 128 characters), e.g. release-1.2")
-        return value
+        return check_job_id(value)
 
     @field_validator("dockerfile")
     @classmethod
@@ -201,45 +177,28 @@ class BuildRequest(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags_are_refs(cls, tags: list[str]) -> list[str]:
-        for ref in tags:
-            ImageRef.parse(ref)
-        if len(set(tags)) != len(tags):
-            raise ValueError("the same tag is listed twice")
-        return tags
+        return check_tags(tags)
 
     @field_validator("build_args", "labels")
     @classmethod
     def _bounded_pairs(cls, pairs: dict[str, str]) -> dict[str, str]:
-        for key, value in pairs.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,255}", key):
-                raise ValueError(f"{key!r} is not a valid name")
-            if len(value.encode()) > MAX_BUILD_ARG_BYTES:
-                raise ValueError(f"the value of {key!r} is over {MAX_BUILD_ARG_BYTES} bytes")
-        return pairs
+        return check_pairs(pairs)
 
     @field_validator("platform")
     @classmethod
     def _one_platform(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if "," in value:
-            raise ValueError(f"{value[:100]!r} names several platforms: list them in `platforms`")
-        return str(parse_platform(value))
+        return None if value is None else one_platform(value)
 
     @field_validator("platforms")
     @classmethod
     def _platforms(cls, values: list[str]) -> list[str]:
-        return canonical(values)
+        return canonical_platforms(values)
 
     @model_validator(mode="after")
     def _platform_and_platforms(self) -> BuildRequest:
         """`platform` (one) and `platforms` say the same thing: a request may give either, and
         the stored one has both (`platform` set only for a single-platform job)."""
-        if self.platform is not None and self.platforms and self.platforms != [self.platform]:
-            raise ValueError(f"platform {self.platform!r} and platforms {self.platforms} disagree: give one of them")
-        if self.platform is not None and not self.platforms:
-            self.platforms = [self.platform]
-        self.platform = self.platforms[0] if len(self.platforms) == 1 else None
+        self.platform, self.platforms = platform_and_platforms(self.platform, self.platforms)
         return self
 
     @property
@@ -250,17 +209,11 @@ class BuildRequest(BaseModel):
     @field_validator("secret_build_args")
     @classmethod
     def _secret_args_exist(cls, names: list[str], info: ValidationInfo) -> list[str]:
-        missing = [name for name in names if name not in info.data.get("build_args", {})]
-        if missing:
-            raise ValueError(f"names {missing} which are not in build_args")
-        return names
+        return check_secret_args(names, info.data.get("build_args", {}))
 
     @model_validator(mode="after")
     def _bounded_total(self) -> BuildRequest:
-        total = sum(len(k.encode()) + len(v.encode()) for pairs in (self.build_args, self.labels) for k, v in pairs.items())
-        if total > MAX_BUILD_ARGS_TOTAL_BYTES:
-            raise ValueError(f"build_args and labels hold {total:,} bytes together, over the limit of "
-                             f"{MAX_BUILD_ARGS_TOTAL_BYTES:,}; pass large values as build secrets or files in the context")
+        check_pairs_total(self.build_args, self.labels)
         return self
 
     def image_refs(self) -> list[ImageRef]:
@@ -282,8 +235,7 @@ class BuildRequest(BaseModel):
 
     def redacted(self) -> BuildRequest:
         """A copy safe to store and show: secret build-arg values replaced."""
-        args = {k: ("***" if k in self.secret_build_args else v) for k, v in self.build_args.items()}
-        update: dict = {"build_args": args}
+        update: dict = {"build_args": redacted_args(self.build_args, self.secret_build_args)}
         if isinstance(self.context, GitContext):
             update["context"] = self.context.model_copy(update={"url": re.sub(r"(://)[^/@]*@", r"\1***@", self.context.url)})
         return self.model_copy(update=update)

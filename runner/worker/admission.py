@@ -27,16 +27,9 @@ from pydantic import ValidationError
 from executors.plugins import ExecutorRegistry
 from runner.config.sections import ApiToken
 from runner.config.settings import Settings
+from runner.core.admission_rules import Rejected, check_admission
 from runner.core.jobs import JOB_ID, MAX_JOB_ID, BuildRequest, JobSource
 from runner.core.validation import field_errors, first_error
-
-
-class Rejected(ValueError):
-    """Invalid input; `field` names what was wrong. Nothing was queued."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
 
 
 def parse_request(data: Any) -> BuildRequest:
@@ -106,33 +99,17 @@ class Admission:
 
 def admit(request: BuildRequest, settings: Settings, origin: Origin) -> Admission:
     """Check `request`, which came in by `origin`, against the config."""
-    limits = settings.limits
-    if len(request.tags) > limits.max_tags:
-        raise Rejected("tags", f"{len(request.tags)} tags is over the limit of {limits.max_tags} (limits.max_tags)")
-    if len(request.platforms) > limits.max_platforms:
-        raise Rejected("platforms", f"{len(request.platforms)} platforms ({', '.join(request.platforms)}) is over the limit "
-                       f"of {limits.max_platforms} (limits.max_platforms)")
-    allowed = [r.host for r in settings.registries]
-    for index, ref in enumerate(request.image_refs()):
-        if ref.registry not in allowed:
-            raise Rejected(f"tags.{index}", f"registry {ref.registry!r} is not allowed; configured registries: "
-                           f"{', '.join(allowed) or 'none (add one under registries:)'}")
-    executor = request.executor or settings.default_executor
-    config = settings.executors.get(executor)
-    if config is None:
-        registry = ExecutorRegistry()
-        if not registry.is_known(executor):
-            raise Rejected("executor", f"unknown executor {executor!r}; known: {', '.join(registry.names())}")
-    if config is None or not config.enabled:
-        enabled = settings.enabled_executors()
-        raise Rejected("executor", f"executor {executor!r} is not enabled; enabled: {', '.join(enabled) or 'none'}")
-    if request.timeout is not None and request.timeout > limits.max_timeout:
-        raise Rejected("timeout", f"{request.timeout}s is over the maximum of {limits.max_timeout}s (limits.max_timeout)")
-    unknown = [s for s in request.secrets if s not in settings.build_secrets]
-    if unknown:
-        raise Rejected("secrets", f"unknown build secret(s) {unknown}; configured: {sorted(settings.build_secrets)}")
+    executor = check_admission(settings.admission_policy(), request.tags, request.platforms, request.executor,
+                               request.timeout, request.secrets, unknown_executor)
     check_sources(request, settings)
     return Admission(executor, statuses_for(request, settings, origin))
+
+
+def unknown_executor(name: str) -> None:
+    """Refuse an executor no package provides; one that is known but has no config is not enabled."""
+    registry = ExecutorRegistry()
+    if not registry.is_known(name):
+        raise Rejected("executor", f"unknown executor {name!r}; known: {', '.join(registry.names())}")
 
 
 def statuses_for(request: BuildRequest, settings: Settings, origin: Origin) -> bool:
