@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from executors.builtin import ENABLED_BY_DEFAULT
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
@@ -48,7 +49,7 @@ class ExecutorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(default=False, description="take jobs for this executor")
+    enabled: bool = Field(default=ENABLED_BY_DEFAULT, description="take jobs for this executor")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -23,7 +24,7 @@ MODELS = ("pydantic", "pydantic_core", "annotated_types", "runner.core.jobs", "r
 FORBIDDEN = ("celery", "kombu", "docker", "fastapi", "starlette", "uvicorn", "requests", "sh", "httpx", "typer", "rich",
              "pydantic_settings")
 #: the executors modules settings validation may load: the seam, the plugins (name -> class) and each family's config
-LIGHT_EXECUTORS = {"executors", "executors.base", "executors.plugins", "executors.engine", "executors.engine.config",
+LIGHT_EXECUTORS = {"executors", "executors.builtin", "executors.base", "executors.plugins", "executors.engine", "executors.engine.config",
                    "executors.dind", "executors.dind.config", "executors.daemonless", "executors.daemonless.config",
                    "executors.registry_cache"}
 
@@ -142,6 +143,30 @@ def test_the_read_commands_load_no_models(cli_harness, tmp_path):
     assert models(modules) == [] and heavy(modules) == []
     missing, modules = run_cli(h, "status", "no-such-job")
     assert missing.returncode == 2 and "no job" in missing.stderr and models(modules) == []
+
+
+def test_submit_through_redis_loads_no_models(cli_harness, tmp_path):
+    """`runner submit` without --api checks the request by the shared rules (runner.core.plain_request,
+    runner.core.admission_rules) on the config read plainly, and writes the record itself: no
+    pydantic, no settings models. What it does not read plainly (a source) goes to the models."""
+    h = cli_harness
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    job_id = f"plain-{uuid.uuid4().hex[:8]}"
+    submitted, modules = run_cli(h, "submit", str(tmp_path), "-t", f"{h.registry()}/imports/d:1", "--id", job_id,
+                                 "--build-arg", "A=1", "--secret-build-arg", "TOKEN=env:HOME", "--platform", "linux/amd64",
+                                 "--detach")
+    assert submitted.returncode == 0 and submitted.stdout.strip() == job_id, submitted.stderr
+    assert models(modules) == [] and heavy(modules) == [], models(modules)
+    record = h.store.get(job_id)  # the models read what the light path wrote
+    assert record.request.build_args == {"A": "1", "TOKEN": "***"} and h.store.load_secrets(job_id) == {"TOKEN": os.environ["HOME"]}
+    assert record.executor == "socket" and record.submitted_by.startswith("cli:") and record.request.platforms == ["linux/amd64"]
+    refused, modules = run_cli(h, "submit", str(tmp_path), "-t", "other.example:5000/a/b:1", "--detach")
+    assert refused.returncode == 2 and "tags.0: registry 'other.example:5000' is not allowed" in refused.stderr
+    assert models(modules) == []
+    sourced, modules = run_cli(h, "submit", str(tmp_path), "-t", f"{h.registry()}/imports/d:2", "--source-host", "github",
+                               "--source-repo", "o/r", "--source-sha", "a" * 40, "--detach")
+    assert sourced.returncode == 2 and "statuses.trust_queue_sources" in sourced.stderr  # the models' refusal
+    assert "pydantic" in models(modules)
 
 
 def test_a_bad_client_setting_is_refused_by_the_models_with_their_message(cli_harness, tmp_path):

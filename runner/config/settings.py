@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from executors.base import ExecutorConfig
+from executors.builtin import DEFAULT_EXECUTOR
 from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
 from runner.config.loader import SettingsError, load
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
@@ -89,7 +90,7 @@ class LogConfig(Strict):
 class Settings(ClientSettings):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    default_executor: str = Field(default="buildah", description="executor for jobs that name none")
+    default_executor: str = Field(default=DEFAULT_EXECUTOR, description="executor for jobs that name none")
     registries: list[RegistryConfig] = Field(default_factory=list, description="registries jobs may push to; a tag on any other is refused")
     registry_auth: RegistryAuthConfig = Field(
         default_factory=RegistryAuthConfig, description="where registry logins come from, the first that has one winning: a "

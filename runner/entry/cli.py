@@ -16,16 +16,19 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
-    from runner.config.client_plain import PlainClientSettings
+    from runner.config.client_plain import PlainClientSettings, PlainSubmitSettings
     from runner.config.settings import Settings
     from runner.core.jobs import JobRecord
     from runner.core.jobview import JobReader, JobView
+    from runner.entry.submission import ContextUpload
     from runner.store.jobstore import JobStore
 
+T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFRA = 0, 1, 2, 3
 _STYLES = {"bold": "1", "red": "31", "bold red": "1;31", "green": "32", "yellow": "33", "dim": "2"}
 
@@ -168,15 +171,35 @@ def cmd_submit(args: argparse.Namespace) -> None:
               "api_url": args.source_api_url, "project_id": args.source_project_id}
     if any(value is not None for value in source.values()):
         payload["source"] = {key: value for key, value in source.items() if value is not None}
-    client = remote(args.api, client_settings(args))
+    plain = submit_settings(args)
+    client = remote(args.api, plain or client_settings(args))
     if client is not None:  # the server checks the job: no settings tree, no models here
         queued_id, created = client.submit_directory(Path(args.directory), payload)
         queued = client.view(queued_id)
         if queued is None:
             fail(f"job {queued_id} disappeared from the API", EXIT_INFRA)
         return after_submit(client, queued, created, mode, args.as_json)
-    store, record, created = submit_through_redis(Path(args.directory), payload, settings(args))
-    after_submit(store, as_view(record), created, mode, args.as_json)
+    from runner.core.admission_rules import NeedsModels
+
+    try:
+        if plain is None:
+            raise NeedsModels("settings the light path does not read")
+        store, view, created = submit_plainly(Path(args.directory), payload, plain)
+    except NeedsModels:  # the models decide: the whole settings tree and admission
+        store, record, created = submit_through_redis(Path(args.directory), payload, settings(args))
+        view = as_view(record)
+    after_submit(store, view, created, mode, args.as_json)
+
+
+def submit_settings(args: argparse.Namespace) -> PlainSubmitSettings | None:
+    """What `runner submit` through Redis reads, plainly; None when the models must read it."""
+    from runner.config.client_plain import load_plain_submit_settings
+    from runner.config.loader import SettingsError
+
+    try:
+        return load_plain_submit_settings(config_path(args))
+    except SettingsError as exc:
+        fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
 
 def as_view(record: JobRecord) -> JobView:
@@ -186,15 +209,7 @@ def as_view(record: JobRecord) -> JobView:
 
 
 def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings) -> tuple[JobStore, JobRecord, bool]:
-    """Admit, reserve the id, upload the context, then record and queue the job."""
-    import socket
-
-    from redis import RedisError
-
-    from runner.context.pack import write_tar
-    from runner.core.errors import InvalidJob
-    from runner.entry.submission import ContextUpload, UploadRefused
-    from runner.store.jobstore import ContextTooLarge
+    """Admit (by the models), reserve the id, upload the context, then record and queue the job."""
     from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 
     try:
@@ -203,17 +218,76 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     store = store_for(cfg)
-    try:  # the id is reserved before any upload: a used id never gets a new context
-        upload = ContextUpload.begin(store, request.id, f"cli:{socket.gethostname()}:{os.getpid()}",
-                                     cfg.limits.max_context_bytes)
-    except UploadRefused as exc:
-        if exc.reason != "exists":
-            fail(f"job {request.id} is being submitted by another client right now; choose another --id", EXIT_INVALID)
+    upload = upload_context(store, request.id, directory, request.dockerfile, cfg.limits)
+    if upload is None:
         existing = store.get(request.id)
         assert existing is not None
         return store, existing, False
+    record, created = queue_upload(lambda: upload.submit(request, cfg, QUEUE, admitted, submitted_by=cli_user()))
+    return store, record, created
+
+
+def submit_plainly(directory: Path, payload: dict[str, Any], cfg: PlainSubmitSettings) -> tuple[JobStore, JobView, bool]:
+    """submit_through_redis without the models: the request checked by the same rules
+    (runner.core.plain_request, runner.core.admission_rules) and its record written as the
+    models would write it, in the same one transaction (JobStore.submit_plain). Raises
+    NeedsModels, before anything is written, for what only the models read."""
+    from runner.core.admission_rules import NeedsModels, Rejected, check_admission
+    from runner.core.plain_request import plain_request, queued_record, redacted, secret_arg_values
+
+    def unlisted(name: str) -> None:
+        raise NeedsModels(f"executor {name!r} has no section in the config")
+
     try:
-        write_tar(directory, upload.writer, request.dockerfile, cfg.limits)
+        request = plain_request(payload)
+        executor = check_admission(cfg.policy, request["tags"], request["platforms"], request["executor"],
+                                   request["timeout"], request["secrets"], unlisted)
+    except Rejected as exc:
+        fail(f"invalid job: {exc}", EXIT_INVALID)
+    store = store_for(cfg)
+    job_id = request["id"]
+    upload = upload_context(store, job_id, directory, request["dockerfile"], cfg.limits)
+    if upload is None:
+        existing = store.view(job_id)
+        assert existing is not None
+        return store, existing, False
+    # no source: no commit statuses (admission's statuses_for); an upload: nothing else to check
+    record = queued_record(redacted(request), executor, cfg.queue_for(executor), False, cli_user())
+
+    def submit() -> tuple[JobView, bool]:
+        try:
+            stored, created = store.submit_plain(record, secret_arg_values(request))
+        except Exception:
+            upload.abandon()
+            raise
+        if created:  # after the send, off the pickup path (as runner.entry.submission.submit)
+            store.keep_context(job_id)
+        return stored, created
+
+    view, created = queue_upload(submit)
+    return store, view, created
+
+
+def upload_context(store: JobStore, job_id: str, directory: Path, dockerfile: str, limits: Any) -> ContextUpload | None:
+    """Reserve the id and upload the context of `directory` (None: a job has the id already),
+    or exit saying why nothing was queued."""
+    import socket
+
+    from redis import RedisError
+
+    from runner.context.pack import write_tar
+    from runner.core.errors import InvalidJob
+    from runner.entry.submission import ContextUpload, UploadRefused
+    from runner.store.jobstore import ContextTooLarge
+
+    try:  # the id is reserved before any upload: a used id never gets a new context
+        upload = ContextUpload.begin(store, job_id, f"cli:{socket.gethostname()}:{os.getpid()}", limits.max_context_bytes)
+    except UploadRefused as exc:
+        if exc.reason != "exists":
+            fail(f"job {job_id} is being submitted by another client right now; choose another --id", EXIT_INVALID)
+        return None
+    try:
+        write_tar(directory, upload.writer, dockerfile, limits)
         upload.finish()
     except (ContextTooLarge, InvalidJob) as exc:
         upload.abandon()
@@ -224,13 +298,19 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     except RedisError as exc:  # a full Redis (maxmemory, noeviction) refuses the upload
         upload.abandon()
         fail(f"Redis refused the upload ({type(exc).__name__}: {exc}); nothing was queued", EXIT_INFRA)
+    return upload
+
+
+def queue_upload(submit: Callable[[], T]) -> T:
+    """Record and queue the uploaded job (`submit` abandons the upload when it fails), or exit."""
+    from runner.core.admission_rules import Rejected
+
     try:
-        record, created = upload.submit(request, cfg, QUEUE, admitted, submitted_by=cli_user())
+        return submit()
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     except Exception as exc:  # noqa: BLE001 - a broker failure is infrastructure
         fail(f"could not queue the job: {exc}", EXIT_INFRA)
-    return store, record, created
 
 
 def cli_user() -> str:

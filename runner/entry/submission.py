@@ -8,13 +8,13 @@ the worker makes the HTTP requests."""
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from runner.config.settings import Settings
-from runner.core.jobs import BuildRequest, JobRecord
-from runner.store import jobstate
-from runner.store.jobstore import ContextWriter, JobStore
-from runner.worker.admission import Admission, Origin, admit
+if TYPE_CHECKING:  # imported when a job is submitted: the CLI's light path uploads with ContextUpload alone
+    from runner.config.settings import Settings
+    from runner.core.jobs import BuildRequest, JobRecord
+    from runner.store.jobstore import ContextWriter, JobStore
+    from runner.worker.admission import Admission, Origin
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore, origin: O
     Secret build-arg values go to the store, by job id, never into the queue message: the
     message (and the record) carry the redacted request, and the worker reads the values back.
     """
+    from runner.store import jobstate
+    from runner.worker.admission import admit
+
     admitted = admitted or admit(request, settings, origin)
     executor = admitted.executor
     record = jobstate.admitted(request.redacted(), executor, settings.queue_for(executor), admitted.statuses,

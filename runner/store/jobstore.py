@@ -42,6 +42,7 @@ import builtins
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, cast
 
 import redis
@@ -52,6 +53,7 @@ from redis.typing import EncodableT, FieldT
 from runner.config.client_plain import PlainRetention
 from runner.config.redis_target import RedisTarget
 from runner.core.jobview import JobView
+from runner.core.plain_request import record_text
 from runner.core.status import RequeueReason, Status
 from runner.store.buildqueue import build_message
 from runner.store.outbox import Outbox
@@ -271,14 +273,30 @@ class JobStore:
         (that record, False)."""
         if record.status is not Status.queued:
             raise ValueError(f"submit needs a queued record, not a {record.status.value} one")
+        stored = self._create_with(record.id, record.created_at.timestamp(), lambda pipe: self._write(pipe, None, record),
+                                   lambda pipe: self._queued(pipe, record.id, secret_values, record.statuses, record.queue,
+                                                             record.request.model_dump(mode="json")))
+        return (record, True) if stored is None else (_record(stored), False)
 
-        def queued(pipe: redis.client.Pipeline) -> None:
-            self._put_secrets(pipe, record.id, secret_values)
-            if record.statuses:  # before the message: "queued" goes first (runner/store/outbox.py)
-                self.outbox.add(record.id, "status", "queued", "queued", client=pipe)
-            pipe.lpush(record.queue, build_message(record.request.model_dump(mode="json"), record.queue))
+    def submit_plain(self, record: dict[str, Any], secret_values: dict[str, str]) -> tuple[JobView, bool]:
+        """`submit` of a record written without the models (runner.core.plain_request.queued_record,
+        the CLI's light path): the same keys in the same one transaction."""
+        if record["status"] != Status.queued.value:
+            raise ValueError(f"submit needs a queued record, not a {record['status']} one")
+        job_id, created = record["id"], datetime.fromisoformat(record["created_at"]).timestamp()
+        text = record_text(record)
+        stored = self._create_with(
+            job_id, created, lambda pipe: self._put(pipe, job_id, text, created, Status.queued, record["executor"]),
+            lambda pipe: self._queued(pipe, job_id, secret_values, record["statuses"], record["queue"], record["request"]))
+        return (JobView(record), True) if stored is None else (_view(stored), False)
 
-        return self._create_with(record, queued)
+    def _queued(self, pipe: redis.client.Pipeline, job_id: str, secret_values: dict[str, str], statuses: bool,
+                queue: str, request: dict[str, Any]) -> None:
+        """What a submit writes beside the record: its secret values, its "queued" status, its message."""
+        self._put_secrets(pipe, job_id, secret_values)
+        if statuses:  # before the message: "queued" goes first (runner/store/outbox.py)
+            self.outbox.add(job_id, "status", "queued", "queued", client=pipe)
+        pipe.lpush(queue, build_message(request, queue))
 
     def end_new(self, record: JobRecord, closing: str | None = None) -> tuple[JobRecord, bool]:
         """Store a job born ended (a refused raw message: jobstate.refuse) with its closing line
@@ -286,12 +304,15 @@ class JobStore:
         admitted). A job that has the id already is left alone: (that record, False)."""
         if not record.finished:
             raise ValueError(f"end_new needs a finished record, not a {record.status.value} one")
-        return self._create_with(record, lambda pipe: self._ending(pipe, record, closing))
+        stored = self._create_with(record.id, record.created_at.timestamp(), lambda pipe: self._write(pipe, None, record),
+                                   lambda pipe: self._ending(pipe, record, closing))
+        return (record, True) if stored is None else (_record(stored), False)
 
-    def _create_with(self, record: JobRecord, also: Callable[[redis.client.Pipeline], None]) -> tuple[JobRecord, bool]:
-        """Store a new record (and drop its id's reservation) with what `also` queues on the
-        transaction; (the record there, False) if a job has the id already (nothing written)."""
-        key = self._key("job", record.id)
+    def _create_with(self, job_id: str, created: float, write: Callable[[redis.client.Pipeline], None],
+                     also: Callable[[redis.client.Pipeline], None]) -> str | bytes | None:
+        """Store a new record by `write` (and drop its id's reservation) with what `also` queues
+        on the transaction: None; or the raw record there if a job has the id already (nothing written)."""
+        key = self._key("job", job_id)
         with self.r.pipeline() as pipe:
             while True:
                 try:
@@ -299,14 +320,14 @@ class JobStore:
                     raw = pipe.get(key)
                     if raw is not None:
                         pipe.unwatch()
-                        return _record(raw), False
+                        return raw
                     pipe.multi()
-                    pipe.zadd(f"{self.ns}:jobs", {record.id: record.created_at.timestamp()})
-                    pipe.delete(self._key("reserve", record.id))
-                    self._write(pipe, None, record)
+                    pipe.zadd(f"{self.ns}:jobs", {job_id: created})
+                    pipe.delete(self._key("reserve", job_id))
+                    write(pipe)
                     also(pipe)
                     pipe.execute()
-                    return record, True
+                    return None
                 except redis.WatchError:
                     continue
 
@@ -347,17 +368,23 @@ class JobStore:
     def _write(self, pipe: redis.client.Pipeline, current: JobRecord | None, new: JobRecord) -> None:
         """Queue the record's write on `pipe` (in MULTI): the record, its status index and its
         executor's running list moved with it, the retention clock once it is finished."""
-        job_id, key = new.id, self._key("job", new.id)
-        pipe.set(key, new.model_dump_json())
-        if current is None or new.status is not current.status:
-            if current is not None:
-                pipe.zrem(self._status_key(current.status), job_id)
-            pipe.zadd(self._status_key(new.status), {job_id: new.created_at.timestamp()})
-            if current is not None and current.status is Status.running:
-                pipe.lrem(self.running_key(current.executor), 0, job_id)
-            if new.status is Status.running:
-                pipe.lpush(self.running_key(new.executor), job_id)
-        if new.finished:
+        self._put(pipe, new.id, new.model_dump_json(), new.created_at.timestamp(), new.status, new.executor,
+                  current.status if current else None, current.executor if current else None)
+
+    def _put(self, pipe: redis.client.Pipeline, job_id: str, text: str, created: float, status: Status, executor: str,
+             was: Status | None = None, was_executor: str | None = None) -> None:
+        """`_write` of a record as its JSON `text` (`was`: its status before, None for a new one)."""
+        key = self._key("job", job_id)
+        pipe.set(key, text)
+        if was is None or status is not was:
+            if was is not None:
+                pipe.zrem(self._status_key(was), job_id)
+            pipe.zadd(self._status_key(status), {job_id: created})
+            if was is Status.running:
+                pipe.lrem(self.running_key(was_executor or ""), 0, job_id)
+            if status is Status.running:
+                pipe.lpush(self.running_key(executor), job_id)
+        if status.finished:
             pipe.expire(key, self.retention.finished_seconds)
 
     def _ending(self, pipe: redis.client.Pipeline, record: JobRecord, closing: str | None) -> None:

@@ -34,6 +34,7 @@ FAST_MODULES = frozenset({
     "tests/test_platforms.py",
     "tests/test_fuzz_jobs.py",
     "tests/test_source_binding.py",
+    "tests/test_plain_submit.py",
     # config
     "tests/test_config_files.py",
     "tests/test_plugin_executor.py",
