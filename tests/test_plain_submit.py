@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
-from runner.config.client_plain import load_plain_submit_settings
 from runner.config.settings import load_settings
+from runner.config.submit_plain import load_plain_submit_settings
 from runner.core.admission_rules import NeedsModels, Rejected, check_admission
 from runner.core.plain_request import plain_request, queued_record, record_text, redacted, secret_arg_values
 from runner.core.status import Status

@@ -74,7 +74,8 @@ def read_config_file(config: str | Path | None = None) -> dict[str, Any]:
     except OSError as exc:
         raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        # libyaml's parser where PyYAML has it (the same safe constructors, a few times quicker)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except yaml.YAMLError as exc:
         raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -4,7 +4,7 @@ the models."""
 
 from __future__ import annotations
 
-import uuid
+import os
 from enum import Enum
 from typing import Literal, get_args
 
@@ -29,4 +29,8 @@ REQUEUE_REASONS: tuple[RequeueReason, ...] = get_args(RequeueReason)
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """uuid.uuid4().hex, without importing uuid (which loads `platform` and more: the CLI's start)."""
+    value = int.from_bytes(os.urandom(16), "big")
+    value = (value & ~(0xC000 << 48)) | (0x8000 << 48)  # the RFC 4122 variant
+    value = (value & ~(0xF000 << 64)) | (4 << 76)  # version 4
+    return f"{value:032x}"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -138,6 +137,8 @@ class ApiClient:
         from runner.core.errors import InvalidJob
 
         payload = {**payload, "id": payload.get("id") or new_job_id()}
+        import tempfile
+
         with tempfile.TemporaryFile() as spool:
             try:
                 write_tar(directory, spool, payload.get("dockerfile") or "Dockerfile")

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
-    from runner.config.client_plain import PlainClientSettings, PlainSubmitSettings
+    from runner.config.client_plain import PlainClientSettings
     from runner.config.settings import Settings
+    from runner.config.submit_plain import PlainSubmitSettings
     from runner.core.jobs import JobRecord
     from runner.core.jobview import JobReader, JobView
     from runner.entry.submission import ContextUpload
@@ -193,8 +194,8 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 def submit_settings(args: argparse.Namespace) -> PlainSubmitSettings | None:
     """What `runner submit` through Redis reads, plainly; None when the models must read it."""
-    from runner.config.client_plain import load_plain_submit_settings
     from runner.config.loader import SettingsError
+    from runner.config.submit_plain import load_plain_submit_settings
 
     try:
         return load_plain_submit_settings(config_path(args))

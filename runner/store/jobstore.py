@@ -53,7 +53,6 @@ from redis.typing import EncodableT, FieldT
 from runner.config.client_plain import PlainRetention
 from runner.config.redis_target import RedisTarget
 from runner.core.jobview import JobView
-from runner.core.plain_request import record_text
 from runner.core.status import RequeueReason, Status
 from runner.store.buildqueue import build_message
 from runner.store.outbox import Outbox
@@ -283,6 +282,8 @@ class JobStore:
         the CLI's light path): the same keys in the same one transaction."""
         if record["status"] != Status.queued.value:
             raise ValueError(f"submit needs a queued record, not a {record['status']} one")
+        from runner.core.plain_request import record_text
+
         job_id, created = record["id"], datetime.fromisoformat(record["created_at"]).timestamp()
         text = record_text(record)
         stored = self._create_with(
