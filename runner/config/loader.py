@@ -21,8 +21,6 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin
 
-from runner.core.validation import field_errors
-
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
 
@@ -146,6 +144,8 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str], most: int = 5) -> str:
     """`field.path: what is wrong (from RUNNER_VAR)` for each error; never the input value
     (it may be a secret)."""
+    from runner.core.validation import field_errors  # only when something is wrong
+
     lines = []
     for error in field_errors(exc)[:most]:
         loc = error.path

@@ -579,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False,
                      parents=[CONFIG_OPTION])
     parser.add_argument("--version", action=_Version)
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    # prog given: argparse would otherwise build a help formatter (and import shutil) to work it out
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser, prog=parser.prog)
 
     submit = _command(commands, "submit", cmd_submit)
     submit.add_argument("directory", nargs="?", default=".", help="build context directory (default: .)")
@@ -657,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.",
                                  parents=[CONFIG_OPTION])
     config.set_defaults(handler=None, parser=config)
-    config_commands = config.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    config_commands = config.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser, prog=config.prog)
     _command(config_commands, "show", cmd_config_show)
     _command(config_commands, "example", cmd_config_example)
     parser.set_defaults(handler=None, parser=parser)
