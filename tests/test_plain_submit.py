@@ -165,6 +165,13 @@ def test_what_the_worker_takes_the_client_takes_and_writes_as_the_models_do(conf
     assert record_text(plain_record) == record.model_dump_json()
 
 
+def test_a_request_read_shares_nothing_with_the_next():
+    first = plain_request(base())
+    first["build_args"]["A"] = "changed"
+    first["platforms"].append("linux/arm64")
+    assert plain_request(base()) == parse_request(base()).model_dump(mode="json")
+
+
 def test_the_light_path_leaves_to_the_models_what_it_does_not_read():
     for payload in (base(source={"host": "github", "repository": "o/r", "sha": "a" * 40}),
                     base(callback_url="https://ci.example/cb"), base(context={"type": "git", "url": "https://x/r.git"}),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from copy import copy
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,7 +54,7 @@ def plain_request(data: Mapping[str, Any]) -> dict[str, Any]:
         raise NeedsModels("a callback or a source: admission's checks of them read the whole config")
     if data.get("context") not in (None, {"type": "upload"}):
         raise NeedsModels("a context other than an upload")
-    out = {name: data.get(name, default) for name, default in _FIELDS.items()}
+    out = {name: data[name] if name in data else copy(default) for name, default in _FIELDS.items()}
     out["context"] = {"type": "upload"}
     if out["id"] is None and "id" not in data:
         out["id"] = new_job_id()
