@@ -166,10 +166,13 @@ def test_what_the_worker_takes_the_client_takes_and_writes_as_the_models_do(conf
 
 
 def test_a_request_read_shares_nothing_with_the_next():
-    first = plain_request(base())
-    first["build_args"]["A"] = "changed"
-    first["platforms"].append("linux/arm64")
-    assert plain_request(base()) == parse_request(base()).model_dump(mode="json")
+    bare = {"id": "job-1", "tags": [TAG]}  # every other field its default
+    first = plain_request(bare)
+    for name in ("build_args", "labels"):
+        first[name]["A"] = "changed"
+    for name in ("secret_build_args", "secrets"):
+        first[name].append("A")
+    assert plain_request(bare) == parse_request(bare).model_dump(mode="json")
 
 
 def test_the_light_path_leaves_to_the_models_what_it_does_not_read():
