@@ -8,31 +8,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from runner.core import request_rules as rules
 from runner.core.errors import ErrorKind
 from runner.core.models import BaseUrl
-from runner.core.request_rules import (  # noqa: F401 - re-exported
-    BUILDERS,
-    CACHE_KEY,
-    IMAGE_REF,
-    JOB_ID,
-    MAX_BUILD_ARG_BYTES,
-    MAX_BUILD_ARGS_TOTAL_BYTES,
-    MAX_JOB_ID,
-    MAX_PLATFORM,
-    MAX_PLATFORMS_FIELD,
-    MAX_TARGET,
-    canonical_platforms,
-    check_job_id,
-    check_pairs,
-    check_pairs_total,
-    check_secret_args,
-    check_tags,
-    inside_context,
-    one_platform,
-    parse_image_ref,
-    platform_and_platforms,
-    redacted_args,
-)
 from runner.core.status import REQUEUE_REASONS, RequeueReason, Status, new_job_id  # noqa: F401 - re-exported
 
 
@@ -45,7 +23,7 @@ class ImageRef(BaseModel):
 
     @classmethod
     def parse(cls, ref: str) -> ImageRef:
-        registry, repository, tag = parse_image_ref(ref)
+        registry, repository, tag = rules.parse_image_ref(ref)
         return cls(registry=registry, repository=repository, tag=tag)
 
     def __str__(self) -> str:
@@ -75,7 +53,7 @@ class GitContext(BaseModel):
     @field_validator("subdir")
     @classmethod
     def _subdir_inside(cls, value: str) -> str:
-        return inside_context(value, allow_empty=True)
+        return rules.inside_context(value, allow_empty=True)
 
     @model_validator(mode="after")
     def _ref_or_commit(self) -> GitContext:
@@ -147,11 +125,11 @@ class BuildRequest(BaseModel):
         default_factory=list, description="Names of build args whose values are masked everywhere."
     )
     secrets: list[str] = Field(default_factory=list, description="Ids of build secrets from config.")
-    target: str | None = Field(default=None, max_length=MAX_TARGET)
+    target: str | None = Field(default=None, max_length=rules.MAX_TARGET)
     labels: dict[str, str] = Field(default_factory=dict)
-    platform: str | None = Field(default=None, max_length=MAX_PLATFORM, description="One target platform (OS/ARCH[/VARIANT]); "
+    platform: str | None = Field(default=None, max_length=rules.MAX_PLATFORM, description="One target platform (OS/ARCH[/VARIANT]); "
                                  "kept for older clients: `platforms` holds it too.")
-    platforms: list[str] = Field(default_factory=list, max_length=MAX_PLATFORMS_FIELD, description="Target platforms, "
+    platforms: list[str] = Field(default_factory=list, max_length=rules.MAX_PLATFORMS_FIELD, description="Target platforms, "
                                  "e.g. [linux/amd64, linux/arm64]: two or more build one image per platform and push an "
                                  "image index under every tag; none: the worker's own platform.")
     no_cache: bool = False
@@ -159,7 +137,7 @@ class BuildRequest(BaseModel):
     builder: Literal["auto", "buildkit", "classic"] | None = None
     timeout: int | None = Field(default=None, gt=0, description="Seconds; the config default if omitted.")
     push: bool = True
-    cache_key: str | None = Field(default=None, pattern=CACHE_KEY)
+    cache_key: str | None = Field(default=None, pattern=rules.CACHE_KEY)
     callback_url: str | None = Field(default=None, max_length=2048)
     source: JobSource | None = Field(default=None, description="Where the job came from (a commit on a git host): "
                                      "the job's commit statuses are posted there.")
@@ -167,38 +145,38 @@ class BuildRequest(BaseModel):
     @field_validator("id")
     @classmethod
     def _id_rule(cls, value: str) -> str:
-        return check_job_id(value)
+        return rules.check_job_id(value)
 
     @field_validator("dockerfile")
     @classmethod
     def _dockerfile_inside(cls, value: str) -> str:
-        return inside_context(value)
+        return rules.inside_context(value)
 
     @field_validator("tags")
     @classmethod
     def _tags_are_refs(cls, tags: list[str]) -> list[str]:
-        return check_tags(tags)
+        return rules.check_tags(tags)
 
     @field_validator("build_args", "labels")
     @classmethod
     def _bounded_pairs(cls, pairs: dict[str, str]) -> dict[str, str]:
-        return check_pairs(pairs)
+        return rules.check_pairs(pairs)
 
     @field_validator("platform")
     @classmethod
     def _one_platform(cls, value: str | None) -> str | None:
-        return None if value is None else one_platform(value)
+        return None if value is None else rules.one_platform(value)
 
     @field_validator("platforms")
     @classmethod
     def _platforms(cls, values: list[str]) -> list[str]:
-        return canonical_platforms(values)
+        return rules.canonical_platforms(values)
 
     @model_validator(mode="after")
     def _platform_and_platforms(self) -> BuildRequest:
         """`platform` (one) and `platforms` say the same thing: a request may give either, and
         the stored one has both (`platform` set only for a single-platform job)."""
-        self.platform, self.platforms = platform_and_platforms(self.platform, self.platforms)
+        self.platform, self.platforms = rules.platform_and_platforms(self.platform, self.platforms)
         return self
 
     @property
@@ -209,11 +187,11 @@ class BuildRequest(BaseModel):
     @field_validator("secret_build_args")
     @classmethod
     def _secret_args_exist(cls, names: list[str], info: ValidationInfo) -> list[str]:
-        return check_secret_args(names, info.data.get("build_args", {}))
+        return rules.check_secret_args(names, info.data.get("build_args", {}))
 
     @model_validator(mode="after")
     def _bounded_total(self) -> BuildRequest:
-        check_pairs_total(self.build_args, self.labels)
+        rules.check_pairs_total(self.build_args, self.labels)
         return self
 
     def image_refs(self) -> list[ImageRef]:
@@ -235,7 +213,7 @@ class BuildRequest(BaseModel):
 
     def redacted(self) -> BuildRequest:
         """A copy safe to store and show: secret build-arg values replaced."""
-        update: dict = {"build_args": redacted_args(self.build_args, self.secret_build_args)}
+        update: dict = {"build_args": rules.redacted_args(self.build_args, self.secret_build_args)}
         if isinstance(self.context, GitContext):
             update["context"] = self.context.model_copy(update={"url": re.sub(r"(://)[^/@]*@", r"\1***@", self.context.url)})
         return self.model_copy(update=update)

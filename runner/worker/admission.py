@@ -28,7 +28,8 @@ from executors.plugins import ExecutorRegistry
 from runner.config.sections import ApiToken
 from runner.config.settings import Settings
 from runner.core.admission_rules import Rejected, check_admission
-from runner.core.jobs import JOB_ID, MAX_JOB_ID, BuildRequest, JobSource
+from runner.core.jobs import BuildRequest, JobSource
+from runner.core.request_rules import JOB_ID, MAX_JOB_ID
 from runner.core.validation import field_errors, first_error
 
 
