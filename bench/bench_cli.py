@@ -25,6 +25,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -59,10 +60,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wall(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+#: command -> CPU seconds (user + system) of each run, the command's own processes only: steadier
+#: than wall time on a machine other work loads (the worker's and the server's are not in it)
+CPU: dict[str, list[float]] = {}
+
+
+def wall(argv: list[str], env: dict[str, str], name: str | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds of one run; under `name`, its CPU seconds go to CPU."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     result = subprocess.run(argv, env=env, capture_output=True, text=True)
-    return time.perf_counter() - t0, result
+    elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if name is not None:
+        CPU.setdefault(name, []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return elapsed, result
 
 
 def job_seconds(stdout: str) -> float:
@@ -181,21 +193,21 @@ def main() -> None:
         jobs: dict[str, list[float]] = {name: [] for name in submits}
         for _ in range(args.n):
             for name, argv in floors.items():
-                times.setdefault(name, []).append(wall(argv, env)[0])
+                times.setdefault(name, []).append(wall(argv, env, name)[0])
             for name, argv in raws.items():
                 elapsed, result = wall(argv, raw_env)
                 if result.returncode:
                     raise SystemExit(f"{name} failed: {result.stderr}")
                 times.setdefault(name, []).append(elapsed)
             for name, (argv, run_env) in submits.items():
-                elapsed, result = wall(argv, run_env)
+                elapsed, result = wall(argv, run_env, name)
                 if result.returncode:
                     raise SystemExit(f"{name} failed ({result.returncode}): {result.stderr}")
                 times.setdefault(name, []).append(elapsed)
                 jobs[name].append(job_seconds(result.stdout))
             for mode, run_env in (("Redis", env), ("API", api_env)):
                 for name, argv in reads.items():
-                    elapsed, result = wall([RUNNER, *argv], run_env)
+                    elapsed, result = wall([RUNNER, *argv], run_env, f"runner {name} ({mode})")
                     if result.returncode:
                         raise SystemExit(f"runner {name} ({mode}) failed: {result.stderr}")
                     times.setdefault(f"runner {name} ({mode})", []).append(elapsed)
@@ -241,6 +253,15 @@ def main() -> None:
             f"(+{ms[api_name] - stdlib:.0f} ms)", "<= 60 ms", ms[api_name] <= 60)
     for name in (*floors, *raws):
         print(f"| baseline `{name}` | | {ms[name]:.0f} ms (min {min(times[name]) * 1000:.0f} ms) | | | |")
+    cpu = {name: statistics.median(values) * 1000 for name, values in CPU.items()}
+    print(f"\nCPU time (user + system) of the command's own processes, median of {args.n}: beside its floor")
+    print("| command | CPU | over its floor |\n|---|---|---|")
+    for name, value in cpu.items():
+        if name in floors:
+            print(f"| baseline `{name}` | {value:.0f} ms | |")
+        else:
+            base = FLOOR_STDLIB if "API" in name else FLOOR_REDIS
+            print(f"| `{name}` | {value:.0f} ms | +{value - cpu[base]:.0f} ms over `{base}` |")
     print(f"\n{load_line()}")
 
 
