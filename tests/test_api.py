@@ -264,7 +264,7 @@ def test_upload_build_follow_logs_and_duplicate_id(stack, services):
         assert replay == lines
     record = stack.wait(job_id)
     assert record["status"] == "succeeded"
-    assert record["images"] == [{"ref": ref, "digest": registry_digest(services, ref)}]
+    assert record["images"] == [{"ref": ref, "digest": registry_digest(services, ref), "platforms": []}]
     assert run_image(ref, "cat", "/msg") == "uploaded\n"
     with stack.client(token=TOKEN_READ) as reader:
         listed = reader.get("/v1/jobs", params={"status": "succeeded", "limit": 1}).json()

@@ -124,9 +124,10 @@ def configure_logging(settings: Settings, level: str | int = "INFO", stream: Tex
     threading.excepthook = _log_uncaught_in_thread
     if json_lines:
         stdio = logging.getLogger(STREAM_LOGGER)
-        # Celery writes its shutdown notices to sys.__stdout__, not sys.stdout
-        sys.stdout = sys.__stdout__ = LineLogger(stdio, logging.INFO, stream)
-        sys.stderr = sys.__stderr__ = LineLogger(stdio, logging.WARNING, stream)
+        # Celery writes its shutdown notices to sys.__stdout__, not sys.stdout, so the original
+        # streams are replaced too (typeshed: Final, and no LineLogger is a TextIOWrapper)
+        sys.stdout = sys.__stdout__ = LineLogger(stdio, logging.INFO, stream)  # type: ignore[misc, assignment]
+        sys.stderr = sys.__stderr__ = LineLogger(stdio, logging.WARNING, stream)  # type: ignore[misc, assignment]
     return handler
 
 

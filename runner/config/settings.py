@@ -32,6 +32,8 @@ class LimitsConfig(ContextLimits):
     max_log_bytes: int = Field(default=16 * 1024**2, description="log kept per job; past it one truncation line, the build goes on")
     max_log_lines: int = Field(default=200_000, description="cap on log stream entries per job")
     max_tags: int = Field(default=32, description="most image references one job may push")
+    max_platforms: int = Field(default=4, ge=1, description="most target platforms one job may build (each is a build of "
+                               "its own; an emulated one is several times slower than a native one)")
     default_timeout: int = Field(default=3600, description="seconds a job may run when it names no timeout")
     max_timeout: int = Field(default=4 * 3600, description="largest timeout a job may ask for")
     max_attempts: int = Field(default=3, description="attempts before a job that kills its worker is failed")

@@ -17,6 +17,7 @@ from runner.core.attestations import Attestation
 from runner.core.build_inputs import BuildInputs
 from runner.core.errors import ErrorKind
 from runner.core.models import BaseUrl
+from runner.core.platforms import canonical, parse_platform
 
 # Docker's reference grammar (distribution/reference), restricted to what we push:
 # REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
@@ -33,6 +34,8 @@ MAX_BUILD_ARG_BYTES = 64 * 1024
 #: build args and labels together; they travel in one request line to an engine (its cap is
 #: 1 MB after URL-encoding, which can triple a value) and in argv to buildah and img
 MAX_BUILD_ARGS_TOTAL_BYTES = 256 * 1024
+#: a bound on what a message may carry; the config's limits.max_platforms (default 4) is the real cap
+MAX_PLATFORMS_FIELD = 64
 
 
 class ImageRef(BaseModel):
@@ -189,7 +192,11 @@ class BuildRequest(BaseModel):
     secrets: list[str] = Field(default_factory=list, description="Ids of build secrets from config.")
     target: str | None = Field(default=None, max_length=255)
     labels: dict[str, str] = Field(default_factory=dict)
-    platform: str | None = Field(default=None, pattern=r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
+    platform: str | None = Field(default=None, max_length=100, description="One target platform (OS/ARCH[/VARIANT]); "
+                                 "kept for older clients: `platforms` holds it too.")
+    platforms: list[str] = Field(default_factory=list, max_length=MAX_PLATFORMS_FIELD, description="Target platforms, "
+                                 "e.g. [linux/amd64, linux/arm64]: two or more build one image per platform and push an "
+                                 "image index under every tag; none: the worker's own platform.")
     no_cache: bool = False
     executor: str | None = Field(default=None, description="Executor name; the config default if omitted.")
     builder: Literal["auto", "buildkit", "classic"] | None = None
@@ -231,6 +238,36 @@ class BuildRequest(BaseModel):
             if len(value.encode()) > MAX_BUILD_ARG_BYTES:
                 raise ValueError(f"the value of {key!r} is over {MAX_BUILD_ARG_BYTES} bytes")
         return pairs
+
+    @field_validator("platform")
+    @classmethod
+    def _one_platform(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "," in value:
+            raise ValueError(f"{value[:100]!r} names several platforms: list them in `platforms`")
+        return str(parse_platform(value))
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, values: list[str]) -> list[str]:
+        return canonical(values)
+
+    @model_validator(mode="after")
+    def _platform_and_platforms(self) -> BuildRequest:
+        """`platform` (one) and `platforms` say the same thing: a request may give either, and
+        the stored one has both (`platform` set only for a single-platform job)."""
+        if self.platform is not None and self.platforms and self.platforms != [self.platform]:
+            raise ValueError(f"platform {self.platform!r} and platforms {self.platforms} disagree: give one of them")
+        if self.platform is not None and not self.platforms:
+            self.platforms = [self.platform]
+        self.platform = self.platforms[0] if len(self.platforms) == 1 else None
+        return self
+
+    @property
+    def multi_platform(self) -> bool:
+        """Two or more platforms: one image each, and an index under every tag."""
+        return len(self.platforms) > 1
 
     @field_validator("secret_build_args")
     @classmethod
@@ -274,9 +311,20 @@ class BuildRequest(BaseModel):
         return self.model_copy(update=update)
 
 
+class PlatformImage(BaseModel):
+    """One platform's image of a multi-platform job: the manifest the index lists for it."""
+
+    platform: str
+    digest: str
+
+
 class PushedImage(BaseModel):
+    """A tag and what it points to now: an image, or for a multi-platform job the index, whose
+    manifests (one per platform) are in `platforms`."""
+
     ref: str
     digest: str
+    platforms: list[PlatformImage] = Field(default_factory=list)
 
 
 class JobError(BaseModel):
@@ -318,6 +366,20 @@ class JobRecord(BaseModel):
     inputs: BuildInputs | None = None
     #: the provenance and signatures attached to the pushed images; None: nothing attached
     attestation: Attestation | None = None
+    #: does the job get commit statuses? Admission's answer (runner/worker/admission.py,
+    #: statuses_for), kept from when the record was made so nothing decides it again. A record
+    #: written before the field: whether its request names a source (the old rule; the worker
+    #: skips a status whose host has no config).
+    statuses: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _statuses_of_older_records(cls, data: object) -> object:
+        if isinstance(data, dict) and "statuses" not in data:
+            request = data.get("request")
+            source = request.get("source") if isinstance(request, dict) else getattr(request, "source", None)
+            return {**data, "statuses": source is not None}
+        return data
 
     @property
     def finished(self) -> bool:

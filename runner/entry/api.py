@@ -1,6 +1,6 @@
 """The HTTP API (`runner serve`): jobs, logs, cancel, context upload and git-push webhooks.
 
-Every entry point turns its input into a BuildRequest and hands it to runner.submission,
+Every entry point turns its input into a BuildRequest and hands it to runner.entry.submission,
 exactly like the CLI; nothing here builds. Job endpoints need `Authorization: Bearer
 TOKEN` with a token from `api.tokens` holding the right (submit, read, cancel).
 
@@ -10,7 +10,7 @@ then `POST /v1/jobs` with `{"id": ID, "tags": [...], ...}`. Git contexts need no
 
 `GET /v1/jobs/{id}/logs?follow=true` streams until the job ends or the client leaves; a token
 may hold api.max_followers_per_token such streams at once (429 past it). Followers hold no
-threads: runner.logfollow reads on asyncio with one shared tailer per followed job.
+threads: runner.store.logfollow reads on asyncio with one shared tailer per followed job.
 """
 
 from __future__ import annotations

@@ -146,9 +146,15 @@ def cmd_submit(args: argparse.Namespace) -> None:
         "dockerfile": args.file, "tags": args.tag, "build_args": {**build_args, **secret_args},
         "secret_build_args": list(secret_args), "secrets": [s.removeprefix("id=") for s in args.secret],
         "target": args.target, "labels": pairs(args.label, "--label"), "executor": args.executor,
-        "builder": args.builder, "platform": args.platform, "push": args.push, "no_cache": args.no_cache,
-        "timeout": args.timeout,
+        "builder": args.builder, "push": args.push, "no_cache": args.no_cache, "timeout": args.timeout,
     }
+    from runner.core.platforms import split_specifiers
+
+    platforms = [part for value in args.platform for part in split_specifiers(value)]
+    if len(platforms) == 1:  # one value: a single-platform job, as before (also for an older server)
+        payload["platform"] = platforms[0]
+    elif platforms:
+        payload["platforms"] = platforms
     if args.job_id:
         payload["id"] = args.job_id
     source = {"host": args.source_host, "repository": args.source_repo, "sha": args.source_sha, "ref": args.source_ref,
@@ -245,6 +251,9 @@ def report(record: JobRecord, as_json: bool) -> NoReturn:
     elif record.status is Status.succeeded:
         for image in record.images:
             print(f"{image.ref}@{image.digest}")
+        for image in record.images[:1]:  # stdout stays one REF@DIGEST a tag; each platform's manifest is a note
+            for platform in image.platforms:
+                note(f"  {platform.platform} {platform.digest}")
     else:
         message = record.error.message if record.error else ""
         note(f"{styled(record.status.value, 'bold red', sys.stderr)}: {message}")
@@ -269,7 +278,11 @@ def cmd_status(args: argparse.Namespace) -> None:
         ref = ImageRef.parse(image.ref)
         mark = attested.get((f"{ref.registry}/{ref.repository}", image.digest))
         signed = (" signed" if mark.signature else " provenance unsigned") if mark else ""
-        print(f"  {image.ref}@{image.digest}{signed}")
+        print(f"  {image.ref}@{image.digest}" + (" (index)" if image.platforms else "") + signed)
+        for platform in image.platforms:
+            child = attested.get((f"{ref.registry}/{ref.repository}", platform.digest))
+            child_signed = (" signed" if child.signature else " provenance unsigned") if child else ""
+            print(f"    {platform.platform} {platform.digest}{child_signed}")
     if record.attestation:
         a = record.attestation
         print(f"  provenance: SLSA v1 on {len(a.images)} digest(s), " + (f"signed with key {a.key_id}" if a.signed
@@ -316,7 +329,7 @@ def cmd_cancel(args: argparse.Namespace) -> None:
     else:
         from runner.entry.control import cancel_job
 
-        record = cancel_job(store_for(cfg), args.job_id, cfg.deliveries.recover_after)
+        record = cancel_job(store_for(cfg), args.job_id)
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     print(f"{args.job_id} {record.status.value if record.finished else 'cancelling'}")
@@ -490,7 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="image label; repeat for more")
     submit.add_argument("--executor", help="executor name (config default if omitted)")
     submit.add_argument("--builder", help="auto | buildkit | classic (engine executors)")
-    submit.add_argument("--platform", help="target platform, e.g. linux/amd64")
+    submit.add_argument("--platform", action="append", default=[], metavar="PLATFORM[,PLATFORM…]",
+                        help="target platform(s), as buildx takes them: linux/amd64 (one) or linux/amd64,linux/arm64 (an "
+                        "image per platform, an index under every tag); repeatable")
     submit.add_argument("--push", action=argparse.BooleanOptionalAction, default=True, help="push the image (default: yes)")
     submit.add_argument("--no-cache", action="store_true", help="build without the layer cache")
     submit.add_argument("--timeout", type=int, metavar="SECONDS", help="seconds the build may take")

@@ -1,5 +1,5 @@
-"""`runner doctor`: one check per line — Redis, Docker Engine, registries, executors, and
-secret files that others can read."""
+"""`runner doctor`: one check per line — Redis, Docker Engine, registries, executors, the
+platforms each executor can build here, and secret files that others can read."""
 
 from __future__ import annotations
 
@@ -103,6 +103,23 @@ def check_executors(executors: dict[str, Executor]) -> list[Check]:
     return checks
 
 
+def check_platforms(executors: dict[str, Executor]) -> list[Check]:
+    """Which platforms each executor can build on this host: natively, or emulated through a
+    binfmt handler (qemu-user-static); a job asking for another is refused before it runs."""
+    checks = []
+    for name, executor in executors.items():
+        if not executor.config.enabled:
+            continue
+        try:
+            support = executor.platforms()
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as text
+            checks.append(Check(f"platforms {name}", False, getattr(exc, "message", str(exc)), required=False, shown=True))
+            continue
+        if support is not None:
+            checks.append(Check(f"platforms {name}", True, support.describe(), required=False))
+    return checks
+
+
 def check_engines(executors: dict[str, Executor]) -> list[Check]:
     """Each engine the executors drive, once; required when an enabled executor drives it."""
     hosts: dict[str, bool] = {}
@@ -140,8 +157,8 @@ def secret_files(value: Any, where: str = "") -> Iterator[tuple[str, Path]]:
             yield from secret_files(item, f"{where}[{key}]")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            name = getattr(item, "name", None) or getattr(item, "host", None)  # api tokens, git credentials, registries
-            yield from secret_files(item, f"{where}[{name if isinstance(name, str) else index}]")
+            label = getattr(item, "name", None) or getattr(item, "host", None)  # api tokens, git credentials, registries
+            yield from secret_files(item, f"{where}[{label if isinstance(label, str) else index}]")
 
 
 def check_secret_files(settings: Settings) -> list[Check]:
@@ -192,4 +209,5 @@ def run_checks(settings: Settings) -> list[Check]:
     executors = make_executors(settings, registry.names(), env, registry)
     return [check_redis(settings), *check_engines(executors), *check_docker_configs(env.registries),
             *[check_registry(r, env.registries) for r in settings.registries],
-            *check_executors(executors), check_build_secrets(settings), check_signing(settings), *check_secret_files(settings)]
+            *check_executors(executors), *check_platforms(executors), check_build_secrets(settings),
+            check_signing(settings), *check_secret_files(settings)]

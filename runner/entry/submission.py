@@ -1,9 +1,9 @@
 """Hand-off, shared by every entry point (CLI, HTTP API, webhooks): record the job as
-queued, owe its "queued" commit status, and send its message; and the upload of a directory
-context before it (`ContextUpload`: `runner submit` through Redis and the API's upload
-endpoint). Builds nothing, and never imports Celery: the messages are written straight to
-their queues (runner.store.buildqueue, runner.store.outbox); the worker makes the HTTP
-requests."""
+queued, owe its "queued" commit status, and send its message, in one transaction
+(JobStore.submit); and the upload of a directory context before it (`ContextUpload`: `runner
+submit` through Redis and the API's upload endpoint). Builds nothing, and never imports Celery:
+the messages are written straight to their queues (runner.store.buildqueue, runner.store.outbox);
+the worker makes the HTTP requests."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Literal
 
 from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest, JobRecord
-from runner.store.buildqueue import send_build
+from runner.store import jobstate
 from runner.store.jobstore import ContextWriter, JobStore
-from runner.store.outbox import Outbox
 from runner.worker.admission import Admission, Origin, admit
 
 
@@ -28,23 +27,12 @@ def submit(request: BuildRequest, settings: Settings, store: JobStore, origin: O
     """
     admitted = admitted or admit(request, settings, origin)
     executor = admitted.executor
-    record = JobRecord(id=request.id, request=request.redacted(), executor=executor,
-                       queue=settings.queue_for(executor))
-    if not store.create(record):
-        existing = store.get(request.id)
-        assert existing is not None
-        return existing, False
-    store.save_secrets(request.id, request.secret_arg_values())
-    outbox = Outbox.for_store(store, settings.deliveries.recover_after) if admitted.statuses else None
-    try:
-        if outbox is not None:  # before the job's message: "queued" goes first (runner/store/outbox.py)
-            outbox.add(request.id, "status", "queued", "queued")
-        send_build(store.r, record.request.model_dump(mode="json"), record.queue)
-    except BaseException:
-        store.forget(request.id)  # not queued: a retry with the same id must be able to send it
-        if outbox is not None:
-            outbox.forget(request.id)
-        raise
+    record = jobstate.admitted(request.redacted(), executor, settings.queue_for(executor), admitted.statuses)
+    # the record, the secret values, the "queued" status owed and the message: all or nothing,
+    # so a retry with the same id after a failure here sends it
+    stored, created = store.submit(record, request.secret_arg_values())
+    if not created:
+        return stored, False
     if request.context.type == "upload":
         # after the send, off the pickup path: if the job is done and its context gone already,
         # this is a no-op; until now the upload's own expiry (an hour) kept it

@@ -34,7 +34,7 @@ from urllib.parse import unquote_to_bytes
 from runner.config.sections import RepositoryHook
 from runner.config.settings import Settings
 from runner.core.errors import InvalidJob
-from runner.core.jobs import BuildRequest
+from runner.core.jobs import BuildRequest, GitContext
 from runner.core.models import base_url
 from runner.entry.submission import submit
 from runner.sources.git import check_url, mask_url
@@ -323,7 +323,7 @@ def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Set
         "context": {"type": "git", "url": url, "ref": push.ref, "commit": push.sha, "subdir": repo.context,
                     "submodules": repo.submodules, "keep_git_dir": repo.keep_git_dir},
         "dockerfile": repo.dockerfile, "tags": tags, "build_args": repo.build_args, "executor": repo.executor,
-        "timeout": repo.timeout, "callback_url": repo.callback_url,
+        "platforms": repo.platforms, "timeout": repo.timeout, "callback_url": repo.callback_url,
         "labels": {"org.opencontainers.image.revision": push.sha, "org.opencontainers.image.ref.name": push.ref},
         "source": {"host": push.provider, "api_url": push.api_url, "repository": push.full_name, "project_id": push.project_id,
                    "sha": push.sha, "ref": push.ref, "delivery": delivery[:256]},
@@ -377,5 +377,6 @@ def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Set
     if not created:
         return Outcome(200, {"result": "duplicate", "job": record.id, "status": record.status.value,
                              "reason": "this delivery was already received"})
+    assert isinstance(request.context, GitContext)  # a push builds its commit (build_request)
     return Outcome(202, {"result": "queued", "job": record.id, "tags": request.tags, "commit": push.sha,
                          "url": mask_url(request.context.url)})

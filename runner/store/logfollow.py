@@ -25,7 +25,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -33,7 +33,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from runner.core.jobs import JobRecord
-from runner.store.jobstore import END_FIELD, LINES_FIELD, JobStore
+from runner.store.jobstore import END_FIELD, LINES_FIELD, JobStore, StreamEntries
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +297,8 @@ class LogHub:
         raw = await self.client.get(self.store.job_key(job_id))
         return raw is None or JobRecord.model_validate_json(raw).finished
 
-    async def _read_page(self, key: str, after: str) -> list:
-        reply = await self.client.xread({key: after}, count=self.page)
+    async def _read_page(self, key: str, after: str) -> StreamEntries:
+        reply = cast(list[tuple[str, StreamEntries]], await self.client.xread({key: after}, count=self.page))
         return reply[0][1] if reply else []
 
     async def pages(self, job_id: str, after: str = "0-0", stop_at_end: bool = True,
@@ -406,7 +406,8 @@ class LogHub:
         while True:
             try:
                 async with self._tail_slots:
-                    reply = await self.client.xread({key: tailer.cursor}, count=self.page, block=self.block_ms)
+                    reply = cast(list[tuple[str, StreamEntries]],
+                                 await self.client.xread({key: tailer.cursor}, count=self.page, block=self.block_ms))
                 if reply and reply[0][1]:
                     batch = Batch.from_stream(reply[0][1], stop_at_end=True)
                     if batch.ended:

@@ -12,8 +12,9 @@ reports on); or an API token holding the `status` right or naming the repository
 --api, which writes to Redis with the same access) is bound by the git rule only, unless
 `statuses.trust_queue_sources` says the queue is trusted. An unbound source is refused as
 invalid, naming the repository: the submitter asked for a status, so it is never dropped
-silently. Every record with a source was bound when it was admitted; the worker's listener
-asks again with ADMITTED."""
+silently. The answer is kept on the job's record (`JobRecord.statuses`, set when the record is
+made: runner/store/jobstate.py, admitted), and everything later reads it from there: the
+worker's interim statuses, a job's end (JobStore.end), a cancel while queued."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def readable_request(data: Any) -> BuildRequest | None:
 class Origin:
     """The door a job came in by: it decides whether the job's `source` may get statuses."""
 
-    door: Literal["webhook", "api", "queue", "admitted"]
+    door: Literal["webhook", "api", "queue"]
     token: ApiToken | None = None  # the API's bearer token
 
     @classmethod
@@ -95,7 +96,6 @@ class Origin:
 
 WEBHOOK = Origin("webhook")  # a verified push: the host itself names the commit
 QUEUE = Origin("queue")  # a message posted straight to Redis, or `runner submit` without --api
-ADMITTED = Origin("admitted")  # a job with a record: its source was bound when it was admitted
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,9 @@ def admit(request: BuildRequest, settings: Settings, origin: Origin) -> Admissio
     limits = settings.limits
     if len(request.tags) > limits.max_tags:
         raise Rejected("tags", f"{len(request.tags)} tags is over the limit of {limits.max_tags} (limits.max_tags)")
+    if len(request.platforms) > limits.max_platforms:
+        raise Rejected("platforms", f"{len(request.platforms)} platforms ({', '.join(request.platforms)}) is over the limit "
+                       f"of {limits.max_platforms} (limits.max_platforms)")
     allowed = [r.host for r in settings.registries]
     for index, ref in enumerate(request.image_refs()):
         if ref.registry not in allowed:
@@ -147,7 +150,7 @@ def statuses_for(request: BuildRequest, settings: Settings, origin: Origin) -> b
 
 def unbound(request: BuildRequest, source: JobSource, settings: Settings, origin: Origin) -> str | None:
     """Why the job may not report on `source`'s commit, or None when it may."""
-    if origin.door in ("webhook", "admitted") or builds_commit_of(request, source, settings):
+    if origin.door == "webhook" or builds_commit_of(request, source, settings):
         return None
     rule = (f"the job does not clone {source.repository} from the configured {source.host} host at commit "
             f"{source.sha} (a git context with that URL and commit)")

@@ -42,7 +42,8 @@ class Readiness:
         self.worker = worker
         self.draining = threading.Event()
         self.redis = redis.Redis.from_url(worker.settings.redis_url.get_secret_value(), socket_timeout=PROBE_TIMEOUT,
-                                          socket_connect_timeout=PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0))
+                                          socket_connect_timeout=PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0),
+                                          decode_responses=True)  # also read by /metrics (the open circuits)
 
     def check(self) -> tuple[bool, str]:
         if self.draining.is_set():

@@ -18,7 +18,6 @@ from executors.plugins import ExecutorRegistry
 from runner.config.logs import configure_logging
 from runner.config.settings import Settings
 from runner.store.outbox import deliveries_queue
-from runner.worker.admission import ADMITTED, statuses_for
 from runner.worker.health import WorkerService
 from runner.worker.notify.deliveries import Deliverer, DeliveryScheduler
 from runner.worker.notify.listener import NotifyListener
@@ -46,7 +45,7 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     worker = Worker(settings, names, registry=registry, metrics=metrics)
     metrics.running_here = worker.running_here
     deliverer = Deliverer(settings, worker.store, worker.id)
-    worker.listeners += [metrics, NotifyListener(deliverer.outbox, lambda record: statuses_for(record.request, settings, ADMITTED))]
+    worker.listeners += [metrics, NotifyListener(deliverer.outbox)]
     for name, why in worker.check().items():
         log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
     app = make_app(settings, worker, deliverer, build_slots=builds)

@@ -105,6 +105,8 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
     def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
         with self._lock:
             self._running.pop(record.id, None)
+        if record.executor not in self._executors:
+            return  # a refused raw message may name any executor: labels stay the ones this worker serves
         status = record.status.value
         self.jobs.labels(record.executor, status).inc()
         took = seconds_between(record.started_at, record.finished_at)

@@ -27,8 +27,11 @@ import pytest
 FAST_MODULES = frozenset({
     # the pipeline's paths on the fake executor, job states, cancel, leases
     "tests/test_pipeline.py",
+    # the job's state machine and its one end (JobStore.end) against Redis
+    "tests/test_jobstate.py",
     # requests and admission
     "tests/test_jobs.py",
+    "tests/test_platforms.py",
     "tests/test_fuzz_jobs.py",
     "tests/test_source_binding.py",
     # config
@@ -40,6 +43,7 @@ FAST_MODULES = frozenset({
     "tests/test_dockerignore_oracle.py",
     "tests/test_copy_filter.py",
     "tests/test_context.py",
+    "tests/test_context_view.py",
     "tests/test_buildah_setid.py",
     # tar policy: extraction and the context reader against hostile input
     "tests/hostile/test_context_extract.py",

@@ -87,7 +87,7 @@ def get_job(job_id: JobId, api: Api) -> JobRecord:
              responses={404: {"description": "no such job"}})
 def cancel(job_id: JobId, api: Api) -> JobRecord:
     """A queued job never starts; a running one is stopped by its worker within a second."""
-    record = cancel_job(api.store, job_id, api.settings.deliveries.recover_after)
+    record = cancel_job(api.store, job_id)
     if record is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return record
