@@ -33,8 +33,8 @@ def native_platform() -> Platform:
 
 
 def job_platforms(request: BuildRequest) -> list[str]:
-    """The platforms the job builds for; empty: the worker's own."""
-    return [request.platform] if request.platform else []
+    """The platforms the job builds for (a multi-platform job's every one); empty: the worker's own."""
+    return list(request.platforms)
 
 
 def source_inputs(request: BuildRequest, context: BuildContext) -> SourceInputs | None:
