@@ -83,25 +83,33 @@ def base_for(services, executor: str) -> str:
     return support.base_image(services) if support.base_image else services["RUNNER_DEV_BASE_IMAGE"]
 
 
-def test_every_pushed_digest_is_signed_with_provenance(signing, repository, executor, services):
-    stack, public_key = signing
+def build(stack, executor: str, repository, tag: str, base: str, **extra) -> tuple[str, dict, str]:
+    """The repository's app built FROM `base` through the API as a push webhook would queue it
+    (its commit as the job's source): (job id, its record, its log), the job succeeded."""
     path, commit = repository
-    registry = services[SUPPORT[executor].registry_key]
-    name = f"signed/{executor}"
-    tag = f"{registry}/{name}:{uuid.uuid4().hex[:10]}"
-    base = base_for(services, executor)
     job = {"tags": [tag], "executor": executor, "dockerfile": "Dockerfile",
            "context": {"type": "git", "url": f"file://{path}", "ref": "refs/heads/main", "commit": commit, "subdir": "svc"},
            "source": {"host": "github", "repository": "acme/app", "sha": commit, "ref": "refs/heads/main"},
            "build_args": {"BASE": base, "MODE": "release", "TOKEN": ARG_SECRET}, "secret_build_args": ["TOKEN"],
-           "secrets": ["npmrc"]}
+           "secrets": ["npmrc"], **extra}
     with stack.client(token=SIGNER) as client:
         queued = client.post("/v1/jobs", json=job)
         assert queued.status_code == 202, queued.text
         job_id = queued.json()["id"]
-    record = stack.wait(job_id, timeout=300)
+    record = stack.wait(job_id, timeout=600)
     log = "\n".join(stack.harness.store.read_log(job_id))
     assert record["status"] == "succeeded", (record["error"], log[-3000:])
+    return job_id, record, log
+
+
+def test_every_pushed_digest_is_signed_with_provenance(signing, repository, executor, services):
+    stack, public_key = signing
+    _, commit = repository
+    registry = services[SUPPORT[executor].registry_key]
+    name = f"signed/{executor}"
+    tag = f"{registry}/{name}:{uuid.uuid4().hex[:10]}"
+    base = base_for(services, executor)
+    job_id, record, log = build(stack, executor, repository, tag, base)
 
     [pushed] = record["images"]
     digest = pushed["digest"]
@@ -159,23 +167,12 @@ def test_a_two_platform_job_signs_and_attests_the_index_and_each_platforms_manif
     if why:
         pytest.skip(f"this host cannot run arm64 (qemu-user-static's binfmt handler): {why}")
     stack, public_key = signing
-    path, commit = repository
+    _, commit = repository
     registry = services[SUPPORT[executor].registry_key]
     name = f"signed/{executor}-multi"
     tag = f"{registry}/{name}:{uuid.uuid4().hex[:10]}"
     base = base_for(services, executor).replace("/base/busybox:1", "/base/busybox-multi:1")
-    job = {"tags": [tag], "executor": executor, "dockerfile": "Dockerfile", "platforms": ["linux/amd64", "linux/arm64"],
-           "context": {"type": "git", "url": f"file://{path}", "ref": "refs/heads/main", "commit": commit, "subdir": "svc"},
-           "source": {"host": "github", "repository": "acme/app", "sha": commit, "ref": "refs/heads/main"},
-           "build_args": {"BASE": base, "MODE": "release", "TOKEN": ARG_SECRET}, "secret_build_args": ["TOKEN"],
-           "secrets": ["npmrc"]}
-    with stack.client(token=SIGNER) as client:
-        queued = client.post("/v1/jobs", json=job)
-        assert queued.status_code == 202, queued.text
-        job_id = queued.json()["id"]
-    record = stack.wait(job_id, timeout=600)
-    log = "\n".join(stack.harness.store.read_log(job_id))
-    assert record["status"] == "succeeded", (record["error"], log[-3000:])
+    job_id, record, _ = build(stack, executor, repository, tag, base, platforms=["linux/amd64", "linux/arm64"])
 
     reader = Registry(registry, services["RUNNER_DEV_REGISTRY_USER"], services["RUNNER_DEV_REGISTRY_PASSWORD"])
     [pushed] = record["images"]
