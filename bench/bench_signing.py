@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -86,6 +87,13 @@ def main() -> None:
     args = parser.parse_args()
     registries = Registries([RegistryConfig(host=REGISTRY, username=USER, password=SecretStr(PASSWORD))])
     work = Path(tempfile.mkdtemp(prefix="bench-signing-"))
+    try:
+        measure(args.rounds, registries, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(rounds: int, registries: Registries, work: Path) -> None:
     generate(work / "cosign", None)
     signed = Attester(registries, KeyHolder(work / "cosign.key"), True, "urn:ci-build-runner:builder")
     unsigned = Attester(registries, None, False, "urn:ci-build-runner:builder")
@@ -95,7 +103,7 @@ def main() -> None:
     cases = [("one image, signed", BASE, False, signed), ("one image, unsigned", BASE, False, unsigned),
              ("two platforms, signed", MULTI, True, signed)]
     run_id = uuid.uuid4().hex[:8]
-    for round_ in range(args.rounds):
+    for round_ in range(rounds):
         for name, source, every, attester in cases:
             target = f"{REGISTRY}/bench-signing/{run_id}-{round_}-{len(times.get(name, []))}-{name[:3]}:1".replace(" ", "")
             copy = timed(lambda source=source, target=target, every=every: skopeo_copy(source, target, every))
@@ -124,7 +132,7 @@ def main() -> None:
     def ms(values: list[float]) -> str:
         return f"{statistics.median(values) * 1000:7.1f} ms ({min(values) * 1000:.0f}–{max(values) * 1000:.0f})"
 
-    print(f"signing and provenance vs the push, {args.rounds} rounds each, median (min–max)\n")
+    print(f"signing and provenance vs the push, {rounds} rounds each, median (min–max)\n")
     print(f"| {'case':<24} | digests | {'skopeo copy (baseline)':<26} | {'inputs (FROM lookup)':<26} | "
           f"{'attest + sign, whole':<26} | {'per digest':<10} | vs copy |")
     print(f"|{'-' * 26}|---------|{'-' * 28}|{'-' * 28}|{'-' * 28}|{'-' * 12}|---------|")
