@@ -3,7 +3,8 @@
 # Docker Engine, Redis (with AOF), an htpasswd-protected registry on :5000, buildah,
 # skopeo, git, Prometheus and promtool (the metrics and alert-rule tests; never started as a
 # service here), qemu-user-static with its binfmt handlers registered (emulated builds of other
-# platforms), a tiny busybox base image pushed to that registry, and a two-platform one
+# platforms), redis-sentinel (the failover tests start their own; never as a
+# service), a tiny busybox base image pushed to that registry, and a two-platform one
 # (linux/amd64 + linux/arm64, from Debian's own busybox-static of each architecture).
 # Idempotent: running it again only starts what is not running.
 set -euo pipefail
@@ -52,6 +53,12 @@ install_prometheus() {  # Debian's server and promtool; the tests start their ow
   if command -v prometheus >/dev/null && command -v promtool >/dev/null; then return; fi
   say "installing prometheus (without the node exporter it recommends, and not started as a service)"
   install_without_starting "$STATE/apt.log" --no-install-recommends prometheus  # its postinst would start one on :9090
+}
+
+install_sentinel() {  # Debian's redis-sentinel; tests/test_redis_ha.py starts its own set on spare ports
+  if command -v redis-sentinel >/dev/null; then return; fi
+  say "installing redis-sentinel (not started as a service)"
+  install_without_starting "$STATE/apt.log" --no-install-recommends redis-sentinel  # its postinst would start one on :26379
 }
 
 add_hosts() {  # before dockerd starts: its resolver caches /etc/hosts for a while
@@ -216,6 +223,7 @@ EOF
 
 step "install packages" "$STATE/apt.log" install_packages
 step "install prometheus" "$STATE/apt.log" install_prometheus
+step "install redis-sentinel" "$STATE/apt.log" install_sentinel
 step "install emulation (qemu-user-static, binfmt)" "$STATE/emulation.log" install_emulation
 step "add $REGISTRY_NAME to /etc/hosts" "$STATE/setup.log" add_hosts
 step "start dockerd" "$STATE/dockerd.log" start_docker

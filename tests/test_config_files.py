@@ -51,5 +51,6 @@ def test_compose_has_the_whole_stack():
     assert {"redis", "registry", "worker", "api"} <= set(services)
     assert "--appendonly" in services["redis"]["command"]
     assert "/var/run/docker.sock" not in str(services["worker"])  # the socket executor stays opt-in
-    grace = load(ROOT / "deploy" / "runner.yml").worker.shutdown_grace
-    assert int(services["worker"]["stop_grace_period"].rstrip("s")) > grace
+    settings = load(ROOT / "deploy" / "runner.yml")
+    assert settings.shutdown_grace() >= settings.limits.max_timeout  # a stop never cuts a build short
+    assert int(services["worker"]["stop_grace_period"].rstrip("s")) > settings.shutdown_grace()

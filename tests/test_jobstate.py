@@ -182,7 +182,7 @@ def test_an_end_racing_another_end_is_written_once(store):
     deliveries, the cancel's."""
     job = store.create(jobstate.admitted(BuildRequest(tags=[REF], source=SOURCE), "fake", "q", statuses=True))
     job_id = store.ids(Status.queued)[0]
-    other = JobStore(store.url, store.ns)
+    other = JobStore(store.target, store.ns)
     calls = []
 
     def unstarted(current: JobRecord) -> JobRecord | None:

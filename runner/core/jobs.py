@@ -366,6 +366,10 @@ class JobRecord(BaseModel):
     inputs: BuildInputs | None = None
     #: the provenance and signatures attached to the pushed images; None: nothing attached
     attestation: Attestation | None = None
+    #: who handed the job in: "token:NAME" (the API, the dashboard), "webhook:HOST:DELIVERY",
+    #: "cli:USER@HOST" (`runner submit` through Redis), "queue" (a message posted to the queue);
+    #: None on records older than the field. Never a secret.
+    submitted_by: str | None = None
     #: does the job get commit statuses? Admission's answer (runner/worker/admission.py,
     #: statuses_for), kept from when the record was made so nothing decides it again. A record
     #: written before the field: whether its request names a source (the old rule; the worker

@@ -52,23 +52,29 @@ def dump(data: Any, indent: int | None = 2) -> None:
 
 
 # -- what commands share -----------------------------------------------------------------------------
-def settings() -> Settings:
+def config_path(args: argparse.Namespace) -> str | None:
+    """--config PATH, given before or after the command (None: RUNNER_CONFIG or a default location)."""
+    return getattr(args, "config", None)
+
+
+def settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """The whole settings tree (`overrides` over the file and env), or exit 2 saying what is wrong."""
     from runner.config.settings import SettingsError, load_settings
 
     try:
-        return load_settings()
+        return load_settings(config_path(args), **overrides)
     except SettingsError as exc:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
 
-def client_settings() -> ClientSettings:
+def client_settings(args: argparse.Namespace) -> ClientSettings:
     """What the read commands need (Redis or the API, the namespace): quick to load, and a
     mistake elsewhere in the config never stops them."""
     from runner.config.client import load_client_settings
     from runner.config.loader import SettingsError
 
     try:
-        return load_client_settings()
+        return load_client_settings(config_path(args))
     except SettingsError as exc:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
@@ -93,10 +99,10 @@ def remote(api: str | None, cfg: ClientSettings):
     return client_for(api, cfg, fail)
 
 
-def backend(api: str | None) -> JobReader:
-    """The job store, or the API client: both are JobReaders."""
-    cfg = client_settings()
-    return remote(api, cfg) or store_for(cfg)
+def backend(args: argparse.Namespace) -> JobReader:
+    """The job store, or the API client (--api): both are JobReaders."""
+    cfg = client_settings(args)
+    return remote(args.api, cfg) or store_for(cfg)
 
 
 def pairs(values: list[str], option: str) -> dict[str, str]:
@@ -139,7 +145,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
     if sum((args.detach, args.wait, args.follow)) > 1:
         fail("choose one of --detach, --wait, --follow", EXIT_INVALID)
     mode = "detach" if args.detach else "follow" if args.follow else "wait"
-    cfg = settings()
+    cfg = settings(args)
     build_args = pairs(args.build_arg, "--build-arg")
     secret_args = secret_values(args.secret_build_arg)
     payload: dict[str, Any] = {
@@ -173,6 +179,8 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     """Admit, reserve the id, upload the context, then record and queue the job."""
     import socket
 
+    from redis import RedisError
+
     from runner.context.pack import write_tar
     from runner.core.errors import InvalidJob
     from runner.entry.submission import ContextUpload, UploadRefused
@@ -203,13 +211,28 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     except OSError as exc:
         upload.abandon()
         fail(f"cannot read the build context: {exc}", EXIT_INVALID)
+    except RedisError as exc:  # a full Redis (maxmemory, noeviction) refuses the upload
+        upload.abandon()
+        fail(f"Redis refused the upload ({type(exc).__name__}: {exc}); nothing was queued", EXIT_INFRA)
     try:
-        record, created = upload.submit(request, cfg, QUEUE, admitted)
+        record, created = upload.submit(request, cfg, QUEUE, admitted, submitted_by=cli_user())
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     except Exception as exc:  # noqa: BLE001 - a broker failure is infrastructure
         fail(f"could not queue the job: {exc}", EXIT_INFRA)
     return store, record, created
+
+
+def cli_user() -> str:
+    """`cli:USER@HOST`: who ran `runner submit` (through Redis), for the record and the log."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid with no name (a container's)
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"
 
 
 def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, as_json: bool) -> None:
@@ -224,23 +247,31 @@ def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, 
         return
     if not as_json:
         note(f"job {styled(record.id, 'bold', sys.stderr)} queued on {record.queue}")
+    known: JobRecord | None = record
     if mode == "follow":
         for line in store.read_log(record.id, follow=True):
             print(line, flush=True)
-    report(wait_for(store, record.id), as_json)
+        known = None  # it has ended since: read it again
+    report(wait_for(store, record.id, known), as_json)
 
 
-def wait_for(store: JobReader, job_id: str, poll: float = 0.05) -> JobRecord:
-    """Poll until the job ends: the first look after 10 ms, then every `poll` seconds."""
-    delay = 0.01
+def wait_for(store: JobReader, job_id: str, record: JobRecord | None = None, again: float = 1.0) -> JobRecord:
+    """The job's final record (`record`: what was just read of it). Until it ends, its log
+    stream is followed without printing it: the stream ends when the job does (one long
+    request through the API, a blocking read on Redis), where polling the record cost a
+    request every 50 ms. A stream cut short is followed again after `again` seconds."""
     while True:
-        record = store.get(job_id)
+        record = record or store.get(job_id)
         if record is None:
             fail(f"job {job_id} disappeared from the store", EXIT_INFRA)
         if record.finished:
             return record
-        time.sleep(delay)
-        delay = min(poll, delay * 2)
+        try:
+            for _ in store.read_log(job_id, follow=True):
+                pass
+        except OSError:  # the API's stream broke off (requests' errors are OSErrors): look again
+            time.sleep(again)
+        record = None
 
 
 def report(record: JobRecord, as_json: bool) -> NoReturn:
@@ -265,12 +296,13 @@ def report(record: JobRecord, as_json: bool) -> NoReturn:
 # -- reading and cancelling jobs ---------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> None:
     """Show a job's record."""
-    record = backend(args.api).get(args.job_id)
+    record = backend(args).get(args.job_id)
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     if args.as_json:
         return dump(record.model_dump(mode="json"))
-    print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}")
+    print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}"
+          + (f" submitted_by={record.submitted_by}" if record.submitted_by else ""))
     from runner.core.jobs import ImageRef
 
     attested = {(a.repository, a.digest): a for a in record.attestation.images} if record.attestation else {}
@@ -293,7 +325,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 def cmd_logs(args: argparse.Namespace) -> None:
     """Print a job's log from the start; with --follow, keep printing until it ends."""
-    store = backend(args.api)
+    store = backend(args)
     if store.get(args.job_id) is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     write = sys.stdout.write
@@ -313,7 +345,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             status = Status(args.status)
         except ValueError:
             fail(f"--status {args.status!r}: choose one of {', '.join(s.value for s in Status)}", EXIT_INVALID)
-    records = backend(args.api).list(status, args.limit)
+    records = backend(args).list(status, args.limit)
     if args.as_json:
         return dump([r.model_dump(mode="json") for r in records])
     for r in records:
@@ -322,7 +354,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_cancel(args: argparse.Namespace) -> None:
     """Cancel a job: a queued job never starts; a running one is stopped and cleaned up."""
-    cfg = client_settings()
+    cfg = client_settings(args)
     client = remote(args.api, cfg)
     if client is not None:  # the server cancels
         record = client.cancel(args.job_id)
@@ -354,7 +386,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
         public = load_public_key(Path(args.key))
     except SigningKeyError as exc:
         fail(str(exc), EXIT_INVALID)
-    cfg = settings()
+    cfg = settings(args)
     try:
         checked = Verifier(Registries(cfg.registries, cfg.registry_auth), public).verify(args.reference)
     except ValueError as exc:
@@ -417,39 +449,65 @@ def cmd_worker(args: argparse.Namespace) -> None:
     """Run a worker: take jobs from the queues and build them."""
     from runner.worker.lifecycle import run_worker
 
-    run_worker(settings(), args.queues.split(",") if args.queues else None, args.concurrency, args.loglevel)
+    budget = {key: value for key, value in (("max_jobs", args.max_jobs), ("idle_exit", args.idle_exit)) if value is not None}
+    cfg = settings(args, **({"worker": budget} if budget else {}))
+    run_worker(cfg, args.queues.split(",") if args.queues else None, args.concurrency, args.loglevel)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the HTTP API (/v1/jobs) and the git-push webhooks (/v1/webhooks/github|gitlab|gitea)."""
     from runner.entry.api import serve as run_server
 
-    run_server(settings(), args.host, args.port)
+    run_server(settings(args), args.host, args.port)
+
+
+def cmd_drain(args: argparse.Namespace) -> None:
+    """Drain the worker on this host and wait until no build runs there (a preStop hook).
+
+    It stops taking builds at once (as on SIGTERM); this returns when its running builds have
+    finished or it has exited. Exits 0 then, 1 if --timeout passed first."""
+    from runner.entry.drain_hook import drain_and_wait
+
+    port = args.port or settings(args).worker.metrics_port
+    if not port:
+        fail("worker.metrics_port is 0: the worker serves no HTTP to ask; give --port", EXIT_INVALID)
+    try:
+        drained = drain_and_wait(port, args.timeout, note)
+    except RuntimeError as exc:
+        fail(str(exc), EXIT_INFRA)
+    raise SystemExit(EXIT_OK if drained else EXIT_FAILED)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
     """Check Redis, the engine, registries and every executor; one line each.
 
-    Exits 1 if Redis or an enabled executor cannot work; other failures are shown, not fatal, and
-    warnings (WARN: a secret file readable by group or others) never fail it."""
+    Exits 3 (infrastructure) if Redis or an enabled executor cannot work, 2 if the configuration
+    is invalid; other failures are shown, not fatal, and warnings (WARN: a secret file readable
+    by group or others, a Redis that may evict jobs) never fail it."""
     from runner.entry.doctor import run_checks
 
     ok = True
-    for check in run_checks(settings()):
+    for check in run_checks(settings(args)):
         if check.ok:
             mark = styled("WARN", "yellow") if check.warning else styled("ok  ", "green")
         else:
             mark = styled("FAIL", "red") if check.required or check.shown else styled("off ", "dim")
         print(f"{mark} {check.name}: {check.summary}", flush=True)
         ok = ok and (check.ok or not check.required)
-    raise SystemExit(EXIT_OK if ok else EXIT_FAILED)
+    raise SystemExit(EXIT_OK if ok else EXIT_INFRA)
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
-    """Print the effective configuration with secrets redacted."""
+    """Print the effective configuration with secrets redacted, after a comment naming the file
+    it came from (--config, RUNNER_CONFIG or a default location) or saying there was none."""
     import yaml
 
-    print(yaml.safe_dump(settings().model_dump(mode="json"), sort_keys=False), end="")
+    from runner.config.loader import config_source
+
+    effective = settings(args)
+    path, why = config_source(config_path(args))
+    print(f"# config file: {path} ({why})" if path else f"# {why}: the defaults and RUNNER_* variables apply")
+    print(yaml.safe_dump(effective.model_dump(mode="json"), sort_keys=False), end="")
 
 
 def cmd_config_example(args: argparse.Namespace) -> None:
@@ -468,10 +526,35 @@ class _Parser(argparse.ArgumentParser):
         fail(message, EXIT_INVALID)
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (reading the installed metadata costs start-up time)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **_: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        from runner.core.version import runner_version
+
+        print(f"runner (ci-build-runner) {runner_version()}")
+        raise SystemExit(EXIT_OK)
+
+
+def _config_option() -> _Parser:
+    """--config PATH, accepted before the command and after it."""
+    holder = _Parser(add_help=False)
+    holder.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="the config file (default: env RUNNER_CONFIG, else ~/.config/ci-build-runner/runner.yml, "
+                        "else /etc/ci-build-runner/runner.yml; `runner config show` says which)")
+    return holder
+
+
+CONFIG_OPTION = _config_option()
+
+
 def _command(subparsers: Any, name: str, handler: Any, **kwargs: Any) -> argparse.ArgumentParser:
     doc = (handler.__doc__ or "").strip()
     parser = subparsers.add_parser(name, help=doc.split("\n")[0], description=doc, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, parents=[CONFIG_OPTION], **kwargs)
     parser.set_defaults(handler=handler)
     return parser
 
@@ -487,7 +570,9 @@ def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False)
+    parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False,
+                     parents=[CONFIG_OPTION])
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
 
     submit = _command(commands, "submit", cmd_submit)
@@ -547,11 +632,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker = _command(commands, "worker", cmd_worker)
     worker.add_argument("--queues", help="comma-separated queues (default: one per enabled executor)")
     worker.add_argument("--concurrency", type=int, help="builds at once (default: worker.concurrency)")
-    worker.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    worker.add_argument("--loglevel", help="DEBUG, INFO, WARNING or ERROR (default: log.level)")
+    worker.add_argument("--max-jobs", type=int, metavar="N", help="run N builds, then drain and exit (default: "
+                        "worker.max_jobs; 1: a pod per build)")
+    worker.add_argument("--idle-exit", type=float, metavar="SECONDS", help="drain and exit after this long without a "
+                        "build (default: worker.idle_exit)")
 
     serve = _command(commands, "serve", cmd_serve)
     serve.add_argument("--host", help="listen address (default: api.host)")
     serve.add_argument("--port", type=int, help="port (default: api.port)")
+
+    drain = _command(commands, "drain", cmd_drain)
+    drain.add_argument("--port", type=int, help="the worker's HTTP port (default: worker.metrics_port)")
+    drain.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (default: wait)")
 
     _command(commands, "doctor", cmd_doctor)
 
@@ -560,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--key", required=True, metavar="PUB", help="the PEM public key (PREFIX.pub of `runner keys generate`)")
     _json_option(verify, "print what was checked, and each statement, as JSON")
 
-    keys = commands.add_parser("keys", help="Signing keys.", description="Signing keys.")
+    keys = commands.add_parser("keys", help="Signing keys.", description="Signing keys.", parents=[CONFIG_OPTION])
     keys.set_defaults(handler=None, parser=keys)
     keys_commands = keys.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     generate = _command(keys_commands, "generate", cmd_keys_generate)
@@ -569,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--passphrase-file", metavar="FILE", help="the passphrase (its last newline dropped); default: asked for")
     secret.add_argument("--no-passphrase", action="store_true", help="leave the private key unencrypted")
 
-    config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.")
+    config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.",
+                                 parents=[CONFIG_OPTION])
     config.set_defaults(handler=None, parser=config)
     config_commands = config.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     _command(config_commands, "show", cmd_config_show)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 from pydantic import BaseModel
 
 from executors.base import Executor
@@ -35,12 +36,36 @@ class Check:
     warning: bool = False
 
 
-def check_redis(settings: Settings) -> Check:
+def check_redis(settings: Settings) -> list[Check]:
+    """Redis answers (where: no password shown), and a WARN when it could drop jobs."""
+    store = JobStore.from_settings(settings)
     try:
-        JobStore.from_settings(settings).ping()
-        return Check("redis", True, "reachable")
+        store.ping()
     except StoreUnavailable as exc:
-        return Check("redis", False, str(exc))
+        return [Check("redis", False, str(exc))]
+    checks = [Check("redis", True, f"reachable at {store.target.describe()}")]
+    try:
+        memory = store.r.info("memory")
+    except redis.RedisError as exc:  # a managed Redis may refuse INFO: say so, never fail
+        return [*checks, Check("redis memory", True, f"cannot read its memory settings ({exc})", required=False, warning=True)]
+    return [*checks, *check_redis_memory(memory)]
+
+
+def check_redis_memory(memory: dict[str, Any]) -> list[Check]:
+    """Queued jobs, their contexts and records live in Redis: an eviction policy other than
+    noeviction may drop them when memory runs short, and no maxmemory lets a burst of uploads
+    grow Redis until the host kills it. Both are WARN lines, never a failure."""
+    policy, limit = str(memory.get("maxmemory_policy", "unknown")), int(memory.get("maxmemory", 0) or 0)
+    warnings = []
+    if policy != "noeviction":
+        warnings.append(Check("redis eviction", True, f"maxmemory-policy is {policy}: when memory runs short Redis may "
+                              "evict queued jobs' messages, contexts and records; set it to noeviction (full Redis "
+                              "then refuses new uploads instead)", required=False, warning=True))
+    if not limit:
+        warnings.append(Check("redis maxmemory", True, "maxmemory is 0 (no limit): uploads waiting in Redis can grow it "
+                              "until the host's memory runs out and it is killed; set maxmemory below its memory limit",
+                              required=False, warning=True))
+    return warnings or [Check("redis memory", True, f"maxmemory {limit // 2**20} MiB, policy noeviction", required=False)]
 
 
 def check_engine(url: str, needed: bool) -> Check:
@@ -207,7 +232,7 @@ def run_checks(settings: Settings) -> list[Check]:
     registry = ExecutorRegistry()
     env = executor_env(settings, "doctor")
     executors = make_executors(settings, registry.names(), env, registry)
-    return [check_redis(settings), *check_engines(executors), *check_docker_configs(env.registries),
+    return [*check_redis(settings), *check_engines(executors), *check_docker_configs(env.registries),
             *[check_registry(r, env.registries) for r in settings.registries],
             *check_executors(executors), *check_platforms(executors), check_build_secrets(settings),
             check_signing(settings), *check_secret_files(settings)]

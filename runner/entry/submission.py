@@ -7,6 +7,7 @@ the worker makes the HTTP requests."""
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from runner.config.settings import Settings
@@ -15,24 +16,30 @@ from runner.store import jobstate
 from runner.store.jobstore import ContextWriter, JobStore
 from runner.worker.admission import Admission, Origin, admit
 
+log = logging.getLogger(__name__)
+
 
 def submit(request: BuildRequest, settings: Settings, store: JobStore, origin: Origin,
-           admitted: Admission | None = None) -> tuple[JobRecord, bool]:
+           admitted: Admission | None = None, submitted_by: str | None = None) -> tuple[JobRecord, bool]:
     """Record the job as queued and send it. Returns (record, created); a repeat id sends nothing.
 
     `origin`: the door the job came in by (it decides whether its source gets statuses);
-    `admitted`: what `admit` returned, when the caller already ran it (admission runs once).
+    `admitted`: what `admit` returned, when the caller already ran it (admission runs once);
+    `submitted_by`: who handed it in, kept in the record (JobRecord.submitted_by) and logged.
     Secret build-arg values go to the store, by job id, never into the queue message: the
     message (and the record) carry the redacted request, and the worker reads the values back.
     """
     admitted = admitted or admit(request, settings, origin)
     executor = admitted.executor
-    record = jobstate.admitted(request.redacted(), executor, settings.queue_for(executor), admitted.statuses)
+    record = jobstate.admitted(request.redacted(), executor, settings.queue_for(executor), admitted.statuses,
+                               submitted_by)
     # the record, the secret values, the "queued" status owed and the message: all or nothing,
     # so a retry with the same id after a failure here sends it
     stored, created = store.submit(record, request.secret_arg_values())
     if not created:
         return stored, False
+    log.info("job %s queued on %s by %s", request.id, record.queue, submitted_by or "an unnamed submitter",
+             extra={"job_id": request.id, "executor": executor, "submitted_by": submitted_by})
     if request.context.type == "upload":
         # after the send, off the pickup path: if the job is done and its context gone already,
         # this is a no-op; until now the upload's own expiry (an hour) kept it
@@ -91,11 +98,11 @@ class ContextUpload:
             self.store.untrack_upload(self.owner, self.job_id)
 
     def submit(self, request: BuildRequest, settings: Settings, origin: Origin,
-               admitted: Admission | None = None) -> tuple[JobRecord, bool]:
+               admitted: Admission | None = None, submitted_by: str | None = None) -> tuple[JobRecord, bool]:
         """Record and queue the job whose context this is (runner.entry.submission.submit); if
         that fails, the upload is abandoned and the error raised."""
         try:
-            submitted = submit(request, settings, self.store, origin, admitted)
+            submitted = submit(request, settings, self.store, origin, admitted, submitted_by)
         except Exception:
             self.abandon()
             raise

@@ -368,7 +368,8 @@ def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Set
                              "reason": f"this push ({summary(push)}) was already received in another delivery "
                                        f"within webhooks.replay_window ({window} s)"})
     try:
-        record, created = submit(request, settings, store, WEBHOOK)
+        delivery = request.source.delivery if request.source else None
+        record, created = submit(request, settings, store, WEBHOOK, submitted_by=f"webhook:{provider}:{delivery or 'unnamed'}")
     except BaseException as exc:
         store.release_push(key, request.id)  # not queued: a retry of this push must be able to build
         if isinstance(exc, Rejected):

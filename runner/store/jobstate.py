@@ -25,10 +25,13 @@ from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, Sta
 Change = Callable[[JobRecord], JobRecord | None]
 
 
-def admitted(request: BuildRequest, executor: str, queue: str, statuses: bool) -> JobRecord:
+def admitted(request: BuildRequest, executor: str, queue: str, statuses: bool,
+             submitted_by: str | None = None) -> JobRecord:
     """A new job's record, queued: `request` as stored (redacted), and admission's answer to
-    "does it get commit statuses?" kept with it, so nothing later decides it again."""
-    return JobRecord(id=request.id, request=request, executor=executor, queue=queue, statuses=statuses)
+    "does it get commit statuses?" kept with it, so nothing later decides it again;
+    `submitted_by`: who handed it in (JobRecord.submitted_by)."""
+    return JobRecord(id=request.id, request=request, executor=executor, queue=queue, statuses=statuses,
+                     submitted_by=submitted_by)
 
 
 def claim(record: JobRecord, worker: str, at: datetime | None = None) -> JobRecord | None:

@@ -50,11 +50,13 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
+from runner.config.redis_target import RedisTarget
 from runner.core.jobs import JobRecord, RequeueReason, Status
 from runner.store import jobstate
 from runner.store.buildqueue import build_message
 from runner.store.jobstate import Change
 from runner.store.outbox import Outbox
+from runner.store.redis_clients import probe_client, sync_client
 
 if TYPE_CHECKING:
     from runner.config.client import RetentionConfig
@@ -129,12 +131,13 @@ class ContextTooLarge(Exception):
 
 
 class JobStore:
-    def __init__(self, url: str, namespace: str = "runner", retention: RetentionConfig | None = None,
+    def __init__(self, target: RedisTarget | str, namespace: str = "runner", retention: RetentionConfig | None = None,
                  recover_after: float = 30.0):
         """`recover_after`: deliveries.recover_after, for the deliveries a job's end owes (Outbox)."""
         from runner.config.client import RetentionConfig
 
-        self.url = url
+        #: how to reach Redis (a plain URL is a RedisTarget with just that URL)
+        self.target = RedisTarget(url=target) if isinstance(target, str) else target
         self.ns = namespace
         self.retention = retention or RetentionConfig()
         # Reconnect through a Redis restart (~1 min of retries) instead of failing the job.
@@ -143,8 +146,8 @@ class JobStore:
                        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError])
         # `r` decodes: its replies are str (redis-py annotates every reply `bytes | str`, whatever
         # the mode, so they are cast where they are read); `raw` is for bytes (contexts, messages)
-        self.r = redis.Redis.from_url(url, decode_responses=True, **options)
-        self.raw = redis.Redis.from_url(url, decode_responses=False, **options)
+        self.r = sync_client(self.target, decode_responses=True, **options)
+        self.raw = sync_client(self.target, decode_responses=False, **options)
         self._create = self.r.register_script(_CREATE)
         self._reserve = self.r.register_script(_RESERVE)
         self._track_upload = self.r.register_script(_TRACK_UPLOAD)
@@ -156,8 +159,12 @@ class JobStore:
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
-        return cls(settings.redis_url.get_secret_value(), settings.worker.namespace, settings.retention,
+        return cls(settings.redis_target(), settings.worker.namespace, settings.retention,
                    settings.deliveries.recover_after)
+
+    def clients(self) -> list[redis.Redis]:
+        """This store's Redis clients (a FailoverWatch closes their connections on a failover)."""
+        return [self.r, self.raw]
 
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.ns}:{kind}:{job_id}"
@@ -182,9 +189,11 @@ class JobStore:
 
     def ping(self) -> None:
         try:
-            redis.Redis.from_url(self.url, socket_connect_timeout=3).ping()
+            probe_client(self.target, 3).ping()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis at {_safe_url(self.url)} is unreachable: {exc}") from None
+            raise StoreUnavailable(f"Redis at {self.target.describe()} is unreachable: {exc}") from None
+        except OSError as exc:  # the password file
+            raise StoreUnavailable(f"Redis at {self.target.describe()}: {exc}") from None
 
     # -- records ---------------------------------------------------------------------------
     def create(self, record: JobRecord) -> bool:
@@ -700,11 +709,3 @@ def _bulk_pieces(stream: BinaryIO, size: int, piece: int, skip: int = 0) -> Iter
         yield data
     if stream.read(2) != b"\r\n":
         raise redis.ConnectionError("unexpected reply while reading a context")
-
-
-def _safe_url(url: str) -> str:
-    """A Redis URL without its password, for error messages."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return url

@@ -34,6 +34,7 @@ from redis.retry import Retry
 
 from runner.core.jobs import JobRecord
 from runner.store.jobstore import END_FIELD, LINES_FIELD, JobStore, StreamEntries
+from runner.store.redis_clients import async_pool
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,8 @@ class LogHub:
 
     # -- life cycle ----------------------------------------------------------------------------
     async def open(self) -> None:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.store.url, max_connections=self.tail_slots + COMMAND_SLOTS, timeout=10, decode_responses=True,
+        pool = async_pool(
+            self.store.target, max_connections=self.tail_slots + COMMAND_SLOTS, timeout=10, decode_responses=True,
             socket_connect_timeout=2, socket_keepalive=True, health_check_interval=10,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError])

@@ -179,10 +179,11 @@ class Pipeline:
         try:
             admission = admit(message, self.settings, QUEUE)
         except Rejected as exc:
-            draft = jobstate.admitted(message.redacted(), executor, self.settings.queue_for(executor), statuses=False)
+            draft = jobstate.admitted(message.redacted(), executor, self.settings.queue_for(executor), statuses=False,
+                                     submitted_by="queue")
             return self._refuse(draft, exc), True
         new = jobstate.admitted(message.redacted(), admission.executor, self.settings.queue_for(admission.executor),
-                                admission.statuses)
+                                admission.statuses, submitted_by="queue")
         if not self.store.create(new):
             return self.ensure_record(message)
         self.store.save_secrets(message.id, message.secret_arg_values())
@@ -222,7 +223,8 @@ class Pipeline:
             return
         prefix = f"{self.settings.worker.namespace}."
         executor = queue.removeprefix(prefix) if queue.startswith(prefix) else self.settings.default_executor
-        self._refuse(jobstate.admitted(readable.redacted(), executor, queue, statuses=False), refused, message)
+        self._refuse(jobstate.admitted(readable.redacted(), executor, queue, statuses=False, submitted_by="queue"),
+                     refused, message)
 
     # -- one job: claim → context → run → end ---------------------------------------------------
     def run(self, message: BuildRequest) -> JobRecord:

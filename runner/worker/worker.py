@@ -162,6 +162,11 @@ class Worker:
         with self._lock:
             return job_id in self._active
 
+    def running_jobs(self) -> list[str]:
+        """The ids of the jobs this process runs now."""
+        with self._lock:
+            return list(self._active)
+
     def cancel_all(self, reason: str) -> list[str]:
         """Fire the cancel token of every job running in this process (graceful shutdown)."""
         with self._lock:

@@ -1,6 +1,6 @@
 """Custom resources checked offline against their real CustomResourceDefinitions.
 
-tests/fixtures/crds holds the CRDs of KEDA (ScaledObject, TriggerAuthentication), of the
+tests/fixtures/crds holds the CRDs of KEDA (ScaledObject, ScaledJob, TriggerAuthentication), of the
 Prometheus Operator (PodMonitor, ServiceMonitor, PrometheusRule), of Sigstore's
 policy-controller (ClusterImagePolicy) and Kyverno (ClusterPolicy, v1), each trimmed by `trim`
 (its header names the upstream file, tag, commit and sha256). `validate` checks a manifest

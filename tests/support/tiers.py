@@ -60,6 +60,9 @@ FAST_MODULES = frozenset({
     "tests/hostile/test_api_logfollow.py",
     # BuildKit's progress stream decoded from recorded traces
     "tests/test_buildkit_progress.py",
+    # the CLI's config, version, variables and doctor; Redis over TLS with an ACL user (own servers)
+    "tests/test_ops_cli.py",
+    "tests/test_redis_ha.py",
     # registry logins: docker config files, credential helpers (a helper script of the tests'), their order
     "tests/test_registry_auth.py",
     # signing: the Dockerfile's base images, cosign's formats and test data, statements, keys

@@ -60,7 +60,7 @@ def submit_job(api: ApiContext, data: Any, token: ApiToken) -> tuple[JobRecord, 
             if not store.has_context(job.id):
                 raise Rejected("context", f"no build context was uploaded for job {job.id}: POST the tar to "
                                f"/v1/jobs/{job.id}/context first, or give a git context")
-        submitted = submit(job, api.settings, store, origin, admitted)
+        submitted = submit(job, api.settings, store, origin, admitted, submitted_by=f"token:{token.name}")
         store.untrack_upload(owner, job.id)
         return submitted
     except Rejected as exc:
