@@ -135,7 +135,7 @@ def main() -> None:
         ]
     finally:
         drop_namespace(store.r, namespace)
-    print(f"{args.jobs} jobs each, one at a time, Redis at {store.url.rpartition('@')[2]}")
+    print(f"{args.jobs} jobs each, one at a time, Redis at {store.target.url.rpartition('@')[2]}")
     print(f"{'what':<45} {'median ms':>10} {'p99 ms':>8} {'round trips':>12}")
     for name, (median, p99, trips) in rows:
         print(f"{name:<45} {median:>10.3f} {p99:>8.3f} {trips:>12.1f}")

@@ -10,8 +10,8 @@ reaper and the doctor all use that one object. Per-job calls carry the job (or i
 - `cleanup(job_id)`: idempotent removal of everything it made for that job;
 - `sweep(is_live)`: remove what jobs that are no longer live left behind (the reaper's call);
 - `start()` / `shutdown()`: process lifetime (warm pools);
-- capability questions (`engine_host()`, `platforms()`) are asked of the executor, never
-  answered by its name.
+- capability questions (`engine_host()`, `publishes()`, `platforms()`) are asked of the
+  executor, never answered by its name.
 
 Everything an executor creates carries `labels(job_id)`, so a sweep can find it.
 """
@@ -115,6 +115,13 @@ class Executor(ABC):
         """Remove what jobs that are not live left behind (after a crash); return their ids.
         Never raises. Executors whose leftovers all sit in the job's workspace need nothing."""
         return []
+
+    def publishes(self) -> bool:
+        """Do this executor's builds pull base images from registries and push what they build to
+        them? Then a job's base images are looked up before its build and what it pushed gets
+        provenance and signatures (runner/worker/supply_chain.py). An executor that pushes
+        nothing (the tests' fake) says no."""
+        return True
 
     def platforms(self) -> HostPlatforms | None:
         """Which platforms this executor can build here (natively, or emulated through the

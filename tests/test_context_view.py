@@ -20,7 +20,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "dockerignore"))
 
-import harness  # noqa: E402
 
 from runner.config.settings import LimitsConfig
 from runner.context import spool as spool_module
@@ -29,7 +28,7 @@ from runner.context.dockerignore import DockerignoreError
 from runner.context.pack import write_tar
 from runner.context.spool import spool_context
 from runner.core.errors import InvalidJob
-from tests.test_copy_filter import CORPUS, DOCKERFILE, IDS, engine_view, raw_tar, refused_link, tree, write
+from tests.test_copy_filter import CORPUS, DOCKERFILE, IDS, corpus_case, engine_view, raw_tar, tree, write
 
 SCRATCH = ("context.side.tar", "context.view.tar", "context.stash")
 
@@ -85,14 +84,7 @@ def engine_names(workspace: Path) -> list[str]:
 # -- the corpus, ignore file first ------------------------------------------------------------------
 @pytest.mark.parametrize("case", CORPUS, ids=IDS)
 def test_view_written_as_the_tar_streams_is_what_docker_copied(case, tmp_path):
-    expected = harness.Outcome.from_json(case["expected"])
-    source = harness.materialise(case, tmp_path)
-    dockerfile = case["dockerfile"]
-    extra = {}
-    if not dockerfile:  # the oracle's Dockerfile was outside the context; the spool needs one inside
-        dockerfile = harness.OUTSIDE_DOCKERFILE
-        extra = {dockerfile: DOCKERFILE.encode()}
-    refused = {e["path"] for e in case["entries"] if refused_link(source, e["path"])}
+    expected, source, dockerfile, extra, refused = corpus_case(case, tmp_path)
     if expected.tree is None or refused & set(expected.tree):
         return  # refusals: tests/test_copy_filter.py (the order of the members does not matter there)
     data = ignore_first(raw_tar(source, seed=len(case["entries"]), extra=extra, skip=refused), dockerfile)
@@ -112,10 +104,7 @@ def test_most_of_the_corpus_is_written_once(tmp_path, rewrites):
     streamed = 0
     for n, case in enumerate(CORPUS):
         (tmp_path / f"src{n}").mkdir()
-        source = harness.materialise(case, tmp_path / f"src{n}")
-        dockerfile = case["dockerfile"] or harness.OUTSIDE_DOCKERFILE
-        extra = {} if case["dockerfile"] else {dockerfile: DOCKERFILE.encode()}
-        refused = {e["path"] for e in case["entries"] if refused_link(source, e["path"])}
+        _, source, dockerfile, extra, refused = corpus_case(case, tmp_path / f"src{n}")
         data = ignore_first(raw_tar(source, seed=n, extra=extra, skip=refused), dockerfile)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             first = tar.next()

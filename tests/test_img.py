@@ -25,14 +25,19 @@ from executors.daemonless.common import private_root
 from executors.daemonless.config import ImgConfig
 from executors.daemonless.img import build_args, global_args, push_args
 from runner.config.settings import Settings
+from runner.config.signing import SigningConfig
 from runner.context.pack import write_tar
 from runner.context.spool import spool_context
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob
-from runner.core.jobs import BuildRequest, ImageRef
+from runner.core.jobs import BuildRequest, ImageRef, JobRecord
 from runner.core.registry_config import RegistryConfig
+from runner.supply.keys import generate
+from runner.worker.pipeline import Pipeline
+from runner.worker.worker import Worker
 from tests.conftest import registry_digest
 from tests.support import ListLog, executor_for
+from tests.support.cosign_check import Registry, verified_signatures, verified_statements
 
 NO_IMG = shutil.which("img") is None
 NO_IMG_REASON = "img is not installed: no `img` on PATH (not packaged for Debian; upstream unmaintained)"
@@ -202,6 +207,40 @@ def test_fake_img_builds_pushes_once_tags_the_rest_with_per_job_docker_config(ha
     assert {p.digest for p in pushed} == {registry_digest(harness.services, t) for t in tags}
     assert len({p.digest for p in pushed}) == 1
     assert stat.S_IMODE((tmp_path / "fake-img").stat().st_mode) == 0o755
+
+
+def test_fake_img_images_are_signed_with_provenance(harness, fake_img, tmp_path):
+    """img on the real pipeline (a worker in this process), signing with a key: the digest the
+    fake img pushed has its `.sig` and `.att` tags, verified by the tests' own code
+    (tests/contract/test_signing.py does this on every executor that can run here)."""
+    private, public = generate(tmp_path / "cosign", None)
+    settings = with_img(harness.settings, binary=str(fake_img[0]), state_dir=tmp_path / "img-state")
+    settings = settings.model_copy(update={"signing": SigningConfig(key_file=private)})
+    worker = Worker(settings, names=["img"], worker_id=f"img-signing-{uuid.uuid4().hex[:6]}")
+    repository = f"img-test/signed-{uuid.uuid4().hex[:6]}"
+    base = harness.services["RUNNER_DEV_BASE_IMAGE"]
+    job = BuildRequest(tags=[f"{harness.registry()}/{repository}:1"], executor="img")
+    worker.store.create(JobRecord(id=job.id, request=job, executor="img", queue="img-signing"))
+    writer = worker.store.context_writer(job.id, 10**6)
+    source = tmp_path / "ctx"
+    source.mkdir()
+    (source / "Dockerfile").write_text(f"FROM {base}\nRUN echo hi\n")
+    buffer = io.BytesIO()
+    write_tar(source, buffer)
+    writer.write(buffer.getvalue())
+    writer.close()
+    record = Pipeline(worker).run(job)
+    assert record.status.value == "succeeded", record.error
+    [pushed] = record.images
+    assert pushed.digest == registry_digest(harness.services, job.tags[0])
+    reader = Registry(harness.registry(), harness.services["RUNNER_DEV_REGISTRY_USER"], harness.services["RUNNER_DEV_REGISTRY_PASSWORD"])
+    [payload] = verified_signatures(reader.attached(repository, pushed.digest, "sig"), public.read_bytes())
+    assert payload["critical"]["image"]["docker-manifest-digest"] == pushed.digest
+    [statement] = verified_statements(reader.attached(repository, pushed.digest, "att"), public.read_bytes())
+    assert statement["subject"][0]["digest"]["sha256"] == pushed.digest.removeprefix("sha256:")
+    [dependency] = [d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"] if d.get("name") == base]
+    assert dependency["digest"]["sha256"] == registry_digest(harness.services, base).removeprefix("sha256:")
+    assert record.attestation is not None and record.attestation.signed
 
 
 def test_unreadable_password_file_fails_before_img_runs(harness, fake_img, tmp_path):

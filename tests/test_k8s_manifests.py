@@ -592,6 +592,7 @@ def secret_files(settings: Settings, component: str) -> list[Path]:
     else:
         files = [r.password_file for r in settings.registries] + [settings.callbacks.secret_file]
         files += [f for c in settings.git.credentials for f in (c.token_file, c.ssh_key_file, c.known_hosts_file)]
+        files += [settings.signing.key_file, settings.signing.passphrase_file, settings.signing.public_key_file]
     return [f for f in files if f is not None]
 
 
@@ -769,3 +770,57 @@ def test_pod_per_job_keeps_one_worker_for_deliveries_and_recovery(job_install, s
     settings = settings_in(job_install, "worker")
     assert job_install.workload("worker")["spec"]["replicas"] == 1
     assert job_install.container("worker")["args"] == ["worker", "--queues", deliveries_queue(settings.worker.namespace)]
+
+
+# -- admission policies (deploy/k8s/policies) ------------------------------------------------
+POLICIES = K8S / "policies"
+
+
+def _condition_value(document: dict, key: str):
+    """A Kyverno condition key of plain dotted names ("{{ a.b }}") looked up in `document`."""
+    node = document
+    for part in key.strip("{} ").split("."):
+        node = node[part]
+    return node
+
+
+def test_admission_policies_pass_their_crds_and_admit_what_the_runner_attaches(tmp_path):
+    """The policy-controller's ClusterImagePolicy and Kyverno's ClusterPolicy against their own
+    CRDs (tests/fixtures/crds), with the runner's predicate type, build type and default
+    builder id; their example key is one P-256 public key; Kyverno's conditions hold for a
+    predicate the runner makes."""
+    from datetime import UTC, datetime
+
+    from runner.config.signing import DEFAULT_BUILDER_ID
+    from runner.core.attestations import SLSA_PROVENANCE_V1
+    from runner.core.build_inputs import BuildInputs
+    from runner.supply.keys import load_public_key
+    from runner.supply.provenance import BUILD_TYPE, RunDetails, predicate
+
+    docs = {path.name: yaml.safe_load(path.read_text()) for path in sorted(POLICIES.glob("*.yaml"))}
+    assert set(docs) == {"sigstore-clusterimagepolicy.yaml", "kyverno-clusterpolicy.yaml"}
+    for name, doc in docs.items():
+        assert crds.validate(doc) == [], name
+    [authority] = docs["sigstore-clusterimagepolicy.yaml"]["spec"]["authorities"]
+    [rule] = docs["kyverno-clusterpolicy.yaml"]["spec"]["rules"]
+    [verify] = rule["verifyImages"]
+    [attestation] = verify["attestations"]
+    signers = [authority["key"]["data"], verify["attestors"][0]["entries"][0]["keys"]["publicKeys"],
+               attestation["attestors"][0]["entries"][0]["keys"]["publicKeys"]]
+    for index, pem in enumerate(signers):
+        (tmp_path / f"{index}.pub").write_text(pem.strip() + "\n")
+        load_public_key(tmp_path / f"{index}.pub")  # raises unless an ECDSA P-256 public key
+    assert len({pem.strip() for pem in signers}) == 1
+    assert "ctlog" not in authority  # no transparency log: the runner signs offline
+    assert all(e["keys"]["rekor"] == {"ignoreTlog": True} for e in verify["attestors"][0]["entries"]
+               + attestation["attestors"][0]["entries"])
+
+    [provenance] = authority["attestations"]
+    assert provenance["predicateType"] == SLSA_PROVENANCE_V1 == attestation["type"]
+    assert f'buildType: "{BUILD_TYPE}"' in provenance["policy"]["data"]
+    assert f'id: "{DEFAULT_BUILDER_ID}"' in provenance["policy"]["data"]
+    made = predicate(BuildInputs(dockerfile="Dockerfile", executor="buildah", builder="auto"),
+                     RunDetails(DEFAULT_BUILDER_ID, "1.0", "job", "worker", datetime.now(UTC), datetime.now(UTC)))
+    [conditions] = attestation["conditions"]
+    assert [c["operator"] for c in conditions["all"]] == ["Equals", "Equals"]
+    assert [_condition_value(made, c["key"]) for c in conditions["all"]] == [c["value"] for c in conditions["all"]]

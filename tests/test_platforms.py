@@ -365,6 +365,36 @@ def test_the_dashboards_record_panel_lists_each_platform_under_the_index():
     assert "<dt>Platforms</dt><dd>linux/amd64, linux/arm64</dd>" in html
 
 
+
+def signed_multi_record() -> JobRecord:
+    """multi_record() whose index and both platforms' manifests were attested and signed."""
+    from runner.core.attestations import Attestation, AttestedImage
+
+    record = multi_record()
+    repository = TAG.rsplit(":", 1)[0]
+    index = record.images[0]
+    attested = [AttestedImage(repository=repository, digest=digest, platform=platform, signature=f"{repository}:sig-{i}",
+                              attestation=f"{repository}:att-{i}", statement_digest="sha256:" + "0" * 64)
+                for i, (digest, platform) in enumerate([(index.digest, None), *((p.digest, p.platform) for p in index.platforms)])]
+    assert record.started_at is not None and record.finished_at is not None
+    attestation = Attestation(signed=True, key_id="k", builder_id="urn:b", builder_version="1", build_started=record.started_at,
+                              build_finished=record.finished_at, images=attested)
+    return record.model_copy(update={"attestation": attestation})
+
+
+def test_a_signed_multi_platform_job_shows_signed_on_the_index_and_each_platform():
+    """The commit status, the dashboard's record panel and `runner status` each mark the index
+    and every platform's manifest signed (the record's attestation names all three)."""
+    from runner.config.sections import ApiToken
+    from runner.entry.dashboard.routes import record_panel
+
+    record = signed_multi_record()
+    assert describe("finished", record, {}).startswith("built, pushed and signed 2 tags in 41 s; index 999999999999: ")
+    html = record_panel(record, ApiToken(name="r", token="t" * 20, rights=["read"]))
+    assert html.count('class="badge signed"') == 6  # both tags (one repository): the index and its two manifests
+    unsigned = record.model_copy(update={"attestation": record.attestation.model_copy(update={"images": record.attestation.images[:1]})})
+    assert record_panel(unsigned, ApiToken(name="r", token="t" * 20, rights=["read"])).count('class="badge signed"') == 2
+
 # -- against the real thing (full tier) -------------------------------------------------------
 ENGINE_CASES = ["linux/arm", "armel", "linux/arm64/v8", "aarch64", "Linux/x86_64", "i386", "linux/arm/7", "linux/arm/v6",
                 "x86_64", "linux/ppc64le", "s390x", "riscv64"]

@@ -22,7 +22,9 @@ import pytest
 
 from runner.config.sections import RepositoryHook
 from runner.entry.webhooks import Push, WebhookError, form_payload, parse_push, render_images, tag_safe, why_not
+from runner.supply.keys import generate
 from tests.conftest import registry_digest, run_image
+from tests.support.cosign_check import Registry, verified_statements
 from tests.test_api import Stack, start_stack, stop_stack
 from tests.test_gitsource import commit_files, free_port, git, wait_port
 
@@ -72,7 +74,13 @@ def callback_server():
 
 
 @pytest.fixture(scope="module")
-def hooks(services, tmp_path_factory, callback_server):
+def hooks_key(tmp_path_factory) -> tuple[Path, Path]:
+    """The key the hooks' worker signs with: (private, public)."""
+    return generate(tmp_path_factory.mktemp("hooks-key") / "cosign", None)
+
+
+@pytest.fixture(scope="module")
+def hooks(services, tmp_path_factory, callback_server, hooks_key):
     reg = services["RUNNER_DEV_REGISTRY"]
     repos = {
         "acme/hello-app": {"images": [f"{reg}/hooks-gh/{{repo}}:{{short_sha}}", f"{reg}/hooks-gh/{{repo}}:{{branch}}",
@@ -88,7 +96,8 @@ def hooks(services, tmp_path_factory, callback_server):
     s = start_stack(services, tmp_path_factory, webhooks={
         "github": {"secret": GITHUB_SECRET}, "gitlab": {"secret": GITLAB_TOKEN}, "gitea": {"secret": GITEA_SECRET},
         "repositories": repos}, callbacks={"secret": CALLBACK_SECRET, "backoff": 0.2,
-                                                        "allowed_networks": ["127.0.0.0/8"]})  # the receiver is on loopback
+                                                        "allowed_networks": ["127.0.0.0/8"]},  # the receiver is on loopback
+        signing={"key_file": str(hooks_key[0])})
     yield s
     stop_stack(s)
 
@@ -182,6 +191,32 @@ def test_signed_github_push_builds_that_commit(hooks, repo, services):
     assert run_image(ref, "cat", "/greeting") == "from-github\n"
 
 
+def test_the_pushed_commit_is_in_the_signed_provenance(hooks, hooks_key, repo, services):
+    """The image a push built is signed, and its provenance names the webhook's commit, read
+    back from the registry by the tests' own verifier and by `runner verify`."""
+    commit = repo[1][2]
+    response = github(hooks, github_push(repo, commit))
+    assert response.status_code == 202, response.text
+    record = hooks.wait(response.json()["job"])
+    assert record["status"] == "succeeded", record["error"]
+    assert record["attestation"]["signed"]
+    image = record["images"][0]
+    registry, _, name = image["ref"].rsplit(":", 1)[0].partition("/")
+    reader = Registry(registry, services["RUNNER_DEV_REGISTRY_USER"], services["RUNNER_DEV_REGISTRY_PASSWORD"])
+    [statement] = [s for s in verified_statements(reader.attached(name, image["digest"], "att"), hooks_key[1].read_bytes())
+                   if s["predicate"]["runDetails"]["metadata"]["invocationId"] == record["id"]]
+    definition = statement["predicate"]["buildDefinition"]
+    [source] = [d for d in definition["resolvedDependencies"] if d.get("name") == "source"]
+    assert source["digest"] == {"gitCommit": commit} and source["uri"] == f"git+file://{repo[0]}@refs/heads/main"
+    assert definition["externalParameters"]["source"] == {"url": f"file://{repo[0]}", "host": "github",
+                                                          "repository": "acme/hello-app", "ref": "refs/heads/main",
+                                                          "commit": commit, "path": "app"}
+    assert definition["externalParameters"]["buildArgs"] == {"GREETING": "from-github"}
+    verified = hooks.harness.cli("verify", image["ref"], "--key", str(hooks_key[1]))
+    assert verified.returncode == 0, verified.stderr
+    assert f"@ {commit}" in verified.stdout
+
+
 def test_redelivery_builds_once(hooks, repo):
     payload, delivery = github_push(repo, repo[1][2]), str(uuid.uuid4())
     first = github(hooks, payload, delivery=delivery)
@@ -225,7 +260,8 @@ def test_a_replay_under_new_delivery_ids_builds_once(hooks, repo, provider):
     moved_again = send(hooks, {**payload, "before": moved_from()})  # the ref moved to that commit anew: a new push
     assert moved_again.status_code == 202 and moved_again.json()["job"] != job
     for response in (first, moved_again):
-        assert hooks.wait(response.json()["job"])["status"] == "succeeded"
+        done = hooks.wait(response.json()["job"])
+        assert done["status"] == "succeeded", done["error"]
 
 
 def test_bad_or_missing_signatures_are_401_and_queue_nothing(hooks, repo):

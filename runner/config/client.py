@@ -133,7 +133,7 @@ def _text(path: Path | None) -> str | None:
 SETTINGS_KEYS = frozenset({
     "redis_url", "redis_username", "redis_password", "redis_password_file", "redis_tls", "redis_sentinel",
     "retention", "worker", "api", "deliveries", "default_executor", "registries", "executors", "limits", "builder",
-    "build_secrets", "webhooks", "git", "callbacks", "statuses", "log", "registry_auth",
+    "build_secrets", "webhooks", "git", "callbacks", "statuses", "log", "registry_auth", "signing",
 })
 
 

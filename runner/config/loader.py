@@ -34,7 +34,8 @@ NOT_SETTINGS = frozenset({
     "RUNNER_ARCH", "RUNNER_DEBUG", "RUNNER_ENVIRONMENT", "RUNNER_NAME", "RUNNER_OS", "RUNNER_TEMP",
     "RUNNER_TOOL_CACHE", "RUNNER_WORKSPACE", "RUNNER_TRACKING_ID", "RUNNER_PERFLOG", "RUNNER_USER",
 })
-NOT_SETTINGS_PREFIXES = ("RUNNER_DEV_", "RUNNER_DIND_")  # the scripts' (scripts/services.sh, dind-image.sh)
+NOT_SETTINGS_PREFIXES = ("RUNNER_DEV_", "RUNNER_DIND_",  # the scripts' (scripts/services.sh, dind-image.sh)
+                         "RUNNER_TEST_")  # the tests' fault points (runner/worker/faults.py)
 #: where the config file is looked for when neither --config nor RUNNER_CONFIG names one, in order
 DEFAULT_LOCATIONS = ("~/.config/ci-build-runner/runner.yml", "/etc/ci-build-runner/runner.yml")
 _COMPLEX = (list, dict, set, tuple)

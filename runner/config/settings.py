@@ -19,6 +19,7 @@ from executors.builtin import DEFAULT_EXECUTOR
 from runner.config.client import ClientSettings, ClientWorker, RetentionConfig
 from runner.config.loader import SettingsError, load
 from runner.config.sections import ApiConfig, CallbacksConfig, DeliveriesConfig, GitConfig, StatusesConfig, WebhooksConfig
+from runner.config.signing import SigningConfig
 from runner.context.limits import ContextLimits
 from runner.core.admission_rules import MAX_PLATFORMS, MAX_TAGS, MAX_TIMEOUT, AdmissionPolicy
 from runner.core.models import Strict
@@ -113,6 +114,8 @@ class Settings(ClientSettings):
     statuses: StatusesConfig = Field(default_factory=StatusesConfig)
     deliveries: DeliveriesConfig = Field(default_factory=DeliveriesConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    signing: SigningConfig = Field(default_factory=SigningConfig, description="signatures and provenance for every pushed "
+                                   "image (docs/signing.md)")
 
     @field_validator("executors", mode="before")
     @classmethod

@@ -38,6 +38,12 @@ class BuildContext:
     #: view_placement: the tar is what `COPY .` sees, but for the Dockerfile and the folders above
     #: it). None: every member is in the context, the Dockerfile also aside.
     place: MemberFilter | None = None
+    #: sha256:<hex> of the tar at tar_path (the spool hashes what it writes); None: not known
+    digest: str | None = None
+    #: the full commit id a git context was checked out at (runner.sources.git)
+    commit: str | None = None
+    #: the Dockerfile's bytes when the spool kept them (runner.context.spool.MAX_KEPT_DOCKERFILE)
+    dockerfile_content: bytes | None = None
 
     def open(self):
         return self.tar_path.open("rb")

@@ -35,6 +35,9 @@ LIMIT_SETTINGS = {"bytes": "limits.max_context_bytes", "upload": "limits.max_con
                   "link": "limits.max_context_path_bytes", "header": "limits.max_context_header_bytes"}
 _TAR_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}
 _DIR, _SYMLINK = b"d", b"l"
+#: a Dockerfile up to this size is kept in memory as the spool writes it (its FROM lines are read
+#: before the build: runner.supply.inputs); a larger one is read from the tar when needed
+MAX_KEPT_DOCKERFILE = 1024**2
 
 
 def tar_limits(limits: ContextLimits) -> TarLimits:
@@ -133,11 +136,17 @@ def ustar_header(member: Member, name: str, target: str) -> bytes | None:
 
 class CanonicalTar:
     """The tar every executor gets: only accepted members, normalised names, owner 0:0,
-    modes and mtimes as uploaded. Headers are made by tarfile (writing only)."""
+    modes and mtimes as uploaded. Headers are made by tarfile (writing only). Its sha256 is
+    taken as it is written: the context's content digest (runner.core.build_inputs)."""
 
     def __init__(self, path: Path):
         self._out = path.open("wb", buffering=1024 * 1024)
+        self._sha256 = hashlib.sha256()
         self.size = 0
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._out.write(data)
+        self._sha256.update(data)
 
     def add(self, member: Member, name: str, target: str, data: Iterable[memoryview] = ()) -> None:
         header = ustar_header(member, name, target)
@@ -146,23 +155,45 @@ class CanonicalTar:
             info.type, info.size, info.mode, info.mtime = _TAR_TYPES[member.kind], member.size, member.mode, member.mtime
             info.linkname = target
             header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        self._out.write(header)
+        self._write(header)
         for piece in data:
-            self._out.write(piece)
+            self._write(piece)
         padding = -member.size % tarfile.BLOCKSIZE
-        self._out.write(bytes(padding))
+        self._write(bytes(padding))
         self.size += len(header) + member.size + padding
 
     def close(self) -> None:
-        self._out.write(bytes(2 * tarfile.BLOCKSIZE))
+        self._write(bytes(2 * tarfile.BLOCKSIZE))
         self.size += 2 * tarfile.BLOCKSIZE
         self._out.close()
+
+    @property
+    def digest(self) -> str:
+        """sha256:<hex> of every byte written so far (the whole tar, once closed)."""
+        return "sha256:" + self._sha256.hexdigest()
 
     def discard(self) -> None:
         try:
             self._out.close()
         except OSError:  # the buffer could not be flushed (a full disk): the file goes anyway
             pass
+
+
+class KeptFile:
+    """The content of one member, captured while it streams through (None past `cap`)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.content: bytes | None = None
+
+    def capture(self, data: Iterable[memoryview]) -> Iterable[memoryview]:
+        content, size = bytearray(), 0
+        for piece in data:
+            size += len(piece)
+            if size <= self.cap:
+                content += piece
+            yield piece
+        self.content = bytes(content) if size <= self.cap else None
 
 
 def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, limits: ContextLimits | int,
@@ -183,17 +214,23 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
     reader = TarReader(chunks, tar_limits(limits), cancel)
     checker = ContextChecker(dockerfile)
     spool = _FirstPass(tar_path, side_path, IgnoreFiles(dockerfile, limits), dockerfile, limits, cancel)
+    kept, dockerfile_name = KeptFile(MAX_KEPT_DOCKERFILE), "/".join(member_parts(dockerfile))
     try:
         for member in reader.members():
             accepted = checker.accept(member)
             if accepted is not None:
                 name, target = accepted
-                spool.add(member, name, target, reader.data() if member.kind == "file" else ())
+                data: Iterable[memoryview] = reader.data() if member.kind == "file" else ()
+                if name == dockerfile_name:
+                    kept.content = None  # the last member of that name is the Dockerfile
+                    if member.kind == "file":
+                        data = kept.capture(data)
+                spool.add(member, name, target, data)
         if reader.raw_bytes == 0:
             raise InvalidJob("the job has no build context (nothing was uploaded, or it expired)")
         if not checker.found_dockerfile:
             raise InvalidJob(f"Dockerfile {dockerfile!r} not found in the build context (it must be a regular file)")
-        place, size = spool.finish()
+        place, size, digest = spool.finish()
     except BaseException as exc:
         spool.discard()
         tar_path.unlink(missing_ok=True)
@@ -206,7 +243,8 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
         raise
     finally:
         side_path.unlink(missing_ok=True)
-    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=size, place=view_placement(place))
+    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=size, place=view_placement(place),
+                        digest=digest, dockerfile_content=kept.content)
 
 
 class _FirstPass:
@@ -256,24 +294,26 @@ class _FirstPass:
             self.view = StreamingView(place, (name, content), self.out, self.side, self.spans, self.before or ())
         return (memoryview(content),)
 
-    def finish(self) -> tuple[CopyFilter, int]:
-        """The filter `COPY .` applies, and the size of `tar_path`, which now holds the view."""
+    def finish(self) -> tuple[CopyFilter, int, str]:
+        """The filter `COPY .` applies, and the size and sha256 digest of `tar_path`, which now
+        holds the view."""
         self.out.close()
         if self.side is not None:
             self.side.close()
         if self.view is not None and self.view.confirmed(self.ignore):
-            return self.view.place, self.out.size
+            return self.view.place, self.out.size, self.out.digest
         if self.side is None:  # the tar as uploaded, canonical: the view is written if the patterns leave something out
             tar: TarBytes = lambda: file_chunks(self.tar_path)  # noqa: E731
             place = copy_filter(self.ignore, tar, self.dockerfile, self.cancel)
-            return place, self._rewrite(tar, place) if place.active else self.out.size
+            return (place, *self._rewrite(tar, place)) if place.active else (place, self.out.size, self.out.digest)
         paths = (self.tar_path, self.side_path)  # the view did not hold: read the upload back in its order
         tar = lambda: self.spans.chunks(paths)  # noqa: E731
         place = copy_filter(self.ignore, tar, self.dockerfile, self.cancel)
-        return place, self._rewrite(tar, place)
+        return (place, *self._rewrite(tar, place))
 
-    def _rewrite(self, tar: TarBytes, place: CopyFilter) -> int:
-        """Write the view of the canonical tar that `tar` reads beside it, then in its place."""
+    def _rewrite(self, tar: TarBytes, place: CopyFilter) -> tuple[int, str]:
+        """Write the view of the canonical tar that `tar` reads beside it, then in its place;
+        its size and digest."""
         view_path = self.tar_path.with_name("context.view.tar")
         view = CanonicalTar(view_path)
         try:
@@ -284,7 +324,7 @@ class _FirstPass:
             view_path.unlink(missing_ok=True)
             raise
         os.replace(view_path, self.tar_path)
-        return view.size
+        return view.size, view.digest
 
     def discard(self) -> None:
         self.out.discard()

@@ -17,7 +17,7 @@ from typing import Literal, get_args
 #: clone: a git context (fetch, checkout, pack, check); build: the builder's run; push: the
 #: first push of the image to each registry; tags: every further tag (a manifest put, or a push
 #: where the registry declines)
-Phase = Literal["context", "clone", "build", "push", "tags"]
+Phase = Literal["context", "clone", "build", "push", "tags", "provenance"]
 PHASES: tuple[Phase, ...] = get_args(Phase)
 
 

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from runner.core import request_rules as rules
+from runner.core.attestations import Attestation
+from runner.core.build_inputs import BuildInputs
 from runner.core.errors import ErrorKind
 from runner.core.models import BaseUrl
 from runner.core.status import REQUEUE_REASONS, RequeueReason, Status, new_job_id  # noqa: F401 - re-exported
@@ -270,6 +272,10 @@ class JobRecord(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     cancel_requested: bool = False
+    #: what the build is made from, computed before it (never a secret); None before that
+    inputs: BuildInputs | None = None
+    #: the provenance and signatures attached to the pushed images; None: nothing attached
+    attestation: Attestation | None = None
     #: who handed the job in: "token:NAME" (the API, the dashboard), "webhook:HOST:DELIVERY",
     #: "cli:USER@HOST" (`runner submit` through Redis), "queue" (a message posted to the queue);
     #: None on records older than the field. Never a secret.

@@ -32,6 +32,25 @@ class ImageView:
 
 
 @dataclass(frozen=True)
+class AttestedView:
+    """One digest the job pushed and what it got (runner.core.attestations.AttestedImage)."""
+
+    repository: str
+    digest: str
+    signature: str | None
+
+
+@dataclass(frozen=True)
+class AttestationView:
+    """The provenance and signatures of the job's images (runner.core.attestations.Attestation)."""
+
+    signed: bool
+    key_id: str | None
+    unsigned_reason: str | None
+    images: list[AttestedView]
+
+
+@dataclass(frozen=True)
 class JobView:
     data: dict[str, Any]  # the record as JSON (JobRecord.model_dump(mode="json"))
 
@@ -69,6 +88,16 @@ class JobView:
         return [ImageView(image["ref"], image["digest"],
                           [PlatformView(p["platform"], p["digest"]) for p in image.get("platforms") or []])
                 for image in self.data.get("images") or []]
+
+    @property
+    def attestation(self) -> AttestationView | None:
+        """What was attached to the pushed images (provenance, signatures), or None."""
+        found = self.data.get("attestation")
+        if not found:
+            return None
+        return AttestationView(found["signed"], found.get("key_id"), found.get("unsigned_reason"),
+                               [AttestedView(i["repository"], i["digest"], i.get("signature"))
+                                for i in found.get("images") or []])
 
     @property
     def error(self) -> tuple[str, str] | None:

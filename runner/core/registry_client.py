@@ -1,7 +1,9 @@
 """Talks to registries over the distribution HTTP API: which digest a tag holds, whether our
 credentials work, and putting an image already on a registry under another tag there (a
 manifest PUT, after mounting its blobs when the repository differs). Used by every executor
-to confirm a push and to tag without pushing again, and by `runner doctor`.
+to confirm a push and to tag without pushing again, by `runner doctor`, to resolve a build's
+base images to digests, and to store and read signatures and attestations (small blobs and
+their manifests, runner.supply).
 
 Auth: HTTP basic, or bearer tokens from the registry's token service, asked for the scopes
 each request needs (a mount needs `pull` on the source repository and `push` on the target)
@@ -19,6 +21,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import requests
 
@@ -63,6 +66,20 @@ class Manifest:
         if self.media_type not in INDEX_TYPES:
             return []
         return [m["digest"] for m in self._document().get("manifests") or [] if isinstance(m, dict) and "digest" in m]
+
+    def platforms(self) -> dict[str, str]:
+        """An index's manifests by platform (os/architecture[/variant]); the first listed wins."""
+        if self.media_type not in INDEX_TYPES:
+            return {}
+        found: dict[str, str] = {}
+        for entry in self._document().get("manifests") or []:
+            platform = entry.get("platform") if isinstance(entry, dict) else None
+            if not isinstance(platform, dict) or "digest" not in entry:
+                continue
+            name = "/".join(str(part) for part in (platform.get("os"), platform.get("architecture"), platform.get("variant"))
+                            if part)
+            found.setdefault(name, entry["digest"])
+        return found
 
     def blobs(self) -> list[str]:
         """The config and layers an image manifest names."""
@@ -196,6 +213,68 @@ class RegistryClient:
         if response.status_code >= 400:
             raise self._failed(response, f"for {ref}")
         return response.headers.get("Docker-Content-Digest")
+
+    def head_manifest(self, repository: str, reference: str) -> tuple[str, str] | None:
+        """(digest, media type) the registry holds under `reference` (a tag or a digest), or
+        None when it holds nothing there."""
+        response = self._request("HEAD", f"/v2/{repository}/manifests/{reference}", [pull_scope(repository)],
+                                 headers={"Accept": MANIFEST_TYPES})
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise self._failed(response, f"for {repository}:{reference}")
+        digest = response.headers.get("Docker-Content-Digest")
+        if not digest:
+            raise InfrastructureError(f"registry {self.config.host} named no digest for {repository}:{reference}")
+        return digest, response.headers.get("Content-Type", "").split(";")[0].strip()
+
+    def tagged_manifest(self, repository: str, tag: str) -> Manifest | None:
+        """The manifest under `tag` as stored (its digest computed from its bytes), or None."""
+        response = self._request("GET", f"/v2/{repository}/manifests/{tag}", [pull_scope(repository)],
+                                 headers={"Accept": MANIFEST_TYPES})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._failed(response, f"for {repository}:{tag}")
+        body = response.content
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise InfrastructureError(f"registry {self.config.host}: the manifest of {repository}:{tag} is over "
+                                      f"{MAX_MANIFEST_BYTES} bytes")
+        return Manifest(body=body, media_type=response.headers.get("Content-Type", "").split(";")[0].strip(),
+                        digest="sha256:" + hashlib.sha256(body).hexdigest())
+
+    def blob(self, repository: str, digest: str, max_bytes: int = MAX_MANIFEST_BYTES) -> bytes:
+        """The blob `digest` of `repository` (a small one: a signature's payload, an envelope),
+        checked against its digest."""
+        response = self._request("GET", f"/v2/{repository}/blobs/{digest}", [pull_scope(repository)], stream=True)
+        with response:
+            if response.status_code != 200:
+                raise self._failed(response, f"for blob {digest} of {repository}")
+            body = response.raw.read(max_bytes + 1, decode_content=True)
+        if len(body) > max_bytes:
+            raise InfrastructureError(f"registry {self.config.host}: blob {digest} of {repository} is over {max_bytes} bytes")
+        if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            raise InfrastructureError(f"registry {self.config.host} sent a blob for {repository}@{digest} that is not that digest")
+        return body
+
+    def upload_blob(self, repository: str, data: bytes) -> str:
+        """Store `data` as a blob of `repository` (one monolithic upload; nothing when the
+        registry has it already); its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        head = self._request("HEAD", f"/v2/{repository}/blobs/{digest}", [push_scope(repository)])
+        if head.status_code == 200:
+            return digest
+        started = self._request("POST", f"/v2/{repository}/blobs/uploads/", [push_scope(repository)])
+        location = started.headers.get("Location", "")
+        if started.status_code != 202 or not location:
+            raise self._failed(started, f"starting a blob upload to {repository}")
+        parts = urlsplit(location)
+        path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        done = self._request("PUT", path + ("&" if parts.query else "?") + f"digest={digest}", [push_scope(repository)],
+                             data=data, headers={"Content-Type": "application/octet-stream"})
+        if done.status_code not in (201, 204):
+            raise self._failed(done, f"uploading a blob to {repository}")
+        return digest
 
     # -- tagging without a push -----------------------------------------------------------------
     def manifest(self, repository: str, digest: str) -> Manifest:

@@ -1,4 +1,5 @@
-"""The runner's version, as installed (`runner --version`, runner_build_info{version})."""
+"""The runner's version, as installed (`runner --version`, runner_build_info{version}, the builder
+version a build's provenance names)."""
 
 from __future__ import annotations
 

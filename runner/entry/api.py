@@ -32,7 +32,7 @@ from runner.entry import dashboard
 from runner.entry import serve_metrics as health
 from runner.entry.deps import ApiContext
 from runner.entry.errors import ApiError, error_response
-from runner.entry.routes import jobs, logs, uploads, webhooks
+from runner.entry.routes import jobs, logs, provenance, uploads, webhooks
 from runner.store.jobstore import JobStore, StoreUnavailable
 from runner.store.logfollow import LogHub
 from runner.store.redis_clients import FailoverWatch
@@ -40,7 +40,7 @@ from runner.store.redis_clients import FailoverWatch
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10  # seconds open requests (log followers) get at shutdown before they are cut
 #: every router of the API, in the order their routes are matched (no two of them overlap)
-ROUTERS = (health.router, jobs.router, uploads.router, logs.router, dashboard.router, webhooks.router)
+ROUTERS = (health.router, jobs.router, provenance.router, uploads.router, logs.router, dashboard.router, webhooks.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -394,10 +394,23 @@ def cmd_status(args: argparse.Namespace) -> None:
         return dump(record.data)
     print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}"
           + (f" submitted_by={record.submitted_by}" if record.submitted_by else ""))
+    from runner.core.request_rules import parse_image_ref
+
+    attestation = record.attestation
+    attested = {(a.repository, a.digest): a for a in attestation.images} if attestation else {}
     for image in record.images:
-        print(f"  {image.ref}@{image.digest}" + (" (index)" if image.platforms else ""))
+        registry, repository, _ = parse_image_ref(image.ref)
+        mark = attested.get((f"{registry}/{repository}", image.digest))
+        signed = (" signed" if mark.signature else " provenance unsigned") if mark else ""
+        print(f"  {image.ref}@{image.digest}" + (" (index)" if image.platforms else "") + signed)
         for platform in image.platforms:
-            print(f"    {platform.platform} {platform.digest}")
+            child = attested.get((f"{registry}/{repository}", platform.digest))
+            child_signed = (" signed" if child.signature else " provenance unsigned") if child else ""
+            print(f"    {platform.platform} {platform.digest}{child_signed}")
+    if attestation:
+        a = attestation
+        print(f"  provenance: SLSA v1 on {len(a.images)} digest(s), " + (f"signed with key {a.key_id}" if a.signed
+                                                                          else f"unsigned: {a.unsigned_reason}"))
     if record.error:
         print(f"  error ({record.error[0]}): {record.error[1]}")
 
@@ -448,6 +461,83 @@ def cmd_cancel(args: argparse.Namespace) -> None:
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     print(f"{args.job_id} {record.status.value if record.finished else 'cancelling'}")
+
+
+# -- signatures and provenance -----------------------------------------------------------------------
+def cmd_verify(args: argparse.Namespace) -> None:
+    """Verify an image's cosign signature and SLSA provenance with a public key (offline, as
+    `cosign verify --key` and `cosign verify-attestation --key --type slsaprovenance1`), and
+    print what was built from what.
+
+    REF is a tag (resolved to the digest it holds now) or REF@sha256:...; a multi-platform
+    image's manifests are verified too. Exits 1 when a signature or the provenance is missing
+    or does not verify."""
+    from runner.core.errors import ExecutorError
+    from runner.core.registry_client import Registries
+    from runner.entry.verify_report import report_lines
+    from runner.supply.keys import SigningKeyError, load_public_key
+    from runner.supply.verify import Verifier
+
+    try:
+        public = load_public_key(Path(args.key))
+    except SigningKeyError as exc:
+        fail(str(exc), EXIT_INVALID)
+    cfg = settings(args)
+    try:
+        checked = Verifier(Registries(cfg.registries, cfg.registry_auth), public).verify(args.reference)
+    except ValueError as exc:
+        fail(str(exc), EXIT_INVALID)
+    except ExecutorError as exc:
+        fail(exc.message, EXIT_INFRA)
+    if args.as_json:
+        dump([{"ref": c.ref, "digest": c.digest, "platform": c.platform, "verified": c.ok, "signature": c.signature,
+               "problems": c.problems, "statement": c.statement} for c in checked])
+    else:
+        for check in checked:
+            platform = f" ({check.platform})" if check.platform else ""
+            if check.ok:
+                print(f"{styled('verified', 'green')} {check.ref}{platform}: signature and SLSA provenance")
+                for line in report_lines(check.statement or {}):
+                    print(f"  {line}")
+            else:
+                note(f"{styled('NOT VERIFIED', 'bold red', sys.stderr)} {check.ref}{platform}: {'; '.join(check.problems)}")
+    raise SystemExit(EXIT_OK if all(c.ok for c in checked) else EXIT_FAILED)
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> None:
+    """Make an ECDSA P-256 key pair for signing: PREFIX.key (PKCS#8 PEM, encrypted with the
+    passphrase; mode 0600) for signing.key_file, and PREFIX.pub for verifiers (cosign verify
+    --key, runner verify --key, admission policies). The passphrase comes from
+    --passphrase-file or is asked for twice on the terminal."""
+    import getpass
+
+    from runner.supply.keys import SigningKeyError, generate, read_passphrase
+
+    passphrase: bytes | None
+    if args.no_passphrase:
+        passphrase = None
+    elif args.passphrase_file:
+        try:
+            passphrase = read_passphrase(Path(args.passphrase_file))
+        except SigningKeyError as exc:
+            fail(str(exc), EXIT_INVALID)
+        if not passphrase:
+            fail(f"--passphrase-file {args.passphrase_file} is empty; give --no-passphrase for a key without one", EXIT_INVALID)
+    elif sys.stdin.isatty():
+        first = getpass.getpass("Passphrase for the new key: ")
+        if first != getpass.getpass("Again: "):
+            fail("the passphrases differ", EXIT_INVALID)
+        passphrase = first.encode() or None
+    else:
+        fail("no terminal to ask for a passphrase on: give --passphrase-file FILE, or --no-passphrase", EXIT_INVALID)
+    try:
+        private, public = generate(Path(args.output), passphrase)
+    except SigningKeyError as exc:
+        fail(str(exc), EXIT_INVALID)
+    except OSError as exc:
+        fail(f"cannot write the key: {exc.strerror} ({exc.filename})", EXIT_INVALID)
+    note(f"private key: {private} (signing.key_file{', with signing.passphrase_file' if passphrase else ''})")
+    note(f"public key:  {public} (cosign verify --key, runner verify --key, signing.public_key_file)")
 
 
 # -- services and configuration ----------------------------------------------------------------------
@@ -654,6 +744,20 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (default: wait)")
 
     _command(commands, "doctor", cmd_doctor)
+
+    verify = _command(commands, "verify", cmd_verify)
+    verify.add_argument("reference", metavar="REF", help="the image: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...")
+    verify.add_argument("--key", required=True, metavar="PUB", help="the PEM public key (PREFIX.pub of `runner keys generate`)")
+    _json_option(verify, "print what was checked, and each statement, as JSON")
+
+    keys = commands.add_parser("keys", help="Signing keys.", description="Signing keys.", parents=[CONFIG_OPTION])
+    keys.set_defaults(handler=None, parser=keys)
+    keys_commands = keys.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    generate = _command(keys_commands, "generate", cmd_keys_generate)
+    generate.add_argument("--output", required=True, metavar="PREFIX", help="writes PREFIX.key and PREFIX.pub")
+    secret = generate.add_mutually_exclusive_group()
+    secret.add_argument("--passphrase-file", metavar="FILE", help="the passphrase (its last newline dropped); default: asked for")
+    secret.add_argument("--no-passphrase", action="store_true", help="leave the private key unencrypted")
 
     config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.",
                                  parents=[CONFIG_OPTION])

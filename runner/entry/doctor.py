@@ -3,6 +3,7 @@ platforms each executor can build here, and secret files that others can read.""
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from collections.abc import Iterator
@@ -160,7 +161,8 @@ def check_build_secrets(settings: Settings) -> Check:
 
 #: settings fields that name a file holding a secret (api tokens, webhook and callback secrets,
 #: git tokens and SSH keys, commit-status tokens, registry passwords)
-SECRET_FILE_FIELDS = ("token_file", "secret_file", "password_file", "ssh_key_file", "docker_config")
+SECRET_FILE_FIELDS = ("token_file", "secret_file", "password_file", "ssh_key_file", "docker_config", "key_file",
+                      "passphrase_file")
 
 
 def secret_files(value: Any, where: str = "") -> Iterator[tuple[str, Path]]:
@@ -201,6 +203,31 @@ def check_secret_files(settings: Settings) -> list[Check]:
     return warnings or [Check("secret files", True, f"{count} configured; none readable by group or others", required=False)]
 
 
+def check_signing(settings: Settings) -> Check:
+    """The signing key loads (with its passphrase), signs, and its public half verifies what it
+    signed; signing.public_key_file, if set, is that public half."""
+    from runner.supply.keys import SigningKeyError, fingerprint, load_private_key, load_public_key
+    from runner.supply.verify import verifies
+
+    signing = settings.signing
+    if signing.key_file is None:
+        return Check("signing", True, "no key (signing.key_file): provenance is attached to every pushed image, unsigned",
+                     required=False)
+    try:
+        key = load_private_key(signing.key_file, signing.passphrase_file)
+        probe = b"runner doctor"
+        if not verifies(key.public, base64.b64decode(key.sign(probe)), probe):
+            return Check("signing", False, f"{signing.key_file}: a signature made with it does not verify", required=signing.must_sign)
+        if signing.public_key_file is not None and fingerprint(load_public_key(signing.public_key_file)) != key.key_id:
+            return Check("signing", False, f"signing.public_key_file {signing.public_key_file} is not the public half of "
+                         f"{signing.key_file} (verifiers given it would refuse every image)", required=signing.must_sign)
+    except SigningKeyError as exc:
+        return Check("signing", False, str(exc), required=signing.must_sign)
+    published = f"; matches {signing.public_key_file}" if signing.public_key_file else ""
+    return Check("signing", True, f"ECDSA P-256 key loads and signs; public key {key.key_id}{published}; "
+                 f"a failure to sign {'fails' if signing.must_sign else 'does not fail'} the job", required=signing.must_sign)
+
+
 def run_checks(settings: Settings) -> list[Check]:
     registry = ExecutorRegistry()
     env = executor_env(settings, "doctor")
@@ -208,4 +235,4 @@ def run_checks(settings: Settings) -> list[Check]:
     return [*check_redis(settings), *check_engines(executors), *check_docker_configs(env.registries),
             *[check_registry(r, env.registries) for r in settings.registries],
             *check_executors(executors), *check_platforms(executors), check_build_secrets(settings),
-            *check_secret_files(settings)]
+            check_signing(settings), *check_secret_files(settings)]

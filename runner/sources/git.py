@@ -498,6 +498,7 @@ def prepare_git_context(request: BuildRequest, workspace: Path, joblog, cancel: 
         finally:
             packed.unlink(missing_ok=True)
         joblog.line(f"[runner] context: {context.size:,} bytes from {source.subdir or 'the repository root'}")
+        context.commit = commit
         return context
     finally:
         fetch.cleanup()

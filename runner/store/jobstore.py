@@ -39,9 +39,11 @@ Settings.queue_for), `NS.deliveries` the deliveries' (outbox.deliveries_queue); 
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, cast
 
@@ -539,6 +541,25 @@ class JobStore:
         """Claim the push `key` for `job_id` for `ttl` seconds: None if claimed now, else the job
         that holds it."""
         return self._claim(keys=[self._key("push", key)], args=[job_id, ttl])
+
+    @contextmanager
+    def turn(self, name: str, ttl: float = 60, wait: float = 60) -> Iterator[bool]:
+        """Take turns with the fleet for `name` (e.g. writing one digest's signature tags): held
+        for at most `ttl` seconds, waited for at most `wait`. Yields whether it was taken (past
+        `wait`, or with Redis away, the caller goes on without it)."""
+        lock = self.r.lock(self._key("turn", hashlib.sha256(name.encode()).hexdigest()), timeout=ttl, blocking_timeout=wait)
+        try:
+            taken = bool(lock.acquire())
+        except redis.RedisError:
+            taken = False
+        try:
+            yield taken
+        finally:
+            if taken:
+                try:
+                    lock.release()
+                except redis.RedisError:  # expired (past ttl) or Redis away: it lapses by itself
+                    pass
 
     def release_push(self, key: str, job_id: str) -> None:
         self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("push", key), job_id)

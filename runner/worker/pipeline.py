@@ -317,7 +317,7 @@ class Pipeline:
                 with PhaseClock(self.worker.env.metrics, record.executor) as phases, phases(CONTEXT_PHASES[request.context.type]):
                     context = self.worker.source(request.context.type).prepare(request, workspace, joblog, cancel)
                 cancel.raise_if_set()
-                images = executor.run(request, context, joblog, cancel)
+                images = self.worker.supply.build(executor, request, context, joblog, cancel)
                 cancel.raise_if_set()
                 outcome = Outcome(Status.succeeded, images)
         except ExecutorError as exc:

@@ -23,6 +23,7 @@ from runner.core.registry_client import Registries
 from runner.sources.git import GitSource
 from runner.sources.upload import UploadSource
 from runner.store.jobstore import JobStore
+from runner.worker.supply_chain import SupplyChain
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class Worker:
         self.store = store or JobStore.from_settings(settings)
         self.env = executor_env(settings, self.id, metrics)
         self.executors = make_executors(settings, settings.enabled_executors() if names is None else names, self.env, registry)
+        #: a job's inputs before its build, its signatures and provenance after (runner/worker/supply_chain.py)
+        self.supply = SupplyChain(settings, self.env, self.store, self.id)
         #: executors this worker serves but whose check() failed: name -> why
         self.unusable: dict[str, str] = {}
         self.sources: dict[str, ContextSource] = {"upload": UploadSource(self.store.context_chunks, settings.limits),

@@ -66,6 +66,9 @@ FAST_MODULES = frozenset({
     "tests/test_redis_ha.py",
     # registry logins: docker config files, credential helpers (a helper script of the tests'), their order
     "tests/test_registry_auth.py",
+    # signing: the Dockerfile's base images, cosign's formats and test data, statements, keys
+    "tests/test_dockerfile_bases.py",
+    "tests/test_signing.py",
 })
 
 #: fixtures that bring Docker, the registry or buildah: a test using one is full-tier only

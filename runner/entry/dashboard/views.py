@@ -14,7 +14,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from runner.core.jobs import GitContext, ImageRef, JobRecord, Status, now, seconds_between
+from runner.core.attestations import AttestedImage
+from runner.core.jobs import GitContext, ImageRef, JobRecord, PushedImage, Status, now, seconds_between
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -94,6 +95,19 @@ def branch(record: JobRecord) -> str | None:
     return ref
 
 
+def attested(record: JobRecord, image: PushedImage, digest: str | None = None) -> AttestedImage | None:
+    """What the job attached to one of its pushed tags' digest (its signature, its provenance),
+    or to `digest` in that tag's repository (a platform's manifest under a multi-platform index)."""
+    if record.attestation is None:
+        return None
+    try:
+        ref = ImageRef.parse(image.ref)
+    except ValueError:
+        return None
+    repository = f"{ref.registry}/{ref.repository}"
+    return next((a for a in record.attestation.images if a.repository == repository and a.digest == (digest or image.digest)), None)
+
+
 def since(start: datetime | None) -> float | None:
     return seconds_between(start, now())
 
@@ -123,7 +137,7 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.globals.update(badge=badge, repository=repository, commit=commit, branch=branch, seconds=seconds_between,
-                       duration=duration, since=since, clock=clock, iso=iso, Status=Status)
+                       duration=duration, since=since, clock=clock, iso=iso, Status=Status, attested=attested)
     return env
 
 

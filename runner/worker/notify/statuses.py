@@ -6,7 +6,7 @@ and the requests that tell them.
 | queued            | pending       | pending  | queued (buildah)                             |
 | started           | pending       | running  | building / building (attempt 2)              |
 | requeued          | pending       | pending  | requeued                                     |
-| succeeded         | success       | success  | built and pushed 2 tags in 41 s              |
+| succeeded         | success       | success  | built, pushed and signed 2 tags in 41 s      |
 |   (2+ platforms)  |               |          | … in 41 s; index 1a2b3c4d5e6f: linux/amd64   |
 |                   |               |          | 3c4d5e6f7a8b, linux/arm64 5e6f7a8b9c0d       |
 | failed            | failure       | failed   | step 4/7 failed: RUN make                    |
@@ -94,8 +94,12 @@ def describe(moment: str, record: JobRecord, note: dict[str, Any]) -> str:
     elif record.status.value == "succeeded":
         took = seconds_between(record.started_at, record.finished_at) or 0
         count = len(record.images)
-        text = (f"built and pushed {count} tag{'s' if count != 1 else ''} in {seconds(took)}" if record.request.push
-                else f"built in {seconds(took)} (not pushed)")
+        signed = record.attestation is not None and record.attestation.signed
+        tags = f"{count} tag{'s' if count != 1 else ''} in {seconds(took)}"
+        if not record.request.push:
+            text = f"built in {seconds(took)} (not pushed)"
+        else:
+            text = f"built, pushed and signed {tags}" if signed else f"built and pushed {tags}"
         if record.images and record.images[0].platforms:
             index = record.images[0]
             text += f"; index {short_digest(index.digest)}: " + ", ".join(

@@ -60,14 +60,16 @@ record.addEventListener("click", (event) => {
   if (button.classList.contains("copy")) copy(button);
   else if (button.id === "cancel") cancel(button);
   else if (button.id === "rerun") rerun(button);
+  else if (button.id === "provenance") save(`/v1/jobs/${encodeURIComponent(jobId)}/provenance`, `${jobId}.provenance.json`);
 });
 
-async function download() {
+// Fetch `path` with the tab's token and save it as `name` (a plain link could not send the token).
+async function save(path, name) {
   try {
-    const blob = await (await api(`/v1/jobs/${encodeURIComponent(jobId)}/logs`)).blob();
+    const blob = await (await api(path)).blob();
     const link = document.createElement("a");
     link.href = URL.createObjectURL(blob);
-    link.download = `${jobId}.log`;
+    link.download = name;
     document.body.append(link);
     link.click();
     link.remove();
@@ -75,6 +77,10 @@ async function download() {
   } catch (error) {
     notice(`Download failed: ${error.message}`, "error");
   }
+}
+
+function download() {
+  return save(`/v1/jobs/${encodeURIComponent(jobId)}/logs`, `${jobId}.log`);
 }
 
 function watchRecord() {

@@ -12,8 +12,9 @@ and the entry points can be driven through every path in seconds, without Docker
                      then crash with it in the exception (tests check that both are masked)
 
 It reports each tag with a digest made from the job id and the tag (a multi-platform job: an
-"index" digest, and one per platform made from the job id and the platform). `cleanup` records
-the job ids it was called for (`cleaned`), so tests can see the pipeline call it.
+"index" digest, and one per platform made from the job id and the platform). Nothing is pushed,
+so those get no provenance or signature unless `executors.fake.publishes` says they may.
+`cleanup` records the job ids it was called for (`cleaned`), so tests can see the pipeline call it.
 
 It is a plugin of the tests, not part of the runner: a `runner.executors` entry point in the
 dist-info beside this module, found only where tests/plugins/fake is on the path (the tests'
@@ -52,6 +53,8 @@ class FakeConfig(ExecutorConfig):
     """executors.fake (a plugin of the runner's own tests): builds nothing; steered by build args."""
 
     enabled: bool = Field(default=False, description="for the runner's own tests only: never enable it in production")
+    publishes: bool = Field(default=False, description="say its digests are in the registry, so they get provenance and "
+                            "signatures (tests of signing that need no build); its base images are looked up too")
 
 
 class FakeExecutor(Executor):
@@ -66,6 +69,10 @@ class FakeExecutor(Executor):
 
     def check(self) -> CheckResult:
         return CheckResult(True, "the fake executor: builds nothing (tests only)")
+
+    def publishes(self) -> bool:
+        """It pushes nothing: its jobs get no provenance, unless its config says otherwise."""
+        return bool(getattr(self.config, "publishes", False))
 
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
         args = job.build_args
