@@ -145,7 +145,8 @@ def queued_record(request: Mapping[str, Any], executor: str, queue: str, statuse
         "id": request["id"], "request": dict(request), "status": Status.queued.value, "executor": executor,
         "queue": queue, "worker": None, "images": [], "error": None, "attempts": 0,
         "created_at": json_time(created_at or datetime.now(UTC)), "queued_at": None, "started_at": None,
-        "finished_at": None, "cancel_requested": False, "submitted_by": submitted_by, "statuses": statuses,
+        "finished_at": None, "cancel_requested": False, "inputs": None, "attestation": None,
+        "submitted_by": submitted_by, "statuses": statuses,
     }
 
 
