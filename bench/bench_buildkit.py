@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import BASE, REGISTRY, dev_env, drop_namespace, load_line, run_job  # noqa: E402
 from bench.phases import Phases  # noqa: E402
-from executors.engine import buildkit, buildkit_session, client, engine  # noqa: E402
+from executors.engine import buildkit, buildkit_session, client, push  # noqa: E402
 from executors.engine.socket import SocketExecutor  # noqa: E402
 from runner.config.settings import Settings  # noqa: E402
 from runner.context.build_context import BuildContext  # noqa: E402
@@ -85,7 +85,9 @@ PHASES = [  # (owner, method, phase): nested phases are shown indented under the
     (buildkit_session.BuildSession, "start", "  session set-up"),
     (client.EngineClient, "post_build", "  context streamed, until the engine answers"),
     (buildkit._Follower, "feed", "  progress decoded + log written"),
-    (engine.Engine, "_push_once", "push (engine)"),
+    (push.Pusher, "_push_once", "push (engine)"),
+    (push.Pusher, "check_pushed", "  pushed image checked (GET manifest)"),
+    (push.Pusher, "untag", "  local tag removed"),
     (registry_client.Registries, "confirm_digest", "digest confirmed (HEAD)"),
     (jobstore.JobStore, "update", "record writes"),
     (jobstore.JobStore, "append_log", "log writes (all threads)"),

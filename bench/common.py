@@ -48,3 +48,13 @@ def drop_namespace(r, namespace: str) -> None:
 def load_line() -> str:
     load = Path("/proc/loadavg").read_text().split()[:3]
     return f"load average during the run: {' '.join(load)} on {len(os.sched_getaffinity(0))} CPUs"
+
+
+def remove_buildah_storage(storage: Path) -> None:
+    """A benchmark's own buildah storage (root and run under `storage`), images and all."""
+    import shutil
+    import subprocess
+
+    subprocess.run(["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"), "rmi", "--all", "--force"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(storage, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Randomized differential run of runner/dockerignore.py against `docker build` with BuildKit.
+"""Randomized differential run of runner/context/dockerignore.py against `docker build` with BuildKit.
 
     .venv/bin/python bench/dockerignore_fuzz.py --cases 500 --seed 7
     .venv/bin/python bench/dockerignore_fuzz.py --replay /tmp/dockerignore-fuzz-7/mismatch-0003.json

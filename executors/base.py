@@ -10,8 +10,8 @@ reaper and the doctor all use that one object. Per-job calls carry the job (or i
 - `cleanup(job_id)`: idempotent removal of everything it made for that job;
 - `sweep(is_live)`: remove what jobs that are no longer live left behind (the reaper's call);
 - `start()` / `shutdown()`: process lifetime (warm pools);
-- capability questions (`engine_host()`, `publishes()`) are asked of the executor, never answered
-  by its name.
+- capability questions (`engine_host()`, `publishes()`, `platforms()`) are asked of the
+  executor, never answered by its name.
 
 Everything an executor creates carries `labels(job_id)`, so a sweep can find it.
 """
@@ -26,13 +26,16 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from executors.builtin import ENABLED_BY_DEFAULT
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
 from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics
+from runner.core.host_platforms import HostPlatforms
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE, LABEL_WORKER
 from runner.core.log_sink import LogSink
+from runner.core.platforms import parse_platform
 
 if TYPE_CHECKING:
     from runner.core.registry_client import Registries
@@ -46,7 +49,7 @@ class ExecutorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(default=False, description="take jobs for this executor")
+    enabled: bool = Field(default=ENABLED_BY_DEFAULT, description="take jobs for this executor")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,21 @@ class Executor(ABC):
         provenance and signatures (runner/worker/supply_chain.py). An executor that pushes
         nothing (the tests' fake) says no."""
         return True
+
+    def platforms(self) -> HostPlatforms | None:
+        """Which platforms this executor can build here (natively, or emulated through the
+        host's binfmt handlers); None: it cannot tell, and no job is refused for its platforms."""
+        return None
+
+    def refuse_unbuildable(self, job: BuildRequest, support: HostPlatforms | None = None) -> None:
+        """Before anything is built: InvalidJob naming the first of the job's platforms this
+        executor cannot build here (`support`, else platforms()): its build would only fail
+        later, in an exec format error."""
+        if not job.platforms or (support := support or self.platforms()) is None:
+            return
+        for platform in job.platforms:
+            if why := support.why_not(parse_platform(platform)):
+                raise InvalidJob(f"refused before the build: {why}")
 
     def engine_host(self) -> str | None:
         """The Docker Engine this executor drives on the host, if any (the doctor checks it)."""

@@ -15,18 +15,11 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 from executors.base import Executor, ExecutorConfig
+from executors.builtin import BUILTIN
 
 if TYPE_CHECKING:
     from executors.base import ExecutorEnv
 
-#: name -> (config class, executor class), as "module:attribute"
-BUILTIN = {
-    "socket": ("executors.engine.config:SocketConfig", "executors.engine.socket:SocketExecutor"),
-    "dind": ("executors.dind.config:DindConfig", "executors.dind.executor:DindExecutor"),
-    "sysbox": ("executors.dind.config:SysboxConfig", "executors.dind.sysbox:SysboxExecutor"),
-    "buildah": ("executors.daemonless.config:BuildahConfig", "executors.daemonless.buildah:BuildahExecutor"),
-    "img": ("executors.daemonless.config:ImgConfig", "executors.daemonless.img:ImgExecutor"),
-}
 ENTRY_POINT_GROUP = "runner.executors"
 
 

@@ -22,6 +22,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from runner.core.jobs import BuildRequest, ImageRef
+from runner.core.platforms import Platform
 
 PLACEHOLDERS = ("registry", "repo", "cache_key")
 #: the tag the engine executors give their inline-cache image in the cache repository
@@ -91,6 +92,7 @@ def cache_repository(template: str | None, job: BuildRequest) -> str | None:
     return rendered
 
 
-def inline_cache_ref(repository: str) -> ImageRef:
-    """Where an engine's BuildKit keeps its inline cache in the cache repository."""
-    return ImageRef.parse(f"{repository}:{INLINE_CACHE_TAG}")
+def inline_cache_ref(repository: str, platform: Platform | None = None) -> ImageRef:
+    """Where an engine's BuildKit keeps its inline cache in the cache repository: one image per
+    platform of a multi-platform job (`buildcache-linux-arm64`), as each build reads its own."""
+    return ImageRef.parse(f"{repository}:{INLINE_CACHE_TAG}" + (f"-{platform.slug}" if platform else ""))

@@ -2,7 +2,10 @@
 # Install (Debian, as root) and start everything the runner and its tests need:
 # Docker Engine, Redis (with AOF), an htpasswd-protected registry on :5000, buildah,
 # skopeo, git, Prometheus and promtool (the metrics and alert-rule tests; never started as a
-# service here), and a tiny busybox base image pushed to that registry.
+# service here), qemu-user-static with its binfmt handlers registered (emulated builds of other
+# platforms), redis-sentinel (the failover tests start their own; never as a
+# service), a tiny busybox base image pushed to that registry, and a two-platform one
+# (linux/amd64 + linux/arm64, from Debian's own busybox-static of each architecture).
 # Idempotent: running it again only starts what is not running.
 set -euo pipefail
 
@@ -13,6 +16,7 @@ REGISTRY_USER=${RUNNER_DEV_REGISTRY_USER:-ci}
 REGISTRY_PASSWORD=${RUNNER_DEV_REGISTRY_PASSWORD:-ci-password}
 REDIS_PORT=${RUNNER_DEV_REDIS_PORT:-6379}
 BASE_IMAGE=127.0.0.1:${REGISTRY_PORT}/base/busybox:1
+MULTI_BASE_IMAGE=127.0.0.1:${REGISTRY_PORT}/base/busybox-multi:1
 mkdir -p "$STATE"
 SAY_PREFIX=services
 # shellcheck source=scripts/lib.sh
@@ -49,6 +53,12 @@ install_prometheus() {  # Debian's server and promtool; the tests start their ow
   if command -v prometheus >/dev/null && command -v promtool >/dev/null; then return; fi
   say "installing prometheus (without the node exporter it recommends, and not started as a service)"
   install_without_starting "$STATE/apt.log" --no-install-recommends prometheus  # its postinst would start one on :9090
+}
+
+install_sentinel() {  # Debian's redis-sentinel; tests/test_redis_ha.py starts its own set on spare ports
+  if command -v redis-sentinel >/dev/null; then return; fi
+  say "installing redis-sentinel (not started as a service)"
+  install_without_starting "$STATE/apt.log" --no-install-recommends redis-sentinel  # its postinst would start one on :26379
 }
 
 add_hosts() {  # before dockerd starts: its resolver caches /etc/hosts for a while
@@ -110,16 +120,73 @@ seed_base_image() {
   fi
   say "making base image $BASE_IMAGE from busybox-static"
   local root; root=$(mktemp -d)
-  mkdir -p "$root/bin" "$root/tmp" "$root/etc"
-  cp /bin/busybox "$root/bin/busybox"
-  for tool in sh echo cat ls mkdir rm cp mv test true false sleep env grep wc head tail touch \
-      sed tr id printf find sort uniq date expr seq stat chmod du yes; do
-    ln -sf busybox "$root/bin/$tool"
-  done
-  echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+  busybox_root "$root" /bin/busybox
   tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' - "$BASE_IMAGE" >"$STATE/base-image.log" 2>&1
   rm -rf "$root"
   retry 5 1 docker push -q "$BASE_IMAGE" >>"$STATE/base-image.log" 2>&1
+}
+
+install_emulation() {  # Debian's qemu-user-static and its binfmt handlers (registered with the F flag,
+  # so containers and dind sidecars use them too). Without systemd nothing registers them: do it here.
+  command -v qemu-aarch64-static >/dev/null || install_without_starting "$STATE/apt.log" qemu-user-static
+  if ! sh "$(dirname "$0")/binfmt-register.sh" >>"$STATE/emulation.log" 2>&1; then
+    say "warning: could not register qemu's binfmt handlers (see $STATE/emulation.log): no emulated platforms here" >&2
+  fi
+}
+
+busybox_root() {  # busybox_root DIR BUSYBOX: a tiny root file system around one static busybox
+  local root=$1
+  mkdir -p "$root/bin" "$root/tmp" "$root/etc"
+  cp "$2" "$root/bin/busybox"
+  for tool in sh echo cat ls mkdir rm cp mv test true false sleep env grep wc head tail touch \
+      sed tr id printf find sort uniq date expr seq stat chmod du yes uname; do
+    ln -sf busybox "$root/bin/$tool"
+  done
+  echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+}
+
+arm64_busybox() {  # Debian's busybox-static for arm64, unpacked once into $STATE (prints the binary)
+  local dir=$STATE/busybox-arm64
+  if [ ! -x "$dir/root/bin/busybox" ]; then
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+      dpkg --add-architecture arm64
+    fi
+    mkdir -p "$dir" && chmod 777 "$dir"  # apt-get download runs as _apt where it can
+    (cd "$dir" && { apt-get download busybox-static:arm64 || { apt-get update -qq && apt-get download busybox-static:arm64; }; }) >&2
+    dpkg-deb -x "$dir"/busybox-static_*_arm64.deb "$dir/root" >&2
+  fi
+  echo "$dir/root/bin/busybox"
+}
+
+seed_multi_base_image() {  # an OCI index with linux/amd64 and linux/arm64, made and pushed by buildah
+  if skopeo inspect --raw --tls-verify=false --creds "$REGISTRY_USER:$REGISTRY_PASSWORD" \
+      "docker://$MULTI_BASE_IMAGE" 2>/dev/null | grep -q '"architecture": *"arm64"'; then
+    return
+  fi
+  say "making two-platform base image $MULTI_BASE_IMAGE from busybox-static (amd64, arm64)"
+  make_multi_base_image >>"$STATE/multi-base-image.log" 2>&1
+}
+
+make_multi_base_image() {
+  local work arch binary ctr list=localhost/runner-dev/busybox-multi:1
+  work=$(mktemp -d)
+  buildah manifest rm "$list" || true
+  buildah manifest create "$list"
+  for arch in amd64 arm64; do
+    binary=/bin/busybox
+    if [ "$arch" = arm64 ]; then binary=$(arm64_busybox | tail -n 1); fi
+    busybox_root "$work/$arch" "$binary"
+    ctr=$(buildah from --arch "$arch" scratch)
+    buildah copy "$ctr" "$work/$arch" /
+    buildah config --os linux --arch "$arch" --env PATH=/bin --cmd sh "$ctr"
+    buildah commit --rm "$ctr" "localhost/runner-dev/busybox-$arch:1"
+    buildah manifest add --os linux --arch "$arch" "$list" "containers-storage:localhost/runner-dev/busybox-$arch:1"
+  done
+  retry 5 1 buildah manifest push --all --format oci --tls-verify=false --creds "$REGISTRY_USER:$REGISTRY_PASSWORD" \
+    "$list" "docker://$MULTI_BASE_IMAGE"
+  buildah manifest rm "$list" || true
+  buildah rmi localhost/runner-dev/busybox-amd64:1 localhost/runner-dev/busybox-arm64:1 || true
+  rm -rf "$work"
 }
 
 login_once() {
@@ -150,17 +217,21 @@ RUNNER_DEV_REGISTRY_USER=$REGISTRY_USER
 RUNNER_DEV_REGISTRY_PASSWORD=$REGISTRY_PASSWORD
 RUNNER_DEV_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 RUNNER_DEV_BASE_IMAGE=$BASE_IMAGE
+RUNNER_DEV_MULTI_BASE_IMAGE=$MULTI_BASE_IMAGE
 EOF
 }
 
 step "install packages" "$STATE/apt.log" install_packages
 step "install prometheus" "$STATE/apt.log" install_prometheus
+step "install redis-sentinel" "$STATE/apt.log" install_sentinel
+step "install emulation (qemu-user-static, binfmt)" "$STATE/emulation.log" install_emulation
 step "add $REGISTRY_NAME to /etc/hosts" "$STATE/setup.log" add_hosts
 step "start dockerd" "$STATE/dockerd.log" start_docker
 step "start redis" "$STATE/redis.log" start_redis
 step "start docker-registry" "$STATE/registry.log" start_registry
 step "docker login to the registry" "$STATE/login.log" login_host_client
 step "seed the base image" "$STATE/base-image.log" seed_base_image
+step "seed the two-platform base image" "$STATE/multi-base-image.log" seed_multi_base_image
 step "write the registry password file" "$STATE/setup.log" write_password_file
 step "write $STATE/env" "$STATE/setup.log" write_env
-say "ready: docker, redis 127.0.0.1:$REDIS_PORT, registry :$REGISTRY_PORT ($REGISTRY_NAME), base $BASE_IMAGE"
+say "ready: docker, redis 127.0.0.1:$REDIS_PORT, registry :$REGISTRY_PORT ($REGISTRY_NAME), base $BASE_IMAGE and $MULTI_BASE_IMAGE"

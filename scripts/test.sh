@@ -29,7 +29,7 @@ fi
 bash scripts/venv.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache  # the layers (docs/architecture.md)
-.venv/bin/mypy                     # runner/core, runner/worker, executors (pyproject.toml)
+.venv/bin/mypy                     # every package of runner and executors (pyproject.toml)
 set +e
 .venv/bin/pytest -q -p no:cacheprovider --durations=15 "${tier[@]}" "$@"  # the slowest 15, for keeping CI short
 rc=$?

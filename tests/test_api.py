@@ -21,6 +21,7 @@ import yaml
 
 from runner.context.pack import write_tar
 from tests.conftest import RUNNER, RunnerHarness, cleanup_namespace, new_harness, registry_digest, run_image
+from tests.support.cli_modules import not_ours_nor_stdlib, run_cli
 
 TOKEN_ALL = "all-" + uuid.uuid4().hex
 TOKEN_READ = "read-" + uuid.uuid4().hex
@@ -264,7 +265,7 @@ def test_upload_build_follow_logs_and_duplicate_id(stack, services):
         assert replay == lines
     record = stack.wait(job_id)
     assert record["status"] == "succeeded"
-    assert record["images"] == [{"ref": ref, "digest": registry_digest(services, ref)}]
+    assert record["images"] == [{"ref": ref, "digest": registry_digest(services, ref), "platforms": []}]
     assert run_image(ref, "cat", "/msg") == "uploaded\n"
     with stack.client(token=TOKEN_READ) as reader:
         listed = reader.get("/v1/jobs", params={"status": "succeeded", "limit": 1}).json()
@@ -363,6 +364,34 @@ def test_cli_uses_the_api_instead_of_redis(stack, services, tmp_path):
     assert invalid.returncode == 2 and "tags.0" in invalid.stderr
     down = cli("status", job_id, "--api", f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 3 and "unreachable" in down.stderr
+
+
+def test_the_cli_through_the_api_loads_only_the_standard_library(stack, services, tmp_path):
+    """With the API given by the environment (no config file), submit --wait, status, list, logs
+    and cancel load nothing but the standard library and the runner's own modules (and RE2 to pack
+    the context by .dockerignore as Docker does): no pydantic, no requests, no redis, no models
+    (the server checks what it is sent)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}, "HOME": str(home),
+           "RUNNER_API_URL": stack.url, "RUNNER_API_TOKEN": TOKEN_ALL}
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {services['RUNNER_DEV_BASE_IMAGE']}\nRUN echo light\n")
+    ref, job_id = image_ref(stack, "light"), f"light-{uuid.uuid4().hex[:8]}"
+    result, modules = run_cli(env, "submit", str(ctx), "-t", ref, "--id", job_id, "--wait", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["status"] == "succeeded" and record["images"][0]["digest"] == registry_digest(services, ref)
+    assert not_ours_nor_stdlib(modules, env) == [] and "runner.core.jobs" not in modules, not_ours_nor_stdlib(modules, env)
+    for args in (["status", job_id], ["list", "--limit", "5"], ["logs", job_id], ["cancel", job_id]):
+        result, modules = run_cli(env, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert not_ours_nor_stdlib(modules, env) == [] and "runner.core.jobs" not in modules, (args, not_ours_nor_stdlib(modules, env))
+    assert run_cli(env, "cancel", job_id)[0].stdout.strip() == f"{job_id} succeeded"
+    assert "light" in run_cli(env, "logs", job_id)[0].stdout
+    refused, modules = run_cli(env, "submit", str(ctx), "-t", "forbidden.example.com/x:1", "--detach")
+    assert refused.returncode == 2 and "tags.0" in refused.stderr and not_ours_nor_stdlib(modules, env) == []
 
 
 # -- schema-driven: no input may produce a 500 ---------------------------------------------------

@@ -541,6 +541,45 @@ def test_sweep_removes_what_dead_jobs_left_and_spares_live_and_foreign_ones(harn
     assert job_leftovers(executor, live) == CLEAN
 
 
+def test_multi_platform_argv_builds_a_manifest_list_and_pushes_it_all(tmp_path):
+    """Two platforms: `--platform a,b --manifest LIST` (no --iidfile: buildah refuses it for
+    several images), then `manifest push --all`; a plain-HTTP registry needs --tls-verify=false
+    there (its flag overrides registries.conf), and the script pushes the list by name."""
+    config, mode = BuildahConfig(enabled=True, keep_images=True), Mode("buildah", "1.28.2", "overlay", "oci", "test")
+    job = BuildRequest(id="job-2", tags=["127.0.0.1:5000/app:1"], platforms=["linux/amd64", "aarch64"])
+    manifest = bx.manifest_name("ns-1", job.id, "a1b2")
+    assert manifest == "localhost/runner-manifest/ns-1/job-2:a1b2"
+    paths = JobPaths(context=tmp_path / "ctx", dockerfile=tmp_path / "Dockerfile", authfile=tmp_path / "auth.json",
+                     iidfile=tmp_path / "iid", ignorefile=tmp_path / "ignore", manifest=manifest)
+    argv = build_args(config, mode, job, paths, "ns-1")
+    assert argv[argv.index("--manifest") + 1] == manifest and "--iidfile" not in argv and "-t" not in argv
+    assert argv[argv.index("--platform") + 1] == "linux/amd64,linux/arm64"
+    push = bx.manifest_push_args(config, manifest, ImageRef.parse("127.0.0.1:5000/app:1"), paths, tmp_path / "d", plain_http=True)
+    assert push == ["manifest", "push", "--all", "--format", "oci", "--tls-verify=false", "--authfile", f"{tmp_path}/auth.json",
+                    "--digestfile", f"{tmp_path}/d", manifest, "docker://127.0.0.1:5000/app:1"]
+    script = bx.build_then_push(["buildah"], argv, push, None, "MARK")
+    assert script[1] == f'"$@" || exit; echo MARK; exec buildah {" ".join(push[:5])} --tls-verify=false --authfile ' \
+        f'{tmp_path}/auth.json --digestfile {tmp_path}/d {manifest} docker://127.0.0.1:5000/app:1'
+    assert "--tls-verify=false" not in bx.manifest_push_args(config, manifest, ImageRef.parse("r.example.com/app:1"), paths,
+                                                            tmp_path / "d", plain_http=False)
+
+
+def test_sweep_removes_a_dead_multi_platform_jobs_manifest_list(harness, settings, storage):
+    roots = {"storage_root": storage / "root", "run_root": storage / "run"}
+    executor = executor_for(with_buildah(settings, **roots), "buildah")
+    tool = executor.tool(executor.mode())
+    names = {job: bx.manifest_name(settings.worker.namespace, job, "a1b2") for job in ("dead-job", "live-job")}
+    other = bx.manifest_name("another-namespace", "dead-job", "a1b2")
+    for name in [*names.values(), other]:
+        tool.output(["manifest", "create", name])
+
+    def listed() -> set[str]:
+        return {n for image in json.loads(tool.output(["images", "--json"]) or "[]") for n in image.get("names") or []}
+
+    assert executor.sweep(lambda job_id: job_id == "live-job") == ["dead-job"]
+    assert names["dead-job"] not in listed() and {names["live-job"], other} <= listed()
+
+
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
 def test_cancelled_or_timed_out_job_leaves_no_process_or_container(harness, tmp_path, how):
     (tmp_path / "Dockerfile").write_text(f"FROM {base(harness)}\nRUN echo now-sleeping-$((6*7)) && sleep 300\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -15,28 +16,21 @@ import pytest
 
 from runner.core.jobs import BuildRequest
 from runner.worker.queue import enqueue, make_app
+from tests.support.cli_modules import run_cli as run_modules
 
+#: what the read commands (status, list, logs, cancel of a finished job) load on top of that: not even the models
+MODELS = ("pydantic", "pydantic_core", "annotated_types", "runner.core.jobs", "runner.config.settings", "runner.config.client")
 #: heavy packages no CLI command but worker / serve / doctor may load
 FORBIDDEN = ("celery", "kombu", "docker", "fastapi", "starlette", "uvicorn", "requests", "sh", "httpx", "typer", "rich",
              "pydantic_settings")
 #: the executors modules settings validation may load: the seam, the plugins (name -> class) and each family's config
-LIGHT_EXECUTORS = {"executors", "executors.base", "executors.plugins", "executors.engine", "executors.engine.config",
+LIGHT_EXECUTORS = {"executors", "executors.builtin", "executors.base", "executors.plugins", "executors.engine", "executors.engine.config",
                    "executors.dind", "executors.dind.config", "executors.daemonless", "executors.daemonless.config",
                    "executors.registry_cache"}
-SHOW_MODULES = """
-import atexit, json, sys
-atexit.register(lambda: sys.stderr.write("\\nMODULES " + json.dumps(sorted(sys.modules)) + "\\n"))
-from runner.entry.cli import main
-main(sys.argv[1:])
-"""
 
 
 def run_cli(harness, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """Run the CLI's main() with `args`; return its result and every module it had loaded."""
-    result = subprocess.run([sys.executable, "-c", SHOW_MODULES, *args], env=harness.env, capture_output=True,
-                            text=True, timeout=60)
-    marker = result.stderr.rpartition("\nMODULES ")[2]
-    return result, set(json.loads(marker))
+    return run_modules(harness.env, *args)
 
 
 def heavy(modules: set[str]) -> list[str]:
@@ -120,3 +114,66 @@ def test_the_api_server_sends_jobs_without_celery():
             "create_app(Settings()); print(sorted(m for m in ('celery', 'kombu') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def models(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m in MODELS or m.partition(".")[0] in MODELS)
+
+
+def test_the_read_commands_load_no_models(cli_harness, tmp_path):
+    """status, list and logs (and cancel of a job that has ended) read the record as plain JSON
+    and the client settings plainly (runner.config.client_plain): no pydantic, no settings models."""
+    h = cli_harness
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    job_id = f"light-{uuid.uuid4().hex[:8]}"
+    submitted, _ = run_cli(h, "submit", str(tmp_path), "-t", f"{h.registry()}/imports/c:1", "--id", job_id, "--detach")
+    assert submitted.returncode == 0, submitted.stderr
+    h.store.append_log(job_id, ["a line"])
+    for args in (["status", job_id], ["status", job_id, "--json"], ["list"], ["list", "--status", "queued", "--json"],
+                 ["logs", job_id]):
+        result, modules = run_cli(h, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert job_id in result.stdout or args[0] == "logs", args
+        assert models(modules) == [] and heavy(modules) == [], (args, models(modules))
+    assert run_cli(h, "logs", job_id)[0].stdout == "a line\n"
+    cancelled, modules = run_cli(h, "cancel", job_id)  # a queued job: the record and outbox are written (models)
+    assert cancelled.stdout.strip() == f"{job_id} cancelled" and heavy(modules) == []
+    again, modules = run_cli(h, "cancel", job_id)  # ended: nothing to write, nothing to load
+    assert again.returncode == 0 and again.stdout.strip() == f"{job_id} cancelled"
+    assert models(modules) == [] and heavy(modules) == []
+    missing, modules = run_cli(h, "status", "no-such-job")
+    assert missing.returncode == 2 and "no job" in missing.stderr and models(modules) == []
+
+
+def test_submit_through_redis_loads_no_models(cli_harness, tmp_path):
+    """`runner submit` without --api checks the request by the shared rules (runner.core.plain_request,
+    runner.core.admission_rules) on the config read plainly, and writes the record itself: no
+    pydantic, no settings models. What it does not read plainly (a source) goes to the models."""
+    h = cli_harness
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    job_id = f"plain-{uuid.uuid4().hex[:8]}"
+    submitted, modules = run_cli(h, "submit", str(tmp_path), "-t", f"{h.registry()}/imports/d:1", "--id", job_id,
+                                 "--build-arg", "A=1", "--secret-build-arg", "TOKEN=env:HOME", "--platform", "linux/amd64",
+                                 "--detach")
+    assert submitted.returncode == 0 and submitted.stdout.strip() == job_id, submitted.stderr
+    assert models(modules) == [] and heavy(modules) == [], models(modules)
+    record = h.store.get(job_id)  # the models read what the light path wrote
+    assert record.request.build_args == {"A": "1", "TOKEN": "***"} and h.store.load_secrets(job_id) == {"TOKEN": os.environ["HOME"]}
+    assert record.executor == "socket" and record.submitted_by.startswith("cli:") and record.request.platforms == ["linux/amd64"]
+    refused, modules = run_cli(h, "submit", str(tmp_path), "-t", "other.example:5000/a/b:1", "--detach")
+    assert refused.returncode == 2 and "tags.0: registry 'other.example:5000' is not allowed" in refused.stderr
+    assert models(modules) == []
+    sourced, modules = run_cli(h, "submit", str(tmp_path), "-t", f"{h.registry()}/imports/d:2", "--source-host", "github",
+                               "--source-repo", "o/r", "--source-sha", "a" * 40, "--detach")
+    assert sourced.returncode == 2 and "statuses.trust_queue_sources" in sourced.stderr  # the models' refusal
+    assert "pydantic" in models(modules)
+
+
+def test_a_bad_client_setting_is_refused_by_the_models_with_their_message(cli_harness, tmp_path):
+    """The plain reading hands what it cannot take plainly to ClientSettings, which refuses it."""
+    h = cli_harness
+    bad = {**h.env, "RUNNER_RETENTION__FINISHED_SECONDS": "-1"}
+    result, modules = run_modules(bad, "list")
+    assert result.returncode == 2 and "retention.finished_seconds" in result.stderr and "RUNNER_RETENTION__FINISHED_SECONDS" in result.stderr
+    typo, _ = run_modules({**h.env, "RUNNER_WORKR__NAMESPACE": "x"}, "list")
+    assert typo.returncode == 2 and "RUNNER_WORKR__NAMESPACE: no such setting" in typo.stderr

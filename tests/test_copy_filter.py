@@ -100,16 +100,23 @@ def engine_view(workspace: Path, dockerfile: str) -> dict[str, list]:
 
 
 # -- the corpus: what a real `docker build` copied ----------------------------------------------------
-@pytest.mark.parametrize("case", CORPUS, ids=IDS)
-def test_unpacked_raw_tar_is_what_docker_copied(case, tmp_path):
-    expected = harness.Outcome.from_json(case["expected"])
-    source = harness.materialise(case, tmp_path)
+def corpus_case(case: dict, root: Path) -> tuple[harness.Outcome, Path, str, dict[str, bytes], set[str]]:
+    """A corpus case on disk under `root`: what Docker copied, the source folder, the Dockerfile's
+    path (one added inside when the oracle's was outside the context, with its bytes in `extra`)
+    and the links the runner refuses."""
+    source = harness.materialise(case, root)
     dockerfile = case["dockerfile"]
     extra = {}
     if not dockerfile:  # the oracle's Dockerfile was outside the context; the spool needs one inside
         dockerfile = harness.OUTSIDE_DOCKERFILE
         extra = {dockerfile: DOCKERFILE.encode()}
     refused = {e["path"] for e in case["entries"] if refused_link(source, e["path"])}
+    return harness.Outcome.from_json(case["expected"]), source, dockerfile, extra, refused
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=IDS)
+def test_unpacked_raw_tar_is_what_docker_copied(case, tmp_path):
+    expected, source, dockerfile, extra, refused = corpus_case(case, tmp_path)
     if expected.tree is not None and refused & set(expected.tree):
         # docker copies a symlink that points outside the context; the runner refuses the whole
         # context instead, naming the link (a documented difference: docs/dockerignore.md)

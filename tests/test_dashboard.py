@@ -477,12 +477,12 @@ def test_a_long_log_keeps_the_dom_small_and_line_links_reach_any_line(stack, bro
     job_id = "dash-long-" + uuid.uuid4().hex[:8]
     lines = 200_000
     store.create(JobRecord(id=job_id, request=BuildRequest(id=job_id, tags=["127.0.0.1:5000/dashboard/long:1"]), executor="fake",
-                           queue="q", status=Status.succeeded, started_at=now(), finished_at=now()))
+                           queue="q", status=Status.running, started_at=now()))
     log = JobLog(store, job_id, max_lines=10 * lines, max_bytes=1024**3)
     for start in range(0, lines, 20_000):
         log.write("".join(f"line {n + 1} of the long log\n" for n in range(start, start + 20_000)))
     log.close()
-    store.end_job(job_id, Status.succeeded)
+    store.end(job_id, lambda r: r.model_copy(update={"status": Status.succeeded, "finished_at": now()}))
 
     browser.sign_in(ADMIN, f"/jobs/{job_id}")
     browser.wait(lambda _: browser.log_state() == "ended", "the whole log", timeout=180)
@@ -558,7 +558,7 @@ def test_the_log_stream_keeps_every_character_and_resumes_after_an_entry(stack):
     store = stack.harness.store
     job_id = "dash-sse-" + uuid.uuid4().hex[:8]
     store.create(JobRecord(id=job_id, request=BuildRequest(id=job_id, tags=["127.0.0.1:5000/dashboard/sse:1"]), executor="fake",
-                           queue="q", status=Status.succeeded, started_at=now(), finished_at=now()))
+                           queue="q", status=Status.running, started_at=now()))
     odd = ["progress 10%\r50%\r100%", "tab\there", "<b>bold?</b> & \x1b[31mred\x1b[0m", "", "data: not a field", "id: 7"]
     bulk = [f"bulk line {n:06d}" for n in range(30_000)]  # over one event's 256 KiB: several events
     log = JobLog(store, job_id, max_lines=100_000)
@@ -566,7 +566,7 @@ def test_the_log_stream_keeps_every_character_and_resumes_after_an_entry(stack):
         log.line(line)
     log.write("".join(f"{line}\n" for line in bulk))
     log.close()
-    store.end_job(job_id, Status.succeeded)
+    store.end(job_id, lambda r: r.model_copy(update={"status": Status.succeeded, "finished_at": now()}))
 
     events = read_events(stack, f"/ui/jobs/{job_id}/log/events")
     chunks = [data for name, _, data in events if name == "lines"]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from runner.context.dockerfile_bases import BaseRef, DockerfileError, Platform, base_images, instructions
+from runner.context.dockerfile_bases import BaseRef, DockerfileError, base_images, instructions
 from runner.context.dockerfile_lex import SubstitutionError, process_word, reverse_pattern, shell_pattern
 from runner.core.image_names import InvalidReference, parse_image, parse_normalized
+from runner.core.platforms import Platform
 
 # -- the lexer: lex_test.go's TestProcessWithMatches (input, env, expected or None for an error) --
 PROCESS_WITH_MATCHES = [

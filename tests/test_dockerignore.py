@@ -1,4 +1,4 @@
-""".dockerignore rules (runner/dockerignore.py, runner/gocompat.py) against the case tables of the
+""".dockerignore rules (runner/context/dockerignore.py, runner/context/gocompat.py) against the case tables of the
 code Docker runs: Go's filepath.Match, moby/patternmatcher and its ignorefile reader, plus the
 walk BuildKit's file sync (tonistiigi/fsutil) does. The differential test against a real
 `docker build` is tests/test_dockerignore_oracle.py."""

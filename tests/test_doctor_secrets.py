@@ -37,7 +37,7 @@ def test_doctor_warns_about_secret_files_others_can_read(make_harness, services,
                      "password_file": str(files["registry"])}])
     out = h.cli("doctor")
     assert out.returncode == 0, out.stdout  # a warning, never a failure
-    warned = [line for line in out.stdout.splitlines() if line.startswith("WARN")]
+    warned = [line for line in out.stdout.splitlines() if line.startswith("WARN secret file")]  # not Redis's memory warnings
     expected = {
         "api.tokens[ci].token_file": ("api-token", "0644", "group and others"),
         "api.tokens[linked].token_file": ("linked", "0644", "group and others"),
@@ -60,7 +60,7 @@ def test_doctor_warns_about_secret_files_others_can_read(make_harness, services,
 def test_no_warning_when_every_secret_file_is_private(make_harness, tmp_path):
     token = secret(tmp_path, "token", 0o600)
     out = make_harness(api={"tokens": [{"name": "ci", "token_file": str(token)}]}).cli("doctor")
-    assert "WARN" not in out.stdout and "secret files: 1 configured; none readable by group or others" in out.stdout
+    assert "WARN secret" not in out.stdout and "secret files: 1 configured; none readable by group or others" in out.stdout
 
 
 def test_every_secret_file_field_is_walked():

@@ -9,7 +9,7 @@ from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 
 CONFIG = Settings(registries=[{"host": "127.0.0.1:5000"}], executors={"socket": {"enabled": True}}, default_executor="socket")
 FIELDS = ["id", "context", "dockerfile", "tags", "build_args", "secret_build_args", "secrets", "target", "labels",
-          "platform", "no_cache", "executor", "builder", "timeout", "push", "cache_key", "callback_url", "extra"]
+          "platform", "platforms", "no_cache", "executor", "builder", "timeout", "push", "cache_key", "callback_url", "extra"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=40))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                        st.dictionaries(st.text(max_size=10), inner, max_size=4)), max_leaves=12)

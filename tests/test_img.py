@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import stat
+import subprocess
 import sys
 import time
 import uuid
@@ -84,8 +85,13 @@ elif args[0] == "build":
         sys.exit(1)
 elif args[0] == "push":
     tls = "--dest-tls-verify=false" if "--insecure-registry" in args else "--dest-tls-verify=true"
+    # after a build for several platforms img pushes the list it named: here the two-platform base
+    built = [json.loads(line)["argv"] for line in open({record!r})]
+    builds = [a for a in built if "build" in a]
+    several = builds and "--platform" in builds[-1] and "," in builds[-1][builds[-1].index("--platform") + 1]
+    source = ["--all", "docker://{multi_base}"] if several else ["docker://{base}"]
     result = subprocess.run(["skopeo", "copy", "--authfile", config_path, "--src-tls-verify=false", tls,
-                             "docker://{base}", "docker://" + args[-1]], capture_output=True, text=True)
+                             *source, "docker://" + args[-1]], capture_output=True, text=True)
     print(result.stdout + result.stderr)
     sys.exit(result.returncode)
 '''
@@ -95,7 +101,8 @@ elif args[0] == "push":
 def fake_img(harness, tmp_path) -> tuple[Path, Path]:
     record = tmp_path / "img-calls.jsonl"
     script = tmp_path / "fake-img"
-    script.write_text(FAKE_IMG.format(python=sys.executable, record=str(record), base=harness.services["RUNNER_DEV_BASE_IMAGE"]))
+    script.write_text(FAKE_IMG.format(python=sys.executable, record=str(record), base=harness.services["RUNNER_DEV_BASE_IMAGE"],
+                                      multi_base=harness.services["RUNNER_DEV_MULTI_BASE_IMAGE"]))
     script.chmod(0o755)
     return script, record
 
@@ -263,6 +270,30 @@ def test_fake_img_failing_step_is_a_build_failure_naming_the_step(harness, fake_
     executor.cleanup(job.id)
     assert failure.value.message.startswith("build failed at step 2/2 (RUN echo about-to-fail && exit 3): error: failed to solve")
     assert [c["argv"][4] for c in calls(fake_img[1])] == ["build", "rm"]  # no push after a failed build; tags removed
+
+
+def test_fake_img_multi_platform_job_reports_the_pushed_index_and_each_platform(harness, fake_img, tmp_path):
+    """`img build --platform a,b` names a list, `img push` pushes it (the FAKE img pushes the
+    two-platform base): the record has the index's digest under every tag and each platform's
+    manifest digest, as the registry lists them."""
+    script, record = fake_img
+    settings = with_img(harness.settings, binary=str(script), state_dir=tmp_path / "img-state")
+    tags = [f"{harness.registry()}/img-test/multi:{t}-{uuid.uuid4().hex[:6]}" for t in ("1", "latest")]
+    job = BuildRequest(tags=tags, platforms=["linux/amd64", "linux/arm64"])
+    executor = executor_for(settings, "img")
+    try:
+        pushed = executor.run(job, context_for(settings, job, tmp_path, "FROM scratch\n"), ListLog(), CancelToken())
+    finally:
+        executor.cleanup(job.id)
+    build = calls(record)[0]["argv"]
+    assert build[build.index("--platform") + 1] == "linux/amd64,linux/arm64"
+    creds = f"{harness.services['RUNNER_DEV_REGISTRY_USER']}:{harness.services['RUNNER_DEV_REGISTRY_PASSWORD']}"
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", creds, f"docker://{tags[0]}"],
+                         capture_output=True, check=True).stdout
+    listed = {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in json.loads(raw)["manifests"]}
+    for image in pushed:
+        assert image.digest == registry_digest(harness.services, image.ref)
+        assert {p.platform: p.digest for p in image.platforms} == listed and sorted(listed) == ["linux/amd64", "linux/arm64"]
 
 
 # -- the real img ----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ from pydantic import ValidationError
 
 from runner.config.loader import describe_errors
 from runner.config.settings import Settings
-from runner.core.jobs import BuildRequest, ImageRef, inside_context
+from runner.core.jobs import BuildRequest, ImageRef
+from runner.core.request_rules import inside_context
 from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 
 

@@ -43,10 +43,10 @@ RENDERINGS = ["base", *sorted(f"overlays/{p.name}" for p in (K8S / "overlays").i
 #: appArmorProfile (1.30) and native sidecars (1.29) are the newest fields used
 OLDEST_KUBERNETES = "1.30.0"
 KUBERNETES_VERSIONS = [OLDEST_KUBERNETES, kubernetes_validate.latest_version()]
-KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+KEDA_KINDS = {"ScaledObject", "ScaledJob", "TriggerAuthentication"}
 #: the base is namespace-agnostic but its KEDA Redis address has to name one
 BASE_NAMESPACE = "runner"
-#: seconds a worker needs after shutdown_grace to requeue what still runs and exit
+#: seconds a worker needs after its drain grace (Settings.shutdown_grace) to requeue what still runs and exit
 REQUEUE_MARGIN = 10
 WORKER = {"app.kubernetes.io/name": "ci-build-runner", "app.kubernetes.io/component": "worker"}
 
@@ -86,9 +86,14 @@ def merge(target: dict, patch: dict, strategic: bool) -> None:
 
 
 def pod_specs(docs: list[dict]) -> Iterator[dict]:
+    """Every pod template: of Deployments and StatefulSets, and of KEDA's ScaledJob (whose
+    image and ConfigMap names kustomize rewrites only where the overlay's `configurations`
+    tell it to: the comparison with `kubectl kustomize` below checks that they do)."""
     for doc in docs:
         if doc["kind"] in ("Deployment", "StatefulSet"):
             yield doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "ScaledJob":
+            yield doc["spec"]["jobTargetRef"]["template"]["spec"]
 
 
 def all_containers(pod: dict) -> list[dict]:
@@ -133,7 +138,10 @@ def build(directory: Path) -> tuple[list[dict], set[str]]:
         for patch in load_docs((directory / entry["path"]).read_text()):
             targets = [d for d in docs if d["kind"] == patch["kind"] and d["metadata"]["name"] == patch["metadata"]["name"]]
             assert len(targets) == 1, f"{directory / entry['path']}: patch matches {len(targets)} resources"
-            merge(targets[0], patch, strategic=patch["apiVersion"] in BUILTIN_API_VERSIONS)
+            if patch.get("$patch") == "delete":  # the resource goes
+                docs.remove(targets[0])
+            else:
+                merge(targets[0], patch, strategic=patch["apiVersion"] in BUILTIN_API_VERSIONS)
     if namespace := kustomization.get("namespace"):
         for doc in docs:
             if doc["kind"] not in CLUSTER_SCOPED:
@@ -172,6 +180,9 @@ class Install:
         self.name = name
         self.docs = render(K8S / name)
         self.namespace = yaml.safe_load((K8S / name / "kustomization.yaml").read_text()).get("namespace")
+
+    def has(self, kind: str) -> bool:
+        return any(d["kind"] == kind for d in self.docs)
 
     def one(self, kind: str, name: str | None = None) -> dict:
         found = [d for d in self.docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
@@ -238,11 +249,36 @@ def install(request) -> Install:
     return Install(request.param)
 
 
-@pytest.fixture
-def settings_of(install, tmp_path, monkeypatch):
-    """The settings a container of `install` loads: its runner.yml and its RUNNER_* env."""
+#: renderings whose workers a KEDA ScaledObject scales (a Deployment), and those with a pod per build (a ScaledJob)
+FLEET_RENDERINGS = [r for r in RENDERINGS if Install(r).has("ScaledObject")]
+JOB_RENDERINGS = [r for r in RENDERINGS if Install(r).has("ScaledJob")]
 
-    def load(component: str) -> Settings:
+
+@pytest.fixture(scope="module", params=FLEET_RENDERINGS)
+def fleet_install(request) -> Install:
+    return Install(request.param)
+
+
+@pytest.fixture(scope="module", params=JOB_RENDERINGS)
+def job_install(request) -> Install:
+    return Install(request.param)
+
+
+def worker_pods(install: Install) -> list[dict]:
+    """The pod templates of the workers: the Deployment's, and the ScaledJob's where there is one."""
+    return [install.pod("worker"), *[d["spec"]["jobTargetRef"]["template"]["spec"] for d in install.all("ScaledJob")]]
+
+
+def test_every_rendering_scales_its_workers_one_way_or_the_other():
+    assert set(FLEET_RENDERINGS) | set(JOB_RENDERINGS) == set(RENDERINGS) and not set(FLEET_RENDERINGS) & set(JOB_RENDERINGS)
+    assert JOB_RENDERINGS == ["overlays/pod-per-job"]
+
+
+@pytest.fixture
+def settings_in(tmp_path, monkeypatch):
+    """The settings a container of a rendering loads: its runner.yml and its RUNNER_* env."""
+
+    def load(install: Install, component: str) -> Settings:
         container = install.container(component)
         config = tmp_path / f"{component}-runner.yml"
         config.write_text(install.config_text(container, component))
@@ -258,6 +294,12 @@ def settings_of(install, tmp_path, monkeypatch):
     return load
 
 
+@pytest.fixture
+def settings_of(install, settings_in):
+    """The settings a container of `install` loads."""
+    return lambda component: settings_in(install, component)
+
+
 # -- schemas ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_manifest_passes_strict_validation(install, version):
@@ -267,7 +309,8 @@ def test_every_manifest_passes_strict_validation(install, version):
         if doc["apiVersion"].startswith("keda.sh/"):
             continue  # no bundled schema: the KEDA tests below check these
         kubernetes_validate.validate(doc, version, strict=True)
-    assert kinds >= {"ConfigMap", "Service", "StatefulSet", "Deployment", "PodDisruptionBudget", "NetworkPolicy", *KEDA_KINDS}
+    assert kinds >= {"ConfigMap", "Service", "StatefulSet", "Deployment", "PodDisruptionBudget", "NetworkPolicy", "TriggerAuthentication"}
+    assert kinds & {"ScaledObject", "ScaledJob"}
     assert {d["kind"] for d in install.docs if d["apiVersion"].startswith("keda.sh/")} <= KEDA_KINDS
 
 
@@ -275,7 +318,7 @@ def test_custom_resources_pass_their_own_crds(install):
     """KEDA's objects against KEDA's CRD (tests/fixtures/crds, from its repository): types,
     enums, required fields, and no field KEDA does not know."""
     custom = [d for d in install.docs if d["apiVersion"].startswith("keda.sh/")]
-    assert {d["kind"] for d in custom} == KEDA_KINDS
+    assert "TriggerAuthentication" in {d["kind"] for d in custom} and {d["kind"] for d in custom} <= KEDA_KINDS
     for doc in custom:
         assert crds.validate(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
 
@@ -337,8 +380,9 @@ def test_configmap_loads_with_the_project_settings(install, settings_of):
         assert settings.enabled_executors() == [settings.default_executor]
 
 
-def test_keda_scales_the_worker_on_its_queue_and_running_list(install, settings_of):
-    settings = settings_of("worker")
+def test_keda_scales_the_worker_on_its_queue_and_running_list(fleet_install, settings_in):
+    install = fleet_install
+    settings = settings_in(install, "worker")
     [executor] = settings.enabled_executors()
     scaled = install.one("ScaledObject")
     assert scaled["spec"]["scaleTargetRef"]["name"] == install.workload("worker")["metadata"]["name"]
@@ -380,10 +424,11 @@ def formula_value(formula: str, values: dict[str, int]) -> float:
     return value(ast.parse(formula, mode="eval").body)
 
 
-def test_keda_sizes_the_fleet_on_queued_plus_running(install, settings_of):
+def test_keda_sizes_the_fleet_on_queued_plus_running(fleet_install, settings_in):
     """The HPA KEDA makes, computed: replicas = ceil(formula / target) for an AverageValue
     target, kept within min and max, 0 only when nothing is above the activation target."""
-    settings = settings_of("worker")
+    install = fleet_install
+    settings = settings_in(install, "worker")
     [executor] = settings.enabled_executors()
     spec = install.one("ScaledObject")["spec"]
     modifiers = spec["advanced"]["scalingModifiers"]
@@ -418,12 +463,18 @@ def test_keda_sizes_the_fleet_on_queued_plus_running(install, settings_of):
     assert fallback["behavior"] == "currentReplicasIfHigher", "Redis unreadable: never scale in on a missing number"
 
 
-def test_termination_grace_outlasts_the_shutdown_grace(install, settings_of):
+def test_termination_grace_lets_every_build_finish(install, settings_of):
+    """Scale-in, a rollout or a node drain never cuts a build short: the preStop hook drains
+    the worker (`runner drain`: no new build, wait for the running ones), the drain lets a
+    build run to its own timeout, and the pod's grace covers that with time to exit."""
     settings = settings_of("worker")
-    pod = install.pod("worker")
-    assert pod["terminationGracePeriodSeconds"] > settings.worker.shutdown_grace + REQUEUE_MARGIN
-    for container in all_containers(pod):
-        assert "preStop" not in container.get("lifecycle", {}), "a preStop hook would spend the grace period before the drain"
+    assert settings.shutdown_grace() >= settings.limits.max_timeout, "the drain would requeue a build still within its timeout"
+    assert settings.worker.metrics_port, "`runner drain` reaches the worker on its metrics port"
+    for pod in worker_pods(install):
+        assert pod["terminationGracePeriodSeconds"] >= settings.shutdown_grace() + REQUEUE_MARGIN
+        worker = next(c for c in pod["containers"] if c["name"] == "worker")
+        assert worker["lifecycle"]["preStop"] == {"exec": {"command": ["runner", "drain"]}}
+        assert env_value(worker, "RUNNER_CONFIG"), "the hook reads the worker's own config (its metrics port)"
 
 
 def test_probes_use_the_settings_ports_and_health_paths(install, settings_of):
@@ -458,10 +509,24 @@ def test_pods_reach_redis_by_its_service(install):
         assert install.pod(component)["enableServiceLinks"] is False
 
 
-def test_redis_keeps_an_append_only_file_on_its_claim(install):
+def memory_bytes(text: str) -> int:
+    """A Kubernetes quantity (2Gi) or a redis.conf size (1536mb, Redis's 1024-based units) in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", text).groups()
+    units = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3,
+             "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+    return int(number) * units[unit.lower()]
+
+
+def test_redis_keeps_an_append_only_file_on_its_claim_and_never_evicts(install):
     redis = install.workload("redis")
     script = " ".join(install.container("redis")["command"] + install.container("redis")["args"])
     assert "--appendonly yes" in script
+    # a burst of uploads is refused at maxmemory, below the container's limit (never OOM-killed),
+    # and nothing is evicted to make room: any other policy may drop a queued job
+    assert re.search(r"--maxmemory-policy (\S+)", script)[1] == "noeviction"
+    maxmemory = memory_bytes(re.search(r"--maxmemory (\S+)", script)[1])
+    limit = memory_bytes(install.container("redis")["resources"]["limits"]["memory"])
+    assert 0 < maxmemory <= 0.8 * limit, "an AOF rewrite forks: copy-on-write pages need room beside maxmemory"
     data_dir = re.search(r"--dir (\S+)", script)[1]
     claims = {c["metadata"]["name"] for c in redis["spec"]["volumeClaimTemplates"]}
     assert any(m["name"] in claims and m["mountPath"] == data_dir for m in install.container("redis")["volumeMounts"])
@@ -470,6 +535,9 @@ def test_redis_keeps_an_append_only_file_on_its_claim(install):
 
 def test_pdb_selects_the_worker_pods_only(install):
     pdbs = [p for p in install.all("PodDisruptionBudget") if selects(p["spec"]["selector"]["matchLabels"], install.pod_labels("worker"))]
+    if install.has("ScaledJob"):  # its Job pods carry the worker's labels, and maxUnavailable cannot count them
+        assert pdbs == []
+        return
     assert len(pdbs) == 1
     assert pdbs[0]["spec"].get("maxUnavailable") == 1, "scale-to-zero must not make a drain impossible"
     for other in ("api", "redis"):
@@ -646,3 +714,113 @@ def test_monitors_and_annotations_scrape_the_ports_the_settings_serve(install, s
     policy = next(p for p in install.all("NetworkPolicy") if p["metadata"]["name"] == "runner-worker")
     assert any(metrics_port in {port["port"] for port in rule["ports"]} and "from" not in rule for rule in policy["spec"]["ingress"]), \
         "Prometheus (any namespace) reaches the workers' metrics port"
+
+
+# -- a pod per build (KEDA ScaledJob) --------------------------------------------------------
+def test_scaled_job_starts_one_pod_per_waiting_build(job_install, settings_in):
+    install = job_install
+    settings = settings_in(install, "worker")
+    [executor] = settings.enabled_executors()
+    job = install.one("ScaledJob")["spec"]
+    [trigger] = job["triggers"]
+    redis = install.service_for("redis")
+    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == settings.queue_for(executor)
+    assert trigger["metadata"]["listLength"] == "1", "one Job per waiting build"
+    address = f"{redis['metadata']['name']}.{install.namespace}.svc.cluster.local:{redis['spec']['ports'][0]['port']}"
+    assert trigger["metadata"]["address"] == address
+    assert install.one("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert job["scalingStrategy"]["strategy"] == "accurate", "LLEN leaves out the builds taken: pending Jobs are subtracted"
+    assert job["rollout"]["strategy"] == "gradual", "a change of the ScaledJob must not delete Jobs that are building"
+    target = job["jobTargetRef"]
+    assert target["parallelism"] == target["completions"] == 1 and target["backoffLimit"] == 0
+    assert target["template"]["spec"]["restartPolicy"] == "Never"
+    assert selects(install.pod_labels("worker"), target["template"]["metadata"]["labels"]), "the worker's policies and monitors apply"
+    [worker] = target["template"]["spec"]["containers"]
+    args = worker["args"]
+    assert args[:1] == ["worker"] and args[args.index("--max-jobs") + 1] == "1" and float(args[args.index("--idle-exit") + 1]) > 0
+
+
+def test_scaled_job_pods_are_the_base_workers(job_install):
+    """The Job's pod is the base Deployment's worker pod (same image, privileges, env, mounts,
+    volumes, probes and hook), save what a Job needs: its restart policy, its args, no
+    readiness probe (nothing routes to it)."""
+    base = Install("base").pod("worker")
+    pod = job_install.one("ScaledJob")["spec"]["jobTargetRef"]["template"]["spec"]
+
+    def settings_of_pod(spec: dict) -> dict:
+        return {k: v for k, v in spec.items() if k not in ("restartPolicy", "containers", "volumes")}
+
+    def container(spec: dict) -> dict:
+        return {k: v for k, v in spec.items() if k not in ("args", "readinessProbe", "image")}
+
+    def volumes(spec: list[dict]) -> list[dict]:  # the ConfigMap's name carries its content hash
+        return [{**v, **({"configMap": {"name": "runner-config"}} if "configMap" in v else {})} for v in spec]
+
+    assert settings_of_pod(pod) == settings_of_pod(base)
+    [worker] = pod["containers"]
+    assert container(worker) == container(base["containers"][0])
+    assert volumes(pod["volumes"]) == volumes(base["volumes"])
+
+
+def test_pod_per_job_keeps_one_worker_for_deliveries_and_recovery(job_install, settings_in):
+    """Build pods come and go; commit statuses, callbacks and the recovery of builds whose pod
+    died need a worker that stays: the Deployment, one replica, taking only the deliveries queue."""
+    from runner.store.outbox import deliveries_queue
+
+    settings = settings_in(job_install, "worker")
+    assert job_install.workload("worker")["spec"]["replicas"] == 1
+    assert job_install.container("worker")["args"] == ["worker", "--queues", deliveries_queue(settings.worker.namespace)]
+
+
+# -- admission policies (deploy/k8s/policies) ------------------------------------------------
+POLICIES = K8S / "policies"
+
+
+def _condition_value(document: dict, key: str):
+    """A Kyverno condition key of plain dotted names ("{{ a.b }}") looked up in `document`."""
+    node = document
+    for part in key.strip("{} ").split("."):
+        node = node[part]
+    return node
+
+
+def test_admission_policies_pass_their_crds_and_admit_what_the_runner_attaches(tmp_path):
+    """The policy-controller's ClusterImagePolicy and Kyverno's ClusterPolicy against their own
+    CRDs (tests/fixtures/crds), with the runner's predicate type, build type and default
+    builder id; their example key is one P-256 public key; Kyverno's conditions hold for a
+    predicate the runner makes."""
+    from datetime import UTC, datetime
+
+    from runner.config.signing import DEFAULT_BUILDER_ID
+    from runner.core.attestations import SLSA_PROVENANCE_V1
+    from runner.core.build_inputs import BuildInputs
+    from runner.supply.keys import load_public_key
+    from runner.supply.provenance import BUILD_TYPE, RunDetails, predicate
+
+    docs = {path.name: yaml.safe_load(path.read_text()) for path in sorted(POLICIES.glob("*.yaml"))}
+    assert set(docs) == {"sigstore-clusterimagepolicy.yaml", "kyverno-clusterpolicy.yaml"}
+    for name, doc in docs.items():
+        assert crds.validate(doc) == [], name
+    [authority] = docs["sigstore-clusterimagepolicy.yaml"]["spec"]["authorities"]
+    [rule] = docs["kyverno-clusterpolicy.yaml"]["spec"]["rules"]
+    [verify] = rule["verifyImages"]
+    [attestation] = verify["attestations"]
+    signers = [authority["key"]["data"], verify["attestors"][0]["entries"][0]["keys"]["publicKeys"],
+               attestation["attestors"][0]["entries"][0]["keys"]["publicKeys"]]
+    for index, pem in enumerate(signers):
+        (tmp_path / f"{index}.pub").write_text(pem.strip() + "\n")
+        load_public_key(tmp_path / f"{index}.pub")  # raises unless an ECDSA P-256 public key
+    assert len({pem.strip() for pem in signers}) == 1
+    assert "ctlog" not in authority  # no transparency log: the runner signs offline
+    assert all(e["keys"]["rekor"] == {"ignoreTlog": True} for e in verify["attestors"][0]["entries"]
+               + attestation["attestors"][0]["entries"])
+
+    [provenance] = authority["attestations"]
+    assert provenance["predicateType"] == SLSA_PROVENANCE_V1 == attestation["type"]
+    assert f'buildType: "{BUILD_TYPE}"' in provenance["policy"]["data"]
+    assert f'id: "{DEFAULT_BUILDER_ID}"' in provenance["policy"]["data"]
+    made = predicate(BuildInputs(dockerfile="Dockerfile", executor="buildah", builder="auto"),
+                     RunDetails(DEFAULT_BUILDER_ID, "1.0", "job", "worker", datetime.now(UTC), datetime.now(UTC)))
+    [conditions] = attestation["conditions"]
+    assert [c["operator"] for c in conditions["all"]] == ["Equals", "Equals"]
+    assert [_condition_value(made, c["key"]) for c in conditions["all"]] == [c["value"] for c in conditions["all"]]

@@ -9,13 +9,16 @@ import tarfile
 import threading
 import time
 import uuid
+from functools import partial
 
 import pytest
 
 from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.entry.control import cancel_job
+from runner.store import jobstate
 from runner.worker.pipeline import Pipeline
+from runner.worker.reaper import recover_lost_jobs
 from runner.worker.worker import JobListener, Worker
 
 REF = "127.0.0.1:5000/pipeline/app:1"
@@ -81,6 +84,7 @@ def h(settings):
     yield harness
     for key in harness.store.r.scan_iter(f"{harness.store.ns}:*"):
         harness.store.r.delete(key)
+    harness.store.r.delete(harness.store.outbox.queue)  # `NS.deliveries`, beside the namespace's keys
 
 
 def test_a_job_runs_once_and_everything_it_held_goes(h, settings):
@@ -248,3 +252,114 @@ def test_a_job_for_an_executor_this_worker_does_not_serve_is_invalid(h):
     record = h.pipeline.run(request)
     assert record.status is Status.failed and record.error.kind == "invalid"
     assert "not enabled on this worker" in record.error.message
+
+
+# -- every end: one "finished", and what it owes written by the end itself --------------------------------
+SOURCE = {"host": "github", "repository": "acme/app", "sha": "c" * 40}
+CALLBACK = "https://ci.example/cb"
+
+
+def owing_job(h: Harness, **build_args: str) -> BuildRequest:
+    """A queued job that gets commit statuses (admission said so) and asks for a callback."""
+    request = BuildRequest(tags=[REF], build_args=build_args, source=SOURCE, callback_url=CALLBACK)
+    h.store.create(jobstate.admitted(request.redacted(), "fake", "q", statuses=True))
+    writer = h.store.context_writer(request.id, 10**6)
+    writer.write(tar({"Dockerfile": b"FROM scratch\n"}))
+    writer.close()
+    return request
+
+
+def finals(h: Harness, job_id: str) -> list[str]:
+    return sorted(h.store.outbox.of_job(job_id))
+
+
+class ByJob(JobListener):
+    """Every moment told, with its job."""
+
+    def __init__(self):
+        self.moments: list[tuple[str, str, Status]] = []
+
+    def job_started(self, record, request):
+        self.moments.append(("started", record.id, record.status))
+
+    def job_finished(self, record, request):
+        self.moments.append(("finished", record.id, record.status))
+
+    def job_requeued(self, record, request):
+        self.moments.append(("requeued", record.id, record.status))
+
+    def of(self, job_id: str) -> list[tuple[str, Status]]:
+        return [(moment, status) for moment, seen, status in self.moments if seen == job_id]
+
+
+def test_every_way_a_job_ends_here_tells_finished_once_and_owes_its_final_deliveries_without_a_listener(h):
+    """No listener but one that records: the final status and callback are owed by the end
+    itself (JobStore.end), and listeners hear one "finished" per job whatever ended it."""
+    seen = ByJob()
+    h.worker.listeners[:] = [seen]
+    ends: dict[str, tuple[str, list[tuple[str, Status]]]] = {}
+
+    built = owing_job(h)
+    h.pipeline.run(built)
+    ends["succeeded"] = (built.id, [("started", Status.running), ("finished", Status.succeeded)])
+    failed = owing_job(h, FAKE_EXIT="3")
+    h.pipeline.run(failed)
+    ends["failed"] = (failed.id, [("started", Status.running), ("finished", Status.failed)])
+    unstarted = owing_job(h)
+    h.store.update(unstarted.id, lambda r: r.model_copy(update={"cancel_requested": True}))  # its worker died
+    h.pipeline.run(unstarted)
+    ends["cancelled before it started"] = (unstarted.id, [("finished", Status.cancelled)])
+    secretless = BuildRequest(tags=[REF], build_args={"TOKEN": "x" * 12}, secret_build_args=["TOKEN"], source=SOURCE,
+                              callback_url=CALLBACK)
+    h.store.create(jobstate.admitted(secretless.redacted(), "fake", "q", statuses=True))  # its values expired
+    h.pipeline.run(secretless)
+    ends["secret values gone"] = (secretless.id, [("finished", Status.failed)])
+    exhausted = owing_job(h)
+    h.store.update(exhausted.id, lambda r: r.model_copy(update={"attempts": 2}))
+    h.pipeline.run(exhausted)
+    ends["attempts used up"] = (exhausted.id, [("finished", Status.failed)])
+    lost = owing_job(h)
+    h.store.move(lost.id, partial(jobstate.claim, worker="dead-worker"))
+    h.store.update(lost.id, lambda r: r.model_copy(update={"attempts": 2}))
+    assert recover_lost_jobs(h.worker, lambda request, delay: None) == [lost.id]
+    ends["given up by the reaper"] = (lost.id, [("finished", Status.failed)])
+
+    for how, (job_id, moments) in ends.items():
+        h.pipeline.run(h.store.get(job_id).request)  # a redelivery of its message changes nothing
+        assert seen.of(job_id) == moments, how
+        assert finals(h, job_id) == [f"{job_id}:callback:finished", f"{job_id}:status:finished"], how
+        assert list(h.store.read_log(job_id))[-1].startswith("[runner] "), how
+
+    raw = BuildRequest(tags=["elsewhere.example:5000/x:1"], source=SOURCE, callback_url=CALLBACK)
+    refused = h.pipeline.run(raw)  # a raw message admission refuses: born failed, never admitted
+    h.pipeline.run(raw)
+    assert refused.status is Status.failed and refused.error.kind == "invalid"
+    assert seen.of(raw.id) == [("finished", Status.failed)] and finals(h, raw.id) == []
+    assert "registry 'elsewhere.example:5000' is not allowed" in h.log(raw.id)
+
+
+def test_a_job_lost_with_attempts_left_is_requeued_not_finished(h):
+    seen = ByJob()
+    h.worker.listeners[:] = [seen]
+    lost = owing_job(h)
+    h.store.move(lost.id, partial(jobstate.claim, worker="dead-worker"))
+    requeued = []
+    assert recover_lost_jobs(h.worker, lambda request, delay: requeued.append((request.id, delay))) == [lost.id]
+    record = h.store.get(lost.id)
+    assert record.status is Status.queued and record.worker is None and requeued == [(lost.id, 0)]
+    assert seen.moments == [] and finals(h, lost.id) == []
+    assert "stopped (no heartbeat" in h.log(lost.id) and "requeued" in h.log(lost.id)
+
+
+def test_a_requeued_job_whose_message_another_worker_takes_at_once_runs_there(h, settings):
+    """The requeue's message is taken by another worker the moment it is sent: the job's lease
+    is free by then (released before the send), so that worker runs it, instead of seeing the
+    lease held, dropping the message as a duplicate and leaving the job queued for ever."""
+    policy = settings.model_copy(update={"worker": settings.worker.model_copy(update={"engine_down_policy": "requeue"})})
+    first, second = Harness(policy), Harness(policy, worker_id="worker-2")
+    taken: list[JobRecord] = []
+    first.pipeline.requeue = lambda request, delay: taken.append(second.pipeline.run(request))
+    request = first.queue(FAKE_ERROR="infrastructure")
+    assert first.pipeline.run(request).status is Status.queued
+    assert [(r.status, r.worker, r.attempts) for r in taken] == [(Status.failed, "worker-2", 2)]
+    assert h.store.get(request.id).status is Status.failed and h.store.lease_holder(request.id) is None

@@ -142,7 +142,8 @@ def test_a_push_rides_out_a_registry_outage(make_harness, services, tmp_path, ow
 def test_a_fake_img_push_rides_out_a_registry_outage(harness, services, tmp_path, own_registry):
     """img cannot be installed here: a FAKE img stands in (its push: skopeo copy of the base)."""
     script = tmp_path / "fake-img"
-    script.write_text(FAKE_IMG.format(python=sys.executable, record=str(tmp_path / "calls.jsonl"), base=own_registry.base))
+    script.write_text(FAKE_IMG.format(python=sys.executable, record=str(tmp_path / "calls.jsonl"), base=own_registry.base,
+                                      multi_base=own_registry.base))  # a single-platform job: the base is pushed
     script.chmod(0o755)
     settings = with_img(harness.settings, binary=str(script), state_dir=tmp_path / "img-state")
     settings = settings.model_copy(update={"registries": [RegistryConfig(**r) for r in registries_for(services, own_registry)]})

@@ -40,14 +40,14 @@ from runner.context.spool import spool_context
 from runner.core.attestations import SLSA_PROVENANCE_V1
 from runner.core.build_inputs import BuildInputs, SourceInputs
 from runner.core.errors import InfrastructureError
-from runner.core.jobs import BuildRequest, GitContext, PushedImage
+from runner.core.jobs import BuildRequest, GitContext, PlatformImage, PushedImage
 from runner.core.registry_client import Registries
 from runner.core.registry_config import RegistryConfig
 from runner.supply.attester import Attester, SigningFailed, pushed_digests
 from runner.supply.cosign import Layer, envelope, simple_signing_payload
-from runner.supply.inputs import compute_inputs, native_platform
+from runner.supply.inputs import compute_inputs
 from runner.supply.keys import KeyHolder, SigningKeyError, generate, load_private_key, load_public_key
-from runner.supply.provenance import BUILD_TYPE, RunDetails, Subject, statement
+from runner.supply.provenance import BUILD_TYPE, RunDetails, Subject, external_parameters, statement
 from runner.supply.verify import envelope_statement, signature_verifies
 from tests.conftest import RUNNER, registry_digest
 from tests.support import ListLog
@@ -215,7 +215,6 @@ def test_a_dockerfile_the_spool_did_not_keep_is_read_from_the_tar(tmp_path):
     found = compute_inputs(request, context, "fake", "auto", None, ListLog())
     assert [(b.ref, b.name, b.error) for b in found.base_images] == [
         ("base:1", "base:1", "not looked up (the executor uses no registry)")]
-    assert native_platform().os == "linux"
 
 
 def test_pushed_digests_once_per_repository():
@@ -224,6 +223,15 @@ def test_pushed_digests_once_per_repository():
               PushedImage(ref="127.0.0.1:5000/a/c:1", digest=digest), PushedImage(ref="reg.example:5000/a/b", digest=digest)]
     assert pushed_digests(images) == [Subject("127.0.0.1:5000/a/b", digest), Subject("127.0.0.1:5000/a/c", digest),
                                       Subject("reg.example:5000/a/b", digest)]
+
+
+def test_pushed_digests_of_a_multi_platform_job_are_the_index_and_each_platforms_manifest():
+    index, amd64, arm64 = ("sha256:" + c * 64 for c in "abc")
+    platforms = [PlatformImage(platform="linux/amd64", digest=amd64), PlatformImage(platform="linux/arm64", digest=arm64)]
+    images = [PushedImage(ref="127.0.0.1:5000/a/b:1", digest=index, platforms=platforms),
+              PushedImage(ref="127.0.0.1:5000/a/b:2", digest=index, platforms=platforms)]
+    assert pushed_digests(images) == [Subject("127.0.0.1:5000/a/b", index), Subject("127.0.0.1:5000/a/b", amd64, "linux/amd64"),
+                                      Subject("127.0.0.1:5000/a/b", arm64, "linux/arm64")]
 
 
 # -- keys ----------------------------------------------------------------------------------------------
@@ -270,6 +278,24 @@ def test_a_rotated_key_is_used_from_the_next_job(tmp_path):
 def registries(services, host: str | None = None) -> Registries:
     return Registries([RegistryConfig(host=host or services["RUNNER_DEV_REGISTRY"], username=services["RUNNER_DEV_REGISTRY_USER"],
                                       password=SecretStr(services["RUNNER_DEV_REGISTRY_PASSWORD"]))])
+
+
+def test_a_multi_platform_jobs_inputs_name_every_platform_and_the_base_manifest_each_takes(services, tmp_path):
+    """The two-platform base scripts/services.sh made: its index, and each platform's manifest
+    in it as the registry lists them (read with skopeo)."""
+    base = services["RUNNER_DEV_BASE_IMAGE"].replace("/base/busybox:1", "/base/busybox-multi:1")
+    request = BuildRequest(tags=[f"{services['RUNNER_DEV_REGISTRY']}/a/b:1"], platforms=["linux/amd64", "linux/arm64"])
+    context = spooled(tmp_path, request, {"Dockerfile": f"FROM {base}\nRUN true\n"})
+    found = compute_inputs(request, context, "buildah", "auto", registries(services), ListLog())
+    creds = f"{services['RUNNER_DEV_REGISTRY_USER']}:{services['RUNNER_DEV_REGISTRY_PASSWORD']}"
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", creds, f"docker://{base}"],
+                         capture_output=True, check=True, timeout=60).stdout
+    listed = {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in json.loads(raw)["manifests"]}
+    [image] = found.base_images
+    assert image.digest == "sha256:" + hashlib.sha256(raw).hexdigest() and image.error is None
+    assert image.platforms == {p: listed[p] for p in ("linux/amd64", "linux/arm64")}
+    assert found.platforms == ["linux/amd64", "linux/arm64"]
+    assert external_parameters(found)["platforms"] == ["linux/amd64", "linux/arm64"]
 
 
 def copy_image(services, source: str, target: str) -> str:

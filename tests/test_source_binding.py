@@ -16,7 +16,7 @@ import pytest
 from runner.config.sections import ApiToken
 from runner.config.settings import Settings
 from runner.core.jobs import BuildRequest, Status
-from runner.worker.admission import ADMITTED, QUEUE, WEBHOOK, Origin, Rejected, admit, clone_location, statuses_for
+from runner.worker.admission import QUEUE, WEBHOOK, Origin, Rejected, admit, clone_location, statuses_for
 from tests.hostile.rawqueue import post_raw
 from tests.test_api import start_stack, stop_stack
 from tests.test_gitsource import commit_files, free_port, git, wait_port
@@ -228,7 +228,7 @@ def test_each_door_and_its_trust():
     listed = ApiToken(name="ci", token="x", rights=["submit"], status_repositories=["gitea:acme/app"])
     elsewhere = ApiToken(name="ci", token="x", rights=["submit"], status_repositories=["github:acme/app"])
     cfg = settings()
-    for origin in (WEBHOOK, ADMITTED, Origin.api(listed), Origin.api(ApiToken(name="r", token="x", rights=["status"]))):
+    for origin in (WEBHOOK, Origin.api(listed), Origin.api(ApiToken(name="r", token="x", rights=["status"]))):
         assert statuses_for(upload, cfg, origin) is False  # bound; gitea has no api_url here, so no status
     for origin in (QUEUE, Origin.api(plain), Origin.api(elsewhere)):
         with pytest.raises(Rejected, match="gitea repository Acme/App"):

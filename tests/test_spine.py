@@ -151,7 +151,7 @@ def test_doctor_reports_each_check(harness, make_harness):
     assert "FAIL registry localhost:5000: registry localhost:5000 refused our credentials" in out.stdout
     broken = make_harness(executors={"socket": {"enabled": True, "docker_host": "unix:///nonexistent/docker.sock"}})
     out = broken.cli("doctor")
-    assert out.returncode == 1 and "FAIL" in out.stdout and "executor socket" in out.stdout
+    assert out.returncode == 3 and "FAIL" in out.stdout and "executor socket" in out.stdout  # infrastructure
 
 
 def test_unreachable_redis_exits_3(make_harness, tmp_path):

@@ -185,7 +185,7 @@ def test_signed_github_push_builds_that_commit(hooks, repo, services):
                                             "commit": commit, "subdir": "app", "submodules": False,
                                             "keep_git_dir": False}
     ref = f"{services['RUNNER_DEV_REGISTRY']}/hooks-gh/hello-app:{commit[:7]}"
-    assert record["images"][0] == {"ref": ref, "digest": registry_digest(services, ref)}
+    assert record["images"][0] == {"ref": ref, "digest": registry_digest(services, ref), "platforms": []}
     assert registry_digest(services, f"{services['RUNNER_DEV_REGISTRY']}/hooks-gh/hello-app:main") == record["images"][0]["digest"]
     assert run_image(ref, "cat", "/message.txt") == "commit 1\n"
     assert run_image(ref, "cat", "/greeting") == "from-github\n"
@@ -507,6 +507,18 @@ def test_templates_and_patterns():
     assert why_not(push("refs/tags/v1"), RepositoryHook(images=templates, tags=["v*"])) is None
     with pytest.raises(ValueError, match="known"):
         RepositoryHook(images=["r.example.com/{nope}"])
+
+
+def test_a_repositorys_platforms_reach_its_jobs():
+    from runner.config.settings import Settings
+    from runner.entry.webhooks import build_request
+
+    hooked = push("refs/heads/main")
+    hooked.clone_url = "https://github.com/acme/hello-app.git"
+    repo = RepositoryHook(images=["127.0.0.1:5000/x/{repo}:{short_sha}"], platforms=["linux/amd64", "aarch64"])
+    request = build_request(hooked, repo, "delivery-9", Settings())
+    assert request.platforms == ["linux/amd64", "linux/arm64"] and request.multi_platform
+    assert build_request(hooked, RepositoryHook(images=repo.images), "delivery-10", Settings()).platforms == []
 
 
 def test_clone_url_override_and_its_scheme_check(harness):

@@ -41,14 +41,16 @@ from executors.daemonless.common import (
 )
 from executors.daemonless.config import BuildahConfig
 from executors.daemonless.setid import MAX_DOCKERFILE_BYTES, copy_from_context
+from executors.image_index import platform_of, pushed
 from executors.push_retry import push_with_retries
-from executors.registry_cache import cache_repository
+from executors.registry_cache import cache_repository, path_component
 from executors.tags import push_tags
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, is_auth_error
 from runner.core.executor_metrics import PhaseClock
-from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.host_platforms import HostPlatforms, host_platforms
+from runner.core.jobs import BuildRequest, ImageRef, PlatformImage, PushedImage
 from runner.core.log_sink import LogSink
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
 
@@ -60,7 +62,9 @@ NAMESPACE_ARG = "IO_RUNNER_NAMESPACE"
 #: the build args we add to mark a build's working containers (never consumed by a Dockerfile)
 MARKER_ARGS = (JOB_ARG, NAMESPACE_ARG)
 CAP_SYS_ADMIN = 21
-_STEP = re.compile(r"^(?:\[\d+/\d+\] )?STEP (\d+/\d+): (.*)$")
+MANIFEST_REPO = "localhost/runner-manifest"
+#: "STEP 2/3: RUN make", "[2/3] STEP …" in a multi-stage build, "[linux/arm64] STEP …" for one of several platforms
+_STEP = re.compile(r"^(?:\[[\w./-]+\] )*STEP (\d+/\d+): (.*)$")
 _AT_STEP = re.compile(r'^building at STEP "(.*?)": (.*)$')
 _UNUSED_ARGS = re.compile(r"^\[Warning\] one or more build args were not consumed: \[(.*)\]$")
 _VERSION = re.compile(r"version (\S+)")
@@ -158,6 +162,7 @@ class JobPaths:
     cert_dir: Path | None = None
     secrets: tuple[tuple[str, Path], ...] = ()
     build_context: tuple[str, Path] | None = None  # a named build context (see executors.daemonless.setid)
+    manifest: str | None = None  # a multi-platform job's manifest list in the store (--manifest), instead of --iidfile
 
 
 def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobPaths, namespace: str) -> list[str]:
@@ -166,13 +171,14 @@ def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobP
     (their values travel in the environment)."""
     args = ["build", "--layers" if config.layers else "--layers=false", "--force-rm", *mode.isolation_args(),
             *(["--format", "docker"] if config.format == "docker" else []),
-            "--authfile", str(paths.authfile), "--iidfile", str(paths.iidfile),
+            "--authfile", str(paths.authfile),
+            *(["--manifest", paths.manifest] if paths.manifest else ["--iidfile", str(paths.iidfile)]),
             "-f", str(paths.dockerfile), "--ignorefile", str(paths.ignorefile)]
     if paths.cert_dir:
         args += ["--cert-dir", str(paths.cert_dir)]
     if paths.build_context:
         args += ["--build-context", f"{paths.build_context[0]}={paths.build_context[1]}"]
-    if config.keep_images:  # a name left in the shared store would serve a later job's FROM
+    if config.keep_images and not paths.manifest:  # a name left in the shared store would serve a later job's FROM
         for ref in job.tags:
             args += ["-t", ref]
     args += common_build_flags(job, paths.secrets, cache_repository(config.cache_repo, job))
@@ -191,14 +197,40 @@ def push_args(config: BuildahConfig, image_id: str, ref: ImageRef, paths: JobPat
     return [*args, image_id, f"docker://{ref}"]
 
 
-def build_then_push(tool_argv: list[str], build: list[str], push: list[str], iidfile: Path, marker: str) -> list[str]:
+def manifest_push_args(config: BuildahConfig, manifest: str, ref: ImageRef, paths: JobPaths, digestfile: Path,
+                       plain_http: bool) -> list[str]:
+    """`buildah manifest push --all`: the list and every platform's image it names, the
+    index's digest written to `digestfile` (1.28 has no --retry here: retries are ours anyway).
+    Its --tls-verify overrides registries.conf (true unless given), so a plain-HTTP registry
+    needs --tls-verify=false here; and a push that fails still exits 0 in 1.28, saying nothing:
+    only the digest file tells (BuildahExecutor._pushed)."""
+    args = ["manifest", "push", "--all", "--format", "v2s2" if config.format == "docker" else "oci",
+            *(["--tls-verify=false"] if plain_http else []),
+            "--authfile", str(paths.authfile), "--digestfile", str(digestfile)]
+    if paths.cert_dir:
+        args += ["--cert-dir", str(paths.cert_dir)]
+    return [*args, manifest, f"docker://{ref}"]
+
+
+def build_then_push(tool_argv: list[str], build: list[str], push: list[str], iidfile: Path | None, marker: str) -> list[str]:
     """`sh -c` arguments running the build and then, if it succeeded, the push of the image it
     built: one process start from Python for both. `marker` (printed between them) tells the
-    push's output from the build's; the push's image is read from the build's --iidfile.
-    Only paths and names are quoted into the script; argv never holds a secret."""
-    script = (f'"$@" || exit; echo {shlex.quote(marker)}; iid=$(cat {shlex.quote(str(iidfile))}) || exit; '
-              f'exec {shlex.join([*tool_argv, *push[:-2]])} "${{iid#sha256:}}" {shlex.quote(push[-1])}')
+    push's output from the build's; the push's image is read from the build's --iidfile (a
+    manifest push, `iidfile` None, names its list itself). Only paths and names are quoted
+    into the script; argv never holds a secret."""
+    if iidfile is None:
+        script = f'"$@" || exit; echo {shlex.quote(marker)}; exec {shlex.join([*tool_argv, *push])}'
+    else:
+        script = (f'"$@" || exit; echo {shlex.quote(marker)}; iid=$(cat {shlex.quote(str(iidfile))}) || exit; '
+                  f'exec {shlex.join([*tool_argv, *push[:-2]])} "${{iid#sha256:}}" {shlex.quote(push[-1])}')
     return ["-c", script, "buildah-job", *tool_argv, *build]
+
+
+def manifest_name(namespace: str, job_id: str, attempt: str = "build") -> str:
+    """A multi-platform job's manifest list in buildah's store: named by the job (and the
+    runner's namespace), so the sweep finds it; its tag names the attempt, so an attempt
+    never adds its images to a list a crashed one left."""
+    return f"{MANIFEST_REPO}/{path_component(namespace)}/{job_id}:{attempt}"
 
 
 def keep_setid_bits(paths: JobPaths, files: JobFiles, log: LogSink) -> None:
@@ -306,6 +338,8 @@ class BuildahExecutor(Executor):
         self._clean_exit: set[str] = set()
         #: job id -> its image, not wanted in the store (layers and keep_images off): cleanup removes it
         self._unneeded: dict[str, str] = {}
+        #: multi-platform jobs' manifest lists, which cleanup removes (a crashed worker's: the sweep)
+        self._lists: dict[str, str] = {}
 
     def mode(self) -> Mode:
         """What buildah uses on this worker, probed once (a probe costs a process or two)."""
@@ -323,10 +357,15 @@ class BuildahExecutor(Executor):
                            {"version": mode.version, "storage_driver": mode.storage_driver, "isolation": mode.isolation,
                             "storage_root": str(self.config.storage_root), "run_root": str(self.config.run_root)})
 
+    def platforms(self) -> HostPlatforms:
+        """buildah runs RUN steps on this host: what its binfmt handlers let it run."""
+        return host_platforms()
+
     def tool(self, mode: Mode, env: dict[str, str] | None = None) -> Tool:
         return Tool(mode.binary, mode.global_args(self.config), env, INSTALL_HINT)
 
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
+        self.refuse_unbuildable(job)
         mode = self.mode()
         log.line(f"[runner] {mode.describe()}")
         refs = job.image_refs()
@@ -337,29 +376,52 @@ class BuildahExecutor(Executor):
         try:
             paths, env = self._prepare(job, context, files, log, cancel)
             tool = self.tool(mode, env)
+            if paths.manifest:
+                self._lists[job.id] = paths.manifest
             first = refs[0] if job.push else None
             image_id, first_failed = self._build(tool, mode, job, paths, files, first, log, cancel, phases)
             if not self.config.layers and not self.config.keep_images:
                 self._unneeded[job.id] = image_id  # removed by cleanup, after the job's record
+            if paths.manifest and self.config.keep_images:
+                self._name_list(tool, paths.manifest, refs)
             if first is None:
-                kept = f"kept as {', '.join(map(str, refs))}" if self.config.keep_images else "not named (keep_images is off)"
-                log.line(f"[runner] built {image_id[:12]}; push disabled, {kept}")
-                return [PushedImage(ref=str(ref), digest=f"sha256:{image_id}") for ref in refs]
+                return self._not_pushed(tool, image_id, paths, refs, log)
+            platforms: dict[str, list[PlatformImage]] = {}  # registry -> each platform's manifest there
 
             def push(ref: ImageRef) -> str:
-                if ref is first and first_failed is None:  # pushed by the build's own process
-                    return self._pushed(ref, files.root / "digest", log).digest
-                return push_with_retries(ref, lambda: self._push(tool, image_id, ref, paths, files, log, cancel),
-                                         self.env.registries.config(ref.registry), log, cancel,
-                                         lambda: self.env.metrics.push_retried(self.name),
-                                         first_failed if ref is first else None).digest
+                failed = first_failed if ref is first else None
+                if ref is first and failed is None:  # pushed by the build's own process
+                    try:
+                        pushed = self._pushed(ref, files.root / "digest", log, bool(paths.manifest))
+                        platforms[ref.registry] = pushed.platforms
+                        return pushed.digest
+                    except InfrastructureError as exc:
+                        failed = exc
+                pushed = push_with_retries(ref, lambda: self._push(tool, image_id, ref, paths, files, log, cancel),
+                                           self.env.registries.config(ref.registry), log, cancel,
+                                           lambda: self.env.metrics.push_retried(self.name), failed)
+                platforms[ref.registry] = pushed.platforms
+                return pushed.digest
 
-            return push_tags(refs, push, self.env.registries, log, cancel, phases)
+            pushed = push_tags(refs, push, self.env.registries, log, cancel, phases)
+            return [image.model_copy(update={"platforms": platforms.get(ref.registry, [])})
+                    for ref, image in zip(refs, pushed, strict=True)]
         except ToolFailed as exc:
             raise InfrastructureError(f"buildah failed: {exc.message}") from None
         finally:
             files.remove()  # auth file and secrets go at once, whatever happened
             phases.report()
+
+    def _not_pushed(self, tool: Tool, image_id: str, paths: JobPaths, refs: list[ImageRef], log: LogSink) -> list[PushedImage]:
+        kept = f"kept as {', '.join(map(str, refs))}" if self.config.keep_images else "not named (keep_images is off)"
+        if not paths.manifest:
+            log.line(f"[runner] built {image_id[:12]}; push disabled, {kept}")
+            return [PushedImage(ref=str(ref), digest=f"sha256:{image_id}") for ref in refs]
+        listed = json.loads(tool.output(["manifest", "inspect", paths.manifest]) or "{}").get("manifests") or []
+        platforms = [PlatformImage(platform=str(platform), digest=str(entry["digest"]))
+                     for entry in listed if isinstance(entry, dict) and (platform := platform_of(entry)) and "digest" in entry]
+        log.line(f"[runner] built {len(platforms)} platforms; push disabled (no index without a registry), {kept}")
+        return [PushedImage(ref=str(ref), digest="", platforms=platforms) for ref in refs]
 
     def _prepare(self, job: BuildRequest, context: BuildContext, files: JobFiles, log: LogSink,
                  cancel: CancelToken) -> tuple[JobPaths, dict]:
@@ -372,6 +434,7 @@ class BuildahExecutor(Executor):
             ignorefile=files.write("ignorefile", ""),  # buildah would otherwise apply .containerignore/.dockerignore its way
             cert_dir=write_cert_dir(self.env.registries, files),
             secrets=tuple(write_build_secrets(self.job_secrets(job), files, log)),
+            manifest=manifest_name(self.env.namespace, job.id, secrets.token_hex(6)) if job.multi_platform else None,
         )
         if unpacked.setid:
             keep_setid_bits(paths, files, log)
@@ -396,16 +459,21 @@ class BuildahExecutor(Executor):
             built = code == 0
         else:
             both = BuildThenPush(output, ToolOutput(log), f"[runner] built {secrets.token_hex(8)}", lambda: phases.switch("push"))
-            push = push_args(self.config, "", first, paths, files.root / "digest")
-            script = build_then_push([mode.binary, *mode.global_args(self.config)], build, push, paths.iidfile, both.marker)
+            if paths.manifest:
+                push = manifest_push_args(self.config, paths.manifest, first, paths, files.root / "digest",
+                                          self.env.registries.config(first.registry).plain_http)
+            else:
+                push = push_args(self.config, "", first, paths, files.root / "digest")
+            script = build_then_push([mode.binary, *mode.global_args(self.config)], build, push,
+                                     None if paths.manifest else paths.iidfile, both.marker)
             code = Tool("sh", env=tool.env).stream(script, both, cancel)
             built = both.built
         phases.stop()
         if not built:
             raise output.failure(code)
         self._clean_exit.add(job.id)
-        try:
-            image_id = paths.iidfile.read_text().strip().removeprefix("sha256:")
+        try:  # a manifest list is named: its name stands for the image
+            image_id = paths.manifest or paths.iidfile.read_text().strip().removeprefix("sha256:")
         except OSError:
             raise InfrastructureError("buildah build succeeded but wrote no image id") from None
         if first is not None and code != 0:
@@ -420,20 +488,50 @@ class BuildahExecutor(Executor):
         digestfile = files.root / "digest"
         digestfile.unlink(missing_ok=True)
         output = ToolOutput(log)
-        code = tool.stream(push_args(self.config, image_id, ref, paths, digestfile), output, cancel)
+        args = (manifest_push_args(self.config, paths.manifest, ref, paths, digestfile,
+                                   self.env.registries.config(ref.registry).plain_http) if paths.manifest
+                else push_args(self.config, image_id, ref, paths, digestfile))
+        code = tool.stream(args, output, cancel)
         if code != 0:
             raise push_failed(ref, output, code)
-        return self._pushed(ref, digestfile, log)
+        return self._pushed(ref, digestfile, log, bool(paths.manifest))
 
-    def _pushed(self, ref: ImageRef, digestfile: Path, log: LogSink) -> PushedImage:
-        """A finished push: the digest buildah wrote, confirmed at the registry."""
+    def _pushed(self, ref: ImageRef, digestfile: Path, log: LogSink, index: bool = False) -> PushedImage:
+        """A finished push: the digest buildah wrote, confirmed at the registry (an index: with
+        each platform's manifest digest, as the registry lists them)."""
         try:
             digest = digestfile.read_text().strip()
         except OSError:
-            raise InfrastructureError(f"buildah pushed {ref} but wrote no digest") from None
+            digest = ""
+        if not digest:
+            raise InfrastructureError(f"buildah pushed {ref} but wrote no digest" + (
+                " (buildah 1.28's manifest push exits 0 when it fails, without a word: the registry may be unreachable "
+                "or refuse the push)" if index else ""))
         self.env.registries.confirm_digest(ref, digest)
-        log.line(f"[runner] pushed {ref} {digest}")
-        return PushedImage(ref=str(ref), digest=digest)
+        return pushed(self.env.registries, ref, digest, index, log)
+
+    def _name_list(self, tool: Tool, manifest: str, refs: list[ImageRef]) -> None:
+        """keep_images: the job's tags name its manifest list in the store."""
+        for ref in refs:
+            tool.output(["tag", manifest, str(ref)])
+
+    @staticmethod
+    def _remove_list(tool: Tool, manifest: str) -> None:
+        try:
+            tool.output(["manifest", "rm", manifest])
+        except ToolFailed:
+            pass  # not there
+
+    @staticmethod
+    def _list_images(tool: Tool, manifest: str) -> list[str]:
+        """The ids of the images a manifest list in the store names."""
+        try:
+            listed = json.loads(tool.output(["manifest", "inspect", manifest]) or "{}").get("manifests") or []
+            images = json.loads(tool.output(["images", "--json"]) or "[]") or []
+        except (ToolFailed, ValueError, AttributeError):
+            return []
+        digests = {entry.get("digest") for entry in listed if isinstance(entry, dict)}
+        return [image["id"] for image in images if isinstance(image, dict) and image.get("digest") in digests]
 
     @staticmethod
     def _remove_image(tool: Tool, image_id: str) -> None:
@@ -449,7 +547,11 @@ class BuildahExecutor(Executor):
         files. Its image is never named locally, unless keep_images."""
         try:
             if image_id := self._unneeded.pop(job_id, None):
-                self._remove_image(self.tool(self.mode()), image_id)
+                tool = self.tool(self.mode())
+                for image in self._list_images(tool, image_id) if image_id.startswith(MANIFEST_REPO) else [image_id]:
+                    self._remove_image(tool, image)
+            if manifest := self._lists.pop(job_id, None):  # its name only: with keep_images the job's tags still name it
+                self._remove_list(self.tool(self.mode()), manifest)
             if job_id in self._clean_exit:
                 self._clean_exit.discard(job_id)
             else:
@@ -470,14 +572,27 @@ class BuildahExecutor(Executor):
             mode = self.mode()
             tool = self.tool(mode)
             found = self.containers_by_job(tool, mode, namespace=self.env.namespace)
+            lists = self.lists_by_job(tool)
         except (InfrastructureError, ToolFailed, ValueError):
             return []
-        dead = sorted(job_id for job_id in found if not is_live(job_id))
+        dead = sorted(job_id for job_id in {*found, *lists} if not is_live(job_id))
         for job_id in dead:
             self.kill_orphaned_runs(job_id)
-            self._remove(tool, found[job_id])
+            self._remove(tool, found.get(job_id, []))
+            for manifest in lists.get(job_id, []):
+                self._remove_list(tool, manifest)
             JobFiles(private_root(self.env, self.name, job_id)).remove()
         return dead
+
+    def lists_by_job(self, tool: Tool) -> dict[str, list[str]]:
+        """The manifest lists of this namespace's multi-platform jobs in the store, by job."""
+        prefix = manifest_name(self.env.namespace, "").rsplit("/", 1)[0] + "/"
+        found: dict[str, list[str]] = {}
+        for image in json.loads(tool.output(["images", "--json"]) or "[]") or []:
+            for name in image.get("names") or [] if isinstance(image, dict) else []:
+                if name.startswith(prefix):
+                    found.setdefault(name[len(prefix):].rsplit(":", 1)[0], []).append(name)
+        return found
 
     @staticmethod
     def _remove(tool: Tool, containers: list[str]) -> None:

@@ -173,8 +173,8 @@ def common_build_flags(job: BuildRequest, secrets: Iterable[tuple[str, Path]], c
     args = ["--no-cache"] if job.no_cache else []
     if job.target:
         args += ["--target", job.target]
-    if job.platform:
-        args += ["--platform", job.platform]
+    if job.platforms:  # one, or several (buildx's syntax: a,b), both tools build each and name a manifest list
+        args += ["--platform", ",".join(job.platforms)]
     for key, value in job.labels.items():
         args += ["--label", f"{key}={value}"]
     for key, value in job.build_args.items():

@@ -36,6 +36,7 @@ from executors.daemonless.common import (
     write_build_secrets,
 )
 from executors.daemonless.config import ImgConfig
+from executors.image_index import pushed
 from executors.push_retry import push_with_retries
 from executors.registry_cache import cache_repository
 from executors.tags import push_tags
@@ -44,7 +45,8 @@ from runner.core.cancel import CancelToken
 from runner.core.docker_config import INDEX_SERVER
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, is_auth_error
 from runner.core.executor_metrics import PhaseClock
-from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.host_platforms import HostPlatforms, host_platforms
+from runner.core.jobs import BuildRequest, ImageRef, PlatformImage, PushedImage
 from runner.core.log_sink import LogSink
 from runner.core.process import Tool, ToolFailed, ToolOutput, tool_env
 
@@ -120,9 +122,14 @@ class ImgExecutor(Executor):
             return CheckResult(False, f"img is installed but does not run: {exc}")
         return CheckResult(True, f"{' '.join(version[:1]) or 'img'}, state {self.config.state_dir}, backend {self.config.backend}")
 
+    def platforms(self) -> HostPlatforms:
+        """img's BuildKit runs RUN steps on this host: what its binfmt handlers let it run."""
+        return host_platforms()
+
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
         if problem := not_installed(self.config):
             raise InfrastructureError(problem)
+        self.refuse_unbuildable(job)
         if job.secret_build_args:
             raise InvalidJob("img takes build-arg values only on its command line, where other users of the host can read "
                              "them; pass secrets as build secrets (`secrets:`) or use the buildah executor")
@@ -154,16 +161,25 @@ class ImgExecutor(Executor):
                     "not kept (keep_images is off)"
                 log.line(f"[runner] push disabled; {kept}")
                 return [PushedImage(ref=str(ref), digest="") for ref in refs]
-            def push(ref: ImageRef) -> str:
-                return push_with_retries(ref, lambda: self._push(tool, ref, log, cancel), self.env.registries.config(ref.registry),
-                                         log, cancel, lambda: self.env.metrics.push_retried(self.name)).digest
+            platforms: dict[str, list[PlatformImage]] = {}  # registry -> each platform's manifest there
 
-            return push_tags(refs, push, self.env.registries, log, cancel, phases)
+            def push(ref: ImageRef) -> str:
+                pushed = push_with_retries(ref, lambda: self._push(tool, ref, log, cancel, job.multi_platform),
+                                           self.env.registries.config(ref.registry), log, cancel,
+                                           lambda: self.env.metrics.push_retried(self.name))
+                platforms[ref.registry] = pushed.platforms
+                return pushed.digest
+
+            pushed = push_tags(refs, push, self.env.registries, log, cancel, phases)
+            return [image.model_copy(update={"platforms": platforms.get(ref.registry, [])})
+                    for ref, image in zip(refs, pushed, strict=True)]
         finally:
             files.remove("docker", "secrets", "tmp")
             phases.report()
 
-    def _push(self, tool: Tool, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
+    def _push(self, tool: Tool, ref: ImageRef, log: LogSink, cancel: CancelToken, index: bool = False) -> PushedImage:
+        """`img push` of one tag (with --platform a,b img names a manifest list, and pushes it
+        with its images); the digest is the one the registry holds after it."""
         output = ToolOutput(log)
         config = self.env.registries.config(ref.registry)
         code = tool.stream(push_args(ref, config.plain_http), output, cancel)
@@ -175,8 +191,7 @@ class ImgExecutor(Executor):
         digest = self.env.registries.client(ref.registry).manifest_digest(ref)
         if digest is None:
             raise InfrastructureError(f"img reported pushing {ref} but the registry has no such tag")
-        log.line(f"[runner] pushed {ref} {digest}")
-        return PushedImage(ref=str(ref), digest=digest)
+        return pushed(self.env.registries, ref, digest, index, log)
 
     def cleanup(self, job_id: str) -> None:
         """Remove the job's tags from img's state (unless keep_images) and its private files."""

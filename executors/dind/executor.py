@@ -34,10 +34,12 @@ from executors.dind.config import DindConfig
 from executors.dind.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove_dir, remove_labelled
 from executors.engine.builders import BuildKitSupport
 from executors.engine.client import EngineClient
-from executors.engine.engine import Engine, choose_builder, remove_job_leftovers
+from executors.engine.engine import Engine, choose_builder, engine_platforms, remove_job_leftovers
+from executors.engine.push import PushLocks
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import InfrastructureError
+from runner.core.host_platforms import HostPlatforms
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.labels import LABEL_EXECUTOR, LABEL_JOB, LABEL_NAMESPACE
 from runner.core.log_sink import LogSink
@@ -89,6 +91,8 @@ class DindExecutor(Executor):
     def __init__(self, config: DindConfig, env: ExecutorEnv):
         super().__init__(config, env)
         self.buildkit = BuildKitSupport()
+        #: a sidecar kept for a cache key serves its jobs one at a time; these keep pushes of one tag apart anyway
+        self.push_locks = PushLocks()
         #: the warm pool (start() makes it when warm_pool > 0; shutdown() empties it)
         self.pool: dind_pool.WarmPool | None = None
         self._pool_api: docker.APIClient | None = None
@@ -111,6 +115,11 @@ class DindExecutor(Executor):
 
     def engine_host(self) -> str:
         return self.config.docker_host
+
+    def platforms(self) -> HostPlatforms:
+        """A sidecar's builds run on the host engine's kernel: what that host runs (its binfmt
+        handlers with the F flag reach into the sidecar and its nested containers)."""
+        return engine_platforms(self.config.docker_host, lambda: self.host(timeout=10))
 
     # -- check -------------------------------------------------------------------------------
     def check(self) -> CheckResult:
@@ -144,6 +153,7 @@ class DindExecutor(Executor):
 
     # -- run ---------------------------------------------------------------------------------
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
+        self.refuse_unbuildable(job)
         host = HostClient(self.host)
         try:
             serving = self._serving_for(host, job, log, cancel)
@@ -151,7 +161,7 @@ class DindExecutor(Executor):
             try:
                 builder = choose_builder(inner, job.builder or self.env.builder, self.buildkit, self.env.registries,
                                          self.job_secrets(job), engine_key=self.config.image)
-                engine = Engine(inner, self.env.registries, self.name, self.env.metrics)
+                engine = Engine(inner, self.env.registries, self.name, self.env.metrics, self.push_locks)
                 return engine.build_and_push(job, builder, context, log, cancel, cache_repo=self.config.cache_repo)
             finally:
                 inner.close()

@@ -14,6 +14,7 @@ from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InvalidJob
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.log_sink import LogSink
+from runner.core.platforms import Platform
 
 JOB_TAG_REPO = "runner-job"
 MIN_BUILDKIT_API = (1, 39)
@@ -21,9 +22,15 @@ _STEP = re.compile(r"^Step (\d+/\d+) : (.*)$")
 _CACHED = " ---> Using cache"
 
 
-def job_tag(job_id: str) -> str:
-    """A local-only tag naming the job, so leftovers can be found without labelling the image."""
-    return f"{JOB_TAG_REPO}/{job_id.lower()}:build"
+def job_tag(job_id: str, platform: Platform | None = None) -> str:
+    """A local-only tag naming the job (and the platform, for one of a multi-platform job's
+    builds), so leftovers can be found without labelling the image."""
+    return f"{job_repo(job_id)}:build" + (f"-{platform.slug}" if platform else "")
+
+
+def job_repo(job_id: str) -> str:
+    """The local repository every tag of the job's images is in."""
+    return f"{JOB_TAG_REPO}/{job_id.lower()}"
 
 
 @dataclass(frozen=True)
@@ -41,9 +48,13 @@ class Builder(Protocol):
     steps: tuple[int, int] | None
 
     def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken,
-              cache: BuildCache | None = None) -> str:
-        """Build `job` from `context` (reading the registry cache where the builder can); return
+              cache: BuildCache | None = None, platform: Platform | None = None) -> str:
+        """Build `job` from `context` (reading the registry cache where the builder can), for
+        `platform` when given (one of a multi-platform job's builds) else the job's own; return
         the image id or raise a typed error."""
+
+    def fork(self) -> Builder:
+        """A builder of the same kind for another build at the same time (its own `steps`)."""
 
 
 class ClassicBuilder:
@@ -55,8 +66,13 @@ class ClassicBuilder:
         self.client = client
         self.steps: tuple[int, int] | None = None
 
+    def fork(self) -> ClassicBuilder:
+        return ClassicBuilder(self.client)
+
     def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken,
-              cache: BuildCache | None = None) -> str:
+              cache: BuildCache | None = None, platform: Platform | None = None) -> str:
+        if platform is not None:
+            raise InvalidJob("a multi-platform job needs the BuildKit builder; the classic builder builds one platform")
         if job.secrets:
             raise InvalidJob("build secrets need the BuildKit builder; the classic builder cannot mount them")
         step, image_id, steps, cached = "", None, 0, 0

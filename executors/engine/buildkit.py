@@ -29,6 +29,7 @@ from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, Cancelled, ExecutorError, InfrastructureError, InvalidJob
 from runner.core.jobs import BuildRequest
 from runner.core.log_sink import LogSink
+from runner.core.platforms import Platform
 
 if TYPE_CHECKING:
     from runner.core.registry_client import Registries
@@ -39,7 +40,10 @@ _PREFIXES = ("failed to solve with frontend dockerfile.v0: ", "failed to solve: 
 
 
 # -- the request ------------------------------------------------------------------------------------
-def build_params(job: BuildRequest, build_id: str, tag: str, cache: BuildCache | None = None) -> dict[str, str]:
+def build_params(job: BuildRequest, build_id: str, tag: str, cache: BuildCache | None = None,
+                 platform: Platform | None = None) -> dict[str, str]:
+    """The /build query. BuildKit's Dockerfile frontend sets TARGETPLATFORM, TARGETOS,
+    TARGETARCH, TARGETVARIANT and BUILDPLATFORM itself from `platform`, as under buildx."""
     params = {"version": "2", "buildid": build_id, "dockerfile": job.dockerfile, "t": tag, "pull": "0", "rm": "1"}
     build_args = dict(job.build_args)
     if cache is not None:
@@ -54,8 +58,8 @@ def build_params(job: BuildRequest, build_id: str, tag: str, cache: BuildCache |
         params["target"] = job.target
     if job.no_cache:
         params["nocache"] = "1"
-    if job.platform:
-        params["platform"] = job.platform
+    if platform is not None or job.platform:
+        params["platform"] = str(platform) if platform is not None else str(job.platform)
     return params
 
 
@@ -196,13 +200,16 @@ class BuildKitBuilder:
         self.client, self.registries, self.secrets = client, registries, secrets
         self.steps: tuple[int, int] | None = None
 
+    def fork(self) -> BuildKitBuilder:
+        return BuildKitBuilder(self.client, self.registries, self.secrets)
+
     def build(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken,
-              cache: BuildCache | None = None) -> str:
+              cache: BuildCache | None = None, platform: Platform | None = None) -> str:
         client = self.client
         for value in self.secrets.values():
             log.add_secret(value.decode("utf-8", "replace"))
         build_id = uuid.uuid4().hex
-        params = build_params(job, build_id, job_tag(job.id), cache)
+        params = build_params(job, build_id, job_tag(job.id, platform), cache, platform)
         unavailable: list[ExecutorError] = []
 
         def credentials(host: str) -> tuple[str, str] | None:

@@ -4,32 +4,37 @@ The executors differ only in which engine they reach and how they bring it up.""
 
 from __future__ import annotations
 
-import time
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import docker.errors
 import requests
 
-from executors.engine.builders import BuildCache, Builder, BuildKitSupport, ClassicBuilder, job_tag
+from executors.engine.builders import BuildCache, Builder, BuildKitSupport, ClassicBuilder, job_repo
 from executors.engine.buildkit import BuildKitBuilder
 from executors.engine.client import EngineClient, short
-from executors.push_retry import push_with_retries
+from executors.engine.push import Pusher, PushLocks
+from executors.platform_builds import build_each
 from executors.registry_cache import cache_repository, inline_cache_ref
 from executors.tags import Push, copy_tag, push_tags
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.docker_config import INDEX_SERVER
 from runner.core.errors import (
+    BuildFailed,
     Cancelled,
     ExecutorError,
     InfrastructureError,
     InvalidJob,
-    RegistryAuthFailed,
-    is_auth_error,
 )
 from runner.core.executor_metrics import NO_METRICS, ExecutorMetrics, PhaseClock
-from runner.core.jobs import BuildRequest, ImageRef, PushedImage
+from runner.core.host_platforms import HostPlatforms, host_platforms, native_platform
+from runner.core.jobs import BuildRequest, ImageRef, PlatformImage, PushedImage
 from runner.core.log_sink import LogSink
+from runner.core.platforms import Platform, parse_platform
 from runner.core.registry_auth import HUB, Credentials
 from runner.core.registry_client import Copies
 
@@ -76,22 +81,57 @@ def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, 
     return ClassicBuilder(client)
 
 
+#: BuildKit's exporter, when the image it wrote was deleted before it could name it
+IMAGE_GONE = re.compile(r"failed to get digest sha256:[0-9a-f]{64}: .*/imagedb/content/sha256/[0-9a-f]{64}: no such file or directory")
+
+
+def engine_platforms(docker_host: str, connect: Callable[[], docker.APIClient]) -> HostPlatforms:
+    """What an engine can build: an engine on this host (a unix socket, or TCP on loopback)
+    builds what this host runs (its binfmt handlers, read now); one elsewhere is known only by
+    its own architecture, which it reports (`connect` is called only then)."""
+    url = urlparse(docker_host)
+    if url.scheme in ("unix", "") or url.hostname in ("localhost", "127.0.0.1", "::1"):
+        return host_platforms()
+    try:
+        api = connect()
+        try:
+            machine = api.info().get("Architecture") or ""
+        finally:
+            api.close()
+    except (docker.errors.DockerException, requests.RequestException, InfrastructureError) as exc:
+        raise InfrastructureError(f"Docker Engine at {docker_host} is unreachable: {short(exc)}") from None
+    return HostPlatforms(native_platform(machine), where=f"the Docker Engine at {docker_host}", sees_handlers=False)
+
+
+@dataclass(frozen=True)
+class Built:
+    """One image the job built: for `platform` (None: the job's single image), with the
+    registry build cache its build read (and, with export, wrote into it)."""
+
+    image_id: str
+    platform: Platform | None = None
+    cache: BuildCache | None = None
+
+
 class Engine:
     """One job's session with one Docker Engine."""
 
-    def __init__(self, client: EngineClient, registries: Registries, executor: str = "", metrics: ExecutorMetrics = NO_METRICS):
+    def __init__(self, client: EngineClient, registries: Registries, executor: str = "", metrics: ExecutorMetrics = NO_METRICS,
+                 locks: PushLocks | None = None):
         self.client = client
         self.registries = registries
         self.executor, self.metrics = executor, metrics
+        self.pusher = Pusher(client, registries, self.auth_config, executor, metrics, locks)
 
     # -- the whole job -----------------------------------------------------------------------
     def build_and_push(self, job: BuildRequest, builder: Builder, context: BuildContext, log: LogSink,
                        cancel: CancelToken, keep_images: bool = False, cache_repo: str | None = None) -> list[PushedImage]:
-        """Build under the job's own local name, push the first tag on each registry (the other
-        tags get the same manifest without a push: executors.tags), and export the registry
-        build cache. A pushed tag stays in the engine only until the job's clean-up (unless
-        keep_images): on a shared engine a tag left behind would be taken by a later job's
-        `FROM` instead of what the registry holds."""
+        """Build under the job's own local name (one build per platform, at once, for a
+        multi-platform job), push the first tag on each registry (the other tags get the same
+        manifest without a push: executors.tags), and export the registry build cache. A tag
+        is in the engine only while it is pushed (unless keep_images): on a shared engine a
+        tag left behind would be taken by a later job's `FROM` instead of what the registry
+        holds, and another job's push of the same tag would move it."""
         api = self.client.api
         unregister = cancel.on_cancel(api.close)
         phases = PhaseClock(self.metrics, self.executor)
@@ -100,30 +140,27 @@ class Engine:
                 self.push_logins(job.image_refs(), log)
             # the classic builder is sent every login; BuildKit asks through its session, registry by registry
             self.client.use_auth(pull_logins(self.registries, log) if builder.name == "classic" else {})
-            cache = self.build_cache(job, builder, cache_repo, log)
-            log.line(f"[runner] building with the {builder.name} builder")
             with phases("build"):
-                image_id = builder.build(job, context, log, cancel, cache)
-            if builder.steps is not None:
-                self.metrics.build_steps(self.executor, *builder.steps)
+                builds = self.build(job, builder, context, log, cancel, cache_repo)
             refs = job.image_refs()
             if keep_images:
-                for ref in refs:
-                    api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
+                self.keep(builds, refs)
             if not job.push:
-                kept = f"kept as {', '.join(map(str, refs))}" if keep_images else "not kept (keep_images is off)"
-                log.line(f"[runner] built {image_id[:19]}; push disabled, {kept}")
-                return [PushedImage(ref=str(ref), digest=image_id) for ref in refs]
+                return self.not_pushed(builds, refs, keep_images, log)
+            children: dict[str, list[PlatformImage]] = {}  # registry -> each platform's manifest there
 
             def push(ref: ImageRef) -> str:
-                if not keep_images:
-                    api.tag(image_id, f"{ref.registry}/{ref.repository}", ref.tag)
-                return self.push(ref, log, cancel).digest
+                if builds[0].platform is None:
+                    return self.pusher.push_image(builds[0].image_id, ref, log, cancel, keep_images).digest
+                images = [(b.platform, b.image_id) for b in builds if b.platform is not None]
+                digest, children[ref.registry] = self.pusher.push_index(images, ref, log, cancel)
+                return digest
 
             pushed = push_tags(refs, push, self.registries, log, cancel, phases)
-            if cache is not None and cache.export:
-                with phases("push"):
-                    self.export_cache(cache.ref, list(zip(refs, pushed, strict=True)), push, log)
+            pushed = [image.model_copy(update={"platforms": children.get(ref.registry, [])})
+                      for ref, image in zip(refs, pushed, strict=True)]
+            with phases("push"):
+                self.export_caches(builds, refs, pushed, log, cancel)
             return pushed
         except (requests.RequestException, docker.errors.APIError, OSError) as exc:
             if cancel.is_set():
@@ -133,9 +170,71 @@ class Engine:
             unregister()
             phases.report()
 
+    def build(self, job: BuildRequest, builder: Builder, context: BuildContext, log: LogSink, cancel: CancelToken,
+              cache_repo: str | None) -> list[Built]:
+        """The job's image, or one per platform built at once (each with its own log prefix)."""
+        if not job.multi_platform:
+            cache = self.build_cache(job, builder, cache_repo, log)
+            log.line(f"[runner] building with the {builder.name} builder")
+            image_id = self.build_one(builder, job, context, log, cancel, cache)
+            return [Built(image_id, None, cache)]
+        if builder.name != "buildkit":
+            raise InvalidJob(f"a multi-platform job ({', '.join(job.platforms)}) needs the BuildKit builder, which the "
+                             f"{builder.name} builder is not; use builder auto or buildkit")
+        platforms = [parse_platform(p) for p in job.platforms]
+        log.line(f"[runner] building {len(platforms)} platforms at once with the {builder.name} builder: "
+                 f"{', '.join(map(str, platforms))}")
+
+        def one(platform: Platform, prefixed: LogSink, stop: CancelToken) -> Built:
+            cache = self.build_cache(job, builder, cache_repo, prefixed, platform)
+            image_id = self.build_one(builder.fork(), job, context, prefixed, stop, cache, platform)
+            prefixed.line(f"[runner] built {image_id[:19]}")
+            return Built(image_id, platform, cache)
+
+        return build_each(platforms, one, log, cancel)
+
+    def build_one(self, builder: Builder, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken,
+                  cache: BuildCache | None, platform: Platform | None = None) -> str:
+        """One build; once more (from the cache, at once) when the engine lost the image it had
+        just written: identical builds of two jobs share an image id, and the other job's
+        clean-up removed its last tag before this build's exporter named it."""
+        for attempt in (1, 2):
+            try:
+                image_id = builder.build(job, context, log, cancel, cache, platform)
+                break
+            except BuildFailed as exc:
+                if attempt == 2 or not IMAGE_GONE.search(exc.message):
+                    raise
+                log.line("[runner] the engine lost the image this build had just written (another job's clean-up "
+                         "removed the same image); building it again from the cache")
+        if builder.steps is not None:
+            self.metrics.build_steps(self.executor, *builder.steps)
+        return image_id
+
+    def keep(self, builds: list[Built], refs: list[ImageRef]) -> None:
+        """keep_images: the job's tags in the engine after the job; one engine keeps one image a
+        tag, so a multi-platform job's images are kept as TAG-linux-arm64, … instead."""
+        for built in builds:
+            for ref in refs:
+                tag = ref.tag if built.platform is None else f"{ref.tag}-{built.platform.slug}"[:128]
+                self.client.api.tag(built.image_id, f"{ref.registry}/{ref.repository}", tag, force=True)
+
+    @staticmethod
+    def not_pushed(builds: list[Built], refs: list[ImageRef], keep_images: bool, log: LogSink) -> list[PushedImage]:
+        names = [str(ref) if b.platform is None else f"{ref}-{b.platform.slug}" for b in builds for ref in refs]
+        kept = f"kept as {', '.join(names)}" if keep_images else "not kept (keep_images is off)"
+        if builds[0].platform is None:
+            log.line(f"[runner] built {builds[0].image_id[:19]}; push disabled, {kept}")
+            return [PushedImage(ref=str(ref), digest=builds[0].image_id) for ref in refs]
+        log.line(f"[runner] built {len(builds)} platforms; push disabled (no index without a registry), {kept}")
+        platforms = [PlatformImage(platform=str(b.platform), digest=b.image_id) for b in builds]
+        return [PushedImage(ref=str(ref), digest="", platforms=platforms) for ref in refs]
+
     # -- the registry build cache ---------------------------------------------------------------
-    def build_cache(self, job: BuildRequest, builder: Builder, cache_repo: str | None, log: LogSink) -> BuildCache | None:
-        """The job's registry cache (BuildKit's inline cache), or None."""
+    def build_cache(self, job: BuildRequest, builder: Builder, cache_repo: str | None, log: LogSink,
+                    platform: Platform | None = None) -> BuildCache | None:
+        """The job's registry cache (BuildKit's inline cache; one per platform of a
+        multi-platform job), or None."""
         repository = cache_repository(cache_repo, job)
         if repository is None:
             if cache_repo:
@@ -144,9 +243,26 @@ class Engine:
         if builder.name != "buildkit":
             log.line("[runner] note: the registry build cache needs the BuildKit builder; building without it")
             return None
-        ref = inline_cache_ref(repository)
+        ref = inline_cache_ref(repository, platform)
         log.line(f"[runner] registry build cache: {ref}")
         return BuildCache(ref=ref, export=job.push)
+
+    def export_caches(self, builds: list[Built], refs: list[ImageRef], pushed: list[PushedImage], log: LogSink,
+                      cancel: CancelToken) -> None:
+        """Each build's image under its cache ref (a platform's under its own)."""
+        for built in builds:
+            if built.cache is None or not built.cache.export:
+                continue
+            if built.platform is None:
+                sources = list(zip(refs, pushed, strict=True))
+            else:
+                sources = [(ref, PushedImage(ref=image.ref, digest=child.digest)) for ref, image in zip(refs, pushed, strict=True)
+                           for child in image.platforms if child.platform == str(built.platform)]
+
+            def push(ref: ImageRef, image_id: str = built.image_id) -> str:
+                return self.pusher.push_image(image_id, ref, log, cancel).digest
+
+            self.export_cache(built.cache.ref, sources, push, log)
 
     def export_cache(self, ref: ImageRef, pushed: list[tuple[ImageRef, PushedImage]], push: Push, log: LogSink) -> None:
         """Put the image (its config holds the inline cache) under the cache ref: a manifest PUT
@@ -177,81 +293,23 @@ class Engine:
             log.add_secret(credentials.secret)
         return login(credentials, host)
 
-    def push(self, ref: ImageRef, log: LogSink, cancel: CancelToken) -> PushedImage:
-        """Push one tag, riding out registry trouble (executors.push_retry); auth errors fail at once."""
-        auth = self.auth_config(ref.registry, log)
-
-        def attempt() -> PushedImage:
-            try:
-                digest = self._push_once(ref, auth, log)
-            except (requests.RequestException, docker.errors.APIError) as exc:
-                raise InfrastructureError(_message(exc)) from None
-            self.registries.confirm_digest(ref, digest)
-            log.line(f"[runner] pushed {ref} {digest}")
-            return PushedImage(ref=str(ref), digest=digest)
-
-        return push_with_retries(ref, attempt, self.registries.config(ref.registry), log, cancel,
-                                 lambda: self.metrics.push_retried(self.executor))
-
-    def _push_once(self, ref: ImageRef, auth: dict | None, log: LogSink) -> str:
-        digest = None
-        lines = Batched(log)
-        try:
-            for event in self.client.api.push(f"{ref.registry}/{ref.repository}", ref.tag,
-                                              stream=True, decode=True, auth_config=auth):
-                if "error" in event:
-                    message = event["error"].strip()
-                    if is_auth_error(message):
-                        raise RegistryAuthFailed(f"registry {ref.registry} refused the push of {ref}: {message}")
-                    raise InfrastructureError(message)
-                if "aux" in event and "Digest" in event["aux"]:
-                    digest = event["aux"]["Digest"]
-                elif status := event.get("status"):
-                    if event.get("id") is None or status in ("Pushed", "Layer already exists"):
-                        lines.add(f"{event.get('id', '')}: {status}".lstrip(": "))
-        finally:
-            lines.flush()
-        if digest is None:
-            raise InfrastructureError(f"the engine did not report a digest for {ref}")
-        return digest
-
 
 # -- cleanup -----------------------------------------------------------------------------
 def remove_job_leftovers(client: EngineClient, job_id: str, keep_tags: bool = False) -> None:
-    """Drop the job's image: its job tag, and (unless keep_tags) every other tag it still
-    has, such as a ref whose push failed. noprune keeps parent layers, which the classic
-    builder uses as cache. A clean-up: needs no logins, never raises."""
-    name = job_tag(job_id)
+    """Drop the job's images: their job tags (one per platform of a multi-platform job), and
+    (unless keep_tags) every other tag they still have, such as a ref a crash left. noprune
+    keeps parent layers, which the classic builder uses as cache. A clean-up: needs no
+    logins, never raises."""
+    repo = job_repo(job_id)
     try:
-        tags = [] if keep_tags else [t for t in client.api.inspect_image(name).get("RepoTags") or [] if t != name]
-        for tag in [*tags, name]:
-            client.api.remove_image(tag, noprune=True)
+        images = client.api.images(name=repo)
     except (docker.errors.APIError, requests.RequestException):
-        pass
-
-
-class Batched:
-    """Log lines gathered into one write (one store round trip) at most every `every` seconds."""
-
-    def __init__(self, log: LogSink, every: float = 1.0):
-        self.log, self.every = log, every
-        self.lines: list[str] = []
-        self.since = time.monotonic()
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-        if time.monotonic() - self.since >= self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.lines:
-            text, self.lines = "\n".join(self.lines), []
-            self.log.write(text + "\n")
-        self.since = time.monotonic()
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, docker.errors.APIError):
-        return short(exc.explanation or exc)
-    return getattr(exc, "message", None) or short(exc)
-
+        return
+    for image in images:
+        tags = image.get("RepoTags") or []
+        own = [t for t in tags if t.startswith(f"{repo}:")]
+        for tag in ([] if keep_tags else [t for t in tags if t not in own]) + own:
+            try:
+                client.api.remove_image(tag, noprune=True)
+            except (docker.errors.APIError, requests.RequestException):
+                pass

@@ -15,9 +15,11 @@ from executors.base import CheckResult, Executor, ExecutorEnv, IsLive
 from executors.engine.builders import JOB_TAG_REPO, BuildKitSupport
 from executors.engine.client import EngineClient
 from executors.engine.config import SocketConfig
-from executors.engine.engine import Engine, choose_builder, remove_job_leftovers
+from executors.engine.engine import Engine, choose_builder, engine_platforms, remove_job_leftovers
+from executors.engine.push import PushLocks
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
+from runner.core.host_platforms import HostPlatforms
 from runner.core.jobs import BuildRequest, PushedImage
 from runner.core.log_sink import LogSink
 
@@ -36,6 +38,8 @@ class SocketExecutor(Executor):
         self.buildkit = BuildKitSupport()
         #: the engine's API version, asked once: a client made per job then costs no round trip
         self._api_version: str | None = None
+        #: this executor's jobs share one engine: two pushing one tag take turns (engine.PushLocks)
+        self.push_locks = PushLocks()
 
     def client(self, timeout: int | None) -> EngineClient:
         client = EngineClient.connect(self.config.docker_host, timeout=timeout, version=self._api_version)
@@ -44,6 +48,9 @@ class SocketExecutor(Executor):
 
     def engine_host(self) -> str:
         return self.config.docker_host
+
+    def platforms(self) -> HostPlatforms:
+        return engine_platforms(self.config.docker_host, lambda: self.client(timeout=10).api)
 
     def check(self) -> CheckResult:
         try:
@@ -59,9 +66,10 @@ class SocketExecutor(Executor):
     def run(self, job: BuildRequest, context: BuildContext, log: LogSink, cancel: CancelToken) -> list[PushedImage]:
         client = self.client(timeout=None)
         try:
+            self.refuse_unbuildable(job)
             builder = choose_builder(client, job.builder or self.env.builder, self.buildkit, self.env.registries,
                                      self.job_secrets(job))
-            engine = Engine(client, self.env.registries, self.name, self.env.metrics)
+            engine = Engine(client, self.env.registries, self.name, self.env.metrics, self.push_locks)
             return engine.build_and_push(job, builder, context, log, cancel, self.config.keep_images, self.config.cache_repo)
         finally:
             client.close()

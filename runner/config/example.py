@@ -48,9 +48,8 @@ def _list_item_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def _default(field: FieldInfo) -> Any:
-    if field.default_factory is not None:
-        return field.default_factory()
-    return None if field.default is PydanticUndefined else field.default
+    value = field.get_default(call_default_factory=True, validated_data={})
+    return None if value is PydanticUndefined else value
 
 
 def _scalar(value: Any) -> str:

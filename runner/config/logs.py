@@ -13,23 +13,20 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
-from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
 from runner.config.settings import Settings
-from runner.core.process_log import JobFieldsFilter, JsonFormatter, Redactor, TextFormatter
+from runner.core.process_log import AccessFields, JobFieldsFilter, JsonFormatter, Redactor, TextFormatter
 
 STREAM_LOGGER = "runner.stdio"
 
 
 def settings_secrets(settings: Settings) -> list[str]:
     """Every secret value the settings hold or point to (inline values, `*_file` contents read
-    now, the Redis password inside redis_url): masked in every process log line."""
-    found: list[str] = []
-    password = urlsplit(settings.redis_url.get_secret_value()).password
-    if password:
-        found += [password, unquote(password)]
+    now, the Redis passwords: in redis_url, its password file, the sentinels'): masked in every
+    process log line."""
+    found = settings.redis_target().secrets()
     found += _secrets(settings)
     return [value for value in found if value]
 
@@ -109,7 +106,7 @@ def configure_logging(settings: Settings, level: str | int = "INFO", stream: Tex
     that put more job fields on records (they see the record before it is masked)."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
-    for adds_fields in (*fields, JobFieldsFilter()):
+    for adds_fields in (*fields, AccessFields(), JobFieldsFilter()):
         handler.addFilter(adds_fields)
     handler.addFilter(Redactor(settings_secrets(settings)))
     json_lines = settings.log.format == "json"
@@ -124,9 +121,10 @@ def configure_logging(settings: Settings, level: str | int = "INFO", stream: Tex
     threading.excepthook = _log_uncaught_in_thread
     if json_lines:
         stdio = logging.getLogger(STREAM_LOGGER)
-        # Celery writes its shutdown notices to sys.__stdout__, not sys.stdout
-        sys.stdout = sys.__stdout__ = LineLogger(stdio, logging.INFO, stream)
-        sys.stderr = sys.__stderr__ = LineLogger(stdio, logging.WARNING, stream)
+        # Celery writes its shutdown notices to sys.__stdout__, not sys.stdout, so the original
+        # streams are replaced too (typeshed: Final, and no LineLogger is a TextIOWrapper)
+        sys.stdout = sys.__stdout__ = LineLogger(stdio, logging.INFO, stream)  # type: ignore[misc, assignment]
+        sys.stderr = sys.__stderr__ = LineLogger(stdio, logging.WARNING, stream)  # type: ignore[misc, assignment]
     return handler
 
 

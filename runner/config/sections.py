@@ -23,8 +23,11 @@ from pydantic import ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validato
 from runner.config.client import ClientApi, ClientDeliveries
 from runner.core.jobs import GitHost, JobSource
 from runner.core.models import BaseUrl, Strict, read_secret
+from runner.core.platforms import canonical
 
 Right = Literal["submit", "read", "cancel", "status"]
+#: a token's rights when it names none
+_READ_ONLY: list[Right] = ["read"]
 PLACEHOLDERS = ("repo", "owner", "branch", "tag", "sha", "short_sha")
 #: what a commit status's context (name) and target_url templates may name
 CONTEXT_PLACEHOLDERS = ("executor", "repository")
@@ -71,7 +74,7 @@ class ApiToken(_OneSource):
     name: str = Field(description="shown in the server log, never the token itself")
     token: SecretStr | None = None
     token_file: Path | None = None
-    rights: list[Right] = Field(default_factory=lambda: ["read"], description="submit, read, cancel; status: its jobs "
+    rights: list[Right] = Field(default_factory=lambda: _READ_ONLY.copy(), description="submit, read, cancel; status: its jobs "
                                 "may name any commit (`source`) to get commit statuses")
     status_repositories: list[str] = Field(default_factory=list, description="without the status right: the repositories "
                                            "whose commits this token's jobs may name in `source` (owner/repo, GitLab "
@@ -135,6 +138,8 @@ class RepositoryHook(Strict):
     tags: list[str] = Field(default_factory=list, description="glob patterns of git tags that build; default none")
     executor: str | None = None
     build_args: dict[str, str] = Field(default_factory=dict)
+    platforms: list[str] = Field(default_factory=list, description="target platforms, e.g. [linux/amd64, linux/arm64]: "
+                                 "one image per platform and an image index under every tag; default: the worker's own")
     clone_url: str | None = Field(default=None, description="clone from here instead of the URL in the payload")
     submodules: bool = False
     keep_git_dir: bool = Field(default=False, description="keep .git in the build context, as BuildKit does with "
@@ -154,6 +159,11 @@ class RepositoryHook(Strict):
             raise ValueError("clone_url holds a password or token, which job records would keep; "
                              "put it under git.credentials instead")
         return url
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, values: list[str]) -> list[str]:
+        return canonical(values)
 
     @field_validator("images")
     @classmethod

@@ -34,8 +34,9 @@ class BuildContext:
     workspace: Path
     dockerfile: str = "Dockerfile"
     size: int = 0
-    #: where each member goes when unpacked for a build (the ignore file applied); set by the
-    #: spool. None: every member is in the context.
+    #: where each member goes when unpacked for a build: the spool's view (runner.context.view.
+    #: view_placement: the tar is what `COPY .` sees, but for the Dockerfile and the folders above
+    #: it). None: every member is in the context, the Dockerfile also aside.
     place: MemberFilter | None = None
     #: sha256:<hex> of the tar at tar_path (the spool hashes what it writes); None: not known
     digest: str | None = None

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.context.dockerignore import (
@@ -32,7 +31,7 @@ from runner.context.dockerignore import (
 from runner.context.extract import Placement
 from runner.context.limits import ContextLimits
 from runner.context.tarpolicy import member_parts
-from runner.context.tarstream import TarReader, file_chunks
+from runner.context.tarstream import TarReader
 
 if TYPE_CHECKING:
     from runner.core.cancel import CancelToken
@@ -52,6 +51,8 @@ class TooBig:
 
 #: a member as remembered: (kind, content for a file (bytes or TooBig), target for a link)
 Seen = tuple[str, object]
+#: the spooled canonical tar's bytes, read from its start each time it is called
+TarBytes = Callable[[], Generator[bytes, None, None]]
 
 
 class PathSet:
@@ -115,15 +116,16 @@ class IgnoreFiles:
             yield piece
         self.seen[name] = ("file", bytes(content) if size <= cap else TooBig(size))
 
-    def read(self, tar_path: Path, cancel: CancelToken | None = None) -> tuple[str, list[IgnoreLine]]:
-        """The ignore file BuildKit uses and its lines (none: `.dockerignore`, no lines)."""
+    def read(self, tar: TarBytes, cancel: CancelToken | None = None) -> tuple[str, list[IgnoreLine]]:
+        """The ignore file BuildKit uses and its lines (none: `.dockerignore`, no lines); `tar`
+        reads the spooled tar again, for an ignore file reached through a link."""
         for name in self.candidates:
-            content = self._content(name, tar_path, cancel)
+            content = self._content(name, tar, cancel)
             if content is not None:
                 return name, read_ignore_lines(content, name, self.limits.max_ignore_patterns)
         return IGNORE_FILE, []
 
-    def _content(self, name: str, tar_path: Path, cancel: CancelToken | None) -> bytes | None:
+    def _content(self, name: str, tar: TarBytes, cancel: CancelToken | None) -> bytes | None:
         """The content of the regular file at `name` (links followed), None if there is none."""
         seen = self.seen.get(name)
         if seen is not None and seen[0] == "symlink":
@@ -131,25 +133,25 @@ class IgnoreFiles:
                 raise DockerignoreError(f"is a symbolic link, and the context holds more symbolic links than the runner "
                                         f"follows ({MAX_LINK_BYTES:,} bytes of them); replace it with a file", file=name)
             name = follow_links(name, self.links.get)[-1]
-            seen = self.seen.get(name) or self._member(tar_path, name, cancel)
+            seen = self.seen.get(name) or self._member(tar, name, cancel)
         for _ in range(_MAX_HOPS):
             if seen is None or seen[0] != "hardlink":
                 break
-            seen = self._member(tar_path, str(seen[1]), cancel)
+            seen = self._member(tar, str(seen[1]), cancel)
         if seen is None or seen[0] != "file":
             return None
         if isinstance(seen[1], TooBig):
             check_ignore_size(seen[1].size, name, self.limits)
         return seen[1] if isinstance(seen[1], bytes) else None
 
-    def _member(self, tar_path: Path, name: str, cancel: CancelToken | None) -> Seen | None:
+    def _member(self, tar: TarBytes, name: str, cancel: CancelToken | None) -> Seen | None:
         """What the canonical tar holds at `name` (its last member there), read in one pass."""
-        return _member(tar_path, name, cancel, self.limits.max_ignore_file_bytes)
+        return _member(tar, name, cancel, self.limits.max_ignore_file_bytes)
 
 
-def _member(tar_path: Path, name: str, cancel: CancelToken | None, max_bytes: int) -> Seen | None:
+def _member(tar: TarBytes, name: str, cancel: CancelToken | None, max_bytes: int) -> Seen | None:
     found: Seen | None = None
-    with closing(file_chunks(tar_path)) as chunks:
+    with closing(tar()) as chunks:
         reader = TarReader(chunks, cancel=cancel)
         for member in reader.members():
             if "/".join(member_parts(member.name)) != name:
@@ -212,10 +214,10 @@ class CopyFilter:
         return Placement.IF_USED if kind == "dir" else Placement.ASIDE
 
 
-def copy_filter(ignore: IgnoreFiles, tar_path: Path, dockerfile: str, cancel: CancelToken | None = None) -> CopyFilter:
-    """The filter for a spooled context; raises DockerignoreError (an InvalidJob) for a
-    malformed or unreadable ignore file, naming the file and line, or one over the limits
-    (limits.max_ignore_file_bytes, limits.max_ignore_patterns), naming the limit."""
-    _, lines = ignore.read(tar_path, cancel)
+def copy_filter(ignore: IgnoreFiles, tar: TarBytes, dockerfile: str, cancel: CancelToken | None = None) -> CopyFilter:
+    """The filter for a spooled context (`tar` reads its canonical tar); raises DockerignoreError
+    (an InvalidJob) for a malformed or unreadable ignore file, naming the file and line, or one
+    over the limits (limits.max_ignore_file_bytes, limits.max_ignore_patterns), naming the limit."""
+    _, lines = ignore.read(tar, cancel)
     return CopyFilter(lines, dockerfile, cancel)
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from runner.context.dockerfile_lex import SubstitutionError, process_word
+from runner.core.platforms import Platform
 
 _DIRECTIVE = re.compile(r"^#[ \t]*([a-zA-Z][a-zA-Z0-9]*)[ \t]*=[ \t]*(.+?)[ \t]*$")
 _HEREDOC = re.compile(r"<<(-?)\s*([\"']?)([a-zA-Z_][a-zA-Z0-9_]*)\2")
@@ -20,32 +21,6 @@ SCRATCH = "scratch"
 
 class DockerfileError(ValueError):
     """A Dockerfile this reading cannot follow (the build would refuse it too)."""
-
-
-@dataclass(frozen=True)
-class Platform:
-    """os/arch[/variant] with its parts, for the automatic platform args."""
-
-    os: str
-    arch: str
-    variant: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        parts = text.split("/")
-        if len(parts) not in (2, 3) or not all(parts):
-            raise DockerfileError(f"platform {text!r} is not os/arch[/variant]")
-        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
-
-    def __str__(self) -> str:
-        return "/".join(part for part in (self.os, self.arch, self.variant) if part)
-
-
-def platform_args(target: Platform, build: Platform) -> dict[str, str]:
-    """The args BuildKit defines in the global scope for every build."""
-    return {"TARGETPLATFORM": str(target), "TARGETOS": target.os, "TARGETARCH": target.arch,
-            "TARGETVARIANT": target.variant, "BUILDPLATFORM": str(build), "BUILDOS": build.os,
-            "BUILDARCH": build.arch, "BUILDVARIANT": build.variant}
 
 
 @dataclass(frozen=True)
@@ -169,7 +144,7 @@ def base_images(dockerfile: str, build_args: dict[str, str], target_stage: str |
                 target: Platform, build: Platform) -> list[BaseRef]:
     """The images a build of `dockerfile` for `target` pulls, in stage order. Raises
     DockerfileError (a SubstitutionError is one) naming what it could not read."""
-    automatic = platform_args(target, build)
+    automatic = target.build_args(build)  # the args BuildKit defines in the global scope
     meta: dict[str, str] = {}
     stages: list[_Stage] = []
     try:

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.context.gocompat import BadPattern, go_clean, go_match, go_trim_space
-from runner.context.limits import ContextLimits
+from runner.context.ignore_limits import IgnoreLimits
 from runner.context.pattern_index import PatternIndex
 from runner.core.errors import InvalidJob
 
 if TYPE_CHECKING:
+    from runner.context.limits import ContextLimits
     from runner.core.cancel import CancelToken
 
 IGNORE_FILE = ".dockerignore"
@@ -62,7 +63,7 @@ class IgnoreLine:
     file: str = IGNORE_FILE
 
 
-def check_ignore_size(size: int, file: str, limits: ContextLimits) -> None:
+def check_ignore_size(size: int, file: str, limits: ContextLimits | IgnoreLimits) -> None:
     """Refuse an ignore file over limits.max_ignore_file_bytes, before it is read."""
     if size > limits.max_ignore_file_bytes:
         raise DockerignoreError(f"is {size:,} bytes, over the limit of {limits.max_ignore_file_bytes:,} bytes "
@@ -243,11 +244,11 @@ def _go_dir(path: str) -> str:
     return go_clean(path[:path.rfind("/") + 1])
 
 
-def read_dockerignore(root: Path, dockerfile: str = "Dockerfile", limits: ContextLimits | None = None) -> tuple[str, list[IgnoreLine]]:
+def read_dockerignore(root: Path, dockerfile: str = "Dockerfile", limits: ContextLimits | IgnoreLimits | None = None) -> tuple[str, list[IgnoreLine]]:
     """The ignore file BuildKit uses (`<Dockerfile>.dockerignore` beside the Dockerfile wins over
     `.dockerignore`) and its patterns. Links are followed inside the context only. A file over
     `limits` (bytes, patterns) is refused before it is matched."""
-    limits = limits or ContextLimits()
+    limits = limits or IgnoreLimits()
     name = canonical_dockerfile(dockerfile) + IGNORE_FILE
     for candidate in (name, IGNORE_FILE):
         resolved = _resolve_in_root(root, candidate)[-1]
@@ -264,7 +265,7 @@ def read_dockerignore(root: Path, dockerfile: str = "Dockerfile", limits: Contex
     return IGNORE_FILE, []
 
 
-def matcher_for(root: Path, dockerfile: str = "Dockerfile", limits: ContextLimits | None = None) -> PatternMatcher:
+def matcher_for(root: Path, dockerfile: str = "Dockerfile", limits: ContextLimits | IgnoreLimits | None = None) -> PatternMatcher:
     """The context's patterns, checked as Docker checks them (malformed lines raise DockerignoreError)."""
     return PatternMatcher(read_dockerignore(root, dockerfile, limits)[1])
 
@@ -347,7 +348,7 @@ class ContextSelection:
         return [p for p in self.paths if p not in self.forced]
 
 
-def select_context(root: Path, dockerfile: str = "Dockerfile", limits: ContextLimits | None = None,
+def select_context(root: Path, dockerfile: str = "Dockerfile", limits: ContextLimits | IgnoreLimits | None = None,
                    cancel: CancelToken | None = None) -> ContextSelection:
     """Walk `root` as BuildKit's file sync does and return what it sends.
 
@@ -367,7 +368,7 @@ def select_context(root: Path, dockerfile: str = "Dockerfile", limits: ContextLi
     return ContextSelection(walker.out, walker.forced, ignore_file)
 
 
-def context_paths(root: Path, dockerfile: str = "Dockerfile", limits: ContextLimits | None = None,
+def context_paths(root: Path, dockerfile: str = "Dockerfile", limits: ContextLimits | IgnoreLimits | None = None,
                   cancel: CancelToken | None = None) -> list[str]:
     """The relative paths `docker build` sends for `root`, always with the Dockerfile and ignore file."""
     return select_context(root, dockerfile, limits, cancel).paths

@@ -1,6 +1,6 @@
 """Unpack a context tar into a folder without ever following a link the tar made.
 
-Every member is decided lexically (runner.tarpolicy). Its parent folders are opened one name
+Every member is decided lexically (runner.context.tarpolicy). Its parent folders are opened one name
 at a time with O_DIRECTORY|O_NOFOLLOW relative to the previous one, so the kernel never sees
 more than one component of an attacker's path (PATH_MAX tricks have nothing to overflow) and
 a member below a symlink fails to open instead of escaping. Files are created

@@ -19,13 +19,9 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
-import re2  # google-re2: the RE2 library Go's regexp implements
-from re2 import _re2  # the bare program: yes/no matches at a tenth of the wrapper's cost
-
 MAX_RUNE = 0x10FFFF
 RUNE_ERROR = 0xFFFD
 _SURROGATES = re.compile("[\ud800-\udfff]")
-_UNANCHORED = _re2.RE2.Anchor.UNANCHORED
 #: one Unicode class or named group: code point ranges
 Ranges = tuple[tuple[int, int], ...]
 
@@ -662,14 +658,26 @@ def compile_go_regexp(source: str) -> GoRegexp:
     return GoRegexp(translated, prefix, suffix)
 
 
+@cache
+def _re2() -> tuple[Any, Any, Any]:
+    """google-re2 (the RE2 library Go's regexp implements), its bare program class (yes/no
+    matches at a tenth of the wrapper's cost) and its UNANCHORED: imported when the first
+    pattern is compiled, so packing a context without a .dockerignore never loads it."""
+    import re2
+    from re2 import _re2
+
+    return re2, _re2, _re2.RE2.Anchor.UNANCHORED
+
+
 def compile_re2(source: str) -> Any:
     """An RE2 program for `source` (RE2 syntax), built for yes/no answers: no capture groups,
     errors raised (RegexpTooComplex) rather than logged."""
+    re2, bare, _ = _re2()
     options = re2.Options()
     options.never_capture = True
     options.log_errors = False
     options.max_mem = RE2_MAX_MEM
-    program = _re2.RE2(source.encode(), options)
+    program = bare.RE2(source.encode(), options)
     if not program.ok():
         raise RegexpTooComplex(f"RE2: {program.error()}")
     return program
@@ -679,7 +687,7 @@ def re2_search(program: Any, subject: bytes) -> bool:
     """Whether the program matches anywhere in `subject` (UTF-8 of go_regexp_subject's text).
 
     RE2 lets go of the GIL while it matches, and takes time linear in the subject."""
-    return program.Match(_UNANCHORED, subject, 0, len(subject))[0][0] >= 0
+    return program.Match(_re2()[2], subject, 0, len(subject))[0][0] >= 0
 
 
 def go_regexp_subject(text: str) -> str:

@@ -3,30 +3,30 @@ streamed through our own reader (runner.context.tarstream) and the lexical rules
 (runner.context.tarpolicy), and written again as a canonical tar of only the accepted members,
 so every executor gets exactly what was checked.
 
-The tar's own ignore file is read on the way (runner.context.copy_filter). When it has
-patterns, the tar is written once more holding only what `COPY .` sees in `docker build`
-(plus the Dockerfile, which an engine reads from the tar): an engine given a tar applies no
-ignore file, and the CLI's tar still holds the ignore file and Dockerfile Docker always sends.
-A tool that builds from an unpacked folder gets the same view (runner.context.build_context: BuildContext.unpack)."""
+The tar's own ignore file is read on the way (runner.context.copy_filter), and the tar written
+holds only what `COPY .` sees in `docker build` (plus the Dockerfile, which an engine reads from
+the tar): an engine given a tar applies no ignore file, and the CLI's tar still holds the
+ignore file and Dockerfile Docker always sends. That view is written as the upload streams when
+its ignore file comes first, else once more at the end (runner.context.view); a tool that
+builds from an unpacked folder gets the same view, unpacked as it is."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import struct
 import tarfile
 from collections.abc import Iterable
-from contextlib import closing
 from pathlib import Path
 
 from runner.context.build_context import BuildContext
-from runner.context.copy_filter import CopyFilter, IgnoreFiles, PathSet, copy_filter
-from runner.context.extract import Placement, make_private, workspace_error
+from runner.context.copy_filter import CopyFilter, IgnoreFiles, TarBytes, copy_filter
+from runner.context.extract import make_private, workspace_error
 from runner.context.limits import ContextLimits
 from runner.context.tarpolicy import hardlink_target, member_parts, symlink_target
 from runner.context.tarstream import Member, TarError, TarLimitError, TarLimits, TarReader, file_chunks, shown
+from runner.context.view import MAIN, Spans, StreamingView, early_filter, view_placement, write_copy_view
 from runner.core.cancel import CancelToken
 from runner.core.errors import InvalidJob
 
@@ -48,7 +48,7 @@ def tar_limits(limits: ContextLimits) -> TarLimits:
 
 
 class ContextChecker:
-    """Decides each member lexically (runner.tarpolicy) and remembers which paths the archive
+    """Decides each member lexically (runner.context.tarpolicy) and remembers which paths the archive
     made folders or symlinks, so a member below a symlink, or a non-folder replacing a folder,
     is refused. Paths are kept as keyed 16-byte digests: memory stays ~100 bytes per folder or
     symlink however long the names are, and nobody can aim a collision at a key they never see."""
@@ -213,7 +213,8 @@ class KeptFile:
 def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, limits: ContextLimits | int,
                   cancel: CancelToken | None = None) -> BuildContext:
     """Stream the stored context (plain or compressed) through the checks into a canonical
-    tar, `workspace/context.tar`, which is all any executor ever sees.
+    tar, `workspace/context.tar`, which is all any executor ever sees: what `COPY .` sees in
+    `docker build`, plus the Dockerfile (runner.context.view).
 
     Nothing is held whole in memory and every limit is checked while streaming (uncompressed
     bytes, members, path, link and header sizes); each refusal is an InvalidJob naming the
@@ -223,32 +224,29 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
     if isinstance(limits, int):
         limits = ContextLimits(max_context_bytes=limits)
     make_private(workspace.parent, workspace)
-    tar_path = workspace / "context.tar"
+    tar_path, side_path = workspace / "context.tar", workspace / "context.side.tar"
     reader = TarReader(chunks, tar_limits(limits), cancel)
     checker = ContextChecker(dockerfile)
-    ignore = IgnoreFiles(dockerfile, limits)
+    spool = _FirstPass(tar_path, side_path, IgnoreFiles(dockerfile, limits), dockerfile, limits, cancel)
     kept, dockerfile_name = KeptFile(MAX_KEPT_DOCKERFILE), "/".join(member_parts(dockerfile))
-    out = CanonicalTar(tar_path)
     try:
         for member in reader.members():
             accepted = checker.accept(member)
             if accepted is not None:
                 name, target = accepted
-                data = ignore.observe(name, member.kind, target, reader.data() if member.kind == "file" else ())
+                data: Iterable[memoryview] = reader.data() if member.kind == "file" else ()
                 if name == dockerfile_name:
                     kept.content = None  # the last member of that name is the Dockerfile
                     if member.kind == "file":
                         data = kept.capture(data)
-                out.add(member, name, target, data)
+                spool.add(member, name, target, data)
         if reader.raw_bytes == 0:
             raise InvalidJob("the job has no build context (nothing was uploaded, or it expired)")
         if not checker.found_dockerfile:
             raise InvalidJob(f"Dockerfile {dockerfile!r} not found in the build context (it must be a regular file)")
-        out.close()
-        place = copy_filter(ignore, tar_path, dockerfile, cancel)
-        written = write_copy_view(tar_path, place, ignore.hardlinked, cancel) if place.active else out
+        place, written = spool.finish()
     except BaseException as exc:
-        out.discard()
+        spool.discard()
         tar_path.unlink(missing_ok=True)
         if isinstance(exc, TarLimitError):
             raise InvalidJob(f"{exc.message} ({LIMIT_SETTINGS[exc.limit]})") from None
@@ -257,77 +255,92 @@ def spool_context(chunks: Iterable[bytes], workspace: Path, dockerfile: str, lim
         if isinstance(exc, OSError):
             raise workspace_error(exc) from None
         raise
-    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=written.size, place=place,
-                        digest=written.digest, files_digest=written.files_digest,
+    finally:
+        side_path.unlink(missing_ok=True)
+    return BuildContext(tar_path=tar_path, workspace=workspace, dockerfile=dockerfile, size=written.size,
+                        place=view_placement(place), digest=written.digest, files_digest=written.files_digest,
                         dockerfile_content=kept.content)
 
 
-def write_copy_view(tar_path: Path, place: CopyFilter, hardlinked: PathSet,
-                    cancel: CancelToken | None = None) -> CanonicalTar:
-    """Rewrite the canonical tar at `tar_path` as what `COPY .` sees: the members `place`
-    leaves out are dropped, except the Dockerfile; an excluded folder is kept (before its
-    content) only if something inside it is; a kept hard link to a dropped file becomes that
-    file. Returns the view written (its size and digests)."""
-    view = CanonicalTar(tar_path.with_name("context.view.tar"))
-    stash = tar_path.with_name("context.stash")
-    pending: dict[str, Member] = {}  # excluded folders, written once something inside them is
-    used = PathSet()  # folders something was written inside
-    stashed: dict[str, tuple[Path, Member]] = {}  # dropped files a hard link names: their data
-    relinked: dict[str, str] = {}  # such a file -> the first link written (as a regular file)
-    try:
-        with closing(file_chunks(tar_path)) as chunks:
-            reader = TarReader(chunks, cancel=cancel)
-            for member in reader.members():
-                name = "/".join(member_parts(member.name))
-                where = place(name, member.kind)
-                if where is Placement.IF_USED and member.kind == "dir":
-                    if name in used:
-                        view.add(member, name, "")
-                    else:
-                        pending[name] = member
-                    continue
-                if where in (Placement.ASIDE, Placement.IF_USED) and name != place.dockerfile:
-                    if member.kind == "file" and name in hardlinked:
-                        stashed[name] = (_stash(stash, len(stashed), reader.data()), member)
-                    continue
-                _write_folders_above(view, name, pending, used)
-                if member.kind == "hardlink" and member.linkname in stashed:
-                    if member.linkname in relinked:
-                        view.add(member, name, relinked[member.linkname])
-                    else:
-                        data, source = stashed[member.linkname]
-                        copied = Member(name, "file", source.size, source.mode, source.mtime)
-                        with closing(file_chunks(data)) as pieces:
-                            view.add(copied, name, "", (memoryview(p) for p in pieces))
-                        relinked[member.linkname] = name
-                else:
-                    view.add(member, name, member.linkname, reader.data() if member.kind == "file" else ())
-        view.close()
-    except BaseException:
-        view.discard()
-        tar_path.with_name("context.view.tar").unlink(missing_ok=True)
-        raise
-    finally:
-        shutil.rmtree(stash, ignore_errors=True)
-    os.replace(tar_path.with_name("context.view.tar"), tar_path)
-    return view
+class _FirstPass:
+    """Where the spool's one pass over the upload writes each accepted member: the canonical
+    tar, or, from an ignore file met first, the view itself (runner.context.view.StreamingView,
+    what it leaves out going to a side file). `finish` makes `tar_path` the view."""
 
+    #: folders written before the ignore file that may still be the ones above it
+    MAX_FOLDERS_BEFORE = 64
 
-def _write_folders_above(view: CanonicalTar, name: str, pending: dict[str, Member], used: PathSet) -> None:
-    parts = name.split("/")
-    for depth in range(1, len(parts)):
-        folder = "/".join(parts[:depth])
-        if pending:
-            member = pending.pop(folder, None)
-            if member is not None:
-                view.add(member, folder, "")
-        used.add(folder)
+    def __init__(self, tar_path: Path, side_path: Path, ignore: IgnoreFiles, dockerfile: str, limits: ContextLimits,
+                 cancel: CancelToken | None):
+        self.tar_path, self.side_path = tar_path, side_path
+        self.ignore, self.dockerfile, self.limits, self.cancel = ignore, dockerfile, limits, cancel
+        self.out = CanonicalTar(tar_path)
+        self.side: CanonicalTar | None = None  # made when the view is written as the tar streams
+        self.view: StreamingView | None = None
+        self.spans = Spans()
+        self.before: list[str] | None = []  # what was written so far, while it is only a few folders
 
+    def add(self, member: Member, name: str, target: str, data: Iterable[memoryview]) -> None:
+        if self.side is None and member.kind == "file" and name in self.ignore.candidates and self._only_folders_above(name):
+            data = self._start_view(member, name, data)
+        data = self.ignore.observe(name, member.kind, target, data)
+        if self.view is not None:
+            if self.view.add(member, name, target, data):
+                return
+            self.view = None  # the rest is written as it comes; the view is written at the end
+        start = self.out.size
+        self.out.add(member, name, target, data)
+        self.spans.add(MAIN, start, self.out.size)
+        if self.before is not None:
+            self.before = self.before + [name] if member.kind == "dir" and len(self.before) < self.MAX_FOLDERS_BEFORE else None
 
-def _stash(folder: Path, index: int, data: Iterable[memoryview]) -> Path:
-    folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / str(index)
-    with path.open("wb") as out:
-        for piece in data:
-            out.write(piece)
-    return path
+    def _only_folders_above(self, name: str) -> bool:
+        return self.before is not None and all(name.startswith(folder + "/") for folder in self.before)
+
+    def _start_view(self, member: Member, name: str, data: Iterable[memoryview]) -> Iterable[memoryview]:
+        """Read the ignore file met first (whole: it is at most limits.max_ignore_file_bytes) and,
+        if it has patterns, write the view from here on. Returns its data, to be written."""
+        if member.size > self.limits.max_ignore_file_bytes:
+            return data
+        content = b"".join(data)
+        place = early_filter(name, content, self.dockerfile, self.limits, self.cancel)
+        if place is not None:
+            self.side = CanonicalTar(self.side_path)
+            self.view = StreamingView(place, (name, content), self.out, self.side, self.spans, self.before or ())
+        return (memoryview(content),)
+
+    def finish(self) -> tuple[CopyFilter, CanonicalTar]:
+        """The filter `COPY .` applies, and the tar written last at `tar_path`, which now holds
+        the view (its size and digests)."""
+        self.out.close()
+        if self.side is not None:
+            self.side.close()
+        if self.view is not None and self.view.confirmed(self.ignore):
+            return self.view.place, self.out
+        if self.side is None:  # the tar as uploaded, canonical: the view is written if the patterns leave something out
+            tar: TarBytes = lambda: file_chunks(self.tar_path)  # noqa: E731
+            place = copy_filter(self.ignore, tar, self.dockerfile, self.cancel)
+            return (place, self._rewrite(tar, place)) if place.active else (place, self.out)
+        paths = (self.tar_path, self.side_path)  # the view did not hold: read the upload back in its order
+        tar = lambda: self.spans.chunks(paths)  # noqa: E731
+        place = copy_filter(self.ignore, tar, self.dockerfile, self.cancel)
+        return place, self._rewrite(tar, place)
+
+    def _rewrite(self, tar: TarBytes, place: CopyFilter) -> CanonicalTar:
+        """Write the view of the canonical tar that `tar` reads beside it, then in its place."""
+        view_path = self.tar_path.with_name("context.view.tar")
+        view = CanonicalTar(view_path)
+        try:
+            write_copy_view(tar, view, place, self.ignore.hardlinked, self.tar_path.with_name("context.stash"), self.cancel)
+            view.close()
+        except BaseException:
+            view.discard()
+            view_path.unlink(missing_ok=True)
+            raise
+        os.replace(view_path, self.tar_path)
+        return view
+
+    def discard(self) -> None:
+        self.out.discard()
+        if self.side is not None:
+            self.side.discard()

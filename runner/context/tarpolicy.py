@@ -1,6 +1,6 @@
 """What a build-context member may be, decided lexically: never by resolving a path on disk.
 
-Shared by the worker's spool check (runner.context) and the extractor (runner.extract), so
+Shared by the worker's spool check (runner.context.spool) and the extractor (runner.context.extract), so
 both refuse the same members with the same words. The rules, and why they are enough:
 
 - a name is normalised (`.`, empty and inner `..` components folded); an absolute name or

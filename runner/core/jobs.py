@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import builtins
-import posixpath
 import re
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from enum import Enum
-from typing import Annotated, Literal, Protocol, get_args
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from runner.core import request_rules as rules
 from runner.core.attestations import Attestation
 from runner.core.build_inputs import BuildInputs
 from runner.core.errors import ErrorKind
 from runner.core.models import BaseUrl
-
-# Docker's reference grammar (distribution/reference), restricted to what we push:
-# REGISTRY/PATH:TAG or REGISTRY/PATH@sha256:... with an explicit registry host.
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?"
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_TAG = r"[\w][\w.-]{0,127}"
-IMAGE_REF = re.compile(rf"^(?P<registry>{_DOMAIN})/(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>{_TAG}))?$")
-#: One id rule that works everywhere an id goes: Redis keys, directory names, and image
-#: repository names on engine executors (`runner-job/<id>:build`), so Docker's path-component
-#: grammar: lower-case letters and digits, separated by one `.` or `_`, `__`, or dashes.
-JOB_ID = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-MAX_JOB_ID = 128
-MAX_BUILD_ARG_BYTES = 64 * 1024
-#: build args and labels together; they travel in one request line to an engine (its cap is
-#: 1 MB after URL-encoding, which can triple a value) and in argv to buildah and img
-MAX_BUILD_ARGS_TOTAL_BYTES = 256 * 1024
+from runner.core.status import REQUEUE_REASONS, RequeueReason, Status, new_job_id  # noqa: F401 - re-exported
 
 
 class ImageRef(BaseModel):
@@ -44,32 +25,11 @@ class ImageRef(BaseModel):
 
     @classmethod
     def parse(cls, ref: str) -> ImageRef:
-        match = IMAGE_REF.match(ref)
-        if not match or len(ref) > 255:
-            raise ValueError(
-                f"{ref!r} is not a full image reference; expected REGISTRY/NAME[:TAG], "
-                "for example 127.0.0.1:5000/team/app:1.0"
-            )
-        registry = match["registry"]
-        if "." not in registry and ":" not in registry and registry != "localhost":
-            raise ValueError(f"{ref!r} does not start with a registry host (like registry.example.com/ or 127.0.0.1:5000/)")
-        return cls(registry=registry, repository=match["path"], tag=match["tag"] or "latest")
+        registry, repository, tag = rules.parse_image_ref(ref)
+        return cls(registry=registry, repository=repository, tag=tag)
 
     def __str__(self) -> str:
         return f"{self.registry}/{self.repository}:{self.tag}"
-
-
-class Status(str, Enum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-    timed_out = "timed_out"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (Status.queued, Status.running)
 
 
 class UploadedContext(BaseModel):
@@ -95,7 +55,7 @@ class GitContext(BaseModel):
     @field_validator("subdir")
     @classmethod
     def _subdir_inside(cls, value: str) -> str:
-        return inside_context(value, allow_empty=True)
+        return rules.inside_context(value, allow_empty=True)
 
     @model_validator(mode="after")
     def _ref_or_commit(self) -> GitContext:
@@ -152,26 +112,6 @@ class JobSource(BaseModel):
         return self.ref.removeprefix("refs/heads/").removeprefix("refs/tags/")
 
 
-def inside_context(path: str, allow_empty: bool = False) -> str:
-    """Normalise a relative path and refuse one that leaves the build context."""
-    if "\x00" in path:
-        raise ValueError("path contains a NUL byte")
-    if not path:
-        if allow_empty:
-            return ""
-        raise ValueError("path is empty")
-    if path.startswith("/"):
-        raise ValueError(f"{path!r} is absolute; give a path inside the build context")
-    normal = posixpath.normpath(path)
-    if normal == ".." or normal.startswith("../"):
-        raise ValueError(f"{path!r} leaves the build context")
-    return "" if normal == "." else normal
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
-
-
 class BuildRequest(BaseModel):
     """What a client asks for. The same schema arrives by queue, CLI, HTTP and webhook."""
 
@@ -187,9 +127,13 @@ class BuildRequest(BaseModel):
         default_factory=list, description="Names of build args whose values are masked everywhere."
     )
     secrets: list[str] = Field(default_factory=list, description="Ids of build secrets from config.")
-    target: str | None = Field(default=None, max_length=255)
+    target: str | None = Field(default=None, max_length=rules.MAX_TARGET)
     labels: dict[str, str] = Field(default_factory=dict)
-    platform: str | None = Field(default=None, pattern=r"^[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?$")
+    platform: str | None = Field(default=None, max_length=rules.MAX_PLATFORM, description="One target platform (OS/ARCH[/VARIANT]); "
+                                 "kept for older clients: `platforms` holds it too.")
+    platforms: list[str] = Field(default_factory=list, max_length=rules.MAX_PLATFORMS_FIELD, description="Target platforms, "
+                                 "e.g. [linux/amd64, linux/arm64]: two or more build one image per platform and push an "
+                                 "image index under every tag; none: the worker's own platform.")
     no_cache: bool = Field(default=False, description="build every step again; also never reuses an earlier image")
     reuse: bool = Field(default=True, description="false: always build, even when an image built from the same inputs "
                         "is in the registry (README: reusing images)")
@@ -197,7 +141,7 @@ class BuildRequest(BaseModel):
     builder: Literal["auto", "buildkit", "classic"] | None = None
     timeout: int | None = Field(default=None, gt=0, description="Seconds; the config default if omitted.")
     push: bool = True
-    cache_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    cache_key: str | None = Field(default=None, pattern=rules.CACHE_KEY)
     callback_url: str | None = Field(default=None, max_length=2048)
     source: JobSource | None = Field(default=None, description="Where the job came from (a commit on a git host): "
                                      "the job's commit statuses are posted there.")
@@ -205,49 +149,53 @@ class BuildRequest(BaseModel):
     @field_validator("id")
     @classmethod
     def _id_rule(cls, value: str) -> str:
-        if len(value) > MAX_JOB_ID or not JOB_ID.match(value):
-            raise ValueError(f"{value[:140]!r} is not a valid job id: use lower-case letters and digits separated by "
-                             "`.`, `_`, `__` or dashes (at most 128 characters), e.g. release-1.2")
-        return value
+        return rules.check_job_id(value)
 
     @field_validator("dockerfile")
     @classmethod
     def _dockerfile_inside(cls, value: str) -> str:
-        return inside_context(value)
+        return rules.inside_context(value)
 
     @field_validator("tags")
     @classmethod
     def _tags_are_refs(cls, tags: list[str]) -> list[str]:
-        for ref in tags:
-            ImageRef.parse(ref)
-        if len(set(tags)) != len(tags):
-            raise ValueError("the same tag is listed twice")
-        return tags
+        return rules.check_tags(tags)
 
     @field_validator("build_args", "labels")
     @classmethod
     def _bounded_pairs(cls, pairs: dict[str, str]) -> dict[str, str]:
-        for key, value in pairs.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,255}", key):
-                raise ValueError(f"{key!r} is not a valid name")
-            if len(value.encode()) > MAX_BUILD_ARG_BYTES:
-                raise ValueError(f"the value of {key!r} is over {MAX_BUILD_ARG_BYTES} bytes")
-        return pairs
+        return rules.check_pairs(pairs)
+
+    @field_validator("platform")
+    @classmethod
+    def _one_platform(cls, value: str | None) -> str | None:
+        return None if value is None else rules.one_platform(value)
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, values: list[str]) -> list[str]:
+        return rules.canonical_platforms(values)
+
+    @model_validator(mode="after")
+    def _platform_and_platforms(self) -> BuildRequest:
+        """`platform` (one) and `platforms` say the same thing: a request may give either, and
+        the stored one has both (`platform` set only for a single-platform job)."""
+        self.platform, self.platforms = rules.platform_and_platforms(self.platform, self.platforms)
+        return self
+
+    @property
+    def multi_platform(self) -> bool:
+        """Two or more platforms: one image each, and an index under every tag."""
+        return len(self.platforms) > 1
 
     @field_validator("secret_build_args")
     @classmethod
     def _secret_args_exist(cls, names: list[str], info: ValidationInfo) -> list[str]:
-        missing = [name for name in names if name not in info.data.get("build_args", {})]
-        if missing:
-            raise ValueError(f"names {missing} which are not in build_args")
-        return names
+        return rules.check_secret_args(names, info.data.get("build_args", {}))
 
     @model_validator(mode="after")
     def _bounded_total(self) -> BuildRequest:
-        total = sum(len(k.encode()) + len(v.encode()) for pairs in (self.build_args, self.labels) for k, v in pairs.items())
-        if total > MAX_BUILD_ARGS_TOTAL_BYTES:
-            raise ValueError(f"build_args and labels hold {total:,} bytes together, over the limit of "
-                             f"{MAX_BUILD_ARGS_TOTAL_BYTES:,}; pass large values as build secrets or files in the context")
+        rules.check_pairs_total(self.build_args, self.labels)
         return self
 
     def image_refs(self) -> list[ImageRef]:
@@ -269,16 +217,26 @@ class BuildRequest(BaseModel):
 
     def redacted(self) -> BuildRequest:
         """A copy safe to store and show: secret build-arg values replaced."""
-        args = {k: ("***" if k in self.secret_build_args else v) for k, v in self.build_args.items()}
-        update: dict = {"build_args": args}
+        update: dict = {"build_args": rules.redacted_args(self.build_args, self.secret_build_args)}
         if isinstance(self.context, GitContext):
             update["context"] = self.context.model_copy(update={"url": re.sub(r"(://)[^/@]*@", r"\1***@", self.context.url)})
         return self.model_copy(update=update)
 
 
+class PlatformImage(BaseModel):
+    """One platform's image of a multi-platform job: the manifest the index lists for it."""
+
+    platform: str
+    digest: str
+
+
 class PushedImage(BaseModel):
+    """A tag and what it points to now: an image, or for a multi-platform job the index, whose
+    manifests (one per platform) are in `platforms`."""
+
     ref: str
     digest: str
+    platforms: list[PlatformImage] = Field(default_factory=list)
 
 
 class JobError(BaseModel):
@@ -322,6 +280,24 @@ class JobRecord(BaseModel):
     attestation: Attestation | None = None
     #: the job whose image was put under this job's tags instead of a build (same inputs); None: built
     reused_from: str | None = None
+    #: who handed the job in: "token:NAME" (the API, the dashboard), "webhook:HOST:DELIVERY",
+    #: "cli:USER@HOST" (`runner submit` through Redis), "queue" (a message posted to the queue);
+    #: None on records older than the field. Never a secret.
+    submitted_by: str | None = None
+    #: does the job get commit statuses? Admission's answer (runner/worker/admission.py,
+    #: statuses_for), kept from when the record was made so nothing decides it again. A record
+    #: written before the field: whether its request names a source (the old rule; the worker
+    #: skips a status whose host has no config).
+    statuses: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _statuses_of_older_records(cls, data: object) -> object:
+        if isinstance(data, dict) and "statuses" not in data:
+            request = data.get("request")
+            source = request.get("source") if isinstance(request, dict) else getattr(request, "source", None)
+            return {**data, "statuses": source is not None}
+        return data
 
     @property
     def finished(self) -> bool:
@@ -331,20 +307,3 @@ class JobRecord(BaseModel):
     def waiting_since(self) -> datetime:
         """When the current (or last) wait in the queue began."""
         return self.queued_at or self.created_at
-
-
-#: why a job went back to its queue: its worker shut down (SIGTERM past worker.shutdown_grace),
-#: its engine failed (worker.engine_down_policy: requeue), or its worker was lost (recovery)
-RequeueReason = Literal["shutdown", "engine_down", "worker_lost"]
-REQUEUE_REASONS: tuple[RequeueReason, ...] = get_args(RequeueReason)
-
-
-class JobReader(Protocol):
-    """Reading jobs and their logs: the Redis store and the HTTP API client both do it, so the
-    CLI's read commands take either."""
-
-    def get(self, job_id: str) -> JobRecord | None: ...
-
-    def list(self, status: Status | None = None, limit: int = 50) -> builtins.list[JobRecord]: ...
-
-    def read_log(self, job_id: str, follow: bool = False) -> Iterator[str]: ...

@@ -23,6 +23,10 @@ MASK = "***"
 #: logs the same list (runner/worker/pipeline.secrets_to_mask)
 MIN_SECRET = 3
 JOB_KEYS = ("job_id", "executor", "worker")
+#: more fields a line may carry (a job's end, a queued job, an HTTP request), written by the JSON
+#: formatter when set; nothing else of a record is. Their text values are masked like the message.
+EXTRA_KEYS = ("status", "error_kind", "duration_seconds", "attempts", "submitted_by", "queue",
+              "http_method", "http_path", "http_status", "http_version", "client")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -108,6 +112,21 @@ class Redactor(logging.Filter):
             record.exc_text = mask(record.exc_text, secrets) if record.exc_text else record.exc_text
             record.stack_info = mask(record.stack_info, secrets) if record.stack_info else record.stack_info
         record.msg, record.args = message, None
+        if secrets:
+            for key in EXTRA_KEYS:
+                if isinstance(value := getattr(record, key, None), str):
+                    setattr(record, key, mask(value, secrets))
+        return True
+
+
+class AccessFields(logging.Filter):
+    """uvicorn's access lines ('%s - "%s %s HTTP/%s" %d') as fields too: client, http_method,
+    http_path, http_version, http_status. The message stays as uvicorn wrote it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            record.client, record.http_method, record.http_path, record.http_version, record.http_status = args
         return True
 
 
@@ -126,8 +145,8 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message; job_id, executor
-    and worker on a job's lines; exception and stack when there are. Nothing else of the record
-    (its arguments or `extra` data) is written."""
+    and worker on a job's lines; the EXTRA_KEYS a line has; exception and stack when there are.
+    Nothing else of the record (its arguments, other `extra` data) is written."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -139,6 +158,10 @@ class JsonFormatter(logging.Formatter):
         for key in JOB_KEYS:
             if value := getattr(record, key, None):
                 entry[key] = str(value)
+        for key in EXTRA_KEYS:
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value if isinstance(value, int | float) else str(value)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

@@ -1,6 +1,6 @@
 """The HTTP API (`runner serve`): jobs, logs, cancel, context upload and git-push webhooks.
 
-Every entry point turns its input into a BuildRequest and hands it to runner.submission,
+Every entry point turns its input into a BuildRequest and hands it to runner.entry.submission,
 exactly like the CLI; nothing here builds. Job endpoints need `Authorization: Bearer
 TOKEN` with a token from `api.tokens` holding the right (submit, read, cancel).
 
@@ -10,7 +10,7 @@ then `POST /v1/jobs` with `{"id": ID, "tags": [...], ...}`. Git contexts need no
 
 `GET /v1/jobs/{id}/logs?follow=true` streams until the job ends or the client leaves; a token
 may hold api.max_followers_per_token such streams at once (429 past it). Followers hold no
-threads: runner.logfollow reads on asyncio with one shared tailer per followed job.
+threads: runner.store.logfollow reads on asyncio with one shared tailer per followed job.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from runner.entry.errors import ApiError, error_response
 from runner.entry.routes import jobs, logs, provenance, uploads, webhooks
 from runner.store.jobstore import JobStore, StoreUnavailable
 from runner.store.logfollow import LogHub
+from runner.store.redis_clients import FailoverWatch
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10  # seconds open requests (log followers) get at shutdown before they are cut
@@ -50,10 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await api.logs.open()
+        failover = FailoverWatch(settings.redis_target(), store.clients())  # with Sentinel only
+        failover.start()
         try:
             gc.freeze()  # start-up objects live as long as the server: no full collection walks them (50+ ms pauses)
             yield
         finally:
+            failover.stop()
             await api.logs.close()
 
     app = FastAPI(title="CI build runner", version="1", separate_input_output_schemas=False,
@@ -87,6 +91,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):  # maxmemory reached, noeviction: nothing is dropped
+            log.warning("Redis is full: %s", exc)
+            return error_response(503, "unavailable", "the job store (Redis) is full (maxmemory); retry later",
+                                  headers={"Retry-After": "30"})
         log.warning("Redis is unreachable: %s", exc)
         return error_response(503, "unavailable", "the job store or queue (Redis) is unreachable; retry later")
 
@@ -94,10 +102,11 @@ def add_error_handlers(app: FastAPI) -> None:
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
-    configure_logging(settings, "INFO")
+    configure_logging(settings, settings.log.level)
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(
-        app, host=host or settings.api.host, port=settings.api.port if port is None else port, log_level="info",
+        app, host=host or settings.api.host, port=settings.api.port if port is None else port,
+        log_level=settings.log.level.lower(),
         server_header=False, timeout_graceful_shutdown=SHUTDOWN_GRACE,
         log_config=None))  # uvicorn's lines go through our handler: masked, text or JSON like ours
     app.state.stopping = lambda: server.should_exit  # /readyz answers 503 from SIGTERM on

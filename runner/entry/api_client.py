@@ -1,25 +1,29 @@
 """The CLI's client for the HTTP API (`runner --api URL ...`), for CI hosts that cannot reach Redis.
 
-It offers the read methods the CLI uses on a JobStore (`get`, `list`, `read_log`) plus
+It offers the read methods the CLI uses on a JobStore (`view`, `views`, `read_log`) plus
 `cancel` and `submit_directory`, so a command can take either. Token: env RUNNER_API_TOKEN,
 else `api.token` in the config; URL: --api, env RUNNER_API_URL, else `api.url`.
+
+Standard library only (http.client, json, tarfile through runner.context.pack): the server
+checks what it is sent, so the client needs neither the models nor requests, and starts fast.
+One connection, kept alive, carries every request of a command.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlencode, urlsplit
 
-import requests
-
-from runner.config.client import ClientSettings
-from runner.core.jobs import JobRecord, Status, new_job_id
+from runner.core.jobview import JobView
+from runner.core.status import Status, new_job_id
 
 if TYPE_CHECKING:
-    from runner.config.settings import LimitsConfig
+    from runner.config.client_plain import PlainClientSettings
 
 EXIT_INVALID, EXIT_INFRA = 2, 3
 
@@ -37,75 +41,122 @@ def _raise(message: str, exit_code: int) -> NoReturn:
 class ApiClient:
     def __init__(self, url: str, token: str | None, fail: Callable[[str, int], NoReturn] = _raise, timeout: float = 60):
         self.base, self.fail, self.timeout = url.rstrip("/"), fail, timeout
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        parts = urlsplit(self.base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            fail(f"the runner API URL {url!r} is not an http:// or https:// URL", EXIT_INVALID)
+        self.scheme, self.netloc, self.prefix = parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._connection: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, *, allow: tuple[int, ...] = (), **kwargs: Any) -> requests.Response:
-        try:
-            response = self.session.request(method, self.base + path, timeout=kwargs.pop("timeout", self.timeout), **kwargs)
-        except requests.RequestException as exc:
-            self.fail(f"the runner API at {self.base} is unreachable: {type(exc).__name__}", EXIT_INFRA)
-        if response.status_code < 400 or response.status_code in allow:
+    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self._connection is None:
+            if self.scheme == "https":
+                self._connection = http.client.HTTPSConnection(self.netloc, timeout=timeout)
+            else:
+                self._connection = http.client.HTTPConnection(self.netloc, timeout=timeout)
+        self._connection.timeout = timeout
+        if self._connection.sock is not None:
+            self._connection.sock.settimeout(timeout)
+        return self._connection
+
+    def request(self, method: str, path: str, *, allow: tuple[int, ...] = (), params: dict[str, Any] | None = None,
+                body: Any = None, headers: dict[str, str] | None = None,
+                timeout: float | None | str = "default") -> http.client.HTTPResponse:
+        """Send a request; the response when its status is below 400 or in `allow`, else
+        `fail` with the server's message (exit 3 for 5xx and an unreachable API, else 2).
+        The caller reads the response to its end before the next request."""
+        target = self.prefix + path + (f"?{urlencode(params)}" if params else "")
+        wait = self.timeout if timeout == "default" else timeout
+        for attempt in (1, 2):  # a kept-alive connection the server closed meanwhile: once more on a new one
+            connection = self._connect(wait)  # type: ignore[arg-type]
+            try:
+                connection.request(method, target, body=body, headers={**self.headers, **(headers or {})})
+                response = connection.getresponse()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                self._connection = None
+                retry = attempt == 1 and isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError |
+                                                    ConnectionResetError) and not hasattr(body, "read")
+                if not retry:
+                    self.fail(f"the runner API at {self.base} is unreachable: {type(exc).__name__}", EXIT_INFRA)
+        if response.status < 400 or response.status in allow:
             return response
+        text = response.read().decode("utf-8", "replace")
         try:
-            body = response.json()
-            message = body.get("message") or str(body)
-            if body.get("field"):
-                message = f"{body['field']}: {message}"
-        except ValueError:
-            message = response.text[:500] or response.reason
-        code = EXIT_INFRA if response.status_code >= 500 else EXIT_INVALID
-        self.fail(f"{method} {path}: HTTP {response.status_code}: {message}", code)
+            data = json.loads(text)
+            message = data.get("message") or str(data)
+            if data.get("field"):
+                message = f"{data['field']}: {message}"
+        except (ValueError, AttributeError):
+            message = text[:500] or response.reason
+        code = EXIT_INFRA if response.status >= 500 else EXIT_INVALID
+        self.fail(f"{method} {path}: HTTP {response.status}: {message}", code)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        response = self.request(method, path, **kwargs)
+        data = response.read()
+        return response.status, (json.loads(data) if data else None)
 
     # -- the JobStore-like read methods the CLI uses ----------------------------------------------
-    def get(self, job_id: str) -> JobRecord | None:
-        response = self.request("GET", f"/v1/jobs/{job_id}", allow=(404,))
-        return None if response.status_code == 404 else JobRecord.model_validate(response.json())
+    def view(self, job_id: str) -> JobView | None:
+        status, data = self._json("GET", f"/v1/jobs/{job_id}", allow=(404,))
+        return None if status == 404 else JobView(data)
 
-    def list(self, status: Status | None = None, limit: int = 50) -> list[JobRecord]:
+    def views(self, status: Status | None = None, limit: int = 50) -> list[JobView]:
         params: dict[str, Any] = {"limit": limit}
         if status is not None:
             params["status"] = status.value
-        return [JobRecord.model_validate(r) for r in self.request("GET", "/v1/jobs", params=params).json()]
+        return [JobView(r) for r in self._json("GET", "/v1/jobs", params=params)[1]]
 
     def read_log(self, job_id: str, follow: bool = False) -> Iterator[str]:
-        with self.request("GET", f"/v1/jobs/{job_id}/logs", params={"follow": str(follow).lower()},
-                          stream=True, timeout=None if follow else self.timeout) as response:
-            yield from response.iter_lines(decode_unicode=True)
+        """The log, line by line; with follow, one streaming request until the job ends."""
+        response = self.request("GET", f"/v1/jobs/{job_id}/logs", params={"follow": str(follow).lower()},
+                                timeout=None if follow else self.timeout)
+        try:
+            for raw in response:
+                yield raw.decode("utf-8", "replace").rstrip("\r\n")
+        except http.client.HTTPException as exc:  # the stream broke off: as an OSError, like requests'
+            raise ConnectionError(str(exc)) from None
+        finally:
+            response.close()
 
-    def cancel(self, job_id: str) -> JobRecord | None:
-        response = self.request("POST", f"/v1/jobs/{job_id}/cancel", allow=(404,))
-        return None if response.status_code == 404 else JobRecord.model_validate(response.json())
+    def cancel(self, job_id: str) -> JobView | None:
+        status, data = self._json("POST", f"/v1/jobs/{job_id}/cancel", allow=(404,))
+        return None if status == 404 else JobView(data)
 
     # -- submit -------------------------------------------------------------------------------------
     def submit(self, payload: dict[str, Any]) -> tuple[str, bool]:
-        body = self.request("POST", "/v1/jobs", json=payload).json()
+        body = self._json("POST", "/v1/jobs", body=json.dumps(payload), headers={"Content-Type": "application/json"})[1]
         return body["id"], body["created"]
 
-    def submit_directory(self, directory: Path, payload: dict[str, Any], limits: LimitsConfig | None = None) -> tuple[str, bool]:
-        """Pack `directory` (honouring .dockerignore, held to `limits`), upload it, then queue the job."""
+    def submit_directory(self, directory: Path, payload: dict[str, Any]) -> tuple[str, bool]:
+        """Pack `directory` (honouring .dockerignore, with its default limits: the server holds the
+        context to its own), upload it, then queue the job."""
         from runner.context.pack import write_tar
         from runner.core.errors import InvalidJob
 
         payload = {**payload, "id": payload.get("id") or new_job_id()}
+        import tempfile
+
         with tempfile.TemporaryFile() as spool:
             try:
-                write_tar(directory, spool, payload.get("dockerfile") or "Dockerfile", limits)
+                write_tar(directory, spool, payload.get("dockerfile") or "Dockerfile")
             except InvalidJob as exc:
                 self.fail(exc.message, EXIT_INVALID)
             except OSError as exc:
                 self.fail(f"cannot read the build context: {exc}", EXIT_INVALID)
+            size = spool.tell()
             spool.seek(0)
-            self.request("POST", f"/v1/jobs/{payload['id']}/context", data=spool,
-                         headers={"Content-Type": "application/x-tar"}, timeout=None)
+            self.request("POST", f"/v1/jobs/{payload['id']}/context", body=spool, timeout=None,
+                         headers={"Content-Type": "application/x-tar", "Content-Length": str(size)}).read()
         return self.submit(payload)
 
 
-def client_for(api: str | None, settings: ClientSettings, fail: Callable[[str, int], NoReturn] = _raise) -> ApiClient | None:
+def client_for(api: str | None, settings: PlainClientSettings, fail: Callable[[str, int], NoReturn] = _raise) -> ApiClient | None:
     """An API client when --api (or env RUNNER_API_URL, or api.url) is set, else None (use Redis)."""
     url = api or settings.api.url
     if not url:
         return None
-    token = os.environ.get("RUNNER_API_TOKEN") or (settings.api.token.get_secret_value() if settings.api.token else None)
+    token = os.environ.get("RUNNER_API_TOKEN") or settings.api.token
     return ApiClient(url, token, fail)

@@ -16,15 +16,20 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
-    from runner.config.client import ClientSettings
+    from runner.config.client_plain import PlainClientSettings
     from runner.config.settings import Settings
-    from runner.core.jobs import JobReader, JobRecord
+    from runner.config.submit_plain import PlainSubmitSettings
+    from runner.core.jobs import JobRecord
+    from runner.core.jobview import JobReader, JobView
+    from runner.entry.submission import ContextUpload
     from runner.store.jobstore import JobStore
 
+T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INFRA = 0, 1, 2, 3
 _STYLES = {"bold": "1", "red": "31", "bold red": "1;31", "green": "32", "yellow": "33", "dim": "2"}
 
@@ -52,28 +57,35 @@ def dump(data: Any, indent: int | None = 2) -> None:
 
 
 # -- what commands share -----------------------------------------------------------------------------
-def settings() -> Settings:
+def config_path(args: argparse.Namespace) -> str | None:
+    """--config PATH, given before or after the command (None: RUNNER_CONFIG or a default location)."""
+    return getattr(args, "config", None)
+
+
+def settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """The whole settings tree (`overrides` over the file and env), or exit 2 saying what is wrong."""
     from runner.config.settings import SettingsError, load_settings
 
     try:
-        return load_settings()
+        return load_settings(config_path(args), **overrides)
     except SettingsError as exc:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
 
-def client_settings() -> ClientSettings:
-    """What the read commands need (Redis or the API, the namespace): quick to load, and a
-    mistake elsewhere in the config never stops them."""
-    from runner.config.client import load_client_settings
+def client_settings(args: argparse.Namespace) -> PlainClientSettings:
+    """What the read commands need (Redis or the API, the namespace): quick to load (plain
+    values, no models: runner.config.client_plain), and a mistake elsewhere in the config never
+    stops them."""
+    from runner.config.client_plain import load_plain_client_settings
     from runner.config.loader import SettingsError
 
     try:
-        return load_client_settings()
+        return load_plain_client_settings(config_path(args))
     except SettingsError as exc:
         fail(f"invalid configuration: {exc}", EXIT_INVALID)
 
 
-def store_for(cfg: ClientSettings) -> JobStore:
+def store_for(cfg: PlainClientSettings | Settings) -> JobStore:
     from runner.store.jobstore import JobStore, StoreUnavailable
 
     store = JobStore.from_settings(cfg)
@@ -84,7 +96,7 @@ def store_for(cfg: ClientSettings) -> JobStore:
     return store
 
 
-def remote(api: str | None, cfg: ClientSettings):
+def remote(api: str | None, cfg: PlainClientSettings):
     """The HTTP API client when --api / RUNNER_API_URL / api.url is set, else None (use Redis)."""
     if not (api or cfg.api.url):
         return None
@@ -93,10 +105,10 @@ def remote(api: str | None, cfg: ClientSettings):
     return client_for(api, cfg, fail)
 
 
-def backend(api: str | None) -> JobReader:
-    """The job store, or the API client: both are JobReaders."""
-    cfg = client_settings()
-    return remote(api, cfg) or store_for(cfg)
+def backend(args: argparse.Namespace) -> JobReader:
+    """The job store, or the API client (--api): both are JobReaders."""
+    cfg = client_settings(args)
+    return remote(args.api, cfg) or store_for(cfg)
 
 
 def pairs(values: list[str], option: str) -> dict[str, str]:
@@ -139,38 +151,67 @@ def cmd_submit(args: argparse.Namespace) -> None:
     if sum((args.detach, args.wait, args.follow)) > 1:
         fail("choose one of --detach, --wait, --follow", EXIT_INVALID)
     mode = "detach" if args.detach else "follow" if args.follow else "wait"
-    cfg = settings()
     build_args = pairs(args.build_arg, "--build-arg")
     secret_args = secret_values(args.secret_build_arg)
     payload: dict[str, Any] = {
         "dockerfile": args.file, "tags": args.tag, "build_args": {**build_args, **secret_args},
         "secret_build_args": list(secret_args), "secrets": [s.removeprefix("id=") for s in args.secret],
         "target": args.target, "labels": pairs(args.label, "--label"), "executor": args.executor,
-        "builder": args.builder, "platform": args.platform, "push": args.push, "no_cache": args.no_cache,
-        "reuse": args.reuse, "timeout": args.timeout,
+        "builder": args.builder, "push": args.push, "no_cache": args.no_cache, "reuse": args.reuse,
+        "timeout": args.timeout,
     }
+    from runner.core.platforms import split_specifiers
+
+    platforms = [part for value in args.platform for part in split_specifiers(value)]
+    if len(platforms) == 1:  # one value: a single-platform job, as before (also for an older server)
+        payload["platform"] = platforms[0]
+    elif platforms:
+        payload["platforms"] = platforms
     if args.job_id:
         payload["id"] = args.job_id
     source = {"host": args.source_host, "repository": args.source_repo, "sha": args.source_sha, "ref": args.source_ref,
               "api_url": args.source_api_url, "project_id": args.source_project_id}
     if any(value is not None for value in source.values()):
         payload["source"] = {key: value for key, value in source.items() if value is not None}
-    client = remote(args.api, cfg)
-    if client is not None:
-        queued_id, created = client.submit_directory(Path(args.directory), payload, cfg.limits)
-        return after_submit(client, client.get(queued_id), created, mode, args.as_json)
-    store, record, created = submit_through_redis(Path(args.directory), payload, cfg)
-    after_submit(store, record, created, mode, args.as_json)
+    plain = submit_settings(args)
+    client = remote(args.api, plain or client_settings(args))
+    if client is not None:  # the server checks the job: no settings tree, no models here
+        queued_id, created = client.submit_directory(Path(args.directory), payload)
+        queued = client.view(queued_id)
+        if queued is None:
+            fail(f"job {queued_id} disappeared from the API", EXIT_INFRA)
+        return after_submit(client, queued, created, mode, args.as_json)
+    from runner.core.admission_rules import NeedsModels
+
+    try:
+        if plain is None:
+            raise NeedsModels("settings the light path does not read")
+        store, view, created = submit_plainly(Path(args.directory), payload, plain)
+    except NeedsModels:  # the models decide: the whole settings tree and admission
+        store, record, created = submit_through_redis(Path(args.directory), payload, settings(args))
+        view = as_view(record)
+    after_submit(store, view, created, mode, args.as_json)
+
+
+def submit_settings(args: argparse.Namespace) -> PlainSubmitSettings | None:
+    """What `runner submit` through Redis reads, plainly; None when the models must read it."""
+    from runner.config.loader import SettingsError
+    from runner.config.submit_plain import load_plain_submit_settings
+
+    try:
+        return load_plain_submit_settings(config_path(args))
+    except SettingsError as exc:
+        fail(f"invalid configuration: {exc}", EXIT_INVALID)
+
+
+def as_view(record: JobRecord) -> JobView:
+    from runner.core.jobview import JobView
+
+    return JobView(record.model_dump(mode="json"))
 
 
 def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings) -> tuple[JobStore, JobRecord, bool]:
-    """Admit, reserve the id, upload the context, then record and queue the job."""
-    import socket
-
-    from runner.context.pack import write_tar
-    from runner.core.errors import InvalidJob
-    from runner.entry.submission import ContextUpload, UploadRefused
-    from runner.store.jobstore import ContextTooLarge
+    """Admit (by the models), reserve the id, upload the context, then record and queue the job."""
     from runner.worker.admission import QUEUE, Rejected, admit, parse_request
 
     try:
@@ -179,17 +220,76 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     store = store_for(cfg)
-    try:  # the id is reserved before any upload: a used id never gets a new context
-        upload = ContextUpload.begin(store, request.id, f"cli:{socket.gethostname()}:{os.getpid()}",
-                                     cfg.limits.max_context_bytes)
-    except UploadRefused as exc:
-        if exc.reason != "exists":
-            fail(f"job {request.id} is being submitted by another client right now; choose another --id", EXIT_INVALID)
+    upload = upload_context(store, request.id, directory, request.dockerfile, cfg.limits)
+    if upload is None:
         existing = store.get(request.id)
         assert existing is not None
         return store, existing, False
+    record, created = queue_upload(lambda: upload.submit(request, cfg, QUEUE, admitted, submitted_by=cli_user()))
+    return store, record, created
+
+
+def submit_plainly(directory: Path, payload: dict[str, Any], cfg: PlainSubmitSettings) -> tuple[JobStore, JobView, bool]:
+    """submit_through_redis without the models: the request checked by the same rules
+    (runner.core.plain_request, runner.core.admission_rules) and its record written as the
+    models would write it, in the same one transaction (JobStore.submit_plain). Raises
+    NeedsModels, before anything is written, for what only the models read."""
+    from runner.core.admission_rules import NeedsModels, Rejected, check_admission
+    from runner.core.plain_request import plain_request, queued_record, redacted, secret_arg_values
+
+    def unlisted(name: str) -> None:
+        raise NeedsModels(f"executor {name!r} has no section in the config")
+
     try:
-        write_tar(directory, upload.writer, request.dockerfile, cfg.limits)
+        request = plain_request(payload)
+        executor = check_admission(cfg.policy, request["tags"], request["platforms"], request["executor"],
+                                   request["timeout"], request["secrets"], unlisted)
+    except Rejected as exc:
+        fail(f"invalid job: {exc}", EXIT_INVALID)
+    store = store_for(cfg)
+    job_id = request["id"]
+    upload = upload_context(store, job_id, directory, request["dockerfile"], cfg.limits)
+    if upload is None:
+        existing = store.view(job_id)
+        assert existing is not None
+        return store, existing, False
+    # no source: no commit statuses (admission's statuses_for); an upload: nothing else to check
+    record = queued_record(redacted(request), executor, cfg.queue_for(executor), False, cli_user())
+
+    def submit() -> tuple[JobView, bool]:
+        try:
+            stored, created = store.submit_plain(record, secret_arg_values(request))
+        except Exception:
+            upload.abandon()
+            raise
+        if created:  # after the send, off the pickup path (as runner.entry.submission.submit)
+            store.keep_context(job_id)
+        return stored, created
+
+    view, created = queue_upload(submit)
+    return store, view, created
+
+
+def upload_context(store: JobStore, job_id: str, directory: Path, dockerfile: str, limits: Any) -> ContextUpload | None:
+    """Reserve the id and upload the context of `directory` (None: a job has the id already),
+    or exit saying why nothing was queued."""
+    import socket
+
+    from redis import RedisError
+
+    from runner.context.pack import write_tar
+    from runner.core.errors import InvalidJob
+    from runner.entry.submission import ContextUpload, UploadRefused
+    from runner.store.jobstore import ContextTooLarge
+
+    try:  # the id is reserved before any upload: a used id never gets a new context
+        upload = ContextUpload.begin(store, job_id, f"cli:{socket.gethostname()}:{os.getpid()}", limits.max_context_bytes)
+    except UploadRefused as exc:
+        if exc.reason != "exists":
+            fail(f"job {job_id} is being submitted by another client right now; choose another --id", EXIT_INVALID)
+        return None
+    try:
+        write_tar(directory, upload.writer, dockerfile, limits)
         upload.finish()
     except (ContextTooLarge, InvalidJob) as exc:
         upload.abandon()
@@ -197,93 +297,131 @@ def submit_through_redis(directory: Path, payload: dict[str, Any], cfg: Settings
     except OSError as exc:
         upload.abandon()
         fail(f"cannot read the build context: {exc}", EXIT_INVALID)
+    except RedisError as exc:  # a full Redis (maxmemory, noeviction) refuses the upload
+        upload.abandon()
+        fail(f"Redis refused the upload ({type(exc).__name__}: {exc}); nothing was queued", EXIT_INFRA)
+    return upload
+
+
+def queue_upload(submit: Callable[[], T]) -> T:
+    """Record and queue the uploaded job (`submit` abandons the upload when it fails), or exit."""
+    from runner.core.admission_rules import Rejected
+
     try:
-        record, created = upload.submit(request, cfg, QUEUE, admitted)
+        return submit()
     except Rejected as exc:
         fail(f"invalid job: {exc}", EXIT_INVALID)
     except Exception as exc:  # noqa: BLE001 - a broker failure is infrastructure
         fail(f"could not queue the job: {exc}", EXIT_INFRA)
-    return store, record, created
 
 
-def after_submit(store: JobReader, record: JobRecord, created: bool, mode: str, as_json: bool) -> None:
+def cli_user() -> str:
+    """`cli:USER@HOST`: who ran `runner submit` (through Redis), for the record and the log."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid with no name (a container's)
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def after_submit(store: JobReader, record: JobView, created: bool, mode: str, as_json: bool) -> None:
     """Detach, follow or wait: the same for a job queued through Redis or through the API."""
     if not created:
         note(f"job {record.id} already exists ({record.status.value}); nothing queued")
     if mode == "detach":
         if as_json:
-            dump(record.model_dump(mode="json"), indent=None)
+            dump(record.data, indent=None)
         else:
             print(record.id)
         return
     if not as_json:
         note(f"job {styled(record.id, 'bold', sys.stderr)} queued on {record.queue}")
+    known: JobView | None = record
     if mode == "follow":
         for line in store.read_log(record.id, follow=True):
             print(line, flush=True)
-    report(wait_for(store, record.id), as_json)
+        known = None  # it has ended since: read it again
+    report(wait_for(store, record.id, known), as_json)
 
 
-def wait_for(store: JobReader, job_id: str, poll: float = 0.05) -> JobRecord:
-    """Poll until the job ends: the first look after 10 ms, then every `poll` seconds."""
-    delay = 0.01
+def wait_for(store: JobReader, job_id: str, record: JobView | None = None, again: float = 1.0) -> JobView:
+    """The job's final record (`record`: what was just read of it). Until it ends, its log
+    stream is followed without printing it: the stream ends when the job does (one long
+    request through the API, a blocking read on Redis), where polling the record cost a
+    request every 50 ms. A stream cut short is followed again after `again` seconds."""
     while True:
-        record = store.get(job_id)
+        record = record or store.view(job_id)
         if record is None:
             fail(f"job {job_id} disappeared from the store", EXIT_INFRA)
         if record.finished:
             return record
-        time.sleep(delay)
-        delay = min(poll, delay * 2)
+        try:
+            for _ in store.read_log(job_id, follow=True):
+                pass
+        except OSError:  # the API's stream broke off (requests' errors are OSErrors): look again
+            time.sleep(again)
+        record = None
 
 
-def report(record: JobRecord, as_json: bool) -> NoReturn:
-    from runner.core.jobs import Status
+def report(record: JobView, as_json: bool) -> NoReturn:
+    from runner.core.status import Status
 
     if as_json:
-        dump(record.model_dump(mode="json"))
+        dump(record.data)
     elif record.status is Status.succeeded:
         for image in record.images:
             print(f"{image.ref}@{image.digest}")
+        for image in record.images[:1]:  # stdout stays one REF@DIGEST a tag; each platform's manifest is a note
+            for platform in image.platforms:
+                note(f"  {platform.platform} {platform.digest}")
     else:
-        message = record.error.message if record.error else ""
+        message = record.error[1] if record.error else ""
         note(f"{styled(record.status.value, 'bold red', sys.stderr)}: {message}")
     if record.status is Status.succeeded:
         raise SystemExit(EXIT_OK)
-    raise SystemExit(EXIT_INFRA if record.error and record.error.kind == "infrastructure" else EXIT_FAILED)
+    raise SystemExit(EXIT_INFRA if record.error and record.error[0] == "infrastructure" else EXIT_FAILED)
 
 
 # -- reading and cancelling jobs ---------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> None:
     """Show a job's record."""
-    record = backend(args.api).get(args.job_id)
+    record = backend(args).view(args.job_id)
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     if args.as_json:
-        return dump(record.model_dump(mode="json"))
-    print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}")
-    from runner.core.jobs import ImageRef
+        return dump(record.data)
+    print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}"
+          + (f" submitted_by={record.submitted_by}" if record.submitted_by else ""))
+    from runner.core.request_rules import parse_image_ref
 
-    attested = {(a.repository, a.digest): a for a in record.attestation.images} if record.attestation else {}
+    attestation = record.attestation
+    attested = {(a.repository, a.digest): a for a in attestation.images} if attestation else {}
     for image in record.images:
-        ref = ImageRef.parse(image.ref)
-        mark = attested.get((f"{ref.registry}/{ref.repository}", image.digest))
+        registry, repository, _ = parse_image_ref(image.ref)
+        mark = attested.get((f"{registry}/{repository}", image.digest))
         signed = (" signed" if mark.signature else " provenance unsigned") if mark else ""
-        print(f"  {image.ref}@{image.digest}{signed}")
+        print(f"  {image.ref}@{image.digest}" + (" (index)" if image.platforms else "") + signed)
+        for platform in image.platforms:
+            child = attested.get((f"{registry}/{repository}", platform.digest))
+            child_signed = (" signed" if child.signature else " provenance unsigned") if child else ""
+            print(f"    {platform.platform} {platform.digest}{child_signed}")
     if record.reused_from:
         print(f"  reused: the image built by job {record.reused_from} for the same inputs (no build)")
-    if record.attestation:
-        a = record.attestation
+    if attestation:
+        a = attestation
         print(f"  provenance: SLSA v1 on {len(a.images)} digest(s), " + (f"signed with key {a.key_id}" if a.signed
                                                                           else f"unsigned: {a.unsigned_reason}"))
     if record.error:
-        print(f"  error ({record.error.kind}): {record.error.message}")
+        print(f"  error ({record.error[0]}): {record.error[1]}")
 
 
 def cmd_logs(args: argparse.Namespace) -> None:
     """Print a job's log from the start; with --follow, keep printing until it ends."""
-    store = backend(args.api)
-    if store.get(args.job_id) is None:
+    store = backend(args)
+    if store.view(args.job_id) is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     write = sys.stdout.write
     for line in store.read_log(args.job_id, follow=args.follow):
@@ -294,7 +432,7 @@ def cmd_logs(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     """List recent jobs, newest first."""
-    from runner.core.jobs import Status
+    from runner.core.status import Status
 
     status = None
     if args.status is not None:
@@ -302,23 +440,27 @@ def cmd_list(args: argparse.Namespace) -> None:
             status = Status(args.status)
         except ValueError:
             fail(f"--status {args.status!r}: choose one of {', '.join(s.value for s in Status)}", EXIT_INVALID)
-    records = backend(args.api).list(status, args.limit)
+    records = backend(args).views(status, args.limit)
     if args.as_json:
-        return dump([r.model_dump(mode="json") for r in records])
+        return dump([r.data for r in records])
     for r in records:
-        print(f"{r.id}  {r.status.value:<9}  {r.executor:<8}  {r.created_at:%Y-%m-%d %H:%M:%S}  {', '.join(r.request.tags)}")
+        print(f"{r.id}  {r.status.value:<9}  {r.executor:<8}  {r.created_at:%Y-%m-%d %H:%M:%S}  {', '.join(r.tags)}")
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:
     """Cancel a job: a queued job never starts; a running one is stopped and cleaned up."""
-    cfg = client_settings()
+    cfg = client_settings(args)
     client = remote(args.api, cfg)
     if client is not None:  # the server cancels
         record = client.cancel(args.job_id)
     else:
-        from runner.entry.control import cancel_job
+        store = store_for(cfg)
+        record = store.view(args.job_id)  # a finished job has nothing to cancel: no models to load
+        if record is not None and not record.finished:
+            from runner.entry.control import cancel_job
 
-        record = cancel_job(store_for(cfg), args.job_id, cfg.deliveries.recover_after)
+            cancelled = cancel_job(store, args.job_id)
+            record = None if cancelled is None else as_view(cancelled)
     if record is None:
         fail(f"no job {args.job_id!r}", EXIT_INVALID)
     print(f"{args.job_id} {record.status.value if record.finished else 'cancelling'}")
@@ -343,7 +485,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
         public = load_public_key(Path(args.key))
     except SigningKeyError as exc:
         fail(str(exc), EXIT_INVALID)
-    cfg = settings()
+    cfg = settings(args)
     try:
         checked = Verifier(Registries(cfg.registries, cfg.registry_auth), public).verify(args.reference)
     except ValueError as exc:
@@ -406,39 +548,65 @@ def cmd_worker(args: argparse.Namespace) -> None:
     """Run a worker: take jobs from the queues and build them."""
     from runner.worker.lifecycle import run_worker
 
-    run_worker(settings(), args.queues.split(",") if args.queues else None, args.concurrency, args.loglevel)
+    budget = {key: value for key, value in (("max_jobs", args.max_jobs), ("idle_exit", args.idle_exit)) if value is not None}
+    cfg = settings(args, **({"worker": budget} if budget else {}))
+    run_worker(cfg, args.queues.split(",") if args.queues else None, args.concurrency, args.loglevel)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the HTTP API (/v1/jobs) and the git-push webhooks (/v1/webhooks/github|gitlab|gitea)."""
     from runner.entry.api import serve as run_server
 
-    run_server(settings(), args.host, args.port)
+    run_server(settings(args), args.host, args.port)
+
+
+def cmd_drain(args: argparse.Namespace) -> None:
+    """Drain the worker on this host and wait until no build runs there (a preStop hook).
+
+    It stops taking builds at once (as on SIGTERM); this returns when its running builds have
+    finished or it has exited. Exits 0 then, 1 if --timeout passed first."""
+    from runner.entry.drain_hook import drain_and_wait
+
+    port = args.port or settings(args).worker.metrics_port
+    if not port:
+        fail("worker.metrics_port is 0: the worker serves no HTTP to ask; give --port", EXIT_INVALID)
+    try:
+        drained = drain_and_wait(port, args.timeout, note)
+    except RuntimeError as exc:
+        fail(str(exc), EXIT_INFRA)
+    raise SystemExit(EXIT_OK if drained else EXIT_FAILED)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
     """Check Redis, the engine, registries and every executor; one line each.
 
-    Exits 1 if Redis or an enabled executor cannot work; other failures are shown, not fatal, and
-    warnings (WARN: a secret file readable by group or others) never fail it."""
+    Exits 3 (infrastructure) if Redis or an enabled executor cannot work, 2 if the configuration
+    is invalid; other failures are shown, not fatal, and warnings (WARN: a secret file readable
+    by group or others, a Redis that may evict jobs) never fail it."""
     from runner.entry.doctor import run_checks
 
     ok = True
-    for check in run_checks(settings()):
+    for check in run_checks(settings(args)):
         if check.ok:
             mark = styled("WARN", "yellow") if check.warning else styled("ok  ", "green")
         else:
             mark = styled("FAIL", "red") if check.required or check.shown else styled("off ", "dim")
         print(f"{mark} {check.name}: {check.summary}", flush=True)
         ok = ok and (check.ok or not check.required)
-    raise SystemExit(EXIT_OK if ok else EXIT_FAILED)
+    raise SystemExit(EXIT_OK if ok else EXIT_INFRA)
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
-    """Print the effective configuration with secrets redacted."""
+    """Print the effective configuration with secrets redacted, after a comment naming the file
+    it came from (--config, RUNNER_CONFIG or a default location) or saying there was none."""
     import yaml
 
-    print(yaml.safe_dump(settings().model_dump(mode="json"), sort_keys=False), end="")
+    from runner.config.loader import config_source
+
+    effective = settings(args)
+    path, why = config_source(config_path(args))
+    print(f"# config file: {path} ({why})" if path else f"# {why}: the defaults and RUNNER_* variables apply")
+    print(yaml.safe_dump(effective.model_dump(mode="json"), sort_keys=False), end="")
 
 
 def cmd_config_example(args: argparse.Namespace) -> None:
@@ -457,10 +625,35 @@ class _Parser(argparse.ArgumentParser):
         fail(message, EXIT_INVALID)
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (reading the installed metadata costs start-up time)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **_: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        from runner.core.version import runner_version
+
+        print(f"runner (ci-build-runner) {runner_version()}")
+        raise SystemExit(EXIT_OK)
+
+
+def _config_option() -> _Parser:
+    """--config PATH, accepted before the command and after it."""
+    holder = _Parser(add_help=False)
+    holder.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="the config file (default: env RUNNER_CONFIG, else ~/.config/ci-build-runner/runner.yml, "
+                        "else /etc/ci-build-runner/runner.yml; `runner config show` says which)")
+    return holder
+
+
+CONFIG_OPTION = _config_option()
+
+
 def _command(subparsers: Any, name: str, handler: Any, **kwargs: Any) -> argparse.ArgumentParser:
     doc = (handler.__doc__ or "").strip()
     parser = subparsers.add_parser(name, help=doc.split("\n")[0], description=doc, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, parents=[CONFIG_OPTION], **kwargs)
     parser.set_defaults(handler=handler)
     return parser
 
@@ -476,8 +669,11 @@ def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False)
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False,
+                     parents=[CONFIG_OPTION])
+    parser.add_argument("--version", action=_Version)
+    # prog given: argparse would otherwise build a help formatter (and import shutil) to work it out
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser, prog=parser.prog)
 
     submit = _command(commands, "submit", cmd_submit)
     submit.add_argument("directory", nargs="?", default=".", help="build context directory (default: .)")
@@ -492,7 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="image label; repeat for more")
     submit.add_argument("--executor", help="executor name (config default if omitted)")
     submit.add_argument("--builder", help="auto | buildkit | classic (engine executors)")
-    submit.add_argument("--platform", help="target platform, e.g. linux/amd64")
+    submit.add_argument("--platform", action="append", default=[], metavar="PLATFORM[,PLATFORM…]",
+                        help="target platform(s), as buildx takes them: linux/amd64 (one) or linux/amd64,linux/arm64 (an "
+                        "image per platform, an index under every tag); repeatable")
     submit.add_argument("--push", action=argparse.BooleanOptionalAction, default=True, help="push the image (default: yes)")
     submit.add_argument("--no-cache", action="store_true", help="build without the layer cache (never reuses an image)")
     submit.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
@@ -537,11 +735,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker = _command(commands, "worker", cmd_worker)
     worker.add_argument("--queues", help="comma-separated queues (default: one per enabled executor)")
     worker.add_argument("--concurrency", type=int, help="builds at once (default: worker.concurrency)")
-    worker.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    worker.add_argument("--loglevel", help="DEBUG, INFO, WARNING or ERROR (default: log.level)")
+    worker.add_argument("--max-jobs", type=int, metavar="N", help="run N builds, then drain and exit (default: "
+                        "worker.max_jobs; 1: a pod per build)")
+    worker.add_argument("--idle-exit", type=float, metavar="SECONDS", help="drain and exit after this long without a "
+                        "build (default: worker.idle_exit)")
 
     serve = _command(commands, "serve", cmd_serve)
     serve.add_argument("--host", help="listen address (default: api.host)")
     serve.add_argument("--port", type=int, help="port (default: api.port)")
+
+    drain = _command(commands, "drain", cmd_drain)
+    drain.add_argument("--port", type=int, help="the worker's HTTP port (default: worker.metrics_port)")
+    drain.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (default: wait)")
 
     _command(commands, "doctor", cmd_doctor)
 
@@ -550,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--key", required=True, metavar="PUB", help="the PEM public key (PREFIX.pub of `runner keys generate`)")
     _json_option(verify, "print what was checked, and each statement, as JSON")
 
-    keys = commands.add_parser("keys", help="Signing keys.", description="Signing keys.")
+    keys = commands.add_parser("keys", help="Signing keys.", description="Signing keys.", parents=[CONFIG_OPTION])
     keys.set_defaults(handler=None, parser=keys)
     keys_commands = keys.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     generate = _command(keys_commands, "generate", cmd_keys_generate)
@@ -559,9 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--passphrase-file", metavar="FILE", help="the passphrase (its last newline dropped); default: asked for")
     secret.add_argument("--no-passphrase", action="store_true", help="leave the private key unencrypted")
 
-    config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.")
+    config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.",
+                                 parents=[CONFIG_OPTION])
     config.set_defaults(handler=None, parser=config)
-    config_commands = config.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    config_commands = config.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser, prog=config.prog)
     _command(config_commands, "show", cmd_config_show)
     _command(config_commands, "example", cmd_config_example)
     parser.set_defaults(handler=None, parser=parser)

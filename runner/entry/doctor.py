@@ -1,5 +1,5 @@
-"""`runner doctor`: one check per line — Redis, Docker Engine, registries, executors, and
-secret files that others can read."""
+"""`runner doctor`: one check per line — Redis, Docker Engine, registries, executors, the
+platforms each executor can build here, and secret files that others can read."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 from pydantic import BaseModel
 
 from executors.base import Executor
@@ -35,12 +36,36 @@ class Check:
     warning: bool = False
 
 
-def check_redis(settings: Settings) -> Check:
+def check_redis(settings: Settings) -> list[Check]:
+    """Redis answers (where: no password shown), and a WARN when it could drop jobs."""
+    store = JobStore.from_settings(settings)
     try:
-        JobStore.from_settings(settings).ping()
-        return Check("redis", True, "reachable")
+        store.ping()
     except StoreUnavailable as exc:
-        return Check("redis", False, str(exc))
+        return [Check("redis", False, str(exc))]
+    checks = [Check("redis", True, f"reachable at {store.target.describe()}")]
+    try:
+        memory = store.r.info("memory")
+    except redis.RedisError as exc:  # a managed Redis may refuse INFO: say so, never fail
+        return [*checks, Check("redis memory", True, f"cannot read its memory settings ({exc})", required=False, warning=True)]
+    return [*checks, *check_redis_memory(memory)]
+
+
+def check_redis_memory(memory: dict[str, Any]) -> list[Check]:
+    """Queued jobs, their contexts and records live in Redis: an eviction policy other than
+    noeviction may drop them when memory runs short, and no maxmemory lets a burst of uploads
+    grow Redis until the host kills it. Both are WARN lines, never a failure."""
+    policy, limit = str(memory.get("maxmemory_policy", "unknown")), int(memory.get("maxmemory", 0) or 0)
+    warnings = []
+    if policy != "noeviction":
+        warnings.append(Check("redis eviction", True, f"maxmemory-policy is {policy}: when memory runs short Redis may "
+                              "evict queued jobs' messages, contexts and records; set it to noeviction (full Redis "
+                              "then refuses new uploads instead)", required=False, warning=True))
+    if not limit:
+        warnings.append(Check("redis maxmemory", True, "maxmemory is 0 (no limit): uploads waiting in Redis can grow it "
+                              "until the host's memory runs out and it is killed; set maxmemory below its memory limit",
+                              required=False, warning=True))
+    return warnings or [Check("redis memory", True, f"maxmemory {limit // 2**20} MiB, policy noeviction", required=False)]
 
 
 def check_engine(url: str, needed: bool) -> Check:
@@ -103,6 +128,23 @@ def check_executors(executors: dict[str, Executor]) -> list[Check]:
     return checks
 
 
+def check_platforms(executors: dict[str, Executor]) -> list[Check]:
+    """Which platforms each executor can build on this host: natively, or emulated through a
+    binfmt handler (qemu-user-static); a job asking for another is refused before it runs."""
+    checks = []
+    for name, executor in executors.items():
+        if not executor.config.enabled:
+            continue
+        try:
+            support = executor.platforms()
+        except Exception as exc:  # noqa: BLE001 - doctor reports any failure as text
+            checks.append(Check(f"platforms {name}", False, getattr(exc, "message", str(exc)), required=False, shown=True))
+            continue
+        if support is not None:
+            checks.append(Check(f"platforms {name}", True, support.describe(), required=False))
+    return checks
+
+
 def check_engines(executors: dict[str, Executor]) -> list[Check]:
     """Each engine the executors drive, once; required when an enabled executor drives it."""
     hosts: dict[str, bool] = {}
@@ -140,8 +182,8 @@ def secret_files(value: Any, where: str = "") -> Iterator[tuple[str, Path]]:
             yield from secret_files(item, f"{where}[{key}]")
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            name = getattr(item, "name", None) or getattr(item, "host", None)  # api tokens, git credentials, registries
-            yield from secret_files(item, f"{where}[{name if isinstance(name, str) else index}]")
+            label = getattr(item, "name", None) or getattr(item, "host", None)  # api tokens, git credentials, registries
+            yield from secret_files(item, f"{where}[{label if isinstance(label, str) else index}]")
 
 
 def check_secret_files(settings: Settings) -> list[Check]:
@@ -190,6 +232,7 @@ def run_checks(settings: Settings) -> list[Check]:
     registry = ExecutorRegistry()
     env = executor_env(settings, "doctor")
     executors = make_executors(settings, registry.names(), env, registry)
-    return [check_redis(settings), *check_engines(executors), *check_docker_configs(env.registries),
+    return [*check_redis(settings), *check_engines(executors), *check_docker_configs(env.registries),
             *[check_registry(r, env.registries) for r in settings.registries],
-            *check_executors(executors), check_build_secrets(settings), check_signing(settings), *check_secret_files(settings)]
+            *check_executors(executors), *check_platforms(executors), check_build_secrets(settings),
+            check_signing(settings), *check_secret_files(settings)]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Path
 from fastapi.responses import JSONResponse
 
-from runner.core.jobs import JOB_ID, MAX_JOB_ID
+from runner.core.request_rules import JOB_ID, MAX_JOB_ID
 
 JobId = Annotated[str, Path(pattern=JOB_ID.pattern, max_length=MAX_JOB_ID, description="job id")]
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import fastapi.routing
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-try:  # FastAPI >= 0.137 keeps an included router whole in app.routes; this walks into it
-    from fastapi.routing import iter_route_contexts
-except ImportError:  # older FastAPI copies an included router's routes into app.routes
-    iter_route_contexts = None
+#: FastAPI >= 0.137 keeps an included router whole in app.routes and walks into it with this;
+#: older FastAPI copies an included router's routes into app.routes (None)
+iter_route_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
 
 #: 1 ms .. 30 s
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

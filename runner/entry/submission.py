@@ -1,50 +1,48 @@
 """Hand-off, shared by every entry point (CLI, HTTP API, webhooks): record the job as
-queued, owe its "queued" commit status, and send its message; and the upload of a directory
-context before it (`ContextUpload`: `runner submit` through Redis and the API's upload
-endpoint). Builds nothing, and never imports Celery: the messages are written straight to
-their queues (runner.store.buildqueue, runner.store.outbox); the worker makes the HTTP
-requests."""
+queued, owe its "queued" commit status, and send its message, in one transaction
+(JobStore.submit); and the upload of a directory context before it (`ContextUpload`: `runner
+submit` through Redis and the API's upload endpoint). Builds nothing, and never imports Celery:
+the messages are written straight to their queues (runner.store.buildqueue, runner.store.outbox);
+the worker makes the HTTP requests."""
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import TYPE_CHECKING, Literal
 
-from runner.config.settings import Settings
-from runner.core.jobs import BuildRequest, JobRecord
-from runner.store.buildqueue import send_build
-from runner.store.jobstore import ContextWriter, JobStore
-from runner.store.outbox import Outbox
-from runner.worker.admission import Admission, Origin, admit
+if TYPE_CHECKING:  # imported when a job is submitted: the CLI's light path uploads with ContextUpload alone
+    from runner.config.settings import Settings
+    from runner.core.jobs import BuildRequest, JobRecord
+    from runner.store.jobstore import ContextWriter, JobStore
+    from runner.worker.admission import Admission, Origin
+
+log = logging.getLogger(__name__)
 
 
 def submit(request: BuildRequest, settings: Settings, store: JobStore, origin: Origin,
-           admitted: Admission | None = None) -> tuple[JobRecord, bool]:
+           admitted: Admission | None = None, submitted_by: str | None = None) -> tuple[JobRecord, bool]:
     """Record the job as queued and send it. Returns (record, created); a repeat id sends nothing.
 
     `origin`: the door the job came in by (it decides whether its source gets statuses);
-    `admitted`: what `admit` returned, when the caller already ran it (admission runs once).
+    `admitted`: what `admit` returned, when the caller already ran it (admission runs once);
+    `submitted_by`: who handed it in, kept in the record (JobRecord.submitted_by) and logged.
     Secret build-arg values go to the store, by job id, never into the queue message: the
     message (and the record) carry the redacted request, and the worker reads the values back.
     """
+    from runner.store import jobstate
+    from runner.worker.admission import admit
+
     admitted = admitted or admit(request, settings, origin)
     executor = admitted.executor
-    record = JobRecord(id=request.id, request=request.redacted(), executor=executor,
-                       queue=settings.queue_for(executor))
-    if not store.create(record):
-        existing = store.get(request.id)
-        assert existing is not None
-        return existing, False
-    store.save_secrets(request.id, request.secret_arg_values())
-    outbox = Outbox.for_store(store, settings.deliveries.recover_after) if admitted.statuses else None
-    try:
-        if outbox is not None:  # before the job's message: "queued" goes first (runner/store/outbox.py)
-            outbox.add(request.id, "status", "queued", "queued")
-        send_build(store.r, record.request.model_dump(mode="json"), record.queue)
-    except BaseException:
-        store.forget(request.id)  # not queued: a retry with the same id must be able to send it
-        if outbox is not None:
-            outbox.forget(request.id)
-        raise
+    record = jobstate.admitted(request.redacted(), executor, settings.queue_for(executor), admitted.statuses,
+                               submitted_by)
+    # the record, the secret values, the "queued" status owed and the message: all or nothing,
+    # so a retry with the same id after a failure here sends it
+    stored, created = store.submit(record, request.secret_arg_values())
+    if not created:
+        return stored, False
+    log.info("job %s queued on %s by %s", request.id, record.queue, submitted_by or "an unnamed submitter",
+             extra={"job_id": request.id, "executor": executor, "submitted_by": submitted_by})
     if request.context.type == "upload":
         # after the send, off the pickup path: if the job is done and its context gone already,
         # this is a no-op; until now the upload's own expiry (an hour) kept it
@@ -103,11 +101,11 @@ class ContextUpload:
             self.store.untrack_upload(self.owner, self.job_id)
 
     def submit(self, request: BuildRequest, settings: Settings, origin: Origin,
-               admitted: Admission | None = None) -> tuple[JobRecord, bool]:
+               admitted: Admission | None = None, submitted_by: str | None = None) -> tuple[JobRecord, bool]:
         """Record and queue the job whose context this is (runner.entry.submission.submit); if
         that fails, the upload is abandoned and the error raised."""
         try:
-            submitted = submit(request, settings, self.store, origin, admitted)
+            submitted = submit(request, settings, self.store, origin, admitted, submitted_by)
         except Exception:
             self.abandon()
             raise

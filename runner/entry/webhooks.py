@@ -34,7 +34,7 @@ from urllib.parse import unquote_to_bytes
 from runner.config.sections import RepositoryHook
 from runner.config.settings import Settings
 from runner.core.errors import InvalidJob
-from runner.core.jobs import BuildRequest
+from runner.core.jobs import BuildRequest, GitContext
 from runner.core.models import base_url
 from runner.entry.submission import submit
 from runner.sources.git import check_url, mask_url
@@ -323,7 +323,7 @@ def build_request(push: Push, repo: RepositoryHook, delivery: str, settings: Set
         "context": {"type": "git", "url": url, "ref": push.ref, "commit": push.sha, "subdir": repo.context,
                     "submodules": repo.submodules, "keep_git_dir": repo.keep_git_dir},
         "dockerfile": repo.dockerfile, "tags": tags, "build_args": repo.build_args, "executor": repo.executor,
-        "timeout": repo.timeout, "callback_url": repo.callback_url,
+        "platforms": repo.platforms, "timeout": repo.timeout, "callback_url": repo.callback_url,
         # the commit, not the ref: a tag pushed on a built commit is the same image (runner.worker.reuse);
         # the ref is in the job's source and the provenance
         "labels": {"org.opencontainers.image.revision": push.sha},
@@ -370,7 +370,8 @@ def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Set
                              "reason": f"this push ({summary(push)}) was already received in another delivery "
                                        f"within webhooks.replay_window ({window} s)"})
     try:
-        record, created = submit(request, settings, store, WEBHOOK)
+        delivery = request.source.delivery if request.source else None
+        record, created = submit(request, settings, store, WEBHOOK, submitted_by=f"webhook:{provider}:{delivery or 'unnamed'}")
     except BaseException as exc:
         store.release_push(key, request.id)  # not queued: a retry of this push must be able to build
         if isinstance(exc, Rejected):
@@ -379,5 +380,6 @@ def handle(provider: str, headers: Mapping[str, str], body: bytes, settings: Set
     if not created:
         return Outcome(200, {"result": "duplicate", "job": record.id, "status": record.status.value,
                              "reason": "this delivery was already received"})
+    assert isinstance(request.context, GitContext)  # a push builds its commit (build_request)
     return Outcome(202, {"result": "queued", "job": record.id, "tags": request.tags, "commit": push.sha,
                          "url": mask_url(request.context.url)})

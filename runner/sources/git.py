@@ -281,15 +281,15 @@ class GitFetch:
             self.helper: str | None = str(helper)
         else:
             self.helper = None
-        cred = self.settings.git.credential_for(host) if host else None
-        if cred and cred.ssh_key_file and url_scheme(self.url) == "ssh":
+        ssh_cred = self.settings.git.credential_for(host) if host else None
+        if ssh_cred and ssh_cred.ssh_key_file and url_scheme(self.url) == "ssh":
             key = self.auth_dir / "ssh-key"
             try:
                 key.touch(mode=0o600)
-                key.write_bytes(cred.ssh_key_file.read_bytes())
+                key.write_bytes(ssh_cred.ssh_key_file.read_bytes())
             except OSError as exc:
-                raise InfrastructureError(f"git.credentials[{cred.host}].ssh_key_file: cannot read it: {exc.strerror}") from None
-            known = str(cred.known_hosts_file) if cred.known_hosts_file else os.devnull
+                raise InfrastructureError(f"git.credentials[{ssh_cred.host}].ssh_key_file: cannot read it: {exc.strerror}") from None
+            known = str(ssh_cred.known_hosts_file) if ssh_cred.known_hosts_file else os.devnull
             env["GIT_SSH_COMMAND"] = shlex.join(["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                                                  "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}"])
         return env

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from typing import Literal
+from typing import Literal, cast
 
 import redis
 
@@ -178,7 +178,7 @@ class Circuits:
 
     def open_by_label(self) -> dict[str, int]:
         """Open circuits now, by label (a status host's name, or "callbacks")."""
-        hosts = self.r.zrange(self.index_key, 0, -1)
+        hosts = cast(list[str], self.r.zrange(self.index_key, 0, -1))
         counts: dict[str, int] = {}
         if not hosts:
             return counts
@@ -192,7 +192,7 @@ class Circuits:
 
     def state(self, host: str) -> dict[str, str]:
         """The circuit's hash (for tests and operators)."""
-        return self.r.hgetall(self.keys(host)[0])
+        return cast(dict[str, str], self.r.hgetall(self.keys(host)[0]))
 
     def parked(self, host: str) -> list[str]:
-        return self.r.zrange(self.keys(host)[1], 0, -1)
+        return cast(list[str], self.r.zrange(self.keys(host)[1], 0, -1))

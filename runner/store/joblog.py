@@ -121,6 +121,12 @@ class JobLog:
             with self._lock:
                 self.store.append_log(self.job_id, [footer])
 
+    def closing(self, text: str) -> str:
+        """Close the log and return its last line, masked, for JobStore.end to write in the
+        job's end (with the end marker, in one transaction); an over-long line is cut as any other."""
+        self.close()
+        return "\n".join(self._entries(self.mask(text.rstrip("\r\n"))))
+
     # -- internals --------------------------------------------------------------------------
     def _drain(self) -> None:
         """Send the lines waiting in a burst (the lock is held)."""

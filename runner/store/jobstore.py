@@ -1,5 +1,17 @@
-"""The only module that knows Redis keys: job records and their indexes, log streams,
-contexts, id reservations, cancel flags, leases and secret values.
+"""The jobs in Redis: records and their indexes, log streams, contexts, id reservations, cancel
+flags, leases, secret values, workers' heartbeats, git pushes seen and requeue counts.
+
+Every key of a job is named here and nowhere else. Some are read elsewhere on clients of their
+own (asyncio): the dashboard (runner/entry/dashboard: watch, fleet, routes) and the API's log
+hub (runner/store/logfollow.py), always by the names this module gives (job_key, log_key,
+index_key, running_key, workers_key). The other keys of the runner's: the delivery outbox's
+(NS:delivery:*, NS:dgroup:*, NS:outbox, NS:deliveries:gave_up), named by runner/store/outbox.py;
+the delivery hosts' circuits (NS:circuit:*, NS:circuits), named by runner/store/circuits.py; the
+queues are Celery's (below).
+
+A job's record changes by the moves of runner/store/jobstate.py, each applied in one
+transaction: `move`, `end` (a move that ends the job, with everything its end writes and owes),
+`submit` (the queued moment), `end_new` (a refused raw message).
 
 Keys (NS = settings.worker.namespace):
   NS:job:ID        JSON JobRecord (expires retention.finished_seconds after the job ends)
@@ -23,26 +35,59 @@ Keys (NS = settings.worker.namespace):
   NS:building:KEY  the job building from the inputs KEY now (others with that key wait for it)
   NS:requeued      HASH "executor/reason" -> times a job of that executor went back to its queue
                    for that reason (counted here, not by the worker that dies with it)
-Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E.
+Queues (Celery's, not ours): the LIST `NS.E` holds the messages waiting for executor E (named by
+Settings.queue_for), `NS.deliveries` the deliveries' (outbox.deliveries_queue); `NS.E.invalid`
+(invalid_queue, here) keeps the messages the transport set aside.
 """
 
 from __future__ import annotations
 
 import builtins
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, BinaryIO
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.typing import EncodableT, FieldT
 
-from runner.core.jobs import JobRecord, RequeueReason, Status
+from runner.config.client_plain import PlainRetention
+from runner.config.redis_target import RedisTarget
+from runner.core.jobview import JobView
+from runner.core.status import RequeueReason, Status
+from runner.store.buildqueue import build_message
+from runner.store.outbox import Outbox
+from runner.store.redis_clients import probe_client, sync_client
 
 if TYPE_CHECKING:
     from runner.config.client import RetentionConfig
+    from runner.core.jobs import JobRecord
+    from runner.store.jobstate import Change
+
+
+class _HasStatus(Protocol):
+    @property
+    def status(self) -> Status: ...
+
+
+R = TypeVar("R", bound=_HasStatus)
+
+
+def _record(raw: str | bytes) -> JobRecord:
+    """The model of a stored record; imported here, when first needed: the CLI's read commands
+    read records as JobViews and never load the models."""
+    from runner.core.jobs import JobRecord
+
+    return JobRecord.model_validate_json(raw)
+
+
+def _view(raw: str | bytes) -> JobView:
+    return JobView(json.loads(raw))
 
 CHUNK_BYTES = 1024 * 1024
 RETRIES = 40
@@ -94,6 +139,9 @@ return redis.call('get', KEYS[1])
 _IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('{op}', KEYS[1]{args}) else return 0 end"
 
 
+#: a log stream's entries as a decoding client reads them (XREAD, XRANGE): (entry id, fields)
+StreamEntries = list[tuple[str, dict[str, str]]]
+
 #: refused and unreadable queue messages are kept here, newest first, at most INVALID_KEEP
 INVALID_KEEP = 1000
 
@@ -111,28 +159,38 @@ class ContextTooLarge(Exception):
 
 
 class JobStore:
-    def __init__(self, url: str, namespace: str = "runner", retention: RetentionConfig | None = None):
-        from runner.config.client import RetentionConfig
-
-        self.url = url
+    def __init__(self, target: RedisTarget | str, namespace: str = "runner",
+                 retention: RetentionConfig | PlainRetention | None = None, recover_after: float = 30.0):
+        """`recover_after`: deliveries.recover_after, for the deliveries a job's end owes (Outbox)."""
+        #: how to reach Redis (a plain URL is a RedisTarget with just that URL)
+        self.target = RedisTarget(url=target) if isinstance(target, str) else target
         self.ns = namespace
-        self.retention = retention or RetentionConfig()
+        self.retention = retention or PlainRetention()
         # Reconnect through a Redis restart (~1 min of retries) instead of failing the job.
         options = dict(health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
                        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), RETRIES),
                        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError])
-        self.r = redis.Redis.from_url(url, decode_responses=True, **options)
-        self.raw = redis.Redis.from_url(url, decode_responses=False, **options)
+        # `r` decodes: its replies are str (redis-py annotates every reply `bytes | str`, whatever
+        # the mode, so they are cast where they are read); `raw` is for bytes (contexts, messages)
+        self.r = sync_client(self.target, decode_responses=True, **options)
+        self.raw = sync_client(self.target, decode_responses=False, **options)
         self._create = self.r.register_script(_CREATE)
         self._reserve = self.r.register_script(_RESERVE)
         self._track_upload = self.r.register_script(_TRACK_UPLOAD)
         self._heartbeat = self.r.register_script(_HEARTBEAT)
         self._live = self.r.register_script(_LIVE)
         self._claim = self.r.register_script(_CLAIM)
+        #: the deliveries (commit statuses, callbacks) owed, beside the jobs: a job's end adds its own
+        self.outbox = Outbox.for_store(self, recover_after)
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
-        return cls(settings.redis_url.get_secret_value(), settings.worker.namespace, settings.retention)
+        return cls(settings.redis_target(), settings.worker.namespace, settings.retention,
+                   settings.deliveries.recover_after)
+
+    def clients(self) -> list[redis.Redis]:
+        """This store's Redis clients (a FailoverWatch closes their connections on a failover)."""
+        return [self.r, self.raw]
 
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.ns}:{kind}:{job_id}"
@@ -157,9 +215,11 @@ class JobStore:
 
     def ping(self) -> None:
         try:
-            redis.Redis.from_url(self.url, socket_connect_timeout=3).ping()
+            probe_client(self.target, 3).ping()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis at {_safe_url(self.url)} is unreachable: {exc}") from None
+            raise StoreUnavailable(f"Redis at {self.target.describe()} is unreachable: {exc}") from None
+        except OSError as exc:  # the password file
+            raise StoreUnavailable(f"Redis at {self.target.describe()}: {exc}") from None
 
     # -- records ---------------------------------------------------------------------------
     def create(self, record: JobRecord) -> bool:
@@ -171,11 +231,6 @@ class JobStore:
             self.r.expire(keys[0], self.retention.finished_seconds)
         return bool(created)
 
-    def forget(self, job_id: str) -> None:
-        """Delete a job that was never queued (its message could not be sent)."""
-        self.r.delete(self._key("job", job_id), self._key("secrets", job_id))
-        self._unindex([job_id])
-
     def _unindex(self, job_ids: builtins.list[str]) -> None:
         if job_ids:
             with self.r.pipeline(transaction=False) as pipe:
@@ -185,11 +240,109 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.r.get(self._key("job", job_id))
-        return JobRecord.model_validate_json(raw) if raw else None
+        return _record(raw) if raw else None
 
-    def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+    def view(self, job_id: str) -> JobView | None:
+        """The record as stored, without the models (the CLI's read commands)."""
+        raw = self.r.get(self._key("job", job_id))
+        return _view(raw) if raw else None
+
+    def update(self, job_id: str, change: Change) -> JobRecord | None:
         """Apply `change` atomically (optimistic WATCH); it returns the new record or None to keep.
-        Keeps the status indexes in step, and starts the retention clock when the job ends."""
+        Keeps the status indexes in step, and starts the retention clock when the job ends.
+        Returns the record as it is now (None: there is none). A job's moves go through `move`
+        and `end` (runner/store/jobstate.py)."""
+        return self._move(job_id, change, ends=None)[0]
+
+    def move(self, job_id: str, change: Change) -> tuple[JobRecord | None, bool]:
+        """`update` by a move of runner/store/jobstate.py that does not end the job (claim,
+        requeue, lost back to the queue, request_cancel): (the record, whether it moved)."""
+        return self._move(job_id, change, ends=False)
+
+    def end(self, job_id: str, change: Change, closing: str | None = None) -> tuple[JobRecord | None, bool]:
+        """End the job by `change` (a move of runner/store/jobstate.py to a final status), in one
+        transaction with everything an end writes: the final record, the log's closing line
+        (`closing`, masked by the caller: JobLog.closing) and its end marker, the deliveries the
+        end owes (its final commit status and callback, jobstate.owes, each with its task
+        message), the retention clock; its context and secret values go. A worker killed at
+        any moment leaves all of it or none of it. Returns (the record, whether this call ended
+        the job): (the record as it is, False) when `change`'s guard said no, (None, False)
+        when there is no record."""
+        return self._move(job_id, change, closing, ends=True)
+
+    def submit(self, record: JobRecord, secret_values: dict[str, str]) -> tuple[JobRecord, bool]:
+        """The queued moment, in one transaction: a new job's record (queued: jobstate.admitted),
+        its secret build-arg values, the "queued" commit status it owes (when `record.statuses`)
+        and its task message on its queue (runner.store.buildqueue). A process killed at any
+        moment leaves all of it or none of it. A job that has the id already is left alone:
+        (that record, False)."""
+        if record.status is not Status.queued:
+            raise ValueError(f"submit needs a queued record, not a {record.status.value} one")
+        stored = self._create_with(record.id, record.created_at.timestamp(), lambda pipe: self._write(pipe, None, record),
+                                   lambda pipe: self._queued(pipe, record.id, secret_values, record.statuses, record.queue,
+                                                             record.request.model_dump(mode="json")))
+        return (record, True) if stored is None else (_record(stored), False)
+
+    def submit_plain(self, record: dict[str, Any], secret_values: dict[str, str]) -> tuple[JobView, bool]:
+        """`submit` of a record written without the models (runner.core.plain_request.queued_record,
+        the CLI's light path): the same keys in the same one transaction."""
+        if record["status"] != Status.queued.value:
+            raise ValueError(f"submit needs a queued record, not a {record['status']} one")
+        from runner.core.plain_request import record_text
+
+        job_id, created = record["id"], datetime.fromisoformat(record["created_at"]).timestamp()
+        text = record_text(record)
+        stored = self._create_with(
+            job_id, created, lambda pipe: self._put(pipe, job_id, text, created, Status.queued, record["executor"]),
+            lambda pipe: self._queued(pipe, job_id, secret_values, record["statuses"], record["queue"], record["request"]))
+        return (JobView(record), True) if stored is None else (_view(stored), False)
+
+    def _queued(self, pipe: redis.client.Pipeline, job_id: str, secret_values: dict[str, str], statuses: bool,
+                queue: str, request: dict[str, Any]) -> None:
+        """What a submit writes beside the record: its secret values, its "queued" status, its message."""
+        self._put_secrets(pipe, job_id, secret_values)
+        if statuses:  # before the message: "queued" goes first (runner/store/outbox.py)
+            self.outbox.add(job_id, "status", "queued", "queued", client=pipe)
+        pipe.lpush(queue, build_message(request, queue))
+
+    def end_new(self, record: JobRecord, closing: str | None = None) -> tuple[JobRecord, bool]:
+        """Store a job born ended (a refused raw message: jobstate.refuse) with its closing line
+        and end marker, its context and secret values gone, owing nothing (it was never
+        admitted). A job that has the id already is left alone: (that record, False)."""
+        if not record.finished:
+            raise ValueError(f"end_new needs a finished record, not a {record.status.value} one")
+        stored = self._create_with(record.id, record.created_at.timestamp(), lambda pipe: self._write(pipe, None, record),
+                                   lambda pipe: self._ending(pipe, record, closing))
+        return (record, True) if stored is None else (_record(stored), False)
+
+    def _create_with(self, job_id: str, created: float, write: Callable[[redis.client.Pipeline], None],
+                     also: Callable[[redis.client.Pipeline], None]) -> str | bytes | None:
+        """Store a new record by `write` (and drop its id's reservation) with what `also` queues
+        on the transaction: None; or the raw record there if a job has the id already (nothing written)."""
+        key = self._key("job", job_id)
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is not None:
+                        pipe.unwatch()
+                        return raw
+                    pipe.multi()
+                    pipe.zadd(f"{self.ns}:jobs", {job_id: created})
+                    pipe.delete(self._key("reserve", job_id))
+                    write(pipe)
+                    also(pipe)
+                    pipe.execute()
+                    return None
+                except redis.WatchError:
+                    continue
+
+    def _move(self, job_id: str, change: Change, closing: str | None = None,
+              ends: bool | None = True) -> tuple[JobRecord | None, bool]:
+        """`ends`: the move must end the job (end), must not (move), or either (update)."""
+        from runner.store import jobstate  # the models: not on the CLI's read path
+
         key = self._key("job", job_id)
         with self.r.pipeline() as pipe:
             while True:
@@ -198,44 +351,83 @@ class JobStore:
                     raw = pipe.get(key)
                     if raw is None:
                         pipe.unwatch()
-                        return None
-                    current = JobRecord.model_validate_json(raw)
+                        return None, False
+                    current = _record(raw)
                     new = change(current)
                     if new is None:
                         pipe.unwatch()
-                        return current
+                        return current, False
+                    if ends is not None and (current.finished or new.finished is not ends):
+                        pipe.unwatch()
+                        raise ValueError(f"job {job_id}: a move from {current.status.value} to {new.status.value} "
+                                         + ("is no end" if ends else "needs JobStore.end"))
                     pipe.multi()
-                    pipe.set(key, new.model_dump_json())
-                    if new.status is not current.status:
-                        pipe.zrem(self._status_key(current.status), job_id)
-                        pipe.zadd(self._status_key(new.status), {job_id: new.created_at.timestamp()})
-                        if current.status is Status.running:
-                            pipe.lrem(self.running_key(current.executor), 0, job_id)
-                        if new.status is Status.running:
-                            pipe.lpush(self.running_key(new.executor), job_id)
-                    if new.finished:
-                        pipe.expire(key, self.retention.finished_seconds)
+                    self._write(pipe, current, new)
+                    if ends:
+                        self._ending(pipe, new, closing)
+                        status, callback = jobstate.owes(new)
+                        self.outbox.add_finished(new.id, status, callback, client=pipe)
                     pipe.execute()
-                    return new
+                    return new, True
                 except redis.WatchError:
                     continue
+
+    def _write(self, pipe: redis.client.Pipeline, current: JobRecord | None, new: JobRecord) -> None:
+        """Queue the record's write on `pipe` (in MULTI): the record, its status index and its
+        executor's running list moved with it, the retention clock once it is finished."""
+        self._put(pipe, new.id, new.model_dump_json(), new.created_at.timestamp(), new.status, new.executor,
+                  current.status if current else None, current.executor if current else None)
+
+    def _put(self, pipe: redis.client.Pipeline, job_id: str, text: str, created: float, status: Status, executor: str,
+             was: Status | None = None, was_executor: str | None = None) -> None:
+        """`_write` of a record as its JSON `text` (`was`: its status before, None for a new one)."""
+        key = self._key("job", job_id)
+        pipe.set(key, text)
+        if was is None or status is not was:
+            if was is not None:
+                pipe.zrem(self._status_key(was), job_id)
+            pipe.zadd(self._status_key(status), {job_id: created})
+            if was is Status.running:
+                pipe.lrem(self.running_key(was_executor or ""), 0, job_id)
+            if status is Status.running:
+                pipe.lpush(self.running_key(executor), job_id)
+        if status.finished:
+            pipe.expire(key, self.retention.finished_seconds)
+
+    def _ending(self, pipe: redis.client.Pipeline, record: JobRecord, closing: str | None) -> None:
+        """Queue on `pipe` (in MULTI) what every end writes to the job's other keys: the log's
+        closing line and end marker, the log's retention clock; its context and secret values go."""
+        key = self._key("log", record.id)
+        if closing is not None:
+            pipe.xadd(key, {LINES_FIELD: closing})
+        pipe.xadd(key, {END_FIELD: record.status.value})
+        pipe.expire(key, self.retention.finished_seconds)
+        pipe.delete(self._key("ctx", record.id), self._key("secrets", record.id))
 
     def list(self, status: Status | None = None, limit: int = 50, before: float | None = None) -> builtins.list[JobRecord]:
         """Newest first, from the status index (so cost follows `limit`, not history). `before`:
         only jobs created before this timestamp (paging). Ids whose record expired are dropped
         from the indexes on the way."""
+        return self._list(_record, status, limit, before)
+
+    def views(self, status: Status | None = None, limit: int = 50) -> builtins.list[JobView]:
+        """`list` without the models (the CLI's `runner list`)."""
+        return self._list(_view, status, limit, None)
+
+    def _list(self, parse: Callable[[Any], R], status: Status | None, limit: int, before: float | None) -> builtins.list[R]:
         index = self.index_key(status)
         top = f"({before}" if before is not None else "+inf"
-        records: builtins.list[JobRecord] = []
+        records: builtins.list[R] = []
         while len(records) < limit:
-            ids = self.r.zrevrangebyscore(index, top, "-inf", start=0, num=max(limit - len(records), 20), withscores=True)
+            ids = cast(builtins.list[tuple[str, float]],
+                       self.r.zrevrangebyscore(index, top, "-inf", start=0, num=max(limit - len(records), 20), withscores=True))
             if not ids:
                 break
             raws = self.r.mget([self._key("job", i) for i, _ in ids])
             self._unindex([i for (i, _), raw in zip(ids, raws, strict=True) if raw is None])
             for raw in raws:
                 if raw and len(records) < limit:
-                    record = JobRecord.model_validate_json(raw)
+                    record = parse(raw)
                     if status is None or record.status is status:
                         records.append(record)
             top = f"({ids[-1][1]}"
@@ -246,7 +438,7 @@ class JobStore:
 
     def ids(self, status: Status) -> builtins.list[str]:
         """Every id in `status` (for recovery: the running ones, never the whole history)."""
-        return self.r.zrange(self._status_key(status), 0, -1)
+        return cast(builtins.list[str], self.r.zrange(self._status_key(status), 0, -1))
 
     def reconcile_running(self, executors: builtins.list[str]) -> None:
         """Rebuild the per-executor running lists from the running index (after a crash
@@ -267,7 +459,7 @@ class JobStore:
         """Drop index entries whose record has expired; returns how many went. Called by the
         worker's maintenance so the indexes shrink with retention."""
         cutoff = time.time() - self.retention.finished_seconds
-        ids = self.r.zrangebyscore(f"{self.ns}:jobs", "-inf", cutoff, start=0, num=batch)
+        ids = cast(builtins.list[str], self.r.zrangebyscore(f"{self.ns}:jobs", "-inf", cutoff, start=0, num=batch))
         if not ids:
             return 0
         with self.r.pipeline(transaction=False) as pipe:
@@ -321,7 +513,7 @@ class JobStore:
     def requeues(self) -> dict[tuple[str, str], int]:
         """(executor, reason) -> jobs put back in their queue, since Redis's data began."""
         counts = {}
-        for field, count in self.r.hgetall(f"{self.ns}:requeued").items():
+        for field, count in cast(dict[str, str], self.r.hgetall(f"{self.ns}:requeued")).items():
             executor, _, reason = field.rpartition("/")
             counts[(executor, reason)] = int(count)
         return counts
@@ -334,7 +526,7 @@ class JobStore:
         return self._reserve(keys=keys, args=[owner, self.retention.upload_seconds])
 
     def reservation(self, job_id: str) -> str | None:
-        return self.r.get(self._key("reserve", job_id))
+        return cast("str | None", self.r.get(self._key("reserve", job_id)))
 
     def release(self, job_id: str, owner: str) -> None:
         self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("reserve", job_id), owner)
@@ -381,7 +573,7 @@ class JobStore:
         self.r.set(self._key("built", key), entry, ex=self.retention.finished_seconds)
 
     def remembered_build(self, key: str) -> str | None:
-        return self.r.get(self._key("built", key))
+        return cast(str | None, self.r.get(self._key("built", key)))
 
     def forget_build(self, key: str, entry: str) -> None:
         """Forget the build `entry` of `key` (not one remembered since)."""
@@ -398,14 +590,19 @@ class JobStore:
     # -- secret build-arg values: by reference, never in the queue message ---------------------
     def save_secrets(self, job_id: str, values: dict[str, str]) -> None:
         if values:
-            key = self._key("secrets", job_id)
             with self.r.pipeline() as pipe:
-                pipe.hset(key, mapping=values)
-                pipe.expire(key, self.retention.queued_seconds)
+                self._put_secrets(pipe, job_id, values)
                 pipe.execute()
 
+    def _put_secrets(self, pipe: redis.client.Pipeline, job_id: str, values: dict[str, str]) -> None:
+        if values:
+            key = self._key("secrets", job_id)
+            fields: dict[FieldT, EncodableT] = {name: value for name, value in values.items()}  # hset takes no dict[str, str]
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.retention.queued_seconds)
+
     def load_secrets(self, job_id: str) -> dict[str, str]:
-        return self.r.hgetall(self._key("secrets", job_id))
+        return cast(dict[str, str], self.r.hgetall(self._key("secrets", job_id)))
 
     def delete_secrets(self, job_id: str) -> None:
         self.r.delete(self._key("secrets", job_id))
@@ -425,26 +622,17 @@ class JobStore:
         if entry_ids:
             self.r.xdel(self._key("log", job_id), *entry_ids)
 
-    def end_job(self, job_id: str, status: Status) -> None:
-        """A job ended (however: finished, cancelled while queued, given up): its log gets the
-        end marker and the retention clock; its context and secret values go. One round trip."""
-        key = self._key("log", job_id)
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {END_FIELD: status.value})
-            pipe.expire(key, self.retention.finished_seconds)
-            pipe.delete(self._key("ctx", job_id), self._key("secrets", job_id))
-            pipe.execute()
-
     def read_log(self, job_id: str, follow: bool = False, block_ms: int = 1000,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
         """Replay the log from the start, line by line; with follow, tail until the job's end marker."""
         key, last = self._key("log", job_id), "0-0"
         while True:
-            batch = self.r.xread({key: last}, count=500, block=block_ms if follow else None)
+            batch = cast(builtins.list[tuple[str, StreamEntries]],
+                         self.r.xread({key: last}, count=500, block=block_ms if follow else None))
             if not batch:
                 if not follow:
                     return
-                record = self.get(job_id)
+                record = self.view(job_id)
                 if record is None or (record.finished and not self.r.exists(key)):
                     return
                 if should_stop and should_stop():
@@ -525,7 +713,7 @@ class JobStore:
         self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("lease", job_id), worker)
 
     def lease_holder(self, job_id: str) -> str | None:
-        return self.r.get(self._key("lease", job_id))
+        return cast("str | None", self.r.get(self._key("lease", job_id)))
 
 
 class ContextWriter:
@@ -607,11 +795,3 @@ def _bulk_pieces(stream: BinaryIO, size: int, piece: int, skip: int = 0) -> Iter
         yield data
     if stream.read(2) != b"\r\n":
         raise redis.ConnectionError("unexpected reply while reading a context")
-
-
-def _safe_url(url: str) -> str:
-    """A Redis URL without its password, for error messages."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return url

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -33,7 +33,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from runner.core.jobs import JobRecord
-from runner.store.jobstore import END_FIELD, LINES_FIELD, JobStore
+from runner.store.jobstore import END_FIELD, LINES_FIELD, JobStore, StreamEntries
+from runner.store.redis_clients import async_pool
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,8 @@ class LogHub:
 
     # -- life cycle ----------------------------------------------------------------------------
     async def open(self) -> None:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.store.url, max_connections=self.tail_slots + COMMAND_SLOTS, timeout=10, decode_responses=True,
+        pool = async_pool(
+            self.store.target, max_connections=self.tail_slots + COMMAND_SLOTS, timeout=10, decode_responses=True,
             socket_connect_timeout=2, socket_keepalive=True, health_check_interval=10,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError])
@@ -297,8 +298,8 @@ class LogHub:
         raw = await self.client.get(self.store.job_key(job_id))
         return raw is None or JobRecord.model_validate_json(raw).finished
 
-    async def _read_page(self, key: str, after: str) -> list:
-        reply = await self.client.xread({key: after}, count=self.page)
+    async def _read_page(self, key: str, after: str) -> StreamEntries:
+        reply = cast(list[tuple[str, StreamEntries]], await self.client.xread({key: after}, count=self.page))
         return reply[0][1] if reply else []
 
     async def pages(self, job_id: str, after: str = "0-0", stop_at_end: bool = True,
@@ -406,7 +407,8 @@ class LogHub:
         while True:
             try:
                 async with self._tail_slots:
-                    reply = await self.client.xread({key: tailer.cursor}, count=self.page, block=self.block_ms)
+                    reply = cast(list[tuple[str, StreamEntries]],
+                                 await self.client.xread({key: tailer.cursor}, count=self.page, block=self.block_ms))
                 if reply and reply[0][1]:
                     batch = Batch.from_stream(reply[0][1], stop_at_end=True)
                     if batch.ended:

@@ -4,7 +4,7 @@ in Redis so that no process's death loses one.
 A delivery is one HTTP request the runner owes someone (the "pending" status of job J, J's
 completion callback). `add` records it and writes a `runner.deliver` task message straight to
 the `<namespace>.deliveries` queue (no Celery needed, like runner.store.buildqueue), in one
-atomic step. A worker's task then runs one attempt (runner/worker/deliveries.py); a failed
+atomic step. A worker's task then runs one attempt (runner/worker/notify/deliveries.py); a failed
 attempt is put back here with the time of its next try, and every worker's scheduler sends the
 task message again when that time comes. So no worker ever holds a delivery for long: a
 message is in the queue (safe in Redis) or being attempted under a lock with a lifetime. A
@@ -43,8 +43,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 
@@ -263,36 +264,29 @@ class Outbox:
                 self._group(group, "lock"), self.outbox_key]
 
     # -- the side that owes a delivery (entry points, the worker's listener) ---------------------
-    def add(self, job_id: str, kind: Kind, key: str, moment: str, note: dict[str, Any] | None = None) -> bool:
-        """Record the delivery `JOB:KIND:KEY` and queue its first attempt; False if it exists already."""
+    def add(self, job_id: str, kind: Kind, key: str, moment: str, note: dict[str, Any] | None = None,
+            client: redis.Redis | redis.client.Pipeline | None = None) -> bool:
+        """Record the delivery `JOB:KIND:KEY` and queue its first attempt; False if it exists already.
+        `client`: a pipeline (in MULTI) to queue it on, in a transaction of the caller's
+        (JobStore.end); its answer then comes with the pipeline's."""
         group = f"{job_id}:{kind}"
         delivery_id = f"{group}:{key}"
         ticket = uuid.uuid4().hex
         keys = [self._key(delivery_id), self._group(group, "seq"), self._group(group, "open"), self._group(group, "fresh"),
                 self.outbox_key, self.queue]
-        args = [delivery_id, job_id, kind, moment, group, time.time(), ticket, f"msg_{uuid.uuid4().hex}",
+        args: list[str | float] = [delivery_id, job_id, kind, moment, group, time.time(), ticket, f"msg_{uuid.uuid4().hex}",
                 json.dumps(note or {}), self.ttl, self.recover_after, deliver_message(delivery_id, ticket, self.queue)]
-        return bool(self._add(keys=keys, args=args))
+        return bool(self._add(keys=keys, args=args, client=client or self.r))
 
-    def add_finished(self, job_id: str, source: bool, callback: bool) -> None:
-        """What a finished job owes: its final commit status (`source`) and its callback."""
-        if source:
-            self.add(job_id, "status", "finished", "finished")
+    def add_finished(self, job_id: str, status: bool, callback: bool,
+                     client: redis.Redis | redis.client.Pipeline | None = None) -> None:
+        """What a job's end owes (runner/store/jobstate.py, owes): its final commit status
+        (`status`) and its callback (`callback`). Only JobStore.end calls it, in the end's own
+        transaction (`client`)."""
+        if status:
+            self.add(job_id, "status", "finished", "finished", client=client)
         if callback:
-            self.add(job_id, "callback", "finished", "finished")
-
-    def forget(self, job_id: str) -> None:
-        """Drop every delivery of a job that was never queued (its message could not be sent);
-        their task messages, if sent, then find nothing to do."""
-        for kind in ("status", "callback"):
-            group = f"{job_id}:{kind}"
-            ids = self.r.zrange(self._group(group, "open"), 0, -1)
-            with self.r.pipeline(transaction=False) as pipe:
-                for delivery_id in ids:
-                    pipe.delete(self._key(delivery_id))
-                    pipe.zrem(self.outbox_key, delivery_id)
-                pipe.delete(*(self._group(group, part) for part in ("seq", "open", "fresh", "done", "lock")))
-                pipe.execute()
+            self.add(job_id, "callback", "finished", "finished", client=client)
 
     # -- the worker side ----------------------------------------------------------------------------
     def begin(self, delivery_id: str, ticket: str, holder: str, lock_seconds: float, wait_bound: float,
@@ -307,8 +301,8 @@ class Outbox:
                                               now + postpone])
         if result[0] != "go":
             return result[0], None
-        data = self.r.hgetall(keys[0])
-        return "go", Delivery(id=delivery_id, job_id=data["job"], kind=data["kind"], moment=data["moment"],
+        data = cast(dict[str, str], self.r.hgetall(keys[0]))
+        return "go", Delivery(id=delivery_id, job_id=data["job"], kind=cast(Kind, data["kind"]), moment=data["moment"],
                               seq=int(data["seq"]), created=float(data["created"]), attempts=int(result[1]),
                               ticket=ticket, webhook_id=data.get("webhook_id", ""),
                               note=json.loads(data.get("note") or "{}"), resumed=result[2] == "1")
@@ -364,15 +358,15 @@ class Outbox:
 
     # -- reading ------------------------------------------------------------------------------------
     def get(self, delivery_id: str) -> dict[str, str]:
-        return self.r.hgetall(self._key(delivery_id))
+        return cast(dict[str, str], self.r.hgetall(self._key(delivery_id)))
 
     def of_job(self, job_id: str) -> dict[str, dict[str, str]]:
         """Every delivery of a job, by id (for tests and operators)."""
-        found = {}
-        for key in self.r.scan_iter(f"{self.ns}:delivery:{job_id}:*", count=1000):
-            found[key.removeprefix(f"{self.ns}:delivery:")] = self.r.hgetall(key)
+        found: dict[str, dict[str, str]] = {}
+        for key in cast(Iterator[str], self.r.scan_iter(f"{self.ns}:delivery:{job_id}:*", count=1000)):
+            found[key.removeprefix(f"{self.ns}:delivery:")] = cast(dict[str, str], self.r.hgetall(key))
         return found
 
     def gave_up(self) -> dict[str, int]:
         """Deliveries that gave up, by label (status.github, status.gitlab, status.gitea, callback)."""
-        return {label: int(count) for label, count in self.r.hgetall(self.gave_up_key).items()}
+        return {label: int(count) for label, count in cast(dict[str, str], self.r.hgetall(self.gave_up_key)).items()}

@@ -38,12 +38,15 @@ Lock = Callable[[str], AbstractContextManager]
 
 
 def pushed_digests(images: list[PushedImage]) -> list[Subject]:
-    """Every manifest digest the job pushed, once per repository: each tag's digest."""
+    """Every manifest digest the job pushed, once per repository: each tag's digest (an
+    image, or a multi-platform job's index) and, under an index, each platform's manifest."""
     found: dict[tuple[str, str], Subject] = {}
     for image in images:
         ref = ImageRef.parse(image.ref)
         repository = f"{ref.registry}/{ref.repository}"
         found.setdefault((repository, image.digest), Subject(repository, image.digest))
+        for child in image.platforms:
+            found.setdefault((repository, child.digest), Subject(repository, child.digest, child.platform))
     return list(found.values())
 
 

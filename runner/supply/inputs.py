@@ -5,36 +5,29 @@ holds now, through the worker's registry clients (and their logins)."""
 
 from __future__ import annotations
 
-import platform as host
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 from runner.context.build_context import BuildContext
-from runner.context.dockerfile_bases import BaseRef, DockerfileError, Platform, base_images
+from runner.context.dockerfile_bases import BaseRef, DockerfileError, base_images
 from runner.context.tarpolicy import member_parts
 from runner.core.build_inputs import BaseImage, BuildInputs, SourceInputs, without_credentials
 from runner.core.errors import ExecutorError
+from runner.core.host_platforms import native_platform
 from runner.core.image_names import InvalidReference, NamedRef, parse_image
 from runner.core.jobs import BuildRequest, GitContext
 from runner.core.log_sink import LogSink
+from runner.core.platforms import parse_platform
 from runner.core.registry_client import INDEX_TYPES, Registries
 
 MAX_DOCKERFILE_BYTES = 1024**2
 RESOLVED_AT_ONCE = 4
 MASK = "***"
-_MACHINES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm/v7",
-             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "i686": "386", "i386": "386"}
-
-
-def native_platform() -> Platform:
-    """The worker's own platform (the target of a job that names none)."""
-    machine = host.machine().lower()
-    return Platform.parse("linux/" + _MACHINES.get(machine, machine))
 
 
 def job_platforms(request: BuildRequest) -> list[str]:
-    """The platforms the job builds for; empty: the worker's own."""
-    return [request.platform] if request.platform else []
+    """The platforms the job builds for (a multi-platform job's every one); empty: the worker's own."""
+    return list(request.platforms)
 
 
 def source_inputs(request: BuildRequest, context: BuildContext) -> SourceInputs | None:
@@ -149,7 +142,7 @@ def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, 
     unknown = None
     try:
         text = dockerfile_text(context)
-        for target in [Platform.parse(p) for p in platforms] or [native]:
+        for target in [parse_platform(p) for p in platforms] or [native]:
             for base in base_images(text, request.build_args, request.target, target, native):
                 needed.setdefault(base, []).append(str(target))
     except (DockerfileError, OSError, tarfile.TarError) as exc:

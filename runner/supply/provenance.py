@@ -25,7 +25,7 @@ from runner.core.build_inputs import BaseImage, BuildInputs, SourceInputs
 from runner.core.jobs import JobRecord
 
 #: what kind of build this is: the meaning of externalParameters and internalParameters
-#: (docs/provenance.md describes them)
+#: (docs/signing.md describes them)
 BUILD_TYPE = "urn:ci-build-runner:build-type:container-image:v1"
 BUILDER_NAME = "ci-build-runner"
 

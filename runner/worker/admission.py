@@ -12,8 +12,9 @@ reports on); or an API token holding the `status` right or naming the repository
 --api, which writes to Redis with the same access) is bound by the git rule only, unless
 `statuses.trust_queue_sources` says the queue is trusted. An unbound source is refused as
 invalid, naming the repository: the submitter asked for a status, so it is never dropped
-silently. Every record with a source was bound when it was admitted; the worker's listener
-asks again with ADMITTED."""
+silently. The answer is kept on the job's record (`JobRecord.statuses`, set when the record is
+made: runner/store/jobstate.py, admitted), and everything later reads it from there: the
+worker's interim statuses, a job's end (JobStore.end), a cancel while queued."""
 
 from __future__ import annotations
 
@@ -26,16 +27,10 @@ from pydantic import ValidationError
 from executors.plugins import ExecutorRegistry
 from runner.config.sections import ApiToken
 from runner.config.settings import Settings
-from runner.core.jobs import JOB_ID, MAX_JOB_ID, BuildRequest, JobSource
+from runner.core.admission_rules import Rejected, check_admission
+from runner.core.jobs import BuildRequest, JobSource
+from runner.core.request_rules import JOB_ID, MAX_JOB_ID
 from runner.core.validation import field_errors, first_error
-
-
-class Rejected(ValueError):
-    """Invalid input; `field` names what was wrong. Nothing was queued."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
 
 
 def parse_request(data: Any) -> BuildRequest:
@@ -85,7 +80,7 @@ def readable_request(data: Any) -> BuildRequest | None:
 class Origin:
     """The door a job came in by: it decides whether the job's `source` may get statuses."""
 
-    door: Literal["webhook", "api", "queue", "admitted"]
+    door: Literal["webhook", "api", "queue"]
     token: ApiToken | None = None  # the API's bearer token
 
     @classmethod
@@ -95,7 +90,6 @@ class Origin:
 
 WEBHOOK = Origin("webhook")  # a verified push: the host itself names the commit
 QUEUE = Origin("queue")  # a message posted straight to Redis, or `runner submit` without --api
-ADMITTED = Origin("admitted")  # a job with a record: its source was bound when it was admitted
 
 
 @dataclass(frozen=True)
@@ -106,30 +100,17 @@ class Admission:
 
 def admit(request: BuildRequest, settings: Settings, origin: Origin) -> Admission:
     """Check `request`, which came in by `origin`, against the config."""
-    limits = settings.limits
-    if len(request.tags) > limits.max_tags:
-        raise Rejected("tags", f"{len(request.tags)} tags is over the limit of {limits.max_tags} (limits.max_tags)")
-    allowed = [r.host for r in settings.registries]
-    for index, ref in enumerate(request.image_refs()):
-        if ref.registry not in allowed:
-            raise Rejected(f"tags.{index}", f"registry {ref.registry!r} is not allowed; configured registries: "
-                           f"{', '.join(allowed) or 'none (add one under registries:)'}")
-    executor = request.executor or settings.default_executor
-    config = settings.executors.get(executor)
-    if config is None:
-        registry = ExecutorRegistry()
-        if not registry.is_known(executor):
-            raise Rejected("executor", f"unknown executor {executor!r}; known: {', '.join(registry.names())}")
-    if config is None or not config.enabled:
-        enabled = settings.enabled_executors()
-        raise Rejected("executor", f"executor {executor!r} is not enabled; enabled: {', '.join(enabled) or 'none'}")
-    if request.timeout is not None and request.timeout > limits.max_timeout:
-        raise Rejected("timeout", f"{request.timeout}s is over the maximum of {limits.max_timeout}s (limits.max_timeout)")
-    unknown = [s for s in request.secrets if s not in settings.build_secrets]
-    if unknown:
-        raise Rejected("secrets", f"unknown build secret(s) {unknown}; configured: {sorted(settings.build_secrets)}")
+    executor = check_admission(settings.admission_policy(), request.tags, request.platforms, request.executor,
+                               request.timeout, request.secrets, unknown_executor)
     check_sources(request, settings)
     return Admission(executor, statuses_for(request, settings, origin))
+
+
+def unknown_executor(name: str) -> None:
+    """Refuse an executor no package provides; one that is known but has no config is not enabled."""
+    registry = ExecutorRegistry()
+    if not registry.is_known(name):
+        raise Rejected("executor", f"unknown executor {name!r}; known: {', '.join(registry.names())}")
 
 
 def statuses_for(request: BuildRequest, settings: Settings, origin: Origin) -> bool:
@@ -147,7 +128,7 @@ def statuses_for(request: BuildRequest, settings: Settings, origin: Origin) -> b
 
 def unbound(request: BuildRequest, source: JobSource, settings: Settings, origin: Origin) -> str | None:
     """Why the job may not report on `source`'s commit, or None when it may."""
-    if origin.door in ("webhook", "admitted") or builds_commit_of(request, source, settings):
+    if origin.door == "webhook" or builds_commit_of(request, source, settings):
         return None
     rule = (f"the job does not clone {source.repository} from the configured {source.host} host at commit "
             f"{source.sha} (a git context with that URL and commit)")

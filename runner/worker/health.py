@@ -5,7 +5,11 @@ heartbeat in the store.
   /healthz   200 while the process runs (liveness: only a hung or dead process fails it)
   /readyz    200 when Redis answers within a second, every executor passed its check, and the
              worker is not draining; else 503 naming why. Draining starts the moment SIGTERM
-             arrives and lasts until the process exits.
+             arrives (or POST /drain) and lasts until the process exits; its answer says how
+             many builds still run ("running": N, "drained": true at 0).
+  POST /drain  from the same host only (the peer is a loopback address): start the drain, as
+             SIGTERM would (runner/worker/drain.py); 202. `runner drain` (a preStop hook) sends
+             it and waits for "drained". Anyone else gets 403: the port is open to Prometheus.
 
 The heartbeat says every HEARTBEAT_INTERVAL seconds which executors this worker serves, so
 `runner serve` can export runner_workers{executor} (a worker that dies stops counting once
@@ -13,16 +17,17 @@ its heartbeat lapses, HEARTBEAT_TTL)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from runner.store.redis_clients import probe_client
 from runner.worker.worker import Worker
 from runner.worker.worker_metrics import WorkerMetrics
 
@@ -33,6 +38,14 @@ HEARTBEAT_INTERVAL = 5.0
 HEARTBEAT_TTL = 20.0
 
 
+def local_peer(address: str) -> bool:
+    """Is a peer's address this host's loopback (an IPv4 address mapped into IPv6 included)?"""
+    try:
+        return ipaddress.ip_address(address.removeprefix("::ffff:")).is_loopback
+    except ValueError:
+        return False
+
+
 class Readiness:
     """What /readyz answers. Redis is asked at each probe with a client of its own that
     never retries, so an outage shows within PROBE_TIMEOUT (the job store's client rides
@@ -41,12 +54,13 @@ class Readiness:
     def __init__(self, worker: Worker):
         self.worker = worker
         self.draining = threading.Event()
-        self.redis = redis.Redis.from_url(worker.settings.redis_url.get_secret_value(), socket_timeout=PROBE_TIMEOUT,
-                                          socket_connect_timeout=PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0))
+        # decodes: also read by /metrics (the open circuits)
+        self.redis = probe_client(worker.settings.redis_target(), PROBE_TIMEOUT, decode_responses=True)
 
     def check(self) -> tuple[bool, str]:
         if self.draining.is_set():
-            return False, "draining: the worker got SIGTERM and takes no new jobs"
+            running = len(self.worker.running_jobs())
+            return False, f"draining: takes no new builds; {running} running" if running else "drained: no build running"
         if self.worker.unusable:
             return False, "; ".join(f"executor {name} cannot work here: {why}" for name, why in sorted(self.worker.unusable.items()))
         try:
@@ -59,8 +73,9 @@ class Readiness:
 class HealthServer:
     """/metrics, /healthz and /readyz on a thread of their own."""
 
-    def __init__(self, host: str, port: int, metrics: WorkerMetrics, readiness: Readiness):
-        self.metrics, self.readiness = metrics, readiness
+    def __init__(self, host: str, port: int, metrics: WorkerMetrics, readiness: Readiness,
+                 on_drain: Callable[[str], None] = lambda why: None):
+        self.metrics, self.readiness, self.on_drain = metrics, readiness, on_drain
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="runner-health", daemon=True)
@@ -88,9 +103,22 @@ class HealthServer:
                     self._json(200, {"status": "ok"})
                 elif path == "/readyz":
                     ready, why = server.readiness.check()
-                    self._json(200 if ready else 503, {"status": "ready" if ready else "unready", "reason": why})
+                    body: dict = {"status": "ready" if ready else "unready", "reason": why}
+                    if server.readiness.draining.is_set():
+                        running = len(server.readiness.worker.running_jobs())
+                        body.update(running=running, drained=running == 0)
+                    self._json(200 if ready else 503, body)
                 else:
                     self._json(404, {"error": "not_found", "message": "try /metrics, /healthz or /readyz"})
+
+            def do_POST(self) -> None:  # http.server's name for it
+                if self.path.split("?", 1)[0] != "/drain":
+                    self._json(404, {"error": "not_found", "message": "POST /drain is the only POST"})
+                elif not local_peer(self.client_address[0]):
+                    self._json(403, {"error": "forbidden", "message": "POST /drain is taken from this host only"})
+                else:
+                    server.on_drain("POST /drain from this host (a preStop hook: runner drain)")
+                    self._json(202, {"status": "draining"})
 
             def _json(self, status: int, body: dict) -> None:
                 self._send(status, json.dumps(body).encode(), "application/json")
@@ -151,10 +179,11 @@ class WorkerService:
     """The worker's presence beyond its queues: the HTTP server (unless metrics_port is 0)
     and the heartbeat."""
 
-    def __init__(self, worker: Worker, metrics: WorkerMetrics):
-        self.worker, self.metrics = worker, metrics
+    def __init__(self, worker: Worker, metrics: WorkerMetrics, on_drain: Callable[[str], None] = lambda why: None):
+        self.worker, self.metrics, self.on_drain = worker, metrics, on_drain
         self.readiness = Readiness(worker)
         metrics.ready = lambda: self.readiness.check()[0]  # runner_worker_ready
+        metrics.draining = self.readiness.draining.is_set  # runner_worker_draining
         self.heartbeat = Heartbeat(worker)
         self.server: HealthServer | None = None
 
@@ -162,7 +191,7 @@ class WorkerService:
         config = self.worker.settings.worker
         if config.metrics_port:
             try:
-                self.server = HealthServer(config.metrics_host, config.metrics_port, self.metrics, self.readiness)
+                self.server = HealthServer(config.metrics_host, config.metrics_port, self.metrics, self.readiness, self.on_drain)
             except OSError as exc:
                 log.error("cannot serve /metrics, /healthz and /readyz on %s:%d (%s); running without them",
                           config.metrics_host, config.metrics_port, exc.strerror or exc)
@@ -172,7 +201,7 @@ class WorkerService:
         self.heartbeat.start()
 
     def drain(self) -> None:
-        """SIGTERM: /readyz answers 503 from now on."""
+        """The drain began: /readyz answers 503 from now on."""
         self.readiness.draining.set()
 
     def stop(self) -> None:

@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from collections.abc import Mapping
 
 from executors.plugins import ExecutorRegistry
 from runner.config.logs import configure_logging
 from runner.config.settings import Settings
 from runner.store.outbox import deliveries_queue
-from runner.worker.admission import ADMITTED, statuses_for
+from runner.store.redis_clients import FailoverWatch
+from runner.worker.drain import Drain, JobBudget
 from runner.worker.health import WorkerService
 from runner.worker.notify.deliveries import Deliverer, DeliveryScheduler
 from runner.worker.notify.listener import NotifyListener
+from runner.worker.outcome_log import OutcomeLog
 from runner.worker.queue import TASK_NAME, make_app, requeuer
 from runner.worker.reaper import Maintenance
 from runner.worker.worker import Worker
@@ -30,10 +31,12 @@ from runner.worker.worker_metrics import WorkerMetrics
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | None, loglevel: str) -> None:
+def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | None, loglevel: str | None = None) -> None:
     """Enabling an executor in a worker's config says "this worker serves its queue": the
     worker takes that queue even when the executor's check fails, and fails its jobs at once
-    with the check's reason, so a job never waits for ever on a queue nobody serves."""
+    with the check's reason, so a job never waits for ever on a queue nobody serves.
+    `loglevel`: `--loglevel`, else log.level."""
+    loglevel = loglevel or settings.log.level
     configure_logging(settings, loglevel, fields=[CeleryTaskJobs()])
     leave_logging_to_us()
     queues = queues or [settings.queue_for(name) for name in settings.enabled_executors()]
@@ -42,24 +45,37 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     registry = ExecutorRegistry()
     names = [name for q in queues if registry.is_known(name := q.removeprefix(settings.worker.namespace + "."))]
     builds = concurrency or settings.worker.concurrency
+    if settings.worker.max_jobs:
+        builds = min(builds, settings.worker.max_jobs)
     metrics = WorkerMetrics(names, build_slots=builds)
     worker = Worker(settings, names, registry=registry, metrics=metrics)
+    FailoverWatch(settings.redis_target(), worker.store.clients()).start()  # with Sentinel only
     metrics.running_here = worker.running_here
     deliverer = Deliverer(settings, worker.store, worker.id)
-    worker.listeners += [metrics, NotifyListener(deliverer.outbox, lambda record: statuses_for(record.request, settings, ADMITTED))]
+    drain = Drain(worker)
+    budget = JobBudget(drain, settings.worker.max_jobs, settings.worker.idle_exit)
+    worker.listeners += [metrics, OutcomeLog(), NotifyListener(deliverer.outbox), budget]
     for name, why in worker.check().items():
         log.warning("executor %s cannot work on this worker; its jobs will fail with: %s", name, why)
-    app = make_app(settings, worker, deliverer, build_slots=builds)
+    app = make_app(settings, worker, deliverer, build_slots=builds, build_gate=drain.gate)
     worker.start()
     maintenance = Maintenance(worker, requeuer(app, settings))
     maintenance.start()
     scheduler = DeliveryScheduler(deliverer)
     scheduler.start()
-    service = WorkerService(worker, metrics)
+    service = WorkerService(worker, metrics, on_drain=drain.request)
     # read when /metrics is scraped: through the probe's client, so a scrape never waits out a Redis outage
     metrics.circuits_open = deliverer.circuits.reading_through(service.readiness.redis).open_by_label
     service.start()
-    wire_signals(worker, maintenance, service, scheduler)
+
+    def drain_started() -> None:
+        service.drain()
+        maintenance.stop()
+        budget.stopped.set()
+
+    drain.on_start = drain_started
+    wire_signals(drain, worker, service, scheduler)
+    budget.start()
     queues = [*queues, *[q for q in [deliveries_queue(settings.worker.namespace)] if q not in queues]]
     log.info("worker %s taking %s", worker.id, ", ".join(queues))
     app.Worker(
@@ -70,28 +86,16 @@ def run_worker(settings: Settings, queues: list[str] | None, concurrency: int | 
     ).start()
 
 
-def wire_signals(worker: Worker, maintenance: Maintenance, service: WorkerService, scheduler: DeliveryScheduler) -> None:
-    """On SIGTERM /readyz turns 503 at once, Celery stops taking jobs and waits for running
-    ones; after worker.shutdown_grace seconds we cancel what still runs, and the pipeline
-    requeues it. When Celery stops, the worker leaves the live list and the executors release
-    what they hold (warm pools)."""
+def wire_signals(drain: Drain, worker: Worker, service: WorkerService, scheduler: DeliveryScheduler) -> None:
+    """On SIGTERM (Celery's warm shutdown) the drain starts (runner/worker/drain.py): no new
+    build, /readyz 503, running builds finish within Settings.shutdown_grace() or are requeued.
+    When Celery stops, the worker leaves the live list and the executors release what they
+    hold (warm pools)."""
     from celery.signals import worker_shutdown, worker_shutting_down
 
     @worker_shutting_down.connect(weak=False)
-    def start_grace(**_) -> None:
-        service.drain()
-        maintenance.stop()
-        grace = worker.settings.worker.shutdown_grace
-        log.info("shutting down: running jobs get %.0fs to finish, then are requeued", grace)
-
-        def expire() -> None:
-            requeued = worker.cancel_all("shutdown")
-            if requeued:
-                log.info("grace over: requeuing %s", ", ".join(requeued))
-
-        timer = threading.Timer(grace, expire)
-        timer.daemon = True
-        timer.start()
+    def start_drain(**_) -> None:
+        drain.start()
 
     @worker_shutdown.connect(weak=False)
     def stop_executors(**_) -> None:

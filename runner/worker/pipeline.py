@@ -1,8 +1,11 @@
-"""One job, start to end: claim, workspace, context, executor, record updates, cleanup.
+"""One job on a worker: claim → context → run → end, and the clean-up after it.
 
-Knows executors only through their protocol, and takes them (and the context sources and
-finish hooks) from the Worker that owns them. Called by the Celery task (runner.worker.queue)
-and directly by tests, so it never imports Celery.
+Orchestration only: each change of the job's status is a move of runner/store/jobstate.py,
+and every end goes through `end_job` (JobStore.end: the final record, the closing log line,
+the end marker and the deliveries owed, in one transaction; then one "finished" event for the
+listeners). Knows executors only through their protocol, and takes them (and the context
+sources and listeners) from the Worker that owns them. Called by the Celery task
+(runner.worker.queue) and directly by tests, so it never imports Celery.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -21,13 +27,17 @@ from runner.config.settings import Settings
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, ExecutorError
 from runner.core.executor_metrics import Phase, PhaseClock
-from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, RequeueReason, Status, now
+from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, RequeueReason, Status
 from runner.core.process_log import MIN_SECRET, job_fields, remembered_secrets
+from runner.store import jobstate
 from runner.store.joblog import JobLog
+from runner.store.jobstate import Change
 from runner.store.jobstore import JobStore
+from runner.worker import faults
 from runner.worker.admission import QUEUE, Rejected, admit, readable_request, rejection
 
 if TYPE_CHECKING:
+    from executors.base import Executor
     from runner.worker.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -102,6 +112,43 @@ class Watcher(threading.Thread):
         self.stopped.set()
 
 
+def end_job(worker: Worker, job_id: str, change: Change, closing: str | None,
+            request: BuildRequest | None = None) -> JobRecord | None:
+    """End a job on this worker by `change` (a move of runner/store/jobstate.py): JobStore.end,
+    then, if this call ended it, the listeners' one "finished" event. Returns the record."""
+    record, ended = worker.store.end(job_id, change, closing)
+    if ended:
+        assert record is not None
+        told_finished(worker, record, request)
+    return record
+
+
+def told_finished(worker: Worker, record: JobRecord, request: BuildRequest | None = None) -> None:
+    """The job ended here (its end committed): tell the listeners, once."""
+    faults.after("end")
+    worker.tell("job_finished", record, request or record.request)
+    faults.after("told")
+
+
+@dataclass
+class Outcome:
+    """What an attempt came to: the job's final status, or `requeue` (why it goes back to its
+    queue), or `superseded` (another worker took the job over while our lease had lapsed)."""
+
+    status: Status
+    images: list[PushedImage] = field(default_factory=list)
+    error: JobError | None = None
+    requeue: str | None = None
+    shutdown: bool = False
+    superseded: bool = False
+
+    def closing(self) -> str:
+        """The log's last line for this outcome."""
+        if self.error:
+            return f"[runner] {self.status.value}: {self.error.message}"
+        return f"[runner] {self.status.value}: " + ", ".join(f"{i.ref}@{i.digest}" for i in self.images)
+
+
 def failure(exc: ExecutorError, timeout: int, joblog: JobLog) -> tuple[Status, JobError]:
     """The final status and stored error for an executor error (messages masked)."""
     if isinstance(exc, Cancelled):
@@ -117,6 +164,7 @@ class Pipeline:
         self.settings, self.store, self.worker_id = worker.settings, worker.store, worker.id
         self.lease_ttl = worker.settings.worker.lease_ttl
 
+    # -- admission ----------------------------------------------------------------------------
     def ensure_record(self, message: BuildRequest) -> tuple[JobRecord, bool]:
         """The job's record, and whether this message came straight to the queue (raw).
 
@@ -128,30 +176,33 @@ class Pipeline:
         if record is not None:
             return record, False
         executor = message.executor or self.settings.default_executor
-        new = JobRecord(id=message.id, request=message.redacted(), executor=executor, queue=self.settings.queue_for(executor))
         try:
-            admit(message, self.settings, QUEUE)
+            admission = admit(message, self.settings, QUEUE)
         except Rejected as exc:
-            return self._refuse(new, exc), True
+            draft = jobstate.admitted(message.redacted(), executor, self.settings.queue_for(executor), statuses=False,
+                                     submitted_by="queue")
+            return self._refuse(draft, exc), True
+        new = jobstate.admitted(message.redacted(), admission.executor, self.settings.queue_for(admission.executor),
+                                admission.statuses, submitted_by="queue")
         if not self.store.create(new):
             return self.ensure_record(message)
         self.store.save_secrets(message.id, message.secret_arg_values())
         return self.store.get(message.id) or new, True
 
     def _refuse(self, record: JobRecord, exc: Rejected, message: str | None = None) -> JobRecord:
-        """A raw queue message that admission refuses: a failed record, its context gone, and
-        the message (`message`, or the redacted request) set aside in `<queue>.invalid`, as the
-        transport does with garbage. A job that has the id already is left alone."""
-        error = JobError(kind="invalid", message=f"refused: {exc}")
-        refused = record.model_copy(update={"status": Status.failed, "error": error, "finished_at": now()})
+        """A raw queue message that admission refuses: a record born failed (jobstate.refuse),
+        its context gone, and the message (`message`, or the redacted request) set aside in
+        `<queue>.invalid`, as the transport does with garbage. A job that has the id already
+        is left alone."""
+        refused = jobstate.refuse(record, str(exc))
+        assert refused is not None and refused.error is not None
         # set aside first: whoever reads the refused record finds the message there already
         self.store.set_aside(record.queue, message or record.request.model_dump_json(), str(exc))
-        if not self.store.create(refused):
-            return self.store.get(record.id) or refused
-        log.warning("job %s: raw queue message refused: %s", record.id, exc)
-        JobLog(self.store, record.id).line(f"[runner] {error.message}")
-        self.store.end_job(record.id, Status.failed)
-        return refused
+        stored, ended = self.store.end_new(refused, f"[runner] {refused.error.message}")
+        if ended:
+            log.warning("job %s: raw queue message refused: %s", record.id, exc)
+            told_finished(self.worker, stored)
+        return stored
 
     def refuse_payload(self, payload: object, queue: str, exc: ValidationError) -> None:
         """A queue message that is not a valid job is set aside in `<queue>.invalid` with the
@@ -172,22 +223,24 @@ class Pipeline:
             return
         prefix = f"{self.settings.worker.namespace}."
         executor = queue.removeprefix(prefix) if queue.startswith(prefix) else self.settings.default_executor
-        record = JobRecord(id=readable.id, request=readable.redacted(), executor=executor, queue=queue)
-        self._refuse(record, refused, message)
+        self._refuse(jobstate.admitted(readable.redacted(), executor, queue, statuses=False, submitted_by="queue"),
+                     refused, message)
 
+    # -- one job: claim → context → run → end ---------------------------------------------------
     def run(self, message: BuildRequest) -> JobRecord:
         record, raw = self.ensure_record(message)
         if record.finished:
             log.info("job %s already %s; duplicate delivery ignored", message.id, record.status.value)
             return record
         if record.cancel_requested:  # cancelled while it ran on a worker that died (a queued one is finished)
-            return self._finish_unstarted(message.id, Status.cancelled, JobError(kind="cancelled", message="cancelled before it started"))
+            return self._end_unstarted(message.id, Status.cancelled,
+                                       JobError(kind="cancelled", message=jobstate.CANCELLED_BEFORE_START))
         request = message
         if message.secret_build_args and not raw:
             try:
                 request = message.with_secret_values(self.store.load_secrets(message.id))
             except ValueError as exc:
-                return self._finish_unstarted(message.id, Status.failed, JobError(kind="invalid", message=str(exc)))
+                return self._end_unstarted(message.id, Status.failed, JobError(kind="invalid", message=str(exc)))
         if not self._acquire_lease(request.id):
             log.info("job %s is held by %s; duplicate delivery ignored", request.id, self.store.lease_holder(request.id))
             return record
@@ -195,9 +248,10 @@ class Pipeline:
             # the worker's own log lines about this job carry its fields, its secrets masked
             secrets = secrets_to_mask(request, self.settings)  # reads the registries' password files: once a job
             with job_fields(request.id, record.executor, self.worker_id, secrets):
-                return self._run_claimed(request, secrets)
+                return self._attempt(request, secrets)
         finally:
             self.store.release_lease(request.id, self.worker_id)
+            faults.after("release")
 
     def _acquire_lease(self, job_id: str) -> bool:
         """Take the job's lease; wait out a reaper or recovery that holds it for a moment."""
@@ -210,48 +264,53 @@ class Pipeline:
             time.sleep(0.1)
         return False
 
-    def _finish_unstarted(self, job_id: str, status: Status, error: JobError) -> JobRecord:
-        def change(r: JobRecord) -> JobRecord | None:
-            if r.status is not Status.queued:  # finished, or running elsewhere (a duplicate delivery)
-                return None
-            return r.model_copy(update={"status": status, "error": error, "finished_at": now()})
-
-        record = self.store.update(job_id, change)
-        assert record is not None
-        if record.status is status and record.error == error:
-            JobLog(self.store, job_id).line(f"[runner] {error.message}")
-            self.store.end_job(job_id, status)
-            self.worker.tell("job_finished", record, record.request)
-        return record
-
-    def _run_claimed(self, request: BuildRequest, secrets: list[str]) -> JobRecord:
-        max_attempts = self.settings.limits.max_attempts
-
-        def start(r: JobRecord) -> JobRecord | None:
-            if r.finished:
-                return None
-            return r.model_copy(update={"status": Status.running, "worker": self.worker_id,
-                                        "attempts": r.attempts + 1, "started_at": now(), "error": None})
-
-        record = self.store.update(request.id, start)
-        if record is None or record.finished:  # cancelled while we claimed it
+    def _attempt(self, request: BuildRequest, secrets: list[str]) -> JobRecord:
+        """One attempt, the lease held: claim the job, build it, and end it (or requeue it)."""
+        record, claimed = self.store.move(request.id, partial(jobstate.claim, worker=self.worker_id))
+        if not claimed:  # ended (cancelled) while we took the lease
             return record or self.ensure_record(request)[0]
+        assert record is not None
         joblog = JobLog(self.store, request.id, secrets, self.settings.limits.max_log_bytes, self.settings.limits.max_log_lines)
+        max_attempts = self.settings.limits.max_attempts
         if record.attempts > max_attempts:
             message = f"gave up after {max_attempts} attempts: each attempt lost its worker (limits.max_attempts)"
-            return self._finish(request, joblog, Status.failed, [], JobError(kind="worker_lost", message=message))
+            return self._end(request, joblog, Outcome(Status.failed, error=JobError(kind="worker_lost", message=message)))
         self.worker.tell("job_started", record, request)
         if record.attempts > 1:
             joblog.line(f"[runner] attempt {record.attempts} of at most {max_attempts}")
         joblog.line(f"[runner] job {request.id} running on {self.worker_id} with executor {record.executor}")
 
+        workspace = self.worker.env.job_dir(request.id)
+        shutil.rmtree(workspace, ignore_errors=True)  # a dead attempt's leftovers
+        outcome, executor = self._build(request, record, joblog, workspace)
+        faults.after("result")
+        if outcome.superseded:
+            # Another worker recovered the job while our lease had lapsed (e.g. a long Redis
+            # outage): its attempt owns the record and the job's resources now.
+            joblog.line(f"[runner] attempt on {self.worker_id} stopped: its lease lapsed and another worker took the job over")
+            joblog.close()
+            return self.store.get(request.id) or record
+        if outcome.requeue:
+            self._cleanup(executor, request.id, workspace)  # before a new attempt can start
+            return self._requeue(request, joblog, outcome.requeue, outcome.shutdown)
+        # The end first, then clean up: the user gets the answer without waiting for image
+        # deletion or sidecar removal. The lease stays ours until clean-up is done, so neither
+        # the reaper nor a redelivery can touch the job meanwhile.
+        try:
+            return self._end(request, joblog, outcome)
+        finally:
+            self._cleanup(executor, request.id, workspace)
+            faults.after("cleanup")
+
+    def _build(self, request: BuildRequest, record: JobRecord, joblog: JobLog,
+               workspace: Path) -> tuple[Outcome, Executor | None]:
+        """Prepare the context and run the executor, under the watcher (cancel, deadline,
+        lease). Returns the outcome and the executor that ran (for its clean-up)."""
         cancel = CancelToken()
         timeout = effective_timeout(request, self.settings)
         watcher = Watcher(self.store, request.id, self.worker_id, cancel, time.monotonic() + timeout, self.lease_ttl)
         watcher.start()
-        workspace = self.worker.env.job_dir(request.id)
-        shutil.rmtree(workspace, ignore_errors=True)  # a dead attempt's leftovers
-        executor, images, error, requeue_why = None, [], None, None
+        executor = None
         try:
             with self.worker.running(request.id, cancel):
                 executor = self.worker.executor(record.executor)
@@ -260,37 +319,24 @@ class Pipeline:
                 cancel.raise_if_set()
                 images = self.worker.supply.build(executor, request, context, joblog, cancel)
                 cancel.raise_if_set()
-                status = Status.succeeded
+                outcome = Outcome(Status.succeeded, images)
         except ExecutorError as exc:
             if cancel.is_set() and not isinstance(exc, Cancelled):
                 exc = Cancelled(cancel.reason or "cancelled")
             status, error = failure(exc, timeout, joblog)
-            requeue_why = self._requeue_reason(exc, cancel, record)
+            outcome = Outcome(status, error=error, requeue=self._requeue_reason(exc, cancel, record),
+                              shutdown=cancel.reason == "shutdown")
         except Exception as exc:  # noqa: BLE001 - a bug must fail the job, never the worker
             log.exception("job %s crashed", request.id)
-            status = Status.failed
-            error = JobError(kind="infrastructure", message=joblog.mask(f"internal error: {type(exc).__name__}: {exc}"))
+            outcome = Outcome(Status.failed, error=JobError(
+                kind="infrastructure", message=joblog.mask(f"internal error: {type(exc).__name__}: {exc}")))
         finally:
             watcher.stop()
-        if cancel.reason == SUPERSEDED:
-            # Another worker recovered the job while our lease had lapsed (e.g. a long Redis
-            # outage): its attempt owns the record and the job's resources now.
-            joblog.line(f"[runner] attempt on {self.worker_id} stopped: its lease lapsed and another worker took the job over")
-            joblog.close()
-            return self.store.get(request.id) or record
-        if error is not None and requeue_why:
-            self._cleanup(executor, request.id, workspace)  # before a new attempt can start
-            return self._requeue(request, joblog, requeue_why, shutdown=cancel.reason == "shutdown")
-        # Record the result first, then clean up: the user gets the answer without waiting
-        # for image deletion or sidecar removal. The lease stays ours until cleanup is done,
-        # so neither the reaper nor a redelivery can touch the job meanwhile.
-        try:
-            return self._finish(request, joblog, status, images, error)
-        finally:
-            self._cleanup(executor, request.id, workspace)
+        outcome.superseded = cancel.reason == SUPERSEDED
+        return outcome, executor
 
     @staticmethod
-    def _cleanup(executor, job_id: str, workspace) -> None:
+    def _cleanup(executor: Executor | None, job_id: str, workspace: Path) -> None:
         if executor is not None:
             executor.cleanup(job_id)
         shutil.rmtree(workspace, ignore_errors=True)
@@ -305,47 +351,35 @@ class Pipeline:
             return f"infrastructure error ({exc.message}); engine_down_policy is requeue"
         return None
 
+    # -- the moves after an attempt -------------------------------------------------------------
     def _requeue(self, request: BuildRequest, joblog: JobLog, why: str, shutdown: bool) -> JobRecord:
-        """Put the job back in its queue. A shutdown does not use up one of the job's attempts."""
-
-        def change(r: JobRecord) -> JobRecord | None:
-            if not self._ours(r):
-                return None
-            return r.model_copy(update={"status": Status.queued, "worker": None, "started_at": None, "queued_at": now(),
-                                        "attempts": r.attempts - 1 if shutdown else r.attempts})
-
-        record = self.store.update(request.id, change)
+        """Put the job back in its queue (jobstate.requeue). A shutdown does not use up one of
+        the job's attempts."""
+        record, moved = self.store.move(request.id, partial(jobstate.requeue, worker=self.worker_id, shutdown=shutdown))
         assert self.requeue is not None and record is not None
-        if record.status is not Status.queued:
+        if not moved:
             return record
         joblog.line(f"[runner] requeued: {why}")
         joblog.close()
+        # the job is free before its message goes: a worker that takes the message at once must
+        # find the lease free, not drop the message as a duplicate of our attempt
+        self.store.release_lease(request.id, self.worker_id)
         self.requeue(record.request, 0 if shutdown else 2.0)  # redacted: the values stay in the store
         count_requeue(self.store, record.executor, "shutdown" if shutdown else "engine_down")
         self.worker.tell("job_requeued", record, request)
         return record
 
-    def _finish(self, request: BuildRequest, joblog: JobLog, status: Status,
-                images: list[PushedImage], error: JobError | None) -> JobRecord:
-        joblog.close()
-        if error:
-            joblog.line(f"[runner] {status.value}: {error.message}")
-        else:
-            joblog.line(f"[runner] {status.value}: " + ", ".join(f"{i.ref}@{i.digest}" for i in images))
-
-        def change(r: JobRecord) -> JobRecord | None:
-            if not self._ours(r):
-                return None
-            return r.model_copy(update={"status": status, "images": images, "error": error, "finished_at": now()})
-
-        record = self.store.update(request.id, change)
+    def _end(self, request: BuildRequest, joblog: JobLog, outcome: Outcome) -> JobRecord:
+        """This attempt ends the job (jobstate.finish); superseded, it leaves the record alone."""
+        change = partial(jobstate.finish, worker=self.worker_id, status=outcome.status, images=outcome.images,
+                         error=outcome.error)
+        record = end_job(self.worker, request.id, change, joblog.closing(outcome.closing()), request)
         assert record is not None
-        if record.status is not status:  # superseded: another attempt owns the record
-            return record
-        self.store.end_job(request.id, status)
-        self.worker.tell("job_finished", record, request)
         return record
 
-    def _ours(self, record: JobRecord) -> bool:
-        """Does this attempt still own the record (running, on this worker)?"""
-        return record.status is Status.running and record.worker == self.worker_id
+    def _end_unstarted(self, job_id: str, status: Status, error: JobError) -> JobRecord:
+        """The job ends before an attempt begins (jobstate.finish_unstarted)."""
+        change = partial(jobstate.finish_unstarted, status=status, error=error)
+        record = end_job(self.worker, job_id, change, f"[runner] {error.message}")
+        assert record is not None
+        return record

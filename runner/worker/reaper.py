@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from functools import partial
 
-from runner.core.jobs import JobError, JobRecord, Status, now
+from runner.core.jobs import Status
+from runner.store import jobstate
 from runner.store.joblog import JobLog
-from runner.worker.pipeline import MAINTENANCE_PREFIX, Requeue, count_requeue
+from runner.worker.pipeline import MAINTENANCE_PREFIX, Requeue, count_requeue, end_job
 from runner.worker.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -22,8 +24,10 @@ HOLD_SECONDS = 60.0
 
 
 def recover_lost_jobs(worker: Worker, requeue: Requeue) -> list[str]:
-    """Requeue running jobs whose worker stopped renewing the lease (killed, host lost)."""
+    """Requeue running jobs whose worker stopped renewing the lease (killed, host lost), or fail
+    them once they have had limits.max_attempts attempts (jobstate.lost, jobstate.give_up)."""
     store, settings = worker.store, worker.settings
+    max_attempts = settings.limits.max_attempts
     recovered = []
     holder = MAINTENANCE_PREFIX + worker.id
     for job_id in store.ids(Status.running):  # the running index: cost follows running jobs, not history
@@ -35,35 +39,22 @@ def recover_lost_jobs(worker: Worker, requeue: Requeue) -> list[str]:
             current = store.get(job_id)
             if current is None or current.status is not Status.running:
                 continue
-            give_up = current.attempts >= settings.limits.max_attempts
-
-            def lost(record: JobRecord, give_up: bool = give_up) -> JobRecord:
-                return _lost(record, give_up, settings.limits.max_attempts)
-
-            updated = store.update(job_id, lost)
-            JobLog(store, job_id).line(
-                f"[runner] worker {current.worker} stopped (no heartbeat for {settings.worker.lease_ttl:.0f}s); "
-                + ("giving up: limits.max_attempts reached" if give_up else "requeued"))
-            reap_job(worker, job_id)
-            if give_up:
-                store.end_job(job_id, Status.failed)
-                if updated is not None and updated.finished:  # its final commit status and callback
-                    worker.tell("job_finished", updated, current.request)
+            stopped = f"[runner] worker {current.worker} stopped (no heartbeat for {settings.worker.lease_ttl:.0f}s); "
+            reap_job(worker, job_id)  # what the dead attempt left, before a new one can start
+            if jobstate.gives_up(current, max_attempts):
+                end_job(worker, job_id, partial(jobstate.give_up, max_attempts=max_attempts),
+                        stopped + "giving up: limits.max_attempts reached")
             else:
-                requeue(current.request, 0)  # redacted: secret values stay in the store
-                count_requeue(store, current.executor, "worker_lost")
+                record, moved = store.move(job_id, partial(jobstate.lost, max_attempts=max_attempts))
+                if not moved or record is None:
+                    continue
+                JobLog(store, job_id).line(stopped + "requeued")
+                requeue(record.request, 0)  # redacted: secret values stay in the store
+                count_requeue(store, record.executor, "worker_lost")
             recovered.append(job_id)
         finally:
             store.release_lease(job_id, holder)
     return recovered
-
-
-def _lost(record: JobRecord, give_up: bool, max_attempts: int) -> JobRecord:
-    if give_up:
-        message = f"gave up after {record.attempts} attempts: each attempt lost its worker (limits.max_attempts={max_attempts})"
-        return record.model_copy(update={"status": Status.failed, "finished_at": now(),
-                                         "error": JobError(kind="worker_lost", message=message)})
-    return record.model_copy(update={"status": Status.queued, "worker": None, "started_at": None, "queued_at": now()})
 
 
 def reap_job(worker: Worker, job_id: str) -> None:

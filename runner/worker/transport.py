@@ -8,7 +8,8 @@ Celery makes ([args, kwargs, embed]) is refused the same way before Celery sees 
 reads part of the body only on a pool thread, where an error is swallowed, and the message
 would hold a build slot for good (a body "job" unpacks into three letters and fails there).
 
-And gated: a worker's pool has threads for its builds and more for deliveries (commit
+And gated: a draining worker asks Redis for deliveries only (transport option `build_gate`).
+A worker's pool has threads for its builds and more for deliveries (commit
 statuses, callbacks). While it holds as many builds as it has build slots (the transport
 option `build_slots`), it asks Redis for deliveries only, so a delivery never waits for a
 build to end and a worker never takes more builds than its slots. Likewise, while it holds
@@ -19,6 +20,10 @@ BRPOP is woken at once (CLIENT UNBLOCK), so the next message is taken without wa
 BRPOP's timeout; a gated BRPOP also times out sooner (GATED_TIMEOUT), which bounds the wait
 where the wake-up and the BRPOP cross.
 
+The connection's credentials come from the runner's own provider (transport option
+`credential_provider`: a password file is read at each connection), and `SentinelTransport`
+is the same channel on kombu's Sentinel transport (the master asked of the sentinels).
+
 `_brpop_start`, `_brpop_read` and the start of `close` are copies of kombu's own, which is why
 kombu is pinned to the minor version they were copied from (pyproject.toml);
 tests/test_transport.py fails when an upgrade changes kombu's originals, naming what to re-port.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
 from time import monotonic
 
@@ -36,6 +42,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from runner.store.jobstore import INVALID_KEEP, invalid_queue
+from runner.store.redis_clients import SentinelConnection, SentinelSSLConnection
 
 log = logging.getLogger(__name__)
 DELIVERY_ERRORS = (ValueError, TypeError, KeyError, AttributeError)
@@ -47,8 +54,13 @@ class Channel(kombu_redis.Channel):
     #: set from the transport options when the channel is made (not read through
     #: self.connection at each poll: while a lost connection is restored that is None)
     from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
-                              "build_slots", "build_task", "delivery_queue", "delivery_slots", "delivery_task")
+                              "build_slots", "build_task", "delivery_queue", "delivery_slots", "delivery_task",
+                              "credential_provider", "build_gate")
+    #: a redis-py CredentialProvider for every connection (the URL's user and password otherwise)
+    credential_provider: object | None = None
     build_slots: int | None = None
+    #: a threading.Event set when the worker drains: from then on no build is taken (runner/worker/drain.py)
+    build_gate: threading.Event | None = None
     build_task: str | None = None
     delivery_queue: str | None = None
     delivery_slots: int | None = None
@@ -57,6 +69,14 @@ class Channel(kombu_redis.Channel):
     _gated_client: int | None = None
     #: (connection, its Redis client id), asked once per connection and forgotten when it reconnects
     _known_client: tuple[object, int] | None = None
+
+    def _connparams(self, asynchronous=False):
+        params = super()._connparams(asynchronous)
+        if self.credential_provider is not None:
+            params.pop("username", None)
+            params.pop("password", None)
+            params["credential_provider"] = self.credential_provider
+        return params
 
     @staticmethod
     def _holding() -> Counter[str]:
@@ -75,7 +95,8 @@ class Channel(kombu_redis.Channel):
             return
         connection = self.client.connection
         held = self._holding() if self.build_slots or self.delivery_slots else Counter()
-        builds_full = bool(self.build_slots) and held[self.build_task] >= self.build_slots
+        draining = self.build_gate is not None and self.build_gate.is_set()  # deliveries only from now on
+        builds_full = draining or (bool(self.build_slots) and held[self.build_task] >= self.build_slots)
         deliveries_full = bool(self.delivery_slots) and held[self.delivery_task] >= self.delivery_slots
         if builds_full or deliveries_full:
             queues = [queue for queue in queues
@@ -205,3 +226,17 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """Our channel on kombu's Sentinel channel: the master is asked of the sentinels."""
+
+    from_transport_options = tuple(dict.fromkeys((*Channel.from_transport_options,  # type: ignore[assignment]
+                                                  *kombu_redis.SentinelChannel.from_transport_options)))
+    #: every (re)connection asks the sentinels for the master (runner/store/redis_clients.py)
+    connection_class = SentinelConnection
+    connection_class_ssl = SentinelSSLConnection  # type: ignore[assignment]  # kombu names its own twin class
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

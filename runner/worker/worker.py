@@ -28,14 +28,17 @@ from runner.worker.supply_chain import SupplyChain
 log = logging.getLogger(__name__)
 
 class JobListener:
-    """Told about a job's moments by the pipeline (metrics, commit statuses, callbacks). Each
+    """Told about a job's moments on this worker (metrics, interim commit statuses). Each
     method must return quickly; an exception is logged and never changes the job."""
 
     def job_started(self, record: JobRecord, request: BuildRequest) -> None:
         """The record says running (an attempt began on this worker)."""
 
     def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
-        """The record holds the job's final status."""
+        """The job ended here, however: finished by its attempt, ended before one began,
+        refused (a raw message), or given up by the reaper. Told once per job, after its end
+        is committed with everything it owes (JobStore.end: the final status and callback are
+        in the outbox already)."""
 
     def job_requeued(self, record: JobRecord, request: BuildRequest) -> None:
         """The attempt ended and the job went back to its queue."""
@@ -158,6 +161,11 @@ class Worker:
         """Is this process running the job right now (whatever the lease in Redis says)?"""
         with self._lock:
             return job_id in self._active
+
+    def running_jobs(self) -> list[str]:
+        """The ids of the jobs this process runs now."""
+        with self._lock:
+            return list(self._active)
 
     def cancel_all(self, reason: str) -> list[str]:
         """Fire the cancel token of every job running in this process (graceful shutdown)."""

@@ -87,6 +87,8 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
         self.running_here: Callable[[str], bool] = lambda job_id: False
         #: would /readyz answer 200 now? (set by the worker's HTTP service: runner/worker/health.py)
         self.ready: Callable[[], bool] = lambda: False
+        #: is the worker draining (runner/worker/drain.py)? Set by its HTTP service too
+        self.draining: Callable[[], bool] = lambda: False
         self._running: dict[str, tuple[str, float]] = {}  # job id -> (executor, when it was told started)
         self._lock = threading.Lock()
         #: open delivery circuits by label (the Deliverer's, read from Redis when scraped; set once it exists)
@@ -108,6 +110,8 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
     def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
         with self._lock:
             self._running.pop(record.id, None)
+        if record.executor not in self._executors:
+            return  # a refused raw message may name any executor: labels stay the ones this worker serves
         status = record.status.value
         self.jobs.labels(record.executor, status).inc()
         took = seconds_between(record.started_at, record.finished_at)
@@ -153,7 +157,7 @@ class WorkerMetrics(JobListener, ExecutorMetrics):
 
 
 class _AtScrape(Collector):
-    """runner_jobs_running and runner_worker_ready, read when scraped."""
+    """runner_jobs_running, runner_worker_ready and runner_worker_draining, read when scraped."""
 
     def __init__(self, metrics: WorkerMetrics):
         self.metrics = metrics
@@ -165,6 +169,8 @@ class _AtScrape(Collector):
         yield family
         yield GaugeMetricFamily("runner_worker_ready", "1 when /readyz answers 200 (Redis answers, every executor passed "
                                 "its check, not draining); 0 otherwise, /readyz says why", value=int(self.metrics.ready()))
+        yield GaugeMetricFamily("runner_worker_draining", "1 while the worker drains: no new builds, its running builds "
+                                "finish (up to limits.max_timeout), then it exits", value=int(self.metrics.draining()))
 
 
 class _OpenCircuits(Collector):

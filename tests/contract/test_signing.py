@@ -26,8 +26,11 @@ import uuid
 
 import pytest
 
+from runner.core.host_platforms import host_platforms
+from runner.core.platforms import parse_platform
 from tests.conftest import RUNNER, registry_digest
 from tests.contract.test_contract import executor_params
+from tests.contract.test_multiplatform import raw_manifest
 from tests.support import all_support, every_value
 from tests.support.cosign_check import Registry, verified_signatures, verified_statements
 from tests.test_api import TOKENS, start_stack, stop_stack
@@ -80,25 +83,33 @@ def base_for(services, executor: str) -> str:
     return support.base_image(services) if support.base_image else services["RUNNER_DEV_BASE_IMAGE"]
 
 
-def test_every_pushed_digest_is_signed_with_provenance(signing, repository, executor, services):
-    stack, public_key = signing
+def build(stack, executor: str, repository, tag: str, base: str, **extra) -> tuple[str, dict, str]:
+    """The repository's app built FROM `base` through the API as a push webhook would queue it
+    (its commit as the job's source): (job id, its record, its log), the job succeeded."""
     path, commit = repository
-    registry = services[SUPPORT[executor].registry_key]
-    name = f"signed/{executor}"
-    tag = f"{registry}/{name}:{uuid.uuid4().hex[:10]}"
-    base = base_for(services, executor)
     job = {"tags": [tag], "executor": executor, "dockerfile": "Dockerfile",
            "context": {"type": "git", "url": f"file://{path}", "ref": "refs/heads/main", "commit": commit, "subdir": "svc"},
            "source": {"host": "github", "repository": "acme/app", "sha": commit, "ref": "refs/heads/main"},
            "build_args": {"BASE": base, "MODE": "release", "TOKEN": ARG_SECRET}, "secret_build_args": ["TOKEN"],
-           "secrets": ["npmrc"]}
+           "secrets": ["npmrc"], **extra}
     with stack.client(token=SIGNER) as client:
         queued = client.post("/v1/jobs", json=job)
         assert queued.status_code == 202, queued.text
         job_id = queued.json()["id"]
-    record = stack.wait(job_id, timeout=300)
+    record = stack.wait(job_id, timeout=600)
     log = "\n".join(stack.harness.store.read_log(job_id))
     assert record["status"] == "succeeded", (record["error"], log[-3000:])
+    return job_id, record, log
+
+
+def test_every_pushed_digest_is_signed_with_provenance(signing, repository, executor, services):
+    stack, public_key = signing
+    _, commit = repository
+    registry = services[SUPPORT[executor].registry_key]
+    name = f"signed/{executor}"
+    tag = f"{registry}/{name}:{uuid.uuid4().hex[:10]}"
+    base = base_for(services, executor)
+    job_id, record, log = build(stack, executor, repository, tag, base)
 
     [pushed] = record["images"]
     digest = pushed["digest"]
@@ -146,3 +157,62 @@ def test_every_pushed_digest_is_signed_with_provenance(signing, repository, exec
         provenance = client.get(f"/v1/jobs/{job_id}/provenance").json()
     [served] = provenance["images"]
     assert provenance["signed"] and served["statement_matches"] and served["statement"] == statement
+
+
+def test_a_two_platform_job_signs_and_attests_the_index_and_each_platforms_manifest(signing, repository, executor, services):
+    """The same repository built for linux/amd64 and linux/arm64 (arm64 emulated) FROM the
+    two-platform base: the index under the tag and each platform's manifest in it get a `.sig`
+    and a `.att` whose subject is that digest, and `runner verify` of the tag verifies all three."""
+    why = host_platforms().why_not(parse_platform("linux/arm64"))
+    if why:
+        pytest.skip(f"this host cannot run arm64 (qemu-user-static's binfmt handler): {why}")
+    stack, public_key = signing
+    _, commit = repository
+    registry = services[SUPPORT[executor].registry_key]
+    name = f"signed/{executor}-multi"
+    tag = f"{registry}/{name}:{uuid.uuid4().hex[:10]}"
+    base = base_for(services, executor).replace("/base/busybox:1", "/base/busybox-multi:1")
+    job_id, record, _ = build(stack, executor, repository, tag, base, platforms=["linux/amd64", "linux/arm64"])
+
+    reader = Registry(registry, services["RUNNER_DEV_REGISTRY_USER"], services["RUNNER_DEV_REGISTRY_PASSWORD"])
+    [pushed] = record["images"]
+    held = reader.manifest(name, tag.rsplit(":", 1)[1])
+    assert held is not None
+    index_bytes, index = held
+    assert pushed["digest"] == index
+    listed = {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in json.loads(index_bytes)["manifests"]}
+    assert sorted(listed) == ["linux/amd64", "linux/arm64"]
+    assert {p["platform"]: p["digest"] for p in pushed["platforms"]} == listed
+    expected = {index: None, **{digest: platform for platform, digest in listed.items()}}
+    attestation = record["attestation"]
+    assert attestation["signed"]
+    assert {a["digest"]: a["platform"] for a in attestation["images"]} == expected
+
+    public_pem = public_key.read_bytes()
+    base_index, _ = raw_manifest(services, base)
+    tags = set(reader.tags(name))
+    for digest, platform in expected.items():
+        suffix = digest.replace(":", "-")
+        assert {f"{suffix}.sig", f"{suffix}.att"} <= tags, (platform, digest)
+        payloads = verified_signatures(reader.attached(name, digest, "sig"), public_pem)
+        assert [p["critical"]["image"]["docker-manifest-digest"] for p in payloads] == [digest], platform
+        [statement] = verified_statements(reader.attached(name, digest, "att"), public_pem)
+        assert statement["subject"] == [{"name": f"{registry}/{name}", "digest": {"sha256": digest.removeprefix("sha256:")}}]
+        definition = statement["predicate"]["buildDefinition"]
+        assert definition["externalParameters"]["platforms"] == ["linux/amd64", "linux/arm64"]
+        dependencies = {d.get("name"): d for d in definition["resolvedDependencies"]}
+        assert dependencies["source"]["digest"] == {"gitCommit": commit}
+        [based] = [d for d in definition["resolvedDependencies"] if d.get("uri", "").startswith("docker-image://")]
+        assert based["digest"] == {"sha256": base_index.removeprefix("sha256:")}
+        assert set(based["annotations"]["platforms"]) == {"linux/amd64", "linux/arm64"}
+        attached = b"".join(data for _, data in reader.attached(name, digest, "sig") + reader.attached(name, digest, "att"))
+        for secret in (ARG_SECRET, BUILD_SECRET, PASSPHRASE, services["RUNNER_DEV_REGISTRY_PASSWORD"]):
+            assert secret.encode() not in attached, secret[:4]
+
+    verified = stack.harness.cli("verify", tag, "--key", str(public_key))
+    assert verified.returncode == 0, verified.stderr
+    assert f"verified {registry}/{name}@{index}: signature and SLSA provenance" in verified.stdout
+    for platform, digest in listed.items():
+        assert f"verified {registry}/{name}@{digest} ({platform}): signature and SLSA provenance" in verified.stdout
+    shown = stack.harness.cli("status", job_id).stdout
+    assert f"{tag}@{index} (index) signed" in shown and f"    linux/arm64 {listed['linux/arm64']} signed" in shown

@@ -1,8 +1,8 @@
-"""The API's log hub (runner/logfollow.py) in-process against the real Redis: every follower gets
+"""The API's log hub (runner/store/logfollow.py) in-process against the real Redis: every follower gets
 every line once and in order however it joins, a slow follower is dropped and catches up
 alone, multi-line entries are split, the shared tailer ends with its last follower or the job.
 
-The same store calls a worker makes (append_log, end_job, update) write the logs here; the
+The same store calls a worker makes (append_log, end, update) write the logs here; the
 whole path through `runner serve` and a real worker is in test_api_load.py."""
 
 from __future__ import annotations
@@ -30,9 +30,14 @@ def new_job(store: JobStore) -> str:
 
 
 def finish(store: JobStore, job_id: str, end_marker: bool = True) -> None:
-    store.update(job_id, lambda r: r.model_copy(update={"status": Status.succeeded}))
+    """The job ends: as a worker ends it (JobStore.end, with the end marker), or without the marker."""
+    def succeeded(record: JobRecord) -> JobRecord:
+        return record.model_copy(update={"status": Status.succeeded})
+
     if end_marker:
-        store.end_job(job_id, Status.succeeded)
+        store.end(job_id, succeeded)
+    else:
+        store.update(job_id, succeeded)
 
 
 async def with_hub(store: JobStore, body, **options):

@@ -1,5 +1,5 @@
 """The worker's side of a context, in process: the spool check and canonical tar
-(runner/context.py) and the extractor (runner/extract.py). Every hostile archive is refused
+(runner/context/spool.py) and the extractor (runner/context/extract.py). Every hostile archive is refused
 by both, each on its own: the extractor never relies on the check having run. The
 CVE-2025-4517 chains are generated for a range of extraction path lengths."""
 

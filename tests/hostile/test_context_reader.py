@@ -1,4 +1,4 @@
-"""runner/tarstream.py, the streaming reader for untrusted context tars: every format
+"""runner/context/tarstream.py, the streaming reader for untrusted context tars: every format
 feature it claims, malformed and truncated archives, each limit, and cancellation."""
 
 from __future__ import annotations

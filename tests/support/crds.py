@@ -1,14 +1,16 @@
 """Custom resources checked offline against their real CustomResourceDefinitions.
 
-tests/fixtures/crds holds the CRDs of KEDA (ScaledObject, TriggerAuthentication) and of the
-Prometheus Operator (PodMonitor, ServiceMonitor, PrometheusRule), each trimmed by `trim`
+tests/fixtures/crds holds the CRDs of KEDA (ScaledObject, ScaledJob, TriggerAuthentication), of the
+Prometheus Operator (PodMonitor, ServiceMonitor, PrometheusRule), of Sigstore's
+policy-controller (ClusterImagePolicy) and Kyverno (ClusterPolicy, v1), each trimmed by `trim`
 (its header names the upstream file, tag, commit and sha256). `validate` checks a manifest
 against its kind's openAPIV3Schema the way an API server with strict field validation does
 (`kubectl apply` since Kubernetes 1.27): the schema's types, enums, bounds and required
 fields, and no field the schema does not know (unless it preserves unknown fields).
 
-Regenerate a fixture from an upstream CRD file:
-    python -m tests.support.crds UPSTREAM.yaml "github.com/OWNER/REPO at TAG (commit SHA), file PATH" > FIXTURE
+Regenerate a fixture from an upstream CRD file (VERSIONS, e.g. v1: keep only those, and no
+status schema, for a CRD too big to keep whole):
+    python -m tests.support.crds UPSTREAM.yaml "github.com/OWNER/REPO at TAG (commit SHA), file PATH" [VERSIONS] > FIXTURE
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ import yaml
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "crds"
 
 
-def trim(crd: dict) -> dict:
-    """The CRD without what never validates anything: descriptions, annotations, printer columns."""
+def trim(crd: dict, versions: list[str] | None = None, without_status: bool = False) -> dict:
+    """The CRD without what never validates anything: descriptions, annotations, printer columns;
+    and, for a CRD too big to keep whole (Kyverno's ClusterPolicy: 1.4 MB), only the `versions`
+    named and, `without_status`, no schema of `status` (what an applied manifest's status says
+    is ignored by the API server when the CRD has a status subresource)."""
 
     def strip(node, field_names: bool = False):
         if isinstance(node, dict):
@@ -40,8 +45,12 @@ def trim(crd: dict) -> dict:
 
     crd = copy.deepcopy(crd)
     crd.get("metadata", {}).pop("annotations", None)
+    if versions is not None:
+        crd["spec"]["versions"] = [v for v in crd["spec"]["versions"] if v["name"] in versions]
     for version in crd["spec"]["versions"]:
         version.pop("additionalPrinterColumns", None)
+        if without_status and "status" in version.get("subresources", {}):
+            version["schema"]["openAPIV3Schema"].get("properties", {}).pop("status", None)
     return strip(crd)
 
 
@@ -68,7 +77,12 @@ def crds() -> dict[tuple[str, str], dict]:
         for version in crd["spec"]["versions"]:
             if version.get("served", True):
                 api_version = f"{crd['spec']['group']}/{version['name']}"
-                schemas[(api_version, crd["spec"]["names"]["kind"])] = strict(version["schema"]["openAPIV3Schema"])
+                root = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+                # the API server takes these at the root whether the schema lists them or not
+                # (policy-controller's does not)
+                root["properties"] = {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                                      "metadata": {"type": "object"}, **root.get("properties", {})}
+                schemas[(api_version, crd["spec"]["names"]["kind"])] = strict(root)
     return schemas
 
 
@@ -88,8 +102,10 @@ def validate(doc: dict) -> list[str]:
 
 if __name__ == "__main__":
     upstream, source = Path(sys.argv[1]), sys.argv[2]
+    versions = sys.argv[3].split(",") if len(sys.argv) > 3 else None  # e.g. "v1": only these versions
     raw = upstream.read_bytes()
+    also = (f"; only version(s) {', '.join(versions)}, without the status schema" if versions else "")
     sys.stdout.write(f"# {upstream.name}: the CustomResourceDefinition from {source},\n# sha256 {hashlib.sha256(raw).hexdigest()}. "
-                     "Trimmed by tests/support/crds.py trim(): descriptions, annotations and\n# printer columns removed; "
+                     f"Trimmed by tests/support/crds.py trim(): descriptions, annotations and\n# printer columns removed{also}; "
                      "the schema's validation keywords are untouched.\n")
-    sys.stdout.write(yaml.safe_dump(trim(yaml.safe_load(raw)), sort_keys=False, width=120))
+    sys.stdout.write(yaml.safe_dump(trim(yaml.safe_load(raw), versions, versions is not None), sort_keys=False, width=120))

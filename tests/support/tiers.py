@@ -27,10 +27,14 @@ import pytest
 FAST_MODULES = frozenset({
     # the pipeline's paths on the fake executor, job states, cancel, leases
     "tests/test_pipeline.py",
+    # the job's state machine and its one end (JobStore.end) against Redis
+    "tests/test_jobstate.py",
     # requests and admission
     "tests/test_jobs.py",
+    "tests/test_platforms.py",
     "tests/test_fuzz_jobs.py",
     "tests/test_source_binding.py",
+    "tests/test_plain_submit.py",
     # config
     "tests/test_config_files.py",
     "tests/test_plugin_executor.py",
@@ -40,6 +44,7 @@ FAST_MODULES = frozenset({
     "tests/test_dockerignore_oracle.py",
     "tests/test_copy_filter.py",
     "tests/test_context.py",
+    "tests/test_context_view.py",
     "tests/test_buildah_setid.py",
     # tar policy: extraction and the context reader against hostile input
     "tests/hostile/test_context_extract.py",
@@ -56,6 +61,9 @@ FAST_MODULES = frozenset({
     "tests/hostile/test_api_logfollow.py",
     # BuildKit's progress stream decoded from recorded traces
     "tests/test_buildkit_progress.py",
+    # the CLI's config, version, variables and doctor; Redis over TLS with an ACL user (own servers)
+    "tests/test_ops_cli.py",
+    "tests/test_redis_ha.py",
     # registry logins: docker config files, credential helpers (a helper script of the tests'), their order
     "tests/test_registry_auth.py",
     # signing: the Dockerfile's base images, cosign's formats and test data, statements, keys

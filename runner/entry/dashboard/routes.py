@@ -227,7 +227,8 @@ def rerun_job(job_id: JobId, api: Api, token: Submitter) -> JSONResponse:
         raise ApiError(409, "cannot_rerun", f"job {job_id} cannot be re-run: {why}")
     try:
         request = parse_request(json.loads(rerun.rerun_request(record).model_dump_json()))
-        new, _created = submit(request, api.settings, api.store, Origin.api(token))  # the same rules as POST /v1/jobs
+        # the same rules as POST /v1/jobs
+        new, _created = submit(request, api.settings, api.store, Origin.api(token), submitted_by=f"token:{token.name}")
     except Rejected as exc:
         raise ApiError(422, "invalid", f"job {job_id} cannot be re-run as it was: {exc.message}") from None
     return JSONResponse({"id": new.id, "status": new.status.value}, status_code=202,

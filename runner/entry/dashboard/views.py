@@ -95,8 +95,9 @@ def branch(record: JobRecord) -> str | None:
     return ref
 
 
-def attested(record: JobRecord, image: PushedImage) -> AttestedImage | None:
-    """What the job attached to one of its pushed tags' digest (its signature, its provenance)."""
+def attested(record: JobRecord, image: PushedImage, digest: str | None = None) -> AttestedImage | None:
+    """What the job attached to one of its pushed tags' digest (its signature, its provenance),
+    or to `digest` in that tag's repository (a platform's manifest under a multi-platform index)."""
     if record.attestation is None:
         return None
     try:
@@ -104,7 +105,7 @@ def attested(record: JobRecord, image: PushedImage) -> AttestedImage | None:
     except ValueError:
         return None
     repository = f"{ref.registry}/{ref.repository}"
-    return next((a for a in record.attestation.images if a.repository == repository and a.digest == image.digest), None)
+    return next((a for a in record.attestation.images if a.repository == repository and a.digest == (digest or image.digest)), None)
 
 
 def since(start: datetime | None) -> float | None:

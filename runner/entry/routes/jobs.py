@@ -60,7 +60,7 @@ def submit_job(api: ApiContext, data: Any, token: ApiToken) -> tuple[JobRecord, 
             if not store.has_context(job.id):
                 raise Rejected("context", f"no build context was uploaded for job {job.id}: POST the tar to "
                                f"/v1/jobs/{job.id}/context first, or give a git context")
-        submitted = submit(job, api.settings, store, origin, admitted)
+        submitted = submit(job, api.settings, store, origin, admitted, submitted_by=f"token:{token.name}")
         store.untrack_upload(owner, job.id)
         return submitted
     except Rejected as exc:
@@ -87,7 +87,7 @@ def get_job(job_id: JobId, api: Api) -> JobRecord:
              responses={404: {"description": "no such job"}})
 def cancel(job_id: JobId, api: Api) -> JobRecord:
     """A queued job never starts; a running one is stopped by its worker within a second."""
-    record = cancel_job(api.store, job_id, api.settings.deliveries.recover_after)
+    record = cancel_job(api.store, job_id)
     if record is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return record

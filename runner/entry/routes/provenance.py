@@ -14,6 +14,7 @@ from runner.core.attestations import AttestedImage
 from runner.core.jobs import JobRecord
 from runner.entry.deps import Api, Require
 from runner.entry.errors import ApiError, JobId
+from runner.entry.routes.jobs import get_job
 from runner.supply.provenance import RunDetails, Subject, statement, statement_digest
 
 router = APIRouter(tags=["jobs"])
@@ -54,10 +55,7 @@ def provenance_of(record: JobRecord) -> Provenance | None:
             responses={404: {"description": "no such job, or it attached no provenance (yet)"}})
 def get_provenance(job_id: JobId, api: Api) -> Provenance:
     """The SLSA provenance of every digest the job pushed, and where its signature is."""
-    record = api.store.get(job_id)
-    if record is None:
-        raise ApiError(404, "not_found", f"no job {job_id!r}")
-    found = provenance_of(record)
+    found = provenance_of(get_job(job_id, api))
     if found is None:
         raise ApiError(404, "not_found", f"job {job_id!r} has no provenance (it pushed nothing, or has not yet)")
     return found

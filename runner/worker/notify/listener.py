@@ -1,13 +1,12 @@
-"""The job's moments on this worker (started, requeued, finished) become deliveries in the
-outbox: a commit status when admission says the job gets them (runner/worker/admission.py),
-and the completion callback when it has a `callback_url`. The queued moment is the entry
-points' (runner/entry/submission.py); a queued job cancelled there ends there too
-(runner/entry/control.py)."""
+"""A job's interim moments on this worker (started, requeued) become commit statuses in the
+outbox when the job gets them: admission's answer, stored on the record (`JobRecord.statuses`).
+The queued moment is the entry points' (runner/entry/submission.py). A job's end owes its final
+status and callback in the end's own transaction (JobStore.end), whoever ends it: the
+pipeline, the reaper, or a cancel while queued (runner/entry/control.py)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from runner.core.jobs import BuildRequest, JobRecord
 from runner.store.outbox import Outbox
@@ -15,12 +14,11 @@ from runner.worker.worker import JobListener
 
 
 class NotifyListener(JobListener):
-    def __init__(self, outbox: Outbox, gets_statuses: Callable[[JobRecord], bool]):
-        """`gets_statuses`: admission's answer for a job with a record (runner/worker/lifecycle.py wires it)."""
-        self.outbox, self.gets_statuses = outbox, gets_statuses
+    def __init__(self, outbox: Outbox):
+        self.outbox = outbox
 
     def _status(self, record: JobRecord, key: str, moment: str, note: dict | None = None) -> None:
-        if self.gets_statuses(record):
+        if record.statuses:
             self.outbox.add(record.id, "status", key, moment, note)
 
     def job_started(self, record: JobRecord, request: BuildRequest) -> None:
@@ -28,6 +26,3 @@ class NotifyListener(JobListener):
 
     def job_requeued(self, record: JobRecord, request: BuildRequest) -> None:
         self._status(record, f"requeued-{time.time_ns()}", "requeued")
-
-    def job_finished(self, record: JobRecord, request: BuildRequest) -> None:
-        self.outbox.add_finished(record.id, self.gets_statuses(record), bool(record.request.callback_url))

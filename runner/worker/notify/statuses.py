@@ -7,6 +7,8 @@ and the requests that tell them.
 | started           | pending       | running  | building / building (attempt 2)              |
 | requeued          | pending       | pending  | requeued                                     |
 | succeeded         | success       | success  | built, pushed and signed 2 tags in 41 s      |
+|   (2+ platforms)  |               |          | … in 41 s; index 1a2b3c4d5e6f: linux/amd64   |
+|                   |               |          | 3c4d5e6f7a8b, linux/arm64 5e6f7a8b9c0d       |
 |                   |               |          | reused the image built by job 1f… for the    |
 |                   |               |          | same inputs (signed): 1 tag in 0.1 s         |
 | failed            | failure       | failed   | step 4/7 failed: RUN make                    |
@@ -65,6 +67,11 @@ def seconds(value: float) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
+def short_digest(digest: str) -> str:
+    """The first 12 hex digits, as docker shows an id: sha256:1a2b3c… -> 1a2b3c4d5e6f."""
+    return digest.partition(":")[2][:12] or digest[:12]
+
+
 def failed_step(message: str) -> str | None:
     """"step 4/7 failed: RUN make" from an executor's build failure, or None if it names no step."""
     if match := _STEP.match(message):
@@ -90,12 +97,17 @@ def describe(moment: str, record: JobRecord, note: dict[str, Any]) -> str:
         took = seconds_between(record.started_at, record.finished_at) or 0
         count = len(record.images)
         signed = record.attestation is not None and record.attestation.signed
-        if record.reused_from is not None:
-            text = (f"reused the image built by job {record.reused_from} for the same inputs"
-                    f"{' (signed)' if signed else ''}: {count} tag{'s' if count != 1 else ''} in {seconds(took)}")
+        tags = f"{count} tag{'s' if count != 1 else ''} in {seconds(took)}"
+        if not record.request.push:
+            text = f"built in {seconds(took)} (not pushed)"
+        elif record.reused_from is not None:
+            text = f"reused the image built by job {record.reused_from} for the same inputs{' (signed)' if signed else ''}: {tags}"
         else:
-            text = (f"built, pushed{' and signed' if signed else ''} {count} tag{'s' if count != 1 else ''} in {seconds(took)}"
-                    if record.request.push else f"built in {seconds(took)} (not pushed)")
+            text = f"built, pushed and signed {tags}" if signed else f"built and pushed {tags}"
+        if record.images and record.images[0].platforms:
+            index = record.images[0]
+            text += f"; index {short_digest(index.digest)}: " + ", ".join(
+                f"{p.platform} {short_digest(p.digest)}" for p in index.platforms)
     else:
         message = record.error.message if record.error else record.status.value
         if record.status.value == "failed" and record.error and record.error.kind == "build":

@@ -11,9 +11,10 @@ and the entry points can be driven through every path in seconds, without Docker
   FAKE_LEAK=NAME     a careless executor: write build arg NAME's value to the worker's own log,
                      then crash with it in the exception (tests check that both are masked)
 
-It reports each tag with a digest made from the job id and the tag (nothing is pushed, so those
-get no provenance or signature unless `executors.fake.publishes` says they may). `cleanup` records the job
-ids it was called for (`cleaned`), so tests can see the pipeline call it.
+It reports each tag with a digest made from the job id and the tag (a multi-platform job: an
+"index" digest, and one per platform made from the job id and the platform). Nothing is pushed,
+so those get no provenance or signature unless `executors.fake.publishes` says they may.
+`cleanup` records the job ids it was called for (`cleaned`), so tests can see the pipeline call it.
 
 It is a plugin of the tests, not part of the runner: a `runner.executors` entry point in the
 dist-info beside this module, found only where tests/plugins/fake is on the path (the tests'
@@ -37,11 +38,15 @@ from executors.base import CheckResult, Executor, ExecutorConfig
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, ExecutorError, InfrastructureError, InvalidJob, RegistryAuthFailed
-from runner.core.jobs import BuildRequest, PushedImage
+from runner.core.jobs import BuildRequest, PlatformImage, PushedImage
 from runner.core.log_sink import LogSink
 
 ERRORS: dict[str, type[ExecutorError]] = {"invalid": InvalidJob, "auth": RegistryAuthFailed,
                                           "infrastructure": InfrastructureError, "build": BuildFailed}
+
+
+def fake_digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 class FakeConfig(ExecutorConfig):
@@ -89,8 +94,9 @@ class FakeExecutor(Executor):
         if code := int(args.get("FAKE_EXIT", "0") or 0):
             log.line(f"fake step exited {code}")
             raise BuildFailed(f"build failed at step 1/1 (RUN fake): exit code {code}")
-        return [PushedImage(ref=str(ref), digest="sha256:" + hashlib.sha256(f"{job.id} {ref}".encode()).hexdigest())
-                for ref in job.image_refs()]
+        platforms = [PlatformImage(platform=p, digest=fake_digest(f"{job.id} {p}")) for p in job.platforms] \
+            if job.multi_platform else []
+        return [PushedImage(ref=str(ref), digest=fake_digest(f"{job.id} {ref}"), platforms=platforms) for ref in job.image_refs()]
 
     def cleanup(self, job_id: str) -> None:
         with self._lock:
