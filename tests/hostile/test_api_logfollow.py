@@ -174,13 +174,13 @@ def test_follower_slots_are_counted_per_token(store):
         with pytest.raises(TooManyFollowers, match=r"'dashboard'.*3.*api\.max_followers_per_token"):
             hub.admit("dashboard", 3)
         other = hub.admit("ci", 3)
-        assert hub.stats("dashboard") == {"followers": 4, "followed_jobs": 0, "token_followers": 3}
+        assert hub.stats("dashboard") == {"followers": 4, "followed_jobs": 0, "replaying": 0, "token_followers": 3}
         slots[0].release()
         slots[0].release()  # idempotent
         slots.append(hub.admit("dashboard", 3))
         for slot in [*slots, other]:
             slot.release()
-        assert hub.stats("dashboard") == {"followers": 0, "followed_jobs": 0, "token_followers": 0}
+        assert hub.stats("dashboard") == {"followers": 0, "followed_jobs": 0, "replaying": 0, "token_followers": 0}
 
     asyncio.run(with_hub(store, body))
 
