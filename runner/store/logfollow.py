@@ -189,6 +189,15 @@ class ReplaySlots:
         timer = asyncio.get_running_loop().call_later(self._hold, release)
         return release
 
+    async def turn(self) -> None:
+        """Wait for a slot and hold it for one turn of the loop: streams opening together (their
+        routing, record read, headers) then go a few per turn, queued fairly with the pages."""
+        release = await self.take()
+        try:
+            await asyncio.sleep(0)
+        finally:
+            release()
+
 
 class SharedPages:
     """Page reads shared by every caller asking for the same page at about the same time: reads in
@@ -356,6 +365,10 @@ class LogHub:
         return stats
 
     # -- reading -----------------------------------------------------------------------------
+    async def turn(self) -> None:
+        """A log request's turn to open its stream (see ReplaySlots.turn); before any other work."""
+        await self.replays.turn()
+
     async def exists(self, job_id: str) -> bool:
         """Whether the job has a record (one read for every caller asking at the same moment)."""
         return await self._records.get(("exists", job_id), lambda: self._exists(job_id))
