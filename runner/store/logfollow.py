@@ -366,7 +366,7 @@ class LogHub:
 
     # -- reading -----------------------------------------------------------------------------
     async def turn(self) -> None:
-        """A log request's turn to open its stream (see ReplaySlots.turn); before any other work."""
+        """A log request's turn to start its stream (see ReplaySlots.turn): after its checks, before its headers."""
         await self.replays.turn()
 
     async def exists(self, job_id: str) -> bool:
