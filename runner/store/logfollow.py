@@ -375,8 +375,9 @@ class LogHub:
 
     async def finished(self, job_id: str) -> bool:
         """True once the job's record says it ended (or the record is gone): its log is complete.
-        Callers asking together share one read; each gets a read started after it asked or
-        joined one in flight, so a True is never older than the caller's last page."""
+        Callers asking together share one read, which may have started before a caller's last
+        page: harmless, as a finished job stays finished (the caller then drains unshared) and a
+        False only sends the caller to the tailer, which asks again."""
         return await self._records.get(("finished", job_id), lambda: self._finished(job_id))
 
     async def _exists(self, job_id: str) -> bool:
