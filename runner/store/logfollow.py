@@ -154,6 +154,8 @@ class InFlight:
 
             def finished(task: asyncio.Task) -> None:
                 del self._tasks[ident]
+                if not task.cancelled():
+                    task.exception()  # retrieved here: every caller may have left before it failed
                 if done is not None:
                     done(task)
             task.add_done_callback(finished)
