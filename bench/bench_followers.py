@@ -11,7 +11,11 @@ followers connect and replay), GET /v1/jobs/ID, and lines/s delivered to all fol
 After the clients close, the server's follower count (GET /v1/followers) must return to 0.
 Target: /healthz under 50 ms throughout.
 
-Run:  .venv/bin/python bench/bench_followers.py [--n 200] [--rate 20]
+With --baseline-rev REV (e.g. main) the same scenarios run first against `runner serve` of
+that revision (its runner/ package from `git archive`, first on the server's PYTHONPATH),
+then against this tree: the table shows both, measured in the same run.
+
+Run:  .venv/bin/python bench/bench_followers.py [--n 200] [--rate 20] [--baseline-rev main]
 Needs Redis (scripts/services.sh). Prints a table. Not part of the test suite.
 """
 
@@ -196,13 +200,19 @@ def scenario(name: str, client: httpx.Client, store: JobStore, port: int, n_jobs
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=200, help="/healthz requests per measurement")
-    parser.add_argument("--rate", type=float, default=20, help="lines/s appended to each job's log")
-    parser.add_argument("--followers", type=int, default=500)
-    parser.add_argument("--jobs", type=int, default=100)
-    args = parser.parse_args()
+def checkout(rev: str) -> Path:
+    """The runner package of `rev`, in a temporary folder to put first on a server's PYTHONPATH."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-followers-base-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "runner"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def measure(args: argparse.Namespace, code: Path | None) -> list[tuple]:
+    """Every scenario against one `runner serve`: this tree's, or the one in `code`."""
+    env = {**os.environ}
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH", "")) if p)
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-followers-"))
     config = {"redis_url": REDIS_URL, "worker": {"namespace": namespace, "workspace": str(tmp / "work")},
@@ -210,11 +220,10 @@ def main() -> None:
                       "max_followers_per_token": max(args.followers, args.jobs) + 10}}
     (tmp / "runner.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    proc = subprocess.Popen([RUNNER, "serve", "--port", str(port)], env={**os.environ, "RUNNER_CONFIG": str(tmp / "runner.yml")},
+    proc = subprocess.Popen([RUNNER, "serve", "--port", str(port)], env={**env, "RUNNER_CONFIG": str(tmp / "runner.yml")},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     store = JobStore(REDIS_URL, namespace)
     rows: list[tuple] = []
-    load = os.getloadavg()
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
         for _ in range(100):
@@ -231,16 +240,38 @@ def main() -> None:
         proc.wait(30)
         drop_namespace(store.r, namespace)
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200, help="/healthz requests per measurement")
+    parser.add_argument("--rate", type=float, default=20, help="lines/s appended to each job's log")
+    parser.add_argument("--followers", type=int, default=500)
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--baseline-rev", help="also measure `runner serve` of this git revision first (e.g. main)")
+    args = parser.parse_args()
+    load = os.getloadavg()
+    runs: list[tuple[str, list[tuple]]] = []
+    if args.baseline_rev:
+        base = checkout(args.baseline_rev)
+        try:
+            runs.append((args.baseline_rev, measure(args, base)))
+        finally:
+            subprocess.run(["rm", "-rf", str(base)], check=False)
+    runs.append(("this tree", measure(args, None)))
     print(f"\nLog followers on one `runner serve` (one read token, loopback, {os.cpu_count()} cores; load average "
           f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after); /healthz {args.n} sequential requests per row, "
           "times in ms\n")
     header = (f"{'scenario':<44} {'flw':>4} {'jobs':>4} {'expect/s':>9} {'got/s':>9} {'hz p50':>7} {'hz p99':>7} "
               f"{'hz max':>7} {'job p50':>7} {'job p99':>7}  {'left after close'}")
-    print(header)
-    for name, flw, jobs, expect, got, p50, p99, top, j50, j99, left in rows:
-        def ms(v):
-            return f"{v:7.2f}" if isinstance(v, float) else f"{v:>7}"
-        print(f"{name:<44} {flw:>4} {jobs:>4} {expect:>9} {got:>9} {ms(p50)} {ms(p99)} {ms(top)} {ms(j50)} {ms(j99)}  {left}")
+    print(f"{'code':<10} {header}")
+    for code, rows in runs:
+        for name, flw, jobs, expect, got, p50, p99, top, j50, j99, left in rows:
+            def ms(v):
+                return f"{v:7.2f}" if isinstance(v, float) else f"{v:>7}"
+            print(f"{code:<10} {name:<44} {flw:>4} {jobs:>4} {expect:>9} {got:>9} {ms(p50)} {ms(p99)} {ms(top)} {ms(j50)} "
+                  f"{ms(j99)}  {left}")
     print("\nexpect/s: lines/s written to the logs x followers per job (what the followers should receive); "
           "got/s: what they received, all together, in the same window.")
     print("connect+replay rows: /healthz while the followers connect and each replays the log so far; "

@@ -13,8 +13,12 @@ Followers are counted per token (`admit`), so one token cannot hold every connec
 
 Reading and parsing a page costs milliseconds of the event loop (the Redis parser is pure
 Python), so replays share pages (`SharedPages`: one read per page for all followers replaying
-the same log at once) and at most READ_SLOTS page reads run at a time: /healthz and the other
-requests wait for a few pages at most, never for hundreds of replays.
+the same log at once) and at most READ_SLOTS page reads run at a time. Sending a page costs
+the loop too (HTTP framing, a write per follower): at most REPLAY_SLOTS replays hold a page at
+once (`ReplaySlots`), so 500 followers connecting together are served in turns instead of all
+in one turn of the loop. The job's existence and end are read once for all the followers
+asking at the same moment (`InFlight`), and /healthz pings on a connection of its own: it never
+waits behind the followers' commands for the pool.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import bisect
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from contextlib import aclosing
 from typing import Any, cast
 
 import redis
@@ -40,6 +45,8 @@ log = logging.getLogger(__name__)
 
 PAGE = 200  # stream entries per read
 READ_SLOTS = 4  # page reads (replays, final drains) at once
+REPLAY_SLOTS = 16  # replays holding a page (being sent it) at once
+REPLAY_HOLD = 5.0  # seconds a replay may hold its slot: a stalled client then lets the others pass
 RECENT_BYTES = 32 * 1024**2  # full pages kept for replays that come a little later ...
 RECENT_SECONDS = 10.0  # ... for this long at most
 BLOCK_MS = 2000  # a tailer's blocking read; on each timeout it checks whether the job finished
@@ -131,6 +138,69 @@ class Page:
         return self._follow if stop_at_end else self._replay
 
 
+class InFlight:
+    """Calls joined while in flight: whoever asks for `ident` while a call for it runs gets that
+    call's result (one Redis read for many followers arriving together). One caller leaving does
+    not cancel the call for the others."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[Any, asyncio.Task] = {}
+
+    async def get(self, ident: Any, start: Callable[[], Coroutine[Any, Any, Any]],
+                  done: Callable[[asyncio.Task], None] | None = None) -> Any:
+        task = self._tasks.get(ident)
+        if task is None:
+            task = self._tasks[ident] = asyncio.create_task(start())
+
+            def finished(task: asyncio.Task) -> None:
+                del self._tasks[ident]
+                if not task.cancelled():
+                    task.exception()  # retrieved here: every caller may have left before it failed
+                if done is not None:
+                    done(task)
+            task.add_done_callback(finished)
+        return await asyncio.shield(task)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+
+
+class ReplaySlots:
+    """At most `slots` replays hold a page at once. A slot is held while its page is sent and
+    freed when the replay asks for the next one, or after `hold` seconds (a client that stopped
+    reading must not hold up every other replay)."""
+
+    def __init__(self, slots: int = REPLAY_SLOTS, hold: float = REPLAY_HOLD):
+        self._slots, self._hold = asyncio.Semaphore(slots), hold
+        self.held = 0
+
+    async def take(self) -> Callable[[], None]:
+        """Wait for a slot; returns its release (idempotent)."""
+        await self._slots.acquire()
+        self.held += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.held -= 1
+                self._slots.release()
+                timer.cancel()
+        timer = asyncio.get_running_loop().call_later(self._hold, release)
+        return release
+
+    async def turn(self) -> None:
+        """Wait for a slot and hold it for one turn of the loop: streams opening together (their
+        routing, record read, headers) then go a few per turn, queued fairly with the pages."""
+        release = await self.take()
+        try:
+            await asyncio.sleep(0)
+        finally:
+            release()
+
+
 class SharedPages:
     """Page reads shared by every caller asking for the same page at about the same time: reads in
     flight are joined, and full pages (which no longer change) are kept for a few seconds."""
@@ -138,7 +208,7 @@ class SharedPages:
     def __init__(self, read, slots: int = READ_SLOTS):
         self._read = read  # async (key, after) -> raw entries
         self._slots = asyncio.Semaphore(slots)
-        self._inflight: dict[tuple[str, str], asyncio.Task] = {}
+        self._inflight = InFlight()
         self._recent: OrderedDict[tuple[str, str], tuple[float, Page]] = OrderedDict()
         self._recent_bytes = 0
 
@@ -151,18 +221,14 @@ class SharedPages:
         recent = self._recent.get(ident)
         if recent is not None and time.monotonic() - recent[0] < RECENT_SECONDS:
             return recent[1]
-        task = self._inflight.get(ident)
-        if task is None:
-            task = self._inflight[ident] = asyncio.create_task(self._fetch(key, after, page))
-            task.add_done_callback(lambda t: self._done(ident, t, page))
-        return await asyncio.shield(task)  # one caller leaving does not cancel the read for the others
+        return await self._inflight.get(ident, lambda: self._fetch(key, after, page),
+                                        lambda task: self._done(ident, task, page))
 
     async def _fetch(self, key: str, after: str, page: int) -> Page:
         async with self._slots:
             return Page(await self._read(key, after))
 
     def _done(self, ident: tuple[str, str], task: asyncio.Task, page: int) -> None:
-        del self._inflight[ident]
         if task.cancelled() or task.exception() is not None or task.result().size < page or ident in self._recent:
             return
         now = time.monotonic()
@@ -172,8 +238,7 @@ class SharedPages:
             self._recent_bytes -= self._recent.popitem(last=False)[1][1].nbytes
 
     def cancel(self) -> None:
-        for task in list(self._inflight.values()):
-            task.cancel()
+        self._inflight.cancel()
 
 
 class Follower:
@@ -234,8 +299,11 @@ class LogHub:
         self.store, self.page, self.block_ms, self.tail_slots = store, page, block_ms, tail_slots
         self.tail_interval = tail_interval
         self._client: redis.asyncio.Redis | None = None
+        self._probe: redis.asyncio.Redis | None = None  # /healthz's own connection
         self._tail_slots = asyncio.Semaphore(tail_slots)
         self._pages = SharedPages(self._read_page)
+        self._records = InFlight()  # exists / finished reads, joined per job
+        self.replays = ReplaySlots()
         self._tailers: dict[str, Tailer] = {}
         self._by_token: Counter[str] = Counter()
 
@@ -247,17 +315,22 @@ class LogHub:
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError])
         self._client = redis.asyncio.Redis.from_pool(pool)
+        probe = async_pool(self.store.target, max_connections=1, timeout=10, socket_connect_timeout=2,
+                           socket_keepalive=True, health_check_interval=10)
+        self._probe = redis.asyncio.Redis.from_pool(probe)
 
     async def close(self) -> None:
         tasks = [t.task for t in self._tailers.values() if t.task is not None]
         for task in tasks:
             task.cancel()
         self._pages.cancel()
+        self._records.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tailers.clear()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in (self._client, self._probe):
+            if client is not None:
+                await client.aclose()
+        self._client = self._probe = None
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -266,10 +339,13 @@ class LogHub:
         return self._client
 
     async def ping(self, timeout: float) -> bool:
-        """True if Redis answers within `timeout` seconds."""
+        """True if Redis answers within `timeout` seconds (on the probe's own connection: it never
+        waits for one of the pool's, however many followers use them)."""
+        if self._probe is None:
+            raise RuntimeError("LogHub.open() was not called (the app's start-up)")
         try:
             async with asyncio.timeout(timeout):
-                await self.client.ping()
+                await self._probe.ping()
         except (redis.RedisError, OSError, TimeoutError):
             return False
         return True
@@ -284,17 +360,32 @@ class LogHub:
 
     def stats(self, token: str | None = None) -> dict[str, Any]:
         """Open follow streams (all, and the token's), followed jobs, and tailers reading now."""
-        stats = {"followers": sum(self._by_token.values()), "followed_jobs": len(self._tailers)}
+        stats = {"followers": sum(self._by_token.values()), "followed_jobs": len(self._tailers),
+                 "replaying": self.replays.held}
         if token is not None:
             stats["token_followers"] = self._by_token.get(token, 0)
         return stats
 
     # -- reading -----------------------------------------------------------------------------
+    async def turn(self) -> None:
+        """A log request's turn to start its stream (see ReplaySlots.turn): after its checks, before its headers."""
+        await self.replays.turn()
+
     async def exists(self, job_id: str) -> bool:
-        return bool(await self.client.exists(self.store.job_key(job_id)))
+        """Whether the job has a record (one read for every caller asking at the same moment)."""
+        return await self._records.get(("exists", job_id), lambda: self._exists(job_id))
 
     async def finished(self, job_id: str) -> bool:
-        """True once the job's record says it ended (or the record is gone): its log is complete."""
+        """True once the job's record says it ended (or the record is gone): its log is complete.
+        Callers asking together share one read, which may have started before a caller's last
+        page: harmless, as a finished job stays finished (the caller then drains unshared) and a
+        False only sends the caller to the tailer, which asks again."""
+        return await self._records.get(("finished", job_id), lambda: self._finished(job_id))
+
+    async def _exists(self, job_id: str) -> bool:
+        return bool(await self.client.exists(self.store.job_key(job_id)))
+
+    async def _finished(self, job_id: str) -> bool:
         raw = await self.client.get(self.store.job_key(job_id))
         return raw is None or JobRecord.model_validate_json(raw).finished
 
@@ -316,11 +407,29 @@ class LogHub:
                 return
             after = batch.last
 
+    async def replay(self, job_id: str, after: str = "0-0", stop_at_end: bool = True) -> AsyncGenerator[Batch, None]:
+        """`pages` for a client, in turns: each page is taken and sent holding a replay slot."""
+        pages = self.pages(job_id, after, stop_at_end)
+        try:
+            while True:
+                release = await self.replays.take()
+                try:
+                    try:
+                        batch = await anext(pages)
+                    except StopAsyncIteration:
+                        return
+                    yield batch
+                finally:
+                    release()
+        finally:
+            await pages.aclose()
+
     async def read(self, job_id: str) -> AsyncGenerator[bytes, None]:
         """The whole log as it is now, as chunks of whole lines (each ending in "\\n")."""
-        async for batch in self.pages(job_id, stop_at_end=False):
-            if batch.text:
-                yield batch.text
+        async with aclosing(self.replay(job_id, stop_at_end=False)) as replay:
+            async for batch in replay:
+                if batch.text:
+                    yield batch.text
 
     async def follow(self, job_id: str) -> AsyncGenerator[bytes, None]:
         """The log from the start, then live, until the job ends; chunks of whole lines."""
@@ -332,12 +441,13 @@ class LogHub:
         written); each batch holds at least one entry and none a previous one held."""
         position = after
         while True:
-            async for batch in self.pages(job_id, position):
-                position = batch.last
-                if batch.ids:
-                    yield batch
-                if batch.ended:
-                    return
+            async with aclosing(self.replay(job_id, position)) as replay:  # its slot goes when we return
+                async for batch in replay:
+                    position = batch.last
+                    if batch.ids:
+                        yield batch
+                    if batch.ended:
+                        return
             if await self.finished(job_id):  # ended without an end marker: take what came meanwhile
                 async for batch in self.pages(job_id, position, shared=False):
                     position = batch.last

@@ -167,7 +167,7 @@ def test_100_followers_on_one_token_do_not_stall_the_api(stack, services, follow
         ticks = crowd.ticks(i)
         assert ticks == list(range(1, len(ticks) + 1)), "each follower gets every line once, in order"
         assert "cancel" in crowd.lines[i][-1], crowd.lines[i][-3:]
-    wait_until(lambda: follower_stats(stack) == {"followers": 0, "followed_jobs": 0, "token_followers": 0},
+    wait_until(lambda: follower_stats(stack) == {"followers": 0, "followed_jobs": 0, "replaying": 0, "token_followers": 0},
                "the server forgets followers whose job ended")
 
 
@@ -179,7 +179,7 @@ def test_followers_of_a_quiet_job_leave_when_their_clients_go(stack, services, f
     wait_until(lambda: all(any("quiet-start" in line for line in lines) for lines in crowd.lines),
                "each follower replays the log so far")
     crowd.close()
-    wait_until(lambda: follower_stats(stack) == {"followers": 0, "followed_jobs": 0, "token_followers": 0},
+    wait_until(lambda: follower_stats(stack) == {"followers": 0, "followed_jobs": 0, "replaying": 0, "token_followers": 0},
                "followers leave with their clients", timeout=30)
     with stack.client(token=TOKEN_READ, timeout=5) as reader:
         assert reader.get("/healthz").status_code == 200

@@ -14,7 +14,16 @@ import pytest
 
 from runner.core.jobs import BuildRequest, JobRecord, Status
 from runner.store.jobstore import END_FIELD, LINES_FIELD, JobStore
-from runner.store.logfollow import PAGE, QUEUE_BATCHES, Batch, LogHub, TooManyFollowers, entry_order
+from runner.store.logfollow import (
+    COMMAND_SLOTS,
+    PAGE,
+    QUEUE_BATCHES,
+    REPLAY_SLOTS,
+    Batch,
+    LogHub,
+    TooManyFollowers,
+    entry_order,
+)
 
 
 @pytest.fixture
@@ -174,13 +183,13 @@ def test_follower_slots_are_counted_per_token(store):
         with pytest.raises(TooManyFollowers, match=r"'dashboard'.*3.*api\.max_followers_per_token"):
             hub.admit("dashboard", 3)
         other = hub.admit("ci", 3)
-        assert hub.stats("dashboard") == {"followers": 4, "followed_jobs": 0, "token_followers": 3}
+        assert hub.stats("dashboard") == {"followers": 4, "followed_jobs": 0, "replaying": 0, "token_followers": 3}
         slots[0].release()
         slots[0].release()  # idempotent
         slots.append(hub.admit("dashboard", 3))
         for slot in [*slots, other]:
             slot.release()
-        assert hub.stats("dashboard") == {"followers": 0, "followed_jobs": 0, "token_followers": 0}
+        assert hub.stats("dashboard") == {"followers": 0, "followed_jobs": 0, "replaying": 0, "token_followers": 0}
 
     asyncio.run(with_hub(store, body))
 
@@ -220,3 +229,90 @@ def test_followers_replaying_one_log_together_share_its_pages(store):
     assert results == [expected] * 50
     pages = len(expected) // PAGE + 1  # the last one holds the end marker
     assert len(reads) <= 2 * pages, f"{len(reads)} page reads for 50 replays of {pages} pages"
+
+
+def test_replays_send_their_pages_in_turns(store):
+    """500 followers arriving together must not all be sent their replay at once (one turn of the
+    event loop writing to every one of them keeps /healthz waiting): at most REPLAY_SLOTS
+    replays hold a page (are being sent it) at a time. Counted from the consumers' side: a
+    consumer holds its chunk for a while before asking for the next."""
+    job_id = new_job(store)
+    expected = [f"line {n}" for n in range(5 * PAGE)]
+    store.append_log(job_id, expected)
+    finish(store, job_id)
+    holding, most = 0, 0
+
+    async def consume(hub: LogHub) -> list[str]:
+        nonlocal holding, most
+        chunks = []
+        async for chunk in hub.follow(job_id):
+            holding += 1
+            most = max(most, holding)
+            chunks.append(chunk)
+            await asyncio.sleep(0.002)  # sending it to a client
+            holding -= 1
+        return b"".join(chunks).decode().splitlines()
+
+    async def body(hub: LogHub):
+        results = await asyncio.gather(*(consume(hub) for _ in range(3 * REPLAY_SLOTS)))
+        return results, hub.stats()
+
+    results, stats = asyncio.run(with_hub(store, body))
+    assert results == [expected] * (3 * REPLAY_SLOTS), "every line once, in order, to every follower"
+    assert 1 < most <= REPLAY_SLOTS, f"{most} replays were sent a page at once (slots: {REPLAY_SLOTS})"
+    assert stats["replaying"] == 0, "every slot is given back"
+
+
+def test_log_streams_start_a_few_per_turn_of_the_loop(store):
+    async def body(hub: LogHub):
+        passed = 0
+
+        async def start():
+            nonlocal passed
+            await hub.turn()
+            passed += 1
+
+        tasks = [asyncio.create_task(start()) for _ in range(10 * REPLAY_SLOTS)]
+        await asyncio.sleep(0)  # the tasks take their turns ...
+        await asyncio.sleep(0)  # ... and the first ones pass
+        first = passed
+        await asyncio.gather(*tasks)
+        return first, passed
+
+    first, passed = asyncio.run(with_hub(store, body))
+    assert 0 < first <= REPLAY_SLOTS and passed == 10 * REPLAY_SLOTS
+
+
+def test_followers_arriving_together_read_the_job_record_once(store):
+    job_id = new_job(store)
+
+    async def body(hub: LogHub):
+        reads, exists = [], hub._exists
+
+        async def counting(job: str) -> bool:
+            reads.append(job)
+            return await exists(job)
+
+        hub._exists = counting
+        answers = await asyncio.gather(*(hub.exists(job_id) for _ in range(50)), hub.exists("no-such-job"))
+        return answers, reads
+
+    answers, reads = asyncio.run(with_hub(store, body))
+    assert answers == [True] * 50 + [False]
+    assert sorted(reads) == sorted([job_id, "no-such-job"]), reads
+
+
+def test_health_pings_do_not_wait_behind_the_followers_connections(store):
+    """Every pooled connection busy (blocking reads, as tailers and replays hold them): the
+    liveness ping still answers, on its own connection."""
+    async def body(hub: LogHub):
+        busy = [asyncio.create_task(hub.client.xread({f"{store.ns}:idle:{n}": "$"}, block=8000))
+                for n in range(hub.tail_slots + COMMAND_SLOTS)]
+        await until(lambda: len(hub.client.connection_pool._in_use_connections) == len(busy), "the pool is busy")
+        answered = await hub.ping(timeout=3)
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
+        return answered
+
+    assert asyncio.run(with_hub(store, body, tail_slots=4)) is True
