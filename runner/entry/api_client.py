@@ -130,9 +130,10 @@ class ApiClient:
         body = self._json("POST", "/v1/jobs", body=json.dumps(payload), headers={"Content-Type": "application/json"})[1]
         return body["id"], body["created"]
 
-    def submit_directory(self, directory: Path, payload: dict[str, Any]) -> tuple[str, bool]:
-        """Pack `directory` (honouring .dockerignore, with its default limits: the server holds the
-        context to its own), upload it, then queue the job."""
+    def submit_directory(self, directory: Path, payload: dict[str, Any], limits: Any = None) -> tuple[str, bool]:
+        """Pack `directory` (honouring .dockerignore, its file held to `limits` — the config's
+        `limits:`, the defaults when None — so a hostile one is refused before anything is packed;
+        the server holds the context to its own), upload it, then queue the job."""
         from runner.context.pack import write_tar
         from runner.core.errors import InvalidJob
 
@@ -141,7 +142,7 @@ class ApiClient:
 
         with tempfile.TemporaryFile() as spool:
             try:
-                write_tar(directory, spool, payload.get("dockerfile") or "Dockerfile")
+                write_tar(directory, spool, payload.get("dockerfile") or "Dockerfile", limits)
             except InvalidJob as exc:
                 self.fail(exc.message, EXIT_INVALID)
             except OSError as exc:

@@ -176,7 +176,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
     plain = submit_settings(args)
     client = remote(args.api, plain or client_settings(args))
     if client is not None:  # the server checks the job: no settings tree, no models here
-        queued_id, created = client.submit_directory(Path(args.directory), payload)
+        queued_id, created = client.submit_directory(Path(args.directory), payload, plain.limits if plain else None)
         queued = client.view(queued_id)
         if queued is None:
             fail(f"job {queued_id} disappeared from the API", EXIT_INFRA)

@@ -213,7 +213,8 @@ def test_two_jobs_of_one_repository_keep_their_own_per_platform_registry_cache(m
         for platform in ("linux/amd64", "linux/arm64"):
             _, manifest = raw_manifest(h.services, f"{cache}:buildcache-{platform.replace('/', '-')}")
             assert manifest["config"]["digest"]  # an image, written by that platform's build
-        again, second = submit(h, executor, ctx, "--platform", TWO, "-t", ref(h, executor, "multi-cache"))
+        # the same inputs again: asked to build (not to reuse the first image), it reads each platform's cache
+        again, second = submit(h, executor, ctx, "--platform", TWO, "-t", ref(h, executor, "multi-cache"), "--no-reuse")
         assert again.returncode == 0, again.stderr
         log = h.cli("logs", second["id"]).stdout
         for slug in ("linux-amd64", "linux-arm64"):
