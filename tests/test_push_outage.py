@@ -28,7 +28,7 @@ import pytest
 from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest
 from runner.core.registry_config import RegistryConfig
-from tests.support import ListLog, executor_for, wait_for_registry
+from tests.support import ListLog, executor_for, start_registry, wait_for_registry
 from tests.test_gitsource import free_port
 from tests.test_img import FAKE_IMG, context_for, with_img
 from tests.test_reliability import detach, log_of, wait_finished
@@ -59,9 +59,8 @@ auth: {{htpasswd: {{realm: outage, path: {htpasswd}}}}}
         return f"{self.services['RUNNER_DEV_REGISTRY_USER']}:{self.services['RUNNER_DEV_REGISTRY_PASSWORD']}"
 
     def start(self) -> None:
-        with self.log.open("a") as log:
-            self.proc = subprocess.Popen(["docker-registry", "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
-        wait_for_registry(self.host, self.proc)
+        self.proc = start_registry(self.config, self.log)
+        wait_for_registry(self.host, self.proc, log=self.log)
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -29,7 +29,7 @@ from runner.core.cancel import CancelToken
 from runner.core.jobs import BuildRequest, ImageRef
 from runner.core.registry_client import Registries
 from runner.core.registry_config import RegistryAuthConfig, RegistryConfig
-from tests.support import ListLog, executor_for, spooled_context, wait_for_registry
+from tests.support import ListLog, executor_for, spooled_context, start_registry, wait_for_registry
 
 pytestmark = pytest.mark.skipif(not (shutil.which("docker-registry") and shutil.which("openssl") and shutil.which("skopeo")),
                                 reason="needs docker-registry, openssl and skopeo (scripts/services.sh installs them)")
@@ -153,10 +153,10 @@ def token_registry(tmp_path, services):
         "http": {"addr": f"127.0.0.1:{port}"},
         "auth": {"token": {"realm": tokens.url, "service": SERVICE, "issuer": ISSUER, "rootcertbundle": str(tokens.cert)}},
     }))
-    registry = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    registry = start_registry(config, tmp_path / "registry.log")
     host = f"127.0.0.1:{port}"
     try:
-        wait_for_registry(host, registry)
+        wait_for_registry(host, registry, log=tmp_path / "registry.log")
         yield host, tokens
     finally:
         registry.terminate()

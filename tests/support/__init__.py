@@ -12,6 +12,8 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -126,9 +128,17 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 60) ->
     return proc.returncode
 
 
-def wait_for_registry(host: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+def start_registry(config: Path, log: Path, **popen: Any) -> subprocess.Popen:
+    """`docker-registry serve CONFIG`, its output (the access log too, whatever its log level)
+    to the file `log`: never to a pipe nobody reads, where a full buffer stops the registry
+    mid-request (a long module's requests did)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(["docker-registry", "serve", str(config)], stdout=out, stderr=subprocess.STDOUT, **popen)
+
+
+def wait_for_registry(host: str, proc: subprocess.Popen, timeout: float = 20, log: Path | None = None) -> None:
     """Wait until the `docker-registry serve` process `proc` answers on `host` (a 401 from
-    /v2/: it asks for a login); fail with what it said if it exits or takes too long."""
+    /v2/: it asks for a login); fail with what it said (its `log`) if it exits or takes too long."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -139,6 +149,6 @@ def wait_for_registry(host: str, proc: subprocess.Popen, timeout: float = 20) ->
         except httpx.TransportError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            said = proc.stderr.read() if proc.stderr else ""
+            said = log.read_text(errors="replace")[-4000:] if log else ""
             raise AssertionError(f"registry {host} did not come up (exit code {proc.poll()}): {said!r}")
         time.sleep(0.05)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import wait_for_registry
+from tests.support import start_registry, wait_for_registry
 from tests.support.fleet import free_port
 
 HELPER_SCRIPT = '''#!{python}
@@ -123,9 +123,9 @@ class PrivateRegistry:
             "http": {"addr": f"0.0.0.0:{self.port}"},
             "auth": {"htpasswd": {"realm": "runner-private", "path": str(self.root / "htpasswd")}},
         }))
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
-        wait_for_registry(self.loopback, self.proc)
+        log = self.root / "registry.log"
+        self.proc = start_registry(config, log, start_new_session=True)
+        wait_for_registry(self.loopback, self.proc, log=log)
         return self
 
     def stop(self) -> None:
