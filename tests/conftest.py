@@ -78,6 +78,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = fast
 
 
+@pytest.fixture(autouse=True)
+def _forget_learned_logins():
+    """Registry logins a process learned (credential helpers, docker config files) are masked in
+    every later log line of that process (runner.core.process_log.remembered_secrets): a test's
+    short made-up secret ("one") must not mask another test's words ("gone", "done")."""
+    from runner.core import process_log
+
+    yield
+    with process_log._remembered_lock:
+        process_log._remembered.clear()
+
+
 @pytest.fixture(scope="session")
 def services(request) -> dict[str, str]:
     if request.config.getoption("fast"):
