@@ -778,6 +778,7 @@ def pattern_files(draw) -> list[str]:
     return out
 
 
+@pytest.mark.slow  # 300 generated files, ~20 s: the full suite only (the fast tier stays under a minute)
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(patterns=pattern_files(), paths=st.lists(st.lists(st.sampled_from(_NAMES + ["f7", "f33", "a7b"]), min_size=1, max_size=4),
                                                  min_size=1, max_size=6))

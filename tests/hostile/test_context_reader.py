@@ -248,6 +248,7 @@ def test_a_1_gib_pax_header_is_refused_from_its_header_alone():
     assert "PAX header data of 1,073,741,824 bytes (before member #2), over the limit of 1,048,576" in message
 
 
+@pytest.mark.slow  # a 200,000-member tar: the full suite only
 def test_memory_does_not_grow_with_the_member_count():
     """Members are not kept: reading 40,000 members peaks at about what 1,000 take."""
     import tracemalloc
