@@ -363,11 +363,13 @@ def test_a_slow_loris_callback_is_cut_at_its_deadline_and_never_posted_twice_at_
 
     host = slow_host("headers")
     queue(strict_harness, tmp_path, host.url)
-    host.wait(lambda: len(host.connections) >= 3 and host.connections[1].closed is not None, 90,
-              "three POSTs, the first two of them ended")
+    # A connection is recorded when accepted, before its request is read: wait for the third's too.
+    host.wait(lambda: len(host.connections) >= 3 and host.connections[1].closed is not None
+              and all(c.request for c in host.connections[:3]), 90,
+              "three POSTs read, the first two of them ended")
     assert host.max_open == 1, "a second POST while the first could still land"
     assert all(c.closed_by_client for c in host.connections[:2])
-    assert all(b"webhook-id" in c.request for c in host.connections)
+    assert all(b"webhook-id" in c.request for c in host.connections[:3])
     wait_for(lambda: sample(scrape(strict_harness.metrics_url), "runner_delivery_circuits_open", host="callbacks") == 1,
              30, "the receiver's circuit to show as open")
 
