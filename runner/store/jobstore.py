@@ -76,6 +76,7 @@ class _HasStatus(Protocol):
 
 
 R = TypeVar("R", bound=_HasStatus)
+T = TypeVar("T")
 
 
 def _record(raw: str | bytes) -> JobRecord:
@@ -320,23 +321,20 @@ class JobStore:
         """Store a new record by `write` (and drop its id's reservation) with what `also` queues
         on the transaction: None; or the raw record there if a job has the id already (nothing written)."""
         key = self._key("job", job_id)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is not None:
-                        pipe.unwatch()
-                        return raw
-                    pipe.multi()
-                    pipe.zadd(f"{self.ns}:jobs", {job_id: created})
-                    pipe.delete(self._key("reserve", job_id))
-                    write(pipe)
-                    also(pipe)
-                    pipe.execute()
-                    return None
-                except redis.WatchError:
-                    continue
+
+        def create(pipe: redis.client.Pipeline) -> str | bytes | None:
+            raw = pipe.get(key)
+            if raw is not None:
+                pipe.unwatch()
+                return raw
+            pipe.multi()
+            pipe.zadd(f"{self.ns}:jobs", {job_id: created})
+            pipe.delete(self._key("reserve", job_id))
+            write(pipe)
+            also(pipe)
+            return None
+
+        return self._transaction(key, create)
 
     def _move(self, job_id: str, change: Change, closing: str | None = None,
               ends: bool | None = True) -> tuple[JobRecord | None, bool]:
@@ -344,33 +342,35 @@ class JobStore:
         from runner.store import jobstate  # the models: not on the CLI's read path
 
         key = self._key("job", job_id)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        pipe.unwatch()
-                        return None, False
-                    current = _record(raw)
-                    new = change(current)
-                    if new is None:
-                        pipe.unwatch()
-                        return current, False
-                    if ends is not None and (current.finished or new.finished is not ends):
-                        pipe.unwatch()
-                        raise ValueError(f"job {job_id}: a move from {current.status.value} to {new.status.value} "
-                                         + ("is no end" if ends else "needs JobStore.end"))
-                    pipe.multi()
-                    self._write(pipe, current, new)
-                    if ends:
-                        self._ending(pipe, new, closing)
-                        status, callback = jobstate.owes(new)
-                        self.outbox.add_finished(new.id, status, callback, client=pipe)
-                    pipe.execute()
-                    return new, True
-                except redis.WatchError:
-                    continue
+
+        def move(pipe: redis.client.Pipeline) -> tuple[JobRecord | None, bool]:
+            raw = pipe.get(key)
+            if raw is None:
+                pipe.unwatch()
+                return None, False
+            current = _record(raw)
+            new = change(current)
+            if new is None:
+                pipe.unwatch()
+                return current, False
+            if ends is not None and (current.finished or new.finished is not ends):
+                pipe.unwatch()
+                raise ValueError(f"job {job_id}: a move from {current.status.value} to {new.status.value} "
+                                 + ("is no end" if ends else "needs JobStore.end"))
+            pipe.multi()
+            self._write(pipe, current, new)
+            if ends:
+                self._ending(pipe, new, closing)
+                status, callback = jobstate.owes(new)
+                self.outbox.add_finished(new.id, status, callback, client=pipe)
+            return new, True
+
+        return self._transaction(key, move)
+
+    def _transaction(self, key: str, body: Callable[[redis.client.Pipeline], T]) -> T:
+        """`body` on a pipeline watching `key`, run again whenever the key changed before its
+        MULTI ran (redis-py's own retry loop); what `body` returned."""
+        return cast(T, self.r.transaction(body, key, value_from_callable=True))  # type: ignore[arg-type]
 
     def _write(self, pipe: redis.client.Pipeline, current: JobRecord | None, new: JobRecord) -> None:
         """Queue the record's write on `pipe` (in MULTI): the record, its status index and its
