@@ -204,12 +204,13 @@ login_host_client() {  # so tests can `docker pull` what the runner pushed
 
 write_password_file() {  # for configs that use registries[].password_file (config/dev.yml)
   umask 077
-  printf '%s\n' "$REGISTRY_PASSWORD" >"$STATE/registry/password"
+  printf '%s\n' "$REGISTRY_PASSWORD" >"$STATE/registry/password.new"
+  mv "$STATE/registry/password.new" "$STATE/registry/password"  # whole or not at all: tests read it meanwhile
   umask 022
 }
 
-write_env() {
-  cat >"$STATE/env" <<EOF
+write_env() {  # to a new file moved in place: a reader never sees it half written
+  cat >"$STATE/env.new" <<EOF
 RUNNER_DEV_STATE=$STATE
 RUNNER_DEV_REGISTRY=127.0.0.1:$REGISTRY_PORT
 RUNNER_DEV_REGISTRY_NAME=$REGISTRY_NAME:$REGISTRY_PORT
@@ -219,6 +220,7 @@ RUNNER_DEV_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 RUNNER_DEV_BASE_IMAGE=$BASE_IMAGE
 RUNNER_DEV_MULTI_BASE_IMAGE=$MULTI_BASE_IMAGE
 EOF
+  mv "$STATE/env.new" "$STATE/env"
 }
 
 step "install packages" "$STATE/apt.log" install_packages

@@ -5,7 +5,8 @@
 #   bash scripts/test.sh --fast [PYTEST-ARGS...]  the fast tier (tests/support/tiers.py): installs or
 #                                                 starts no Docker, registry or buildah; the tests start a
 #                                                 throwaway redis-server of their own and stop it
-# Extra arguments go to pytest. Exit 5 from pytest (nothing collected) counts as failure.
+# Extra arguments go to one pytest run of what they name. Exit 5 from pytest (nothing collected)
+# counts as failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SAY_PREFIX=test
@@ -30,12 +31,27 @@ bash scripts/venv.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache  # the layers (docs/architecture.md)
 .venv/bin/mypy                     # every package of runner and executors (pyproject.toml)
-set +e
-.venv/bin/pytest -q -p no:cacheprovider --durations=15 "${tier[@]}" "$@"  # the slowest 15, for keeping CI short
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then
-  echo "pytest collected no tests: failing" >&2
-  exit 1
+
+run_pytest() {  # run_pytest ARGS...: pytest, with exit 5 (nothing collected) as a failure
+  local rc=0
+  .venv/bin/pytest -q -p no:cacheprovider --durations=15 "${tier[@]}" "$@" || rc=$?  # the slowest 15: keeping CI short
+  if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests ($*): failing" >&2
+    return 1
+  fi
+  return "$rc"
+}
+
+if [ $# -gt 0 ]; then
+  run_pytest "$@"
+  exit
 fi
+# Everything: two modules at a time (pytest-xdist; a module stays in one process, its fixtures
+# with it; RUNNER_TEST_WORKERS=0 runs them in one process), then the load tests alone (`serial`,
+# tests/support/tiers.py). Both parts always run; the first failure's code is the result.
+rc=0
+run_pytest -n "${RUNNER_TEST_WORKERS:-2}" --dist loadfile -m "not serial" || rc=$?
+serial_rc=0
+run_pytest -m serial || serial_rc=$?
+[ "$rc" -ne 0 ] || rc=$serial_rc
 exit "$rc"

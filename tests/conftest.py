@@ -49,6 +49,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fast: needs no Docker, registry or buildah (tests/support/tiers.py); set by the conftest")
+    config.addinivalue_line("markers", "serial: runs alone, after the modules run side by side (tests/support/tiers.py)")
     if config.getoption("fast"):
         if missing := sorted(m for m in tiers.FAST_MODULES if not (config.rootpath / m).is_file()):
             raise pytest.UsageError(f"tests/support/tiers.py lists test modules that do not exist: {', '.join(missing)}")
@@ -72,6 +73,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     fast = [item for item in items if tiers.is_fast(item)]
     for item in fast:
         item.add_marker(pytest.mark.fast)
+    for item in items:
+        if tiers.is_serial(item):
+            item.add_marker(pytest.mark.serial)
     if config.getoption("fast"):
         chosen = set(map(id, fast))
         config.hook.pytest_deselected(items=[item for item in items if id(item) not in chosen])

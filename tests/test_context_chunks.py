@@ -11,9 +11,21 @@ import pytest
 from runner.store.jobstore import CHUNK_BYTES, JobStore
 
 
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory):
+    """A redis-server of this module's own: CLIENT LIST then shows only this test's connections
+    (the shared one's would include other tests' readers when the suite runs side by side)."""
+    from tests.support.fleet import OwnRedis
+
+    server = OwnRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def store(new_store):
-    return new_store()
+def store(own_redis):
+    return JobStore(own_redis.url, "chunks")
 
 
 def post(store: JobStore, job_id: str, elements: list[bytes]) -> bytes:

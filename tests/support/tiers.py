@@ -71,6 +71,14 @@ FAST_MODULES = frozenset({
     "tests/test_signing.py",
 })
 
+#: modules that run alone, after the rest (which runs two modules at a time, scripts/test.sh):
+#: load tests, whose point is how the API copes with many clients at once. Another module's
+#: builds beside them would measure the machine, not the API. Marked `serial` by the conftest.
+SERIAL_MODULES = frozenset({
+    "tests/hostile/test_api_logfollow.py",
+    "tests/hostile/test_api_load.py",
+})
+
 #: fixtures that bring Docker, the registry or buildah: a test using one is full-tier only
 SERVICE_FIXTURES = frozenset({"services"})
 #: where DOCKER_HOST points in the fast tier
@@ -86,3 +94,7 @@ def is_fast(item: pytest.Item) -> bool:
     module = module_name(item.path, item.config.rootpath)
     return (module in FAST_MODULES and not SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
             and item.get_closest_marker("slow") is None)
+
+
+def is_serial(item: pytest.Item) -> bool:
+    return module_name(item.path, item.config.rootpath) in SERIAL_MODULES
