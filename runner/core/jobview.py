@@ -28,6 +28,13 @@ class ImageView(Frozen):
     digest: str
     platforms: list[PlatformView]
 
+    @property
+    def repository(self) -> str:
+        """REGISTRY/NAME: the tag without its :TAG (as an attestation names it), read as
+        runner.core.request_rules.parse_image_ref reads the ref, without loading its rules."""
+        name, colon, tag = self.ref.rpartition(":")
+        return name if colon and "/" not in tag else self.ref
+
 
 class AttestedView(Frozen):
     """One digest the job pushed and what it got (runner.core.attestations.AttestedImage)."""

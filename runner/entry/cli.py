@@ -395,17 +395,14 @@ def cmd_status(args: argparse.Namespace) -> None:
         return dump(record.data)
     print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}"
           + (f" submitted_by={record.submitted_by}" if record.submitted_by else ""))
-    from runner.core.request_rules import parse_image_ref
-
     attestation = record.attestation
     attested = {(a.repository, a.digest): a for a in attestation.images} if attestation else {}
     for image in record.images:
-        registry, repository, _ = parse_image_ref(image.ref)
-        mark = attested.get((f"{registry}/{repository}", image.digest))
+        mark = attested.get((image.repository, image.digest))
         signed = (" signed" if mark.signature else " provenance unsigned") if mark else ""
         print(f"  {image.ref}@{image.digest}" + (" (index)" if image.platforms else "") + signed)
         for platform in image.platforms:
-            child = attested.get((f"{registry}/{repository}", platform.digest))
+            child = attested.get((image.repository, platform.digest))
             child_signed = (" signed" if child.signature else " provenance unsigned") if child else ""
             print(f"    {platform.platform} {platform.digest}{child_signed}")
     if record.reused_from:
