@@ -63,6 +63,9 @@ FAST_MODULES = frozenset({
     "tests/test_buildkit_progress.py",
     # the CLI's config, version, variables and doctor; Redis over TLS with an ACL user (own servers)
     "tests/test_ops_cli.py",
+    # the CLI's parser (each command's built when chosen) and the light path's plain records
+    "tests/test_cli_parser.py",
+    "tests/test_light_records.py",
     "tests/test_redis_ha.py",
     # registry logins: docker config files, credential helpers (a helper script of the tests'), their order
     "tests/test_registry_auth.py",
