@@ -617,9 +617,26 @@ def cmd_config_example(args: argparse.Namespace) -> None:
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit 2 (invalid input), like every other refusal of what the user typed."""
 
+    _adding = False
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         fail(message, EXIT_INVALID)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        self._adding = True
+        try:
+            return super().add_argument(*args, **kwargs)
+        finally:
+            self._adding = False
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        """argparse makes a help formatter for every argument added, only to check its metavar,
+        and a formatter asks the terminal its width (importing shutil: ~2 ms of every command).
+        That check does not need the width: the help and usage messages still ask for it."""
+        if self._adding:
+            return argparse.HelpFormatter(self.prog, width=80)  # the check is HelpFormatter._format_args
+        return super()._get_formatter()
 
 
 class _Version(argparse.Action):
