@@ -24,8 +24,8 @@ _CONSTANTS: dict[str, Any] = {
     **dict.fromkeys(("no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"), False),
     **dict.fromkeys(("null", "Null", "NULL", "~"), None),
 }
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*:(?: |$)")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*:(?: |$)")
 #: starting with a letter or /, no YAML 1.1 type but bool and null matches (those start with a
 #: digit, a sign, a dot, <, = or ~)
 _WORDS = re.compile(r"[A-Za-z/][A-Za-z0-9 _./:@%+=,()?&$~-]*")
