@@ -29,7 +29,9 @@ TRAPS = ["yes", "Yes", "y", "n", "0x1f", "0o17", "017", "1_000", "12:30", "-0", 
          "'it''s'", '"esc\\ttab"', '"a\\"b"', "a: b", "a:", "a #b", "a#b", "-x", "- x", "? x", "%x", "@x", "`x", "[x, [y]]",
          "[x,]", "{a: 1}", "[a: b]", "'unterminated", "é", "a\tb", "1.2.3 # c", "[x] # c", "x y:", "'a' 'b'", "\"a\" #c",
          "[http://h/p?q=1]", "[a:b]", "[a b]", "[,]", "[x, ]", "1.2.3.", "1..2", "a?b", "=a", "x: y: z", "-", "a ,b", "~x"]
-KEYS = ["redis_url", "worker", "api", "tokens", "name", "a", "b_2", "x-y", "registry.runner.test", "a.b-c_", "on", "yes", "null", "1", "'q'", "<<", "a b", "-k", "127.0.0.1", "a:b", "~", "y", "Null"]
+#: keys: the first ten plain, the rest traps
+KEYS = ["redis_url", "worker", "api", "tokens", "name", "a", "b_2", "x-y", "registry.runner.test", "a.b-c_",
+        "on", "yes", "null", "1", "'q'", "<<", "a b", "-k", "127.0.0.1", "a:b", "~", "y", "Null"]
 
 
 def same(a, b) -> bool:
