@@ -135,6 +135,7 @@ def test_the_read_commands_load_no_models(cli_harness, tmp_path):
         assert result.returncode == 0, (args, result.stderr)
         assert job_id in result.stdout or args[0] == "logs", args
         assert models(modules) == [] and heavy(modules) == [], (args, models(modules))
+        assert "yaml" not in modules, args  # the harness's config is plain YAML: read without PyYAML (runner.config.plain_yaml)
     assert run_cli(h, "logs", job_id)[0].stdout == "a line\n"
     cancelled, modules = run_cli(h, "cancel", job_id)  # a queued job: the record and outbox are written (models)
     assert cancelled.stdout.strip() == f"{job_id} cancelled" and heavy(modules) == []

@@ -14,46 +14,42 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.config.loader import ENV_PREFIX, NESTED, NOT_SETTINGS, NOT_SETTINGS_PREFIXES, merge, read_config_file
 from runner.config.redis_target import RedisTarget, SentinelSet, TlsFiles, parse_node
+from runner.core.frozen import Frozen
 
 
-@dataclass(frozen=True)
-class PlainRetention:
+class PlainRetention(Frozen):
     finished_seconds: int = 7 * 24 * 3600
     upload_seconds: int = 3600
     queued_seconds: int = 7 * 24 * 3600
 
 
-@dataclass(frozen=True)
-class PlainWorker:
+class PlainWorker(Frozen):
     namespace: str = "runner"
 
 
-@dataclass(frozen=True)
-class PlainApi:
+class PlainApi(Frozen):
     url: str | None = None
-    token: str | None = field(default=None, repr=False)
+    token: str | None = None
+    _hidden = frozenset({"token"})
 
 
-@dataclass(frozen=True)
-class PlainDeliveries:
+class PlainDeliveries(Frozen):
     recover_after: float = 30.0
 
 
-@dataclass(frozen=True)
-class PlainClientSettings:
+class PlainClientSettings(Frozen):
     """ClientSettings' values as plain objects (the same attribute names)."""
 
-    target: RedisTarget = field(default_factory=RedisTarget)
-    retention: PlainRetention = field(default_factory=PlainRetention)
-    worker: PlainWorker = field(default_factory=PlainWorker)
-    api: PlainApi = field(default_factory=PlainApi)
-    deliveries: PlainDeliveries = field(default_factory=PlainDeliveries)
+    target: RedisTarget = RedisTarget()
+    retention: PlainRetention = PlainRetention()
+    worker: PlainWorker = PlainWorker()
+    api: PlainApi = PlainApi()
+    deliveries: PlainDeliveries = PlainDeliveries()
 
     def redis_target(self) -> RedisTarget:
         return self.target

@@ -2,21 +2,21 @@
 runner (the job store, the outbox, `runner serve`'s log followers, the Celery broker, the
 probes) is made from a RedisTarget (runner/store/redis_clients.py, runner/worker/queue.py).
 
-Standard library only, and no pydantic: the settings build one (ClientSettings.redis_target)
-and so can a light client that reads the config its own way. Secrets stay out of `describe()`
+Standard library only, and no pydantic (nor dataclasses: runner.core.frozen): the settings build
+one (ClientSettings.redis_target) and so can a light client that reads the config its own way. Secrets stay out of `describe()`
 and `repr()`; a password file is read at each connection, so a rotation needs no restart."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from runner.core.frozen import Frozen
 
 SENTINEL_PORT = 26379
 
 
-@dataclass(frozen=True)
-class TlsFiles:
+class TlsFiles(Frozen):
     """TLS towards Redis (and the sentinels, when they speak it): the CA that signed the
     server's certificate (None: the system's store), and a client certificate for servers
     that ask for one (`tls-auth-clients`)."""
@@ -27,26 +27,26 @@ class TlsFiles:
     check_hostname: bool = True
 
 
-@dataclass(frozen=True)
-class SentinelSet:
+class SentinelSet(Frozen):
     """A Redis master found through Sentinel: its name, the sentinels (host, port), their own
     password, the database, and whether they and the master speak TLS."""
 
     master: str
     nodes: tuple[tuple[str, int], ...]
-    sentinel_password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = None
     db: int = 0
     tls: bool = False
+    _hidden = frozenset({"sentinel_password"})
 
 
-@dataclass(frozen=True)
-class RedisTarget:
-    url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
+class RedisTarget(Frozen):
+    url: str = "redis://127.0.0.1:6379/0"  # may hold a password: not in repr()
     username: str | None = None
-    password: str | None = field(default=None, repr=False)
+    password: str | None = None
     password_file: str | None = None
-    tls: TlsFiles = field(default_factory=TlsFiles)
+    tls: TlsFiles = TlsFiles()
     sentinel: SentinelSet | None = None
+    _hidden = frozenset({"url", "password"})
 
     @property
     def uses_tls(self) -> bool:

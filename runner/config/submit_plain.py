@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,10 @@ from runner.config.client_plain import (
 from runner.config.loader import merge, read_config_file
 from runner.context.ignore_limits import MAX_CONTEXT_BYTES, MAX_IGNORE_FILE_BYTES, MAX_IGNORE_PATTERNS
 from runner.core.admission_rules import MAX_PLATFORMS, MAX_TAGS, MAX_TIMEOUT, AdmissionPolicy
+from runner.core.frozen import Frozen
 
 
-@dataclass(frozen=True)
-class PlainLimits:
+class PlainLimits(Frozen):
     """The `limits:` a submit reads: admission's, and those the context is packed and uploaded with."""
 
     max_tags: int = MAX_TAGS
@@ -44,15 +43,14 @@ class PlainLimits:
     max_ignore_patterns: int = MAX_IGNORE_PATTERNS
 
 
-@dataclass(frozen=True)
 class PlainSubmitSettings(PlainClientSettings):
     """What `runner submit` through Redis reads: the client's settings, the limits, and what
     admission checks a request against (runner.core.admission_rules). Only these are read: the
     rest of the file is the worker's, which validates it."""
 
-    limits: PlainLimits = field(default_factory=PlainLimits)
-    policy: AdmissionPolicy = field(default_factory=lambda: AdmissionPolicy(
-        MAX_TAGS, MAX_PLATFORMS, MAX_TIMEOUT, (), DEFAULT_EXECUTOR, dict.fromkeys(BUILTIN, ENABLED_BY_DEFAULT)))
+    limits: PlainLimits = PlainLimits()
+    policy: AdmissionPolicy = AdmissionPolicy(MAX_TAGS, MAX_PLATFORMS, MAX_TIMEOUT, (), DEFAULT_EXECUTOR,
+                                              dict.fromkeys(BUILTIN, ENABLED_BY_DEFAULT))
 
     def queue_for(self, executor: str) -> str:
         return f"{self.worker.namespace}.{executor}"

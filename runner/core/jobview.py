@@ -1,38 +1,42 @@
 """A job record as the CLI reads it: the stored JSON (or the API's), wrapped for the few fields
-the commands print. Standard library only, so `runner status`, `list`, `logs`, `cancel` and
-`submit --wait` never load the pydantic models (runner.core.jobs.JobRecord is what writes
+the commands print. Standard library only (and runner.core.frozen, not dataclasses), so `runner
+status`, `list`, `logs`, `cancel` and `submit --wait` never load the pydantic models (runner.core.jobs.JobRecord is what writes
 this JSON; a test keeps the two readings equal)."""
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from runner.core.frozen import Frozen
 from runner.core.status import Status
 
 
-@dataclass(frozen=True)
-class PlatformView:
+class PlatformView(Frozen):
     """One platform's manifest in a multi-platform job's index (runner.core.jobs.PlatformImage)."""
 
     platform: str
     digest: str
 
 
-@dataclass(frozen=True)
-class ImageView:
+class ImageView(Frozen):
     """A pushed tag (runner.core.jobs.PushedImage)."""
 
     ref: str
     digest: str
     platforms: list[PlatformView]
 
+    @property
+    def repository(self) -> str:
+        """REGISTRY/NAME: the tag without its :TAG (as an attestation names it), read as
+        runner.core.request_rules.parse_image_ref reads the ref, without loading its rules."""
+        name, colon, tag = self.ref.rpartition(":")
+        return name if colon and "/" not in tag else self.ref
 
-@dataclass(frozen=True)
-class AttestedView:
+
+class AttestedView(Frozen):
     """One digest the job pushed and what it got (runner.core.attestations.AttestedImage)."""
 
     repository: str
@@ -40,8 +44,7 @@ class AttestedView:
     signature: str | None
 
 
-@dataclass(frozen=True)
-class AttestationView:
+class AttestationView(Frozen):
     """The provenance and signatures of the job's images (runner.core.attestations.Attestation)."""
 
     signed: bool
@@ -50,8 +53,7 @@ class AttestationView:
     images: list[AttestedView]
 
 
-@dataclass(frozen=True)
-class JobView:
+class JobView(Frozen):
     data: dict[str, Any]  # the record as JSON (JobRecord.model_dump(mode="json"))
 
     @property

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 if TYPE_CHECKING:
     from runner.config.client_plain import PlainClientSettings
@@ -395,17 +395,14 @@ def cmd_status(args: argparse.Namespace) -> None:
         return dump(record.data)
     print(f"{styled(record.id, 'bold')} {record.status.value} executor={record.executor} attempts={record.attempts}"
           + (f" submitted_by={record.submitted_by}" if record.submitted_by else ""))
-    from runner.core.request_rules import parse_image_ref
-
     attestation = record.attestation
     attested = {(a.repository, a.digest): a for a in attestation.images} if attestation else {}
     for image in record.images:
-        registry, repository, _ = parse_image_ref(image.ref)
-        mark = attested.get((f"{registry}/{repository}", image.digest))
+        mark = attested.get((image.repository, image.digest))
         signed = (" signed" if mark.signature else " provenance unsigned") if mark else ""
         print(f"  {image.ref}@{image.digest}" + (" (index)" if image.platforms else "") + signed)
         for platform in image.platforms:
-            child = attested.get((f"{registry}/{repository}", platform.digest))
+            child = attested.get((image.repository, platform.digest))
             child_signed = (" signed" if child.signature else " provenance unsigned") if child else ""
             print(f"    {platform.platform} {platform.digest}{child_signed}")
     if record.reused_from:
@@ -620,9 +617,26 @@ def cmd_config_example(args: argparse.Namespace) -> None:
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit 2 (invalid input), like every other refusal of what the user typed."""
 
+    _adding = False
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         fail(message, EXIT_INVALID)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        self._adding = True
+        try:
+            return super().add_argument(*args, **kwargs)
+        finally:
+            self._adding = False
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        """argparse makes a help formatter for every argument added, only to check its metavar,
+        and a formatter asks the terminal its width (importing shutil: ~2 ms of every command).
+        That check does not need the width: the help and usage messages still ask for it."""
+        if self._adding:
+            return argparse.HelpFormatter(self.prog, width=80)  # the check is HelpFormatter._format_args
+        return super()._get_formatter()
 
 
 class _Version(argparse.Action):
@@ -650,12 +664,49 @@ def _config_option() -> _Parser:
 CONFIG_OPTION = _config_option()
 
 
-def _command(subparsers: Any, name: str, handler: Any, **kwargs: Any) -> argparse.ArgumentParser:
-    doc = (handler.__doc__ or "").strip()
-    parser = subparsers.add_parser(name, help=doc.split("\n")[0], description=doc, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, parents=[CONFIG_OPTION], **kwargs)
+def _summary(handler: Any) -> str:
+    """A command's line in `runner --help`: the first line of its handler's docstring."""
+    return (handler.__doc__ or "").strip().split("\n")[0]
+
+
+def _command_parser(prog: str, handler: Any) -> _Parser:
+    """A command's parser: its handler's docstring is its description."""
+    parser = _Parser(prog=prog, description=(handler.__doc__ or "").strip(), allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[CONFIG_OPTION])
     parser.set_defaults(handler=handler)
     return parser
+
+
+def _command(subparsers: Any, name: str, handler: Any) -> argparse.ArgumentParser:
+    """A command of a group (`keys generate`, `config show`), its parser made now."""
+    parser = subparsers.add_parser(name, help=_summary(handler), description=(handler.__doc__ or "").strip(),
+                                   allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   parents=[CONFIG_OPTION])
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+class _Commands(argparse._SubParsersAction):
+    """`runner`'s commands, each one's parser built only when it is chosen: building all of
+    them cost ~3 ms of every command (argparse makes a help formatter for every argument it
+    adds). `runner --help` lists them, and an unknown command is refused, exactly as before."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._builders: dict[str, Callable[[str], argparse.ArgumentParser]] = {}
+
+    def add_command(self, name: str, summary: str, build: Callable[[str], argparse.ArgumentParser]) -> None:
+        """`name`, listed with `summary`; `build(prog)` makes its parser when it is chosen."""
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), summary))
+        self._name_parser_map[name] = None  # a choice now; its parser below, once chosen
+        self._builders[name] = build
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        build = self._builders.pop(values[0], None)
+        if build is not None:
+            self._name_parser_map[values[0]] = build(f"{self._prog_prefix} {values[0]}")
+        super().__call__(parser, namespace, values, option_string)
 
 
 def _api_option(parser: argparse.ArgumentParser) -> None:
@@ -668,14 +719,7 @@ def _json_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--json", dest="as_json", action="store_true", help=what)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False,
-                     parents=[CONFIG_OPTION])
-    parser.add_argument("--version", action=_Version)
-    # prog given: argparse would otherwise build a help formatter (and import shutil) to work it out
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser, prog=parser.prog)
-
-    submit = _command(commands, "submit", cmd_submit)
+def _submit_arguments(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("directory", nargs="?", default=".", help="build context directory (default: .)")
     submit.add_argument("-t", "--tag", action="append", default=[], metavar="REF", help="full image reference; repeat for more")
     submit.add_argument("-f", "--file", default="Dockerfile", help="Dockerfile path inside the context (default: Dockerfile)")
@@ -712,27 +756,32 @@ def build_parser() -> argparse.ArgumentParser:
     _json_option(submit, "print the final job record as JSON")
     _api_option(submit)
 
-    status = _command(commands, "status", cmd_status)
+
+def _status_arguments(status: argparse.ArgumentParser) -> None:
     status.add_argument("job_id", metavar="ID")
     _json_option(status, "print the record as JSON")
     _api_option(status)
 
-    logs = _command(commands, "logs", cmd_logs)
+
+def _logs_arguments(logs: argparse.ArgumentParser) -> None:
     logs.add_argument("job_id", metavar="ID")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     _api_option(logs)
 
-    listing = _command(commands, "list", cmd_list)
+
+def _list_arguments(listing: argparse.ArgumentParser) -> None:
     listing.add_argument("--status", metavar="STATUS", help="only jobs in this status (queued, running, succeeded, ...)")
     listing.add_argument("--limit", type=int, default=50, help="most jobs to show (default: 50)")
     _json_option(listing, "print the records as JSON")
     _api_option(listing)
 
-    cancel = _command(commands, "cancel", cmd_cancel)
+
+def _cancel_arguments(cancel: argparse.ArgumentParser) -> None:
     cancel.add_argument("job_id", metavar="ID")
     _api_option(cancel)
 
-    worker = _command(commands, "worker", cmd_worker)
+
+def _worker_arguments(worker: argparse.ArgumentParser) -> None:
     worker.add_argument("--queues", help="comma-separated queues (default: one per enabled executor)")
     worker.add_argument("--concurrency", type=int, help="builds at once (default: worker.concurrency)")
     worker.add_argument("--loglevel", help="DEBUG, INFO, WARNING or ERROR (default: log.level)")
@@ -741,22 +790,25 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--idle-exit", type=float, metavar="SECONDS", help="drain and exit after this long without a "
                         "build (default: worker.idle_exit)")
 
-    serve = _command(commands, "serve", cmd_serve)
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", help="listen address (default: api.host)")
     serve.add_argument("--port", type=int, help="port (default: api.port)")
 
-    drain = _command(commands, "drain", cmd_drain)
+
+def _drain_arguments(drain: argparse.ArgumentParser) -> None:
     drain.add_argument("--port", type=int, help="the worker's HTTP port (default: worker.metrics_port)")
     drain.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long (default: wait)")
 
-    _command(commands, "doctor", cmd_doctor)
 
-    verify = _command(commands, "verify", cmd_verify)
+def _verify_arguments(verify: argparse.ArgumentParser) -> None:
     verify.add_argument("reference", metavar="REF", help="the image: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...")
     verify.add_argument("--key", required=True, metavar="PUB", help="the PEM public key (PREFIX.pub of `runner keys generate`)")
     _json_option(verify, "print what was checked, and each statement, as JSON")
 
-    keys = commands.add_parser("keys", help="Signing keys.", description="Signing keys.", parents=[CONFIG_OPTION])
+
+def _keys_parser(prog: str) -> argparse.ArgumentParser:
+    keys = _Parser(prog=prog, description="Signing keys.", parents=[CONFIG_OPTION])
     keys.set_defaults(handler=None, parser=keys)
     keys_commands = keys.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     generate = _command(keys_commands, "generate", cmd_keys_generate)
@@ -764,13 +816,47 @@ def build_parser() -> argparse.ArgumentParser:
     secret = generate.add_mutually_exclusive_group()
     secret.add_argument("--passphrase-file", metavar="FILE", help="the passphrase (its last newline dropped); default: asked for")
     secret.add_argument("--no-passphrase", action="store_true", help="leave the private key unencrypted")
+    return keys
 
-    config = commands.add_parser("config", help="Inspect the configuration.", description="Inspect the configuration.",
-                                 parents=[CONFIG_OPTION])
+
+def _config_parser(prog: str) -> argparse.ArgumentParser:
+    config = _Parser(prog=prog, description="Inspect the configuration.", parents=[CONFIG_OPTION])
     config.set_defaults(handler=None, parser=config)
     config_commands = config.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser, prog=config.prog)
     _command(config_commands, "show", cmd_config_show)
     _command(config_commands, "example", cmd_config_example)
+    return config
+
+
+def _with_arguments(handler: Any, arguments: Callable[[argparse.ArgumentParser], None] | None) -> Callable[[str], argparse.ArgumentParser]:
+    def build(prog: str) -> argparse.ArgumentParser:
+        parser = _command_parser(prog, handler)
+        if arguments is not None:
+            arguments(parser)
+        return parser
+    return build
+
+
+#: `runner`'s commands in the order `runner --help` lists them: (name, handler, what adds its arguments)
+COMMANDS: tuple[tuple[str, Any, Callable[[argparse.ArgumentParser], None] | None], ...] = (
+    ("submit", cmd_submit, _submit_arguments), ("status", cmd_status, _status_arguments), ("logs", cmd_logs, _logs_arguments),
+    ("list", cmd_list, _list_arguments), ("cancel", cmd_cancel, _cancel_arguments), ("worker", cmd_worker, _worker_arguments),
+    ("serve", cmd_serve, _serve_arguments), ("drain", cmd_drain, _drain_arguments), ("doctor", cmd_doctor, None),
+    ("verify", cmd_verify, _verify_arguments),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runner", description="CI build runner: build and push container images.", allow_abbrev=False,
+                     parents=[CONFIG_OPTION])
+    parser.add_argument("--version", action=_Version)
+    # prog given: argparse would otherwise build a help formatter (and import shutil) to work it out
+    commands = cast(_Commands, parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser,
+                                                     prog=parser.prog, action=_Commands))
+    for name, handler, arguments in COMMANDS:
+        commands.add_command(name, _summary(handler), _with_arguments(handler, arguments))
+    commands.add_command("keys", "Signing keys.", _keys_parser)
+    commands.add_command("config", "Inspect the configuration.", _config_parser)
     parser.set_defaults(handler=None, parser=parser)
     return parser
 

@@ -64,6 +64,10 @@ FAST_MODULES = frozenset({
     # the CLI's config, version, variables and doctor; Redis over TLS with an ACL user (own servers)
     "tests/test_ops_cli.py",
     "tests/test_redis_ha.py",
+    # the CLI's parser (each command's built when chosen), the light path's plain records, the config file read without PyYAML
+    "tests/test_cli_parser.py",
+    "tests/test_light_records.py",
+    "tests/test_plain_yaml.py",
     # registry logins: docker config files, credential helpers (a helper script of the tests'), their order
     "tests/test_registry_auth.py",
     # signing: the Dockerfile's base images, cosign's formats and test data, statements, keys

@@ -1,0 +1,61 @@
+"""Frozen records for the CLI's light path, without the dataclasses module: importing it loads
+`inspect` (~5 ms) and each dataclass is made by generating and exec'ing code (~0.5 ms a class),
+on every `runner` command. A Frozen subclass is a plain class: its fields are its annotations
+in order, its class attributes their defaults; it compares and hashes by value, shows itself as
+a dataclass would (but for the fields named in `_hidden`) and refuses to be changed. mypy types
+its constructor as a frozen dataclass's (dataclass_transform)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, dataclass_transform
+
+
+@dataclass_transform(frozen_default=True)
+class Frozen:
+    #: the fields, in order (a subclass's after its base's)
+    _fields: ClassVar[tuple[str, ...]] = ()
+    #: fields left out of repr() (secrets, a URL that may hold a password)
+    _hidden: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = [name for name, kind in cls.__dict__.get("__annotations__", {}).items()
+               if "ClassVar" not in str(kind).partition("[")[0]]
+        cls._fields = tuple(dict.fromkeys((*cls._fields, *own)))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cls = type(self)
+        if len(args) > len(cls._fields):
+            raise TypeError(f"{cls.__name__}() takes {len(cls._fields)} arguments, {len(args)} given")
+        values = dict(zip(cls._fields, args, strict=False))  # fewer args than fields: the rest by name or default
+        for name, value in kwargs.items():
+            if name not in cls._fields or name in values:
+                raise TypeError(f"{cls.__name__}() got an unexpected or repeated argument {name!r}")
+            values[name] = value
+        for name in cls._fields:
+            if name not in values:
+                if not hasattr(cls, name):
+                    raise TypeError(f"{cls.__name__}() missing argument {name!r}")
+                values[name] = getattr(cls, name)
+            object.__setattr__(self, name, values[name])
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frozen) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields if name not in self._hidden)
+        return f"{type(self).__qualname__}({shown})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r} of a frozen {type(self).__name__}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r} of a frozen {type(self).__name__}")
