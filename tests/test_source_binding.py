@@ -105,7 +105,7 @@ def test_a_submit_token_cannot_mark_another_repositorys_commit(stack, github):
     assert posts_for(github, sha) == []
 
 
-@pytest.mark.parametrize("token, repository", [(STATUS_RIGHT, PROTECTED), (ALLOW_LISTED, OWN)])
+@pytest.mark.parametrize("token, repository", [(STATUS_RIGHT, PROTECTED), (ALLOW_LISTED, OWN)], ids=["status-right", "allow-listed"])
 def test_the_status_right_or_the_allow_list_binds_any_commit(stack, github, token, repository):
     sha = new_sha()
     job_id = upload(stack, token)
