@@ -38,12 +38,31 @@ def _raise(message: str, exit_code: int) -> NoReturn:
     raise ApiFailure(message, exit_code)
 
 
+def _address_problem(host: str, parts: Any) -> str | None:
+    """Why the URL's host or port cannot be connected to (else None): found here, not as a
+    traceback from the socket module when the first request connects."""
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        return f"has an invalid port: {exc}"
+    if ":" not in host:  # an IPv6 literal has no labels
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            return f"has an invalid host name {host!r} (an empty label, or one longer than 63 characters)"
+    return None
+
+
 class ApiClient:
     def __init__(self, url: str, token: str | None, fail: Callable[[str, int], NoReturn] = _raise, timeout: float = 60):
         self.base, self.fail, self.timeout = url.rstrip("/"), fail, timeout
         parts = urlsplit(self.base)
+        #: the URL as messages show it: without a user or password it may hold
+        self.shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            fail(f"the runner API URL {url!r} is not an http:// or https:// URL", EXIT_INVALID)
+            fail(f"the runner API URL {self.shown!r} is not an http:// or https:// URL", EXIT_INVALID)
+        if problem := _address_problem(parts.hostname, parts):
+            fail(f"the runner API URL {self.shown!r} {problem}", EXIT_INVALID)
         self.scheme, self.netloc, self.prefix = parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._connection: http.client.HTTPConnection | None = None
@@ -79,7 +98,7 @@ class ApiClient:
                 retry = attempt == 1 and isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError |
                                                     ConnectionResetError) and not hasattr(body, "read")
                 if not retry:
-                    self.fail(f"the runner API at {self.base} is unreachable: {type(exc).__name__}", EXIT_INFRA)
+                    self.fail(f"the runner API at {self.shown} is unreachable: {type(exc).__name__}", EXIT_INFRA)
         if response.status < 400 or response.status in allow:
             return response
         text = response.read().decode("utf-8", "replace")

@@ -63,6 +63,7 @@ FAST_MODULES = frozenset({
     "tests/test_buildkit_progress.py",
     # the CLI's config, version, variables and doctor; Redis over TLS with an ACL user (own servers)
     "tests/test_ops_cli.py",
+    "tests/test_api_url.py",
     "tests/test_redis_ha.py",
     # the CLI's parser (each command's built when chosen), the light path's plain records, the config file read without PyYAML
     "tests/test_cli_parser.py",
