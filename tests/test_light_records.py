@@ -13,7 +13,11 @@ import pytest
 
 from runner.config.client_plain import PlainApi, PlainClientSettings, PlainRetention
 from runner.config.redis_target import RedisTarget, SentinelSet, TlsFiles
+from runner.context.dockerignore import IgnoreLine
+from runner.context.ignore_limits import IgnoreLimits
+from runner.core.admission_rules import AdmissionPolicy
 from runner.core.jobview import ImageView, JobView
+from runner.core.platforms import Platform
 from runner.core.request_rules import parse_image_ref
 
 
@@ -31,6 +35,20 @@ def test_records_compare_and_hash_by_value_and_cannot_change():
         TlsFiles(colour="red")  # type: ignore[call-arg]
     assert JobView({"id": "a"}) == JobView({"id": "a"}) != JobView({"id": "b"})
 
+
+
+def test_order_and_default_factories_behave_as_dataclasses():
+    """`order=True` orders as dataclass(order=True) does (by the tuple of fields, own class only);
+    `field(default_factory=...)` makes a fresh default for each record."""
+    a, b, c = Platform("linux", "amd64", "v2"), Platform("linux", "arm64"), Platform("linux", "arm64", "v8")
+    assert sorted([c, b, a]) == [a, b, c] and b < c <= c and c > a >= a and not b > c
+    with pytest.raises(TypeError):
+        assert a < ("linux", "arm64")  # type: ignore[operator]
+    one, two = AdmissionPolicy(1, 1, 1, (), "socket"), AdmissionPolicy(1, 1, 1, (), "socket")
+    assert one.executors == {} and one.executors is not two.executors and one == two
+    assert AdmissionPolicy(1, 1, 1, (), "socket", {"socket": True}).executors == {"socket": True}
+    assert IgnoreLine("a", 1, "a") == IgnoreLine("a", 1, "a", ".dockerignore") and IgnoreLimits() == IgnoreLimits(1024**2, 50_000)
+    assert repr(IgnoreLimits()) == "IgnoreLimits(max_ignore_file_bytes=1048576, max_ignore_patterns=50000)"
 
 def test_secrets_stay_out_of_repr():
     target = RedisTarget(url="redis://:url-secret@h/0", password="pw-secret",

@@ -30,6 +30,7 @@ from runner.context.gocompat import BadPattern, go_clean, go_match, go_trim_spac
 from runner.context.ignore_limits import IgnoreLimits
 from runner.context.pattern_index import PatternIndex
 from runner.core.errors import InvalidJob
+from runner.core.frozen import Frozen
 
 if TYPE_CHECKING:
     from runner.context.limits import ContextLimits
@@ -53,8 +54,7 @@ class DockerignoreError(InvalidJob):
 
 
 # -- the file reader ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class IgnoreLine:
+class IgnoreLine(Frozen):
     """One pattern as ReadAll returns it, with the line it came from."""
 
     pattern: str  # e.g. "!foo/bar", cleaned
@@ -376,6 +376,8 @@ def context_paths(root: Path, dockerfile: str = "Dockerfile", limits: ContextLim
 
 @dataclass
 class _Dir:
+    """A directory of the walk and what became of it (with a docstring, dataclass() skips inspect.signature)."""
+
     path: str
     info: ParentInfo
     excluded: bool
