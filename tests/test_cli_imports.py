@@ -158,6 +158,7 @@ def test_submit_through_redis_loads_no_models(cli_harness, tmp_path):
                                  "--detach")
     assert submitted.returncode == 0 and submitted.stdout.strip() == job_id, submitted.stderr
     assert models(modules) == [] and heavy(modules) == [], models(modules)
+    assert "getpass" not in modules and "termios" not in modules  # cli_user names the user itself
     record = h.store.get(job_id)  # the models read what the light path wrote
     assert record.request.build_args == {"A": "1", "TOKEN": "***"} and h.store.load_secrets(job_id) == {"TOKEN": os.environ["HOME"]}
     assert record.executor == "socket" and record.submitted_by.startswith("cli:") and record.request.platforms == ["linux/amd64"]

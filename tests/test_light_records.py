@@ -71,3 +71,19 @@ def test_a_redis_connection_does_not_read_the_installed_metadata(redis_url):
             f"store = JobStore({redis_url!r}, 'light-records'); store.ping(); store.view('none'); "
             "print(redis.utils.get_lib_version.cache_info().currsize)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("env", [{}, {"USERNAME": "d"}, {"LNAME": "c", "USERNAME": "d"}, {"USER": "b", "LNAME": "c"},
+                                 {"LOGNAME": "a", "USER": "b"}, {"LOGNAME": "", "USER": "b"}])
+def test_the_submitter_is_named_as_getpass_names_it(monkeypatch, env):
+    """cli_user finds the user as getpass.getuser() does, without importing getpass (termios)."""
+    import getpass
+    import socket
+
+    from runner.entry.cli import cli_user
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli_user() == f"cli:{getpass.getuser()}@{socket.gethostname()}"

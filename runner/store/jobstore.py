@@ -723,7 +723,9 @@ class ContextWriter:
         self.store, self.key, self.max_bytes, self.ttl = store, key, max_bytes, ttl
         self.size = 0
         self._buffer = bytearray()
-        self.store.raw.delete(key)
+        #: what the key held before (an abandoned upload's chunks) is deleted with the first push, in
+        #: its pipeline: a round trip less, and no one reads the key before the job is submitted
+        self._stale = True
 
     def write(self, data: bytes) -> int:
         self.size += len(data)
@@ -741,9 +743,12 @@ class ContextWriter:
 
     def _push(self, chunk: bytes) -> None:
         with self.store.raw.pipeline(transaction=False) as pipe:
+            if self._stale:
+                pipe.delete(self.key)
             pipe.rpush(self.key, chunk)
             pipe.expire(self.key, self.ttl)  # an abandoned upload never outlives the upload TTL
             pipe.execute()
+        self._stale = False
 
     def copy_from(self, source: BinaryIO) -> None:
         while chunk := source.read(CHUNK_BYTES):
@@ -753,10 +758,13 @@ class ContextWriter:
         if self._buffer:
             self._push(bytes(self._buffer))
             self._buffer.clear()
+        elif self._stale:  # nothing written: the key is empty all the same
+            self.abort()
 
     def abort(self) -> None:
         self._buffer.clear()
         self.store.raw.delete(self.key)
+        self._stale = False
 
     def flush(self) -> None:  # tarfile calls it
         pass
