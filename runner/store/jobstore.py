@@ -43,6 +43,7 @@ Settings.queue_for), `NS.deliveries` the deliveries' (outbox.deliveries_queue); 
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import json
 import time
@@ -61,13 +62,13 @@ from runner.config.redis_target import RedisTarget
 from runner.core.jobview import JobView
 from runner.core.status import RequeueReason, Status
 from runner.store.buildqueue import build_message
-from runner.store.outbox import Outbox
 from runner.store.redis_clients import probe_client, sync_client
 
 if TYPE_CHECKING:
     from runner.config.client import RetentionConfig
     from runner.core.jobs import JobRecord
     from runner.store.jobstate import Change
+    from runner.store.outbox import Outbox
 
 
 class _HasStatus(Protocol):
@@ -181,8 +182,15 @@ class JobStore:
         self._heartbeat = self.r.register_script(_HEARTBEAT)
         self._live = self.r.register_script(_LIVE)
         self._claim = self.r.register_script(_CLAIM)
-        #: the deliveries (commit statuses, callbacks) owed, beside the jobs: a job's end adds its own
-        self.outbox = Outbox.for_store(self, recover_after)
+        self._recover_after = recover_after
+
+    @functools.cached_property
+    def outbox(self) -> Outbox:
+        """The deliveries (commit statuses, callbacks) owed, beside the jobs: a job's end adds its
+        own. Made at first use: `runner submit` of a job without a source never needs it."""
+        from runner.store.outbox import Outbox
+
+        return Outbox.for_store(self, self._recover_after)
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
