@@ -697,7 +697,7 @@ class JobStore:
 
     def keep_context(self, job_id: str) -> None:
         """The job is queued: its context lives as long as a job may wait (retention.queued_seconds)."""
-        self.raw.expire(self._key("ctx", job_id), self.retention.queued_seconds)
+        self.r.expire(self._key("ctx", job_id), self.retention.queued_seconds)  # a reply to decode: `r` (see ContextWriter)
 
     def delete_context(self, job_id: str) -> None:
         self.raw.delete(self._key("ctx", job_id))
@@ -725,7 +725,9 @@ class JobStore:
 
 
 class ContextWriter:
-    """File-like sink that stores a tar in Redis in 1 MiB chunks, enforcing a size cap."""
+    """File-like sink that stores a tar in Redis in 1 MiB chunks, enforcing a size cap. Written
+    through the store's decoding client `r`: the chunks go as the bytes they are and the replies
+    are counts, so an uploader (`runner submit`) needs no connection of `raw` (a handshake less)."""
 
     def __init__(self, store: JobStore, key: str, max_bytes: int, ttl: int):
         self.store, self.key, self.max_bytes, self.ttl = store, key, max_bytes, ttl
@@ -750,7 +752,7 @@ class ContextWriter:
         return len(data)
 
     def _push(self, chunk: bytes) -> None:
-        with self.store.raw.pipeline(transaction=False) as pipe:
+        with self.store.r.pipeline(transaction=False) as pipe:
             if self._stale:
                 pipe.delete(self.key)
             pipe.rpush(self.key, chunk)
@@ -771,7 +773,7 @@ class ContextWriter:
 
     def abort(self) -> None:
         self._buffer.clear()
-        self.store.raw.delete(self.key)
+        self.store.r.delete(self.key)
         self._stale = False
 
     def flush(self) -> None:  # tarfile calls it
