@@ -6,10 +6,12 @@ straight to Redis is the one Celery itself would send."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import uuid
 
 import pytest
@@ -210,3 +212,30 @@ def test_submit_through_redis_makes_no_dataclass(cli_harness, tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == job_id, result.stderr
     assert json.loads(result.stderr.rpartition("\nDATACLASSES ")[2]) == []
     assert h.store.get(job_id).request.platforms == ["linux/arm64"]
+
+
+def test_submit_through_redis_opens_two_connections(make_harness, tmp_path_factory, tmp_path):
+    """`runner submit` connects to Redis twice: the probe that fails fast when Redis is down, and
+    one data connection for the reservation, the upload and the record (each connection is a
+    handshake of its own; the upload used to open a third). Counted by a redis-server of the
+    test's own, which nothing else connects to."""
+    import redis
+
+    from tests.support.fleet import OwnRedis
+
+    server = OwnRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        h = make_harness(redis_url=server.url)
+        (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+        (tmp_path / "data.txt").write_text("x" * 100_000)
+        counter = redis.Redis.from_url(server.url)
+        before = counter.info("stats")["total_connections_received"]
+        job_id = f"conns-{uuid.uuid4().hex[:8]}"
+        result, _ = run_cli(h, "submit", str(tmp_path), "-t", f"{h.registry()}/imports/f:1", "--id", job_id, "--detach")
+        assert result.returncode == 0 and result.stdout.strip() == job_id, result.stderr
+        assert counter.info("stats")["total_connections_received"] - before == 2
+        context = tarfile.open(fileobj=io.BytesIO(b"".join(h.store.context_chunks(job_id))))
+        assert context.extractfile("data.txt").read() == b"x" * 100_000  # the upload landed whole
+    finally:
+        server.stop()
