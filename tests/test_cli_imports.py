@@ -6,10 +6,12 @@ straight to Redis is the one Celery itself would send."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import uuid
 
 import pytest
@@ -158,6 +160,8 @@ def test_submit_through_redis_loads_no_models(cli_harness, tmp_path):
                                  "--detach")
     assert submitted.returncode == 0 and submitted.stdout.strip() == job_id, submitted.stderr
     assert models(modules) == [] and heavy(modules) == [], models(modules)
+    assert "getpass" not in modules and "termios" not in modules  # cli_user names the user itself
+    assert "runner.store.outbox" not in modules  # no source, no commit statuses: the store's outbox is never made
     record = h.store.get(job_id)  # the models read what the light path wrote
     assert record.request.build_args == {"A": "1", "TOKEN": "***"} and h.store.load_secrets(job_id) == {"TOKEN": os.environ["HOME"]}
     assert record.executor == "socket" and record.submitted_by.startswith("cli:") and record.request.platforms == ["linux/amd64"]
@@ -178,3 +182,60 @@ def test_a_bad_client_setting_is_refused_by_the_models_with_their_message(cli_ha
     assert result.returncode == 2 and "retention.finished_seconds" in result.stderr and "RUNNER_RETENTION__FINISHED_SECONDS" in result.stderr
     typo, _ = run_modules({**h.env, "RUNNER_WORKR__NAMESPACE": "x"}, "list")
     assert typo.returncode == 2 and "RUNNER_WORKR__NAMESPACE: no such setting" in typo.stderr
+
+
+#: run the CLI, then name every dataclass the runner's modules defined (each is made by generating
+#: and exec'ing its methods at import, ~0.2-1 ms apiece on every command)
+SHOW_DATACLASSES = """
+import atexit, json, sys
+def made():
+    return sorted(f"{name}.{attr}" for name, module in list(sys.modules.items()) if name.startswith(("runner", "executors"))
+                  for attr, value in vars(module).items()
+                  if isinstance(value, type) and value.__module__ == name and "__dataclass_fields__" in vars(value))
+atexit.register(lambda: sys.stderr.write("\\nDATACLASSES " + json.dumps(made()) + "\\n"))
+from runner.entry.cli import main
+main(sys.argv[1:])
+"""
+def test_submit_through_redis_makes_no_dataclass(cli_harness, tmp_path):
+    """The records `runner submit` (Redis mode) makes on its way (AdmissionPolicy, Platform,
+    IgnoreLimits, the .dockerignore's IgnoreLine, Pattern, GoRegexp, ContextSelection) are
+    runner.core.frozen records, not dataclasses: a .dockerignore and a platform exercise them
+    all. (The dataclasses module itself is loaded all the same: redis-py imports it.)"""
+    h = cli_harness
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / ".dockerignore").write_text("*.log\n!keep.log\n")
+    (tmp_path / "keep.log").write_text("kept\n")
+    job_id = f"frozen-{uuid.uuid4().hex[:8]}"
+    result = subprocess.run([sys.executable, "-c", SHOW_DATACLASSES, "submit", str(tmp_path), "-t", f"{h.registry()}/imports/e:1",
+                             "--id", job_id, "--platform", "linux/arm64", "--detach"],
+                            env=h.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == job_id, result.stderr
+    assert json.loads(result.stderr.rpartition("\nDATACLASSES ")[2]) == []
+    assert h.store.get(job_id).request.platforms == ["linux/arm64"]
+
+
+def test_submit_through_redis_opens_two_connections(make_harness, tmp_path_factory, tmp_path):
+    """`runner submit` connects to Redis twice: the probe that fails fast when Redis is down, and
+    one data connection for the reservation, the upload and the record (each connection is a
+    handshake of its own; the upload used to open a third). Counted by a redis-server of the
+    test's own, which nothing else connects to."""
+    import redis
+
+    from tests.support.fleet import OwnRedis
+
+    server = OwnRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        h = make_harness(redis_url=server.url)
+        (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+        (tmp_path / "data.txt").write_text("x" * 100_000)
+        counter = redis.Redis.from_url(server.url)
+        before = counter.info("stats")["total_connections_received"]
+        job_id = f"conns-{uuid.uuid4().hex[:8]}"
+        result, _ = run_cli(h, "submit", str(tmp_path), "-t", f"{h.registry()}/imports/f:1", "--id", job_id, "--detach")
+        assert result.returncode == 0 and result.stdout.strip() == job_id, result.stderr
+        assert counter.info("stats")["total_connections_received"] - before == 2
+        context = tarfile.open(fileobj=io.BytesIO(b"".join(h.store.context_chunks(job_id))))
+        assert context.extractfile("data.txt").read() == b"x" * 100_000  # the upload landed whole
+    finally:
+        server.stop()

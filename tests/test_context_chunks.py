@@ -65,3 +65,22 @@ def test_a_connection_lost_mid_element_resumes_where_it_stopped(store):
         resumed_on |= readers(store) - killed
     assert b"".join(received) == posted
     assert resumed_on, "the read did not go on over a new connection"
+
+
+def test_a_writer_replaces_what_the_key_held(store):
+    """An abandoned upload's chunks never end up in front of the new context: the writer deletes
+    them with its first push (one round trip with it), or at close when nothing was written."""
+    post(store, "again", [b"stale-1", b"stale-2"])
+    writer = store.context_writer("again", 10**6)
+    writer.write(b"new context")
+    writer.close()
+    assert b"".join(store.context_chunks("again")) == b"new context"
+    post(store, "empty", [b"stale"])
+    store.context_writer("empty", 10**6).close()
+    assert list(store.context_chunks("empty")) == [] and not store.raw.exists(f"{store.ns}:ctx:empty")
+    big = os.urandom(2 * CHUNK_BYTES + 5)
+    post(store, "big", [b"stale"])
+    writer = store.context_writer("big", 10**7)
+    writer.write(big)
+    writer.close()
+    assert b"".join(store.context_chunks("big")) == big

@@ -13,7 +13,11 @@ import pytest
 
 from runner.config.client_plain import PlainApi, PlainClientSettings, PlainRetention
 from runner.config.redis_target import RedisTarget, SentinelSet, TlsFiles
+from runner.context.dockerignore import IgnoreLine
+from runner.context.ignore_limits import IgnoreLimits
+from runner.core.admission_rules import AdmissionPolicy
 from runner.core.jobview import ImageView, JobView
+from runner.core.platforms import Platform
 from runner.core.request_rules import parse_image_ref
 
 
@@ -31,6 +35,20 @@ def test_records_compare_and_hash_by_value_and_cannot_change():
         TlsFiles(colour="red")  # type: ignore[call-arg]
     assert JobView({"id": "a"}) == JobView({"id": "a"}) != JobView({"id": "b"})
 
+
+
+def test_order_and_default_factories_behave_as_dataclasses():
+    """`order=True` orders as dataclass(order=True) does (by the tuple of fields, own class only);
+    `field(default_factory=...)` makes a fresh default for each record."""
+    a, b, c = Platform("linux", "amd64", "v2"), Platform("linux", "arm64"), Platform("linux", "arm64", "v8")
+    assert sorted([c, b, a]) == [a, b, c] and b < c <= c and c > a >= a and not b > c
+    with pytest.raises(TypeError):
+        assert a < ("linux", "arm64")  # type: ignore[operator]
+    one, two = AdmissionPolicy(1, 1, 1, (), "socket"), AdmissionPolicy(1, 1, 1, (), "socket")
+    assert one.executors == {} and one.executors is not two.executors and one == two
+    assert AdmissionPolicy(1, 1, 1, (), "socket", {"socket": True}).executors == {"socket": True}
+    assert IgnoreLine("a", 1, "a") == IgnoreLine("a", 1, "a", ".dockerignore") and IgnoreLimits() == IgnoreLimits(1024**2, 50_000)
+    assert repr(IgnoreLimits()) == "IgnoreLimits(max_ignore_file_bytes=1048576, max_ignore_patterns=50000)"
 
 def test_secrets_stay_out_of_repr():
     target = RedisTarget(url="redis://:url-secret@h/0", password="pw-secret",
@@ -53,3 +71,19 @@ def test_a_redis_connection_does_not_read_the_installed_metadata(redis_url):
             f"store = JobStore({redis_url!r}, 'light-records'); store.ping(); store.view('none'); "
             "print(redis.utils.get_lib_version.cache_info().currsize)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("env", [{}, {"USERNAME": "d"}, {"LNAME": "c", "USERNAME": "d"}, {"USER": "b", "LNAME": "c"},
+                                 {"LOGNAME": "a", "USER": "b"}, {"LOGNAME": "", "USER": "b"}])
+def test_the_submitter_is_named_as_getpass_names_it(monkeypatch, env):
+    """cli_user finds the user as getpass.getuser() does, without importing getpass (termios)."""
+    import getpass
+    import socket
+
+    from runner.entry.cli import cli_user
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli_user() == f"cli:{getpass.getuser()}@{socket.gethostname()}"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +29,7 @@ from runner.context.gocompat import BadPattern, go_clean, go_match, go_trim_spac
 from runner.context.ignore_limits import IgnoreLimits
 from runner.context.pattern_index import PatternIndex
 from runner.core.errors import InvalidJob
+from runner.core.frozen import Frozen
 
 if TYPE_CHECKING:
     from runner.context.limits import ContextLimits
@@ -53,8 +53,7 @@ class DockerignoreError(InvalidJob):
 
 
 # -- the file reader ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class IgnoreLine:
+class IgnoreLine(Frozen):
     """One pattern as ReadAll returns it, with the line it came from."""
 
     pattern: str  # e.g. "!foo/bar", cleaned
@@ -112,8 +111,7 @@ def read_ignore_lines(data: bytes, file: str = IGNORE_FILE, max_patterns: int | 
 
 
 # -- patterns ----------------------------------------------------------------------------------
-@dataclass
-class Pattern:
+class Pattern(Frozen):
     """One pattern of a PatternMatcher."""
 
     cleaned: str  # without the leading "!"
@@ -330,8 +328,7 @@ def _always_sent(root: Path, dockerfile: str, ignore_file: str) -> set[str]:
 
 
 # -- the walk ----------------------------------------------------------------------------------
-@dataclass
-class ContextSelection:
+class ContextSelection(Frozen):
     """What `docker build` sends for a local context, in walk order (parents first, names sorted).
 
     `forced` holds the entries sent only because Docker always sends the Dockerfile and the
@@ -374,13 +371,15 @@ def context_paths(root: Path, dockerfile: str = "Dockerfile", limits: ContextLim
     return select_context(root, dockerfile, limits, cancel).paths
 
 
-@dataclass
 class _Dir:
-    path: str
-    info: ParentInfo
-    excluded: bool
-    sent: bool = False
-    forced_only: bool = False  # sent only because something always sent is inside
+    """A directory of the walk and what became of it."""
+
+    __slots__ = ("path", "info", "excluded", "sent", "forced_only")
+
+    def __init__(self, path: str, info: ParentInfo, excluded: bool, sent: bool = False, forced_only: bool = False):
+        self.path, self.info, self.excluded = path, info, excluded
+        self.sent = sent
+        self.forced_only = forced_only  # sent only because something always sent is inside
 
 
 class _Walker:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
+
+from runner.core.frozen import Frozen
 
 MAX_RUNE = 0x10FFFF
 RUNE_ERROR = 0xFFFD
@@ -628,8 +629,7 @@ def _affixes(top: list[str | None]) -> tuple[str, str]:
     return run(top, _BEGIN), run(top[::-1], _END)[::-1]
 
 
-@dataclass(frozen=True)
-class GoRegexp:
+class GoRegexp(Frozen):
     """A Go regular expression, checked as Go's parser checks it and written in RE2 syntax.
 
     `prefix` / `suffix`: literal text every match begins / ends the subject with ("" when the

@@ -4,14 +4,13 @@ takes its defaults from here, so there is one number for each)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from runner.core.frozen import Frozen
 
 MAX_IGNORE_FILE_BYTES = 1024**2
 MAX_IGNORE_PATTERNS = 50_000
 MAX_CONTEXT_BYTES = 512 * 1024**2
 
 
-@dataclass(frozen=True)
-class IgnoreLimits:
+class IgnoreLimits(Frozen):
     max_ignore_file_bytes: int = MAX_IGNORE_FILE_BYTES
     max_ignore_patterns: int = MAX_IGNORE_PATTERNS

@@ -8,8 +8,8 @@ the client and the worker refuse the same requests with the same words. Pure: no
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
+from runner.core.frozen import Frozen, field
 from runner.core.request_rules import parse_image_ref
 
 #: the defaults of limits.max_tags, limits.max_platforms, limits.max_timeout (LimitsConfig's)
@@ -29,8 +29,7 @@ class NeedsModels(Exception):
     read plainly): the models do, and refuse it with their own message if it is wrong."""
 
 
-@dataclass(frozen=True)
-class AdmissionPolicy:
+class AdmissionPolicy(Frozen):
     """What admission reads of the config, as plain values."""
 
     max_tags: int

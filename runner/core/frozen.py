@@ -1,27 +1,57 @@
-"""Frozen records for the CLI's light path, without the dataclasses module: importing it loads
-`inspect` (~5 ms) and each dataclass is made by generating and exec'ing code (~0.5 ms a class),
-on every `runner` command. A Frozen subclass is a plain class: its fields are its annotations
-in order, its class attributes their defaults; it compares and hashes by value, shows itself as
-a dataclass would (but for the fields named in `_hidden`) and refuses to be changed. mypy types
+"""Frozen records for the CLI's light path, without generated code: each dataclass is made by
+generating and exec'ing its methods (~0.2-1 ms a class, `inspect.signature` too for one with
+no docstring), on every `runner` command that imports it. A Frozen subclass is a plain class:
+its fields are its annotations in order, its class attributes their defaults (`field(
+default_factory=...)` for a fresh value each time, as dataclasses'); it compares and hashes by
+value, orders by value with `order=True` (`class P(Frozen, order=True)`), shows itself as a
+dataclass would (but for the fields named in `_hidden`) and refuses to be changed. mypy types
 its constructor as a frozen dataclass's (dataclass_transform)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, dataclass_transform
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, cast, dataclass_transform
+
+T = TypeVar("T")
 
 
-@dataclass_transform(frozen_default=True)
+class _Factory:
+    """A field's default made anew for each record (`field(default_factory=...)`)."""
+
+    def __init__(self, make: Callable[[], Any]):
+        self.make = make
+
+
+def field(*, default_factory: Callable[[], T]) -> T:
+    """dataclasses.field(default_factory=...) for a Frozen record."""
+    return cast(T, _Factory(default_factory))
+
+
+def _ordering(compare: Callable[[tuple, tuple], bool]) -> Callable[[Frozen, object], bool]:
+    def method(self: Frozen, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return compare(self._values(), other._values())  # same class: a Frozen
+
+    return method
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
 class Frozen:
     #: the fields, in order (a subclass's after its base's)
     _fields: ClassVar[tuple[str, ...]] = ()
     #: fields left out of repr() (secrets, a URL that may hold a password)
     _hidden: ClassVar[frozenset[str]] = frozenset()
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, order: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own = [name for name, kind in cls.__dict__.get("__annotations__", {}).items()
                if "ClassVar" not in str(kind).partition("[")[0]]
         cls._fields = tuple(dict.fromkeys((*cls._fields, *own)))
+        if order:  # as dataclass(order=True): compared as the tuple of its fields, with its own class only
+            for name, compare in (("__lt__", tuple.__lt__), ("__le__", tuple.__le__), ("__gt__", tuple.__gt__),
+                                  ("__ge__", tuple.__ge__)):
+                setattr(cls, name, _ordering(compare))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         cls = type(self)
@@ -36,7 +66,8 @@ class Frozen:
             if name not in values:
                 if not hasattr(cls, name):
                     raise TypeError(f"{cls.__name__}() missing argument {name!r}")
-                values[name] = getattr(cls, name)
+                default = getattr(cls, name)
+                values[name] = default.make() if isinstance(default, _Factory) else default
             object.__setattr__(self, name, values[name])
 
     def _values(self) -> tuple[Any, ...]:

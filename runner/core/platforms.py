@@ -9,7 +9,8 @@ knows, and a variant one that architecture has. Pure: no I/O.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from runner.core.frozen import Frozen
 
 #: what one component of a specifier may hold (containerd's specifierRe)
 _COMPONENT = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -35,8 +36,9 @@ class PlatformError(ValueError):
     """A platform that is malformed, unknown, or not one the runner builds; says which."""
 
 
-@dataclass(frozen=True, order=True)
-class Platform:
+class Platform(Frozen, order=True):
+    """One target platform, normalised; ordered as the tuple (os, architecture, variant)."""
+
     os: str
     architecture: str
     variant: str = ""

@@ -316,14 +316,20 @@ def queue_upload(submit: Callable[[], T]) -> T:
 
 
 def cli_user() -> str:
-    """`cli:USER@HOST`: who ran `runner submit` (through Redis), for the record and the log."""
-    import getpass
+    """`cli:USER@HOST`: who ran `runner submit` (through Redis), for the record and the log. USER
+    is getpass.getuser()'s answer, found as it finds it (the first of LOGNAME, USER, LNAME,
+    USERNAME that is set, else the uid's name) without importing getpass, which loads termios
+    for its password prompt on every submit."""
     import socket
 
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # a uid with no name (a container's)
-        user = str(os.getuid())
+    user = next((os.environ[name] for name in ("LOGNAME", "USER", "LNAME", "USERNAME") if os.environ.get(name)), None)
+    if user is None:
+        import pwd
+
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:  # a uid with no name (a container's)
+            user = str(os.getuid())
     return f"cli:{user}@{socket.gethostname()}"
 
 

@@ -43,6 +43,7 @@ Settings.queue_for), `NS.deliveries` the deliveries' (outbox.deliveries_queue); 
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import json
 import time
@@ -61,13 +62,13 @@ from runner.config.redis_target import RedisTarget
 from runner.core.jobview import JobView
 from runner.core.status import RequeueReason, Status
 from runner.store.buildqueue import build_message
-from runner.store.outbox import Outbox
 from runner.store.redis_clients import probe_client, sync_client
 
 if TYPE_CHECKING:
     from runner.config.client import RetentionConfig
     from runner.core.jobs import JobRecord
     from runner.store.jobstate import Change
+    from runner.store.outbox import Outbox
 
 
 class _HasStatus(Protocol):
@@ -181,8 +182,15 @@ class JobStore:
         self._heartbeat = self.r.register_script(_HEARTBEAT)
         self._live = self.r.register_script(_LIVE)
         self._claim = self.r.register_script(_CLAIM)
-        #: the deliveries (commit statuses, callbacks) owed, beside the jobs: a job's end adds its own
-        self.outbox = Outbox.for_store(self, recover_after)
+        self._recover_after = recover_after
+
+    @functools.cached_property
+    def outbox(self) -> Outbox:
+        """The deliveries (commit statuses, callbacks) owed, beside the jobs: a job's end adds its
+        own. Made at first use: `runner submit` of a job without a source never needs it."""
+        from runner.store.outbox import Outbox
+
+        return Outbox.for_store(self, self._recover_after)
 
     @classmethod
     def from_settings(cls, settings) -> JobStore:
@@ -689,7 +697,7 @@ class JobStore:
 
     def keep_context(self, job_id: str) -> None:
         """The job is queued: its context lives as long as a job may wait (retention.queued_seconds)."""
-        self.raw.expire(self._key("ctx", job_id), self.retention.queued_seconds)
+        self.r.expire(self._key("ctx", job_id), self.retention.queued_seconds)  # a reply to decode: `r` (see ContextWriter)
 
     def delete_context(self, job_id: str) -> None:
         self.raw.delete(self._key("ctx", job_id))
@@ -717,13 +725,17 @@ class JobStore:
 
 
 class ContextWriter:
-    """File-like sink that stores a tar in Redis in 1 MiB chunks, enforcing a size cap."""
+    """File-like sink that stores a tar in Redis in 1 MiB chunks, enforcing a size cap. Written
+    through the store's decoding client `r`: the chunks go as the bytes they are and the replies
+    are counts, so an uploader (`runner submit`) needs no connection of `raw` (a handshake less)."""
 
     def __init__(self, store: JobStore, key: str, max_bytes: int, ttl: int):
         self.store, self.key, self.max_bytes, self.ttl = store, key, max_bytes, ttl
         self.size = 0
         self._buffer = bytearray()
-        self.store.raw.delete(key)
+        #: what the key held before (an abandoned upload's chunks) is deleted with the first push, in
+        #: its pipeline: a round trip less, and no one reads the key before the job is submitted
+        self._stale = True
 
     def write(self, data: bytes) -> int:
         self.size += len(data)
@@ -740,10 +752,13 @@ class ContextWriter:
         return len(data)
 
     def _push(self, chunk: bytes) -> None:
-        with self.store.raw.pipeline(transaction=False) as pipe:
+        with self.store.r.pipeline(transaction=False) as pipe:
+            if self._stale:
+                pipe.delete(self.key)
             pipe.rpush(self.key, chunk)
             pipe.expire(self.key, self.ttl)  # an abandoned upload never outlives the upload TTL
             pipe.execute()
+        self._stale = False
 
     def copy_from(self, source: BinaryIO) -> None:
         while chunk := source.read(CHUNK_BYTES):
@@ -753,10 +768,13 @@ class ContextWriter:
         if self._buffer:
             self._push(bytes(self._buffer))
             self._buffer.clear()
+        elif self._stale:  # nothing written: the key is empty all the same
+            self.abort()
 
     def abort(self) -> None:
         self._buffer.clear()
-        self.store.raw.delete(self.key)
+        self.store.r.delete(self.key)
+        self._stale = False
 
     def flush(self) -> None:  # tarfile calls it
         pass
