@@ -672,22 +672,28 @@ CONFIG_OPTION = _config_option()
 
 def _summary(handler: Any) -> str:
     """A command's line in `runner --help`: the first line of its handler's docstring."""
-    return (handler.__doc__ or "").strip().split("\n")[0]
+    return _description(handler).split("\n")[0]
+
+
+def _description(handler: Any) -> str:
+    return (handler.__doc__ or "").strip()
+
+
+#: how every command's parser is made (its description: its handler's docstring)
+_COMMAND_OPTIONS: dict[str, Any] = {"allow_abbrev": False, "formatter_class": argparse.RawDescriptionHelpFormatter,
+                                    "parents": [CONFIG_OPTION]}
 
 
 def _command_parser(prog: str, handler: Any) -> _Parser:
-    """A command's parser: its handler's docstring is its description."""
-    parser = _Parser(prog=prog, description=(handler.__doc__ or "").strip(), allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[CONFIG_OPTION])
+    """A command's parser, made when the command is chosen."""
+    parser = _Parser(prog=prog, description=_description(handler), **_COMMAND_OPTIONS)
     parser.set_defaults(handler=handler)
     return parser
 
 
 def _command(subparsers: Any, name: str, handler: Any) -> argparse.ArgumentParser:
     """A command of a group (`keys generate`, `config show`), its parser made now."""
-    parser = subparsers.add_parser(name, help=_summary(handler), description=(handler.__doc__ or "").strip(),
-                                   allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   parents=[CONFIG_OPTION])
+    parser = subparsers.add_parser(name, help=_summary(handler), description=_description(handler), **_COMMAND_OPTIONS)
     parser.set_defaults(handler=handler)
     return parser
 

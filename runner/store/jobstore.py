@@ -139,6 +139,7 @@ if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return false en
 return redis.call('get', KEYS[1])
 """
 _IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('{op}', KEYS[1]{args}) else return 0 end"
+_DELETE_IF_HELD = _IF_HOLDER.format(op="del", args="")
 
 
 #: a log stream's entries as a decoding client reads them (XREAD, XRANGE): (entry id, fields)
@@ -375,6 +376,10 @@ class JobStore:
 
         return self._transaction(key, move)
 
+    def _delete_if_held(self, key: str, holder: str) -> None:
+        """Delete `key` if it still holds `holder` (a claim, lease or entry not taken over since)."""
+        self.r.eval(_DELETE_IF_HELD, 1, key, holder)
+
     def _transaction(self, key: str, body: Callable[[redis.client.Pipeline], T]) -> T:
         """`body` on a pipeline watching `key`, run again whenever the key changed before its
         MULTI ran (redis-py's own retry loop); what `body` returned."""
@@ -537,7 +542,7 @@ class JobStore:
         return cast("str | None", self.r.get(self._key("reserve", job_id)))
 
     def release(self, job_id: str, owner: str) -> None:
-        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("reserve", job_id), owner)
+        self._delete_if_held(self._key("reserve", job_id), owner)
 
     def track_upload(self, owner: str, job_id: str, max_pending: int) -> bool:
         """Count an uploaded, unsubmitted context against `owner`; False past `max_pending`."""
@@ -574,7 +579,7 @@ class JobStore:
                     pass
 
     def release_push(self, key: str, job_id: str) -> None:
-        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("push", key), job_id)
+        self._delete_if_held(self._key("push", key), job_id)
 
     # -- images built, by their inputs' key (runner.worker.reuse) -----------------------------
     def remember_build(self, key: str, entry: str) -> None:
@@ -585,7 +590,7 @@ class JobStore:
 
     def forget_build(self, key: str, entry: str) -> None:
         """Forget the build `entry` of `key` (not one remembered since)."""
-        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("built", key), entry)
+        self._delete_if_held(self._key("built", key), entry)
 
     def start_building(self, key: str, job_id: str, ttl: float) -> str | None:
         """Claim building the inputs `key` for `job_id` (for at most `ttl` seconds): None if it is
@@ -593,7 +598,7 @@ class JobStore:
         return self._claim(keys=[self._key("building", key)], args=[job_id, max(1, int(ttl))])
 
     def stop_building(self, key: str, job_id: str) -> None:
-        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("building", key), job_id)
+        self._delete_if_held(self._key("building", key), job_id)
 
     # -- secret build-arg values: by reference, never in the queue message ---------------------
     def save_secrets(self, job_id: str, values: dict[str, str]) -> None:
@@ -718,7 +723,7 @@ class JobStore:
                                 worker, int(ttl * 1000)))
 
     def release_lease(self, job_id: str, worker: str) -> None:
-        self.r.eval(_IF_HOLDER.format(op="del", args=""), 1, self._key("lease", job_id), worker)
+        self._delete_if_held(self._key("lease", job_id), worker)
 
     def lease_holder(self, job_id: str) -> str | None:
         return cast("str | None", self.r.get(self._key("lease", job_id)))

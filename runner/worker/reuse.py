@@ -166,7 +166,7 @@ class Reuse:
             sources.setdefault(ref.registry, (ref, image.digest))
         if missing := [t for t in targets if t.registry not in sources]:
             raise InfrastructureError(f"job {built.job} pushed nothing to {missing[0].registry}")
-        for ref, digest in {(str(r), d): (r, d) for r, d in sources.values()}.values():
+        for ref, digest in sources.values():  # one source per registry
             if self.registries.client(ref.registry).head_manifest(ref.repository, digest) is None:
                 log.line(f"[runner] the image job {built.job} built ({ref.registry}/{ref.repository}@{digest}) is gone "
                          "from its registry; building")
