@@ -139,6 +139,8 @@ def test_the_read_commands_load_no_models(cli_harness, tmp_path):
         assert models(modules) == [] and heavy(modules) == [], (args, models(modules))
         assert "yaml" not in modules, args  # the harness's config is plain YAML: read without PyYAML (runner.config.plain_yaml)
     assert run_cli(h, "logs", job_id)[0].stdout == "a line\n"
+    missing, _ = run_cli(h, "logs", f"{job_id}-none")
+    assert missing.returncode == 2 and f"no job '{job_id}-none'" in missing.stderr and missing.stdout == ""
     cancelled, modules = run_cli(h, "cancel", job_id)  # a queued job: the record and outbox are written (models)
     assert cancelled.stdout.strip() == f"{job_id} cancelled" and heavy(modules) == []
     again, modules = run_cli(h, "cancel", job_id)  # ended: nothing to write, nothing to load

@@ -15,11 +15,14 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from runner.config.loader import ENV_PREFIX, NESTED, NOT_SETTINGS, NOT_SETTINGS_PREFIXES, merge, read_config_file
 from runner.config.redis_target import RedisTarget, SentinelSet, TlsFiles, parse_node
 from runner.core.frozen import Frozen
+
+TYPE_CHECKING = False  # not typing's: the light path leaves typing out (see runner.entry.cli)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class PlainRetention(Frozen):

@@ -19,9 +19,11 @@ import os
 import types
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin
 
+TYPE_CHECKING = False  # not typing's: a client reading its file needs no typing (see runner.entry.cli)
 if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
     from pydantic import BaseModel, ValidationError
 
     # for the checker only: a TypeVar bound by a string compiles it at import, ~1 ms of every command
@@ -169,6 +171,7 @@ def describe_errors(exc: ValidationError, origins: Mapping[tuple[str, ...], str]
 
 def _annotation_at(model: type[BaseModel], path: tuple[str, ...]) -> Any:
     """The declared type at `path` in the settings tree, or _UNKNOWN."""
+    from typing import get_args, get_origin  # here, not at the top: only the models' path reads types
     annotation: Any = model
     for key in path:
         annotation = _strip_optional(annotation)
@@ -185,6 +188,7 @@ def _annotation_at(model: type[BaseModel], path: tuple[str, ...]) -> Any:
 
 
 def _strip_optional(annotation: Any) -> Any:
+    from typing import Union, get_args, get_origin
     if get_origin(annotation) in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
         if len(args) == 1:
@@ -195,6 +199,7 @@ def _strip_optional(annotation: Any) -> Any:
 def _decode(name: str, raw: str, annotation: Any) -> Any:
     """JSON for a list, mapping or section; the string itself for a scalar (the model parses
     numbers and booleans). Below free-form sections, JSON is taken only if it is a list or mapping."""
+    from typing import get_origin
     if annotation is _UNKNOWN:
         try:
             value = json.loads(raw)

@@ -14,7 +14,10 @@ reads generated files both ways, and the runner's own example configs."""
 from __future__ import annotations
 
 import re
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: the light path leaves typing out (see runner.entry.cli)
+if TYPE_CHECKING:
+    from typing import Any
 
 #: what only PyYAML reads here: anything but printable ASCII and line feeds
 _UNTAKEN = re.compile(r"[^\n\x20-\x7e]")

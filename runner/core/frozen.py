@@ -10,9 +10,16 @@ its constructor as a frozen dataclass's (dataclass_transform)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar, cast, dataclass_transform
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # not typing's: the light path leaves typing out (see runner.entry.cli)
+if TYPE_CHECKING:
+    from typing import Any, ClassVar, TypeVar, dataclass_transform
+
+    T = TypeVar("T")
+else:
+    def dataclass_transform(**_: object) -> Callable[[type], type]:
+        """typing's marker for the checker; at run time a no-op, as typing's own nearly is."""
+        return lambda cls: cls
 
 
 class _Factory:
@@ -24,7 +31,7 @@ class _Factory:
 
 def field(*, default_factory: Callable[[], T]) -> T:
     """dataclasses.field(default_factory=...) for a Frozen record."""
-    return cast(T, _Factory(default_factory))
+    return _Factory(default_factory)  # type: ignore[return-value]  # read back by Frozen.__init__
 
 
 def _ordering(compare: Callable[[tuple, tuple], bool]) -> Callable[[Frozen, object], bool]:

@@ -13,7 +13,7 @@ from runner.core.attestations import Attestation
 from runner.core.build_inputs import BuildInputs
 from runner.core.errors import ErrorKind
 from runner.core.models import BaseUrl
-from runner.core.status import REQUEUE_REASONS, RequeueReason, Status, new_job_id  # noqa: F401 - re-exported
+from runner.core.status import REQUEUE_REASONS, Status, new_job_id  # noqa: F401 - re-exported
 
 
 class ImageRef(BaseModel):

@@ -8,10 +8,13 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Protocol
 
 from runner.core.frozen import Frozen
 from runner.core.status import Status
+
+TYPE_CHECKING = False  # not typing's: the light path leaves typing out (see runner.entry.cli)
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
 
 class PlatformView(Frozen):
@@ -121,12 +124,15 @@ class JobView(Frozen):
         return datetime.fromisoformat(self.data["created_at"])
 
 
-class JobReader(Protocol):
-    """Reading jobs and their logs: the Redis store and the HTTP API client both do it, so the
-    CLI's read commands take either."""
+if TYPE_CHECKING:  # a protocol for the checker; nothing inherits it at run time
+    class JobReader(Protocol):
+        """Reading jobs and their logs: the Redis store and the HTTP API client both do it, so the
+        CLI's read commands take either."""
 
-    def view(self, job_id: str) -> JobView | None: ...
+        def view(self, job_id: str) -> JobView | None: ...
 
-    def views(self, status: Status | None = None, limit: int = 50) -> builtins.list[JobView]: ...
+        def views(self, status: Status | None = None, limit: int = 50) -> builtins.list[JobView]: ...
 
-    def read_log(self, job_id: str, follow: bool = False) -> Iterator[str]: ...
+        def read_log(self, job_id: str, follow: bool = False) -> Iterator[str]: ...
+
+        def log_of(self, job_id: str, follow: bool = False) -> Iterator[str] | None: ...

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 from enum import Enum
-from typing import Literal, get_args
+
+TYPE_CHECKING = False  # not typing's: the light path leaves typing out (see runner.entry.cli)
+if TYPE_CHECKING:
+    from typing import Literal
 
 
 class Status(str, Enum):
@@ -24,8 +27,9 @@ class Status(str, Enum):
 
 #: why a job went back to its queue: its worker shut down (SIGTERM past worker.shutdown_grace),
 #: its engine failed (worker.engine_down_policy: requeue), or its worker was lost (recovery)
-RequeueReason = Literal["shutdown", "engine_down", "worker_lost"]
-REQUEUE_REASONS: tuple[RequeueReason, ...] = get_args(RequeueReason)
+if TYPE_CHECKING:
+    RequeueReason = Literal["shutdown", "engine_down", "worker_lost"]
+REQUEUE_REASONS: tuple[RequeueReason, ...] = ("shutdown", "engine_down", "worker_lost")
 
 
 def new_job_id() -> str:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
 from runner.core.jobview import JobView
 from runner.core.status import Status, new_job_id
 
+TYPE_CHECKING = False  # not typing's: the light path leaves typing out (see runner.entry.cli)
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     from runner.config.client_plain import PlainClientSettings
 
 EXIT_INVALID, EXIT_INFRA = 2, 3
@@ -45,12 +48,30 @@ def _address_problem(host: str, parts: Any) -> str | None:
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
     except ValueError as exc:
         return f"has an invalid port: {exc}"
-    if ":" not in host:  # an IPv6 literal has no labels
+    if ":" not in host and not _valid_name(host):  # an IPv6 literal has no labels
+        return f"has an invalid host name {host!r} (an empty label, or one longer than 63 characters)"
+    return None
+
+
+def _valid_name(host: str) -> bool:
+    """What the idna codec checks (no empty label, none over 63 characters; one trailing dot
+    allowed), without loading it for an ASCII name (~1 ms of every command)."""
+    if not host.isascii():
         try:
             host.encode("idna")
         except UnicodeError:
-            return f"has an invalid host name {host!r} (an empty label, or one longer than 63 characters)"
-    return None
+            return False
+        return True
+    labels = host.removesuffix(".").split(".")
+    return all(0 < len(label) < 64 for label in labels)
+
+
+def _create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+    """socket.create_connection with an ASCII host given as bytes: getaddrinfo encodes a str
+    host with the idna codec, which costs its import on every command."""
+    host, port = address
+    name = host.encode("ascii") if host.isascii() else host
+    return socket.create_connection((name, port), *args, **kwargs)  # type: ignore[arg-type]  # bytes: as getaddrinfo takes
 
 
 class ApiClient:
@@ -73,6 +94,7 @@ class ApiClient:
                 self._connection = http.client.HTTPSConnection(self.netloc, timeout=timeout)
             else:
                 self._connection = http.client.HTTPConnection(self.netloc, timeout=timeout)
+            self._connection._create_connection = _create_connection  # type: ignore[attr-defined]
         self._connection.timeout = timeout
         if self._connection.sock is not None:
             self._connection.sock.settimeout(timeout)
@@ -130,8 +152,23 @@ class ApiClient:
 
     def read_log(self, job_id: str, follow: bool = False) -> Iterator[str]:
         """The log, line by line; with follow, one streaming request until the job ends."""
+        lines = self.log_of(job_id, follow)
+        if lines is None:
+            self.fail(f"no job {job_id!r}", EXIT_INVALID)
+        return lines
+
+    def log_of(self, job_id: str, follow: bool = False) -> Iterator[str] | None:
+        """read_log, or None when there is no such job: one request, where asking for the job
+        first would be two."""
         response = self.request("GET", f"/v1/jobs/{job_id}/logs", params={"follow": str(follow).lower()},
-                                timeout=None if follow else self.timeout)
+                                timeout=None if follow else self.timeout, allow=(404,))
+        if response.status == 404:
+            response.read()
+            return None
+        return self._lines(response)
+
+    @staticmethod
+    def _lines(response: http.client.HTTPResponse) -> Iterator[str]:
         try:
             for raw in response:
                 yield raw.decode("utf-8", "replace").rstrip("\r\n")

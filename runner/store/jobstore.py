@@ -60,13 +60,14 @@ from redis.typing import EncodableT, FieldT
 from runner.config.client_plain import PlainRetention
 from runner.config.redis_target import RedisTarget
 from runner.core.jobview import JobView
-from runner.core.status import RequeueReason, Status
+from runner.core.status import Status
 from runner.store.buildqueue import build_message
 from runner.store.redis_clients import probe_client, sync_client
 
 if TYPE_CHECKING:
     from runner.config.client import RetentionConfig
     from runner.core.jobs import JobRecord
+    from runner.core.status import RequeueReason
     from runner.store.jobstate import Change
     from runner.store.outbox import Outbox
 
@@ -634,6 +635,10 @@ class JobStore:
     def delete_log_entries(self, job_id: str, entry_ids: builtins.list[str]) -> None:
         if entry_ids:
             self.r.xdel(self._key("log", job_id), *entry_ids)
+
+    def log_of(self, job_id: str, follow: bool = False) -> Iterator[str] | None:
+        """read_log, or None when there is no such job (the CLI's `runner logs`)."""
+        return self.read_log(job_id, follow) if self.r.exists(self._key("job", job_id)) else None
 
     def read_log(self, job_id: str, follow: bool = False, block_ms: int = 1000,
                  should_stop: Callable[[], bool] | None = None) -> Iterator[str]:

@@ -27,7 +27,7 @@ from runner.config.settings import Settings
 from runner.core.cancel import CancelToken
 from runner.core.errors import Cancelled, ExecutorError
 from runner.core.executor_metrics import Phase, PhaseClock
-from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, RequeueReason, Status
+from runner.core.jobs import BuildRequest, JobError, JobRecord, PushedImage, Status
 from runner.core.process_log import MIN_SECRET, job_fields, remembered_secrets
 from runner.store import jobstate
 from runner.store.joblog import JobLog
@@ -38,6 +38,7 @@ from runner.worker.admission import QUEUE, Rejected, admit, readable_request, re
 
 if TYPE_CHECKING:
     from executors.base import Executor
+    from runner.core.status import RequeueReason
     from runner.worker.worker import Worker
 
 log = logging.getLogger(__name__)
