@@ -39,7 +39,7 @@ from runner.core.output_pipe import LineAssembler
 from runner.core.registry_client import Registries
 from runner.store.joblog import JobLog
 from runner.worker import reaper
-from tests.conftest import registry_digest, run_image
+from tests.conftest import WRONG_PASSWORD_HOST, registry_digest, run_image
 from tests.support import ListLog, all_support, executor_for, spooled_context
 from tests.support.buildah import skip_reason
 
@@ -428,6 +428,25 @@ def test_registry_cache_feeds_a_worker_with_an_empty_store(harness, settings, st
                         "rmi", "--all", "--force"], capture_output=True)
     assert f"Pushing cache {repo}:" in logs[0]
     assert f"Cache pulled from remote {repo}:" in logs[1]
+
+
+def test_a_cache_the_registry_refuses_fails_no_job(harness, settings, storage, tmp_path):
+    """buildah 1.28 ends a build when a step's --cache-to push is refused; the executor builds
+    again without writing the cache (the steps are local by then) and the image is pushed."""
+    repo = f"{WRONG_PASSWORD_HOST}/buildah-test/refused-{uuid.uuid4().hex[:8]}"  # the same registry, wrong password
+    worker = with_buildah(settings, cache_repo=repo, storage_root=storage / "refused" / "root",
+                          run_root=storage / "refused" / "run")
+    dockerfile = f"FROM {base(harness)}\nRUN echo refused-{uuid.uuid4().hex} > /r\n"
+    job = BuildRequest(tags=[image(harness, "refused-cache")])
+    log = ListLog()
+    executor = executor_for(worker, "buildah")
+    try:
+        [pushed] = executor.run(job, make_context(worker, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
+    finally:
+        executor.cleanup(job.id)
+    assert f"Pushing cache {repo}:" in log.text and "the registry cache could not be written" in log.text, log.text
+    assert pushed.digest == registry_digest(harness.services, job.tags[0])
+    assert log.text.count("Using cache") >= 1  # the second build took the first one's steps
 
 
 def test_docker_format_keep_images_and_no_push(harness, settings, tmp_path):

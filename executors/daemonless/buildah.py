@@ -65,6 +65,7 @@ CAP_SYS_ADMIN = 21
 MANIFEST_REPO = "localhost/runner-manifest"
 #: "STEP 2/3: RUN make", "[2/3] STEP …" in a multi-stage build, "[linux/arm64] STEP …" for one of several platforms
 _STEP = re.compile(r"^(?:\[[\w./-]+\] )*STEP (\d+/\d+): (.*)$")
+_CACHE_PUSH_FAILED = "failed pushing cache to "
 _AT_STEP = re.compile(r'^building at STEP "(.*?)": (.*)$')
 _UNUSED_ARGS = re.compile(r"^\[Warning\] one or more build args were not consumed: \[(.*)\]$")
 _VERSION = re.compile(r"version (\S+)")
@@ -165,7 +166,8 @@ class JobPaths:
     manifest: str | None = None  # a multi-platform job's manifest list in the store (--manifest), instead of --iidfile
 
 
-def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobPaths, namespace: str) -> list[str]:
+def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobPaths, namespace: str,
+               export_cache: bool = True) -> list[str]:
     """`buildah build` arguments (after the global ones); buildah's defaults are not repeated
     (oci format, its own isolation). No secret appears here: secret build args are named only
     (their values travel in the environment)."""
@@ -181,7 +183,7 @@ def build_args(config: BuildahConfig, mode: Mode, job: BuildRequest, paths: JobP
     if config.keep_images and not paths.manifest:  # a name left in the shared store would serve a later job's FROM
         for ref in job.tags:
             args += ["-t", ref]
-    args += common_build_flags(job, paths.secrets, cache_repository(config.cache_repo, job))
+    args += common_build_flags(job, paths.secrets, cache_repository(config.cache_repo, job), export_cache)
     args += ["--build-arg", f"{JOB_ARG}={job.id}", "--build-arg", f"{NAMESPACE_ARG}={namespace}"]
     args.append(str(paths.context))
     return args
@@ -278,6 +280,11 @@ class BuildOutput(ToolOutput):
             self.error = text.removeprefix("Error: ")
         return text
 
+    @property
+    def cache_not_written(self) -> bool:
+        """buildah (1.28) ends the whole build when a step's --cache-to push fails."""
+        return bool(self.error and self.error.startswith(_CACHE_PUSH_FAILED))
+
     def failure(self, code: int) -> ExecutorError:
         error = self.error or f"buildah build exited with code {code}"
         at_step = _AT_STEP.match(error)
@@ -313,6 +320,10 @@ class BuildThenPush:
         self.on_built()
         if cut + 1 < len(batch):
             self.push(batch[cut + 1:])
+
+
+class _CacheNotWritten(Exception):
+    """The build stopped only because the registry cache refused a step's image."""
 
 
 def push_failed(ref: ImageRef, output: ToolOutput, code: int) -> ExecutorError:
@@ -450,8 +461,20 @@ class BuildahExecutor(Executor):
                log: LogSink, cancel: CancelToken, phases: PhaseClock) -> tuple[str, InfrastructureError | None]:
         """Build; with `first`, push it there from the same process start (build_then_push): the
         marker line ends the build phase and starts the push. Returns the image id and, if that
-        push failed in a way a retry may mend, why."""
-        build = build_args(self.config, mode, job, paths, self.env.namespace)
+        push failed in a way a retry may mend, why. A registry cache that cannot be written
+        fails no job: the build runs again without writing it (its steps are cached locally by
+        then), as BuildKit's executors carry on past a failed cache export."""
+        try:
+            return self._build_once(tool, mode, job, paths, files, first, log, cancel, phases, export_cache=True)
+        except _CacheNotWritten as exc:
+            log.line(f"[runner] warning: the registry cache could not be written ({exc}); building again "
+                     "without writing it")
+            return self._build_once(tool, mode, job, paths, files, first, log, cancel, phases, export_cache=False)
+
+    def _build_once(self, tool: Tool, mode: Mode, job: BuildRequest, paths: JobPaths, files: JobFiles,
+                    first: ImageRef | None, log: LogSink, cancel: CancelToken, phases: PhaseClock,
+                    export_cache: bool) -> tuple[str, InfrastructureError | None]:
+        build = build_args(self.config, mode, job, paths, self.env.namespace, export_cache)
         output = BuildOutput(log)
         phases.switch("build")
         if first is None:
@@ -469,6 +492,8 @@ class BuildahExecutor(Executor):
             code = Tool("sh", env=tool.env).stream(script, both, cancel)
             built = both.built
         phases.stop()
+        if not built and export_cache and output.cache_not_written and not cancel.is_set():
+            raise _CacheNotWritten(output.error)
         if not built:
             raise output.failure(code)
         self._clean_exit.add(job.id)

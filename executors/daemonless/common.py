@@ -166,10 +166,11 @@ def check_push_logins(registries: Registries, refs: Iterable[ImageRef], log: Log
 
 
 # -- the flags both tools take ---------------------------------------------------------------
-def common_build_flags(job: BuildRequest, secrets: Iterable[tuple[str, Path]], cache: str | None) -> list[str]:
+def common_build_flags(job: BuildRequest, secrets: Iterable[tuple[str, Path]], cache: str | None,
+                       export_cache: bool = True) -> list[str]:
     """What `buildah build` and `img build` spell alike: --no-cache, --target, --platform, labels,
     build args (a secret one by name only: its value travels in the environment), build-secret
-    files and the registry cache."""
+    files and the registry cache (read, and written unless `export_cache` is off)."""
     args = ["--no-cache"] if job.no_cache else []
     if job.target:
         args += ["--target", job.target]
@@ -182,7 +183,7 @@ def common_build_flags(job: BuildRequest, secrets: Iterable[tuple[str, Path]], c
     for secret_id, path in secrets:
         args += ["--secret", f"id={secret_id},src={path}"]
     if cache:
-        args += ["--cache-from", cache, "--cache-to", cache]
+        args += ["--cache-from", cache, *(["--cache-to", cache] if export_cache else [])]
     return args
 
 
