@@ -272,7 +272,7 @@ def main() -> None:
 
 def print_breakdown(title: str, taken: dict[str, list[dict[str, float]]], rounds: int) -> None:
     """Each phase's median over the rounds, A against B (a phase missing from a round counts 0)."""
-    labels = list(dict.fromkeys(label for side in ("B", "A") for run in taken.get(side, []) for label in run))
+    labels = list(dict.fromkeys(label for side in ("A", "B") for run in taken.get(side, []) for label in run))  # in A's order
 
     def median(side: str, label: str) -> float:
         return statistics.median(run.get(label, 0.0) for run in taken[side]) * 1000
