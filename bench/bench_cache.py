@@ -94,10 +94,11 @@ def phases(started: float, ended: float, times: list[float], lines: list[str]) -
             last_step = index
         elif text.startswith(_CACHE_EXPORT) and last_step >= 0:
             marks.append((f"{marks[-1][0].split(':')[0]}: --cache-to export", at))
-    if last_step >= 0:
-        push = next((at for at, text in zip(times[last_step:], lines[last_step:], strict=True) if text == _PUSH_STARTS), None)
-        if push is not None:
-            marks.append(("push", push))
+    if last_step < 0:
+        return {"the whole job (no STEP lines: not buildah's log)": ended - started}
+    push = next((at for at, text in zip(times[last_step:], lines[last_step:], strict=True) if text == _PUSH_STARTS), None)
+    if push is not None:
+        marks.append(("push", push))
     marks.append(("end", ended))
     return {label: following[1] - at for (label, at), following in zip(marks, marks[1:], strict=False)}
 
