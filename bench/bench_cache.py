@@ -17,7 +17,11 @@ Per executor:
   `--cache-from` / `--cache-to` on the cache repository.
 - img: not installable here.
 
-Run:  .venv/bin/python bench/bench_cache.py [--rounds 5] [--executors dind,buildah]
+With --breakdown, also where A's and B's time goes, from their job logs (buildah's): the
+start up to the first STEP, each STEP up to the next (STEP 1: the FROM image, checked or
+pulled), the last STEP up to its push, the push; medians, B against A.
+
+Run:  .venv/bin/python bench/bench_cache.py [--rounds 5] [--executors dind,buildah] [--breakdown]
 Needs the services (scripts/services.sh) and the dind image (scripts/dind-image.sh). Removes
 what it made (the registry keeps the pushed images). Prints a table. Not part of the test suite.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -69,6 +74,35 @@ RUN sleep 1 && dd if=/dev/urandom of=/build.bin bs=1M count=8 2>/dev/null && wc 
 }
 
 
+#: a buildah step line ("STEP 2/5: RUN make"; "[2/3] STEP ..." in a multi-stage build)
+_STEP = re.compile(r"^(?:\[[\w./-]+\] )*STEP (\d+/\d+): (.*)$")
+#: the first line a push prints (a FROM pull prints it too, but before the last STEP)
+_PUSH_STARTS = "Getting image source signatures"
+#: a step's export to the registry cache (--cache-to): buildah pushes a step it found in its store
+_CACHE_EXPORT = "--> Pushing cache"
+
+
+def phases(started: float, ended: float, times: list[float], lines: list[str]) -> dict[str, float]:
+    """Where one job's time went, from its timed log lines: the start up to the first STEP, each
+    STEP up to the next (its export to the registry cache apart), the last STEP up to its
+    push's first line, the push (seconds, in order). A log without STEP lines is one phase."""
+    marks: list[tuple[str, float]] = [("start, up to STEP 1", started)]
+    last_step = -1
+    for index, (at, text) in enumerate(zip(times, lines, strict=True)):
+        if match := _STEP.match(text):
+            marks.append((f"STEP {match[1]}: {match[2][:32]}", at))
+            last_step = index
+        elif text.startswith(_CACHE_EXPORT) and last_step >= 0:
+            marks.append((f"{marks[-1][0].split(':')[0]}: --cache-to export", at))
+    if last_step < 0:
+        return {"the whole job (no STEP lines: not buildah's log)": ended - started}
+    push = next((at for at, text in zip(times[last_step:], lines[last_step:], strict=True) if text == _PUSH_STARTS), None)
+    if push is not None:
+        marks.append(("push", push))
+    marks.append(("end", ended))
+    return {label: following[1] - at for (label, at), following in zip(marks, marks[1:], strict=False)}
+
+
 class Clock:
     """A LogSink noting when the engine or tool was reached and when the last tag was confirmed."""
 
@@ -100,6 +134,11 @@ class Clock:
         if self.started is None or self.ended is None:
             raise SystemExit("the job log lacks its start or push lines:\n" + "\n".join(self.lines[-30:]))
         return self.ended - self.started
+
+    def phases(self) -> dict[str, float]:
+        self.took()
+        assert self.started is not None and self.ended is not None
+        return phases(self.started, self.ended, self.times, self.lines)
 
 
 class Worker:
@@ -167,7 +206,9 @@ def dind_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) ->
             Worker("dind", settings("c"), src, tag))
 
 
-def bench(name: str, image: str, env: dict[str, str], rounds: int) -> dict[str, float]:
+def bench(name: str, image: str, env: dict[str, str], rounds: int,
+          breakdown: dict[str, list[dict[str, float]]] | None = None) -> dict[str, float]:
+    """The medians of A, B and C; with `breakdown`, A's and B's phases per round appended to it."""
     work = Path(tempfile.mkdtemp(prefix="bc-", dir="/tmp"))
     src = work / "src"
     src.mkdir()
@@ -182,11 +223,15 @@ def bench(name: str, image: str, env: dict[str, str], rounds: int) -> dict[str, 
     try:
         first, _ = a.build()  # A's first build: cold, fills A's cache and the registry cache
         for _ in range(rounds):
-            times["A warm"].append(a.build()[0])
+            warm, warm_clock = a.build()
+            times["A warm"].append(warm)
             took, clock = b.build()
             if not any("CACHED" in line or "Using cache" in line for line in clock.lines):
                 raise SystemExit("B's build used no cache:\n" + "\n".join(clock.lines[-40:]))
             times["B cold + registry cache"].append(took)
+            if breakdown is not None:
+                breakdown.setdefault("A", []).append(warm_clock.phases())
+                breakdown.setdefault("B", []).append(clock.phases())
             if os.environ.get("BENCH_CACHE_SHOW"):
                 print("\n".join(f"{(t - clock.times[0]) * 1000:7.0f} {line}" for t, line in zip(clock.times, clock.lines,
                                                                                          strict=True)), file=sys.stderr)
@@ -204,9 +249,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--executors", default="dind,buildah")
     parser.add_argument("--images", default="work,data")
+    parser.add_argument("--breakdown", action="store_true", help="also print where A's and B's time goes (buildah's steps)")
     args = parser.parse_args()
     env = dev_env()
-    rows = {(name, image): bench(name, image, env, args.rounds)
+    breakdowns: dict[tuple[str, str], dict[str, list[dict[str, float]]]] = {}
+    rows = {(name, image): bench(name, image, env, args.rounds, breakdowns.setdefault((name, image), {}) if args.breakdown else None)
             for name in args.executors.split(",") for image in args.images.split(",")}
     label = {"dind": "BuildKit (dind)", "buildah": "buildah"}
     what = {"work": "3 s of steps, ~100 KB made", "data": "3 s of steps, 16 MB made"}
@@ -219,7 +266,24 @@ def main() -> None:
         print(f"| {label.get(name, name)} | {what[image]} | {warm:.2f} s | {remote:.2f} s | {cold:.2f} s | "
               f"{remote / warm:.2f}x | {remote / cold:.2f}x | {'ok' if ok else 'MISSED'} |")
     print("| img | | not installable here (not packaged for Debian) | | | | | |")
+    for (name, image), taken in breakdowns.items():
+        print_breakdown(f"{label.get(name, name)}, {what[image]}", taken, args.rounds)
     print(f"{load_line()}")
+
+
+def print_breakdown(title: str, taken: dict[str, list[dict[str, float]]], rounds: int) -> None:
+    """Each phase's median over the rounds, A against B (a phase missing from a round counts 0)."""
+    labels = list(dict.fromkeys(label for side in ("A", "B") for run in taken.get(side, []) for label in run))  # in A's order
+
+    def median(side: str, label: str) -> float:
+        return statistics.median(run.get(label, 0.0) for run in taken[side]) * 1000
+
+    print(f"\nwhere the time goes: {title}, median of {rounds} (ms)")
+    print("| phase | A warm | B cold + registry cache | B - A |")
+    print("|---|---|---|---|")
+    for label in labels:
+        a, b = median("A", label), median("B", label)
+        print(f"| {label} | {a:.0f} | {b:.0f} | {b - a:+.0f} |")
 
 
 if __name__ == "__main__":
