@@ -33,6 +33,7 @@ from runner.entry import serve_metrics as health
 from runner.entry.deps import ApiContext
 from runner.entry.errors import ApiError, error_response
 from runner.entry.routes import jobs, logs, provenance, uploads, webhooks
+from runner.entry.start_gate import StartGate
 from runner.store.jobstore import JobStore, StoreUnavailable
 from runner.store.logfollow import LogHub
 from runner.store.redis_clients import FailoverWatch
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description=__doc__, lifespan=lifespan)
     app.state.api = api
     add_error_handlers(app)
+    app.add_middleware(StartGate)  # inside the request metrics: a request's time counts its wait at the gate
     health.install(app, api)
     dashboard.install(app, api)
     for router in ROUTERS:
