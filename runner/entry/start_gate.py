@@ -4,7 +4,7 @@ them never holds the event loop for long: /healthz stays quick while 500 followe
 A request's way to its first real wait (the server's and FastAPI's middleware, routing, the
 token check, dependency injection, the job's record) costs the loop a fraction of a millisecond
 and never yields. 500 followers connecting together would all take that way in one turn of the
-loop (about 100 ms here), and every other request, /healthz too, waits behind the turn. The gate
+loop (about 100 ms on 2 cores), and every other request, /healthz too, waits behind the turn. The gate
 lets at most `slots` matching requests be on that way at once: a request takes a slot when it
 arrives and frees it when its response starts (or it ends), so the others wait on a semaphore,
 off the loop's ready queue, and the loop serves other requests between the batches. A pure ASGI
