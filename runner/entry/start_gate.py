@@ -1,14 +1,16 @@
 """Streams (log followers, the dashboard's event streams) start a few at a time, so a herd of
 them never holds the event loop for long: /healthz stays quick while 500 followers connect.
 
-A request's way to its first real wait (the server's and FastAPI's middleware, routing, the
+A request's way to its first real wait (FastAPI's and Starlette's middleware, routing, the
 token check, dependency injection, the job's record) costs the loop a fraction of a millisecond
 and never yields. 500 followers connecting together would all take that way in one turn of the
 loop (about 100 ms on 2 cores), and every other request, /healthz too, waits behind the turn. The gate
 lets at most `slots` matching requests be on that way at once: a request takes a slot when it
 arrives and frees it when its response starts (or it ends), so the others wait on a semaphore,
 off the loop's ready queue, and the loop serves other requests between the batches. A pure ASGI
-middleware: it never buffers a response, and requests it does not match pass untouched.
+middleware, outside every layer but the request metrics (runner.entry.api.RunnerApi), so a
+waiting request has cost next to nothing; it never buffers a response, and requests it does not
+match pass untouched.
 """
 
 from __future__ import annotations
