@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import time
 import uuid
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -26,7 +23,7 @@ from runner.entry.api import create_app
 from runner.entry.request_metrics import RequestMetricsMiddleware
 from runner.entry.start_gate import START_SLOTS, StartGate, is_stream
 from runner.store.logfollow import PAGE
-from tests.conftest import RUNNER
+from tests.support.fleet import start_serve
 
 
 def scope(path: str, method: str = "GET") -> dict:
@@ -151,12 +148,6 @@ def test_the_gate_is_the_apps_layer_inside_the_request_metrics():
     assert isinstance(stack, RequestMetricsMiddleware) and isinstance(stack.app, StartGate), stack
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_followers_admitted_in_turns_get_every_line(new_store, redis_url, tmp_path):
     """More followers than START_SLOTS at once on a real `runner serve`: each gets the whole
     log, in order, and the server counts none once they are gone."""
@@ -172,14 +163,11 @@ def test_followers_admitted_in_turns_get_every_line(new_store, redis_url, tmp_pa
               "api": {"tokens": [{"name": "gate", "token": token, "rights": ["read"]}],
                       "max_followers_per_token": followers}}
     (tmp_path / "runner.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    proc = subprocess.Popen([RUNNER, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env={**os.environ, "RUNNER_CONFIG": str(tmp_path / "runner.yml")},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    serve = start_serve(SimpleNamespace(workdir=tmp_path, env={**os.environ, "RUNNER_CONFIG": str(tmp_path / "runner.yml")}))
 
     async def follow_all():
         limits = httpx.Limits(max_connections=followers + 10)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
+        async with httpx.AsyncClient(base_url=serve.url, headers={"Authorization": f"Bearer {token}"},
                                      timeout=60, limits=limits) as client:
             async def follow() -> list[str]:
                 async with client.stream("GET", f"/v1/jobs/{request.id}/logs", params={"follow": "true"}) as response:
@@ -194,18 +182,8 @@ def test_followers_admitted_in_turns_get_every_line(new_store, redis_url, tmp_pa
             return got, stats
 
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "runner serve did not come up"
-            time.sleep(0.1)
         got, stats = asyncio.run(follow_all())
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        serve.stop()
     assert got == [lines] * followers, "every follower gets every line once, in order"
     assert stats["followers"] == 0, stats
