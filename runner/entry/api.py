@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from runner.config.logs import configure_logging
 from runner.config.settings import Settings, load_settings
@@ -32,7 +33,9 @@ from runner.entry import dashboard
 from runner.entry import serve_metrics as health
 from runner.entry.deps import ApiContext
 from runner.entry.errors import ApiError, error_response
+from runner.entry.request_metrics import RequestMetrics, RequestMetricsMiddleware
 from runner.entry.routes import jobs, logs, provenance, uploads, webhooks
+from runner.entry.start_gate import StartGate
 from runner.store.jobstore import JobStore, StoreUnavailable
 from runner.store.logfollow import LogHub
 from runner.store.redis_clients import FailoverWatch
@@ -41,6 +44,18 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10  # seconds open requests (log followers) get at shutdown before they are cut
 #: every router of the API, in the order their routes are matched (no two of them overlap)
 ROUTERS = (health.router, jobs.router, provenance.router, uploads.router, logs.router, dashboard.router, webhooks.router)
+
+
+class RunnerApi(FastAPI):
+    """The API's app: its request metrics, then the stream gate, wrap every other layer (FastAPI's
+    and Starlette's middleware, the error handler). A stream waiting at the gate has then cost the
+    loop next to nothing (500 followers arriving together must not), and a request's duration
+    counts its wait there."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = StartGate(super().build_middleware_stack())
+        metrics: RequestMetrics | None = getattr(self.state, "request_metrics", None)
+        return app if metrics is None else RequestMetricsMiddleware(app, metrics, self)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             failover.stop()
             await api.logs.close()
 
-    app = FastAPI(title="CI build runner", version="1", separate_input_output_schemas=False,
+    app = RunnerApi(title="CI build runner", version="1", separate_input_output_schemas=False,
                   description=__doc__, lifespan=lifespan)
     app.state.api = api
     add_error_handlers(app)

@@ -9,7 +9,8 @@ runner_http_request_duration_seconds{method,route}    until the response's heade
 never become labels; a request no route matched counts as `unmatched`, and a method nobody
 serves as `other`. Every route's series exist at 0 from the first request (the routes are
 complete by then: some are added after this middleware), so increase() sees the first 5xx.
-A plain ASGI middleware: it never buffers a streamed response.
+A plain ASGI middleware, the app's outermost layer (runner.entry.api.RunnerApi): it never buffers
+a streamed response, and a request's time counts its wait at the stream gate.
 """
 
 from __future__ import annotations
@@ -42,9 +43,6 @@ class RequestMetrics:
                                   "response's headers, by route template", ["method", "route"], buckets=HTTP_BUCKETS,
                                   registry=registry)
         self._routes_known = False
-
-    def install(self, app: FastAPI) -> None:
-        app.add_middleware(RequestMetricsMiddleware, metrics=self, server=app)
 
     def know_routes(self, app: FastAPI) -> None:
         """Every route's series at 0 (once, at the first request)."""

@@ -88,7 +88,7 @@ def install(app: FastAPI, api: ApiContext) -> None:
     """The app's registry for /metrics (the process's series, the fleet's, the API's requests)."""
     registry = process_registry()
     registry.register(FleetCollector(api.store, api.settings))
-    RequestMetrics(registry).install(app)
+    app.state.request_metrics = RequestMetrics(registry)  # the app's outermost layer (api.RunnerApi)
     app.state.metrics_registry = registry
 
 

@@ -16,7 +16,8 @@ Python), so replays share pages (`SharedPages`: one read per page for all follow
 the same log at once) and at most READ_SLOTS page reads run at a time. Sending a page costs
 the loop too (HTTP framing, a write per follower): at most REPLAY_SLOTS replays hold a page at
 once (`ReplaySlots`), so 500 followers connecting together are served in turns instead of all
-in one turn of the loop. The job's existence and end are read once for all the followers
+in one turn of the loop (their requests' way up to the stream is gated the same way, by
+runner.entry.start_gate). The job's existence and end are read once for all the followers
 asking at the same moment (`InFlight`), and /healthz pings on a connection of its own: it never
 waits behind the followers' commands for the pool.
 """
@@ -191,15 +192,6 @@ class ReplaySlots:
         timer = asyncio.get_running_loop().call_later(self._hold, release)
         return release
 
-    async def turn(self) -> None:
-        """Wait for a slot and hold it for one turn of the loop: streams opening together (their
-        routing, record read, headers) then go a few per turn, queued fairly with the pages."""
-        release = await self.take()
-        try:
-            await asyncio.sleep(0)
-        finally:
-            release()
-
 
 class SharedPages:
     """Page reads shared by every caller asking for the same page at about the same time: reads in
@@ -367,10 +359,6 @@ class LogHub:
         return stats
 
     # -- reading -----------------------------------------------------------------------------
-    async def turn(self) -> None:
-        """A log request's turn to start its stream (see ReplaySlots.turn): after its checks, before its headers."""
-        await self.replays.turn()
-
     async def exists(self, job_id: str) -> bool:
         """Whether the job has a record (one read for every caller asking at the same moment)."""
         return await self._records.get(("exists", job_id), lambda: self._exists(job_id))

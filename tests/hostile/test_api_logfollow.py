@@ -263,26 +263,6 @@ def test_replays_send_their_pages_in_turns(store):
     assert stats["replaying"] == 0, "every slot is given back"
 
 
-def test_log_streams_start_a_few_per_turn_of_the_loop(store):
-    async def body(hub: LogHub):
-        passed = 0
-
-        async def start():
-            nonlocal passed
-            await hub.turn()
-            passed += 1
-
-        tasks = [asyncio.create_task(start()) for _ in range(10 * REPLAY_SLOTS)]
-        await asyncio.sleep(0)  # the tasks take their turns ...
-        await asyncio.sleep(0)  # ... and the first ones pass
-        first = passed
-        await asyncio.gather(*tasks)
-        return first, passed
-
-    first, passed = asyncio.run(with_hub(store, body))
-    assert 0 < first <= REPLAY_SLOTS and passed == 10 * REPLAY_SLOTS
-
-
 def test_followers_arriving_together_read_the_job_record_once(store):
     job_id = new_job(store)
 

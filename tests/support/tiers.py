@@ -57,6 +57,7 @@ FAST_MODULES = frozenset({
     "tests/test_callbacks.py",
     # the job store on Redis: logs, context chunks, log followers
     "tests/test_joblog.py",
+    "tests/test_start_gate.py",
     "tests/test_context_chunks.py",
     "tests/hostile/test_api_logfollow.py",
     # BuildKit's progress stream decoded from recorded traces

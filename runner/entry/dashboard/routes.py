@@ -200,7 +200,6 @@ async def log_stream(job_id: JobId, api: Api, token: Reader, after: EntryId = "0
     logs = api.logs
     if not await logs.exists(job_id):
         raise ApiError(404, "not_found", f"no job {job_id!r}")
-    await logs.turn()
     slot = admit_stream(api, token)
 
     async def events():
