@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import dev_env, load_line  # noqa: E402
+from executors.daemonless.buildah import STEP_LINE  # noqa: E402 - buildah's step lines, as the executor reads them
 from runner.config.settings import Settings  # noqa: E402
 from runner.context.pack import write_tar  # noqa: E402
 from runner.context.spool import spool_context  # noqa: E402
@@ -74,8 +74,6 @@ RUN sleep 1 && dd if=/dev/urandom of=/build.bin bs=1M count=8 2>/dev/null && wc 
 }
 
 
-#: a buildah step line ("STEP 2/5: RUN make"; "[2/3] STEP ..." in a multi-stage build)
-_STEP = re.compile(r"^(?:\[[\w./-]+\] )*STEP (\d+/\d+): (.*)$")
 #: the first line a push prints (a FROM pull prints it too, but before the last STEP)
 _PUSH_STARTS = "Getting image source signatures"
 #: a step's export to the registry cache (--cache-to): buildah pushes a step it found in its store
@@ -89,7 +87,7 @@ def phases(started: float, ended: float, times: list[float], lines: list[str]) -
     marks: list[tuple[str, float]] = [("start, up to STEP 1", started)]
     last_step = -1
     for index, (at, text) in enumerate(zip(times, lines, strict=True)):
-        if match := _STEP.match(text):
+        if match := STEP_LINE.match(text):
             marks.append((f"STEP {match[1]}: {match[2][:32]}", at))
             last_step = index
         elif text.startswith(_CACHE_EXPORT) and last_step >= 0:

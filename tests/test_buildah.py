@@ -34,7 +34,7 @@ from runner.config.settings import Settings
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
 from runner.core.errors import BuildFailed, InfrastructureError, InvalidJob, RegistryAuthFailed
-from runner.core.jobs import BuildRequest, ImageRef
+from runner.core.jobs import BuildRequest, ImageRef, PushedImage
 from runner.core.output_pipe import LineAssembler
 from runner.core.registry_client import Registries
 from runner.store.joblog import JobLog
@@ -62,6 +62,17 @@ def namespaced(settings: Settings, namespace: str) -> Settings:
 
 def make_context(settings: Settings, job: BuildRequest, tmp_path: Path, files: dict[str, str]) -> BuildContext:
     return spooled_context(settings, job, tmp_path / f"src-{job.id[:8]}", files)
+
+
+def build(settings: Settings, job: BuildRequest, tmp_path: Path, dockerfile: str) -> tuple[list[PushedImage], ListLog]:
+    """Run `job` (its context: `dockerfile` alone) on a buildah executor of `settings`, cleaned up
+    after; what it pushed and its log."""
+    log = ListLog()
+    executor = executor_for(settings, "buildah")
+    try:
+        return executor.run(job, make_context(settings, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken()), log
+    finally:
+        executor.cleanup(job.id)
 
 
 def image(harness, name: str) -> str:
@@ -330,13 +341,7 @@ def test_overlay_unusable_falls_back_to_vfs_and_chroot_builds(harness, settings,
 
     chroot = with_buildah(settings, isolation="chroot", **roots)
     job = BuildRequest(tags=[image(harness, "vfs-chroot")])
-    context = make_context(chroot, job, tmp_path, {"Dockerfile": f"FROM {base(harness)}\nRUN echo via-chroot > /how\n"})
-    log = ListLog()
-    executor = executor_for(chroot, "buildah")
-    try:
-        [pushed] = executor.run(job, context, log, CancelToken())
-    finally:
-        executor.cleanup(job.id)
+    [pushed], log = build(chroot, job, tmp_path, f"FROM {base(harness)}\nRUN echo via-chroot > /how\n")
     assert "storage vfs, isolation chroot" in log.text
     assert pushed.digest == registry_digest(harness.services, job.tags[0])
     assert run_image(job.tags[0], "cat", "/how").strip() == "via-chroot"
@@ -382,14 +387,7 @@ def test_credentials_and_secrets_travel_in_private_files_never_in_argv(harness, 
 
 def test_output_streams_into_the_log_as_it_happens(harness, settings, tmp_path):
     job = BuildRequest(tags=[image(harness, "stream")], no_cache=True)
-    context = make_context(settings, job, tmp_path, {"Dockerfile": (
-        f"FROM {base(harness)}\nRUN echo first-$((1)) && sleep 2 && echo second-$((2))\n")})
-    log = ListLog()
-    executor = executor_for(settings, "buildah")
-    try:
-        executor.run(job, context, log, CancelToken())
-    finally:
-        executor.cleanup(job.id)
+    _, log = build(settings, job, tmp_path, f"FROM {base(harness)}\nRUN echo first-$((1)) && sleep 2 && echo second-$((2))\n")
     times = dict(zip(log.lines, log.times, strict=True))
     assert times["second-2"] - times["first-1"] >= 1.5
 
@@ -398,13 +396,7 @@ def test_layer_cache_is_reused_across_jobs(harness, settings, tmp_path):
     dockerfile = f"FROM {base(harness)}\nRUN echo cached-{uuid.uuid4().hex} > /c\n"
     results = []
     for _ in range(2):
-        job = BuildRequest(tags=[image(harness, "layers")])
-        log = ListLog()
-        executor = executor_for(settings, "buildah")
-        try:
-            [pushed] = executor.run(job, make_context(settings, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
-        finally:
-            executor.cleanup(job.id)
+        [pushed], log = build(settings, BuildRequest(tags=[image(harness, "layers")]), tmp_path, dockerfile)
         results.append((pushed.digest, log.text))
     assert "Using cache" not in results[0][1] and "Using cache" in results[1][1]
     assert results[0][0] == results[1][0]
@@ -416,13 +408,7 @@ def test_registry_cache_feeds_a_worker_with_an_empty_store(harness, settings, st
     logs = []
     for name in ("first", "second"):  # two workers: two empty storage roots
         worker = with_buildah(settings, cache_repo=repo, storage_root=storage / name / "root", run_root=storage / name / "run")
-        job = BuildRequest(tags=[image(harness, "remote-cache")])
-        log = ListLog()
-        executor = executor_for(worker, "buildah")
-        try:
-            executor.run(job, make_context(worker, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
-        finally:
-            executor.cleanup(job.id)
+        _, log = build(worker, BuildRequest(tags=[image(harness, "remote-cache")]), tmp_path, dockerfile)
         logs.append(log.text)
         subprocess.run(["buildah", "--root", str(storage / name / "root"), "--runroot", str(storage / name / "run"),
                         "rmi", "--all", "--force"], capture_output=True)
@@ -438,12 +424,7 @@ def test_a_cache_the_registry_refuses_fails_no_job(harness, settings, storage, t
                           run_root=storage / "refused" / "run")
     dockerfile = f"FROM {base(harness)}\nRUN echo refused-{uuid.uuid4().hex} > /r\n"
     job = BuildRequest(tags=[image(harness, "refused-cache")])
-    log = ListLog()
-    executor = executor_for(worker, "buildah")
-    try:
-        [pushed] = executor.run(job, make_context(worker, job, tmp_path, {"Dockerfile": dockerfile}), log, CancelToken())
-    finally:
-        executor.cleanup(job.id)
+    [pushed], log = build(worker, job, tmp_path, dockerfile)
     assert f"Pushing cache {repo}:" in log.text and "the registry cache could not be written" in log.text, log.text
     assert pushed.digest == registry_digest(harness.services, job.tags[0])
     assert log.text.count("Using cache") >= 1  # the second build took the first one's steps

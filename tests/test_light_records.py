@@ -36,7 +36,6 @@ def test_records_compare_and_hash_by_value_and_cannot_change():
     assert JobView({"id": "a"}) == JobView({"id": "a"}) != JobView({"id": "b"})
 
 
-
 def test_order_and_default_factories_behave_as_dataclasses():
     """`order=True` orders as dataclass(order=True) does (by the tuple of fields, own class only);
     `field(default_factory=...)` makes a fresh default for each record."""
@@ -49,6 +48,7 @@ def test_order_and_default_factories_behave_as_dataclasses():
     assert AdmissionPolicy(1, 1, 1, (), "socket", {"socket": True}).executors == {"socket": True}
     assert IgnoreLine("a", 1, "a") == IgnoreLine("a", 1, "a", ".dockerignore") and IgnoreLimits() == IgnoreLimits(1024**2, 50_000)
     assert repr(IgnoreLimits()) == "IgnoreLimits(max_ignore_file_bytes=1048576, max_ignore_patterns=50000)"
+
 
 def test_secrets_stay_out_of_repr():
     target = RedisTarget(url="redis://:url-secret@h/0", password="pw-secret",

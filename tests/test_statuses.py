@@ -369,8 +369,8 @@ def test_each_host_gets_its_states_in_order_for_each_outcome(h, hosts, kind):
         expected = not_superseded(deliveries, EXPECTED[(kind, outcome)])
         assert host.states(sha) == expected, (outcome, host.applied(sha))
         applied = host.applied(sha)
-        interim = [text for moment, text in (("queued", "queued (fake)"), ("started", "building"))
-                   if moment not in superseded(deliveries)]
+        dropped = superseded(deliveries)
+        interim = [text for moment, text in (("queued", "queued (fake)"), ("started", "building")) if moment not in dropped]
         assert [a["description"] for a in applied[:-1]] == interim
         assert applied[-1]["description"].startswith(DESCRIPTIONS[outcome]), applied[-1]
         context = "ci/fake" if kind == "github" else "ci-build-runner/fake"

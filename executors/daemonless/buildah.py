@@ -64,7 +64,7 @@ MARKER_ARGS = (JOB_ARG, NAMESPACE_ARG)
 CAP_SYS_ADMIN = 21
 MANIFEST_REPO = "localhost/runner-manifest"
 #: "STEP 2/3: RUN make", "[2/3] STEP …" in a multi-stage build, "[linux/arm64] STEP …" for one of several platforms
-_STEP = re.compile(r"^(?:\[[\w./-]+\] )*STEP (\d+/\d+): (.*)$")
+STEP_LINE = re.compile(r"^(?:\[[\w./-]+\] )*STEP (\d+/\d+): (.*)$")
 _CACHE_PUSH_FAILED = "failed pushing cache to "
 _AT_STEP = re.compile(r'^building at STEP "(.*?)": (.*)$')
 _UNUSED_ARGS = re.compile(r"^\[Warning\] one or more build args were not consumed: \[(.*)\]$")
@@ -274,7 +274,7 @@ class BuildOutput(ToolOutput):
             if not names:
                 return None
             text = f"[Warning] one or more build args were not consumed: [{' '.join(names)}]"
-        if match := _STEP.match(text):
+        if match := STEP_LINE.match(text):
             self.step = (match[1], match[2])
         elif text.startswith("Error: "):
             self.error = text.removeprefix("Error: ")

@@ -41,13 +41,14 @@ def _raise(message: str, exit_code: int) -> NoReturn:
     raise ApiFailure(message, exit_code)
 
 
-def _address_problem(host: str, parts: Any) -> str | None:
+def _address_problem(parts: Any) -> str | None:
     """Why the URL's host or port cannot be connected to (else None): found here, not as a
     traceback from the socket module when the first request connects."""
     try:
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
     except ValueError as exc:
         return f"has an invalid port: {exc}"
+    host = parts.hostname
     if ":" not in host and not _valid_name(host):  # an IPv6 literal has no labels
         return f"has an invalid host name {host!r} (an empty label, or one longer than 63 characters)"
     return None
@@ -78,13 +79,13 @@ class ApiClient:
     def __init__(self, url: str, token: str | None, fail: Callable[[str, int], NoReturn] = _raise, timeout: float = 60):
         self.base, self.fail, self.timeout = url.rstrip("/"), fail, timeout
         parts = urlsplit(self.base)
+        self.scheme, self.netloc, self.prefix = parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/")
         #: the URL as messages show it: without a user or password it may hold
-        self.shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        self.shown = parts._replace(netloc=self.netloc).geturl()
         if parts.scheme not in ("http", "https") or not parts.hostname:
             fail(f"the runner API URL {self.shown!r} is not an http:// or https:// URL", EXIT_INVALID)
-        if problem := _address_problem(parts.hostname, parts):
+        if problem := _address_problem(parts):
             fail(f"the runner API URL {self.shown!r} {problem}", EXIT_INVALID)
-        self.scheme, self.netloc, self.prefix = parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._connection: http.client.HTTPConnection | None = None
 
