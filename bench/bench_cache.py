@@ -21,7 +21,15 @@ With --breakdown, also where A's and B's time goes, from their job logs (buildah
 start up to the first STEP, each STEP up to the next (STEP 1: the FROM image, checked or
 pulled), the last STEP up to its push, the push; medians, B against A.
 
-Run:  .venv/bin/python bench/bench_cache.py [--rounds 5] [--executors dind,buildah] [--breakdown]
+With --ahead (buildah), also D: a cold worker like B that first fetches the job's base image
+and every per-step cache image (those A's log names), the last step's first (it carries every
+layer, each fetched once), then the others at once, one `buildah pull` each; then runs the
+job, which finds every step in its store. Reported: the
+fetch, the job, their sum against A, and that sum less the job's --cache-to exports (buildah
+pushes a step it found in its store back to the cache: the bound for a cold worker that
+fetched ahead and built without --cache-to).
+
+Run:  .venv/bin/python bench/bench_cache.py [--rounds 5] [--executors dind,buildah] [--breakdown] [--ahead]
 Needs the services (scripts/services.sh) and the dind image (scripts/dind-image.sh). Removes
 what it made (the registry keeps the pushed images). Prints a table. Not part of the test suite.
 """
@@ -29,8 +37,11 @@ what it made (the registry keeps the pushed images). Prints a table. Not part of
 from __future__ import annotations
 
 import argparse
+import base64
 import io
+import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -38,6 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +90,9 @@ RUN sleep 1 && dd if=/dev/urandom of=/build.bin bs=1M count=8 2>/dev/null && wc 
 _PUSH_STARTS = "Getting image source signatures"
 #: a step's export to the registry cache (--cache-to): buildah pushes a step it found in its store
 _CACHE_EXPORT = "--> Pushing cache"
+_CACHE_EXPORTED = re.compile(re.escape(_CACHE_EXPORT) + r" (\S+)$")
+#: a step's cache image pulled by the build itself (--cache-from)
+_CACHE_PULLED = "--> Cache pulled from remote"
 
 
 def phases(started: float, ended: float, times: list[float], lines: list[str]) -> dict[str, float]:
@@ -146,9 +161,12 @@ class Worker:
         self.cfg, self.src, self.tag, self.wipe = cfg, src, tag, wipe
         self.executor = executor_for(cfg, name, f"bench-cache-{uuid.uuid4().hex[:4]}")
 
-    def build(self) -> tuple[float, Clock]:
+    def build(self, first: Callable[[], None] | None = None) -> tuple[float, Clock]:
+        """Run the job (after emptying the storage, and `first`); its build + push time and log."""
         if self.wipe:
             self.wipe()
+        if first:
+            first()
         job = BuildRequest(tags=[self.tag], cache_key="bench")
         buffer = io.BytesIO()
         write_tar(self.src, buffer)
@@ -165,7 +183,41 @@ class Worker:
         self.executor.shutdown()
 
 
-def buildah_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) -> tuple[Worker, Worker, Worker]:
+def exported_cache_images(lines: list[str]) -> list[str]:
+    """The cache images (REPOSITORY:TAG) a buildah job's log says it pushed, in step order."""
+    return [match[1] for line in lines if (match := _CACHE_EXPORTED.match(line))]
+
+
+def fetch_ahead(root: Path, images: list[str], authfile: Path) -> float:
+    """Pull `images` (the base, then each step's cache image in step order) into the buildah
+    store at `root`: the last step's image first, which carries every layer, each once; then
+    the others at once, one `buildah pull` each (their layers are there: a manifest, a config
+    and a record each). The wall seconds until the last is stored."""
+    started = time.perf_counter()
+    pull_at_once(root, images[-1:], authfile)
+    pull_at_once(root, images[:-1], authfile)
+    return time.perf_counter() - started
+
+
+def pull_at_once(root: Path, images: list[str], authfile: Path) -> None:
+    pulls = [subprocess.Popen(["buildah", "--root", str(root / "root"), "--runroot", str(root / "run"), "--storage-driver",
+                               "overlay", "pull", "--quiet", "--tls-verify=false", "--authfile", str(authfile), f"docker://{image}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for image in images]
+    failed = [f"{image}: {pull.communicate()[1].strip()}" for image, pull in zip(images, pulls, strict=True)
+              if pull.wait() != 0]
+    if failed:
+        raise SystemExit("fetching ahead failed:\n" + "\n".join(failed))
+
+
+def write_authfile(env: dict[str, str], path: Path) -> Path:
+    """A containers-auth.json for the dev registry (0600), so no password is in a pull's argv."""
+    auth = base64.b64encode(f"{env['RUNNER_DEV_REGISTRY_USER']}:{env['RUNNER_DEV_REGISTRY_PASSWORD']}".encode()).decode()
+    path.touch(mode=0o600)
+    path.write_text(json.dumps({"auths": {env["RUNNER_DEV_REGISTRY"]: {"auth": auth}}}))
+    return path
+
+
+def buildah_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) -> tuple[Worker, ...]:
     user, password = env["RUNNER_DEV_REGISTRY_USER"], env["RUNNER_DEV_REGISTRY_PASSWORD"]
     registry = env["RUNNER_DEV_REGISTRY"]
 
@@ -187,10 +239,11 @@ def buildah_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str)
     tag = f"{registry}/bench/cache-buildah:{uuid.uuid4().hex[:8]}"
     return (Worker("buildah", settings("a", cache_repo), src, tag),
             Worker("buildah", settings("b", cache_repo), src, tag, wipe("b")),
-            Worker("buildah", settings("c", None), src, tag, wipe("c")))
+            Worker("buildah", settings("c", None), src, tag, wipe("c")),
+            Worker("buildah", settings("d", cache_repo), src, tag, wipe("d")))
 
 
-def dind_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) -> tuple[Worker, Worker, Worker]:
+def dind_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) -> tuple[Worker, ...]:
     sockdir = work / "sock"
     sockdir.mkdir(exist_ok=True)
 
@@ -205,8 +258,9 @@ def dind_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) ->
 
 
 def bench(name: str, image: str, env: dict[str, str], rounds: int,
-          breakdown: dict[str, list[dict[str, float]]] | None = None) -> dict[str, float]:
-    """The medians of A, B and C; with `breakdown`, A's and B's phases per round appended to it."""
+          breakdown: dict[str, list[dict[str, float]]] | None = None, ahead: bool = False) -> dict[str, float]:
+    """The medians of A, B and C (and D's, `ahead` on buildah); with `breakdown`, A's and B's
+    phases per round appended to it."""
     work = Path(tempfile.mkdtemp(prefix="bc-", dir="/tmp"))
     src = work / "src"
     src.mkdir()
@@ -216,8 +270,10 @@ def bench(name: str, image: str, env: dict[str, str], rounds: int,
     registry = env["RUNNER_DEV_REGISTRY_NAME"] if name == "dind" else env["RUNNER_DEV_REGISTRY"]
     cache_repo = f"{registry}/bench-cache/{{repo}}"  # a template: the first tag's repository, under bench-cache/
     make = dind_workers if name == "dind" else buildah_workers
-    a, b, c = make(env, work, src, cache_repo)
+    a, b, c, *more = make(env, work, src, cache_repo)
+    d = more[0] if ahead and more else None
     times: dict[str, list[float]] = {"A warm": [], "B cold + registry cache": [], "C cold": []}
+    authfile = write_authfile(env, work / "auth.json")
     try:
         first, _ = a.build()  # A's first build: cold, fills A's cache and the registry cache
         for _ in range(rounds):
@@ -234,12 +290,25 @@ def bench(name: str, image: str, env: dict[str, str], rounds: int,
                 print("\n".join(f"{(t - clock.times[0]) * 1000:7.0f} {line}" for t, line in zip(clock.times, clock.lines,
                                                                                          strict=True)), file=sys.stderr)
             times["C cold"].append(c.build()[0])
+            if d is not None:
+                for label, took in fetched_ahead(d, [base, *exported_cache_images(warm_clock.lines)], authfile).items():
+                    times.setdefault(label, []).append(took)
     finally:
-        for worker in (a, b, c):
+        for worker in (a, b, c, *more):
             worker.close()
         shutil.rmtree(STORAGE, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     return {"A first (cold, fills the cache)": first, **{k: statistics.median(v) for k, v in times.items()}}
+
+
+def fetched_ahead(d: Worker, images: list[str], authfile: Path) -> dict[str, float]:
+    """D's round: `images` fetched ahead into its emptied store, then the job (seconds)."""
+    fetch: list[float] = []
+    job, clock = d.build(lambda: fetch.append(fetch_ahead(STORAGE / "d", images, authfile)))
+    if any(line.startswith(_CACHE_PULLED) for line in clock.lines) or not any("Using cache" in line for line in clock.lines):
+        raise SystemExit("D's build did not find every step in its store:\n" + "\n".join(clock.lines[-40:]))
+    exports = sum(took for label, took in clock.phases().items() if label.endswith("--cache-to export"))
+    return {"D fetch ahead": fetch[0], "D job": job, "D": fetch[0] + job, "D less exports": fetch[0] + job - exports}
 
 
 def main() -> None:
@@ -248,10 +317,12 @@ def main() -> None:
     parser.add_argument("--executors", default="dind,buildah")
     parser.add_argument("--images", default="work,data")
     parser.add_argument("--breakdown", action="store_true", help="also print where A's and B's time goes (buildah's steps)")
+    parser.add_argument("--ahead", action="store_true", help="also D: B fetching its images ahead, at once (buildah)")
     args = parser.parse_args()
     env = dev_env()
     breakdowns: dict[tuple[str, str], dict[str, list[dict[str, float]]]] = {}
-    rows = {(name, image): bench(name, image, env, args.rounds, breakdowns.setdefault((name, image), {}) if args.breakdown else None)
+    rows = {(name, image): bench(name, image, env, args.rounds, breakdowns.setdefault((name, image), {}) if args.breakdown else None,
+                                 args.ahead)
             for name in args.executors.split(",") for image in args.images.split(",")}
     label = {"dind": "BuildKit (dind)", "buildah": "buildah"}
     what = {"work": "3 s of steps, ~100 KB made", "data": "3 s of steps, 16 MB made"}
@@ -264,9 +335,23 @@ def main() -> None:
         print(f"| {label.get(name, name)} | {what[image]} | {warm:.2f} s | {remote:.2f} s | {cold:.2f} s | "
               f"{remote / warm:.2f}x | {remote / cold:.2f}x | {'ok' if ok else 'MISSED'} |")
     print("| img | | not installable here (not packaged for Debian) | | | | | |")
+    if args.ahead:
+        print_ahead({key: r for key, r in rows.items() if "D" in r}, what, args.rounds)
     for (name, image), taken in breakdowns.items():
         print_breakdown(f"{label.get(name, name)}, {what[image]}", taken, args.rounds)
     print(f"{load_line()}")
+
+
+def print_ahead(rows: dict[tuple[str, str], dict[str, float]], what: dict[str, str], rounds: int) -> None:
+    print(f"\nD: cold, its base and per-step cache images fetched ahead at once, then the job; median of {rounds}")
+    print("| image | A warm | B (buildah's own per-step pulls) | D fetch ahead | D job | D | D / A | "
+          "D less its --cache-to exports | that / A |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (_, image), r in rows.items():
+        warm = r["A warm"]
+        print(f"| {what[image]} | {warm:.2f} s | {r['B cold + registry cache']:.2f} s | {r['D fetch ahead']:.2f} s | "
+              f"{r['D job']:.2f} s | {r['D']:.2f} s | {r['D'] / warm:.2f}x | {r['D less exports']:.2f} s | "
+              f"{r['D less exports'] / warm:.2f}x |")
 
 
 def print_breakdown(title: str, taken: dict[str, list[dict[str, float]]], rounds: int) -> None:

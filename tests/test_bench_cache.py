@@ -1,12 +1,16 @@
 """bench/bench_cache.py --breakdown: a job's log cut into phases (where a cold worker's time
-goes). The timings themselves belong to the benchmark; this checks the cutting, on buildah's
-own log lines."""
+goes); --ahead: the cache images a log names, and the auth file its pulls read. The timings
+themselves belong to the benchmark; this checks the cutting, on buildah's own log lines."""
 
 from __future__ import annotations
 
+import base64
+import json
+import stat
+
 import pytest
 
-from bench.bench_cache import phases
+from bench.bench_cache import exported_cache_images, phases, write_authfile
 
 #: a cold worker's job log with the registry cache (buildah 1.28's lines, abridged), times in s
 COLD = [
@@ -53,3 +57,18 @@ def test_a_log_without_a_push_ends_with_its_last_step():
 def test_a_log_without_steps_is_one_phase():
     assert cut([(1.0, "[runner] building with BuildKit"), (1.5, "#5 DONE 0.1s"), (2.0, "[runner] pushed x")]) == {
         "the whole job (no STEP lines: not buildah's log)": pytest.approx(1.0)}
+
+
+def test_the_cache_images_a_warm_log_pushed_are_named_in_step_order():
+    warm = ["STEP 2/3: RUN x", "--> Using cache 8977d49d8d9f", "--> Pushing cache 127.0.0.1:5000/bench-cache/app:7aada340",
+            "--> Cache pulled from remote 127.0.0.1:5000/bench-cache/app:0000",  # pulled, not pushed: not named
+            "STEP 3/3: COPY app.txt /app.txt", "--> Pushing cache 127.0.0.1:5000/bench-cache/app:9fd7228d"]
+    assert exported_cache_images(warm) == ["127.0.0.1:5000/bench-cache/app:7aada340", "127.0.0.1:5000/bench-cache/app:9fd7228d"]
+    assert exported_cache_images([text for _, text in COLD]) == ["127.0.0.1:5000/bench-cache/app:9fd7228d"]
+
+
+def test_the_pulls_read_their_login_from_a_private_file(tmp_path):
+    env = {"RUNNER_DEV_REGISTRY": "127.0.0.1:5000", "RUNNER_DEV_REGISTRY_USER": "ci", "RUNNER_DEV_REGISTRY_PASSWORD": "pw:1"}
+    path = write_authfile(env, tmp_path / "auth.json")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert base64.b64decode(json.loads(path.read_text())["auths"]["127.0.0.1:5000"]["auth"]) == b"ci:pw:1"
