@@ -515,3 +515,19 @@ def test_secrets_from_the_settings_are_masked_in_any_line(tmp_path):
     assert lines[2] | {"time": None} == {"time": None, "level": "INFO", "logger": "test.fleet", "message": "arg is ***",
                                          "job_id": "job1", "executor": "fake", "worker": "w1"}
     assert lines[3]["message"] == "a stray print with ***" and lines[3]["logger"] == "runner.stdio"
+
+
+def test_the_requeue_reasons_counted_are_the_ones_the_checker_knows():
+    """REQUEUE_REASONS (the series a fleet starts at 0) is a plain tuple on the light path, and
+    RequeueReason a checker-only Literal: mypy catches a reason in the tuple the Literal lacks,
+    this catches one the tuple lacks."""
+    import ast
+
+    import runner.core.status as status
+
+    tree = ast.parse(Path(status.__file__).read_text())
+    literal = next(node.value for node in ast.walk(tree)
+                   if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["RequeueReason"])
+    assert isinstance(literal, ast.Subscript) and ast.unparse(literal.value) == "Literal"
+    assert set(ast.literal_eval(literal.slice)) == set(status.REQUEUE_REASONS)
+    assert len(status.REQUEUE_REASONS) == len(set(status.REQUEUE_REASONS)) == 3
