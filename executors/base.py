@@ -123,6 +123,13 @@ class Executor(ABC):
         nothing (the tests' fake) says no."""
         return True
 
+    def reads_frontend(self, builder: str) -> bool:
+        """Does a build here with `builder` (auto, buildkit or classic) hand the Dockerfile to the
+        frontend image its `# syntax=` line or BUILDKIT_SYNTAX build arg names? BuildKit does,
+        so that image is one of the build's inputs (runner.supply.inputs); buildah and the
+        classic builder read the Dockerfile themselves."""
+        return False
+
     def platforms(self) -> HostPlatforms | None:
         """Which platforms this executor can build here (natively, or emulated through the
         host's binfmt handlers); None: it cannot tell, and no job is refused for its platforms."""

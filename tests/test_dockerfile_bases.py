@@ -1,14 +1,15 @@
 """Reading a Dockerfile's base images as the build will: BuildKit's shell lexer (the tables of
 moby/buildkit frontend/dockerfile/shell/lex_test.go, ported), image names normalised as
 distribution/reference does (its normalize_test.go tables), and which FROM / COPY --from
-images a build of a target pulls. That the digests recorded are the ones the registry holds
+images a build of a target pulls; the frontend image a `# syntax=` line names (FRONTEND_CASES,
+which tests/test_dockerfile_frontend.py also runs through the real engine). That the digests recorded are the ones the registry holds
 for the tags a real build pulled is checked end to end in tests/contract/test_signing.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from runner.context.dockerfile_bases import BaseRef, DockerfileError, base_images, instructions
+from runner.context.dockerfile_bases import BaseRef, DockerfileError, base_images, frontend_image, instructions
 from runner.context.dockerfile_lex import SubstitutionError, process_word, reverse_pattern, shell_pattern
 from runner.core.image_names import InvalidReference, parse_image, parse_normalized
 from runner.core.platforms import Platform
@@ -223,3 +224,47 @@ def test_a_stage_arg_takes_the_global_value_when_declared_bare():
 def test_what_cannot_be_read_says_why(dockerfile, message):
     with pytest.raises(DockerfileError, match=message):
         bases(dockerfile)
+
+
+# -- the frontend: which image a BuildKit build hands the Dockerfile to ---------------------------
+OTHER = "127.0.0.1:5000/no-such/frontend:1"
+#: (Dockerfile, build args, the frontend read ({F}: the image), whether Docker 20.10's BuildKit
+#: uses it): moby/buildkit v0.8.3 directives_test.go's TestDirectives and TestSyntaxDirective,
+#: then each placement checked against the engine
+FRONTEND_CASES = [
+    ("# syntax = {F} // opts\nFROM {B}\n", {}, "{F}", True),
+    ("FROM {B}\nRUN ls\n", {}, None, False),
+    ("#escape=\\\n# syntax = {F} bar\n\n# smth\nFROM {B}\n", {}, "{F}", True),
+    ("# EScape=\\\n# SYNTAX = {F}\nFROM {B}\n", {}, "{F}", True),  # keys in any case
+    ("#syntax={F}\nFROM {B}\n", {}, "{F}", True),
+    ("# syntax ={F}\nFROM {B}\n", {}, "{F}", True),
+    ("# syntax={F}\n# escape=`\nFROM {B}\n", {}, "{F}", True),
+    ("# foo=bar\n# syntax={F}\nFROM {B}\n", {}, "{F}", True),  # 20.10: an unknown key goes on
+    (f"# syntax={OTHER}\n# syntax={{F}}\nFROM {{B}}\n", {}, "{F}", True),  # the later one wins
+    ("# syntax={F}\r\nFROM {B}\r\n", {}, "{F}", True),  # CRLF lines
+    ("# hello\n# syntax={F}\nFROM {B}\n", {}, None, False),  # a comment ends the directives
+    ("\n# syntax={F}\nFROM {B}\n", {}, None, False),  # so does a blank line
+    ("  # syntax={F}\nFROM {B}\n", {}, None, False),  # and a line not starting with #
+    ("FROM {B}\n# syntax={F}\n", {}, None, False),
+    ("# syntax=\nFROM {B}\n", {}, None, False),  # no value: not a directive
+    ("FROM {B}\n", {"BUILDKIT_SYNTAX": "{F}"}, "{F}", True),  # the build arg
+    (f"# syntax={OTHER}\nFROM {{B}}\n", {"BUILDKIT_SYNTAX": " {F} x"}, "{F}", True),  # wins over the line
+    ("FROM {B}\n", {"BUILDKIT_SYNTAX": ""}, None, False),
+    # read wider than 20.10 (later BuildKits use these): the safe side for a reuse's key
+    ("\ufeff# syntax={F}\nFROM {B}\n", {}, "{F}", False),
+    ("#!/usr/bin/env build\n# syntax={F}\nFROM {B}\n", {}, "{F}", False),
+    ("// syntax={F}\nFROM {B}\n", {}, "{F}", False),
+]
+
+
+def frontend_case(case: tuple, frontend: str, base: str) -> tuple[str, dict[str, str], str | None, bool]:
+    dockerfile, args, expected, used = case
+    fill = {"F": frontend, "B": base}
+    return (dockerfile.format(**fill), {k: v.format(**fill) for k, v in args.items()},
+            expected.format(**fill) if expected else None, used)
+
+
+@pytest.mark.parametrize("case", FRONTEND_CASES, ids=[repr(c[0][:32]) + (" +arg" if c[1] else "") for c in FRONTEND_CASES])
+def test_the_frontend_a_dockerfile_names(case):
+    dockerfile, args, expected, _ = frontend_case(case, "docker/dockerfile:1.4", "busybox")
+    assert frontend_image(dockerfile, args) == expected

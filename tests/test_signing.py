@@ -298,10 +298,12 @@ def test_a_multi_platform_jobs_inputs_name_every_platform_and_the_base_manifest_
     assert external_parameters(found)["platforms"] == ["linux/amd64", "linux/arm64"]
 
 
-def copy_image(services, source: str, target: str) -> str:
+def copy_image(services, source: str, target: str, every_platform: bool = False) -> str:
+    """`source` copied to `target` in the dev registry (an index whole with `every_platform`); its digest there."""
     creds = f"{services['RUNNER_DEV_REGISTRY_USER']}:{services['RUNNER_DEV_REGISTRY_PASSWORD']}"
-    subprocess.run(["skopeo", "copy", "-q", "--src-creds", creds, "--dest-creds", creds, "--src-tls-verify=false",
-                    "--dest-tls-verify=false", f"docker://{source}", f"docker://{target}"], check=True, capture_output=True, timeout=120)
+    subprocess.run(["skopeo", "copy", "-q", *(["--all"] if every_platform else []), "--src-creds", creds, "--dest-creds", creds,
+                    "--src-tls-verify=false", "--dest-tls-verify=false", f"docker://{source}", f"docker://{target}"],
+                   check=True, capture_output=True, timeout=120)
     return registry_digest(services, target)
 
 

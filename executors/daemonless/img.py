@@ -122,6 +122,9 @@ class ImgExecutor(Executor):
             return CheckResult(False, f"img is installed but does not run: {exc}")
         return CheckResult(True, f"{' '.join(version[:1]) or 'img'}, state {self.config.state_dir}, backend {self.config.backend}")
 
+    def reads_frontend(self, builder: str) -> bool:
+        return True  # img embeds BuildKit's Dockerfile frontend, which forwards to a `# syntax=` image: counted (the safe side)
+
     def platforms(self) -> HostPlatforms:
         """img's BuildKit runs RUN steps on this host: what its binfmt handlers let it run."""
         return host_platforms()

@@ -116,6 +116,9 @@ class DindExecutor(Executor):
     def engine_host(self) -> str:
         return self.config.docker_host
 
+    def reads_frontend(self, builder: str) -> bool:
+        return builder != "classic"  # auto: BuildKit where the engine has it; counted as BuildKit (the safe side)
+
     def platforms(self) -> HostPlatforms:
         """A sidecar's builds run on the host engine's kernel: what that host runs (its binfmt
         handlers with the F flag reach into the sidecar and its nested containers)."""

@@ -49,6 +49,9 @@ class SocketExecutor(Executor):
     def engine_host(self) -> str:
         return self.config.docker_host
 
+    def reads_frontend(self, builder: str) -> bool:
+        return builder != "classic"  # auto: BuildKit where the engine has it; counted as BuildKit (the safe side)
+
     def platforms(self) -> HostPlatforms:
         return engine_platforms(self.config.docker_host, lambda: self.client(timeout=10).api)
 

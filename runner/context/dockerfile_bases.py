@@ -3,7 +3,8 @@ that names an image rather than an earlier stage or `scratch`, read as BuildKit 
 parser directives (`# escape=`), line continuations, comments, heredocs skipped; ARGs before
 the first FROM with their defaults, overridden by the job's build args where the Dockerfile
 declares them; the automatic platform args (TARGETPLATFORM, BUILDARCH, …); only the stages the
-target stage needs. Pure: the digests are looked up by runner.supply.inputs."""
+target stage needs; and the frontend image a `# syntax=` line names (frontend_image). Pure:
+the digests are looked up by runner.supply.inputs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from dataclasses import dataclass, field
 from runner.context.dockerfile_lex import SubstitutionError, process_word
 from runner.core.platforms import Platform
 
-_DIRECTIVE = re.compile(r"^#[ \t]*([a-zA-Z][a-zA-Z0-9]*)[ \t]*=[ \t]*(.+?)[ \t]*$")
+#: a parser directive line (`# key=value`; `// key=value` for later BuildKits' frontend lookup):
+#: BuildKit's reDirective, whose \s is Go's (no Unicode blanks)
+_DIRECTIVES = {prefix: re.compile(rf"^{prefix}[\t\f\r ]*([a-zA-Z][a-zA-Z0-9]*)[\t\f\r ]*=[\t\f\r ]*(.+?)[\t\f\r ]*$")
+               for prefix in ("#", "//")}
+#: the build arg that names the frontend, over the Dockerfile's `# syntax=` line
+SYNTAX_ARG = "BUILDKIT_SYNTAX"
 _HEREDOC = re.compile(r"<<(-?)\s*([\"']?)([a-zA-Z_][a-zA-Z0-9_]*)\2")
 _MOUNT_FROM = re.compile(r"(?:^|,)from=([^,]+)")
 SCRATCH = "scratch"
@@ -54,7 +60,7 @@ def instructions(text: str) -> list[Instruction]:
     escape = "\\"
     index = 0
     while index < len(lines):  # parser directives: only at the very top
-        match = _DIRECTIVE.match(lines[index])
+        match = _DIRECTIVES["#"].match(lines[index])
         if not match:
             break
         if match[1].lower() == "escape":
@@ -94,6 +100,31 @@ def instructions(text: str) -> list[Instruction]:
                     if body == word:
                         break
     return found
+
+
+def frontend_image(dockerfile: str, build_args: dict[str, str]) -> str | None:
+    """The image a BuildKit build hands this Dockerfile to instead of its built-in frontend: the
+    BUILDKIT_SYNTAX build arg's, else the `syntax` parser directive's (the first word of either);
+    None: the built-in one. Read as Docker 20.10's BuildKit reads it (a directive is a `#key=value`
+    line in the unbroken run of them at the very top, any key; a later `syntax` wins) and, wider,
+    as later BuildKits do: past a byte-order mark and a `#!` line, and in `//` lines. Wider is
+    the safe side: a frontend named here that a build does not use only keeps a reuse from
+    matching once its tag moves, while one left out would let a reuse match after it moved."""
+    if value := build_args.get(SYNTAX_ARG, "").strip():
+        return value.split(" ", 1)[0]
+    lines = [line.removesuffix("\r") for line in dockerfile.removeprefix("\ufeff").split("\n")]
+    if lines[0].startswith("#!"):
+        lines = lines[1:]
+    for pattern in _DIRECTIVES.values():
+        found = None
+        for line in lines:
+            if (match := pattern.match(line)) is None:
+                break
+            if match[1].lower() == "syntax":
+                found = match[2]
+        if found:
+            return found.split(" ", 1)[0]
+    return None
 
 
 def _words(rest: str) -> list[str]:

@@ -1,7 +1,8 @@
 """A job's BuildInputs (runner.core.build_inputs), computed once before the build: the
 request's parameters without secrets, the context's digest and commit, and every base image
-the Dockerfile pulls (runner.context.dockerfile_bases) resolved to the digest its registry
-holds now, through the worker's registry clients (and their logins)."""
+the Dockerfile pulls (runner.context.dockerfile_bases), with the frontend image a BuildKit
+build hands it to (`# syntax=`), resolved to the digest its registry holds now, through the
+worker's registry clients (and their logins)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 from runner.context.build_context import BuildContext
-from runner.context.dockerfile_bases import BaseRef, DockerfileError, base_images
+from runner.context.dockerfile_bases import BaseRef, DockerfileError, base_images, frontend_image
 from runner.context.tarpolicy import member_parts
 from runner.core.build_inputs import BaseImage, BuildInputs, SourceInputs, without_credentials
 from runner.core.errors import ExecutorError
@@ -131,10 +132,11 @@ def resolve_bases(needed: dict[BaseRef, list[str]], resolver: BaseResolver | Non
 
 
 def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, default_builder: str,
-                   registries: Registries | None, log: LogSink) -> BuildInputs:
-    """The job's BuildInputs, base images looked up in `registries` (None: not looked up). A
-    Dockerfile whose FROM lines cannot be read leaves the base images out (the build itself
-    says what is wrong); a base that cannot be looked up keeps why."""
+                   registries: Registries | None, log: LogSink, reads_frontend: bool = False) -> BuildInputs:
+    """The job's BuildInputs, base images looked up in `registries` (None: not looked up), the
+    `# syntax=` frontend among them when the build `reads_frontend` (BuildKit: it runs on the
+    worker's own platform). A Dockerfile whose FROM lines cannot be read leaves the base images
+    out (the build itself says what is wrong); a base that cannot be looked up keeps why."""
     secrets = [value for value in request.secret_values() if value]
     platforms = job_platforms(request)
     native = native_platform()
@@ -142,6 +144,8 @@ def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, 
     unknown = None
     try:
         text = dockerfile_text(context)
+        if reads_frontend and (frontend := frontend_image(text, request.build_args)):
+            needed[BaseRef(frontend, str(native))] = []
         for target in [parse_platform(p) for p in platforms] or [native]:
             for base in base_images(text, request.build_args, request.target, target, native):
                 needed.setdefault(base, []).append(str(target))

@@ -50,8 +50,9 @@ class SupplyChain:
         publishes = executor.publishes()
         try:
             with phases("provenance"):
-                inputs = compute_inputs(request, context, executor.name, self.env.builder,
-                                        self.env.registries if publishes else None, log_sink)
+                builder = request.builder or self.env.builder
+                inputs = compute_inputs(request, context, executor.name, builder, self.env.registries if publishes else None,
+                                        log_sink, executor.reads_frontend(builder))
             self._record(request.id, lambda r: r.model_copy(update={"inputs": inputs}))
             plan = plan_for(request, inputs, self.settings, publishes)
             with self.reuse.turn(plan, request.id, cancel, log_sink):
