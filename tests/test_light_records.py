@@ -80,7 +80,7 @@ def test_the_submitter_is_named_as_getpass_names_it(monkeypatch, env):
     import getpass
     import socket
 
-    from runner.entry.cli import cli_user
+    from runner.entry.cli_submit import cli_user
 
     for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
         monkeypatch.delenv(name, raising=False)
