@@ -18,6 +18,7 @@ from runner.core.errors import ExecutorError
 from runner.core.host_platforms import native_platform
 from runner.core.jobs import BuildRequest
 from runner.supply.inputs import compute_inputs
+from runner.supply.provenance import resolved_dependencies
 from tests.support import ListLog, executor_for, spooled_context
 from tests.test_dockerfile_bases import FRONTEND_CASES, frontend_case
 from tests.test_signing import copy_image, registries
@@ -63,6 +64,8 @@ def test_the_inputs_name_the_frontend_resolved_and_the_key_moves_with_its_tag(se
     on_buildkit, elsewhere = inputs(True), inputs(False)
     [read] = [image for image in on_buildkit.base_images if image.ref == frontend]
     assert read.digest == first and read.error is None and on_buildkit.key() is not None
+    assert {"uri": f"docker-image://{frontend}", "digest": first} in [  # and the provenance names it
+        {"uri": d.pb.uri, "digest": f"sha256:{d.pb.digest['sha256']}"} for d in resolved_dependencies(on_buildkit) if d.pb.digest]
     assert frontend not in {image.ref for image in elsewhere.base_images}  # buildah, the classic builder: not an input
 
     multi = services["RUNNER_DEV_BASE_IMAGE"].replace("/base/busybox:1", "/base/busybox-multi:1")
