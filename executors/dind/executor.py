@@ -34,7 +34,7 @@ from executors.dind.config import DindConfig
 from executors.dind.sidecar import LABEL_DIR, Sidecar, bring_up, is_ours, remove_dir, remove_labelled
 from executors.engine.builders import BuildKitSupport
 from executors.engine.client import EngineClient
-from executors.engine.engine import Engine, choose_builder, engine_platforms, remove_job_leftovers
+from executors.engine.engine import Engine, choose_builder, engine_platforms, reads_frontend, remove_job_leftovers
 from executors.engine.push import PushLocks
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
@@ -117,7 +117,7 @@ class DindExecutor(Executor):
         return self.config.docker_host
 
     def reads_frontend(self, builder: str) -> bool:
-        return builder != "classic"  # auto: BuildKit where the engine has it; counted as BuildKit (the safe side)
+        return reads_frontend(builder)
 
     def platforms(self) -> HostPlatforms:
         """A sidecar's builds run on the host engine's kernel: what that host runs (its binfmt

@@ -62,6 +62,13 @@ def pull_logins(registries: Registries, log: LogSink) -> dict[str, dict[str, str
     return {server: entry for server, entry in logins.items() if entry is not None}
 
 
+def reads_frontend(wanted: str) -> bool:
+    """Does an engine build with the builder `wanted` (auto, buildkit, classic) hand the
+    Dockerfile to a `# syntax=` frontend image? BuildKit does; auto counts as BuildKit (the
+    safe side: choose_builder takes BuildKit wherever the engine has it)."""
+    return wanted != "classic"
+
+
 def choose_builder(client: EngineClient, wanted: str, support: BuildKitSupport, registries: Registries,
                    secrets: dict[str, bytes], engine_key: str | None = None) -> Builder:
     """The builder for a job: `auto` takes BuildKit where the engine has it (`engine_key`: see BuildKitSupport)."""

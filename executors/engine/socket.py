@@ -15,7 +15,7 @@ from executors.base import CheckResult, Executor, ExecutorEnv, IsLive
 from executors.engine.builders import JOB_TAG_REPO, BuildKitSupport
 from executors.engine.client import EngineClient
 from executors.engine.config import SocketConfig
-from executors.engine.engine import Engine, choose_builder, engine_platforms, remove_job_leftovers
+from executors.engine.engine import Engine, choose_builder, engine_platforms, reads_frontend, remove_job_leftovers
 from executors.engine.push import PushLocks
 from runner.context.build_context import BuildContext
 from runner.core.cancel import CancelToken
@@ -50,7 +50,7 @@ class SocketExecutor(Executor):
         return self.config.docker_host
 
     def reads_frontend(self, builder: str) -> bool:
-        return builder != "classic"  # auto: BuildKit where the engine has it; counted as BuildKit (the safe side)
+        return reads_frontend(builder)
 
     def platforms(self) -> HostPlatforms:
         return engine_platforms(self.config.docker_host, lambda: self.client(timeout=10).api)
