@@ -9,6 +9,7 @@ the job's own image. Real worker (two jobs at once), real engine, real registry.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -184,3 +185,56 @@ def test_a_second_push_of_the_tag_waits_and_a_cancel_ends_the_wait_and_locks_are
         assert seen == ["c cancelled"]
     waiting[0].join(5)
     assert seen == ["c cancelled", "b"] and locks._locks == {}
+
+
+def tags_of(image_id: str) -> list[str]:
+    out = subprocess.run(["docker", "image", "inspect", "-f", "{{json .RepoTags}}", image_id], capture_output=True, text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else []
+
+
+def test_a_job_leaves_no_tag_before_its_end_and_its_clean_up_leaves_tags_not_its_own(harness, tmp_path):
+    """On the shared engine the image a job pushed is everybody's once pushed: a user's
+    `docker pull` of it (a CI step right after `runner submit --wait`) tags the same image id,
+    and so may another job's identical build. dockerd deletes an image whose last tag is
+    removed while another is being added, so the job removes its own tag before its result is
+    told (run() returns), not in the clean-up that runs after the record is written: a pull
+    after the job's end can no longer race it. The clean-up then removes only the job's own
+    tag; a dead job's sweep also removes a ref a crash left mid-push (it meant to before, but
+    read the tags from a listing filtered to the job's own), never another job's tag."""
+    from runner.core.jobs import BuildRequest
+    from tests.support import ListLog, executor_for
+    from tests.support.dind import build_context
+
+    context = build_context(tmp_path, f"FROM {harness.services['RUNNER_DEV_BASE_IMAGE']}\nRUN echo {uuid.uuid4().hex} > /nonce\n")
+    tag = f"{harness.registry()}/engine-push/pulled:{uuid.uuid4().hex[:8]}"
+    job = BuildRequest(tags=[tag], executor="socket")
+    own, other_job = f"runner-job/{job.id}:build", f"runner-job/{uuid.uuid4().hex}:build"
+    executor = executor_for(harness.settings, "socket")
+    try:
+        [image] = executor.run(job, context, ListLog(), CancelToken())
+        assert local_tags(f"runner-job/{job.id}") == [] and local_tags(tag.rsplit(":", 1)[0]) == []  # nothing left to untag
+        image_id = run_image_id(tag)  # the user's pull of what was pushed
+        for name in (own, other_job):  # as if the job's tag were still there; another job's identical build
+            subprocess.run(["docker", "tag", image_id, name], check=True)
+        executor.cleanup(job.id)
+        assert sorted(tags_of(image_id)) == sorted([tag, other_job])  # the job's own tag alone is gone
+        # a dead job's sweep: the job's tag and the ref a crash left go, another job's own tag stays
+        subprocess.run(["docker", "tag", image_id, own], check=True)
+        assert job.id in executor.sweep(lambda job_id: job_id != job.id)
+        assert tags_of(image_id) == [other_job]
+    finally:
+        executor.cleanup(job.id)
+        subprocess.run(["docker", "rmi", "-f", tag, other_job], capture_output=True)
+    assert image.digest == registry_digest(harness.services, tag)
+
+
+def local_tags(repository: str) -> list[str]:
+    return subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", repository],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def run_image_id(ref: str) -> str:
+    """Pull and run `ref` on the host engine; the id of the image it ran."""
+    out = subprocess.run(["docker", "run", "--rm", "--pull", "always", ref, "true"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", ref], capture_output=True, text=True, check=True).stdout.strip()

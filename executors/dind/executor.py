@@ -279,7 +279,7 @@ class DindExecutor(Executor):
             return exc.message
         try:
             problem = dind_reuse.clean(inner.api) if whole else None  # first: a container may use the job's image
-            remove_job_leftovers(inner, job_id)
+            remove_job_leftovers(inner, job_id, other_tags=True)  # the sidecar's own engine: every tag is a job's
             return problem
         finally:
             inner.close()

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import docker.errors
 import requests
 
-from executors.engine.builders import BuildCache, Builder, BuildKitSupport, ClassicBuilder, job_repo
+from executors.engine.builders import JOB_TAG_REPO, BuildCache, Builder, BuildKitSupport, ClassicBuilder, job_repo
 from executors.engine.buildkit import BuildKitBuilder
 from executors.engine.client import EngineClient, short
 from executors.engine.push import Pusher, PushLocks
@@ -302,21 +302,34 @@ class Engine:
 
 
 # -- cleanup -----------------------------------------------------------------------------
-def remove_job_leftovers(client: EngineClient, job_id: str, keep_tags: bool = False) -> None:
+def remove_job_leftovers(client: EngineClient, job_id: str, other_tags: bool = False) -> None:
     """Drop the job's images: their job tags (one per platform of a multi-platform job), and
-    (unless keep_tags) every other tag they still have, such as a ref a crash left. noprune
-    keeps parent layers, which the classic builder uses as cache. A clean-up: needs no
-    logins, never raises."""
+    with `other_tags` every other tag they still have, such as a ref a crash left mid-push
+    (a dead job's sweep; a dind sidecar's own engine), other jobs' job tags excepted. A job
+    that ended removed its push tags itself (Pusher.untag): its clean-up leaves other tags
+    alone, for on a shared engine they are somebody else's, on the same image id: a user's
+    `docker pull` of the image just pushed, another job's identical build. noprune keeps
+    parent layers, which the classic builder uses as cache. A clean-up: needs no logins,
+    never raises."""
     repo = job_repo(job_id)
     try:
         images = client.api.images(name=repo)
     except (docker.errors.APIError, requests.RequestException):
         return
     for image in images:
-        tags = image.get("RepoTags") or []
-        own = [t for t in tags if t.startswith(f"{repo}:")]
-        for tag in ([] if keep_tags else [t for t in tags if t not in own]) + own:
+        own = [t for t in image.get("RepoTags") or [] if t.startswith(f"{repo}:")]  # the listing names only these
+        others = [t for t in _all_tags(client, image["Id"]) if t not in own and not t.startswith(f"{JOB_TAG_REPO}/")] \
+            if other_tags else []
+        for tag in others + own:
             try:
                 client.api.remove_image(tag, noprune=True)
             except (docker.errors.APIError, requests.RequestException):
                 pass
+
+
+def _all_tags(client: EngineClient, image_id: str) -> list[str]:
+    """Every tag of the image (a listing filtered by reference names only the matching ones)."""
+    try:
+        return client.api.inspect_image(image_id).get("RepoTags") or []
+    except (docker.errors.APIError, requests.RequestException):
+        return []

@@ -75,15 +75,23 @@ class SocketExecutor(Executor):
             engine = Engine(client, self.env.registries, self.name, self.env.metrics, self.push_locks)
             return engine.build_and_push(job, builder, context, log, cancel, self.config.keep_images, self.config.cache_repo)
         finally:
+            # The job's own tag goes before its result is told, not in the clean-up after it: a
+            # user's `docker pull` of the pushed image right after `submit --wait` would tag the
+            # same image id while the clean-up untagged it, and dockerd deletes an image whose
+            # last tag is removed while another is being added ("No such image").
+            remove_job_leftovers(client, job.id)
             client.close()
 
     def cleanup(self, job_id: str) -> None:
+        self._remove_leftovers(job_id, other_tags=False)  # the job untagged its pushes; other tags are not its own
+
+    def _remove_leftovers(self, job_id: str, other_tags: bool) -> None:
         try:
             client = self.client(timeout=30)
         except Exception:  # noqa: BLE001 - cleanup never raises
             return
         try:
-            remove_job_leftovers(client, job_id, keep_tags=self.config.keep_images)
+            remove_job_leftovers(client, job_id, other_tags)
         except (docker.errors.DockerException, requests.RequestException):
             pass
         finally:
@@ -100,6 +108,6 @@ class SocketExecutor(Executor):
         tags = [tag for image in images for tag in image.get("RepoTags") or []]
         jobs = {tag.split("/", 1)[1].rsplit(":", 1)[0] for tag in tags if tag.startswith(JOB_TAG_REPO + "/")}
         dead = sorted(job for job in jobs if not is_live(job))
-        for job_id in dead:
-            self.cleanup(job_id)
+        for job_id in dead:  # a crash may have left a push's tag (unless keep_images: the job's own tags then)
+            self._remove_leftovers(job_id, other_tags=not self.config.keep_images)
         return dead
