@@ -24,10 +24,10 @@ pulled), the last STEP up to its push, the push; medians, B against A.
 With --ahead (buildah), also D: a cold worker like B that first fetches the job's base image
 and every per-step cache image (those A's log names), the last step's first (it carries every
 layer, each fetched once), then the others at once, one `buildah pull` each; then runs the
-job, which finds every step in its store. Reported: the
-fetch, the job, their sum against A, and that sum less the job's --cache-to exports (buildah
-pushes a step it found in its store back to the cache: the bound for a cold worker that
-fetched ahead and built without --cache-to).
+job, which finds every step in its store. Reported: the fetch, the job, their sum against A,
+and that sum less the job's --cache-to exports (buildah pushes a step it found in its store
+back to the cache: the bound for a cold worker that fetched ahead and built without
+--cache-to).
 
 Run:  .venv/bin/python bench/bench_cache.py [--rounds 5] [--executors dind,buildah] [--breakdown] [--ahead]
 Needs the services (scripts/services.sh) and the dind image (scripts/dind-image.sh). Removes
@@ -217,7 +217,7 @@ def write_authfile(env: dict[str, str], path: Path) -> Path:
     return path
 
 
-def buildah_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) -> tuple[Worker, ...]:
+def buildah_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str, ahead: bool) -> tuple[Worker, ...]:
     user, password = env["RUNNER_DEV_REGISTRY_USER"], env["RUNNER_DEV_REGISTRY_PASSWORD"]
     registry = env["RUNNER_DEV_REGISTRY"]
 
@@ -237,13 +237,13 @@ def buildah_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str)
         return empty
 
     tag = f"{registry}/bench/cache-buildah:{uuid.uuid4().hex[:8]}"
-    return (Worker("buildah", settings("a", cache_repo), src, tag),
-            Worker("buildah", settings("b", cache_repo), src, tag, wipe("b")),
-            Worker("buildah", settings("c", None), src, tag, wipe("c")),
-            Worker("buildah", settings("d", cache_repo), src, tag, wipe("d")))
+    workers = (Worker("buildah", settings("a", cache_repo), src, tag),
+               Worker("buildah", settings("b", cache_repo), src, tag, wipe("b")),
+               Worker("buildah", settings("c", None), src, tag, wipe("c")))
+    return (*workers, Worker("buildah", settings("d", cache_repo), src, tag, wipe("d"))) if ahead else workers
 
 
-def dind_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str) -> tuple[Worker, ...]:
+def dind_workers(env: dict[str, str], work: Path, src: Path, cache_repo: str, ahead: bool = False) -> tuple[Worker, ...]:
     sockdir = work / "sock"
     sockdir.mkdir(exist_ok=True)
 
@@ -270,10 +270,10 @@ def bench(name: str, image: str, env: dict[str, str], rounds: int,
     registry = env["RUNNER_DEV_REGISTRY_NAME"] if name == "dind" else env["RUNNER_DEV_REGISTRY"]
     cache_repo = f"{registry}/bench-cache/{{repo}}"  # a template: the first tag's repository, under bench-cache/
     make = dind_workers if name == "dind" else buildah_workers
-    a, b, c, *more = make(env, work, src, cache_repo)
-    d = more[0] if ahead and more else None
+    a, b, c, *more = make(env, work, src, cache_repo, ahead)  # D: buildah's, with --ahead
+    d = more[0] if more else None
     times: dict[str, list[float]] = {"A warm": [], "B cold + registry cache": [], "C cold": []}
-    authfile = write_authfile(env, work / "auth.json")
+    authfile = write_authfile(env, work / "auth.json")  # D's pulls read it
     try:
         first, _ = a.build()  # A's first build: cold, fills A's cache and the registry cache
         for _ in range(rounds):

@@ -76,9 +76,7 @@ def test_jobs_pushing_the_same_tag_at_once_all_succeed_each_with_its_own_image(m
                 made[image.digest] = nonce_of(f"{repository}@{image.digest}")
             assert made[image.digest] == nonce, log[-3000:]  # its own image, not another's
         assert registry_digest(h.services, tag) in {h.store.get(i).images[0].digest for i in ids}
-    tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", repository],
-                          capture_output=True, text=True, check=True).stdout.split()
-    assert tags == []  # no local tag of the ref stays on the shared engine
+    assert local_tags(repository) == []  # no local tag of the ref stays on the shared engine
 
 
 def test_a_push_survives_another_process_moving_then_removing_its_local_tag(harness, tmp_path, monkeypatch):

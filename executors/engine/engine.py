@@ -318,8 +318,7 @@ def remove_job_leftovers(client: EngineClient, job_id: str, other_tags: bool = F
         return
     for image in images:
         own = [t for t in image.get("RepoTags") or [] if t.startswith(f"{repo}:")]  # the listing names only these
-        others = [t for t in _all_tags(client, image["Id"]) if t not in own and not t.startswith(f"{JOB_TAG_REPO}/")] \
-            if other_tags else []
+        others = [t for t in _all_tags(client, image["Id"]) if not t.startswith(f"{JOB_TAG_REPO}/")] if other_tags else []
         for tag in others + own:
             try:
                 client.api.remove_image(tag, noprune=True)

@@ -131,9 +131,9 @@ def resolve_bases(needed: dict[BaseRef, list[str]], resolver: BaseResolver | Non
         return list(pool.map(lambda item: resolver.resolve(item[0], item[1], secrets), refs.items()))
 
 
-def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, default_builder: str,
+def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, builder: str,
                    registries: Registries | None, log: LogSink, reads_frontend: bool = False) -> BuildInputs:
-    """The job's BuildInputs, base images looked up in `registries` (None: not looked up), the
+    """The job's BuildInputs (`builder`: the job's, else the config's), base images looked up in `registries` (None: not looked up), the
     `# syntax=` frontend among them when the build `reads_frontend` (BuildKit: it runs on the
     worker's own platform). A Dockerfile whose FROM lines cannot be read leaves the base images
     out (the build itself says what is wrong); a base that cannot be looked up keeps why."""
@@ -161,5 +161,5 @@ def compute_inputs(request: BuildRequest, context: BuildContext, executor: str, 
         target=request.target, platforms=platforms,
         build_args={k: v for k, v in request.build_args.items() if k not in request.secret_build_args},
         secret_build_args=list(request.secret_build_args), secrets=list(request.secrets), labels=dict(request.labels),
-        no_cache=request.no_cache, executor=executor, builder=request.builder or default_builder, base_images=bases,
+        no_cache=request.no_cache, executor=executor, builder=builder, base_images=bases,
         bases_unknown=unknown)
